@@ -1,0 +1,91 @@
+# chorus — build, test, run, bench, deps.
+#
+# `make deps` installs the Debian packages; `make` builds ./chorus;
+# `make test` builds and runs every test; `make demo` runs the fan-out example
+# against the mock upstream; `make bench` prints the benchmark numbers.
+
+CC      ?= cc
+BUILD   ?= build
+PKGS    := lua5.4 libuv libcurl libcjson
+MOCK_PKGS := libmicrohttpd libcjson
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fPIC -Iruntime -I$(BUILD)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+
+# Everything in runtime/ except the CLI entry point is the core, linked into
+# both ./chorus and the Lua C module used by busted (same sources).
+CORE_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
+CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o
+LUA_SRC  := $(wildcard lua/chorus/*.lua)
+
+.PHONY: all deps test test-unit test-lua test-integration test-asan bench demo clean lint format
+
+all: chorus $(BUILD)/mock-upstream $(BUILD)/chorus/core.so
+
+chorus: $(BUILD)/chorus
+	cp $< $@
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+$(BUILD)/%.o: runtime/%.c $(wildcard runtime/*.h) | $(BUILD)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+# The Lua modules of lua/chorus/ are compiled into the binary so that
+# ./chorus works from any directory without an install step.
+$(BUILD)/embedded_lua.c: $(LUA_SRC) scripts/embed_lua.lua | $(BUILD)
+	lua5.4 scripts/embed_lua.lua $@ $(LUA_SRC)
+
+$(BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/chorus: $(CORE_OBJ) $(BUILD)/main.o
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(PKG_LIBS)
+
+$(BUILD)/chorus/core.so: $(CORE_OBJ)
+	mkdir -p $(BUILD)/chorus
+	$(CC) $(CFLAGS) -shared $^ -o $@ $(LDFLAGS) $(PKG_LIBS)
+
+$(BUILD)/mock-upstream: scripts/mock_upstream.c | $(BUILD)
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags $(MOCK_PKGS)) $< -o $@ \
+	    $(shell pkg-config --libs $(MOCK_PKGS)) -lpthread
+
+$(BUILD)/test_%: tests/unit/test_%.c $(CORE_OBJ) tests/unit/unit.h
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit $< $(CORE_OBJ) -o $@ $(LDFLAGS) $(PKG_LIBS)
+
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*.c))
+
+deps:
+	bash scripts/deps.sh
+
+test: all $(UNIT_TESTS)
+	bash scripts/test.sh
+
+# The same C unit and integration tests under AddressSanitizer + UBSan, in a
+# separate build folder so the optimized binary stays as it is.
+test-asan:
+	$(MAKE) BUILD=build-asan CC=clang \
+	    CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	    LDFLAGS="-fsanitize=address,undefined" all build-asan/chorus
+	$(MAKE) BUILD=build-asan CC=clang \
+	    CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	    LDFLAGS="-fsanitize=address,undefined" $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS))
+	CHORUS_BUILD=build-asan bash scripts/test.sh --sanitized
+
+demo: all
+	bash scripts/demo.sh
+
+bench: all
+	bash scripts/bench.sh
+
+lint:
+	luacheck lua examples tests/lua tests/integration
+	clang-format --dry-run --Werror runtime/*.c runtime/*.h scripts/*.c tests/unit/*.c
+
+format:
+	clang-format -i runtime/*.c runtime/*.h scripts/*.c tests/unit/*.c
+
+clean:
+	rm -rf build build-asan chorus

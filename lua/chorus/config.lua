@@ -1,0 +1,72 @@
+-- chorus.config — the config file: a Lua script returning a table.
+--
+--   return {
+--     listen = "127.0.0.1:8080", scripts = "./examples", data = "./.chorus-data",
+--     admin_token = chorus.env("CHORUS_ADMIN_TOKEN"),
+--     limits = { run_memory_mb = 64, run_instructions = 1e8 },
+--     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
+--   }
+--
+-- It runs sandboxed like a workflow script (chorus.env and chorus.secret are
+-- there for values that must not live in the file).
+local core = require "chorus.core"
+local errors = require "chorus.errors"
+local sandbox = require "chorus.sandbox"
+
+local config = {}
+
+local FIELDS = {
+  listen = "string", scripts = "string", data = "string", admin_token = "string",
+  limits = "table", upstreams = "table",
+}
+
+local function validate(conf, path)
+  for k, v in pairs(conf) do
+    if not FIELDS[k] then
+      return nil, ("%s: unknown setting '%s'"):format(path, tostring(k))
+    end
+    if type(v) ~= FIELDS[k] then
+      return nil, ("%s: '%s' must be a %s"):format(path, k, FIELDS[k])
+    end
+  end
+  for name, up in pairs(conf.upstreams or {}) do
+    if type(up) ~= "table" or type(up.base_url) ~= "string" or not up.base_url:match("^https?://") then
+      return nil, ("%s: upstreams.%s.base_url must be an http(s) URL"):format(path, tostring(name))
+    end
+  end
+  return conf
+end
+
+--- Loads and validates a config file: returns the table or nil, message.
+function config.load(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, ("cannot read config: %s"):format(err)
+  end
+  local src = f:read("a")
+  f:close()
+  local chunk, cerr = load(src or "", "@" .. path, "t", sandbox.env())
+  if not chunk then
+    return nil, ("config syntax error: %s"):format(cerr)
+  end
+  local ok, value = core.run({ io = false }, chunk)
+  if not ok then
+    return nil, ("%s: %s"):format(path, errors.normalize(value).message)
+  end
+  if type(value) ~= "table" then
+    return nil, ("%s: the config file must return a table"):format(path)
+  end
+  return validate(value, path)
+end
+
+--- Applies limits and upstreams to the runtime.
+function config.apply(conf)
+  local limits = conf.limits or {}
+  core.set_limits({
+    memory = limits.run_memory_mb and math.floor(limits.run_memory_mb * 1024 * 1024) or nil,
+    instructions = limits.run_instructions and math.floor(limits.run_instructions) or nil,
+  })
+  require("chorus.http").configure(conf.upstreams)
+end
+
+return config

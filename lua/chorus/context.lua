@@ -1,0 +1,77 @@
+-- chorus.context — the ctx a workflow's run function receives.
+--
+-- ctx carries the run's identity and the run-scoped services: deterministic
+-- idempotency keys, clock, randomness, durable-looking sleep, named steps in
+-- the timeline and a structured logger that stamps run and trace ids.
+local core = require "chorus.core"
+local json = core.json
+
+local context = {}
+
+local LEVELS = { debug = true, info = true, warn = true, error = true }
+
+local function logger(ctx)
+  local function write(level, msg, fields)
+    local line = { level = level, msg = tostring(msg), run_id = ctx.run_id,
+      workflow = ctx.workflow, trace_id = ctx.trace_id, ts = core.now() }
+    for k, v in pairs(fields or {}) do
+      if line[k] == nil then
+        line[k] = v
+      end
+    end
+    local ok, text = pcall(json.encode, line)
+    core.write_log(ok and text or json.encode({ level = level, msg = tostring(msg),
+      run_id = ctx.run_id, log_error = text }))
+  end
+  local log = {}
+  for level in pairs(LEVELS) do
+    log[level] = function(msg, fields) write(level, msg, fields) end
+  end
+  return setmetatable(log, { __call = function(_, msg, fields) write("info", msg, fields) end })
+end
+
+function context.new(state)
+  local ctx = {
+    run_id = state.run_id, input = state.input, workflow = state.workflow,
+    trace_id = state.trace_id, timeline = state.timeline,
+  }
+  function ctx.key(name)
+    if type(name) ~= "string" or name == "" then
+      error("ctx.key: name must be a non-empty string", 2)
+    end
+    return ctx.run_id .. ":" .. name
+  end
+  ctx.now = core.now
+  ctx.uuid = core.uuid
+  function ctx.random(m, n)
+    if m == nil then
+      return math.random()
+    end
+    return math.random(m, n)
+  end
+  function ctx.sleep(seconds)
+    if type(seconds) ~= "number" or seconds < 0 then
+      error("ctx.sleep: seconds must be a non-negative number", 2)
+    end
+    core.sleep(seconds)
+  end
+  function ctx.step(name, fn, ...)
+    if type(name) ~= "string" or type(fn) ~= "function" then
+      error("ctx.step(name, fn): name must be a string and fn a function", 2)
+    end
+    local entry = { step = name, start = core.now() }
+    local timeline = state.timeline
+    timeline[#timeline + 1] = entry
+    local res = table.pack(pcall(fn, ...))
+    entry.duration = core.now() - entry.start
+    entry.status = res[1] and "ok" or "error"
+    if not res[1] then
+      error(res[2], 0)
+    end
+    return table.unpack(res, 2, res.n)
+  end
+  ctx.log = logger(ctx)
+  return ctx
+end
+
+return context

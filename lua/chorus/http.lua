@@ -1,0 +1,205 @@
+-- chorus.http — outbound HTTP for workflows.
+--
+-- Every call yields its task until the response arrives (chorus.core.http),
+-- so calls in chorus.all run concurrently on the one event loop. Responses
+-- come back whatever their status; transport failures raise a structured
+-- error { kind, message, upstream, attempts, method, url }.
+local core = require "chorus.core"
+local runstate = require "chorus.runstate"
+
+local json = core.json
+local http = {}
+
+http.defaults = { connect_timeout = 10, timeout = 30 }
+
+local ERROR_MT = {
+  __name = "chorus.error",
+  __tostring = function(e)
+    return ("%s: %s"):format(e.kind, e.message)
+  end,
+}
+
+local function raise(kind, message, req)
+  error(setmetatable({
+    kind = kind, message = message, upstream = req.upstream, attempts = 1,
+    method = req.method, url = req.url,
+  }, ERROR_MT), 0)
+end
+http.error_mt = ERROR_MT
+
+local function is_json(headers)
+  local ct = headers["content-type"]
+  return ct and (ct:find("application/json", 1, true) or ct:find("+json", 1, true))
+end
+
+local function check_number(req, field)
+  local v = req[field]
+  if v ~= nil and (type(v) ~= "number" or v < 0) then
+    error(("http.request: %s must be a non-negative number of seconds"):format(field), 3)
+  end
+end
+
+-- Normalizes a request table: method, url, headers, body.
+local function prepare(req)
+  if type(req) ~= "table" then
+    error("http.request expects a table { method =, url =, headers =, json = | body = }", 3)
+  end
+  if type(req.url) ~= "string" or not req.url:match("^https?://") then
+    error(("http.request: url must be an http:// or https:// URL, got %s"):format(tostring(req.url)), 3)
+  end
+  check_number(req, "timeout")
+  check_number(req, "connect_timeout")
+  local out = {
+    method = (req.method or "GET"):upper(), url = req.url, upstream = req.upstream,
+    timeout = req.timeout or http.defaults.timeout,
+    connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
+  }
+  local headers = {}
+  for k, v in pairs(req.headers or {}) do
+    headers[k] = tostring(v)
+  end
+  if req.json ~= nil and req.body ~= nil then
+    error("http.request: give json or body, not both", 3)
+  end
+  if req.json ~= nil then
+    local ok, text = pcall(json.encode, req.json)
+    if not ok then
+      error("http.request: json body " .. tostring(text), 3)
+    end
+    out.body = text
+    if not headers["Content-Type"] and not headers["content-type"] then
+      headers["Content-Type"] = "application/json"
+    end
+  elseif req.body ~= nil then
+    if type(req.body) ~= "string" then
+      error("http.request: body must be a string (use json = for tables)", 3)
+    end
+    out.body = req.body
+  end
+  if req.idempotency_key ~= nil then
+    headers["Idempotency-Key"] = tostring(req.idempotency_key)
+  end
+  local run = runstate.current()
+  if run and run.traceparent and not headers.traceparent then
+    headers.traceparent = run.traceparent
+  end
+  out.headers = headers
+  return out
+end
+
+--- Sends one request; returns { status, headers, body, json }.
+function http.request(req)
+  local r = prepare(req)
+  local started = core.now()
+  local status, headers, body, duration = core.http(r.method, r.url, r.headers, r.body,
+    r.connect_timeout, r.timeout)
+  runstate.record_call(r, started, duration, status or headers)
+  if not status then
+    raise(headers, ("%s (%s %s)"):format(body, r.method, r.url), r)
+  end
+  local resp = { status = status, headers = headers, body = body }
+  if is_json(headers) and #body > 0 then
+    local ok, value = pcall(json.decode, body)
+    if ok then
+      resp.json = value
+    end
+  end
+  return resp
+end
+
+local function verb(method)
+  return function(url, opts)
+    local req = {}
+    for k, v in pairs(opts or {}) do
+      req[k] = v
+    end
+    req.method, req.url = method, url
+    return http.request(req)
+  end
+end
+
+http.get, http.post, http.put = verb "GET", verb "POST", verb "PUT"
+http.delete, http.patch, http.head = verb "DELETE", verb "PATCH", verb "HEAD"
+
+-- Named upstreams: base_url and defaults from the config file, or from the
+-- environment variable CHORUS_UPSTREAM_<NAME> (a base URL) when no config
+-- names them.
+local upstreams = {}
+
+function http.configure(config)
+  upstreams = {}
+  for name, up in pairs(config or {}) do
+    upstreams[name] = up
+  end
+end
+
+local Upstream = {}
+Upstream.__index = Upstream
+
+-- base_url may carry a query string; the path goes before it.
+local function join(base, path)
+  local head, query = base:match("^([^?]*)(.*)$")
+  head = head:gsub("/+$", "")
+  if path:sub(1, 1) ~= "/" then
+    path = "/" .. path
+  end
+  local pq = path:find("?", 1, true)
+  if pq and query ~= "" then
+    return head .. path .. "&" .. query:sub(2)
+  end
+  return head .. path .. query
+end
+
+function Upstream:request(req)
+  local r = {}
+  for k, v in pairs(req) do
+    r[k] = v
+  end
+  local headers = {}
+  for k, v in pairs(self.config.headers or {}) do
+    headers[k] = v
+  end
+  for k, v in pairs(req.headers or {}) do
+    headers[k] = v
+  end
+  r.headers = headers
+  r.url = join(self.config.base_url, req.path or "/")
+  r.upstream = self.name
+  r.timeout = req.timeout or self.config.timeout
+  r.connect_timeout = req.connect_timeout or self.config.connect_timeout
+  return http.request(r)
+end
+
+local function upstream_verb(method)
+  return function(self, path, opts)
+    local req = {}
+    for k, v in pairs(opts or {}) do
+      req[k] = v
+    end
+    req.method, req.path = method, path
+    return self:request(req)
+  end
+end
+
+Upstream.get, Upstream.post, Upstream.put = upstream_verb "GET", upstream_verb "POST", upstream_verb "PUT"
+Upstream.delete, Upstream.patch = upstream_verb "DELETE", upstream_verb "PATCH"
+
+function http.upstream(name)
+  if type(name) ~= "string" then
+    error("http.upstream: name must be a string", 2)
+  end
+  local config = upstreams[name]
+  if not config then
+    local url = core.env("CHORUS_UPSTREAM_" .. name:upper():gsub("[^%w]", "_"))
+    if url then
+      config = { base_url = url }
+    end
+  end
+  if not config or type(config.base_url) ~= "string" then
+    error(("http.upstream: unknown upstream '%s' (define upstreams.%s.base_url in the config "
+      .. "file or set CHORUS_UPSTREAM_%s)"):format(name, name, name:upper():gsub("[^%w]", "_")), 2)
+  end
+  return setmetatable({ name = name, config = config }, Upstream)
+end
+
+return http

@@ -1,0 +1,174 @@
+-- chorus — the module workflow scripts require: workflow declaration,
+-- structured concurrency (all, all_settled, race, any), json, env.
+--
+-- Concurrency is built on three C primitives of chorus.core: spawn(fn) starts
+-- a task in the current run, await(ids) parks until one of them is done, and
+-- cancel(id) stops a task and the I/O it waits on. Each helper below waits
+-- for its own tasks and cancels the ones it no longer needs, so no task ever
+-- outlives the call that started it.
+local core = require "chorus.core"
+
+local chorus = { json = core.json, version = core.version }
+
+local WORKFLOW = { __name = "chorus.workflow" }
+
+local KNOWN = {
+  name = "string", run = "function", timeout = "number", on_timeout = "function",
+  idempotency = "table", description = "string",
+}
+
+--- Declares a workflow: the value a script returns.
+function chorus.workflow(spec)
+  if type(spec) ~= "table" then
+    error("chorus.workflow expects a table { name = ..., run = function(ctx, input) ... end }", 2)
+  end
+  for key, value in pairs(spec) do
+    local want = KNOWN[key]
+    if not want then
+      error(("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, "
+        .. "idempotency, description)"):format(tostring(key)), 2)
+    end
+    if type(value) ~= want then
+      error(("chorus.workflow: field '%s' must be a %s, got %s"):format(key, want, type(value)), 2)
+    end
+  end
+  if not spec.name or not spec.name:match("^[%w_%-%.]+$") then
+    error("chorus.workflow: name must be letters, digits, '_', '-' or '.'", 2)
+  end
+  if not spec.run then
+    error(("chorus.workflow %q: run must be a function(ctx, input)"):format(spec.name), 2)
+  end
+  if spec.timeout and spec.timeout <= 0 then
+    error(("chorus.workflow %q: timeout must be a positive number of seconds"):format(spec.name), 2)
+  end
+  local idem = spec.idempotency
+  if idem and ((idem.ttl ~= nil and (type(idem.ttl) ~= "number" or idem.ttl <= 0))
+      or (idem.required ~= nil and type(idem.required) ~= "boolean")) then
+    error(("chorus.workflow %q: idempotency = { required = boolean, ttl = seconds }"):format(spec.name), 2)
+  end
+  return setmetatable(spec, WORKFLOW)
+end
+
+function chorus.is_workflow(value)
+  return getmetatable(value) == WORKFLOW
+end
+
+-- Spawns each function as a task; returns their ids.
+local function spawn_each(who, ...)
+  local n = select("#", ...)
+  if n == 0 then
+    error(("chorus.%s needs at least one function"):format(who), 3)
+  end
+  local fns = { ... }
+  for i = 1, n do
+    if type(fns[i]) ~= "function" then
+      error(("chorus.%s: argument %d is a %s, expected a function"):format(who, i, type(fns[i])), 3)
+    end
+  end
+  local ids = {}
+  for i = 1, n do
+    ids[i] = core.spawn(fns[i])
+  end
+  return ids
+end
+
+-- Iterates over tasks in the order they finish: yields index, ok, value.
+local function finished(ids)
+  local pending = {}
+  for i = 1, #ids do
+    pending[i] = i
+  end
+  return function()
+    if #pending == 0 then
+      return nil
+    end
+    local wait = {}
+    for k, i in ipairs(pending) do
+      wait[k] = ids[i]
+    end
+    local k = core.await(wait)
+    local i = table.remove(pending, k)
+    local ok, value = core.result(ids[i])
+    return i, ok, value, pending
+  end
+end
+
+local function cancel_pending(ids, pending)
+  for _, i in ipairs(pending) do
+    core.cancel(ids[i])
+  end
+end
+
+--- Runs the functions concurrently; returns their results in order, or
+--- raises the first error after cancelling the others.
+function chorus.all(...)
+  local ids = spawn_each("all", ...)
+  local results = {}
+  for i, ok, value, pending in finished(ids) do
+    if not ok then
+      cancel_pending(ids, pending)
+      error(value, 0)
+    end
+    results[i] = value
+  end
+  return table.unpack(results, 1, #ids)
+end
+
+--- Runs the functions concurrently; returns { ok =, value =, err = } for each.
+function chorus.all_settled(...)
+  local ids = spawn_each("all_settled", ...)
+  local results = {}
+  for i, ok, value in finished(ids) do
+    results[i] = ok and { ok = true, value = value } or { ok = false, err = value }
+  end
+  return results
+end
+
+--- Returns (or raises) the outcome of the first function to finish.
+function chorus.race(...)
+  local ids = spawn_each("race", ...)
+  local i, ok, value, pending = finished(ids)()
+  cancel_pending(ids, pending)
+  if not ok then
+    error(value, 0)
+  end
+  return value, i
+end
+
+--- Returns the first success; raises { kind = "all_failed", errors = } when
+--- every function failed.
+function chorus.any(...)
+  local ids = spawn_each("any", ...)
+  local errors = {}
+  for i, ok, value, pending in finished(ids) do
+    if ok then
+      cancel_pending(ids, pending)
+      return value, i
+    end
+    errors[i] = value
+  end
+  error(setmetatable({ kind = "all_failed", message = "every alternative failed", errors = errors },
+    { __tostring = function(e) return e.kind .. ": " .. e.message end }), 0)
+end
+
+--- An environment variable, or default.
+function chorus.env(name, default)
+  if type(name) ~= "string" then
+    error("chorus.env: name must be a string", 2)
+  end
+  return core.env(name, default)
+end
+
+--- A secret from the environment (CHORUS_SECRET_<NAME> first, then NAME).
+function chorus.secret(name)
+  if type(name) ~= "string" then
+    error("chorus.secret: name must be a string", 2)
+  end
+  local value = core.env("CHORUS_SECRET_" .. name:upper()) or core.env(name)
+  if value == nil then
+    error(("chorus.secret: secret '%s' is not set (set CHORUS_SECRET_%s)"):format(name, name:upper()), 2)
+  end
+  return value
+end
+
+return chorus

@@ -1,0 +1,38 @@
+-- chorus.runstate — what the Lua side knows about each live run: its ctx,
+-- trace context and timeline of calls, keyed by run id.
+--
+-- Entries are added when a run starts (chorus.runner) and removed by a
+-- to-be-closed guard when it ends, also when it fails or is cancelled.
+local core = require "chorus.core"
+
+local runstate = {}
+local live = {}
+
+function runstate.begin(id, state)
+  live[id] = state
+  return setmetatable({}, { __close = function() live[id] = nil end })
+end
+
+function runstate.current()
+  local id = core.run_id()
+  return id and live[id]
+end
+
+function runstate.get(id)
+  return live[id]
+end
+
+-- Appends an outbound call to the current run's timeline.
+function runstate.record_call(req, started, duration, outcome)
+  local run = runstate.current()
+  if not run then
+    return
+  end
+  local timeline = run.timeline
+  timeline[#timeline + 1] = {
+    target = req.upstream or req.url, method = req.method, url = req.url,
+    attempts = 1, status = outcome, start = started, duration = duration,
+  }
+end
+
+return runstate

@@ -1,0 +1,55 @@
+-- chorus.script — loading a workflow script: read, compile as text in a
+-- fresh sandbox, run its top level (no I/O, under the run limits) and check
+-- that it returns a workflow. Used by run, check, serve and the specs.
+local chorus = require "chorus"
+local core = require "chorus.core"
+local errors = require "chorus.errors"
+local sandbox = require "chorus.sandbox"
+
+local script = {}
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, ("cannot read script: %s"):format(err)
+  end
+  local src = f:read("a")
+  f:close()
+  if not src then
+    return nil, ("cannot read script: %s is not a regular file"):format(path)
+  end
+  return src
+end
+
+--- Compiles source as a workflow script. Returns the workflow, or nil and a
+--- one-line message naming the file.
+function script.compile(source, path)
+  local chunk, err = load(source, "@" .. path, "t", sandbox.env())
+  if not chunk then
+    return nil, ("syntax error: %s"):format(err)
+  end
+  local ok, value = core.run({ io = false }, chunk)
+  if not ok then
+    return nil, ("%s: error while loading: %s"):format(path, errors.normalize(value).message)
+  end
+  if not chorus.is_workflow(value) then
+    return nil, ("%s: the script must end with `return chorus.workflow { ... }` (it returned %s)")
+      :format(path, value == nil and "nothing" or "a " .. type(value))
+  end
+  return value
+end
+
+--- Loads a workflow script from a file. Returns workflow, source or nil, err.
+function script.load(path)
+  local source, err = read_file(path)
+  if not source then
+    return nil, err
+  end
+  local workflow, cerr = script.compile(source, path)
+  if not workflow then
+    return nil, cerr
+  end
+  return workflow, source
+end
+
+return script

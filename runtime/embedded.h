@@ -1,0 +1,21 @@
+/* embedded.h — the Lua modules of lua/chorus/, compiled into the binary.
+ *
+ * The table is generated at build time (scripts/embed_lua.lua) and ends with
+ * an entry whose name is NULL. main.c registers each as a package.preload
+ * loader, so `require "chorus.http"` needs no files on disk.
+ */
+#ifndef CHORUS_EMBEDDED_H
+#define CHORUS_EMBEDDED_H
+
+#include <stddef.h>
+
+struct chorus_embedded {
+    const char *name;   /* module name, e.g. "chorus.http" */
+    const char *chunkname; /* "@lua/chorus/http.lua", for error messages */
+    const char *source;
+    size_t len;
+};
+
+extern const struct chorus_embedded chorus_embedded_lua[];
+
+#endif

@@ -1,0 +1,437 @@
+/* http_client.c — libcurl multi on a libuv loop.
+ *
+ * curl tells us which sockets to watch (socket callback → one uv_poll per
+ * socket) and when to wake it (timer callback → one uv_timer); we tell curl
+ * what happened with curl_multi_socket_action and then drain CURLMSG_DONE.
+ *
+ * Invariant: a call's done callback runs only from check_done(), after curl
+ * has returned, so a callback may start or cancel other calls freely.
+ */
+#include "http_client.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct chorus_http_client {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    struct chorus_http_call *calls; /* in flight, for close */
+    size_t active;
+    int closing;
+};
+
+struct chorus_http_call {
+    struct chorus_http_client *client;
+    struct chorus_http_call *prev, *next;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    char *resp_body;
+    size_t resp_len, resp_cap;
+    struct chorus_http_header *resp_headers;
+    size_t nheaders, headers_cap;
+    chorus_http_done_fn done;
+    void *data;
+    uint64_t start_ms;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+/* One watched socket; lives until its uv_poll is closed. */
+struct sock_ctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct chorus_http_client *client;
+};
+
+static void check_done(struct chorus_http_client *client);
+
+int chorus_http_global_init(void) {
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
+void chorus_http_global_cleanup(void) { curl_global_cleanup(); }
+
+size_t chorus_http_active(const struct chorus_http_client *client) { return client->active; }
+
+/* ---- curl ⇄ libuv plumbing ------------------------------------------------ */
+
+static void on_poll(uv_poll_t *poll, int status, int events) {
+    struct sock_ctx *ctx = poll->data;
+    struct chorus_http_client *client = ctx->client;
+    int flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    int running;
+    curl_multi_socket_action(client->multi, ctx->fd, flags, &running);
+    check_done(client);
+}
+
+static void on_timer(uv_timer_t *timer) {
+    struct chorus_http_client *client = timer->data;
+    int running;
+    curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(client);
+}
+
+static void free_sock_ctx(uv_handle_t *handle) { free(handle->data); }
+
+static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+    (void)easy;
+    struct chorus_http_client *client = userp;
+    struct sock_ctx *ctx = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (ctx) {
+            uv_poll_stop(&ctx->poll);
+            uv_close((uv_handle_t *)&ctx->poll, free_sock_ctx);
+            curl_multi_assign(client->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (!ctx) {
+        ctx = calloc(1, sizeof *ctx);
+        if (!ctx)
+            return -1;
+        ctx->fd = fd;
+        ctx->client = client;
+        if (uv_poll_init_socket(client->loop, &ctx->poll, fd) != 0) {
+            free(ctx);
+            return -1;
+        }
+        ctx->poll.data = ctx;
+        curl_multi_assign(client->multi, fd, ctx);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&ctx->poll, events, on_poll);
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+    (void)multi;
+    struct chorus_http_client *client = userp;
+    if (timeout_ms < 0)
+        uv_timer_stop(&client->timer);
+    else
+        uv_timer_start(&client->timer, on_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
+    struct chorus_http_client *client = calloc(1, sizeof *client);
+    if (!client)
+        return NULL;
+    client->loop = loop;
+    client->multi = curl_multi_init();
+    if (!client->multi)
+        goto fail;
+    if (uv_timer_init(loop, &client->timer) != 0)
+        goto fail;
+    client->timer.data = client;
+    curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client);
+    curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client);
+    curl_multi_setopt(client->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    /* Keep enough idle connections that a 256-wide fan-out reuses them. */
+    curl_multi_setopt(client->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    return client;
+fail:
+    if (client->multi)
+        curl_multi_cleanup(client->multi);
+    free(client);
+    return NULL;
+}
+
+/* ---- calls ---------------------------------------------------------------- */
+
+static void link_call(struct chorus_http_call *call) {
+    struct chorus_http_client *client = call->client;
+    call->next = client->calls;
+    if (client->calls)
+        client->calls->prev = call;
+    client->calls = call;
+    client->active++;
+}
+
+static void unlink_call(struct chorus_http_call *call) {
+    struct chorus_http_client *client = call->client;
+    if (call->prev)
+        call->prev->next = call->next;
+    else
+        client->calls = call->next;
+    if (call->next)
+        call->next->prev = call->prev;
+    client->active--;
+}
+
+static void call_free(struct chorus_http_call *call) {
+    if (call->easy)
+        curl_easy_cleanup(call->easy);
+    curl_slist_free_all(call->headers);
+    for (size_t i = 0; i < call->nheaders; i++) {
+        free(call->resp_headers[i].name);
+        free(call->resp_headers[i].value);
+    }
+    free(call->resp_headers);
+    free(call->resp_body);
+    free(call->body);
+    free(call);
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
+    struct chorus_http_call *call = userdata;
+    size_t n = size * nmemb;
+    if (call->resp_len + n + 1 > call->resp_cap) {
+        size_t cap = call->resp_cap ? call->resp_cap : 1024;
+        while (cap < call->resp_len + n + 1)
+            cap *= 2;
+        char *p = realloc(call->resp_body, cap);
+        if (!p)
+            return 0; /* curl fails the transfer with CURLE_WRITE_ERROR */
+        call->resp_body = p;
+        call->resp_cap = cap;
+    }
+    memcpy(call->resp_body + call->resp_len, ptr, n);
+    call->resp_len += n;
+    call->resp_body[call->resp_len] = '\0';
+    return n;
+}
+
+static void clear_headers(struct chorus_http_call *call) {
+    for (size_t i = 0; i < call->nheaders; i++) {
+        free(call->resp_headers[i].name);
+        free(call->resp_headers[i].value);
+    }
+    call->nheaders = 0;
+}
+
+static char *trimmed_copy(const char *s, size_t n) {
+    while (n && (*s == ' ' || *s == '\t'))
+        s++, n--;
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+        n--;
+    return strndup(s, n);
+}
+
+/* curl hands us each header line; a status line starts a new response (after
+ * a 100 Continue or a redirect), so earlier headers are dropped. */
+static size_t on_header(char *line, size_t size, size_t nitems, void *userdata) {
+    struct chorus_http_call *call = userdata;
+    size_t n = size * nitems;
+    if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+        clear_headers(call);
+        return n;
+    }
+    char *colon = memchr(line, ':', n);
+    if (!colon)
+        return n;
+    if (call->nheaders == call->headers_cap) {
+        size_t cap = call->headers_cap ? call->headers_cap * 2 : 8;
+        void *p = realloc(call->resp_headers, cap * sizeof *call->resp_headers);
+        if (!p)
+            return 0;
+        call->resp_headers = p;
+        call->headers_cap = cap;
+    }
+    char *name = trimmed_copy(line, (size_t)(colon - line));
+    char *value = trimmed_copy(colon + 1, n - (size_t)(colon - line) - 1);
+    if (!name || !value) {
+        free(name);
+        free(value);
+        return 0;
+    }
+    call->resp_headers[call->nheaders++] = (struct chorus_http_header){name, value};
+    return n;
+}
+
+static enum chorus_http_error classify(CURLcode code) {
+    switch (code) {
+    case CURLE_OK:
+        return CHORUS_HTTP_OK;
+    case CURLE_OPERATION_TIMEDOUT:
+        return CHORUS_HTTP_TIMEOUT;
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+        return CHORUS_HTTP_CONNECT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        return CHORUS_HTTP_TLS;
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_HTTP2_STREAM:
+        return CHORUS_HTTP_RESET;
+    default:
+        return CHORUS_HTTP_PROTOCOL;
+    }
+}
+
+static void finish(struct chorus_http_call *call, CURLcode code) {
+    struct chorus_http_response res = {0};
+    res.error = classify(code);
+    res.message = call->errbuf[0] ? call->errbuf : curl_easy_strerror(code);
+    if (res.error == CHORUS_HTTP_OK) {
+        curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &res.status);
+        curl_easy_getinfo(call->easy, CURLINFO_HTTP_VERSION, &res.http_version);
+        res.headers = call->resp_headers;
+        res.nheaders = call->nheaders;
+        res.body = call->resp_body ? call->resp_body : "";
+        res.body_len = call->resp_len;
+    }
+    res.duration = (double)(uv_now(call->client->loop) - call->start_ms) / 1000.0;
+    call->done(&res, call->data);
+}
+
+static void check_done(struct chorus_http_client *client) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(client->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode code = msg->data.result;
+        struct chorus_http_call *call = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&call);
+        curl_multi_remove_handle(client->multi, easy);
+        unlink_call(call);
+        finish(call, code);
+        call_free(call);
+    }
+}
+
+static int set_method(struct chorus_http_call *call, const char *method) {
+    CURL *e = call->easy;
+    if (strcmp(method, "GET") == 0)
+        return curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    if (strcmp(method, "HEAD") == 0)
+        return curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    for (const char *p = method; *p; p++)
+        if (*p < 'A' || *p > 'Z')
+            return -1;
+    if (!*method)
+        return -1;
+    return curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+}
+
+static int set_body(struct chorus_http_call *call, const struct chorus_http_request *req) {
+    if (!req->body)
+        return 0;
+    call->body = malloc(req->body_len + 1);
+    if (!call->body)
+        return -1;
+    memcpy(call->body, req->body, req->body_len);
+    call->body[req->body_len] = '\0';
+    curl_easy_setopt(call->easy, CURLOPT_POSTFIELDS, call->body);
+    curl_easy_setopt(call->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+    return 0;
+}
+
+static int set_headers(struct chorus_http_call *call, const char *const *headers) {
+    /* No "Expect: 100-continue" round trip for larger bodies. */
+    struct curl_slist *list = curl_slist_append(NULL, "Expect:");
+    if (!list)
+        return -1;
+    for (size_t i = 0; headers && headers[i]; i++) {
+        struct curl_slist *next = curl_slist_append(list, headers[i]);
+        if (!next) {
+            curl_slist_free_all(list);
+            return -1;
+        }
+        list = next;
+    }
+    call->headers = list;
+    return curl_easy_setopt(call->easy, CURLOPT_HTTPHEADER, list);
+}
+
+static void configure(struct chorus_http_call *call, const struct chorus_http_request *req) {
+    CURL *e = call->easy;
+    curl_easy_setopt(e, CURLOPT_URL, req->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+}
+
+struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
+                                           const struct chorus_http_request *req,
+                                           chorus_http_done_fn done, void *data,
+                                           char *err, size_t errlen) {
+    struct chorus_http_call *call = calloc(1, sizeof *call);
+    if (!call) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    call->client = client;
+    call->done = done;
+    call->data = data;
+    call->easy = curl_easy_init();
+    if (!call->easy) {
+        snprintf(err, errlen, "curl_easy_init failed");
+        goto fail;
+    }
+    configure(call, req);
+    if (set_method(call, req->method) != 0) {
+        snprintf(err, errlen, "invalid HTTP method '%s'", req->method);
+        goto fail;
+    }
+    if (set_body(call, req) != 0 || set_headers(call, req->headers) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    call->start_ms = uv_now(client->loop);
+    CURLMcode mc = curl_multi_add_handle(client->multi, call->easy);
+    if (mc != CURLM_OK) {
+        snprintf(err, errlen, "cannot start transfer: %s", curl_multi_strerror(mc));
+        goto fail;
+    }
+    link_call(call);
+    return call;
+fail:
+    call_free(call);
+    return NULL;
+}
+
+void chorus_http_cancel(struct chorus_http_call *call) {
+    /* Removing a transfer mid-flight makes curl close its connection rather
+     * than return it to the pool: the upstream sees the client leave. */
+    curl_multi_remove_handle(call->client->multi, call->easy);
+    unlink_call(call);
+    call_free(call);
+}
+
+static void free_client(uv_handle_t *handle) {
+    struct chorus_http_client *client = handle->data;
+    free(client);
+}
+
+void chorus_http_client_close(struct chorus_http_client *client) {
+    while (client->calls)
+        chorus_http_cancel(client->calls);
+    curl_multi_cleanup(client->multi);
+    uv_close((uv_handle_t *)&client->timer, free_client);
+}

@@ -1,0 +1,87 @@
+/* http_client.h — non-blocking outbound HTTP: libcurl multi driven by libuv.
+ *
+ * One client per event loop. A call is started with chorus_http_start() and
+ * ends exactly once: either its done callback runs (success or transport
+ * error) or the caller cancels it with chorus_http_cancel(), after which the
+ * callback never runs. The engine knows nothing of Lua.
+ */
+#ifndef CHORUS_HTTP_CLIENT_H
+#define CHORUS_HTTP_CLIENT_H
+
+#include <stddef.h>
+#include <uv.h>
+
+struct chorus_http_client;
+struct chorus_http_call;
+
+/* Transport failure classes; the Lua layer turns them into error kinds. */
+enum chorus_http_error {
+    CHORUS_HTTP_OK = 0,
+    CHORUS_HTTP_TIMEOUT,  /* connect or total timeout elapsed */
+    CHORUS_HTTP_CONNECT,  /* could not resolve or connect */
+    CHORUS_HTTP_TLS,      /* handshake or certificate failure */
+    CHORUS_HTTP_RESET,    /* connection dropped after the request was sent */
+    CHORUS_HTTP_PROTOCOL, /* malformed response, unsupported URL, ... */
+};
+
+/* What to send. Strings are copied by chorus_http_start(); the caller keeps
+ * ownership of everything here. */
+struct chorus_http_request {
+    const char *method;        /* "GET", "POST", ... */
+    const char *url;
+    const char *const *headers; /* "Name: value" lines, NULL-terminated, may be NULL */
+    const char *body;          /* may be NULL */
+    size_t body_len;
+    long connect_timeout_ms;   /* 0: no connect timeout */
+    long timeout_ms;           /* total; 0: none */
+};
+
+/* One response header (name as received). */
+struct chorus_http_header {
+    char *name;
+    char *value;
+};
+
+/* The outcome, valid only during the done callback. */
+struct chorus_http_response {
+    enum chorus_http_error error; /* CHORUS_HTTP_OK or the failure class */
+    const char *message;          /* human-readable, for errors */
+    long status;                  /* HTTP status, 0 on transport error */
+    const struct chorus_http_header *headers;
+    size_t nheaders;
+    const char *body;             /* NUL-terminated for convenience */
+    size_t body_len;
+    double duration;              /* seconds from start to completion */
+    long http_version;            /* 11, 20, ... */
+};
+
+typedef void (*chorus_http_done_fn)(const struct chorus_http_response *res, void *data);
+
+/* Creates a client on loop. Returns NULL on failure (out of memory or curl
+ * refused to initialize). Call chorus_http_global_init() once per process
+ * before the first client. */
+int chorus_http_global_init(void);
+void chorus_http_global_cleanup(void);
+struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop);
+
+/* Cancels every call still in flight (no callbacks) and closes the client's
+ * handles; the memory is freed from the loop's close callbacks, so run the
+ * loop once more (uv_run) after this before closing the loop. */
+void chorus_http_client_close(struct chorus_http_client *client);
+
+/* Starts a call. Returns the call, or NULL with a message in err when the
+ * request cannot even be started (bad method, out of memory). done runs later
+ * from the loop, never from inside this function. */
+struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
+                                           const struct chorus_http_request *req,
+                                           chorus_http_done_fn done, void *data,
+                                           char *err, size_t errlen);
+
+/* Aborts a call in flight: the transfer stops and its connection is closed
+ * (not returned to the pool). done will not run. call is freed. */
+void chorus_http_cancel(struct chorus_http_call *call);
+
+/* Number of calls in flight. */
+size_t chorus_http_active(const struct chorus_http_client *client);
+
+#endif

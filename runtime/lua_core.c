@@ -1,0 +1,274 @@
+/* lua_core.c — the `chorus.core` Lua module: runs, tasks, timers, clocks.
+ *
+ * These are the C primitives under lua/chorus/ modules. A primitive that waits
+ * parks its task and yields; the scheduler resumes the task with the result.
+ * Invariant: every primitive that yields checks first that it runs on a
+ * task's own coroutine (chorus_task_current), so a yield always reaches the
+ * scheduler and never a coroutine.resume of the script's.
+ */
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lua_http.h"
+#include "lua_json.h"
+#include "runtime.h"
+#include "scheduler.h"
+
+static struct chorus_runtime *rt_of(lua_State *L) {
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+/* ---- runs ----------------------------------------------------------------- */
+
+static size_t opt_size_field(lua_State *L, int idx, const char *name, size_t def) {
+    lua_getfield(L, idx, name);
+    lua_Integer v = luaL_optinteger(L, -1, (lua_Integer)def);
+    lua_pop(L, 1);
+    if (v < 0)
+        luaL_error(L, "option '%s' must not be negative", name);
+    return (size_t)v;
+}
+
+static void read_run_opts(lua_State *L, struct chorus_runtime *rt,
+                          struct chorus_limits *limits, int *io) {
+    *limits = rt->limits;
+    *io = 1;
+    if (lua_isnoneornil(L, 1))
+        return;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    limits->run_memory = opt_size_field(L, 1, "memory", limits->run_memory);
+    limits->run_instructions =
+        (long)opt_size_field(L, 1, "instructions", (size_t)limits->run_instructions);
+    lua_getfield(L, 1, "io");
+    if (!lua_isnil(L, -1))
+        *io = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+}
+
+static void push_run_info(lua_State *L, struct chorus_run *run) {
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, run->id);
+    lua_setfield(L, -2, "id");
+    lua_pushinteger(L, run->instructions);
+    lua_setfield(L, -2, "instructions");
+    lua_pushinteger(L, (lua_Integer)run->mem);
+    lua_setfield(L, -2, "memory");
+    if (run->traceback) {
+        lua_pushstring(L, run->traceback);
+        lua_setfield(L, -2, "traceback");
+    }
+}
+
+/* core.run(opts, fn, ...) → ok, value, info: runs fn as a whole run to its
+ * end, driving the loop meanwhile. For the CLI and for specs, never inside a
+ * run. */
+static int core_run(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    struct chorus_limits limits;
+    int io;
+    read_run_opts(L, rt, &limits, &io);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (rt->current)
+        return luaL_error(L, "chorus.core.run cannot be nested inside a run");
+    int nargs = lua_gettop(L) - 2;
+    struct chorus_run *run = chorus_run_start(rt, L, nargs, &limits, io, NULL, NULL);
+    if (!run)
+        return luaL_error(L, "out of memory starting a run");
+    chorus_runtime_run_until(rt, &run->done);
+    if (!run->done) {
+        chorus_run_free(run);
+        return luaL_error(L, "run stalled: it waits on something that can never happen");
+    }
+    lua_settop(L, 0);
+    int n = chorus_run_push_result(run, L);
+    lua_settop(L, n >= 2 ? 2 : n);
+    if (n < 2)
+        lua_pushnil(L);
+    push_run_info(L, run);
+    chorus_run_free(run);
+    return 3;
+}
+
+/* ---- tasks ---------------------------------------------------------------- */
+
+static int core_spawn(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_pushinteger(L, chorus_task_spawn(L, lua_gettop(L) - 1));
+    return 1;
+}
+
+static struct chorus_task *check_task(lua_State *L, struct chorus_task *self, int arg) {
+    struct chorus_task *t = chorus_task_find(self->run, (int)luaL_checkinteger(L, arg));
+    if (!t || t->parent != self)
+        luaL_argerror(L, arg, "not a task spawned by this task");
+    return t;
+}
+
+/* core.await({id, ...}) → position of a finished task, waiting if needed. */
+static int core_await(lua_State *L) {
+    struct chorus_task *self = chorus_task_current(L, 0);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int n = (int)luaL_len(L, 1);
+    if (n < 1 || n > 4096)
+        return luaL_argerror(L, 1, "expected 1 to 4096 task ids");
+    int ids[4096];
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        ids[i] = check_task(L, self, -1)->id;
+        lua_pop(L, 1);
+    }
+    int pos = chorus_task_await(self, ids, n);
+    if (pos < 0)
+        return luaL_error(L, "out of memory");
+    if (pos > 0) {
+        lua_pushinteger(L, pos);
+        return 1;
+    }
+    return lua_yield(L, 0);
+}
+
+static int core_result(lua_State *L) {
+    struct chorus_task *self = chorus_task_current(L, 0);
+    struct chorus_task *t = check_task(L, self, 1);
+    if (t->state != TASK_DONE)
+        return luaL_error(L, "task %d has not finished", t->id);
+    return chorus_task_push_result(t, L);
+}
+
+static int core_cancel(lua_State *L) {
+    struct chorus_task *self = chorus_task_current(L, 0);
+    chorus_task_cancel(check_task(L, self, 1));
+    return 0;
+}
+
+/* ---- timers --------------------------------------------------------------- */
+
+static void free_timer(uv_handle_t *h) { free(h); }
+
+static void on_sleep_done(uv_timer_t *timer) {
+    struct chorus_task *t = timer->data;
+    uv_close((uv_handle_t *)timer, free_timer);
+    chorus_task_wake(t, 0);
+}
+
+static void cancel_sleep(void *data) {
+    uv_timer_t *timer = data;
+    uv_timer_stop(timer);
+    uv_close((uv_handle_t *)timer, free_timer);
+}
+
+static int core_sleep(lua_State *L) {
+    lua_Number s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s < 1e9, 1, "seconds must be between 0 and 1e9");
+    struct chorus_task *t = chorus_task_current(L, 1);
+    uv_timer_t *timer = malloc(sizeof *timer);
+    if (!timer)
+        return luaL_error(L, "out of memory");
+    uv_timer_init(&t->run->rt->loop, timer);
+    timer->data = t;
+    uv_timer_start(timer, on_sleep_done, (uint64_t)(s * 1000.0 + 0.5), 0);
+    chorus_task_park(t, cancel_sleep, timer);
+    return lua_yield(L, 0);
+}
+
+/* ---- small services ------------------------------------------------------- */
+
+static int core_now(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+static int core_monotime(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+static int core_uuid(lua_State *L) {
+    char id[37];
+    chorus_uuid(id);
+    lua_pushstring(L, id);
+    return 1;
+}
+
+static int core_run_id(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    if (!rt->current)
+        return 0;
+    lua_pushstring(L, rt->current->run->id);
+    return 1;
+}
+
+/* True when the current run has been stopped by a limit: the sandbox's pcall
+ * uses it so a script cannot swallow that error and keep going. */
+static int core_killed(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    lua_pushboolean(L, rt->current && rt->current->run->killed != KILL_NONE);
+    return 1;
+}
+
+static int core_env(lua_State *L) {
+    const char *v = getenv(luaL_checkstring(L, 1));
+    if (v)
+        lua_pushstring(L, v);
+    else
+        lua_pushvalue(L, 2);
+    return 1;
+}
+
+static int core_write_log(lua_State *L) {
+    size_t len;
+    const char *line = luaL_checklstring(L, 1, &len);
+    fwrite(line, 1, len, stderr);
+    fputc('\n', stderr);
+    return 0;
+}
+
+static int core_set_limits(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    rt->limits.run_memory = opt_size_field(L, 1, "memory", rt->limits.run_memory);
+    rt->limits.run_instructions =
+        (long)opt_size_field(L, 1, "instructions", (size_t)rt->limits.run_instructions);
+    return 0;
+}
+
+static int core_stats(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)rt->lua_bytes);
+    lua_setfield(L, -2, "lua_bytes");
+    lua_pushinteger(L, (lua_Integer)chorus_lua_http_active(rt));
+    lua_setfield(L, -2, "http_active");
+    return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"run", core_run},         {"spawn", core_spawn},
+    {"await", core_await},     {"result", core_result},
+    {"cancel", core_cancel},   {"sleep", core_sleep},
+    {"now", core_now},         {"monotime", core_monotime},
+    {"uuid", core_uuid},       {"run_id", core_run_id},
+    {"killed", core_killed},   {"env", core_env},
+    {"write_log", core_write_log}, {"set_limits", core_set_limits},
+    {"stats", core_stats},     {"http", chorus_lua_http_request},
+    {NULL, NULL},
+};
+
+int luaopen_chorus_core(lua_State *L) {
+    struct chorus_runtime *rt = chorus_runtime_attach(L);
+    lua_newtable(L);
+    lua_pushlightuserdata(L, rt);
+    luaL_setfuncs(L, core_funcs, 1);
+    chorus_json_open(L);
+    lua_setfield(L, -2, "json");
+    lua_pushstring(L, CHORUS_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}

@@ -1,0 +1,128 @@
+/* lua_http.c — core.http: one outbound call per yield (contract in lua_http.h).
+ *
+ * Invariant: the task that started a call is parked until the call's done
+ * callback wakes it or the task is cancelled, which cancels the call; so the
+ * task pointer the callback gets is always alive.
+ */
+#include "lua_http.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_client.h"
+#include "scheduler.h"
+
+#define MAX_HEADERS 256
+
+size_t chorus_lua_http_active(struct chorus_runtime *rt) { return chorus_http_active(rt->http); }
+
+static void push_headers(lua_State *co, const struct chorus_http_response *res) {
+    lua_createtable(co, 0, (int)res->nheaders);
+    luaL_Buffer b;
+    for (size_t i = 0; i < res->nheaders; i++) {
+        const char *name = res->headers[i].name;
+        luaL_buffinit(co, &b);
+        for (const char *p = name; *p; p++)
+            luaL_addchar(&b, (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p));
+        luaL_pushresult(&b);
+        lua_pushvalue(co, -1);
+        if (lua_rawget(co, -3) == LUA_TSTRING) { /* repeated: join with ", " */
+            lua_pushliteral(co, ", ");
+            lua_pushstring(co, res->headers[i].value);
+            lua_concat(co, 3);
+        } else {
+            lua_pop(co, 1);
+            lua_pushstring(co, res->headers[i].value);
+        }
+        lua_rawset(co, -3);
+    }
+}
+
+static const char *error_kind(enum chorus_http_error e) {
+    switch (e) {
+    case CHORUS_HTTP_TIMEOUT:
+        return "timeout";
+    case CHORUS_HTTP_CONNECT:
+        return "connect";
+    case CHORUS_HTTP_TLS:
+        return "tls";
+    case CHORUS_HTTP_RESET:
+        return "reset";
+    default:
+        return "protocol";
+    }
+}
+
+static void on_done(const struct chorus_http_response *res, void *data) {
+    struct chorus_task *t = data;
+    lua_State *co = t->co;
+    luaL_checkstack(co, 8, "http result");
+    if (res->error == CHORUS_HTTP_OK) {
+        lua_pushinteger(co, res->status);
+        push_headers(co, res);
+        lua_pushlstring(co, res->body, res->body_len);
+    } else {
+        lua_pushnil(co);
+        lua_pushstring(co, error_kind(res->error));
+        lua_pushstring(co, res->message);
+    }
+    lua_pushnumber(co, res->duration);
+    chorus_task_wake(t, 4);
+}
+
+static void cancel_call(void *data) { chorus_http_cancel(data); }
+
+static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
+
+/* Pushes "Name: value" strings for the table at idx and stores pointers to
+ * them (alive while they stay on the stack) in lines. Returns the count. */
+static int collect_headers(lua_State *L, int idx, const char **lines) {
+    int n = 0;
+    if (lua_isnoneornil(L, idx))
+        return 0;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        luaL_checkstack(L, 3, "too many headers");
+        if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+            luaL_argerror(L, idx, "headers must map names to strings");
+        const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+        if (has_crlf(name) || has_crlf(value) || strchr(name, ':') || !*name)
+            luaL_argerror(L, idx, "header names and values must not contain CR, LF or ':'");
+        if (n == MAX_HEADERS)
+            luaL_argerror(L, idx, "too many headers");
+        lines[n++] = lua_pushfstring(L, "%s: %s", name, value);
+        lua_insert(L, -3); /* keep the line below the key */
+        lua_pop(L, 1);
+    }
+    return n;
+}
+
+static long timeout_ms(lua_State *L, int arg) {
+    lua_Number s = luaL_optnumber(L, arg, 0);
+    luaL_argcheck(L, s >= 0 && s < 1e7, arg, "timeout must be seconds between 0 and 1e7");
+    return (long)(s * 1000.0 + 0.5);
+}
+
+int chorus_lua_http_request(lua_State *L) {
+    struct chorus_task *t = chorus_task_current(L, 1);
+    struct chorus_http_request req = {0};
+    req.method = luaL_checkstring(L, 1);
+    req.url = luaL_checkstring(L, 2);
+    req.body = luaL_optlstring(L, 4, NULL, &req.body_len);
+    req.connect_timeout_ms = timeout_ms(L, 5);
+    req.timeout_ms = timeout_ms(L, 6);
+    lua_settop(L, 6);
+    const char *lines[MAX_HEADERS + 1];
+    int n = collect_headers(L, 3, lines);
+    lines[n] = NULL;
+    req.headers = lines;
+    char err[256];
+    struct chorus_http_call *call =
+        chorus_http_start(t->run->rt->http, &req, on_done, t, err, sizeof err);
+    if (!call)
+        return luaL_error(L, "http: %s", err);
+    chorus_task_park(t, cancel_call, call);
+    return lua_yield(L, 0);
+}

@@ -1,0 +1,25 @@
+/* lua_http.h — the binding of http_client.c for Lua tasks.
+ *
+ * core.http(method, url, headers, body, connect_timeout, timeout) starts a
+ * call for the current task and yields; the task resumes with
+ *   status, headers, body, duration            on a response (any status), or
+ *   nil, kind, message, duration               on a transport failure,
+ * where kind is "timeout", "connect", "tls", "reset" or "protocol".
+ * headers is a table of lowercase name → value (repeated headers joined with
+ * ", "). Timeouts are seconds (numbers); nil or 0 means none.
+ * lua/chorus/http.lua turns this into the documented API and errors.
+ */
+#ifndef CHORUS_LUA_HTTP_H
+#define CHORUS_LUA_HTTP_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "runtime.h"
+
+int chorus_lua_http_request(lua_State *L);
+
+/* Calls in flight in the runtime's client. */
+size_t chorus_lua_http_active(struct chorus_runtime *rt);
+
+#endif

@@ -1,0 +1,121 @@
+/* runtime.c — creating, finding and closing the runtime of a lua_State, and
+ * the accounting allocator.
+ *
+ * Invariant: while the runtime exists the state's allocator is chorus_alloc
+ * with the runtime as its ud; the runtime's __gc restores the allocator it
+ * wrapped before freeing itself, because lua_close keeps freeing after it.
+ */
+#include "runtime.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_client.h"
+#include "scheduler.h"
+
+#define RUNTIME_KEY "chorus.runtime"
+
+struct chorus_runtime *chorus_runtime_of(lua_State *L) {
+    void *ud = NULL;
+    if (lua_getallocf(L, &ud) != chorus_alloc)
+        return NULL;
+    return ud;
+}
+
+void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    struct chorus_runtime *rt = ud;
+    size_t old = ptr ? osize : 0;
+    struct chorus_run *run = rt->current ? rt->current->run : NULL;
+    if (run && nsize > old) {
+        size_t grow = nsize - old;
+        if (run->killed == KILL_MEMORY)
+            return NULL;
+        if (run->limits.run_memory && run->mem + grow > run->limits.run_memory) {
+            run->killed = KILL_MEMORY;
+            return NULL;
+        }
+    }
+    void *p = rt->base_alloc(rt->base_alloc_ud, ptr, osize, nsize);
+    if (!p && nsize > 0)
+        return NULL;
+    rt->lua_bytes += nsize;
+    rt->lua_bytes -= old;
+    if (run) {
+        if (nsize > old)
+            run->mem += nsize - old;
+        else
+            run->mem = run->mem > old - nsize ? run->mem - (old - nsize) : 0;
+    }
+    return p;
+}
+
+void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done) {
+    while (!*done && uv_run(&rt->loop, UV_RUN_ONCE))
+        ;
+}
+
+static void runtime_close(struct chorus_runtime *rt) {
+    while (rt->runs)
+        chorus_run_free(rt->runs);
+    if (rt->http)
+        chorus_http_client_close(rt->http);
+    uv_close((uv_handle_t *)&rt->idle, NULL);
+    /* Let the close callbacks of every handle run, then close the loop. */
+    uv_run(&rt->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&rt->loop);
+    chorus_http_global_cleanup();
+}
+
+static int runtime_gc(lua_State *L) {
+    struct chorus_runtime **box = luaL_checkudata(L, 1, RUNTIME_KEY);
+    struct chorus_runtime *rt = *box;
+    if (!rt)
+        return 0;
+    *box = NULL;
+    runtime_close(rt);
+    lua_setallocf(L, rt->base_alloc, rt->base_alloc_ud);
+    free(rt);
+    return 0;
+}
+
+/* Creates the runtime of L and anchors it in the registry. Raises on error. */
+static struct chorus_runtime *runtime_create(lua_State *L) {
+    struct chorus_runtime **box = lua_newuserdatauv(L, sizeof *box, 1);
+    *box = NULL;
+    luaL_newmetatable(L, RUNTIME_KEY);
+    lua_pushcfunction(L, runtime_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    struct chorus_runtime *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        luaL_error(L, "out of memory creating the runtime");
+    if (uv_loop_init(&rt->loop) != 0) {
+        free(rt);
+        luaL_error(L, "cannot create the event loop");
+    }
+    if (chorus_http_global_init() != 0 || !(rt->http = chorus_http_client_new(&rt->loop))) {
+        uv_loop_close(&rt->loop);
+        free(rt);
+        luaL_error(L, "cannot initialize libcurl");
+    }
+    uv_idle_init(&rt->loop, &rt->idle);
+    rt->idle.data = rt;
+    rt->limits.run_memory = CHORUS_DEFAULT_RUN_MEMORY;
+    rt->limits.run_instructions = CHORUS_DEFAULT_RUN_INSTRUCTIONS;
+    /* A private thread whose stack only the runtime touches, for packing
+     * results while some other coroutine may be running. */
+    rt->L = lua_newthread(L);
+    lua_setiuservalue(L, -2, 1); /* the box keeps the thread alive */
+    rt->base_alloc = lua_getallocf(L, &rt->base_alloc_ud);
+    rt->lua_bytes = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    lua_setallocf(L, chorus_alloc, rt);
+    *box = rt;
+    lua_setfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY ".anchor");
+    return rt;
+}
+
+struct chorus_runtime *chorus_runtime_attach(lua_State *L) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    return rt ? rt : runtime_create(L);
+}

@@ -1,0 +1,67 @@
+/* runtime.h — the one object that holds a chorus process's state.
+ *
+ * A runtime owns one libuv loop, the outbound HTTP client, the scheduler of
+ * runs and tasks, and the limits. It is attached to one lua_State (stored in
+ * its registry) by luaopen_chorus_core(), both in ./chorus and in the Lua C
+ * module that busted loads, so the two execute the same code. There is no
+ * global mutable state outside it.
+ */
+#ifndef CHORUS_RUNTIME_H
+#define CHORUS_RUNTIME_H
+
+#include <lua.h>
+#include <stddef.h>
+#include <uv.h>
+
+#define CHORUS_VERSION "0.1.0"
+
+struct chorus_run;
+struct chorus_task;
+struct chorus_http_client;
+
+/* Per-run limits; 0 means unlimited. */
+struct chorus_limits {
+    size_t run_memory;      /* bytes a run may grow the Lua heap by */
+    long run_instructions;  /* Lua VM instructions per run */
+};
+
+/* Defaults a newcomer gets: generous for real workflows, fatal for runaways. */
+#define CHORUS_DEFAULT_RUN_MEMORY ((size_t)64 << 20)
+#define CHORUS_DEFAULT_RUN_INSTRUCTIONS 100000000L
+
+struct chorus_runtime {
+    uv_loop_t loop;
+    lua_State *L;
+    struct chorus_http_client *http;
+    struct chorus_limits limits;
+    uv_idle_t idle;                  /* drains the ready queue each turn */
+    struct chorus_task *ready_head;  /* tasks to resume, FIFO */
+    struct chorus_task *ready_tail;
+    struct chorus_run *runs;         /* every live run */
+    struct chorus_task *current;     /* task being resumed, or NULL */
+    size_t lua_bytes;                /* Lua heap size, from the allocator */
+    unsigned long long next_run;     /* run ids of this process */
+    lua_Alloc base_alloc;            /* the allocator we wrap */
+    void *base_alloc_ud;
+};
+
+/* Returns the runtime attached to L (any thread of it), or NULL. */
+struct chorus_runtime *chorus_runtime_of(lua_State *L);
+
+/* Returns the runtime of L, creating it (and installing chorus_alloc as the
+ * state's allocator) on first use. Raises a Lua error when it cannot. */
+struct chorus_runtime *chorus_runtime_attach(lua_State *L);
+
+/* Lua entry point of the core: creates the runtime for L on first call and
+ * returns the `chorus.core` table of C functions. */
+int luaopen_chorus_core(lua_State *L);
+
+/* Lua heap allocator with per-run accounting. It charges growth to the run
+ * whose task is executing and refuses it past that run's cap, which Lua then
+ * raises as a memory error inside the run. */
+void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* Runs the loop until `done` becomes non-zero or nothing is left to do. */
+void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done);
+
+#endif

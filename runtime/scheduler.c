@@ -1,0 +1,427 @@
+/* scheduler.c — the run and task scheduler (see scheduler.h for the model).
+ *
+ * Invariant: lua_resume is called only from task_resume(), and task_resume()
+ * only from chorus_sched_drain(), which the loop calls when no Lua code is
+ * running. Everything else (I/O callbacks, cancellations) only queues.
+ */
+#include "scheduler.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define HOOK_EVERY 1000
+
+static void task_resume(struct chorus_task *t);
+
+/* ---- ready queue ---------------------------------------------------------- */
+
+static void on_idle(uv_idle_t *idle) {
+    struct chorus_runtime *rt = idle->data;
+    chorus_sched_drain(rt);
+    if (!rt->ready_head)
+        uv_idle_stop(idle);
+}
+
+static void queue_ready(struct chorus_task *t) {
+    struct chorus_runtime *rt = t->run->rt;
+    t->state = TASK_READY;
+    if (t->queued)
+        return;
+    t->queued = 1;
+    t->next_ready = NULL;
+    if (rt->ready_tail)
+        rt->ready_tail->next_ready = t;
+    else
+        rt->ready_head = t;
+    rt->ready_tail = t;
+    if (!uv_is_active((uv_handle_t *)&rt->idle))
+        uv_idle_start(&rt->idle, on_idle);
+}
+
+void chorus_sched_drain(struct chorus_runtime *rt) {
+    struct chorus_task *t;
+    while ((t = rt->ready_head)) {
+        rt->ready_head = t->next_ready;
+        if (!rt->ready_head)
+            rt->ready_tail = NULL;
+        t->queued = 0;
+        if (t->state == TASK_READY)
+            task_resume(t);
+    }
+}
+
+static void unqueue_run(struct chorus_run *run) {
+    struct chorus_runtime *rt = run->rt;
+    struct chorus_task **link = &rt->ready_head, *last = NULL;
+    while (*link) {
+        if ((*link)->run == run) {
+            (*link)->queued = 0;
+            *link = (*link)->next_ready;
+        } else {
+            last = *link;
+            link = &(*link)->next_ready;
+        }
+    }
+    rt->ready_tail = last;
+}
+
+/* ---- results -------------------------------------------------------------- */
+
+/* Packs the top n values of co into a table {n=, ...} and returns its ref. */
+static int pack_ref(struct chorus_runtime *rt, lua_State *co, int n) {
+    lua_State *L = rt->L;
+    lua_createtable(L, n, 1);
+    lua_xmove(co, L, n);
+    for (int i = n; i >= 1; i--) /* i values remain above the table */
+        lua_rawseti(L, -(i + 1), i);
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static int error_ref(struct chorus_runtime *rt, const char *kind, const char *message) {
+    lua_State *L = rt->L;
+    lua_createtable(L, 1, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, message);
+    lua_setfield(L, -2, "message");
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, 1);
+    lua_setfield(L, -2, "n");
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static int push_packed(lua_State *L, int ok, int ref) {
+    lua_checkstack(L, 4);
+    lua_pushboolean(L, ok);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_getfield(L, -1, "n");
+    int n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n, "too many results");
+    for (int i = 1; i <= n; i++)
+        lua_rawgeti(L, -i, i);
+    lua_remove(L, -(n + 1));
+    return n + 1;
+}
+
+int chorus_task_push_result(struct chorus_task *t, lua_State *L) {
+    return push_packed(L, t->ok, t->result_ref);
+}
+
+int chorus_run_push_result(struct chorus_run *run, lua_State *L) {
+    return push_packed(L, run->ok, run->result_ref);
+}
+
+static const char *kill_message(struct chorus_run *run, char *buf, size_t len) {
+    switch (run->killed) {
+    case KILL_BUDGET:
+        snprintf(buf, len, "run exceeded its instruction budget of %ld instructions",
+                 run->limits.run_instructions);
+        return "budget";
+    case KILL_MEMORY:
+        snprintf(buf, len, "run exceeded its memory cap of %zu MiB",
+                 run->limits.run_memory >> 20);
+        return "memory";
+    case KILL_DEADLINE:
+        snprintf(buf, len, "run exceeded its deadline");
+        return "deadline";
+    default:
+        snprintf(buf, len, "run stopped");
+        return "stopped";
+    }
+}
+
+/* ---- task lifecycle ------------------------------------------------------- */
+
+static void release_co(struct chorus_task *t) {
+    if (t->co_ref != LUA_NOREF) {
+        luaL_unref(t->run->rt->L, LUA_REGISTRYINDEX, t->co_ref);
+        t->co_ref = LUA_NOREF;
+    }
+    t->co = NULL;
+}
+
+static void finish_run(struct chorus_run *run, struct chorus_task *root);
+
+/* Wakes t's parent if it is parked awaiting t. */
+static void notify_parent(struct chorus_task *t) {
+    struct chorus_task *p = t->parent;
+    if (!p || p->state != TASK_PARKED || !p->awaiting)
+        return;
+    for (int i = 0; i < p->nawaiting; i++) {
+        if (p->awaiting[i] == t->id) {
+            free(p->awaiting);
+            p->awaiting = NULL;
+            p->nawaiting = 0;
+            lua_pushinteger(p->co, i + 1);
+            chorus_task_wake(p, 1);
+            return;
+        }
+    }
+}
+
+static void task_done(struct chorus_task *t, int ok, int result_ref) {
+    t->state = TASK_DONE;
+    t->ok = ok;
+    t->result_ref = result_ref;
+    release_co(t);
+    if (t->id == 1)
+        finish_run(t->run, t);
+    else
+        notify_parent(t);
+}
+
+static void capture_error(struct chorus_task *t, int status) {
+    struct chorus_run *run = t->run;
+    struct chorus_runtime *rt = run->rt;
+    char msg[160];
+    if (run->killed != KILL_NONE) {
+        const char *kind = kill_message(run, msg, sizeof msg);
+        task_done(t, 0, error_ref(rt, kind, msg));
+        return;
+    }
+    if (t->id == 1 && !run->traceback) {
+        const char *m = lua_tostring(t->co, -1);
+        luaL_traceback(rt->L, t->co, m ? m : "(error object is not a string)", 0);
+        run->traceback = strdup(lua_tostring(rt->L, -1));
+        lua_pop(rt->L, 1);
+    }
+    if (status == LUA_ERRMEM) {
+        lua_pop(t->co, 1);
+        task_done(t, 0, error_ref(rt, "memory", "not enough memory"));
+        return;
+    }
+    task_done(t, 0, pack_ref(rt, t->co, 1));
+}
+
+static void task_resume(struct chorus_task *t) {
+    struct chorus_runtime *rt = t->run->rt;
+    int nres = 0, nargs = t->nargs;
+    t->nargs = 0;
+    t->state = TASK_RUNNING;
+    rt->current = t;
+    int status = lua_resume(t->co, rt->L, nargs, &nres);
+    rt->current = NULL;
+    if (status == LUA_YIELD) {
+        lua_pop(t->co, nres);
+        if (t->state == TASK_RUNNING) /* a bare coroutine.yield(): run again */
+            queue_ready(t);
+    } else if (status == LUA_OK) {
+        task_done(t, 1, pack_ref(rt, t->co, nres));
+    } else {
+        capture_error(t, status);
+    }
+}
+
+void chorus_task_park(struct chorus_task *t, chorus_cancel_fn cancel, void *data) {
+    t->state = TASK_PARKED;
+    t->cancel = cancel;
+    t->cancel_data = data;
+}
+
+void chorus_task_wake(struct chorus_task *t, int nargs) {
+    t->cancel = NULL;
+    t->cancel_data = NULL;
+    t->nargs = nargs;
+    queue_ready(t);
+}
+
+void chorus_task_cancel(struct chorus_task *t) {
+    if (t->state == TASK_DONE)
+        return;
+    struct chorus_run *run = t->run;
+    for (int i = 0; i < run->ntasks; i++)
+        if (run->tasks[i]->parent == t)
+            chorus_task_cancel(run->tasks[i]);
+    if (t->state == TASK_PARKED && t->cancel)
+        t->cancel(t->cancel_data);
+    t->cancel = NULL;
+    free(t->awaiting);
+    t->awaiting = NULL;
+    t->nawaiting = 0;
+    /* Close the coroutine so its to-be-closed variables run and its stack is
+     * released; it is never resumed again. */
+    t->state = TASK_DONE;
+    if (t->co)
+        lua_resetthread(t->co);
+    t->ok = 0;
+    t->result_ref = error_ref(run->rt, "cancelled", "cancelled");
+    release_co(t);
+}
+
+/* ---- spawning ------------------------------------------------------------- */
+
+static void count_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    if (!run)
+        return;
+    run->instructions += HOOK_EVERY;
+    if (run->limits.run_instructions > 0 && run->instructions > run->limits.run_instructions &&
+        run->killed == KILL_NONE)
+        run->killed = KILL_BUDGET;
+    if (run->killed != KILL_NONE) {
+        char msg[160];
+        kill_message(run, msg, sizeof msg);
+        luaL_error(L, "%s", msg);
+    }
+}
+
+void chorus_sched_hook(lua_State *co) { lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY); }
+
+static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *parent,
+                                    lua_State *L, int nargs) {
+    struct chorus_runtime *rt = run->rt;
+    if (run->ntasks == run->cap) {
+        int cap = run->cap ? run->cap * 2 : 4;
+        void *p = realloc(run->tasks, (size_t)cap * sizeof *run->tasks);
+        if (!p)
+            return NULL;
+        run->tasks = p;
+        run->cap = cap;
+    }
+    struct chorus_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->run = run;
+    t->parent = parent;
+    t->result_ref = LUA_NOREF;
+    t->co = lua_newthread(rt->L);
+    t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
+    chorus_sched_hook(t->co);
+    lua_xmove(L, t->co, nargs + 1);
+    t->nargs = nargs;
+    run->tasks[run->ntasks++] = t;
+    t->id = run->ntasks;
+    queue_ready(t);
+    return t;
+}
+
+void chorus_uuid(char out[37]) {
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
+        for (size_t i = 0; i < sizeof b; i++)
+            b[i] = (unsigned char)rand();
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+             b[13], b[14], b[15]);
+}
+
+struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int nargs,
+                                    const struct chorus_limits *limits, int allow_io,
+                                    chorus_run_done_fn on_done, void *data) {
+    struct chorus_run *run = calloc(1, sizeof *run);
+    if (!run)
+        return NULL;
+    run->rt = rt;
+    run->limits = limits ? *limits : rt->limits;
+    run->allow_io = allow_io;
+    run->result_ref = LUA_NOREF;
+    run->on_done = on_done;
+    run->on_done_data = data;
+    chorus_uuid(run->id);
+    if (!task_new(run, NULL, L, nargs)) {
+        free(run->tasks);
+        free(run);
+        return NULL;
+    }
+    run->next = rt->runs;
+    if (rt->runs)
+        rt->runs->prev = run;
+    rt->runs = run;
+    return run;
+}
+
+static void finish_run(struct chorus_run *run, struct chorus_task *root) {
+    /* Tasks still running when the workflow returns are orphans: stop them. */
+    for (int i = 1; i < run->ntasks; i++)
+        chorus_task_cancel(run->tasks[i]);
+    run->done = 1;
+    run->ok = root->ok;
+    run->result_ref = root->result_ref;
+    root->result_ref = LUA_NOREF;
+    if (run->on_done)
+        run->on_done(run, run->on_done_data);
+}
+
+void chorus_run_free(struct chorus_run *run) {
+    struct chorus_runtime *rt = run->rt;
+    if (run->ntasks > 0 && run->tasks[0]->state != TASK_DONE) {
+        run->on_done = NULL;
+        chorus_task_cancel(run->tasks[0]);
+        for (int i = 1; i < run->ntasks; i++)
+            chorus_task_cancel(run->tasks[i]);
+    }
+    unqueue_run(run);
+    for (int i = 0; i < run->ntasks; i++) {
+        struct chorus_task *t = run->tasks[i];
+        luaL_unref(rt->L, LUA_REGISTRYINDEX, t->result_ref);
+        release_co(t);
+        free(t->awaiting);
+        free(t);
+    }
+    luaL_unref(rt->L, LUA_REGISTRYINDEX, run->result_ref);
+    if (run->prev)
+        run->prev->next = run->next;
+    else
+        rt->runs = run->next;
+    if (run->next)
+        run->next->prev = run->prev;
+    free(run->traceback);
+    free(run->tasks);
+    free(run);
+}
+
+/* ---- the Lua-facing checks ------------------------------------------------ */
+
+struct chorus_task *chorus_task_current(lua_State *L, int need_io) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    struct chorus_task *t = rt ? rt->current : NULL;
+    if (!t)
+        luaL_error(L, "this call is only allowed inside a workflow run");
+    if (t->co != L)
+        luaL_error(L, "chorus calls cannot run inside a coroutine the script created; "
+                      "use chorus.all/race/any for concurrency");
+    if (need_io && !t->run->allow_io)
+        luaL_error(L, "I/O is not allowed while a script loads; do it inside run()");
+    return t;
+}
+
+int chorus_task_spawn(lua_State *L, int nargs) {
+    struct chorus_task *self = chorus_task_current(L, 0);
+    struct chorus_task *t = task_new(self->run, self, L, nargs);
+    if (!t)
+        return luaL_error(L, "out of memory spawning a task");
+    return t->id;
+}
+
+struct chorus_task *chorus_task_find(struct chorus_run *run, int id) {
+    if (id < 1 || id > run->ntasks)
+        return NULL;
+    return run->tasks[id - 1];
+}
+
+int chorus_task_await(struct chorus_task *t, const int *ids, int n) {
+    for (int i = 0; i < n; i++) {
+        struct chorus_task *c = chorus_task_find(t->run, ids[i]);
+        if (c && c->state == TASK_DONE)
+            return i + 1;
+    }
+    int *copy = malloc((size_t)n * sizeof *copy);
+    if (!copy)
+        return -1;
+    memcpy(copy, ids, (size_t)n * sizeof *copy);
+    t->awaiting = copy;
+    t->nawaiting = n;
+    chorus_task_park(t, NULL, NULL);
+    return 0;
+}

@@ -1,0 +1,117 @@
+/* scheduler.h — runs and tasks: Lua coroutines parked on I/O and resumed by C.
+ *
+ * A run is one workflow execution; it owns its tasks. Its first task (id 1)
+ * runs the workflow; chorus.all and friends spawn more tasks in the same run.
+ * A task that starts I/O parks itself (chorus_task_park) and yields; the I/O
+ * callback pushes the results on the task's coroutine and wakes it
+ * (chorus_task_wake); the scheduler resumes ready tasks from one place, the
+ * loop's idle callback, so no resume ever nests inside another.
+ *
+ * Invariant: a task has at most one pending operation, and exactly one of
+ * {its cancel function runs, it is woken} happens to that operation.
+ */
+#ifndef CHORUS_SCHEDULER_H
+#define CHORUS_SCHEDULER_H
+
+#include "runtime.h"
+
+enum chorus_task_state { TASK_READY, TASK_RUNNING, TASK_PARKED, TASK_DONE };
+
+/* Why a run was stopped by the runtime rather than by its own code. */
+enum chorus_kill { KILL_NONE, KILL_BUDGET, KILL_MEMORY, KILL_DEADLINE };
+
+typedef void (*chorus_cancel_fn)(void *data);
+
+struct chorus_task {
+    struct chorus_run *run;
+    struct chorus_task *parent;
+    int id;                        /* 1-based index in run->tasks */
+    lua_State *co;
+    int co_ref;                    /* registry anchor of co while alive */
+    enum chorus_task_state state;
+    int nargs;                     /* values pushed on co for the next resume */
+    int ok;                        /* when DONE */
+    int result_ref;                /* when DONE: registry ref of {n=, ...} */
+    chorus_cancel_fn cancel;       /* pending operation, while PARKED */
+    void *cancel_data;
+    int *awaiting;                 /* task ids awaited, while parked in await */
+    int nawaiting;
+    struct chorus_task *next_ready;
+    int queued;
+};
+
+typedef void (*chorus_run_done_fn)(struct chorus_run *run, void *data);
+
+struct chorus_run {
+    struct chorus_runtime *rt;
+    struct chorus_run *prev, *next;
+    char id[37];                   /* uuid text */
+    struct chorus_task **tasks;
+    int ntasks, cap;
+    int allow_io;                  /* 0 while a script's top level runs */
+    size_t mem;                    /* heap growth charged to this run */
+    long instructions;
+    enum chorus_kill killed;
+    struct chorus_limits limits;
+    uint64_t deadline_ms;          /* loop time; 0: none */
+    int done, ok;
+    int result_ref;                /* when done: {n=, ...} values or error */
+    char *traceback;               /* when failed with a Lua error; owned */
+    chorus_run_done_fn on_done;
+    void *on_done_data;
+};
+
+/* Starts a run whose first task calls the function at stack index -(nargs+1)
+ * of L with the nargs values above it (all popped). Returns the run, or NULL
+ * when out of memory (nothing popped then). The task starts on the next loop
+ * turn; on_done (may be NULL) runs once when the first task ends. */
+struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int nargs,
+                                    const struct chorus_limits *limits, int allow_io,
+                                    chorus_run_done_fn on_done, void *data);
+
+/* Pushes the run's outcome on L: true, values... or false, error. Returns the
+ * number of values pushed. Valid once run->done. */
+int chorus_run_push_result(struct chorus_run *run, lua_State *L);
+
+/* Cancels what is still running and frees the run. */
+void chorus_run_free(struct chorus_run *run);
+
+/* Spawns a task in the current task's run, calling the function below nargs
+ * values on L. Returns the task id. Raises a Lua error outside a run. */
+int chorus_task_spawn(lua_State *L, int nargs);
+
+/* The task being resumed, checked: raises a Lua error when L is not a task's
+ * own coroutine (e.g. called at a script's top level or from a coroutine the
+ * script created itself) or when io is asked for and the run has none. */
+struct chorus_task *chorus_task_current(lua_State *L, int need_io);
+
+/* Records the pending operation of t (about to yield). */
+void chorus_task_park(struct chorus_task *t, chorus_cancel_fn cancel, void *data);
+
+/* Makes t ready with the nargs values its pending operation pushed on t->co. */
+void chorus_task_wake(struct chorus_task *t, int nargs);
+
+/* Cancels a task and its descendants: their pending operations are cancelled
+ * and their coroutines closed. Their result is a {kind="cancelled"} error. */
+void chorus_task_cancel(struct chorus_task *t);
+
+/* Looks up task id in t's run; NULL when unknown. */
+struct chorus_task *chorus_task_find(struct chorus_run *run, int id);
+
+/* Parks t until one of the given child tasks is done; if one already is,
+ * returns its position (1-based) without parking, else 0. */
+int chorus_task_await(struct chorus_task *t, const int *ids, int n);
+
+/* Pushes a done task's results: true, values... or false, error. */
+int chorus_task_push_result(struct chorus_task *t, lua_State *L);
+
+/* Installs the per-run instruction counter on a coroutine. */
+void chorus_sched_hook(lua_State *co);
+
+/* Writes a random (version 4) UUID and its NUL. */
+void chorus_uuid(char out[37]);
+
+/* Resumes every ready task; the loop's idle handle calls it. */
+void chorus_sched_drain(struct chorus_runtime *rt);
+
+#endif

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# bench.sh — `make bench`: the outbound HTTP client benchmark.
+# Starts the mock upstream on loopback, runs scripts/bench/http_calls.lua
+# RUNS times (default 5) and prints each run and the medians, with the command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-5}
+TOTAL=${TOTAL:-20000}
+CONC=${CONC:-256}
+DELAY=${DELAY:-30}
+
+ulimit -n 65536 2>/dev/null || true
+exec 3< <(build/mock-upstream --max-seconds 600)
+MOCK_PID=$!
+trap 'kill $MOCK_PID 2>/dev/null || true' EXIT
+read -r line <&3
+URL="http://${line#listening }"
+
+echo "# make bench — chorus $(./chorus version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"
+echo "# per run: chorus run scripts/bench/http_calls.lua --input '{\"url\":\"$URL\",\"total\":$TOTAL,\"concurrency\":$CONC,\"delay_ms\":$DELAY}'"
+results=()
+for i in $(seq 1 "$RUNS"); do
+  out=$(./chorus run scripts/bench/http_calls.lua \
+    --input "{\"url\":\"$URL\",\"total\":$TOTAL,\"concurrency\":$CONC,\"delay_ms\":$DELAY}")
+  echo "run $i: $out"
+  results+=("$out")
+done
+printf '%s\n' "${results[@]}" | lua5.4 -e '
+  local dkjson = require "dkjson"
+  local cols = { "calls_per_s", "cpu_us_per_call", "p50_overhead_ms", "p99_overhead_ms", "wave_ms" }
+  local vals = {}
+  for line in io.lines() do
+    local r = dkjson.decode(line)
+    assert(r.failures == 0, "run had failures: " .. line)
+    for _, c in ipairs(cols) do vals[c] = vals[c] or {}; table.insert(vals[c], r[c]) end
+  end
+  print(("median of %d runs:"):format(#vals.wave_ms))
+  for _, c in ipairs(cols) do
+    table.sort(vals[c])
+    print(("  %-16s %10.2f"):format(c, vals[c][math.ceil(#vals[c] / 2)]))
+  end'

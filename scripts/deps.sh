@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# deps.sh — installs the Debian 12 packages chorus needs to build, test and
+# benchmark. As root it runs apt-get; otherwise it prints the command.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential clang pkg-config
+  liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libmicrohttpd-dev
+  liblmdb-dev lmdb-utils libcjson-dev
+  lua-busted lua-dkjson lua-system lua-check curl wrk valgrind clang-format
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing ${missing[*]}"
+  echo "deps: run as root: apt-get update && apt-get install -y ${missing[*]}"
+  exit 1
+fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,211 @@
+-- `chorus run` / `check` / `version` as a user runs them: a real process,
+-- real HTTP to the mock upstream on loopback.
+local H = require "tests.integration.helpers"
+
+local FIX = "tests/integration/fixtures/"
+
+local function input_for(mock)
+  return H.encode({ mock = mock.url })
+end
+
+local function one_line(s)
+  return s:gsub("\n$", ""):find("\n") == nil
+end
+
+describe("chorus run", function()
+  local mock
+
+  setup(function()
+    mock = H.start_mock(120)
+  end)
+
+  teardown(function()
+    mock.stop()
+  end)
+
+  before_each(function()
+    mock.reset()
+  end)
+
+  it("fans out concurrently: 200 ms and 300 ms upstreams finish in about 300 ms", function()
+    local env = {
+      CHORUS_UPSTREAM_CRM = mock.url .. "/crm?delay=200",
+      CHORUS_UPSTREAM_MARKETING = mock.url .. "/marketing?delay=300",
+    }
+    local r = H.chorus_run({ "run", "examples/fanout/fanout.lua", "--input", '{"type":"signup"}' }, env)
+    assert.are.equal(0, r.code, r.stderr)
+    local out = H.decode(r.stdout)
+    assert.are.equal(200, out.status)
+    assert.is_true(out.json.crm.ok)
+    assert.is_true(out.json.marketing.ok)
+    assert.is_true(r.elapsed >= 0.3, ("took %.3f s, faster than the slowest call"):format(r.elapsed))
+    assert.is_true(r.elapsed < 0.4, ("took %.3f s: calls were not concurrent"):format(r.elapsed))
+    local stats = mock.stats()
+    assert.are.equal(1, stats.by_path["/crm/events"])
+    assert.are.equal(1, stats.by_path["/marketing/events"])
+  end)
+
+  it("keeps delivering to one API when the other is down (all_settled)", function()
+    local env = {
+      CHORUS_UPSTREAM_CRM = mock.url .. "/crm?status=503",
+      CHORUS_UPSTREAM_MARKETING = "http://127.0.0.1:9",
+    }
+    local r = H.chorus_run({ "run", "examples/fanout/fanout.lua", "--input", '{"type":"signup"}' }, env)
+    assert.are.equal(0, r.code, r.stderr)
+    local out = H.decode(r.stdout)
+    assert.are.equal(207, out.status)
+    assert.are.same({ ok = false, status = 503 }, out.json.crm)
+    assert.are.same({ ok = false, error = "connect" }, out.json.marketing)
+  end)
+
+  it("sends the deterministic idempotency key of ctx.key on each call", function()
+    local env = {
+      CHORUS_UPSTREAM_CRM = mock.url .. "/crm",
+      CHORUS_UPSTREAM_MARKETING = mock.url .. "/marketing",
+    }
+    local r = H.chorus_run({ "run", "examples/fanout/fanout.lua", "--input", '{"type":"signup"}' }, env)
+    assert.are.equal(0, r.code, r.stderr)
+    local keys = 0
+    for key, count in pairs(mock.stats().effects) do
+      assert.are.equal(1, count)
+      assert.truthy(key:match("^[%x-]+:crm$") or key:match("^[%x-]+:marketing$"), key)
+      keys = keys + 1
+    end
+    assert.are.equal(2, keys)
+  end)
+
+  it("cancels the other in-flight transfer when a call in chorus.all fails", function()
+    local r = H.chorus_run({ "run", FIX .. "cancel_on_failure.lua", "--input", input_for(mock) })
+    assert.are.equal(1, r.code)
+    assert.is_true(one_line(r.stderr), r.stderr)
+    local err = H.decode(r.stderr)
+    assert.are.equal("boom", err.error.kind)
+    assert.is_true(r.elapsed < 1.5, ("took %.3f s: the slow call was awaited"):format(r.elapsed))
+    -- the mock notices the closed connection within ~50 ms
+    local stats
+    for _ = 1, 40 do
+      stats = mock.stats()
+      if stats.aborted >= 1 then break end
+      os.execute("sleep 0.05")
+    end
+    assert.are.equal(1, stats.aborted)
+    assert.are.equal(0, stats.completed)
+  end)
+
+  it("cuts off an upstream that never answers with kind = timeout", function()
+    local r = H.chorus_run({ "run", FIX .. "hang_timeout.lua", "--input", input_for(mock) })
+    assert.are.equal(1, r.code)
+    local err = H.decode(r.stderr).error
+    assert.are.equal("timeout", err.kind)
+    assert.are.equal("GET", err.method)
+    assert.is_true(r.elapsed < 2, ("took %.3f s"):format(r.elapsed))
+  end)
+
+  it("runs all, all_settled, race and any", function()
+    local r = H.chorus_run({ "run", FIX .. "concurrency.lua", "--input", input_for(mock) })
+    assert.are.equal(0, r.code, r.stderr)
+    local out = H.decode(r.stdout)
+    assert.are.same({ "/a", "/b" }, out.all)
+    assert.are.same({ true, 200, false, "reset" }, out.settled)
+    assert.are.equal("fast", out.race)
+    assert.are.equal("/any", out.any)
+  end)
+
+  it("reads --input from a file with @", function()
+    local path = H.write_temp('{"type":"from-file"}', ".json")
+    local env = { CHORUS_UPSTREAM_CRM = mock.url, CHORUS_UPSTREAM_MARKETING = mock.url }
+    local r = H.chorus_run({ "run", "examples/fanout/fanout.lua", "--input", "@" .. path }, env)
+    os.remove(path)
+    assert.are.equal(0, r.code, r.stderr)
+  end)
+end)
+
+describe("chorus run with bad input", function()
+  local function fails(args, code, pattern)
+    local r = H.chorus_run(args, nil, 20)
+    assert.are.equal(code, r.code, r.stderr)
+    assert.are.equal("", r.stdout)
+    assert.is_true(one_line(r.stderr), "not one line: " .. r.stderr)
+    assert.truthy(r.stderr:find(pattern), ("%q not in %q"):format(pattern, r.stderr))
+    return r
+  end
+
+  it("rejects malformed --input JSON with exit 2", function()
+    fails({ "run", "examples/fanout/fanout.lua", "--input", "{bad" }, 2, "--input is not valid JSON")
+  end)
+
+  it("rejects a missing script with exit 2", function()
+    fails({ "run", "no/such/script.lua" }, 2, "cannot read script")
+  end)
+
+  it("rejects unknown options and commands with exit 2", function()
+    fails({ "run", "examples/fanout/fanout.lua", "--nope" }, 2, "unknown option %-%-nope")
+    fails({ "frobnicate" }, 2, "unknown command 'frobnicate'")
+    fails({ "run" }, 2, "exactly one SCRIPT")
+  end)
+
+  it("reports a syntax error with file and line, exit 1", function()
+    fails({ "run", FIX .. "syntax_error.lua" }, 1, "syntax_error.lua:4:")
+  end)
+
+  it("reports a script that returns no workflow, exit 1", function()
+    fails({ "run", FIX .. "no_workflow.lua" }, 1, "must end with `return chorus.workflow")
+  end)
+
+  it("stops an infinite loop with the instruction budget, exit 1", function()
+    local r = fails({ "run", FIX .. "infinite_loop.lua" }, 1, "instruction budget")
+    assert.are.equal("budget", H.decode(r.stderr).error.kind)
+  end)
+
+  it("stops a loop that pcalls around the budget error", function()
+    fails({ "run", FIX .. "swallowing_loop.lua" }, 1, "instruction budget")
+  end)
+
+  it("stops a memory bomb at the memory cap, exit 1", function()
+    local r = fails({ "run", FIX .. "memory_bomb.lua" }, 1, "memory cap")
+    assert.are.equal("memory", H.decode(r.stderr).error.kind)
+  end)
+
+  it("stops a script whose top level never ends", function()
+    fails({ "run", FIX .. "toplevel_loop.lua" }, 1, "instruction budget")
+  end)
+
+  it("refuses I/O while a script loads", function()
+    fails({ "run", FIX .. "toplevel_http.lua" }, 1, "I/O is not allowed while a script loads")
+  end)
+end)
+
+describe("the sandbox", function()
+  it("keeps io, os.execute, package, debug and bytecode away from scripts", function()
+    local r = H.chorus_run({ "run", FIX .. "sandboxed.lua" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.same({
+      io = false, os_execute = false, loadfile = false, dofile = false, package = false,
+      debug = false, require_io = false, string_dump = false, bytecode = false,
+    }, H.decode(r.stdout))
+  end)
+end)
+
+describe("chorus check", function()
+  it("passes good scripts and names each", function()
+    local r = H.chorus_run({ "check", "examples/fanout/fanout.lua" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.truthy(r.stdout:find("ok   examples/fanout/fanout.lua (workflow fanout)", 1, true))
+  end)
+
+  it("fails when any script fails, without side effects", function()
+    local r = H.chorus_run({ "check", "examples/fanout/fanout.lua", FIX .. "syntax_error.lua",
+      FIX .. "toplevel_http.lua" })
+    assert.are.equal(1, r.code)
+    assert.truthy(r.stdout:find("FAIL syntax error", 1, true))
+    assert.truthy(r.stderr:find("2 of 3 scripts failed", 1, true))
+  end)
+end)
+
+describe("chorus version", function()
+  it("prints the version", function()
+    local r = H.chorus_run({ "version" })
+    assert.are.equal(0, r.code)
+    assert.truthy(r.stdout:match("^chorus %d+%.%d+%.%d+ %(Lua 5%.4%)"))
+  end)
+end)
