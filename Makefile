@@ -13,6 +13,8 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fPIC -Iruntime -I$(BUILD)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+# The Lua C module must not link liblua: lua5.4 has the VM built in.
+MOD_LIBS   = $(shell pkg-config --libs libuv libcurl libcjson 2>/dev/null) -lm -lpthread
 
 # Everything in runtime/ except the CLI entry point is the core, linked into
 # both ./chorus and the Lua C module used by busted (same sources).
@@ -22,7 +24,7 @@ LUA_SRC  := $(wildcard lua/chorus/*.lua)
 
 .PHONY: all deps test test-unit test-lua test-integration test-asan bench demo clean lint format
 
-all: chorus $(BUILD)/mock-upstream $(BUILD)/chorus/core.so
+all: chorus $(BUILD)/mock-upstream $(BUILD)/lua/chorus/core.so
 
 chorus: $(BUILD)/chorus
 	cp $< $@
@@ -44,9 +46,9 @@ $(BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
 $(BUILD)/chorus: $(CORE_OBJ) $(BUILD)/main.o
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(PKG_LIBS)
 
-$(BUILD)/chorus/core.so: $(CORE_OBJ)
-	mkdir -p $(BUILD)/chorus
-	$(CC) $(CFLAGS) -shared $^ -o $@ $(LDFLAGS) $(PKG_LIBS)
+$(BUILD)/lua/chorus/core.so: $(CORE_OBJ)
+	mkdir -p $(BUILD)/lua/chorus
+	$(CC) $(CFLAGS) -shared $^ -o $@ $(LDFLAGS) $(MOD_LIBS)
 
 $(BUILD)/mock-upstream: scripts/mock_upstream.c | $(BUILD)
 	$(CC) $(CFLAGS) $(shell pkg-config --cflags $(MOCK_PKGS)) $< -o $@ \
@@ -81,7 +83,7 @@ bench: all
 	bash scripts/bench.sh
 
 lint:
-	luacheck lua examples tests/lua tests/integration
+	luacheck lua examples tests scripts/bench
 	clang-format --dry-run --Werror runtime/*.c runtime/*.h scripts/*.c tests/unit/*.c
 
 format:

@@ -1,0 +1,629 @@
+/* lua_json.c — JSON ⇄ Lua values on cJSON (contract in lua_json.h).
+ *
+ * Invariant: any Lua call may raise (out of memory, stack overflow, our own
+ * encode errors), so all Lua work runs inside lua_pcall, and every cJSON node
+ * is reachable from a root owned by the C caller of that pcall: a node is
+ * linked into its parent before anything that can raise, and the caller frees
+ * the whole tree after the pcall, whatever its outcome.
+ *
+ * cJSON reads every number as a double. To keep integer literals beyond 2^53
+ * exact, decoding walks the validated text beside the tree: numbers appear in
+ * the tree's pre-order in the same order as in the text, so a cursor that
+ * skips strings finds each number's literal.
+ */
+#include "lua_json.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <locale.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NEAR_LEN 16
+
+/* Its address is json.null; it is never written. */
+static const char null_sentinel = 0;
+#define NULL_SENTINEL ((void *)&null_sentinel)
+
+static int set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (err != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* Copies the error object of a failed pcall into err and pops it. */
+static void take_error(lua_State *L, char *err, size_t errlen) {
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "unknown error";
+    set_err(err, errlen, "%s", msg);
+    lua_pop(L, 1);
+}
+
+/* Pushes the array metatable, creating it on first use in this state. */
+static void push_array_mt(lua_State *L) { luaL_newmetatable(L, CHORUS_JSON_ARRAY_MT); }
+
+/* ---- decode ------------------------------------------------------------ */
+
+struct dec {
+    const cJSON *root;
+    const char *cur, *end; /* number cursor over the validated text */
+    int arraymt;           /* stack index of the array metatable */
+};
+
+/* The byte after the string whose opening quote is at p, or end when the
+ * string is not closed. Sets *nul to the first \u0000 escape, if nul. */
+static const char *skip_string(const char *p, const char *end, const char **nul) {
+    for (p++; p < end && *p != '"';) {
+        if (*p != '\\') {
+            p++;
+            continue;
+        }
+        if (nul != NULL && *nul == NULL && end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0)
+            *nul = p;
+        p += end - p >= 2 ? 2 : 1;
+    }
+    return p < end ? p + 1 : end;
+}
+
+/* Rejects, before cJSON sees the text, what cJSON would mishandle: nesting
+ * beyond our limit (cJSON's own is 1000) and \u0000 (cJSON would cut the
+ * string there). On valid JSON, brackets outside strings are the nesting. */
+static int dec_prescan(const char *text, size_t len, char *err, size_t errlen) {
+    const char *p = text, *end = text + len, *nul = NULL;
+    int depth = 0;
+    while (p < end) {
+        switch (*p) {
+        case '"':
+            p = skip_string(p, end, &nul);
+            if (nul != NULL)
+                return set_err(err, errlen, "unsupported \\u0000 in a string at offset %zu",
+                               (size_t)(nul - text));
+            continue;
+        case '[':
+        case '{':
+            if (++depth > CHORUS_JSON_MAX_DEPTH)
+                return set_err(err, errlen, "nesting deeper than %d at offset %zu",
+                               CHORUS_JSON_MAX_DEPTH, (size_t)(p - text));
+            break;
+        case ']':
+        case '}':
+            if (depth > 0)
+                depth--;
+            break;
+        }
+        p++;
+    }
+    return 0;
+}
+
+static int syntax_error(const char *text, size_t len, size_t off, char *err, size_t errlen) {
+    char near[NEAR_LEN + 1];
+    size_t n;
+    if (off >= len)
+        return set_err(err, errlen, "invalid JSON at offset %zu: unexpected end of input", len);
+    n = len - off;
+    if (n > NEAR_LEN) { /* do not cut a UTF-8 sequence */
+        n = NEAR_LEN;
+        while (n > 1 && ((unsigned char)text[off + n] & 0xC0) == 0x80)
+            n--;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[off + i];
+        near[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    }
+    near[n] = '\0';
+    return set_err(err, errlen, "invalid JSON at offset %zu near '%s'", off, near);
+}
+
+static int is_number_char(char c) {
+    return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
+}
+
+/* The literal of the next number in the text; its length, 0 if none. */
+static size_t next_number(struct dec *d, const char **tok) {
+    const char *p = d->cur, *start;
+    while (p < d->end && *p != '-' && !(*p >= '0' && *p <= '9'))
+        p = *p == '"' ? skip_string(p, d->end, NULL) : p + 1;
+    for (start = p; p < d->end && is_number_char(*p); p++)
+        ;
+    d->cur = p;
+    *tok = start;
+    return (size_t)(p - start);
+}
+
+/* Reads tok[0..n), the literal of cJSON's reading x. Returns 1 with *out set
+ * when it is a plain integer literal within int64, -1 when it is one beyond
+ * int64 (a float, even if x is integral), 0 when it is not one. A literal
+ * that disagrees with x would be a cursor bug; then it is ignored. */
+static int exact_integer(const char *tok, size_t n, double x, lua_Integer *out) {
+    char buf[32], *endp;
+    long long v;
+    if (n == 0 || n >= sizeof buf)
+        return 0;
+    memcpy(buf, tok, n);
+    buf[n] = '\0';
+    if (strpbrk(buf, ".eE+") != NULL)
+        return 0;
+    errno = 0;
+    v = strtoll(buf, &endp, 10);
+    if (*endp != '\0' || (double)v != x)
+        return 0;
+    if (errno == ERANGE)
+        return -1;
+    *out = (lua_Integer)v;
+    return 1;
+}
+
+static void dec_number(lua_State *L, struct dec *d, const cJSON *item) {
+    double x = item->valuedouble;
+    const char *tok;
+    size_t n = next_number(d, &tok);
+    lua_Integer i;
+    switch (exact_integer(tok, n, x, &i)) {
+    case 1:
+        lua_pushinteger(L, i);
+        return;
+    case -1:
+        lua_pushnumber(L, x);
+        return;
+    }
+    if (x == floor(x) && lua_numbertointeger(x, &i))
+        lua_pushinteger(L, i);
+    else
+        lua_pushnumber(L, x);
+}
+
+static void dec_value(lua_State *L, struct dec *d, const cJSON *item);
+
+static void dec_array(lua_State *L, struct dec *d, const cJSON *item) {
+    lua_Integer i = 0;
+    lua_createtable(L, cJSON_GetArraySize(item), 0);
+    for (const cJSON *c = item->child; c != NULL; c = c->next) {
+        dec_value(L, d, c);
+        lua_rawseti(L, -2, ++i);
+    }
+    lua_pushvalue(L, d->arraymt);
+    lua_setmetatable(L, -2);
+}
+
+static void dec_object(lua_State *L, struct dec *d, const cJSON *item) {
+    lua_createtable(L, 0, cJSON_GetArraySize(item));
+    for (const cJSON *c = item->child; c != NULL; c = c->next) {
+        lua_pushstring(L, c->string);
+        dec_value(L, d, c);
+        lua_rawset(L, -3); /* a repeated key: the last one wins */
+    }
+}
+
+static void dec_value(lua_State *L, struct dec *d, const cJSON *item) {
+    luaL_checkstack(L, 4, "json.decode");
+    switch (item->type & 0xFF) {
+    case cJSON_False:
+        lua_pushboolean(L, 0);
+        break;
+    case cJSON_True:
+        lua_pushboolean(L, 1);
+        break;
+    case cJSON_NULL:
+        lua_pushlightuserdata(L, NULL_SENTINEL);
+        break;
+    case cJSON_Number:
+        dec_number(L, d, item);
+        break;
+    case cJSON_String:
+        lua_pushstring(L, item->valuestring);
+        break;
+    case cJSON_Array:
+        dec_array(L, d, item);
+        break;
+    case cJSON_Object:
+        dec_object(L, d, item);
+        break;
+    default:
+        luaL_error(L, "unexpected cJSON item type %d", item->type);
+    }
+}
+
+/* lua_pcall'd: 1 = struct dec. Returns the value. */
+static int dec_protected(lua_State *L) {
+    struct dec *d = lua_touserdata(L, 1);
+    push_array_mt(L);
+    d->arraymt = lua_gettop(L);
+    dec_value(L, d, d->root);
+    return 1;
+}
+
+static int is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+int chorus_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen) {
+    const char *parse_end = NULL;
+    struct dec d = {0};
+    int status;
+    if (text == NULL) {
+        text = "";
+        len = 0;
+    }
+    if (dec_prescan(text, len, err, errlen) != 0)
+        return -1;
+    d.root = cJSON_ParseWithLengthOpts(text, len, &parse_end, 0);
+    if (d.root == NULL)
+        return syntax_error(text, len, parse_end ? (size_t)(parse_end - text) : 0, err, errlen);
+    while (parse_end < text + len && is_json_space(*parse_end))
+        parse_end++;
+    if (parse_end < text + len) {
+        cJSON_Delete((cJSON *)d.root);
+        return syntax_error(text, len, (size_t)(parse_end - text), err, errlen);
+    }
+    d.cur = text;
+    d.end = text + len;
+    if (!lua_checkstack(L, 3)) {
+        cJSON_Delete((cJSON *)d.root);
+        return set_err(err, errlen, "stack overflow");
+    }
+    lua_pushcfunction(L, dec_protected);
+    lua_pushlightuserdata(L, &d);
+    status = lua_pcall(L, 1, 1, 0);
+    cJSON_Delete((cJSON *)d.root);
+    if (status != LUA_OK) {
+        take_error(L, err, errlen);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- encode ------------------------------------------------------------ */
+
+/* One step of the path from the root: a key (stack index of the key string,
+ * alive while its table is being traversed) or a 1-based array index. */
+struct step {
+    int key;
+    lua_Integer index;
+};
+
+struct enc {
+    cJSON *root;
+    int arraymt; /* stack index of the array metatable, or of nil */
+    int depth;   /* tables enclosing the current value */
+    const void *tables[CHORUS_JSON_MAX_DEPTH];
+    struct step path[CHORUS_JSON_MAX_DEPTH];
+};
+
+enum table_kind { KIND_OBJECT, KIND_ARRAY };
+
+static int is_identifier(const char *s, size_t len) {
+    if (len == 0 || (s[0] >= '0' && s[0] <= '9'))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9')))
+            return 0;
+    }
+    return 1;
+}
+
+static void add_step(lua_State *L, luaL_Buffer *b, const struct step *s) {
+    char num[32];
+    size_t len;
+    const char *k;
+    if (s->key == 0) {
+        snprintf(num, sizeof num, "[" LUA_INTEGER_FMT "]", (LUAI_UACINT)s->index);
+        luaL_addstring(b, num);
+        return;
+    }
+    k = lua_tolstring(L, s->key, &len);
+    if (is_identifier(k, len)) {
+        luaL_addchar(b, '.');
+        luaL_addlstring(b, k, len);
+        return;
+    }
+    luaL_addstring(b, "[\"");
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (c == '"' || c == '\\')
+            luaL_addchar(b, '\\');
+        luaL_addchar(b, c < 0x20 || c == 0x7f ? '?' : (char)c);
+    }
+    luaL_addstring(b, "\"]");
+}
+
+/* Raises "WHAT at PATH" for the current value. */
+static int enc_fail(lua_State *L, const struct enc *e, const char *what) {
+    luaL_Buffer b;
+    luaL_checkstack(L, 4, "json.encode");
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, what);
+    luaL_addstring(&b, " at $");
+    for (int i = 0; i < e->depth; i++)
+        add_step(L, &b, &e->path[i]);
+    luaL_pushresult(&b);
+    return lua_error(L);
+}
+
+/* Links item under parent (as key's value, or appended when key is NULL),
+ * or makes it the root. Frees item if that fails. */
+static void enc_attach(lua_State *L, struct enc *e, cJSON *parent, const char *key, cJSON *item) {
+    int ok;
+    if (item == NULL)
+        luaL_error(L, "not enough memory");
+    if (parent == NULL) {
+        e->root = item;
+        return;
+    }
+    ok =
+        key != NULL ? cJSON_AddItemToObject(parent, key, item) : cJSON_AddItemToArray(parent, item);
+    if (!ok) {
+        cJSON_Delete(item);
+        luaL_error(L, "not enough memory");
+    }
+}
+
+/* Shortest of %.15g..%.17g that reads back as exactly x, with '.' as the
+ * decimal point whatever the locale. */
+static void format_float(char *buf, size_t size, double x) {
+    const char *point = localeconv()->decimal_point;
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, size, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x)
+            break;
+    }
+    if (point[0] != '.' && point[0] != '\0' && point[1] == '\0') {
+        char *p = strchr(buf, point[0]);
+        if (p != NULL)
+            *p = '.';
+    }
+}
+
+static cJSON *enc_number(lua_State *L, const struct enc *e, int idx) {
+    char buf[40];
+    if (lua_isinteger(L, idx)) {
+        snprintf(buf, sizeof buf, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+    } else {
+        double x = (double)lua_tonumber(L, idx);
+        if (!isfinite(x))
+            enc_fail(L, e, "cannot encode NaN or infinity");
+        format_float(buf, sizeof buf, x);
+    }
+    return cJSON_CreateRaw(buf);
+}
+
+static cJSON *enc_string(lua_State *L, const struct enc *e, int idx) {
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    if (memchr(s, '\0', len) != NULL)
+        enc_fail(L, e, "cannot encode a string with a NUL byte");
+    return cJSON_CreateString(s);
+}
+
+static int has_array_mt(lua_State *L, const struct enc *e, int idx) {
+    int r = 0;
+    if (lua_getmetatable(L, idx)) {
+        r = lua_rawequal(L, -1, e->arraymt);
+        lua_pop(L, 1);
+    }
+    return r;
+}
+
+/* Classifies the table at idx, raising when it is neither an array nor an
+ * object; *n is the array length. */
+static enum table_kind table_kind(lua_State *L, const struct enc *e, int idx, lua_Integer *n) {
+    lua_Integer count = 0, nstrings = 0, max = 0;
+    int outside = 0; /* an integer key < 1 */
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        count++;
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            nstrings++;
+        } else if (lua_isinteger(L, -1)) {
+            lua_Integer k = lua_tointeger(L, -1);
+            if (k < 1)
+                outside = 1;
+            else if (k > max)
+                max = k;
+        } else {
+            enc_fail(L, e, "table with mixed or non-string keys");
+        }
+    }
+    *n = count;
+    if (nstrings > 0 && nstrings < count)
+        enc_fail(L, e, "table with mixed or non-string keys");
+    if (nstrings > 0 && has_array_mt(L, e, idx))
+        enc_fail(L, e, "array with string keys");
+    if (nstrings > 0)
+        return KIND_OBJECT;
+    if (outside || max != count) /* distinct keys in 1..max, count of them: exactly 1..n */
+        enc_fail(L, e, "table with integer keys that are not 1..n");
+    return count > 0 || has_array_mt(L, e, idx) ? KIND_ARRAY : KIND_OBJECT;
+}
+
+static void enc_value(lua_State *L, struct enc *e, int idx, cJSON *parent, const char *key);
+
+static void enc_array_items(lua_State *L, struct enc *e, int idx, cJSON *array, lua_Integer n) {
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        e->path[e->depth - 1] = (struct step){0, i};
+        enc_value(L, e, lua_gettop(L), array, NULL);
+        lua_pop(L, 1);
+    }
+}
+
+static void enc_object_items(lua_State *L, struct enc *e, int idx, cJSON *object) {
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t len;
+        const char *k = lua_tolstring(L, -2, &len); /* a string: table_kind checked */
+        e->path[e->depth - 1] = (struct step){lua_gettop(L) - 1, 0};
+        if (memchr(k, '\0', len) != NULL)
+            enc_fail(L, e, "cannot encode a string with a NUL byte");
+        enc_value(L, e, lua_gettop(L), object, k);
+        lua_pop(L, 1);
+    }
+}
+
+static void enc_table(lua_State *L, struct enc *e, int idx, cJSON *parent, const char *key) {
+    char what[64];
+    const void *self = lua_topointer(L, idx);
+    enum table_kind kind;
+    lua_Integer n;
+    cJSON *item;
+    for (int i = 0; i < e->depth; i++)
+        if (e->tables[i] == self)
+            enc_fail(L, e, "cycle");
+    if (e->depth == CHORUS_JSON_MAX_DEPTH) {
+        snprintf(what, sizeof what, "nesting deeper than %d", CHORUS_JSON_MAX_DEPTH);
+        enc_fail(L, e, what);
+    }
+    luaL_checkstack(L, 4, "json.encode");
+    kind = table_kind(L, e, idx, &n);
+    item = kind == KIND_ARRAY ? cJSON_CreateArray() : cJSON_CreateObject();
+    enc_attach(L, e, parent, key, item);
+    e->tables[e->depth++] = self;
+    if (kind == KIND_ARRAY)
+        enc_array_items(L, e, idx, item, n);
+    else
+        enc_object_items(L, e, idx, item);
+    e->depth--;
+}
+
+static void enc_value(lua_State *L, struct enc *e, int idx, cJSON *parent, const char *key) {
+    char what[64];
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        enc_attach(L, e, parent, key, cJSON_CreateNull());
+        return;
+    case LUA_TBOOLEAN:
+        enc_attach(L, e, parent, key, cJSON_CreateBool(lua_toboolean(L, idx)));
+        return;
+    case LUA_TNUMBER:
+        enc_attach(L, e, parent, key, enc_number(L, e, idx));
+        return;
+    case LUA_TSTRING:
+        enc_attach(L, e, parent, key, enc_string(L, e, idx));
+        return;
+    case LUA_TTABLE:
+        enc_table(L, e, idx, parent, key);
+        return;
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL_SENTINEL) {
+            enc_attach(L, e, parent, key, cJSON_CreateNull());
+            return;
+        }
+        break;
+    }
+    snprintf(what, sizeof what, "cannot encode a %s", luaL_typename(L, idx));
+    enc_fail(L, e, what);
+}
+
+/* lua_pcall'd: 1 = struct enc, 2 = the value. Builds e->root. */
+static int enc_protected(lua_State *L) {
+    struct enc *e = lua_touserdata(L, 1);
+    luaL_getmetatable(L, CHORUS_JSON_ARRAY_MT);
+    e->arraymt = lua_gettop(L);
+    enc_value(L, e, 2, NULL, NULL);
+    return 0;
+}
+
+char *chorus_json_encode(lua_State *L, int idx, char *err, size_t errlen) {
+    struct enc e;
+    char *out = NULL;
+    idx = lua_absindex(L, idx);
+    e.root = NULL;
+    e.depth = 0;
+    if (!lua_checkstack(L, 3)) {
+        set_err(err, errlen, "stack overflow");
+        return NULL;
+    }
+    lua_pushcfunction(L, enc_protected);
+    lua_pushlightuserdata(L, &e);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK)
+        take_error(L, err, errlen);
+    else if ((out = cJSON_PrintUnformatted(e.root)) == NULL)
+        set_err(err, errlen, "not enough memory");
+    cJSON_Delete(e.root);
+    return out;
+}
+
+/* ---- the Lua library ----------------------------------------------------- */
+
+/* lua_pcall'd so that a failing push cannot leak the string. */
+static int push_cstring(lua_State *L) {
+    lua_pushstring(L, lua_touserdata(L, 1));
+    return 1;
+}
+
+static int json_encode(lua_State *L) {
+    char err[1024];
+    char *s;
+    int status;
+    luaL_checkany(L, 1);
+    s = chorus_json_encode(L, 1, err, sizeof err);
+    if (s == NULL) {
+        lua_pushstring(L, err);
+        return lua_error(L);
+    }
+    lua_pushcfunction(L, push_cstring);
+    lua_pushlightuserdata(L, s);
+    status = lua_pcall(L, 1, 1, 0);
+    free(s);
+    if (status != LUA_OK)
+        return lua_error(L);
+    return 1;
+}
+
+static int json_decode(lua_State *L) {
+    char err[256];
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (chorus_json_decode(L, s, len, err, sizeof err) != 0) {
+        lua_pushfstring(L, "json.decode: %s", err);
+        return lua_error(L);
+    }
+    return 1;
+}
+
+static int json_array(lua_State *L) {
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    push_array_mt(L);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static int json_is_null(lua_State *L) {
+    lua_pushboolean(L,
+                    lua_type(L, 1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, 1) == NULL_SENTINEL);
+    return 1;
+}
+
+static const luaL_Reg json_funcs[] = {
+    {"encode", json_encode},
+    {"decode", json_decode},
+    {"array", json_array},
+    {"is_null", json_is_null},
+    {NULL, NULL},
+};
+
+int chorus_json_open(lua_State *L) {
+    push_array_mt(L);
+    lua_pop(L, 1);
+    luaL_newlib(L, json_funcs);
+    lua_pushlightuserdata(L, NULL_SENTINEL);
+    lua_setfield(L, -2, "null");
+    return 1;
+}

@@ -1,0 +1,190 @@
+/* test_http_client.c — the HTTP engine (runtime/http_client.c) without Lua,
+ * against the real mock upstream (build/mock-upstream) on loopback.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "http_client.h"
+#include "unit.h"
+
+struct outcome {
+    int done;
+    enum chorus_http_error error;
+    long status;
+    char body[4096];
+    char content_type[128];
+    double duration;
+};
+
+static void on_done(const struct chorus_http_response *res, void *data) {
+    struct outcome *o = data;
+    o->done = 1;
+    o->error = res->error;
+    o->status = res->status;
+    o->duration = res->duration;
+    if (res->body)
+        snprintf(o->body, sizeof o->body, "%s", res->body);
+    for (size_t i = 0; i < res->nheaders; i++)
+        if (strcasecmp(res->headers[i].name, "content-type") == 0)
+            snprintf(o->content_type, sizeof o->content_type, "%s", res->headers[i].value);
+}
+
+static pid_t mock_pid;
+static char mock_url[64];
+
+/* Starts build/mock-upstream and reads its port from the first line. */
+static int start_mock(void) {
+    int fds[2];
+    if (pipe(fds) != 0)
+        return -1;
+    mock_pid = fork();
+    if (mock_pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl("build/mock-upstream", "mock-upstream", "--max-seconds", "60", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *f = fdopen(fds[0], "r");
+    char line[128] = {0};
+    if (!f || !fgets(line, sizeof line, f))
+        return -1;
+    int port = 0;
+    if (sscanf(line, "listening 127.0.0.1:%d", &port) != 1)
+        return -1;
+    snprintf(mock_url, sizeof mock_url, "http://127.0.0.1:%d", port);
+    return 0;
+}
+
+static void stop_mock(void) {
+    kill(mock_pid, SIGTERM);
+    waitpid(mock_pid, NULL, 0);
+}
+
+static void run_until(uv_loop_t *loop, struct outcome *o, int n) {
+    for (;;) {
+        int all = 1;
+        for (int i = 0; i < n; i++)
+            all &= o[i].done;
+        if (all || !uv_run(loop, UV_RUN_ONCE))
+            return;
+    }
+}
+
+static struct chorus_http_call *start(struct chorus_http_client *c, const char *method,
+                                      const char *path, const char *body, long timeout_ms,
+                                      struct outcome *o) {
+    char url[256], err[128];
+    snprintf(url, sizeof url, "%s%s", mock_url, path);
+    const char *headers[] = {"X-Test: yes", "Content-Type: application/json", NULL};
+    struct chorus_http_request req = {method, url, headers, body, body ? strlen(body) : 0,
+                                      1000, timeout_ms};
+    return chorus_http_start(c, &req, on_done, o, err, sizeof err);
+}
+
+static void test_get_and_post(struct chorus_http_client *c, uv_loop_t *loop) {
+    struct outcome o[2] = {0};
+    CHECK(start(c, "GET", "/hello?status=201", NULL, 5000, &o[0]) != NULL);
+    CHECK(start(c, "POST", "/echo", "{\"a\":1}", 5000, &o[1]) != NULL);
+    run_until(loop, o, 2);
+    CHECK_INT_EQ(o[0].error, CHORUS_HTTP_OK);
+    CHECK_INT_EQ(o[0].status, 201);
+    CHECK(strstr(o[0].content_type, "application/json") != NULL);
+    CHECK(strstr(o[0].body, "\"path\":\"/hello\"") != NULL);
+    CHECK_INT_EQ(o[1].status, 200);
+    CHECK(strstr(o[1].body, "\"method\":\"POST\"") != NULL);
+    CHECK(strstr(o[1].body, "\"x-test\":\"yes\"") != NULL);
+    CHECK_INT_EQ(chorus_http_active(c), 0);
+}
+
+static void test_failures(struct chorus_http_client *c, uv_loop_t *loop) {
+    struct outcome o[3] = {0};
+    CHECK(start(c, "GET", "/hang?fault=hang", NULL, 200, &o[0]) != NULL);
+    CHECK(start(c, "GET", "/reset?fault=reset", NULL, 5000, &o[1]) != NULL);
+    char err[128];
+    struct chorus_http_request refused = {"GET", "http://127.0.0.1:9/", NULL, NULL, 0, 1000, 1000};
+    CHECK(chorus_http_start(c, &refused, on_done, &o[2], err, sizeof err) != NULL);
+    run_until(loop, o, 3);
+    CHECK_INT_EQ(o[0].error, CHORUS_HTTP_TIMEOUT);
+    CHECK(o[0].duration >= 0.15 && o[0].duration < 1.0);
+    CHECK_INT_EQ(o[1].error, CHORUS_HTTP_RESET);
+    CHECK_INT_EQ(o[2].error, CHORUS_HTTP_CONNECT);
+}
+
+static void test_bad_method(struct chorus_http_client *c) {
+    struct outcome o = {0};
+    char err[128] = {0};
+    struct chorus_http_request req = {"get me", "http://127.0.0.1:9/", NULL, NULL, 0, 0, 0};
+    CHECK(chorus_http_start(c, &req, on_done, &o, err, sizeof err) == NULL);
+    CHECK(strstr(err, "invalid HTTP method") != NULL);
+}
+
+static void test_many_concurrent(struct chorus_http_client *c, uv_loop_t *loop) {
+    enum { N = 200 };
+    static struct outcome o[N];
+    memset(o, 0, sizeof o);
+    uint64_t t0 = uv_now(loop);
+    for (int i = 0; i < N; i++)
+        start(c, "GET", "/many?delay=100", NULL, 5000, &o[i]);
+    run_until(loop, o, N);
+    uv_update_time(loop);
+    int ok = 0;
+    for (int i = 0; i < N; i++)
+        ok += o[i].status == 200;
+    CHECK_INT_EQ(ok, N);
+    /* concurrent, not one after another (which would take 20 s) */
+    CHECK(uv_now(loop) - t0 < 5000);
+}
+
+static void test_cancel(struct chorus_http_client *c, uv_loop_t *loop) {
+    struct outcome o = {0};
+    struct chorus_http_call *call = start(c, "GET", "/cancel?delay=2000", NULL, 5000, &o);
+    CHECK(call != NULL);
+    /* let the request reach the mock, then abandon it */
+    for (int i = 0; i < 5; i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+    usleep(100 * 1000);
+    uv_run(loop, UV_RUN_NOWAIT);
+    chorus_http_cancel(call);
+    CHECK_INT_EQ(chorus_http_active(c), 0);
+    CHECK_INT_EQ(o.done, 0);
+    usleep(200 * 1000);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "curl -s %s/__stats", mock_url);
+    FILE *p = popen(cmd, "r");
+    char stats[4096] = {0};
+    if (p) {
+        size_t n = fread(stats, 1, sizeof stats - 1, p);
+        stats[n] = '\0';
+        pclose(p);
+    }
+    CHECK(strstr(stats, "\"aborted\":1") != NULL);
+}
+
+int main(void) {
+    if (start_mock() != 0) {
+        fprintf(stderr, "cannot start build/mock-upstream\n");
+        return 1;
+    }
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    CHECK_INT_EQ(chorus_http_global_init(), 0);
+    struct chorus_http_client *c = chorus_http_client_new(&loop);
+    CHECK(c != NULL);
+    test_get_and_post(c, &loop);
+    test_failures(c, &loop);
+    test_bad_method(c);
+    test_many_concurrent(c, &loop);
+    test_cancel(c, &loop);
+    chorus_http_client_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+    chorus_http_global_cleanup();
+    stop_mock();
+    return unit_summary();
+}
