@@ -12,7 +12,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "lua_events.h"
 #include "lua_http.h"
+#include "lua_server.h"
 #include "lua_json.h"
 #include "runtime.h"
 #include "scheduler.h"
@@ -32,13 +34,25 @@ static size_t opt_size_field(lua_State *L, int idx, const char *name, size_t def
     return (size_t)v;
 }
 
+/* Reads opts at index 1: memory, instructions, io and id (a caller-chosen
+ * run id, at most 36 characters, written to id when given). */
 static void read_run_opts(lua_State *L, struct chorus_runtime *rt,
-                          struct chorus_limits *limits, int *io) {
+                          struct chorus_limits *limits, int *io, char id[37]) {
     *limits = rt->limits;
     *io = 1;
+    id[0] = '\0';
     if (lua_isnoneornil(L, 1))
         return;
     luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "id");
+    if (!lua_isnil(L, -1)) {
+        size_t len;
+        const char *s = luaL_checklstring(L, -1, &len);
+        if (len == 0 || len > 36)
+            luaL_error(L, "run id must be 1 to 36 characters");
+        memcpy(id, s, len + 1);
+    }
+    lua_pop(L, 1);
     limits->run_memory = opt_size_field(L, 1, "memory", limits->run_memory);
     limits->run_instructions =
         (long)opt_size_field(L, 1, "instructions", (size_t)limits->run_instructions);
@@ -69,7 +83,8 @@ static int core_run(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
     struct chorus_limits limits;
     int io;
-    read_run_opts(L, rt, &limits, &io);
+    char id[37];
+    read_run_opts(L, rt, &limits, &io, id);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (rt->current)
         return luaL_error(L, "chorus.core.run cannot be nested inside a run");
@@ -77,6 +92,8 @@ static int core_run(lua_State *L) {
     struct chorus_run *run = chorus_run_start(rt, L, nargs, &limits, io, NULL, NULL);
     if (!run)
         return luaL_error(L, "out of memory starting a run");
+    if (id[0])
+        memcpy(run->id, id, sizeof run->id);
     chorus_runtime_run_until(rt, &run->done);
     if (!run->done) {
         chorus_run_free(run);
@@ -90,6 +107,83 @@ static int core_run(lua_State *L) {
     push_run_info(L, run);
     chorus_run_free(run);
     return 3;
+}
+
+/* core.execute(opts, fn, ...) → ok, value, info: from inside a task, runs fn
+ * as a separate run (its own limits, its own id) and waits for it. Trusted
+ * code uses it so that a run stopped by a limit cannot take its caller down. */
+static void on_child_done(struct chorus_run *child, void *data) {
+    struct chorus_task *t = data;
+    lua_State *co = t->co;
+    lua_checkstack(co, 4);
+    int n = chorus_run_push_result(child, co);
+    lua_settop(co, lua_gettop(co) - n + (n >= 2 ? 2 : n));
+    if (n < 2)
+        lua_pushnil(co);
+    push_run_info(co, child);
+    chorus_run_free(child);
+    chorus_task_wake(t, 3);
+}
+
+static void cancel_child(void *data) { chorus_run_free(data); }
+
+static int core_execute(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    struct chorus_limits limits;
+    int io;
+    char id[37];
+    read_run_opts(L, rt, &limits, &io, id);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    struct chorus_task *t = chorus_task_current(L, 0);
+    struct chorus_run *child =
+        chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, on_child_done, t);
+    if (!child)
+        return luaL_error(L, "out of memory starting a run");
+    if (id[0])
+        memcpy(child->id, id, sizeof child->id);
+    lua_settop(L, 0);
+    chorus_task_park(t, cancel_child, child);
+    return lua_yield(L, 0);
+}
+
+static void free_detached(struct chorus_run *run, void *data) {
+    (void)data;
+    chorus_run_free(run);
+}
+
+/* core.start(opts, fn, ...) → run id: a detached run, freed when it ends; fn
+ * records its own outcome. */
+static int core_start(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    struct chorus_limits limits;
+    int io;
+    char id[37];
+    read_run_opts(L, rt, &limits, &io, id);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    struct chorus_run *run =
+        chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, free_detached, NULL);
+    if (!run)
+        return luaL_error(L, "out of memory starting a run");
+    if (id[0])
+        memcpy(run->id, id, sizeof run->id);
+    lua_pushstring(L, run->id);
+    return 1;
+}
+
+/* core.loop() drives the event loop until core.stop() or nothing is left. */
+static int core_loop(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    if (rt->current)
+        return luaL_error(L, "core.loop cannot run inside a run");
+    rt->stopping = 0;
+    while (!rt->stopping && uv_run(&rt->loop, UV_RUN_ONCE))
+        ;
+    return 0;
+}
+
+static int core_stop(lua_State *L) {
+    rt_of(L)->stopping = 1;
+    return 0;
 }
 
 /* ---- tasks ---------------------------------------------------------------- */
@@ -258,6 +352,10 @@ static const luaL_Reg core_funcs[] = {
     {"killed", core_killed},   {"env", core_env},
     {"write_log", core_write_log}, {"set_limits", core_set_limits},
     {"stats", core_stats},     {"http", chorus_lua_http_request},
+    {"execute", core_execute}, {"start", core_start},
+    {"loop", core_loop},       {"stop", core_stop},
+    {"serve", chorus_lua_serve}, {"on_signal", chorus_lua_on_signal},
+    {"watch", chorus_lua_watch}, {"scandir", chorus_lua_scandir},
     {NULL, NULL},
 };
 
@@ -266,6 +364,7 @@ int luaopen_chorus_core(lua_State *L) {
     lua_newtable(L);
     lua_pushlightuserdata(L, rt);
     luaL_setfuncs(L, core_funcs, 1);
+    chorus_lua_server_open(L);
     chorus_json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, CHORUS_VERSION);

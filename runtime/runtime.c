@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "http_client.h"
+#include "lua_events.h"
 #include "scheduler.h"
 
 #define RUNTIME_KEY "chorus.runtime"
@@ -58,6 +59,7 @@ void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done) {
 static void runtime_close(struct chorus_runtime *rt) {
     while (rt->runs)
         chorus_run_free(rt->runs);
+    chorus_events_close(rt);
     if (rt->http)
         chorus_http_client_close(rt->http);
     uv_close((uv_handle_t *)&rt->idle, NULL);

@@ -40,7 +40,8 @@ struct chorus_runtime {
     struct chorus_run *runs;         /* every live run */
     struct chorus_task *current;     /* task being resumed, or NULL */
     size_t lua_bytes;                /* Lua heap size, from the allocator */
-    unsigned long long next_run;     /* run ids of this process */
+    int stopping;                    /* core.stop() was called */
+    struct event *events;            /* signal and folder watches (lua_events.c) */
     lua_Alloc base_alloc;            /* the allocator we wrap */
     void *base_alloc_ud;
 };

@@ -10,6 +10,7 @@ local cli = {}
 local USAGE = [[
 usage:
   chorus run    SCRIPT [--input JSON | --input @FILE] [--config FILE] [--data DIR] [--verbose]
+  chorus serve  [--config FILE] [--scripts DIR] [--data DIR] [--listen HOST:PORT]
   chorus check  SCRIPT...
   chorus version
   chorus help]]
@@ -74,7 +75,7 @@ end
 
 local function load_config(path)
   if not path then
-    return
+    return {}
   end
   local config = require "chorus.config"
   local conf, err = config.load(path)
@@ -82,6 +83,7 @@ local function load_config(path)
     usage_error("%s", err)
   end
   config.apply(conf)
+  return conf
 end
 
 local function fail(obj)
@@ -121,6 +123,30 @@ function cli.run(args)
   return 0
 end
 
+function cli.serve(args)
+  local pos, flags = parse(args, { config = "value", scripts = "value", data = "value", listen = "value" })
+  if #pos > 0 then
+    usage_error("serve takes no positional arguments (got '%s')", pos[1])
+  end
+  local conf = load_config(flags.config)
+  conf.listen = flags.listen or conf.listen or "127.0.0.1:8080"
+  conf.scripts = flags.scripts or conf.scripts or "./examples"
+  conf.data = flags.data or conf.data or "./.chorus-data"
+  if not conf.listen:match("^%d+%.%d+%.%d+%.%d+:%d+$") then
+    usage_error("--listen must be IPV4:PORT, e.g. 127.0.0.1:8080 (got '%s')", conf.listen)
+  end
+  local server = require "chorus.server"
+  local ok, err = server.serve(conf, function(address)
+    io.stdout:write("chorus: listening on http://", address, "\n")
+    io.stdout:flush()
+  end)
+  if not ok then
+    io.stderr:write("chorus serve: ", err, "\n")
+    return 1
+  end
+  return 0
+end
+
 function cli.check(args)
   local pos = parse(args, {})
   if #pos == 0 then
@@ -154,7 +180,7 @@ function cli.help()
   return 0
 end
 
-local COMMANDS = { run = cli.run, check = cli.check, version = cli.version, help = cli.help,
+local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, version = cli.version, help = cli.help,
   ["--help"] = cli.help, ["-h"] = cli.help, ["--version"] = cli.version }
 
 --- Entry point from main.c: returns the process exit status.

@@ -3,7 +3,9 @@
 --   return {
 --     listen = "127.0.0.1:8080", scripts = "./examples", data = "./.chorus-data",
 --     admin_token = chorus.env("CHORUS_ADMIN_TOKEN"),
---     limits = { run_memory_mb = 64, run_instructions = 1e8 },
+--     limits = { run_memory_mb = 64, run_instructions = 1e8, max_body_bytes = 1048576,
+--                max_header_bytes = 32768, max_connections = 10000, client_timeout = 30,
+--                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
 --   }
 --
@@ -17,7 +19,12 @@ local config = {}
 
 local FIELDS = {
   listen = "string", scripts = "string", data = "string", admin_token = "string",
-  limits = "table", upstreams = "table",
+  limits = "table", upstreams = "table", access_log = "boolean",
+}
+
+local LIMITS = {
+  run_memory_mb = true, run_instructions = true, max_body_bytes = true, max_header_bytes = true,
+  max_connections = true, client_timeout = true, drain_timeout = true,
 }
 
 local function validate(conf, path)
@@ -27,6 +34,14 @@ local function validate(conf, path)
     end
     if type(v) ~= FIELDS[k] then
       return nil, ("%s: '%s' must be a %s"):format(path, k, FIELDS[k])
+    end
+  end
+  for k, v in pairs(conf.limits or {}) do
+    if not LIMITS[k] then
+      return nil, ("%s: unknown limit '%s'"):format(path, tostring(k))
+    end
+    if type(v) ~= "number" or v < 0 then
+      return nil, ("%s: limits.%s must be a non-negative number"):format(path, k)
     end
   end
   for name, up in pairs(conf.upstreams or {}) do
@@ -49,7 +64,7 @@ function config.load(path)
   if not chunk then
     return nil, ("config syntax error: %s"):format(cerr)
   end
-  local ok, value = core.run({ io = false }, chunk)
+  local ok, value = require("chorus.script").run_isolated({ io = false }, chunk)
   if not ok then
     return nil, ("%s: %s"):format(path, errors.normalize(value).message)
   end

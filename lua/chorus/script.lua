@@ -21,6 +21,16 @@ local function read_file(path)
   return src
 end
 
+-- Runs fn as its own run: from the top level (CLI) or from inside a run
+-- (a reload triggered by a request, a signal or a file change).
+local function run_isolated(opts, fn)
+  if core.run_id() then
+    return core.execute(opts, fn)
+  end
+  return core.run(opts, fn)
+end
+script.run_isolated = run_isolated
+
 --- Compiles source as a workflow script. Returns the workflow, or nil and a
 --- one-line message naming the file.
 function script.compile(source, path)
@@ -28,7 +38,7 @@ function script.compile(source, path)
   if not chunk then
     return nil, ("syntax error: %s"):format(err)
   end
-  local ok, value = core.run({ io = false }, chunk)
+  local ok, value = run_isolated({ io = false }, chunk)
   if not ok then
     return nil, ("%s: error while loading: %s"):format(path, errors.normalize(value).message)
   end

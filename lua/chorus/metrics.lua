@@ -1,0 +1,143 @@
+-- chorus.metrics — counters, gauges and histograms in the Prometheus text
+-- exposition format (version 0.0.4).
+--
+-- A metric is declared once with its help text and label names; samples
+-- are keyed by their label values. Rendering sorts series so the output is
+-- stable between scrapes.
+local metrics = {}
+
+local registry = {}
+local order = {}
+
+local DEFAULT_BUCKETS = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
+
+local function escape(v)
+  return (tostring(v):gsub("\\", "\\\\"):gsub("\n", "\\n"):gsub('"', '\\"'))
+end
+
+local function label_key(labels, values)
+  if #labels == 0 then
+    return ""
+  end
+  local parts = {}
+  for i, name in ipairs(labels) do
+    parts[i] = ('%s="%s"'):format(name, escape(values[i] or ""))
+  end
+  return table.concat(parts, ",")
+end
+
+local function declare(kind, name, help, labels, buckets)
+  local m = registry[name]
+  if m then
+    return m
+  end
+  m = { kind = kind, name = name, help = help, labels = labels or {}, series = {},
+    buckets = buckets or DEFAULT_BUCKETS }
+  registry[name] = m
+  order[#order + 1] = name
+  return m
+end
+
+function metrics.counter(name, help, labels)
+  local m = declare("counter", name, help, labels)
+  return {
+    inc = function(values, n)
+      local key = label_key(m.labels, values or {})
+      m.series[key] = (m.series[key] or 0) + (n or 1)
+    end,
+  }
+end
+
+function metrics.gauge(name, help, labels)
+  local m = declare("gauge", name, help, labels)
+  return {
+    set = function(values, v)
+      m.series[label_key(m.labels, values or {})] = v
+    end,
+    add = function(values, v)
+      local key = label_key(m.labels, values or {})
+      m.series[key] = (m.series[key] or 0) + v
+    end,
+  }
+end
+
+function metrics.histogram(name, help, labels, buckets)
+  local m = declare("histogram", name, help, labels, buckets)
+  return {
+    observe = function(values, v)
+      local key = label_key(m.labels, values or {})
+      local s = m.series[key]
+      if not s then
+        s = { counts = {}, sum = 0, count = 0 }
+        for i = 1, #m.buckets do
+          s.counts[i] = 0
+        end
+        m.series[key] = s
+      end
+      for i, bound in ipairs(m.buckets) do
+        if v <= bound then
+          s.counts[i] = s.counts[i] + 1
+        end
+      end
+      s.sum = s.sum + v
+      s.count = s.count + 1
+    end,
+  }
+end
+
+local function fmt(v)
+  if math.type(v) == "integer" then
+    return tostring(v)
+  end
+  if v ~= v then
+    return "NaN"
+  end
+  local short = ("%.15g"):format(v)
+  if tonumber(short) == v then
+    return short
+  end
+  return ("%.17g"):format(v)
+end
+
+local function with(key, extra)
+  if key == "" then
+    return "{" .. extra .. "}"
+  end
+  return "{" .. key .. "," .. extra .. "}"
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  return keys
+end
+
+--- Returns the exposition text of every declared metric.
+function metrics.render()
+  local out = {}
+  for _, name in ipairs(order) do
+    local m = registry[name]
+    out[#out + 1] = ("# HELP %s %s"):format(name, m.help)
+    out[#out + 1] = ("# TYPE %s %s"):format(name, m.kind)
+    for _, key in ipairs(sorted_keys(m.series)) do
+      local s = m.series[key]
+      if m.kind == "histogram" then
+        for i, bound in ipairs(m.buckets) do
+          out[#out + 1] = ("%s_bucket%s %d"):format(name, with(key, ('le="%s"'):format(fmt(bound))), s.counts[i])
+        end
+        out[#out + 1] = ("%s_bucket%s %d"):format(name, with(key, 'le="+Inf"'), s.count)
+        local suffix = key == "" and "" or "{" .. key .. "}"
+        out[#out + 1] = ("%s_sum%s %s"):format(name, suffix, fmt(s.sum))
+        out[#out + 1] = ("%s_count%s %d"):format(name, suffix, s.count)
+      else
+        out[#out + 1] = ("%s%s %s"):format(name, key == "" and "" or "{" .. key .. "}", fmt(s))
+      end
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+return metrics

@@ -1,0 +1,321 @@
+/* http_server.c — libmicrohttpd in external epoll mode on the libuv loop.
+ *
+ * MHD's epoll fd becomes readable when any of its sockets has work; we then
+ * call MHD_run and re-arm one timer from MHD_get_timeout. A request whose
+ * answer is not ready is suspended; chorus_server_respond resumes it and
+ * kicks MHD_run on the next loop turn.
+ *
+ * Invariant: an exchange lives from MHD's first access-handler call until
+ * its completion callback; while it waits for an answer it is suspended, and
+ * MHD never completes a suspended connection, so the handler's pointer stays
+ * valid until it answers.
+ */
+#include "http_server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum exchange_state { EX_READING, EX_WAITING, EX_ANSWERED };
+
+struct chorus_exchange {
+    struct chorus_server *server;
+    struct MHD_Connection *conn;
+    enum exchange_state state;
+    char *body;
+    size_t len, cap;
+    int too_large;
+    int suspended;
+    unsigned status;
+    struct MHD_Response *response;
+    struct chorus_exchange *prev, *next; /* pending list */
+};
+
+struct chorus_server {
+    uv_loop_t *loop;
+    struct MHD_Daemon *daemon;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    uv_idle_t kick;
+    chorus_server_handler handler;
+    void *data;
+    size_t max_body;
+    int port;
+    int handles_open;
+    struct chorus_exchange *pending;
+    size_t npending;
+};
+
+static void drive(struct chorus_server *s);
+
+/* ---- loop integration ----------------------------------------------------- */
+
+static void on_poll(uv_poll_t *poll, int status, int events) {
+    (void)status;
+    (void)events;
+    drive(poll->data);
+}
+
+static void on_timer(uv_timer_t *timer) { drive(timer->data); }
+
+static void on_kick(uv_idle_t *idle) {
+    uv_idle_stop(idle);
+    drive(idle->data);
+}
+
+static void drive(struct chorus_server *s) {
+    if (!s->daemon)
+        return;
+    MHD_run(s->daemon);
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(s->daemon, &ms) == MHD_YES)
+        uv_timer_start(&s->timer, on_timer, ms, 0);
+    else
+        uv_timer_stop(&s->timer);
+}
+
+/* ---- pending list --------------------------------------------------------- */
+
+static void pending_add(struct chorus_exchange *ex) {
+    struct chorus_server *s = ex->server;
+    ex->next = s->pending;
+    if (s->pending)
+        s->pending->prev = ex;
+    s->pending = ex;
+    s->npending++;
+}
+
+static void pending_remove(struct chorus_exchange *ex) {
+    struct chorus_server *s = ex->server;
+    if (ex->prev)
+        ex->prev->next = ex->next;
+    else
+        s->pending = ex->next;
+    if (ex->next)
+        ex->next->prev = ex->prev;
+    ex->prev = ex->next = NULL;
+    s->npending--;
+}
+
+/* ---- request handling ----------------------------------------------------- */
+
+static int append_body(struct chorus_exchange *ex, const char *data, size_t n) {
+    if (ex->too_large || ex->len + n > ex->server->max_body) {
+        ex->too_large = 1;
+        return 0;
+    }
+    if (ex->len + n + 1 > ex->cap) {
+        size_t cap = ex->cap ? ex->cap : 1024;
+        while (cap < ex->len + n + 1)
+            cap *= 2;
+        char *p = realloc(ex->body, cap);
+        if (!p)
+            return -1;
+        ex->body = p;
+        ex->cap = cap;
+    }
+    memcpy(ex->body + ex->len, data, n);
+    ex->len += n;
+    ex->body[ex->len] = '\0';
+    return 0;
+}
+
+static enum MHD_Result queue_answer(struct chorus_exchange *ex) {
+    enum MHD_Result r = MHD_queue_response(ex->conn, ex->status, ex->response);
+    MHD_destroy_response(ex->response);
+    ex->response = NULL;
+    return r;
+}
+
+static const char TOO_LARGE[] =
+    "{\"type\":\"about:blank\",\"title\":\"Payload Too Large\",\"status\":413,"
+    "\"detail\":\"request body exceeds the configured limit\"}";
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload, size_t *upload_size, void **req_cls) {
+    (void)version;
+    struct chorus_server *s = cls;
+    struct chorus_exchange *ex = *req_cls;
+    if (!ex) {
+        ex = calloc(1, sizeof *ex);
+        if (!ex)
+            return MHD_NO;
+        ex->server = s;
+        ex->conn = conn;
+        *req_cls = ex;
+        return MHD_YES;
+    }
+    if (ex->state == EX_ANSWERED)
+        return queue_answer(ex);
+    if (*upload_size) {
+        if (append_body(ex, upload, *upload_size) != 0)
+            return MHD_NO;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (ex->too_large) {
+        static const char *const h[] = {"Content-Type", "application/problem+json"};
+        chorus_server_respond(ex, 413, h, 1, TOO_LARGE, sizeof TOO_LARGE - 1);
+        return queue_answer(ex);
+    }
+    ex->state = EX_WAITING;
+    pending_add(ex);
+    struct chorus_request req = {method, url, ex->body ? ex->body : "", ex->len};
+    s->handler(ex, &req, s->data);
+    if (ex->state == EX_ANSWERED)
+        return queue_answer(ex);
+    MHD_suspend_connection(conn);
+    ex->suspended = 1;
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode code) {
+    (void)cls;
+    (void)conn;
+    (void)code;
+    struct chorus_exchange *ex = *req_cls;
+    if (!ex)
+        return;
+    if (ex->state == EX_WAITING)
+        pending_remove(ex); /* only at daemon stop */
+    if (ex->response)
+        MHD_destroy_response(ex->response);
+    free(ex->body);
+    free(ex);
+    *req_cls = NULL;
+}
+
+int chorus_server_respond(struct chorus_exchange *ex, unsigned status, const char *const *headers,
+                          size_t n, const char *body, size_t body_len) {
+    struct chorus_server *s = ex->server;
+    if (ex->state == EX_WAITING)
+        pending_remove(ex);
+    ex->state = EX_ANSWERED;
+    ex->status = status;
+    ex->response =
+        MHD_create_response_from_buffer(body_len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    int rc = 0;
+    for (size_t i = 0; ex->response && i < n; i++)
+        if (MHD_add_response_header(ex->response, headers[2 * i], headers[2 * i + 1]) != MHD_YES)
+            rc = -1; /* a header MHD refuses (e.g. CR/LF in it) is dropped */
+    if (!ex->response) {
+        ex->status = 500;
+        ex->response = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        rc = -1;
+    }
+    if (ex->suspended) {
+        ex->suspended = 0;
+        MHD_resume_connection(ex->conn);
+        if (!uv_is_active((uv_handle_t *)&s->kick))
+            uv_idle_start(&s->kick, on_kick);
+    }
+    return rc;
+}
+
+struct each_ctx {
+    chorus_server_kv_fn fn;
+    void *cls;
+};
+
+static enum MHD_Result each_value(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value) {
+    (void)kind;
+    struct each_ctx *ctx = cls;
+    ctx->fn(ctx->cls, key, value ? value : "");
+    return MHD_YES;
+}
+
+void chorus_server_each(struct chorus_exchange *ex, int kind, chorus_server_kv_fn fn, void *cls) {
+    struct each_ctx ctx = {fn, cls};
+    MHD_get_connection_values(ex->conn, kind == 0 ? MHD_HEADER_KIND : MHD_GET_ARGUMENT_KIND,
+                              each_value, &ctx);
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_server_config *cfg,
+                                          chorus_server_handler handler, void *data, char *err,
+                                          size_t errlen) {
+    struct chorus_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->loop = loop;
+    s->handler = handler;
+    s->data = data;
+    s->max_body = cfg->max_body;
+    struct sockaddr_in addr = {0};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)cfg->port);
+    if (inet_pton(AF_INET, cfg->host, &addr.sin_addr) != 1) {
+        snprintf(err, errlen, "listen address '%s' is not a numeric IPv4 address", cfg->host);
+        goto fail;
+    }
+    s->daemon = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, on_request, s,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, s, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
+    if (!s->daemon) {
+        snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)",
+                 cfg->host, cfg->port);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = info ? info->port : cfg->port;
+    info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    uv_poll_init(loop, &s->poll, info->epoll_fd);
+    uv_timer_init(loop, &s->timer);
+    uv_idle_init(loop, &s->kick);
+    s->poll.data = s->timer.data = s->kick.data = s;
+    s->handles_open = 3;
+    uv_poll_start(&s->poll, UV_READABLE, on_poll);
+    drive(s);
+    return s;
+fail:
+    free(s);
+    return NULL;
+}
+
+int chorus_server_port(const struct chorus_server *server) { return server->port; }
+
+size_t chorus_server_pending(const struct chorus_server *server) { return server->npending; }
+
+void chorus_server_quiesce(struct chorus_server *server) {
+    if (!server->daemon)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(server->daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+    struct chorus_server *s = h->data;
+    if (--s->handles_open == 0)
+        free(s);
+}
+
+static const char SHUTTING_DOWN[] =
+    "{\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,"
+    "\"detail\":\"the server is shutting down\"}";
+
+void chorus_server_close(struct chorus_server *s) {
+    static const char *const h[] = {"Content-Type", "application/problem+json"};
+    while (s->pending)
+        chorus_server_respond(s->pending, 503, h, 1, SHUTTING_DOWN, sizeof SHUTTING_DOWN - 1);
+    if (s->daemon) {
+        MHD_run(s->daemon);
+        MHD_stop_daemon(s->daemon);
+        s->daemon = NULL;
+    }
+    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->kick, on_handle_closed);
+}

@@ -1,0 +1,229 @@
+/* lua_server.c — core.serve: each inbound request becomes a run of a Lua
+ * handler, and the handler's return value becomes the response.
+ *
+ *   local srv = core.serve({ host =, port =, max_body =, max_header =,
+ *                            max_connections =, idle_timeout = }, handler)
+ *   handler(req) → { status = int, headers = { name = value }, body = string }
+ *   req = { method, path, headers = { lowercase name = value }, query = {}, body }
+ *   srv:port(), srv:pending(), srv:quiesce(), srv:close()
+ *
+ * The handler runs as a run under the runtime's limits; a handler that fails
+ * or returns something else gets a 500 (the handler in lua/chorus/server.lua
+ * never does: it turns every workflow outcome into a response itself).
+ */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_server.h"
+#include "runtime.h"
+#include "scheduler.h"
+
+#define SERVER_MT "chorus.server"
+#define MAX_RESPONSE_HEADERS 64
+
+struct lua_server {
+    struct chorus_runtime *rt;
+    struct chorus_server *server;
+    int handler_ref;
+};
+
+static const char INTERNAL[] =
+    "{\"type\":\"about:blank\",\"title\":\"Internal Server Error\",\"status\":500}";
+
+static void set_kv(void *cls, const char *key, const char *value) {
+    lua_State *L = cls;
+    size_t n = strlen(key);
+    char small[128];
+    char *lower = n < sizeof small ? small : malloc(n + 1);
+    if (!lower)
+        return;
+    for (size_t i = 0; i <= n; i++)
+        lower[i] = (char)(key[i] >= 'A' && key[i] <= 'Z' ? key[i] + 32 : key[i]);
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, lower);
+    if (lower != small)
+        free(lower);
+}
+
+static void set_query(void *cls, const char *key, const char *value) {
+    lua_State *L = cls;
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, key);
+}
+
+static void push_request(lua_State *L, struct chorus_exchange *ex, const struct chorus_request *req) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, req->method);
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, req->path);
+    lua_setfield(L, -2, "path");
+    lua_pushlstring(L, req->body, req->body_len);
+    lua_setfield(L, -2, "body");
+    lua_newtable(L);
+    chorus_server_each(ex, 0, set_kv, L);
+    lua_setfield(L, -2, "headers");
+    lua_newtable(L);
+    chorus_server_each(ex, 1, set_query, L);
+    lua_setfield(L, -2, "query");
+}
+
+/* Sends the response table at the top of L (popped). */
+static void respond_with(lua_State *L, struct chorus_exchange *ex) {
+    const char *hdrs[2 * MAX_RESPONSE_HEADERS];
+    size_t n = 0;
+    int top = lua_gettop(L);
+    if (!lua_istable(L, -1)) {
+        static const char *const h[] = {"Content-Type", "application/problem+json"};
+        chorus_server_respond(ex, 500, h, 1, INTERNAL, sizeof INTERNAL - 1);
+        lua_settop(L, top - 1);
+        return;
+    }
+    lua_getfield(L, top, "status");
+    unsigned status = (unsigned)luaL_optinteger(L, -1, 200);
+    if (status < 100 || status > 599)
+        status = 500;
+    lua_getfield(L, top, "headers");
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (n < MAX_RESPONSE_HEADERS && lua_next(L, -2)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+                hdrs[2 * n] = lua_tostring(L, -2);
+                hdrs[2 * n + 1] = lua_tostring(L, -1);
+                n++;
+            }
+            lua_pop(L, 1); /* the strings stay alive in the headers table */
+        }
+    }
+    lua_getfield(L, top, "body");
+    size_t len = 0;
+    const char *body = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : "";
+    chorus_server_respond(ex, status, hdrs, n, body, len);
+    lua_settop(L, top - 1);
+}
+
+static void on_run_done(struct chorus_run *run, void *data) {
+    struct chorus_exchange *ex = data;
+    lua_State *L = run->rt->L;
+    int top = lua_gettop(L);
+    int n = chorus_run_push_result(run, L);
+    if (lua_toboolean(L, top + 1) && n >= 2) {
+        lua_settop(L, top + 2);
+        respond_with(L, ex);
+    } else {
+        lua_settop(L, top);
+        lua_pushnil(L);
+        respond_with(L, ex);
+    }
+    lua_settop(L, top);
+    chorus_run_free(run);
+}
+
+static void on_request(struct chorus_exchange *ex, const struct chorus_request *req, void *data) {
+    struct lua_server *ls = data;
+    struct chorus_runtime *rt = ls->rt;
+    lua_State *L = rt->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->handler_ref);
+    push_request(L, ex, req);
+    if (!chorus_run_start(rt, L, 1, NULL, 1, on_run_done, ex)) {
+        lua_pop(L, 2);
+        static const char *const h[] = {"Content-Type", "application/problem+json"};
+        chorus_server_respond(ex, 500, h, 1, INTERNAL, sizeof INTERNAL - 1);
+    }
+}
+
+static struct lua_server *check_server(lua_State *L) {
+    struct lua_server *ls = luaL_checkudata(L, 1, SERVER_MT);
+    if (!ls->server)
+        luaL_argerror(L, 1, "server is closed");
+    return ls;
+}
+
+static int server_port(lua_State *L) {
+    lua_pushinteger(L, chorus_server_port(check_server(L)->server));
+    return 1;
+}
+
+static int server_pending(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)chorus_server_pending(check_server(L)->server));
+    return 1;
+}
+
+static int server_quiesce(lua_State *L) {
+    chorus_server_quiesce(check_server(L)->server);
+    return 0;
+}
+
+/* Runs still answering requests of this server must not outlive it. */
+static void drop_request_runs(struct lua_server *ls) {
+    struct chorus_run *run = ls->rt->runs, *next;
+    for (; run; run = next) {
+        next = run->next;
+        if (run->on_done == on_run_done) {
+            run->on_done = NULL;
+            chorus_run_free(run);
+        }
+    }
+}
+
+static int server_close(lua_State *L) {
+    struct lua_server *ls = luaL_checkudata(L, 1, SERVER_MT);
+    if (ls->server) {
+        drop_request_runs(ls);
+        chorus_server_close(ls->server);
+        ls->server = NULL;
+        luaL_unref(L, LUA_REGISTRYINDEX, ls->handler_ref);
+        ls->handler_ref = LUA_NOREF;
+    }
+    return 0;
+}
+
+static lua_Integer opt_field(lua_State *L, const char *name, lua_Integer def) {
+    lua_getfield(L, 1, name);
+    lua_Integer v = luaL_optinteger(L, -1, def);
+    lua_pop(L, 1);
+    if (v < 0)
+        luaL_error(L, "core.serve: %s must not be negative", name);
+    return v;
+}
+
+int chorus_lua_serve(lua_State *L) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_getfield(L, 1, "host");
+    struct chorus_server_config cfg = {
+        .host = luaL_optstring(L, -1, "127.0.0.1"),
+        .port = (int)opt_field(L, "port", 8080),
+        .max_body = (size_t)opt_field(L, "max_body", 1 << 20),
+        .max_header = (size_t)opt_field(L, "max_header", 32 * 1024),
+        .max_connections = (unsigned)opt_field(L, "max_connections", 10000),
+        .idle_timeout = (unsigned)opt_field(L, "idle_timeout", 30),
+    };
+    struct lua_server *ls = lua_newuserdatauv(L, sizeof *ls, 0);
+    ls->rt = rt;
+    ls->server = NULL;
+    ls->handler_ref = LUA_NOREF;
+    luaL_setmetatable(L, SERVER_MT);
+    char err[256];
+    ls->server = chorus_server_start(&rt->loop, &cfg, on_request, ls, err, sizeof err);
+    if (!ls->server)
+        return luaL_error(L, "%s", err);
+    lua_pushvalue(L, 2);
+    ls->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+void chorus_lua_server_open(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"port", server_port},       {"pending", server_pending}, {"quiesce", server_quiesce},
+        {"close", server_close},     {"__gc", server_close},      {"__close", server_close},
+        {NULL, NULL},
+    };
+    if (luaL_newmetatable(L, SERVER_MT)) {
+        luaL_setfuncs(L, methods, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+}

@@ -1,0 +1,14 @@
+/* lua_server.h — core.serve, the binding of http_server.c (contract at the top
+ * of lua_server.c). */
+#ifndef CHORUS_LUA_SERVER_H
+#define CHORUS_LUA_SERVER_H
+
+#include <lua.h>
+
+/* core.serve(opts, handler) → server userdata; raises when it cannot listen. */
+int chorus_lua_serve(lua_State *L);
+
+/* Registers the server metatable; call once when the core opens. */
+void chorus_lua_server_open(lua_State *L);
+
+#endif
