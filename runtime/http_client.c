@@ -372,7 +372,10 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
     curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* Over TLS, wait for a connection that may multiplex (HTTP/2) rather than
+     * open more; over plain HTTP/1.1 that wait would serialize calls. */
+    if (strncmp(req->url, "https://", 8) == 0)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
 }

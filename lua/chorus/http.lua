@@ -5,10 +5,16 @@
 -- come back whatever their status; transport failures raise a structured
 -- error { kind, message, upstream, attempts, method, url }.
 local core = require "chorus.core"
+local metrics = require "chorus.metrics"
 local runstate = require "chorus.runstate"
 
 local json = core.json
 local http = {}
+
+local calls_total = metrics.counter("chorus_http_calls_total", "Outbound HTTP calls by upstream and status",
+  { "upstream", "status" })
+local call_seconds = metrics.histogram("chorus_http_call_duration_seconds", "Outbound HTTP call latency",
+  { "upstream" })
 
 http.defaults = { connect_timeout = 10, timeout = 30 }
 
@@ -94,6 +100,9 @@ function http.request(req)
   local status, headers, body, duration = core.http(r.method, r.url, r.headers, r.body,
     r.connect_timeout, r.timeout)
   runstate.record_call(r, started, duration, status or headers)
+  local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
+  calls_total.inc({ target, tostring(status or headers) })
+  call_seconds.observe({ target }, duration)
   if not status then
     raise(headers, ("%s (%s %s)"):format(body, r.method, r.url), r)
   end

@@ -88,4 +88,90 @@ function H.start_mock(max_seconds)
   return mock
 end
 
+--- Sends one HTTP request with curl; returns { status, headers, body, json }.
+--- opts: method, body, headers (table), max_time.
+function H.request(url, opts)
+  opts = opts or {}
+  local hfile, bfile = os.tmpname(), os.tmpname()
+  local parts = { "curl -s -o", bfile, "-D", hfile, "-w '%{http_code}'", "--max-time", tostring(opts.max_time or 10) }
+  if opts.method then
+    parts[#parts + 1] = "-X " .. H.quote(opts.method)
+  end
+  for k, v in pairs(opts.headers or {}) do
+    parts[#parts + 1] = "-H " .. H.quote(k .. ": " .. v)
+  end
+  local dfile
+  if opts.body then
+    dfile = H.write_temp(opts.body, ".body")
+    parts[#parts + 1] = "--data-binary @" .. dfile
+  end
+  parts[#parts + 1] = H.quote(url)
+  local r = H.exec(table.concat(parts, " "), nil, (opts.max_time or 10) + 5)
+  local res = { status = tonumber(r.stdout) or 0, body = slurp(bfile), headers = {} }
+  for line in slurp(hfile):gmatch("[^\r\n]+") do
+    local k, v = line:match("^([^:]+):%s*(.*)$")
+    if k then
+      res.headers[k:lower()] = v
+    end
+  end
+  res.json = H.decode(res.body)
+  os.remove(hfile)
+  os.remove(bfile)
+  if dfile then
+    os.remove(dfile)
+  end
+  return res
+end
+
+--- Copies files into a new temporary folder; returns its path.
+function H.temp_dir(files)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. H.quote(dir)))
+  for name, text in pairs(files or {}) do
+    local f = assert(io.open(dir .. "/" .. name, "wb"))
+    f:write(text)
+    f:close()
+  end
+  return dir
+end
+
+function H.read(path)
+  return slurp(path)
+end
+
+--- Starts `chorus serve` on a free port; returns { url, pid, log, stop(sig), wait() }.
+function H.start_server(args, env)
+  local log = os.tmpname()
+  local prefix = ""
+  for k, v in pairs(env or {}) do
+    prefix = prefix .. k .. "=" .. H.quote(v) .. " "
+  end
+  local quoted = {}
+  for i, a in ipairs(args or {}) do
+    quoted[i] = H.quote(a)
+  end
+  local cmd = ("sh -c 'echo $$; %sexec timeout -s KILL 300 %s serve --listen 127.0.0.1:0 %s 2>%s'"):format(
+    prefix:gsub("'", "'\\''"), H.chorus, table.concat(quoted, " "):gsub("'", "'\\''"), log)
+  local p = assert(io.popen(cmd, "r"))
+  local pid = assert(tonumber(p:read("l")), "server did not start")
+  local line = p:read("l") or ""
+  local address = line:match("listening on (http://[%d%.:]+)")
+  assert(address, "server did not listen: " .. line .. "\n" .. slurp(log))
+  local srv = { url = address, pid = pid, log = log, pipe = p }
+  function srv.kill(sig)
+    os.execute(("kill -%s %d 2>/dev/null"):format(sig or "TERM", pid))
+  end
+  function srv.wait()
+    local _, _, code = p:close()
+    return code
+  end
+  function srv.stop()
+    srv.kill("TERM")
+    srv.wait()
+    os.remove(log)
+  end
+  return srv
+end
+
 return H

@@ -142,6 +142,9 @@ static void test_many_concurrent(struct chorus_http_client *c, uv_loop_t *loop) 
 }
 
 static void test_cancel(struct chorus_http_client *c, uv_loop_t *loop) {
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "curl -s -X POST %s/__reset >/dev/null", mock_url);
+    CHECK_INT_EQ(system(cmd), 0);
     struct outcome o = {0};
     struct chorus_http_call *call = start(c, "GET", "/cancel?delay=2000", NULL, 5000, &o);
     CHECK(call != NULL);
@@ -154,7 +157,6 @@ static void test_cancel(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK_INT_EQ(chorus_http_active(c), 0);
     CHECK_INT_EQ(o.done, 0);
     usleep(200 * 1000);
-    char cmd[256];
     snprintf(cmd, sizeof cmd, "curl -s %s/__stats", mock_url);
     FILE *p = popen(cmd, "r");
     char stats[4096] = {0};
