@@ -9,8 +9,8 @@ BUILD   ?= build
 PKGS    := lua5.4 libuv libcurl libcjson libmicrohttpd
 MOCK_PKGS := libmicrohttpd libcjson
 
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fPIC -Iruntime -I$(BUILD)
+OPT     ?= -O2 -g
+CFLAGS  := $(OPT) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fPIC -Iruntime -I$(BUILD)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 # The Lua C module must not link liblua: lua5.4 has the VM built in.
@@ -67,13 +67,12 @@ test: all $(UNIT_TESTS)
 
 # The same C unit and integration tests under AddressSanitizer + UBSan, in a
 # separate build folder so the optimized binary stays as it is.
-test-asan:
-	$(MAKE) BUILD=build-asan CC=clang \
-	    CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	    LDFLAGS="-fsanitize=address,undefined" all build-asan/chorus
-	$(MAKE) BUILD=build-asan CC=clang \
-	    CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	    LDFLAGS="-fsanitize=address,undefined" $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS))
+ASAN_FLAGS := CC=clang BUILD=build-asan \
+    OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+    LDFLAGS="-fsanitize=address,undefined"
+
+test-asan: all
+	$(MAKE) $(ASAN_FLAGS) build-asan/chorus build-asan/mock-upstream $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS))
 	CHORUS_BUILD=build-asan bash scripts/test.sh --sanitized
 
 demo: all

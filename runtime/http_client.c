@@ -14,12 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Easy handles are kept for reuse: creating one costs more than a call. */
+#define EASY_POOL 256
+
 struct chorus_http_client {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
     struct chorus_http_call *calls; /* in flight, for close */
     size_t active;
+    CURL *idle[EASY_POOL];          /* reset easy handles ready for reuse */
+    int nidle;
     int closing;
 };
 
@@ -174,9 +179,24 @@ static void unlink_call(struct chorus_http_call *call) {
     client->active--;
 }
 
+static CURL *easy_get(struct chorus_http_client *client) {
+    if (client->nidle > 0)
+        return client->idle[--client->nidle];
+    return curl_easy_init();
+}
+
+static void easy_put(struct chorus_http_client *client, CURL *easy) {
+    if (client->nidle < EASY_POOL && !client->closing) {
+        curl_easy_reset(easy);
+        client->idle[client->nidle++] = easy;
+    } else {
+        curl_easy_cleanup(easy);
+    }
+}
+
 static void call_free(struct chorus_http_call *call) {
     if (call->easy)
-        curl_easy_cleanup(call->easy);
+        easy_put(call->client, call->easy);
     curl_slist_free_all(call->headers);
     for (size_t i = 0; i < call->nheaders; i++) {
         free(call->resp_headers[i].name);
@@ -392,7 +412,7 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
     call->client = client;
     call->done = done;
     call->data = data;
-    call->easy = curl_easy_init();
+    call->easy = easy_get(client);
     if (!call->easy) {
         snprintf(err, errlen, "curl_easy_init failed");
         goto fail;
@@ -433,8 +453,11 @@ static void free_client(uv_handle_t *handle) {
 }
 
 void chorus_http_client_close(struct chorus_http_client *client) {
+    client->closing = 1;
     while (client->calls)
         chorus_http_cancel(client->calls);
+    while (client->nidle > 0)
+        curl_easy_cleanup(client->idle[--client->nidle]);
     curl_multi_cleanup(client->multi);
     uv_close((uv_handle_t *)&client->timer, free_client);
 }

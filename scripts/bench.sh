@@ -20,14 +20,19 @@ echo "# make bench — chorus $(./chorus version | awk '{print $2}'), $(nproc) c
 echo "# per run: chorus run scripts/bench/http_calls.lua --input '{\"url\":\"$URL\",\"total\":$TOTAL,\"concurrency\":$CONC,\"delay_ms\":$DELAY}'"
 results=()
 for i in $(seq 1 "$RUNS"); do
-  out=$(./chorus run scripts/bench/http_calls.lua \
-    --input "{\"url\":\"$URL\",\"total\":$TOTAL,\"concurrency\":$CONC,\"delay_ms\":$DELAY}")
-  echo "run $i: $out"
-  results+=("$out")
+  # /usr/bin/time splits the process's CPU into user and system (kernel TCP)
+  out=$(/usr/bin/time -f 'TIME %U %S' ./chorus run scripts/bench/http_calls.lua \
+    --input "{\"url\":\"$URL\",\"total\":$TOTAL,\"concurrency\":$CONC,\"delay_ms\":$DELAY}" 2>&1)
+  json=$(echo "$out" | grep '^{')
+  read -r _ user sys <<<"$(echo "$out" | grep '^TIME')"
+  calls=$((TOTAL + CONC))
+  json="${json%\}},\"user_us_per_call\":$(echo "$user * 1000000 / $calls" | bc -l),\"sys_us_per_call\":$(echo "$sys * 1000000 / $calls" | bc -l)}"
+  echo "run $i: $json"
+  results+=("$json")
 done
 printf '%s\n' "${results[@]}" | lua5.4 -e '
   local dkjson = require "dkjson"
-  local cols = { "calls_per_s", "cpu_us_per_call", "p50_overhead_ms", "p99_overhead_ms", "wave_ms" }
+  local cols = { "calls_per_s", "cpu_us_per_call", "user_us_per_call", "sys_us_per_call", "p50_overhead_ms", "p99_overhead_ms", "wave_ms" }
   local vals = {}
   for line in io.lines() do
     local r = dkjson.decode(line)

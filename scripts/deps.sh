@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential clang pkg-config
   liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libmicrohttpd-dev
   liblmdb-dev lmdb-utils libcjson-dev
-  lua-busted lua-dkjson lua-system lua-check curl wrk valgrind clang-format
+  lua-busted lua-dkjson lua-system lua-check curl wrk valgrind clang-format time bc
 )
 
 missing=()

@@ -38,6 +38,26 @@ local function is_json(headers)
   return ct and (ct:find("application/json", 1, true) or ct:find("+json", 1, true))
 end
 
+-- resp.json is decoded on first use: many workflows look only at status,
+-- and decoding every body would be most of a call's CPU.
+local RESPONSE_MT = {
+  __name = "chorus.http.response",
+  __index = function(resp, key)
+    if key ~= "json" then
+      return nil
+    end
+    local value
+    if is_json(resp.headers) and #resp.body > 0 then
+      local ok, decoded = pcall(json.decode, resp.body)
+      if ok then
+        value = decoded
+      end
+    end
+    rawset(resp, "json", value)
+    return value
+  end,
+}
+
 local function check_number(req, field)
   local v = req[field]
   if v ~= nil and (type(v) ~= "number" or v < 0) then
@@ -106,14 +126,7 @@ function http.request(req)
   if not status then
     raise(headers, ("%s (%s %s)"):format(body, r.method, r.url), r)
   end
-  local resp = { status = status, headers = headers, body = body }
-  if is_json(headers) and #body > 0 then
-    local ok, value = pcall(json.decode, body)
-    if ok then
-      resp.json = value
-    end
-  end
-  return resp
+  return setmetatable({ status = status, headers = headers, body = body }, RESPONSE_MT)
 end
 
 local function verb(method)

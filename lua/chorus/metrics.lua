@@ -15,7 +15,7 @@ local function escape(v)
   return (tostring(v):gsub("\\", "\\\\"):gsub("\n", "\\n"):gsub('"', '\\"'))
 end
 
-local function label_key(labels, values)
+local function build_key(labels, values)
   if #labels == 0 then
     return ""
   end
@@ -26,13 +26,34 @@ local function label_key(labels, values)
   return table.concat(parts, ",")
 end
 
+-- Label keys are cached per metric in a tree of label values, so the hot
+-- path (a counter bump per outbound call) builds no strings.
+local function label_key(m, values)
+  local node = m.keys
+  for i = 1, #m.labels do
+    local v = values[i] or ""
+    local child = node[v]
+    if not child then
+      child = {}
+      node[v] = child
+    end
+    node = child
+  end
+  local key = node[m.keys]
+  if not key then
+    key = build_key(m.labels, values)
+    node[m.keys] = key
+  end
+  return key
+end
+
 local function declare(kind, name, help, labels, buckets)
   local m = registry[name]
   if m then
     return m
   end
   m = { kind = kind, name = name, help = help, labels = labels or {}, series = {},
-    buckets = buckets or DEFAULT_BUCKETS }
+    buckets = buckets or DEFAULT_BUCKETS, keys = {} }
   registry[name] = m
   order[#order + 1] = name
   return m
@@ -42,7 +63,7 @@ function metrics.counter(name, help, labels)
   local m = declare("counter", name, help, labels)
   return {
     inc = function(values, n)
-      local key = label_key(m.labels, values or {})
+      local key = label_key(m, values or {})
       m.series[key] = (m.series[key] or 0) + (n or 1)
     end,
   }
@@ -52,10 +73,10 @@ function metrics.gauge(name, help, labels)
   local m = declare("gauge", name, help, labels)
   return {
     set = function(values, v)
-      m.series[label_key(m.labels, values or {})] = v
+      m.series[label_key(m, values or {})] = v
     end,
     add = function(values, v)
-      local key = label_key(m.labels, values or {})
+      local key = label_key(m, values or {})
       m.series[key] = (m.series[key] or 0) + v
     end,
   }
@@ -65,7 +86,7 @@ function metrics.histogram(name, help, labels, buckets)
   local m = declare("histogram", name, help, labels, buckets)
   return {
     observe = function(values, v)
-      local key = label_key(m.labels, values or {})
+      local key = label_key(m, values or {})
       local s = m.series[key]
       if not s then
         s = { counts = {}, sum = 0, count = 0 }

@@ -5,7 +5,7 @@
 -- to-be-closed guard when it ends, also when it fails or is cancelled.
 local core = require "chorus.core"
 
-local runstate = {}
+local runstate = { MAX_TIMELINE = 1000 }
 local live = {}
 
 function runstate.begin(id, state)
@@ -29,6 +29,11 @@ function runstate.record_call(req, started, duration, outcome)
     return
   end
   local timeline = run.timeline
+  if #timeline >= runstate.MAX_TIMELINE then
+    -- a run making thousands of calls keeps its first ones and a count
+    run.timeline_dropped = (run.timeline_dropped or 0) + 1
+    return
+  end
   timeline[#timeline + 1] = {
     target = req.upstream or req.url, method = req.method, url = req.url,
     attempts = 1, status = outcome, start = started, duration = duration,
