@@ -147,8 +147,12 @@ struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
     curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client);
     curl_multi_setopt(client->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    /* Keep enough idle connections that a 256-wide fan-out reuses them. */
-    curl_multi_setopt(client->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    /* No fixed cap on the connection cache: with a cap below the number of
+     * connections in use, curl 7.88 scans every connection to find the
+     * oldest idle one each time a transfer ends, which is quadratic at
+     * thousands of concurrent calls. 0 lets the cache grow with the number
+     * of transfers (curl's own default of 4 per handle added). */
+    curl_multi_setopt(client->multi, CURLMOPT_MAXCONNECTS, 0L);
     return client;
 fail:
     if (client->multi)

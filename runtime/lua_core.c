@@ -201,24 +201,13 @@ static struct chorus_task *check_task(lua_State *L, struct chorus_task *self, in
     return t;
 }
 
-/* core.await({id, ...}) → position of a finished task, waiting if needed. */
+/* core.await() → the id of a child task that finished, waiting if needed
+ * (children report in the order they finish; cancelled ones never do). */
 static int core_await(lua_State *L) {
     struct chorus_task *self = chorus_task_current(L, 0);
-    luaL_checktype(L, 1, LUA_TTABLE);
-    int n = (int)luaL_len(L, 1);
-    if (n < 1 || n > 4096)
-        return luaL_argerror(L, 1, "expected 1 to 4096 task ids");
-    int ids[4096];
-    for (int i = 0; i < n; i++) {
-        lua_rawgeti(L, 1, i + 1);
-        ids[i] = check_task(L, self, -1)->id;
-        lua_pop(L, 1);
-    }
-    int pos = chorus_task_await(self, ids, n);
-    if (pos < 0)
-        return luaL_error(L, "out of memory");
-    if (pos > 0) {
-        lua_pushinteger(L, pos);
+    int id = chorus_task_await(self);
+    if (id > 0) {
+        lua_pushinteger(L, id);
         return 1;
     }
     return lua_yield(L, 0);

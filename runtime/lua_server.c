@@ -196,7 +196,7 @@ int chorus_lua_serve(lua_State *L) {
         .host = luaL_optstring(L, -1, "127.0.0.1"),
         .port = (int)opt_field(L, "port", 8080),
         .max_body = (size_t)opt_field(L, "max_body", 1 << 20),
-        .max_header = (size_t)opt_field(L, "max_header", 32 * 1024),
+        .max_header = (size_t)opt_field(L, "max_header", 16 * 1024),
         .max_connections = (unsigned)opt_field(L, "max_connections", 10000),
         .idle_timeout = (unsigned)opt_field(L, "idle_timeout", 30),
     };

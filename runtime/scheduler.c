@@ -149,21 +149,24 @@ static void release_co(struct chorus_task *t) {
 
 static void finish_run(struct chorus_run *run, struct chorus_task *root);
 
-/* Wakes t's parent if it is parked awaiting t. */
+/* Reports a finished child to its parent: queued, and the parent woken if
+ * it is parked in await. */
 static void notify_parent(struct chorus_task *t) {
     struct chorus_task *p = t->parent;
-    if (!p || p->state != TASK_PARKED || !p->awaiting)
+    if (!p || p->state == TASK_DONE)
         return;
-    for (int i = 0; i < p->nawaiting; i++) {
-        if (p->awaiting[i] == t->id) {
-            free(p->awaiting);
-            p->awaiting = NULL;
-            p->nawaiting = 0;
-            lua_pushinteger(p->co, i + 1);
-            chorus_task_wake(p, 1);
-            return;
-        }
+    if (p->state == TASK_PARKED && p->awaiting) {
+        p->awaiting = 0;
+        lua_pushinteger(p->co, t->id);
+        chorus_task_wake(p, 1);
+        return;
     }
+    t->next_done = NULL;
+    if (p->done_tail)
+        p->done_tail->next_done = t;
+    else
+        p->done_head = t;
+    p->done_tail = t;
 }
 
 static void task_done(struct chorus_task *t, int ok, int result_ref) {
@@ -242,9 +245,7 @@ void chorus_task_cancel(struct chorus_task *t) {
     if (t->state == TASK_PARKED && t->cancel)
         t->cancel(t->cancel_data);
     t->cancel = NULL;
-    free(t->awaiting);
-    t->awaiting = NULL;
-    t->nawaiting = 0;
+    t->awaiting = 0;
     /* Close the coroutine so its to-be-closed variables run and its stack is
      * released; it is never resumed again. */
     t->state = TASK_DONE;
@@ -366,7 +367,6 @@ void chorus_run_free(struct chorus_run *run) {
         struct chorus_task *t = run->tasks[i];
         luaL_unref(rt->L, LUA_REGISTRYINDEX, t->result_ref);
         release_co(t);
-        free(t->awaiting);
         free(t);
     }
     luaL_unref(rt->L, LUA_REGISTRYINDEX, run->result_ref);
@@ -410,18 +410,15 @@ struct chorus_task *chorus_task_find(struct chorus_run *run, int id) {
     return run->tasks[id - 1];
 }
 
-int chorus_task_await(struct chorus_task *t, const int *ids, int n) {
-    for (int i = 0; i < n; i++) {
-        struct chorus_task *c = chorus_task_find(t->run, ids[i]);
-        if (c && c->state == TASK_DONE)
-            return i + 1;
+int chorus_task_await(struct chorus_task *t) {
+    struct chorus_task *c = t->done_head;
+    if (c) {
+        t->done_head = c->next_done;
+        if (!t->done_head)
+            t->done_tail = NULL;
+        return c->id;
     }
-    int *copy = malloc((size_t)n * sizeof *copy);
-    if (!copy)
-        return -1;
-    memcpy(copy, ids, (size_t)n * sizeof *copy);
-    t->awaiting = copy;
-    t->nawaiting = n;
+    t->awaiting = 1;
     chorus_task_park(t, NULL, NULL);
     return 0;
 }

@@ -34,8 +34,10 @@ struct chorus_task {
     int result_ref;                /* when DONE: registry ref of {n=, ...} */
     chorus_cancel_fn cancel;       /* pending operation, while PARKED */
     void *cancel_data;
-    int *awaiting;                 /* task ids awaited, while parked in await */
-    int nawaiting;
+    int awaiting;                  /* parked in chorus_task_await */
+    struct chorus_task *done_head; /* finished children not yet reported */
+    struct chorus_task *done_tail;
+    struct chorus_task *next_done;
     struct chorus_task *next_ready;
     int queued;
 };
@@ -98,9 +100,10 @@ void chorus_task_cancel(struct chorus_task *t);
 /* Looks up task id in t's run; NULL when unknown. */
 struct chorus_task *chorus_task_find(struct chorus_run *run, int id);
 
-/* Parks t until one of the given child tasks is done; if one already is,
- * returns its position (1-based) without parking, else 0. */
-int chorus_task_await(struct chorus_task *t, const int *ids, int n);
+/* Returns the id of a child of t that finished and was not reported yet, in
+ * the order they finished; if none has, parks t (returns 0) and t is woken
+ * with that id pushed. Cancelled children are never reported. O(1). */
+int chorus_task_await(struct chorus_task *t);
 
 /* Pushes a done task's results: true, values... or false, error. */
 int chorus_task_push_result(struct chorus_task *t, lua_State *L);

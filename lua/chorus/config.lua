@@ -4,7 +4,7 @@
 --     listen = "127.0.0.1:8080", scripts = "./examples", data = "./.chorus-data",
 --     admin_token = chorus.env("CHORUS_ADMIN_TOKEN"),
 --     limits = { run_memory_mb = 64, run_instructions = 1e8, max_body_bytes = 1048576,
---                max_header_bytes = 32768, max_connections = 10000, client_timeout = 30,
+--                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
 --   }

@@ -72,30 +72,32 @@ local function spawn_each(who, ...)
   return ids
 end
 
--- Iterates over tasks in the order they finish: yields index, ok, value.
+-- Iterates over tasks in the order they finish: yields index, ok, value,
+-- pending (a table id → index of the tasks still running). Each completion
+-- costs O(1), so a fan-out of thousands of calls stays linear.
 local function finished(ids)
-  local pending = {}
-  for i = 1, #ids do
-    pending[i] = i
+  local pending, remaining = {}, #ids
+  for i, id in ipairs(ids) do
+    pending[id] = i
   end
   return function()
-    if #pending == 0 then
-      return nil
+    while remaining > 0 do
+      local id = core.await()
+      local i = pending[id]
+      if i then
+        pending[id] = nil
+        remaining = remaining - 1
+        local ok, value = core.result(id)
+        return i, ok, value, pending
+      end
     end
-    local wait = {}
-    for k, i in ipairs(pending) do
-      wait[k] = ids[i]
-    end
-    local k = core.await(wait)
-    local i = table.remove(pending, k)
-    local ok, value = core.result(ids[i])
-    return i, ok, value, pending
+    return nil
   end
 end
 
 local function cancel_pending(ids, pending)
-  for _, i in ipairs(pending) do
-    core.cancel(ids[i])
+  for id in pairs(pending) do
+    core.cancel(id)
   end
 end
 

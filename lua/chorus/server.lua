@@ -163,18 +163,19 @@ end
 
 -- ---- run records ----------------------------------------------------------
 
+-- Records are kept in a ring of MAX_RECORDS ids: the oldest finished one is
+-- forgotten when its slot is reused.
 local function new_record(id, name, trace_id)
   local rec = { id = id, workflow = name, status = "running", started = core.now(), trace_id = trace_id,
     timeline = {} }
   state.records[id] = rec
-  local order = state.record_order
-  order[#order + 1] = id
-  if #order > MAX_RECORDS then
-    local old = table.remove(order, 1)
-    if state.records[old] and state.records[old].status ~= "running" then
-      state.records[old] = nil
-    end
+  local slot = state.record_next or 1
+  local old = state.record_order[slot]
+  if old and state.records[old] and state.records[old].status ~= "running" then
+    state.records[old] = nil
   end
+  state.record_order[slot] = id
+  state.record_next = slot % MAX_RECORDS + 1
   return rec
 end
 
@@ -358,6 +359,9 @@ function server.dispatch(req)
     resp = problem(500, "Internal Server Error", "the server could not handle this request")
   end
   m.requests.inc({ tostring(resp.status) })
+  if state.config.access_log == false then
+    return resp
+  end
   log("info", "request", { method = req.method, path = req.path, status = resp.status,
     duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"] })
   return resp

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# bench_serve.sh — `make bench` part 2: `chorus serve` under wrk.
+#   1. fan-out throughput: bench_fanout (2 concurrent calls to the mock per
+#      request) over keep-alive connections, against nginx + lua-nginx-module
+#      doing the same with ngx.location.capture_multi (1 worker: chorus runs
+#      one event loop), with a 0 ms and a 20 ms upstream delay;
+#   2. 5,000 concurrent requests with a 1 s upstream delay: every request must
+#      succeed; peak RSS / 5,000 is the memory per in-flight run.
+# Everything listens on 127.0.0.1 and stops by itself. RUNS (default 3) runs
+# per case; the medians are printed with the commands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-8s}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+exec 3< <(build/mock-upstream --max-seconds 900)
+PIDS+=($!)
+read -r line <&3
+MOCK_PORT=${line##*:}
+MOCK="http://127.0.0.1:$MOCK_PORT"
+
+free_port() { lua5.4 -e 'math.randomseed(os.time()); print(20000 + math.random(20000))'; }
+
+# start_chorus DELAY_MS → sets CHORUS_URL and CHORUS_PID
+start_chorus() {
+  cat > "$WORK/conf.lua" <<EOF
+return {
+  access_log = false,
+  limits = { max_connections = 12000 },
+  upstreams = {
+    a = { base_url = "$MOCK?delay=$1", timeout = 30 },
+    b = { base_url = "$MOCK?delay=$1", timeout = 30 },
+  },
+}
+EOF
+  local port; port=$(free_port)
+  ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen "127.0.0.1:$port" \
+    > "$WORK/chorus.out" 2> "$WORK/chorus.log" &
+  CHORUS_PID=$!
+  PIDS+=("$CHORUS_PID")
+  for _ in $(seq 1 50); do grep -q listening "$WORK/chorus.out" && break; sleep 0.1; done
+  CHORUS_URL="http://127.0.0.1:$port"
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# start_nginx DELAY_MS → sets NGINX_URL and NGINX_PID
+start_nginx() {
+  local port; port=$(free_port)
+  mkdir -p "$WORK/nginx"
+  sed -e "s|@DIR@|$WORK/nginx|g" -e "s|@MOCKPORT@|$MOCK_PORT|g" -e "s|@PORT@|$port|g" \
+      -e "s|@QUERY@|?delay=$1|g" scripts/bench/serve/nginx.conf.in > "$WORK/nginx/nginx.conf"
+  nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2> "$WORK/nginx/start.log" &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  sleep 0.5
+  NGINX_URL="http://127.0.0.1:$port"
+}
+
+# wrk_case URL CONNS → prints "req/s p50_ms p99_ms errors"
+wrk_case() {
+  local out
+  out=$(wrk -t2 -c"$2" -d"$DURATION" --timeout 10s --latency -s scripts/bench/wrk_post.lua \
+    "$1/workflows/bench_fanout" 2>&1)
+  local rps p50 p99 errors
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errors:-none}"
+}
+
+to_ms() {
+  case "$1" in
+    *us) echo "$1" | sed 's/us//' | awk '{printf "%.3f", $1 / 1000}' ;;
+    *ms) echo "$1" | sed 's/ms//' ;;
+    *s) echo "$1" | sed 's/s//' | awk '{printf "%.3f", $1 * 1000}' ;;
+  esac
+}
+
+median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+report_case() { # NAME DELAY CONNS START_FN URL_VAR PID_VAR
+  local name=$1 delay=$2 conns=$3
+  "$4" "$delay"
+  local url=${!5} pid=${!6}
+  wrk -t2 -c"$conns" -d2s -s scripts/bench/wrk_post.lua "$url/workflows/bench_fanout" > /dev/null 2>&1 # warm-up
+  : > "$WORK/rows"
+  for i in $(seq 1 "$RUNS"); do
+    row=$(wrk_case "$url" "$conns")
+    echo "  $name delay=${delay}ms c=$conns run $i: req/s p50_ms p99_ms errors = $row"
+    echo "$row" >> "$WORK/rows"
+  done
+  local rps p50 p99
+  rps=$(awk '{print $1}' "$WORK/rows" | median)
+  p50=$(awk '{print $2}' "$WORK/rows" | median)
+  p99=$(awk '{print $3}' "$WORK/rows" | median)
+  printf '  => %-6s delay=%sms c=%s: median %s req/s, p50 %s ms (%.2f ms over the delay), p99 %s ms\n' \
+    "$name" "$delay" "$conns" "$rps" "$p50" "$(echo "$p50 - $delay" | bc -l)" "$p99"
+  echo "$name $delay $rps" >> "$WORK/summary"
+  stop_pid "$pid"
+}
+
+echo "# make bench (serve) — chorus $(./chorus version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"
+echo "# per run: wrk -t2 -cC -d$DURATION --latency -s scripts/bench/wrk_post.lua URL/workflows/bench_fanout"
+HAVE_NGINX=0
+[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && command -v nginx > /dev/null && HAVE_NGINX=1
+for delay in 0 20; do
+  report_case chorus "$delay" 64 start_chorus CHORUS_URL CHORUS_PID
+  if [ "$HAVE_NGINX" = 1 ]; then
+    report_case nginx "$delay" 64 start_nginx NGINX_URL NGINX_PID
+  fi
+done
+if [ "$HAVE_NGINX" = 1 ]; then
+  awk '{r[$1" "$2] = $3} END {for (d = 0; d <= 20; d += 20) printf "  chorus/nginx req/s ratio at %d ms: %.2f\n", d, r["chorus " d] / r["nginx " d]}' "$WORK/summary"
+else
+  echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
+fi
+
+echo "# 5,000 concurrent requests, upstream delay 1 s: wrk -t2 -c5000 -d3s --timeout 20s"
+start_chorus 1000
+out=$(wrk -t2 -c5000 -d3s --timeout 20s -s scripts/bench/wrk_post.lua "$CHORUS_URL/workflows/bench_fanout" 2>&1)
+hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$CHORUS_PID/status")
+requests=$(echo "$out" | awk '/requests in/ {print $1}')
+errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ')
+stop_pid "$CHORUS_PID"
+echo "  requests: $requests, errors: ${errors:-none}"
+echo "  peak RSS: $((hwm_kb / 1024)) MiB = $((hwm_kb * 1024 / 5000)) bytes per in-flight run"
