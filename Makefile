@@ -80,6 +80,7 @@ demo: all
 
 bench: all
 	bash scripts/bench.sh
+	bash scripts/bench_serve.sh
 
 lint:
 	luacheck lua examples tests scripts/bench

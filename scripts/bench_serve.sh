@@ -38,13 +38,13 @@ return {
   },
 }
 EOF
-  local port; port=$(free_port)
-  ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen "127.0.0.1:$port" \
+  : > "$WORK/chorus.out"
+  ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen 127.0.0.1:0 \
     > "$WORK/chorus.out" 2> "$WORK/chorus.log" &
   CHORUS_PID=$!
   PIDS+=("$CHORUS_PID")
   for _ in $(seq 1 50); do grep -q listening "$WORK/chorus.out" && break; sleep 0.1; done
-  CHORUS_URL="http://127.0.0.1:$port"
+  CHORUS_URL=$(grep -o 'http://[0-9.:]*' "$WORK/chorus.out")
 }
 
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
@@ -71,7 +71,7 @@ wrk_case() {
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ')
+  errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errors:-none}"
 }
 
@@ -127,7 +127,7 @@ start_chorus 1000
 out=$(wrk -t2 -c5000 -d3s --timeout 20s -s scripts/bench/wrk_post.lua "$CHORUS_URL/workflows/bench_fanout" 2>&1)
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$CHORUS_PID/status")
 requests=$(echo "$out" | awk '/requests in/ {print $1}')
-errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ')
+errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
 stop_pid "$CHORUS_PID"
 echo "  requests: $requests, errors: ${errors:-none}"
 echo "  peak RSS: $((hwm_kb / 1024)) MiB = $((hwm_kb * 1024 / 5000)) bytes per in-flight run"

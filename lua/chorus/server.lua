@@ -171,7 +171,7 @@ local function new_record(id, name, trace_id)
   state.records[id] = rec
   local slot = state.record_next or 1
   local old = state.record_order[slot]
-  if old and state.records[old] and state.records[old].status ~= "running" then
+  if old and type(state.records[old]) == "string" then -- finished
     state.records[old] = nil
   end
   state.record_order[slot] = id
@@ -194,14 +194,15 @@ local function finish_record(rec, ok, value, info)
   end
   m.runs.inc({ rec.workflow, rec.status })
   m.duration.observe({ rec.workflow }, rec.duration)
-end
-
-local function public_record(rec)
-  local out = {}
-  for k, v in pairs(rec) do
-    out[k] = v
+  -- A finished record never changes: keep it as its JSON text, one string
+  -- the collector never has to traverse, instead of a tree of tables.
+  local eok, text = pcall(json.encode, rec)
+  if not eok then
+    rec.result = nil
+    rec.error = rec.error or { kind = "result", message = "the result is not JSON: " .. tostring(text) }
+    text = json.encode(rec)
   end
-  return out
+  state.records[rec.id] = text
 end
 
 -- ---- workflows ----------------------------------------------------------
@@ -328,7 +329,10 @@ local function route(req)
     if not rec then
       return problem(404, "Not Found", ("no run with id '%s'"):format(id))
     end
-    return json_response(200, public_record(rec))
+    if type(rec) == "string" then
+      return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = rec }
+    end
+    return json_response(200, rec)
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)
