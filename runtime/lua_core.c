@@ -76,35 +76,49 @@ static void push_run_info(lua_State *L, struct chorus_run *run) {
     }
 }
 
-/* core.run(opts, fn, ...) → ok, value, info: runs fn as a whole run to its
- * end, driving the loop meanwhile. For the CLI and for specs, never inside a
- * run. */
-static int core_run(lua_State *L) {
+/* Pushes a finished run's outcome as three values: ok, value, info. */
+static void push_outcome(lua_State *L, struct chorus_run *run) {
+    lua_checkstack(L, 4);
+    int n = chorus_run_push_result(run, L);
+    lua_settop(L, lua_gettop(L) - n + (n >= 2 ? 2 : n));
+    if (n < 2)
+        lua_pushnil(L);
+    push_run_info(L, run);
+}
+
+/* Starts a run of the function at index 2 with the arguments above it, under
+ * the options at index 1 (all popped). Raises on bad options. */
+static struct chorus_run *start_from_args(lua_State *L, chorus_run_done_fn on_done, void *data) {
     struct chorus_runtime *rt = rt_of(L);
     struct chorus_limits limits;
     int io;
     char id[37];
     read_run_opts(L, rt, &limits, &io, id);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (rt->current)
-        return luaL_error(L, "chorus.core.run cannot be nested inside a run");
-    int nargs = lua_gettop(L) - 2;
-    struct chorus_run *run = chorus_run_start(rt, L, nargs, &limits, io, NULL, NULL);
+    struct chorus_run *run =
+        chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, on_done, data);
     if (!run)
-        return luaL_error(L, "out of memory starting a run");
+        luaL_error(L, "out of memory starting a run");
     if (id[0])
         memcpy(run->id, id, sizeof run->id);
+    lua_settop(L, 0);
+    return run;
+}
+
+/* core.run(opts, fn, ...) → ok, value, info: runs fn as a whole run to its
+ * end, driving the loop meanwhile. For the CLI and for specs, never inside a
+ * run. */
+static int core_run(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    if (rt->current)
+        return luaL_error(L, "chorus.core.run cannot be nested inside a run");
+    struct chorus_run *run = start_from_args(L, NULL, NULL);
     chorus_runtime_run_until(rt, &run->done);
     if (!run->done) {
         chorus_run_free(run);
         return luaL_error(L, "run stalled: it waits on something that can never happen");
     }
-    lua_settop(L, 0);
-    int n = chorus_run_push_result(run, L);
-    lua_settop(L, n >= 2 ? 2 : n);
-    if (n < 2)
-        lua_pushnil(L);
-    push_run_info(L, run);
+    push_outcome(L, run);
     chorus_run_free(run);
     return 3;
 }
@@ -114,13 +128,7 @@ static int core_run(lua_State *L) {
  * code uses it so that a run stopped by a limit cannot take its caller down. */
 static void on_child_done(struct chorus_run *child, void *data) {
     struct chorus_task *t = data;
-    lua_State *co = t->co;
-    lua_checkstack(co, 4);
-    int n = chorus_run_push_result(child, co);
-    lua_settop(co, lua_gettop(co) - n + (n >= 2 ? 2 : n));
-    if (n < 2)
-        lua_pushnil(co);
-    push_run_info(co, child);
+    push_outcome(t->co, child);
     chorus_run_free(child);
     chorus_task_wake(t, 3);
 }
@@ -128,20 +136,8 @@ static void on_child_done(struct chorus_run *child, void *data) {
 static void cancel_child(void *data) { chorus_run_free(data); }
 
 static int core_execute(lua_State *L) {
-    struct chorus_runtime *rt = rt_of(L);
-    struct chorus_limits limits;
-    int io;
-    char id[37];
-    read_run_opts(L, rt, &limits, &io, id);
-    luaL_checktype(L, 2, LUA_TFUNCTION);
     struct chorus_task *t = chorus_task_current(L, 0);
-    struct chorus_run *child =
-        chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, on_child_done, t);
-    if (!child)
-        return luaL_error(L, "out of memory starting a run");
-    if (id[0])
-        memcpy(child->id, id, sizeof child->id);
-    lua_settop(L, 0);
+    struct chorus_run *child = start_from_args(L, on_child_done, t);
     chorus_task_park(t, cancel_child, child);
     return lua_yield(L, 0);
 }
@@ -154,18 +150,7 @@ static void free_detached(struct chorus_run *run, void *data) {
 /* core.start(opts, fn, ...) → run id: a detached run, freed when it ends; fn
  * records its own outcome. */
 static int core_start(lua_State *L) {
-    struct chorus_runtime *rt = rt_of(L);
-    struct chorus_limits limits;
-    int io;
-    char id[37];
-    read_run_opts(L, rt, &limits, &io, id);
-    luaL_checktype(L, 2, LUA_TFUNCTION);
-    struct chorus_run *run =
-        chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, free_detached, NULL);
-    if (!run)
-        return luaL_error(L, "out of memory starting a run");
-    if (id[0])
-        memcpy(run->id, id, sizeof run->id);
+    struct chorus_run *run = start_from_args(L, free_detached, NULL);
     lua_pushstring(L, run->id);
     return 1;
 }
