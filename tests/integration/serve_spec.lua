@@ -198,6 +198,14 @@ describe("chorus serve", function()
       assert.are.equal(401, r.status)
     end)
 
+    it("answers 501 for admin endpoints that arrive with later work", function()
+      for _, path in ipairs({ "/admin/outbox", "/admin/dlq", "/admin/breakers" }) do
+        local r = H.request(srv.url .. path, { headers = auth })
+        assert.are.equal(501, r.status)
+        assert.are.equal("application/problem+json", r.headers["content-type"])
+      end
+    end)
+
     it("reloads a changed script; new runs see the new version", function()
       assert.are.equal(1, post("/workflows/version", "{}").json.version)
       local f = assert(io.open(dir .. "/version.lua", "wb"))
