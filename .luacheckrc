@@ -3,3 +3,4 @@ max_line_length = 120
 files["tests/**/*_spec.lua"] = { std = "+busted" }
 files["examples/**/*_spec.lua"] = { std = "+busted" }
 exclude_files = { "build/**", "build-asan/**", "tests/integration/fixtures/**", "tests/fixtures/**" }
+files["scripts/bench/wrk_post.lua"] = { globals = { "wrk" } }

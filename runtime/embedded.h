@@ -10,7 +10,7 @@
 #include <stddef.h>
 
 struct chorus_embedded {
-    const char *name;   /* module name, e.g. "chorus.http" */
+    const char *name;      /* module name, e.g. "chorus.http" */
     const char *chunkname; /* "@lua/chorus/http.lua", for error messages */
     const char *source;
     size_t len;

@@ -23,7 +23,7 @@ struct chorus_http_client {
     uv_timer_t timer;
     struct chorus_http_call *calls; /* in flight, for close */
     size_t active;
-    CURL *idle[EASY_POOL];          /* reset easy handles ready for reuse */
+    CURL *idle[EASY_POOL]; /* reset easy handles ready for reuse */
     int nidle;
     int closing;
 };
@@ -406,8 +406,8 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
 
 struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
                                            const struct chorus_http_request *req,
-                                           chorus_http_done_fn done, void *data,
-                                           char *err, size_t errlen) {
+                                           chorus_http_done_fn done, void *data, char *err,
+                                           size_t errlen) {
     struct chorus_http_call *call = calloc(1, sizeof *call);
     if (!call) {
         snprintf(err, errlen, "out of memory");

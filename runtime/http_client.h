@@ -27,13 +27,13 @@ enum chorus_http_error {
 /* What to send. Strings are copied by chorus_http_start(); the caller keeps
  * ownership of everything here. */
 struct chorus_http_request {
-    const char *method;        /* "GET", "POST", ... */
+    const char *method; /* "GET", "POST", ... */
     const char *url;
     const char *const *headers; /* "Name: value" lines, NULL-terminated, may be NULL */
-    const char *body;          /* may be NULL */
+    const char *body;           /* may be NULL */
     size_t body_len;
-    long connect_timeout_ms;   /* 0: no connect timeout */
-    long timeout_ms;           /* total; 0: none */
+    long connect_timeout_ms; /* 0: no connect timeout */
+    long timeout_ms;         /* total; 0: none */
 };
 
 /* One response header (name as received). */
@@ -49,10 +49,10 @@ struct chorus_http_response {
     long status;                  /* HTTP status, 0 on transport error */
     const struct chorus_http_header *headers;
     size_t nheaders;
-    const char *body;             /* NUL-terminated for convenience */
+    const char *body; /* NUL-terminated for convenience */
     size_t body_len;
-    double duration;              /* seconds from start to completion */
-    long http_version;            /* 11, 20, ... */
+    double duration;   /* seconds from start to completion */
+    long http_version; /* 11, 20, ... */
 };
 
 typedef void (*chorus_http_done_fn)(const struct chorus_http_response *res, void *data);
@@ -74,8 +74,8 @@ void chorus_http_client_close(struct chorus_http_client *client);
  * from the loop, never from inside this function. */
 struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
                                            const struct chorus_http_request *req,
-                                           chorus_http_done_fn done, void *data,
-                                           char *err, size_t errlen);
+                                           chorus_http_done_fn done, void *data, char *err,
+                                           size_t errlen);
 
 /* Aborts a call in flight: the transfer stops and its connection is closed
  * (not returned to the pool). done will not run. call is freed. */

@@ -135,8 +135,8 @@ static const char TOO_LARGE[] =
     "\"detail\":\"request body exceeds the configured limit\"}";
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload, size_t *upload_size, void **req_cls) {
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **req_cls) {
     (void)version;
     struct chorus_server *s = cls;
     struct chorus_exchange *ex = *req_cls;
@@ -197,8 +197,7 @@ int chorus_server_respond(struct chorus_exchange *ex, unsigned status, const cha
         pending_remove(ex);
     ex->state = EX_ANSWERED;
     ex->status = status;
-    ex->response =
-        MHD_create_response_from_buffer(body_len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    ex->response = MHD_create_response_from_buffer(body_len, (void *)body, MHD_RESPMEM_MUST_COPY);
     int rc = 0;
     for (size_t i = 0; ex->response && i < n; i++)
         if (MHD_add_response_header(ex->response, headers[2 * i], headers[2 * i + 1]) != MHD_YES)
@@ -264,8 +263,8 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, s, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
     if (!s->daemon) {
-        snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)",
-                 cfg->host, cfg->port);
+        snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)", cfg->host,
+                 cfg->port);
         goto fail;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);

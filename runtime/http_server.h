@@ -17,19 +17,19 @@ struct chorus_server;
 struct chorus_exchange;
 
 struct chorus_server_config {
-    const char *host;            /* numeric IPv4 address, e.g. "127.0.0.1" */
-    int port;                    /* 0 picks a free port */
-    size_t max_body;             /* bytes; larger bodies get 413 */
-    size_t max_header;           /* bytes of request header space per connection */
+    const char *host;  /* numeric IPv4 address, e.g. "127.0.0.1" */
+    int port;          /* 0 picks a free port */
+    size_t max_body;   /* bytes; larger bodies get 413 */
+    size_t max_header; /* bytes of request header space per connection */
     unsigned max_connections;
-    unsigned idle_timeout;       /* seconds a connection may stay silent */
+    unsigned idle_timeout; /* seconds a connection may stay silent */
 };
 
 /* The request as the handler sees it; valid until the exchange is answered. */
 struct chorus_request {
     const char *method;
-    const char *path;            /* without the query string */
-    const char *body;            /* NUL-terminated; body_len excludes the NUL */
+    const char *path; /* without the query string */
+    const char *body; /* NUL-terminated; body_len excludes the NUL */
     size_t body_len;
 };
 

@@ -19,9 +19,7 @@
 #include "runtime.h"
 #include "scheduler.h"
 
-static struct chorus_runtime *rt_of(lua_State *L) {
-    return lua_touserdata(L, lua_upvalueindex(1));
-}
+static struct chorus_runtime *rt_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
 /* ---- runs ----------------------------------------------------------------- */
 
@@ -36,8 +34,8 @@ static size_t opt_size_field(lua_State *L, int idx, const char *name, size_t def
 
 /* Reads opts at index 1: memory, instructions, io and id (a caller-chosen
  * run id, at most 36 characters, written to id when given). */
-static void read_run_opts(lua_State *L, struct chorus_runtime *rt,
-                          struct chorus_limits *limits, int *io, char id[37]) {
+static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus_limits *limits,
+                          int *io, char id[37]) {
     *limits = rt->limits;
     *io = 1;
     id[0] = '\0';
@@ -95,8 +93,7 @@ static struct chorus_run *start_from_args(lua_State *L, chorus_run_done_fn on_do
     char id[37];
     read_run_opts(L, rt, &limits, &io, id);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    struct chorus_run *run =
-        chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, on_done, data);
+    struct chorus_run *run = chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, on_done, data);
     if (!run)
         luaL_error(L, "out of memory starting a run");
     if (id[0])
@@ -318,18 +315,30 @@ static int core_stats(lua_State *L) {
 }
 
 static const luaL_Reg core_funcs[] = {
-    {"run", core_run},         {"spawn", core_spawn},
-    {"await", core_await},     {"result", core_result},
-    {"cancel", core_cancel},   {"sleep", core_sleep},
-    {"now", core_now},         {"monotime", core_monotime},
-    {"uuid", core_uuid},       {"run_id", core_run_id},
-    {"killed", core_killed},   {"env", core_env},
-    {"write_log", core_write_log}, {"set_limits", core_set_limits},
-    {"stats", core_stats},     {"http", chorus_lua_http_request},
-    {"execute", core_execute}, {"start", core_start},
-    {"loop", core_loop},       {"stop", core_stop},
-    {"serve", chorus_lua_serve}, {"on_signal", chorus_lua_on_signal},
-    {"watch", chorus_lua_watch}, {"scandir", chorus_lua_scandir},
+    {"run", core_run},
+    {"spawn", core_spawn},
+    {"await", core_await},
+    {"result", core_result},
+    {"cancel", core_cancel},
+    {"sleep", core_sleep},
+    {"now", core_now},
+    {"monotime", core_monotime},
+    {"uuid", core_uuid},
+    {"run_id", core_run_id},
+    {"killed", core_killed},
+    {"env", core_env},
+    {"write_log", core_write_log},
+    {"set_limits", core_set_limits},
+    {"stats", core_stats},
+    {"http", chorus_lua_http_request},
+    {"execute", core_execute},
+    {"start", core_start},
+    {"loop", core_loop},
+    {"stop", core_stop},
+    {"serve", chorus_lua_serve},
+    {"on_signal", chorus_lua_on_signal},
+    {"watch", chorus_lua_watch},
+    {"scandir", chorus_lua_scandir},
     {NULL, NULL},
 };
 

@@ -52,7 +52,8 @@ static void set_query(void *cls, const char *key, const char *value) {
     lua_setfield(L, -2, key);
 }
 
-static void push_request(lua_State *L, struct chorus_exchange *ex, const struct chorus_request *req) {
+static void push_request(lua_State *L, struct chorus_exchange *ex,
+                         const struct chorus_request *req) {
     lua_createtable(L, 0, 5);
     lua_pushstring(L, req->method);
     lua_setfield(L, -2, "method");
@@ -216,8 +217,12 @@ int chorus_lua_serve(lua_State *L) {
 
 void chorus_lua_server_open(lua_State *L) {
     static const luaL_Reg methods[] = {
-        {"port", server_port},       {"pending", server_pending}, {"quiesce", server_quiesce},
-        {"close", server_close},     {"__gc", server_close},      {"__close", server_close},
+        {"port", server_port},
+        {"pending", server_pending},
+        {"quiesce", server_quiesce},
+        {"close", server_close},
+        {"__gc", server_close},
+        {"__close", server_close},
         {NULL, NULL},
     };
     if (luaL_newmetatable(L, SERVER_MT)) {

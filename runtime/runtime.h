@@ -21,8 +21,8 @@ struct chorus_http_client;
 
 /* Per-run limits; 0 means unlimited. */
 struct chorus_limits {
-    size_t run_memory;      /* bytes a run may grow the Lua heap by */
-    long run_instructions;  /* Lua VM instructions per run */
+    size_t run_memory;     /* bytes a run may grow the Lua heap by */
+    long run_instructions; /* Lua VM instructions per run */
 };
 
 /* Defaults a newcomer gets: generous for real workflows, fatal for runaways. */
@@ -34,15 +34,15 @@ struct chorus_runtime {
     lua_State *L;
     struct chorus_http_client *http;
     struct chorus_limits limits;
-    uv_idle_t idle;                  /* drains the ready queue each turn */
-    struct chorus_task *ready_head;  /* tasks to resume, FIFO */
+    uv_idle_t idle;                 /* drains the ready queue each turn */
+    struct chorus_task *ready_head; /* tasks to resume, FIFO */
     struct chorus_task *ready_tail;
-    struct chorus_run *runs;         /* every live run */
-    struct chorus_task *current;     /* task being resumed, or NULL */
-    size_t lua_bytes;                /* Lua heap size, from the allocator */
-    int stopping;                    /* core.stop() was called */
-    struct event *events;            /* signal and folder watches (lua_events.c) */
-    lua_Alloc base_alloc;            /* the allocator we wrap */
+    struct chorus_run *runs;     /* every live run */
+    struct chorus_task *current; /* task being resumed, or NULL */
+    size_t lua_bytes;            /* Lua heap size, from the allocator */
+    int stopping;                /* core.stop() was called */
+    struct event *events;        /* signal and folder watches (lua_events.c) */
+    lua_Alloc base_alloc;        /* the allocator we wrap */
     void *base_alloc_ud;
 };
 

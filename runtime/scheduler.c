@@ -125,8 +125,7 @@ static const char *kill_message(struct chorus_run *run, char *buf, size_t len) {
                  run->limits.run_instructions);
         return "budget";
     case KILL_MEMORY:
-        snprintf(buf, len, "run exceeded its memory cap of %zu MiB",
-                 run->limits.run_memory >> 20);
+        snprintf(buf, len, "run exceeded its memory cap of %zu MiB", run->limits.run_memory >> 20);
         return "memory";
     case KILL_DEADLINE:
         snprintf(buf, len, "run exceeded its deadline");
@@ -312,9 +311,9 @@ void chorus_uuid(char out[37]) {
             b[i] = (unsigned char)rand();
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
 }
 
 struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int nargs,

@@ -25,14 +25,14 @@ typedef void (*chorus_cancel_fn)(void *data);
 struct chorus_task {
     struct chorus_run *run;
     struct chorus_task *parent;
-    int id;                        /* 1-based index in run->tasks */
+    int id; /* 1-based index in run->tasks */
     lua_State *co;
-    int co_ref;                    /* registry anchor of co while alive */
+    int co_ref; /* registry anchor of co while alive */
     enum chorus_task_state state;
-    int nargs;                     /* values pushed on co for the next resume */
-    int ok;                        /* when DONE */
-    int result_ref;                /* when DONE: registry ref of {n=, ...} */
-    chorus_cancel_fn cancel;       /* pending operation, while PARKED */
+    int nargs;               /* values pushed on co for the next resume */
+    int ok;                  /* when DONE */
+    int result_ref;          /* when DONE: registry ref of {n=, ...} */
+    chorus_cancel_fn cancel; /* pending operation, while PARKED */
     void *cancel_data;
     int awaiting;                  /* parked in chorus_task_await */
     struct chorus_task *done_head; /* finished children not yet reported */
@@ -47,18 +47,18 @@ typedef void (*chorus_run_done_fn)(struct chorus_run *run, void *data);
 struct chorus_run {
     struct chorus_runtime *rt;
     struct chorus_run *prev, *next;
-    char id[37];                   /* uuid text */
+    char id[37]; /* uuid text */
     struct chorus_task **tasks;
     int ntasks, cap;
-    int allow_io;                  /* 0 while a script's top level runs */
-    size_t mem;                    /* heap growth charged to this run */
+    int allow_io; /* 0 while a script's top level runs */
+    size_t mem;   /* heap growth charged to this run */
     long instructions;
     enum chorus_kill killed;
     struct chorus_limits limits;
-    uint64_t deadline_ms;          /* loop time; 0: none */
+    uint64_t deadline_ms; /* loop time; 0: none */
     int done, ok;
-    int result_ref;                /* when done: {n=, ...} values or error */
-    char *traceback;               /* when failed with a Lua error; owned */
+    int result_ref;  /* when done: {n=, ...} values or error */
+    char *traceback; /* when failed with a Lua error; owned */
     chorus_run_done_fn on_done;
     void *on_done_data;
 };

@@ -95,7 +95,7 @@ local function finished(ids)
   end
 end
 
-local function cancel_pending(ids, pending)
+local function cancel_pending(pending)
   for id in pairs(pending) do
     core.cancel(id)
   end
@@ -108,7 +108,7 @@ function chorus.all(...)
   local results = {}
   for i, ok, value, pending in finished(ids) do
     if not ok then
-      cancel_pending(ids, pending)
+      cancel_pending(pending)
       error(value, 0)
     end
     results[i] = value
@@ -130,7 +130,7 @@ end
 function chorus.race(...)
   local ids = spawn_each("race", ...)
   local i, ok, value, pending = finished(ids)()
-  cancel_pending(ids, pending)
+  cancel_pending(pending)
   if not ok then
     error(value, 0)
   end
@@ -144,7 +144,7 @@ function chorus.any(...)
   local errors = {}
   for i, ok, value, pending in finished(ids) do
     if ok then
-      cancel_pending(ids, pending)
+      cancel_pending(pending)
       return value, i
     end
     errors[i] = value

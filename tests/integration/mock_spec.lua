@@ -94,7 +94,8 @@ describe("mock upstream", function()
 
   --- Polls /__stats until pred(stats) holds or a second has passed.
   local function stats_until(pred)
-    local deadline, s = now() + 1, nil
+    local deadline = now() + 1
+    local s
     repeat
       s = stats()
     until pred(s) or now() > deadline

@@ -15,6 +15,14 @@ return {
 ]]):format(mock_url, extra or "")
 end
 
+-- Rewrites the "version" workflow of dir to return { version = v }.
+local function write_version(dir, v)
+  local f = assert(io.open(dir .. "/version.lua", "wb"))
+  f:write(('local chorus = require "chorus"\nreturn chorus.workflow { name = "version", '
+    .. 'run = function() return { version = %d } end }\n'):format(v))
+  f:close()
+end
+
 local function copy_fixtures(names)
   local files = {}
   for _, name in ipairs(names) do
@@ -183,7 +191,9 @@ describe("chorus serve", function()
 
     it("cuts off a client that never finishes its request", function()
       local port = srv.url:match(":(%d+)$")
-      local r = H.exec(("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%s; printf \"POST /workflows/echo HTTP/1.1\\r\\nHost: x\\r\\n\" >&3; cat <&3 >/dev/null'"):format(port), nil, 10)
+      local script = "exec 3<>/dev/tcp/127.0.0.1/%s; "
+        .. "printf \"POST /workflows/echo HTTP/1.1\\r\\nHost: x\\r\\n\" >&3; cat <&3 >/dev/null"
+      local r = H.exec(("bash -c '" .. script .. "'"):format(port), nil, 10)
       assert.is_true(r.elapsed < 4, ("stayed open %.1f s"):format(r.elapsed))
     end)
   end)
@@ -208,9 +218,7 @@ describe("chorus serve", function()
 
     it("reloads a changed script; new runs see the new version", function()
       assert.are.equal(1, post("/workflows/version", "{}").json.version)
-      local f = assert(io.open(dir .. "/version.lua", "wb"))
-      f:write('local chorus = require "chorus"\nreturn chorus.workflow { name = "version", run = function() return { version = 2 } end }\n')
-      f:close()
+      write_version(dir, 2)
       local r = post("/admin/reload", "", auth)
       assert.are.equal(200, r.status)
       assert.are.equal(2, post("/workflows/version", "{}").json.version)
@@ -231,9 +239,7 @@ describe("chorus serve", function()
     end)
 
     it("reloads on SIGHUP", function()
-      local f = assert(io.open(dir .. "/version.lua", "wb"))
-      f:write('local chorus = require "chorus"\nreturn chorus.workflow { name = "version", run = function() return { version = 3 } end }\n')
-      f:close()
+      write_version(dir, 3)
       srv.kill("HUP")
       local v
       for _ = 1, 40 do
@@ -245,9 +251,7 @@ describe("chorus serve", function()
     end)
 
     it("reloads when a file in the scripts folder changes", function()
-      local f = assert(io.open(dir .. "/version.lua", "wb"))
-      f:write('local chorus = require "chorus"\nreturn chorus.workflow { name = "version", run = function() return { version = 4 } end }\n')
-      f:close()
+      write_version(dir, 4)
       local v
       for _ = 1, 60 do
         v = post("/workflows/version", "{}").json.version
@@ -266,8 +270,8 @@ describe("chorus serve shutdown", function()
     local conf = H.write_temp(config_text(mock.url))
     local srv = H.start_server({ "--config", conf, "--scripts", dir })
     local out = os.tmpname()
-    os.execute(("curl -s -o %s -w '%%{http_code}' -X POST --data '{\"delay\":500}' %s/workflows/calls > %s.code &"):format(
-      out, srv.url, out))
+    os.execute(("curl -s -o %s -w '%%{http_code}' -X POST --data '{\"delay\":500}' %s/workflows/calls > %s.code &")
+      :format(out, srv.url, out))
     os.execute("sleep 0.2")
     srv.kill("TERM")
     local code = srv.wait()

@@ -82,8 +82,8 @@ static struct chorus_http_call *start(struct chorus_http_client *c, const char *
     char url[256], err[128];
     snprintf(url, sizeof url, "%s%s", mock_url, path);
     const char *headers[] = {"X-Test: yes", "Content-Type: application/json", NULL};
-    struct chorus_http_request req = {method, url, headers, body, body ? strlen(body) : 0,
-                                      1000, timeout_ms};
+    struct chorus_http_request req = {method, url,       headers, body, body ? strlen(body) : 0,
+                                      1000,   timeout_ms};
     return chorus_http_start(c, &req, on_done, o, err, sizeof err);
 }
 
