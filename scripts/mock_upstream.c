@@ -40,9 +40,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_BODY (16u << 20)     /* request bodies beyond this are refused */
-#define SLOW_CHUNK 10            /* fault=slow_body: bytes per tick */
-#define SLOW_TICK_MS 100         /* fault=slow_body: time between ticks */
+#define MAX_BODY (16u << 20) /* request bodies beyond this are refused */
+#define SLOW_CHUNK 10        /* fault=slow_body: bytes per tick */
+#define SLOW_TICK_MS 100     /* fault=slow_body: time between ticks */
 #define MAX_DELAY_MS 3600000L
 
 /* Each connection has its own thread; 256 KiB covers MHD, cJSON and a deeply
@@ -80,24 +80,21 @@ struct map {
     size_t nslots, len;
 };
 
-static uint64_t hash_str(const char *s)
-{
+static uint64_t hash_str(const char *s) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
 }
 
-static void reply_free(struct reply *r)
-{
+static void reply_free(struct reply *r) {
     if (r == NULL)
         return;
     free(r->body);
     free(r);
 }
 
-static int map_grow(struct map *m)
-{
+static int map_grow(struct map *m) {
     size_t n = m->nslots ? m->nslots * 2 : 64;
     struct entry **slots = calloc(n, sizeof *slots);
     if (slots == NULL)
@@ -119,8 +116,7 @@ static int map_grow(struct map *m)
 
 /* Returns the entry for key, creating it (count 0) when absent; NULL when
  * out of memory. */
-static struct entry *map_get(struct map *m, const char *key)
-{
+static struct entry *map_get(struct map *m, const char *key) {
     if (m->len >= m->nslots && map_grow(m) != 0 && m->nslots == 0)
         return NULL;
     size_t i = hash_str(key) % m->nslots;
@@ -138,8 +134,7 @@ static struct entry *map_get(struct map *m, const char *key)
     return e;
 }
 
-static void map_clear(struct map *m)
-{
+static void map_clear(struct map *m) {
     for (size_t i = 0; i < m->nslots; i++) {
         struct entry *e = m->slots[i], *next;
         for (; e != NULL; e = next) {
@@ -154,8 +149,7 @@ static void map_clear(struct map *m)
 }
 
 /* Adds {key: count} for every entry to obj; returns -1 when out of memory. */
-static int map_to_json(const struct map *m, cJSON *obj)
-{
+static int map_to_json(const struct map *m, cJSON *obj) {
     for (size_t i = 0; i < m->nslots; i++)
         for (struct entry *e = m->slots[i]; e != NULL; e = e->next)
             if (cJSON_AddNumberToObject(obj, e->key, (double)e->count) == NULL)
@@ -190,8 +184,7 @@ struct request {
 
 enum wait_result { WAIT_OK, WAIT_GONE, WAIT_STOP };
 
-static long now_ms(void)
-{
+static long now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -201,16 +194,15 @@ static long now_ms(void)
  * end of fd first (WAIT_GONE) or the mock shuts down (WAIT_STOP). Only
  * POLLRDHUP is asked for, so a pipelined next request does not count as
  * leaving. */
-static enum wait_result wait_for(struct mock *m, int fd, long ms)
-{
+static enum wait_result wait_for(struct mock *m, int fd, long ms) {
     long deadline = now_ms() + ms;
     for (;;) {
         long left = ms < 0 ? -1 : deadline - now_ms();
         if (ms >= 0 && left <= 0)
             return WAIT_OK;
         struct pollfd p[2] = {
-            { .fd = fd, .events = POLLRDHUP },
-            { .fd = m->wake[0], .events = POLLIN },
+            {.fd = fd, .events = POLLRDHUP},
+            {.fd = m->wake[0], .events = POLLIN},
         };
         int rc = poll(p, 2, left > INT_MAX ? INT_MAX : (int)left);
         if (rc < 0 && errno != EINTR)
@@ -238,8 +230,7 @@ struct params {
     const char *bad; /* name of the first malformed parameter */
 };
 
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
+static int parse_long(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -249,16 +240,14 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
-static const char *arg(struct MHD_Connection *c, const char *name)
-{
+static const char *arg(struct MHD_Connection *c, const char *name) {
     return MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
 }
 
-static void params_read(struct MHD_Connection *c, struct params *p)
-{
+static void params_read(struct MHD_Connection *c, struct params *p) {
     const char *s;
     long v;
-    *p = (struct params){ .status = 200, .body_bytes = 1000 };
+    *p = (struct params){.status = 200, .body_bytes = 1000};
     if ((s = arg(c, "delay")) && parse_long(s, 0, MAX_DELAY_MS, &p->delay_ms))
         p->bad = "delay";
     if ((s = arg(c, "status")) && !p->bad) {
@@ -267,12 +256,10 @@ static void params_read(struct MHD_Connection *c, struct params *p)
         else
             p->bad = "status";
     }
-    if ((s = arg(c, "body_bytes")) && !p->bad
-        && parse_long(s, 0, MAX_BODY, &p->body_bytes))
+    if ((s = arg(c, "body_bytes")) && !p->bad && parse_long(s, 0, MAX_BODY, &p->body_bytes))
         p->bad = "body_bytes";
     if ((s = arg(c, "fault")) && !p->bad) {
-        if (strcmp(s, "reset") == 0 || strcmp(s, "hang") == 0
-            || strcmp(s, "slow_body") == 0)
+        if (strcmp(s, "reset") == 0 || strcmp(s, "hang") == 0 || strcmp(s, "slow_body") == 0)
             p->fault = s;
         else
             p->bad = "fault";
@@ -286,8 +273,7 @@ static void params_read(struct MHD_Connection *c, struct params *p)
 
 /* The nth status of a "503,503,200" list, the last one repeating; 0 when the
  * list is malformed. */
-static unsigned seq_status(const char *seq, long n)
-{
+static unsigned seq_status(const char *seq, long n) {
     char buf[16];
     long v = 0;
     const char *s = seq;
@@ -314,9 +300,8 @@ struct kv_ctx {
     int failed;
 };
 
-static enum MHD_Result kv_add(void *cls, enum MHD_ValueKind kind,
-                              const char *key, const char *value)
-{
+static enum MHD_Result kv_add(void *cls, enum MHD_ValueKind kind, const char *key,
+                              const char *value) {
     struct kv_ctx *ctx = cls;
     char *name = strdup(key), *joined = NULL;
     cJSON *item = NULL;
@@ -355,10 +340,8 @@ fail:
     return MHD_NO;
 }
 
-static cJSON *values_json(struct MHD_Connection *c, enum MHD_ValueKind kind)
-{
-    struct kv_ctx ctx = { .obj = cJSON_CreateObject(),
-                          .is_header = kind == MHD_HEADER_KIND };
+static cJSON *values_json(struct MHD_Connection *c, enum MHD_ValueKind kind) {
+    struct kv_ctx ctx = {.obj = cJSON_CreateObject(), .is_header = kind == MHD_HEADER_KIND};
     if (ctx.obj == NULL)
         return NULL;
     MHD_get_connection_values(c, kind, kv_add, &ctx);
@@ -371,8 +354,7 @@ static cJSON *values_json(struct MHD_Connection *c, enum MHD_ValueKind kind)
 
 /* Adds item (which may be NULL after a failed allocation) to obj, which then
  * owns it; returns -1 and frees item on failure. */
-static int add_item(cJSON *obj, const char *name, cJSON *item)
-{
+static int add_item(cJSON *obj, const char *name, cJSON *item) {
     if (item != NULL && cJSON_AddItemToObject(obj, name, item))
         return 0;
     cJSON_Delete(item);
@@ -380,20 +362,18 @@ static int add_item(cJSON *obj, const char *name, cJSON *item)
 }
 
 /* Returns the echo document as a malloc'd string, NULL when out of memory. */
-static char *echo_json(struct request *req, struct MHD_Connection *c,
-                       const char *method)
-{
+static char *echo_json(struct request *req, struct MHD_Connection *c, const char *method) {
     char *out = NULL;
     cJSON *root = cJSON_CreateObject(), *item;
     const char *body = req->body ? req->body : "";
     if (root == NULL)
         goto done;
-    if (!cJSON_AddStringToObject(root, "method", method)
-        || !cJSON_AddStringToObject(root, "path", req->path))
+    if (!cJSON_AddStringToObject(root, "method", method) ||
+        !cJSON_AddStringToObject(root, "path", req->path))
         goto done;
-    if (add_item(root, "query", values_json(c, MHD_GET_ARGUMENT_KIND)) != 0
-        || add_item(root, "headers", values_json(c, MHD_HEADER_KIND)) != 0
-        || !cJSON_AddStringToObject(root, "body", body))
+    if (add_item(root, "query", values_json(c, MHD_GET_ARGUMENT_KIND)) != 0 ||
+        add_item(root, "headers", values_json(c, MHD_HEADER_KIND)) != 0 ||
+        !cJSON_AddStringToObject(root, "body", body))
         goto done;
     item = req->len ? cJSON_ParseWithLength(body, req->len) : NULL;
     if (add_item(root, "json", item ? item : cJSON_CreateNull()) != 0)
@@ -408,20 +388,13 @@ done:
 
 /* ---- counting ---- */
 
-static void mock_lock(struct mock *m)
-{
-    pthread_mutex_lock(&m->lock);
-}
+static void mock_lock(struct mock *m) { pthread_mutex_lock(&m->lock); }
 
-static void mock_unlock(struct mock *m)
-{
-    pthread_mutex_unlock(&m->lock);
-}
+static void mock_unlock(struct mock *m) { pthread_mutex_unlock(&m->lock); }
 
 /* Counts an abort the handler noticed itself, then marks the request settled
  * so the completion callback does not count it again. */
-static void settle_aborted(struct request *req)
-{
+static void settle_aborted(struct request *req) {
     struct mock *m = req->m;
     mock_lock(m);
     if (req->gen == m->gen)
@@ -431,8 +404,7 @@ static void settle_aborted(struct request *req)
 }
 
 /* Advances the counter of path+seq and returns this request's status. */
-static unsigned seq_next(struct request *req, const char *seq)
-{
+static unsigned seq_next(struct request *req, const char *seq) {
     struct mock *m = req->m;
     char *key;
     unsigned status = 0;
@@ -447,8 +419,7 @@ static unsigned seq_next(struct request *req, const char *seq)
     return status;
 }
 
-static struct reply *reply_copy(const struct reply *r)
-{
+static struct reply *reply_copy(const struct reply *r) {
     struct reply *c = malloc(sizeof *c);
     if (c == NULL)
         return NULL;
@@ -467,9 +438,8 @@ static struct reply *reply_copy(const struct reply *r)
  * The first reply is stored when the request arrives, before any delay or
  * fault: a retry after a timeout or a reset finds it, as with a real server
  * that did the work but could not answer. */
-static int idempotency_settle(struct request *req, const char *key,
-                              int idempotent, struct reply *r)
-{
+static int idempotency_settle(struct request *req, const char *key, int idempotent,
+                              struct reply *r) {
     struct mock *m = req->m;
     char *rkey = NULL;
     int rc = -1;
@@ -512,8 +482,7 @@ struct slow {
     size_t len;
 };
 
-static ssize_t slow_read(void *cls, uint64_t pos, char *buf, size_t max)
-{
+static ssize_t slow_read(void *cls, uint64_t pos, char *buf, size_t max) {
     struct slow *s = cls;
     if (pos >= s->len)
         return MHD_CONTENT_READER_END_OF_STREAM;
@@ -532,21 +501,17 @@ static ssize_t slow_read(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-static void slow_free(void *cls)
-{
+static void slow_free(void *cls) {
     struct slow *s = cls;
     free(s->text);
     free(s);
 }
 
 /* Builds the response for r; takes r->body either way. */
-static struct MHD_Response *response_new(struct mock *m, int fd,
-                                         struct reply *r, int slow)
-{
+static struct MHD_Response *response_new(struct mock *m, int fd, struct reply *r, int slow) {
     struct MHD_Response *resp;
     if (!slow) {
-        resp = MHD_create_response_from_buffer(r->len, r->body,
-                                               MHD_RESPMEM_MUST_FREE);
+        resp = MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
         if (resp == NULL)
             free(r->body);
         r->body = NULL;
@@ -558,26 +523,22 @@ static struct MHD_Response *response_new(struct mock *m, int fd,
         r->body = NULL;
         return NULL;
     }
-    *s = (struct slow){ .m = m, .fd = fd, .text = r->body, .len = r->len };
+    *s = (struct slow){.m = m, .fd = fd, .text = r->body, .len = r->len};
     r->body = NULL;
-    resp = MHD_create_response_from_callback(s->len, 64, slow_read, s,
-                                             slow_free);
+    resp = MHD_create_response_from_callback(s->len, 64, slow_read, s, slow_free);
     if (resp == NULL)
         slow_free(s);
     return resp;
 }
 
-static enum MHD_Result queue(struct MHD_Connection *c, struct MHD_Response *resp,
-                             unsigned status, const char *ctype,
-                             const char *retry_after)
-{
+static enum MHD_Result queue(struct MHD_Connection *c, struct MHD_Response *resp, unsigned status,
+                             const char *ctype, const char *retry_after) {
     enum MHD_Result ret = MHD_NO;
     if (resp == NULL)
         return MHD_NO;
     if (MHD_add_response_header(resp, "Content-Type", ctype) != MHD_YES)
         goto done;
-    if (retry_after != NULL
-        && MHD_add_response_header(resp, "Retry-After", retry_after) != MHD_YES)
+    if (retry_after != NULL && MHD_add_response_header(resp, "Retry-After", retry_after) != MHD_YES)
         goto done;
     ret = MHD_queue_response(c, status, resp);
 done:
@@ -585,20 +546,16 @@ done:
     return ret;
 }
 
-static enum MHD_Result queue_text(struct MHD_Connection *c, unsigned status,
-                                  const char *text)
-{
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+static enum MHD_Result queue_text(struct MHD_Connection *c, unsigned status, const char *text) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
     return queue(c, resp, status, "text/plain", NULL);
 }
 
 /* Computes status and body from the query, before any delay or fault. */
-static int reply_build(struct request *req, struct MHD_Connection *c,
-                       const char *method, const struct params *p,
-                       struct reply *r)
-{
-    *r = (struct reply){ .status = p->status, .ctype = "application/json" };
+static int reply_build(struct request *req, struct MHD_Connection *c, const char *method,
+                       const struct params *p, struct reply *r) {
+    *r = (struct reply){.status = p->status, .ctype = "application/json"};
     if (p->seq != NULL && (r->status = seq_next(req, p->seq)) == 0)
         return -1;
     if (p->body != NULL || (p->fault && strcmp(p->fault, "slow_body") == 0)) {
@@ -620,13 +577,11 @@ static int reply_build(struct request *req, struct MHD_Connection *c,
 }
 
 /* The request body has been read: answer as the query string says. */
-static enum MHD_Result request_finish(struct request *req,
-                                      struct MHD_Connection *c,
-                                      const char *method)
-{
+static enum MHD_Result request_finish(struct request *req, struct MHD_Connection *c,
+                                      const char *method) {
     struct mock *m = req->m;
     struct params p;
-    struct reply r = { 0 };
+    struct reply r = {0};
     char msg[96];
     params_read(c, &p);
     /* Walk the whole seq list once so a bad element is refused up front. */
@@ -638,8 +593,7 @@ static enum MHD_Result request_finish(struct request *req,
             return MHD_YES;
         goto fail;
     }
-    const char *key = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                                  "Idempotency-Key");
+    const char *key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Idempotency-Key");
     if (reply_build(req, c, method, &p, &r) != 0)
         goto fail;
     if (key != NULL && idempotency_settle(req, key, p.idempotent, &r) != 0)
@@ -677,27 +631,32 @@ gone:
 
 /* ---- control endpoints ---- */
 
-static char *stats_json(struct mock *m)
-{
+static char *stats_json(struct mock *m) {
     char *out = NULL;
     cJSON *root = cJSON_CreateObject(), *by_path = NULL, *effects = NULL;
     if (root == NULL)
         return NULL;
     mock_lock(m);
-    const struct { const char *name; long v; } nums[] = {
-        { "requests", m->requests },   { "completed", m->completed },
-        { "aborted", m->aborted },     { "in_flight", m->in_flight },
-        { "max_in_flight", m->max_in_flight },
-        { "connections", m->connections }, { "replayed", m->replayed },
+    const struct {
+        const char *name;
+        long v;
+    } nums[] = {
+        {"requests", m->requests},
+        {"completed", m->completed},
+        {"aborted", m->aborted},
+        {"in_flight", m->in_flight},
+        {"max_in_flight", m->max_in_flight},
+        {"connections", m->connections},
+        {"replayed", m->replayed},
     };
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
         if (!cJSON_AddNumberToObject(root, nums[i].name, (double)nums[i].v))
             goto done;
-    if ((by_path = cJSON_AddObjectToObject(root, "by_path")) == NULL
-        || map_to_json(&m->by_path, by_path) != 0)
+    if ((by_path = cJSON_AddObjectToObject(root, "by_path")) == NULL ||
+        map_to_json(&m->by_path, by_path) != 0)
         goto done;
-    if ((effects = cJSON_AddObjectToObject(root, "effects")) == NULL
-        || map_to_json(&m->effects, effects) != 0)
+    if ((effects = cJSON_AddObjectToObject(root, "effects")) == NULL ||
+        map_to_json(&m->effects, effects) != 0)
         goto done;
     out = cJSON_PrintUnformatted(root);
 done:
@@ -706,8 +665,7 @@ done:
     return out;
 }
 
-static void mock_reset(struct mock *m)
-{
+static void mock_reset(struct mock *m) {
     mock_lock(m);
     m->gen++;
     m->requests = m->completed = m->aborted = 0;
@@ -722,10 +680,8 @@ static void mock_reset(struct mock *m)
     mock_unlock(m);
 }
 
-static enum MHD_Result control_respond(struct request *req,
-                                       struct MHD_Connection *c,
-                                       const char *method)
-{
+static enum MHD_Result control_respond(struct request *req, struct MHD_Connection *c,
+                                       const char *method) {
     const char *want = strcmp(req->path, "/__stats") == 0 ? "GET" : "POST";
     char *body;
     if (strcmp(method, want) != 0)
@@ -738,8 +694,8 @@ static enum MHD_Result control_respond(struct request *req,
     }
     if (body == NULL)
         return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL)
         free(body);
     return queue(c, resp, 200, "application/json", NULL);
@@ -747,9 +703,7 @@ static enum MHD_Result control_respond(struct request *req,
 
 /* ---- MHD callbacks ---- */
 
-static enum MHD_Result request_begin(struct mock *m, const char *url,
-                                     void **con_cls)
-{
+static enum MHD_Result request_begin(struct mock *m, const char *url, void **con_cls) {
     struct request *req = calloc(1, sizeof *req);
     if (req == NULL || (req->path = strdup(url)) == NULL)
         goto fail;
@@ -778,8 +732,7 @@ fail:
     return MHD_NO;
 }
 
-static int body_append(struct request *req, const char *data, size_t n)
-{
+static int body_append(struct request *req, const char *data, size_t n) {
     if (n > MAX_BODY - req->len)
         return -1;
     if (req->len + n + 1 > req->cap) {
@@ -798,11 +751,9 @@ static int body_append(struct request *req, const char *data, size_t n)
     return 0;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
-                                  const char *url, const char *method,
-                                  const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
-{
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
     struct request *req = *con_cls;
     (void)version;
     if (req == NULL)
@@ -821,8 +772,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
-{
+                         enum MHD_RequestTerminationCode toe) {
     struct mock *m = cls;
     struct request *req = *con_cls;
     (void)c;
@@ -834,8 +784,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         if (!req->settled && req->gen == m->gen) {
             if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
                 m->completed++;
-            else if (toe != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN
-                     && !atomic_load(&m->stopping))
+            else if (toe != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN && !atomic_load(&m->stopping))
                 m->aborted++;
         }
         mock_unlock(m);
@@ -847,8 +796,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 }
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
-                          enum MHD_ConnectionNotificationCode toe)
-{
+                          enum MHD_ConnectionNotificationCode toe) {
     struct mock *m = cls;
     (void)c;
     (void)socket_ctx;
@@ -866,26 +814,24 @@ struct options {
     long max_seconds;
 };
 
-static int usage(const char *msg)
-{
+static int usage(const char *msg) {
     if (msg != NULL)
         fprintf(stderr, "mock-upstream: %s\n", msg);
-    fprintf(stderr,
-            "usage: mock-upstream [--listen 127.0.0.1:PORT] [--max-seconds N]\n");
+    fprintf(stderr, "usage: mock-upstream [--listen 127.0.0.1:PORT] [--max-seconds N]\n");
     return -1;
 }
 
-static int parse_listen(const char *s, unsigned *port)
-{
+static int parse_listen(const char *s, unsigned *port) {
     const char *colon = strrchr(s, ':');
     long v;
     if (colon == NULL)
         return usage("--listen wants HOST:PORT");
     size_t hlen = (size_t)(colon - s);
-    if (!(hlen == 9 && strncmp(s, "127.0.0.1", 9) == 0)
-        && !(hlen == 9 && strncmp(s, "localhost", 9) == 0)) {
-        fprintf(stderr, "mock-upstream: refusing to listen on %.*s: "
-                        "loopback only (127.0.0.1 or localhost)\n",
+    if (!(hlen == 9 && strncmp(s, "127.0.0.1", 9) == 0) &&
+        !(hlen == 9 && strncmp(s, "localhost", 9) == 0)) {
+        fprintf(stderr,
+                "mock-upstream: refusing to listen on %.*s: "
+                "loopback only (127.0.0.1 or localhost)\n",
                 (int)hlen, s);
         return -1;
     }
@@ -895,9 +841,8 @@ static int parse_listen(const char *s, unsigned *port)
     return 0;
 }
 
-static int options_parse(int argc, char **argv, struct options *o)
-{
-    *o = (struct options){ .port = 0, .max_seconds = 600 };
+static int options_parse(int argc, char **argv, struct options *o) {
+    *o = (struct options){.port = 0, .max_seconds = 600};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
@@ -918,51 +863,41 @@ static int options_parse(int argc, char **argv, struct options *o)
 }
 
 /* Many concurrent connections need many descriptors; take all we may. */
-static rlim_t raise_nofile(void)
-{
+static rlim_t raise_nofile(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return 1024;
     if (rl.rlim_cur < rl.rlim_max) {
         rlim_t want = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
-        struct rlimit up = { .rlim_cur = want, .rlim_max = rl.rlim_max };
+        struct rlimit up = {.rlim_cur = want, .rlim_max = rl.rlim_max};
         if (setrlimit(RLIMIT_NOFILE, &up) == 0)
             rl.rlim_cur = want;
         else
-            fprintf(stderr, "mock-upstream: cannot raise RLIMIT_NOFILE: %s\n",
-                    strerror(errno));
+            fprintf(stderr, "mock-upstream: cannot raise RLIMIT_NOFILE: %s\n", strerror(errno));
     }
     return rl.rlim_cur;
 }
 
-static int mock_start(struct mock *m, const struct options *o, rlim_t nofile)
-{
+static int mock_start(struct mock *m, const struct options *o, rlim_t nofile) {
     struct sockaddr_in sa = {
         .sin_family = AF_INET,
         .sin_port = htons((uint16_t)o->port),
         .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
     };
     /* Leave room for stdio, the wake pipe, the listener and MHD's own. */
-    unsigned limit = nofile > 64 ? (unsigned)(nofile > 1000000 ? 1000000 : nofile) - 32
-                                 : 16;
+    unsigned limit = nofile > 64 ? (unsigned)(nofile > 1000000 ? 1000000 : nofile) - 32 : 16;
     m->daemon = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD, 0,
-        NULL, NULL, on_request, m,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_CONNECTION_LIMIT, limit,
-        MHD_OPTION_CONNECTION_TIMEOUT, 0u,
-        MHD_OPTION_THREAD_STACK_SIZE, (size_t)STACK_SIZE,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, m,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, m,
-        MHD_OPTION_END);
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD, 0, NULL, NULL, on_request, m,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT, limit,
+        MHD_OPTION_CONNECTION_TIMEOUT, 0u, MHD_OPTION_THREAD_STACK_SIZE, (size_t)STACK_SIZE,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, m,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, m, MHD_OPTION_END);
     if (m->daemon == NULL) {
-        fprintf(stderr, "mock-upstream: cannot listen on 127.0.0.1:%u: %s\n",
-                o->port, strerror(errno));
+        fprintf(stderr, "mock-upstream: cannot listen on 127.0.0.1:%u: %s\n", o->port,
+                strerror(errno));
         return -1;
     }
-    const union MHD_DaemonInfo *info =
-        MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_BIND_PORT);
     if (info == NULL) {
         fprintf(stderr, "mock-upstream: cannot learn the bound port\n");
         return -1;
@@ -974,24 +909,21 @@ static int mock_start(struct mock *m, const struct options *o, rlim_t nofile)
 
 /* Sleeps until SIGTERM/SIGINT (blocked in every thread, so they queue for
  * us) or until max_seconds have passed. */
-static void wait_for_end(const sigset_t *set, long max_seconds)
-{
+static void wait_for_end(const sigset_t *set, long max_seconds) {
     long deadline = now_ms() + max_seconds * 1000;
     for (;;) {
         long left = deadline - now_ms();
         if (left <= 0)
             return;
-        struct timespec ts = { .tv_sec = left / 1000,
-                               .tv_nsec = (left % 1000) * 1000000 };
+        struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
         if (sigtimedwait(set, NULL, &ts) > 0)
             return;
     }
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     struct options o;
-    struct mock m = { .wake = { -1, -1 } };
+    struct mock m = {.wake = {-1, -1}};
     sigset_t set;
     int rc = 1;
     if (options_parse(argc, argv, &o) != 0)
