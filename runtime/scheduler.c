@@ -305,15 +305,21 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
 }
 
 void chorus_uuid(char out[37]) {
+    static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
     if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
         for (size_t i = 0; i < sizeof b; i++)
             b[i] = (unsigned char)rand();
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
+    char *p = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *p++ = '-';
+        *p++ = hex[b[i] >> 4];
+        *p++ = hex[b[i] & 15];
+    }
+    *p = '\0';
 }
 
 struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int nargs,

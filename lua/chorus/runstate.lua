@@ -22,6 +22,13 @@ function runstate.get(id)
   return live[id]
 end
 
+-- Times in records are kept to the microsecond: finer digits carry no
+-- information and make every float in a record 17 digits long.
+local function micro(t)
+  return math.floor(t * 1e6 + 0.5) / 1e6
+end
+runstate.micro = micro
+
 -- Appends an outbound call to the current run's timeline.
 function runstate.record_call(req, started, duration, outcome)
   local run = runstate.current()
@@ -36,7 +43,7 @@ function runstate.record_call(req, started, duration, outcome)
   end
   timeline[#timeline + 1] = {
     target = req.upstream or req.url, method = req.method, url = req.url,
-    attempts = 1, status = outcome, start = started, duration = duration,
+    attempts = 1, status = outcome, start = micro(started), duration = micro(duration),
   }
 end
 

@@ -13,6 +13,7 @@ local core = require "chorus.core"
 local errors = require "chorus.errors"
 local metrics = require "chorus.metrics"
 local runner = require "chorus.runner"
+local runstate = require "chorus.runstate"
 local script = require "chorus.script"
 local json = core.json
 
@@ -166,8 +167,8 @@ end
 -- Records are kept in a ring of MAX_RECORDS ids: the oldest finished one is
 -- forgotten when its slot is reused.
 local function new_record(id, name, trace_id)
-  local rec = { id = id, workflow = name, status = "running", started = core.now(), trace_id = trace_id,
-    timeline = {} }
+  local rec = { id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
+    trace_id = trace_id, timeline = {} }
   state.records[id] = rec
   local slot = state.record_next or 1
   local old = state.record_order[slot]
@@ -180,8 +181,8 @@ local function new_record(id, name, trace_id)
 end
 
 local function finish_record(rec, ok, value, info)
-  rec.finished = core.now()
-  rec.duration = rec.finished - rec.started
+  rec.finished = runstate.micro(core.now())
+  rec.duration = runstate.micro(rec.finished - rec.started)
   if ok then
     rec.status = "succeeded"
     rec.result = value
