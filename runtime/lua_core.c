@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lua_events.h"
 #include "lua_http.h"
@@ -18,6 +19,7 @@
 #include "lua_json.h"
 #include "runtime.h"
 #include "scheduler.h"
+#include "vclock.h"
 
 static struct chorus_runtime *rt_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
@@ -229,6 +231,11 @@ static int core_sleep(lua_State *L) {
     lua_Number s = luaL_checknumber(L, 1);
     luaL_argcheck(L, s >= 0 && s < 1e9, 1, "seconds must be between 0 and 1e9");
     struct chorus_task *t = chorus_task_current(L, 1);
+    if (t->run->rt->virtual_clock) {
+        if (chorus_vclock_sleep(t, s) != 0)
+            return luaL_error(L, "out of memory");
+        return lua_yield(L, 0);
+    }
     uv_timer_t *timer = malloc(sizeof *timer);
     if (!timer)
         return luaL_error(L, "out of memory");
@@ -242,6 +249,11 @@ static int core_sleep(lua_State *L) {
 /* ---- small services ------------------------------------------------------- */
 
 static int core_now(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    if (rt->virtual_clock) {
+        lua_pushnumber(L, rt->vnow);
+        return 1;
+    }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
@@ -249,9 +261,37 @@ static int core_now(lua_State *L) {
 }
 
 static int core_monotime(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    if (rt->virtual_clock) {
+        lua_pushnumber(L, rt->vnow);
+        return 1;
+    }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/* core.set_clock("virtual" [, start_epoch]) or core.set_clock("real"). */
+static int core_set_clock(lua_State *L) {
+    static const char *const modes[] = {"real", "virtual", NULL};
+    struct chorus_runtime *rt = rt_of(L);
+    int on = luaL_checkoption(L, 1, NULL, modes);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double start = luaL_optnumber(L, 2, (lua_Number)ts.tv_sec);
+    if (chorus_vclock_set(rt, on, start) != 0)
+        return luaL_error(L, "the clock cannot change while runs are live");
+    return 0;
+}
+
+/* core.exe() → the path of the running executable (for `chorus test`). */
+static int core_exe(lua_State *L) {
+    char buf[4096];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0)
+        return 0;
+    lua_pushlstring(L, buf, (size_t)n);
     return 1;
 }
 
@@ -324,6 +364,8 @@ static const luaL_Reg core_funcs[] = {
     {"now", core_now},
     {"monotime", core_monotime},
     {"uuid", core_uuid},
+    {"set_clock", core_set_clock},
+    {"exe", core_exe},
     {"run_id", core_run_id},
     {"killed", core_killed},
     {"env", core_env},

@@ -13,6 +13,7 @@
 
 #include "http_client.h"
 #include "lua_events.h"
+#include "vclock.h"
 #include "scheduler.h"
 
 #define RUNTIME_KEY "chorus.runtime"
@@ -52,8 +53,18 @@ void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done) {
-    while (!*done && uv_run(&rt->loop, UV_RUN_ONCE))
-        ;
+    while (!*done) {
+        if (!rt->vtimers) {
+            if (!uv_run(&rt->loop, UV_RUN_ONCE) && !rt->vtimers && !rt->ready_head)
+                return;
+            continue;
+        }
+        /* Virtual sleepers: let real work progress without blocking, and
+         * jump the clock only when nothing else can happen first. */
+        uv_run(&rt->loop, UV_RUN_NOWAIT);
+        if (!*done && !rt->ready_head && chorus_http_active(rt->http) == 0)
+            chorus_vclock_fire(rt);
+    }
 }
 
 static void runtime_close(struct chorus_runtime *rt) {

@@ -18,6 +18,7 @@
 struct chorus_run;
 struct chorus_task;
 struct chorus_http_client;
+struct chorus_vtimer;
 
 /* Per-run limits; 0 means unlimited. */
 struct chorus_limits {
@@ -42,6 +43,9 @@ struct chorus_runtime {
     size_t lua_bytes;            /* Lua heap size, from the allocator */
     int stopping;                /* core.stop() was called */
     struct event *events;        /* signal and folder watches (lua_events.c) */
+    int virtual_clock;             /* chorus.testing: time is vnow */
+    double vnow;                   /* virtual seconds since the epoch */
+    struct chorus_vtimer *vtimers; /* virtual sleepers, by due time */
     lua_Alloc base_alloc;        /* the allocator we wrap */
     void *base_alloc_ud;
 };

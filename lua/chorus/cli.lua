@@ -12,6 +12,7 @@ usage:
   chorus run    SCRIPT [--input JSON | --input @FILE] [--config FILE] [--data DIR] [--verbose]
   chorus serve  [--config FILE] [--scripts DIR] [--data DIR] [--listen HOST:PORT]
   chorus check  SCRIPT...
+  chorus test   [DIR]
   chorus version
   chorus help]]
 
@@ -170,6 +171,56 @@ function cli.check(args)
   return 0
 end
 
+local function readable(path)
+  local f = io.open(path, "rb")
+  if f then
+    f:close()
+  end
+  return f ~= nil
+end
+
+-- The checkout this binary was built in: its lua/ and build/lua/ hold the
+-- modules and the C core that busted loads.
+local function find_root()
+  local exe = core.exe() or ""
+  local dir = exe:match("^(.*)/[^/]*$") or "."
+  for _, root in ipairs({ dir, dir:match("^(.*)/[^/]*$") or "." }) do
+    if readable(root .. "/lua/chorus/init.lua") and readable(root .. "/build/lua/chorus/core.so") then
+      return root
+    end
+  end
+  return nil
+end
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+function cli.test(args)
+  local pos = parse(args, {})
+  if #pos > 1 then
+    usage_error("test takes at most one DIR (got %d)", #pos)
+  end
+  local dir = pos[1] or "."
+  if not core.scandir(dir) then
+    usage_error("cannot read the folder '%s'", dir)
+  end
+  local root = find_root()
+  if not root then
+    io.stderr:write("chorus test: cannot find lua/chorus and build/lua/chorus/core.so next to this binary; ",
+      "run `make` in the chorus checkout\n")
+    return 1
+  end
+  local cmd = ("lua5.4 /usr/bin/busted --ignore-lua --lpath=%s --cpath=%s --pattern=_spec %s"):format(
+    shell_quote(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua"),
+    shell_quote(root .. "/build/lua/?.so"), shell_quote(dir))
+  local ok, _, code = os.execute(cmd)
+  if ok then
+    return 0
+  end
+  return code ~= 0 and code or 1
+end
+
 function cli.version()
   io.stdout:write("chorus ", core.version, " (", _VERSION, ")\n")
   return 0
@@ -180,7 +231,8 @@ function cli.help()
   return 0
 end
 
-local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, version = cli.version, help = cli.help,
+local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, test = cli.test,
+  version = cli.version, help = cli.help,
   ["--help"] = cli.help, ["-h"] = cli.help, ["--version"] = cli.version }
 
 --- Entry point from main.c: returns the process exit status.

@@ -8,6 +8,9 @@ local json = core.json
 
 local context = {}
 
+-- chorus.testing sets this to collect log lines instead of printing them.
+context.log_sink = nil
+
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 
 local function logger(ctx)
@@ -18,6 +21,10 @@ local function logger(ctx)
       if line[k] == nil then
         line[k] = v
       end
+    end
+    if context.log_sink then
+      context.log_sink(line)
+      return
     end
     local ok, text = pcall(json.encode, line)
     core.write_log(ok and text or json.encode({ level = level, msg = tostring(msg),

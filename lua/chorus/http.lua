@@ -113,11 +113,19 @@ local function prepare(req)
   return out
 end
 
+-- The transport: core.http, or chorus.testing's mock while a spec runs.
+local transport = core.http
+
+--- Replaces the transport (fn has core.http's contract); nil restores it.
+function http.set_transport(fn)
+  transport = fn or core.http
+end
+
 --- Sends one request; returns { status, headers, body, json }.
 function http.request(req)
   local r = prepare(req)
   local started = core.now()
-  local status, headers, body, duration = core.http(r.method, r.url, r.headers, r.body,
+  local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
     r.connect_timeout, r.timeout)
   runstate.record_call(r, started, duration, status or headers)
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
@@ -153,6 +161,11 @@ function http.configure(config)
   for name, up in pairs(config or {}) do
     upstreams[name] = up
   end
+end
+
+--- Declares (or replaces) one upstream's config.
+function http.configure_upstream(name, config)
+  upstreams[name] = config
 end
 
 local Upstream = {}

@@ -1,0 +1,232 @@
+-- chorus.testing — busted helpers for workflow specs: mock upstreams, a
+-- virtual clock, and a run helper that reports what the workflow did.
+--
+--   local testing = require "chorus.testing"
+--   before_each(testing.reset)
+--   testing.mock("cards", { { status = 503 }, { status = 201, json = { id = "ch_1" } } })
+--   local r = testing.run("examples/donation/donation.lua", { amount = 500 })
+--   assert.is_true(r.ok)
+--   assert.called_upstream(r, "cards", "POST", "/charges")
+--
+-- The workflow runs on the same C core as `chorus serve` (chorus.core), with
+-- chorus.http's transport swapped for the mocks and time made virtual: sleeps,
+-- delays and timeouts advance the clock instantly, so a workflow that backs
+-- off for minutes finishes in milliseconds of real time.
+local core = require "chorus.core"
+local http = require "chorus.http"
+local context = require "chorus.context"
+local runner = require "chorus.runner"
+local script = require "chorus.script"
+local json = core.json
+
+local testing = {}
+
+local mocks = {}      -- base URL → { spec =, hits = }
+local calls = nil     -- calls of the run in progress
+
+local MOCK_HOST = ".upstream.test"
+
+--- The path of a file next to the calling spec (specs run from any folder).
+function testing.here(name)
+  local source = debug.getinfo(2, "S").source
+  local dir = source:match("^@(.*)/[^/]*$") or "."
+  return dir .. "/" .. name
+end
+
+--- Forgets every mock and upstream declared so far.
+function testing.reset()
+  mocks = {}
+  http.configure({})
+end
+
+local function base_of(target)
+  if target:match("^https?://") then
+    return (target:gsub("/+$", ""))
+  end
+  -- an upstream name: give it a base URL only the mocks answer
+  http.configure_upstream(target, { base_url = "http://" .. target .. MOCK_HOST })
+  return "http://" .. target .. MOCK_HOST
+end
+
+--- Declares how an upstream (by name, or by base URL) answers. spec is a
+--- response { status =, json = | body =, headers =, delay =, fault = },
+--- a list of responses (used in turn, the last repeats), or a function of
+--- the request returning a response. fault is "timeout", "reset" or
+--- "connect".
+function testing.mock(target, spec)
+  if type(target) ~= "string" then
+    error("testing.mock: target must be an upstream name or a base URL", 2)
+  end
+  if type(spec) ~= "table" and type(spec) ~= "function" then
+    error("testing.mock: spec must be a response, a list of responses or a function", 2)
+  end
+  mocks[base_of(target)] = { spec = spec, hits = 0, name = target }
+end
+
+local function find_mock(url)
+  local best, best_len
+  for base, mock in pairs(mocks) do
+    if url:sub(1, #base) == base and (best_len == nil or #base > best_len) then
+      local rest = url:sub(#base + 1, #base + 1)
+      if rest == "" or rest == "/" or rest == "?" then
+        best, best_len = mock, #base
+      end
+    end
+  end
+  return best, best_len
+end
+
+local function pick(mock, req)
+  mock.hits = mock.hits + 1
+  local spec = mock.spec
+  if type(spec) == "function" then
+    return spec(req) or {}
+  end
+  if spec[1] ~= nil then
+    return spec[math.min(mock.hits, #spec)]
+  end
+  return spec
+end
+
+local function lower_keys(t)
+  local out = {}
+  for k, v in pairs(t or {}) do
+    out[k:lower()] = tostring(v)
+  end
+  return out
+end
+
+-- core.http's contract, answered by the mocks on virtual time.
+local function transport(method, url, headers, body, _, timeout)
+  local mock, base_len = find_mock(url)
+  local path_query = mock and url:sub(base_len + 1) or url
+  local req = {
+    method = method, url = url, upstream = mock and mock.name, headers = headers or {},
+    body = body, path = path_query:match("^[^?]*"), query = path_query:match("%?(.*)$"),
+    idempotency_key = headers and headers["Idempotency-Key"],
+  }
+  if body and body ~= "" then
+    local ok, value = pcall(json.decode, body)
+    req.json = ok and value or nil
+  end
+  if calls then
+    calls[#calls + 1] = req
+  end
+  if not mock then
+    return nil, "connect", ("no mock for %s %s (declare it with testing.mock)"):format(method, url), 0
+  end
+  local res = pick(mock, req)
+  timeout = timeout and timeout > 0 and timeout or math.huge
+  local delay = res.delay or 0
+  if res.fault == "timeout" or delay > timeout then
+    core.sleep(timeout == math.huge and 3600 or timeout)
+    return nil, "timeout", ("mock timed out after %g s"):format(timeout), timeout
+  end
+  if delay > 0 then
+    core.sleep(delay)
+  end
+  if res.fault == "reset" then
+    return nil, "reset", "connection reset by the mock", delay
+  elseif res.fault == "connect" then
+    return nil, "connect", "connection refused by the mock", delay
+  end
+  local resp_headers = lower_keys(res.headers)
+  local resp_body = res.body or ""
+  if res.json ~= nil then
+    resp_body = json.encode(res.json)
+    resp_headers["content-type"] = resp_headers["content-type"] or "application/json"
+  end
+  return res.status or 200, resp_headers, resp_body, delay
+end
+
+local function load_workflow(workflow)
+  if type(workflow) == "string" then
+    local wf, err = script.load(workflow)
+    if not wf then
+      error("testing.run: " .. err, 3)
+    end
+    return wf
+  end
+  return workflow
+end
+
+--- Runs a workflow (a loaded workflow or a script path) to its end on the
+--- mocks and the virtual clock. Returns { ok, value, error, calls,
+--- timeline, logs (the ctx.log lines, as tables), elapsed (virtual
+--- seconds), run_id }. opts.now sets the virtual
+--- start time (seconds since the epoch).
+function testing.run(workflow, input, opts)
+  opts = opts or {}
+  local wf = load_workflow(workflow)
+  core.set_clock("virtual", opts.now or 1767225600)
+  http.set_transport(transport)
+  calls = {}
+  local logs = {}
+  context.log_sink = function(line)
+    logs[#logs + 1] = line
+  end
+  local state
+  local started = core.now()
+  local pok, ok, value, info = pcall(core.run, nil, runner.execute, wf, input or {},
+    { on_state = function(s) state = s end })
+  -- virtual times are large epoch numbers: keep the difference to the µs
+  local result = { calls = calls, logs = logs, elapsed = math.floor((core.now() - started) * 1e6 + 0.5) / 1e6 }
+  context.log_sink = nil
+  calls = nil
+  http.set_transport(nil)
+  core.set_clock("real")
+  if not pok then
+    error(ok, 0)
+  end
+  result.ok, result.run_id = ok, info and info.id
+  result.timeline = state and state.timeline or {}
+  if ok then
+    result.value = value
+  else
+    result.error = value
+  end
+  return result
+end
+
+--- The calls of a run result made to an upstream (name or base URL),
+--- optionally filtered by method and path.
+function testing.calls_to(result, target, method, path)
+  local out = {}
+  for _, c in ipairs(result.calls) do
+    if (c.upstream == target or c.url:sub(1, #target) == target)
+        and (method == nil or c.method == method) and (path == nil or c.path == path) then
+      out[#out + 1] = c
+    end
+  end
+  return out
+end
+
+-- luassert matchers, when specs run under busted:
+--   assert.called_upstream(result, "cards", "POST", "/charges")
+--   assert.not_called_upstream(result, "mailer")
+local has_luassert, luassert = pcall(require, "luassert")
+if has_luassert then
+  local say = require "say"
+  local function describe_calls(result)
+    local lines = {}
+    for _, c in ipairs(result.calls or {}) do
+      lines[#lines + 1] = ("  %s %s"):format(c.method, c.url)
+    end
+    return #lines > 0 and table.concat(lines, "\n") or "  (none)"
+  end
+  say:set("assertion.called_upstream.positive",
+    "Expected a call to upstream %s %s %s; the calls made were:\n%s")
+  say:set("assertion.called_upstream.negative",
+    "Expected no call to upstream %s %s %s; the calls made were:\n%s")
+  luassert:register("assertion", "called_upstream", function(_, arguments)
+    local result, target, method, path = table.unpack(arguments, 1, 4)
+    local found = #testing.calls_to(result, target, method, path) > 0
+    -- the message shows target, method, path and the calls made
+    arguments[1], arguments[2], arguments[3], arguments[4] =
+      tostring(target), tostring(method or "*"), tostring(path or "*"), describe_calls(result)
+    arguments.n = 4
+    return found
+  end, "assertion.called_upstream.positive", "assertion.called_upstream.negative")
+end
+
+return testing

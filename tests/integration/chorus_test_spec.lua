@@ -1,0 +1,25 @@
+-- `chorus test DIR`: runs an operator's specs with the right paths.
+local H = require "tests.integration.helpers"
+
+describe("chorus test", function()
+  it("runs the specs of a folder and exits 0 when they pass", function()
+    local r = H.chorus_run({ "test", "examples/fanout" }, nil, 60)
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.truthy(r.stdout:find("0 failures", 1, true))
+  end)
+
+  it("exits non-zero with a readable failure for a broken example", function()
+    local r = H.chorus_run({ "test", "tests/fixtures/broken_example" }, nil, 60)
+    assert.are_not.equal(0, r.code)
+    assert.truthy(r.stdout:find("1 failure", 1, true), r.stdout)
+    assert.truthy(r.stdout:find("greets by name", 1, true), r.stdout)
+    assert.truthy(r.stdout:find("hello ada", 1, true), r.stdout)
+    assert.truthy(r.stdout:find("hello nobody", 1, true), r.stdout)
+  end)
+
+  it("rejects a folder that does not exist with exit 2", function()
+    local r = H.chorus_run({ "test", "no/such/folder" }, nil, 20)
+    assert.are.equal(2, r.code)
+    assert.truthy(r.stderr:find("cannot read the folder", 1, true))
+  end)
+end)

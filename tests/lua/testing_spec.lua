@@ -1,0 +1,87 @@
+-- Specs of chorus.testing itself: mocks, the virtual clock, the run helper.
+local testing = require "chorus.testing"
+local system = require "system"
+
+local BACKOFF = testing.here "fixtures/backoff.lua"
+
+describe("chorus.testing", function()
+  before_each(testing.reset)
+
+  it("runs a workflow with a 10-minute backoff in well under a second", function()
+    local responses = {}
+    for i = 1, 10 do responses[i] = { status = 503 } end
+    responses[11] = { status = 200 }
+    testing.mock("flaky", responses)
+    local t0 = system.monotime()
+    local r = testing.run(BACKOFF)
+    local wall = system.monotime() - t0
+    assert.is_true(r.ok)
+    assert.are.equal(11, r.value.attempts)
+    assert.are.equal(600, r.elapsed)
+    assert.are.equal(11, #r.calls)
+    assert.is_true(wall < 1, ("took %.3f s of real time"):format(wall))
+  end)
+
+  it("answers with a handler function of the request", function()
+    testing.mock("flaky", function(req)
+      return { status = req.path == "/status" and 200 or 404, json = { seen = req.method } }
+    end)
+    local r = testing.run(BACKOFF)
+    assert.are.equal(1, r.value.attempts)
+    assert.called_upstream(r, "flaky", "GET", "/status")
+  end)
+
+  it("applies delays on the virtual clock and times out past the call's timeout", function()
+    testing.mock("flaky", { { status = 200, delay = 7 } })
+    local r = testing.run(BACKOFF)
+    assert.is_false(r.ok)
+    assert.are.equal("timeout", r.error.kind)
+    assert.are.equal(5, r.elapsed)
+  end)
+
+  it("fails a call to an upstream nobody mocked, naming it", function()
+    local r = testing.run(BACKOFF)
+    assert.is_false(r.ok)
+    assert.truthy(tostring(r.error):find("unknown upstream 'flaky'", 1, true))
+  end)
+
+  it("fails a call to a URL nobody mocked, saying how to mock it", function()
+    local chorus = require "chorus"
+    local http = require "chorus.http"
+    local r = testing.run(chorus.workflow { name = "nomock", run = function()
+      return http.get("http://nowhere.test/x")
+    end })
+    assert.is_false(r.ok)
+    assert.are.equal("connect", r.error.kind)
+    assert.truthy(r.error.message:find("declare it with testing.mock", 1, true))
+  end)
+
+  it("mocks by base URL as well as by upstream name", function()
+    testing.mock("http://api.example.test", { status = 201, json = { id = 7 } })
+    local chorus = require "chorus"
+    local http = require "chorus.http"
+    local wf = chorus.workflow { name = "by_url", run = function()
+      return http.post("http://api.example.test/things", { json = { a = 1 } }).json
+    end }
+    local r = testing.run(wf)
+    assert.are.same({ id = 7 }, r.value)
+    assert.are.same({ a = 1 }, r.calls[1].json)
+    assert.are.equal("/things", r.calls[1].path)
+  end)
+
+  it("collects ctx.log lines instead of printing them", function()
+    local chorus = require "chorus"
+    local wf = chorus.workflow { name = "logs", run = function(ctx) ctx.log.warn("careful", { n = 1 }) end }
+    local r = testing.run(wf)
+    assert.are.equal(1, #r.logs)
+    assert.are.equal("careful", r.logs[1].msg)
+    assert.are.equal("warn", r.logs[1].level)
+    assert.are.equal(r.run_id, r.logs[1].run_id)
+  end)
+
+  it("restores the real clock and transport after a run", function()
+    local core = require "chorus.core"
+    testing.run(require("chorus").workflow { name = "noop", run = function() end })
+    assert.is_true(math.abs(core.now() - os.time()) < 5)
+  end)
+end)
