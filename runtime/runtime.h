@@ -38,15 +38,15 @@ struct chorus_runtime {
     uv_idle_t idle;                 /* drains the ready queue each turn */
     struct chorus_task *ready_head; /* tasks to resume, FIFO */
     struct chorus_task *ready_tail;
-    struct chorus_run *runs;     /* every live run */
-    struct chorus_task *current; /* task being resumed, or NULL */
-    size_t lua_bytes;            /* Lua heap size, from the allocator */
-    int stopping;                /* core.stop() was called */
-    struct event *events;        /* signal and folder watches (lua_events.c) */
+    struct chorus_run *runs;       /* every live run */
+    struct chorus_task *current;   /* task being resumed, or NULL */
+    size_t lua_bytes;              /* Lua heap size, from the allocator */
+    int stopping;                  /* core.stop() was called */
+    struct event *events;          /* signal and folder watches (lua_events.c) */
     int virtual_clock;             /* chorus.testing: time is vnow */
     double vnow;                   /* virtual seconds since the epoch */
     struct chorus_vtimer *vtimers; /* virtual sleepers, by due time */
-    lua_Alloc base_alloc;        /* the allocator we wrap */
+    lua_Alloc base_alloc;          /* the allocator we wrap */
     void *base_alloc_ud;
 };
 
