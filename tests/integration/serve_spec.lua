@@ -238,27 +238,26 @@ describe("chorus serve", function()
       assert.truthy(H.request(srv.url .. "/metrics").body:find('chorus_reloads_total{result="error"}', 1, true))
     end)
 
+    -- Polls the version workflow for up to 3 s until it reports `want`.
+    local function eventually_version(want)
+      local v
+      for _ = 1, 60 do
+        v = post("/workflows/version", "{}").json.version
+        if v == want then break end
+        os.execute("sleep 0.05")
+      end
+      return v
+    end
+
     it("reloads on SIGHUP", function()
       write_version(dir, 3)
       srv.kill("HUP")
-      local v
-      for _ = 1, 40 do
-        v = post("/workflows/version", "{}").json.version
-        if v == 3 then break end
-        os.execute("sleep 0.05")
-      end
-      assert.are.equal(3, v)
+      assert.are.equal(3, eventually_version(3))
     end)
 
     it("reloads when a file in the scripts folder changes", function()
       write_version(dir, 4)
-      local v
-      for _ = 1, 60 do
-        v = post("/workflows/version", "{}").json.version
-        if v == 4 then break end
-        os.execute("sleep 0.05")
-      end
-      assert.are.equal(4, v)
+      assert.are.equal(4, eventually_version(4))
     end)
   end)
 end)
