@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lua_breaker.h"
 #include "lua_events.h"
 #include "lua_http.h"
 #include "lua_server.h"
@@ -365,6 +366,9 @@ static const luaL_Reg core_funcs[] = {
     {"monotime", core_monotime},
     {"uuid", core_uuid},
     {"set_clock", core_set_clock},
+    {"breaker", chorus_lua_breaker},
+    {"breakers", chorus_lua_breakers},
+    {"breakers_reset", chorus_lua_breakers_reset},
     {"exe", core_exe},
     {"run_id", core_run_id},
     {"killed", core_killed},
@@ -390,6 +394,7 @@ int luaopen_chorus_core(lua_State *L) {
     lua_pushlightuserdata(L, rt);
     luaL_setfuncs(L, core_funcs, 1);
     chorus_lua_server_open(L);
+    chorus_lua_breaker_open(L);
     chorus_json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, CHORUS_VERSION);

@@ -36,7 +36,19 @@ local m = {
   reloads = metrics.counter("chorus_reloads_total", "Script reloads by result", { "result" }),
   memory = metrics.gauge("chorus_lua_memory_bytes", "Lua heap size"),
   workflows = metrics.gauge("chorus_workflows", "Workflows loaded"),
+  breakers = metrics.gauge("chorus_breaker_state", "Circuit breaker state (1 for the current one)",
+    { "breaker", "state" }),
 }
+
+local BREAKER_STATES = { "closed", "open", "half_open" }
+
+local function export_breakers()
+  for name, current in pairs(core.breakers()) do
+    for _, st in ipairs(BREAKER_STATES) do
+      m.breakers.set({ name, st }, st == current and 1 or 0)
+    end
+  end
+end
 
 -- ---- logging ------------------------------------------------------------
 
@@ -313,7 +325,10 @@ local function admin(req, what)
     end
     return json_response(422, { ok = false, errors = result })
   end
-  return problem(501, "Not Implemented", ("/admin/%s arrives with the durable store and resilience work"):format(what))
+  if what == "breakers" then
+    return json_response(200, { breakers = core.breakers() })
+  end
+  return problem(501, "Not Implemented", ("/admin/%s arrives with the durable store"):format(what))
 end
 
 -- ---- dispatch -------------------------------------------------------------
@@ -337,6 +352,7 @@ local function route(req)
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)
+    export_breakers()
     return text_response(200, metrics.render(), "text/plain; version=0.0.4")
   end
   if path == "/healthz" then

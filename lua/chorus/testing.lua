@@ -37,6 +37,7 @@ end
 function testing.reset()
   mocks = {}
   http.configure({})
+  core.breakers_reset()
 end
 
 local function base_of(target)

@@ -208,8 +208,14 @@ describe("chorus serve", function()
       assert.are.equal(401, r.status)
     end)
 
-    it("answers 501 for admin endpoints that arrive with later work", function()
-      for _, path in ipairs({ "/admin/outbox", "/admin/dlq", "/admin/breakers" }) do
+    it("lists the circuit breakers and their states", function()
+      local r = H.request(srv.url .. "/admin/breakers", { headers = auth })
+      assert.are.equal(200, r.status)
+      assert.are.equal("table", type(r.json.breakers))
+    end)
+
+    it("answers 501 for admin endpoints that arrive with the durable store", function()
+      for _, path in ipairs({ "/admin/outbox", "/admin/dlq" }) do
         local r = H.request(srv.url .. path, { headers = auth })
         assert.are.equal(501, r.status)
         assert.are.equal("application/problem+json", r.headers["content-type"])

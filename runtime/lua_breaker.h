@@ -1,0 +1,15 @@
+/* lua_breaker.h — core.breaker, the binding of breaker.c (contract at the
+ * top of lua_breaker.c). */
+#ifndef CHORUS_LUA_BREAKER_H
+#define CHORUS_LUA_BREAKER_H
+
+#include <lua.h>
+
+int chorus_lua_breaker(lua_State *L);
+int chorus_lua_breakers(lua_State *L);
+int chorus_lua_breakers_reset(lua_State *L);
+
+/* Registers the metatable and the registry table; once when the core opens. */
+void chorus_lua_breaker_open(lua_State *L);
+
+#endif

@@ -1,0 +1,78 @@
+-- chorus.breaker on the real engine and the virtual clock: a dead upstream
+-- opens the breaker after min_calls; open calls fail without a request;
+-- after open_for a half-open probe closes it again when the upstream heals.
+local testing = require "chorus.testing"
+local chorus = require "chorus"
+local breaker = require "chorus.breaker"
+local http = require "chorus.http"
+
+-- Calls the "cards" upstream n times through the breaker, one per second,
+-- and reports each outcome: a status, or the error kind.
+local probe = chorus.workflow {
+  name = "probe",
+  run = function(ctx, input)
+    local b = breaker.new { name = "cards", window = 10, min_calls = 4, failure_rate = 50,
+      open_for = 30, half_open_calls = 2 }
+    local seen = {}
+    for i = 1, input.n do
+      local ok, res = pcall(b.call, b, function() return http.upstream("cards"):get("/health") end)
+      seen[i] = ok and res.status or res.kind
+      ctx.sleep(input.every or 1)
+    end
+    return { seen = seen, state = b:state() }
+  end,
+}
+
+describe("chorus.breaker", function()
+  before_each(testing.reset)
+
+  it("opens after min_calls failures and then fails fast without a request", function()
+    testing.mock("cards", { status = 503 })
+    local r = testing.run(probe, { n = 6 })
+    assert.is_true(r.ok)
+    assert.are.same({ 503, 503, 503, 503, "breaker_open", "breaker_open" }, r.value.seen)
+    assert.are.equal(4, #r.calls)
+    assert.are.equal("open", r.value.state)
+  end)
+
+  it("stays closed below min_calls even when every call fails", function()
+    testing.mock("cards", { status = 500 })
+    local r = testing.run(probe, { n = 3 })
+    assert.are.equal("closed", r.value.state)
+    assert.are.equal(3, #r.calls)
+  end)
+
+  it("goes half-open after open_for and closes when the probes succeed", function()
+    local responses = {}
+    for i = 1, 4 do responses[i] = { status = 503 } end
+    responses[5] = { status = 200 }
+    testing.mock("cards", responses)
+    -- 4 failures open it at t=3; every 20 s: t=20 (open), t=40 and t=60 probe (half-open)
+    local r = testing.run(probe, { n = 7, every = 20 })
+    assert.are.same({ 503, 503, 503, 503, "breaker_open", 200, 200 }, r.value.seen)
+    assert.are.equal("closed", r.value.state)
+  end)
+
+  it("counts 5xx, 408 and 429 responses as failures, 4xx as successes", function()
+    testing.mock("cards", { status = 404 })
+    local r = testing.run(probe, { n = 6 })
+    assert.are.equal("closed", r.value.state)
+    assert.are.equal(6, #r.calls)
+  end)
+
+  it("is shared by name across runs", function()
+    testing.mock("cards", { status = 503 })
+    testing.run(probe, { n = 4 })
+    local r = testing.run(probe, { n = 1 })
+    assert.are.same({ "breaker_open" }, r.value.seen)
+    assert.are.equal(0, #r.calls)
+  end)
+
+  it("rejects unknown options and bad values, naming them", function()
+    assert.has_error(function() breaker.new { name = "x", windw = 3 } end,
+      "breaker.new: unknown option 'windw'")
+    local ok, err = pcall(breaker.new, { name = "y", failure_rate = 150 })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("failure_rate", 1, true))
+  end)
+end)
