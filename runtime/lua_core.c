@@ -18,6 +18,7 @@
 #include "lua_http.h"
 #include "lua_server.h"
 #include "lua_json.h"
+#include "lua_retry.h"
 #include "runtime.h"
 #include "scheduler.h"
 #include "vclock.h"
@@ -367,6 +368,9 @@ static const luaL_Reg core_funcs[] = {
     {"uuid", core_uuid},
     {"set_clock", core_set_clock},
     {"breaker", chorus_lua_breaker},
+    {"retry_policy", chorus_lua_retry_policy},
+    {"retry_next", chorus_lua_retry_next},
+    {"retry_after", chorus_lua_retry_after},
     {"breakers", chorus_lua_breakers},
     {"breakers_reset", chorus_lua_breakers_reset},
     {"exe", core_exe},

@@ -1,0 +1,82 @@
+/* lua_retry.c — the retry engine (retry.c) for lua/chorus/retry.lua.
+ *
+ *   core.retry_policy(t) → the policy table normalized (attempts, backoff,
+ *       base, cap, max_elapsed filled with defaults), or raises naming the
+ *       bad field
+ *   core.retry_next(policy, retry, elapsed, retry_after, prev_delay, seed)
+ *       → wait (seconds, or -1 to give up), prev_delay, seed
+ *   core.retry_after(value, now_epoch) → seconds, or nil when unparseable
+ *
+ * Invariant: the PRNG state lives in the caller (seed in, seed out), so a
+ * run's jitter is reproducible and no state is shared between runs.
+ */
+#include <lauxlib.h>
+#include <stdint.h>
+
+#include "lua_retry.h"
+#include "retry.h"
+
+static void read_policy(lua_State *L, int idx, struct chorus_retry_policy *p) {
+    *p = chorus_retry_policy_default();
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_getfield(L, idx, "attempts");
+    p->attempts = (int)luaL_optinteger(L, -1, p->attempts);
+    lua_getfield(L, idx, "backoff");
+    const char *name = luaL_optstring(L, -1, NULL);
+    if (name && chorus_backoff_parse(name, &p->backoff) != 0)
+        luaL_error(L,
+                   "retry.policy: backoff must be \"exponential\", \"full_jitter\" or "
+                   "\"decorrelated_jitter\" (got \"%s\")",
+                   name);
+    lua_getfield(L, idx, "base");
+    p->base = (double)luaL_optnumber(L, -1, p->base);
+    lua_getfield(L, idx, "cap");
+    p->cap = (double)luaL_optnumber(L, -1, p->cap);
+    lua_getfield(L, idx, "max_elapsed");
+    p->max_elapsed = (double)luaL_optnumber(L, -1, p->max_elapsed);
+    lua_pop(L, 5);
+    char err[200];
+    if (chorus_retry_policy_check(p, err, sizeof err) != 0)
+        luaL_error(L, "retry.policy: %s", err);
+}
+
+int chorus_lua_retry_policy(lua_State *L) {
+    struct chorus_retry_policy p;
+    read_policy(L, 1, &p);
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, p.attempts);
+    lua_setfield(L, -2, "attempts");
+    lua_pushstring(L, chorus_backoff_name(p.backoff));
+    lua_setfield(L, -2, "backoff");
+    lua_pushnumber(L, p.base);
+    lua_setfield(L, -2, "base");
+    lua_pushnumber(L, p.cap);
+    lua_setfield(L, -2, "cap");
+    lua_pushnumber(L, p.max_elapsed);
+    lua_setfield(L, -2, "max_elapsed");
+    return 1;
+}
+
+int chorus_lua_retry_next(lua_State *L) {
+    struct chorus_retry_policy p;
+    read_policy(L, 1, &p);
+    int retry = (int)luaL_checkinteger(L, 2);
+    double elapsed = (double)luaL_checknumber(L, 3);
+    double retry_after = (double)luaL_optnumber(L, 4, -1);
+    double prev = (double)luaL_optnumber(L, 5, 0);
+    uint64_t seed = (uint64_t)luaL_optinteger(L, 6, 0);
+    double wait = chorus_retry_next(&p, retry, elapsed, retry_after, &prev, &seed);
+    lua_pushnumber(L, wait);
+    lua_pushnumber(L, prev);
+    lua_pushinteger(L, (lua_Integer)seed);
+    return 3;
+}
+
+int chorus_lua_retry_after(lua_State *L) {
+    const char *value = luaL_checkstring(L, 1);
+    double seconds;
+    if (chorus_retry_after_parse(value, (double)luaL_checknumber(L, 2), &seconds) != 0)
+        return 0;
+    lua_pushnumber(L, seconds);
+    return 1;
+}

@@ -1,0 +1,12 @@
+/* lua_retry.h — core.retry_policy / retry_next / retry_after, the binding of
+ * retry.c (contract at the top of lua_retry.c). */
+#ifndef CHORUS_LUA_RETRY_H
+#define CHORUS_LUA_RETRY_H
+
+#include <lua.h>
+
+int chorus_lua_retry_policy(lua_State *L);
+int chorus_lua_retry_next(lua_State *L);
+int chorus_lua_retry_after(lua_State *L);
+
+#endif
