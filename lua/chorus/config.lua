@@ -22,6 +22,11 @@ local FIELDS = {
   limits = "table", upstreams = "table", access_log = "boolean",
 }
 
+local UPSTREAM_KEYS = {
+  base_url = true, headers = true, timeout = true, connect_timeout = true, retry = true,
+  breaker = true, bulkhead = true, rate_limit = true, hedge = true,
+}
+
 local LIMITS = {
   run_memory_mb = true, run_instructions = true, max_body_bytes = true, max_header_bytes = true,
   max_connections = true, client_timeout = true, drain_timeout = true,
@@ -47,6 +52,17 @@ local function validate(conf, path)
   for name, up in pairs(conf.upstreams or {}) do
     if type(up) ~= "table" or type(up.base_url) ~= "string" or not up.base_url:match("^https?://") then
       return nil, ("%s: upstreams.%s.base_url must be an http(s) URL"):format(path, tostring(name))
+    end
+    for k in pairs(up) do
+      if not UPSTREAM_KEYS[k] then
+        return nil, ("%s: upstreams.%s: unknown setting '%s'"):format(path, tostring(name), tostring(k))
+      end
+    end
+    if up.retry ~= nil then
+      local ok, err = pcall(require("chorus.retry").policy, up.retry)
+      if not ok then
+        return nil, ("%s: upstreams.%s.%s"):format(path, tostring(name), tostring(err))
+      end
     end
   end
   return conf

@@ -185,6 +185,32 @@ local function join(base, path)
   return head .. path .. query
 end
 
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
+
+-- Wraps send in the upstream's breaker and retry policy (config keys
+-- `breaker` and `retry`; a call may pass retry = false or its own policy).
+-- POST and PATCH are retried only when the call carries an idempotency key.
+local function resilient(self, r, req, send)
+  local cfg = self.config
+  if cfg.breaker then
+    local opts = { name = self.name }
+    for k, v in pairs(cfg.breaker) do
+      opts[k] = v
+    end
+    local b = require("chorus.breaker").new(opts)
+    local inner = send
+    send = function() return b:call(inner) end
+  end
+  local policy = req.retry
+  if policy == nil then
+    policy = cfg.retry
+  end
+  if policy and (IDEMPOTENT[r.method] or r.idempotency_key ~= nil) then
+    return require("chorus.retry").run(policy, send)
+  end
+  return send()
+end
+
 function Upstream:request(req)
   local r = {}
   for k, v in pairs(req) do
@@ -202,7 +228,9 @@ function Upstream:request(req)
   r.upstream = self.name
   r.timeout = req.timeout or self.config.timeout
   r.connect_timeout = req.connect_timeout or self.config.connect_timeout
-  return http.request(r)
+  r.retry = nil
+  r.method = (r.method or "GET"):upper()
+  return resilient(self, r, req, function() return http.request(r) end)
 end
 
 local function upstream_verb(method)

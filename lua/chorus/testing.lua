@@ -40,28 +40,36 @@ function testing.reset()
   core.breakers_reset()
 end
 
-local function base_of(target)
+local function base_of(target, upstream)
   if target:match("^https?://") then
     return (target:gsub("/+$", ""))
   end
-  -- an upstream name: give it a base URL only the mocks answer
-  http.configure_upstream(target, { base_url = "http://" .. target .. MOCK_HOST })
-  return "http://" .. target .. MOCK_HOST
+  -- an upstream name: give it a base URL only the mocks answer, and the
+  -- rest of its config (retry, breaker, timeout, headers) from `upstream`
+  local config = { base_url = "http://" .. target .. MOCK_HOST }
+  for k, v in pairs(upstream or {}) do
+    if k ~= "base_url" then
+      config[k] = v
+    end
+  end
+  http.configure_upstream(target, config)
+  return config.base_url
 end
 
 --- Declares how an upstream (by name, or by base URL) answers. spec is a
 --- response { status =, json = | body =, headers =, delay =, fault = },
 --- a list of responses (used in turn, the last repeats), or a function of
 --- the request returning a response. fault is "timeout", "reset" or
---- "connect".
-function testing.mock(target, spec)
+--- "connect". upstream (for a name) is the rest of the upstream's config,
+--- as in the config file: { retry =, breaker =, timeout =, headers = }.
+function testing.mock(target, spec, upstream)
   if type(target) ~= "string" then
     error("testing.mock: target must be an upstream name or a base URL", 2)
   end
   if type(spec) ~= "table" and type(spec) ~= "function" then
     error("testing.mock: spec must be a response, a list of responses or a function", 2)
   end
-  mocks[base_of(target)] = { spec = spec, hits = 0, name = target }
+  mocks[base_of(target, upstream)] = { spec = spec, hits = 0, name = target }
 end
 
 local function find_mock(url)
