@@ -4,6 +4,7 @@
 -- idempotency keys, clock, randomness, durable-looking sleep, named steps in
 -- the timeline and a structured logger that stamps run and trace ids.
 local core = require "chorus.core"
+local runstate = require "chorus.runstate"
 local json = core.json
 
 local context = {}
@@ -59,6 +60,11 @@ function context.new(state)
   function ctx.sleep(seconds)
     if type(seconds) ~= "number" or seconds < 0 then
       error("ctx.sleep: seconds must be a non-negative number", 2)
+    end
+    local left = runstate.remaining()
+    if seconds > left then -- never wait past the run's deadline
+      core.sleep(math.max(left, 0))
+      error(runstate.deadline_error("in ctx.sleep"), 2)
     end
     core.sleep(seconds)
   end

@@ -124,6 +124,15 @@ end
 --- Sends one request; returns { status, headers, body, json }.
 function http.request(req)
   local r = prepare(req)
+  -- the run's deadline caps every call inside it
+  local left = runstate.remaining()
+  if left <= 0 then
+    error(runstate.deadline_error(("before %s %s"):format(r.method, r.url)), 2)
+  end
+  local capped = r.timeout == 0 or left < r.timeout
+  if capped then
+    r.timeout = left
+  end
   local started = core.now()
   local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
     r.connect_timeout, r.timeout)
@@ -132,6 +141,9 @@ function http.request(req)
   calls_total.inc({ target, tostring(status or headers) })
   call_seconds.observe({ target }, duration)
   if not status then
+    if headers == "timeout" and capped then
+      error(runstate.deadline_error(("during %s %s"):format(r.method, r.url)), 2)
+    end
     raise(headers, ("%s (%s %s)"):format(body, r.method, r.url), r)
   end
   return setmetatable({ status = status, headers = headers, body = body }, RESPONSE_MT)

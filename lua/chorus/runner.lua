@@ -7,6 +7,8 @@ local runstate = require "chorus.runstate"
 
 local runner = {}
 
+local ON_TIMEOUT_GRACE = 10
+
 local function new_trace_id()
   return (core.uuid():gsub("-", ""))
 end
@@ -23,7 +25,25 @@ function runner.execute(workflow, input, opts)
   if opts.on_state then
     opts.on_state(state)
   end
-  return workflow.run(context.new(state), input)
+  local ctx = context.new(state)
+  if not workflow.timeout then
+    return workflow.run(ctx, input)
+  end
+  state.deadline = core.monotime() + workflow.timeout
+  local result = table.pack(pcall(workflow.run, ctx, input))
+  if result[1] then
+    return table.unpack(result, 2, result.n)
+  end
+  local err = result[2]
+  if type(err) == "table" and err.kind == "deadline" and workflow.on_timeout then
+    -- on_timeout gets its own short deadline to cancel, compensate or alert
+    state.deadline = core.monotime() + ON_TIMEOUT_GRACE
+    local ok, oerr = pcall(workflow.on_timeout, ctx)
+    if not ok then
+      ctx.log.error("on_timeout failed", { error = tostring(oerr) })
+    end
+  end
+  error(err, 0)
 end
 
 return runner

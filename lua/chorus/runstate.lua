@@ -22,6 +22,26 @@ function runstate.get(id)
   return live[id]
 end
 
+local DEADLINE_MT = {
+  __name = "chorus.error",
+  __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,
+}
+
+--- The error a call or sleep raises at the run's deadline.
+function runstate.deadline_error(what)
+  return setmetatable({ kind = "deadline", message = ("the run's deadline passed (%s)"):format(what),
+    attempts = 0 }, DEADLINE_MT)
+end
+
+--- Seconds left before the current run's deadline (math.huge when none).
+function runstate.remaining()
+  local run = runstate.current()
+  if not run or not run.deadline then
+    return math.huge
+  end
+  return run.deadline - core.monotime()
+end
+
 -- Times in records are kept to the microsecond: finer digits carry no
 -- information and make every float in a record 17 digits long.
 local function micro(t)

@@ -1,0 +1,52 @@
+-- The workflow `timeout`: an overall deadline that caps every call and
+-- sleep inside the run, then runs on_timeout.
+local testing = require "chorus.testing"
+local chorus = require "chorus"
+local http = require "chorus.http"
+
+local function workflow(body, on_timeout)
+  return chorus.workflow { name = "deadline", timeout = 5, run = body, on_timeout = on_timeout }
+end
+
+describe("the run deadline", function()
+  before_each(testing.reset)
+
+  it("cuts a slow call at the deadline with kind = deadline", function()
+    testing.mock("slow", { status = 200, delay = 60 })
+    local r = testing.run(workflow(function() return http.upstream("slow"):get("/x", { timeout = 30 }) end))
+    assert.is_false(r.ok)
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(5, r.elapsed)
+  end)
+
+  it("caps the calls of concurrent tasks too", function()
+    testing.mock("slow", { status = 200, delay = 60 })
+    local r = testing.run(workflow(function()
+      return chorus.all(function() return http.upstream("slow"):get("/a") end,
+        function() return http.upstream("slow"):get("/b") end)
+    end))
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(5, r.elapsed)
+  end)
+
+  it("never sleeps past the deadline", function()
+    local r = testing.run(workflow(function(ctx) ctx.sleep(3); ctx.sleep(3) end))
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(5, r.elapsed)
+  end)
+
+  it("lets a call that fits finish normally", function()
+    testing.mock("quick", { status = 200, delay = 1 })
+    local r = testing.run(workflow(function() return http.upstream("quick"):get("/x").status end))
+    assert.are.equal(200, r.value)
+  end)
+
+  it("runs on_timeout with time to clean up, then fails the run", function()
+    testing.mock("slow", { status = 200, delay = 60 })
+    testing.mock("alerts", { status = 202 })
+    local r = testing.run(workflow(function() return http.upstream("slow"):get("/x") end,
+      function(ctx) http.upstream("alerts"):post("/timeouts", { json = { run = ctx.run_id } }) end))
+    assert.are.equal("deadline", r.error.kind)
+    assert.called_upstream(r, "alerts", "POST", "/timeouts")
+  end)
+end)
