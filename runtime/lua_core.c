@@ -371,6 +371,8 @@ static const luaL_Reg core_funcs[] = {
     {"retry_policy", chorus_lua_retry_policy},
     {"retry_next", chorus_lua_retry_next},
     {"retry_after", chorus_lua_retry_after},
+    {"retry_budget", chorus_lua_retry_budget},
+    {"retry_budgets_reset", chorus_lua_retry_budgets_reset},
     {"breakers", chorus_lua_breakers},
     {"breakers_reset", chorus_lua_breakers_reset},
     {"exe", core_exe},

@@ -6,15 +6,83 @@
  *   core.retry_next(policy, retry, elapsed, retry_after, prev_delay, seed)
  *       → wait (seconds, or -1 to give up), prev_delay, seed
  *   core.retry_after(value, now_epoch) → seconds, or nil when unparseable
+ *   core.retry_budget(name, ratio, min_per_second, window) → the budget of
+ *       that name (created on first use): b:on_call(), b:try_withdraw() → bool
  *
  * Invariant: the PRNG state lives in the caller (seed in, seed out), so a
  * run's jitter is reproducible and no state is shared between runs.
  */
 #include <lauxlib.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "lua_retry.h"
 #include "retry.h"
+#include "runtime.h"
+
+#define BUDGET_MT "chorus.retry_budget"
+#define BUDGETS "chorus.retry_budgets"
+
+/* The runtime's time: virtual under chorus.testing, else monotonic. */
+static double budget_now(lua_State *L) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    if (rt && rt->virtual_clock)
+        return rt->vnow;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int budget_on_call(lua_State *L) {
+    struct chorus_retry_budget *b = luaL_checkudata(L, 1, BUDGET_MT);
+    chorus_retry_budget_on_call(b, budget_now(L));
+    return 0;
+}
+
+static int budget_try_withdraw(lua_State *L) {
+    struct chorus_retry_budget *b = luaL_checkudata(L, 1, BUDGET_MT);
+    lua_pushboolean(L, chorus_retry_budget_try_withdraw(b, budget_now(L)));
+    return 1;
+}
+
+int chorus_lua_retry_budget(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    double ratio = (double)luaL_checknumber(L, 2);
+    double min_per_second = (double)luaL_optnumber(L, 3, 10);
+    double window = (double)luaL_optnumber(L, 4, 10);
+    if (luaL_newmetatable(L, BUDGET_MT)) {
+        static const luaL_Reg methods[] = {
+            {"on_call", budget_on_call}, {"try_withdraw", budget_try_withdraw}, {NULL, NULL}};
+        luaL_setfuncs(L, methods, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, BUDGETS) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, BUDGETS);
+    }
+    if (lua_getfield(L, -1, name) != LUA_TNIL)
+        return 1;
+    lua_pop(L, 1);
+    struct chorus_retry_budget *b = lua_newuserdatauv(L, sizeof *b, 0);
+    if (chorus_retry_budget_init(b, ratio, min_per_second, window) != 0)
+        return luaL_error(L, "retry budget: ratio, min_per_second and window must be "
+                             "non-negative numbers (window > 0)");
+    luaL_setmetatable(L, BUDGET_MT);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, name);
+    return 1;
+}
+
+/* Forgets every budget (chorus.testing.reset). */
+int chorus_lua_retry_budgets_reset(lua_State *L) {
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, BUDGETS);
+    return 0;
+}
 
 static void read_policy(lua_State *L, int idx, struct chorus_retry_policy *p) {
     *p = chorus_retry_policy_default();

@@ -8,5 +8,7 @@
 int chorus_lua_retry_policy(lua_State *L);
 int chorus_lua_retry_next(lua_State *L);
 int chorus_lua_retry_after(lua_State *L);
+int chorus_lua_retry_budget(lua_State *L);
+int chorus_lua_retry_budgets_reset(lua_State *L);
 
 #endif

@@ -218,7 +218,12 @@ local function resilient(self, r, req, send)
     policy = cfg.retry
   end
   if policy and (IDEMPOTENT[r.method] or r.idempotency_key ~= nil) then
-    return require("chorus.retry").run(policy, send)
+    local retry = require "chorus.retry"
+    policy = retry.policy(policy)
+    -- the upstream's retry budget (policy.budget, a fraction of calls) is
+    -- shared by every run, so a failing upstream never sees a retry storm
+    local budget = policy.budget and core.retry_budget(self.name, policy.budget)
+    return retry.run_budgeted(policy, budget, send)
   end
   return send()
 end

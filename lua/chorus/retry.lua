@@ -33,10 +33,14 @@ function retry.policy(opts)
       error(("retry.policy: unknown option '%s'"):format(tostring(k)), 2)
     end
   end
+  if opts.budget ~= nil and (type(opts.budget) ~= "number" or opts.budget < 0) then
+    error("retry.policy: budget must be a fraction of calls, e.g. 0.2", 2)
+  end
   local ok, p = pcall(core.retry_policy, opts)
   if not ok then
     error(p, 2)
   end
+  p.budget = opts.budget
   return setmetatable(p, POLICY)
 end
 
@@ -61,9 +65,19 @@ end
 
 --- Calls fn(...) under the policy; see the top of this file.
 function retry.run(policy, fn, ...)
+  return retry.run_budgeted(policy, nil, fn, ...)
+end
+
+--- retry.run, drawing retries from a shared budget (core.retry_budget):
+--- each first attempt deposits, each retry withdraws, and no retry happens
+--- when the budget is empty, so a failing upstream never sees a storm.
+function retry.run_budgeted(policy, budget, fn, ...)
   policy = retry.policy(policy)
   if type(fn) ~= "function" then
     error("retry.run: fn must be a function", 2)
+  end
+  if budget then
+    budget:on_call()
   end
   local started = core.monotime()
   local prev, seed = 0, math.random(1, 0x7fffffff)
@@ -75,6 +89,9 @@ function retry.run(policy, fn, ...)
     local wait = -1
     if again then
       wait, prev, seed = core.retry_next(policy, attempt, core.monotime() - started, retry_after, prev, seed)
+      if wait >= 0 and budget and not budget:try_withdraw() then
+        wait = -1
+      end
     end
     if wait < 0 then
       if not res[1] then

@@ -38,6 +38,7 @@ function testing.reset()
   mocks = {}
   http.configure({})
   core.breakers_reset()
+  core.retry_budgets_reset()
 end
 
 local function base_of(target, upstream)

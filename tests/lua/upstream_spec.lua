@@ -52,3 +52,22 @@ describe("upstream config", function()
     assert.are.equal(0, #r.calls)
   end)
 end)
+
+describe("the upstream retry budget", function()
+  before_each(testing.reset)
+
+  it("stops retrying a failing upstream once retries pass the budget", function()
+    -- budget 0.2 with the default floor of 10 retries/s over 10 s = 100 spare
+    -- retries: 200 runs against a dead upstream with 3 attempts each would
+    -- retry 400 times without a budget
+    testing.mock("api", { status = 503 }, { retry = { attempts = 3, base = 0, cap = 0, budget = 0.2 } })
+    local calls = 0
+    for _ = 1, 200 do
+      calls = calls + #testing.run(call, {}).calls
+    end
+    local retries = calls - 200
+    assert.is_true(retries <= 0.2 * 200 + 100, ("%d retries"):format(retries))
+    assert.is_true(retries < 400)
+    assert.is_true(retries >= 100, ("%d retries: the floor allows 100"):format(retries))
+  end)
+end)
