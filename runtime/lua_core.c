@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "lua_breaker.h"
+#include "lua_bulkhead.h"
 #include "lua_events.h"
 #include "lua_http.h"
 #include "lua_server.h"
@@ -372,6 +373,11 @@ static const luaL_Reg core_funcs[] = {
     {"retry_next", chorus_lua_retry_next},
     {"retry_after", chorus_lua_retry_after},
     {"retry_budget", chorus_lua_retry_budget},
+    {"bulkhead", chorus_lua_bulkhead},
+    {"bulkheads_reset", chorus_lua_bulkheads_reset},
+    {"wait_token", chorus_lua_wait_token},
+    {"wait", chorus_lua_wait},
+    {"notify", chorus_lua_notify},
     {"retry_budgets_reset", chorus_lua_retry_budgets_reset},
     {"breakers", chorus_lua_breakers},
     {"breakers_reset", chorus_lua_breakers_reset},

@@ -46,6 +46,8 @@ struct chorus_runtime {
     int virtual_clock;             /* chorus.testing: time is vnow */
     double vnow;                   /* virtual seconds since the epoch */
     struct chorus_vtimer *vtimers; /* virtual sleepers, by due time */
+    void *waiters;                 /* tasks parked in core.wait (lua_bulkhead.c) */
+    unsigned long long next_token; /* core.wait_token */
     lua_Alloc base_alloc;          /* the allocator we wrap */
     void *base_alloc_ud;
 };

@@ -199,11 +199,17 @@ end
 
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
 
--- Wraps send in the upstream's breaker and retry policy (config keys
--- `breaker` and `retry`; a call may pass retry = false or its own policy).
+-- Wraps send in the upstream's bulkhead, breaker and retry policy (config
+-- keys `bulkhead`, `breaker` and `retry`, in that order from the inside; a
+-- call may pass retry = false or its own policy).
 -- POST and PATCH are retried only when the call carries an idempotency key.
 local function resilient(self, r, req, send)
   local cfg = self.config
+  if cfg.bulkhead then -- innermost: a slot per attempt, not per retry loop
+    local b = require("chorus.bulkhead").get(self.name, cfg.bulkhead)
+    local inner = send
+    send = function() return b:call(inner) end
+  end
   if cfg.breaker then
     local opts = { name = self.name }
     for k, v in pairs(cfg.breaker) do

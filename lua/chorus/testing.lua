@@ -39,6 +39,7 @@ function testing.reset()
   http.configure({})
   core.breakers_reset()
   core.retry_budgets_reset()
+  core.bulkheads_reset()
 end
 
 local function base_of(target, upstream)
