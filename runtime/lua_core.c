@@ -19,6 +19,7 @@
 #include "lua_http.h"
 #include "lua_server.h"
 #include "lua_json.h"
+#include "lua_rate_limit.h"
 #include "lua_retry.h"
 #include "runtime.h"
 #include "scheduler.h"
@@ -374,6 +375,8 @@ static const luaL_Reg core_funcs[] = {
     {"retry_after", chorus_lua_retry_after},
     {"retry_budget", chorus_lua_retry_budget},
     {"bulkhead", chorus_lua_bulkhead},
+    {"rate_limit", chorus_lua_rate_limit},
+    {"rate_limits_reset", chorus_lua_rate_limits_reset},
     {"bulkheads_reset", chorus_lua_bulkheads_reset},
     {"wait_token", chorus_lua_wait_token},
     {"wait", chorus_lua_wait},

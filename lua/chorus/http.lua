@@ -199,12 +199,30 @@ end
 
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
 
--- Wraps send in the upstream's bulkhead, breaker and retry policy (config
--- keys `bulkhead`, `breaker` and `retry`, in that order from the inside; a
--- call may pass retry = false or its own policy).
+-- Wraps send in the upstream's rate limit, bulkhead, breaker and retry
+-- policy (config keys `rate_limit`, `bulkhead`, `breaker` and `retry`, in
+-- that order from the inside; a call may pass retry = false or its own
+-- policy).
 -- POST and PATCH are retried only when the call carries an idempotency key.
 local function resilient(self, r, req, send)
   local cfg = self.config
+  if cfg.rate_limit then -- token bucket { rate =, burst =, wait = }: per attempt
+    local rl = cfg.rate_limit
+    local bucket = core.rate_limit(self.name, rl.rate, rl.burst or 1)
+    local inner = send
+    send = function()
+      local wait = bucket:reserve(rl.wait or 0)
+      if wait < 0 then
+        error(setmetatable({ kind = "rate_limited", upstream = self.name, attempts = 0,
+          message = ("upstream '%s' is over its rate limit of %g/s"):format(self.name, rl.rate) },
+          ERROR_MT), 0)
+      end
+      if wait > 0 then
+        core.sleep(wait)
+      end
+      return inner()
+    end
+  end
   if cfg.bulkhead then -- innermost: a slot per attempt, not per retry loop
     local b = require("chorus.bulkhead").get(self.name, cfg.bulkhead)
     local inner = send

@@ -40,6 +40,7 @@ function testing.reset()
   core.breakers_reset()
   core.retry_budgets_reset()
   core.bulkheads_reset()
+  core.rate_limits_reset()
 end
 
 local function base_of(target, upstream)

@@ -1,0 +1,11 @@
+/* lua_rate_limit.h — core.rate_limit, the binding of rate_limit.c (contract
+ * at the top of lua_rate_limit.c). */
+#ifndef CHORUS_LUA_RATE_LIMIT_H
+#define CHORUS_LUA_RATE_LIMIT_H
+
+#include <lua.h>
+
+int chorus_lua_rate_limit(lua_State *L);
+int chorus_lua_rate_limits_reset(lua_State *L);
+
+#endif
