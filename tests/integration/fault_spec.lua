@@ -48,4 +48,26 @@ describe("faults against the mock upstream", function()
     -- 4 failures + 3 calls after healing reached the network; 4 did not
     assert.are.equal(7, mock.stats().by_path["/dead"])
   end)
+
+  it("keeps a healthy upstream fast while a slow one saturates its bulkhead", function()
+    local conf = H.write_temp(([[
+return { upstreams = {
+  slow = { base_url = %q, bulkhead = { max = 2, queue = 0 } },
+  healthy = { base_url = %q },
+} }
+]]):format(mock.url, mock.url))
+    local r = H.chorus_run({ "run", "tests/integration/fixtures/bulkheads.lua", "--config", conf,
+      "--input", '{"n":8}' }, nil, 60)
+    os.remove(conf)
+    assert.are.equal(0, r.code, r.stderr)
+    local out = H.decode(r.stdout)
+    local ok, full = 0, 0
+    for _, v in ipairs(out.slow) do
+      if v == 200 then ok = ok + 1 elseif v == "bulkhead_full" then full = full + 1 end
+    end
+    assert.are.equal(2, ok)
+    assert.are.equal(6, full)
+    assert.is_true(out.healthy_ms < 200, ("healthy call took %.1f ms"):format(out.healthy_ms))
+    assert.are.equal(2, mock.stats().by_path["/slow"])
+  end)
 end)
