@@ -1,0 +1,87 @@
+-- chorus.saga on mocks and the virtual clock: the ledger pattern — log each
+-- item as pending, compensate the logged ones on failure, else commit.
+local testing = require "chorus.testing"
+local chorus = require "chorus"
+local http = require "chorus.http"
+local saga = require "chorus.saga"
+
+local order = chorus.workflow {
+  name = "order",
+  run = function(ctx, input)
+    local ledger = http.upstream("ledger")
+    local s = saga.new(ctx, { policy = { attempts = 3, base = 1 } })
+    local ok, err = pcall(function()
+      for i, item in ipairs(input.items) do
+        s:step("item " .. i, function()
+          local res = ledger:post("/entries", { json = item, idempotency_key = ctx.key("item " .. i) })
+          if res.status ~= 201 then
+            error({ kind = "ledger_rejected", message = "item " .. i .. " got " .. res.status })
+          end
+          return res.json.id
+        end, function(id)
+          return ledger:delete("/entries/" .. id)
+        end)
+      end
+    end)
+    if not ok then
+      local aok = pcall(s.abort, s, err)
+      assert(not aok)
+      return { status = 409, json = { compensated = s.compensated, failed = s.failed } }
+    end
+    s:commit("commit", function() return ledger:post("/commit", { json = { run = ctx.run_id } }) end)
+    return { status = 201, json = { committed = s.committed } }
+  end,
+}
+
+local function ledger(fail_at, delete_status)
+  local n = 0
+  return function(req)
+    if req.method == "POST" and req.path == "/entries" then
+      n = n + 1
+      if n == fail_at then return { status = 422 } end
+      return { status = 201, json = { id = "e" .. n } }
+    elseif req.method == "DELETE" then
+      return { status = delete_status or 204 }
+    end
+    return { status = 200 }
+  end
+end
+
+local ITEMS = { { sku = "a" }, { sku = "b" }, { sku = "c" } }
+
+describe("chorus.saga", function()
+  before_each(testing.reset)
+
+  it("commits when every step succeeds", function()
+    testing.mock("ledger", ledger(nil))
+    local r = testing.run(order, { items = ITEMS })
+    assert.are.equal(201, r.value.status)
+    assert.are.same({ "commit" }, r.value.json.committed)
+    assert.called_upstream(r, "ledger", "POST", "/commit")
+  end)
+
+  for fail_at = 1, 3 do
+    it(("compensates every logged item, newest first, when item %d fails"):format(fail_at), function()
+      testing.mock("ledger", ledger(fail_at))
+      local r = testing.run(order, { items = ITEMS })
+      assert.are.equal(409, r.value.status)
+      local deleted = {}
+      for _, c in ipairs(testing.calls_to(r, "ledger", "DELETE")) do
+        deleted[#deleted + 1] = c.path
+      end
+      local expected = {}
+      for i = fail_at - 1, 1, -1 do expected[#expected + 1] = "/entries/e" .. i end
+      assert.are.same(expected, deleted)
+      assert.are.equal(fail_at - 1, #r.value.json.compensated)
+      assert.are.equal(0, #testing.calls_to(r, "ledger", "POST", "/commit"))
+    end)
+  end
+
+  it("retries a failing compensation and reports it when it never succeeds", function()
+    testing.mock("ledger", ledger(3, 503))
+    local r = testing.run(order, { items = ITEMS })
+    assert.are.equal(409, r.value.status)
+    assert.are.equal(2, #r.value.json.failed)
+    assert.are.equal(6, #testing.calls_to(r, "ledger", "DELETE")) -- 2 entries x 3 attempts
+  end)
+end)
