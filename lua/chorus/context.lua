@@ -38,6 +38,38 @@ local function logger(ctx)
   return setmetatable(log, { __call = function(_, msg, fields) write("info", msg, fields) end })
 end
 
+-- In-process locks by name: the holder runs, the others wait FIFO (parked
+-- with core.wait) and get the lock handed over when it is released. A
+-- waiter cancelled meanwhile is skipped (notify finds nobody).
+local locks = {}
+
+local function release_lock(name)
+  local l = locks[name]
+  while l.first <= l.last do
+    local token = l.queue[l.first]
+    l.queue[l.first] = nil
+    l.first = l.first + 1
+    if core.notify(token, true) then
+      return -- handed over: still held
+    end
+  end
+  locks[name] = nil
+end
+
+local function with_lock(name, fn)
+  local l = locks[name]
+  if not l then
+    locks[name] = { queue = {}, first = 1, last = 0 }
+  else
+    local token = core.wait_token()
+    l.last = l.last + 1
+    l.queue[l.last] = token
+    core.wait(token)
+  end
+  local _ <close> = setmetatable({}, { __close = function() release_lock(name) end })
+  return fn()
+end
+
 function context.new(state)
   local ctx = {
     run_id = state.run_id, input = state.input, workflow = state.workflow,
@@ -82,6 +114,12 @@ function context.new(state)
       error(res[2], 0)
     end
     return table.unpack(res, 2, res.n)
+  end
+  function ctx.lock(name, fn)
+    if type(name) ~= "string" or name == "" or type(fn) ~= "function" then
+      error("ctx.lock(name, fn): name must be a non-empty string and fn a function", 2)
+    end
+    return with_lock(name, fn)
   end
   ctx.log = logger(ctx)
   return ctx

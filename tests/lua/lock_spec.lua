@@ -1,0 +1,47 @@
+-- ctx.lock: mutual exclusion by name (in process; durable with issue 4).
+local testing = require "chorus.testing"
+local chorus = require "chorus"
+
+local function racers(hold)
+  return chorus.workflow {
+    name = "racers",
+    run = function(ctx, input)
+      local trace = {}
+      local function worker(id, key)
+        return function()
+          ctx.lock(key, function()
+            trace[#trace + 1] = id .. " in"
+            ctx.sleep(hold)
+            trace[#trace + 1] = id .. " out"
+          end)
+        end
+      end
+      chorus.all(worker("a", "buyer-1"), worker("b", input.other or "buyer-1"), worker("c", "buyer-1"))
+      return trace
+    end,
+  }
+end
+
+describe("ctx.lock", function()
+  before_each(testing.reset)
+
+  it("serializes holders of the same name, first come first served", function()
+    local r = testing.run(racers(1))
+    assert.are.same({ "a in", "a out", "b in", "b out", "c in", "c out" }, r.value)
+    assert.are.equal(3, r.elapsed)
+  end)
+
+  it("lets different names run concurrently", function()
+    local r = testing.run(racers(1), { other = "buyer-2" })
+    assert.are.same({ "a in", "b in", "a out", "b out", "c in", "c out" }, r.value)
+    assert.are.equal(2, r.elapsed)
+  end)
+
+  it("releases the lock when the holder fails", function()
+    local wf = chorus.workflow { name = "fails", run = function(ctx)
+      pcall(ctx.lock, "k", function() error("boom") end)
+      return ctx.lock("k", function() return "again" end)
+    end }
+    assert.are.equal("again", testing.run(wf).value)
+  end)
+end)
