@@ -21,7 +21,7 @@ describe("faults against the mock upstream", function()
 
   it("succeeds through retries when half the answers are 503", function()
     local seq = ("503,200,"):rep(20) .. "200"
-    local r = run_with(mock, '{ base_url = %q, retry = { attempts = 4, base = 0.01, cap = 0.05 } }',
+    local r = run_with(mock, '{ base_url = %q, retry = { attempts = 4, base = 0.01, cap = 0.05, budget = 0.5 } }',
       { n = 20, path = "/half?seq=" .. seq })
     assert.are.equal(0, r.code, r.stderr)
     for i, call in ipairs(H.decode(r.stdout)) do
