@@ -12,10 +12,10 @@
  * engine object is freed by the userdata's __gc.
  */
 #include <lauxlib.h>
-#include <time.h>
 
 #include "breaker.h"
 #include "lua_breaker.h"
+#include "lua_named.h"
 #include "runtime.h"
 
 #define BREAKER_MT "chorus.breaker"
@@ -25,15 +25,8 @@ struct lua_breaker {
     struct chorus_breaker *b;
 };
 
-/* The runtime's time: virtual under chorus.testing, else monotonic. */
-static double runtime_now(void *ud) {
-    struct chorus_runtime *rt = ud;
-    if (rt->virtual_clock)
-        return rt->vnow;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+/* The runtime's clock (virtual under chorus.testing), for the engine. */
+static double runtime_now(void *ud) { return chorus_runtime_now(ud); }
 
 static struct lua_breaker *check_breaker(lua_State *L) {
     struct lua_breaker *lb = luaL_checkudata(L, 1, BREAKER_MT);
@@ -81,27 +74,33 @@ static int breaker_gc(lua_State *L) {
     return 0;
 }
 
+static int breaker_acquire(lua_State *L);
+static int breaker_record(lua_State *L);
+static int breaker_release(lua_State *L);
+static int breaker_state(lua_State *L);
+
+static const luaL_Reg breaker_methods[] = {
+    {"acquire", breaker_acquire}, {"record", breaker_record}, {"release", breaker_release},
+    {"state", breaker_state},     {"__gc", breaker_gc},       {NULL, NULL},
+};
+
 int chorus_lua_breaker(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
-    lua_getfield(L, LUA_REGISTRYINDEX, BREAKERS);
-    if (lua_getfield(L, -1, name) != LUA_TNIL)
+    if (chorus_named_find(L, BREAKERS, name, BREAKER_MT, breaker_methods))
         return 1;
-    lua_pop(L, 1);
     struct chorus_breaker_config cfg;
     read_config(L, &cfg);
     char err[200];
     if (chorus_breaker_config_check(&cfg, err, sizeof err) != 0)
         return luaL_error(L, "breaker '%s': %s", name, err);
-    struct chorus_runtime *rt = chorus_runtime_of(L);
-    struct chorus_clock clock = {runtime_now, rt};
+    struct chorus_clock clock = {runtime_now, chorus_runtime_of(L)};
     struct lua_breaker *lb = lua_newuserdatauv(L, sizeof *lb, 0);
     lb->b = NULL;
     luaL_setmetatable(L, BREAKER_MT);
     lb->b = chorus_breaker_new(&cfg, &clock);
     if (!lb->b)
         return luaL_error(L, "out of memory creating breaker '%s'", name);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, name);
+    chorus_named_put(L, name);
     return 1;
 }
 
@@ -128,7 +127,10 @@ static int breaker_state(lua_State *L) {
 
 int chorus_lua_breakers(lua_State *L) {
     lua_newtable(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, BREAKERS);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, BREAKERS) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 1;
+    }
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         struct lua_breaker *lb = luaL_checkudata(L, -1, BREAKER_MT);
@@ -142,23 +144,6 @@ int chorus_lua_breakers(lua_State *L) {
 }
 
 int chorus_lua_breakers_reset(lua_State *L) {
-    lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, BREAKERS);
+    chorus_named_reset(L, BREAKERS);
     return 0;
-}
-
-void chorus_lua_breaker_open(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"acquire", breaker_acquire}, {"record", breaker_record}, {"release", breaker_release},
-        {"state", breaker_state},     {"__gc", breaker_gc},       {NULL, NULL},
-    };
-    if (luaL_newmetatable(L, BREAKER_MT)) {
-        luaL_setfuncs(L, methods, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, LUA_REGISTRYINDEX, BREAKERS) == LUA_TNIL)
-        chorus_lua_breakers_reset(L);
-    lua_pop(L, 1);
 }

@@ -9,7 +9,4 @@ int chorus_lua_breaker(lua_State *L);
 int chorus_lua_breakers(lua_State *L);
 int chorus_lua_breakers_reset(lua_State *L);
 
-/* Registers the metatable and the registry table; once when the core opens. */
-void chorus_lua_breaker_open(lua_State *L);
-
 #endif

@@ -19,6 +19,7 @@
 
 #include "bulkhead.h"
 #include "lua_bulkhead.h"
+#include "lua_named.h"
 #include "scheduler.h"
 
 #define BULKHEAD_MT "chorus.bulkhead"
@@ -124,37 +125,22 @@ int chorus_lua_bulkhead(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     int max = (int)luaL_checkinteger(L, 2);
     int queue = (int)luaL_optinteger(L, 3, 0);
-    if (luaL_newmetatable(L, BULKHEAD_MT)) {
-        static const luaL_Reg methods[] = {{"acquire", bulkhead_acquire},
-                                           {"release", bulkhead_release},
-                                           {"cancel", bulkhead_cancel},
-                                           {"__gc", bulkhead_gc},
-                                           {NULL, NULL}};
-        luaL_setfuncs(L, methods, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, LUA_REGISTRYINDEX, BULKHEADS) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, BULKHEADS);
-    }
-    if (lua_getfield(L, -1, name) != LUA_TNIL)
+    static const luaL_Reg methods[] = {{"acquire", bulkhead_acquire},
+                                       {"release", bulkhead_release},
+                                       {"cancel", bulkhead_cancel},
+                                       {"__gc", bulkhead_gc},
+                                       {NULL, NULL}};
+    if (chorus_named_find(L, BULKHEADS, name, BULKHEAD_MT, methods))
         return 1;
-    lua_pop(L, 1);
     struct chorus_bulkhead *b = lua_newuserdatauv(L, sizeof *b, 0);
     if (chorus_bulkhead_init(b, max, queue) != 0)
         return luaL_error(L, "bulkhead '%s': max must be >= 1 and queue >= 0", name);
     luaL_setmetatable(L, BULKHEAD_MT);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, name);
+    chorus_named_put(L, name);
     return 1;
 }
 
 int chorus_lua_bulkheads_reset(lua_State *L) {
-    lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, BULKHEADS);
+    chorus_named_reset(L, BULKHEADS);
     return 0;
 }

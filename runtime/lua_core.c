@@ -265,14 +265,7 @@ static int core_now(lua_State *L) {
 }
 
 static int core_monotime(lua_State *L) {
-    struct chorus_runtime *rt = rt_of(L);
-    if (rt->virtual_clock) {
-        lua_pushnumber(L, rt->vnow);
-        return 1;
-    }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    lua_pushnumber(L, chorus_runtime_now(rt_of(L)));
     return 1;
 }
 
@@ -409,7 +402,6 @@ int luaopen_chorus_core(lua_State *L) {
     lua_pushlightuserdata(L, rt);
     luaL_setfuncs(L, core_funcs, 1);
     chorus_lua_server_open(L);
-    chorus_lua_breaker_open(L);
     chorus_json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, CHORUS_VERSION);

@@ -14,8 +14,8 @@
  */
 #include <lauxlib.h>
 #include <stdint.h>
-#include <time.h>
 
+#include "lua_named.h"
 #include "lua_retry.h"
 #include "retry.h"
 #include "runtime.h"
@@ -23,25 +23,16 @@
 #define BUDGET_MT "chorus.retry_budget"
 #define BUDGETS "chorus.retry_budgets"
 
-/* The runtime's time: virtual under chorus.testing, else monotonic. */
-static double budget_now(lua_State *L) {
-    struct chorus_runtime *rt = chorus_runtime_of(L);
-    if (rt && rt->virtual_clock)
-        return rt->vnow;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int budget_on_call(lua_State *L) {
     struct chorus_retry_budget *b = luaL_checkudata(L, 1, BUDGET_MT);
-    chorus_retry_budget_on_call(b, budget_now(L));
+    chorus_retry_budget_on_call(b, chorus_runtime_now(chorus_runtime_of(L)));
     return 0;
 }
 
 static int budget_try_withdraw(lua_State *L) {
     struct chorus_retry_budget *b = luaL_checkudata(L, 1, BUDGET_MT);
-    lua_pushboolean(L, chorus_retry_budget_try_withdraw(b, budget_now(L)));
+    lua_pushboolean(L,
+                    chorus_retry_budget_try_withdraw(b, chorus_runtime_now(chorus_runtime_of(L))));
     return 1;
 }
 
@@ -50,37 +41,22 @@ int chorus_lua_retry_budget(lua_State *L) {
     double ratio = (double)luaL_checknumber(L, 2);
     double min_per_second = (double)luaL_optnumber(L, 3, 10);
     double window = (double)luaL_optnumber(L, 4, 10);
-    if (luaL_newmetatable(L, BUDGET_MT)) {
-        static const luaL_Reg methods[] = {
-            {"on_call", budget_on_call}, {"try_withdraw", budget_try_withdraw}, {NULL, NULL}};
-        luaL_setfuncs(L, methods, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, LUA_REGISTRYINDEX, BUDGETS) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, BUDGETS);
-    }
-    if (lua_getfield(L, -1, name) != LUA_TNIL)
+    static const luaL_Reg methods[] = {
+        {"on_call", budget_on_call}, {"try_withdraw", budget_try_withdraw}, {NULL, NULL}};
+    if (chorus_named_find(L, BUDGETS, name, BUDGET_MT, methods))
         return 1;
-    lua_pop(L, 1);
     struct chorus_retry_budget *b = lua_newuserdatauv(L, sizeof *b, 0);
     if (chorus_retry_budget_init(b, ratio, min_per_second, window) != 0)
         return luaL_error(L, "retry budget: ratio, min_per_second and window must be "
                              "non-negative numbers (window > 0)");
     luaL_setmetatable(L, BUDGET_MT);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, name);
+    chorus_named_put(L, name);
     return 1;
 }
 
 /* Forgets every budget (chorus.testing.reset). */
 int chorus_lua_retry_budgets_reset(lua_State *L) {
-    lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, BUDGETS);
+    chorus_named_reset(L, BUDGETS);
     return 0;
 }
 

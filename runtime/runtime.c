@@ -10,6 +10,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "http_client.h"
 #include "lua_events.h"
@@ -50,6 +51,14 @@ void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
             run->mem = run->mem > old - nsize ? run->mem - (old - nsize) : 0;
     }
     return p;
+}
+
+double chorus_runtime_now(const struct chorus_runtime *rt) {
+    if (rt && rt->virtual_clock)
+        return rt->vnow;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done) {

@@ -68,6 +68,10 @@ int luaopen_chorus_core(lua_State *L);
  * raises as a memory error inside the run. */
 void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
+/* Monotonic seconds: CLOCK_MONOTONIC, or the virtual clock under
+ * chorus.testing. The clock of timers, breakers, budgets and rate limits. */
+double chorus_runtime_now(const struct chorus_runtime *rt);
+
 /* Runs the loop until `done` becomes non-zero or nothing is left to do. */
 void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done);
 
