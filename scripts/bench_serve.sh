@@ -122,9 +122,9 @@ else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
 fi
 
-echo "# 5,000 concurrent requests, upstream delay 1 s: wrk -t2 -c5000 -d3s --timeout 20s"
+echo "# 5,000 concurrent requests, upstream delay 1 s: wrk -t2 -c5000 -d8s --timeout 20s"
 start_chorus 1000
-out=$(wrk -t2 -c5000 -d3s --timeout 20s -s scripts/bench/wrk_post.lua "$CHORUS_URL/workflows/bench_fanout" 2>&1)
+out=$(wrk -t2 -c5000 -d8s --timeout 20s -s scripts/bench/wrk_post.lua "$CHORUS_URL/workflows/bench_fanout" 2>&1)
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$CHORUS_PID/status")
 requests=$(echo "$out" | awk '/requests in/ {print $1}')
 errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
