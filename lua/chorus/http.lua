@@ -199,10 +199,10 @@ end
 
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
 
--- Wraps send in the upstream's rate limit, bulkhead, breaker and retry
--- policy (config keys `rate_limit`, `bulkhead`, `breaker` and `retry`, in
--- that order from the inside; a call may pass retry = false or its own
--- policy).
+-- Wraps send in the upstream's rate limit, bulkhead, hedge, breaker and
+-- retry policy (config keys `rate_limit`, `bulkhead`, `hedge`, `breaker` and
+-- `retry`, in that order from the inside; a call may pass retry = false or
+-- its own policy).
 -- POST and PATCH are retried only when the call carries an idempotency key.
 local function resilient(self, r, req, send)
   local cfg = self.config
@@ -227,6 +227,22 @@ local function resilient(self, r, req, send)
     local b = require("chorus.bulkhead").get(self.name, cfg.bulkhead)
     local inner = send
     send = function() return b:call(inner) end
+  end
+  if cfg.hedge and (r.method == "GET" or r.method == "HEAD") then
+    -- a second attempt after `after` seconds; the first answer wins and the
+    -- other transfer is cancelled
+    local after, inner = cfg.hedge.after or 0.1, send
+    send = function()
+      local chorus = require "chorus"
+      local ok, res = pcall(chorus.any, inner, function()
+        core.sleep(after)
+        return inner()
+      end)
+      if ok then
+        return res
+      end
+      error(type(res) == "table" and res.errors and res.errors[1] or res, 0)
+    end
   end
   if cfg.breaker then
     local opts = { name = self.name }
