@@ -274,7 +274,7 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     }
 }
 
-void chorus_sched_hook(lua_State *co) { lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY); }
+static void sched_hook(lua_State *co) { lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY); }
 
 static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *parent,
                                     lua_State *L, int nargs) {
@@ -295,7 +295,7 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
     t->result_ref = LUA_NOREF;
     t->co = lua_newthread(rt->L);
     t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
-    chorus_sched_hook(t->co);
+    sched_hook(t->co);
     lua_xmove(L, t->co, nargs + 1);
     t->nargs = nargs;
     run->tasks[run->ntasks++] = t;

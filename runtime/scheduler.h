@@ -108,9 +108,6 @@ int chorus_task_await(struct chorus_task *t);
 /* Pushes a done task's results: true, values... or false, error. */
 int chorus_task_push_result(struct chorus_task *t, lua_State *L);
 
-/* Installs the per-run instruction counter on a coroutine. */
-void chorus_sched_hook(lua_State *co);
-
 /* Writes a random (version 4) UUID and its NUL. */
 void chorus_uuid(char out[37]);
 

@@ -70,17 +70,16 @@ end
 
 --- Loads and validates a config file: returns the table or nil, message.
 function config.load(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, ("cannot read config: %s"):format(err)
+  local script = require "chorus.script"
+  local src, err = script.read_file(path, "config")
+  if not src then
+    return nil, err
   end
-  local src = f:read("a")
-  f:close()
-  local chunk, cerr = load(src or "", "@" .. path, "t", sandbox.env())
+  local chunk, cerr = load(src, "@" .. path, "t", sandbox.env())
   if not chunk then
     return nil, ("config syntax error: %s"):format(cerr)
   end
-  local ok, value = require("chorus.script").run_isolated({ io = false }, chunk)
+  local ok, value = script.run_isolated({ io = false }, chunk)
   if not ok then
     return nil, ("%s: %s"):format(path, errors.normalize(value).message)
   end

@@ -18,10 +18,6 @@ function runstate.current()
   return id and live[id]
 end
 
-function runstate.get(id)
-  return live[id]
-end
-
 local DEADLINE_MT = {
   __name = "chorus.error",
   __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,

@@ -8,15 +8,16 @@ local sandbox = require "chorus.sandbox"
 
 local script = {}
 
-local function read_file(path)
+--- Reads a whole file; returns its text, or nil and "cannot read WHAT: why".
+function script.read_file(path, what)
   local f, err = io.open(path, "rb")
   if not f then
-    return nil, ("cannot read script: %s"):format(err)
+    return nil, ("cannot read %s: %s"):format(what, err)
   end
   local src = f:read("a")
   f:close()
   if not src then
-    return nil, ("cannot read script: %s is not a regular file"):format(path)
+    return nil, ("cannot read %s: %s is not a regular file"):format(what, path)
   end
   return src
 end
@@ -51,7 +52,7 @@ end
 
 --- Loads a workflow script from a file. Returns workflow, source or nil, err.
 function script.load(path)
-  local source, err = read_file(path)
+  local source, err = script.read_file(path, "script")
   if not source then
     return nil, err
   end
