@@ -15,12 +15,14 @@
 
 #include "lua_breaker.h"
 #include "lua_bulkhead.h"
+#include "lua_crypto.h"
 #include "lua_events.h"
 #include "lua_http.h"
 #include "lua_server.h"
 #include "lua_json.h"
 #include "lua_rate_limit.h"
 #include "lua_retry.h"
+#include "lua_store.h"
 #include "runtime.h"
 #include "scheduler.h"
 #include "vclock.h"
@@ -393,6 +395,9 @@ static const luaL_Reg core_funcs[] = {
     {"on_signal", chorus_lua_on_signal},
     {"watch", chorus_lua_watch},
     {"scandir", chorus_lua_scandir},
+    {"store_open", chorus_lua_store_open},
+    {"sha256", chorus_lua_sha256},
+    {"hmac_sha256", chorus_lua_hmac_sha256},
     {NULL, NULL},
 };
 

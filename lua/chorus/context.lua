@@ -1,9 +1,14 @@
 -- chorus.context — the ctx a workflow's run function receives.
 --
 -- ctx carries the run's identity and the run-scoped services: deterministic
--- idempotency keys, clock, randomness, durable-looking sleep, named steps in
--- the timeline and a structured logger that stamps run and trace ids.
+-- idempotency keys, clock, randomness, durable sleep, the outbox (later),
+-- locks, named steps in the timeline and a structured logger that stamps
+-- run and trace ids. now, random, uuid, sleep, later and lock are effects:
+-- journaled in a durable run, so a replay sees the values the first
+-- execution saw (chorus.journal).
 local core = require "chorus.core"
+local journal = require "chorus.journal"
+local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
 local json = core.json
 
@@ -81,24 +86,44 @@ function context.new(state)
     end
     return ctx.run_id .. ":" .. name
   end
-  ctx.now = core.now
-  ctx.uuid = core.uuid
-  function ctx.random(m, n)
-    if m == nil then
-      return math.random()
-    end
-    return math.random(m, n)
+  function ctx.now()
+    return journal.effect("now", nil, core.now)
   end
+  function ctx.uuid()
+    return journal.effect("uuid", nil, core.uuid)
+  end
+  function ctx.random(m, n)
+    if m ~= nil and (math.type(m) ~= "integer" or (n ~= nil and math.type(n) ~= "integer")) then
+      error("ctx.random([m [, n]]): bounds must be integers", 2)
+    end
+    return journal.effect("random", nil, function()
+      if m == nil then
+        return math.random()
+      elseif n == nil then
+        return math.random(m)
+      end
+      return math.random(m, n)
+    end)
+  end
+  -- The wake time is journaled when the sleep starts, so a run resumed
+  -- after a restart sleeps only what is left of it.
   function ctx.sleep(seconds)
     if type(seconds) ~= "number" or seconds < 0 then
       error("ctx.sleep: seconds must be a non-negative number", 2)
     end
+    local wake = journal.effect("sleep", nil, function() return core.now() + seconds end)
     local left = runstate.remaining()
-    if seconds > left then -- never wait past the run's deadline
+    local wait = wake - core.now()
+    if wait > left then -- never wait past the run's deadline
       core.sleep(math.max(left, 0))
       error(runstate.deadline_error("in ctx.sleep"), 2)
     end
-    core.sleep(seconds)
+    if wait > 0 then
+      core.sleep(wait)
+    end
+  end
+  function ctx.later(workflow, input, opts)
+    return outbox.later(workflow, input, opts)
   end
   function ctx.step(name, fn, ...)
     if type(name) ~= "string" or type(fn) ~= "function" then
@@ -119,6 +144,7 @@ function context.new(state)
     if type(name) ~= "string" or name == "" or type(fn) ~= "function" then
       error("ctx.lock(name, fn): name must be a non-empty string and fn a function", 2)
     end
+    journal.effect("lock", name, function() return true end)
     return with_lock(name, fn)
   end
   ctx.log = logger(ctx)

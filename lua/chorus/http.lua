@@ -5,7 +5,9 @@
 -- come back whatever their status; transport failures raise a structured
 -- error { kind, message, upstream, attempts, method, url }.
 local core = require "chorus.core"
+local journal = require "chorus.journal"
 local metrics = require "chorus.metrics"
+local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
 
 local json = core.json
@@ -121,21 +123,26 @@ function http.set_transport(fn)
   transport = fn or core.http
 end
 
---- Sends one request; returns { status, headers, body, json }.
-function http.request(req)
-  local r = prepare(req)
+--- The transport in use (the outbox relay sends through it too).
+function http.transport()
+  return transport
+end
+
+-- Sends one prepared request (no journal): { status, headers, body, json }.
+local function send_once(r)
   -- the run's deadline caps every call inside it
   local left = runstate.remaining()
   if left <= 0 then
     error(runstate.deadline_error(("before %s %s"):format(r.method, r.url)), 2)
   end
-  local capped = r.timeout == 0 or left < r.timeout
+  local timeout = r.timeout
+  local capped = timeout == 0 or left < timeout
   if capped then
-    r.timeout = left
+    timeout = left
   end
   local started = core.now()
   local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
-    r.connect_timeout, r.timeout)
+    r.connect_timeout, timeout)
   runstate.record_call(r, started, duration, status or headers)
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
   calls_total.inc({ target, tostring(status or headers) })
@@ -147,6 +154,29 @@ function http.request(req)
     raise(headers, ("%s (%s %s)"):format(body, r.method, r.url), r)
   end
   return setmetatable({ status = status, headers = headers, body = body }, RESPONSE_MT)
+end
+
+-- A recorded response or error, as the call first returned or raised it.
+local function restore(value, ok)
+  return setmetatable(value, ok and RESPONSE_MT or ERROR_MT)
+end
+
+-- `later = true` (or { delay =, attempts =, ... }): the request goes to the
+-- outbox, to be sent after the run, retried, DLQ at the end.
+local function queue_later(r, later)
+  local id = outbox.request(r, type(later) == "table" and later or nil)
+  return setmetatable({ status = 202, headers = {}, body = "", queued = true, outbox_id = id },
+    RESPONSE_MT)
+end
+
+--- Sends one request; returns { status, headers, body, json }. In a durable
+--- run the call is an effect: journaled, and replayed from the journal.
+function http.request(req)
+  local r = prepare(req)
+  if req.later then
+    return queue_later(r, req.later)
+  end
+  return journal.effect("http", r.method .. " " .. r.url, function() return send_once(r) end, restore)
 end
 
 local function verb(method)
@@ -286,8 +316,16 @@ function Upstream:request(req)
   r.timeout = req.timeout or self.config.timeout
   r.connect_timeout = req.connect_timeout or self.config.connect_timeout
   r.retry = nil
+  r.later = nil
   r.method = (r.method or "GET"):upper()
-  return resilient(self, r, req, function() return http.request(r) end)
+  local prepared = prepare(r)
+  prepared.idempotency_key = r.idempotency_key
+  if req.later then
+    return queue_later(prepared, req.later)
+  end
+  return journal.effect("http", r.method .. " " .. self.name .. ":" .. (req.path or "/"), function()
+    return resilient(self, prepared, req, function() return send_once(prepared) end)
+  end, restore)
 end
 
 local function upstream_verb(method)

@@ -7,6 +7,7 @@
 -- for its own tasks and cancels the ones it no longer needs, so no task ever
 -- outlives the call that started it.
 local core = require "chorus.core"
+local journal = require "chorus.journal"
 
 local chorus = { json = core.json, version = core.version }
 
@@ -67,7 +68,7 @@ local function spawn_each(who, ...)
   end
   local ids = {}
   for i = 1, n do
-    ids[i] = core.spawn(fns[i])
+    ids[i] = journal.spawn(fns[i])
   end
   return ids
 end

@@ -3,6 +3,7 @@
 -- and chorus.testing alike, so a workflow behaves the same under each.
 local core = require "chorus.core"
 local context = require "chorus.context"
+local journal = require "chorus.journal"
 local runstate = require "chorus.runstate"
 
 local runner = {}
@@ -14,6 +15,9 @@ local function new_trace_id()
 end
 
 -- Runs inside a task: returns the workflow's value or raises its error.
+-- opts: trace_id, on_state(state), deadline (seconds since the epoch: a
+-- resumed run keeps the deadline it started with), journal = { store =,
+-- recorded = } to make the run durable (chorus.journal).
 function runner.execute(workflow, input, opts)
   opts = opts or {}
   local state = {
@@ -21,15 +25,18 @@ function runner.execute(workflow, input, opts)
     trace_id = opts.trace_id or new_trace_id(),
   }
   state.traceparent = ("00-%s-%s-01"):format(state.trace_id, core.uuid():gsub("-", ""):sub(1, 16))
+  state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
+  if opts.journal then
+    journal.attach(state, opts.journal.store, opts.journal.recorded)
+  end
   if opts.on_state then
     opts.on_state(state)
   end
   local ctx = context.new(state)
-  if not workflow.timeout then
+  if not state.deadline then
     return workflow.run(ctx, input)
   end
-  state.deadline = core.monotime() + workflow.timeout
   local result = table.pack(pcall(workflow.run, ctx, input))
   if result[1] then
     return table.unpack(result, 2, result.n)
@@ -37,7 +44,7 @@ function runner.execute(workflow, input, opts)
   local err = result[2]
   if type(err) == "table" and err.kind == "deadline" and workflow.on_timeout then
     -- on_timeout gets its own short deadline to cancel, compensate or alert
-    state.deadline = core.monotime() + ON_TIMEOUT_GRACE
+    state.deadline = core.now() + ON_TIMEOUT_GRACE
     local ok, oerr = pcall(workflow.on_timeout, ctx)
     if not ok then
       ctx.log.error("on_timeout failed", { error = tostring(oerr) })

@@ -1,0 +1,427 @@
+-- chorus.outbox — work a run hands over to be done after it, durably:
+-- ctx.later(workflow, input), HTTP calls made with later = true, saga
+-- compensations and commits, and run-end webhooks.
+--
+-- An entry is written in the same group commit as the run's journal entry
+-- for it, so it exists exactly when the run reached that point. The relay
+-- delivers due entries in due order, each in its own run: a workflow start
+-- (a durable run whose id is the entry id, so its ctx.key values and hence
+-- its outbound idempotency keys are the same on every attempt), an HTTP
+-- request (sent with the entry's Idempotency-Key), or a chain of HTTP
+-- requests delivered one after the other (saga compensations, in order).
+-- A failed delivery is retried with backoff, its attempts and next due time
+-- persisted; permanent failures (4xx other than 408, 425, 429) and
+-- exhausted attempts move the entry to the DLQ with the last error.
+--
+-- Two backends hold entries: the data folder (chorus.store) when there is
+-- one, else memory (chorus run without --data, chorus.testing).
+local core = require "chorus.core"
+local errors = require "chorus.errors"
+local journal = require "chorus.journal"
+local metrics = require "chorus.metrics"
+local runstate = require "chorus.runstate"
+
+local outbox = {}
+
+outbox.defaults = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 }
+
+local m = {
+  delivered = metrics.counter("chorus_outbox_delivered_total", "Outbox entries delivered", { "kind" }),
+  retried = metrics.counter("chorus_outbox_retries_total", "Outbox deliveries that failed and will retry",
+    { "kind" }),
+  dead = metrics.counter("chorus_outbox_dead_total", "Outbox entries moved to the DLQ", { "kind" }),
+  depth = metrics.gauge("chorus_outbox_depth", "Outbox entries waiting"),
+  age = metrics.gauge("chorus_outbox_oldest_due_age_seconds", "How long the oldest due entry has waited"),
+  dlq = metrics.gauge("chorus_dlq_depth", "Entries in the dead-letter queue"),
+}
+
+-- ---- backends -----------------------------------------------------------
+
+local Durable = {}
+Durable.__index = Durable
+
+--- The outbox of a data folder (a chorus.store).
+function outbox.durable(st)
+  return setmetatable({ st = st }, Durable)
+end
+
+function Durable:add(e) self.st:put_outbox(e) end
+function Durable:update(e) self.st:put_outbox(e) end
+function Durable:remove(e) self.st:del_outbox(e) end
+function Durable:move(old_due, e)
+  self.st:del_outbox({ due = old_due, id = e.id })
+  self.st:put_outbox(e)
+end
+function Durable:bury(e) self.st:del_outbox(e); self.st:put_dlq(e) end
+function Durable:due(now, limit) return self.st:due_outbox(now, limit) end
+function Durable:commit() self.st:commit() end
+function Durable:depth()
+  local first = self.st.st:scan("outbox", { limit = 1 })[1]
+  local oldest = first and string.unpack(">I8", first[1]) / 1000
+  return self.st.st:count("outbox"), oldest, self.st.st:count("dlq")
+end
+
+local Memory = {}
+Memory.__index = Memory
+
+--- An outbox in memory: entries (by id), dead (the DLQ), delivered (ids).
+function outbox.memory()
+  return setmetatable({ entries = {}, dead = {}, delivered = {} }, Memory)
+end
+
+function Memory:add(e) self.entries[e.id] = e end
+Memory.update = Memory.add
+function Memory:remove(e)
+  self.entries[e.id] = nil
+  self.delivered[#self.delivered + 1] = e
+end
+function Memory:move(_, e) self.entries[e.id] = e end
+function Memory:bury(e)
+  self.entries[e.id] = nil
+  self.dead[#self.dead + 1] = e
+end
+function Memory:due(now, limit)
+  local out = {}
+  for _, e in pairs(self.entries) do
+    if e.due <= now then
+      out[#out + 1] = e
+    end
+  end
+  table.sort(out, function(a, b) return a.due < b.due or (a.due == b.due and a.seq < b.seq) end)
+  for i = #out, (limit or #out) + 1, -1 do
+    out[i] = nil
+  end
+  return out
+end
+function Memory.commit() end
+function Memory:depth()
+  local n, oldest = 0, nil
+  for _, e in pairs(self.entries) do
+    n = n + 1
+    oldest = math.min(oldest or e.due, e.due)
+  end
+  return n, oldest, #self.dead
+end
+function Memory:next_due()
+  local nxt
+  for _, e in pairs(self.entries) do
+    nxt = math.min(nxt or e.due, e.due)
+  end
+  return nxt
+end
+
+-- The backend entries go to when a run has no journal; chorus run and
+-- chorus.testing set it.
+outbox.backend = outbox.memory()
+
+-- ---- enqueueing ---------------------------------------------------------
+
+local seq = 0
+
+-- A new entry: kind "workflow" | "http" | "chain"; opts: delay, attempts,
+-- base, cap (seconds).
+local function new_entry(kind, fields, opts)
+  opts = opts or {}
+  seq = seq + 1
+  local now = core.now()
+  local e = { id = core.uuid(), kind = kind, due = now + (opts.delay or 0), created = now,
+    attempts = 0, max_attempts = opts.attempts or outbox.defaults.attempts,
+    base = opts.base or outbox.defaults.base, cap = opts.cap or outbox.defaults.cap, seq = seq }
+  for k, v in pairs(fields) do
+    e[k] = v
+  end
+  local run = runstate.current()
+  if run then
+    e.from_run = run.run_id
+  end
+  return e
+end
+outbox.new_entry = new_entry
+
+-- Writes e where the current run keeps its state, journaled so a replay
+-- does not enqueue it twice. Returns the entry id.
+local function enqueue(e, target)
+  return journal.effect("later", target, function()
+    local run = runstate.current()
+    local j = run and run.journal
+    if j then
+      outbox.durable(j.store):add(e)
+    else
+      outbox.backend:add(e)
+    end
+    if run then
+      run.outbox = run.outbox or {}
+      run.outbox[#run.outbox + 1] = e
+    end
+    return e.id
+  end)
+end
+
+local LATER_OPTS = { delay = true, attempts = true, base = true, cap = true }
+
+local function check_opts(who, opts)
+  if opts == nil then
+    return {}
+  end
+  if type(opts) ~= "table" then
+    error(("%s: opts must be a table { delay =, attempts =, base =, cap = }"):format(who), 3)
+  end
+  for k, v in pairs(opts) do
+    if not LATER_OPTS[k] then
+      error(("%s: unknown option '%s' (known: delay, attempts, base, cap)"):format(who, tostring(k)), 3)
+    end
+    if type(v) ~= "number" or v < 0 or (k == "attempts" and (math.type(v) ~= "integer" or v < 1)) then
+      error(("%s: option '%s' must be a %s"):format(who, k,
+        k == "attempts" and "positive integer" or "non-negative number of seconds"), 3)
+    end
+  end
+  return opts
+end
+
+--- ctx.later: a workflow start after this run. Returns the entry id.
+function outbox.later(workflow, input, opts)
+  if type(workflow) ~= "string" or workflow == "" then
+    error("ctx.later(workflow, input, opts): workflow must be a workflow name", 2)
+  end
+  opts = check_opts("ctx.later", opts)
+  return enqueue(new_entry("workflow", { workflow = workflow, input = input }, opts), workflow)
+end
+
+--- An HTTP request (prepared by chorus.http: method, url, headers, body)
+--- sent after this run. Returns the entry id.
+function outbox.request(req, opts)
+  opts = check_opts("later", opts)
+  local e = new_entry("http", { request = { method = req.method, url = req.url, headers = req.headers,
+    body = req.body, timeout = req.timeout }, upstream = req.upstream }, opts)
+  return enqueue(e, req.method .. " " .. req.url)
+end
+
+--- A chain of HTTP requests delivered in order (saga compensations).
+function outbox.chain(name, requests, opts)
+  local e = new_entry("chain", { name = name, steps = requests, next = 1 }, opts)
+  return enqueue(e, "chain " .. name)
+end
+
+-- ---- delivery -----------------------------------------------------------
+
+local PERMANENT_EXCEPT = { [408] = true, [425] = true, [429] = true }
+
+-- Classifies an HTTP outcome: nil when delivered, else a failure.
+local function http_failure(status, headers, body)
+  if not status then
+    return { error = { kind = headers, message = body } }
+  end
+  if status < 400 then
+    return nil
+  end
+  local f = { error = { kind = "http", status = status, message = ("HTTP %d"):format(status),
+    body = #body <= 512 and body or body:sub(1, 512) } }
+  f.permanent = status < 500 and not PERMANENT_EXCEPT[status]
+  local ra = headers["retry-after"]
+  if ra then
+    f.retry_after = core.retry_after(ra, core.now())
+  end
+  return f
+end
+
+local function send(req, key)
+  local headers = {}
+  for k, v in pairs(req.headers or {}) do
+    headers[k] = v
+  end
+  if not headers["Idempotency-Key"] then
+    headers["Idempotency-Key"] = key
+  end
+  local http = require "chorus.http"
+  local status, h, body = http.transport()(req.method, req.url, headers, req.body, 10, req.timeout or 30)
+  return http_failure(status, h, body)
+end
+
+local function backoff(e, failure)
+  local wait = math.min(e.cap, e.base * 2 ^ (e.attempts - 1))
+  wait = wait / 2 + math.random() * wait / 2 -- jitter: entries failing together spread out
+  if failure and failure.retry_after then
+    wait = math.max(wait, failure.retry_after)
+  end
+  return wait
+end
+
+local function log(level, msg, fields)
+  local line = { ts = core.now(), level = level, msg = msg }
+  for k, v in pairs(fields) do
+    line[k] = v
+  end
+  core.write_log(core.json.encode(line))
+end
+
+--- Records the outcome of one delivery of e: removed when delivered,
+--- rescheduled when it may retry, else moved to the DLQ. Returns
+--- "delivered", "retry" or "dead". The caller commits.
+function outbox.settle(backend, e, failure)
+  if not failure then
+    backend:remove(e)
+    m.delivered.inc({ e.kind })
+    return "delivered"
+  end
+  e.attempts = e.attempts + 1
+  e.last_error = errors.normalize(failure.error)
+  e.state = nil
+  if failure.permanent or e.attempts >= e.max_attempts then
+    e.failed_at = core.now()
+    backend:bury(e)
+    m.dead.inc({ e.kind })
+    log("error", "outbox entry moved to the DLQ", { id = e.id, kind = e.kind, attempts = e.attempts,
+      target = e.workflow or (e.request and e.request.url) or e.name, error = e.last_error })
+    return "dead"
+  end
+  local old_due = e.due
+  e.due = core.now() + backoff(e, failure)
+  backend:move(old_due, e)
+  m.retried.inc({ e.kind })
+  return "retry"
+end
+
+-- Hook that starts a workflow entry's run: the server installs a durable
+-- one; returns "started" when the run settles e itself, else ok, err.
+outbox.start_workflow = nil
+
+-- Delivers e once (inside its own run).
+local function deliver(backend, e)
+  if e.kind == "http" then
+    outbox.settle(backend, e, send(e.request, e.id))
+  elseif e.kind == "chain" then
+    while e.next <= #e.steps do
+      local failure = send(e.steps[e.next], e.id .. ":" .. e.next)
+      if failure then
+        outbox.settle(backend, e, failure)
+        backend:commit()
+        return
+      end
+      e.next = e.next + 1
+      if e.next <= #e.steps then
+        backend:update(e)
+      end
+    end
+    outbox.settle(backend, e, nil)
+  elseif e.kind == "workflow" then
+    if not outbox.start_workflow then
+      outbox.settle(backend, e, { permanent = true, error = { kind = "unknown_workflow",
+        message = "no workflow runner in this process" } })
+    else
+      local ok, err = outbox.start_workflow(backend, e)
+      if ok == "started" then
+        return
+      end
+      outbox.settle(backend, e, not ok and err or nil)
+    end
+  else
+    outbox.settle(backend, e, { permanent = true, error = { kind = "bad_entry",
+      message = "unknown outbox entry kind " .. tostring(e.kind) } })
+  end
+  backend:commit()
+end
+outbox.deliver = deliver
+
+-- ---- the relay ----------------------------------------------------------
+
+local Relay = {}
+Relay.__index = Relay
+
+--- A relay over backend. opts: concurrency, poll (seconds), alerts =
+--- { outbox_depth =, outbox_age =, dlq_depth = } (log a line when crossed).
+function outbox.relay(backend, opts)
+  opts = opts or {}
+  return setmetatable({ backend = backend, inflight = {}, n_inflight = 0,
+    concurrency = opts.concurrency or outbox.defaults.concurrency, poll = opts.poll or outbox.defaults.poll,
+    alerts = opts.alerts or {}, alerting = {}, stopped = false }, Relay)
+end
+
+-- Starts the due entries not already in flight; returns how many started.
+function Relay:tick()
+  local started = 0
+  local room = self.concurrency - self.n_inflight
+  if room <= 0 then
+    return 0
+  end
+  for _, e in ipairs(self.backend:due(core.now(), room + self.n_inflight)) do
+    if not self.inflight[e.id] and e.state ~= "started" and started < room then
+      self.inflight[e.id] = true
+      self.n_inflight = self.n_inflight + 1
+      started = started + 1
+      core.start(nil, function()
+        local ok, err = pcall(deliver, self.backend, e)
+        if not ok then
+          log("error", "outbox delivery failed", { id = e.id, error = tostring(err) })
+        end
+        self.inflight[e.id] = nil
+        self.n_inflight = self.n_inflight - 1
+      end)
+    end
+  end
+  return started
+end
+
+local function alert(self, name, value, limit)
+  if not limit then
+    return
+  end
+  local over = value > limit
+  if over and not self.alerting[name] then
+    log("warn", "outbox alert: " .. name .. " over its threshold", { alert = name, value = value,
+      threshold = limit })
+  elseif not over and self.alerting[name] then
+    log("info", "outbox alert: " .. name .. " back under its threshold", { alert = name, value = value,
+      threshold = limit })
+  end
+  self.alerting[name] = over
+end
+
+--- Updates the depth metrics and alerts.
+function Relay:observe()
+  local depth, oldest, dead = self.backend:depth()
+  local age = oldest and math.max(0, core.now() - oldest) or 0
+  m.depth.set(nil, depth)
+  m.age.set(nil, age)
+  m.dlq.set(nil, dead)
+  alert(self, "outbox_depth", depth, self.alerts.outbox_depth)
+  alert(self, "outbox_age", age, self.alerts.outbox_age)
+  alert(self, "dlq_depth", dead, self.alerts.dlq_depth)
+  return depth, age, dead
+end
+
+--- Runs until stop(): a tick every poll seconds, metrics every second.
+function Relay:run()
+  local last_observe = -math.huge
+  while not self.stopped do
+    self:tick()
+    if core.monotime() - last_observe >= 1 then
+      last_observe = core.monotime()
+      self:observe()
+    end
+    core.sleep(self.poll)
+  end
+end
+
+function Relay:stop()
+  self.stopped = true
+end
+
+--- Delivers everything in a memory outbox now and as it comes due, until it
+--- is empty (chorus run without a data folder; chorus.testing).
+function outbox.drain(backend)
+  local relay = outbox.relay(backend)
+  while true do
+    relay:tick()
+    if relay.n_inflight == 0 then
+      local nxt = backend:next_due()
+      if not nxt then
+        return backend
+      end
+      core.sleep(math.max(0, nxt - core.now()))
+    else
+      core.sleep(0.001)
+    end
+  end
+end
+
+return outbox

@@ -1,0 +1,225 @@
+-- chorus.store — the records chorus keeps in its LMDB data folder, and their
+-- keys. The C side (runtime/store.c) stores bytes and group-commits; this
+-- module knows what each named database holds:
+--
+--   runs         run id → the run record (JSON): workflow, status, input,
+--                script hash, deadline, result or error, timeline
+--   journal      run id .. seq (4 bytes, big-endian) → one recorded effect
+--   idempotency  workflow .. "\0" .. key → fingerprint, state, stored response
+--   outbox       due time (ms, 8 bytes big-endian) .. entry id → entry
+--   dlq          entry id → the dead entry with its last error
+--   scripts      sha-256 of a script's source → the source
+--   timers       run id → deadline of every run not finished yet; recovery
+--                resumes exactly these
+--   meta         schema_version
+--
+-- Writes are queued and land with the next group commit; call commit() from
+-- a task to wait until they are durable. Reads see committed state only.
+local core = require "chorus.core"
+local json = core.json
+
+local store = {}
+
+local Store = {}
+Store.__index = Store
+
+--- Opens the data folder dir (created if missing). opts: sync (default
+--- true), map_size_mb.
+function store.open(dir, opts)
+  local ok, st = pcall(core.store_open, dir, opts)
+  if not ok then
+    return nil, tostring(st)
+  end
+  return setmetatable({ st = st, dir = dir }, Store)
+end
+
+function Store:close()
+  self.st:close()
+end
+
+function Store:commit()
+  self.st:commit()
+end
+
+function Store:stats()
+  return self.st:stats()
+end
+
+function Store:put_json(db, key, value)
+  self.st:put(db, key, json.encode(value))
+end
+
+function Store:get_json(db, key)
+  local text = self.st:get(db, key)
+  return text and json.decode(text)
+end
+
+-- Decoded {key, value} rows of a scan.
+function Store:scan_json(db, opts)
+  local rows = self.st:scan(db, opts)
+  for i, row in ipairs(rows) do
+    rows[i] = { key = row[1], value = json.decode(row[2]) }
+  end
+  return rows
+end
+
+-- ---- runs ---------------------------------------------------------------
+
+function Store:put_run(rec)
+  self:put_json("runs", rec.id, rec)
+end
+
+function Store:get_run(id)
+  return self:get_json("runs", id)
+end
+
+--- Marks a run unfinished (recovery resumes it) with its deadline.
+function Store:put_timer(id, deadline_at)
+  self:put_json("timers", id, { deadline_at = deadline_at })
+end
+
+function Store:del_timer(id)
+  self.st:del("timers", id)
+end
+
+--- Ids of the runs that have not finished, with their timers.
+function Store:unfinished()
+  local out = {}
+  for _, row in ipairs(self:scan_json("timers", { limit = math.maxinteger })) do
+    out[#out + 1] = { id = row.key, deadline_at = row.value.deadline_at }
+  end
+  return out
+end
+
+--- The most recent runs first (by start time), at most limit.
+function Store:list_runs(limit)
+  local rows = self:scan_json("runs", { limit = math.maxinteger })
+  local runs = {}
+  for _, row in ipairs(rows) do
+    runs[#runs + 1] = row.value
+  end
+  table.sort(runs, function(a, b) return (a.started or 0) > (b.started or 0) end)
+  for i = #runs, (limit or 100) + 1, -1 do
+    runs[i] = nil
+  end
+  return runs
+end
+
+-- ---- journal ------------------------------------------------------------
+
+local function journal_key(run_id, seq)
+  return run_id .. string.pack(">I4", seq)
+end
+
+function Store:put_effect(run_id, seq, entry)
+  self:put_json("journal", journal_key(run_id, seq), entry)
+end
+
+--- The recorded effects of a run, in sequence order.
+function Store:journal(run_id)
+  local out = {}
+  for _, row in ipairs(self:scan_json("journal", { prefix = run_id, limit = math.maxinteger })) do
+    if #row.key == #run_id + 4 then -- not a longer id sharing the prefix
+      out[#out + 1] = row.value
+    end
+  end
+  return out
+end
+
+-- Run ids are UUIDs, all 36 characters: no id is a prefix of another.
+function Store:drop_journal(run_id)
+  self.st:del_prefix("journal", run_id)
+end
+
+-- ---- idempotency ----------------------------------------------------------
+
+local function idem_key(workflow, key)
+  return workflow .. "\0" .. key
+end
+store.idem_key = idem_key
+
+function Store:get_idempotency(workflow, key)
+  return self:get_json("idempotency", idem_key(workflow, key))
+end
+
+function Store:put_idempotency(workflow, key, rec)
+  self:put_json("idempotency", idem_key(workflow, key), rec)
+end
+
+--- Deletes expired keys; returns how many.
+function Store:sweep_idempotency(now, limit)
+  local n = 0
+  for _, row in ipairs(self:scan_json("idempotency", { limit = limit or 10000 })) do
+    if row.value.expires_at and row.value.expires_at <= now and row.value.state ~= "running" then
+      self.st:del("idempotency", row.key)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- ---- outbox and dlq ---------------------------------------------------------
+
+local function outbox_key(due, id)
+  return string.pack(">I8", math.max(0, math.floor(due * 1000))) .. id
+end
+store.outbox_key = outbox_key
+
+function Store:put_outbox(entry)
+  self:put_json("outbox", outbox_key(entry.due, entry.id), entry)
+end
+
+function Store:del_outbox(entry)
+  self.st:del("outbox", outbox_key(entry.due, entry.id))
+end
+
+--- Entries due at or before now, in due order, at most limit.
+function Store:due_outbox(now, limit)
+  local rows = self:scan_json("outbox", { to = string.pack(">I8", math.floor(now * 1000) + 1),
+    limit = limit })
+  local out = {}
+  for i, row in ipairs(rows) do
+    out[i] = row.value
+  end
+  return out
+end
+
+function Store:list_outbox(limit)
+  local out = {}
+  for i, row in ipairs(self:scan_json("outbox", { limit = limit or math.maxinteger })) do
+    out[i] = row.value
+  end
+  return out
+end
+
+function Store:put_dlq(entry)
+  self:put_json("dlq", entry.id, entry)
+end
+
+function Store:get_dlq(id)
+  return self:get_json("dlq", id)
+end
+
+function Store:del_dlq(id)
+  self.st:del("dlq", id)
+end
+
+function Store:list_dlq(limit)
+  local out = {}
+  for i, row in ipairs(self:scan_json("dlq", { limit = limit or math.maxinteger })) do
+    out[i] = row.value
+  end
+  return out
+end
+
+-- ---- scripts ------------------------------------------------------------------
+
+function Store:put_script(hash, source)
+  self.st:put("scripts", hash, source)
+end
+
+function Store:get_script(hash)
+  return self.st:get("scripts", hash)
+end
+
+return store

@@ -1,0 +1,297 @@
+/* lua_store.c — the durable store (store.c) as Lua userdata.
+ *
+ *   core.store_open(dir, { sync = true, map_size_mb = 1024 }) → store
+ *   store:put(db, key, value) / :del(db, key) / :del_prefix(db, prefix)
+ *       queue writes for the next group commit (db: "runs", "journal", ...)
+ *   store:commit() → parks the task until every write queued so far is on
+ *       disk; raises when the batch failed
+ *   store:get(db, key) → value or nil (last committed state)
+ *   store:scan(db, { prefix =, from =, to =, limit = }) → { {key, value}, ... }
+ *       in key order; from inclusive, to exclusive
+ *   store:count(db) → number of records (last committed state)
+ *   store:stats() → { commits =, ops =, failures =, pending_ops = }
+ *   store:close()
+ *
+ * Invariant: a commit waiter is either on the store's list or has woken its
+ * task, never both: the task's cancel function takes it off the list.
+ */
+#include "lua_store.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "scheduler.h"
+#include "store.h"
+
+#define STORE_MT "chorus.store"
+
+struct lstore {
+    struct chorus_store *st;
+};
+
+struct commit_wait {
+    struct chorus_store *st;
+    struct chorus_task *task;
+    void *handle;
+};
+
+static struct chorus_store *check_store(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    if (!ls->st)
+        luaL_error(L, "the store is closed");
+    return ls->st;
+}
+
+static int check_db(lua_State *L, int idx) {
+    const char *name = luaL_checkstring(L, idx);
+    int db = chorus_store_db_index(name);
+    if (db < 0)
+        luaL_error(L, "store: no database named '%s'", name);
+    return db;
+}
+
+static int store_put(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    int db = check_db(L, 2);
+    size_t klen, vlen;
+    const char *k = luaL_checklstring(L, 3, &klen);
+    const char *v = luaL_checklstring(L, 4, &vlen);
+    if (klen == 0 || klen > 511)
+        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    if (chorus_store_put(st, db, k, klen, v, vlen) != 0)
+        return luaL_error(L, "store: out of memory");
+    return 0;
+}
+
+static int store_del_kind(lua_State *L, int prefix) {
+    struct chorus_store *st = check_store(L);
+    int db = check_db(L, 2);
+    size_t klen;
+    const char *k = luaL_checklstring(L, 3, &klen);
+    if (klen == 0 || klen > 511)
+        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    int rc = prefix ? chorus_store_del_prefix(st, db, k, klen) : chorus_store_del(st, db, k, klen);
+    if (rc != 0)
+        return luaL_error(L, "store: out of memory");
+    return 0;
+}
+
+static int store_del(lua_State *L) { return store_del_kind(L, 0); }
+static int store_del_prefix(lua_State *L) { return store_del_kind(L, 1); }
+
+static void commit_done(void *data, const char *err) {
+    struct commit_wait *w = data;
+    lua_State *co = w->task->co;
+    if (err) {
+        lua_pushnil(co);
+        lua_pushstring(co, err);
+    } else {
+        lua_pushboolean(co, 1);
+        lua_pushnil(co);
+    }
+    chorus_task_wake(w->task, 2);
+    free(w);
+}
+
+static void commit_cancel(void *data) {
+    struct commit_wait *w = data;
+    chorus_store_unwait(w->st, w->handle);
+    free(w);
+}
+
+static int commit_resumed(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    (void)ctx;
+    if (!lua_toboolean(L, -2))
+        return lua_error(L);
+    return 0;
+}
+
+static int store_commit(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    struct chorus_task *t = chorus_task_current(L, 0);
+    struct commit_wait *w = malloc(sizeof *w);
+    if (!w)
+        return luaL_error(L, "store: out of memory");
+    int oom;
+    w->st = st;
+    w->task = t;
+    w->handle = chorus_store_wait(st, commit_done, w, &oom);
+    if (!w->handle) {
+        free(w);
+        if (oom)
+            return luaL_error(L, "store: out of memory");
+        return 0; /* nothing outstanding: already durable */
+    }
+    chorus_task_park(t, commit_cancel, w);
+    return lua_yieldk(L, 0, 0, commit_resumed);
+}
+
+static int push_txn_error(lua_State *L, const char *err) {
+    return luaL_error(L, "store: cannot read: %s", err);
+}
+
+static int store_get(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    int db = check_db(L, 2);
+    size_t klen;
+    const char *k = luaL_checklstring(L, 3, &klen);
+    const char *err;
+    MDB_txn *txn = chorus_store_reader(st, &err);
+    if (!txn)
+        return push_txn_error(L, err);
+    MDB_val key = {klen, (void *)k}, val;
+    int rc = mdb_get(txn, chorus_store_dbi(st, db), &key, &val);
+    if (rc == 0)
+        lua_pushlstring(L, val.mv_data, val.mv_size);
+    else
+        lua_pushnil(L);
+    chorus_store_reader_done(st);
+    return 1;
+}
+
+static const char *opt_string_field(lua_State *L, int idx, const char *name, size_t *len) {
+    lua_getfield(L, idx, name);
+    const char *s = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, len);
+    lua_pop(L, 1); /* the string stays anchored in the options table */
+    return s;
+}
+
+static int store_scan(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    int db = check_db(L, 2);
+    size_t plen = 0, flen = 0, tlen = 0;
+    const char *prefix = NULL, *from = NULL, *to = NULL;
+    lua_Integer limit = 1000;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        prefix = opt_string_field(L, 3, "prefix", &plen);
+        from = opt_string_field(L, 3, "from", &flen);
+        to = opt_string_field(L, 3, "to", &tlen);
+        lua_getfield(L, 3, "limit");
+        limit = luaL_optinteger(L, -1, limit);
+        lua_pop(L, 1);
+    }
+    lua_newtable(L);
+    const char *err;
+    MDB_txn *txn = chorus_store_reader(st, &err);
+    if (!txn)
+        return push_txn_error(L, err);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, chorus_store_dbi(st, db), &c);
+    if (rc) {
+        chorus_store_reader_done(st);
+        return push_txn_error(L, mdb_strerror(rc));
+    }
+    MDB_val k = {0, NULL}, v;
+    if (from) {
+        k.mv_size = flen;
+        k.mv_data = (void *)from;
+    } else if (prefix) {
+        k.mv_size = plen;
+        k.mv_data = (void *)prefix;
+    }
+    rc = mdb_cursor_get(c, &k, &v, k.mv_data ? MDB_SET_RANGE : MDB_FIRST);
+    lua_Integer n = 0;
+    while (rc == 0 && n < limit) {
+        if (prefix && (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0))
+            break;
+        if (to) {
+            size_t m = k.mv_size < tlen ? k.mv_size : tlen;
+            int cmp = memcmp(k.mv_data, to, m);
+            if (cmp > 0 || (cmp == 0 && k.mv_size >= tlen))
+                break;
+        }
+        lua_createtable(L, 2, 0);
+        lua_pushlstring(L, k.mv_data, k.mv_size);
+        lua_rawseti(L, -2, 1);
+        lua_pushlstring(L, v.mv_data, v.mv_size);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, ++n);
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    chorus_store_reader_done(st);
+    return 1;
+}
+
+static int store_count(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    int db = check_db(L, 2);
+    const char *err;
+    MDB_txn *txn = chorus_store_reader(st, &err);
+    if (!txn)
+        return push_txn_error(L, err);
+    MDB_stat ms;
+    int rc = mdb_stat(txn, chorus_store_dbi(st, db), &ms);
+    chorus_store_reader_done(st);
+    if (rc)
+        return push_txn_error(L, mdb_strerror(rc));
+    lua_pushinteger(L, (lua_Integer)ms.ms_entries);
+    return 1;
+}
+
+static int store_stats(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    struct chorus_store_stats s;
+    chorus_store_stats(st, &s);
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, (lua_Integer)s.commits);
+    lua_setfield(L, -2, "commits");
+    lua_pushinteger(L, (lua_Integer)s.ops);
+    lua_setfield(L, -2, "ops");
+    lua_pushinteger(L, (lua_Integer)s.failures);
+    lua_setfield(L, -2, "failures");
+    lua_pushinteger(L, (lua_Integer)s.pending_ops);
+    lua_setfield(L, -2, "pending_ops");
+    lua_pushboolean(L, s.writing);
+    lua_setfield(L, -2, "writing");
+    return 1;
+}
+
+static int store_close(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    if (ls->st) {
+        chorus_store_close(ls->st);
+        ls->st = NULL;
+    }
+    return 0;
+}
+
+int chorus_lua_store_open(lua_State *L) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    const char *dir = luaL_checkstring(L, 1);
+    struct chorus_store_opts opts = {.sync = 1, .map_size = 0};
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "sync");
+        if (!lua_isnil(L, -1))
+            opts.sync = lua_toboolean(L, -1);
+        lua_getfield(L, 2, "map_size_mb");
+        lua_Integer mb = luaL_optinteger(L, -1, 1024);
+        if (mb < 1 || mb > (1 << 24))
+            return luaL_error(L, "store: map_size_mb must be between 1 and 16777216");
+        opts.map_size = (size_t)mb << 20;
+        lua_pop(L, 2);
+    }
+    struct lstore *ls = lua_newuserdatauv(L, sizeof *ls, 0);
+    ls->st = NULL;
+    if (luaL_newmetatable(L, STORE_MT)) {
+        static const luaL_Reg methods[] = {
+            {"put", store_put},     {"del", store_del},     {"del_prefix", store_del_prefix},
+            {"get", store_get},     {"scan", store_scan},   {"commit", store_commit},
+            {"stats", store_stats}, {"close", store_close}, {"__gc", store_close},
+            {"count", store_count}, {NULL, NULL},
+        };
+        luaL_setfuncs(L, methods, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_setmetatable(L, -2);
+    char err[512];
+    ls->st = chorus_store_open(&rt->loop, dir, &opts, err, sizeof err);
+    if (!ls->st)
+        return luaL_error(L, "%s", err);
+    return 1;
+}

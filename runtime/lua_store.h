@@ -1,0 +1,9 @@
+/* lua_store.h — core.store_open: the durable store as Lua userdata. */
+#ifndef CHORUS_LUA_STORE_H
+#define CHORUS_LUA_STORE_H
+
+#include <lua.h>
+
+int chorus_lua_store_open(lua_State *L);
+
+#endif

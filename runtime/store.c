@@ -1,0 +1,488 @@
+/* store.c — LMDB environment with group commit on a writer thread (contract
+ * in store.h). */
+#include "store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const DB_NAMES[STORE_NDB] = {
+    "runs", "journal", "idempotency", "outbox", "dlq", "scripts", "timers", "meta",
+};
+
+enum op_kind { OP_PUT, OP_DEL, OP_DEL_PREFIX };
+
+struct op {
+    unsigned char kind, db;
+    size_t off, klen, vlen; /* key then value, at off in the batch's bytes */
+};
+
+struct batch {
+    uint64_t seq;
+    struct op *ops;
+    size_t nops, cap;
+    char *bytes;
+    size_t used, room;
+};
+
+struct waiter {
+    uint64_t seq; /* durable once this batch has committed */
+    chorus_store_done_fn done;
+    void *data;
+    struct waiter *next;
+};
+
+struct chorus_store {
+    MDB_env *env;
+    MDB_dbi dbi[STORE_NDB];
+    MDB_txn *reader; /* reset between reads, renewed on the next */
+    int reader_live;
+    uv_loop_t *loop;
+    uv_prepare_t prepare; /* hands the pending batch over, once a turn */
+    uv_async_t async;     /* the writer thread says its batch is done */
+    int handles_open;
+    struct batch *pending, *writing, *spare;
+    uint64_t next_seq;
+    struct waiter *waiters, *waiters_tail; /* by seq */
+    /* shared with the writer thread, under mu */
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    struct batch *submitted; /* for the writer */
+    struct batch *finished;  /* from the writer */
+    char finished_err[256];
+    int quit;
+    struct chorus_store_stats stats;
+};
+
+int chorus_store_db_index(const char *name) {
+    for (int i = 0; i < STORE_NDB; i++)
+        if (strcmp(name, DB_NAMES[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *chorus_store_db_name(int db) { return db >= 0 && db < STORE_NDB ? DB_NAMES[db] : "?"; }
+
+MDB_dbi chorus_store_dbi(const struct chorus_store *st, int db) { return st->dbi[db]; }
+
+/* ---- batches ------------------------------------------------------------- */
+
+static struct batch *batch_new(uint64_t seq) {
+    struct batch *b = calloc(1, sizeof *b);
+    if (b)
+        b->seq = seq;
+    return b;
+}
+
+static void batch_free(struct batch *b) {
+    if (!b)
+        return;
+    free(b->ops);
+    free(b->bytes);
+    free(b);
+}
+
+static int batch_add(struct batch *b, int kind, int db, const void *key, size_t klen,
+                     const void *val, size_t vlen) {
+    if (b->nops == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64;
+        struct op *ops = realloc(b->ops, cap * sizeof *ops);
+        if (!ops)
+            return -1;
+        b->ops = ops;
+        b->cap = cap;
+    }
+    size_t need = klen + vlen;
+    if (b->room - b->used < need) {
+        size_t room = b->room ? b->room : 4096;
+        while (room - b->used < need)
+            room *= 2;
+        char *bytes = realloc(b->bytes, room);
+        if (!bytes)
+            return -1;
+        b->bytes = bytes;
+        b->room = room;
+    }
+    struct op *o = &b->ops[b->nops++];
+    o->kind = (unsigned char)kind;
+    o->db = (unsigned char)db;
+    o->off = b->used;
+    o->klen = klen;
+    o->vlen = vlen;
+    memcpy(b->bytes + b->used, key, klen);
+    if (vlen)
+        memcpy(b->bytes + b->used + klen, val, vlen);
+    b->used += need;
+    return 0;
+}
+
+/* Applies b in one write transaction and commits it. 0, or -1 with err. */
+static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) {
+        snprintf(err, errlen, "store: cannot begin a write: %s", mdb_strerror(rc));
+        return -1;
+    }
+    for (size_t i = 0; i < b->nops && !rc; i++) {
+        struct op *o = &b->ops[i];
+        MDB_val k = {o->klen, b->bytes + o->off};
+        MDB_dbi dbi = st->dbi[o->db];
+        if (o->kind == OP_PUT) {
+            MDB_val v = {o->vlen, b->bytes + o->off + o->klen};
+            rc = mdb_put(txn, dbi, &k, &v, 0);
+        } else if (o->kind == OP_DEL) {
+            rc = mdb_del(txn, dbi, &k, NULL);
+            if (rc == MDB_NOTFOUND)
+                rc = 0;
+        } else {
+            MDB_cursor *c;
+            rc = mdb_cursor_open(txn, dbi, &c);
+            if (rc)
+                break;
+            MDB_val ck = k, cv;
+            int got = mdb_cursor_get(c, &ck, &cv, MDB_SET_RANGE);
+            while (!got && ck.mv_size >= o->klen && memcmp(ck.mv_data, k.mv_data, o->klen) == 0) {
+                if ((rc = mdb_cursor_del(c, 0)))
+                    break;
+                /* after a delete, NEXT lands on the record that followed */
+                got = mdb_cursor_get(c, &ck, &cv, MDB_NEXT);
+            }
+            mdb_cursor_close(c);
+        }
+    }
+    if (rc) {
+        snprintf(err, errlen, "store: write to %s failed: %s%s",
+                 DB_NAMES[b->ops ? b->ops[0].db : 0], mdb_strerror(rc),
+                 rc == MDB_MAP_FULL ? " (raise storage.map_size_mb in the config)" : "");
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    if ((rc = mdb_txn_commit(txn))) {
+        snprintf(err, errlen, "store: commit failed: %s", mdb_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- writer thread ----------------------------------------------------------- */
+
+static void writer_main(void *arg) {
+    struct chorus_store *st = arg;
+    uv_mutex_lock(&st->mu);
+    for (;;) {
+        while (!st->submitted && !st->quit)
+            uv_cond_wait(&st->cond, &st->mu);
+        if (!st->submitted)
+            break;
+        struct batch *b = st->submitted;
+        st->submitted = NULL;
+        uv_mutex_unlock(&st->mu);
+        char err[256] = "";
+        batch_apply(st, b, err, sizeof err);
+        uv_mutex_lock(&st->mu);
+        st->finished = b;
+        memcpy(st->finished_err, err, sizeof err);
+        uv_async_send(&st->async);
+    }
+    uv_mutex_unlock(&st->mu);
+}
+
+static void submit(struct chorus_store *st) {
+    if (st->writing || !st->pending->nops)
+        return;
+    struct batch *next = st->spare ? st->spare : batch_new(0);
+    if (!next)
+        return; /* try again next turn */
+    st->spare = NULL;
+    next->seq = ++st->next_seq;
+    st->writing = st->pending;
+    st->pending = next;
+    uv_ref((uv_handle_t *)&st->async);
+    uv_unref((uv_handle_t *)&st->prepare);
+    uv_mutex_lock(&st->mu);
+    st->submitted = st->writing;
+    uv_cond_signal(&st->cond);
+    uv_mutex_unlock(&st->mu);
+}
+
+/* Wakes the waiters of every batch up to seq, in order. */
+static void wake_upto(struct chorus_store *st, uint64_t seq, const char *err) {
+    while (st->waiters && st->waiters->seq <= seq) {
+        struct waiter *w = st->waiters;
+        st->waiters = w->next;
+        if (!st->waiters)
+            st->waiters_tail = NULL;
+        w->done(w->data, err);
+        free(w);
+    }
+}
+
+static void finish(struct chorus_store *st, struct batch *b, const char *err) {
+    st->writing = NULL;
+    if (err[0])
+        st->stats.failures++;
+    else {
+        st->stats.commits++;
+        st->stats.ops += b->nops;
+    }
+    uint64_t seq = b->seq;
+    b->nops = b->used = 0;
+    if (!st->spare)
+        st->spare = b;
+    else
+        batch_free(b);
+    wake_upto(st, seq, err[0] ? err : NULL);
+}
+
+static void on_async(uv_async_t *h) {
+    struct chorus_store *st = h->data;
+    uv_mutex_lock(&st->mu);
+    struct batch *b = st->finished;
+    char err[256];
+    memcpy(err, st->finished_err, sizeof err);
+    st->finished = NULL;
+    uv_mutex_unlock(&st->mu);
+    if (!b)
+        return;
+    uv_unref((uv_handle_t *)&st->async);
+    finish(st, b, err);
+    submit(st);
+    if (st->pending->nops)
+        uv_ref((uv_handle_t *)&st->prepare);
+}
+
+static void on_prepare(uv_prepare_t *h) { submit(h->data); }
+
+/* ---- open / close --------------------------------------------------------- */
+
+static int open_dbs(struct chorus_store *st, char *err, size_t errlen) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    for (int i = 0; i < STORE_NDB && !rc; i++)
+        rc = mdb_dbi_open(txn, DB_NAMES[i], MDB_CREATE, &st->dbi[i]);
+    if (rc) {
+        snprintf(err, errlen, "store: cannot open its databases: %s", mdb_strerror(rc));
+        if (txn)
+            mdb_txn_abort(txn);
+        return -1;
+    }
+    MDB_val k = {strlen("schema_version"), "schema_version"}, v;
+    rc = mdb_get(txn, st->dbi[STORE_META], &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        v.mv_data = CHORUS_STORE_SCHEMA;
+        v.mv_size = strlen(CHORUS_STORE_SCHEMA);
+        rc = mdb_put(txn, st->dbi[STORE_META], &k, &v, 0);
+    } else if (!rc && (v.mv_size != strlen(CHORUS_STORE_SCHEMA) ||
+                       memcmp(v.mv_data, CHORUS_STORE_SCHEMA, v.mv_size) != 0)) {
+        snprintf(err, errlen,
+                 "store: the data folder has schema version %.*s; this chorus reads version %s",
+                 (int)(v.mv_size < 20 ? v.mv_size : 20), (const char *)v.mv_data,
+                 CHORUS_STORE_SCHEMA);
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    if (rc || (rc = mdb_txn_commit(txn))) {
+        snprintf(err, errlen, "store: cannot write its schema version: %s", mdb_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+struct chorus_store *chorus_store_open(uv_loop_t *loop, const char *dir,
+                                       const struct chorus_store_opts *opts, char *err,
+                                       size_t errlen) {
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "store: cannot create the data folder %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    struct chorus_store *st = calloc(1, sizeof *st);
+    if (!st || !(st->pending = batch_new(1))) {
+        free(st);
+        snprintf(err, errlen, "store: out of memory");
+        return NULL;
+    }
+    st->next_seq = 1;
+    st->loop = loop;
+    int rc = mdb_env_create(&st->env);
+    if (!rc)
+        rc = mdb_env_set_maxdbs(st->env, STORE_NDB);
+    if (!rc)
+        rc =
+            mdb_env_set_mapsize(st->env, opts && opts->map_size ? opts->map_size : (size_t)1 << 30);
+    if (!rc)
+        rc = mdb_env_set_maxreaders(st->env, 126);
+    unsigned flags = MDB_NOTLS | (opts && !opts->sync ? MDB_NOSYNC : 0);
+    if (!rc)
+        rc = mdb_env_open(st->env, dir, flags, 0600);
+    if (rc) {
+        snprintf(err, errlen, "store: cannot open %s: %s", dir, mdb_strerror(rc));
+        if (st->env)
+            mdb_env_close(st->env);
+        batch_free(st->pending);
+        free(st);
+        return NULL;
+    }
+    if (open_dbs(st, err, errlen) != 0) {
+        mdb_env_close(st->env);
+        batch_free(st->pending);
+        free(st);
+        return NULL;
+    }
+    uv_mutex_init(&st->mu);
+    uv_cond_init(&st->cond);
+    uv_prepare_init(loop, &st->prepare);
+    uv_async_init(loop, &st->async, on_async);
+    st->prepare.data = st->async.data = st;
+    uv_prepare_start(&st->prepare, on_prepare);
+    uv_unref((uv_handle_t *)&st->prepare);
+    uv_unref((uv_handle_t *)&st->async);
+    st->handles_open = 2;
+    if (uv_thread_create(&st->thread, writer_main, st) != 0) {
+        snprintf(err, errlen, "store: cannot start the writer thread");
+        st->quit = 1;
+        chorus_store_close(st);
+        return NULL;
+    }
+    return st;
+}
+
+static void on_closed(uv_handle_t *h) {
+    struct chorus_store *st = h->data;
+    if (--st->handles_open == 0)
+        free(st);
+}
+
+void chorus_store_close(struct chorus_store *st) {
+    if (!st->quit) {
+        uv_mutex_lock(&st->mu);
+        st->quit = 1;
+        uv_cond_signal(&st->cond);
+        uv_mutex_unlock(&st->mu);
+        uv_thread_join(&st->thread);
+    }
+    /* the writer has finished whatever it had; commit the rest here */
+    char err[256] = "";
+    if (st->finished) {
+        struct batch *b = st->finished;
+        st->finished = NULL;
+        finish(st, b, st->finished_err);
+    }
+    if (st->pending->nops && batch_apply(st, st->pending, err, sizeof err) != 0)
+        fprintf(stderr, "chorus: %s\n", err);
+    while (st->waiters) {
+        struct waiter *w = st->waiters;
+        st->waiters = w->next;
+        free(w);
+    }
+    if (st->reader)
+        mdb_txn_abort(st->reader);
+    mdb_env_close(st->env);
+    batch_free(st->pending);
+    batch_free(st->spare);
+    batch_free(st->writing);
+    uv_mutex_destroy(&st->mu);
+    uv_cond_destroy(&st->cond);
+    uv_close((uv_handle_t *)&st->prepare, on_closed);
+    uv_close((uv_handle_t *)&st->async, on_closed);
+}
+
+/* ---- writes ------------------------------------------------------------------ */
+
+static int queue(struct chorus_store *st, int kind, int db, const void *key, size_t klen,
+                 const void *val, size_t vlen) {
+    if (batch_add(st->pending, kind, db, key, klen, val, vlen) != 0)
+        return -1;
+    if (!st->writing)
+        uv_ref((uv_handle_t *)&st->prepare);
+    return 0;
+}
+
+int chorus_store_put(struct chorus_store *st, int db, const void *key, size_t klen, const void *val,
+                     size_t vlen) {
+    return queue(st, OP_PUT, db, key, klen, val, vlen);
+}
+
+int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen) {
+    return queue(st, OP_DEL, db, key, klen, NULL, 0);
+}
+
+int chorus_store_del_prefix(struct chorus_store *st, int db, const void *prefix, size_t plen) {
+    return queue(st, OP_DEL_PREFIX, db, prefix, plen, NULL, 0);
+}
+
+void *chorus_store_wait(struct chorus_store *st, chorus_store_done_fn done, void *data, int *oom) {
+    *oom = 0;
+    uint64_t seq;
+    if (st->pending->nops)
+        seq = st->pending->seq;
+    else if (st->writing)
+        seq = st->writing->seq;
+    else
+        return NULL;
+    struct waiter *w = malloc(sizeof *w);
+    if (!w) {
+        *oom = 1;
+        return NULL;
+    }
+    w->seq = seq;
+    w->done = done;
+    w->data = data;
+    w->next = NULL;
+    if (st->waiters_tail)
+        st->waiters_tail->next = w;
+    else
+        st->waiters = w;
+    st->waiters_tail = w;
+    return w;
+}
+
+void chorus_store_unwait(struct chorus_store *st, void *waiter) {
+    struct waiter **link = &st->waiters, *prev = NULL;
+    while (*link && *link != waiter) {
+        prev = *link;
+        link = &(*link)->next;
+    }
+    if (!*link)
+        return;
+    *link = ((struct waiter *)waiter)->next;
+    if (st->waiters_tail == waiter)
+        st->waiters_tail = prev;
+    free(waiter);
+}
+
+/* ---- reads -------------------------------------------------------------------- */
+
+MDB_txn *chorus_store_reader(struct chorus_store *st, const char **err) {
+    int rc;
+    if (!st->reader)
+        rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &st->reader);
+    else
+        rc = mdb_txn_renew(st->reader);
+    if (rc) {
+        if (st->reader) {
+            mdb_txn_abort(st->reader);
+            st->reader = NULL;
+        }
+        *err = mdb_strerror(rc);
+        return NULL;
+    }
+    st->reader_live = 1;
+    return st->reader;
+}
+
+void chorus_store_reader_done(struct chorus_store *st) {
+    if (st->reader_live) {
+        mdb_txn_reset(st->reader);
+        st->reader_live = 0;
+    }
+}
+
+void chorus_store_stats(const struct chorus_store *st, struct chorus_store_stats *out) {
+    *out = st->stats;
+    out->pending_ops = st->pending->nops;
+    out->writing = st->writing != NULL;
+}

@@ -1,0 +1,99 @@
+/* store.h — the durable store: one LMDB environment in the data folder, with
+ * the named databases of DESIGN.md, written by group commit.
+ *
+ * Writes (put, del, del_prefix) are queued on the loop thread into the
+ * pending batch. Once per loop turn (a uv_prepare handle) the pending batch,
+ * if any and if no other batch is being written, is handed to the writer
+ * thread, which applies it in one write transaction and commits it with
+ * fsync. Meanwhile the loop goes on and the next batch fills up, so however
+ * many runs write in a turn, they share one fsync. chorus_store_wait() tells
+ * when everything queued so far is on disk.
+ *
+ * Reads go through chorus_store_reader(): a read-only transaction of the
+ * last committed state (LMDB readers never wait for the writer). A read does
+ * not see writes still queued; the callers (lua/chorus/durable.lua) keep
+ * in-flight state in memory for that reason.
+ *
+ * Invariants: at most one batch is with the writer thread; batches commit in
+ * the order they were queued; a waiter is woken exactly once, with the outcome
+ * of the first batch that holds every write queued before it waited.
+ */
+#ifndef CHORUS_STORE_H
+#define CHORUS_STORE_H
+
+#include <lmdb.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+enum chorus_store_db {
+    STORE_RUNS,
+    STORE_JOURNAL,
+    STORE_IDEMPOTENCY,
+    STORE_OUTBOX,
+    STORE_DLQ,
+    STORE_SCRIPTS,
+    STORE_TIMERS,
+    STORE_META,
+    STORE_NDB
+};
+
+#define CHORUS_STORE_SCHEMA "1"
+
+struct chorus_store;
+
+struct chorus_store_opts {
+    int sync;        /* fsync each commit (default on) */
+    size_t map_size; /* bytes; 0: 1 GiB */
+};
+
+/* Called on the loop thread when the batch a waiter waited for is on disk
+ * (err NULL) or failed (err says why). */
+typedef void (*chorus_store_done_fn)(void *data, const char *err);
+
+struct chorus_store_stats {
+    uint64_t commits;   /* write transactions committed */
+    uint64_t ops;       /* writes applied */
+    uint64_t failures;  /* batches that failed */
+    size_t pending_ops; /* queued, not yet with the writer */
+    int writing;        /* a batch is with the writer now */
+};
+
+/* Opens (creating) the environment in dir, which is created if missing.
+ * NULL with a message in err when it cannot, e.g. a newer schema. */
+struct chorus_store *chorus_store_open(uv_loop_t *loop, const char *dir,
+                                       const struct chorus_store_opts *opts, char *err,
+                                       size_t errlen);
+
+/* Waits for the batch being written, commits what is queued on the calling
+ * thread, closes the environment. The struct is freed once its handles are
+ * closed (on a later loop turn). Pending waiters are dropped. */
+void chorus_store_close(struct chorus_store *st);
+
+/* The index of a named database ("runs", "journal", ...), or -1. */
+int chorus_store_db_index(const char *name);
+const char *chorus_store_db_name(int db);
+
+/* Queue writes for the next group commit. 0, or -1 when out of memory. */
+int chorus_store_put(struct chorus_store *st, int db, const void *key, size_t klen, const void *val,
+                     size_t vlen);
+int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen);
+int chorus_store_del_prefix(struct chorus_store *st, int db, const void *prefix, size_t plen);
+
+/* Calls done once every write queued so far is durable. Returns a handle
+ * for chorus_store_unwait, or NULL when nothing is outstanding (done is
+ * not called then) or out of memory (*oom set). */
+void *chorus_store_wait(struct chorus_store *st, chorus_store_done_fn done, void *data, int *oom);
+
+/* Forgets a waiter that has not been called yet (its task was cancelled). */
+void chorus_store_unwait(struct chorus_store *st, void *waiter);
+
+/* A read transaction of the last committed state, valid until
+ * chorus_store_reader_done; NULL when LMDB refuses (err set). */
+MDB_txn *chorus_store_reader(struct chorus_store *st, const char **err);
+void chorus_store_reader_done(struct chorus_store *st);
+MDB_dbi chorus_store_dbi(const struct chorus_store *st, int db);
+
+void chorus_store_stats(const struct chorus_store *st, struct chorus_store_stats *out);
+
+#endif
