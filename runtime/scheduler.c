@@ -172,6 +172,11 @@ static void task_done(struct chorus_task *t, int ok, int result_ref) {
     t->state = TASK_DONE;
     t->ok = ok;
     t->result_ref = result_ref;
+    /* A coroutine that died of an error keeps its to-be-closed variables
+     * open (Lua closes them only on pcall unwinding): close them now, so a
+     * lock or a bulkhead slot held by the task is released. */
+    if (!ok && t->co)
+        lua_resetthread(t->co);
     release_co(t);
     if (t->id == 1)
         finish_run(t->run, t);

@@ -127,7 +127,8 @@ static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size
         snprintf(err, errlen, "store: cannot begin a write: %s", mdb_strerror(rc));
         return -1;
     }
-    for (size_t i = 0; i < b->nops && !rc; i++) {
+    size_t i = 0;
+    for (; i < b->nops && !rc; i++) {
         struct op *o = &b->ops[i];
         MDB_val k = {o->klen, b->bytes + o->off};
         MDB_dbi dbi = st->dbi[o->db];
@@ -151,12 +152,14 @@ static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size
                 /* after a delete, NEXT lands on the record that followed */
                 got = mdb_cursor_get(c, &ck, &cv, MDB_NEXT);
             }
+            if (!rc && got && got != MDB_NOTFOUND)
+                rc = got;
             mdb_cursor_close(c);
         }
     }
     if (rc) {
-        snprintf(err, errlen, "store: write to %s failed: %s%s",
-                 DB_NAMES[b->ops ? b->ops[0].db : 0], mdb_strerror(rc),
+        snprintf(err, errlen, "store: write to %s failed: %s%s", DB_NAMES[b->ops[i - 1].db],
+                 mdb_strerror(rc),
                  rc == MDB_MAP_FULL ? " (raise storage.map_size_mb in the config)" : "");
         mdb_txn_abort(txn);
         return -1;
@@ -260,7 +263,7 @@ static void on_prepare(uv_prepare_t *h) { submit(h->data); }
 /* ---- open / close --------------------------------------------------------- */
 
 static int open_dbs(struct chorus_store *st, char *err, size_t errlen) {
-    MDB_txn *txn;
+    MDB_txn *txn = NULL;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     for (int i = 0; i < STORE_NDB && !rc; i++)
         rc = mdb_dbi_open(txn, DB_NAMES[i], MDB_CREATE, &st->dbi[i]);
@@ -285,7 +288,12 @@ static int open_dbs(struct chorus_store *st, char *err, size_t errlen) {
         mdb_txn_abort(txn);
         return -1;
     }
-    if (rc || (rc = mdb_txn_commit(txn))) {
+    if (rc) {
+        snprintf(err, errlen, "store: cannot write its schema version: %s", mdb_strerror(rc));
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    if ((rc = mdb_txn_commit(txn))) {
         snprintf(err, errlen, "store: cannot write its schema version: %s", mdb_strerror(rc));
         return -1;
     }
@@ -364,7 +372,14 @@ void chorus_store_close(struct chorus_store *st) {
         uv_mutex_unlock(&st->mu);
         uv_thread_join(&st->thread);
     }
-    /* the writer has finished whatever it had; commit the rest here */
+    /* the writer has finished whatever it had; commit the rest here. No
+     * waiter is called from here on: their tasks are being torn down. */
+    while (st->waiters) {
+        struct waiter *w = st->waiters;
+        st->waiters = w->next;
+        free(w);
+    }
+    st->waiters_tail = NULL;
     char err[256] = "";
     if (st->finished) {
         struct batch *b = st->finished;
@@ -373,11 +388,6 @@ void chorus_store_close(struct chorus_store *st) {
     }
     if (st->pending->nops && batch_apply(st, st->pending, err, sizeof err) != 0)
         fprintf(stderr, "chorus: %s\n", err);
-    while (st->waiters) {
-        struct waiter *w = st->waiters;
-        st->waiters = w->next;
-        free(w);
-    }
     if (st->reader)
         mdb_txn_abort(st->reader);
     mdb_env_close(st->env);

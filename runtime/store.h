@@ -67,7 +67,7 @@ struct chorus_store *chorus_store_open(uv_loop_t *loop, const char *dir,
 
 /* Waits for the batch being written, commits what is queued on the calling
  * thread, closes the environment. The struct is freed once its handles are
- * closed (on a later loop turn). Pending waiters are dropped. */
+ * closed (on a later loop turn). Waiters are dropped, never called. */
 void chorus_store_close(struct chorus_store *st);
 
 /* The index of a named database ("runs", "journal", ...), or -1. */

@@ -165,6 +165,7 @@ struct mock {
     long requests, completed, aborted, in_flight, max_in_flight;
     long connections, replayed;
     struct map by_path, seqs, effects, replies;
+    cJSON *log; /* the last LOG_MAX requests: path, key, signature, body */
 
     atomic_int stopping;
     int wake[2]; /* readable once we shut down: wakes every waiting request */
@@ -576,6 +577,32 @@ static int reply_build(struct request *req, struct MHD_Connection *c, const char
     return 0;
 }
 
+/* ---- the request log ---- */
+
+#define LOG_MAX 1000
+
+/* Appends the request to the log that /__stats shows, in arrival order, so
+ * a test can check the order of deliveries and what they carried. */
+static void log_request(struct request *req, struct MHD_Connection *c, const char *key) {
+    struct mock *m = req->m;
+    const char *sig = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Chorus-Signature");
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL)
+        return;
+    if (!cJSON_AddStringToObject(o, "path", req->path) ||
+        (key && !cJSON_AddStringToObject(o, "key", key)) ||
+        (sig && !cJSON_AddStringToObject(o, "signature", sig)) ||
+        !cJSON_AddStringToObject(o, "body", req->body ? req->body : "")) {
+        cJSON_Delete(o);
+        return;
+    }
+    mock_lock(m);
+    if (cJSON_GetArraySize(m->log) >= LOG_MAX)
+        cJSON_DeleteItemFromArray(m->log, 0);
+    cJSON_AddItemToArray(m->log, o);
+    mock_unlock(m);
+}
+
 /* The request body has been read: answer as the query string says. */
 static enum MHD_Result request_finish(struct request *req, struct MHD_Connection *c,
                                       const char *method) {
@@ -594,6 +621,7 @@ static enum MHD_Result request_finish(struct request *req, struct MHD_Connection
         goto fail;
     }
     const char *key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Idempotency-Key");
+    log_request(req, c, key);
     if (reply_build(req, c, method, &p, &r) != 0)
         goto fail;
     if (key != NULL && idempotency_settle(req, key, p.idempotent, &r) != 0)
@@ -658,6 +686,11 @@ static char *stats_json(struct mock *m) {
     if ((effects = cJSON_AddObjectToObject(root, "effects")) == NULL ||
         map_to_json(&m->effects, effects) != 0)
         goto done;
+    cJSON *log = cJSON_Duplicate(m->log, 1);
+    if (log == NULL || !cJSON_AddItemToObject(root, "log", log)) {
+        cJSON_Delete(log);
+        goto done;
+    }
     out = cJSON_PrintUnformatted(root);
 done:
     mock_unlock(m);
@@ -677,6 +710,8 @@ static void mock_reset(struct mock *m) {
     map_clear(&m->seqs);
     map_clear(&m->effects);
     map_clear(&m->replies);
+    while (cJSON_GetArraySize(m->log) > 0)
+        cJSON_DeleteItemFromArray(m->log, 0);
     mock_unlock(m);
 }
 
@@ -935,7 +970,7 @@ int main(int argc, char **argv) {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    if (pthread_mutex_init(&m.lock, NULL) != 0)
+    if ((m.log = cJSON_CreateArray()) == NULL || pthread_mutex_init(&m.lock, NULL) != 0)
         return 1;
     atomic_init(&m.stopping, 0);
     if (pipe2(m.wake, O_CLOEXEC) != 0) {
@@ -960,6 +995,7 @@ fail:
     map_clear(&m.seqs);
     map_clear(&m.effects);
     map_clear(&m.replies);
+    cJSON_Delete(m.log);
     pthread_mutex_destroy(&m.lock);
     return rc;
 }

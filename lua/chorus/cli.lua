@@ -13,6 +13,9 @@ usage:
   chorus serve  [--config FILE] [--scripts DIR] [--data DIR] [--listen HOST:PORT]
   chorus check  SCRIPT...
   chorus test   [DIR]
+  chorus runs   list [--limit N] | show ID       [--data DIR]
+  chorus outbox list [--limit N]                 [--data DIR]
+  chorus dlq    list [--limit N] | replay ID | drop ID [--data DIR]
   chorus version
   chorus help]]
 
@@ -108,7 +111,39 @@ function cli.run(args)
     return fail({ error = { kind = "script", message = err } })
   end
   local runner = require "chorus.runner"
-  local ok, value, info = core.run(nil, runner.execute, workflow, input)
+  local outbox = require "chorus.outbox"
+  local st
+  local opts = {}
+  if flags.data then
+    local store = require "chorus.store"
+    local err2
+    st, err2 = store.open(flags.data)
+    if not st then
+      return fail({ error = { kind = "store", message = err2 } })
+    end
+    opts.journal = { store = st }
+  end
+  local ok, value, info = core.run(nil, function()
+    local res = table.pack(pcall(runner.execute, workflow, input, opts))
+    if st then
+      st:commit() -- the run's journal and outbox entries are on disk before we answer
+    elseif next(outbox.backend.entries) then
+      outbox.drain(outbox.backend) -- no data folder: deliver the outbox now
+    end
+    if not res[1] then
+      error(res[2], 0)
+    end
+    return table.unpack(res, 2, res.n)
+  end)
+  if st then
+    st:close()
+  else
+    local mem = outbox.backend
+    if #mem.delivered + #mem.dead > 0 then
+      io.stderr:write(("chorus: outbox: %d delivered, %d dead%s\n"):format(#mem.delivered, #mem.dead,
+        #mem.dead > 0 and " (" .. tostring(mem.dead[1].last_error.message) .. ")" or ""))
+    end
+  end
   if not ok then
     if flags.verbose and info.traceback then
       io.stderr:write(info.traceback, "\n")
@@ -221,6 +256,107 @@ function cli.test(args)
   return code ~= 0 and code or 1
 end
 
+-- ---- the data folder: runs, outbox, dlq ---------------------------------
+
+local function open_data(flags)
+  local dir = flags.data or "./.chorus-data"
+  if not core.scandir(dir) then
+    usage_error("no data folder at %s (pass --data DIR, the folder chorus serve uses)", dir)
+  end
+  local store = require "chorus.store"
+  local st, err = store.open(dir)
+  if not st then
+    error(err, 0)
+  end
+  return st
+end
+
+local function limit_of(flags)
+  local n = tonumber(flags.limit or "100")
+  if not n or n < 1 or n ~= math.floor(n) then
+    usage_error("--limit must be a positive integer")
+  end
+  return n
+end
+
+local function print_lines(list)
+  for _, v in ipairs(list) do
+    io.stdout:write(json.encode(v), "\n")
+  end
+end
+
+local DATA_FLAGS = { data = "value", limit = "value" }
+
+function cli.runs(args)
+  local pos, flags = parse(args, DATA_FLAGS)
+  local sub = pos[1]
+  if sub == "list" and #pos == 1 then
+    local st = open_data(flags)
+    local list = {}
+    for i, r in ipairs(st:list_runs(limit_of(flags))) do
+      list[i] = { id = r.id, workflow = r.workflow, status = r.status, started = r.started,
+        duration = r.duration }
+    end
+    st:close()
+    print_lines(list)
+    return 0
+  elseif sub == "show" and #pos == 2 then
+    local st = open_data(flags)
+    local text = st.st:get("runs", pos[2])
+    st:close()
+    if not text then
+      io.stderr:write(("chorus: no run with id '%s'\n"):format(pos[2]))
+      return 1
+    end
+    io.stdout:write(text, "\n")
+    return 0
+  end
+  usage_error("usage: chorus runs list | show ID [--data DIR]")
+end
+
+function cli.outbox(args)
+  local pos, flags = parse(args, DATA_FLAGS)
+  if pos[1] ~= "list" or #pos ~= 1 then
+    usage_error("usage: chorus outbox list [--data DIR]")
+  end
+  local st = open_data(flags)
+  local list = st:list_outbox(limit_of(flags))
+  st:close()
+  print_lines(list)
+  return 0
+end
+
+function cli.dlq(args)
+  local pos, flags = parse(args, DATA_FLAGS)
+  local sub, id = pos[1], pos[2]
+  if sub == "list" and #pos == 1 then
+    local st = open_data(flags)
+    local list = st:list_dlq(limit_of(flags))
+    st:close()
+    print_lines(list)
+    return 0
+  elseif (sub == "replay" or sub == "drop") and #pos == 2 then
+    local st = open_data(flags)
+    local found
+    if sub == "replay" then
+      found = st:replay_dlq(id, core.now())
+    else
+      found = st:get_dlq(id)
+      if found then
+        st:del_dlq(id)
+      end
+    end
+    st:close() -- commits the queued writes
+    if not found then
+      io.stderr:write(("chorus: no DLQ entry with id '%s'\n"):format(id))
+      return 1
+    end
+    io.stdout:write(("%s %s\n"):format(sub == "replay" and "replayed" or "dropped", id))
+    return 0
+  end
+  usage_error("usage: chorus dlq list | replay ID | drop ID [--data DIR]")
+end
+
 function cli.version()
   io.stdout:write("chorus ", core.version, " (", _VERSION, ")\n")
   return 0
@@ -232,6 +368,7 @@ function cli.help()
 end
 
 local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, test = cli.test,
+  runs = cli.runs, outbox = cli.outbox, dlq = cli.dlq,
   version = cli.version, help = cli.help,
   ["--help"] = cli.help, ["-h"] = cli.help, ["--version"] = cli.version }
 

@@ -7,6 +7,10 @@
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
+--     storage = { sync = true, map_size_mb = 1024 },
+--     outbox = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 },
+--     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
+--     webhook_secret = chorus.secret("webhook"),
 --   }
 --
 -- It runs sandboxed like a workflow script (chorus.env and chorus.secret are
@@ -20,6 +24,14 @@ local config = {}
 local FIELDS = {
   listen = "string", scripts = "string", data = "string", admin_token = "string",
   limits = "table", upstreams = "table", access_log = "boolean",
+  storage = "table", outbox = "table", alerts = "table", webhook_secret = "string",
+}
+
+-- The numeric settings of the tables storage, outbox and alerts.
+local SECTIONS = {
+  storage = { map_size_mb = true },
+  outbox = { attempts = true, base = true, cap = true, concurrency = true, poll = true },
+  alerts = { outbox_depth = true, outbox_age = true, dlq_depth = true },
 }
 
 local UPSTREAM_KEYS = {
@@ -47,6 +59,19 @@ local function validate(conf, path)
     end
     if type(v) ~= "number" or v < 0 then
       return nil, ("%s: limits.%s must be a non-negative number"):format(path, k)
+    end
+  end
+  for section, keys in pairs(SECTIONS) do
+    for k, v in pairs(conf[section] or {}) do
+      if section == "storage" and k == "sync" then
+        if type(v) ~= "boolean" then
+          return nil, ("%s: storage.sync must be a boolean"):format(path)
+        end
+      elseif not keys[k] then
+        return nil, ("%s: unknown setting %s.%s"):format(path, section, tostring(k))
+      elseif type(v) ~= "number" or v < 0 then
+        return nil, ("%s: %s.%s must be a non-negative number"):format(path, section, k)
+      end
     end
   end
   for name, up in pairs(conf.upstreams or {}) do

@@ -11,10 +11,13 @@
 -- with while new requests see the new set.
 local core = require "chorus.core"
 local errors = require "chorus.errors"
+local idempotency = require "chorus.idempotency"
 local metrics = require "chorus.metrics"
+local outbox = require "chorus.outbox"
 local runner = require "chorus.runner"
 local runstate = require "chorus.runstate"
 local script = require "chorus.script"
+local store = require "chorus.store"
 local json = core.json
 
 local server = {}
@@ -22,6 +25,10 @@ local server = {}
 local state = {
   config = nil, workflows = {}, sources = {}, records = {}, record_order = {},
   draining = false, inflight = 0, srv = nil, reload_pending = false,
+  store = nil,     -- chorus.store of the data folder
+  backend = nil,   -- its outbox
+  relay = nil,     -- the outbox relay
+  versions = {},   -- script hash → workflow, for runs resumed on old code
 }
 server.state = state
 
@@ -145,7 +152,7 @@ local function compile_all(dir)
     elseif set[wf.name] then
       errs[#errs + 1] = ("%s: workflow name '%s' is also used by %s"):format(path, wf.name, set[wf.name].path)
     else
-      set[wf.name] = { workflow = wf, path = path }
+      set[wf.name] = { workflow = wf, path = path, source = werr, hash = core.sha256(werr) }
     end
   end
   if #errs > 0 then
@@ -164,8 +171,17 @@ function server.reload(reason)
   end
   state.workflows = set
   local names = {}
-  for name in pairs(set) do
+  for name, entry in pairs(set) do
     names[#names + 1] = name
+    -- every version is kept by hash, so a run resumed after a restart
+    -- replays on the code it started with
+    if not state.versions[entry.hash] then
+      state.versions[entry.hash] = entry.workflow
+      if state.store then
+        state.store:put_script(entry.hash, entry.source)
+      end
+    end
+    entry.source = nil
   end
   table.sort(names)
   m.reloads.inc({ "ok" })
@@ -177,19 +193,22 @@ end
 -- ---- run records ----------------------------------------------------------
 
 -- Records are kept in a ring of MAX_RECORDS ids: the oldest finished one is
--- forgotten when its slot is reused.
-local function new_record(id, name, trace_id)
-  local rec = { id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
-    trace_id = trace_id, timeline = {} }
-  state.records[id] = rec
+-- forgotten when its slot is reused (the data folder keeps them all).
+local function remember(rec)
+  state.records[rec.id] = rec
   local slot = state.record_next or 1
   local old = state.record_order[slot]
   if old and type(state.records[old]) == "string" then -- finished
     state.records[old] = nil
   end
-  state.record_order[slot] = id
+  state.record_order[slot] = rec.id
   state.record_next = slot % MAX_RECORDS + 1
   return rec
+end
+
+local function new_record(id, name, trace_id)
+  return remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
+    trace_id = trace_id, timeline = {} })
 end
 
 local function finish_record(rec, ok, value, info)
@@ -216,6 +235,7 @@ local function finish_record(rec, ok, value, info)
     text = json.encode(rec)
   end
   state.records[rec.id] = text
+  return text
 end
 
 -- ---- workflows ----------------------------------------------------------
@@ -231,16 +251,103 @@ local function parse_traceparent(value)
   return nil
 end
 
+-- The response a finished run gives its caller (and replays under its
+-- idempotency key).
+local function run_response(rec, ok, value)
+  if not ok then
+    return problem(500, "Internal Server Error", "the workflow failed; see the run record",
+      { run_id = rec.id, kind = rec.error.kind })
+  end
+  local rok, resp = pcall(workflow_response, value)
+  if not rok then
+    return problem(500, "Internal Server Error", "the workflow's result is not JSON: " .. tostring(resp),
+      { run_id = rec.id })
+  end
+  resp.headers["X-Run-Id"] = rec.id
+  return resp
+end
+
+local WEBHOOK_HEADER = "X-Chorus-Signature"
+
+-- The run-end webhook to rec.callback_url, through the outbox, signed with
+-- HMAC-SHA256 of the body under the configured webhook secret.
+local function queue_webhook(rec)
+  local body = json.encode({ run_id = rec.id, workflow = rec.workflow, status = rec.status,
+    result = rec.result, error = rec.error })
+  local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
+  local secret = state.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
+  if secret and secret ~= "" then
+    headers[WEBHOOK_HEADER] = "sha256=" .. core.hmac_sha256(secret, body)
+  end
+  state.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
+    headers = headers, body = body }, run_id = rec.id }))
+end
+
+-- Writes the first records of a durable run: the run (running), its timer
+-- and, with an idempotency key, the key (running). They land in one group
+-- commit with the run's first journal entries.
+local function durable_begin(rec, entry, input)
+  local st = state.store
+  rec.input = input
+  rec.script_hash = entry.hash
+  rec.script = entry.path
+  st:put_run(rec)
+  st:put_timer(rec.id, rec.deadline_at)
+end
+
+-- The final records of a durable run, committed together: the run record,
+-- the key's stored response, the outbox entry the run delivered, the
+-- webhook; the timer and journal go.
+local function durable_finish(rec, text, ok, value)
+  local st = state.store
+  st.st:put("runs", rec.id, text)
+  st:del_timer(rec.id)
+  st:drop_journal(rec.id)
+  if rec.key then
+    idempotency.finish(st, rec.workflow, rec.key, rec.fp, rec.id, rec.ttl, run_response(rec, ok, value))
+  end
+  if rec.outbox then
+    local failure = not ok and { error = rec.error, permanent = rec.error.permanent == true } or nil
+    outbox.settle(state.backend, rec.outbox, failure)
+  end
+  if rec.callback_url then
+    queue_webhook(rec)
+  end
+  local cok, cerr = pcall(st.commit, st)
+  if rec.key then
+    idempotency.release(rec.workflow, rec.key)
+  end
+  if not cok then
+    log("error", "could not store the end of a run", { run_id = rec.id, error = tostring(cerr) })
+  end
+end
+
 -- Runs a workflow as its own run and records it; returns ok, value.
-local function execute(entry, rec, input, trace_id)
+-- recorded: the journal of a run resumed after a restart.
+local function execute(entry, rec, input, recorded)
   state.inflight = state.inflight + 1
   m.inflight.set(nil, state.inflight)
-  local opts = { trace_id = trace_id, on_state = function(s) rec.timeline = s.timeline end }
+  local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at,
+    on_state = function(s) rec.timeline = s.timeline end }
+  if state.store then
+    opts.journal = { store = state.store, recorded = recorded }
+  end
   local ok, value, info = core.execute({ id = rec.id }, runner.execute, entry.workflow, input, opts)
   state.inflight = state.inflight - 1
   m.inflight.set(nil, state.inflight)
-  finish_record(rec, ok, value, info)
+  local text = finish_record(rec, ok, value, info)
+  if state.store then
+    durable_finish(rec, text, ok, value)
+  end
   return ok, value
+end
+
+local function callback_url(req)
+  local url = req.query.callback_url or req.headers["callback-url"]
+  if url ~= nil and not url:match("^https?://[^%s]+$") then
+    return nil, "callback_url must be an http:// or https:// URL"
+  end
+  return url
 end
 
 local function start_workflow(req, name)
@@ -253,6 +360,15 @@ local function start_workflow(req, name)
     r.headers.Allow = "POST"
     return r
   end
+  local wf = entry.workflow
+  local key, kerr = idempotency.parse(req.headers["idempotency-key"])
+  if kerr then
+    return problem(400, "Bad Request", kerr)
+  end
+  local idem = wf.idempotency or {}
+  if not key and idem.required then
+    return problem(400, "Bad Request", ("workflow '%s' requires an Idempotency-Key header"):format(name))
+  end
   local input = {}
   if req.body:match("%S") then
     local ok, value = pcall(json.decode, req.body)
@@ -261,26 +377,176 @@ local function start_workflow(req, name)
     end
     input = value
   end
+  local callback, cerr = callback_url(req)
+  if cerr then
+    return problem(400, "Bad Request", cerr)
+  end
+  local fp
+  if key then
+    fp = idempotency.fingerprint(req)
+    local verdict, stored = idempotency.check(state.store, name, key, fp)
+    if verdict == "conflict" then
+      return problem(409, "Conflict", "a request with this Idempotency-Key is still in flight; retry later")
+    elseif verdict == "mismatch" then
+      return problem(422, "Unprocessable Content",
+        "this Idempotency-Key was used with a different request (method, path or body)")
+    elseif verdict == "replay" then
+      stored.headers["Idempotent-Replayed"] = "true"
+      return stored
+    end
+  end
   local trace_id = parse_traceparent(req.headers.traceparent) or (core.uuid():gsub("-", ""))
   local rec = new_record(core.uuid(), name, trace_id)
-  local prefer = req.headers.prefer or ""
-  if prefer:lower():find("respond%-async") then
-    core.start(nil, function() execute(entry, rec, input, trace_id) end)
-    return json_response(202, { run_id = rec.id }, { Location = "/runs/" .. rec.id,
+  rec.deadline_at = wf.timeout and core.now() + wf.timeout
+  rec.callback_url = callback
+  local async = (req.headers.prefer or ""):lower():find("respond%-async")
+  if key then
+    idempotency.begin(state.store, name, key, fp, rec.id, idem.ttl)
+    if not async then -- the run's end stores the response
+      rec.key, rec.fp, rec.ttl = key, fp, idem.ttl
+    end
+  end
+  if state.store then
+    durable_begin(rec, entry, input)
+  end
+  if async then
+    local resp = json_response(202, { run_id = rec.id }, { Location = "/runs/" .. rec.id,
       ["Preference-Applied"] = "respond-async" })
+    if key then
+      idempotency.finish(state.store, name, key, fp, rec.id, idem.ttl, resp)
+    end
+    if state.store then -- acknowledged only once the run is durable
+      state.store:commit()
+    end
+    if key then
+      idempotency.release(name, key)
+    end
+    core.start(nil, function() execute(entry, rec, input) end)
+    return resp
   end
-  local ok, value = execute(entry, rec, input, trace_id)
-  if not ok then
-    return problem(500, "Internal Server Error", "the workflow failed; see the run record",
-      { run_id = rec.id, kind = rec.error.kind })
+  local ok, value = execute(entry, rec, input)
+  return run_response(rec, ok, value)
+end
+
+-- ---- durable state: recovery, the relay, the sweep --------------------------
+
+-- The workflow of a stored script version (compiled once per hash).
+local function version(hash, path)
+  local wf = state.versions[hash]
+  if wf then
+    return wf
   end
-  local rok, resp = pcall(workflow_response, value)
-  if not rok then
-    return problem(500, "Internal Server Error", "the workflow's result is not JSON: " .. tostring(resp),
-      { run_id = rec.id })
+  local source = state.store:get_script(hash)
+  if not source then
+    return nil, ("the script version %s is not in the data folder"):format(tostring(hash))
   end
-  resp.headers["X-Run-Id"] = rec.id
-  return resp
+  local err
+  wf, err = script.compile(source, path or "?")
+  if wf then
+    state.versions[hash] = wf
+  end
+  return wf, err
+end
+
+--- Resumes every run that had not finished when the process stopped:
+--- replayed from the start against its journal, on its script version.
+local function recover()
+  local st = state.store
+  local live, resumed = {}, 0
+  for _, u in ipairs(st:unfinished()) do
+    local rec = st:get_run(u.id)
+    if not rec then
+      st:del_timer(u.id)
+    else
+      live[rec.id] = true
+      resumed = resumed + 1
+      remember(rec)
+      rec.status = "running"
+      if rec.key then
+        idempotency.begin(nil, rec.workflow, rec.key, rec.fp)
+      end
+      local wf, err = version(rec.script_hash, rec.script)
+      local recorded = st:journal(rec.id)
+      core.start(nil, function()
+        if not wf then
+          state.inflight = state.inflight + 1
+          local text = finish_record(rec, false, { kind = "script", message = err })
+          state.inflight = state.inflight - 1
+          durable_finish(rec, text, false)
+          return
+        end
+        execute({ workflow = wf }, rec, rec.input, recorded)
+      end)
+    end
+  end
+  -- a workflow entry marked started whose run never got going is due again
+  for _, e in ipairs(st:list_outbox()) do
+    if e.state == "started" and not live[e.id] then
+      e.state = nil
+      st:put_outbox(e)
+    end
+  end
+  if resumed > 0 then
+    log("info", "resuming runs after a restart", { runs = resumed })
+  end
+end
+
+-- A workflow entry of the outbox runs as a durable run whose id is the
+-- entry's; the run's end settles the entry (outbox.settle).
+local function start_outbox_workflow(backend, e)
+  local entry = state.workflows[e.workflow]
+  if not entry then
+    return false, { permanent = true, error = { kind = "unknown_workflow",
+      message = ("no workflow named '%s'"):format(e.workflow) } }
+  end
+  e.state = "started"
+  backend:update(e)
+  local rec = remember({ id = e.id, workflow = e.workflow, status = "running",
+    started = runstate.micro(core.now()), trace_id = (core.uuid():gsub("-", "")), timeline = {},
+    outbox = e, attempt = e.attempts + 1 })
+  rec.deadline_at = entry.workflow.timeout and core.now() + entry.workflow.timeout
+  durable_begin(rec, entry, e.input)
+  execute(entry, rec, e.input)
+  return "started"
+end
+
+local SWEEP_EVERY = 60
+
+local function sweep_loop()
+  while not state.draining do
+    core.sleep(SWEEP_EVERY)
+    local n = state.store:sweep_idempotency(core.now())
+    if n > 0 then
+      state.store:commit()
+      log("info", "expired idempotency keys removed", { keys = n })
+    end
+  end
+end
+
+local function start_durable()
+  local conf = state.config
+  local storage = conf.storage or {}
+  local st, err = store.open(conf.data, { sync = storage.sync ~= false, map_size_mb = storage.map_size_mb })
+  if not st then
+    return nil, err
+  end
+  state.store = st
+  state.backend = outbox.durable(st)
+  local oc = conf.outbox or {}
+  for k in pairs(outbox.defaults) do
+    if oc[k] ~= nil then
+      outbox.defaults[k] = oc[k]
+    end
+  end
+  state.relay = outbox.relay(state.backend, { alerts = conf.alerts })
+  outbox.start_workflow = start_outbox_workflow
+  return true
+end
+
+local function start_background()
+  recover()
+  core.start({ instructions = 0, memory = 0 }, function() state.relay:run() end)
+  core.start({ instructions = 0, memory = 0 }, sweep_loop)
 end
 
 -- ---- admin ----------------------------------------------------------------
@@ -328,7 +594,35 @@ local function admin(req, what)
   if what == "breakers" then
     return json_response(200, { breakers = core.breakers() })
   end
-  return problem(501, "Not Implemented", ("/admin/%s arrives with the durable store"):format(what))
+  local st = state.store
+  if what == "outbox" and req.method == "GET" then
+    return json_response(200, { entries = st:list_outbox(1000), depth = st.st:count("outbox") })
+  end
+  if what == "dlq" and req.method == "GET" then
+    return json_response(200, { entries = st:list_dlq(1000), depth = st.st:count("dlq") })
+  end
+  local id = what:match("^dlq/([^/]+)/replay$")
+  if id and req.method == "POST" then
+    local e = st:replay_dlq(id, core.now())
+    if not e then
+      return problem(404, "Not Found", ("no DLQ entry with id '%s'"):format(id))
+    end
+    st:commit()
+    return json_response(200, { replayed = id, entry = e })
+  end
+  id = what:match("^dlq/([^/]+)$")
+  if id and req.method == "DELETE" then
+    if not st:get_dlq(id) then
+      return problem(404, "Not Found", ("no DLQ entry with id '%s'"):format(id))
+    end
+    st:del_dlq(id)
+    st:commit()
+    return json_response(200, { dropped = id })
+  end
+  if what == "outbox" or what == "dlq" or what:match("^dlq/") then
+    return problem(405, "Method Not Allowed", ("wrong method for /admin/%s"):format(what))
+  end
+  return problem(404, "Not Found", ("no admin endpoint /admin/%s"):format(what))
 end
 
 -- ---- dispatch -------------------------------------------------------------
@@ -341,7 +635,7 @@ local function route(req)
   end
   local id = path:match("^/runs/([^/]+)$")
   if id then
-    local rec = state.records[id]
+    local rec = state.records[id] or (state.store and state.store.st:get("runs", id))
     if not rec then
       return problem(404, "Not Found", ("no run with id '%s'"):format(id))
     end
@@ -411,8 +705,10 @@ local function drain(signal)
   state.draining = true
   log("info", "draining", { signal = signal, pending = state.srv:pending(), inflight = state.inflight })
   state.srv:quiesce()
+  state.relay:stop()
   local deadline = core.monotime() + (state.config.drain_timeout or 10)
-  while (state.srv:pending() > 0 or state.inflight > 0) and core.monotime() < deadline do
+  while (state.srv:pending() > 0 or state.inflight > 0 or state.relay.n_inflight > 0)
+      and core.monotime() < deadline do
     core.sleep(0.05)
   end
   log("info", "stopped", { pending = state.srv:pending(), inflight = state.inflight })
@@ -423,6 +719,10 @@ end
 --- Returns the exit status.
 function server.serve(config, on_listening)
   state.config = config
+  local dok, derr = start_durable()
+  if not dok then
+    return nil, derr
+  end
   local ok, result, dirs = server.reload("start")
   if not ok then
     return nil, "cannot load scripts: " .. table.concat(result, "; ")
@@ -443,6 +743,7 @@ function server.serve(config, on_listening)
   core.on_signal("SIGTERM", drain)
   core.on_signal("SIGINT", drain)
   watch_scripts(dirs)
+  start_background()
   local address = ("%s:%d"):format(host, srv:port())
   log("info", "listening", { address = address, scripts = config.scripts })
   if on_listening then
@@ -450,6 +751,7 @@ function server.serve(config, on_listening)
   end
   core.loop()
   srv:close()
+  state.store:close()
   return true
 end
 

@@ -204,6 +204,21 @@ function Store:del_dlq(id)
   self.st:del("dlq", id)
 end
 
+--- Moves a dead entry back to the outbox, due now with fresh attempts.
+--- Returns the entry, or nil when there is no such id. Caller commits.
+function Store:replay_dlq(id, now)
+  local e = self:get_dlq(id)
+  if not e then
+    return nil
+  end
+  e.attempts, e.state, e.failed_at = 0, nil, nil
+  e.due = now
+  e.replayed = (e.replayed or 0) + 1
+  self:del_dlq(id)
+  self:put_outbox(e)
+  return e
+end
+
 function Store:list_dlq(limit)
   local out = {}
   for i, row in ipairs(self:scan_json("dlq", { limit = limit or math.maxinteger })) do

@@ -123,6 +123,58 @@ function H.request(url, opts)
   return res
 end
 
+--- Starts H.request(url, opts) in a background process; returns a handle
+--- whose wait() returns the response (status 0 if it never finished).
+function H.request_async(url, opts)
+  local out = os.tmpname()
+  local script = H.write_temp(([[
+package.path = %q
+local H = require "tests.integration.helpers"
+local r = H.request(%q, H.decode(%q))
+local f = io.open(%q .. ".tmp", "wb")
+f:write(H.encode({ status = r.status, headers = r.headers, body = r.body }))
+f:close()
+os.rename(%q .. ".tmp", %q)
+]]):format(package.path, url, H.encode(opts or {}), out, out, out), ".lua")
+  os.remove(out)
+  os.execute(("lua5.4 %s >/dev/null 2>&1 &"):format(H.quote(script)))
+  local handle = {}
+  function handle.wait(max)
+    local deadline = H.now() + (max or 20)
+    while H.now() < deadline do
+      local text = slurp(out)
+      if text and text ~= "" then
+        os.remove(out)
+        os.remove(script)
+        local r = H.decode(text)
+        r.json = H.decode(r.body)
+        return r
+      end
+      H.sleep(0.05)
+    end
+    return { status = 0, headers = {} }
+  end
+  return handle
+end
+
+function H.sleep(seconds)
+  system.sleep(seconds)
+end
+
+--- Polls fn every 50 ms until it returns a true value or max seconds pass;
+--- returns that value (or nil).
+function H.eventually(fn, max)
+  local deadline = H.now() + (max or 10)
+  repeat
+    local v = fn()
+    if v then
+      return v
+    end
+    H.sleep(0.05)
+  until H.now() > deadline
+  return nil
+end
+
 --- Copies files into a new temporary folder; returns its path.
 function H.temp_dir(files)
   local dir = os.tmpname()
@@ -147,8 +199,22 @@ function H.start_server(args, env)
   for k, v in pairs(env or {}) do
     prefix = prefix .. k .. "=" .. H.quote(v) .. " "
   end
+  args = args or {}
+  local data
+  for i, a in ipairs(args) do
+    if a == "--data" then
+      data = args[i + 1]
+    end
+  end
+  local own_data = not data
+  if own_data then -- every server gets its own data folder
+    data = H.temp_dir()
+    args = table.move(args, 1, #args, 1, {})
+    args[#args + 1] = "--data"
+    args[#args + 1] = data
+  end
   local quoted = {}
-  for i, a in ipairs(args or {}) do
+  for i, a in ipairs(args) do
     quoted[i] = H.quote(a)
   end
   local cmd = ("sh -c 'echo $$; %sexec timeout -s KILL 300 %s serve --listen 127.0.0.1:0 %s 2>%s'"):format(
@@ -158,8 +224,13 @@ function H.start_server(args, env)
   local line = p:read("l") or ""
   local address = line:match("listening on (http://[%d%.:]+)")
   assert(address, "server did not listen: " .. line .. "\n" .. slurp(log))
-  local srv = { url = address, pid = pid, log = log, pipe = p }
+  local srv = { url = address, pid = pid, log = log, pipe = p, data = data }
   function srv.kill(sig)
+    -- pid is `timeout`, which forwards TERM and INT to chorus but cannot
+    -- forward KILL: that one goes to chorus itself
+    if sig == "KILL" then
+      os.execute(("pkill -KILL -P %d 2>/dev/null"):format(pid))
+    end
     os.execute(("kill -%s %d 2>/dev/null"):format(sig or "TERM", pid))
   end
   function srv.wait()
@@ -170,6 +241,9 @@ function H.start_server(args, env)
     srv.kill("TERM")
     srv.wait()
     os.remove(log)
+    if own_data then
+      os.execute("rm -rf " .. H.quote(data))
+    end
   end
   return srv
 end

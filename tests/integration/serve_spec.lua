@@ -214,12 +214,15 @@ describe("chorus serve", function()
       assert.are.equal("table", type(r.json.breakers))
     end)
 
-    it("answers 501 for admin endpoints that arrive with the durable store", function()
+    it("lists the outbox and the DLQ, and 404s an unknown admin endpoint", function()
       for _, path in ipairs({ "/admin/outbox", "/admin/dlq" }) do
         local r = H.request(srv.url .. path, { headers = auth })
-        assert.are.equal(501, r.status)
-        assert.are.equal("application/problem+json", r.headers["content-type"])
+        assert.are.equal(200, r.status)
+        assert.are.equal("table", type(r.json.entries))
       end
+      local r = H.request(srv.url .. "/admin/nothing", { headers = auth })
+      assert.are.equal(404, r.status)
+      assert.are.equal("application/problem+json", r.headers["content-type"])
     end)
 
     it("reloads a changed script; new runs see the new version", function()

@@ -1,0 +1,95 @@
+-- chorus.idempotency — the Idempotency-Key header of POST /workflows/NAME
+-- (IETF httpapi draft semantics, Stripe-compatible).
+--
+-- A key is looked up per workflow: first among the requests in flight in
+-- this process (memory), then in the data folder. Same key and fingerprint:
+-- 409 while the first is in flight, its stored response (with
+-- Idempotent-Replayed: true) once it finished; same key, other fingerprint:
+-- 422. The fingerprint is the SHA-256 of method, path and the body's bytes.
+-- The key record is written with the run's first records and rewritten
+-- with the response in the same commit as the run's final state.
+local core = require "chorus.core"
+
+local idempotency = { DEFAULT_TTL = 24 * 3600, MAX_LENGTH = 255 }
+
+-- workflow \0 key → fingerprint, for requests in flight in this process
+local inflight = {}
+
+--- Parses the header value: an RFC 8941 sf-string ("abc", as the draft
+--- says) or a bare token (as Stripe's clients send). Returns the key, or
+--- nil and why.
+function idempotency.parse(value)
+  if value == nil then
+    return nil
+  end
+  local key = value
+  if value:sub(1, 1) == '"' then
+    local inner = value:match('^"(.*)"$')
+    if not inner or inner:find('[^\\]"') or inner:find('^"') then
+      return nil, "Idempotency-Key must be a quoted string (\"...\") or a bare token"
+    end
+    key = inner:gsub("\\([\\\"])", "%1")
+  end
+  if key == "" then
+    return nil, "Idempotency-Key must not be empty"
+  end
+  if #key > idempotency.MAX_LENGTH then
+    return nil, ("Idempotency-Key is %d characters; at most %d are allowed"):format(#key, idempotency.MAX_LENGTH)
+  end
+  if key:find("[^\33-\126 ]") then
+    return nil, "Idempotency-Key must be printable ASCII"
+  end
+  return key
+end
+
+function idempotency.fingerprint(req)
+  return core.sha256(req.method .. " " .. req.path .. "\n" .. req.body)
+end
+
+--- Decides what a request with key gets. Returns one of:
+---   "new"                 go ahead (the caller then calls begin)
+---   "conflict"            409: the first request is still in flight
+---   "mismatch"            422: the key was used with another request
+---   "replay", response    the stored response of the finished run
+function idempotency.check(st, workflow, key, fp)
+  local ikey = workflow .. "\0" .. key
+  local live = inflight[ikey]
+  if live then
+    return live == fp and "conflict" or "mismatch"
+  end
+  local rec = st and st:get_idempotency(workflow, key)
+  if not rec or (rec.expires_at and rec.expires_at <= core.now()) then
+    return "new"
+  end
+  if rec.fp ~= fp then
+    return "mismatch"
+  end
+  if rec.state == "running" then -- resumed after a restart, still running
+    return "conflict"
+  end
+  return "replay", rec.response
+end
+
+--- Marks key in flight and queues its record (state running, run id).
+function idempotency.begin(st, workflow, key, fp, run_id, ttl)
+  inflight[workflow .. "\0" .. key] = fp
+  if st then
+    st:put_idempotency(workflow, key, { fp = fp, state = "running", run_id = run_id,
+      expires_at = core.now() + (ttl or idempotency.DEFAULT_TTL) })
+  end
+end
+
+--- Queues the finished record with the response to replay.
+function idempotency.finish(st, workflow, key, fp, run_id, ttl, response)
+  if st then
+    st:put_idempotency(workflow, key, { fp = fp, state = "done", run_id = run_id, response = response,
+      expires_at = core.now() + (ttl or idempotency.DEFAULT_TTL) })
+  end
+end
+
+--- Forgets the in-flight mark (after the finished record is durable).
+function idempotency.release(workflow, key)
+  inflight[workflow .. "\0" .. key] = nil
+end
+
+return idempotency
