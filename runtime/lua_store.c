@@ -9,6 +9,9 @@
  *   store:scan(db, { prefix =, from =, to =, limit = }) → { {key, value}, ... }
  *       in key order; from inclusive, to exclusive
  *   store:count(db) → number of records (last committed state)
+ *   store:lock([wait_seconds]) → true, or nil and why: takes serve.lock in
+ *       the folder so that one server at a time runs the relay and the
+ *       recovery
  *   store:stats() → { commits =, ops =, failures =, pending_ops = }
  *   store:close()
  *
@@ -17,9 +20,15 @@
  */
 #include "lua_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "scheduler.h"
 #include "store.h"
@@ -28,6 +37,8 @@
 
 struct lstore {
     struct chorus_store *st;
+    int lock_fd; /* serve.lock, held while this process serves; -1 */
+    char dir[4096];
 };
 
 struct commit_wait {
@@ -250,8 +261,48 @@ static int store_stats(lua_State *L) {
     return 1;
 }
 
+static int store_lock(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    if (ls->lock_fd >= 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/serve.lock", ls->dir);
+    /* A server killed a moment ago may still be exiting: wait a little
+     * for its lock rather than fail a supervisor's immediate restart. */
+    lua_Number wait = luaL_optnumber(L, 2, 0);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    for (int tries = (int)(wait * 20); fd >= 0 && tries > 0; tries--) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            ls->lock_fd = fd;
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+        nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = 50000000}, NULL);
+    }
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        lua_pushnil(L);
+        if (e == EWOULDBLOCK)
+            lua_pushfstring(L, "another chorus serve is using the data folder %s", ls->dir);
+        else
+            lua_pushfstring(L, "cannot lock %s: %s", path, strerror(e));
+        return 2;
+    }
+    ls->lock_fd = fd;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int store_close(lua_State *L) {
     struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    if (ls->lock_fd >= 0) {
+        close(ls->lock_fd);
+        ls->lock_fd = -1;
+    }
     if (ls->st) {
         chorus_store_close(ls->st);
         ls->st = NULL;
@@ -277,12 +328,14 @@ int chorus_lua_store_open(lua_State *L) {
     }
     struct lstore *ls = lua_newuserdatauv(L, sizeof *ls, 0);
     ls->st = NULL;
+    ls->lock_fd = -1;
+    snprintf(ls->dir, sizeof ls->dir, "%s", dir);
     if (luaL_newmetatable(L, STORE_MT)) {
         static const luaL_Reg methods[] = {
             {"put", store_put},     {"del", store_del},     {"del_prefix", store_del_prefix},
             {"get", store_get},     {"scan", store_scan},   {"commit", store_commit},
             {"stats", store_stats}, {"close", store_close}, {"__gc", store_close},
-            {"count", store_count}, {NULL, NULL},
+            {"count", store_count}, {"lock", store_lock},   {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);
         lua_pushvalue(L, -1);

@@ -38,8 +38,12 @@ function journal.attach(state, st, recorded)
   for _, entry in ipairs(recorded or {}) do
     by_step[entry.step] = entry
   end
+  -- A fresh run's first records (run, timer, idempotency key) must be on
+  -- disk before its first effect reaches the outside world: otherwise a
+  -- crash could leave an effect made by a run that never existed, and the
+  -- client's retry would start another run and do it again.
   state.journal = { store = st, seq = #(recorded or {}), recorded = by_step,
-    replayed = 0, loose = 0 }
+    replayed = 0, loose = 0, unsynced = recorded == nil }
   tasks[coroutine.running()] = { path = "r", n = 0, kids = 0 }
 end
 
@@ -105,6 +109,10 @@ function journal.effect(kind, target, fn, restore)
       err = restore and restore(err, false) or setmetatable(err, ERROR_MT)
     end
     error(err, 0)
+  end
+  if j.unsynced then
+    j.unsynced = false
+    j.store:commit()
   end
   local ok, value = pcall(fn)
   if core.killed() then -- a limit stopped the run: nothing to record

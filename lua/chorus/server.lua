@@ -530,6 +530,11 @@ local function start_durable()
   if not st then
     return nil, err
   end
+  local lok, lerr = st.st:lock(5)
+  if not lok then
+    st:close()
+    return nil, lerr
+  end
   state.store = st
   state.backend = outbox.durable(st)
   local oc = conf.outbox or {}

@@ -229,7 +229,11 @@ function H.start_server(args, env)
     -- pid is `timeout`, which forwards TERM and INT to chorus but cannot
     -- forward KILL: that one goes to chorus itself
     if sig == "KILL" then
-      os.execute(("pkill -KILL -P %d 2>/dev/null"):format(pid))
+      local child = tonumber(H.exec(("pgrep -P %d"):format(pid)).stdout:match("%d+"))
+      if child then
+        os.execute(("kill -KILL %d 2>/dev/null"):format(child))
+        H.eventually(function() return not io.open(("/proc/%d/stat"):format(child)) end, 5)
+      end
     end
     os.execute(("kill -%s %d 2>/dev/null"):format(sig or "TERM", pid))
   end
