@@ -81,6 +81,7 @@ demo: all
 bench: all
 	bash scripts/bench.sh
 	bash scripts/bench_serve.sh
+	bash scripts/bench_durable.sh
 
 lint:
 	luacheck lua examples tests scripts/bench

@@ -31,6 +31,7 @@ start_chorus() {
   cat > "$WORK/conf.lua" <<EOF
 return {
   access_log = false,
+  storage = { durable = false }, -- like nginx: nothing written per request (bench_durable.sh measures that)
   limits = { max_connections = 12000 },
   upstreams = {
     a = { base_url = "$MOCK?delay=$1", timeout = 30 },

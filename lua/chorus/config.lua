@@ -7,7 +7,7 @@
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
---     storage = { sync = true, map_size_mb = 1024 },
+--     storage = { durable = true, sync = true, map_size_mb = 1024 },
 --     outbox = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 },
 --     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
 --     webhook_secret = chorus.secret("webhook"),
@@ -63,9 +63,9 @@ local function validate(conf, path)
   end
   for section, keys in pairs(SECTIONS) do
     for k, v in pairs(conf[section] or {}) do
-      if section == "storage" and k == "sync" then
+      if section == "storage" and (k == "sync" or k == "durable") then
         if type(v) ~= "boolean" then
-          return nil, ("%s: storage.sync must be a boolean"):format(path)
+          return nil, ("%s: storage.%s must be a boolean"):format(path, k)
         end
       elseif not keys[k] then
         return nil, ("%s: unknown setting %s.%s"):format(path, section, tostring(k))

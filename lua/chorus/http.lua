@@ -162,18 +162,30 @@ local function restore(value, ok)
 end
 
 -- `later = true` (or { delay =, attempts =, ... }): the request goes to the
--- outbox, to be sent after the run, retried, DLQ at the end.
+-- outbox, to be sent after the run, retried, DLQ at the end. While a saga
+-- captures (run.capture), it joins the saga's chain instead.
 local function queue_later(r, later)
+  local run = runstate.current()
+  if run and run.capture then
+    run.capture[#run.capture + 1] = { method = r.method, url = r.url, headers = r.headers, body = r.body,
+      timeout = r.timeout }
+    return setmetatable({ status = 202, headers = {}, body = "", queued = true }, RESPONSE_MT)
+  end
   local id = outbox.request(r, type(later) == "table" and later or nil)
   return setmetatable({ status = 202, headers = {}, body = "", queued = true, outbox_id = id },
     RESPONSE_MT)
+end
+
+local function capturing()
+  local run = runstate.current()
+  return run ~= nil and run.capture ~= nil
 end
 
 --- Sends one request; returns { status, headers, body, json }. In a durable
 --- run the call is an effect: journaled, and replayed from the journal.
 function http.request(req)
   local r = prepare(req)
-  if req.later then
+  if req.later or capturing() then
     return queue_later(r, req.later)
   end
   return journal.effect("http", r.method .. " " .. r.url, function() return send_once(r) end, restore)
@@ -320,7 +332,7 @@ function Upstream:request(req)
   r.method = (r.method or "GET"):upper()
   local prepared = prepare(r)
   prepared.idempotency_key = r.idempotency_key
-  if req.later then
+  if req.later or capturing() then
     return queue_later(prepared, req.later)
   end
   return journal.effect("http", r.method .. " " .. self.name .. ":" .. (req.path or "/"), function()

@@ -33,7 +33,7 @@ local ERROR_MT = {
 
 --- Gives the current run (state) a journal. recorded: the run's entries
 --- from the store when it resumes, else nil.
-function journal.attach(state, st, recorded)
+function journal.attach(state, st, recorded, crash_after)
   local by_step = {}
   for _, entry in ipairs(recorded or {}) do
     by_step[entry.step] = entry
@@ -43,7 +43,7 @@ function journal.attach(state, st, recorded)
   -- crash could leave an effect made by a run that never existed, and the
   -- client's retry would start another run and do it again.
   state.journal = { store = st, seq = #(recorded or {}), recorded = by_step,
-    replayed = 0, loose = 0, unsynced = recorded == nil }
+    replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after }
   tasks[coroutine.running()] = { path = "r", n = 0, kids = 0 }
 end
 
@@ -126,6 +126,10 @@ function journal.effect(kind, target, fn, restore)
     entry.error = type(value) == "table" and errors.normalize(value) or value
   end
   j.store:put_effect(run.run_id, j.seq, entry)
+  if j.crash_after and j.seq >= j.crash_after then -- chorus.testing: die here
+    error(setmetatable({ kind = "crash", message = ("simulated crash after effect %d"):format(j.seq) },
+      ERROR_MT), 0)
+  end
   if not ok then
     error(value, 0)
   end

@@ -64,21 +64,35 @@ end
 local Memory = {}
 Memory.__index = Memory
 
---- An outbox in memory: entries (by id), dead (the DLQ), delivered (ids).
-function outbox.memory()
-  return setmetatable({ entries = {}, dead = {}, delivered = {} }, Memory)
+--- An outbox in memory: entries (pending, by id), dead (the DLQ). With
+--- keep (chorus.testing, chorus run) it also lists every entry ever added
+--- (all, in order) and the delivered ones; a server does not, or the lists
+--- would grow forever.
+function outbox.memory(keep)
+  return setmetatable({ entries = {}, dead = {}, n_dead = 0, keep = keep,
+    all = keep and {} or nil, delivered = keep and {} or nil }, Memory)
 end
 
-function Memory:add(e) self.entries[e.id] = e end
-Memory.update = Memory.add
+function Memory:add(e)
+  self.entries[e.id] = e
+  if self.keep then
+    self.all[#self.all + 1] = e
+  end
+end
+function Memory:update(e) self.entries[e.id] = e end
 function Memory:remove(e)
   self.entries[e.id] = nil
-  self.delivered[#self.delivered + 1] = e
+  if self.keep then
+    self.delivered[#self.delivered + 1] = e
+  end
 end
 function Memory:move(_, e) self.entries[e.id] = e end
 function Memory:bury(e)
   self.entries[e.id] = nil
-  self.dead[#self.dead + 1] = e
+  self.n_dead = self.n_dead + 1
+  if self.keep then
+    self.dead[#self.dead + 1] = e
+  end
 end
 function Memory:due(now, limit)
   local out = {}
@@ -100,7 +114,7 @@ function Memory:depth()
     n = n + 1
     oldest = math.min(oldest or e.due, e.due)
   end
-  return n, oldest, #self.dead
+  return n, oldest, self.n_dead
 end
 function Memory:next_due()
   local nxt
@@ -112,7 +126,7 @@ end
 
 -- The backend entries go to when a run has no journal; chorus run and
 -- chorus.testing set it.
-outbox.backend = outbox.memory()
+outbox.backend = outbox.memory(true)
 
 -- ---- enqueueing ---------------------------------------------------------
 
@@ -144,7 +158,7 @@ local function enqueue(e, target)
   return journal.effect("later", target, function()
     local run = runstate.current()
     local j = run and run.journal
-    if j then
+    if j and j.store.put_outbox then -- a data folder
       outbox.durable(j.store):add(e)
     else
       outbox.backend:add(e)
@@ -246,10 +260,16 @@ local function backoff(e, failure)
   return wait
 end
 
+-- chorus.testing sets this to collect log lines instead of printing them.
+outbox.log_sink = nil
+
 local function log(level, msg, fields)
   local line = { ts = core.now(), level = level, msg = msg }
   for k, v in pairs(fields) do
     line[k] = v
+  end
+  if outbox.log_sink then
+    return outbox.log_sink(line)
   end
   core.write_log(core.json.encode(line))
 end

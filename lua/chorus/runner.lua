@@ -28,7 +28,7 @@ function runner.execute(workflow, input, opts)
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
   if opts.journal then
-    journal.attach(state, opts.journal.store, opts.journal.recorded)
+    journal.attach(state, opts.journal.store, opts.journal.recorded, opts.journal.crash_after)
   end
   if opts.on_state then
     opts.on_state(state)

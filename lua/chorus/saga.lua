@@ -1,18 +1,23 @@
--- chorus.saga — steps with compensations.
+-- chorus.saga — steps with compensations, undone or committed through the
+-- outbox.
 --
 --   local s = saga.new(ctx)
 --   local entry = s:step("log item 1", function() return ledger:post(...) end,
 --                                      function(entry) ledger:delete(...) end)
---   ...  -- on any error:  s:abort(err)  (compensates, then re-raises err)
+--   ...  -- on any error:  s:abort(err)  (enqueues the compensations, re-raises err)
 --   s:commit("commit", function() ledger:post("/commit", ...) end)
 --
--- abort runs the compensations of the completed steps in reverse order,
--- each retried (transport errors and 5xx) with `policy` (default: 5
--- attempts, exponential from 0.5 s); a compensation that still fails is
--- logged and recorded in s.failed, and the others still run. commit runs its
--- function the same way. Both run inline for now; when the durable outbox
--- lands they will be enqueued there instead, with the same API.
-local retry = require "chorus.retry"
+-- abort calls the compensations of the completed steps in reverse order,
+-- but the HTTP calls they make are not sent there and then: they are
+-- captured (each returns { status = 202, queued = true }) and written as one
+-- outbox entry, a chain the relay delivers in that order after the run,
+-- durably, retried with `policy` (default: 5 attempts, exponential from
+-- 0.5 s, capped at 10 s), to the DLQ at the end. So a rollback survives a
+-- crash of the process and an API that is down for a while. commit does the
+-- same with its function's calls. A compensation that raises while being
+-- captured is logged and listed in s.failed; the others still go.
+local outbox = require "chorus.outbox"
+local runstate = require "chorus.runstate"
 
 local saga = {}
 
@@ -21,15 +26,20 @@ Saga.__index = Saga
 
 local DEFAULT_POLICY = { attempts = 5, base = 0.5, cap = 10 }
 
---- A new saga for the run of ctx. opts.policy: the retry policy of
---- compensations and commits.
+--- A new saga for the run of ctx. opts.policy = { attempts =, base =, cap =
+--- }: how the outbox retries compensations and commits.
 function saga.new(ctx, opts)
   if type(ctx) ~= "table" or type(ctx.run_id) ~= "string" then
     error("saga.new expects the run's ctx", 2)
   end
   opts = opts or {}
+  local p = opts.policy or DEFAULT_POLICY
+  if type(p) ~= "table" then
+    error("saga.new: policy must be a table { attempts =, base =, cap = }", 2)
+  end
   return setmetatable({ ctx = ctx, done = {}, compensated = {}, failed = {}, committed = {},
-    policy = retry.policy(opts.policy or DEFAULT_POLICY) }, Saga)
+    later = { attempts = p.attempts or DEFAULT_POLICY.attempts, base = p.base or DEFAULT_POLICY.base,
+      cap = p.cap or DEFAULT_POLICY.cap } }, Saga)
 end
 
 --- Runs action() and remembers compensate(result) for abort. Raises the
@@ -46,24 +56,31 @@ function Saga:step(name, action, compensate)
   return result
 end
 
--- Runs fn(arg) under the saga's retry policy; a 5xx/408/429 response that
--- outlives the retries counts as a failure.
-local function reliably(self, fn, arg)
-  local ok, res = pcall(retry.run, self.policy, fn, arg)
-  if ok and type(res) == "table" and math.type(res.status) == "integer"
-      and (res.status >= 500 or res.status == 408 or res.status == 429) then
-    return false, ("HTTP %d"):format(res.status)
+-- Calls fn(arg) with the HTTP calls it makes captured, not sent; returns
+-- ok, value or error, and the captured requests.
+local function captured(fn, arg)
+  local run = runstate.current()
+  if not run then
+    error("chorus.saga works inside a run", 3)
   end
-  return ok, res
+  local saved = run.capture
+  run.capture = {}
+  local ok, res = pcall(fn, arg)
+  local requests = run.capture
+  run.capture = saved
+  return ok, res, requests
 end
 
---- Compensates the completed steps, newest first, then raises err.
+--- Enqueues the compensations of the completed steps, newest first, then
+--- raises err. s.compensation is the outbox entry id (nil when none).
 function Saga:abort(err)
+  local requests = {}
   for i = #self.done, 1, -1 do
     local step = self.done[i]
     if step.compensate then
-      local ok, cerr = reliably(self, step.compensate, step.result)
+      local ok, cerr, reqs = captured(step.compensate, step.result)
       if ok then
+        table.move(reqs, 1, #reqs, #requests + 1, requests)
         self.compensated[#self.compensated + 1] = step.name
       else
         self.failed[#self.failed + 1] = { step = step.name, error = tostring(cerr) }
@@ -72,20 +89,25 @@ function Saga:abort(err)
     end
   end
   self.done = {}
+  if #requests > 0 then
+    self.compensation = outbox.chain("compensate", requests, self.later)
+  end
   error(err, 0)
 end
 
---- Runs commit work fn() (retried); raises when it still fails.
+--- Enqueues commit work: the HTTP calls fn() makes, delivered in order
+--- after the run. Returns the outbox entry id (nil when fn made no call);
+--- raises fn's error.
 function Saga:commit(name, fn)
   if type(name) ~= "string" or type(fn) ~= "function" then
     error("saga:commit(name, fn): name must be a string and fn a function", 2)
   end
-  local ok, res = reliably(self, fn)
+  local ok, res, requests = captured(fn)
   if not ok then
     error(res, 0)
   end
   self.committed[#self.committed + 1] = name
-  return res
+  return #requests > 0 and outbox.chain(name, requests, self.later) or nil
 end
 
 return saga

@@ -43,6 +43,8 @@ local m = {
   reloads = metrics.counter("chorus_reloads_total", "Script reloads by result", { "result" }),
   memory = metrics.gauge("chorus_lua_memory_bytes", "Lua heap size"),
   workflows = metrics.gauge("chorus_workflows", "Workflows loaded"),
+  commits = metrics.counter("chorus_store_commits_total", "Group commits of the data folder (each fsync'd)"),
+  store_failures = metrics.counter("chorus_store_commit_failures_total", "Group commits that failed"),
   breakers = metrics.gauge("chorus_breaker_state", "Circuit breaker state (1 for the current one)",
     { "breaker", "state" }),
 }
@@ -295,14 +297,16 @@ local function durable_begin(rec, entry, input)
   st:put_timer(rec.id, rec.deadline_at)
 end
 
--- The final records of a durable run, committed together: the run record,
--- the key's stored response, the outbox entry the run delivered, the
--- webhook; the timer and journal go.
-local function durable_finish(rec, text, ok, value)
+-- The end of a run: its record, the key's stored response, the outbox
+-- entry the run delivered, the webhook; in the data folder these commit
+-- together, and the timer and journal go.
+local function run_end(rec, text, ok, value)
   local st = state.store
-  st.st:put("runs", rec.id, text)
-  st:del_timer(rec.id)
-  st:drop_journal(rec.id)
+  if st then
+    st.st:put("runs", rec.id, text)
+    st:del_timer(rec.id)
+    st:drop_journal(rec.id)
+  end
   if rec.key then
     idempotency.finish(st, rec.workflow, rec.key, rec.fp, rec.id, rec.ttl, run_response(rec, ok, value))
   end
@@ -313,7 +317,10 @@ local function durable_finish(rec, text, ok, value)
   if rec.callback_url then
     queue_webhook(rec)
   end
-  local cok, cerr = pcall(st.commit, st)
+  local cok, cerr = true, nil
+  if st then
+    cok, cerr = pcall(st.commit, st)
+  end
   if rec.key then
     idempotency.release(rec.workflow, rec.key)
   end
@@ -335,10 +342,7 @@ local function execute(entry, rec, input, recorded)
   local ok, value, info = core.execute({ id = rec.id }, runner.execute, entry.workflow, input, opts)
   state.inflight = state.inflight - 1
   m.inflight.set(nil, state.inflight)
-  local text = finish_record(rec, ok, value, info)
-  if state.store then
-    durable_finish(rec, text, ok, value)
-  end
+  run_end(rec, finish_record(rec, ok, value, info), ok, value)
   return ok, value
 end
 
@@ -472,7 +476,7 @@ local function recover()
           state.inflight = state.inflight + 1
           local text = finish_record(rec, false, { kind = "script", message = err })
           state.inflight = state.inflight - 1
-          durable_finish(rec, text, false)
+          run_end(rec, text, false)
           return
         end
         execute({ workflow = wf }, rec, rec.input, recorded)
@@ -505,7 +509,9 @@ local function start_outbox_workflow(backend, e)
     started = runstate.micro(core.now()), trace_id = (core.uuid():gsub("-", "")), timeline = {},
     outbox = e, attempt = e.attempts + 1 })
   rec.deadline_at = entry.workflow.timeout and core.now() + entry.workflow.timeout
-  durable_begin(rec, entry, e.input)
+  if state.store then
+    durable_begin(rec, entry, e.input)
+  end
   execute(entry, rec, e.input)
   return "started"
 end
@@ -523,20 +529,28 @@ local function sweep_loop()
   end
 end
 
+-- Opens the data folder, or with storage.durable = false keeps the
+-- outbox in memory (nothing survives a restart: for benchmarks and
+-- throwaway setups).
 local function start_durable()
   local conf = state.config
   local storage = conf.storage or {}
-  local st, err = store.open(conf.data, { sync = storage.sync ~= false, map_size_mb = storage.map_size_mb })
-  if not st then
-    return nil, err
+  if storage.durable == false then
+    state.backend = outbox.memory()
+    outbox.backend = state.backend
+  else
+    local st, err = store.open(conf.data, { sync = storage.sync ~= false, map_size_mb = storage.map_size_mb })
+    if not st then
+      return nil, err
+    end
+    local lok, lerr = st.st:lock(5)
+    if not lok then
+      st:close()
+      return nil, lerr
+    end
+    state.store = st
+    state.backend = outbox.durable(st)
   end
-  local lok, lerr = st.st:lock(5)
-  if not lok then
-    st:close()
-    return nil, lerr
-  end
-  state.store = st
-  state.backend = outbox.durable(st)
   local oc = conf.outbox or {}
   for k in pairs(outbox.defaults) do
     if oc[k] ~= nil then
@@ -549,9 +563,11 @@ local function start_durable()
 end
 
 local function start_background()
-  recover()
   core.start({ instructions = 0, memory = 0 }, function() state.relay:run() end)
-  core.start({ instructions = 0, memory = 0 }, sweep_loop)
+  if state.store then
+    recover()
+    core.start({ instructions = 0, memory = 0 }, sweep_loop)
+  end
 end
 
 -- ---- admin ----------------------------------------------------------------
@@ -600,6 +616,9 @@ local function admin(req, what)
     return json_response(200, { breakers = core.breakers() })
   end
   local st = state.store
+  if not st and (what == "outbox" or what:match("^dlq")) then
+    return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false)")
+  end
   if what == "outbox" and req.method == "GET" then
     return json_response(200, { entries = st:list_outbox(1000), depth = st.st:count("outbox") })
   end
@@ -651,6 +670,13 @@ local function route(req)
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)
+    if state.store then
+      -- the store counts; the counters catch up with it
+      local ss, seen = state.store:stats(), state.store_seen or { commits = 0, failures = 0 }
+      m.commits.inc(nil, ss.commits - seen.commits)
+      m.store_failures.inc(nil, ss.failures - seen.failures)
+      state.store_seen = ss
+    end
     export_breakers()
     return text_response(200, metrics.render(), "text/plain; version=0.0.4")
   end
@@ -756,7 +782,9 @@ function server.serve(config, on_listening)
   end
   core.loop()
   srv:close()
-  state.store:close()
+  if state.store then
+    state.store:close()
+  end
   return true
 end
 

@@ -162,14 +162,65 @@ local function load_workflow(workflow)
   return workflow
 end
 
+-- A journal store in memory for crash simulation: entries go through JSON
+-- as they would through the data folder.
+local function memory_journal()
+  local mem = { entries = {} }
+  function mem.put_effect(_, _, _, entry)
+    mem.entries[#mem.entries + 1] = json.decode(json.encode(entry))
+  end
+  function mem.commit() end
+  return mem
+end
+
+-- Delivers the memory outbox through the mocks (on the virtual clock);
+-- workflow entries run the workflows of opts.workflows (name → workflow or
+-- script path).
+local function deliver_outbox(backend, workflows)
+  local outbox = require "chorus.outbox"
+  local loaded = {}
+  local previous = outbox.start_workflow
+  outbox.start_workflow = function(_, e)
+    local wf = loaded[e.workflow]
+    if not wf and workflows and workflows[e.workflow] then
+      wf = load_workflow(workflows[e.workflow])
+      loaded[e.workflow] = wf
+    end
+    if not wf then
+      return false, { permanent = true, error = { kind = "unknown_workflow",
+        message = ("no workflow '%s' in opts.workflows"):format(e.workflow) } }
+    end
+    local ok, err = core.execute({ id = e.id }, runner.execute, wf, e.input)
+    return ok, not ok and { error = err, permanent = type(err) == "table" and err.permanent == true } or nil
+  end
+  local ok, err = pcall(outbox.drain, backend)
+  outbox.start_workflow = previous
+  if not ok then
+    error(err, 0)
+  end
+end
+
 --- Runs a workflow (a loaded workflow or a script path) to its end on the
 --- mocks and the virtual clock. Returns { ok, value, error, calls,
 --- timeline, logs (the ctx.log lines, as tables), elapsed (virtual
---- seconds), run_id }. opts.now sets the virtual
---- start time (seconds since the epoch).
+--- seconds), run_id, outbox }.
+---
+--- opts.now: the virtual start time (seconds since the epoch).
+--- opts.deliver: deliver the outbox after the run (its calls join
+---   result.calls; each entry of result.outbox gets .delivery = "delivered"
+---   or "dead"); opts.workflows maps the workflow names ctx.later starts
+---   to workflows or script paths.
+--- opts.crash_after = n: the process "dies" right after the run's n-th
+---   effect is journaled, and the run is replayed from its journal as after
+---   a restart; result.crashed and result.replayed (effects fed back from
+---   the journal) tell what happened.
 function testing.run(workflow, input, opts)
   opts = opts or {}
   local wf = load_workflow(workflow)
+  local outbox = require "chorus.outbox"
+  local saved_backend = outbox.backend
+  local backend = outbox.memory(true)
+  outbox.backend = backend
   core.set_clock("virtual", opts.now or 1767225600)
   http.set_transport(transport)
   calls = {}
@@ -177,16 +228,48 @@ function testing.run(workflow, input, opts)
   context.log_sink = function(line)
     logs[#logs + 1] = line
   end
+  outbox.log_sink = context.log_sink
   local state
   local started = core.now()
-  local pok, ok, value, info = pcall(core.run, nil, runner.execute, wf, input or {},
-    { on_state = function(s) state = s end })
+  local run_opts = { on_state = function(s) state = s end }
+  local mem
+  if opts.crash_after then
+    mem = memory_journal()
+    run_opts.journal = { store = mem, crash_after = opts.crash_after }
+  end
+  local pok, ok, value, info = pcall(core.run, nil, runner.execute, wf, input or {}, run_opts)
+  local crashed = pok and not ok and type(value) == "table" and value.kind == "crash"
+  if crashed then -- restart: the same run id, replayed from the journal
+    run_opts.journal = { store = mem, recorded = mem.entries }
+    pok, ok, value, info = pcall(core.run, { id = info.id }, runner.execute, wf, input or {}, run_opts)
+  end
+  local entries = backend.all
+  if pok and opts.deliver then
+    local dok, derr = pcall(core.run, nil, deliver_outbox, backend, opts.workflows)
+    if not dok then
+      pok, ok = false, derr
+    end
+    local fate = {}
+    for _, e in ipairs(backend.delivered) do
+      fate[e.id] = "delivered"
+    end
+    for _, e in ipairs(backend.dead) do
+      fate[e.id] = "dead"
+    end
+    for _, e in ipairs(entries) do
+      e.delivery = fate[e.id] or "pending"
+    end
+  end
   -- virtual times are large epoch numbers: keep the difference to the µs
-  local result = { calls = calls, logs = logs, elapsed = math.floor((core.now() - started) * 1e6 + 0.5) / 1e6 }
+  local result = { calls = calls, logs = logs, elapsed = math.floor((core.now() - started) * 1e6 + 0.5) / 1e6,
+    outbox = entries, crashed = crashed or nil,
+    replayed = crashed and state and state.journal and state.journal.replayed or nil }
   context.log_sink = nil
+  outbox.log_sink = nil
   calls = nil
   http.set_transport(nil)
   core.set_clock("real")
+  outbox.backend = saved_backend
   if not pok then
     error(ok, 0)
   end
@@ -200,8 +283,6 @@ function testing.run(workflow, input, opts)
   return result
 end
 
---- The calls of a run result made to an upstream (name or base URL),
---- optionally filtered by method and path.
 function testing.calls_to(result, target, method, path)
   local out = {}
   for _, c in ipairs(result.calls) do

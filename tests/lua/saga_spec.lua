@@ -1,5 +1,6 @@
 -- chorus.saga on mocks and the virtual clock: the ledger pattern — log each
--- item as pending, compensate the logged ones on failure, else commit.
+-- item as pending, compensate the logged ones on failure, else commit; the
+-- compensations and the commit go through the outbox.
 local testing = require "chorus.testing"
 local chorus = require "chorus"
 local http = require "chorus.http"
@@ -52,18 +53,24 @@ local ITEMS = { { sku = "a" }, { sku = "b" }, { sku = "c" } }
 describe("chorus.saga", function()
   before_each(testing.reset)
 
-  it("commits when every step succeeds", function()
+  it("commits when every step succeeds, through the outbox", function()
     testing.mock("ledger", ledger(nil))
     local r = testing.run(order, { items = ITEMS })
     assert.are.equal(201, r.value.status)
     assert.are.same({ "commit" }, r.value.json.committed)
+    -- not sent during the run: one chain entry in the outbox
+    assert.are.equal(0, #testing.calls_to(r, "ledger", "POST", "/commit"))
+    assert.are.equal(1, #r.outbox)
+    assert.are.equal("chain", r.outbox[1].kind)
+    r = testing.run(order, { items = ITEMS }, { deliver = true })
     assert.called_upstream(r, "ledger", "POST", "/commit")
+    assert.are.equal("delivered", r.outbox[1].delivery)
   end)
 
   for fail_at = 1, 3 do
     it(("compensates every logged item, newest first, when item %d fails"):format(fail_at), function()
       testing.mock("ledger", ledger(fail_at))
-      local r = testing.run(order, { items = ITEMS })
+      local r = testing.run(order, { items = ITEMS }, { deliver = true })
       assert.are.equal(409, r.value.status)
       local deleted = {}
       for _, c in ipairs(testing.calls_to(r, "ledger", "DELETE")) do
@@ -77,11 +84,35 @@ describe("chorus.saga", function()
     end)
   end
 
-  it("retries a failing compensation and reports it when it never succeeds", function()
+  it("retries a failing compensation, then dead-letters it with the last error", function()
     testing.mock("ledger", ledger(3, 503))
-    local r = testing.run(order, { items = ITEMS })
+    local r = testing.run(order, { items = ITEMS }, { deliver = true })
     assert.are.equal(409, r.value.status)
-    assert.are.equal(2, #r.value.json.failed)
-    assert.are.equal(6, #testing.calls_to(r, "ledger", "DELETE")) -- 2 entries x 3 attempts
+    assert.are.equal(2, #r.value.json.compensated) -- both enqueued
+    local chain = r.outbox[1]
+    assert.are.equal("dead", chain.delivery)
+    assert.are.equal(3, chain.attempts) -- the saga's policy
+    assert.are.equal(503, chain.last_error.status)
+    -- the chain stops at its first failing call: 3 attempts of the newest
+    assert.are.equal(3, #testing.calls_to(r, "ledger", "DELETE"))
+  end)
+
+  it("delivers the compensations in order once the ledger recovers", function()
+    local calls = 0
+    testing.mock("ledger", function(req)
+      if req.method == "POST" and req.path == "/entries" then
+        calls = calls + 1
+        return calls == 3 and { status = 422 } or { status = 201, json = { id = "e" .. calls } }
+      end
+      calls = calls + 1
+      return { status = calls <= 4 and 503 or 204 } -- the first delete fails once
+    end)
+    local r = testing.run(order, { items = ITEMS }, { deliver = true })
+    assert.are.equal("delivered", r.outbox[1].delivery)
+    local deleted = {}
+    for _, c in ipairs(testing.calls_to(r, "ledger", "DELETE")) do
+      deleted[#deleted + 1] = c.path
+    end
+    assert.are.same({ "/entries/e2", "/entries/e2", "/entries/e1" }, deleted)
   end)
 end)
