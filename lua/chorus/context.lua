@@ -46,6 +46,11 @@ end
 -- In-process locks by name: the holder runs, the others wait FIFO (parked
 -- with core.wait) and get the lock handed over when it is released. A
 -- waiter cancelled meanwhile is skipped (notify finds nobody).
+--
+-- Acquiring and releasing are journaled ("lock" and "unlock" effects), so
+-- after a crash the recovery knows which resumed run held which lock and
+-- reserves it for that run (context.reserve_lock): the holder gets it back
+-- first, and no other run slips into its critical section.
 local locks = {}
 
 local function release_lock(name)
@@ -63,16 +68,58 @@ end
 
 local function with_lock(name, fn)
   local l = locks[name]
+  local me = core.run_id()
   if not l then
     locks[name] = { queue = {}, first = 1, last = 0 }
+  elseif l.reserved_for == me then -- resumed after a crash while holding it
+    l.reserved_for = nil
   else
     local token = core.wait_token()
     l.last = l.last + 1
     l.queue[l.last] = token
     core.wait(token)
   end
-  local _ <close> = setmetatable({}, { __close = function() release_lock(name) end })
+  local _ <close> = setmetatable({}, { __close = function()
+    pcall(journal.effect, "unlock", name, function() return true end)
+    release_lock(name)
+  end })
+  journal.effect("lock", name, function() return true end)
   return fn()
+end
+
+--- Recovery: keeps lock name for run_id until that run takes it again.
+function context.reserve_lock(name, run_id)
+  locks[name] = locks[name] or { queue = {}, first = 1, last = 0 }
+  locks[name].reserved_for = run_id
+end
+
+--- Releases the reservations of a run that ended without taking them back.
+function context.drop_reservations(run_id)
+  for name, l in pairs(locks) do
+    if l.reserved_for == run_id then
+      l.reserved_for = nil
+      release_lock(name)
+    end
+  end
+end
+
+--- The locks a journal shows held (taken more often than released).
+function context.held_locks(entries)
+  local count = {}
+  for _, e in ipairs(entries) do
+    if e.kind == "lock" then
+      count[e.target] = (count[e.target] or 0) + 1
+    elseif e.kind == "unlock" then
+      count[e.target] = (count[e.target] or 0) - 1
+    end
+  end
+  local held = {}
+  for name, n in pairs(count) do
+    if n > 0 then
+      held[#held + 1] = name
+    end
+  end
+  return held
 end
 
 function context.new(state)
@@ -144,7 +191,6 @@ function context.new(state)
     if type(name) ~= "string" or name == "" or type(fn) ~= "function" then
       error("ctx.lock(name, fn): name must be a non-empty string and fn a function", 2)
     end
-    journal.effect("lock", name, function() return true end)
     return with_lock(name, fn)
   end
   ctx.log = logger(ctx)

@@ -53,7 +53,7 @@ function Durable:move(old_due, e)
   self.st:put_outbox(e)
 end
 function Durable:bury(e) self.st:del_outbox(e); self.st:put_dlq(e) end
-function Durable:due(now, limit) return self.st:due_outbox(now, limit) end
+function Durable:due(now, limit, skip, skip_count) return self.st:due_outbox(now, limit, skip, skip_count) end
 function Durable:commit() self.st:commit() end
 function Durable:depth()
   local first = self.st.st:scan("outbox", { limit = 1 })[1]
@@ -94,10 +94,10 @@ function Memory:bury(e)
     self.dead[#self.dead + 1] = e
   end
 end
-function Memory:due(now, limit)
+function Memory:due(now, limit, skip)
   local out = {}
-  for _, e in pairs(self.entries) do
-    if e.due <= now then
+  for id, e in pairs(self.entries) do
+    if e.due <= now and not (skip and skip[id]) then
       out[#out + 1] = e
     end
   end
@@ -363,7 +363,7 @@ function Relay:tick()
   if room <= 0 then
     return 0
   end
-  for _, e in ipairs(self.backend:due(core.now(), room + self.n_inflight)) do
+  for _, e in ipairs(self.backend:due(core.now(), room, self.inflight, self.n_inflight)) do
     if not self.inflight[e.id] and e.state ~= "started" and started < room then
       self.inflight[e.id] = true
       self.n_inflight = self.n_inflight + 1
@@ -375,6 +375,9 @@ function Relay:tick()
         end
         self.inflight[e.id] = nil
         self.n_inflight = self.n_inflight - 1
+        if self.waiting then -- a slot is free: the relay looks again
+          core.notify(self.waiting, true)
+        end
       end)
     end
   end
@@ -409,16 +412,25 @@ function Relay:observe()
   return depth, age, dead
 end
 
---- Runs until stop(): a tick every poll seconds, metrics every second.
+--- Runs until stop(). While there is work it looks again as soon as a
+--- delivery ends; idle, it looks every poll seconds. Metrics every second.
 function Relay:run()
   local last_observe = -math.huge
   while not self.stopped do
-    self:tick()
+    local started = self:tick()
     if core.monotime() - last_observe >= 1 then
       last_observe = core.monotime()
       self:observe()
     end
-    core.sleep(self.poll)
+    if self.n_inflight >= self.concurrency then -- full: until a slot frees
+      self.waiting = core.wait_token()
+      core.wait(self.waiting)
+      self.waiting = nil
+    elseif started > 0 then -- there may be more due: look again next turn
+      core.sleep(0)
+    else
+      core.sleep(self.poll)
+    end
   end
 end
 

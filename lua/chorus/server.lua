@@ -10,6 +10,7 @@
 -- never modified in place, so a run keeps the workflow object it started
 -- with while new requests see the new set.
 local core = require "chorus.core"
+local context = require "chorus.context"
 local errors = require "chorus.errors"
 local idempotency = require "chorus.idempotency"
 local metrics = require "chorus.metrics"
@@ -317,6 +318,7 @@ local function run_end(rec, text, ok, value)
   if rec.callback_url then
     queue_webhook(rec)
   end
+  context.drop_reservations(rec.id)
   local cok, cerr = true, nil
   if st then
     cok, cerr = pcall(st.commit, st)
@@ -471,6 +473,9 @@ local function recover()
       end
       local wf, err = version(rec.script_hash, rec.script)
       local recorded = st:journal(rec.id)
+      for _, name in ipairs(context.held_locks(recorded)) do
+        context.reserve_lock(name, rec.id)
+      end
       core.start(nil, function()
         if not wf then
           state.inflight = state.inflight + 1

@@ -173,13 +173,20 @@ function Store:del_outbox(entry)
   self.st:del("outbox", outbox_key(entry.due, entry.id))
 end
 
---- Entries due at or before now, in due order, at most limit.
-function Store:due_outbox(now, limit)
-  local rows = self:scan_json("outbox", { to = string.pack(">I8", math.floor(now * 1000) + 1),
-    limit = limit })
+--- Entries due at or before now, in due order: at most limit of them,
+--- skipping (without decoding) the ids in skip and looking at no more than
+--- limit + skip_count records.
+function Store:due_outbox(now, limit, skip, skip_count)
+  local rows = self.st:scan("outbox", { to = string.pack(">I8", math.floor(now * 1000) + 1),
+    limit = limit + (skip_count or 0) })
   local out = {}
-  for i, row in ipairs(rows) do
-    out[i] = row.value
+  for _, row in ipairs(rows) do
+    if not (skip and skip[row[1]:sub(9)]) then
+      out[#out + 1] = json.decode(row[2])
+      if #out == limit then
+        break
+      end
+    end
   end
   return out
 end

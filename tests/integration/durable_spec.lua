@@ -285,6 +285,27 @@ describe("durable state", function()
       assert.are.equal(1, mock.stats().by_path["/after-sleep"])
     end)
 
+    it("gives a lock back to the run that held it at the crash, before any waiter", function()
+      local async = { Prefer = "respond-async" }
+      local a = post("/workflows/locked", '{"buyer":9,"delay":1500}', async)
+      assert.is_truthy(H.eventually(function() return mock.stats().in_flight > 0 end, 5))
+      local b = post("/workflows/locked", '{"buyer":9}', async)
+      H.sleep(0.3) -- b is queued behind a, and both are on disk
+      srv.kill("KILL")
+      srv.wait()
+      start()
+      local function finished(id)
+        return H.eventually(function()
+          local rec = run_record(id)
+          return rec and rec.status ~= "running" and rec
+        end, 15)
+      end
+      local ra, rb = finished(a.json.run_id), finished(b.json.run_id)
+      assert.are.equal("succeeded", ra.status)
+      assert.are.equal("succeeded", rb.status)
+      assert.is_true(ra.result.t1 <= rb.result.t0, "the waiter ran inside the holder's critical section")
+    end)
+
     it("fails a replay that diverges from its journal with a non-determinism error", function()
       local r = post("/workflows/branch", "{}", { Prefer = "respond-async" })
       assert.are.equal(202, r.status)

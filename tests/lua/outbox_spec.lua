@@ -1,0 +1,109 @@
+-- chorus.outbox on the memory backend and the virtual clock: settling a
+-- delivery (retry with backoff, DLQ), due order, and the alert log lines.
+local core = require "chorus.core"
+local outbox = require "chorus.outbox"
+
+local function entry(id, due, opts)
+  opts = opts or {}
+  return { id = id, kind = "http", due = due, seq = 0, attempts = 0, max_attempts = opts.attempts or 3,
+    base = 1, cap = 10, request = { method = "POST", url = "http://x.test/" } }
+end
+
+describe("chorus.outbox", function()
+  local lines
+
+  before_each(function()
+    lines = {}
+    outbox.log_sink = function(line) lines[#lines + 1] = line end
+    core.set_clock("virtual", 1000)
+  end)
+
+  after_each(function()
+    outbox.log_sink = nil
+    core.set_clock("real")
+  end)
+
+  it("hands out due entries in due order, and none before they are due", function()
+    local b = outbox.memory(true)
+    b:add(entry("late", 1003))
+    b:add(entry("early", 1001))
+    b:add(entry("middle", 1002))
+    b:add(entry("future", 2000))
+    local ids = {}
+    for _, e in ipairs(b:due(1500)) do
+      ids[#ids + 1] = e.id
+    end
+    assert.are.same({ "early", "middle", "late" }, ids)
+    assert.are.equal(1, #b:due(1500, 1))
+  end)
+
+  it("reschedules a failed delivery with backoff and counts the attempt", function()
+    local b = outbox.memory(true)
+    local e = entry("a", 1000)
+    b:add(e)
+    assert.are.equal("retry", outbox.settle(b, e, { error = { kind = "timeout", message = "slow" } }))
+    assert.are.equal(1, e.attempts)
+    assert.is_true(e.due > 1000 and e.due <= 1001, "first backoff is within base")
+    assert.are.equal("timeout", e.last_error.kind)
+    assert.are.equal(0, #b:due(1000))
+  end)
+
+  it("honours Retry-After when it asks for longer than the backoff", function()
+    local b = outbox.memory(true)
+    local e = entry("a", 1000)
+    b:add(e)
+    outbox.settle(b, e, { error = { kind = "http", status = 429 }, retry_after = 30 })
+    assert.are.equal(1030, e.due)
+  end)
+
+  it("moves a permanent failure to the DLQ at once, and the last attempt's failure too", function()
+    local b = outbox.memory(true)
+    local p, x = entry("permanent", 1000), entry("exhausted", 1000, { attempts = 2 })
+    b:add(p)
+    b:add(x)
+    assert.are.equal("dead", outbox.settle(b, p, { permanent = true, error = { kind = "http", status = 400 } }))
+    assert.are.equal("retry", outbox.settle(b, x, { error = { kind = "connect" } }))
+    assert.are.equal("dead", outbox.settle(b, x, { error = { kind = "connect" } }))
+    assert.are.equal(2, #b.dead)
+    assert.are.equal(2, x.attempts)
+    assert.are.equal("outbox entry moved to the DLQ", lines[1].msg)
+  end)
+
+  it("removes a delivered entry", function()
+    local b = outbox.memory(true)
+    local e = entry("a", 1000)
+    b:add(e)
+    assert.are.equal("delivered", outbox.settle(b, e, nil))
+    assert.are.same({}, b:due(5000))
+    assert.are.equal(1, #b.delivered)
+  end)
+
+  it("logs once when a threshold is crossed and once when it is back under", function()
+    local b = outbox.memory(true)
+    local relay = outbox.relay(b, { alerts = { outbox_depth = 1, dlq_depth = 0 } })
+    b:add(entry("a", 1000))
+    relay:observe()
+    assert.are.equal(0, #lines)
+    b:add(entry("b", 1000))
+    relay:observe()
+    relay:observe()
+    assert.are.equal(1, #lines)
+    assert.are.equal("warn", lines[1].level)
+    assert.are.equal("outbox_depth", lines[1].alert)
+    outbox.settle(b, b.entries.a, nil)
+    relay:observe()
+    assert.are.equal(2, #lines)
+    assert.are.equal("info", lines[2].level)
+  end)
+
+  it("refuses bad ctx.later arguments with a clear message", function()
+    assert.has_error(function() outbox.later(nil, {}) end,
+      "ctx.later(workflow, input, opts): workflow must be a workflow name")
+    assert.has_error(function() outbox.later("w", {}, { delay = -1 }) end,
+      "ctx.later: option 'delay' must be a non-negative number of seconds")
+    assert.has_error(function() outbox.later("w", {}, { attempts = 0 }) end,
+      "ctx.later: option 'attempts' must be a positive integer")
+    assert.has_error(function() outbox.later("w", {}, { color = 1 }) end,
+      "ctx.later: unknown option 'color' (known: delay, attempts, base, cap)")
+  end)
+end)
