@@ -63,6 +63,15 @@ function Store:scan_json(db, opts)
   return rows
 end
 
+-- The decoded values of db in key order, at most limit.
+local function values(self, db, limit)
+  local out = {}
+  for i, row in ipairs(self.st:scan(db, { limit = limit or math.maxinteger })) do
+    out[i] = json.decode(row[2])
+  end
+  return out
+end
+
 -- ---- runs ---------------------------------------------------------------
 
 function Store:put_run(rec)
@@ -93,11 +102,7 @@ end
 
 --- The most recent runs first (by start time), at most limit.
 function Store:list_runs(limit)
-  local rows = self:scan_json("runs", { limit = math.maxinteger })
-  local runs = {}
-  for _, row in ipairs(rows) do
-    runs[#runs + 1] = row.value
-  end
+  local runs = values(self, "runs")
   table.sort(runs, function(a, b) return (a.started or 0) > (b.started or 0) end)
   for i = #runs, (limit or 100) + 1, -1 do
     runs[i] = nil
@@ -191,12 +196,9 @@ function Store:due_outbox(now, limit, skip, skip_count)
   return out
 end
 
+--- Outbox entries in due order.
 function Store:list_outbox(limit)
-  local out = {}
-  for i, row in ipairs(self:scan_json("outbox", { limit = limit or math.maxinteger })) do
-    out[i] = row.value
-  end
-  return out
+  return values(self, "outbox", limit)
 end
 
 function Store:put_dlq(entry)
@@ -227,11 +229,7 @@ function Store:replay_dlq(id, now)
 end
 
 function Store:list_dlq(limit)
-  local out = {}
-  for i, row in ipairs(self:scan_json("dlq", { limit = limit or math.maxinteger })) do
-    out[i] = row.value
-  end
-  return out
+  return values(self, "dlq", limit)
 end
 
 -- ---- scripts ------------------------------------------------------------------
