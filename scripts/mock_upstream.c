@@ -3,7 +3,8 @@
  * `mock-upstream [--listen 127.0.0.1:PORT] [--max-seconds N]` serves any
  * method on any path on loopback and answers as the query string says:
  * delay=MS, status=CODE, seq=503,503,200, fault=reset|hang|slow_body,
- * body_bytes=N, retry_after=S, body=TEXT, idempotent=1; otherwise it echoes
+ * body_bytes=N, retry_after=S, body=TEXT (JSON when it starts with '{'),
+ * idempotent=1; otherwise it echoes
  * the request as JSON. GET /__stats reports what it saw, POST /__reset
  * forgets it. It prints `listening 127.0.0.1:PORT` once it accepts, and exits
  * 0 on SIGTERM/SIGINT or after --max-seconds, so a test never leaves it
@@ -560,7 +561,8 @@ static int reply_build(struct request *req, struct MHD_Connection *c, const char
     if (p->seq != NULL && (r->status = seq_next(req, p->seq)) == 0)
         return -1;
     if (p->body != NULL || (p->fault && strcmp(p->fault, "slow_body") == 0)) {
-        r->ctype = "text/plain";
+        /* a body= that looks like a JSON object is served as JSON */
+        r->ctype = p->body && p->body[0] == '{' ? "application/json" : "text/plain";
         r->len = p->body ? strlen(p->body) : (size_t)p->body_bytes;
         if ((r->body = malloc(r->len + 1)) == NULL)
             return -1;

@@ -8,6 +8,12 @@ describe("chorus test", function()
     assert.truthy(r.stdout:find("0 failures", 1, true))
   end)
 
+  it("runs examples/donation: outbox delivery, retries, DLQ and a simulated crash", function()
+    local r = H.chorus_run({ "test", "examples/donation" }, nil, 60)
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.truthy(r.stdout:find("8 successes / 0 failures / 0 errors", 1, true), r.stdout)
+  end)
+
   it("exits non-zero with a readable failure for a broken example", function()
     local r = H.chorus_run({ "test", "tests/fixtures/broken_example" }, nil, 60)
     assert.are_not.equal(0, r.code)

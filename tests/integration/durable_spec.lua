@@ -13,9 +13,11 @@ return {
   admin_token = "s3cret",
   webhook_secret = "whsec",
   outbox = { base = 0.05, cap = 0.2, poll = 0.02 },
-  upstreams = { mock = { base_url = %q } },
+  upstreams = { mock = { base_url = %q }, cards = { base_url = %q }, vault = { base_url = %q },
+    mailer = { base_url = %q } },
 }
-]]):format(mock_url)
+]]):format(mock_url, mock_url .. "/cards?status=201&body=%7B%22id%22%3A%22ch_1%22%7D", mock_url .. "/vault",
+    mock_url .. "/mailer")
 end
 
 local function hmac(secret, body)
@@ -62,6 +64,9 @@ describe("durable state", function()
     local files = {}
     for _, name in ipairs(NAMES) do
       files[name] = H.read(FIX .. name)
+    end
+    for _, name in ipairs({ "donation.lua", "tokenize_card.lua", "send_receipt.lua" }) do
+      files[name] = H.read("examples/donation/" .. name) -- the example, unchanged
     end
     dir = H.temp_dir(files)
     conf = H.write_temp(config_text(mock.url))
@@ -146,6 +151,26 @@ describe("durable state", function()
       assert.are.equal(201, again.status)
       assert.is_nil(again.headers["idempotent-replayed"])
       assert.are_not.equal(first.headers["x-run-id"], again.headers["x-run-id"])
+    end)
+  end)
+
+  describe("examples/donation, unchanged", function()
+    it("charges at once, then tokenizes and sends the receipt through the outbox", function()
+      local input = '{"amount":500,"card":"tok_visa","email":"ada@example.com"}'
+      assert.are.equal(400, post("/workflows/donation", input).status) -- a key is required
+      local r = post("/workflows/donation", input, { ["Idempotency-Key"] = "don-1" })
+      assert.are.equal(201, r.status, r.body)
+      assert.are.same({ id = "ch_1" }, r.json)
+      local seen = H.eventually(function()
+        local paths = {}
+        for _, e in ipairs(mock.stats().log) do
+          paths[e.path:match("^/(%a+)")] = e
+        end
+        return paths.vault and paths.mailer and paths
+      end, 10)
+      assert.is_truthy(seen, "the background work never arrived")
+      assert.are.equal(r.headers["x-run-id"] .. ":charge", seen.cards.key)
+      assert.are.equal("ada@example.com", H.decode(seen.mailer.body).to)
     end)
   end)
 
