@@ -34,6 +34,8 @@ struct chorus_http_request {
     size_t body_len;
     long connect_timeout_ms; /* 0: no connect timeout */
     long timeout_ms;         /* total; 0: none */
+    int insecure;            /* skip TLS certificate and host verification */
+    int follow_redirects;    /* follow up to 5 redirects (off: a 3xx is the response) */
 };
 
 /* One response header (name as received). */

@@ -113,6 +113,9 @@ int chorus_lua_http_request(lua_State *L) {
     req.body = luaL_optlstring(L, 4, NULL, &req.body_len);
     req.connect_timeout_ms = timeout_ms(L, 5);
     req.timeout_ms = timeout_ms(L, 6);
+    lua_Integer flags = luaL_optinteger(L, 7, 0); /* 1: insecure TLS, 2: follow redirects */
+    req.insecure = (flags & 1) != 0;
+    req.follow_redirects = (flags & 2) != 0;
     lua_settop(L, 6);
     const char *lines[MAX_HEADERS + 1];
     int n = collect_headers(L, 3, lines);

@@ -1,7 +1,8 @@
 /* lua_http.h — the binding of http_client.c for Lua tasks.
  *
- * core.http(method, url, headers, body, connect_timeout, timeout) starts a
- * call for the current task and yields; the task resumes with
+ * core.http(method, url, headers, body, connect_timeout, timeout, flags)
+ * starts a call for the current task and yields (flags: 1 skips TLS
+ * verification, 2 follows redirects; 0 or nil neither); the task resumes with
  *   status, headers, body, duration            on a response (any status), or
  *   nil, kind, message, duration               on a transport failure,
  * where kind is "timeout", "connect", "tls", "reset" or "protocol".

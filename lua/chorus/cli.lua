@@ -91,7 +91,7 @@ local function load_config(path)
 end
 
 local function fail(obj)
-  io.stderr:write(json.encode(obj), "\n")
+  io.stderr:write(require("chorus.secrets").redact(json.encode(obj)), "\n")
   return 1
 end
 

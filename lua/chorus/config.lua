@@ -25,6 +25,7 @@ local FIELDS = {
   listen = "string", scripts = "string", data = "string", admin_token = "string",
   limits = "table", upstreams = "table", access_log = "boolean",
   storage = "table", outbox = "table", alerts = "table", webhook_secret = "string",
+  secrets_dir = "string", auth = "table",
 }
 
 -- The numeric settings of the tables storage, outbox and alerts.
@@ -36,12 +37,13 @@ local SECTIONS = {
 
 local UPSTREAM_KEYS = {
   base_url = true, headers = true, timeout = true, connect_timeout = true, retry = true,
-  breaker = true, bulkhead = true, rate_limit = true, hedge = true,
+  breaker = true, bulkhead = true, rate_limit = true, hedge = true, tls_verify = true,
+  follow_redirects = true,
 }
 
 local LIMITS = {
   run_memory_mb = true, run_instructions = true, max_body_bytes = true, max_header_bytes = true,
-  max_connections = true, client_timeout = true, drain_timeout = true,
+  max_connections = true, client_timeout = true, drain_timeout = true, max_inflight_runs = true,
 }
 
 local function validate(conf, path)
@@ -71,6 +73,16 @@ local function validate(conf, path)
         return nil, ("%s: unknown setting %s.%s"):format(path, section, tostring(k))
       elseif type(v) ~= "number" or v < 0 then
         return nil, ("%s: %s.%s must be a non-negative number"):format(path, section, k)
+      end
+    end
+  end
+  for name, rule in pairs(conf.auth or {}) do
+    if type(rule) ~= "table" or (rule.token == nil and rule.hmac_secret == nil) then
+      return nil, ("%s: auth.%s must be { token = ... } and/or { hmac_secret = ... }"):format(path, tostring(name))
+    end
+    for k, v in pairs(rule) do
+      if (k ~= "token" and k ~= "hmac_secret") or type(v) ~= "string" or v == "" then
+        return nil, ("%s: auth.%s.%s: only token and hmac_secret, non-empty strings"):format(path, name, tostring(k))
       end
     end
   end
@@ -122,6 +134,13 @@ function config.apply(conf)
     instructions = limits.run_instructions and math.floor(limits.run_instructions) or nil,
   })
   require("chorus.http").configure(conf.upstreams)
+  require("chorus.secrets").dir = conf.secrets_dir
+  for name, up in pairs(conf.upstreams or {}) do
+    if up.tls_verify == false then
+      core.write_log(core.json.encode({ ts = core.now(), level = "warn", upstream = name,
+        msg = "TLS verification is off for this upstream (tls_verify = false)" }))
+    end
+  end
 end
 
 return config

@@ -10,6 +10,7 @@ local core = require "chorus.core"
 local journal = require "chorus.journal"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
+local secrets = require "chorus.secrets"
 local json = core.json
 
 local context = {}
@@ -33,7 +34,7 @@ local function logger(ctx)
       return
     end
     local ok, text = pcall(json.encode, line)
-    core.write_log(ok and text or json.encode({ level = level, msg = tostring(msg),
+    secrets.write_log(ok and text or json.encode({ level = level, msg = tostring(msg),
       run_id = ctx.run_id, log_error = text }))
   end
   local log = {}

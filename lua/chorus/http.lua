@@ -81,6 +81,7 @@ local function prepare(req)
     method = (req.method or "GET"):upper(), url = req.url, upstream = req.upstream,
     timeout = req.timeout or http.defaults.timeout,
     connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
+    flags = (req.tls_verify == false and 1 or 0) | (req.follow_redirects and 2 or 0),
   }
   local headers = {}
   for k, v in pairs(req.headers or {}) do
@@ -140,9 +141,16 @@ local function send_once(r)
   if capped then
     timeout = left
   end
+  local run = runstate.current()
+  if run and run.allow_hosts then -- the workflow's allow-list of upstream hosts
+    local host = r.url:match("^https?://([^/?#]+)"):gsub("^.*@", ""):gsub(":%d+$", ""):lower()
+    if not run.allow_hosts[host] then
+      raise("forbidden_host", ("workflow '%s' may not call %s (not in its allow_hosts)"):format(run.workflow, host), r)
+    end
+  end
   local started = core.now()
   local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
-    r.connect_timeout, timeout)
+    r.connect_timeout, timeout, r.flags)
   runstate.record_call(r, started, duration, status or headers)
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
   calls_total.inc({ target, tostring(status or headers) })
@@ -329,6 +337,12 @@ function Upstream:request(req)
   r.connect_timeout = req.connect_timeout or self.config.connect_timeout
   r.retry = nil
   r.later = nil
+  if self.config.tls_verify == false then
+    r.tls_verify = false
+  end
+  if self.config.follow_redirects then
+    r.follow_redirects = true
+  end
   r.method = (r.method or "GET"):upper()
   local prepared = prepare(r)
   prepared.idempotency_key = r.idempotency_key

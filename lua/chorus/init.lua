@@ -15,7 +15,7 @@ local WORKFLOW = { __name = "chorus.workflow" }
 
 local KNOWN = {
   name = "string", run = "function", timeout = "number", on_timeout = "function",
-  idempotency = "table", description = "string",
+  idempotency = "table", description = "string", allow_hosts = "table",
 }
 
 --- Declares a workflow: the value a script returns.
@@ -27,7 +27,7 @@ function chorus.workflow(spec)
     local want = KNOWN[key]
     if not want then
       error(("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, "
-        .. "idempotency, description)"):format(tostring(key)), 2)
+        .. "idempotency, allow_hosts, description)"):format(tostring(key)), 2)
     end
     if type(value) ~= want then
       error(("chorus.workflow: field '%s' must be a %s, got %s"):format(key, want, type(value)), 2)
@@ -46,6 +46,16 @@ function chorus.workflow(spec)
   if idem and ((idem.ttl ~= nil and (type(idem.ttl) ~= "number" or idem.ttl <= 0))
       or (idem.required ~= nil and type(idem.required) ~= "boolean")) then
     error(("chorus.workflow %q: idempotency = { required = boolean, ttl = seconds }"):format(spec.name), 2)
+  end
+  if spec.allow_hosts then -- a list of host names → a set, checked once here
+    local set = {}
+    for i, host in ipairs(spec.allow_hosts) do
+      if type(host) ~= "string" or host == "" then
+        error(("chorus.workflow %q: allow_hosts[%d] must be a host name"):format(spec.name, i), 2)
+      end
+      set[host:lower()] = true
+    end
+    spec.allow_hosts = set
   end
   return setmetatable(spec, WORKFLOW)
 end
@@ -162,14 +172,16 @@ function chorus.env(name, default)
   return core.env(name, default)
 end
 
---- A secret from the environment (CHORUS_SECRET_<NAME> first, then NAME).
+--- A secret from the environment (CHORUS_SECRET_<NAME> first, then NAME)
+--- or a file in the secrets folder; redacted from logs and records.
 function chorus.secret(name)
   if type(name) ~= "string" then
     error("chorus.secret: name must be a string", 2)
   end
-  local value = core.env("CHORUS_SECRET_" .. name:upper()) or core.env(name)
+  local value = require("chorus.secrets").get(name)
   if value == nil then
-    error(("chorus.secret: secret '%s' is not set (set CHORUS_SECRET_%s)"):format(name, name:upper()), 2)
+    error(("chorus.secret: secret '%s' is not set (set CHORUS_SECRET_%s, or put a file %s in the "
+      .. "secrets folder)"):format(name, name:upper():gsub("[^%w]", "_"), name), 2)
   end
   return value
 end

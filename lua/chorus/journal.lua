@@ -20,6 +20,7 @@
 local core = require "chorus.core"
 local errors = require "chorus.errors"
 local runstate = require "chorus.runstate"
+local secrets = require "chorus.secrets"
 
 local journal = {}
 
@@ -91,6 +92,7 @@ function journal.effect(kind, target, fn, restore)
     j.loose = j.loose + 1
     step = "?#" .. j.loose
   end
+  target = secrets.redact(target) -- journal targets are kept without secrets
   local rec = j.recorded[step]
   if rec then
     j.recorded[step] = nil

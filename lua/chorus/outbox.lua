@@ -271,7 +271,7 @@ local function log(level, msg, fields)
   if outbox.log_sink then
     return outbox.log_sink(line)
   end
-  core.write_log(core.json.encode(line))
+  require("chorus.secrets").write_log(core.json.encode(line))
 end
 
 --- Records the outcome of one delivery of e: removed when delivered,

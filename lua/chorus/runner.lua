@@ -22,7 +22,7 @@ function runner.execute(workflow, input, opts)
   opts = opts or {}
   local state = {
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
-    trace_id = opts.trace_id or new_trace_id(),
+    trace_id = opts.trace_id or new_trace_id(), allow_hosts = workflow.allow_hosts,
   }
   state.traceparent = ("00-%s-%s-01"):format(state.trace_id, core.uuid():gsub("-", ""):sub(1, 16))
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)

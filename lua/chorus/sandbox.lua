@@ -11,7 +11,7 @@ local sandbox = {}
 
 local ALLOWED_MODULES = {
   chorus = true, ["chorus.http"] = true, ["chorus.retry"] = true, ["chorus.breaker"] = true,
-  ["chorus.saga"] = true,
+  ["chorus.saga"] = true, ["chorus.webhook"] = true,
 }
 
 local function copy(t, without)
@@ -75,7 +75,7 @@ function sandbox.env()
   env.require = function(name)
     if not ALLOWED_MODULES[name] then
       error(("require: module '%s' is not available in workflow scripts (available: chorus, "
-        .. "chorus.http, chorus.retry, chorus.breaker, chorus.saga)"):format(tostring(name)), 2)
+        .. "chorus.http, chorus.retry, chorus.breaker, chorus.saga, chorus.webhook)"):format(tostring(name)), 2)
     end
     return require(name)
   end
@@ -84,7 +84,7 @@ function sandbox.env()
     for i = 1, parts.n do
       parts[i] = tostring(parts[i])
     end
-    core.write_log(core.json.encode({ level = "info", msg = table.concat(parts, "\t"),
+    require("chorus.secrets").write_log(core.json.encode({ level = "info", msg = table.concat(parts, "\t"),
       run_id = core.run_id() }))
   end
   env._G = env

@@ -18,7 +18,9 @@ local outbox = require "chorus.outbox"
 local runner = require "chorus.runner"
 local runstate = require "chorus.runstate"
 local script = require "chorus.script"
+local secrets = require "chorus.secrets"
 local store = require "chorus.store"
+local webhook = require "chorus.webhook"
 local json = core.json
 
 local server = {}
@@ -68,7 +70,7 @@ local function log(level, msg, fields)
     line[k] = v
   end
   local ok, text = pcall(json.encode, line)
-  core.write_log(ok and text or json.encode({ ts = line.ts, level = level, msg = msg }))
+  secrets.write_log(ok and text or json.encode({ ts = line.ts, level = level, msg = msg }))
 end
 server.log = log
 
@@ -237,6 +239,7 @@ local function finish_record(rec, ok, value, info)
     rec.error = rec.error or { kind = "result", message = "the result is not JSON: " .. tostring(text) }
     text = json.encode(rec)
   end
+  text = secrets.redact(text)
   state.records[rec.id] = text
   return text
 end
@@ -280,7 +283,7 @@ local function queue_webhook(rec)
   local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
   local secret = state.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
   if secret and secret ~= "" then
-    headers[WEBHOOK_HEADER] = "sha256=" .. core.hmac_sha256(secret, body)
+    headers[WEBHOOK_HEADER] = webhook.sign(secret, body)
   end
   state.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
     headers = headers, body = body }, run_id = rec.id }))
@@ -309,7 +312,8 @@ local function run_end(rec, text, ok, value)
     st:drop_journal(rec.id)
   end
   if rec.key then
-    idempotency.finish(st, rec.workflow, rec.key, rec.fp, rec.id, rec.ttl, run_response(rec, ok, value))
+    idempotency.finish(st, rec.key_scope or rec.workflow, rec.key, rec.fp, rec.id, rec.ttl,
+      run_response(rec, ok, value))
   end
   if rec.outbox then
     local failure = not ok and { error = rec.error, permanent = rec.error.permanent == true } or nil
@@ -324,7 +328,7 @@ local function run_end(rec, text, ok, value)
     cok, cerr = pcall(st.commit, st)
   end
   if rec.key then
-    idempotency.release(rec.workflow, rec.key)
+    idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
   if not cok then
     log("error", "could not store the end of a run", { run_id = rec.id, error = tostring(cerr) })
@@ -356,6 +360,25 @@ local function callback_url(req)
   return url
 end
 
+-- Checks config auth.NAME: a bearer token, or an HMAC signature of the body
+-- (chorus.webhook). Returns true and the caller's identity (nil when the
+-- workflow is open), or false.
+local function authenticate(req, name)
+  local rule = (state.config.auth or {})[name]
+  if not rule then
+    return true, nil
+  end
+  local given = (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
+  if rule.token and given and webhook.equal(given, rule.token) then
+    return true, "token:" .. core.sha256(rule.token):sub(1, 16)
+  end
+  local sig = req.headers[WEBHOOK_HEADER:lower()]
+  if rule.hmac_secret and sig and webhook.verify(rule.hmac_secret, req.body, sig) then
+    return true, "hmac:" .. core.sha256(rule.hmac_secret):sub(1, 16)
+  end
+  return false
+end
+
 local function start_workflow(req, name)
   local entry = state.workflows[name]
   if not entry then
@@ -364,6 +387,19 @@ local function start_workflow(req, name)
   if req.method ~= "POST" then
     local r = problem(405, "Method Not Allowed", "workflows are started with POST")
     r.headers.Allow = "POST"
+    return r
+  end
+  local authed, identity = authenticate(req, name)
+  if not authed then
+    local r = problem(401, "Unauthorized", ("workflow '%s' requires a bearer token or a signed body (%s)")
+      :format(name, WEBHOOK_HEADER))
+    r.headers["WWW-Authenticate"] = "Bearer"
+    return r
+  end
+  local max = (state.config.limits or {}).max_inflight_runs or 10000
+  if state.inflight >= max then -- load shedding: nothing stored, the client retries
+    local r = problem(503, "Service Unavailable", ("%d runs are in flight, the most this server takes"):format(max))
+    r.headers["Retry-After"] = "1"
     return r
   end
   local wf = entry.workflow
@@ -388,9 +424,12 @@ local function start_workflow(req, name)
     return problem(400, "Bad Request", cerr)
   end
   local fp
+  -- keys are per workflow and, when callers authenticate, per caller: one
+  -- client never reads another's stored response
+  local scope = identity and (name .. "@" .. identity) or name
   if key then
     fp = idempotency.fingerprint(req)
-    local verdict, stored = idempotency.check(state.store, name, key, fp)
+    local verdict, stored = idempotency.check(state.store, scope, key, fp)
     if verdict == "conflict" then
       return problem(409, "Conflict", "a request with this Idempotency-Key is still in flight; retry later")
     elseif verdict == "mismatch" then
@@ -407,9 +446,9 @@ local function start_workflow(req, name)
   rec.callback_url = callback
   local async = (req.headers.prefer or ""):lower():find("respond%-async")
   if key then
-    idempotency.begin(state.store, name, key, fp, rec.id, idem.ttl)
+    idempotency.begin(state.store, scope, key, fp, rec.id, idem.ttl)
     if not async then -- the run's end stores the response
-      rec.key, rec.fp, rec.ttl = key, fp, idem.ttl
+      rec.key, rec.fp, rec.ttl, rec.key_scope = key, fp, idem.ttl, scope
     end
   end
   if state.store then
@@ -419,13 +458,13 @@ local function start_workflow(req, name)
     local resp = json_response(202, { run_id = rec.id }, { Location = "/runs/" .. rec.id,
       ["Preference-Applied"] = "respond-async" })
     if key then
-      idempotency.finish(state.store, name, key, fp, rec.id, idem.ttl, resp)
+      idempotency.finish(state.store, scope, key, fp, rec.id, idem.ttl, resp)
     end
     if state.store then -- acknowledged only once the run is durable
       state.store:commit()
     end
     if key then
-      idempotency.release(name, key)
+      idempotency.release(scope, key)
     end
     core.start(nil, function() execute(entry, rec, input) end)
     return resp
@@ -469,7 +508,7 @@ local function recover()
       remember(rec)
       rec.status = "running"
       if rec.key then
-        idempotency.begin(nil, rec.workflow, rec.key, rec.fp)
+        idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
       end
       local wf, err = version(rec.script_hash, rec.script)
       local recorded = st:journal(rec.id)
@@ -577,24 +616,13 @@ end
 
 -- ---- admin ----------------------------------------------------------------
 
-local function constant_time_equal(a, b)
-  if #a ~= #b then
-    return false
-  end
-  local diff = 0
-  for i = 1, #a do
-    diff = diff | (a:byte(i) ~ b:byte(i))
-  end
-  return diff == 0
-end
-
 local function authorized(req)
   local token = state.config.admin_token
   if not token or token == "" then
     return false, problem(403, "Forbidden", "admin endpoints are disabled: set admin_token in the config file")
   end
   local given = (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
-  if not given or not constant_time_equal(given, token) then
+  if not given or not webhook.equal(given, token) then
     local r = problem(401, "Unauthorized", "a valid bearer token is required")
     r.headers["WWW-Authenticate"] = "Bearer"
     return false, r
@@ -671,7 +699,9 @@ local function route(req)
     if type(rec) == "string" then
       return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = rec }
     end
-    return json_response(200, rec)
+    local resp = json_response(200, rec)
+    resp.body = secrets.redact(resp.body)
+    return resp
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)

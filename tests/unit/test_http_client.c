@@ -82,8 +82,13 @@ static struct chorus_http_call *start(struct chorus_http_client *c, const char *
     char url[256], err[128];
     snprintf(url, sizeof url, "%s%s", mock_url, path);
     const char *headers[] = {"X-Test: yes", "Content-Type: application/json", NULL};
-    struct chorus_http_request req = {method, url,       headers, body, body ? strlen(body) : 0,
-                                      1000,   timeout_ms};
+    struct chorus_http_request req = {.method = method,
+                                      .url = url,
+                                      .headers = headers,
+                                      .body = body,
+                                      .body_len = body ? strlen(body) : 0,
+                                      .connect_timeout_ms = 1000,
+                                      .timeout_ms = timeout_ms};
     return chorus_http_start(c, &req, on_done, o, err, sizeof err);
 }
 
@@ -107,7 +112,10 @@ static void test_failures(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK(start(c, "GET", "/hang?fault=hang", NULL, 200, &o[0]) != NULL);
     CHECK(start(c, "GET", "/reset?fault=reset", NULL, 5000, &o[1]) != NULL);
     char err[128];
-    struct chorus_http_request refused = {"GET", "http://127.0.0.1:9/", NULL, NULL, 0, 1000, 1000};
+    struct chorus_http_request refused = {.method = "GET",
+                                          .url = "http://127.0.0.1:9/",
+                                          .connect_timeout_ms = 1000,
+                                          .timeout_ms = 1000};
     CHECK(chorus_http_start(c, &refused, on_done, &o[2], err, sizeof err) != NULL);
     run_until(loop, o, 3);
     CHECK_INT_EQ(o[0].error, CHORUS_HTTP_TIMEOUT);
@@ -119,7 +127,7 @@ static void test_failures(struct chorus_http_client *c, uv_loop_t *loop) {
 static void test_bad_method(struct chorus_http_client *c) {
     struct outcome o = {0};
     char err[128] = {0};
-    struct chorus_http_request req = {"get me", "http://127.0.0.1:9/", NULL, NULL, 0, 0, 0};
+    struct chorus_http_request req = {.method = "get me", .url = "http://127.0.0.1:9/"};
     CHECK(chorus_http_start(c, &req, on_done, &o, err, sizeof err) == NULL);
     CHECK(strstr(err, "invalid HTTP method") != NULL);
 }
