@@ -7,7 +7,7 @@
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
---     storage = { durable = true, sync = true, map_size_mb = 1024 },
+--     storage = { durable = true, sync = true, map_size_mb = 1024, runs_retention = 604800 },
 --     outbox = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 },
 --     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
 --     webhook_secret = chorus.secret("webhook"),
@@ -30,7 +30,7 @@ local FIELDS = {
 
 -- The numeric settings of the tables storage, outbox and alerts.
 local SECTIONS = {
-  storage = { map_size_mb = true },
+  storage = { map_size_mb = true, runs_retention = true },
   outbox = { attempts = true, base = true, cap = true, concurrency = true, poll = true },
   alerts = { outbox_depth = true, outbox_age = true, dlq_depth = true },
 }

@@ -92,6 +92,7 @@ function Saga:abort(err)
   if #requests > 0 then
     self.compensation = outbox.chain("compensate", requests, self.later)
   end
+  runstate.current().compensated = true -- the run's status says so
   error(err, 0)
 end
 

@@ -216,15 +216,21 @@ local function new_record(id, name, trace_id)
     trace_id = trace_id, timeline = {} })
 end
 
+-- record → the run's state while it runs (weak: gone with the record)
+local rec_state = setmetatable({}, { __mode = "k" })
+
 local function finish_record(rec, ok, value, info)
   rec.finished = runstate.micro(core.now())
   rec.duration = runstate.micro(rec.finished - rec.started)
+  -- a run whose saga rolled back reports it, whatever it returned
+  local compensated = rec_state[rec] and rec_state[rec].compensated
+  rec_state[rec] = nil
   if ok then
-    rec.status = "succeeded"
+    rec.status = compensated and "compensated" or "succeeded"
     rec.result = value
   else
     local err = errors.normalize(value)
-    rec.status = err.kind == "deadline" and "timed_out" or "failed"
+    rec.status = err.kind == "deadline" and "timed_out" or compensated and "compensated" or "failed"
     rec.error = err
     log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
       error = err, traceback = info and info.traceback })
@@ -341,7 +347,10 @@ local function execute(entry, rec, input, recorded)
   state.inflight = state.inflight + 1
   m.inflight.set(nil, state.inflight)
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at,
-    on_state = function(s) rec.timeline = s.timeline end }
+    on_state = function(s)
+      rec.timeline = s.timeline
+      rec_state[rec] = s
+    end }
   if state.store then
     opts.journal = { store = state.store, recorded = recorded }
   end
@@ -561,14 +570,29 @@ local function start_outbox_workflow(backend, e)
 end
 
 local SWEEP_EVERY = 60
+local SWEEP_BATCH = 5000
+local DEFAULT_RETENTION = 7 * 24 * 3600
 
+-- Every minute, a step through the idempotency keys (expired ones go) and
+-- the run records (finished ones older than storage.runs_retention go), so
+-- the data folder does not grow forever.
 local function sweep_loop()
+  local st = state.store
+  local retention = (state.config.storage or {}).runs_retention or DEFAULT_RETENTION
+  local keys_from, runs_from
   while not state.draining do
     core.sleep(SWEEP_EVERY)
-    local n = state.store:sweep_idempotency(core.now())
-    if n > 0 then
-      state.store:commit()
-      log("info", "expired idempotency keys removed", { keys = n })
+    local now = core.now()
+    local keys, runs
+    keys, keys_from = st:sweep("idempotency", keys_from, SWEEP_BATCH, function(rec)
+      return rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
+    end)
+    runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec)
+      return rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention
+    end)
+    if keys + runs > 0 then
+      st:commit()
+      log("info", "swept the data folder", { expired_keys = keys, old_runs = runs })
     end
   end
 end

@@ -151,16 +151,20 @@ function Store:put_idempotency(workflow, key, rec)
   self:put_json("idempotency", idem_key(workflow, key), rec)
 end
 
---- Deletes expired keys; returns how many.
-function Store:sweep_idempotency(now, limit)
+--- One step of an incremental sweep of db: looks at up to limit records
+--- from key `from` on, deletes those expired(value) says, and returns how
+--- many it deleted and where the next step starts (nil: from the top).
+function Store:sweep(db, from, limit, expired)
+  local rows = self.st:scan(db, { from = from, limit = limit + 1 })
   local n = 0
-  for _, row in ipairs(self:scan_json("idempotency", { limit = limit or 10000 })) do
-    if row.value.expires_at and row.value.expires_at <= now and row.value.state ~= "running" then
-      self.st:del("idempotency", row.key)
+  for i = 1, math.min(#rows, limit) do
+    local ok, value = pcall(json.decode, rows[i][2])
+    if ok and expired(value) then
+      self.st:del(db, rows[i][1])
       n = n + 1
     end
   end
-  return n
+  return n, rows[limit + 1] and rows[limit + 1][1] or nil
 end
 
 -- ---- outbox and dlq ---------------------------------------------------------

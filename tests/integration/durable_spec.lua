@@ -5,7 +5,7 @@ local H = require "tests.integration.helpers"
 
 local FIX = "tests/integration/fixtures/durable/"
 local NAMES = { "charge.lua", "receipt.lua", "required.lua", "slow.lua", "branch.lua", "order.lua",
-  "dead.lua", "locked.lua", "hook.lua" }
+  "dead.lua", "locked.lua", "hook.lua", "rollback.lua" }
 
 local function config_text(mock_url)
   return ([[
@@ -263,6 +263,22 @@ describe("durable state", function()
       assert.are.same({ echoed = { x = 1 } }, body.result)
       assert.are.equal("sha256=" .. hmac("whsec", hook.body), hook.signature)
       assert.are.equal(400, post("/workflows/hook?callback_url=ftp://x", "{}").status)
+    end)
+
+    it("rolls a saga back through the outbox; the run's status is compensated", function()
+      local r = post("/workflows/rollback", "{}")
+      assert.are.equal(409, r.status)
+      assert.are.same({ "reserve" }, r.json.rolled_back)
+      assert.are.equal("compensated", run_record(r.headers["x-run-id"]).status)
+      local undo = H.eventually(function()
+        for _, e in ipairs(mock.stats().log) do
+          if e.path == "/undo-reserve" then
+            return e
+          end
+        end
+      end, 5)
+      assert.is_truthy(undo, "the compensation was never delivered")
+      assert.are.equal(r.headers["x-run-id"] .. ":undo", undo.key)
     end)
 
     it("lists outbox entries with chorus outbox list", function()

@@ -1,0 +1,103 @@
+-- chorus.store on a real LMDB folder: records, the outbox's due order, DLQ
+-- replay, and the incremental sweep that keeps the folder from growing.
+local core = require "chorus.core"
+local store = require "chorus.store"
+
+local function temp_dir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  return dir
+end
+
+describe("chorus.store", function()
+  local dir, st
+
+  before_each(function()
+    dir = temp_dir()
+    st = assert(store.open(dir))
+  end)
+
+  after_each(function()
+    st:close()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  -- runs fn inside a run, where commit() can wait for the disk
+  local function committed(fn)
+    local ok, err = core.run(nil, function()
+      fn()
+      st:commit()
+    end)
+    assert(ok, tostring(err))
+  end
+
+  it("keeps run records, and lists the newest first", function()
+    committed(function()
+      st:put_run({ id = "a", status = "succeeded", started = 1 })
+      st:put_run({ id = "b", status = "running", started = 2 })
+    end)
+    assert.are.equal("running", st:get_run("b").status)
+    local list = st:list_runs(10)
+    assert.are.same({ "b", "a" }, { list[1].id, list[2].id })
+  end)
+
+  it("hands out due outbox entries in due order, skipping the ones in flight", function()
+    committed(function()
+      st:put_outbox({ id = "late", due = 30 })
+      st:put_outbox({ id = "early", due = 10 })
+      st:put_outbox({ id = "mid", due = 20 })
+      st:put_outbox({ id = "future", due = 1000 })
+    end)
+    local due = st:due_outbox(100, 10)
+    assert.are.same({ "early", "mid", "late" }, { due[1].id, due[2].id, due[3].id })
+    due = st:due_outbox(100, 10, { early = true }, 1)
+    assert.are.same({ "mid", "late" }, { due[1].id, due[2].id })
+  end)
+
+  it("replays a DLQ entry into the outbox with fresh attempts", function()
+    committed(function() st:put_dlq({ id = "d1", due = 5, attempts = 8, last_error = { kind = "http" } }) end)
+    committed(function() assert.are.equal("d1", st:replay_dlq("d1", 50).id) end)
+    assert.is_nil(st:get_dlq("d1"))
+    local e = st:due_outbox(60, 10)[1]
+    assert.are.equal(0, e.attempts)
+    assert.are.equal(1, e.replayed)
+    assert.is_nil(st:replay_dlq("nope", 50))
+  end)
+
+  it("sweeps expired records step by step, resuming where it stopped", function()
+    committed(function()
+      for i = 1, 10 do
+        st:put_run({ id = ("r%02d"):format(i), status = i % 2 == 0 and "succeeded" or "running", finished = i })
+      end
+    end)
+    local old = function(rec) return rec.status ~= "running" and rec.finished < 100 end
+    local deleted, from = 0, nil
+    local steps = 0
+    repeat
+      local n
+      committed(function() n, from = st:sweep("runs", from, 3, old) end)
+      deleted = deleted + n
+      steps = steps + 1
+    until from == nil
+    assert.are.equal(4, steps)
+    assert.are.equal(5, deleted)
+    assert.are.equal(5, #st:list_runs(100)) -- the running ones stay
+  end)
+
+  it("refuses a data folder written by a newer schema", function()
+    st:close()
+    local raw = assert(core.store_open(dir))
+    local ok = core.run(nil, function()
+      raw:put("meta", "schema_version", "99")
+      raw:commit()
+    end)
+    assert.is_true(ok)
+    raw:close()
+    local again, err = store.open(dir)
+    assert.is_nil(again)
+    assert.matches("schema version 99", err)
+    os.execute("rm -rf '" .. dir .. "'")
+    dir = temp_dir()
+    st = assert(store.open(dir)) -- for after_each
+  end)
+end)
