@@ -9,6 +9,7 @@
 -- Invariant: `workflows` is replaced as a whole by a successful reload and
 -- never modified in place, so a run keeps the workflow object it started
 -- with while new requests see the new set.
+local admin = require "chorus.admin"
 local core = require "chorus.core"
 local context = require "chorus.context"
 local errors = require "chorus.errors"
@@ -86,13 +87,14 @@ local function problem(status, title, detail, extra)
 end
 server.problem = problem
 
-local function json_response(status, value, headers)
+function server.json_response(status, value, headers)
   local h = { ["Content-Type"] = "application/json" }
   for k, v in pairs(headers or {}) do
     h[k] = v
   end
   return { status = status, headers = h, body = json.encode(value) }
 end
+local json_response = server.json_response
 
 local function text_response(status, text, content_type)
   return { status = status, headers = { ["Content-Type"] = content_type or "text/plain; charset=utf-8" },
@@ -638,74 +640,6 @@ local function start_background()
   end
 end
 
--- ---- admin ----------------------------------------------------------------
-
-local function authorized(req)
-  local token = state.config.admin_token
-  if not token or token == "" then
-    return false, problem(403, "Forbidden", "admin endpoints are disabled: set admin_token in the config file")
-  end
-  local given = (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
-  if not given or not webhook.equal(given, token) then
-    local r = problem(401, "Unauthorized", "a valid bearer token is required")
-    r.headers["WWW-Authenticate"] = "Bearer"
-    return false, r
-  end
-  return true
-end
-
-local function admin(req, what)
-  local ok, denied = authorized(req)
-  if not ok then
-    return denied
-  end
-  if what == "reload" then
-    if req.method ~= "POST" then
-      return problem(405, "Method Not Allowed", "reload with POST")
-    end
-    local rok, result = server.reload("admin")
-    if rok then
-      return json_response(200, { ok = true, workflows = result })
-    end
-    return json_response(422, { ok = false, errors = result })
-  end
-  if what == "breakers" then
-    return json_response(200, { breakers = core.breakers() })
-  end
-  local st = state.store
-  if not st and (what == "outbox" or what:match("^dlq")) then
-    return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false)")
-  end
-  if what == "outbox" and req.method == "GET" then
-    return json_response(200, { entries = st:list_outbox(1000), depth = st.st:count("outbox") })
-  end
-  if what == "dlq" and req.method == "GET" then
-    return json_response(200, { entries = st:list_dlq(1000), depth = st.st:count("dlq") })
-  end
-  local id = what:match("^dlq/([^/]+)/replay$")
-  if id and req.method == "POST" then
-    local e = st:replay_dlq(id, core.now())
-    if not e then
-      return problem(404, "Not Found", ("no DLQ entry with id '%s'"):format(id))
-    end
-    st:commit()
-    return json_response(200, { replayed = id, entry = e })
-  end
-  id = what:match("^dlq/([^/]+)$")
-  if id and req.method == "DELETE" then
-    if not st:get_dlq(id) then
-      return problem(404, "Not Found", ("no DLQ entry with id '%s'"):format(id))
-    end
-    st:del_dlq(id)
-    st:commit()
-    return json_response(200, { dropped = id })
-  end
-  if what == "outbox" or what == "dlq" or what:match("^dlq/") then
-    return problem(405, "Method Not Allowed", ("wrong method for /admin/%s"):format(what))
-  end
-  return problem(404, "Not Found", ("no admin endpoint /admin/%s"):format(what))
-end
-
 -- ---- dispatch -------------------------------------------------------------
 
 local function route(req)
@@ -750,7 +684,7 @@ local function route(req)
   end
   local what = path:match("^/admin/(.+)$")
   if what then
-    return admin(req, what)
+    return admin.handle(server, req, what)
   end
   return problem(404, "Not Found", ("nothing at %s"):format(path))
 end
