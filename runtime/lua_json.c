@@ -169,6 +169,15 @@ static void dec_number(lua_State *L, struct dec *d, const cJSON *item) {
     const char *tok;
     size_t n = next_number(d, &tok);
     lua_Integer i;
+    /* 1e400 reads as infinity, which no JSON text can carry back out: a
+     * value decoded here must encode again (run records, the journal). */
+    if (!isfinite(x)) {
+        char lit[41];
+        size_t k = n < sizeof lit - 1 ? n : sizeof lit - 1;
+        memcpy(lit, tok, k);
+        lit[k] = '\0';
+        luaL_error(L, "number %s is out of range", lit);
+    }
     switch (exact_integer(tok, n, x, &i)) {
     case 1:
         lua_pushinteger(L, i);

@@ -80,10 +80,12 @@ static void respond_with(lua_State *L, struct chorus_exchange *ex) {
         lua_settop(L, top - 1);
         return;
     }
+    /* Never raise here (a C callback, no pcall above): a status that is
+     * missing means 200, one that is not an integer in 100..599 means 500. */
     lua_getfield(L, top, "status");
-    unsigned status = (unsigned)luaL_optinteger(L, -1, 200);
-    if (status < 100 || status > 599)
-        status = 500;
+    int isint = 0;
+    lua_Integer code = lua_tointegerx(L, -1, &isint);
+    unsigned status = lua_isnil(L, -1) ? 200 : isint && code >= 100 && code <= 599 ? (unsigned)code : 500;
     lua_getfield(L, top, "headers");
     if (lua_istable(L, -1)) {
         lua_pushnil(L);

@@ -242,10 +242,16 @@ local function finish_record(rec, ok, value, info)
   -- A finished record never changes: keep it as its JSON text, one string
   -- the collector never has to traverse, instead of a tree of tables.
   local eok, text = pcall(json.encode, rec)
-  if not eok then
+  if not eok then -- keep what JSON can carry: the record must be stored
+    local kind = rec.error and type(rec.error.kind) == "string" and rec.error.kind or "result"
     rec.result = nil
-    rec.error = rec.error or { kind = "result", message = "the result is not JSON: " .. tostring(text) }
-    text = json.encode(rec)
+    rec.error = { kind = kind, message = ("the run's %s is not JSON: %s"):format(
+      rec.status == "succeeded" and "result" or "error", tostring(text)) }
+    eok, text = pcall(json.encode, rec)
+    if not eok then -- e.g. a timeline entry: the record's frame alone
+      text = json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
+        finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, error = rec.error })
+    end
   end
   text = secrets.redact(text)
   state.records[rec.id] = text
@@ -447,6 +453,10 @@ local function start_workflow(req, name)
       return problem(422, "Unprocessable Content",
         "this Idempotency-Key was used with a different request (method, path or body)")
     elseif verdict == "replay" then
+      if type(stored) ~= "table" or math.type(stored.status) ~= "integer" or type(stored.headers) ~= "table"
+          or type(stored.body) ~= "string" then
+        return problem(500, "Internal Server Error", "the stored response of this Idempotency-Key is unreadable")
+      end
       stored.headers["Idempotent-Replayed"] = "true"
       return stored
     end
@@ -463,7 +473,14 @@ local function start_workflow(req, name)
     end
   end
   if state.store then
-    durable_begin(rec, entry, input)
+    local bok, berr = pcall(durable_begin, rec, entry, input)
+    if not bok then
+      if key then
+        idempotency.release(scope, key)
+      end
+      log("error", "could not store a new run", { run_id = rec.id, error = tostring(berr) })
+      return problem(500, "Internal Server Error", "the run could not be stored")
+    end
   end
   if async then
     local resp = json_response(202, { run_id = rec.id }, { Location = "/runs/" .. rec.id,

@@ -5,7 +5,7 @@ local H = require "tests.integration.helpers"
 
 local FIX = "tests/integration/fixtures/durable/"
 local NAMES = { "charge.lua", "receipt.lua", "required.lua", "slow.lua", "branch.lua", "order.lua",
-  "dead.lua", "locked.lua", "hook.lua", "rollback.lua" }
+  "dead.lua", "locked.lua", "hook.lua", "rollback.lua", "odd.lua" }
 
 local function config_text(mock_url)
   return ([[
@@ -142,6 +142,24 @@ describe("durable state", function()
     it("answers 400 to a key over 255 characters or an unterminated quoted key", function()
       assert.are.equal(400, post("/workflows/charge", "{}", { ["Idempotency-Key"] = ("x"):rep(256) }).status)
       assert.are.equal(400, post("/workflows/charge", "{}", { ["Idempotency-Key"] = '"abc' }).status)
+    end)
+
+    it("stores a run whose error JSON cannot carry, and replays its 500 under the key", function()
+      local r = post("/workflows/odd", "{}", { ["Idempotency-Key"] = "k-odd" })
+      assert.are.equal(500, r.status)
+      local rec = run_record(r.json.run_id)
+      assert.are.equal("failed", rec.status)
+      assert.are.equal("weird", rec.error.kind)
+      local again = post("/workflows/odd", "{}", { ["Idempotency-Key"] = "k-odd" })
+      assert.are.equal(500, again.status)
+      assert.are.equal("true", again.headers["idempotent-replayed"])
+    end)
+
+    it("answers 400 to a number JSON cannot carry back out (1e400)", function()
+      local r = post("/workflows/charge", '{"amount":1e400}', { ["Idempotency-Key"] = "k-inf" })
+      assert.are.equal(400, r.status)
+      assert.matches("out of range", r.json.detail)
+      assert.are.equal(201, post("/workflows/charge", '{"amount":1}', { ["Idempotency-Key"] = "k-inf" }).status)
     end)
 
     it("forgets a key after the workflow's ttl: the same key runs again", function()
