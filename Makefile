@@ -22,7 +22,7 @@ CORE_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
 CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o
 LUA_SRC  := $(wildcard lua/chorus/*.lua)
 
-.PHONY: all deps test test-unit test-lua test-integration test-asan bench demo clean lint format
+.PHONY: all deps test test-unit test-lua test-integration test-asan bench demo clean lint format fuzz
 
 all: chorus $(BUILD)/mock-upstream $(BUILD)/lua/chorus/core.so
 
@@ -91,4 +91,37 @@ format:
 	clang-format -i runtime/*.c runtime/*.h scripts/*.c tests/unit/*.c
 
 clean:
-	rm -rf build build-asan chorus
+	rm -rf build build-asan build-fuzz chorus
+
+# ---- fuzz: libFuzzer targets (tests/fuzz/) ----------------------------------
+# `make fuzz [FUZZ_SECONDS=60]` builds each tests/fuzz/fuzz_NAME.c with
+# clang, libFuzzer, ASan and UBSan against the same runtime sources (CORE_SRC)
+# and embedded Lua modules as ./chorus, compiled separately into build-fuzz/,
+# then runs each target for FUZZ_SECONDS on a scratch corpus seeded from
+# tests/fuzz/corpus/NAME/ (only read), with tests/fuzz/NAME.dict, and prints
+# one summary line per target (tests/fuzz/run.sh). It fails when any target
+# crashes; crashing inputs land in build-fuzz/crashes/NAME/.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build-fuzz
+FUZZ_CC      := clang
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS  := -O1 -g -fno-omit-frame-pointer -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE \
+    -Iruntime -I$(BUILD) $(FUZZ_SAN)
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_CORE_OBJ := $(CORE_SRC:runtime/%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/embedded_lua.o
+
+$(FUZZ_BUILD)/%.o: runtime/%.c $(wildcard runtime/*.h)
+	@mkdir -p $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
+	@mkdir -p $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
+
+$(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%): $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_lua.h \
+    $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) $< $(FUZZ_CORE_OBJ) -o $@ $(PKG_LIBS)
+
+fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
+	bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+# ---- end of fuzz ---------------------------------------------------------------
