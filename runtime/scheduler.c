@@ -194,8 +194,18 @@ static void capture_error(struct chorus_task *t, int status) {
         return;
     }
     if (t->id == 1 && !run->traceback) {
+        /* an error table's message (raw: no metamethod may run here) */
+        int pushed = 0;
         const char *m = lua_tostring(t->co, -1);
+        if (!m && lua_istable(t->co, -1)) {
+            lua_pushliteral(t->co, "message");
+            lua_rawget(t->co, -2);
+            pushed = 1;
+            m = lua_tostring(t->co, -1);
+        }
         luaL_traceback(rt->L, t->co, m ? m : "(error object is not a string)", 0);
+        if (pushed)
+            lua_pop(t->co, 1);
         run->traceback = strdup(lua_tostring(rt->L, -1));
         lua_pop(rt->L, 1);
     }
