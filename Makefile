@@ -22,7 +22,7 @@ CORE_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
 CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o
 LUA_SRC  := $(wildcard lua/chorus/*.lua)
 
-.PHONY: all deps test test-unit test-lua test-integration test-asan bench demo clean lint format fuzz
+.PHONY: all deps test test-fast asan-build test-unit test-lua test-integration test-asan bench demo clean lint format fuzz
 
 all: chorus $(BUILD)/mock-upstream $(BUILD)/lua/chorus/core.so
 
@@ -62,17 +62,25 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*.
 deps:
 	bash scripts/deps.sh
 
-test: all $(UNIT_TESTS)
+# Every test, then the C unit and integration tests again under
+# AddressSanitizer + UBSan; one line "N passed, N failed" for both at the end.
+test: all $(UNIT_TESTS) asan-build
+	bash scripts/test.sh --and-sanitized
+
+# Only the first half (no sanitizer build), for a quick loop while editing.
+test-fast: all $(UNIT_TESTS)
 	bash scripts/test.sh
 
-# The same C unit and integration tests under AddressSanitizer + UBSan, in a
-# separate build folder so the optimized binary stays as it is.
+# The sanitized half alone. The ASan build lives in its own folder so the
+# optimized binary stays as it is.
 ASAN_FLAGS := CC=clang BUILD=build-asan \
     OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
     LDFLAGS="-fsanitize=address,undefined"
 
-test-asan: all
+asan-build: all
 	$(MAKE) $(ASAN_FLAGS) build-asan/chorus build-asan/mock-upstream $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS))
+
+test-asan: asan-build
 	CHORUS_BUILD=build-asan bash scripts/test.sh --sanitized
 
 demo: all
