@@ -85,7 +85,9 @@ static void respond_with(lua_State *L, struct chorus_exchange *ex) {
     lua_getfield(L, top, "status");
     int isint = 0;
     lua_Integer code = lua_tointegerx(L, -1, &isint);
-    unsigned status = lua_isnil(L, -1) ? 200 : isint && code >= 100 && code <= 599 ? (unsigned)code : 500;
+    unsigned status = lua_isnil(L, -1)                      ? 200
+                      : isint && code >= 100 && code <= 599 ? (unsigned)code
+                                                            : 500;
     lua_getfield(L, top, "headers");
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
