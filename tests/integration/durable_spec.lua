@@ -20,12 +20,7 @@ return {
     mock_url .. "/mailer")
 end
 
-local function hmac(secret, body)
-  local f = H.write_temp(body, ".body")
-  local r = H.exec(("openssl dgst -sha256 -hmac %s -r %s"):format(H.quote(secret), H.quote(f)))
-  os.remove(f)
-  return r.stdout:match("^(%x+)")
-end
+local hmac = H.hmac_sha256
 
 describe("durable state", function()
   local mock, dir, conf, data, srv

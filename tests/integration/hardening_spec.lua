@@ -7,12 +7,7 @@ local FIX = "tests/integration/fixtures/hardening/"
 local SECRET = "sk_live_9f8e7d6c5b4a"
 local FILE_SECRET = "file-secret-0a1b2c3d"
 
-local function hmac(secret, body)
-  local f = H.write_temp(body, ".body")
-  local r = H.exec(("openssl dgst -sha256 -hmac %s -r %s"):format(H.quote(secret), H.quote(f)))
-  os.remove(f)
-  return r.stdout:match("^(%x+)")
-end
+local hmac = H.hmac_sha256
 
 describe("hardening", function()
   local mock, dir, conf, srv, secrets_dir

@@ -175,6 +175,15 @@ function H.eventually(fn, max)
   return nil
 end
 
+--- HMAC-SHA256 of body under secret, in hex, computed by the openssl CLI
+--- (independent of chorus's own libcrypto binding).
+function H.hmac_sha256(secret, body)
+  local f = H.write_temp(body, ".body")
+  local r = H.exec(("openssl dgst -sha256 -hmac %s -r %s"):format(H.quote(secret), H.quote(f)))
+  os.remove(f)
+  return r.stdout:match("^(%x+)")
+end
+
 --- Copies files into a new temporary folder; returns its path.
 function H.temp_dir(files)
   local dir = os.tmpname()
