@@ -1,12 +1,14 @@
 /* embedded.h — the Lua modules of lua/chorus/, compiled into the binary.
  *
  * The table is generated at build time (scripts/embed_lua.lua) and ends with
- * an entry whose name is NULL. main.c registers each as a package.preload
- * loader, so `require "chorus.http"` needs no files on disk.
+ * an entry whose name is NULL. chorus_embedded_preload registers each (and
+ * chorus.core) as a package.preload loader, so `require "chorus.http"` needs
+ * no files on disk: in ./chorus and in the fuzz targets alike.
  */
 #ifndef CHORUS_EMBEDDED_H
 #define CHORUS_EMBEDDED_H
 
+#include <lua.h>
 #include <stddef.h>
 
 struct chorus_embedded {
@@ -17,5 +19,8 @@ struct chorus_embedded {
 };
 
 extern const struct chorus_embedded chorus_embedded_lua[];
+
+/* Registers chorus.core and every embedded module in package.preload. */
+void chorus_embedded_preload(lua_State *L);
 
 #endif

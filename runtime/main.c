@@ -13,27 +13,6 @@
 #include "embedded.h"
 #include "runtime.h"
 
-static int load_embedded(lua_State *L) {
-    const struct chorus_embedded *m = lua_touserdata(L, lua_upvalueindex(1));
-    if (luaL_loadbufferx(L, m->source, m->len, m->chunkname, "t") != LUA_OK)
-        return lua_error(L);
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 1);
-    return 1;
-}
-
-static void preload_modules(lua_State *L) {
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushcfunction(L, luaopen_chorus_core);
-    lua_setfield(L, -2, "chorus.core");
-    for (const struct chorus_embedded *m = chorus_embedded_lua; m->name; m++) {
-        lua_pushlightuserdata(L, (void *)m);
-        lua_pushcclosure(L, load_embedded, 1);
-        lua_setfield(L, -2, m->name);
-    }
-    lua_pop(L, 1);
-}
-
 /* Many concurrent outbound calls need many descriptors. */
 static void raise_fd_limit(void) {
     struct rlimit rl;
@@ -46,7 +25,7 @@ static void raise_fd_limit(void) {
 static int run_cli(lua_State *L) {
     int argc = (int)lua_tointeger(L, 1);
     char **argv = lua_touserdata(L, 2);
-    preload_modules(L);
+    chorus_embedded_preload(L);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "chorus.cli");
     lua_call(L, 1, 1);

@@ -53,16 +53,6 @@ static inline void fuzz_fail(const char *target, const char *why) {
     abort();
 }
 
-/* The preload loader of one embedded module (as in runtime/main.c). */
-static inline int fuzz_load_embedded(lua_State *L) {
-    const struct chorus_embedded *m = lua_touserdata(L, lua_upvalueindex(1));
-    if (luaL_loadbufferx(L, m->source, m->len, m->chunkname, "t") != LUA_OK)
-        return lua_error(L);
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 1);
-    return 1;
-}
-
 /* A state like ./chorus's: `require "chorus.core"` and every lua/chorus
  * module work, from the binary, with no files on disk. */
 static inline lua_State *fuzz_chorus_state(void) {
@@ -70,15 +60,7 @@ static inline lua_State *fuzz_chorus_state(void) {
     if (L == NULL)
         fuzz_fail("fuzz", "cannot create a Lua state");
     luaL_openlibs(L);
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushcfunction(L, luaopen_chorus_core);
-    lua_setfield(L, -2, "chorus.core");
-    for (const struct chorus_embedded *m = chorus_embedded_lua; m->name; m++) {
-        lua_pushlightuserdata(L, (void *)m);
-        lua_pushcclosure(L, fuzz_load_embedded, 1);
-        lua_setfield(L, -2, m->name);
-    }
-    lua_pop(L, 1);
+    chorus_embedded_preload(L);
     return L;
 }
 
