@@ -19,7 +19,7 @@ local function authorized(server, req)
   if not token or token == "" then
     return false, problem(403, "Forbidden", "admin endpoints are disabled: set admin_token in the config file")
   end
-  local given = (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
+  local given = server.bearer(req)
   if not given or not webhook.equal(given, token) then
     local r = problem(401, "Unauthorized", "a valid bearer token is required")
     r.headers["WWW-Authenticate"] = "Bearer"

@@ -113,6 +113,7 @@ local function prepare(req)
     headers.traceparent = run.traceparent
   end
   out.headers = headers
+  out.run = run -- looked up once: allow_hosts, capture and the outbox read it
   return out
 end
 
@@ -141,7 +142,7 @@ local function send_once(r)
   if capped then
     timeout = left
   end
-  local run = runstate.current()
+  local run = r.run
   if run and run.allow_hosts then -- the workflow's allow-list of upstream hosts
     local host = r.url:match("^https?://([^/?#]+)"):gsub("^.*@", ""):gsub(":%d+$", ""):lower()
     if not run.allow_hosts[host] then
@@ -173,7 +174,7 @@ end
 -- outbox, to be sent after the run, retried, DLQ at the end. While a saga
 -- captures (run.capture), it joins the saga's chain instead.
 local function queue_later(r, later)
-  local run = runstate.current()
+  local run = r.run
   if run and run.capture then
     run.capture[#run.capture + 1] = { method = r.method, url = r.url, headers = r.headers, body = r.body,
       timeout = r.timeout }
@@ -184,16 +185,15 @@ local function queue_later(r, later)
     RESPONSE_MT)
 end
 
-local function capturing()
-  local run = runstate.current()
-  return run ~= nil and run.capture ~= nil
+local function capturing(r)
+  return r.run ~= nil and r.run.capture ~= nil
 end
 
 --- Sends one request; returns { status, headers, body, json }. In a durable
 --- run the call is an effect: journaled, and replayed from the journal.
 function http.request(req)
   local r = prepare(req)
-  if req.later or capturing() then
+  if req.later or capturing(r) then
     return queue_later(r, req.later)
   end
   return journal.effect("http", r.method .. " " .. r.url, function() return send_once(r) end, restore)
@@ -346,7 +346,7 @@ function Upstream:request(req)
   r.method = (r.method or "GET"):upper()
   local prepared = prepare(r)
   prepared.idempotency_key = r.idempotency_key
-  if req.later or capturing() then
+  if req.later or capturing(prepared) then
     return queue_later(prepared, req.later)
   end
   return journal.effect("http", r.method .. " " .. self.name .. ":" .. (req.path or "/"), function()

@@ -9,6 +9,7 @@
 -- The key record is written with the run's first records and rewritten
 -- with the response in the same commit as the run's final state.
 local core = require "chorus.core"
+local store = require "chorus.store"
 
 local idempotency = { DEFAULT_TTL = 24 * 3600, MAX_LENGTH = 255 }
 
@@ -52,8 +53,7 @@ end
 ---   "mismatch"            422: the key was used with another request
 ---   "replay", response    the stored response of the finished run
 function idempotency.check(st, workflow, key, fp)
-  local ikey = workflow .. "\0" .. key
-  local live = inflight[ikey]
+  local live = inflight[store.idem_key(workflow, key)]
   if live then
     return live == fp and "conflict" or "mismatch"
   end
@@ -72,7 +72,7 @@ end
 
 --- Marks key in flight and queues its record (state running, run id).
 function idempotency.begin(st, workflow, key, fp, run_id, ttl)
-  inflight[workflow .. "\0" .. key] = fp
+  inflight[store.idem_key(workflow, key)] = fp
   if st then
     st:put_idempotency(workflow, key, { fp = fp, state = "running", run_id = run_id,
       expires_at = core.now() + (ttl or idempotency.DEFAULT_TTL) })
@@ -89,7 +89,7 @@ end
 
 --- Forgets the in-flight mark (after the finished record is durable).
 function idempotency.release(workflow, key)
-  inflight[workflow .. "\0" .. key] = nil
+  inflight[store.idem_key(workflow, key)] = nil
 end
 
 return idempotency

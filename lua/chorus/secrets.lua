@@ -31,22 +31,13 @@ function secrets.remember(value)
   end
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local text = f:read("a")
-  f:close()
-  return text and (text:gsub("\r?\n$", ""))
-end
-
 --- The value of secret name, or nil.
 function secrets.get(name)
   local value = core.env("CHORUS_SECRET_" .. name:upper():gsub("[^%w]", "_")) or core.env(name)
   local dir = secrets.dir or core.env("CHORUS_SECRETS_DIR")
   if value == nil and dir and name:match("^[%w_%-%.]+$") then
-    value = read_file(dir .. "/" .. name)
+    value = require("chorus.script").read_file(dir .. "/" .. name, "secret")
+    value = value and value:gsub("\r?\n$", "")
   end
   if value ~= nil then
     secrets.remember(value)

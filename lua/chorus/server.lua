@@ -96,6 +96,11 @@ function server.json_response(status, value, headers)
 end
 local json_response = server.json_response
 
+--- The token of an `Authorization: Bearer TOKEN` header, or nil.
+function server.bearer(req)
+  return (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
+end
+
 local function text_response(status, text, content_type)
   return { status = status, headers = { ["Content-Type"] = content_type or "text/plain; charset=utf-8" },
     body = text }
@@ -287,8 +292,6 @@ local function run_response(rec, ok, value)
   return resp
 end
 
-local WEBHOOK_HEADER = "X-Chorus-Signature"
-
 -- The run-end webhook to rec.callback_url, through the outbox, signed with
 -- HMAC-SHA256 of the body under the configured webhook secret.
 local function queue_webhook(rec)
@@ -297,7 +300,7 @@ local function queue_webhook(rec)
   local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
   local secret = state.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
   if secret and secret ~= "" then
-    headers[WEBHOOK_HEADER] = webhook.sign(secret, body)
+    headers[webhook.HEADER] = webhook.sign(secret, body)
   end
   state.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
     headers = headers, body = body }, run_id = rec.id }))
@@ -385,11 +388,11 @@ local function authenticate(req, name)
   if not rule then
     return true, nil
   end
-  local given = (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
+  local given = server.bearer(req)
   if rule.token and given and webhook.equal(given, rule.token) then
     return true, "token:" .. core.sha256(rule.token):sub(1, 16)
   end
-  local sig = req.headers[WEBHOOK_HEADER:lower()]
+  local sig = req.headers[webhook.HEADER:lower()]
   if rule.hmac_secret and sig and webhook.verify(rule.hmac_secret, req.body, sig) then
     return true, "hmac:" .. core.sha256(rule.hmac_secret):sub(1, 16)
   end
@@ -409,7 +412,7 @@ local function start_workflow(req, name)
   local authed, identity = authenticate(req, name)
   if not authed then
     local r = problem(401, "Unauthorized", ("workflow '%s' requires a bearer token or a signed body (%s)")
-      :format(name, WEBHOOK_HEADER))
+      :format(name, webhook.HEADER))
     r.headers["WWW-Authenticate"] = "Bearer"
     return r
   end
