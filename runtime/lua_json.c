@@ -292,6 +292,12 @@ int chorus_json_decode(lua_State *L, const char *text, size_t len, char *err, si
 
 /* ---- encode ------------------------------------------------------------ */
 
+/* Encoding writes straight into one growing buffer: building a cJSON tree
+ * first cost a node and a key copy per value, and was a fifth of a served
+ * request's instructions. The text is what cJSON_PrintUnformatted printed
+ * (same escapes, same key order), so decode(encode(v)) and the tests keep
+ * their meaning; decoding still goes through cJSON. */
+
 /* One step of the path from the root: a key (stack index of the key string,
  * alive while its table is being traversed) or a 1-based array index. */
 struct step {
@@ -300,7 +306,8 @@ struct step {
 };
 
 struct enc {
-    cJSON *root;
+    char *buf; /* malloc'd, owned by chorus_json_encode's frame */
+    size_t len, cap;
     int arraymt; /* stack index of the array metatable, or of nil */
     int depth;   /* tables enclosing the current value */
     const void *tables[CHORUS_JSON_MAX_DEPTH];
@@ -308,6 +315,32 @@ struct enc {
 };
 
 enum table_kind { KIND_OBJECT, KIND_ARRAY };
+
+/* Room for n more bytes; raises when memory runs out (the buffer stays
+ * owned by the caller of the pcall, which frees it). */
+static char *enc_reserve(lua_State *L, struct enc *e, size_t n) {
+    if (e->cap - e->len < n) {
+        size_t cap = e->cap ? e->cap : 256;
+        while (cap - e->len < n)
+            cap *= 2;
+        char *p = realloc(e->buf, cap);
+        if (p == NULL)
+            luaL_error(L, "not enough memory");
+        e->buf = p;
+        e->cap = cap;
+    }
+    return e->buf + e->len;
+}
+
+static void enc_put(lua_State *L, struct enc *e, const char *s, size_t n) {
+    memcpy(enc_reserve(L, e, n), s, n);
+    e->len += n;
+}
+
+static void enc_char(lua_State *L, struct enc *e, char c) {
+    *enc_reserve(L, e, 1) = c;
+    e->len++;
+}
 
 static int is_identifier(const char *s, size_t len) {
     if (len == 0 || (s[0] >= '0' && s[0] <= '9'))
@@ -359,24 +392,6 @@ static int enc_fail(lua_State *L, const struct enc *e, const char *what) {
     return lua_error(L);
 }
 
-/* Links item under parent (as key's value, or appended when key is NULL),
- * or makes it the root. Frees item if that fails. */
-static void enc_attach(lua_State *L, struct enc *e, cJSON *parent, const char *key, cJSON *item) {
-    int ok;
-    if (item == NULL)
-        luaL_error(L, "not enough memory");
-    if (parent == NULL) {
-        e->root = item;
-        return;
-    }
-    ok =
-        key != NULL ? cJSON_AddItemToObject(parent, key, item) : cJSON_AddItemToArray(parent, item);
-    if (!ok) {
-        cJSON_Delete(item);
-        luaL_error(L, "not enough memory");
-    }
-}
-
 /* Shortest of %.15g..%.17g that reads back as exactly x, with '.' as the
  * decimal point whatever the locale. */
 static void format_float(char *buf, size_t size, double x) {
@@ -393,25 +408,132 @@ static void format_float(char *buf, size_t size, double x) {
     }
 }
 
-static cJSON *enc_number(lua_State *L, const struct enc *e, int idx) {
+/* Writes v in decimal (what LUA_INTEGER_FMT prints, without printf's cost);
+ * returns the length. */
+static int format_integer(char *buf, long long v) {
+    char tmp[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    int len = 0;
+    if (v < 0)
+        buf[len++] = '-';
+    while (n)
+        buf[len++] = tmp[--n];
+    buf[len] = '\0';
+    return len;
+}
+
+/* Writes x as INT[.FRAC] with at most 6 decimals when that reads back as
+ * exactly x, else returns 0. Times in run records are such numbers, and
+ * printf's float path was most of encoding them. Exact because v and 1e6
+ * are exact doubles and IEEE division rounds correctly: v / 1e6 is the
+ * double strtod makes of the decimal v·10⁻⁶. The range keeps the text what
+ * %.15g..%.17g would print (no exponent, no -0). */
+static int format_micro(char *buf, double x) {
+    double ax = fabs(x);
+    /* Below 2^32 a double's spacing is under 1e-6, so x has one such
+     * decimal and it is the one %.15g..%.17g prints; above, two decimals
+     * can read back as x and printf picks the shorter. */
+    if (!(ax >= 1e-4 && ax < 4294967296.0))
+        return 0;
+    long long v = llround(ax * 1e6);
+    if ((double)v / 1e6 != ax)
+        return 0;
+    int n = format_integer(buf, x < 0 ? -(v / 1000000) : v / 1000000);
+    if (x < 0 && v / 1000000 == 0) { /* -0.5: the sign is not in the integer part */
+        memmove(buf + 1, buf, (size_t)n + 1);
+        buf[0] = '-';
+        n++;
+    }
+    long long frac = v % 1000000;
+    if (frac != 0) {
+        char digits[7];
+        int w = 6;
+        for (int i = 5; i >= 0; i--, frac /= 10)
+            digits[i] = (char)('0' + frac % 10);
+        while (digits[w - 1] == '0')
+            w--;
+        buf[n++] = '.';
+        memcpy(buf + n, digits, (size_t)w);
+        n += w;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+static void enc_number(lua_State *L, struct enc *e, int idx) {
     char buf[40];
+    int n;
     if (lua_isinteger(L, idx)) {
-        snprintf(buf, sizeof buf, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+        n = format_integer(buf, (long long)lua_tointeger(L, idx));
     } else {
         double x = (double)lua_tonumber(L, idx);
         if (!isfinite(x))
             enc_fail(L, e, "cannot encode NaN or infinity");
-        format_float(buf, sizeof buf, x);
+        n = format_micro(buf, x);
+        if (n == 0) {
+            format_float(buf, sizeof buf, x);
+            n = (int)strlen(buf);
+        }
     }
-    return cJSON_CreateRaw(buf);
+    enc_put(L, e, buf, (size_t)n);
 }
 
-static cJSON *enc_string(lua_State *L, const struct enc *e, int idx) {
+/* A JSON string as cJSON prints it: \" \\ \b \f \n \r \t, other control
+ * bytes as \u00xx, everything else (UTF-8 included) as it is. */
+static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    size_t extra = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            extra += 1;
+        else if (c < 0x20)
+            extra += 5;
+    }
+    char *p = enc_reserve(L, e, len + extra + 2);
+    *p++ = '"';
+    if (extra == 0) {
+        memcpy(p, s, len);
+        p += len;
+    } else {
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)s[i];
+            char esc = c == '"'    ? '"'
+                       : c == '\\' ? '\\'
+                       : c == '\b' ? 'b'
+                       : c == '\f' ? 'f'
+                       : c == '\n' ? 'n'
+                       : c == '\r' ? 'r'
+                       : c == '\t' ? 't'
+                                   : 0;
+            if (esc) {
+                *p++ = '\\';
+                *p++ = esc;
+            } else if (c < 0x20) {
+                memcpy(p, "\\u00", 4);
+                p[4] = hex[c >> 4];
+                p[5] = hex[c & 15];
+                p += 6;
+            } else {
+                *p++ = (char)c;
+            }
+        }
+    }
+    *p++ = '"';
+    e->len = (size_t)(p - e->buf);
+}
+
+static void enc_string(lua_State *L, struct enc *e, int idx) {
     size_t len;
     const char *s = lua_tolstring(L, idx, &len);
     if (memchr(s, '\0', len) != NULL)
         enc_fail(L, e, "cannot encode a string with a NUL byte");
-    return cJSON_CreateString(s);
+    enc_quoted(L, e, s, len);
 }
 
 static int has_array_mt(lua_State *L, const struct enc *e, int idx) {
@@ -456,18 +578,24 @@ static enum table_kind table_kind(lua_State *L, const struct enc *e, int idx, lu
     return count > 0 || has_array_mt(L, e, idx) ? KIND_ARRAY : KIND_OBJECT;
 }
 
-static void enc_value(lua_State *L, struct enc *e, int idx, cJSON *parent, const char *key);
+static void enc_value(lua_State *L, struct enc *e, int idx);
 
-static void enc_array_items(lua_State *L, struct enc *e, int idx, cJSON *array, lua_Integer n) {
+static void enc_array_items(lua_State *L, struct enc *e, int idx, lua_Integer n) {
+    enc_char(L, e, '[');
     for (lua_Integer i = 1; i <= n; i++) {
+        if (i > 1)
+            enc_char(L, e, ',');
         lua_rawgeti(L, idx, i);
         e->path[e->depth - 1] = (struct step){0, i};
-        enc_value(L, e, lua_gettop(L), array, NULL);
+        enc_value(L, e, lua_gettop(L));
         lua_pop(L, 1);
     }
+    enc_char(L, e, ']');
 }
 
-static void enc_object_items(lua_State *L, struct enc *e, int idx, cJSON *object) {
+static void enc_object_items(lua_State *L, struct enc *e, int idx) {
+    int first = 1;
+    enc_char(L, e, '{');
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         size_t len;
@@ -475,17 +603,21 @@ static void enc_object_items(lua_State *L, struct enc *e, int idx, cJSON *object
         e->path[e->depth - 1] = (struct step){lua_gettop(L) - 1, 0};
         if (memchr(k, '\0', len) != NULL)
             enc_fail(L, e, "cannot encode a string with a NUL byte");
-        enc_value(L, e, lua_gettop(L), object, k);
+        if (!first)
+            enc_char(L, e, ',');
+        first = 0;
+        enc_quoted(L, e, k, len);
+        enc_char(L, e, ':');
+        enc_value(L, e, lua_gettop(L));
         lua_pop(L, 1);
     }
+    enc_char(L, e, '}');
 }
 
-static void enc_table(lua_State *L, struct enc *e, int idx, cJSON *parent, const char *key) {
+static void enc_table(lua_State *L, struct enc *e, int idx) {
     char what[64];
     const void *self = lua_topointer(L, idx);
-    enum table_kind kind;
     lua_Integer n;
-    cJSON *item;
     for (int i = 0; i < e->depth; i++)
         if (e->tables[i] == self)
             enc_fail(L, e, "cycle");
@@ -494,38 +626,39 @@ static void enc_table(lua_State *L, struct enc *e, int idx, cJSON *parent, const
         enc_fail(L, e, what);
     }
     luaL_checkstack(L, 4, "json.encode");
-    kind = table_kind(L, e, idx, &n);
-    item = kind == KIND_ARRAY ? cJSON_CreateArray() : cJSON_CreateObject();
-    enc_attach(L, e, parent, key, item);
+    enum table_kind kind = table_kind(L, e, idx, &n);
     e->tables[e->depth++] = self;
     if (kind == KIND_ARRAY)
-        enc_array_items(L, e, idx, item, n);
+        enc_array_items(L, e, idx, n);
     else
-        enc_object_items(L, e, idx, item);
+        enc_object_items(L, e, idx);
     e->depth--;
 }
 
-static void enc_value(lua_State *L, struct enc *e, int idx, cJSON *parent, const char *key) {
+static void enc_value(lua_State *L, struct enc *e, int idx) {
     char what[64];
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
-        enc_attach(L, e, parent, key, cJSON_CreateNull());
+        enc_put(L, e, "null", 4);
         return;
     case LUA_TBOOLEAN:
-        enc_attach(L, e, parent, key, cJSON_CreateBool(lua_toboolean(L, idx)));
+        if (lua_toboolean(L, idx))
+            enc_put(L, e, "true", 4);
+        else
+            enc_put(L, e, "false", 5);
         return;
     case LUA_TNUMBER:
-        enc_attach(L, e, parent, key, enc_number(L, e, idx));
+        enc_number(L, e, idx);
         return;
     case LUA_TSTRING:
-        enc_attach(L, e, parent, key, enc_string(L, e, idx));
+        enc_string(L, e, idx);
         return;
     case LUA_TTABLE:
-        enc_table(L, e, idx, parent, key);
+        enc_table(L, e, idx);
         return;
     case LUA_TLIGHTUSERDATA:
         if (lua_touserdata(L, idx) == NULL_SENTINEL) {
-            enc_attach(L, e, parent, key, cJSON_CreateNull());
+            enc_put(L, e, "null", 4);
             return;
         }
         break;
@@ -534,20 +667,21 @@ static void enc_value(lua_State *L, struct enc *e, int idx, cJSON *parent, const
     enc_fail(L, e, what);
 }
 
-/* lua_pcall'd: 1 = struct enc, 2 = the value. Builds e->root. */
+/* lua_pcall'd: 1 = struct enc, 2 = the value. Fills e->buf, NUL-ended. */
 static int enc_protected(lua_State *L) {
     struct enc *e = lua_touserdata(L, 1);
     luaL_getmetatable(L, CHORUS_JSON_ARRAY_MT);
     e->arraymt = lua_gettop(L);
-    enc_value(L, e, 2, NULL, NULL);
+    enc_value(L, e, 2);
+    enc_char(L, e, '\0');
     return 0;
 }
 
 char *chorus_json_encode(lua_State *L, int idx, char *err, size_t errlen) {
     struct enc e;
-    char *out = NULL;
     idx = lua_absindex(L, idx);
-    e.root = NULL;
+    e.buf = NULL;
+    e.len = e.cap = 0;
     e.depth = 0;
     if (!lua_checkstack(L, 3)) {
         set_err(err, errlen, "stack overflow");
@@ -556,12 +690,12 @@ char *chorus_json_encode(lua_State *L, int idx, char *err, size_t errlen) {
     lua_pushcfunction(L, enc_protected);
     lua_pushlightuserdata(L, &e);
     lua_pushvalue(L, idx);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK)
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
         take_error(L, err, errlen);
-    else if ((out = cJSON_PrintUnformatted(e.root)) == NULL)
-        set_err(err, errlen, "not enough memory");
-    cJSON_Delete(e.root);
-    return out;
+        free(e.buf);
+        return NULL;
+    }
+    return e.buf;
 }
 
 /* ---- the Lua library ----------------------------------------------------- */

@@ -30,6 +30,10 @@ struct chorus_limits {
 #define CHORUS_DEFAULT_RUN_MEMORY ((size_t)64 << 20)
 #define CHORUS_DEFAULT_RUN_INSTRUCTIONS 100000000L
 
+/* Small-block cache of the Lua allocator: classes of 16 bytes up to 512. */
+#define CHORUS_ALLOC_CLASSES 32
+#define CHORUS_ALLOC_CACHE_MAX ((size_t)16 << 20)
+
 struct chorus_runtime {
     uv_loop_t loop;
     lua_State *L;
@@ -50,6 +54,11 @@ struct chorus_runtime {
     unsigned long long next_token; /* core.wait_token */
     lua_Alloc base_alloc;          /* the allocator we wrap */
     void *base_alloc_ud;
+    /* Freed small Lua blocks by size class (runtime.c), when base_alloc is
+     * lauxlib's malloc-based one; caching off otherwise. */
+    int cache_on;
+    void *cache[CHORUS_ALLOC_CLASSES + 1];
+    size_t cached_bytes;
 };
 
 /* Returns the runtime attached to L (any thread of it), or NULL. */

@@ -319,12 +319,30 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
     return t;
 }
 
+/* Random bytes for ids, drawn from getrandom a pool at a time: a served
+ * request takes a few ids, and a syscall for each was a tenth of its
+ * syscalls. The loop thread is the only caller. */
+static void random_bytes(unsigned char *out, size_t n) {
+    static unsigned char pool[1024];
+    static size_t left;
+    if (left < n) {
+        if (getrandom(pool, sizeof pool, 0) == (ssize_t)sizeof pool) {
+            left = sizeof pool;
+        } else {
+            for (size_t i = 0; i < n; i++)
+                out[i] = (unsigned char)rand();
+            return;
+        }
+    }
+    memcpy(out, pool + sizeof pool - left, n);
+    memset(pool + sizeof pool - left, 0, n); /* an id is never handed out twice */
+    left -= n;
+}
+
 void chorus_uuid(char out[37]) {
     static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
-        for (size_t i = 0; i < sizeof b; i++)
-            b[i] = (unsigned char)rand();
+    random_bytes(b, sizeof b);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     char *p = out;

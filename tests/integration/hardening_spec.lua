@@ -153,7 +153,10 @@ return {
       local p = io.popen(("sh -c 'echo $$; exec timeout 60 openssl s_server -quiet -www -accept 127.0.0.1:%d "
         .. "-cert %s/cert.pem -key %s/key.pem >/dev/null 2>&1'"):format(port, tls_dir, tls_dir))
       server_pid = tonumber(p:read("l"))
-      H.sleep(0.5)
+      -- s_server takes a while on a busy machine: wait for its handshake
+      assert(H.eventually(function()
+        return H.exec(("curl -sk -o /dev/null https://127.0.0.1:%d/"):format(port), nil, 5).code == 0
+      end, 30), "openssl s_server did not start")
     end)
 
     teardown(function()

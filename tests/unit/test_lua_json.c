@@ -145,6 +145,28 @@ static void test_scalars(void) {
     RUNS("assert(not json.is_null() and type(json.null) == 'userdata')");
     RUNS("for _, x in ipairs{0.1, 1/3, 2^-1074, 1.7976931348623157e308, -2.5e-300, 123456.789,"
          " 0.1 + 0.2, 2^63, -2^70} do assert(same(rt(x), x), x) end");
+    /* times kept to the microsecond take the short path; its text is what
+     * %.15g..%.17g prints, and anything it cannot write exactly falls back */
+    ENCODES("1763913526.123456", "1763913526.123456");
+    ENCODES("-2.25", "-2.25");
+    ENCODES("0.000123", "0.000123");
+    ENCODES("123456789.000001", "123456789.000001");
+    ENCODES("0.00005", "5e-05");
+    ENCODES("-0.0", "-0");
+    ENCODES("1e9 + 0.5", "1000000000.5");
+    ENCODES("0.1234567", "0.1234567");
+    ENCODES("-0.5", "-0.5");
+    ENCODES("4294967295.999999", "4294967295.999999");
+    ENCODES("8765601648.112009", "8765601648.11201"); /* past 2^32: printf's text */
+    ENCODES("math.mininteger", "-9223372036854775808");
+    ENCODES("math.maxinteger", "9223372036854775807");
+    RUNS("for i = 1, 20000 do local x = (math.random(0, 2^33 * 1e6 // 1) / 1e6) * (i % 2 == 0 and "
+         "-1 or 1);"
+         " assert(rt(x) == x, x); assert(tonumber(json.encode(x)) == x, x);"
+         " local y = x + math.random() / 1e7; assert(rt(y) == y, y);"
+         " local g; for p = 15, 17 do g = ('%.' .. p .. 'g'):format(x); if tonumber(g) == x then "
+         "break end end;"
+         " assert(json.encode(x) == g, g) end");
     RUNS("assert(math.type(rt(2.0)) == 'integer')"); /* integral floats come back as integers */
     RUNS("assert(json.encode(true) == 'true' and json.encode(nil) == 'null')");
     RUNS("assert(not pcall(json.encode))");
