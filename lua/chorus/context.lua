@@ -123,55 +123,85 @@ function context.held_locks(entries)
   return held
 end
 
+-- The services that do not depend on the run are shared by every ctx;
+-- only key, step and the logger close over it (the logger is made on first
+-- use: most runs never log). A ctx was a dozen closures per run.
+local shared = {}
+
+function shared.now()
+  return journal.effect("now", nil, core.now)
+end
+
+function shared.uuid()
+  return journal.effect("uuid", nil, core.uuid)
+end
+
+function shared.random(m, n)
+  if m ~= nil and (math.type(m) ~= "integer" or (n ~= nil and math.type(n) ~= "integer")) then
+    error("ctx.random([m [, n]]): bounds must be integers", 2)
+  end
+  return journal.effect("random", nil, function()
+    if m == nil then
+      return math.random()
+    elseif n == nil then
+      return math.random(m)
+    end
+    return math.random(m, n)
+  end)
+end
+
+-- The wake time is journaled when the sleep starts, so a run resumed
+-- after a restart sleeps only what is left of it.
+function shared.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("ctx.sleep: seconds must be a non-negative number", 2)
+  end
+  local wake = journal.effect("sleep", nil, function() return core.now() + seconds end)
+  local left = runstate.remaining()
+  local wait = wake - core.now()
+  if wait > left then -- never wait past the run's deadline
+    core.sleep(math.max(left, 0))
+    error(runstate.deadline_error("in ctx.sleep"), 2)
+  end
+  if wait > 0 then
+    core.sleep(wait)
+  end
+end
+
+function shared.later(workflow, input, opts)
+  return outbox.later(workflow, input, opts)
+end
+
+function shared.lock(name, fn)
+  if type(name) ~= "string" or name == "" or type(fn) ~= "function" then
+    error("ctx.lock(name, fn): name must be a non-empty string and fn a function", 2)
+  end
+  return with_lock(name, fn)
+end
+
+local CTX_MT = {
+  __index = function(ctx, k)
+    if k == "log" then
+      local log = logger(ctx)
+      rawset(ctx, "log", log)
+      return log
+    end
+    return nil
+  end,
+}
+
 function context.new(state)
-  local ctx = {
+  local ctx = setmetatable({
     run_id = state.run_id, input = state.input, workflow = state.workflow,
     trace_id = state.trace_id, timeline = state.timeline,
-  }
+    now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
+    later = shared.later, lock = shared.lock,
+  }, CTX_MT)
   function ctx.key(name)
     if type(name) ~= "string" or name == "" then
       error("ctx.key: name must be a non-empty string", 2)
     end
     return ctx.run_id .. ":" .. name
-  end
-  function ctx.now()
-    return journal.effect("now", nil, core.now)
-  end
-  function ctx.uuid()
-    return journal.effect("uuid", nil, core.uuid)
-  end
-  function ctx.random(m, n)
-    if m ~= nil and (math.type(m) ~= "integer" or (n ~= nil and math.type(n) ~= "integer")) then
-      error("ctx.random([m [, n]]): bounds must be integers", 2)
-    end
-    return journal.effect("random", nil, function()
-      if m == nil then
-        return math.random()
-      elseif n == nil then
-        return math.random(m)
-      end
-      return math.random(m, n)
-    end)
-  end
-  -- The wake time is journaled when the sleep starts, so a run resumed
-  -- after a restart sleeps only what is left of it.
-  function ctx.sleep(seconds)
-    if type(seconds) ~= "number" or seconds < 0 then
-      error("ctx.sleep: seconds must be a non-negative number", 2)
-    end
-    local wake = journal.effect("sleep", nil, function() return core.now() + seconds end)
-    local left = runstate.remaining()
-    local wait = wake - core.now()
-    if wait > left then -- never wait past the run's deadline
-      core.sleep(math.max(left, 0))
-      error(runstate.deadline_error("in ctx.sleep"), 2)
-    end
-    if wait > 0 then
-      core.sleep(wait)
-    end
-  end
-  function ctx.later(workflow, input, opts)
-    return outbox.later(workflow, input, opts)
   end
   function ctx.step(name, fn, ...)
     if type(name) ~= "string" or type(fn) ~= "function" then
@@ -188,13 +218,6 @@ function context.new(state)
     end
     return table.unpack(res, 2, res.n)
   end
-  function ctx.lock(name, fn)
-    if type(name) ~= "string" or name == "" or type(fn) ~= "function" then
-      error("ctx.lock(name, fn): name must be a non-empty string and fn a function", 2)
-    end
-    return with_lock(name, fn)
-  end
-  ctx.log = logger(ctx)
   return ctx
 end
 

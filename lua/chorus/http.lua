@@ -12,6 +12,7 @@ local runstate = require "chorus.runstate"
 
 local json = core.json
 local http = {}
+local EMPTY = {}
 
 local calls_total = metrics.counter("chorus_http_calls_total", "Outbound HTTP calls by upstream and status",
   { "upstream", "status" })
@@ -67,6 +68,44 @@ local function check_number(req, field)
   end
 end
 
+-- The part of preparing a request both paths share: body or json, the
+-- idempotency key and trace headers, the run. headers: the table to send
+-- (values already strings).
+local function finish_prepare(out, req, headers)
+  if req.json ~= nil and req.body ~= nil then
+    error("http.request: give json or body, not both", 4)
+  end
+  if req.json ~= nil then
+    local ok, text = pcall(json.encode, req.json)
+    if not ok then
+      error("http.request: json body " .. tostring(text), 4)
+    end
+    out.body = text
+    if not headers["Content-Type"] and not headers["content-type"] then
+      headers["Content-Type"] = "application/json"
+    end
+  elseif req.body ~= nil then
+    if type(req.body) ~= "string" then
+      error("http.request: body must be a string (use json = for tables)", 4)
+    end
+    out.body = req.body
+  end
+  if req.idempotency_key ~= nil then
+    headers["Idempotency-Key"] = tostring(req.idempotency_key)
+  end
+  local run = runstate.current()
+  if run and run.traceparent and not headers.traceparent then
+    headers.traceparent = run.traceparent
+  end
+  out.headers = headers
+  out.run = run -- looked up once: allow_hosts, capture, the deadline and the outbox read it
+  return out
+end
+
+local function request_flags(tls_verify, follow_redirects)
+  return (tls_verify == false and 1 or 0) | (follow_redirects and 2 or 0)
+end
+
 -- Normalizes a request table: method, url, headers, body.
 local function prepare(req)
   if type(req) ~= "table" then
@@ -81,40 +120,13 @@ local function prepare(req)
     method = (req.method or "GET"):upper(), url = req.url, upstream = req.upstream,
     timeout = req.timeout or http.defaults.timeout,
     connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
-    flags = (req.tls_verify == false and 1 or 0) | (req.follow_redirects and 2 or 0),
+    flags = request_flags(req.tls_verify, req.follow_redirects),
   }
   local headers = {}
-  for k, v in pairs(req.headers or {}) do
+  for k, v in pairs(req.headers or EMPTY) do
     headers[k] = tostring(v)
   end
-  if req.json ~= nil and req.body ~= nil then
-    error("http.request: give json or body, not both", 3)
-  end
-  if req.json ~= nil then
-    local ok, text = pcall(json.encode, req.json)
-    if not ok then
-      error("http.request: json body " .. tostring(text), 3)
-    end
-    out.body = text
-    if not headers["Content-Type"] and not headers["content-type"] then
-      headers["Content-Type"] = "application/json"
-    end
-  elseif req.body ~= nil then
-    if type(req.body) ~= "string" then
-      error("http.request: body must be a string (use json = for tables)", 3)
-    end
-    out.body = req.body
-  end
-  if req.idempotency_key ~= nil then
-    headers["Idempotency-Key"] = tostring(req.idempotency_key)
-  end
-  local run = runstate.current()
-  if run and run.traceparent and not headers.traceparent then
-    headers.traceparent = run.traceparent
-  end
-  out.headers = headers
-  out.run = run -- looked up once: allow_hosts, capture and the outbox read it
-  return out
+  return finish_prepare(out, req, headers)
 end
 
 -- The transport: core.http, or chorus.testing's mock while a spec runs.
@@ -132,8 +144,9 @@ end
 
 -- Sends one prepared request (no journal): { status, headers, body, json }.
 local function send_once(r)
+  local run = r.run
   -- the run's deadline caps every call inside it
-  local left = runstate.remaining()
+  local left = run and run.deadline and run.deadline - core.now() or math.huge
   if left <= 0 then
     error(runstate.deadline_error(("before %s %s"):format(r.method, r.url)), 2)
   end
@@ -142,7 +155,6 @@ local function send_once(r)
   if capped then
     timeout = left
   end
-  local run = r.run
   if run and run.allow_hosts then -- the workflow's allow-list of upstream hosts
     local host = r.url:match("^https?://([^/?#]+)"):gsub("^.*@", ""):gsub(":%d+$", ""):lower()
     if not run.allow_hosts[host] then
@@ -152,9 +164,11 @@ local function send_once(r)
   local started = core.now()
   local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
     r.connect_timeout, timeout, r.flags)
-  runstate.record_call(r, started, duration, status or headers)
+  if run then
+    runstate.record_call(run, r, started, duration, status or headers)
+  end
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
-  calls_total.inc({ target, tostring(status or headers) })
+  calls_total.inc({ target, status or headers })
   call_seconds.observe({ target }, duration)
   if not status then
     if headers == "timeout" and capped then
@@ -196,13 +210,16 @@ function http.request(req)
   if req.later or capturing(r) then
     return queue_later(r, req.later)
   end
+  if not (r.run and r.run.journal) then -- nothing to record: skip building the step's target
+    return send_once(r)
+  end
   return journal.effect("http", r.method .. " " .. r.url, function() return send_once(r) end, restore)
 end
 
 local function verb(method)
   return function(url, opts)
     local req = {}
-    for k, v in pairs(opts or {}) do
+    for k, v in pairs(opts or EMPTY) do
       req[k] = v
     end
     req.method, req.url = method, url
@@ -217,9 +234,11 @@ http.delete, http.patch, http.head = verb "DELETE", verb "PATCH", verb "HEAD"
 -- environment variable CHORUS_UPSTREAM_<NAME> (a base URL) when no config
 -- names them.
 local upstreams = {}
+local handles = {} -- name → the Upstream object http.upstream returns
 
 function http.configure(config)
   upstreams = {}
+  handles = {}
   for name, up in pairs(config or {}) do
     upstreams[name] = up
   end
@@ -228,6 +247,7 @@ end
 --- Declares (or replaces) one upstream's config.
 function http.configure_upstream(name, config)
   upstreams[name] = config
+  handles[name] = nil
 end
 
 local Upstream = {}
@@ -254,8 +274,14 @@ local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS
 -- `retry`, in that order from the inside; a call may pass retry = false or
 -- its own policy).
 -- POST and PATCH are retried only when the call carries an idempotency key.
-local function resilient(self, r, req, send)
+local function resilient(self, r, req)
   local cfg = self.config
+  if not (cfg.rate_limit or cfg.bulkhead or cfg.hedge or cfg.breaker or cfg.retry or req.retry) then
+    return send_once(r) -- no policy: no closures to build
+  end
+  local function send()
+    return send_once(r)
+  end
   if cfg.rate_limit then -- token bucket { rate =, burst =, wait = }: per attempt
     local rl = cfg.rate_limit
     local bucket = core.rate_limit(self.name, rl.rate, rl.burst or 1)
@@ -318,46 +344,67 @@ local function resilient(self, r, req, send)
   return send()
 end
 
+-- base_url .. path, joined once per upstream config and path (a weak cache:
+-- a reload's new config tables start empty).
+local joined = setmetatable({}, { __mode = "k" })
+
+local function upstream_url(config, path)
+  local urls = joined[config]
+  if not urls then
+    urls = {}
+    joined[config] = urls
+  end
+  local url = urls[path]
+  if not url then
+    url = join(config.base_url, path)
+    urls[path] = url
+  end
+  return url
+end
+
 function Upstream:request(req)
-  local r = {}
-  for k, v in pairs(req) do
-    r[k] = v
+  local cfg = self.config
+  local path = req.path or "/"
+  local method = (req.method or "GET"):upper()
+  local url = upstream_url(cfg, path)
+  if not url:match("^https?://") then
+    error(("http.request: url must be an http:// or https:// URL, got %s"):format(url), 2)
   end
+  local timeout = req.timeout or cfg.timeout
+  local connect_timeout = req.connect_timeout or cfg.connect_timeout
+  local r = { timeout = timeout, connect_timeout = connect_timeout }
+  check_number(r, "timeout")
+  check_number(r, "connect_timeout")
   local headers = {}
-  for k, v in pairs(self.config.headers or {}) do
-    headers[k] = v
+  for k, v in pairs(cfg.headers or EMPTY) do
+    headers[k] = tostring(v)
   end
-  for k, v in pairs(req.headers or {}) do
-    headers[k] = v
+  for k, v in pairs(req.headers or EMPTY) do
+    headers[k] = tostring(v)
   end
-  r.headers = headers
-  r.url = join(self.config.base_url, req.path or "/")
-  r.upstream = self.name
-  r.timeout = req.timeout or self.config.timeout
-  r.connect_timeout = req.connect_timeout or self.config.connect_timeout
-  r.retry = nil
-  r.later = nil
-  if self.config.tls_verify == false then
-    r.tls_verify = false
-  end
-  if self.config.follow_redirects then
-    r.follow_redirects = true
-  end
-  r.method = (r.method or "GET"):upper()
-  local prepared = prepare(r)
-  prepared.idempotency_key = r.idempotency_key
+  r.method, r.url, r.upstream = method, url, self.name
+  r.timeout = timeout or http.defaults.timeout
+  r.connect_timeout = connect_timeout or http.defaults.connect_timeout
+  r.flags = request_flags(not (cfg.tls_verify == false or req.tls_verify == false),
+    cfg.follow_redirects or req.follow_redirects)
+  local prepared = finish_prepare(r, req, headers)
+  prepared.idempotency_key = req.idempotency_key
   if req.later or capturing(prepared) then
     return queue_later(prepared, req.later)
   end
-  return journal.effect("http", r.method .. " " .. self.name .. ":" .. (req.path or "/"), function()
-    return resilient(self, prepared, req, function() return send_once(prepared) end)
+  local run = prepared.run
+  if not (run and run.journal) then -- nothing to record: skip building the step's target
+    return resilient(self, prepared, req)
+  end
+  return journal.effect("http", method .. " " .. self.name .. ":" .. path, function()
+    return resilient(self, prepared, req)
   end, restore)
 end
 
 local function upstream_verb(method)
   return function(self, path, opts)
     local req = {}
-    for k, v in pairs(opts or {}) do
+    for k, v in pairs(opts or EMPTY) do
       req[k] = v
     end
     req.method, req.path = method, path
@@ -372,6 +419,10 @@ function http.upstream(name)
   if type(name) ~= "string" then
     error("http.upstream: name must be a string", 2)
   end
+  local handle = handles[name]
+  if handle then
+    return handle
+  end
   local config = upstreams[name]
   if not config then
     local url = core.env("CHORUS_UPSTREAM_" .. name:upper():gsub("[^%w]", "_"))
@@ -383,7 +434,11 @@ function http.upstream(name)
     error(("http.upstream: unknown upstream '%s' (define upstreams.%s.base_url in the config "
       .. "file or set CHORUS_UPSTREAM_%s)"):format(name, name, name:upper():gsub("[^%w]", "_")), 2)
   end
-  return setmetatable({ name = name, config = config }, Upstream)
+  handle = setmetatable({ name = name, config = config }, Upstream)
+  if upstreams[name] == config then -- configured ones are kept; the environment is read each time
+    handles[name] = handle
+  end
+  return handle
 end
 
 return http

@@ -9,6 +9,7 @@ local metrics = {}
 local registry = {}
 local order = {}
 
+local EMPTY = {}
 local DEFAULT_BUCKETS = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
 
 local function escape(v)
@@ -27,10 +28,15 @@ local function build_key(labels, values)
 end
 
 -- Label keys are cached per metric in a tree of label values, so the hot
--- path (a counter bump per outbound call) builds no strings.
+-- path (a counter bump per outbound call) builds no strings. Values may be
+-- strings or numbers (a status code needs no tostring).
 local function label_key(m, values)
+  local nlabels = m.nlabels
+  if nlabels == 0 then
+    return ""
+  end
   local node = m.keys
-  for i = 1, #m.labels do
+  for i = 1, nlabels - 1 do
     local v = values[i] or ""
     local child = node[v]
     if not child then
@@ -39,10 +45,11 @@ local function label_key(m, values)
     end
     node = child
   end
-  local key = node[m.keys]
+  local last = values[nlabels] or ""
+  local key = node[last]
   if not key then
     key = build_key(m.labels, values)
-    node[m.keys] = key
+    node[last] = key
   end
   return key
 end
@@ -54,6 +61,7 @@ local function declare(kind, name, help, labels, buckets)
   end
   m = { kind = kind, name = name, help = help, labels = labels or {}, series = {},
     buckets = buckets or DEFAULT_BUCKETS, keys = {} }
+  m.nlabels = #m.labels
   registry[name] = m
   order[#order + 1] = name
   return m
@@ -63,7 +71,7 @@ function metrics.counter(name, help, labels)
   local m = declare("counter", name, help, labels)
   return {
     inc = function(values, n)
-      local key = label_key(m, values or {})
+      local key = label_key(m, values or EMPTY)
       m.series[key] = (m.series[key] or 0) + (n or 1)
     end,
   }
@@ -73,33 +81,40 @@ function metrics.gauge(name, help, labels)
   local m = declare("gauge", name, help, labels)
   return {
     set = function(values, v)
-      m.series[label_key(m, values or {})] = v
+      m.series[label_key(m, values or EMPTY)] = v
     end,
     add = function(values, v)
-      local key = label_key(m, values or {})
+      local key = label_key(m, values or EMPTY)
       m.series[key] = (m.series[key] or 0) + v
     end,
   }
 end
 
+-- A histogram series counts each observation once, in the first bucket
+-- whose bound holds it (counts[#buckets + 1]: above every bound); render
+-- makes the cumulative le= counts. Bumping every bucket at or above the
+-- value was the busiest loop of a served request.
 function metrics.histogram(name, help, labels, buckets)
   local m = declare("histogram", name, help, labels, buckets)
+  local bounds = m.buckets
+  local nbounds = #bounds
   return {
     observe = function(values, v)
-      local key = label_key(m, values or {})
+      local key = label_key(m, values or EMPTY)
       local s = m.series[key]
       if not s then
         s = { counts = {}, sum = 0, count = 0 }
-        for i = 1, #m.buckets do
+        for i = 1, nbounds + 1 do
           s.counts[i] = 0
         end
         m.series[key] = s
       end
-      for i, bound in ipairs(m.buckets) do
-        if v <= bound then
-          s.counts[i] = s.counts[i] + 1
-        end
+      local i = 1
+      while i <= nbounds and v > bounds[i] do
+        i = i + 1
       end
+      local counts = s.counts
+      counts[i] = counts[i] + 1
       s.sum = s.sum + v
       s.count = s.count + 1
     end,
@@ -146,8 +161,10 @@ function metrics.render()
     for _, key in ipairs(sorted_keys(m.series)) do
       local s = m.series[key]
       if m.kind == "histogram" then
+        local cumulative = 0
         for i, bound in ipairs(m.buckets) do
-          out[#out + 1] = ("%s_bucket%s %d"):format(name, with(key, ('le="%s"'):format(fmt(bound))), s.counts[i])
+          cumulative = cumulative + s.counts[i]
+          out[#out + 1] = ("%s_bucket%s %d"):format(name, with(key, ('le="%s"'):format(fmt(bound))), cumulative)
         end
         out[#out + 1] = ("%s_bucket%s %d"):format(name, with(key, 'le="+Inf"'), s.count)
         local suffix = key == "" and "" or "{" .. key .. "}"

@@ -47,12 +47,8 @@ local function micro(t)
 end
 runstate.micro = micro
 
--- Appends an outbound call to the current run's timeline.
-function runstate.record_call(req, started, duration, outcome)
-  local run = runstate.current()
-  if not run then
-    return
-  end
+-- Appends an outbound call to the timeline of run (a runstate entry).
+function runstate.record_call(run, req, started, duration, outcome)
   local timeline = run.timeline
   if #timeline >= runstate.MAX_TIMELINE then
     -- a run making thousands of calls keeps its first ones and a count

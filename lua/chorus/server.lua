@@ -717,7 +717,7 @@ function server.dispatch(req)
     log("error", "request handler failed", { path = req.path, error = tostring(resp) })
     resp = problem(500, "Internal Server Error", "the server could not handle this request")
   end
-  m.requests.inc({ tostring(resp.status) })
+  m.requests.inc({ resp.status })
   if state.config.access_log == false then
     return resp
   end

@@ -1,0 +1,56 @@
+-- chorus.metrics: the Prometheus text a scrape gets — cumulative histogram
+-- buckets, label escaping, stable series order.
+local metrics = require "chorus.metrics"
+
+local function lines_of(text, prefix)
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, #prefix) == prefix then
+      out[#out + 1] = line
+    end
+  end
+  return out
+end
+
+describe("chorus.metrics", function()
+  it("renders histogram buckets cumulatively, a value on a bound counting in that bucket", function()
+    local h = metrics.histogram("spec_latency_seconds", "Spec latency", { "upstream" }, { 0.01, 0.1, 1 })
+    for _, v in ipairs({ 0.005, 0.01, 0.05, 0.5, 2, 0.1 }) do
+      h.observe({ "a" }, v)
+    end
+    h.observe({ "b" }, 0.2)
+    local text = metrics.render()
+    assert.are.same({
+      'spec_latency_seconds_bucket{upstream="a",le="0.01"} 2',
+      'spec_latency_seconds_bucket{upstream="a",le="0.1"} 4',
+      'spec_latency_seconds_bucket{upstream="a",le="1"} 5',
+      'spec_latency_seconds_bucket{upstream="a",le="+Inf"} 6',
+      'spec_latency_seconds_bucket{upstream="b",le="0.01"} 0',
+      'spec_latency_seconds_bucket{upstream="b",le="0.1"} 0',
+      'spec_latency_seconds_bucket{upstream="b",le="1"} 1',
+      'spec_latency_seconds_bucket{upstream="b",le="+Inf"} 1',
+    }, lines_of(text, "spec_latency_seconds_bucket"))
+    assert.are.same({ 'spec_latency_seconds_count{upstream="a"} 6', 'spec_latency_seconds_count{upstream="b"} 1' },
+      lines_of(text, "spec_latency_seconds_count"))
+    assert.are.same({ 'spec_latency_seconds_sum{upstream="a"} 2.665' }, lines_of(text, 'spec_latency_seconds_sum{upstream="a"}'))
+    assert.truthy(text:find("# TYPE spec_latency_seconds histogram\n", 1, true))
+  end)
+
+  it("counts by label values, escaping quotes, backslashes and newlines", function()
+    local c = metrics.counter("spec_calls_total", "Spec calls", { "upstream", "status" })
+    c.inc({ "a", "200" })
+    c.inc({ "a", "200" }, 2)
+    c.inc({ 'we"ird\\\n', "500" })
+    assert.are.same({
+      'spec_calls_total{upstream="a",status="200"} 3',
+      'spec_calls_total{upstream="we\\"ird\\\\\\n",status="500"} 1',
+    }, lines_of(metrics.render(), "spec_calls_total{"))
+  end)
+
+  it("keeps a gauge's last value and adds to it", function()
+    local g = metrics.gauge("spec_in_flight", "Spec gauge")
+    g.set(nil, 5)
+    g.add(nil, -2)
+    assert.are.same({ "spec_in_flight 3" }, lines_of(metrics.render(), "spec_in_flight "))
+  end)
+end)
