@@ -32,7 +32,8 @@ describe("chorus.metrics", function()
     }, lines_of(text, "spec_latency_seconds_bucket"))
     assert.are.same({ 'spec_latency_seconds_count{upstream="a"} 6', 'spec_latency_seconds_count{upstream="b"} 1' },
       lines_of(text, "spec_latency_seconds_count"))
-    assert.are.same({ 'spec_latency_seconds_sum{upstream="a"} 2.665' }, lines_of(text, 'spec_latency_seconds_sum{upstream="a"}'))
+    assert.are.same({ 'spec_latency_seconds_sum{upstream="a"} 2.665' },
+      lines_of(text, 'spec_latency_seconds_sum{upstream="a"}'))
     assert.truthy(text:find("# TYPE spec_latency_seconds histogram\n", 1, true))
   end)
 
