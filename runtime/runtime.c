@@ -32,13 +32,14 @@ struct chorus_runtime *chorus_runtime_of(lua_State *L) {
  * A served request makes a few hundred short-lived Lua objects; through
  * glibc each alloc/free pair cost a few hundred instructions and cache
  * misses (malloc_consolidate, unlink_chunk were a fifth of the profile).
- * Freed blocks of up to 512 bytes are kept in per-class lists and handed
+ * Freed blocks of up to 504 bytes are kept in per-class lists and handed
  * out again, like glibc's tcache without its 7-entry limit.
  *
- * Invariant: a block in class c's list is a malloc'd chunk with at least
- * c * 16 usable bytes. Blocks we allocate for a small request are rounded
- * up to their class; blocks from before the runtime (exact sizes) are
- * admitted only when malloc_usable_size shows they are big enough. Every
+ * The classes are glibc's own chunk sizes (a request of n bytes gets a
+ * chunk of at least (n + 23) & ~15, and at least 32, usable to 8 bytes
+ * less), so any block of a class, ours or one malloc'd before the runtime
+ * existed, can serve any request of that class. is_lauxlib_alloc checks at start that
+ * malloc really sizes chunks so, and leaves the cache off otherwise. Every
  * cached block is a plain malloc chunk, so whoever frees it after the
  * runtime is gone (lua_close) can free() it. Under AddressSanitizer the
  * cache is off, so use-after-free inside Lua stays visible. */
@@ -51,36 +52,39 @@ struct chorus_runtime *chorus_runtime_of(lua_State *L) {
 #endif
 #endif
 
-#define CLASS_BYTES 16
-#define SMALL_MAX (CHORUS_ALLOC_CLASSES * CLASS_BYTES)
+#define SMALL_MAX (CHORUS_ALLOC_CLASSES * 16 - 8)
 
-static size_t size_class(size_t n) { return (n + CLASS_BYTES - 1) / CLASS_BYTES; }
+static size_t size_class(size_t n) {
+    size_t c = (n + 23) >> 4;
+    return c < 2 ? 2 : c;
+}
+
+static size_t class_usable(size_t c) { return c * 16 - 8; }
 
 static void *block_get(struct chorus_runtime *rt, size_t n) {
     size_t c = size_class(n);
     void *p = rt->cache[c];
     if (p) {
         rt->cache[c] = *(void **)p;
-        rt->cached_bytes -= c * CLASS_BYTES;
+        rt->cached_bytes -= c * 16;
         return p;
     }
-    return malloc(c * CLASS_BYTES);
+    return malloc(class_usable(c));
 }
 
 static void block_put(struct chorus_runtime *rt, void *p, size_t n) {
     size_t c = size_class(n);
-    size_t bytes = c * CLASS_BYTES;
-    if (rt->cached_bytes + bytes > CHORUS_ALLOC_CACHE_MAX || malloc_usable_size(p) < bytes) {
+    if (rt->cached_bytes + c * 16 > CHORUS_ALLOC_CACHE_MAX) {
         free(p);
         return;
     }
     *(void **)p = rt->cache[c];
     rt->cache[c] = p;
-    rt->cached_bytes += bytes;
+    rt->cached_bytes += c * 16;
 }
 
-/* lua_Alloc semantics on the cache; falls through to the base allocator
- * for large blocks. */
+/* lua_Alloc semantics on the cache; falls through to malloc for large
+ * blocks. */
 static void *cached_alloc(struct chorus_runtime *rt, void *ptr, size_t osize, size_t nsize) {
     if (nsize == 0) {
         if (ptr == NULL)
@@ -93,8 +97,7 @@ static void *cached_alloc(struct chorus_runtime *rt, void *ptr, size_t osize, si
     }
     if (ptr == NULL)
         return nsize <= SMALL_MAX ? block_get(rt, nsize) : malloc(nsize);
-    if (osize <= SMALL_MAX && nsize <= SMALL_MAX && size_class(osize) == size_class(nsize) &&
-        malloc_usable_size(ptr) >= size_class(nsize) * CLASS_BYTES)
+    if (osize <= SMALL_MAX && nsize <= SMALL_MAX && size_class(osize) == size_class(nsize))
         return ptr;
     if (osize > SMALL_MAX && nsize > SMALL_MAX)
         return realloc(ptr, nsize);
@@ -120,8 +123,8 @@ static void cache_drop(struct chorus_runtime *rt) {
     rt->cached_bytes = 0;
 }
 
-/* True when f is lauxlib's allocator (realloc/free), the only one whose
- * blocks the cache may take. */
+/* True when f is lauxlib's allocator (realloc/free) and malloc sizes small
+ * chunks as size_class assumes: only then may the cache take its blocks. */
 static int is_lauxlib_alloc(lua_Alloc f) {
 #ifdef CACHE_SANITIZED
     (void)f;
@@ -131,9 +134,14 @@ static int is_lauxlib_alloc(lua_Alloc f) {
     if (probe == NULL)
         return 0;
     void *ud;
-    int same = lua_getallocf(probe, &ud) == f;
+    int ok = lua_getallocf(probe, &ud) == f;
     lua_close(probe);
-    return same;
+    for (size_t n = 1; ok && n <= SMALL_MAX; n++) {
+        void *p = malloc(n);
+        ok = p != NULL && malloc_usable_size(p) >= class_usable(size_class(n));
+        free(p);
+    }
+    return ok;
 #endif
 }
 

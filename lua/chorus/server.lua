@@ -210,7 +210,8 @@ local function remember(rec)
   state.records[rec.id] = rec
   local slot = state.record_next or 1
   local old = state.record_order[slot]
-  if old and type(state.records[old]) == "string" then -- finished
+  local old_rec = old and state.records[old]
+  if old_rec and (type(old_rec) == "string" or old_rec.status ~= "running") then -- finished
     state.records[old] = nil
   end
   state.record_order[slot] = rec.id
@@ -221,6 +222,25 @@ end
 local function new_record(id, name, trace_id)
   return remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
     trace_id = trace_id, timeline = {} })
+end
+
+-- A run record as the JSON GET /runs/ID returns, secrets redacted. A
+-- result or error JSON cannot carry is replaced in the record by an error
+-- saying so (the record, and the webhook made of it, must stay readable).
+local function record_text(rec)
+  local eok, text = pcall(json.encode, rec)
+  if not eok then -- keep what JSON can carry
+    local kind = rec.error and type(rec.error.kind) == "string" and rec.error.kind or "result"
+    rec.result = nil
+    rec.error = { kind = kind, message = ("the run's %s is not JSON: %s"):format(
+      rec.status == "succeeded" and "result" or "error", tostring(text)) }
+    eok, text = pcall(json.encode, rec)
+    if not eok then -- e.g. a timeline entry: the record's frame alone
+      text = json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
+        finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, error = rec.error })
+    end
+  end
+  return secrets.redact(text)
 end
 
 -- record → the run's state while it runs (weak: gone with the record)
@@ -244,21 +264,14 @@ local function finish_record(rec, ok, value, info)
   end
   m.runs.inc({ rec.workflow, rec.status })
   m.duration.observe({ rec.workflow }, rec.duration)
+  if not state.store and not rec.callback_url then
+    -- kept as it is, and encoded only if someone asks (GET /runs/ID): most
+    -- records are never read, and encoding each was a tenth of a request
+    return nil
+  end
   -- A finished record never changes: keep it as its JSON text, one string
   -- the collector never has to traverse, instead of a tree of tables.
-  local eok, text = pcall(json.encode, rec)
-  if not eok then -- keep what JSON can carry: the record must be stored
-    local kind = rec.error and type(rec.error.kind) == "string" and rec.error.kind or "result"
-    rec.result = nil
-    rec.error = { kind = kind, message = ("the run's %s is not JSON: %s"):format(
-      rec.status == "succeeded" and "result" or "error", tostring(text)) }
-    eok, text = pcall(json.encode, rec)
-    if not eok then -- e.g. a timeline entry: the record's frame alone
-      text = json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
-        finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, error = rec.error })
-    end
-  end
-  text = secrets.redact(text)
+  local text = record_text(rec)
   state.records[rec.id] = text
   return text
 end
@@ -674,12 +687,8 @@ local function route(req)
     if not rec then
       return problem(404, "Not Found", ("no run with id '%s'"):format(id))
     end
-    if type(rec) == "string" then
-      return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = rec }
-    end
-    local resp = json_response(200, rec)
-    resp.body = secrets.redact(resp.body)
-    return resp
+    return { status = 200, headers = { ["Content-Type"] = "application/json" },
+      body = type(rec) == "string" and rec or record_text(rec) }
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)
