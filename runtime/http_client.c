@@ -441,6 +441,15 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         goto fail;
     }
     link_call(call);
+    /* Send now rather than when curl's 0 ms timer fires on the next loop
+     * turn: a burst of inbound requests would otherwise all run their Lua
+     * before the first of them reached its upstream. Finished transfers are
+     * left for check_done (a done callback must not run inside the caller),
+     * which the 0 ms timer below guarantees a turn for. */
+    int running;
+    curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (running < (int)client->active)
+        uv_timer_start(&client->timer, on_timer, 0, 0);
     return call;
 fail:
     call_free(call);
