@@ -32,7 +32,7 @@ struct chorus_runtime *chorus_runtime_of(lua_State *L) {
  * A served request makes a few hundred short-lived Lua objects; through
  * glibc each alloc/free pair cost a few hundred instructions and cache
  * misses (malloc_consolidate, unlink_chunk were a fifth of the profile).
- * Freed blocks of up to 504 bytes are kept in per-class lists and handed
+ * Freed blocks of up to 1016 bytes are kept in per-class lists and handed
  * out again, like glibc's tcache without its 7-entry limit.
  *
  * The classes are glibc's own chunk sizes (a request of n bytes gets a

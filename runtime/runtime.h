@@ -30,8 +30,8 @@ struct chorus_limits {
 #define CHORUS_DEFAULT_RUN_MEMORY ((size_t)64 << 20)
 #define CHORUS_DEFAULT_RUN_INSTRUCTIONS 100000000L
 
-/* Small-block cache of the Lua allocator: glibc's chunk sizes up to 512. */
-#define CHORUS_ALLOC_CLASSES 32
+/* Small-block cache of the Lua allocator: glibc's chunk sizes up to 1 KiB. */
+#define CHORUS_ALLOC_CLASSES 64
 #define CHORUS_ALLOC_CACHE_MAX ((size_t)16 << 20)
 
 struct chorus_runtime {
