@@ -294,6 +294,23 @@ static int core_exe(lua_State *L) {
     return 1;
 }
 
+/* core.random_hex(n) → 2n lowercase hex digits of n random bytes (n ≤ 64):
+ * trace and span ids without formatting a UUID and cutting it up. */
+static int core_random_hex(lua_State *L) {
+    static const char hex[] = "0123456789abcdef";
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 1 && n <= 64, 1, "between 1 and 64 bytes");
+    unsigned char b[64];
+    char out[128];
+    chorus_random_bytes(b, (size_t)n);
+    for (lua_Integer i = 0; i < n; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
+    }
+    lua_pushlstring(L, out, (size_t)(2 * n));
+    return 1;
+}
+
 static int core_uuid(lua_State *L) {
     char id[37];
     chorus_uuid(id);
@@ -363,6 +380,7 @@ static const luaL_Reg core_funcs[] = {
     {"now", core_now},
     {"monotime", core_monotime},
     {"uuid", core_uuid},
+    {"random_hex", core_random_hex},
     {"set_clock", core_set_clock},
     {"breaker", chorus_lua_breaker},
     {"retry_policy", chorus_lua_retry_policy},

@@ -322,7 +322,7 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
 /* Random bytes for ids, drawn from getrandom a pool at a time: a served
  * request takes a few ids, and a syscall for each was a tenth of its
  * syscalls. The loop thread is the only caller. */
-static void random_bytes(unsigned char *out, size_t n) {
+void chorus_random_bytes(unsigned char *out, size_t n) {
     static unsigned char pool[1024];
     static size_t left;
     if (left < n) {
@@ -342,7 +342,7 @@ static void random_bytes(unsigned char *out, size_t n) {
 void chorus_uuid(char out[37]) {
     static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
-    random_bytes(b, sizeof b);
+    chorus_random_bytes(b, sizeof b);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     char *p = out;

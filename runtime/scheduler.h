@@ -108,6 +108,9 @@ int chorus_task_await(struct chorus_task *t);
 /* Pushes a done task's results: true, values... or false, error. */
 int chorus_task_push_result(struct chorus_task *t, lua_State *L);
 
+/* Fills out with n random bytes (getrandom, drawn a pool at a time). */
+void chorus_random_bytes(unsigned char *out, size_t n);
+
 /* Writes a random (version 4) UUID and its NUL. */
 void chorus_uuid(char out[37]);
 

@@ -11,7 +11,7 @@ local runner = {}
 local ON_TIMEOUT_GRACE = 10
 
 local function new_trace_id()
-  return (core.uuid():gsub("-", ""))
+  return core.random_hex(16)
 end
 
 -- Runs inside a task: returns the workflow's value or raises its error.
@@ -24,7 +24,7 @@ function runner.execute(workflow, input, opts)
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
     trace_id = opts.trace_id or new_trace_id(), allow_hosts = workflow.allow_hosts,
   }
-  state.traceparent = ("00-%s-%s-01"):format(state.trace_id, core.uuid():gsub("-", ""):sub(1, 16))
+  state.traceparent = "00-" .. state.trace_id .. "-" .. core.random_hex(8) .. "-01"
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
   if opts.journal then

@@ -8,9 +8,11 @@ local core = require "chorus.core"
 local runstate = { MAX_TIMELINE = 1000 }
 local live = {}
 
+local ENDING_MT = { __close = function(guard) live[guard.id] = nil end }
+
 function runstate.begin(id, state)
   live[id] = state
-  return setmetatable({}, { __close = function() live[id] = nil end })
+  return setmetatable({ id = id }, ENDING_MT)
 end
 
 function runstate.current()

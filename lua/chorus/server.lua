@@ -37,6 +37,7 @@ local state = {
 server.state = state
 
 local MAX_RECORDS = 10000
+local EMPTY = {} -- read-only: for `x or EMPTY` on the request path
 
 local m = {
   runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
@@ -89,7 +90,7 @@ server.problem = problem
 
 function server.json_response(status, value, headers)
   local h = { ["Content-Type"] = "application/json" }
-  for k, v in pairs(headers or {}) do
+  for k, v in pairs(headers or EMPTY) do
     h[k] = v
   end
   return { status = status, headers = h, body = json.encode(value) }
@@ -394,7 +395,7 @@ end
 -- (chorus.webhook). Returns true and the caller's identity (nil when the
 -- workflow is open), or false.
 local function authenticate(req, name)
-  local rule = (state.config.auth or {})[name]
+  local rule = (state.config.auth or EMPTY)[name]
   if not rule then
     return true, nil
   end
@@ -426,7 +427,7 @@ local function start_workflow(req, name)
     r.headers["WWW-Authenticate"] = "Bearer"
     return r
   end
-  local max = (state.config.limits or {}).max_inflight_runs or 10000
+  local max = (state.config.limits or EMPTY).max_inflight_runs or 10000
   if state.inflight >= max then -- load shedding: nothing stored, the client retries
     local r = problem(503, "Service Unavailable", ("%d runs are in flight, the most this server takes"):format(max))
     r.headers["Retry-After"] = "1"
@@ -437,7 +438,7 @@ local function start_workflow(req, name)
   if kerr then
     return problem(400, "Bad Request", kerr)
   end
-  local idem = wf.idempotency or {}
+  local idem = wf.idempotency or EMPTY
   if not key and idem.required then
     return problem(400, "Bad Request", ("workflow '%s' requires an Idempotency-Key header"):format(name))
   end
@@ -474,11 +475,12 @@ local function start_workflow(req, name)
       return stored
     end
   end
-  local trace_id = parse_traceparent(req.headers.traceparent) or (core.uuid():gsub("-", ""))
+  local trace_id = parse_traceparent(req.headers.traceparent) or core.random_hex(16)
   local rec = new_record(core.uuid(), name, trace_id)
   rec.deadline_at = wf.timeout and core.now() + wf.timeout
   rec.callback_url = callback
-  local async = (req.headers.prefer or ""):lower():find("respond%-async")
+  local prefer = req.headers.prefer
+  local async = prefer and prefer:lower():find("respond%-async")
   if key then
     idempotency.begin(state.store, scope, key, fp, rec.id, idem.ttl)
     if not async then -- the run's end stores the response
@@ -591,7 +593,7 @@ local function start_outbox_workflow(backend, e)
   e.state = "started"
   backend:update(e)
   local rec = remember({ id = e.id, workflow = e.workflow, status = "running",
-    started = runstate.micro(core.now()), trace_id = (core.uuid():gsub("-", "")), timeline = {},
+    started = runstate.micro(core.now()), trace_id = core.random_hex(16), timeline = {},
     outbox = e, attempt = e.attempts + 1 })
   rec.deadline_at = entry.workflow.timeout and core.now() + entry.workflow.timeout
   if state.store then
