@@ -19,6 +19,24 @@ local calls_total = metrics.counter("chorus_http_calls_total", "Outbound HTTP ca
 local call_seconds = metrics.histogram("chorus_http_call_duration_seconds", "Outbound HTTP call latency",
   { "upstream" })
 
+-- The call metrics' series keys by target and outcome (a status or an
+-- error kind), so a call builds no label tables.
+local call_keys = {}
+
+local function call_series(target, outcome)
+  local t = call_keys[target]
+  if not t then
+    t = { latency = call_seconds.key({ target }) }
+    call_keys[target] = t
+  end
+  local k = t[outcome]
+  if not k then
+    k = calls_total.key({ target, outcome })
+    t[outcome] = k
+  end
+  return k, t.latency
+end
+
 http.defaults = { connect_timeout = 10, timeout = 30 }
 
 local ERROR_MT = {
@@ -168,8 +186,9 @@ local function send_once(r)
     runstate.record_call(run, r, started, duration, status or headers)
   end
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
-  calls_total.inc({ target, status or headers })
-  call_seconds.observe({ target }, duration)
+  local count_key, latency_key = call_series(target, status or headers)
+  calls_total.inc_key(count_key)
+  call_seconds.observe_key(latency_key, duration)
   if not status then
     if headers == "timeout" and capped then
       error(runstate.deadline_error(("during %s %s"):format(r.method, r.url)), 2)

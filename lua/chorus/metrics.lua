@@ -67,13 +67,19 @@ local function declare(kind, name, help, labels, buckets)
   return m
 end
 
+-- Every metric also has key(values) → the series key, and a *_key form of
+-- its update taking that key: a hot caller looks the key up once and keeps
+-- it instead of building a label table per update.
 function metrics.counter(name, help, labels)
   local m = declare("counter", name, help, labels)
+  local series = m.series
+  local function inc_key(key, n)
+    series[key] = (series[key] or 0) + (n or 1)
+  end
   return {
-    inc = function(values, n)
-      local key = label_key(m, values or EMPTY)
-      m.series[key] = (m.series[key] or 0) + (n or 1)
-    end,
+    key = function(values) return label_key(m, values or EMPTY) end,
+    inc_key = inc_key,
+    inc = function(values, n) inc_key(label_key(m, values or EMPTY), n) end,
   }
 end
 
@@ -98,26 +104,28 @@ function metrics.histogram(name, help, labels, buckets)
   local m = declare("histogram", name, help, labels, buckets)
   local bounds = m.buckets
   local nbounds = #bounds
+  local function observe_key(key, v)
+    local s = m.series[key]
+    if not s then
+      s = { counts = {}, sum = 0, count = 0 }
+      for i = 1, nbounds + 1 do
+        s.counts[i] = 0
+      end
+      m.series[key] = s
+    end
+    local i = 1
+    while i <= nbounds and v > bounds[i] do
+      i = i + 1
+    end
+    local counts = s.counts
+    counts[i] = counts[i] + 1
+    s.sum = s.sum + v
+    s.count = s.count + 1
+  end
   return {
-    observe = function(values, v)
-      local key = label_key(m, values or EMPTY)
-      local s = m.series[key]
-      if not s then
-        s = { counts = {}, sum = 0, count = 0 }
-        for i = 1, nbounds + 1 do
-          s.counts[i] = 0
-        end
-        m.series[key] = s
-      end
-      local i = 1
-      while i <= nbounds and v > bounds[i] do
-        i = i + 1
-      end
-      local counts = s.counts
-      counts[i] = counts[i] + 1
-      s.sum = s.sum + v
-      s.count = s.count + 1
-    end,
+    key = function(values) return label_key(m, values or EMPTY) end,
+    observe_key = observe_key,
+    observe = function(values, v) observe_key(label_key(m, values or EMPTY), v) end,
   }
 end
 

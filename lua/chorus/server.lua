@@ -366,8 +366,7 @@ end
 -- Runs a workflow as its own run and records it; returns ok, value.
 -- recorded: the journal of a run resumed after a restart.
 local function execute(entry, rec, input, recorded)
-  state.inflight = state.inflight + 1
-  m.inflight.set(nil, state.inflight)
+  state.inflight = state.inflight + 1 -- the gauge reads it when /metrics is scraped
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at,
     on_state = function(s)
       rec.timeline = s.timeline
@@ -378,7 +377,6 @@ local function execute(entry, rec, input, recorded)
   end
   local ok, value, info = core.execute({ id = rec.id }, runner.execute, entry.workflow, input, opts)
   state.inflight = state.inflight - 1
-  m.inflight.set(nil, state.inflight)
   run_end(rec, finish_record(rec, ok, value, info), ok, value)
   return ok, value
 end
@@ -691,6 +689,7 @@ local function route(req)
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)
+    m.inflight.set(nil, state.inflight)
     if state.store then
       -- the store counts; the counters catch up with it
       local ss, seen = state.store:stats(), state.store_seen or { commits = 0, failures = 0 }

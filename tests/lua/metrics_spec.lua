@@ -48,6 +48,22 @@ describe("chorus.metrics", function()
     }, lines_of(metrics.render(), "spec_calls_total{"))
   end)
 
+  it("updates a series through a key looked up once, the same series as by label values", function()
+    local c = metrics.counter("spec_keyed_total", "Keyed", { "target", "status" })
+    local k = c.key({ "x", 200 })
+    c.inc_key(k)
+    c.inc_key(k, 4)
+    c.inc({ "x", "200" })
+    assert.are.same({ 'spec_keyed_total{target="x",status="200"} 6' },
+      lines_of(metrics.render(), "spec_keyed_total{"))
+    local h = metrics.histogram("spec_keyed_seconds", "Keyed", { "target" }, { 1 })
+    h.observe_key(h.key({ "x" }), 0.5)
+    h.observe({ "x" }, 2)
+    assert.are.same({ 'spec_keyed_seconds_bucket{target="x",le="1"} 1',
+      'spec_keyed_seconds_bucket{target="x",le="+Inf"} 2' },
+      lines_of(metrics.render(), "spec_keyed_seconds_bucket"))
+  end)
+
   it("keeps a gauge's last value and adds to it", function()
     local g = metrics.gauge("spec_in_flight", "Spec gauge")
     g.set(nil, 5)
