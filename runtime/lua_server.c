@@ -7,7 +7,9 @@
  *   req = { method, path, headers = { lowercase name = value }, query = {}, body }
  *   srv:port(), srv:pending(), srv:quiesce(), srv:close()
  *
- * The handler runs as a run under the runtime's limits; a handler that fails
+ * The handler runs as a run with the runtime's memory cap and no instruction
+ * budget (it is trusted code; the workflows it starts get the configured
+ * limits through core.execute); a handler that fails
  * or returns something else gets a 500 (the handler in lua/chorus/server.lua
  * never does: it turns every workflow outcome into a response itself).
  */
@@ -130,7 +132,11 @@ static void on_request(struct chorus_exchange *ex, const struct chorus_request *
     lua_State *L = rt->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ls->handler_ref);
     push_request(L, ex, req);
-    if (!chorus_run_start(rt, L, 1, NULL, 1, on_run_done, ex)) {
+    /* The handler is chorus's own code: no budget (the workflow it starts
+     * runs as a run of its own, under the configured limits). */
+    struct chorus_limits limits = rt->limits;
+    limits.run_instructions = 0;
+    if (!chorus_run_start(rt, L, 1, &limits, 1, on_run_done, ex)) {
         lua_pop(L, 2);
         static const char *const h[] = {"Content-Type", "application/problem+json"};
         chorus_server_respond(ex, 500, h, 1, INTERNAL, sizeof INTERNAL - 1);

@@ -289,7 +289,14 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     }
 }
 
-static void sched_hook(lua_State *co) { lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY); }
+/* The count hook only where a budget needs it: with any hook set, Lua calls
+ * luaG_traceexec before every VM instruction (a tenth of a served request's
+ * instructions). Runs of trusted code (the request handler, the relay) run
+ * without a budget, and so without the hook. */
+static void sched_hook(struct chorus_run *run, lua_State *co) {
+    if (run->limits.run_instructions > 0)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
 
 static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *parent,
                                     lua_State *L, int nargs) {
@@ -310,7 +317,7 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
     t->result_ref = LUA_NOREF;
     t->co = lua_newthread(rt->L);
     t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
-    sched_hook(t->co);
+    sched_hook(run, t->co);
     lua_xmove(L, t->co, nargs + 1);
     t->nargs = nargs;
     run->tasks[run->ntasks++] = t;
