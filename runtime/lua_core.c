@@ -294,6 +294,16 @@ static int core_exe(lua_State *L) {
     return 1;
 }
 
+/* core.budget_coroutine(co) → co, with the count hook when the current run
+ * has an instruction budget (the sandbox's coroutine.create/wrap). */
+static int core_budget_coroutine(lua_State *L) {
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argcheck(L, co != NULL, 1, "coroutine expected");
+    chorus_budget_hook(co);
+    lua_settop(L, 1);
+    return 1;
+}
+
 /* core.random_hex(n) → 2n lowercase hex digits of n random bytes (n ≤ 64):
  * trace and span ids without formatting a UUID and cutting it up. */
 static int core_random_hex(lua_State *L) {
@@ -381,6 +391,7 @@ static const luaL_Reg core_funcs[] = {
     {"monotime", core_monotime},
     {"uuid", core_uuid},
     {"random_hex", core_random_hex},
+    {"budget_coroutine", core_budget_coroutine},
     {"set_clock", core_set_clock},
     {"breaker", chorus_lua_breaker},
     {"retry_policy", chorus_lua_retry_policy},

@@ -17,6 +17,7 @@
 #include "lua_events.h"
 #include "vclock.h"
 #include "scheduler.h"
+#include "watchdog.h"
 
 #define RUNTIME_KEY "chorus.runtime"
 
@@ -197,6 +198,9 @@ void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done) {
 }
 
 static void runtime_close(struct chorus_runtime *rt) {
+    if (rt->watchdog_on)
+        chorus_watchdog_stop(rt->watchdog);
+    rt->watchdog_on = 0;
     while (rt->runs)
         chorus_run_free(rt->runs);
     chorus_events_close(rt);
@@ -244,6 +248,7 @@ static struct chorus_runtime *runtime_create(lua_State *L) {
     }
     uv_idle_init(&rt->loop, &rt->idle);
     rt->idle.data = rt;
+    rt->watchdog_on = chorus_watchdog_start(&rt->watchdog) == 0;
     rt->limits.run_memory = CHORUS_DEFAULT_RUN_MEMORY;
     rt->limits.run_instructions = CHORUS_DEFAULT_RUN_INSTRUCTIONS;
     /* A private thread whose stack only the runtime touches, for packing

@@ -11,6 +11,7 @@
 
 #include <lua.h>
 #include <stddef.h>
+#include <time.h>
 #include <uv.h>
 
 #define CHORUS_VERSION "0.1.0"
@@ -57,6 +58,8 @@ struct chorus_runtime {
     /* Freed small Lua blocks by size class (runtime.c), when base_alloc is
      * lauxlib's malloc-based one; caching off otherwise. */
     int cache_on;
+    timer_t watchdog; /* arms the budget hook (watchdog.h) */
+    int watchdog_on;  /* 0: every budgeted task keeps the hook instead */
     void *cache[CHORUS_ALLOC_CLASSES + 1];
     size_t cached_bytes;
 };

@@ -5,6 +5,7 @@
  * running. Everything else (I/O callbacks, cancellations) only queues.
  */
 #include "scheduler.h"
+#include "watchdog.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #define HOOK_EVERY 1000
 
 static void task_resume(struct chorus_task *t);
+static void count_hook(lua_State *L, lua_Debug *ar);
 
 /* ---- ready queue ---------------------------------------------------------- */
 
@@ -223,7 +225,12 @@ static void task_resume(struct chorus_task *t) {
     t->nargs = 0;
     t->state = TASK_RUNNING;
     rt->current = t;
+    int watched = rt->watchdog_on && t->run->limits.run_instructions > 0;
+    if (watched)
+        chorus_watchdog_enter(t->co, count_hook, HOOK_EVERY);
     int status = lua_resume(t->co, rt->L, nargs, &nres);
+    if (watched)
+        chorus_watchdog_leave(t->co);
     rt->current = NULL;
     if (status == LUA_YIELD) {
         lua_pop(t->co, nres);
@@ -292,9 +299,17 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
 /* The count hook only where a budget needs it: with any hook set, Lua calls
  * luaG_traceexec before every VM instruction (a tenth of a served request's
  * instructions). Runs of trusted code (the request handler, the relay) run
- * without a budget, and so without the hook. */
+ * without a budget; budgeted tasks get the hook from the watchdog when they
+ * run long (watchdog.h), or from the start when there is no watchdog. */
 static void sched_hook(struct chorus_run *run, lua_State *co) {
-    if (run->limits.run_instructions > 0)
+    if (run->limits.run_instructions > 0 && !run->rt->watchdog_on)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+void chorus_budget_hook(lua_State *co) {
+    struct chorus_runtime *rt = chorus_runtime_of(co);
+    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    if (run && run->limits.run_instructions > 0)
         lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 

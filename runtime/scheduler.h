@@ -108,6 +108,11 @@ int chorus_task_await(struct chorus_task *t);
 /* Pushes a done task's results: true, values... or false, error. */
 int chorus_task_push_result(struct chorus_task *t, lua_State *L);
 
+/* Gives co (a coroutine a script made inside the current run) the count
+ * hook when the run has an instruction budget: the watchdog only watches
+ * task coroutines, so these are counted from their start. */
+void chorus_budget_hook(lua_State *co);
+
 /* Fills out with n random bytes (getrandom, drawn a pool at a time). */
 void chorus_random_bytes(unsigned char *out, size_t n);
 

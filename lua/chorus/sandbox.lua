@@ -31,6 +31,21 @@ local function rethrow_if_stopped(ok, ...)
   return ok, ...
 end
 
+-- coroutine.wrap's contract on top of resume: values through, an error
+-- raised in the caller (with its position, as wrap does for strings), the
+-- dead coroutine closed.
+local function wrap_results(co, ok, ...)
+  if ok then
+    return ...
+  end
+  local err = ...
+  coroutine.close(co)
+  if not core.killed() and type(err) == "string" then
+    error(err, 2)
+  end
+  error(err, 0)
+end
+
 local BASE = {
   "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawlen", "rawset",
   "select", "setmetatable", "tonumber", "tostring", "type", "_VERSION",
@@ -49,6 +64,17 @@ function sandbox.env()
   env.coroutine = copy(coroutine)
   env.coroutine.resume = function(co, ...)
     return rethrow_if_stopped(coroutine.resume(co, ...))
+  end
+  -- the run's instruction budget follows into coroutines the script makes
+  -- (the watchdog only watches the run's own tasks: chorus.watchdog.h)
+  env.coroutine.create = function(f)
+    return core.budget_coroutine(coroutine.create(f))
+  end
+  env.coroutine.wrap = function(f)
+    local co = env.coroutine.create(f)
+    return function(...)
+      return wrap_results(co, coroutine.resume(co, ...))
+    end
   end
   env.pcall = function(f, ...)
     return rethrow_if_stopped(pcall(f, ...))

@@ -161,6 +161,19 @@ describe("chorus run with bad input", function()
     fails({ "run", FIX .. "swallowing_loop.lua" }, 1, "instruction budget")
   end)
 
+  it("stops a runaway inside a coroutine the script made (resume and wrap)", function()
+    local r = fails({ "run", FIX .. "coroutine_loop.lua", "--input", '{"wrap":true}' }, 1, "instruction budget")
+    assert.are.equal("budget", H.decode(r.stderr).error.kind)
+    fails({ "run", FIX .. "coroutine_loop.lua" }, 1, "instruction budget")
+  end)
+
+  it("keeps coroutine.create, resume, yield and wrap working in scripts", function()
+    local r = H.chorus_run({ "run", FIX .. "coroutine_ok.lua" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.same({ first = 2, second = 20, y = "y", status = "suspended", caught = true, err = "boom" },
+      H.decode(r.stdout))
+  end)
+
   it("stops a memory bomb at the memory cap, exit 1", function()
     local r = fails({ "run", FIX .. "memory_bomb.lua" }, 1, "memory cap")
     assert.are.equal("memory", H.decode(r.stderr).error.kind)
