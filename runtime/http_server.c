@@ -3,7 +3,9 @@
  * MHD's epoll fd becomes readable when any of its sockets has work; we then
  * call MHD_run and re-arm one timer from MHD_get_timeout. A request whose
  * answer is not ready is suspended; chorus_server_respond resumes it and
- * kicks MHD_run on the next loop turn.
+ * kicks MHD_run from a prepare handle, which runs after the runs that
+ * answered (idle phase) and before the loop polls again: answers go out
+ * before the next batch of events is read, not a loop turn later.
  *
  * Invariant: an exchange lives from MHD's first access-handler call until
  * its completion callback; while it waits for an answer it is suspended, and
@@ -39,7 +41,7 @@ struct chorus_server {
     struct MHD_Daemon *daemon;
     uv_poll_t poll;
     uv_timer_t timer;
-    uv_idle_t kick;
+    uv_prepare_t kick; /* answers to send: runs before the loop polls again */
     chorus_server_handler handler;
     void *data;
     size_t max_body;
@@ -61,9 +63,9 @@ static void on_poll(uv_poll_t *poll, int status, int events) {
 
 static void on_timer(uv_timer_t *timer) { drive(timer->data); }
 
-static void on_kick(uv_idle_t *idle) {
-    uv_idle_stop(idle);
-    drive(idle->data);
+static void on_kick(uv_prepare_t *prepare) {
+    uv_prepare_stop(prepare);
+    drive(prepare->data);
 }
 
 static void drive(struct chorus_server *s) {
@@ -211,7 +213,7 @@ int chorus_server_respond(struct chorus_exchange *ex, unsigned status, const cha
         ex->suspended = 0;
         MHD_resume_connection(ex->conn);
         if (!uv_is_active((uv_handle_t *)&s->kick))
-            uv_idle_start(&s->kick, on_kick);
+            uv_prepare_start(&s->kick, on_kick);
     }
     return rc;
 }
@@ -272,7 +274,7 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
     info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_EPOLL_FD);
     uv_poll_init(loop, &s->poll, info->epoll_fd);
     uv_timer_init(loop, &s->timer);
-    uv_idle_init(loop, &s->kick);
+    uv_prepare_init(loop, &s->kick);
     s->poll.data = s->timer.data = s->kick.data = s;
     s->handles_open = 3;
     uv_poll_start(&s->poll, UV_READABLE, on_poll);
