@@ -24,9 +24,11 @@ return { access_log = false, outbox = { base = 0.05, cap = 0.5, poll = 0.02 },
 ]]):format(mock.url))
     local srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data })
     local port = srv.url:match(":(%d+)$")
+    local logs = { srv.log } -- every server's stderr: printed when a defect shows up
     local function restart()
       srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data,
         "--listen", "127.0.0.1:" .. port })
+      logs[#logs + 1] = srv.log
     end
 
     local stop_file = os.tmpname()
@@ -135,7 +137,19 @@ return { access_log = false, outbox = { base = 0.05, cap = 0.5, poll = 0.02 },
       KILLS, load_seconds, keys, tries, tries - keys, #defects, charges, receipts, stats.replayed,
       replays_ok, asked, outbox_left, dlq_left, running))
 
+    if #defects > 0 then -- what the servers said about failing runs
+      for _, log in ipairs(logs) do
+        for line in (H.read(log) or ""):gmatch("[^\n]+") do
+          if line:find('"level":"error"', 1, true) then
+            print(line)
+          end
+        end
+      end
+    end
     srv.stop()
+    for _, log in ipairs(logs) do
+      os.remove(log)
+    end
     mock.stop()
     os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
     os.remove(conf)
