@@ -487,8 +487,8 @@ static void enc_number(lua_State *L, struct enc *e, int idx) {
  * bytes as \u00xx, everything else (UTF-8 included) as it is. */
 /* Bytes a JSON string cannot carry as they are: '"', '\\' and controls. */
 static const unsigned char SPECIAL[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    ['"'] = 1, ['\\'] = 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,         1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ['"'] = 1, ['\\'] = 1,
 };
 
 static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
