@@ -485,20 +485,17 @@ static void enc_number(lua_State *L, struct enc *e, int idx) {
 
 /* A JSON string as cJSON prints it: \" \\ \b \f \n \r \t, other control
  * bytes as \u00xx, everything else (UTF-8 included) as it is. */
-/* Bytes a JSON string cannot carry as they are: '"', '\\' and controls. */
-static const unsigned char SPECIAL[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,         1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ['"'] = 1, ['\\'] = 1,
-};
-
 static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
-    /* Most strings need no escape: find the first byte that does with a
-     * table lookup per byte (strcspn with 34 bytes to look for was glibc's
-     * slow generic path). */
+    /* Most strings need no escape: find the first byte that does (strcspn
+     * with the 34 bytes to look for took glibc's slow generic path). */
     size_t first = 0;
-    while (first < len && !SPECIAL[(unsigned char)s[first]])
+    while (first < len) {
+        unsigned char c = (unsigned char)s[first];
+        if (c < 0x20 || c == '"' || c == '\\')
+            break;
         first++;
+    }
     size_t extra = 0;
     for (size_t i = first; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
