@@ -231,6 +231,11 @@ static enum MHD_Result each_value(void *cls, enum MHD_ValueKind kind, const char
     return MHD_YES;
 }
 
+int chorus_server_count(struct chorus_exchange *ex, int kind) {
+    return MHD_get_connection_values(ex->conn, kind == 0 ? MHD_HEADER_KIND : MHD_GET_ARGUMENT_KIND,
+                                     NULL, NULL);
+}
+
 void chorus_server_each(struct chorus_exchange *ex, int kind, chorus_server_kv_fn fn, void *cls) {
     struct each_ctx ctx = {fn, cls};
     MHD_get_connection_values(ex->conn, kind == 0 ? MHD_HEADER_KIND : MHD_GET_ARGUMENT_KIND,

@@ -51,6 +51,9 @@ int chorus_server_port(const struct chorus_server *server);
 typedef void (*chorus_server_kv_fn)(void *cls, const char *key, const char *value);
 void chorus_server_each(struct chorus_exchange *ex, int kind, chorus_server_kv_fn fn, void *cls);
 
+/* How many headers (kind 0) or query arguments (kind 1) the request has. */
+int chorus_server_count(struct chorus_exchange *ex, int kind);
+
 /* Answers ex. headers is a flat array of name, value pairs (n pairs); body is
  * copied. After this the exchange belongs to the engine again. Returns 0, or
  * -1 when the response could not be built (the connection is then closed). */

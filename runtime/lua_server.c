@@ -63,10 +63,10 @@ static void push_request(lua_State *L, struct chorus_exchange *ex,
     lua_setfield(L, -2, "path");
     lua_pushlstring(L, req->body, req->body_len);
     lua_setfield(L, -2, "body");
-    lua_newtable(L);
+    lua_createtable(L, 0, chorus_server_count(ex, 0));
     chorus_server_each(ex, 0, set_kv, L);
     lua_setfield(L, -2, "headers");
-    lua_newtable(L);
+    lua_createtable(L, 0, chorus_server_count(ex, 1));
     chorus_server_each(ex, 1, set_query, L);
     lua_setfield(L, -2, "query");
 }

@@ -391,7 +391,9 @@ function Upstream:request(req)
   end
   local timeout = req.timeout or cfg.timeout
   local connect_timeout = req.connect_timeout or cfg.connect_timeout
-  local r = { timeout = timeout, connect_timeout = connect_timeout }
+  -- built with every field it will get, so it is sized once
+  local r = { timeout = timeout, connect_timeout = connect_timeout, method = method, url = url,
+    upstream = self.name, flags = nil, body = nil, headers = nil, run = nil, idempotency_key = nil }
   check_number(r, "timeout")
   check_number(r, "connect_timeout")
   local headers = {}
@@ -401,7 +403,6 @@ function Upstream:request(req)
   for k, v in pairs(req.headers or EMPTY) do
     headers[k] = tostring(v)
   end
-  r.method, r.url, r.upstream = method, url, self.name
   r.timeout = timeout or http.defaults.timeout
   r.connect_timeout = connect_timeout or http.defaults.connect_timeout
   r.flags = request_flags(not (cfg.tls_verify == false or req.tls_verify == false),

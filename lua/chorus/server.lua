@@ -221,8 +221,10 @@ local function remember(rec)
 end
 
 local function new_record(id, name, trace_id)
+  -- the nil fields only size the table for what the run's end adds: no rehash
   return remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
-    trace_id = trace_id, timeline = {} })
+    trace_id = trace_id, timeline = {}, deadline_at = nil, finished = nil, duration = nil, result = nil,
+    error = nil })
 end
 
 -- A run record as the JSON GET /runs/ID returns, secrets redacted. A
