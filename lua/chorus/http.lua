@@ -376,32 +376,49 @@ local function upstream_url(config, path)
   local url = urls[path]
   if not url then
     url = join(config.base_url, path)
+    if not url:match("^https?://") then
+      error(("http.request: url must be an http:// or https:// URL, got %s"):format(url), 3)
+    end
     urls[path] = url
   end
   return url
 end
 
+-- Method names upper-cased once each ("get" → "GET").
+local METHODS = setmetatable({}, { __index = function(t, m)
+  local up = m:upper()
+  t[m] = up
+  return up
+end })
+
+local function copy_headers(into, from)
+  for k, v in pairs(from) do
+    into[k] = tostring(v)
+  end
+end
+
 function Upstream:request(req)
   local cfg = self.config
   local path = req.path or "/"
-  local method = (req.method or "GET"):upper()
+  local method = METHODS[req.method or "GET"]
   local url = upstream_url(cfg, path)
-  if not url:match("^https?://") then
-    error(("http.request: url must be an http:// or https:// URL, got %s"):format(url), 2)
-  end
   local timeout = req.timeout or cfg.timeout
   local connect_timeout = req.connect_timeout or cfg.connect_timeout
   -- built with every field it will get, so it is sized once
   local r = { timeout = timeout, connect_timeout = connect_timeout, method = method, url = url,
     upstream = self.name, flags = nil, body = nil, headers = nil, run = nil, idempotency_key = nil }
-  check_number(r, "timeout")
-  check_number(r, "connect_timeout")
-  local headers = {}
-  for k, v in pairs(cfg.headers or EMPTY) do
-    headers[k] = tostring(v)
+  if timeout ~= nil then
+    check_number(r, "timeout")
   end
-  for k, v in pairs(req.headers or EMPTY) do
-    headers[k] = tostring(v)
+  if connect_timeout ~= nil then
+    check_number(r, "connect_timeout")
+  end
+  local headers = {}
+  if cfg.headers then
+    copy_headers(headers, cfg.headers)
+  end
+  if req.headers then
+    copy_headers(headers, req.headers)
   end
   r.timeout = timeout or http.defaults.timeout
   r.connect_timeout = connect_timeout or http.defaults.connect_timeout
@@ -409,10 +426,10 @@ function Upstream:request(req)
     cfg.follow_redirects or req.follow_redirects)
   local prepared = finish_prepare(r, req, headers)
   prepared.idempotency_key = req.idempotency_key
-  if req.later or capturing(prepared) then
+  local run = prepared.run
+  if req.later or (run and run.capture) then
     return queue_later(prepared, req.later)
   end
-  local run = prepared.run
   if not (run and run.journal) then -- nothing to record: skip building the step's target
     return resilient(self, prepared, req)
   end

@@ -44,20 +44,23 @@ end
 
 -- Times in records are kept to the microsecond: finer digits carry no
 -- information and make every float in a record 17 digits long.
+local floor = math.floor
+
 local function micro(t)
-  return math.floor(t * 1e6 + 0.5) / 1e6
+  return floor(t * 1e6 + 0.5) / 1e6
 end
 runstate.micro = micro
 
 -- Appends an outbound call to the timeline of run (a runstate entry).
 function runstate.record_call(run, req, started, duration, outcome)
   local timeline = run.timeline
-  if #timeline >= runstate.MAX_TIMELINE then
+  local n = #timeline
+  if n >= runstate.MAX_TIMELINE then
     -- a run making thousands of calls keeps its first ones and a count
     run.timeline_dropped = (run.timeline_dropped or 0) + 1
     return
   end
-  timeline[#timeline + 1] = {
+  timeline[n + 1] = {
     target = req.upstream or req.url, method = req.method, url = req.url,
     attempts = 1, status = outcome, start = micro(started), duration = micro(duration),
   }
