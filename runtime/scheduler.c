@@ -7,11 +7,14 @@
 #include "scheduler.h"
 #include "watchdog.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #define HOOK_EVERY 1000
 
@@ -225,12 +228,22 @@ static void task_resume(struct chorus_task *t) {
     t->nargs = 0;
     t->state = TASK_RUNNING;
     rt->current = t;
-    int watched = rt->watchdog_on && t->run->limits.run_instructions > 0;
+    struct chorus_run *run = t->run;
+    /* A run stopped by a limit stops at its next instruction, whichever of
+     * its tasks runs (with the watchdog, the others may have no hook). */
+    if (run->killed != KILL_NONE)
+        lua_sethook(t->co, count_hook, LUA_MASKCOUNT, 1);
+    /* A budgeted run is counted from the first watchdog tick that lands in
+     * it, in every task and every resume after (a loop that yields is
+     * counted too). */
+    int watched = rt->watchdog_on && run->limits.run_instructions > 0 && !run->hooked;
     if (watched)
         chorus_watchdog_enter(t->co, count_hook, HOOK_EVERY);
+    else if (run->hooked && !lua_gethookmask(t->co))
+        lua_sethook(t->co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     int status = lua_resume(t->co, rt->L, nargs, &nres);
-    if (watched)
-        chorus_watchdog_leave(t->co);
+    if (watched && chorus_watchdog_leave(t->co))
+        run->hooked = 1;
     rt->current = NULL;
     if (status == LUA_YIELD) {
         lua_pop(t->co, nres);
@@ -345,16 +358,32 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
  * request takes a few ids, and a syscall for each was a tenth of its
  * syscalls. The loop thread is the only caller. */
 void chorus_random_bytes(unsigned char *out, size_t n) {
-    static unsigned char pool[1024];
+    static unsigned char pool[256]; /* getrandom never returns short for 256 bytes */
     static size_t left;
     if (left < n) {
-        if (getrandom(pool, sizeof pool, 0) == (ssize_t)sizeof pool) {
-            left = sizeof pool;
-        } else {
-            for (size_t i = 0; i < n; i++)
-                out[i] = (unsigned char)rand();
-            return;
+        size_t got = 0;
+        while (got < sizeof pool) {
+            ssize_t r = getrandom(pool + got, sizeof pool - got, 0);
+            if (r > 0)
+                got += (size_t)r;
+            else if (errno != EINTR)
+                break;
         }
+        if (got < sizeof pool) { /* no getrandom: the clock, the pid, a counter */
+            static unsigned long long counter;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            unsigned long long x = (unsigned long long)ts.tv_nsec ^
+                                   ((unsigned long long)ts.tv_sec << 20) ^
+                                   ((unsigned long long)getpid() << 40) ^ ++counter;
+            for (size_t i = got; i < sizeof pool; i++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                pool[i] = (unsigned char)x;
+            }
+        }
+        left = sizeof pool;
     }
     memcpy(out, pool + sizeof pool - left, n);
     memset(pool + sizeof pool - left, 0, n); /* an id is never handed out twice */

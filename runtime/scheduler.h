@@ -53,6 +53,7 @@ struct chorus_run {
     int allow_io; /* 0 while a script's top level runs */
     size_t mem;   /* heap growth charged to this run */
     long instructions;
+    int hooked; /* the watchdog caught it running: counted from then on */
     enum chorus_kill killed;
     struct chorus_limits limits;
     uint64_t deadline_ms; /* loop time; 0: none */

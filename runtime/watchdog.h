@@ -6,10 +6,10 @@
  * request. Instead, a timer on the loop thread's CPU time ticks every
  * CHORUS_WATCHDOG_TICK_MS; a tick that lands while a budgeted task is being
  * resumed sets the count hook on that task's coroutine (lua_sethook is made
- * to be called from a signal handler), and from then on its instructions
- * are counted exactly until it yields. A runaway loop is therefore stopped
- * at most one tick plus its budget later; code that yields within a tick
- * runs at full speed and is not counted.
+ * to be called from a signal handler), and the scheduler then counts that
+ * run exactly, in all its tasks, until it ends. A runaway, even one that
+ * yields between its loops, is therefore stopped about a tick of its own
+ * CPU plus its budget later; a run that never meets a tick is not counted.
  *
  * When the timer cannot be made (chorus_watchdog_start fails), the caller
  * keeps the hook on every budgeted task, as before.
@@ -29,8 +29,9 @@ int chorus_watchdog_start(timer_t *timer);
 void chorus_watchdog_stop(timer_t timer);
 
 /* Around a resume of budgeted code: a tick between enter and leave sets hook
- * (LUA_MASKCOUNT, every `every` instructions) on co; leave clears it again. */
+ * (LUA_MASKCOUNT, every `every` instructions) on co. leave returns 1 when
+ * that happened (the hook stays set), else 0. */
 void chorus_watchdog_enter(lua_State *co, lua_Hook hook, int every);
-void chorus_watchdog_leave(lua_State *co);
+int chorus_watchdog_leave(lua_State *co);
 
 #endif

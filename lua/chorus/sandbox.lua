@@ -32,14 +32,20 @@ local function rethrow_if_stopped(ok, ...)
 end
 
 -- coroutine.wrap's contract on top of resume: values through, an error
--- raised in the caller (with its position, as wrap does for strings), the
--- dead coroutine closed.
+-- raised in the caller (with its position, as wrap does for strings); a
+-- coroutine that died of it is closed, and an error of its __close
+-- handlers replaces the first (a running one, resumed again, is left alone).
 local function wrap_results(co, ok, ...)
   if ok then
     return ...
   end
   local err = ...
-  coroutine.close(co)
+  if coroutine.status(co) == "dead" then
+    local cok, cerr = coroutine.close(co)
+    if not cok then
+      err = cerr
+    end
+  end
   if not core.killed() and type(err) == "string" then
     error(err, 2)
   end

@@ -170,8 +170,16 @@ describe("chorus run with bad input", function()
   it("keeps coroutine.create, resume, yield and wrap working in scripts", function()
     local r = H.chorus_run({ "run", FIX .. "coroutine_ok.lua" })
     assert.are.equal(0, r.code, r.stderr)
-    assert.are.same({ first = 2, second = 20, y = "y", status = "suspended", caught = true, err = "boom" },
-      H.decode(r.stdout))
+    assert.are.same({ first = 2, second = 20, y = "y", status = "suspended", caught = true, err = "boom",
+      running = "cannot resume non-suspended coroutine", closed = "in close" }, H.decode(r.stdout))
+  end)
+
+  it("stops a runaway that yields between its loops", function()
+    fails({ "run", FIX .. "yielding_loop.lua" }, 1, "instruction budget")
+  end)
+
+  it("stops the whole run when one task runs away, even inside all_settled", function()
+    fails({ "run", FIX .. "settled_loop.lua" }, 1, "instruction budget")
   end)
 
   it("stops a memory bomb at the memory cap, exit 1", function()
