@@ -14,10 +14,12 @@
  * never does: it turns every workflow outcome into a response itself).
  */
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "http_server.h"
+#include "lua_json.h"
 #include "runtime.h"
 #include "scheduler.h"
 
@@ -118,6 +120,24 @@ static void on_run_done(struct chorus_run *run, void *data) {
         lua_settop(L, top + 2);
         respond_with(L, ex);
     } else {
+        /* The handler never fails on its own (lua/chorus/server.lua answers
+         * every outcome); if its run still did, say why in the log. */
+        const char *why = n >= 2 && lua_type(L, top + 2) == LUA_TSTRING ? lua_tostring(L, top + 2)
+                          : n >= 2 && lua_type(L, top + 2) == LUA_TTABLE
+                              ? "a limit or an error table"
+                              : "no response";
+        lua_createtable(L, 0, 3);
+        lua_pushliteral(L, "error");
+        lua_setfield(L, -2, "level");
+        lua_pushliteral(L, "request handler run failed; answered 500");
+        lua_setfield(L, -2, "msg");
+        lua_pushstring(L, why);
+        lua_setfield(L, -2, "error");
+        char *line = chorus_json_encode(L, -1, NULL, 0);
+        if (line) {
+            fprintf(stderr, "%s\n", line);
+            free(line);
+        }
         lua_settop(L, top);
         lua_pushnil(L);
         respond_with(L, ex);

@@ -722,6 +722,9 @@ end
 function server.dispatch(req)
   local t0 = core.now()
   local ok, resp = pcall(route, req)
+  if ok and type(resp) ~= "table" then
+    ok, resp = false, "the route gave no response"
+  end
   if not ok then
     log("error", "request handler failed", { path = req.path, error = tostring(resp) })
     resp = problem(500, "Internal Server Error", "the server could not handle this request")

@@ -15,13 +15,14 @@ local function exists(path)
 end
 
 local function post(key, body)
-  local p = io.popen(("curl -s -o /dev/null -D - --max-time 5 -X POST -H 'Idempotency-Key: %s' "
+  local p = io.popen(("curl -s -D - --max-time 5 -X POST -H 'Idempotency-Key: %s' "
     .. "--data-binary '%s' %s/workflows/donate"):format(key, body, url))
   local text = p:read("a")
   p:close()
   local status = tonumber(text:match("^HTTP/[%d.]+ (%d+)")) or 0
   local run_id = text:match("\n[Xx]%-[Rr]un%-[Ii]d: ([%x%-]+)")
-  return status, run_id
+  local detail = text:match('"detail":"([^"]*)"') or text:match("\r\n\r\n(.*)$") or ""
+  return status, run_id, detail:sub(1, 120):gsub("%s", "_")
 end
 
 local i = 0
@@ -32,13 +33,13 @@ while not exists(stop_file) do
   local tries, others = 0, ""
   while true do
     tries = tries + 1
-    local status, run_id = post(key, body)
+    local status, run_id, detail = post(key, body)
     if status == 201 then
       out:write(("%s %s %d%s\n"):format(key, run_id or "?", tries, others))
       out:flush()
       break
     elseif status ~= 0 and status ~= 409 and status ~= 503 then
-      others = others .. " " .. status -- anything else is a defect: reported
+      others = others .. " " .. status .. "(" .. detail .. ")" -- anything else is a defect: reported
     end
     os.execute("sleep 0.05")
   end
