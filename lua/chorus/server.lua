@@ -469,6 +469,7 @@ local function start_workflow(req, name)
     elseif verdict == "replay" then
       if type(stored) ~= "table" or math.type(stored.status) ~= "integer" or type(stored.headers) ~= "table"
           or type(stored.body) ~= "string" then
+        log("error", "a stored idempotent response is unreadable", { workflow = name, key = key })
         return problem(500, "Internal Server Error", "the stored response of this Idempotency-Key is unreadable")
       end
       stored.headers["Idempotent-Replayed"] = "true"
