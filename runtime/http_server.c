@@ -232,8 +232,9 @@ static enum MHD_Result each_value(void *cls, enum MHD_ValueKind kind, const char
 }
 
 int chorus_server_count(struct chorus_exchange *ex, int kind) {
-    return MHD_get_connection_values(ex->conn, kind == 0 ? MHD_HEADER_KIND : MHD_GET_ARGUMENT_KIND,
-                                     NULL, NULL);
+    int n = MHD_get_connection_values(ex->conn, kind == 0 ? MHD_HEADER_KIND : MHD_GET_ARGUMENT_KIND,
+                                      NULL, NULL);
+    return n > 0 ? n : 0; /* -1 when MHD has no connection to read */
 }
 
 void chorus_server_each(struct chorus_exchange *ex, int kind, chorus_server_kv_fn fn, void *cls) {

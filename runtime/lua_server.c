@@ -126,13 +126,17 @@ static void on_run_done(struct chorus_run *run, void *data) {
                           : n >= 2 && lua_type(L, top + 2) == LUA_TTABLE
                               ? "a limit or an error table"
                               : "no response";
-        lua_createtable(L, 0, 3);
+        lua_createtable(L, 0, 4);
         lua_pushliteral(L, "error");
         lua_setfield(L, -2, "level");
         lua_pushliteral(L, "request handler run failed; answered 500");
         lua_setfield(L, -2, "msg");
         lua_pushstring(L, why);
         lua_setfield(L, -2, "error");
+        if (run->traceback) {
+            lua_pushstring(L, run->traceback);
+            lua_setfield(L, -2, "traceback");
+        }
         char *line = chorus_json_encode(L, -1, NULL, 0);
         if (line) {
             fprintf(stderr, "%s\n", line);
