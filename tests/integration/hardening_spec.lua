@@ -143,7 +143,7 @@ return {
   end)
 
   describe("TLS", function()
-    local tls_dir, server_pid, port
+    local tls_dir, server_pid, server_pipe, port
 
     setup(function()
       tls_dir = H.temp_dir()
@@ -152,10 +152,13 @@ return {
       -- below Linux's ephemeral range (32768+), where a busy test machine's
       -- own connections could hold the port
       port = 20000 + math.random(12000)
-      local p = io.popen(("sh -c 'echo $$; exec timeout 60 openssl s_server -quiet -www -accept 127.0.0.1:%d "
+      -- the pipe is kept until teardown: a popen'd file the collector
+      -- finalizes is pclose()d, which waits for s_server to exit (a minute,
+      -- after which the runs found no one listening)
+      server_pipe = io.popen(("sh -c 'echo $$; exec timeout 60 openssl s_server -quiet -www -accept 127.0.0.1:%d "
         .. "-cert %s/cert.pem -key %s/key.pem >/dev/null 2>%s/s_server.log'"):format(port, tls_dir, tls_dir,
         tls_dir))
-      server_pid = tonumber(p:read("l"))
+      server_pid = tonumber(server_pipe:read("l"))
       -- s_server takes a while on a busy machine: wait for its handshake
       assert(H.eventually(function()
         return H.exec(("curl -sk -o /dev/null https://127.0.0.1:%d/"):format(port), nil, 5).code == 0
@@ -164,6 +167,7 @@ return {
 
     teardown(function()
       os.execute("kill " .. server_pid .. " 2>/dev/null")
+      server_pipe:close()
       os.execute("rm -rf " .. H.quote(tls_dir))
     end)
 
@@ -182,7 +186,7 @@ return {
         "s_server said: " .. H.read(tls_dir .. "/s_server.log"))
       local lax = run(", tls_verify = false")
       assert.are.equal(0, lax.code, lax.stderr)
-      assert.are.same({ status = 200 }, H.decode(lax.stdout))
+      assert.are.same({ status = 200 }, H.decode(lax.stdout), "s_server said: " .. H.read(tls_dir .. "/s_server.log"))
       assert.truthy(lax.stderr:find("TLS verification is off", 1, true))
     end)
   end)
