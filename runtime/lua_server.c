@@ -240,12 +240,19 @@ int chorus_lua_serve(lua_State *L) {
     ls->server = NULL;
     ls->handler_ref = LUA_NOREF;
     luaL_setmetatable(L, SERVER_MT);
-    char err[256];
-    ls->server = chorus_server_start(&rt->loop, &cfg, on_request, ls, err, sizeof err);
-    if (!ls->server)
-        return luaL_error(L, "%s", err);
+    /* The handler first: starting the server runs MHD once, and a request
+     * already waiting in the listen backlog (a client retrying while the
+     * server restarts) is handed to on_request right then. With the ref
+     * still unset that request's run called nil and got a 500. */
     lua_pushvalue(L, 2);
     ls->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    char err[256];
+    ls->server = chorus_server_start(&rt->loop, &cfg, on_request, ls, err, sizeof err);
+    if (!ls->server) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ls->handler_ref);
+        ls->handler_ref = LUA_NOREF;
+        return luaL_error(L, "%s", err);
+    }
     return 1;
 }
 
