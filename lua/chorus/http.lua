@@ -86,6 +86,13 @@ local function check_number(req, field)
   end
 end
 
+-- Method names upper-cased once each ("get" → "GET").
+local METHODS = setmetatable({}, { __index = function(t, m)
+  local up = m:upper()
+  t[m] = up
+  return up
+end })
+
 -- The part of preparing a request both paths share: body or json, the
 -- idempotency key and trace headers, the run. headers: the table to send
 -- (values already strings).
@@ -135,7 +142,7 @@ local function prepare(req)
   check_number(req, "timeout")
   check_number(req, "connect_timeout")
   local out = {
-    method = (req.method or "GET"):upper(), url = req.url, upstream = req.upstream,
+    method = METHODS[req.method or "GET"], url = req.url, upstream = req.upstream,
     timeout = req.timeout or http.defaults.timeout,
     connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
     flags = request_flags(req.tls_verify, req.follow_redirects),
@@ -164,7 +171,7 @@ end
 local function send_once(r)
   local run = r.run
   -- the run's deadline caps every call inside it
-  local left = run and run.deadline and run.deadline - core.now() or math.huge
+  local left = run and runstate.remaining(run) or math.huge
   if left <= 0 then
     error(runstate.deadline_error(("before %s %s"):format(r.method, r.url)), 2)
   end
@@ -383,13 +390,6 @@ local function upstream_url(config, path)
   end
   return url
 end
-
--- Method names upper-cased once each ("get" → "GET").
-local METHODS = setmetatable({}, { __index = function(t, m)
-  local up = m:upper()
-  t[m] = up
-  return up
-end })
 
 local function copy_headers(into, from)
   for k, v in pairs(from) do

@@ -31,11 +31,12 @@ function runstate.deadline_error(what)
     attempts = 0 }, DEADLINE_MT)
 end
 
---- Seconds left before the current run's deadline (math.huge when none).
---- The deadline is a wall-clock time (seconds since the epoch, virtual
---- under chorus.testing), so it survives a restart of the process.
-function runstate.remaining()
-  local run = runstate.current()
+--- Seconds left before the deadline of run (a runstate entry; the current
+--- run when nil), math.huge when it has none. The deadline is a wall-clock
+--- time (seconds since the epoch, virtual under chorus.testing), so it
+--- survives a restart of the process.
+function runstate.remaining(run)
+  run = run or runstate.current()
   if not run or not run.deadline then
     return math.huge
   end
