@@ -386,7 +386,7 @@ void chorus_random_bytes(unsigned char *out, size_t n) {
         left = sizeof pool;
     }
     memcpy(out, pool + sizeof pool - left, n);
-    memset(pool + sizeof pool - left, 0, n); /* an id is never handed out twice */
+    memset(pool + sizeof pool - left, 0, n); /* used bytes do not linger in memory */
     left -= n;
 }
 
