@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* Easy handles are kept for reuse: creating one costs more than a call. */
 #define EASY_POOL 256
@@ -26,6 +28,8 @@ struct chorus_http_client {
     CURL *idle[EASY_POOL]; /* reset easy handles ready for reuse */
     int nidle;
     int closing;
+    struct sock_ctx **socks; /* by fd: every socket curl has open */
+    size_t nsocks;
 };
 
 struct chorus_http_call {
@@ -44,11 +48,17 @@ struct chorus_http_call {
     char errbuf[CURL_ERROR_SIZE];
 };
 
-/* One watched socket; lives until its uv_poll is closed. */
+/* One socket curl opened, watched through one uv_poll from the socket's open
+ * to its close (both through curl's callbacks), not from one transfer's
+ * CURL_POLL_IN to its CURL_POLL_REMOVE: a keep-alive connection is removed
+ * and added back for every call it carries, and each uv_poll_init/uv_close
+ * or uv_poll_start is two or three epoll_ctl calls. */
 struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
     struct chorus_http_client *client;
+    int polling; /* UV_READABLE/UV_WRITABLE the uv_poll watches now */
+    int wanted;  /* what curl asked for; 0 after CURL_POLL_REMOVE */
 };
 
 static void check_done(struct chorus_http_client *client);
@@ -63,12 +73,18 @@ size_t chorus_http_active(const struct chorus_http_client *client) { return clie
 
 /* ---- curl ⇄ libuv plumbing ------------------------------------------------ */
 
+static void watch(struct sock_ctx *ctx, int events);
+
 static void on_poll(uv_poll_t *poll, int status, int events) {
     struct sock_ctx *ctx = poll->data;
     struct chorus_http_client *client = ctx->client;
-    int flags = 0;
     if (status < 0)
-        flags = CURL_CSELECT_ERR;
+        ctx->polling = 0; /* libuv stops a poll that reports an error */
+    if (!ctx->wanted) { /* an idle keep-alive socket stirred: stop watching it */
+        watch(ctx, 0);
+        return;
+    }
+    int flags = status < 0 ? CURL_CSELECT_ERR : 0;
     if (events & UV_READABLE)
         flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE)
@@ -85,39 +101,103 @@ static void on_timer(uv_timer_t *timer) {
     check_done(client);
 }
 
+/* uv_poll_start only when the events change: libuv's start and stop each
+ * take the fd out of epoll and put it back. */
+static void watch(struct sock_ctx *ctx, int events) {
+    if (events == ctx->polling)
+        return;
+    if (events)
+        uv_poll_start(&ctx->poll, events, on_poll);
+    else
+        uv_poll_stop(&ctx->poll);
+    ctx->polling = events;
+}
+
+static struct sock_ctx *sock_find(struct chorus_http_client *client, curl_socket_t fd) {
+    return fd >= 0 && (size_t)fd < client->nsocks ? client->socks[fd] : NULL;
+}
+
 static void free_sock_ctx(uv_handle_t *handle) { free(handle->data); }
+
+static void sock_forget(struct chorus_http_client *client, curl_socket_t fd) {
+    struct sock_ctx *ctx = sock_find(client, fd);
+    if (!ctx)
+        return;
+    client->socks[fd] = NULL;
+    uv_close((uv_handle_t *)&ctx->poll, free_sock_ctx); /* takes fd out of epoll */
+}
+
+static struct sock_ctx *sock_add(struct chorus_http_client *client, curl_socket_t fd) {
+    if ((size_t)fd >= client->nsocks) {
+        size_t n = client->nsocks ? client->nsocks : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        void *p = realloc(client->socks, n * sizeof *client->socks);
+        if (!p)
+            return NULL;
+        client->socks = p;
+        memset(client->socks + client->nsocks, 0, (n - client->nsocks) * sizeof *client->socks);
+        client->nsocks = n;
+    }
+    struct sock_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    ctx->fd = fd;
+    ctx->client = client;
+    if (uv_poll_init_socket(client->loop, &ctx->poll, fd) != 0) {
+        free(ctx);
+        return NULL;
+    }
+    ctx->poll.data = ctx;
+    client->socks[fd] = ctx;
+    return ctx;
+}
+
+/* curl's socket opener: a socket whose number a socket of ours had is a new
+ * one (curl closes some sockets of failed connects without telling us). */
+static curl_socket_t on_open_socket(void *userp, curlsocktype purpose,
+                                    struct curl_sockaddr *address) {
+    (void)purpose;
+    struct chorus_http_client *client = userp;
+    curl_socket_t fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+    if (fd >= 0)
+        sock_forget(client, fd);
+    return fd;
+}
+
+static int on_close_socket(void *userp, curl_socket_t fd) {
+    sock_forget(userp, fd);
+    return close(fd);
+}
 
 static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
     (void)easy;
+    (void)socketp;
     struct chorus_http_client *client = userp;
-    struct sock_ctx *ctx = socketp;
+    struct sock_ctx *ctx = sock_find(client, fd);
     if (what == CURL_POLL_REMOVE) {
         if (ctx) {
-            uv_poll_stop(&ctx->poll);
-            uv_close((uv_handle_t *)&ctx->poll, free_sock_ctx);
-            curl_multi_assign(client->multi, fd, NULL);
+            /* Done with for now, maybe not closed: an idle keep-alive
+             * socket stays watched for reading (it will want that again),
+             * without keeping the loop alive; if it stirs before, on_poll
+             * stops watching it. */
+            ctx->wanted = 0;
+            if (ctx->polling & UV_WRITABLE)
+                watch(ctx, 0);
+            uv_unref((uv_handle_t *)&ctx->poll); /* an idle client lets the loop end */
         }
         return 0;
     }
-    if (!ctx) {
-        ctx = calloc(1, sizeof *ctx);
-        if (!ctx)
-            return -1;
-        ctx->fd = fd;
-        ctx->client = client;
-        if (uv_poll_init_socket(client->loop, &ctx->poll, fd) != 0) {
-            free(ctx);
-            return -1;
-        }
-        ctx->poll.data = ctx;
-        curl_multi_assign(client->multi, fd, ctx);
-    }
+    if (!ctx && !(ctx = sock_add(client, fd)))
+        return -1;
     int events = 0;
     if (what & CURL_POLL_IN)
         events |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         events |= UV_WRITABLE;
-    uv_poll_start(&ctx->poll, events, on_poll);
+    ctx->wanted = events;
+    uv_ref((uv_handle_t *)&ctx->poll);
+    watch(ctx, events);
     return 0;
 }
 
@@ -394,6 +474,10 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, call->client);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, call->client);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     /* Over TLS, wait for a connection that may multiplex (HTTP/2) rather than
@@ -475,6 +559,11 @@ void chorus_http_client_close(struct chorus_http_client *client) {
         chorus_http_cancel(client->calls);
     while (client->nidle > 0)
         curl_easy_cleanup(client->idle[--client->nidle]);
-    curl_multi_cleanup(client->multi);
+    curl_multi_cleanup(client->multi); /* closes the sockets, through on_close_socket */
+    for (size_t fd = 0; fd < client->nsocks; fd++) /* any curl closed behind our back */
+        sock_forget(client, (curl_socket_t)fd);
+    free(client->socks);
+    client->socks = NULL;
+    client->nsocks = 0;
     uv_close((uv_handle_t *)&client->timer, free_client);
 }

@@ -176,6 +176,50 @@ static void test_cancel(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK(strstr(stats, "\"aborted\":1") != NULL);
 }
 
+/* GET /__stats's "connections": how many connections the mock accepted. */
+static long mock_connections(void) {
+    char cmd[256], stats[4096] = {0};
+    snprintf(cmd, sizeof cmd, "curl -s %s/__stats", mock_url);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(stats, 1, sizeof stats - 1, p);
+    stats[n] = '\0';
+    pclose(p);
+    const char *at = strstr(stats, "\"connections\":");
+    return at ? strtol(at + strlen("\"connections\":"), NULL, 10) : -1;
+}
+
+/* Calls one after another share one keep-alive connection, and an idle
+ * client does not keep the loop alive (`chorus run` ends when its run does).
+ * When the upstream goes away and comes back, the next call opens a new
+ * connection. */
+static void test_keep_alive(struct chorus_http_client *c, uv_loop_t *loop) {
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "curl -s -X POST %s/__reset >/dev/null", mock_url);
+    CHECK_INT_EQ(system(cmd), 0);
+    int ok = 0;
+    for (int i = 0; i < 10; i++) {
+        struct outcome o = {0};
+        start(c, "GET", "/again", NULL, 5000, &o);
+        run_until(loop, &o, 1);
+        ok += o.status == 200;
+    }
+    CHECK_INT_EQ(ok, 10);
+    CHECK_INT_EQ(mock_connections(), 1);
+    uv_run(loop, UV_RUN_NOWAIT);
+    CHECK_INT_EQ(uv_loop_alive(loop), 0);
+
+    stop_mock(); /* the idle connections' sockets read end-of-file */
+    for (int i = 0; i < 5; i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+    CHECK_INT_EQ(start_mock(), 0);
+    struct outcome o = {0};
+    start(c, "GET", "/after", NULL, 5000, &o);
+    run_until(loop, &o, 1);
+    CHECK_INT_EQ(o.status, 200);
+}
+
 int main(void) {
     if (start_mock() != 0) {
         fprintf(stderr, "cannot start build/mock-upstream\n");
@@ -191,6 +235,7 @@ int main(void) {
     test_bad_method(c);
     test_many_concurrent(c, &loop);
     test_cancel(c, &loop);
+    test_keep_alive(c, &loop);
     chorus_http_client_close(c);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
