@@ -35,6 +35,9 @@ struct chorus_limits {
 #define CHORUS_ALLOC_CLASSES 64
 #define CHORUS_ALLOC_CACHE_MAX ((size_t)16 << 20)
 
+/* Finished coroutines kept for reuse by the scheduler. */
+#define CHORUS_CO_POOL 256
+
 struct chorus_runtime {
     uv_loop_t loop;
     lua_State *L;
@@ -62,6 +65,11 @@ struct chorus_runtime {
     int watchdog_on;  /* 0: every budgeted task keeps the hook instead */
     void *cache[CHORUS_ALLOC_CLASSES + 1];
     size_t cached_bytes;
+    /* Finished task coroutines kept for the next tasks (scheduler.c), each
+     * still anchored by its registry ref. */
+    lua_State *co_pool[CHORUS_CO_POOL];
+    int co_pool_ref[CHORUS_CO_POOL];
+    int nco_pool;
 };
 
 /* Returns the runtime attached to L (any thread of it), or NULL. */

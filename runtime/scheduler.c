@@ -143,9 +143,29 @@ static const char *kill_message(struct chorus_run *run, char *buf, size_t len) {
 
 /* ---- task lifecycle ------------------------------------------------------- */
 
+/* A served request runs four tasks; a new coroutine for each was an
+ * allocation for the thread, one for its stack and one per call depth for
+ * its CallInfo list, all freed again by the collector. A coroutine that
+ * ended cleanly (returned, or was reset with nothing on its stack) has no
+ * frames left and is as good as new: the next task takes it. */
+static int reusable(struct chorus_task *t) {
+    lua_State *co = t->co;
+    lua_Debug ar;
+    return t->run->rt->current != t && lua_status(co) == LUA_OK && lua_gettop(co) == 0 &&
+           !lua_getstack(co, 0, &ar);
+}
+
 static void release_co(struct chorus_task *t) {
+    struct chorus_runtime *rt = t->run->rt;
     if (t->co_ref != LUA_NOREF) {
-        luaL_unref(t->run->rt->L, LUA_REGISTRYINDEX, t->co_ref);
+        if (rt->nco_pool < CHORUS_CO_POOL && reusable(t)) {
+            if (lua_gethookmask(t->co))
+                lua_sethook(t->co, NULL, 0, 0);
+            rt->co_pool[rt->nco_pool] = t->co;
+            rt->co_pool_ref[rt->nco_pool++] = t->co_ref;
+        } else {
+            luaL_unref(rt->L, LUA_REGISTRYINDEX, t->co_ref);
+        }
         t->co_ref = LUA_NOREF;
     }
     t->co = NULL;
@@ -343,8 +363,13 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
     t->run = run;
     t->parent = parent;
     t->result_ref = LUA_NOREF;
-    t->co = lua_newthread(rt->L);
-    t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
+    if (rt->nco_pool > 0) {
+        t->co = rt->co_pool[--rt->nco_pool];
+        t->co_ref = rt->co_pool_ref[rt->nco_pool];
+    } else {
+        t->co = lua_newthread(rt->L);
+        t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
+    }
     sched_hook(run, t->co);
     lua_xmove(L, t->co, nargs + 1);
     t->nargs = nargs;

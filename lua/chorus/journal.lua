@@ -24,7 +24,7 @@ local secrets = require "chorus.secrets"
 
 local journal = {}
 
--- task coroutine → { path, n (effects made), kids (tasks spawned) }
+-- task coroutine → { path, n (effects made), kids (tasks spawned), run }
 local tasks = setmetatable({}, { __mode = "k" })
 
 local ERROR_MT = {
@@ -45,20 +45,28 @@ function journal.attach(state, st, recorded, crash_after)
   -- client's retry would start another run and do it again.
   state.journal = { store = st, seq = #(recorded or {}), recorded = by_step,
     replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after }
-  tasks[coroutine.running()] = { path = "r", n = 0, kids = 0 }
+  tasks[coroutine.running()] = { path = "r", n = 0, kids = 0, run = state }
+end
+
+-- The journal entry of the running task. The scheduler reuses finished
+-- coroutines for new tasks, so an entry left by an earlier run is not ours.
+local function task_entry(run)
+  local t = tasks[coroutine.running()]
+  return t and t.run == run and t or nil
 end
 
 --- core.spawn, naming the child task after its parent when the run has a
 --- journal.
 function journal.spawn(fn)
-  local parent = tasks[coroutine.running()]
+  local run = runstate.current()
+  local parent = run and run.journal and task_entry(run)
   if not parent then
     return core.spawn(fn)
   end
   parent.kids = parent.kids + 1
   local path = parent.path .. "." .. parent.kids
   return core.spawn(function()
-    tasks[coroutine.running()] = { path = path, n = 0, kids = 0 }
+    tasks[coroutine.running()] = { path = path, n = 0, kids = 0, run = run }
     return fn()
   end)
 end
@@ -83,7 +91,7 @@ function journal.effect(kind, target, fn, restore)
   if not j then
     return fn()
   end
-  local t = tasks[coroutine.running()]
+  local t = task_entry(run)
   local step
   if t then
     t.n = t.n + 1
