@@ -80,7 +80,8 @@ static void on_poll(uv_poll_t *poll, int status, int events) {
     struct chorus_http_client *client = ctx->client;
     if (status < 0)
         ctx->polling = 0; /* libuv stops a poll that reports an error */
-    if (!ctx->wanted) { /* an idle keep-alive socket stirred: stop watching it */
+    if (!ctx->wanted) {
+        /* an idle keep-alive socket stirred: stop watching it */
         watch(ctx, 0);
         return;
     }
@@ -559,8 +560,10 @@ void chorus_http_client_close(struct chorus_http_client *client) {
         chorus_http_cancel(client->calls);
     while (client->nidle > 0)
         curl_easy_cleanup(client->idle[--client->nidle]);
-    curl_multi_cleanup(client->multi); /* closes the sockets, through on_close_socket */
-    for (size_t fd = 0; fd < client->nsocks; fd++) /* any curl closed behind our back */
+    /* closes the sockets, through on_close_socket; then any curl closed
+     * behind our back */
+    curl_multi_cleanup(client->multi);
+    for (size_t fd = 0; fd < client->nsocks; fd++)
         sock_forget(client, (curl_socket_t)fd);
     free(client->socks);
     client->socks = NULL;

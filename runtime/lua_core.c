@@ -16,6 +16,7 @@
 #include "lua_breaker.h"
 #include "lua_bulkhead.h"
 #include "lua_crypto.h"
+#include "lua_record_ring.h"
 #include "lua_events.h"
 #include "lua_http.h"
 #include "lua_server.h"
@@ -427,6 +428,7 @@ static const luaL_Reg core_funcs[] = {
     {"store_open", chorus_lua_store_open},
     {"sha256", chorus_lua_sha256},
     {"hmac_sha256", chorus_lua_hmac_sha256},
+    {"record_ring", chorus_lua_record_ring},
     {NULL, NULL},
 };
 

@@ -1,0 +1,191 @@
+/* lua_record_ring.c — the finished run records `chorus serve` keeps in
+ * memory for GET /runs/ID: the last N, as JSON text, outside the Lua heap.
+ *
+ *   local ring = core.record_ring(capacity)
+ *   ring:put(id, text)  -- a new id takes the oldest one's place when full;
+ *                       -- a known id gets its text replaced
+ *   ring:get(id) → text or nil
+ *   #ring → how many records; ring:bytes() → their ids' and texts' bytes
+ *
+ * Why in C: kept in the Lua heap, ten thousand records were old objects
+ * that only a major collection frees, and each major collection marked and
+ * swept all of them at once; that was the serve benchmark's p99 (26 ms over
+ * a 20 ms upstream, against 22 ms with 100 records kept).
+ *
+ * Invariant: every slot with an id is in exactly one bucket chain, the one
+ * its id hashes to; slots are reused in insertion order.
+ */
+#include "lua_record_ring.h"
+
+#include <lauxlib.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RING_MT "chorus.record_ring"
+#define MAX_CAPACITY 10000000
+
+struct slot {
+    char *id; /* NULL: empty */
+    size_t id_len;
+    char *text;
+    size_t text_len;
+    struct slot *chain; /* next slot in the same bucket */
+};
+
+struct ring {
+    struct slot *slots;
+    size_t cap, count, next; /* next: the slot the next new id takes */
+    struct slot **buckets;
+    size_t nbuckets; /* a power of two */
+    size_t bytes;
+};
+
+static uint64_t hash(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static struct slot **bucket_of(struct ring *r, const char *id, size_t n) {
+    return &r->buckets[hash(id, n) & (r->nbuckets - 1)];
+}
+
+static struct slot *find(struct ring *r, const char *id, size_t n) {
+    for (struct slot *s = *bucket_of(r, id, n); s; s = s->chain)
+        if (s->id_len == n && memcmp(s->id, id, n) == 0)
+            return s;
+    return NULL;
+}
+
+static void forget(struct ring *r, struct slot *s) {
+    struct slot **link = bucket_of(r, s->id, s->id_len);
+    while (*link != s)
+        link = &(*link)->chain;
+    *link = s->chain;
+    r->bytes -= s->id_len + s->text_len;
+    r->count--;
+    free(s->id);
+    free(s->text);
+    memset(s, 0, sizeof *s);
+}
+
+static char *copy(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+static struct ring *check_ring(lua_State *L) {
+    struct ring *r = luaL_checkudata(L, 1, RING_MT);
+    if (!r->slots)
+        luaL_error(L, "record ring is closed");
+    return r;
+}
+
+static int ring_put(lua_State *L) {
+    struct ring *r = check_ring(L);
+    size_t n, len;
+    const char *id = luaL_checklstring(L, 2, &n);
+    const char *text = luaL_checklstring(L, 3, &len);
+    char *t = copy(text, len);
+    if (!t)
+        return luaL_error(L, "out of memory keeping a run record");
+    struct slot *s = find(r, id, n);
+    if (s) {
+        r->bytes += len - s->text_len;
+        free(s->text);
+        s->text = t;
+        s->text_len = len;
+        return 0;
+    }
+    char *i = copy(id, n);
+    if (!i) {
+        free(t);
+        return luaL_error(L, "out of memory keeping a run record");
+    }
+    s = &r->slots[r->next];
+    if (s->id)
+        forget(r, s);
+    r->next = (r->next + 1) % r->cap;
+    *s = (struct slot){.id = i, .id_len = n, .text = t, .text_len = len};
+    struct slot **head = bucket_of(r, i, n);
+    s->chain = *head;
+    *head = s;
+    r->bytes += n + len;
+    r->count++;
+    return 0;
+}
+
+static int ring_get(lua_State *L) {
+    struct ring *r = check_ring(L);
+    size_t n;
+    const char *id = luaL_checklstring(L, 2, &n);
+    struct slot *s = find(r, id, n);
+    if (!s)
+        return 0;
+    lua_pushlstring(L, s->text, s->text_len);
+    return 1;
+}
+
+static int ring_len(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)check_ring(L)->count);
+    return 1;
+}
+
+static int ring_bytes(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)check_ring(L)->bytes);
+    return 1;
+}
+
+static void free_ring(struct ring *r) {
+    if (r->slots)
+        for (size_t i = 0; i < r->cap; i++) {
+            free(r->slots[i].id);
+            free(r->slots[i].text);
+        }
+    free(r->slots);
+    free(r->buckets);
+    r->slots = NULL;
+    r->buckets = NULL;
+}
+
+static int ring_gc(lua_State *L) {
+    free_ring(luaL_checkudata(L, 1, RING_MT));
+    return 0;
+}
+
+int chorus_lua_record_ring(lua_State *L) {
+    lua_Integer cap = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, cap >= 1 && cap <= MAX_CAPACITY, 1, "capacity must be 1 to 10,000,000");
+    struct ring *r = lua_newuserdatauv(L, sizeof *r, 0);
+    memset(r, 0, sizeof *r);
+    if (luaL_newmetatable(L, RING_MT)) {
+        static const luaL_Reg methods[] = {
+            {"put", ring_put}, {"get", ring_get}, {"bytes", ring_bytes}, {NULL, NULL}};
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, ring_len);
+        lua_setfield(L, -2, "__len");
+        lua_pushcfunction(L, ring_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    r->cap = (size_t)cap;
+    r->nbuckets = 16;
+    while (r->nbuckets < r->cap)
+        r->nbuckets *= 2;
+    r->slots = calloc(r->cap, sizeof *r->slots);
+    r->buckets = calloc(r->nbuckets, sizeof *r->buckets);
+    if (!r->slots || !r->buckets) {
+        free_ring(r);
+        return luaL_error(L, "out of memory for a record ring of %d", (int)cap);
+    }
+    return 1;
+}
