@@ -44,19 +44,22 @@ struct chorus_runtime {
     struct chorus_http_client *http;
     struct chorus_limits limits;
     uv_idle_t idle;                 /* drains the ready queue each turn */
-    struct chorus_task *ready_head; /* tasks to resume, FIFO */
+    struct chorus_task *ready_head; /* tasks to resume (scheduler.c) */
     struct chorus_task *ready_tail;
-    struct chorus_run *runs;       /* every live run */
-    struct chorus_task *current;   /* task being resumed, or NULL */
-    size_t lua_bytes;              /* Lua heap size, from the allocator */
-    int stopping;                  /* core.stop() was called */
-    struct event *events;          /* signal and folder watches (lua_events.c) */
-    int virtual_clock;             /* chorus.testing: time is vnow */
-    double vnow;                   /* virtual seconds since the epoch */
-    struct chorus_vtimer *vtimers; /* virtual sleepers, by due time */
-    void *waiters;                 /* tasks parked in core.wait (lua_bulkhead.c) */
-    unsigned long long next_token; /* core.wait_token */
-    lua_Alloc base_alloc;          /* the allocator we wrap */
+    struct chorus_task *urgent_tail; /* last of those woken by the running task */
+    int urgent_streak;               /* urgent ones resumed in a row */
+    int in_drain;                    /* chorus_sched_drain is resuming tasks */
+    struct chorus_run *runs;         /* every live run */
+    struct chorus_task *current;     /* task being resumed, or NULL */
+    size_t lua_bytes;                /* Lua heap size, from the allocator */
+    int stopping;                    /* core.stop() was called */
+    struct event *events;            /* signal and folder watches (lua_events.c) */
+    int virtual_clock;               /* chorus.testing: time is vnow */
+    double vnow;                     /* virtual seconds since the epoch */
+    struct chorus_vtimer *vtimers;   /* virtual sleepers, by due time */
+    void *waiters;                   /* tasks parked in core.wait (lua_bulkhead.c) */
+    unsigned long long next_token;   /* core.wait_token */
+    lua_Alloc base_alloc;            /* the allocator we wrap */
     void *base_alloc_ud;
     /* Freed small Lua blocks by size class (runtime.c), when base_alloc is
      * lauxlib's malloc-based one; caching off otherwise. */

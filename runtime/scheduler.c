@@ -21,7 +21,20 @@
 static void task_resume(struct chorus_task *t);
 static void count_hook(lua_State *L, lua_Debug *ar);
 
-/* ---- ready queue ---------------------------------------------------------- */
+/* ---- ready queue ----------------------------------------------------------
+ *
+ * One list, in two parts: first the tasks made ready by the task that just
+ * ran (a child it spawned, a parent its end wakes, a waiter its unlock
+ * hands over to), then everything else (I/O completions, new runs), each
+ * part first in, first out. A request's run ends through a chain of such
+ * wakes (the call's task, its parent, the run awaiting the workflow); at
+ * the back of the queue each hop waited for every other ready task, so a
+ * response waited for the whole batch's Lua several times over (Go's
+ * runnext and Tokio's LIFO slot do the same for the same reason). After
+ * URGENT_STREAK of them in a row one task from the second part runs, so
+ * a run that keeps spawning cannot starve the others. */
+
+#define URGENT_STREAK 64
 
 static void on_idle(uv_idle_t *idle) {
     struct chorus_runtime *rt = idle->data;
@@ -30,25 +43,43 @@ static void on_idle(uv_idle_t *idle) {
         uv_idle_stop(idle);
 }
 
-static void queue_ready(struct chorus_task *t) {
+static void enqueue(struct chorus_task *t, int urgent) {
     struct chorus_runtime *rt = t->run->rt;
     t->state = TASK_READY;
     if (t->queued)
         return;
     t->queued = 1;
-    t->next_ready = NULL;
-    if (rt->ready_tail)
-        rt->ready_tail->next_ready = t;
-    else
-        rt->ready_head = t;
-    rt->ready_tail = t;
+    if (urgent && rt->urgent_streak < URGENT_STREAK) {
+        struct chorus_task **link =
+            rt->urgent_tail ? &rt->urgent_tail->next_ready : &rt->ready_head;
+        t->next_ready = *link;
+        *link = t;
+        if (!t->next_ready)
+            rt->ready_tail = t;
+        rt->urgent_tail = t;
+    } else {
+        t->next_ready = NULL;
+        if (rt->ready_tail)
+            rt->ready_tail->next_ready = t;
+        else
+            rt->ready_head = t;
+        rt->ready_tail = t;
+    }
     if (!uv_is_active((uv_handle_t *)&rt->idle))
         uv_idle_start(&rt->idle, on_idle);
 }
 
+/* Ready because of the task that is running or just ran: urgent. */
+static void queue_ready(struct chorus_task *t) { enqueue(t, t->run->rt->in_drain); }
+
 void chorus_sched_drain(struct chorus_runtime *rt) {
     struct chorus_task *t;
+    rt->in_drain = 1;
     while ((t = rt->ready_head)) {
+        int urgent = rt->urgent_tail != NULL;
+        if (t == rt->urgent_tail)
+            rt->urgent_tail = NULL;
+        rt->urgent_streak = urgent ? rt->urgent_streak + 1 : 0;
         rt->ready_head = t->next_ready;
         if (!rt->ready_head)
             rt->ready_tail = NULL;
@@ -56,21 +87,31 @@ void chorus_sched_drain(struct chorus_runtime *rt) {
         if (t->state == TASK_READY)
             task_resume(t);
     }
+    rt->in_drain = 0;
+    rt->urgent_streak = 0;
 }
 
 static void unqueue_run(struct chorus_run *run) {
     struct chorus_runtime *rt = run->rt;
-    struct chorus_task **link = &rt->ready_head, *last = NULL;
+    struct chorus_task **link = &rt->ready_head, *last = NULL, *urgent_last = NULL;
+    int in_urgent = rt->urgent_tail != NULL;
     while (*link) {
-        if ((*link)->run == run) {
-            (*link)->queued = 0;
-            *link = (*link)->next_ready;
+        struct chorus_task *t = *link;
+        int was_urgent_tail = t == rt->urgent_tail;
+        if (t->run == run) {
+            t->queued = 0;
+            *link = t->next_ready;
         } else {
-            last = *link;
-            link = &(*link)->next_ready;
+            last = t;
+            if (in_urgent)
+                urgent_last = t;
+            link = &t->next_ready;
         }
+        if (was_urgent_tail)
+            in_urgent = 0;
     }
     rt->ready_tail = last;
+    rt->urgent_tail = urgent_last;
 }
 
 /* ---- results -------------------------------------------------------------- */
@@ -267,8 +308,8 @@ static void task_resume(struct chorus_task *t) {
     rt->current = NULL;
     if (status == LUA_YIELD) {
         lua_pop(t->co, nres);
-        if (t->state == TASK_RUNNING) /* a bare coroutine.yield(): run again */
-            queue_ready(t);
+        if (t->state == TASK_RUNNING) /* a bare coroutine.yield(): run again, after the others */
+            enqueue(t, 0);
     } else if (status == LUA_OK) {
         task_done(t, 1, pack_ref(rt, t->co, nres));
     } else {

@@ -183,3 +183,33 @@ describe("chorus.json", function()
     assert.has_error(function() chorus.json.encode({ f = function() end }) end)
   end)
 end)
+
+describe("the scheduler", function()
+  it("runs a task right after the task that spawned or woke it, before runs waiting their turn", function()
+    local order = {}
+    core.start(nil, function()
+      order[#order + 1] = "A"
+      core.spawn(function() order[#order + 1] = "A's child" end)
+      core.await()
+      order[#order + 1] = "A again"
+    end)
+    core.start(nil, function() order[#order + 1] = "B" end)
+    core.loop()
+    assert.are.same({ "A", "A's child", "A again", "B" }, order)
+  end)
+
+  it("does not let a run that keeps spawning hold the others back", function()
+    local rounds, b_at = 0, nil
+    core.start(nil, function()
+      for _ = 1, 1000 do
+        core.spawn(function() end)
+        core.await()
+        rounds = rounds + 1
+      end
+    end)
+    core.start(nil, function() b_at = rounds end)
+    core.loop()
+    assert.are.equal(1000, rounds)
+    assert.is_true(b_at < 100, ("B ran after %d rounds of A"):format(b_at))
+  end)
+end)
