@@ -260,8 +260,12 @@ static struct chorus_runtime *runtime_create(lua_State *L) {
     rt->lua_bytes = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
     lua_setallocf(L, chorus_alloc, rt);
     /* Runs make many short-lived tables (requests, responses, headers):
-     * generational collection spends less time on them than incremental. */
-    lua_gc(L, LUA_GCGEN, 0, 0);
+     * generational collection spends less time on them than incremental.
+     * A minor collection after the heap grows 40% rather than Lua's 20%:
+     * a request's objects live as long as its upstream calls, and at 20%
+     * many were promoted to old ones that only a major collection frees
+     * (serve benchmark without delay: 11.4k -> 12.0-12.7k req/s). */
+    lua_gc(L, LUA_GCGEN, 40, 0);
     *box = rt;
     lua_setfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY ".anchor");
     return rt;
