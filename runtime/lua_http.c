@@ -75,10 +75,13 @@ static void cancel_call(void *data) { chorus_http_cancel(data); }
 
 static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
 
-/* Pushes "Name: value" strings for the table at idx and stores pointers to
- * them (alive while they stay on the stack) in lines. Returns the count. */
-static int collect_headers(lua_State *L, int idx, const char **lines) {
+/* Writes "Name: value" lines for the table at idx into buf (chorus_http_start
+ * copies them), a line that does not fit into a Lua string left on the stack
+ * (alive until the call returns); stores pointers to them in lines. Returns
+ * the count. Most requests fit: no Lua string per header and call. */
+static int collect_headers(lua_State *L, int idx, const char **lines, char *buf, size_t cap) {
     int n = 0;
+    size_t used = 0;
     if (lua_isnoneornil(L, idx))
         return 0;
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -87,14 +90,25 @@ static int collect_headers(lua_State *L, int idx, const char **lines) {
         luaL_checkstack(L, 3, "too many headers");
         if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
             luaL_argerror(L, idx, "headers must map names to strings");
-        const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+        size_t nlen, vlen;
+        const char *name = lua_tolstring(L, -2, &nlen), *value = lua_tolstring(L, -1, &vlen);
         if (has_crlf(name) || has_crlf(value) || strchr(name, ':') || !*name)
             luaL_argerror(L, idx, "header names and values must not contain CR, LF or ':'");
         if (n == MAX_HEADERS)
             luaL_argerror(L, idx, "too many headers");
-        lines[n++] = lua_pushfstring(L, "%s: %s", name, value);
-        lua_insert(L, -3); /* keep the line below the key */
-        lua_pop(L, 1);
+        if (nlen + vlen + 3 <= cap - used) {
+            char *line = buf + used;
+            memcpy(line, name, nlen);
+            memcpy(line + nlen, ": ", 2);
+            memcpy(line + nlen + 2, value, vlen + 1);
+            used += nlen + vlen + 3;
+            lines[n++] = line;
+            lua_pop(L, 1);
+        } else {
+            lines[n++] = lua_pushfstring(L, "%s: %s", name, value);
+            lua_insert(L, -3); /* keep the line below the key */
+            lua_pop(L, 1);
+        }
     }
     return n;
 }
@@ -118,7 +132,8 @@ int chorus_lua_http_request(lua_State *L) {
     req.follow_redirects = (flags & 2) != 0;
     lua_settop(L, 6);
     const char *lines[MAX_HEADERS + 1];
-    int n = collect_headers(L, 3, lines);
+    char buf[4096];
+    int n = collect_headers(L, 3, lines, buf, sizeof buf);
     lines[n] = NULL;
     req.headers = lines;
     char err[256];

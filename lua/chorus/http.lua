@@ -413,7 +413,7 @@ function Upstream:request(req)
   if connect_timeout ~= nil then
     check_number(r, "connect_timeout")
   end
-  local headers = {}
+  local headers = { traceparent = nil } -- sized for the traceparent finish_prepare adds
   if cfg.headers then
     copy_headers(headers, cfg.headers)
   end
@@ -440,7 +440,7 @@ end
 
 local function upstream_verb(method)
   return function(self, path, opts)
-    local req = {}
+    local req = { method = method, path = path } -- sized for them: no rehash
     for k, v in pairs(opts or EMPTY) do
       req[k] = v
     end

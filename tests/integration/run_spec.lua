@@ -92,6 +92,16 @@ describe("chorus run", function()
     assert.are.equal(0, stats.completed)
   end)
 
+  it("sends every request header whole, however many and however long", function()
+    local r = H.chorus_run({ "run", FIX .. "big_headers.lua", "--input", input_for(mock) })
+    assert.are.equal(0, r.code, r.stderr)
+    local sizes = H.decode(r.stdout)
+    assert.are.equal(6000, sizes.big)
+    for i = 1, 40 do
+      assert.are.equal(i * 10, sizes.small[i])
+    end
+  end)
+
   it("cuts off an upstream that never answers with kind = timeout", function()
     local r = H.chorus_run({ "run", FIX .. "hang_timeout.lua", "--input", input_for(mock) })
     assert.are.equal(1, r.code)
