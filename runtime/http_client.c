@@ -18,6 +18,7 @@
 
 /* Easy handles are kept for reuse: creating one costs more than a call. */
 #define EASY_POOL 256
+#define HEADER_TEXT 512
 
 struct chorus_http_client {
     uv_loop_t *loop;
@@ -40,8 +41,13 @@ struct chorus_http_call {
     char *body;
     char *resp_body;
     size_t resp_len, resp_cap;
-    struct chorus_http_header *resp_headers;
-    size_t nheaders, headers_cap;
+    /* Response headers as "name\0value\0" pairs in one buffer (the first
+     * HEADER_TEXT bytes inside the call): a malloc per name and value was
+     * most of a call's allocations. */
+    char *htext;
+    size_t htext_len, htext_cap;
+    size_t nheaders;
+    char htext_inline[HEADER_TEXT];
     chorus_http_done_fn done;
     void *data;
     uint64_t start_ms;
@@ -283,11 +289,8 @@ static void call_free(struct chorus_http_call *call) {
     if (call->easy)
         easy_put(call->client, call->easy);
     curl_slist_free_all(call->headers);
-    for (size_t i = 0; i < call->nheaders; i++) {
-        free(call->resp_headers[i].name);
-        free(call->resp_headers[i].value);
-    }
-    free(call->resp_headers);
+    if (call->htext != call->htext_inline)
+        free(call->htext);
     free(call->resp_body);
     free(call->body);
     free(call);
@@ -312,20 +315,28 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
     return n;
 }
 
-static void clear_headers(struct chorus_http_call *call) {
-    for (size_t i = 0; i < call->nheaders; i++) {
-        free(call->resp_headers[i].name);
-        free(call->resp_headers[i].value);
-    }
-    call->nheaders = 0;
-}
-
-static char *trimmed_copy(const char *s, size_t n) {
+/* Appends s (n bytes, trimmed of blanks and the line end) and a NUL. */
+static int add_header_text(struct chorus_http_call *call, const char *s, size_t n) {
     while (n && (*s == ' ' || *s == '\t'))
         s++, n--;
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
         n--;
-    return strndup(s, n);
+    if (call->htext_len + n + 1 > call->htext_cap) {
+        size_t cap = call->htext_cap * 2;
+        while (cap < call->htext_len + n + 1)
+            cap *= 2;
+        char *p = call->htext == call->htext_inline ? malloc(cap) : realloc(call->htext, cap);
+        if (!p)
+            return -1;
+        if (call->htext == call->htext_inline)
+            memcpy(p, call->htext_inline, call->htext_len);
+        call->htext = p;
+        call->htext_cap = cap;
+    }
+    memcpy(call->htext + call->htext_len, s, n);
+    call->htext[call->htext_len + n] = '\0';
+    call->htext_len += n + 1;
+    return 0;
 }
 
 /* curl hands us each header line; a status line starts a new response (after
@@ -334,28 +345,18 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *userdata) 
     struct chorus_http_call *call = userdata;
     size_t n = size * nitems;
     if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) {
-        clear_headers(call);
+        call->htext_len = 0;
+        call->nheaders = 0;
         return n;
     }
     char *colon = memchr(line, ':', n);
     if (!colon)
         return n;
-    if (call->nheaders == call->headers_cap) {
-        size_t cap = call->headers_cap ? call->headers_cap * 2 : 8;
-        void *p = realloc(call->resp_headers, cap * sizeof *call->resp_headers);
-        if (!p)
-            return 0;
-        call->resp_headers = p;
-        call->headers_cap = cap;
-    }
-    char *name = trimmed_copy(line, (size_t)(colon - line));
-    char *value = trimmed_copy(colon + 1, n - (size_t)(colon - line) - 1);
-    if (!name || !value) {
-        free(name);
-        free(value);
-        return 0;
-    }
-    call->resp_headers[call->nheaders++] = (struct chorus_http_header){name, value};
+    size_t name_len = (size_t)(colon - line);
+    if (add_header_text(call, line, name_len) != 0 ||
+        add_header_text(call, colon + 1, n - name_len - 1) != 0)
+        return 0; /* curl fails the transfer */
+    call->nheaders++;
     return n;
 }
 
@@ -390,18 +391,33 @@ static enum chorus_http_error classify(CURLcode code) {
 
 static void finish(struct chorus_http_call *call, CURLcode code) {
     struct chorus_http_response res = {0};
+    struct chorus_http_header some[32], *headers = some;
     res.error = classify(code);
     res.message = call->errbuf[0] ? call->errbuf : curl_easy_strerror(code);
+    if (res.error == CHORUS_HTTP_OK && call->nheaders > sizeof some / sizeof *some &&
+        !(headers = malloc(call->nheaders * sizeof *headers))) {
+        res.error = CHORUS_HTTP_PROTOCOL;
+        res.message = "out of memory reading the response headers";
+    }
     if (res.error == CHORUS_HTTP_OK) {
         curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &res.status);
         curl_easy_getinfo(call->easy, CURLINFO_HTTP_VERSION, &res.http_version);
-        res.headers = call->resp_headers;
+        char *p = call->htext;
+        for (size_t i = 0; i < call->nheaders; i++) {
+            headers[i].name = p;
+            p += strlen(p) + 1;
+            headers[i].value = p;
+            p += strlen(p) + 1;
+        }
+        res.headers = headers;
         res.nheaders = call->nheaders;
         res.body = call->resp_body ? call->resp_body : "";
         res.body_len = call->resp_len;
     }
     res.duration = (double)(uv_now(call->client->loop) - call->start_ms) / 1000.0;
     call->done(&res, call->data);
+    if (headers != some)
+        free(headers);
 }
 
 static void check_done(struct chorus_http_client *client) {
@@ -505,6 +521,8 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
     call->client = client;
     call->done = done;
     call->data = data;
+    call->htext = call->htext_inline;
+    call->htext_cap = sizeof call->htext_inline;
     call->easy = easy_get(client);
     if (!call->easy) {
         snprintf(err, errlen, "curl_easy_init failed");

@@ -4,6 +4,7 @@
  * method on any path on loopback and answers as the query string says:
  * delay=MS, status=CODE, seq=503,503,200, fault=reset|hang|slow_body,
  * body_bytes=N, retry_after=S, body=TEXT (JSON when it starts with '{'),
+ * headers=N (N more response headers, X-Mock-1 .. X-Mock-N),
  * idempotent=1; otherwise it echoes
  * the request as JSON. GET /__stats reports what it saw, POST /__reset
  * forgets it. It prints `listening 127.0.0.1:PORT` once it accepts, and exits
@@ -45,6 +46,7 @@
 #define SLOW_CHUNK 10        /* fault=slow_body: bytes per tick */
 #define SLOW_TICK_MS 100     /* fault=slow_body: time between ticks */
 #define MAX_DELAY_MS 3600000L
+#define MOCK_PAD "padding-padding-padding-padding-padding-padding-padding-padding"
 
 /* Each connection has its own thread; 256 KiB covers MHD, cJSON and a deeply
  * nested request body, and 5,000 of them are only address space. Sanitizers
@@ -228,6 +230,7 @@ struct params {
     const char *retry_after;
     const char *body;
     long body_bytes;
+    long headers; /* extra response headers */
     int idempotent;
     const char *bad; /* name of the first malformed parameter */
 };
@@ -260,6 +263,8 @@ static void params_read(struct MHD_Connection *c, struct params *p) {
     }
     if ((s = arg(c, "body_bytes")) && !p->bad && parse_long(s, 0, MAX_BODY, &p->body_bytes))
         p->bad = "body_bytes";
+    if ((s = arg(c, "headers")) && !p->bad && parse_long(s, 0, 200, &p->headers))
+        p->bad = "headers";
     if ((s = arg(c, "fault")) && !p->bad) {
         if (strcmp(s, "reset") == 0 || strcmp(s, "hang") == 0 || strcmp(s, "slow_body") == 0)
             p->fault = s;
@@ -534,7 +539,7 @@ static struct MHD_Response *response_new(struct mock *m, int fd, struct reply *r
 }
 
 static enum MHD_Result queue(struct MHD_Connection *c, struct MHD_Response *resp, unsigned status,
-                             const char *ctype, const char *retry_after) {
+                             const char *ctype, const char *retry_after, long extra) {
     enum MHD_Result ret = MHD_NO;
     if (resp == NULL)
         return MHD_NO;
@@ -542,6 +547,13 @@ static enum MHD_Result queue(struct MHD_Connection *c, struct MHD_Response *resp
         goto done;
     if (retry_after != NULL && MHD_add_response_header(resp, "Retry-After", retry_after) != MHD_YES)
         goto done;
+    for (long i = 1; i <= extra; i++) {
+        char name[32], value[96];
+        snprintf(name, sizeof name, "X-Mock-%ld", i);
+        snprintf(value, sizeof value, "value %ld %.*s", i, (int)(i % 60), MOCK_PAD);
+        if (MHD_add_response_header(resp, name, value) != MHD_YES)
+            goto done;
+    }
     ret = MHD_queue_response(c, status, resp);
 done:
     MHD_destroy_response(resp);
@@ -551,7 +563,7 @@ done:
 static enum MHD_Result queue_text(struct MHD_Connection *c, unsigned status, const char *text) {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
-    return queue(c, resp, status, "text/plain", NULL);
+    return queue(c, resp, status, "text/plain", NULL, 0);
 }
 
 /* Computes status and body from the query, before any delay or fault. */
@@ -648,7 +660,7 @@ static enum MHD_Result request_finish(struct request *req, struct MHD_Connection
         goto fail;
     int slow = p.fault && strcmp(p.fault, "slow_body") == 0;
     struct MHD_Response *resp = response_new(m, fd, &r, slow);
-    enum MHD_Result ret = queue(c, resp, r.status, r.ctype, p.retry_after);
+    enum MHD_Result ret = queue(c, resp, r.status, r.ctype, p.retry_after, p.headers);
     if (ret != MHD_YES)
         req->settled = 1;
     return ret;
@@ -735,7 +747,7 @@ static enum MHD_Result control_respond(struct request *req, struct MHD_Connectio
         MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL)
         free(body);
-    return queue(c, resp, 200, "application/json", NULL);
+    return queue(c, resp, 200, "application/json", NULL, 0);
 }
 
 /* ---- MHD callbacks ---- */
