@@ -602,13 +602,19 @@ static void enc_array_items(lua_State *L, struct enc *e, int idx, lua_Integer n)
     enc_char(L, e, ']');
 }
 
+/* The items of an object, in one pass over its keys: a key that is not a
+ * string fails the table as table_kind would have (at the table's path). */
 static void enc_object_items(lua_State *L, struct enc *e, int idx) {
     int first = 1;
     enc_char(L, e, '{');
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         size_t len;
-        const char *k = lua_tolstring(L, -2, &len); /* a string: table_kind checked */
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            e->depth--;
+            enc_fail(L, e, "table with mixed or non-string keys");
+        }
+        const char *k = lua_tolstring(L, -2, &len);
         e->path[e->depth - 1] = (struct step){lua_gettop(L) - 1, 0};
         if (memchr(k, '\0', len) != NULL)
             enc_fail(L, e, "cannot encode a string with a NUL byte");
@@ -626,7 +632,7 @@ static void enc_object_items(lua_State *L, struct enc *e, int idx) {
 static void enc_table(lua_State *L, struct enc *e, int idx) {
     char what[64];
     const void *self = lua_topointer(L, idx);
-    lua_Integer n;
+    lua_Integer n = 0;
     for (int i = 0; i < e->depth; i++)
         if (e->tables[i] == self)
             enc_fail(L, e, "cycle");
@@ -635,7 +641,18 @@ static void enc_table(lua_State *L, struct enc *e, int idx) {
         enc_fail(L, e, what);
     }
     luaL_checkstack(L, 4, "json.encode");
-    enum table_kind kind = table_kind(L, e, idx, &n);
+    /* A table whose first key is a string is encoded as an object in one
+     * pass (the census of table_kind walked every key a second time, each
+     * step of lua_next a hash lookup); others get the census. */
+    enum table_kind kind;
+    int top = lua_gettop(L);
+    lua_pushnil(L);
+    int string_first = lua_next(L, idx) && lua_type(L, -2) == LUA_TSTRING;
+    lua_settop(L, top);
+    if (string_first && !has_array_mt(L, e, idx))
+        kind = KIND_OBJECT;
+    else
+        kind = table_kind(L, e, idx, &n);
     e->tables[e->depth++] = self;
     if (kind == KIND_ARRAY)
         enc_array_items(L, e, idx, n);

@@ -270,6 +270,10 @@ static void test_encode_errors(void) {
     ENCODE_FAILS("{a = {1, x = 2}}", "table with mixed or non-string keys at $.a");
     ENCODE_FAILS("{a = {[true] = 1}}", "table with mixed or non-string keys at $.a");
     ENCODE_FAILS("{a = {[1.5] = 1}}", "table with mixed or non-string keys at $.a");
+    /* string keys met first or not (hash order), the same error and path */
+    ENCODE_FAILS("{a = {x = 1, [10] = 2}}", "table with mixed or non-string keys at $.a");
+    ENCODE_FAILS("{a = {x = 1, y = 2, [true] = 3}}", "table with mixed or non-string keys at $.a");
+    ENCODE_FAILS("{a = {b = {x = {}, [2.5] = 0}}}", "table with mixed or non-string keys at $.a.b");
     ENCODE_FAILS("{a = {[1] = 1, [3] = 3}}", "table with integer keys that are not 1..n at $.a");
     ENCODE_FAILS("{[0] = 'z'}", "table with integer keys that are not 1..n at $");
     ENCODE_FAILS("{{}, {[-1] = 1}}", "table with integer keys that are not 1..n at $[2]");
