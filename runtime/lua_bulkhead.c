@@ -82,7 +82,9 @@ int chorus_lua_notify(lua_State *L) {
         unlink_waiter(w);
         lua_State *co = w->task->co;
         lua_xmove(L, co, 1);
+        chorus_sched_background(rt, 1); /* the waiter is another task's business */
         chorus_task_wake(w->task, 1);
+        chorus_sched_background(rt, 0);
         free(w);
         lua_pushboolean(L, 1);
         return 1;

@@ -156,7 +156,10 @@ static void free_detached(struct chorus_run *run, void *data) {
 /* core.start(opts, fn, ...) → run id: a detached run, freed when it ends; fn
  * records its own outcome. */
 static int core_start(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    chorus_sched_background(rt, 1);
     struct chorus_run *run = start_from_args(L, free_detached, NULL);
+    chorus_sched_background(rt, 0);
     lua_pushstring(L, run->id);
     return 1;
 }

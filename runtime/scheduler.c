@@ -32,7 +32,11 @@ static void count_hook(lua_State *L, lua_Debug *ar);
  * response waited for the whole batch's Lua several times over (Go's
  * runnext and Tokio's LIFO slot do the same for the same reason). After
  * URGENT_STREAK of them in a row one task from the second part runs, so
- * a run that keeps spawning cannot starve the others. */
+ * a run that keeps spawning cannot starve the others. What is not a
+ * continuation of the running task (a detached run it starts, a waiter
+ * its notify wakes) queues behind the rest: a relay woken at the end of
+ * every delivery looked for work once per delivery instead of once per
+ * batch. */
 
 #define URGENT_STREAK 64
 
@@ -69,8 +73,14 @@ static void enqueue(struct chorus_task *t, int urgent) {
         uv_idle_start(&rt->idle, on_idle);
 }
 
-/* Ready because of the task that is running or just ran: urgent. */
-static void queue_ready(struct chorus_task *t) { enqueue(t, t->run->rt->in_drain); }
+/* Ready because of the task that is running or just ran: urgent, unless
+ * what made it ready asked otherwise (chorus_sched_background). */
+static void queue_ready(struct chorus_task *t) {
+    struct chorus_runtime *rt = t->run->rt;
+    enqueue(t, rt->in_drain && !rt->background);
+}
+
+void chorus_sched_background(struct chorus_runtime *rt, int on) { rt->background += on ? 1 : -1; }
 
 void chorus_sched_drain(struct chorus_runtime *rt) {
     struct chorus_task *t;

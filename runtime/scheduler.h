@@ -94,6 +94,11 @@ void chorus_task_park(struct chorus_task *t, chorus_cancel_fn cancel, void *data
 /* Makes t ready with the nargs values its pending operation pushed on t->co. */
 void chorus_task_wake(struct chorus_task *t, int nargs);
 
+/* Between chorus_sched_background(rt, 1) and (rt, 0), tasks made ready
+ * (runs started, tasks woken) queue behind the others instead of running
+ * next: for what is not a continuation of the running task. */
+void chorus_sched_background(struct chorus_runtime *rt, int on);
+
 /* Cancels a task and its descendants: their pending operations are cancelled
  * and their coroutines closed. Their result is a {kind="cancelled"} error. */
 void chorus_task_cancel(struct chorus_task *t);

@@ -64,29 +64,91 @@ end
 local Memory = {}
 Memory.__index = Memory
 
+-- The memory outbox keeps its pending entries in a binary heap by (due,
+-- seq), so the relay finds the due ones in O(k log n) instead of sorting
+-- every pending entry on each look (a look follows every delivery: with a
+-- backlog of thousands that sort was most of the relay's time). A heap item
+-- is { due =, seq =, e = }; one whose entry has since gone, or moved to
+-- another due time, is stale and dropped when it comes up.
+local function before(a, b)
+  return a.due < b.due or (a.due == b.due and a.seq < b.seq)
+end
+
+local function heap_push(h, item)
+  local i = #h + 1
+  h[i] = item
+  while i > 1 do
+    local parent = i // 2
+    if not before(h[i], h[parent]) then
+      break
+    end
+    h[i], h[parent] = h[parent], h[i]
+    i = parent
+  end
+end
+
+local function heap_pop(h)
+  local n = #h
+  local top = h[1]
+  h[1] = h[n]
+  h[n] = nil
+  n = n - 1
+  local i = 1
+  while true do
+    local l, r, least = 2 * i, 2 * i + 1, i
+    if l <= n and before(h[l], h[least]) then
+      least = l
+    end
+    if r <= n and before(h[r], h[least]) then
+      least = r
+    end
+    if least == i then
+      break
+    end
+    h[i], h[least] = h[least], h[i]
+    i = least
+  end
+  return top
+end
+
 --- An outbox in memory: entries (pending, by id), dead (the DLQ). With
 --- keep (chorus.testing, chorus run) it also lists every entry ever added
 --- (all, in order) and the delivered ones; a server does not, or the lists
 --- would grow forever.
 function outbox.memory(keep)
-  return setmetatable({ entries = {}, dead = {}, n_dead = 0, keep = keep,
-    all = keep and {} or nil, delivered = keep and {} or nil }, Memory)
+  return setmetatable({ entries = {}, heap = {}, indexed = setmetatable({}, { __mode = "k" }),
+    dead = {}, n_dead = 0, keep = keep, all = keep and {} or nil, delivered = keep and {} or nil }, Memory)
+end
+
+-- Puts e in the heap at its due time unless it is there already.
+local function index(self, e)
+  if self.indexed[e] ~= e.due then
+    self.indexed[e] = e.due
+    heap_push(self.heap, { due = e.due, seq = e.seq, e = e })
+  end
 end
 
 function Memory:add(e)
   self.entries[e.id] = e
+  index(self, e)
   if self.keep then
     self.all[#self.all + 1] = e
   end
 end
-function Memory:update(e) self.entries[e.id] = e end
+function Memory:update(e)
+  self.entries[e.id] = e
+  index(self, e)
+end
 function Memory:remove(e)
   self.entries[e.id] = nil
   if self.keep then
     self.delivered[#self.delivered + 1] = e
   end
 end
-function Memory:move(_, e) self.entries[e.id] = e end
+function Memory:move(_, e)
+  self.entries[e.id] = e
+  index(self, e)
+end
 function Memory:bury(e)
   self.entries[e.id] = nil
   self.n_dead = self.n_dead + 1
@@ -94,16 +156,25 @@ function Memory:bury(e)
     self.dead[#self.dead + 1] = e
   end
 end
+-- The first limit entries due by now, oldest first, leaving out those in
+-- skip (in flight). Every live item taken off the heap goes back on it: the
+-- entries stay pending until settled.
 function Memory:due(now, limit, skip)
-  local out = {}
-  for id, e in pairs(self.entries) do
-    if e.due <= now and not (skip and skip[id]) then
-      out[#out + 1] = e
+  local heap, out, back, seen = self.heap, {}, {}, {}
+  limit = limit or math.huge
+  while #out < limit and heap[1] and heap[1].due <= now do
+    local item = heap_pop(heap)
+    local e = item.e
+    if self.entries[e.id] == e and self.indexed[e] == item.due and not seen[e] then
+      seen[e] = true
+      back[#back + 1] = item
+      if not (skip and skip[e.id]) then
+        out[#out + 1] = e
+      end
     end
   end
-  table.sort(out, function(a, b) return a.due < b.due or (a.due == b.due and a.seq < b.seq) end)
-  for i = #out, (limit or #out) + 1, -1 do
-    out[i] = nil
+  for i = 1, #back do
+    heap_push(heap, back[i])
   end
   return out
 end
@@ -117,11 +188,16 @@ function Memory:depth()
   return n, oldest, self.n_dead
 end
 function Memory:next_due()
-  local nxt
-  for _, e in pairs(self.entries) do
-    nxt = math.min(nxt or e.due, e.due)
+  local heap = self.heap
+  while heap[1] do
+    local item = heap[1]
+    local e = item.e
+    if self.entries[e.id] == e and self.indexed[e] == item.due then
+      return item.due
+    end
+    heap_pop(heap) -- stale
   end
-  return nxt
+  return nil
 end
 
 -- The backend entries go to when a run has no journal; chorus run and

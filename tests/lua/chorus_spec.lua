@@ -198,6 +198,25 @@ describe("the scheduler", function()
     assert.are.same({ "A", "A's child", "A again", "B" }, order)
   end)
 
+  it("queues a run another run starts, or a waiter it notifies, behind the tasks already waiting", function()
+    local order = {}
+    local token = core.wait_token()
+    core.start(nil, function()
+      order[#order + 1] = "W waits"
+      core.wait(token)
+      order[#order + 1] = "W woken"
+    end)
+    core.start(nil, function()
+      order[#order + 1] = "A"
+      core.start(nil, function() order[#order + 1] = "started by A" end)
+      core.notify(token, true)
+    end)
+    core.start(nil, function() order[#order + 1] = "B" end)
+    core.start(nil, function() order[#order + 1] = "C" end)
+    core.loop()
+    assert.are.same({ "W waits", "A", "B", "C", "started by A", "W woken" }, order)
+  end)
+
   it("does not let a run that keeps spawning hold the others back", function()
     local rounds, b_at = 0, nil
     core.start(nil, function()

@@ -37,6 +37,41 @@ describe("chorus.outbox", function()
     assert.are.equal(1, #b:due(1500, 1))
   end)
 
+  it("keeps due order through moves, removals, ties and skips, and hands out the same twice", function()
+    local b = outbox.memory()
+    local function ids(list)
+      local out = {}
+      for _, e in ipairs(list) do
+        out[#out + 1] = e.id
+      end
+      return out
+    end
+    local es = {}
+    for i = 1, 200 do -- due 1001..1050, four entries each, tie broken by seq
+      es[i] = entry("e" .. i, 1000 + (i - 1) % 50 + 1)
+      es[i].seq = i
+      b:add(es[i])
+    end
+    local first = ids(b:due(1500, 5))
+    assert.are.same({ "e1", "e51", "e101", "e151", "e2" }, first)
+    assert.are.same(first, ids(b:due(1500, 5))) -- looking takes nothing away
+    b:remove(es[1])
+    b:bury(es[51])
+    es[101].due = 1200 -- retried: later now
+    b:move(1001, es[101])
+    es[199].due = 900 -- and one earlier
+    b:move(1049, es[199])
+    b:update(es[199]) -- an update at the same due time changes nothing
+    assert.are.same({ "e199", "e151", "e2", "e52" }, ids(b:due(1500, 4)))
+    -- entries in flight are left out, and do not count against the limit
+    assert.are.same({ "e2", "e52" }, ids(b:due(1500, 2, { e199 = true, e151 = true })))
+    assert.are.equal(900, b:next_due())
+    local all = ids(b:due(1500))
+    assert.are.equal(198, #all)
+    assert.are.equal("e101", all[198])
+    assert.are.equal(197, #b:due(1100))
+  end)
+
   it("reschedules a failed delivery with backoff and counts the attempt", function()
     local b = outbox.memory(true)
     local e = entry("a", 1000)
