@@ -4,8 +4,9 @@
 #      request) over keep-alive connections, against nginx + lua-nginx-module
 #      doing the same with ngx.location.capture_multi (1 worker: chorus runs
 #      one event loop), with a 0 ms and a 20 ms upstream delay;
-#   2. 5,000 concurrent requests with a 1 s upstream delay: every request must
-#      succeed; peak RSS / 5,000 is the memory per in-flight run.
+#   2. 5,000 concurrent requests with a 1 s upstream delay, one wave (each
+#      wrk thread stops after as many answers as it has connections): every
+#      request must succeed; peak RSS / 5,000 is the memory per in-flight run.
 # Everything listens on 127.0.0.1 and stops by itself. RUNS (default 3) runs
 # per case; the medians are printed with the commands.
 set -euo pipefail
@@ -123,12 +124,16 @@ else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
 fi
 
-echo "# 5,000 concurrent requests, upstream delay 1 s: wrk -t2 -c5000 -d8s --timeout 20s"
+echo "# 5,000 concurrent requests, upstream delay 1 s: WRK_STOP_AFTER=2500 wrk -t2 -c5000 -d40s --timeout 35s -s scripts/bench/wrk_wave.lua"
 start_chorus 1000
-out=$(wrk -t2 -c5000 -d8s --timeout 20s -s scripts/bench/wrk_post.lua "$CHORUS_URL/workflows/bench_fanout" 2>&1)
+out=$(WRK_STOP_AFTER=2500 wrk -t2 -c5000 -d40s --timeout 35s -s scripts/bench/wrk_wave.lua \
+  "$CHORUS_URL/workflows/bench_fanout" 2>&1)
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$CHORUS_PID/status")
 requests=$(echo "$out" | awk '/requests in/ {print $1}')
+slowest=$(echo "$out" | awk '$1 == "Latency" {print $4}')
 errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
 stop_pid "$CHORUS_PID"
-echo "  requests: $requests, errors: ${errors:-none}"
+verdict="all answered 2xx"
+if [ -n "$errors" ] || [ "${requests:-0}" -lt 5000 ]; then verdict="NOT all answered"; fi
+echo "  answered: ${requests:-0} of 5000, the last after $slowest, errors: ${errors:-none} => $verdict"
 echo "  peak RSS: $((hwm_kb / 1024)) MiB = $((hwm_kb * 1024 / 5000)) bytes per in-flight run"
