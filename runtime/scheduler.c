@@ -53,6 +53,7 @@ static void enqueue(struct chorus_task *t, int urgent) {
     if (t->queued)
         return;
     t->queued = 1;
+    t->run->nqueued++;
     if (urgent && rt->urgent_streak < URGENT_STREAK) {
         struct chorus_task **link =
             rt->urgent_tail ? &rt->urgent_tail->next_ready : &rt->ready_head;
@@ -94,6 +95,7 @@ void chorus_sched_drain(struct chorus_runtime *rt) {
         if (!rt->ready_head)
             rt->ready_tail = NULL;
         t->queued = 0;
+        t->run->nqueued--;
         if (t->state == TASK_READY)
             task_resume(t);
     }
@@ -101,8 +103,13 @@ void chorus_sched_drain(struct chorus_runtime *rt) {
     rt->urgent_streak = 0;
 }
 
+/* Takes run's tasks off the ready queue. A run freed after it ended has
+ * none there (the common case: no walk of a queue that, with thousands of
+ * runs in flight, is long). */
 static void unqueue_run(struct chorus_run *run) {
     struct chorus_runtime *rt = run->rt;
+    if (run->nqueued == 0)
+        return;
     struct chorus_task **link = &rt->ready_head, *last = NULL, *urgent_last = NULL;
     int in_urgent = rt->urgent_tail != NULL;
     while (*link) {
@@ -110,6 +117,7 @@ static void unqueue_run(struct chorus_run *run) {
         int was_urgent_tail = t == rt->urgent_tail;
         if (t->run == run) {
             t->queued = 0;
+            run->nqueued--;
             *link = t->next_ready;
         } else {
             last = t;

@@ -50,6 +50,7 @@ struct chorus_run {
     char id[37]; /* uuid text */
     struct chorus_task **tasks;
     int ntasks, cap;
+    int nqueued;  /* of its tasks, on the ready queue */
     int allow_io; /* 0 while a script's top level runs */
     size_t mem;   /* heap growth charged to this run */
     long instructions;
