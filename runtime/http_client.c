@@ -276,9 +276,11 @@ static CURL *easy_get(struct chorus_http_client *client) {
     return curl_easy_init();
 }
 
+/* A pooled handle keeps the options of its last call (no curl_easy_reset:
+ * it cost as much as setting them all again); configure() and set_method()
+ * set every option a call depends on, including those only some calls use. */
 static void easy_put(struct chorus_http_client *client, CURL *easy) {
     if (client->nidle < EASY_POOL && !client->closing) {
-        curl_easy_reset(easy);
         client->idle[client->nidle++] = easy;
     } else {
         curl_easy_cleanup(easy);
@@ -439,8 +441,14 @@ static void check_done(struct chorus_http_client *client) {
 
 static int set_method(struct chorus_http_call *call, const char *method) {
     CURL *e = call->easy;
+    /* from a pooled handle's last call: a custom method, HEAD's no-body, a
+     * POST's body and method (CURLOPT_HTTPGET resets the last two) */
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     if (strcmp(method, "GET") == 0)
-        return curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        return 0;
     if (strcmp(method, "HEAD") == 0)
         return curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     for (const char *p = method; *p; p++)

@@ -149,6 +149,37 @@ static void test_many_headers(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK(o[1].nheaders >= 2);
 }
 
+/* One call after another reuses the same pooled easy handle: each gets its
+ * own method and body, nothing of the call before (a POST's body, a
+ * custom method, HEAD's no-body) sticks. */
+static void test_methods_in_turn(struct chorus_http_client *c, uv_loop_t *loop) {
+    /* method, body sent, and what the mock's echo must then say (NULL: HEAD,
+     * no body comes back) */
+    static const struct {
+        const char *method, *body, *method_echo, *body_echo;
+    } calls[] = {
+        {"POST", "{\"a\":1}", "\"method\":\"POST\"", "\"body\":\"{\\\"a\\\":1}\""},
+        {"DELETE", NULL, "\"method\":\"DELETE\"", "\"body\":\"\""},
+        {"PUT", "{\"b\":2}", "\"method\":\"PUT\"", "\"body\":\"{\\\"b\\\":2}\""},
+        {"HEAD", NULL, NULL, NULL},
+        {"GET", NULL, "\"method\":\"GET\"", "\"body\":\"\""},
+        {"PATCH", NULL, "\"method\":\"PATCH\"", "\"body\":\"\""},
+        {"GET", NULL, "\"method\":\"GET\"", "\"body\":\"\""},
+    };
+    for (size_t i = 0; i < sizeof calls / sizeof *calls; i++) {
+        struct outcome o = {0};
+        CHECK(start(c, calls[i].method, "/turn", calls[i].body, 5000, &o) != NULL);
+        run_until(loop, &o, 1);
+        CHECK_INT_EQ(o.status, 200);
+        if (!calls[i].method_echo) {
+            CHECK_STR_EQ(o.body, "");
+            continue;
+        }
+        CHECK(strstr(o.body, calls[i].method_echo) != NULL);
+        CHECK(strstr(o.body, calls[i].body_echo) != NULL);
+    }
+}
+
 static void test_bad_method(struct chorus_http_client *c) {
     struct outcome o = {0};
     char err[128] = {0};
@@ -259,6 +290,7 @@ int main(void) {
     test_failures(c, &loop);
     test_bad_method(c);
     test_many_headers(c, &loop);
+    test_methods_in_turn(c, &loop);
     test_many_concurrent(c, &loop);
     test_cancel(c, &loop);
     test_keep_alive(c, &loop);
