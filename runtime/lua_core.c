@@ -94,15 +94,20 @@ static void push_outcome(lua_State *L, struct chorus_run *run) {
 }
 
 /* Starts a run of the function at index 2 with the arguments above it, under
- * the options at index 1 (all popped). Raises on bad options. */
-static struct chorus_run *start_from_args(lua_State *L, chorus_run_done_fn on_done, void *data) {
+ * the options at index 1 (all popped). Raises on bad options. A background
+ * run (core.start) queues behind the ready tasks instead of running next. */
+static struct chorus_run *start_from_args(lua_State *L, chorus_run_done_fn on_done, void *data,
+                                          int background) {
     struct chorus_runtime *rt = rt_of(L);
     struct chorus_limits limits;
     int io;
     char id[37];
     read_run_opts(L, rt, &limits, &io, id);
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    /* only around the start: a raised error above must not leave it set */
+    chorus_sched_background(rt, background);
     struct chorus_run *run = chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, on_done, data);
+    chorus_sched_background(rt, 0);
     if (!run)
         luaL_error(L, "out of memory starting a run");
     if (id[0])
@@ -118,7 +123,7 @@ static int core_run(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
     if (rt->current)
         return luaL_error(L, "chorus.core.run cannot be nested inside a run");
-    struct chorus_run *run = start_from_args(L, NULL, NULL);
+    struct chorus_run *run = start_from_args(L, NULL, NULL, 0);
     chorus_runtime_run_until(rt, &run->done);
     if (!run->done) {
         chorus_run_free(run);
@@ -143,7 +148,7 @@ static void cancel_child(void *data) { chorus_run_free(data); }
 
 static int core_execute(lua_State *L) {
     struct chorus_task *t = chorus_task_current(L, 0);
-    struct chorus_run *child = start_from_args(L, on_child_done, t);
+    struct chorus_run *child = start_from_args(L, on_child_done, t, 0);
     chorus_task_park(t, cancel_child, child);
     return lua_yield(L, 0);
 }
@@ -156,10 +161,7 @@ static void free_detached(struct chorus_run *run, void *data) {
 /* core.start(opts, fn, ...) → run id: a detached run, freed when it ends; fn
  * records its own outcome. */
 static int core_start(lua_State *L) {
-    struct chorus_runtime *rt = rt_of(L);
-    chorus_sched_background(rt, 1);
-    struct chorus_run *run = start_from_args(L, free_detached, NULL);
-    chorus_sched_background(rt, 0);
+    struct chorus_run *run = start_from_args(L, free_detached, NULL, 1);
     lua_pushstring(L, run->id);
     return 1;
 }

@@ -49,7 +49,7 @@ struct chorus_runtime {
     struct chorus_task *urgent_tail; /* last of those woken by the running task */
     int urgent_streak;               /* urgent ones resumed in a row */
     int in_drain;                    /* chorus_sched_drain is resuming tasks */
-    int background;                  /* > 0: what gets ready is not urgent */
+    int background;                  /* 1: what gets ready now is not urgent */
     struct chorus_run *runs;         /* every live run */
     struct chorus_task *current;     /* task being resumed, or NULL */
     size_t lua_bytes;                /* Lua heap size, from the allocator */

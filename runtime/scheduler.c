@@ -81,7 +81,7 @@ static void queue_ready(struct chorus_task *t) {
     enqueue(t, rt->in_drain && !rt->background);
 }
 
-void chorus_sched_background(struct chorus_runtime *rt, int on) { rt->background += on ? 1 : -1; }
+void chorus_sched_background(struct chorus_runtime *rt, int on) { rt->background = on; }
 
 void chorus_sched_drain(struct chorus_runtime *rt) {
     struct chorus_task *t;

@@ -97,7 +97,8 @@ void chorus_task_wake(struct chorus_task *t, int nargs);
 
 /* Between chorus_sched_background(rt, 1) and (rt, 0), tasks made ready
  * (runs started, tasks woken) queue behind the others instead of running
- * next: for what is not a continuation of the running task. */
+ * next: for what is not a continuation of the running task. Not nested;
+ * keep nothing that may raise a Lua error in between. */
 void chorus_sched_background(struct chorus_runtime *rt, int on);
 
 /* Cancels a task and its descendants: their pending operations are cancelled
