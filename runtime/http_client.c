@@ -26,7 +26,7 @@ struct chorus_http_client {
     uv_timer_t timer;
     struct chorus_http_call *calls; /* in flight, for close */
     size_t active;
-    CURL *idle[EASY_POOL]; /* reset easy handles ready for reuse */
+    CURL *idle[EASY_POOL]; /* easy handles ready for reuse, with their options */
     int nidle;
     int closing;
     struct sock_ctx **socks; /* by fd: every socket curl has open */
@@ -270,15 +270,18 @@ static void unlink_call(struct chorus_http_call *call) {
     client->active--;
 }
 
+static CURL *easy_new(struct chorus_http_client *client);
+
 static CURL *easy_get(struct chorus_http_client *client) {
     if (client->nidle > 0)
         return client->idle[--client->nidle];
-    return curl_easy_init();
+    return easy_new(client);
 }
 
 /* A pooled handle keeps the options of its last call (no curl_easy_reset:
- * it cost as much as setting them all again); configure() and set_method()
- * set every option a call depends on, including those only some calls use. */
+ * it cost as much as setting them all again): easy_new() sets those that
+ * never change, configure() and set_method() every one a call depends on,
+ * including those only some calls use. */
 static void easy_put(struct chorus_http_client *client, CURL *easy) {
     if (client->nidle < EASY_POOL && !client->closing) {
         client->idle[client->nidle++] = easy;
@@ -489,30 +492,39 @@ static int set_headers(struct chorus_http_call *call, const char *const *headers
     return curl_easy_setopt(call->easy, CURLOPT_HTTPHEADER, list);
 }
 
+/* A new easy handle with the options that are the same for every call: a
+ * pooled handle keeps them (easy_put does not reset it). */
+static CURL *easy_new(struct chorus_http_client *client) {
+    CURL *e = curl_easy_init();
+    if (!e)
+        return NULL;
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, client);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, client);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
+    return e;
+}
+
+/* The options that depend on the call: all of them, every time. */
 static void configure(struct chorus_http_call *call, const struct chorus_http_request *req) {
     CURL *e = call->easy;
     curl_easy_setopt(e, CURLOPT_URL, req->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, call);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, call->client);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, call->client);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     /* Over TLS, wait for a connection that may multiplex (HTTP/2) rather than
      * open more; over plain HTTP/1.1 that wait would serialize calls. */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncmp(req->url, "https://", 8) == 0 ? 1L : 0L);
-    /* Pooled handles keep their options: set these on every call. */
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, req->insecure ? 0L : 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, req->insecure ? 0L : 2L);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, req->follow_redirects ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
 }
