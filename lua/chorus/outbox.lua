@@ -120,6 +120,12 @@ function outbox.memory(keep)
     dead = {}, n_dead = 0, keep = keep, all = keep and {} or nil, delivered = keep and {} or nil }, Memory)
 end
 
+-- Whether a heap item still stands for a pending entry at its due time.
+local function live(self, item)
+  local e = item.e
+  return self.entries[e.id] == e and self.indexed[e] == item.due
+end
+
 -- Puts e in the heap at its due time unless it is there already.
 local function index(self, e)
   if self.indexed[e] ~= e.due then
@@ -165,7 +171,7 @@ function Memory:due(now, limit, skip)
   while #out < limit and heap[1] and heap[1].due <= now do
     local item = heap_pop(heap)
     local e = item.e
-    if self.entries[e.id] == e and self.indexed[e] == item.due and not seen[e] then
+    if live(self, item) and not seen[e] then
       seen[e] = true
       back[#back + 1] = item
       if not (skip and skip[e.id]) then
@@ -190,10 +196,8 @@ end
 function Memory:next_due()
   local heap = self.heap
   while heap[1] do
-    local item = heap[1]
-    local e = item.e
-    if self.entries[e.id] == e and self.indexed[e] == item.due then
-      return item.due
+    if live(self, heap[1]) then
+      return heap[1].due
     end
     heap_pop(heap) -- stale
   end
