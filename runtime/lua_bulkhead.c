@@ -59,7 +59,7 @@ int chorus_lua_wait_token(lua_State *L) {
 
 int chorus_lua_wait(lua_State *L) {
     uint64_t token = (uint64_t)luaL_checkinteger(L, 1);
-    struct chorus_task *t = chorus_task_current(L, 0);
+    struct chorus_task *t = chorus_task_waitable(L, 0);
     struct waiter *w = malloc(sizeof *w);
     if (!w)
         return luaL_error(L, "out of memory");

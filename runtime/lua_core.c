@@ -147,7 +147,7 @@ static void on_child_done(struct chorus_run *child, void *data) {
 static void cancel_child(void *data) { chorus_run_free(data); }
 
 static int core_execute(lua_State *L) {
-    struct chorus_task *t = chorus_task_current(L, 0);
+    struct chorus_task *t = chorus_task_waitable(L, 0);
     struct chorus_run *child = start_from_args(L, on_child_done, t, 0);
     chorus_task_park(t, cancel_child, child);
     return lua_yield(L, 0);
@@ -200,7 +200,7 @@ static struct chorus_task *check_task(lua_State *L, struct chorus_task *self, in
 /* core.await() → the id of a child task that finished, waiting if needed
  * (children report in the order they finish; cancelled ones never do). */
 static int core_await(lua_State *L) {
-    struct chorus_task *self = chorus_task_current(L, 0);
+    struct chorus_task *self = chorus_task_waitable(L, 0);
     int id = chorus_task_await(self);
     if (id > 0) {
         lua_pushinteger(L, id);
@@ -242,7 +242,7 @@ static void cancel_sleep(void *data) {
 static int core_sleep(lua_State *L) {
     lua_Number s = luaL_checknumber(L, 1);
     luaL_argcheck(L, s >= 0 && s < 1e9, 1, "seconds must be between 0 and 1e9");
-    struct chorus_task *t = chorus_task_current(L, 1);
+    struct chorus_task *t = chorus_task_waitable(L, 1);
     if (t->run->rt->virtual_clock) {
         if (chorus_vclock_sleep(t, s) != 0)
             return luaL_error(L, "out of memory");

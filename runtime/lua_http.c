@@ -120,7 +120,7 @@ static long timeout_ms(lua_State *L, int arg) {
 }
 
 int chorus_lua_http_request(lua_State *L) {
-    struct chorus_task *t = chorus_task_current(L, 1);
+    struct chorus_task *t = chorus_task_waitable(L, 1);
     struct chorus_http_request req = {0};
     req.method = luaL_checkstring(L, 1);
     req.url = luaL_checkstring(L, 2);

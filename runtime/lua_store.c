@@ -121,7 +121,7 @@ static int commit_resumed(lua_State *L, int status, lua_KContext ctx) {
 
 static int store_commit(lua_State *L) {
     struct chorus_store *st = check_store(L);
-    struct chorus_task *t = chorus_task_current(L, 0);
+    struct chorus_task *t = chorus_task_waitable(L, 0);
     struct commit_wait *w = malloc(sizeof *w);
     if (!w)
         return luaL_error(L, "store: out of memory");

@@ -440,7 +440,8 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
 
 /* Random bytes for ids, drawn from getrandom a pool at a time: a served
  * request takes a few ids, and a syscall for each was a tenth of its
- * syscalls. The loop thread is the only caller. */
+ * syscalls. The loop thread is the only caller. Without getrandom the
+ * process aborts: ids made from the clock could be guessed. */
 void chorus_random_bytes(unsigned char *out, size_t n) {
     static unsigned char pool[256]; /* getrandom never returns short for 256 bytes */
     static size_t left;
@@ -453,19 +454,14 @@ void chorus_random_bytes(unsigned char *out, size_t n) {
             else if (errno != EINTR)
                 break;
         }
-        if (got < sizeof pool) { /* no getrandom: the clock, the pid, a counter */
-            static unsigned long long counter;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            unsigned long long x = (unsigned long long)ts.tv_nsec ^
-                                   ((unsigned long long)ts.tv_sec << 20) ^
-                                   ((unsigned long long)getpid() << 40) ^ ++counter;
-            for (size_t i = got; i < sizeof pool; i++) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                pool[i] = (unsigned char)x;
-            }
+        if (got < sizeof pool) {
+            /* Run ids are capabilities (GET /runs/ID of an open workflow):
+             * never make them from a guessable seed. */
+            fprintf(stderr,
+                    "chorus: no source of random numbers (getrandom: %s); refusing to "
+                    "make guessable run ids\n",
+                    strerror(errno));
+            abort();
         }
         left = sizeof pool;
     }
@@ -566,6 +562,27 @@ struct chorus_task *chorus_task_current(lua_State *L, int need_io) {
                       "use chorus.all/race/any for concurrency");
     if (need_io && !t->run->allow_io)
         luaL_error(L, "I/O is not allowed while a script loads; do it inside run()");
+    return t;
+}
+
+struct chorus_task *chorus_task_waitable(lua_State *L, int need_io) {
+    struct chorus_task *t = chorus_task_current(L, need_io);
+    if (!lua_isyieldable(L)) {
+        /* Raised before anything is parked: a yield here would fail after
+         * the timer or transfer was started, and its callback would later
+         * wake a task whose run is gone. */
+        lua_createtable(L, 0, 2);
+        lua_pushliteral(L, "script");
+        lua_setfield(L, -2, "kind");
+        luaL_where(L, 1);
+        lua_pushliteral(L, "cannot wait here: a call that waits (ctx.sleep, an HTTP call, a lock, "
+                           "chorus.all, ...) is not allowed inside a metamethod, a table.sort "
+                           "comparator, a string.gsub replacement function or a load reader; "
+                           "make the call outside that callback");
+        lua_concat(L, 2);
+        lua_setfield(L, -2, "message");
+        lua_error(L);
+    }
     return t;
 }
 

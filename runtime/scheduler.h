@@ -89,6 +89,13 @@ int chorus_task_spawn(lua_State *L, int nargs);
  * script created itself) or when io is asked for and the run has none. */
 struct chorus_task *chorus_task_current(lua_State *L, int need_io);
 
+/* chorus_task_current for a primitive about to park and yield: also raises
+ * a {kind="script"} error when L cannot yield here (inside a metamethod, a
+ * table.sort comparator, a gsub replacement function, a load reader: any
+ * C-call boundary). Call it before starting the operation, so that nothing
+ * is left pending when it raises. */
+struct chorus_task *chorus_task_waitable(lua_State *L, int need_io);
+
 /* Records the pending operation of t (about to yield). */
 void chorus_task_park(struct chorus_task *t, chorus_cancel_fn cancel, void *data);
 

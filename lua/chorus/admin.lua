@@ -27,6 +27,7 @@ local function authorized(server, req)
   end
   return true
 end
+admin.authorized = authorized
 
 function admin.handle(server, req, what)
   local ok, denied = authorized(server, req)

@@ -2,7 +2,7 @@
 --
 --   return {
 --     listen = "127.0.0.1:8080", scripts = "./examples", data = "./.chorus-data",
---     admin_token = chorus.env("CHORUS_ADMIN_TOKEN"),
+--     admin_token = chorus.secret("CHORUS_ADMIN_TOKEN"),
 --     limits = { run_memory_mb = 64, run_instructions = 1e8, max_body_bytes = 1048576,
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10 },
@@ -45,6 +45,25 @@ local LIMITS = {
   run_memory_mb = true, run_instructions = true, max_body_bytes = true, max_header_bytes = true,
   max_connections = true, client_timeout = true, drain_timeout = true, max_inflight_runs = true,
 }
+
+-- The config's own secrets (the admin token, the webhook secret, auth
+-- tokens and HMAC keys), however the file got them, are the server's:
+-- redacted everywhere and unreadable to workflow scripts.
+local function reserve_secrets(conf)
+  local secrets = require "chorus.secrets"
+  local function keep(value)
+    if type(value) == "string" then
+      secrets.reserve(value)
+      secrets.remember(value)
+    end
+  end
+  keep(conf.admin_token)
+  keep(conf.webhook_secret)
+  for _, rule in pairs(conf.auth or {}) do
+    keep(rule.token)
+    keep(rule.hmac_secret)
+  end
+end
 
 local function validate(conf, path)
   for k, v in pairs(conf) do
@@ -112,7 +131,7 @@ function config.load(path)
   if not src then
     return nil, err
   end
-  local chunk, cerr = load(src, "@" .. path, "t", sandbox.env())
+  local chunk, cerr = load(src, "@" .. path, "t", sandbox.env({ config = true }))
   if not chunk then
     return nil, ("config syntax error: %s"):format(cerr)
   end
@@ -123,7 +142,11 @@ function config.load(path)
   if type(value) ~= "table" then
     return nil, ("%s: the config file must return a table"):format(path)
   end
-  return validate(value, path)
+  local conf, verr = validate(value, path)
+  if conf then
+    reserve_secrets(conf)
+  end
+  return conf, verr
 end
 
 --- Applies limits and upstreams to the runtime.

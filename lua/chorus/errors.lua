@@ -36,4 +36,60 @@ function errors.normalize(err)
   return { kind = "error", message = tostring(err) }
 end
 
+-- ---- values that leave a run -------------------------------------------
+--
+-- A run's result and error are read by the server after the run has ended,
+-- outside its budget: there, one looping __index, __pairs or __tostring
+-- would stop the whole process. So they leave the run as plain data, copied
+-- inside the run (under its budget and memory cap) without calling any
+-- metamethod; only chorus.json.array's marker survives, so that an empty
+-- array still encodes as [].
+
+local getraw = require("debug").getmetatable
+local ARRAY_MT = getraw(require("chorus.core").json.array({}))
+local MAX_DEPTH = 200
+
+local function raw_copy(value, depth, seen)
+  if type(value) ~= "table" then
+    return value
+  end
+  if seen[value] then
+    error({ kind = "script", message = "the run's result or error refers to itself (a cycle)" }, 0)
+  end
+  if depth > MAX_DEPTH then
+    error({ kind = "script", message = ("the run's result or error is nested deeper than %d"):format(MAX_DEPTH) }, 0)
+  end
+  seen[value] = true
+  local out = {}
+  for k, v in next, value do
+    out[raw_copy(k, depth + 1, seen)] = raw_copy(v, depth + 1, seen)
+  end
+  seen[value] = nil
+  if getraw(value) == ARRAY_MT then
+    setmetatable(out, ARRAY_MT)
+  end
+  return out
+end
+
+--- value as plain data: tables copied raw, metatables dropped. Raises a
+--- {kind="script"} error for a cycle.
+function errors.plain(value)
+  return raw_copy(value, 0, {})
+end
+
+--- A table err normalized and made plain, inside the run: its __tostring runs here,
+--- under the run's budget; one that fails or loops is reported as such.
+function errors.settle(err)
+  if type(err) ~= "table" then -- a string, number, ...: nothing of the script's runs on it
+    return err
+  end
+  local ok, out = pcall(function() return errors.plain(errors.normalize(err)) end)
+  if ok then
+    return out
+  end
+  local why = type(out) == "string" and out or type(out) == "table" and rawget(out, "message")
+  return { kind = "error", message = "the workflow raised an error that cannot be described: "
+    .. (type(why) == "string" and why or "its __tostring or fields failed") }
+end
+
 return errors

@@ -12,56 +12,91 @@ local journal = require "chorus.journal"
 local chorus = { json = core.json, version = core.version }
 
 local WORKFLOW = { __name = "chorus.workflow" }
+local HOST_SET = { __name = "chorus.host_set" } -- allow_hosts, once made a set
 
 local KNOWN = {
   name = "string", run = "function", timeout = "number", on_timeout = "function",
   idempotency = "table", description = "string", allow_hosts = "table",
 }
 
---- Declares a workflow: the value a script returns.
-function chorus.workflow(spec)
-  if type(spec) ~= "table" then
-    error("chorus.workflow expects a table { name = ..., run = function(ctx, input) ... end }", 2)
+-- One level of t, read raw: no metamethod of the script's runs here.
+local function raw_copy(t)
+  local c = {}
+  for k, v in next, t do
+    c[k] = v
   end
-  for key, value in pairs(spec) do
+  return c
+end
+
+-- Checks a declaration (raw fields only); returns it with its nested tables
+-- copied and allow_hosts made a set, or nil and a message.
+local function declare(spec)
+  for key, value in next, spec do
     local want = KNOWN[key]
     if not want then
-      error(("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, "
-        .. "idempotency, allow_hosts, description)"):format(tostring(key)), 2)
+      return nil, ("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, "
+        .. "idempotency, allow_hosts, description)"):format(tostring(key))
     end
     if type(value) ~= want then
-      error(("chorus.workflow: field '%s' must be a %s, got %s"):format(key, want, type(value)), 2)
+      return nil, ("chorus.workflow: field '%s' must be a %s, got %s"):format(key, want, type(value))
     end
   end
-  if not spec.name or not spec.name:match("^[%w_%-%.]+$") then
-    error("chorus.workflow: name must be letters, digits, '_', '-' or '.'", 2)
+  if type(spec.name) ~= "string" or not spec.name:match("^[%w_%-%.]+$") then
+    return nil, "chorus.workflow: name must be letters, digits, '_', '-' or '.'"
   end
   if not spec.run then
-    error(("chorus.workflow %q: run must be a function(ctx, input)"):format(spec.name), 2)
+    return nil, ("chorus.workflow %q: run must be a function(ctx, input)"):format(spec.name)
   end
-  if spec.timeout and spec.timeout <= 0 then
-    error(("chorus.workflow %q: timeout must be a positive number of seconds"):format(spec.name), 2)
+  if spec.timeout and not (spec.timeout > 0 and spec.timeout < math.huge) then
+    return nil, ("chorus.workflow %q: timeout must be a positive number of seconds"):format(spec.name)
   end
-  local idem = spec.idempotency
-  if idem and ((idem.ttl ~= nil and (type(idem.ttl) ~= "number" or idem.ttl <= 0))
+  local idem = spec.idempotency and raw_copy(spec.idempotency)
+  if idem and ((idem.ttl ~= nil and (type(idem.ttl) ~= "number" or not (idem.ttl > 0 and idem.ttl < math.huge)))
       or (idem.required ~= nil and type(idem.required) ~= "boolean")) then
-    error(("chorus.workflow %q: idempotency = { required = boolean, ttl = seconds }"):format(spec.name), 2)
+    return nil, ("chorus.workflow %q: idempotency = { required = boolean, ttl = seconds }"):format(spec.name)
   end
-  if spec.allow_hosts then -- a list of host names → a set, checked once here
+  spec.idempotency = idem
+  local hosts = spec.allow_hosts
+  if hosts and getmetatable(hosts) ~= HOST_SET then -- a list of host names → a set, checked once
     local set = {}
-    for i, host in ipairs(spec.allow_hosts) do
+    for i = 1, rawlen(hosts) do
+      local host = rawget(hosts, i)
       if type(host) ~= "string" or host == "" then
-        error(("chorus.workflow %q: allow_hosts[%d] must be a host name"):format(spec.name, i), 2)
+        return nil, ("chorus.workflow %q: allow_hosts[%d] must be a host name"):format(spec.name, i)
       end
       set[host:lower()] = true
     end
-    spec.allow_hosts = set
+    spec.allow_hosts = setmetatable(set, HOST_SET)
+  elseif hosts then
+    spec.allow_hosts = setmetatable(raw_copy(hosts), HOST_SET)
   end
   return setmetatable(spec, WORKFLOW)
 end
 
+--- Declares a workflow: the value a script returns. The declaration is
+--- copied (raw), so the script's table may change later without effect.
+function chorus.workflow(spec)
+  if type(spec) ~= "table" then
+    error("chorus.workflow expects a table { name = ..., run = function(ctx, input) ... end }", 2)
+  end
+  local wf, err = declare(raw_copy(spec))
+  if not wf then
+    error(err, 2)
+  end
+  return wf
+end
+
 function chorus.is_workflow(value)
   return getmetatable(value) == WORKFLOW
+end
+
+--- The server's own copy of a declared workflow, checked again: whatever
+--- the script still holds (the value it returned) cannot change it.
+function chorus.own(wf)
+  if not chorus.is_workflow(wf) then
+    return nil, "not a workflow"
+  end
+  return declare(raw_copy(wf))
 end
 
 -- Spawns each function as a task; returns their ids.

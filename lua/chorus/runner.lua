@@ -5,6 +5,7 @@ local core = require "chorus.core"
 local context = require "chorus.context"
 local journal = require "chorus.journal"
 local runstate = require "chorus.runstate"
+local errors = require "chorus.errors"
 
 local runner = {}
 
@@ -12,6 +13,13 @@ local ON_TIMEOUT_GRACE = 10
 
 local function new_trace_id()
   return core.random_hex(16)
+end
+
+local function plain_results(packed)
+  for i = 2, packed.n do
+    packed[i] = errors.plain(packed[i])
+  end
+  return packed
 end
 
 -- Runs inside a task: returns the workflow's value or raises its error.
@@ -34,23 +42,24 @@ function runner.execute(workflow, input, opts)
     opts.on_state(state)
   end
   local ctx = context.new(state)
-  if not state.deadline then
-    return workflow.run(ctx, input)
-  end
   local result = table.pack(pcall(workflow.run, ctx, input))
-  if result[1] then
-    return table.unpack(result, 2, result.n)
+  if result[1] then -- plain data out: the server reads it outside the run
+    local ok, value = pcall(plain_results, result)
+    if ok then
+      return table.unpack(value, 2, value.n)
+    end
+    error(errors.settle(value), 0)
   end
   local err = result[2]
-  if type(err) == "table" and err.kind == "deadline" and workflow.on_timeout then
+  if type(err) == "table" and rawget(err, "kind") == "deadline" and workflow.on_timeout then
     -- on_timeout gets its own short deadline to cancel, compensate or alert
     state.deadline = core.now() + ON_TIMEOUT_GRACE
     local ok, oerr = pcall(workflow.on_timeout, ctx)
     if not ok then
-      ctx.log.error("on_timeout failed", { error = tostring(oerr) })
+      ctx.log.error("on_timeout failed", { error = errors.settle(oerr).message })
     end
   end
-  error(err, 0)
+  error(errors.settle(err), 0)
 end
 
 return runner

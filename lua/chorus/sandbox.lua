@@ -1,18 +1,50 @@
--- chorus.sandbox — the environment workflow scripts run in.
+-- chorus.sandbox — the environment workflow scripts (and the config file)
+-- run in.
 --
--- Scripts get the pure parts of the standard library and the chorus
--- modules; no io, os.execute, package, debug, dofile or bytecode. pcall,
--- xpcall and coroutine.resume re-raise the error of a run the runtime has
--- stopped (instruction budget, memory cap), so a script cannot catch its way
--- past a limit.
+-- The security model: scripts are isolated from each other and from the
+-- server. A script can fail, slow or exhaust only its own runs, within their
+-- budget and memory cap. So:
+--   * Scripts get the pure parts of the standard library and the chorus
+--     modules; no io, os.execute, package, debug, dofile, bytecode or
+--     string.dump.
+--   * Every library and module a script reaches is its own read-only view:
+--     a copy of the functions meant for scripts (http.set_transport,
+--     http.configure and the like are not in it), so no script can change
+--     what the server or another workflow calls.
+--   * Metatables the runtime set (on ctx, errors, upstream handles, breakers,
+--     JSON arrays, ...) are invisible to getmetatable and cannot be replaced
+--     with setmetatable or bypassed with rawset; a script sees and changes
+--     only the metatables it set itself.
+--   * A metatable with __gc is refused: a finalizer runs at some later
+--     collection, outside any run and its budget.
+--   * coroutine.resume and coroutine.close take only coroutines the script
+--     made: a task's own coroutine is parked in C and must be woken by C.
+--   * pcall, xpcall and coroutine.resume re-raise the error of a run the
+--     runtime has stopped (instruction budget, memory cap), so a script
+--     cannot catch its way past a limit.
+--   * After the script's top level has run, its globals are sealed: reading
+--     works, assigning a global during a run raises (globals would otherwise
+--     carry state from one run, or one caller, to the next).
 local core = require "chorus.core"
+
+local getraw = require("debug").getmetatable
 
 local sandbox = {}
 
-local ALLOWED_MODULES = {
-  chorus = true, ["chorus.http"] = true, ["chorus.retry"] = true, ["chorus.breaker"] = true,
-  ["chorus.saga"] = true, ["chorus.webhook"] = true,
+-- What each module shows scripts. A nested list is a table of its own.
+local API = {
+  chorus = {
+    "workflow", "all", "all_settled", "race", "any", "env", "secret", "version",
+    json = { "encode", "decode", "array", "is_null", "null" },
+  },
+  ["chorus.http"] = { "request", "get", "post", "put", "delete", "patch", "head", "upstream" },
+  ["chorus.retry"] = { "policy", "run" },
+  ["chorus.breaker"] = { "new" },
+  ["chorus.saga"] = { "new" },
+  ["chorus.webhook"] = { "HEADER", "sign", "verify", "equal" },
 }
+
+local MODULE_NAMES = "chorus, chorus.http, chorus.retry, chorus.breaker, chorus.saga, chorus.webhook"
 
 local function copy(t, without)
   local c = {}
@@ -22,6 +54,34 @@ local function copy(t, without)
     end
   end
   return c
+end
+
+-- A read-only view of t (which nobody else holds): reads, pairs, # and
+-- ipairs work; writes raise; the metatable is protected.
+local function readonly(t, what)
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k)
+      error(("%s is read-only in workflow scripts (cannot set '%s')"):format(what, tostring(k)), 2)
+    end,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+end
+sandbox.readonly = readonly
+
+-- The script's view of a module: the names API lists, copied.
+local function view(name, module, names)
+  local t = {}
+  for k, v in pairs(names) do
+    if type(k) == "number" then
+      t[v] = module[v]
+    else
+      t[k] = view(name .. "." .. k, module[k], v)
+    end
+  end
+  return readonly(t, name)
 end
 
 local function rethrow_if_stopped(ok, ...)
@@ -53,47 +113,109 @@ local function wrap_results(co, ok, ...)
 end
 
 local BASE = {
-  "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawlen", "rawset",
-  "select", "setmetatable", "tonumber", "tostring", "type", "_VERSION",
+  "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawlen",
+  "select", "tonumber", "tostring", "type", "_VERSION",
 }
 
-function sandbox.env()
+-- Names the server keeps for itself: chorus.env never reads them (nor any
+-- value the config file read with chorus.secret, under whatever name).
+local SERVER_ENV = { CHORUS_ADMIN_TOKEN = true, CHORUS_WEBHOOK_SECRET = true }
+
+local function secret_name(name)
+  return SERVER_ENV[name] or name:match("^CHORUS_SECRET_") ~= nil
+end
+
+-- The script's coroutine library: only coroutines it made can be resumed
+-- or closed, and they carry the run's instruction budget.
+local function coroutines(mine)
+  local co = copy(coroutine)
+  local function check(c, what)
+    if not mine[c] then
+      error(("coroutine.%s: only coroutines the script created can be %s"):format(what,
+        what == "resume" and "resumed" or "closed"), 3)
+    end
+  end
+  co.create = function(f)
+    local c = core.budget_coroutine(coroutine.create(f))
+    mine[c] = true
+    return c
+  end
+  co.resume = function(c, ...)
+    check(c, "resume")
+    return rethrow_if_stopped(coroutine.resume(c, ...))
+  end
+  co.close = function(c)
+    check(c, "close")
+    return coroutine.close(c)
+  end
+  co.wrap = function(f)
+    local c = co.create(f)
+    return function(...)
+      return wrap_results(c, coroutine.resume(c, ...))
+    end
+  end
+  return co
+end
+
+-- getmetatable, setmetatable and rawset that keep the runtime's metatables
+-- out of reach: `mts` holds the metatables this script set.
+local function metatables(env, mts)
+  local function foreign(v)
+    local mt = getraw(v)
+    return mt ~= nil and not mts[mt]
+  end
+  env.getmetatable = function(v)
+    if foreign(v) then -- strings too: their metatable is the process's
+      return nil
+    end
+    return getmetatable(v)
+  end
+  env.setmetatable = function(t, mt)
+    if type(t) == "table" and foreign(t) then
+      error("setmetatable: this table belongs to the runtime; its metatable cannot change", 2)
+    end
+    if type(mt) == "table" then
+      if rawget(mt, "__gc") ~= nil then
+        error("setmetatable: __gc is not allowed in workflow scripts (a finalizer would run "
+          .. "outside any run and its budget); use a to-be-closed variable (__close)", 2)
+      end
+      mts[mt] = true
+    end
+    return setmetatable(t, mt)
+  end
+  env.rawset = function(t, k, v)
+    if type(t) == "table" and foreign(t) then
+      error("rawset: this table belongs to the runtime and cannot be written", 2)
+    end
+    return rawset(t, k, v)
+  end
+end
+
+--- A fresh environment. opts.config: the config file's (chorus.secret may
+--- read the server's own secrets there, and marks what it reads as the
+--- server's).
+function sandbox.env(opts)
+  local for_config = opts and opts.config
   local env = {}
   for _, name in ipairs(BASE) do
     env[name] = _G[name]
   end
+  local mts = setmetatable({}, { __mode = "k" })
+  metatables(env, mts)
   env.string = copy(string, { dump = true })
   env.table = copy(table)
   env.math = copy(math)
   env.utf8 = copy(utf8)
   env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
-  env.coroutine = copy(coroutine)
-  env.coroutine.resume = function(co, ...)
-    return rethrow_if_stopped(coroutine.resume(co, ...))
-  end
-  -- the run's instruction budget follows into coroutines the script makes
-  -- (the watchdog only watches the run's own tasks: chorus.watchdog.h)
-  env.coroutine.create = function(f)
-    return core.budget_coroutine(coroutine.create(f))
-  end
-  env.coroutine.wrap = function(f)
-    local co = env.coroutine.create(f)
-    return function(...)
-      return wrap_results(co, coroutine.resume(co, ...))
-    end
+  env.coroutine = coroutines(setmetatable({}, { __mode = "k" }))
+  for _, lib in ipairs({ "string", "table", "math", "utf8", "os", "coroutine" }) do
+    env[lib] = readonly(env[lib], lib)
   end
   env.pcall = function(f, ...)
     return rethrow_if_stopped(pcall(f, ...))
   end
   env.xpcall = function(f, handler, ...)
     return rethrow_if_stopped(xpcall(f, handler, ...))
-  end
-  -- The string metatable is shared by the whole process: keep it out of reach.
-  env.getmetatable = function(v)
-    if type(v) == "string" then
-      return nil
-    end
-    return getmetatable(v)
   end
   env.collectgarbage = function(opt)
     if opt == "count" then
@@ -104,12 +226,24 @@ function sandbox.env()
   env.load = function(chunk, name, _, chunk_env)
     return load(chunk, name, "t", chunk_env or env)
   end
+  local modules = {}
   env.require = function(name)
-    if not ALLOWED_MODULES[name] then
-      error(("require: module '%s' is not available in workflow scripts (available: chorus, "
-        .. "chorus.http, chorus.retry, chorus.breaker, chorus.saga, chorus.webhook)"):format(tostring(name)), 2)
+    local names = API[name]
+    if not names then
+      error(("require: module '%s' is not available in workflow scripts (available: %s)")
+        :format(tostring(name), MODULE_NAMES), 2)
     end
-    return require(name)
+    if not modules[name] then
+      local module = require(name)
+      if name == "chorus" then -- env and secret: with the server's names held back
+        module = copy(module)
+        module.env = sandbox.env_reader(module.env)
+        module.secret = for_config and sandbox.secret_recorder(module.secret)
+          or sandbox.secret_reader(module.secret)
+      end
+      modules[name] = view(name, module, names)
+    end
+    return modules[name]
   end
   env.print = function(...)
     local parts = table.pack(...)
@@ -121,6 +255,68 @@ function sandbox.env()
   end
   env._G = env
   return env
+end
+
+--- chorus.env for scripts and the config: never a secret.
+function sandbox.env_reader(read)
+  local secrets = require "chorus.secrets"
+  return function(name, default)
+    local value = read(name, default)
+    if type(name) == "string" and (secret_name(name) or (value ~= default and secrets.reserved(value))) then
+      error(("chorus.env: '%s' holds a secret: read it with chorus.secret (in the config file: "
+        .. "workflows cannot read the server's own secrets)"):format(name), 2)
+    end
+    return value
+  end
+end
+
+--- chorus.secret for workflows: never a secret the config file read (the
+--- admin token, the webhook secret, auth tokens), under whatever name.
+function sandbox.secret_reader(read)
+  local secrets = require "chorus.secrets"
+  return function(name)
+    if SERVER_ENV[name] then
+      error(("chorus.secret: '%s' is one of the server's own secrets; workflow scripts cannot "
+        .. "read it"):format(name), 2)
+    end
+    local value = read(name)
+    if secrets.reserved(value) then
+      error(("chorus.secret: '%s' is one of the server's own secrets (the config file reads it); "
+        .. "workflow scripts cannot read it"):format(tostring(name)), 2)
+    end
+    return value
+  end
+end
+
+--- chorus.secret for the config file: what it reads becomes the server's.
+function sandbox.secret_recorder(read)
+  local secrets = require "chorus.secrets"
+  return function(name)
+    local value = read(name)
+    secrets.reserve(value)
+    return value
+  end
+end
+
+--- Seals a script's globals once its top level has run: reads still work,
+--- an assignment raises, so no run leaves state in a global for the next.
+function sandbox.seal(env)
+  local globals = {}
+  for k, v in next, env do
+    globals[k] = v
+  end
+  for k in pairs(globals) do
+    env[k] = nil
+  end
+  return setmetatable(env, {
+    __index = globals,
+    __newindex = function(_, k)
+      error(("cannot assign the global '%s' in a run: a workflow's globals are shared by all "
+        .. "its runs; use a local variable (or ctx) instead"):format(tostring(k)), 2)
+    end,
+    __pairs = function() return next, globals, nil end,
+    __metatable = false,
+  })
 end
 
 return sandbox

@@ -35,7 +35,8 @@ script.run_isolated = run_isolated
 --- Compiles source as a workflow script. Returns the workflow, or nil and a
 --- one-line message naming the file.
 function script.compile(source, path)
-  local chunk, err = load(source, "@" .. path, "t", sandbox.env())
+  local env = sandbox.env()
+  local chunk, err = load(source, "@" .. path, "t", env)
   if not chunk then
     return nil, ("syntax error: %s"):format(err)
   end
@@ -47,7 +48,12 @@ function script.compile(source, path)
     return nil, ("%s: the script must end with `return chorus.workflow { ... }` (it returned %s)")
       :format(path, value == nil and "nothing" or "a " .. type(value))
   end
-  return value
+  local workflow, werr = chorus.own(value)
+  if not workflow then
+    return nil, ("%s: %s"):format(path, werr)
+  end
+  sandbox.seal(env)
+  return workflow
 end
 
 --- Loads a workflow script from a file. Returns workflow, source or nil, err.

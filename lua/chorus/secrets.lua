@@ -31,6 +31,21 @@ function secrets.remember(value)
   end
 end
 
+local server_values = {} -- values the config file read: the server's own
+
+--- Marks value (a secret the config file read) as the server's: workflow
+--- scripts can no longer read it with chorus.secret or chorus.env.
+function secrets.reserve(value)
+  if type(value) == "string" and value ~= "" then
+    server_values[value] = true
+  end
+end
+
+--- True when value is one of the server's own secrets.
+function secrets.reserved(value)
+  return type(value) == "string" and server_values[value] == true
+end
+
 --- The value of secret name, or nil.
 function secrets.get(name)
   local value = core.env("CHORUS_SECRET_" .. name:upper():gsub("[^%w]", "_")) or core.env(name)

@@ -670,6 +670,26 @@ end
 
 -- ---- dispatch -------------------------------------------------------------
 
+-- GET /runs/ID: the record, to the admin token or to the credentials the
+-- run's workflow asks for in auth.NAME; a run of an open workflow is read
+-- with its id alone (122 random bits: the id is the capability, as in the
+-- Location header of an async start). An unknown id and a refused one get
+-- the same 404, so ids cannot be probed.
+local function run_record(req, id)
+  local rec = state.running[id] or state.finished:get(id) or (state.store and state.store.st:get("runs", id))
+  local text = rec and (type(rec) == "string" and rec or record_text(rec))
+  local name = type(rec) == "table" and rec.workflow
+  if text and not name then
+    local ok, decoded = pcall(json.decode, text)
+    name = ok and type(decoded) == "table" and decoded.workflow
+  end
+  if not text or not (admin.authorized(server, req) or authenticate(req, tostring(name))) then
+    return problem(404, "Not Found", ("no run with id '%s' that these credentials can read (runs of a "
+      .. "workflow with auth need its token or the admin token)"):format(id))
+  end
+  return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = text }
+end
+
 local function route(req)
   local path = req.path
   local name = path:match("^/workflows/([^/]+)$")
@@ -678,12 +698,7 @@ local function route(req)
   end
   local id = path:match("^/runs/([^/]+)$")
   if id then
-    local rec = state.running[id] or state.finished:get(id) or (state.store and state.store.st:get("runs", id))
-    if not rec then
-      return problem(404, "Not Found", ("no run with id '%s'"):format(id))
-    end
-    return { status = 200, headers = { ["Content-Type"] = "application/json" },
-      body = type(rec) == "string" and rec or record_text(rec) }
+    return run_record(req, id)
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)

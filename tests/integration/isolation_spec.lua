@@ -1,0 +1,236 @@
+-- Isolation through a real server: one workflow script can harm only its own
+-- runs. Each case is an attack a script could make on the process or on the
+-- other workflows; the server must answer it as a failed run (or refuse it)
+-- and go on serving everyone else. Runs under the ASan build too.
+local H = require "tests.integration.helpers"
+
+-- Waiting where Lua cannot yield: inside a C function that calls back into
+-- the script (table.sort's comparator, tostring's __tostring, gsub's
+-- replacement function, load's reader, table.concat's __index).
+local WAIT_IN = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "wait_in", run = function(ctx, input)
+  local function w(v) ctx.sleep(0.05); return v end
+  local cases = {
+    sort = function() local t = { 3, 1, 2 }; table.sort(t, function(a, b) w(); return a < b end); return t end,
+    tostring = function() return tostring(setmetatable({}, { __tostring = function() return w("x") end })) end,
+    gsub = function() return (("abc"):gsub("%w", function() return w("x") end)) end,
+    load = function()
+      local n = 0
+      local f, err = load(function() n = n + 1; if n == 1 then return w("return 1") end end)
+      if not f then error(err, 0) end
+      return f()
+    end,
+    concat = function()
+      local mt = { __index = function(_, i) return w("x" .. i) end, __len = function() return 2 end }
+      return table.concat(setmetatable({}, mt))
+    end,
+  }
+  local f = cases[input.where]
+  if input.pcall then
+    local ok, err = pcall(f)
+    return { caught = not ok, kind = type(err) == "table" and err.kind or nil }
+  end
+  return { value = f() }
+end }
+]]
+
+-- A script that tries to reach what is shared with the server and the
+-- other workflows.
+local REACH = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+local webhook = require "chorus.webhook"
+local function try(f)
+  local ok, err = pcall(f)
+  return ok and "allowed" or tostring(type(err) == "table" and err.message or err)
+end
+return chorus.workflow { name = "reach", run = function(ctx, input)
+  local r = {}
+  r.webhook_equal = try(function() webhook.equal = function() return true end end)
+  r.set_transport = try(function() http.set_transport(function() end) end)
+  r.json_encode = try(function() chorus.json.encode = function() return "{}" end end)
+  r.string_rep = try(function() string.rep = nil end)
+  r.ctx_mt = try(function() getmetatable(ctx).__index = function() end end)
+  r.ctx_setmt = try(function() setmetatable(ctx, {}) end)
+  r.rawset_module = try(function() rawset(http, "get", print) end)
+  r.string_mt = getmetatable("") == nil and "hidden" or "visible"
+  r.dump = (string.dump == nil and ("").dump == nil) and "absent" or "present"
+  r.gc = try(function() setmetatable({}, { __gc = function() while true do end end }) end)
+  r.global = try(function() counter = (counter or 0) + 1 end)
+  r.resume_task = try(function() coroutine.resume(coroutine.running()) end)
+  r.env_admin = try(function() return chorus.env("CHORUS_ADMIN_TOKEN") end)
+  r.env_secret = try(function() return chorus.env("CHORUS_SECRET_API_KEY") end)
+  r.secret_admin = try(function() return chorus.secret("CHORUS_ADMIN_TOKEN") end)
+  r.secret_webhook = try(function() return chorus.secret("hook") end)
+  r.secret_own = try(function() return chorus.secret("api_key") end)
+  return r
+end }
+]]
+
+-- Values whose metamethods loop, returned to the server or raised.
+local LOOPY = [[
+local chorus = require "chorus"
+local function loop() while true do end end
+return chorus.workflow { name = "loopy", run = function(ctx, input)
+  local how = input.how
+  if how == "error_tostring" then error(setmetatable({}, { __tostring = loop })) end
+  if how == "error_index" then error(setmetatable({}, { __index = loop })) end
+  if how == "error_tostring_raises" then error(setmetatable({}, { __tostring = function() error("nope") end })) end
+  if how == "error_tostring_number" then error(setmetatable({}, { __tostring = function() return 42 end })) end
+  if how == "headers_pairs" then
+    return { status = 200, headers = setmetatable({}, { __pairs = loop }), body = "x" }
+  end
+  if how == "result_index" then return setmetatable({ status = 200 }, { __index = loop }) end
+  if how == "cycle" then local t = {}; t.t = t; return t end
+  return { ok = true }
+end }
+]]
+
+-- The workflow the others must not disturb.
+local HONEST = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+local webhook = require "chorus.webhook"
+return chorus.workflow { name = "honest", run = function(ctx, input)
+  local res = http.upstream("mock"):get("/ok")
+  return { status = res.status, same = webhook.equal("abc", "abc"), differ = webhook.equal("abc", "abd"),
+    encoded = chorus.json.encode({ a = 1 }), rep = ("ab"):rep(2) }
+end }
+]]
+
+local ADMIN = { Authorization = "Bearer adm1n-t0ken" }
+
+describe("isolation", function()
+  local mock, dir, conf, srv
+
+  local function post(name, input, headers)
+    return H.request(srv.url .. "/workflows/" .. name, { method = "POST", body = H.encode(input or {}),
+      headers = headers })
+  end
+
+  local function healthy()
+    assert.are.equal(200, H.request(srv.url .. "/healthz").status)
+  end
+
+  setup(function()
+    mock = H.start_mock(200)
+    dir = H.temp_dir({ ["wait_in.lua"] = WAIT_IN, ["reach.lua"] = REACH, ["loopy.lua"] = LOOPY,
+      ["honest.lua"] = HONEST })
+    conf = H.write_temp(([[
+local chorus = require "chorus"
+return {
+  admin_token = chorus.secret("CHORUS_ADMIN_TOKEN"),
+  webhook_secret = chorus.secret("hook"),
+  limits = { run_instructions = 2e6 },
+  upstreams = { mock = { base_url = %q } },
+}
+]]):format(mock.url))
+    srv = H.start_server({ "--config", conf, "--scripts", dir },
+      { CHORUS_ADMIN_TOKEN = "adm1n-t0ken", CHORUS_SECRET_HOOK = "h00k-secret",
+        CHORUS_SECRET_API_KEY = "k3y-of-reach" })
+  end)
+
+  teardown(function()
+    srv.stop()
+    mock.stop()
+    os.execute("rm -rf " .. H.quote(dir))
+    os.remove(conf)
+  end)
+
+  describe("waiting where Lua cannot yield", function()
+    for _, where in ipairs({ "sort", "tostring", "gsub", "load", "concat" }) do
+      it(("fails the run with kind script (%s), and the server lives on"):format(where), function()
+        local r = post("wait_in", { where = where })
+        assert.are.equal(500, r.status)
+        assert.are.equal("script", r.json.kind)
+        assert.truthy(r.json.run_id)
+        local rec = H.request(srv.url .. "/runs/" .. r.json.run_id, { headers = ADMIN })
+        assert.truthy(rec.json.error.message:find("cannot wait here", 1, true), rec.body)
+        -- the sleep the script asked for would have ended by now
+        H.sleep(0.1)
+        healthy()
+      end)
+      it(("is an error pcall sees, nothing left pending (%s)"):format(where), function()
+        local r = post("wait_in", { where = where, pcall = true })
+        assert.are.equal(200, r.status)
+        assert.are.same({ caught = true, kind = "script" }, r.json)
+        H.sleep(0.1)
+        healthy()
+      end)
+    end
+  end)
+
+  describe("shared state", function()
+    it("no module, metatable, global or coroutine of the server is reachable", function()
+      local r = post("reach")
+      assert.are.equal(200, r.status, r.body)
+      local j = r.json
+      assert.truthy(j.webhook_equal:find("read-only", 1, true))
+      assert.truthy(j.set_transport:find("nil value", 1, true)) -- not in the script's view
+      assert.truthy(j.json_encode:find("read-only", 1, true))
+      assert.truthy(j.string_rep:find("read-only", 1, true))
+      assert.truthy(j.ctx_mt:find("nil value", 1, true)) -- getmetatable(ctx) is nil
+      assert.truthy(j.ctx_setmt:find("belongs to the runtime", 1, true))
+      assert.truthy(j.rawset_module:find("belongs to the runtime", 1, true))
+      assert.are.equal("hidden", j.string_mt)
+      assert.are.equal("absent", j.dump)
+      assert.truthy(j.gc:find("__gc is not allowed", 1, true))
+      assert.truthy(j.global:find("cannot assign the global 'counter'", 1, true))
+      assert.truthy(j.resume_task:find("only coroutines the script created", 1, true))
+      assert.truthy(j.env_admin:find("holds a secret", 1, true))
+      assert.truthy(j.env_secret:find("holds a secret", 1, true))
+      assert.truthy(j.secret_admin:find("server's own secrets", 1, true))
+      assert.truthy(j.secret_webhook:find("server's own secrets", 1, true))
+      assert.are.equal("allowed", j.secret_own)
+    end)
+
+    it("the other workflows and the admin token work as before", function()
+      post("reach")
+      local r = post("honest")
+      assert.are.equal(200, r.status, r.body)
+      assert.are.same({ status = 200, same = true, differ = false, encoded = '{"a":1}', rep = "abab" }, r.json)
+      assert.are.equal(401, H.request(srv.url .. "/admin/outbox", { headers = { Authorization = "Bearer wrong" } }).status)
+      assert.are.equal(200, H.request(srv.url .. "/admin/outbox", { headers = ADMIN }).status)
+    end)
+  end)
+
+  describe("metamethods of what a run returns or raises", function()
+    for _, how in ipairs({ "error_tostring", "error_index" }) do
+      it(("run under the run's budget (%s): 500 with the run id, server alive"):format(how), function()
+        local r = post("loopy", { how = how }, { ["Idempotency-Key"] = "loopy-" .. how })
+        assert.are.equal(500, r.status, r.body)
+        assert.are.equal("application/problem+json", r.headers["content-type"])
+        assert.truthy(r.json.run_id)
+        healthy()
+        -- the key is settled: the same request replays the stored 500
+        local again = post("loopy", { how = how }, { ["Idempotency-Key"] = "loopy-" .. how })
+        assert.are.equal(500, again.status)
+        assert.are.equal("true", again.headers["idempotent-replayed"])
+      end)
+    end
+
+    it("a result leaves the run as plain data: its metamethods never run in the server", function()
+      local r = post("loopy", { how = "headers_pairs" })
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal("x", r.body)
+      r = post("loopy", { how = "result_index" })
+      assert.are.equal(200, r.status, r.body)
+      assert.are.same({ status = 200 }, r.json)
+      healthy()
+    end)
+
+    for _, how in ipairs({ "error_tostring_raises", "error_tostring_number", "cycle" }) do
+      it(("an error that cannot be described still ends the run normally (%s)"):format(how), function()
+        local r = post("loopy", { how = how }, { ["Idempotency-Key"] = "loopy-" .. how })
+        assert.are.equal(500, r.status, r.body)
+        assert.truthy(r.json.run_id)
+        local rec = H.request(srv.url .. "/runs/" .. r.json.run_id, { headers = ADMIN })
+        assert.are.equal("failed", rec.json.status)
+        local again = post("loopy", { how = how }, { ["Idempotency-Key"] = "loopy-" .. how })
+        assert.are.equal(500, again.status)
+        assert.are.equal("true", again.headers["idempotent-replayed"])
+      end)
+    end
+  end)
+end)
