@@ -6,10 +6,21 @@
  * linked into its parent before anything that can raise, and the caller frees
  * the whole tree after the pcall, whatever its outcome.
  *
- * cJSON reads every number as a double. To keep integer literals beyond 2^53
- * exact, decoding walks the validated text beside the tree: numbers appear in
- * the tree's pre-order in the same order as in the text, so a cursor that
- * skips strings finds each number's literal.
+ * Decoding takes three passes over the text:
+ *   1. strict_scan checks it against RFC 8259's grammar and the depth limit,
+ *      naming the byte offset of the first fault. cJSON alone is lenient
+ *      (leading zeros, "2.", raw control characters in strings, \u escapes
+ *      with bad hex digits read as \u0000, form feeds as whitespace, bytes
+ *      after a NUL ignored), so nothing it would mishandle reaches it;
+ *   2. cJSON parses the checked text into its tree, which it allocates
+ *      through the Lua state's allocator (json_malloc below), so the tree
+ *      counts against the current run's memory cap like the Lua heap does;
+ *   3. the tree is walked into Lua values. cJSON reads every number as a
+ *      double and keeps strings NUL-terminated (it would cut "a\u0000b"), so
+ *      numbers and strings are read from the text itself: they appear in the
+ *      tree's pre-order in the same order as in the text, and a cursor that
+ *      skips everything else (whitespace, punctuation, true/false/null, none
+ *      of which holds a quote, digit or '-') finds each one's literal.
  */
 #include "lua_json.h"
 
@@ -18,7 +29,10 @@
 #include <lauxlib.h>
 #include <locale.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,65 +66,246 @@ static void take_error(lua_State *L, char *err, size_t errlen) {
 /* Pushes the array metatable, creating it on first use in this state. */
 static void push_array_mt(lua_State *L) { luaL_newmetatable(L, CHORUS_JSON_ARRAY_MT); }
 
-/* ---- decode ------------------------------------------------------------ */
+/* ---- cJSON's allocations ------------------------------------------------
+ *
+ * cJSON's tree is about 40 times the size of its text (a node is 64 bytes,
+ * "1," is two), so with plain malloc a run could hold far more than its
+ * memory cap while decoding. cJSON's hooks are process-wide and chorus uses
+ * cJSON nowhere else: while a decode parses or frees its tree, the hooks
+ * allocate through that Lua state's allocator (chorus_alloc in a runtime,
+ * which charges the current run and refuses past its cap, marking the run
+ * killed for memory as for any Lua allocation). A header keeps each block's
+ * size, which lua_Alloc needs to free it. Outside a decode (nobody, today)
+ * the hooks fall back to malloc. */
 
-struct dec {
-    const cJSON *root;
-    const char *cur, *end; /* number cursor over the validated text */
-    int arraymt;           /* stack index of the array metatable */
+struct json_alloc {
+    lua_Alloc f;
+    void *ud;
+    int failed; /* an allocation was refused: cJSON's NULL means memory */
 };
 
-/* The byte after the string whose opening quote is at p, or end when the
- * string is not closed. Sets *nul to the first \u0000 escape, if nul. */
-static const char *skip_string(const char *p, const char *end, const char **nul) {
-    for (p++; p < end && *p != '"';) {
+static _Thread_local struct json_alloc *json_alloc_current;
+
+#define HOOK_HEADER sizeof(max_align_t)
+
+static void *json_malloc(size_t n) {
+    struct json_alloc *a = json_alloc_current;
+    char *p;
+    if (n > SIZE_MAX - HOOK_HEADER)
+        return NULL;
+    n += HOOK_HEADER;
+    p = a != NULL ? a->f(a->ud, NULL, 0, n) : malloc(n);
+    if (p == NULL) {
+        if (a != NULL)
+            a->failed = 1;
+        return NULL;
+    }
+    memcpy(p, &n, sizeof n);
+    return p + HOOK_HEADER;
+}
+
+static void json_free(void *ptr) {
+    struct json_alloc *a = json_alloc_current;
+    char *p = ptr;
+    size_t n;
+    if (p == NULL)
+        return;
+    p -= HOOK_HEADER;
+    memcpy(&n, p, sizeof n);
+    if (a != NULL)
+        a->f(a->ud, p, n, 0);
+    else
+        free(p);
+}
+
+static void install_hooks(void) {
+    cJSON_Hooks hooks = {json_malloc, json_free};
+    cJSON_InitHooks(&hooks);
+}
+
+/* ---- the strict scan ----------------------------------------------------- */
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+static const char *skip_space(const char *p, const char *end) {
+    while (p < end && is_space(*p))
+        p++;
+    return p;
+}
+
+static int hex_digit(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The byte the escape \c stands for, or 0 when \c is not one of JSON's
+ * one-letter escapes (\u is not one either). */
+static char simple_escape(char c) {
+    switch (c) {
+    case '"':
+    case '\\':
+    case '/':
+        return c;
+    case 'b':
+        return '\b';
+    case 'f':
+        return '\f';
+    case 'n':
+        return '\n';
+    case 'r':
+        return '\r';
+    case 't':
+        return '\t';
+    default:
+        return 0;
+    }
+}
+
+/* The code unit of the escape \uXXXX at p (p[0] is the backslash), or -1
+ * when the four hex digits are not there. */
+static long hex4(const char *p, const char *end) {
+    long v = 0;
+    if (end - p < 6 || p[0] != '\\' || p[1] != 'u')
+        return -1;
+    for (int i = 2; i < 6; i++) {
+        int h = hex_digit(p[i]);
+        if (h < 0)
+            return -1;
+        v = v << 4 | h;
+    }
+    return v;
+}
+
+static int is_high_surrogate(long u) { return u >= 0xD800 && u <= 0xDBFF; }
+static int is_low_surrogate(long u) { return u >= 0xDC00 && u <= 0xDFFF; }
+
+/* Each scan_* checks one token starting at *pp. On success it returns NULL
+ * with *pp just past the token; on a fault, what is wrong, with *pp at the
+ * offending byte (end for a token cut short). */
+
+/* Bytes from 0x80 up are taken as they are: Lua strings are bytes, and the
+ * encoder writes them back unchanged (lua_json.h). */
+static const char *scan_string(const char **pp, const char *end) {
+    const char *p = *pp + 1;
+    const char *why = NULL;
+    for (;;) {
+        if (p == end) {
+            why = "unexpected end of input in a string";
+            break;
+        }
+        if (*p == '"') {
+            p++;
+            break;
+        }
+        if ((unsigned char)*p < 0x20) {
+            why = "control character in a string (it must be escaped)";
+            break;
+        }
         if (*p != '\\') {
             p++;
             continue;
         }
-        if (nul != NULL && *nul == NULL && end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0)
-            *nul = p;
-        p += end - p >= 2 ? 2 : 1;
-    }
-    return p < end ? p + 1 : end;
-}
-
-/* Rejects, before cJSON sees the text, what cJSON would mishandle: nesting
- * beyond our limit (cJSON's own is 1000) and \u0000 (cJSON would cut the
- * string there). On valid JSON, brackets outside strings are the nesting. */
-static int dec_prescan(const char *text, size_t len, char *err, size_t errlen) {
-    const char *p = text, *end = text + len, *nul = NULL;
-    int depth = 0;
-    while (p < end) {
-        switch (*p) {
-        case '"':
-            p = skip_string(p, end, &nul);
-            if (nul != NULL)
-                return set_err(err, errlen, "unsupported \\u0000 in a string at offset %zu",
-                               (size_t)(nul - text));
-            continue;
-        case '[':
-        case '{':
-            if (++depth > CHORUS_JSON_MAX_DEPTH)
-                return set_err(err, errlen, "nesting deeper than %d at offset %zu",
-                               CHORUS_JSON_MAX_DEPTH, (size_t)(p - text));
-            break;
-        case ']':
-        case '}':
-            if (depth > 0)
-                depth--;
+        if (end - p < 2) {
+            p = end;
+            why = "unexpected end of input in a string";
             break;
         }
-        p++;
+        if (p[1] != 'u') {
+            if (simple_escape(p[1]) == 0) {
+                why = "invalid escape in a string";
+                break;
+            }
+            p += 2;
+            continue;
+        }
+        long u = hex4(p, end);
+        if (u < 0) {
+            why = "invalid \\u escape (four hex digits expected)";
+            break;
+        }
+        if (is_low_surrogate(u)) {
+            why = "unpaired surrogate in a \\u escape";
+            break;
+        }
+        if (!is_high_surrogate(u)) {
+            p += 6;
+            continue;
+        }
+        if (end - p >= 8 && p[6] == '\\' && p[7] == 'u' && hex4(p + 6, end) < 0) {
+            p += 6;
+            why = "invalid \\u escape (four hex digits expected)";
+            break;
+        }
+        if (!is_low_surrogate(hex4(p + 6, end))) {
+            why = "unpaired surrogate in a \\u escape";
+            break;
+        }
+        p += 12;
     }
-    return 0;
+    *pp = p;
+    return why;
 }
 
-static int syntax_error(const char *text, size_t len, size_t off, char *err, size_t errlen) {
+static const char *scan_digits(const char **pp, const char *end, const char *why) {
+    const char *p = *pp;
+    if (p == end || !is_digit(*p))
+        return why;
+    while (p < end && is_digit(*p))
+        p++;
+    *pp = p;
+    return NULL;
+}
+
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static const char *scan_number(const char **pp, const char *end) {
+    const char *why;
+    if (**pp == '-')
+        (*pp)++;
+    if (*pp < end && **pp == '0') {
+        if (*pp + 1 < end && is_digit((*pp)[1]))
+            return "leading zero in a number";
+        (*pp)++;
+    } else if ((why = scan_digits(pp, end, "digit expected after '-'")) != NULL) {
+        return why;
+    }
+    if (*pp < end && **pp == '.') {
+        (*pp)++;
+        if ((why = scan_digits(pp, end, "digit expected after the decimal point")) != NULL)
+            return why;
+    }
+    if (*pp < end && (**pp == 'e' || **pp == 'E')) {
+        (*pp)++;
+        if (*pp < end && (**pp == '+' || **pp == '-'))
+            (*pp)++;
+        if ((why = scan_digits(pp, end, "digit expected in the exponent")) != NULL)
+            return why;
+    }
+    return NULL;
+}
+
+static const char *scan_word(const char **pp, const char *end, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(end - *pp) < n || memcmp(*pp, word, n) != 0)
+        return "invalid literal (true, false or null expected)";
+    *pp += n;
+    return NULL;
+}
+
+/* "invalid JSON at offset N: WHY near 'TEXT'", TEXT the bytes from N
+ * (control bytes shown as '?'); at the end of the text, no TEXT. */
+static int syntax_error(const char *text, size_t len, size_t off, const char *why, char *err,
+                        size_t errlen) {
     char near[NEAR_LEN + 1];
     size_t n;
     if (off >= len)
-        return set_err(err, errlen, "invalid JSON at offset %zu: unexpected end of input", len);
+        return set_err(err, errlen, "invalid JSON at offset %zu: %s", len, why);
     n = len - off;
     if (n > NEAR_LEN) { /* do not cut a UTF-8 sequence */
         n = NEAR_LEN;
@@ -122,23 +317,183 @@ static int syntax_error(const char *text, size_t len, size_t off, char *err, siz
         near[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
     }
     near[n] = '\0';
-    return set_err(err, errlen, "invalid JSON at offset %zu near '%s'", off, near);
+    return set_err(err, errlen, "invalid JSON at offset %zu: %s near '%s'", off, why, near);
 }
 
-static int is_number_char(char c) {
-    return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
+enum scan_state { WANT_VALUE, WANT_KEY, AFTER_VALUE };
+
+/* Checks that text[0..len) is one RFC 8259 JSON text: a value with only
+ * space, \t, \n and \r around it, nesting at most CHORUS_JSON_MAX_DEPTH. */
+static int strict_scan(const char *text, size_t len, char *err, size_t errlen) {
+    const char *p = text, *end = text + len, *why = NULL;
+    char open[CHORUS_JSON_MAX_DEPTH]; /* the '[' or '{' of each enclosing container */
+    int depth = 0;
+    enum scan_state state = WANT_VALUE;
+    while (why == NULL) {
+        p = skip_space(p, end);
+        if (state == AFTER_VALUE && depth == 0) {
+            if (p == end)
+                return 0;
+            why = "unexpected text after the value";
+            break;
+        }
+        if (p == end) {
+            why = "unexpected end of input";
+            break;
+        }
+        if (state == WANT_KEY) {
+            if (*p != '"') {
+                why = "expected a string key";
+            } else if ((why = scan_string(&p, end)) == NULL) {
+                p = skip_space(p, end);
+                if (p == end)
+                    why = "unexpected end of input";
+                else if (*p != ':')
+                    why = "expected ':' after a key";
+                else
+                    p++, state = WANT_VALUE;
+            }
+            continue;
+        }
+        if (state == AFTER_VALUE) {
+            char close = open[depth - 1] == '[' ? ']' : '}';
+            if (*p == close) {
+                p++, depth--;
+            } else if (*p == ',') {
+                p++, state = open[depth - 1] == '[' ? WANT_VALUE : WANT_KEY;
+            } else {
+                why = close == ']' ? "expected ',' or ']'" : "expected ',' or '}'";
+            }
+            continue;
+        }
+        switch (*p) { /* WANT_VALUE */
+        case '[':
+        case '{':
+            if (depth == CHORUS_JSON_MAX_DEPTH)
+                return set_err(err, errlen, "nesting deeper than %d at offset %zu",
+                               CHORUS_JSON_MAX_DEPTH, (size_t)(p - text));
+            open[depth++] = *p;
+            p = skip_space(p + 1, end);
+            if (p < end && *p == (open[depth - 1] == '[' ? ']' : '}'))
+                p++, depth--, state = AFTER_VALUE;
+            else
+                state = open[depth - 1] == '[' ? WANT_VALUE : WANT_KEY;
+            continue;
+        case '"':
+            why = scan_string(&p, end);
+            break;
+        case 't':
+            why = scan_word(&p, end, "true");
+            break;
+        case 'f':
+            why = scan_word(&p, end, "false");
+            break;
+        case 'n':
+            why = scan_word(&p, end, "null");
+            break;
+        default:
+            if (*p == '-' || is_digit(*p))
+                why = scan_number(&p, end);
+            else
+                why = "expected a value";
+        }
+        state = AFTER_VALUE;
+    }
+    return syntax_error(text, len, (size_t)(p - text), why, err, errlen);
 }
 
-/* The literal of the next number in the text; its length, 0 if none. */
-static size_t next_number(struct dec *d, const char **tok) {
-    const char *p = d->cur, *start;
-    while (p < d->end && *p != '-' && !(*p >= '0' && *p <= '9'))
-        p = *p == '"' ? skip_string(p, d->end, NULL) : p + 1;
-    for (start = p; p < d->end && is_number_char(*p); p++)
-        ;
+/* ---- the tree into Lua values ------------------------------------------- */
+
+struct dec {
+    const cJSON *root;
+    const char *cur, *end; /* the literal cursor over the checked text */
+    int arraymt;           /* stack index of the array metatable */
+};
+
+/* Moves the cursor to the next string (quote) or number literal. The text
+ * was checked and the tree is its parse, so the literal is there; were it
+ * not, that would be a bug here, and the decode fails rather than guess. */
+static const char *next_literal(lua_State *L, struct dec *d, int quote) {
+    const char *p = d->cur;
+    while (p < d->end && *p != '"' && *p != '-' && !is_digit(*p))
+        p++;
+    if (p == d->end || (*p == '"') != quote)
+        luaL_error(L, "internal error: the literal cursor lost its place");
+    return p;
+}
+
+/* Writes code point cp (at most 0x10FFFF) as UTF-8; returns the length. */
+static int utf8_put(char *out, unsigned long cp) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | cp >> 6);
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | cp >> 12);
+        out[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | cp >> 18);
+    out[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+    out[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Pushes the next string literal of the text, its escapes decoded (\u0000
+ * gives a zero byte). The scan checked every escape and surrogate pair. */
+static void dec_string(lua_State *L, struct dec *d) {
+    const char *p = next_literal(L, d, 1) + 1, *run = p;
+    luaL_Buffer b;
+    while (p < d->end && *p != '"' && *p != '\\')
+        p++;
+    if (p == d->end || *p == '"') { /* no escape: the common case */
+        lua_pushlstring(L, run, (size_t)(p - run));
+        d->cur = p < d->end ? p + 1 : p;
+        return;
+    }
+    luaL_buffinit(L, &b);
+    while (p < d->end && *p != '"') {
+        char utf8[4];
+        if (*p != '\\') {
+            p++;
+            continue;
+        }
+        luaL_addlstring(&b, run, (size_t)(p - run));
+        if (p[1] == 'u') {
+            unsigned long cp = (unsigned long)hex4(p, d->end);
+            p += 6;
+            if (is_high_surrogate((long)cp)) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + ((unsigned long)hex4(p, d->end) - 0xDC00);
+                p += 6;
+            }
+            luaL_addlstring(&b, utf8, (size_t)utf8_put(utf8, cp));
+        } else {
+            luaL_addchar(&b, simple_escape(p[1]));
+            p += 2;
+        }
+        run = p;
+    }
+    luaL_addlstring(&b, run, (size_t)(p - run));
+    luaL_pushresult(&b);
+    d->cur = p < d->end ? p + 1 : p;
+}
+
+/* The literal of the next number in the text; its length. */
+static size_t next_number(lua_State *L, struct dec *d, const char **tok) {
+    const char *p = next_literal(L, d, 0);
+    *tok = p;
+    while (p < d->end &&
+           (is_digit(*p) || *p == '-' || *p == '+' || *p == '.' || *p == 'e' || *p == 'E'))
+        p++;
     d->cur = p;
-    *tok = start;
-    return (size_t)(p - start);
+    return (size_t)(p - *tok);
 }
 
 /* Reads tok[0..n), the literal of cJSON's reading x. Returns 1 with *out set
@@ -167,7 +522,7 @@ static int exact_integer(const char *tok, size_t n, double x, lua_Integer *out) 
 static void dec_number(lua_State *L, struct dec *d, const cJSON *item) {
     double x = item->valuedouble;
     const char *tok;
-    size_t n = next_number(d, &tok);
+    size_t n = next_number(L, d, &tok);
     lua_Integer i;
     /* 1e400 reads as infinity, which no JSON text can carry back out: a
      * value decoded here must encode again (run records, the journal). */
@@ -208,7 +563,7 @@ static void dec_array(lua_State *L, struct dec *d, const cJSON *item) {
 static void dec_object(lua_State *L, struct dec *d, const cJSON *item) {
     lua_createtable(L, 0, cJSON_GetArraySize(item));
     for (const cJSON *c = item->child; c != NULL; c = c->next) {
-        lua_pushstring(L, c->string);
+        dec_string(L, d); /* the key, c->string, but from the text */
         dec_value(L, d, c);
         lua_rawset(L, -3); /* a repeated key: the last one wins */
     }
@@ -230,7 +585,7 @@ static void dec_value(lua_State *L, struct dec *d, const cJSON *item) {
         dec_number(L, d, item);
         break;
     case cJSON_String:
-        lua_pushstring(L, item->valuestring);
+        dec_string(L, d);
         break;
     case cJSON_Array:
         dec_array(L, d, item);
@@ -252,9 +607,11 @@ static int dec_protected(lua_State *L) {
     return 1;
 }
 
-static int is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
 
 int chorus_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen) {
+    struct json_alloc alloc = {0};
+    struct json_alloc *outer = json_alloc_current;
     const char *parse_end = NULL;
     struct dec d = {0};
     int status;
@@ -262,32 +619,36 @@ int chorus_json_decode(lua_State *L, const char *text, size_t len, char *err, si
         text = "";
         len = 0;
     }
-    if (dec_prescan(text, len, err, errlen) != 0)
+    if (strict_scan(text, len, err, errlen) != 0)
         return -1;
+    pthread_once(&hooks_once, install_hooks);
+    alloc.f = lua_getallocf(L, &alloc.ud);
+    json_alloc_current = &alloc;
     d.root = cJSON_ParseWithLengthOpts(text, len, &parse_end, 0);
-    if (d.root == NULL)
-        return syntax_error(text, len, parse_end ? (size_t)(parse_end - text) : 0, err, errlen);
-    while (parse_end < text + len && is_json_space(*parse_end))
-        parse_end++;
-    if (parse_end < text + len) {
-        cJSON_Delete((cJSON *)d.root);
-        return syntax_error(text, len, (size_t)(parse_end - text), err, errlen);
+    json_alloc_current = outer;
+    if (d.root == NULL) {
+        if (alloc.failed)
+            return set_err(err, errlen, "not enough memory");
+        /* the scan passed what cJSON refused: a disagreement, not the text's fault alone */
+        return syntax_error(text, len, parse_end ? (size_t)(parse_end - text) : 0,
+                            "refused by cJSON", err, errlen);
     }
     d.cur = text;
     d.end = text + len;
     if (!lua_checkstack(L, 3)) {
-        cJSON_Delete((cJSON *)d.root);
-        return set_err(err, errlen, "stack overflow");
+        status = -1;
+        set_err(err, errlen, "stack overflow");
+    } else {
+        lua_pushcfunction(L, dec_protected);
+        lua_pushlightuserdata(L, &d);
+        status = lua_pcall(L, 1, 1, 0);
+        if (status != LUA_OK)
+            take_error(L, err, errlen);
     }
-    lua_pushcfunction(L, dec_protected);
-    lua_pushlightuserdata(L, &d);
-    status = lua_pcall(L, 1, 1, 0);
+    json_alloc_current = &alloc;
     cJSON_Delete((cJSON *)d.root);
-    if (status != LUA_OK) {
-        take_error(L, err, errlen);
-        return -1;
-    }
-    return 0;
+    json_alloc_current = outer;
+    return status == LUA_OK ? 0 : -1;
 }
 
 /* ---- encode ------------------------------------------------------------ */
@@ -484,7 +845,8 @@ static void enc_number(lua_State *L, struct enc *e, int idx) {
 }
 
 /* A JSON string as cJSON prints it: \" \\ \b \f \n \r \t, other control
- * bytes as \u00xx, everything else (UTF-8 included) as it is. */
+ * bytes as \u00xx (a zero byte as \u0000, which decodes back to it),
+ * everything else (UTF-8 included) as it is. */
 static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     /* Most strings need no escape: find the first byte that does (strcspn
@@ -540,8 +902,6 @@ static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
 static void enc_string(lua_State *L, struct enc *e, int idx) {
     size_t len;
     const char *s = lua_tolstring(L, idx, &len);
-    if (memchr(s, '\0', len) != NULL)
-        enc_fail(L, e, "cannot encode a string with a NUL byte");
     enc_quoted(L, e, s, len);
 }
 
@@ -616,8 +976,6 @@ static void enc_object_items(lua_State *L, struct enc *e, int idx) {
         }
         const char *k = lua_tolstring(L, -2, &len);
         e->path[e->depth - 1] = (struct step){lua_gettop(L) - 1, 0};
-        if (memchr(k, '\0', len) != NULL)
-            enc_fail(L, e, "cannot encode a string with a NUL byte");
         if (!first)
             enc_char(L, e, ',');
         first = 0;

@@ -8,13 +8,12 @@
  *   JSON null     ⇄ the null sentinel, a light userdata (json.null)
  *   JSON number   ⇄ integer when integral and within int64, float otherwise;
  *                   integer literals are read exactly (2^63-1 stays 2^63-1)
- *   JSON string   ⇄ string (bytes; escapes decoded to UTF-8)
+ *   JSON string   ⇄ string (bytes; escapes decoded to UTF-8, \u0000 to a
+ *                   zero byte and a zero byte encoded as \u0000)
  *   true / false  ⇄ boolean
  *
  * Containers nest at most CHORUS_JSON_MAX_DEPTH deep either way (the
- * outermost container is depth 1). Strings holding a NUL byte are refused
- * both ways, because cJSON keeps strings NUL-terminated and would silently
- * cut them.
+ * outermost container is depth 1).
  *
  * Neither function raises a Lua error: both run their Lua work in protected
  * mode, free everything they hold, and report through err (err may be NULL;
@@ -31,14 +30,34 @@
 #define CHORUS_JSON_ARRAY_MT "chorus.json.array"
 
 /* Decodes the JSON text text[0..len) (it need not be NUL-terminated) and
- * pushes the Lua value. Whitespace may surround the value; anything else
- * after it is an error.
+ * pushes the Lua value. The text must be exactly one RFC 8259 JSON text:
+ * one value with only space, \t, \n and \r around it (no byte order mark,
+ * nothing after it, not even a NUL byte); no leading zeros, "2.", ".5" or
+ * "+1"; no raw control byte in a string; only JSON's escapes, each \u with
+ * four hex digits. Where RFC 8259 leaves the choice to the implementation:
+ * an unpaired surrogate (\uD800 alone, \uDC00 first) is refused, and bytes
+ * from 0x80 up inside strings are taken as they are, UTF-8 or not (the
+ * encoder writes them back unchanged). Integer literals within int64 are
+ * integers, exactly; beyond int64 they are floats.
+ *
+ * cJSON's tree is allocated with L's allocator (lua_getallocf), so under a
+ * runtime it is charged to the current run and a run past its memory cap
+ * fails with "not enough memory" (and is killed for memory, runtime.h).
  *
  * Returns 0 with one value pushed, or -1 with nothing pushed and err set to
- *   "invalid JSON at offset N near 'TEXT'"          syntax error, trailing text
+ *   "invalid JSON at offset N: WHY near 'TEXT'"     TEXT: up to 16 bytes from N
+ *   "invalid JSON at offset N: unexpected end of input"  (N = len; also
+ *                                                   "... in a string")
  *   "nesting deeper than 200 at offset N"           depth limit
- *   "unsupported \u0000 in a string at offset N"    NUL byte in a string
+ *   "number LITERAL is out of range"                beyond a double (1e400)
  *   "not enough memory"
+ * WHY is one of: leading zero in a number; digit expected after '-' / after
+ * the decimal point / in the exponent; control character in a string (it
+ * must be escaped); invalid escape in a string; invalid \u escape (four hex
+ * digits expected); unpaired surrogate in a \u escape; invalid literal (true,
+ * false or null expected); expected a value; expected a string key; expected
+ * ':' after a key; expected ',' or ']'; expected ',' or '}'; unexpected text
+ * after the value.
  * N is a 0-based byte offset into text. The caller keeps ownership of text. */
 int chorus_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
 
@@ -49,13 +68,12 @@ int chorus_json_decode(lua_State *L, const char *text, size_t len, char *err, si
  * as null. Integers are printed exactly, floats with up to 17 significant
  * digits.
  *
- * Returns a NUL-terminated string allocated with malloc (cJSON's default
- * hooks; chorus never installs others) that the caller frees with free(),
+ * Returns a NUL-terminated string allocated with malloc that the caller
+ * frees with free(),
  * or NULL with err set to one of these, PATH locating the value from the
  * root "$" with Lua's 1-based indices (e.g. $.items[2].cb, $["a b"][1]):
  *   "cannot encode a function at PATH"      also thread, userdata
  *   "cannot encode NaN or infinity at PATH"
- *   "cannot encode a string with a NUL byte at PATH"   value or key
  *   "table with mixed or non-string keys at PATH"
  *   "table with integer keys that are not 1..n at PATH"
  *   "array with string keys at PATH"        the array metatable on an object

@@ -438,7 +438,8 @@ local function start_workflow(req, name)
     return problem(400, "Bad Request", ("workflow '%s' requires an Idempotency-Key header"):format(name))
   end
   local input = {}
-  if req.body:match("%S") then
+  -- only JSON's own whitespace makes an empty body: "\f" is invalid JSON
+  if req.body:match("[^ \t\r\n]") then
     local ok, value = pcall(json.decode, req.body)
     if not ok then
       return problem(400, "Bad Request", "the body is not valid JSON: " .. tostring(value):gsub("^json%.decode: ", ""))

@@ -2,9 +2,11 @@
  *
  * Every request body, stored record and journal entry of chorus goes through
  * chorus_json_decode, and every response and record through
- * chorus_json_encode; both are hand-written C around cJSON (a number cursor
- * beside cJSON's tree, a depth prescan, error paths with truncated messages),
- * so memory errors there would be reachable from the network.
+ * chorus_json_encode; both are hand-written C around cJSON (a strict RFC 8259
+ * scan before cJSON, a string and number cursor beside cJSON's tree, cJSON
+ * hooks through the Lua allocator, error paths with truncated messages), so
+ * memory errors there would be reachable from the network. Any text the
+ * scan passes but cJSON refuses shows up as an undocumented error.
  *
  * Two modes, chosen by the first byte:
  *   - JSON text (anything not starting with 0xFF): decode it with the C API
@@ -69,17 +71,15 @@ static const char helpers[] =
 static const char *const decode_errors[] = {
     "invalid JSON at offset ",
     "nesting deeper than 200 at offset ",
-    "unsupported \\u0000 in a string at offset ",
     "not enough memory",
     "stack overflow",
-    "number ", /* "number 1e400 is out of range": not (yet) in lua_json.h */
+    "number ", /* "number 1e400 is out of range" */
     NULL,
 };
 
 static const char *const encode_errors[] = {
     "cannot encode a ",
     "cannot encode NaN or infinity at ",
-    "cannot encode a string with a NUL byte at ",
     "table with mixed or non-string keys at ",
     "table with integer keys that are not 1..n at ",
     "array with string keys at ",

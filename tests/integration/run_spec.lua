@@ -144,6 +144,13 @@ describe("chorus run with bad input", function()
     fails({ "run", "examples/fanout/fanout.lua", "--input", "{bad" }, 2, "--input is not valid JSON")
   end)
 
+  it("rejects --input that is not strict JSON with exit 2, naming the offset", function()
+    fails({ "run", "examples/fanout/fanout.lua", "--input", "-01" }, 2,
+      "--input is not valid JSON: invalid JSON at offset 1: leading zero in a number")
+    fails({ "run", "examples/fanout/fanout.lua", "--input", '{"a":2.}' }, 2,
+      "invalid JSON at offset 7: digit expected after the decimal point")
+  end)
+
   it("rejects a missing script with exit 2", function()
     fails({ "run", "no/such/script.lua" }, 2, "cannot read script")
   end)

@@ -81,6 +81,18 @@ describe("chorus serve", function()
       assert.truthy(r.json.detail:find("not valid JSON", 1, true))
     end)
 
+    it("rejects JSON that is not strict RFC 8259 with 400, naming the offset", function()
+      local r = post("/workflows/echo", "[01]")
+      assert.are.equal(400, r.status)
+      assert.are.equal("application/problem+json", r.headers["content-type"])
+      assert.are.equal("the body is not valid JSON: invalid JSON at offset 1: leading zero in a number near '01]'",
+        r.json.detail)
+      r = post("/workflows/echo", '{"a":"\t"}')
+      assert.are.equal(400, r.status)
+      r = post("/workflows/echo", "\f")
+      assert.are.equal(400, r.status)
+    end)
+
     it("answers 404 for an unknown workflow", function()
       local r = post("/workflows/nope", "{}")
       assert.are.equal(404, r.status)
