@@ -131,6 +131,9 @@ static int in_class(int c, int cl) {
     case 'x':
         yes = is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
         break;
+    case 'z': /* deprecated in Lua 5.2 but still there in 5.4 */
+        yes = c == '\0';
+        break;
     default:
         return cl == c;
     }
