@@ -189,8 +189,8 @@ struct matcher {
             refuel((ms)->L, &(ms)->meter);                                                         \
     } while (0)
 
-static void matcher_init(struct matcher *ms, lua_State *L, const char *s, size_t ls,
-                         const char *p, size_t lp) {
+static void matcher_init(struct matcher *ms, lua_State *L, const char *s, size_t ls, const char *p,
+                         size_t lp) {
     ms->L = L;
     ms->src = s;
     ms->src_end = s + ls;
@@ -252,8 +252,7 @@ static const char *match(struct matcher *ms, const char *s, const char *p);
 
 /* item* / item+: takes as many as match, then gives them back one at a
  * time until the rest of the pattern matches. */
-static const char *repeat_greedy(struct matcher *ms, const char *s, const char *p,
-                                 const char *ep) {
+static const char *repeat_greedy(struct matcher *ms, const char *s, const char *p, const char *ep) {
     long cost = item_cost(p, ep);
     ptrdiff_t n = 0;
     while (item_matches(ms, s + n, p, ep)) {
@@ -282,8 +281,7 @@ static const char *repeat_lazy(struct matcher *ms, const char *s, const char *p,
     }
 }
 
-static const char *capture_open(struct matcher *ms, const char *s, const char *p,
-                                ptrdiff_t kind) {
+static const char *capture_open(struct matcher *ms, const char *s, const char *p, ptrdiff_t kind) {
     int i = ms->level;
     if (i >= MAX_CAPTURES)
         luaL_error(ms->L, "too many captures");
@@ -742,7 +740,7 @@ void chorus_lua_pattern_open(lua_State *L) {
         lua_pop(L, 1);
         return;
     }
-    lua_getfield(L, -1, "__index"); /* "" mt index */
+    lua_getfield(L, -1, "__index");     /* "" mt index */
     int ours = lua_getmetatable(L, -1); /* our methods table has one */
     if (ours || !lua_istable(L, -1)) {
         lua_pop(L, 3 + ours);
