@@ -21,6 +21,7 @@
 #include "lua_http.h"
 #include "lua_server.h"
 #include "lua_json.h"
+#include "lua_pattern.h"
 #include "lua_rate_limit.h"
 #include "lua_retry.h"
 #include "lua_store.h"
@@ -443,6 +444,7 @@ int luaopen_chorus_core(lua_State *L) {
     lua_pushlightuserdata(L, rt);
     luaL_setfuncs(L, core_funcs, 1);
     chorus_lua_server_open(L);
+    chorus_lua_pattern_open(L);
     chorus_json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, CHORUS_VERSION);

@@ -388,6 +388,18 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     }
 }
 
+void chorus_run_stop(lua_State *L, struct chorus_run *run, enum chorus_kill why) {
+    struct chorus_task *t = run->rt->current;
+    if (run->killed == KILL_NONE)
+        run->killed = why;
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    if (t && t->run == run && t->co && t->co != L)
+        lua_sethook(t->co, count_hook, LUA_MASKCOUNT, 1);
+    char msg[160];
+    kill_message(run, msg, sizeof msg);
+    luaL_error(L, "%s", msg);
+}
+
 /* The count hook only where a budget needs it: with any hook set, Lua calls
  * luaG_traceexec before every VM instruction (a tenth of a served request's
  * instructions). Runs of trusted code (the request handler, the relay) run

@@ -128,6 +128,13 @@ int chorus_task_push_result(struct chorus_task *t, lua_State *L);
  * task coroutines, so these are counted from their start. */
 void chorus_budget_hook(lua_State *co);
 
+/* Stops run for `why` as the count hook stops it, for limits enforced in C
+ * outside the VM (the pattern matcher's steps, lua_pattern.h): the run is
+ * marked killed (a reason it already has stays), L and the run's running
+ * task get the count hook on every instruction so none of its code goes on,
+ * and the kill's error is raised on L. Does not return. */
+void chorus_run_stop(lua_State *L, struct chorus_run *run, enum chorus_kill why);
+
 /* Fills out with n random bytes (getrandom, drawn a pool at a time). */
 void chorus_random_bytes(unsigned char *out, size_t n);
 

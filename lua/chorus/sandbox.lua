@@ -203,6 +203,8 @@ function sandbox.env(opts)
   local mts = setmetatable({}, { __mode = "k" })
   metatables(env, mts)
   env.string = copy(string, { dump = true })
+  -- matching charged to the run's instruction budget (runtime/lua_pattern.h)
+  for name, fn in pairs(core.pattern) do env.string[name] = fn end
   env.table = copy(table)
   env.math = copy(math)
   env.utf8 = copy(utf8)
