@@ -392,8 +392,9 @@ static int migrate_v1(struct chorus_store *st, MDB_txn *txn) {
         int got = mdb_cursor_get(c, &k, &v, MDB_FIRST);
         while (!got && !rc) {
             if (!is_schema_key(db, k.mv_data, k.mv_size)) {
-                /* v points into the map, which the put may change: copy it */
-                size_t need = CHORUS_STORE_CHECKSUM_LEN + v.mv_size;
+                /* k and v point into the map, which the put changes: copy
+                 * both (key first), put, and find the key again */
+                size_t need = k.mv_size + CHORUS_STORE_CHECKSUM_LEN + v.mv_size;
                 if (need > room) {
                     char *nb = realloc(buf, need);
                     if (!nb) {
@@ -403,10 +404,14 @@ static int migrate_v1(struct chorus_store *st, MDB_txn *txn) {
                     buf = nb;
                     room = need;
                 }
-                put_le64((unsigned char *)buf, checksum(k.mv_data, k.mv_size, v.mv_data, v.mv_size));
-                memcpy(buf + CHORUS_STORE_CHECKSUM_LEN, v.mv_data, v.mv_size);
-                MDB_val nv = {need, buf};
-                rc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
+                memcpy(buf, k.mv_data, k.mv_size);
+                put_le64((unsigned char *)buf + k.mv_size,
+                         checksum(k.mv_data, k.mv_size, v.mv_data, v.mv_size));
+                memcpy(buf + k.mv_size + CHORUS_STORE_CHECKSUM_LEN, v.mv_data, v.mv_size);
+                MDB_val nk = {k.mv_size, buf}, nv = {need - k.mv_size, buf + k.mv_size};
+                rc = mdb_put(txn, st->dbi[db], &nk, &nv, 0);
+                if (!rc)
+                    rc = mdb_cursor_get(c, &nk, &v, MDB_SET_KEY);
             }
             if (!rc)
                 got = mdb_cursor_get(c, &k, &v, MDB_NEXT);
