@@ -372,8 +372,8 @@ static int push_verify(lua_State *L) {
             lua_setfield(L, -2, "key");
             chorus_store_describe(msg, sizeof msg, e->db, e->key, e->klen, e->why);
         } else {
-            snprintf(msg, sizeof msg, "database %s cannot be read: %s",
-                     chorus_store_db_name(e->db), e->why);
+            snprintf(msg, sizeof msg, "database %s cannot be read: %s", chorus_store_db_name(e->db),
+                     e->why);
         }
         lua_pushstring(L, e->why);
         lua_setfield(L, -2, "why");
@@ -457,7 +457,8 @@ static int store_close(lua_State *L) {
 int chorus_lua_store_open(lua_State *L) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
     const char *dir = luaL_checkstring(L, 1);
-    struct chorus_store_opts opts = {.sync = 1, .map_size = 0, .max_size = (size_t)DEFAULT_MAX_MB << 20};
+    struct chorus_store_opts opts = {
+        .sync = 1, .map_size = 0, .max_size = (size_t)DEFAULT_MAX_MB << 20};
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         lua_getfield(L, 2, "sync");

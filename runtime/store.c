@@ -267,8 +267,7 @@ static int grow(struct chorus_store *st) {
 }
 
 /* batch_apply, growing the map while it is full. Only where grow() may run. */
-static int batch_apply_growing(struct chorus_store *st, struct batch *b, char *err,
-                               size_t errlen) {
+static int batch_apply_growing(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
     int rc;
     while ((rc = batch_apply(st, b, err, errlen)) == MDB_MAP_FULL && grow(st))
         err[0] = 0;

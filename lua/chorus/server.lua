@@ -538,11 +538,11 @@ local function start_workflow(req, name)
       idempotency.finish(state.store, scope, key, fp, rec.id, idem.ttl, resp)
     end
     if state.store then -- acknowledged only once the run is durable
-      local cok, cerr = pcall(state.store.commit, state.store)
+      local cok, serr = pcall(state.store.commit, state.store)
       if not cok then
-        log("error", "could not store a new run", { run_id = rec.id, error = tostring(cerr) })
-        abandon_run(rec, scope, key, cerr)
-        return storage_problem(cerr, rec.id)
+        log("error", "could not store a new run", { run_id = rec.id, error = tostring(serr) })
+        abandon_run(rec, scope, key, serr)
+        return storage_problem(serr, rec.id)
       end
     end
     if key then
@@ -736,7 +736,15 @@ local function route(req)
   end
   local id = path:match("^/runs/([^/]+)$")
   if id then
-    local rec = state.running[id] or state.finished:get(id) or (state.store and state.store.st:get("runs", id))
+    local rec = state.running[id] or state.finished:get(id)
+    if not rec and state.store then
+      local gok, text = pcall(state.store.st.get, state.store.st, "runs", id)
+      if not gok then -- a corrupt record: said, never passed off as missing
+        log("error", "cannot read a run record", { run_id = id, error = tostring(text) })
+        return problem(500, "Internal Server Error", tostring(text))
+      end
+      rec = text
+    end
     if not rec then
       return problem(404, "Not Found", ("no run with id '%s'"):format(id))
     end
