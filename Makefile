@@ -6,7 +6,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := lua5.4 libuv libcurl libcjson libmicrohttpd lmdb libcrypto
+PKGS    := lua5.4 libuv libcurl libcjson libmicrohttpd lmdb libcrypto libxxhash
 MOCK_PKGS := libmicrohttpd libcjson
 
 OPT     ?= -O2 -g
@@ -14,7 +14,7 @@ CFLAGS  := $(OPT) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fPIC -Iruntime -
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 # The Lua C module must not link liblua: lua5.4 has the VM built in.
-MOD_LIBS   = $(shell pkg-config --libs libuv libcurl libcjson libmicrohttpd lmdb libcrypto 2>/dev/null) -lm -lpthread
+MOD_LIBS   = $(shell pkg-config --libs libuv libcurl libcjson libmicrohttpd lmdb libcrypto libxxhash 2>/dev/null) -lm -lpthread
 
 # Everything in runtime/ except the CLI entry point is the core, linked into
 # both ./chorus and the Lua C module used by busted (same sources).

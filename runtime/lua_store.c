@@ -1,6 +1,7 @@
 /* lua_store.c — the durable store (store.c) as Lua userdata.
  *
- *   core.store_open(dir, { sync = true, map_size_mb = 1024 }) → store
+ *   core.store_open(dir, { sync = true, map_size_mb = 1024, max_size_mb = 8192 })
+ *       → store (the map starts at map_size_mb and grows up to max_size_mb)
  *   store:put(db, key, value) / :del(db, key) / :del_prefix(db, prefix)
  *       queue writes for the next group commit (db: "runs", "journal", ...)
  *   store:commit() → parks the task until every write queued so far is on
@@ -8,11 +9,17 @@
  *   store:get(db, key) → value or nil (last committed state)
  *   store:scan(db, { prefix =, from =, to =, limit = }) → { {key, value}, ... }
  *       in key order; from inclusive, to exclusive
+ *     get and scan raise "store: corrupt record in database DB, key 'K': ..."
+ *     when a value's checksum does not match, and scan raises when LMDB
+ *     reports its pages damaged: a bad record is never skipped silently
+ *   store:verify() → { counts = { runs = n, ... }, bad = { {db =, key =,
+ *       why =, message =}, ... } }: every value's checksum and JSON
  *   store:count(db) → number of records (last committed state)
  *   store:lock([wait_seconds]) → true, or nil and why: takes serve.lock in
  *       the folder so that one server at a time runs the relay and the
  *       recovery
- *   store:stats() → { commits =, ops =, failures =, pending_ops = }
+ *   store:stats() → { commits =, ops =, failures =, pending_ops =, writing =,
+ *       full =, grows =, map_size =, max_size = }
  *   store:close()
  *
  * Invariant: a commit waiter is either on the store's list or has woken its
@@ -34,6 +41,10 @@
 #include "store.h"
 
 #define STORE_MT "chorus.store"
+
+/* storage.max_size_mb when unset: room to grow well past the 1 GiB first
+ * map, yet a cap before a runaway fills the disk. */
+#define DEFAULT_MAX_MB 8192
 
 struct lstore {
     struct chorus_store *st;
@@ -143,6 +154,13 @@ static int push_txn_error(lua_State *L, const char *err) {
     return luaL_error(L, "store: cannot read: %s", err);
 }
 
+/* Raises the corrupt-record error of key in db (after the reader is done). */
+static int corrupt_error(lua_State *L, int db, const MDB_val *key) {
+    char msg[400];
+    chorus_store_describe(msg, sizeof msg, db, key->mv_data, key->mv_size, "checksum mismatch");
+    return luaL_error(L, "store: %s", msg);
+}
+
 static int store_get(lua_State *L) {
     struct chorus_store *st = check_store(L);
     int db = check_db(L, 2);
@@ -152,13 +170,19 @@ static int store_get(lua_State *L) {
     MDB_txn *txn = chorus_store_reader(st, &err);
     if (!txn)
         return push_txn_error(L, err);
-    MDB_val key = {klen, (void *)k}, val;
-    int rc = mdb_get(txn, chorus_store_dbi(st, db), &key, &val);
+    MDB_val key = {klen, (void *)k}, raw, val;
+    int rc = mdb_get(txn, chorus_store_dbi(st, db), &key, &raw);
+    if (rc == 0 && chorus_store_value(db, &key, &raw, &val) != 0) {
+        chorus_store_reader_done(st);
+        return corrupt_error(L, db, &key);
+    }
     if (rc == 0)
         lua_pushlstring(L, val.mv_data, val.mv_size);
     else
         lua_pushnil(L);
     chorus_store_reader_done(st);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return push_txn_error(L, mdb_strerror(rc));
     return 1;
 }
 
@@ -195,7 +219,7 @@ static int store_scan(lua_State *L) {
         chorus_store_reader_done(st);
         return push_txn_error(L, mdb_strerror(rc));
     }
-    MDB_val k = {0, NULL}, v;
+    MDB_val k = {0, NULL}, raw, v;
     if (from) {
         k.mv_size = flen;
         k.mv_data = (void *)from;
@@ -203,8 +227,9 @@ static int store_scan(lua_State *L) {
         k.mv_size = plen;
         k.mv_data = (void *)prefix;
     }
-    rc = mdb_cursor_get(c, &k, &v, k.mv_data ? MDB_SET_RANGE : MDB_FIRST);
+    rc = mdb_cursor_get(c, &k, &raw, k.mv_data ? MDB_SET_RANGE : MDB_FIRST);
     lua_Integer n = 0;
+    int corrupt = 0;
     while (rc == 0 && n < limit) {
         if (prefix && (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0))
             break;
@@ -214,16 +239,31 @@ static int store_scan(lua_State *L) {
             if (cmp > 0 || (cmp == 0 && k.mv_size >= tlen))
                 break;
         }
+        if (chorus_store_value(db, &k, &raw, &v) != 0) {
+            corrupt = 1;
+            break;
+        }
         lua_createtable(L, 2, 0);
         lua_pushlstring(L, k.mv_data, k.mv_size);
         lua_rawseti(L, -2, 1);
         lua_pushlstring(L, v.mv_data, v.mv_size);
         lua_rawseti(L, -2, 2);
         lua_rawseti(L, -2, ++n);
-        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        rc = mdb_cursor_get(c, &k, &raw, MDB_NEXT);
     }
     mdb_cursor_close(c);
+    if (corrupt) {
+        /* the key is in the map: copy it before the reader lets go */
+        char key[512];
+        MDB_val kc = {k.mv_size < sizeof key ? k.mv_size : sizeof key, key};
+        memcpy(key, k.mv_data, kc.mv_size);
+        chorus_store_reader_done(st);
+        return corrupt_error(L, db, &kc);
+    }
     chorus_store_reader_done(st);
+    if (rc != 0 && rc != MDB_NOTFOUND) /* LMDB found its pages damaged */
+        return luaL_error(L, "store: cannot read database %s: %s", chorus_store_db_name(db),
+                          mdb_strerror(rc));
     return 1;
 }
 
@@ -247,7 +287,15 @@ static int store_stats(lua_State *L) {
     struct chorus_store *st = check_store(L);
     struct chorus_store_stats s;
     chorus_store_stats(st, &s);
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 9);
+    lua_pushboolean(L, s.full);
+    lua_setfield(L, -2, "full");
+    lua_pushinteger(L, (lua_Integer)s.grows);
+    lua_setfield(L, -2, "grows");
+    lua_pushinteger(L, (lua_Integer)s.map_size);
+    lua_setfield(L, -2, "map_size");
+    lua_pushinteger(L, (lua_Integer)s.max_size);
+    lua_setfield(L, -2, "max_size");
     lua_pushinteger(L, (lua_Integer)s.commits);
     lua_setfield(L, -2, "commits");
     lua_pushinteger(L, (lua_Integer)s.ops);
@@ -258,6 +306,102 @@ static int store_stats(lua_State *L) {
     lua_setfield(L, -2, "pending_ops");
     lua_pushboolean(L, s.writing);
     lua_setfield(L, -2, "writing");
+    return 1;
+}
+
+/* verify's bad entries go into a C list first: the Lua table is built
+ * after the read transaction is done, so a Lua error cannot leave it open. */
+struct bad_entry {
+    int db;
+    size_t klen;
+    char *key; /* NULL: the database could not be walked */
+    char why[64];
+    struct bad_entry *next;
+};
+
+struct bad_list {
+    struct bad_entry *head, **tail;
+    int oom;
+};
+
+static void on_bad(void *data, int db, const void *key, size_t klen, const char *why) {
+    struct bad_list *l = data;
+    struct bad_entry *e = calloc(1, sizeof *e);
+    if (!e || (key && !(e->key = malloc(klen ? klen : 1)))) {
+        free(e);
+        l->oom = 1;
+        return;
+    }
+    e->db = db;
+    e->klen = klen;
+    if (key && klen)
+        memcpy(e->key, key, klen);
+    snprintf(e->why, sizeof e->why, "%s", why);
+    *l->tail = e;
+    l->tail = &e->next;
+}
+
+static void free_bad(struct bad_list *l) {
+    while (l->head) {
+        struct bad_entry *e = l->head;
+        l->head = e->next;
+        free(e->key);
+        free(e);
+    }
+}
+
+static int push_verify(lua_State *L) {
+    struct bad_list *l = lua_touserdata(L, 1);
+    const long *counts = lua_touserdata(L, 2);
+    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, STORE_NDB);
+    for (int db = 0; db < STORE_NDB; db++) {
+        lua_pushinteger(L, counts[db]);
+        lua_setfield(L, -2, chorus_store_db_name(db));
+    }
+    lua_setfield(L, -2, "counts");
+    lua_newtable(L);
+    int n = 0;
+    for (struct bad_entry *e = l->head; e; e = e->next) {
+        char msg[400];
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, chorus_store_db_name(e->db));
+        lua_setfield(L, -2, "db");
+        if (e->key) {
+            lua_pushlstring(L, e->key, e->klen);
+            lua_setfield(L, -2, "key");
+            chorus_store_describe(msg, sizeof msg, e->db, e->key, e->klen, e->why);
+        } else {
+            snprintf(msg, sizeof msg, "database %s cannot be read: %s", chorus_store_db_name(e->db),
+                     e->why);
+        }
+        lua_pushstring(L, e->why);
+        lua_setfield(L, -2, "why");
+        lua_pushstring(L, msg);
+        lua_setfield(L, -2, "message");
+        lua_rawseti(L, -2, ++n);
+    }
+    lua_setfield(L, -2, "bad");
+    return 1;
+}
+
+static int store_verify(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    struct bad_list l = {NULL, &l.head, 0};
+    long counts[STORE_NDB];
+    char err[300];
+    long nbad = chorus_store_verify(st, counts, on_bad, &l, err, sizeof err);
+    if (nbad < 0 || l.oom) {
+        free_bad(&l);
+        return nbad < 0 ? luaL_error(L, "%s", err) : luaL_error(L, "store: out of memory");
+    }
+    lua_pushcfunction(L, push_verify);
+    lua_pushlightuserdata(L, &l);
+    lua_pushlightuserdata(L, counts);
+    int rc = lua_pcall(L, 2, 1, 0);
+    free_bad(&l);
+    if (rc != LUA_OK)
+        return lua_error(L);
     return 1;
 }
 
@@ -313,7 +457,8 @@ static int store_close(lua_State *L) {
 int chorus_lua_store_open(lua_State *L) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
     const char *dir = luaL_checkstring(L, 1);
-    struct chorus_store_opts opts = {.sync = 1, .map_size = 0};
+    struct chorus_store_opts opts = {
+        .sync = 1, .map_size = 0, .max_size = (size_t)DEFAULT_MAX_MB << 20};
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         lua_getfield(L, 2, "sync");
@@ -324,7 +469,12 @@ int chorus_lua_store_open(lua_State *L) {
         if (mb < 1 || mb > (1 << 24))
             return luaL_error(L, "store: map_size_mb must be between 1 and 16777216");
         opts.map_size = (size_t)mb << 20;
-        lua_pop(L, 2);
+        lua_getfield(L, 2, "max_size_mb");
+        lua_Integer max = luaL_optinteger(L, -1, mb > DEFAULT_MAX_MB ? mb : DEFAULT_MAX_MB);
+        if (max < 1 || max > (1 << 24))
+            return luaL_error(L, "store: max_size_mb must be between 1 and 16777216");
+        opts.max_size = (size_t)max << 20;
+        lua_pop(L, 3);
     }
     struct lstore *ls = lua_newuserdatauv(L, sizeof *ls, 0);
     ls->st = NULL;
@@ -335,7 +485,8 @@ int chorus_lua_store_open(lua_State *L) {
             {"put", store_put},     {"del", store_del},     {"del_prefix", store_del_prefix},
             {"get", store_get},     {"scan", store_scan},   {"commit", store_commit},
             {"stats", store_stats}, {"close", store_close}, {"__gc", store_close},
-            {"count", store_count}, {"lock", store_lock},   {NULL, NULL},
+            {"count", store_count}, {"lock", store_lock},   {"verify", store_verify},
+            {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);
         lua_pushvalue(L, -1);

@@ -2,11 +2,13 @@
  * in store.h). */
 #include "store.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <xxhash.h>
 
 static const char *const DB_NAMES[STORE_NDB] = {
     "runs", "journal", "idempotency", "outbox", "dlq", "scripts", "timers", "meta",
@@ -53,8 +55,10 @@ struct chorus_store {
     struct batch *submitted; /* for the writer */
     struct batch *finished;  /* from the writer */
     char finished_err[256];
+    int finished_full; /* the finished batch failed with MDB_MAP_FULL */
     int quit;
     struct chorus_store_stats stats;
+    size_t map_size, max_size; /* bytes: mapped now, may grow to */
 };
 
 int chorus_store_db_index(const char *name) {
@@ -67,6 +71,63 @@ int chorus_store_db_index(const char *name) {
 const char *chorus_store_db_name(int db) { return db >= 0 && db < STORE_NDB ? DB_NAMES[db] : "?"; }
 
 MDB_dbi chorus_store_dbi(const struct chorus_store *st, int db) { return st->dbi[db]; }
+
+int chorus_store_db_is_json(int db) { return db != STORE_SCRIPTS && db != STORE_META; }
+
+/* ---- checksums ----------------------------------------------------------- */
+
+#define SCHEMA_KEY "schema_version"
+
+/* meta.schema_version is the one value kept without a checksum. */
+static int is_schema_key(int db, const void *key, size_t klen) {
+    return db == STORE_META && klen == strlen(SCHEMA_KEY) && memcmp(key, SCHEMA_KEY, klen) == 0;
+}
+
+/* The key seeds the hash: a value moved under another key does not match. */
+static uint64_t checksum(const void *key, size_t klen, const void *val, size_t vlen) {
+    return XXH3_64bits_withSeed(val, vlen, XXH3_64bits(key, klen));
+}
+
+static void put_le64(unsigned char *out, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        out[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const unsigned char *in) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | in[i];
+    return v;
+}
+
+int chorus_store_value(int db, const MDB_val *key, const MDB_val *raw, MDB_val *val) {
+    if (is_schema_key(db, key->mv_data, key->mv_size)) {
+        *val = *raw;
+        return 0;
+    }
+    if (raw->mv_size < CHORUS_STORE_CHECKSUM_LEN)
+        return -1;
+    val->mv_data = (char *)raw->mv_data + CHORUS_STORE_CHECKSUM_LEN;
+    val->mv_size = raw->mv_size - CHORUS_STORE_CHECKSUM_LEN;
+    uint64_t want = get_le64(raw->mv_data);
+    return checksum(key->mv_data, key->mv_size, val->mv_data, val->mv_size) == want ? 0 : -1;
+}
+
+void chorus_store_describe(char *out, size_t outlen, int db, const void *key, size_t klen,
+                           const char *why) {
+    char shown[200];
+    size_t n = 0;
+    const unsigned char *k = key;
+    for (size_t i = 0; i < klen && n + 5 < sizeof shown; i++) {
+        if (k[i] >= 0x20 && k[i] < 0x7f && k[i] != '\\' && k[i] != '\'')
+            shown[n++] = (char)k[i];
+        else
+            n += (size_t)snprintf(shown + n, sizeof shown - n, "\\x%02x", k[i]);
+    }
+    shown[n] = 0;
+    snprintf(out, outlen, "corrupt record in database %s, key '%s%s': %s", chorus_store_db_name(db),
+             shown, n + 5 >= sizeof shown ? "..." : "", why);
+}
 
 /* ---- batches ------------------------------------------------------------- */
 
@@ -95,7 +156,9 @@ static int batch_add(struct batch *b, int kind, int db, const void *key, size_t 
         b->ops = ops;
         b->cap = cap;
     }
-    size_t need = klen + vlen;
+    /* a put's value goes behind its checksum */
+    size_t head = kind == OP_PUT && !is_schema_key(db, key, klen) ? CHORUS_STORE_CHECKSUM_LEN : 0;
+    size_t need = klen + head + vlen;
     if (b->room - b->used < need) {
         size_t room = b->room ? b->room : 4096;
         while (room - b->used < need)
@@ -111,21 +174,24 @@ static int batch_add(struct batch *b, int kind, int db, const void *key, size_t 
     o->db = (unsigned char)db;
     o->off = b->used;
     o->klen = klen;
-    o->vlen = vlen;
+    o->vlen = head + vlen;
     memcpy(b->bytes + b->used, key, klen);
+    if (head)
+        put_le64((unsigned char *)b->bytes + b->used + klen, checksum(key, klen, val, vlen));
     if (vlen)
-        memcpy(b->bytes + b->used + klen, val, vlen);
+        memcpy(b->bytes + b->used + klen + head, val, vlen);
     b->used += need;
     return 0;
 }
 
-/* Applies b in one write transaction and commits it. 0, or -1 with err. */
+/* Applies b in one write transaction and commits it. 0, or the LMDB error
+ * with err (MDB_MAP_FULL: the caller may grow the map and try again). */
 static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
     MDB_txn *txn;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) {
         snprintf(err, errlen, "store: cannot begin a write: %s", mdb_strerror(rc));
-        return -1;
+        return rc;
     }
     size_t i = 0;
     for (; i < b->nops && !rc; i++) {
@@ -158,17 +224,54 @@ static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size
         }
     }
     if (rc) {
-        snprintf(err, errlen, "store: write to %s failed: %s%s", DB_NAMES[b->ops[i - 1].db],
-                 mdb_strerror(rc),
-                 rc == MDB_MAP_FULL ? " (raise storage.map_size_mb in the config)" : "");
+        if (rc == MDB_MAP_FULL)
+            snprintf(err, errlen,
+                     CHORUS_STORE_FULL " (%zu MiB, storage.max_size_mb) writing to %s: %s",
+                     st->map_size >> 20, DB_NAMES[b->ops[i - 1].db], mdb_strerror(rc));
+        else
+            snprintf(err, errlen, "store: write to %s failed: %s", DB_NAMES[b->ops[i - 1].db],
+                     mdb_strerror(rc));
         mdb_txn_abort(txn);
-        return -1;
+        return rc;
     }
     if ((rc = mdb_txn_commit(txn))) {
-        snprintf(err, errlen, "store: commit failed: %s", mdb_strerror(rc));
-        return -1;
+        if (rc == MDB_MAP_FULL)
+            snprintf(err, errlen, CHORUS_STORE_FULL " (%zu MiB, storage.max_size_mb): %s",
+                     st->map_size >> 20, mdb_strerror(rc));
+        else
+            snprintf(err, errlen, "store: commit failed: %s", mdb_strerror(rc));
+        return rc;
     }
     return 0;
+}
+
+/* Doubles the map, up to max_size. Only with no transaction open in this
+ * process (LMDB's rule for mdb_env_set_mapsize): the caller is the loop
+ * thread with the writer thread idle, or close() after the writer stopped.
+ * The cached read transaction is dropped first, whatever its state. 1 when
+ * the map grew. */
+static int grow(struct chorus_store *st) {
+    if (st->map_size >= st->max_size)
+        return 0;
+    size_t next = st->map_size * 2 > st->max_size ? st->max_size : st->map_size * 2;
+    if (st->reader) {
+        mdb_txn_abort(st->reader);
+        st->reader = NULL;
+        st->reader_live = 0;
+    }
+    if (mdb_env_set_mapsize(st->env, next) != 0)
+        return 0;
+    st->map_size = next;
+    st->stats.grows++;
+    return 1;
+}
+
+/* batch_apply, growing the map while it is full. Only where grow() may run. */
+static int batch_apply_growing(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
+    int rc;
+    while ((rc = batch_apply(st, b, err, errlen)) == MDB_MAP_FULL && grow(st))
+        err[0] = 0;
+    return rc;
 }
 
 /* ---- writer thread ----------------------------------------------------------- */
@@ -185,9 +288,10 @@ static void writer_main(void *arg) {
         st->submitted = NULL;
         uv_mutex_unlock(&st->mu);
         char err[256] = "";
-        batch_apply(st, b, err, sizeof err);
+        int rc = batch_apply(st, b, err, sizeof err);
         uv_mutex_lock(&st->mu);
         st->finished = b;
+        st->finished_full = rc == MDB_MAP_FULL;
         memcpy(st->finished_err, err, sizeof err);
         uv_async_send(&st->async);
     }
@@ -226,6 +330,7 @@ static void wake_upto(struct chorus_store *st, uint64_t seq, const char *err) {
 
 static void finish(struct chorus_store *st, struct batch *b, const char *err) {
     st->writing = NULL;
+    st->stats.full = strncmp(err, CHORUS_STORE_FULL, strlen(CHORUS_STORE_FULL)) == 0;
     if (err[0])
         st->stats.failures++;
     else {
@@ -247,7 +352,17 @@ static void on_async(uv_async_t *h) {
     struct batch *b = st->finished;
     char err[256];
     memcpy(err, st->finished_err, sizeof err);
+    int full = st->finished_full;
     st->finished = NULL;
+    /* The map is full: the writer thread is idle (it handed b back) and no
+     * read is open on this, the only reading thread, so the map may grow
+     * here. The same batch goes back to the writer; its waiters wait on. */
+    if (full && grow(st)) {
+        st->submitted = b;
+        uv_cond_signal(&st->cond);
+        uv_mutex_unlock(&st->mu);
+        return;
+    }
     uv_mutex_unlock(&st->mu);
     if (!b)
         return;
@@ -262,7 +377,56 @@ static void on_prepare(uv_prepare_t *h) { submit(h->data); }
 
 /* ---- open / close --------------------------------------------------------- */
 
-static int open_dbs(struct chorus_store *st, char *err, size_t errlen) {
+/* Puts a checksum in front of every value of a version-1 folder (all but
+ * meta.schema_version), in txn. 0 or an LMDB error. */
+static int migrate_v1(struct chorus_store *st, MDB_txn *txn) {
+    int rc = 0;
+    char *buf = NULL;
+    size_t room = 0;
+    for (int db = 0; db < STORE_NDB && !rc; db++) {
+        MDB_cursor *c;
+        if ((rc = mdb_cursor_open(txn, st->dbi[db], &c)))
+            break;
+        MDB_val k, v;
+        int got = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        while (!got && !rc) {
+            if (!is_schema_key(db, k.mv_data, k.mv_size)) {
+                /* k and v point into the map, which the put changes: copy
+                 * both (key first), put, and find the key again */
+                size_t need = k.mv_size + CHORUS_STORE_CHECKSUM_LEN + v.mv_size;
+                if (need > room) {
+                    char *nb = realloc(buf, need);
+                    if (!nb) {
+                        rc = ENOMEM;
+                        break;
+                    }
+                    buf = nb;
+                    room = need;
+                }
+                memcpy(buf, k.mv_data, k.mv_size);
+                put_le64((unsigned char *)buf + k.mv_size,
+                         checksum(k.mv_data, k.mv_size, v.mv_data, v.mv_size));
+                memcpy(buf + k.mv_size + CHORUS_STORE_CHECKSUM_LEN, v.mv_data, v.mv_size);
+                MDB_val nk = {k.mv_size, buf}, nv = {need - k.mv_size, buf + k.mv_size};
+                rc = mdb_put(txn, st->dbi[db], &nk, &nv, 0);
+                if (!rc)
+                    rc = mdb_cursor_get(c, &nk, &v, MDB_SET_KEY);
+            }
+            if (!rc)
+                got = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        if (!rc && got != MDB_NOTFOUND)
+            rc = got;
+        mdb_cursor_close(c);
+    }
+    free(buf);
+    return rc;
+}
+
+/* Opens the named databases and checks (or writes) the schema version,
+ * migrating a version-1 folder. 0, an LMDB error with err, or -1 with err
+ * when the folder is refused. */
+static int open_dbs_once(struct chorus_store *st, char *err, size_t errlen) {
     MDB_txn *txn = NULL;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     for (int i = 0; i < STORE_NDB && !rc; i++)
@@ -271,10 +435,19 @@ static int open_dbs(struct chorus_store *st, char *err, size_t errlen) {
         snprintf(err, errlen, "store: cannot open its databases: %s", mdb_strerror(rc));
         if (txn)
             mdb_txn_abort(txn);
-        return -1;
+        return rc;
     }
-    MDB_val k = {strlen("schema_version"), "schema_version"}, v;
+    MDB_val k = {strlen(SCHEMA_KEY), SCHEMA_KEY}, v;
     rc = mdb_get(txn, st->dbi[STORE_META], &k, &v);
+    if (!rc && v.mv_size == 1 && memcmp(v.mv_data, "1", 1) == 0) {
+        if ((rc = migrate_v1(st, txn))) {
+            snprintf(err, errlen, "store: cannot add checksums to a version-1 data folder: %s",
+                     mdb_strerror(rc));
+            mdb_txn_abort(txn);
+            return rc;
+        }
+        rc = MDB_NOTFOUND; /* now write the new version */
+    }
     if (rc == MDB_NOTFOUND) {
         v.mv_data = CHORUS_STORE_SCHEMA;
         v.mv_size = strlen(CHORUS_STORE_SCHEMA);
@@ -291,10 +464,34 @@ static int open_dbs(struct chorus_store *st, char *err, size_t errlen) {
     if (rc) {
         snprintf(err, errlen, "store: cannot write its schema version: %s", mdb_strerror(rc));
         mdb_txn_abort(txn);
-        return -1;
+        return rc;
     }
     if ((rc = mdb_txn_commit(txn))) {
         snprintf(err, errlen, "store: cannot write its schema version: %s", mdb_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
+/* open_dbs_once, growing the map while a migration does not fit. */
+static int open_dbs(struct chorus_store *st, char *err, size_t errlen) {
+    int rc;
+    while ((rc = open_dbs_once(st, err, errlen)) == MDB_MAP_FULL && grow(st))
+        err[0] = 0;
+    return rc ? -1 : 0;
+}
+
+/* A data.mdb of zero bytes would be taken by LMDB for a new, empty store:
+ * the records of an existing folder lost without a word. It is refused. */
+static int refuse_empty_file(const char *dir, char *err, size_t errlen) {
+    char path[4200];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0) {
+        snprintf(err, errlen,
+                 "store: %s is empty (0 bytes): the data folder is damaged; restore it from a "
+                 "backup, or move the folder away to start with an empty one",
+                 path);
         return -1;
     }
     return 0;
@@ -307,6 +504,8 @@ struct chorus_store *chorus_store_open(uv_loop_t *loop, const char *dir,
         snprintf(err, errlen, "store: cannot create the data folder %s: %s", dir, strerror(errno));
         return NULL;
     }
+    if (refuse_empty_file(dir, err, errlen) != 0)
+        return NULL;
     struct chorus_store *st = calloc(1, sizeof *st);
     if (!st || !(st->pending = batch_new(1))) {
         free(st);
@@ -315,12 +514,13 @@ struct chorus_store *chorus_store_open(uv_loop_t *loop, const char *dir,
     }
     st->next_seq = 1;
     st->loop = loop;
+    st->map_size = opts && opts->map_size ? opts->map_size : (size_t)1 << 30;
+    st->max_size = opts && opts->max_size > st->map_size ? opts->max_size : st->map_size;
     int rc = mdb_env_create(&st->env);
     if (!rc)
         rc = mdb_env_set_maxdbs(st->env, STORE_NDB);
     if (!rc)
-        rc =
-            mdb_env_set_mapsize(st->env, opts && opts->map_size ? opts->map_size : (size_t)1 << 30);
+        rc = mdb_env_set_mapsize(st->env, st->map_size);
     if (!rc)
         rc = mdb_env_set_maxreaders(st->env, 126);
     unsigned flags = MDB_NOTLS | (opts && !opts->sync ? MDB_NOSYNC : 0);
@@ -334,6 +534,12 @@ struct chorus_store *chorus_store_open(uv_loop_t *loop, const char *dir,
         free(st);
         return NULL;
     }
+    /* LMDB raises the map to what the file already holds */
+    MDB_envinfo info;
+    if (mdb_env_info(st->env, &info) == 0 && info.me_mapsize > st->map_size)
+        st->map_size = info.me_mapsize;
+    if (st->max_size < st->map_size)
+        st->max_size = st->map_size;
     if (open_dbs(st, err, errlen) != 0) {
         mdb_env_close(st->env);
         batch_free(st->pending);
@@ -384,9 +590,11 @@ void chorus_store_close(struct chorus_store *st) {
     if (st->finished) {
         struct batch *b = st->finished;
         st->finished = NULL;
+        if (st->finished_full && batch_apply_growing(st, b, err, sizeof err) == 0)
+            st->finished_err[0] = 0;
         finish(st, b, st->finished_err);
     }
-    if (st->pending->nops && batch_apply(st, st->pending, err, sizeof err) != 0)
+    if (st->pending->nops && batch_apply_growing(st, st->pending, err, sizeof err) != 0)
         fprintf(stderr, "chorus: %s\n", err);
     if (st->reader)
         mdb_txn_abort(st->reader);
@@ -495,4 +703,68 @@ void chorus_store_stats(const struct chorus_store *st, struct chorus_store_stats
     *out = st->stats;
     out->pending_ops = st->pending->nops;
     out->writing = st->writing != NULL;
+    out->map_size = st->map_size;
+    out->max_size = st->max_size;
+}
+
+/* ---- verify ---------------------------------------------------------------- */
+
+/* Whether v is one JSON text (cJSON, with nothing but blanks after it). */
+static int is_json(const MDB_val *v) {
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(v->mv_data, v->mv_size, &end, 0);
+    if (!j)
+        return 0;
+    cJSON_Delete(j);
+    const char *stop = (const char *)v->mv_data + v->mv_size;
+    while (end && end < stop && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    return end == stop;
+}
+
+long chorus_store_verify(struct chorus_store *st, long counts[STORE_NDB], chorus_store_bad_fn bad,
+                         void *data, char *err, size_t errlen) {
+    const char *why = NULL;
+    MDB_txn *txn = chorus_store_reader(st, &why);
+    if (!txn) {
+        snprintf(err, errlen, "store: cannot read: %s", why);
+        return -1;
+    }
+    long nbad = 0;
+    for (int db = 0; db < STORE_NDB; db++) {
+        counts[db] = 0;
+        MDB_cursor *c;
+        int rc = mdb_cursor_open(txn, st->dbi[db], &c);
+        if (rc) {
+            bad(data, db, NULL, 0, mdb_strerror(rc));
+            nbad++;
+            continue;
+        }
+        MDB_val k, raw, v;
+        for (rc = mdb_cursor_get(c, &k, &raw, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(c, &k, &raw, MDB_NEXT)) {
+            counts[db]++;
+            const char *fault = NULL;
+            if (chorus_store_value(db, &k, &raw, &v) != 0)
+                fault = "checksum mismatch";
+            else if (is_schema_key(db, k.mv_data, k.mv_size))
+                fault = v.mv_size == strlen(CHORUS_STORE_SCHEMA) &&
+                                memcmp(v.mv_data, CHORUS_STORE_SCHEMA, v.mv_size) == 0
+                            ? NULL
+                            : "not this chorus's schema version";
+            else if (chorus_store_db_is_json(db) && !is_json(&v))
+                fault = "not JSON";
+            if (fault) {
+                bad(data, db, k.mv_data, k.mv_size, fault);
+                nbad++;
+            }
+        }
+        if (rc != MDB_NOTFOUND) { /* LMDB's own check of its pages failed */
+            bad(data, db, NULL, 0, mdb_strerror(rc));
+            nbad++;
+        }
+        mdb_cursor_close(c);
+    }
+    chorus_store_reader_done(st);
+    return nbad;
 }

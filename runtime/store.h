@@ -14,6 +14,19 @@
  * not see writes still queued; the callers (lua/chorus/durable.lua) keep
  * in-flight state in memory for that reason.
  *
+ * Every value is stored behind an 8-byte checksum (XXH3-64 of the value,
+ * seeded with the XXH3-64 of its key, little-endian), so a flipped byte or a
+ * value under the wrong key is caught on read: chorus_store_value() checks
+ * and strips it. The one exception is meta.schema_version, kept as plain
+ * text so that any chorus can read which format a folder has.
+ *
+ * When a batch fails because the map is full (MDB_MAP_FULL), the map grows
+ * (doubling, up to opts.max_size) and the same batch is written again; only
+ * at max_size do its waiters hear of the failure ("the data folder is
+ * full"). The map is resized on the loop thread while the writer thread is
+ * idle and no read transaction is open: LMDB allows mdb_env_set_mapsize only
+ * with no transaction active in the process.
+ *
  * Invariants: at most one batch is with the writer thread; batches commit in
  * the order they were queued; a waiter is woken exactly once, with the outcome
  * of the first batch that holds every write queued before it waited.
@@ -38,13 +51,19 @@ enum chorus_store_db {
     STORE_NDB
 };
 
-#define CHORUS_STORE_SCHEMA "1"
+/* 2: values carry a checksum. A version-1 folder is migrated on open. */
+#define CHORUS_STORE_SCHEMA "2"
+#define CHORUS_STORE_CHECKSUM_LEN 8
+
+/* The message of a batch that failed for want of room starts with this. */
+#define CHORUS_STORE_FULL "store: the data folder is full"
 
 struct chorus_store;
 
 struct chorus_store_opts {
     int sync;        /* fsync each commit (default on) */
     size_t map_size; /* bytes; 0: 1 GiB */
+    size_t max_size; /* bytes the map may grow to; 0 or below map_size: no growth */
 };
 
 /* Called on the loop thread when the batch a waiter waited for is on disk
@@ -57,6 +76,10 @@ struct chorus_store_stats {
     uint64_t failures;  /* batches that failed */
     size_t pending_ops; /* queued, not yet with the writer */
     int writing;        /* a batch is with the writer now */
+    uint64_t grows;     /* times the map grew */
+    size_t map_size;    /* bytes mapped now */
+    size_t max_size;    /* bytes it may grow to */
+    int full;           /* the last batch failed for want of room */
 };
 
 /* Opens (creating) the environment in dir, which is created if missing.
@@ -95,5 +118,28 @@ void chorus_store_reader_done(struct chorus_store *st);
 MDB_dbi chorus_store_dbi(const struct chorus_store *st, int db);
 
 void chorus_store_stats(const struct chorus_store *st, struct chorus_store_stats *out);
+
+/* Checks the checksum of raw, the stored bytes of key in db, and points val
+ * at the value behind it. 0, or -1 when they do not match (corrupt). */
+int chorus_store_value(int db, const MDB_val *key, const MDB_val *raw, MDB_val *val);
+
+/* "corrupt record in database DB, key 'KEY': WHY" into out; non-printable
+ * key bytes as \xNN. */
+void chorus_store_describe(char *out, size_t outlen, int db, const void *key, size_t klen,
+                           const char *why);
+
+/* Whether db holds JSON values (all but scripts and meta). */
+int chorus_store_db_is_json(int db);
+
+/* Walks every named database of the last committed state, checking each
+ * value's checksum and, in the JSON databases, that it is JSON. bad is
+ * called for each bad entry (key NULL when a database cannot be walked at
+ * all: LMDB found its pages damaged). counts[db] gets the entries seen.
+ * Returns the number of bad entries, or -1 with err when no read could
+ * begin. */
+typedef void (*chorus_store_bad_fn)(void *data, int db, const void *key, size_t klen,
+                                    const char *why);
+long chorus_store_verify(struct chorus_store *st, long counts[STORE_NDB], chorus_store_bad_fn bad,
+                         void *data, char *err, size_t errlen);
 
 #endif

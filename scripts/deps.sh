@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential clang libclang-rt-14-dev pkg-config
   liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libmicrohttpd-dev
-  liblmdb-dev lmdb-utils libcjson-dev libssl-dev
+  liblmdb-dev lmdb-utils libcjson-dev libssl-dev libxxhash-dev
   lua-busted lua-dkjson lua-system lua-check curl wrk valgrind clang-format time bc
 )
 

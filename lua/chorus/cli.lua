@@ -16,6 +16,7 @@ usage:
   chorus runs   list [--limit N] | show ID       [--data DIR]
   chorus outbox list [--limit N]                 [--data DIR]
   chorus dlq    list [--limit N] | replay ID | drop ID [--data DIR]
+  chorus data   verify                           [--data DIR]
   chorus version
   chorus help]]
 
@@ -357,6 +358,42 @@ function cli.dlq(args)
   usage_error("usage: chorus dlq list | replay ID | drop ID [--data DIR]")
 end
 
+-- Checks every record of the data folder: prints the records per database
+-- and each bad one (database, key, why); exit 0 when all are good, 1 when
+-- any is corrupt.
+function cli.data(args)
+  local pos, flags = parse(args, { data = "value" })
+  if pos[1] ~= "verify" or #pos ~= 1 then
+    usage_error("usage: chorus data verify [--data DIR]")
+  end
+  local st = open_data(flags)
+  local ok, report = pcall(st.verify, st)
+  st:close()
+  if not ok then
+    error(report, 0)
+  end
+  local names, total = {}, 0
+  for name, n in pairs(report.counts) do
+    names[#names + 1] = name
+    total = total + n
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    io.stdout:write(("%-12s %d\n"):format(name, report.counts[name]))
+  end
+  for _, b in ipairs(report.bad) do
+    io.stdout:write("BAD ", b.message, "\n")
+  end
+  local dir = flags.data or "./.chorus-data"
+  if #report.bad > 0 then
+    io.stderr:write(("chorus data verify: %d corrupt record%s in %s\n"):format(#report.bad,
+      #report.bad == 1 and "" or "s", dir))
+    return 1
+  end
+  io.stdout:write(("ok: %d records in %s, every checksum and JSON value good\n"):format(total, dir))
+  return 0
+end
+
 function cli.version()
   io.stdout:write("chorus ", core.version, " (", _VERSION, ")\n")
   return 0
@@ -368,7 +405,7 @@ function cli.help()
 end
 
 local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, test = cli.test,
-  runs = cli.runs, outbox = cli.outbox, dlq = cli.dlq,
+  runs = cli.runs, outbox = cli.outbox, dlq = cli.dlq, data = cli.data,
   version = cli.version, help = cli.help,
   ["--help"] = cli.help, ["-h"] = cli.help, ["--version"] = cli.version }
 

@@ -7,7 +7,8 @@
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
---     storage = { durable = true, sync = true, map_size_mb = 1024, runs_retention = 604800 },
+--     storage = { durable = true, sync = true, map_size_mb = 1024, max_size_mb = 8192,
+--                 runs_retention = 604800 },
 --     outbox = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 },
 --     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
 --     webhook_secret = chorus.secret("webhook"),
@@ -30,7 +31,7 @@ local FIELDS = {
 
 -- The numeric settings of the tables storage, outbox and alerts.
 local SECTIONS = {
-  storage = { map_size_mb = true, runs_retention = true },
+  storage = { map_size_mb = true, max_size_mb = true, runs_retention = true },
   outbox = { attempts = true, base = true, cap = true, concurrency = true, poll = true },
   alerts = { outbox_depth = true, outbox_age = true, dlq_depth = true },
 }
@@ -94,6 +95,18 @@ local function validate(conf, path)
         return nil, ("%s: %s.%s must be a non-negative number"):format(path, section, k)
       end
     end
+  end
+  -- the LMDB map: starts at map_size_mb, grows on demand up to max_size_mb
+  local storage = conf.storage or {}
+  for _, k in ipairs({ "map_size_mb", "max_size_mb" }) do
+    local v = storage[k]
+    if v ~= nil and (v ~= math.floor(v) or v < 1 or v > 16777216) then
+      return nil, ("%s: storage.%s must be a whole number of MiB from 1 to 16777216"):format(path, k)
+    end
+  end
+  if storage.map_size_mb and storage.max_size_mb and storage.map_size_mb > storage.max_size_mb then
+    return nil, ("%s: storage.map_size_mb (%d) is above storage.max_size_mb (%d)"):format(path,
+      storage.map_size_mb, storage.max_size_mb)
   end
   for name, rule in pairs(conf.auth or {}) do
     if type(rule) ~= "table" or (rule.token == nil and rule.hmac_secret == nil) then

@@ -16,6 +16,11 @@ local idempotency = { DEFAULT_TTL = 24 * 3600, MAX_LENGTH = 255 }
 -- workflow \0 key → fingerprint, for requests in flight in this process
 local inflight = {}
 
+-- workflow \0 key → run id whose records could not be stored: a stored
+-- "running" record of that run (written by an earlier commit) does not
+-- hold the key, so the client's retry goes ahead
+local abandoned = {}
+
 --- Parses the header value: an RFC 8941 sf-string ("abc", as the draft
 --- says) or a bare token (as Stripe's clients send). Returns the key, or
 --- nil and why.
@@ -65,7 +70,7 @@ function idempotency.check(st, workflow, key, fp)
     return "mismatch"
   end
   if rec.state == "running" then -- resumed after a restart, still running
-    return "conflict"
+    return abandoned[store.idem_key(workflow, key)] == rec.run_id and "new" or "conflict"
   end
   return "replay", rec.response
 end
@@ -73,6 +78,7 @@ end
 --- Marks key in flight and queues its record (state running, run id).
 function idempotency.begin(st, workflow, key, fp, run_id, ttl)
   inflight[store.idem_key(workflow, key)] = fp
+  abandoned[store.idem_key(workflow, key)] = nil
   if st then
     st:put_idempotency(workflow, key, { fp = fp, state = "running", run_id = run_id,
       expires_at = core.now() + (ttl or idempotency.DEFAULT_TTL) })
@@ -90,6 +96,18 @@ end
 --- Forgets the in-flight mark (after the finished record is durable).
 function idempotency.release(workflow, key)
   inflight[store.idem_key(workflow, key)] = nil
+end
+
+--- The run of key failed to store its records and the client was told so:
+--- frees the key for a retry and queues the deletion of its record (the
+--- caller commits).
+function idempotency.abandon(st, workflow, key, run_id)
+  local k = store.idem_key(workflow, key)
+  inflight[k] = nil
+  abandoned[k] = run_id
+  if st then
+    st.st:del("idempotency", k)
+  end
 end
 
 return idempotency

@@ -326,9 +326,43 @@ local function durable_begin(rec, entry, input)
   st:put_timer(rec.id, rec.deadline_at)
 end
 
+-- The answer to a request whose run could not be stored: 507 when the
+-- data folder is full (storage.max_size_mb), else 500. Never a 2xx.
+local function storage_problem(err, run_id)
+  if store.is_full(err) then
+    return problem(507, "Insufficient Storage",
+      "the data folder is full (storage.max_size_mb); the run was not stored", { run_id = run_id })
+  end
+  return problem(500, "Internal Server Error", "the run could not be stored", { run_id = run_id })
+end
+
+-- A run whose records did not reach the disk, though the client will hear
+-- it failed: its in-memory record says so, its key is free again (the client
+-- retries it), and the records of it that did land earlier (the key, the
+-- timer that would resume it after a restart) are dropped if the store
+-- takes the writes now.
+local function abandon_run(rec, scope, key, err)
+  rec.status = "failed"
+  rec.result = nil
+  rec.error = { kind = "storage", message = tostring(err) }
+  state.running[rec.id] = nil
+  state.finished:put(rec.id, record_text(rec))
+  local st = state.store
+  if key then
+    idempotency.abandon(st, scope, key, rec.id)
+  end
+  if st then
+    st:del_timer(rec.id)
+    st:drop_journal(rec.id)
+    st.st:del("runs", rec.id)
+    pcall(st.commit, st)
+  end
+end
+
 -- The end of a run: its record, the key's stored response, the outbox
 -- entry the run delivered, the webhook; in the data folder these commit
--- together, and the timer and journal go.
+-- together, and the timer and journal go. Returns whether they were
+-- stored, and why not.
 local function run_end(rec, text, ok, value)
   local st = state.store
   if st then
@@ -352,16 +386,17 @@ local function run_end(rec, text, ok, value)
   if st then
     cok, cerr = pcall(st.commit, st)
   end
-  if rec.key then
-    idempotency.release(rec.key_scope or rec.workflow, rec.key)
-  end
   if not cok then
     log("error", "could not store the end of a run", { run_id = rec.id, error = tostring(cerr) })
+  elseif rec.key then
+    idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
+  return cok, cerr
 end
 
--- Runs a workflow as its own run and records it; returns ok, value.
--- recorded: the journal of a run resumed after a restart.
+-- Runs a workflow as its own run and records it; returns ok, value, and
+-- whether its end was stored (and why not). recorded: the journal of a run
+-- resumed after a restart.
 local function execute(entry, rec, input, recorded)
   state.inflight = state.inflight + 1 -- the gauge reads it when /metrics is scraped
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at,
@@ -374,8 +409,11 @@ local function execute(entry, rec, input, recorded)
   end
   local ok, value, info = core.execute({ id = rec.id }, runner.execute, entry.workflow, input, opts)
   state.inflight = state.inflight - 1
-  run_end(rec, finish_record(rec, ok, value, info), ok, value)
-  return ok, value
+  local stored, serr = run_end(rec, finish_record(rec, ok, value, info), ok, value)
+  if not stored and rec.key then -- a key must not stay in flight for good
+    idempotency.release(rec.key_scope or rec.workflow, rec.key)
+  end
+  return ok, value, stored, serr
 end
 
 local function callback_url(req)
@@ -501,7 +539,12 @@ local function start_workflow(req, name)
       idempotency.finish(state.store, scope, key, fp, rec.id, idem.ttl, resp)
     end
     if state.store then -- acknowledged only once the run is durable
-      state.store:commit()
+      local cok, serr = pcall(state.store.commit, state.store)
+      if not cok then
+        log("error", "could not store a new run", { run_id = rec.id, error = tostring(serr) })
+        abandon_run(rec, scope, key, serr)
+        return storage_problem(serr, rec.id)
+      end
     end
     if key then
       idempotency.release(scope, key)
@@ -509,7 +552,11 @@ local function start_workflow(req, name)
     core.start(nil, function() execute(entry, rec, input) end)
     return resp
   end
-  local ok, value = execute(entry, rec, input)
+  local ok, value, stored, serr = execute(entry, rec, input)
+  if not stored then
+    abandon_run(rec, scope, key, serr)
+    return storage_problem(serr, rec.id)
+  end
   return run_response(rec, ok, value)
 end
 
@@ -638,7 +685,8 @@ local function start_durable()
     state.backend = outbox.memory()
     outbox.backend = state.backend
   else
-    local st, err = store.open(conf.data, { sync = storage.sync ~= false, map_size_mb = storage.map_size_mb })
+    local st, err = store.open(conf.data, { sync = storage.sync ~= false, map_size_mb = storage.map_size_mb,
+      max_size_mb = storage.max_size_mb })
     if not st then
       return nil, err
     end
@@ -646,6 +694,16 @@ local function start_durable()
     if not lok then
       st:close()
       return nil, lerr
+    end
+    -- A corrupt record refuses the start: recovery and the relay would
+    -- otherwise act on a data folder they cannot fully read.
+    local vok, report = pcall(st.verify, st)
+    local bad = vok and report.bad or { { message = tostring(report) } }
+    if #bad > 0 then
+      st:close()
+      return nil, ("the data folder %s has %d corrupt record%s (first: %s); `chorus data verify --data %s` "
+        .. "lists them; restore the folder from a backup, or move it away to start with an empty one")
+        :format(conf.data, #bad, #bad == 1 and "" or "s", bad[1].message, conf.data)
     end
     state.store = st
     state.backend = outbox.durable(st)
@@ -677,7 +735,15 @@ end
 -- Location header of an async start). An unknown id and a refused one get
 -- the same 404, so ids cannot be probed.
 local function run_record(req, id)
-  local rec = state.running[id] or state.finished:get(id) or (state.store and state.store.st:get("runs", id))
+  local rec = state.running[id] or state.finished:get(id)
+  if not rec and state.store then
+    local gok, text = pcall(state.store.st.get, state.store.st, "runs", id)
+    if not gok then -- a corrupt record: said, never passed off as missing
+      log("error", "cannot read a run record", { run_id = id, error = tostring(text) })
+      return problem(500, "Internal Server Error", tostring(text))
+    end
+    rec = text
+  end
   local text = rec and (type(rec) == "string" and rec or record_text(rec))
   local name = type(rec) == "table" and rec.workflow
   if text and not name then

@@ -11,7 +11,12 @@
 --   scripts      sha-256 of a script's source → the source
 --   timers       run id → deadline of every run not finished yet; recovery
 --                resumes exactly these
---   meta         schema_version
+--   meta         schema_version (2: every other value carries a checksum)
+--
+-- Every value is checked against its checksum when read (runtime/store.c):
+-- a bad one raises "store: corrupt record in database DB, key 'K': ...",
+-- and a value that is not JSON where JSON belongs raises naming the
+-- database and key too, never skipped in silence. verify() walks them all.
 --
 -- Writes are queued and land with the next group commit; call commit() from
 -- a task to wait until they are durable. Reads see committed state only.
@@ -24,7 +29,8 @@ local Store = {}
 Store.__index = Store
 
 --- Opens the data folder dir (created if missing). opts: sync (default
---- true), map_size_mb.
+--- true), map_size_mb (the first map, 1024), max_size_mb (what the map may
+--- grow to, 8192).
 function store.open(dir, opts)
   local ok, st = pcall(core.store_open, dir, opts)
   if not ok then
@@ -45,20 +51,44 @@ function Store:stats()
   return self.st:stats()
 end
 
+--- Whether a commit's error says the data folder is full (the map reached
+--- storage.max_size_mb, or the disk has no room left).
+function store.is_full(err)
+  local text = tostring(err)
+  return text:find("store: the data folder is full", 1, true) ~= nil
+    or text:find("No space left on device", 1, true) ~= nil
+end
+
+--- Checks every record: { counts = { db = n }, bad = { {db, key, why, message} } }.
+function Store:verify()
+  return self.st:verify()
+end
+
+-- The value of key in db decoded; a value that is not JSON raises naming both.
+local function decode(db, key, text)
+  local ok, value = pcall(json.decode, text)
+  if not ok then
+    local shown = key:gsub("[^\32-\126]", function(c) return ("\\x%02x"):format(c:byte()) end)
+    local why = tostring(value):gsub("^json%.decode: ", "")
+    error(("store: corrupt record in database %s, key '%s': not JSON (%s)"):format(db, shown, why), 0)
+  end
+  return value
+end
+
 function Store:put_json(db, key, value)
   self.st:put(db, key, json.encode(value))
 end
 
 function Store:get_json(db, key)
   local text = self.st:get(db, key)
-  return text and json.decode(text)
+  return text and decode(db, key, text)
 end
 
 -- Decoded {key, value} rows of a scan.
 function Store:scan_json(db, opts)
   local rows = self.st:scan(db, opts)
   for i, row in ipairs(rows) do
-    rows[i] = { key = row[1], value = json.decode(row[2]) }
+    rows[i] = { key = row[1], value = decode(db, row[1], row[2]) }
   end
   return rows
 end
@@ -67,7 +97,7 @@ end
 local function values(self, db, limit)
   local out = {}
   for i, row in ipairs(self.st:scan(db, { limit = limit or math.maxinteger })) do
-    out[i] = json.decode(row[2])
+    out[i] = decode(db, row[1], row[2])
   end
   return out
 end
@@ -191,7 +221,7 @@ function Store:due_outbox(now, limit, skip, skip_count)
   local out = {}
   for _, row in ipairs(rows) do
     if not (skip and skip[row[1]:sub(9)]) then
-      out[#out + 1] = json.decode(row[2])
+      out[#out + 1] = decode("outbox", row[1], row[2])
       if #out == limit then
         break
       end

@@ -2,7 +2,9 @@
  * temporary folder: schema version, put/get/del/del_prefix through the group
  * commit, waiters (order, unwait, nothing outstanding), batches pipelined
  * behind the writer thread, failed batches, close flushing what is queued,
- * and binary keys persisting across close/open in key order.
+ * binary keys persisting across close/open in key order; checksums, verify
+ * over bytes overwritten in data.mdb, the map growing up to max_size, the
+ * migration of a version-1 folder and a zero-length data.mdb refused.
  */
 #include <ftw.h>
 #include <signal.h>
@@ -64,9 +66,13 @@ static long get(struct chorus_store *st, int db, const void *key, size_t klen, c
         fprintf(stderr, "    reader: %s\n", err ? err : "?");
         return -2;
     }
-    MDB_val k = {klen, (void *)key}, v;
+    MDB_val k = {klen, (void *)key}, raw, v;
     long n = -1;
-    if (mdb_get(txn, chorus_store_dbi(st, db), &k, &v) == 0) {
+    if (mdb_get(txn, chorus_store_dbi(st, db), &k, &raw) == 0) {
+        if (chorus_store_value(db, &k, &raw, &v) != 0) {
+            chorus_store_reader_done(st);
+            return -3; /* corrupt */
+        }
         n = (long)v.mv_size;
         if (out && outlen) {
             size_t c = v.mv_size < outlen - 1 ? v.mv_size : outlen - 1;
@@ -248,7 +254,7 @@ static void test_open_schema(void) {
     CHECK(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode));
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
     CHECK_STR_EQ(buf, CHORUS_STORE_SCHEMA);
-    CHECK_STR_EQ(buf, "1");
+    CHECK_STR_EQ(buf, "2");
     for (int i = 0; i < STORE_NDB; i++)
         CHECK_INT_EQ(count(st, i), i == STORE_META ? 1 : 0);
     struct chorus_store_stats s = stats(st);
@@ -268,7 +274,7 @@ static void test_open_schema(void) {
         return;
     buf[0] = 0;
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
-    CHECK_STR_EQ(buf, "1");
+    CHECK_STR_EQ(buf, "2");
     close_store(st);
 
     /* a folder written by a newer chorus */
@@ -354,8 +360,9 @@ static void test_put_get(void) {
     CHECK(run_until(&r2.called, 1));
     CHECK_INT_EQ(r2.failed, 0);
     if (txn) {
-        MDB_val k = {2, "k1"}, v = {0, NULL};
-        CHECK_INT_EQ(mdb_get(txn, chorus_store_dbi(st, STORE_RUNS), &k, &v), 0);
+        MDB_val k = {2, "k1"}, raw = {0, NULL}, v = {0, NULL};
+        CHECK_INT_EQ(mdb_get(txn, chorus_store_dbi(st, STORE_RUNS), &k, &raw), 0);
+        CHECK_INT_EQ(chorus_store_value(STORE_RUNS, &k, &raw, &v), 0);
         CHECK(v.mv_size == 2 && memcmp(v.mv_data, "v1", 2) == 0);
         chorus_store_reader_done(st);
     }
@@ -789,7 +796,8 @@ static void test_failures(void) {
     CHECK(r1.order == 0 && r2.order == 1);
     CHECK(r1.failed && r2.failed);
     CHECK(strstr(r2.err, "MDB_MAP_FULL") != NULL);
-    CHECK(strstr(r2.err, "map_size") != NULL);
+    CHECK(strncmp(r2.err, CHORUS_STORE_FULL, strlen(CHORUS_STORE_FULL)) == 0);
+    CHECK(strstr(r2.err, "storage.max_size_mb") != NULL);
     CHECK_STR_EQ(r1.err, r2.err);
     struct chorus_store_stats s = stats(st);
     CHECK_INT_EQ(s.failures, 1);
@@ -849,11 +857,16 @@ static int scan_matches(struct chorus_store *st, int db, unsigned mask) {
         chorus_store_reader_done(st);
         return 0;
     }
-    MDB_val k, v;
+    MDB_val k, raw, v;
     int ok = 1;
     size_t i = 0;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    for (int rc = mdb_cursor_get(c, &k, &raw, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &raw, MDB_NEXT)) {
+        if (chorus_store_value(db, &k, &raw, &v) != 0) {
+            fprintf(stderr, "    scan: a checksum does not match\n");
+            ok = 0;
+            break;
+        }
         while (i < NKEYS && !(mask & (1u << i)))
             i++;
         if (i == NKEYS) {
@@ -926,6 +939,299 @@ static void test_binary_persistence(void) {
     close_store(st);
 }
 
+/* ---- checksums, corruption, growth ------------------------------------------- */
+
+static struct chorus_store *open_sized(const char *dir, size_t map_size, size_t max_size) {
+    char err[256] = "";
+    struct chorus_store_opts opts = {.sync = 1, .map_size = map_size, .max_size = max_size};
+    struct chorus_store *st = chorus_store_open(&loop, dir, &opts, err, sizeof err);
+    if (!st)
+        fprintf(stderr, "    open %s: %s\n", dir, err);
+    return st;
+}
+
+/* Overwrites the first occurrence of needle in dir/data.mdb with repl (same
+ * length). 1 when it was found. */
+static int overwrite_in_file(const char *dir, const char *needle, const char *repl) {
+    char path[200];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    FILE *f = fopen(path, "r+b");
+    if (!f)
+        return 0;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    char *buf = malloc((size_t)size);
+    int found = 0;
+    rewind(f);
+    if (buf && fread(buf, 1, (size_t)size, f) == (size_t)size) {
+        size_t n = strlen(needle);
+        for (long i = 0; i + (long)n <= size && !found; i++)
+            if (memcmp(buf + i, needle, n) == 0) {
+                fseek(f, i, SEEK_SET);
+                found = fwrite(repl, 1, n, f) == n;
+            }
+    }
+    free(buf);
+    fclose(f);
+    return found;
+}
+
+struct bad_seen {
+    int n;
+    int db[8];
+    char key[8][64];
+    char why[8][64];
+};
+
+static void on_bad(void *data, int db, const void *key, size_t klen, const char *why) {
+    struct bad_seen *b = data;
+    if (b->n < 8) {
+        b->db[b->n] = db;
+        snprintf(b->key[b->n], sizeof b->key[0], "%.*s", key ? (int)klen : 0,
+                 key ? (const char *)key : "");
+        snprintf(b->why[b->n], sizeof b->why[0], "%s", why);
+    }
+    b->n++;
+}
+
+/* 9. Values are stored behind their checksum; a flipped byte, a value under
+ * another key or a short value fails the check. */
+static void test_checksums(void) {
+    char dir[128];
+    path_in_root(dir, sizeof dir, "checksums");
+    struct chorus_store *st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    CHECK_INT_EQ(put(st, STORE_RUNS, "run-1", "{\"marker\":\"AAAA\"}"), 0);
+    CHECK_INT_EQ(put(st, STORE_RUNS, "run-2", "{\"marker\":\"AAAA\"}"), 0);
+    CHECK(commit(st));
+    const char *err = NULL;
+    MDB_txn *txn = chorus_store_reader(st, &err);
+    CHECK(txn != NULL);
+    if (txn) {
+        MDB_val k = {5, "run-1"}, k2 = {5, "run-2"}, raw, v;
+        CHECK_INT_EQ(mdb_get(txn, chorus_store_dbi(st, STORE_RUNS), &k, &raw), 0);
+        CHECK_INT_EQ((long)raw.mv_size, CHORUS_STORE_CHECKSUM_LEN + 17);
+        CHECK_INT_EQ(chorus_store_value(STORE_RUNS, &k, &raw, &v), 0);
+        CHECK(v.mv_size == 17 && memcmp(v.mv_data, "{\"marker\":\"AAAA\"}", 17) == 0);
+        char copy[64];
+        memcpy(copy, raw.mv_data, raw.mv_size);
+        MDB_val c = {raw.mv_size, copy};
+        copy[CHORUS_STORE_CHECKSUM_LEN + 3] ^= 1; /* a flipped bit in the value */
+        CHECK_INT_EQ(chorus_store_value(STORE_RUNS, &k, &c, &v), -1);
+        copy[CHORUS_STORE_CHECKSUM_LEN + 3] ^= 1;
+        CHECK_INT_EQ(chorus_store_value(STORE_RUNS, &k, &c, &v), 0);
+        copy[0] ^= 0x80; /* in the checksum itself */
+        CHECK_INT_EQ(chorus_store_value(STORE_RUNS, &k, &c, &v), -1);
+        copy[0] ^= 0x80;
+        /* the same bytes under another key do not match */
+        CHECK_INT_EQ(chorus_store_value(STORE_RUNS, &k2, &c, &v), -1);
+        MDB_val shorter = {CHORUS_STORE_CHECKSUM_LEN - 1, copy};
+        CHECK_INT_EQ(chorus_store_value(STORE_RUNS, &k, &shorter, &v), -1);
+        chorus_store_reader_done(st);
+    }
+    char msg[300];
+    chorus_store_describe(msg, sizeof msg, STORE_JOURNAL, "ab\0\1'", 5, "checksum mismatch");
+    CHECK_STR_EQ(msg, "corrupt record in database journal, key 'ab\\x00\\x01\\x27': checksum "
+                      "mismatch");
+    close_store(st);
+}
+
+/* 10. verify counts every database's entries and names each bad one: a
+ * checksum that does not match (bytes overwritten in data.mdb) and a value
+ * that is not JSON where JSON belongs. */
+static void test_verify(void) {
+    char dir[128], err[256];
+    path_in_root(dir, sizeof dir, "verify");
+    struct chorus_store *st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    CHECK_INT_EQ(put(st, STORE_RUNS, "good", "{\"marker\":\"GOOD\"}"), 0);
+    CHECK_INT_EQ(put(st, STORE_RUNS, "victim", "{\"marker\":\"ZZZZ\"}"), 0);
+    CHECK_INT_EQ(put(st, STORE_TIMERS, "t", "{\"deadline_at\":1}"), 0);
+    CHECK_INT_EQ(put(st, STORE_SCRIPTS, "h", "return {} -- not JSON, and fine"), 0);
+    CHECK(commit(st));
+    long counts[STORE_NDB];
+    struct bad_seen b = {0};
+    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 0);
+    CHECK_INT_EQ(b.n, 0);
+    CHECK_INT_EQ(counts[STORE_RUNS], 2);
+    CHECK_INT_EQ(counts[STORE_TIMERS], 1);
+    CHECK_INT_EQ(counts[STORE_SCRIPTS], 1);
+    CHECK_INT_EQ(counts[STORE_META], 1);
+    CHECK_INT_EQ(counts[STORE_JOURNAL], 0);
+    /* a value that is not JSON in a JSON database */
+    CHECK_INT_EQ(put(st, STORE_OUTBOX, "o", "{half"), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 1);
+    CHECK(b.n == 1 && b.db[0] == STORE_OUTBOX);
+    CHECK_STR_EQ(b.key[0], "o");
+    CHECK_STR_EQ(b.why[0], "not JSON");
+    CHECK_INT_EQ(chorus_store_del(st, STORE_OUTBOX, "o", 1), 0);
+    CHECK(commit(st));
+    close_store(st);
+
+    /* bytes overwritten in the file, as a failing disk would */
+    CHECK(overwrite_in_file(dir, "ZZZZ", "ZZZY"));
+    st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    memset(&b, 0, sizeof b);
+    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 1);
+    CHECK(b.n == 1 && b.db[0] == STORE_RUNS);
+    CHECK_STR_EQ(b.key[0], "victim");
+    CHECK_STR_EQ(b.why[0], "checksum mismatch");
+    CHECK_INT_EQ(counts[STORE_RUNS], 2);
+    char buf[64];
+    CHECK_INT_EQ(gets(st, STORE_RUNS, "victim", buf, sizeof buf), -3);
+    CHECK_INT_EQ(gets(st, STORE_RUNS, "good", buf, sizeof buf), 17);
+    close_store(st);
+}
+
+/* 11. A full map grows (doubling) up to max_size and the batch that did not
+ * fit commits; past max_size the batch fails with CHORUS_STORE_FULL and the
+ * next one that fits commits. With max_size 0 the map never grows. */
+static void test_growth(void) {
+    char dir[128], buf[64];
+    path_in_root(dir, sizeof dir, "growth");
+    struct chorus_store *st = open_sized(dir, 1 << 20, 8 << 20);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    struct chorus_store_stats s = stats(st);
+    CHECK_INT_EQ((long)s.map_size, 1 << 20);
+    CHECK_INT_EQ((long)s.max_size, 8 << 20);
+    size_t len = 3 << 20;
+    char *big = calloc(1, 16 << 20);
+    CHECK(big != NULL);
+    if (!big) {
+        close_store(st);
+        return;
+    }
+    memset(big, 'x', 16 << 20);
+    CHECK_INT_EQ(put(st, STORE_RUNS, "small", "{}"), 0);
+    CHECK_INT_EQ(chorus_store_put(st, STORE_SCRIPTS, "three", 5, big, len), 0);
+    CHECK(commit(st));
+    s = stats(st);
+    CHECK(s.grows >= 2);
+    CHECK(s.map_size >= (size_t)4 << 20 && s.map_size <= (size_t)8 << 20);
+    CHECK_INT_EQ(s.failures, 0);
+    CHECK_INT_EQ(s.full, 0);
+    CHECK_INT_EQ(gets(st, STORE_RUNS, "small", buf, sizeof buf), 2);
+    CHECK_INT_EQ(get(st, STORE_SCRIPTS, "three", 5, NULL, 0), (long)len);
+
+    /* more than max_size can hold */
+    struct rec r = {0};
+    CHECK_INT_EQ(chorus_store_put(st, STORE_SCRIPTS, "sixteen", 7, big, 16 << 20), 0);
+    CHECK_INT_EQ(put(st, STORE_RUNS, "with-it", "{}"), 0);
+    CHECK(wait_rec(st, &r) != NULL);
+    CHECK(run_until(&r.called, 1));
+    CHECK(r.failed);
+    CHECK(strncmp(r.err, CHORUS_STORE_FULL, strlen(CHORUS_STORE_FULL)) == 0);
+    CHECK(strstr(r.err, "8 MiB") != NULL);
+    s = stats(st);
+    CHECK_INT_EQ((long)s.map_size, 8 << 20);
+    CHECK_INT_EQ(s.full, 1);
+    CHECK_INT_EQ(s.failures, 1);
+    CHECK(!has(st, STORE_RUNS, "with-it")); /* the batch is all or nothing */
+    CHECK_INT_EQ(put(st, STORE_RUNS, "after", "{}"), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(stats(st).full, 0);
+    CHECK(has(st, STORE_RUNS, "after"));
+
+    /* close applies what is queued, growing too: a fresh 1 MiB map */
+    close_store(st);
+    path_in_root(dir, sizeof dir, "growth-close");
+    st = open_sized(dir, 1 << 20, 8 << 20);
+    CHECK(st != NULL);
+    if (st) {
+        CHECK_INT_EQ(chorus_store_put(st, STORE_SCRIPTS, "two", 3, big, 2 << 20), 0);
+        close_store(st);
+    }
+    st = open_sized(dir, 1 << 20, 8 << 20);
+    CHECK(st != NULL);
+    if (st) {
+        CHECK_INT_EQ(get(st, STORE_SCRIPTS, "two", 3, NULL, 0), 2 << 20);
+        CHECK(stats(st).map_size >= (size_t)2 << 20); /* opened at what the file holds */
+        close_store(st);
+    }
+    free(big);
+}
+
+/* 12. A version-1 folder (values without checksums) is migrated on open: the
+ * values read back the same and verify finds nothing wrong. */
+static void test_migrate_v1(void) {
+    char dir[128], buf[64], err[256];
+    path_in_root(dir, sizeof dir, "v1");
+    mkdir(dir, 0700);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta, runs;
+    CHECK_INT_EQ(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, STORE_NDB);
+    CHECK_INT_EQ(mdb_env_open(env, dir, 0, 0600), 0);
+    CHECK_INT_EQ(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CHECK_INT_EQ(mdb_dbi_open(txn, "meta", MDB_CREATE, &meta), 0);
+    CHECK_INT_EQ(mdb_dbi_open(txn, "runs", MDB_CREATE, &runs), 0);
+    MDB_val k = {strlen("schema_version"), "schema_version"}, v = {1, "1"};
+    CHECK_INT_EQ(mdb_put(txn, meta, &k, &v, 0), 0);
+    for (int i = 0; i < 50; i++) {
+        char key[16], val[32];
+        snprintf(key, sizeof key, "r%02d", i);
+        snprintf(val, sizeof val, "{\"n\":%d}", i);
+        MDB_val rk = {strlen(key), key}, rv = {strlen(val), val};
+        CHECK_INT_EQ(mdb_put(txn, runs, &rk, &rv, 0), 0);
+    }
+    CHECK_INT_EQ(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    struct chorus_store *st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
+    CHECK_STR_EQ(buf, "2");
+    CHECK_INT_EQ(gets(st, STORE_RUNS, "r07", buf, sizeof buf), 7);
+    CHECK_STR_EQ(buf, "{\"n\":7}");
+    CHECK_INT_EQ(gets(st, STORE_RUNS, "r49", buf, sizeof buf), 8);
+    long counts[STORE_NDB];
+    struct bad_seen b = {0};
+    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 0);
+    CHECK_INT_EQ(counts[STORE_RUNS], 50);
+    close_store(st);
+    /* and reopens as version 2 */
+    st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (st) {
+        CHECK_INT_EQ(gets(st, STORE_RUNS, "r00", buf, sizeof buf), 7);
+        close_store(st);
+    }
+}
+
+/* 13. A zero-length data.mdb in an existing folder is refused, and left as
+ * it is. */
+static void test_empty_file(void) {
+    char dir[128], path[200], err[256] = "";
+    path_in_root(dir, sizeof dir, "empty");
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (f)
+        fclose(f);
+    struct chorus_store *st = chorus_store_open(&loop, dir, NULL, err, sizeof err);
+    CHECK(st == NULL);
+    CHECK(strstr(err, "is empty (0 bytes)") != NULL);
+    CHECK(strstr(err, path) != NULL);
+    if (st)
+        close_store(st);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && sb.st_size == 0);
+}
+
 int main(void) {
     alarm(120); /* a hung loop fails the test instead of blocking the suite */
     snprintf(root, sizeof root, "/tmp/chorus-test-store-XXXXXX");
@@ -950,6 +1256,11 @@ int main(void) {
     test_close_while_writing();
     test_failures();
     test_binary_persistence();
+    test_checksums();
+    test_verify();
+    test_growth();
+    test_migrate_v1();
+    test_empty_file();
 
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
