@@ -38,7 +38,7 @@ local SECTIONS = {
 local UPSTREAM_KEYS = {
   base_url = true, headers = true, timeout = true, connect_timeout = true, retry = true,
   breaker = true, bulkhead = true, rate_limit = true, hedge = true, tls_verify = true,
-  follow_redirects = true,
+  follow_redirects = true, max_response_bytes = true,
 }
 
 local LIMITS = {
