@@ -10,6 +10,7 @@
 #include "http_client.h"
 
 #include <curl/curl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,12 @@ struct chorus_http_call {
     char *htext;
     size_t htext_len, htext_cap;
     size_t nheaders;
+    size_t header_bytes; /* of the current response, as received */
+    size_t max_body, max_header_bytes;
+    chorus_http_charge_fn charge;
+    size_t charged;              /* body bytes the charge callback was told of */
+    enum chorus_http_error fail; /* why a callback of ours stopped the transfer */
+    char fail_msg[96];
     char htext_inline[HEADER_TEXT];
     chorus_http_done_fn done;
     void *data;
@@ -291,6 +298,9 @@ static void easy_put(struct chorus_http_client *client, CURL *easy) {
 }
 
 static void call_free(struct chorus_http_call *call) {
+    /* while closing, the owners of the data are gone already */
+    if (call->charged && call->charge && !call->client->closing)
+        call->charge(call->data, -(long long)call->charged);
     if (call->easy)
         easy_put(call->client, call->easy);
     curl_slist_free_all(call->headers);
@@ -301,9 +311,30 @@ static void call_free(struct chorus_http_call *call) {
     free(call);
 }
 
+/* Stops the transfer from inside a curl callback: the callback returns a
+ * short count, curl fails the transfer, finish() reports why. */
+static size_t stop(struct chorus_http_call *call, enum chorus_http_error why, const char *msg) {
+    call->fail = why;
+    snprintf(call->fail_msg, sizeof call->fail_msg, "%s", msg);
+    return 0;
+}
+
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
     struct chorus_http_call *call = userdata;
     size_t n = size * nmemb;
+    /* Counted as it arrives, before it is stored: an endless body costs
+     * the limit, not the process's memory. */
+    if (n > call->max_body - call->resp_len) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "response body exceeds max_response_bytes (%zu bytes)",
+                 call->max_body);
+        return stop(call, CHORUS_HTTP_TOO_LARGE, msg);
+    }
+    if (call->charge) {
+        if (call->charge(call->data, (long long)n) != 0)
+            return stop(call, CHORUS_HTTP_MEMORY, "response body exceeds the run's memory cap");
+        call->charged += n;
+    }
     if (call->resp_len + n + 1 > call->resp_cap) {
         size_t cap = call->resp_cap ? call->resp_cap : 1024;
         while (cap < call->resp_len + n + 1)
@@ -349,11 +380,20 @@ static int add_header_text(struct chorus_http_call *call, const char *s, size_t 
 static size_t on_header(char *line, size_t size, size_t nitems, void *userdata) {
     struct chorus_http_call *call = userdata;
     size_t n = size * nitems;
-    if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+    int status_line = n >= 5 && memcmp(line, "HTTP/", 5) == 0;
+    if (status_line) {
         call->htext_len = 0;
         call->nheaders = 0;
-        return n;
+        call->header_bytes = 0;
     }
+    if (n > call->max_header_bytes - call->header_bytes) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "response headers exceed %zu bytes", call->max_header_bytes);
+        return stop(call, CHORUS_HTTP_TOO_LARGE, msg);
+    }
+    call->header_bytes += n;
+    if (status_line)
+        return n;
     char *colon = memchr(line, ':', n);
     if (!colon)
         return n;
@@ -389,6 +429,8 @@ static enum chorus_http_error classify(CURLcode code) {
     case CURLE_PARTIAL_FILE:
     case CURLE_HTTP2_STREAM:
         return CHORUS_HTTP_RESET;
+    case CURLE_FILESIZE_EXCEEDED: /* a Content-Length past CURLOPT_MAXFILESIZE */
+        return CHORUS_HTTP_TOO_LARGE;
     default:
         return CHORUS_HTTP_PROTOCOL;
     }
@@ -397,8 +439,17 @@ static enum chorus_http_error classify(CURLcode code) {
 static void finish(struct chorus_http_call *call, CURLcode code) {
     struct chorus_http_response res = {0};
     struct chorus_http_header some[32], *headers = some;
+    char msg[96];
     res.error = classify(code);
     res.message = call->errbuf[0] ? call->errbuf : curl_easy_strerror(code);
+    if (code != CURLE_OK && call->fail != CHORUS_HTTP_OK) {
+        res.error = call->fail;
+        res.message = call->fail_msg;
+    } else if (code == CURLE_FILESIZE_EXCEEDED) {
+        snprintf(msg, sizeof msg, "response Content-Length exceeds max_response_bytes (%zu bytes)",
+                 call->max_body);
+        res.message = msg;
+    }
     if (res.error == CHORUS_HTTP_OK && call->nheaders > sizeof some / sizeof *some &&
         !(headers = malloc(call->nheaders * sizeof *headers))) {
         res.error = CHORUS_HTTP_PROTOCOL;
@@ -527,6 +578,14 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, req->follow_redirects ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+    call->max_body = req->max_body ? req->max_body : CHORUS_HTTP_DEFAULT_MAX_BODY;
+    call->max_header_bytes =
+        req->max_header_bytes ? req->max_header_bytes : CHORUS_HTTP_DEFAULT_MAX_HEADER_BYTES;
+    call->charge = req->charge;
+    /* refuses a Content-Length past the limit before reading the body */
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+                     call->max_body < (size_t)INT64_MAX ? (curl_off_t)call->max_body
+                                                        : (curl_off_t)0);
 }
 
 struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,

@@ -17,12 +17,24 @@ struct chorus_http_call;
 /* Transport failure classes; the Lua layer turns them into error kinds. */
 enum chorus_http_error {
     CHORUS_HTTP_OK = 0,
-    CHORUS_HTTP_TIMEOUT,  /* connect or total timeout elapsed */
-    CHORUS_HTTP_CONNECT,  /* could not resolve or connect */
-    CHORUS_HTTP_TLS,      /* handshake or certificate failure */
-    CHORUS_HTTP_RESET,    /* connection dropped after the request was sent */
-    CHORUS_HTTP_PROTOCOL, /* malformed response, unsupported URL, ... */
+    CHORUS_HTTP_TIMEOUT,   /* connect or total timeout elapsed */
+    CHORUS_HTTP_CONNECT,   /* could not resolve or connect */
+    CHORUS_HTTP_TLS,       /* handshake or certificate failure */
+    CHORUS_HTTP_RESET,     /* connection dropped after the request was sent */
+    CHORUS_HTTP_PROTOCOL,  /* malformed response, unsupported URL, ... */
+    CHORUS_HTTP_TOO_LARGE, /* body past max_body, or headers past max_header_bytes */
+    CHORUS_HTTP_MEMORY,    /* the charge callback refused the body's growth */
 };
+
+/* Response limits when the request does not set its own. */
+#define CHORUS_HTTP_DEFAULT_MAX_BODY ((size_t)16 << 20)
+#define CHORUS_HTTP_DEFAULT_MAX_HEADER_BYTES ((size_t)64 << 10)
+
+/* Told of the response body's memory as it arrives: delta > 0 before the
+ * body grows by that many bytes (nonzero refuses: the transfer stops and the
+ * call ends with CHORUS_HTTP_MEMORY), and once, when the call ends or is
+ * cancelled, delta < 0 giving back all it was told of. data is the call's. */
+typedef int (*chorus_http_charge_fn)(void *data, long long delta);
 
 /* What to send. Strings are copied by chorus_http_start(); the caller keeps
  * ownership of everything here. */
@@ -36,6 +48,12 @@ struct chorus_http_request {
     long timeout_ms;         /* total; 0: none */
     int insecure;            /* skip TLS certificate and host verification */
     int follow_redirects;    /* follow up to 5 redirects (off: a 3xx is the response) */
+    /* A body longer than this ends the call with CHORUS_HTTP_TOO_LARGE as
+     * soon as it is known: from the Content-Length, or when the bytes read
+     * pass it. 0: CHORUS_HTTP_DEFAULT_MAX_BODY; SIZE_MAX: no limit. */
+    size_t max_body;
+    size_t max_header_bytes;      /* the same for the headers; 0: the default */
+    chorus_http_charge_fn charge; /* may be NULL */
 };
 
 /* One response header (name as received). */

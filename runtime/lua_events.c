@@ -43,12 +43,17 @@ static void free_detached(struct chorus_run *run, void *data) {
     chorus_run_free(run);
 }
 
-/* Starts a detached run of the event's function with one string argument. */
+/* Starts a detached run of the event's function with one string argument.
+ * The run has no memory cap and no instruction budget: the functions are
+ * chorus's own (server.lua's drain on SIGTERM, reloads), and the configured
+ * per-run limits are for workflows. Under them a tiny memory cap killed the
+ * drain and the server never exited. */
 static void fire(struct event *e, const char *arg) {
     lua_State *L = e->rt->L;
+    static const struct chorus_limits unlimited = {0, 0};
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->fn_ref);
     lua_pushstring(L, arg ? arg : "");
-    if (!chorus_run_start(e->rt, L, 1, NULL, 1, free_detached, NULL))
+    if (!chorus_run_start(e->rt, L, 1, &unlimited, 1, free_detached, NULL))
         lua_pop(L, 2);
 }
 

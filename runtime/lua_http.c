@@ -49,6 +49,10 @@ static const char *error_kind(enum chorus_http_error e) {
         return "tls";
     case CHORUS_HTTP_RESET:
         return "reset";
+    case CHORUS_HTTP_TOO_LARGE:
+        return "too_large";
+    case CHORUS_HTTP_MEMORY:
+        return "memory";
     default:
         return "protocol";
     }
@@ -62,6 +66,10 @@ static void on_done(const struct chorus_http_response *res, void *data) {
         lua_pushinteger(co, res->status);
         push_headers(co, res);
         lua_pushlstring(co, res->body, res->body_len);
+        /* No task runs here, so the allocator charges the string to no run:
+         * it is charged as the body was (the client gives that back after
+         * this callback). */
+        t->run->mem += res->body_len;
     } else {
         lua_pushnil(co);
         lua_pushstring(co, error_kind(res->error));
@@ -72,6 +80,39 @@ static void on_done(const struct chorus_http_response *res, void *data) {
 }
 
 static void cancel_call(void *data) { chorus_http_cancel(data); }
+
+/* The body counts against the run's memory cap as it arrives: a body that
+ * would take the run past its cap ends the run (kind "memory"), as the Lua
+ * allocator would. */
+static int charge_body(void *data, long long delta) {
+    struct chorus_task *t = data;
+    struct chorus_run *run = t->run;
+    if (delta < 0) {
+        size_t give = (size_t)-delta;
+        run->mem = run->mem > give ? run->mem - give : 0;
+        return 0;
+    }
+    size_t cap = run->limits.run_memory;
+    if (run->killed == KILL_MEMORY ||
+        (cap && (size_t)delta > cap - (run->mem < cap ? run->mem : cap))) {
+        run->killed = KILL_MEMORY;
+        return -1;
+    }
+    run->mem += (size_t)delta;
+    return 0;
+}
+
+/* max_response_bytes: a positive integer, or nil for the default. */
+static size_t max_body_arg(lua_State *L, int arg) {
+    if (lua_isnoneornil(L, arg))
+        return CHORUS_HTTP_DEFAULT_MAX_BODY;
+    lua_Integer n = 0;
+    int isnum = 0;
+    n = lua_tointegerx(L, arg, &isnum);
+    luaL_argcheck(L, isnum && n > 0 && n <= ((lua_Integer)1 << 50), arg,
+                  "max_response_bytes must be an integer between 1 and 2^50");
+    return (size_t)n;
+}
 
 static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
 
@@ -130,6 +171,8 @@ int chorus_lua_http_request(lua_State *L) {
     lua_Integer flags = luaL_optinteger(L, 7, 0); /* 1: insecure TLS, 2: follow redirects */
     req.insecure = (flags & 1) != 0;
     req.follow_redirects = (flags & 2) != 0;
+    req.max_body = max_body_arg(L, 8);
+    req.charge = charge_body;
     lua_settop(L, 6);
     const char *lines[MAX_HEADERS + 1];
     char buf[4096];

@@ -1,11 +1,17 @@
 /* lua_http.h — the binding of http_client.c for Lua tasks.
  *
- * core.http(method, url, headers, body, connect_timeout, timeout, flags)
+ * core.http(method, url, headers, body, connect_timeout, timeout, flags,
+ *           max_response_bytes)
  * starts a call for the current task and yields (flags: 1 skips TLS
- * verification, 2 follows redirects; 0 or nil neither); the task resumes with
+ * verification, 2 follows redirects; 0 or nil neither; max_response_bytes:
+ * nil for 16 MiB); the task resumes with
  *   status, headers, body, duration            on a response (any status), or
  *   nil, kind, message, duration               on a transport failure,
- * where kind is "timeout", "connect", "tls", "reset" or "protocol".
+ * where kind is "timeout", "connect", "tls", "reset", "protocol" or
+ * "too_large" (body past max_response_bytes, headers past 64 KiB). The body
+ * is charged to the run's memory as it arrives; a body that would take the
+ * run past its memory cap stops the transfer and kills the run (kind
+ * "memory", like the allocator's refusal).
  * headers is a table of lowercase name → value (repeated headers joined with
  * ", "). Timeouts are seconds (numbers); nil or 0 means none.
  * lua/chorus/http.lua turns this into the documented API and errors.

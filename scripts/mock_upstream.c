@@ -5,7 +5,9 @@
  * delay=MS, status=CODE, seq=503,503,200, fault=reset|hang|slow_body,
  * body_bytes=N, retry_after=S, body=TEXT (JSON when it starts with '{'),
  * headers=N (N more response headers, X-Mock-1 .. X-Mock-N),
- * idempotent=1; otherwise it echoes
+ * stream_bytes=N|endless (N filler bytes as fast as the client reads, with a
+ * Content-Length, or chunked and never ending; chunked=1 leaves the length
+ * out of a finite one too), idempotent=1; otherwise it echoes
  * the request as JSON. GET /__stats reports what it saw, POST /__reset
  * forgets it. It prints `listening 127.0.0.1:PORT` once it accepts, and exits
  * 0 on SIGTERM/SIGINT or after --max-seconds, so a test never leaves it
@@ -46,6 +48,7 @@
 #define SLOW_CHUNK 10        /* fault=slow_body: bytes per tick */
 #define SLOW_TICK_MS 100     /* fault=slow_body: time between ticks */
 #define MAX_DELAY_MS 3600000L
+#define MAX_STREAM (1LL << 40) /* stream_bytes= beyond this are refused */
 #define MOCK_PAD "padding-padding-padding-padding-padding-padding-padding-padding"
 
 /* Each connection has its own thread; 256 KiB covers MHD, cJSON and a deeply
@@ -230,7 +233,9 @@ struct params {
     const char *retry_after;
     const char *body;
     long body_bytes;
-    long headers; /* extra response headers */
+    long headers;           /* extra response headers */
+    long long stream_bytes; /* >0: that many filler bytes; -1: endless; 0: off */
+    int chunked;            /* stream without a Content-Length */
     int idempotent;
     const char *bad; /* name of the first malformed parameter */
 };
@@ -265,6 +270,17 @@ static void params_read(struct MHD_Connection *c, struct params *p) {
         p->bad = "body_bytes";
     if ((s = arg(c, "headers")) && !p->bad && parse_long(s, 0, 200, &p->headers))
         p->bad = "headers";
+    if ((s = arg(c, "stream_bytes")) && !p->bad) {
+        char *end;
+        errno = 0;
+        long long n = strcmp(s, "endless") == 0 ? -1 : strtoll(s, &end, 10);
+        if (n == 0 || (n > 0 && (errno != 0 || *end != '\0' || n > MAX_STREAM)) || n < -1)
+            p->bad = "stream_bytes";
+        else
+            p->stream_bytes = n;
+    }
+    s = arg(c, "chunked");
+    p->chunked = s != NULL && strcmp(s, "1") == 0;
     if ((s = arg(c, "fault")) && !p->bad) {
         if (strcmp(s, "reset") == 0 || strcmp(s, "hang") == 0 || strcmp(s, "slow_body") == 0)
             p->fault = s;
@@ -514,9 +530,35 @@ static void slow_free(void *cls) {
     free(s);
 }
 
+/* stream_bytes=: filler as fast as MHD asks for it; cls is the total, or
+ * NULL for an endless stream. MHD stops asking when the client leaves. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    const long long *total = cls;
+    if (total != NULL && pos >= (uint64_t)*total)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    size_t n = max;
+    if (total != NULL && (uint64_t)*total - pos < n)
+        n = (size_t)((uint64_t)*total - pos);
+    memset(buf, 'x', n);
+    return (ssize_t)n;
+}
+
 /* Builds the response for r; takes r->body either way. */
-static struct MHD_Response *response_new(struct mock *m, int fd, struct reply *r, int slow) {
+static struct MHD_Response *response_new(struct mock *m, int fd, struct reply *r, int slow,
+                                         const struct params *p) {
     struct MHD_Response *resp;
+    if (p->stream_bytes != 0) {
+        long long *total = NULL;
+        if (p->stream_bytes > 0 && (total = malloc(sizeof *total)) == NULL)
+            return NULL;
+        if (total != NULL)
+            *total = p->stream_bytes;
+        uint64_t size = total != NULL && !p->chunked ? (uint64_t)*total : MHD_SIZE_UNKNOWN;
+        resp = MHD_create_response_from_callback(size, 64 * 1024, stream_read, total, free);
+        if (resp == NULL)
+            free(total);
+        return resp;
+    }
     if (!slow) {
         resp = MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
         if (resp == NULL)
@@ -572,6 +614,12 @@ static int reply_build(struct request *req, struct MHD_Connection *c, const char
     *r = (struct reply){.status = p->status, .ctype = "application/json"};
     if (p->seq != NULL && (r->status = seq_next(req, p->seq)) == 0)
         return -1;
+    if (p->stream_bytes != 0) { /* served by stream_read, nothing to build */
+        r->ctype = "text/plain";
+        r->body = NULL;
+        r->len = 0;
+        return 0;
+    }
     if (p->body != NULL || (p->fault && strcmp(p->fault, "slow_body") == 0)) {
         /* a body= that looks like a JSON object is served as JSON */
         r->ctype = p->body && p->body[0] == '{' ? "application/json" : "text/plain";
@@ -659,7 +707,7 @@ static enum MHD_Result request_finish(struct request *req, struct MHD_Connection
     if (p.fault && strcmp(p.fault, "reset") == 0)
         goto fail;
     int slow = p.fault && strcmp(p.fault, "slow_body") == 0;
-    struct MHD_Response *resp = response_new(m, fd, &r, slow);
+    struct MHD_Response *resp = response_new(m, fd, &r, slow, &p);
     enum MHD_Result ret = queue(c, resp, r.status, r.ctype, p.retry_after, p.headers);
     if (ret != MHD_YES)
         req->settled = 1;

@@ -169,7 +169,8 @@ function cli.serve(args)
   conf.listen = flags.listen or conf.listen or "127.0.0.1:8080"
   conf.scripts = flags.scripts or conf.scripts or "./examples"
   conf.data = flags.data or conf.data or "./.chorus-data"
-  if not conf.listen:match("^%d+%.%d+%.%d+%.%d+:%d+$") then
+  local port = tonumber(conf.listen:match("^%d+%.%d+%.%d+%.%d+:(%d+)$"))
+  if not port or port > 65535 then
     usage_error("--listen must be IPV4:PORT, e.g. 127.0.0.1:8080 (got '%s')", conf.listen)
   end
   local server = require "chorus.server"

@@ -29,22 +29,66 @@ local FIELDS = {
   secrets_dir = "string", auth = "table",
 }
 
+-- Every number in the config has a range, checked at load with a message
+-- naming the key: { int = true when it must be an integer, min, max, off =
+-- true when 0 is also allowed (it means "none" / "no limit") }. A server
+-- refuses to start on a value outside it rather than misbehave later (a
+-- run cap no run fits in, a 1e300-byte body limit, a NaN timeout).
+local DAY, YEAR = 86400, 365 * 86400
+local GiB = 1 << 30
+
+-- The smallest run_memory_mb accepted (besides 0, no cap). A trivial
+-- workflow's run needs about 10 KiB and one that calls an upstream and
+-- decodes JSON a few tens; the request handler runs under the same cap and a
+-- body or result of any size needs more. Below a few KiB no request could be
+-- answered at all.
+config.RUN_MEMORY_FLOOR_MB = 1
+-- The smallest run_instructions (besides 0, no budget): a trivial request
+-- takes a few thousand.
+config.RUN_INSTRUCTIONS_FLOOR = 100000
+
+local LIMITS = {
+  run_memory_mb = { min = config.RUN_MEMORY_FLOOR_MB, max = 1 << 20, off = true },
+  run_instructions = { int = true, min = config.RUN_INSTRUCTIONS_FLOOR, max = 1e15, off = true },
+  max_body_bytes = { int = true, min = 1, max = GiB },
+  max_header_bytes = { int = true, min = 4096, max = 1 << 20 },
+  max_connections = { int = true, min = 1, max = 1000000 },
+  client_timeout = { int = true, min = 0, max = DAY },
+  drain_timeout = { min = 0, max = 3600 },
+  max_inflight_runs = { int = true, min = 1, max = 10000000 },
+}
+
 -- The numeric settings of the tables storage, outbox and alerts.
 local SECTIONS = {
-  storage = { map_size_mb = true, max_size_mb = true, runs_retention = true },
-  outbox = { attempts = true, base = true, cap = true, concurrency = true, poll = true },
-  alerts = { outbox_depth = true, outbox_age = true, dlq_depth = true },
+  storage = { map_size_mb = { int = true, min = 1, max = 1 << 24 },
+    max_size_mb = { int = true, min = 1, max = 1 << 24 },
+    runs_retention = { min = 0, max = 100 * YEAR } },
+  outbox = { attempts = { int = true, min = 1, max = 1000 }, base = { min = 0, max = DAY },
+    cap = { min = 0, max = 30 * DAY }, concurrency = { int = true, min = 1, max = 100000 },
+    poll = { min = 0.001, max = 3600 } },
+  alerts = { outbox_depth = { int = true, min = 0, max = 1e12 }, outbox_age = { min = 0, max = 100 * YEAR },
+    dlq_depth = { int = true, min = 0, max = 1e12 } },
 }
 
 local UPSTREAM_KEYS = {
   base_url = true, headers = true, timeout = true, connect_timeout = true, retry = true,
   breaker = true, bulkhead = true, rate_limit = true, hedge = true, tls_verify = true,
-  follow_redirects = true,
+  follow_redirects = true, max_response_bytes = true,
 }
 
-local LIMITS = {
-  run_memory_mb = true, run_instructions = true, max_body_bytes = true, max_header_bytes = true,
-  max_connections = true, client_timeout = true, drain_timeout = true, max_inflight_runs = true,
+-- The numbers of an upstream and of its policy tables (retry is checked by
+-- retry.policy itself).
+local UPSTREAM_NUMBERS = {
+  [""] = { timeout = { min = 0, max = 1e6 }, connect_timeout = { min = 0, max = 1e6 },
+    max_response_bytes = { int = true, min = 1, max = 1 << 50 } },
+  breaker = { window = { int = true, min = 1, max = 1e6 }, window_seconds = { int = true, min = 1, max = 1e6 },
+    min_calls = { int = true, min = 1, max = 1e6 }, half_open_calls = { int = true, min = 1, max = 1e6 },
+    failure_rate = { min = 0, max = 100 }, slow_call_rate = { min = 0, max = 100 },
+    slow_call_duration = { min = 0, max = DAY }, open_for = { min = 0, max = YEAR } },
+  bulkhead = { max = { int = true, min = 1, max = 1e6 }, queue = { int = true, min = 0, max = 1e7 },
+    wait = { min = 0, max = DAY } },
+  rate_limit = { rate = { min = 1e-6, max = 1e9 }, burst = { min = 1, max = 1e9 }, wait = { min = 0, max = DAY } },
+  hedge = { after = { min = 0, max = 3600 } },
 }
 
 -- The config's own secrets (the admin token, the webhook secret, auth
@@ -66,6 +110,50 @@ local function reserve_secrets(conf)
   end
 end
 
+local function show(v)
+  local i = math.tointeger(v)
+  return i and tostring(i) or ("%.14g"):format(v)
+end
+
+-- nil when v fits range r, else the message; name is the key's full name.
+local function check_number(name, v, r)
+  if type(v) ~= "number" then
+    return ("%s must be a number, got %s"):format(name, type(v))
+  end
+  if v ~= v then
+    return ("%s must be a number, got NaN"):format(name)
+  end
+  if v == math.huge or v == -math.huge then
+    return ("%s must be finite, got %s"):format(name, v > 0 and "infinity" or "-infinity")
+  end
+  if (v < r.min or v > r.max) and not (r.off and v == 0) then
+    return ("%s must be between %s and %s%s, got %s"):format(name, show(r.min), show(r.max),
+      r.off and " (or 0 for none)" or "", show(v))
+  end
+  if r.int and not math.tointeger(v) then
+    return ("%s must be an integer, got %s"):format(name, show(v))
+  end
+  return nil
+end
+
+-- Checks the numbers of t against ranges (other keys are left to the
+-- caller); integers given as floats (1e8) become integers. prefix names t.
+local function check_numbers(t, ranges, prefix)
+  for k, r in pairs(ranges) do
+    local v = t[k]
+    if v ~= nil then
+      local err = check_number(prefix .. k, v, r)
+      if err then
+        return err
+      end
+      if r.int then
+        t[k] = math.tointeger(v)
+      end
+    end
+  end
+  return nil
+end
+
 local function validate(conf, path)
   for k, v in pairs(conf) do
     if not FIELDS[k] then
@@ -75,13 +163,14 @@ local function validate(conf, path)
       return nil, ("%s: '%s' must be a %s"):format(path, k, FIELDS[k])
     end
   end
-  for k, v in pairs(conf.limits or {}) do
+  for k in pairs(conf.limits or {}) do
     if not LIMITS[k] then
       return nil, ("%s: unknown limit '%s'"):format(path, tostring(k))
     end
-    if type(v) ~= "number" or v < 0 then
-      return nil, ("%s: limits.%s must be a non-negative number"):format(path, k)
-    end
+  end
+  local err = check_numbers(conf.limits or {}, LIMITS, "limits.")
+  if err then
+    return nil, ("%s: %s"):format(path, err)
   end
   for section, keys in pairs(SECTIONS) do
     for k, v in pairs(conf[section] or {}) do
@@ -91,19 +180,15 @@ local function validate(conf, path)
         end
       elseif not keys[k] then
         return nil, ("%s: unknown setting %s.%s"):format(path, section, tostring(k))
-      elseif type(v) ~= "number" or v < 0 then
-        return nil, ("%s: %s.%s must be a non-negative number"):format(path, section, k)
       end
+    end
+    err = check_numbers(conf[section] or {}, keys, section .. ".")
+    if err then
+      return nil, ("%s: %s"):format(path, err)
     end
   end
   -- the LMDB map: starts at map_size_mb, grows on demand up to max_size_mb
   local storage = conf.storage or {}
-  for _, k in ipairs({ "map_size_mb", "max_size_mb" }) do
-    local v = storage[k]
-    if v ~= nil and (v ~= math.floor(v) or v < 1 or v > 16777216) then
-      return nil, ("%s: storage.%s must be a whole number of MiB from 1 to 16777216"):format(path, k)
-    end
-  end
   if storage.map_size_mb and storage.max_size_mb and storage.map_size_mb > storage.max_size_mb then
     return nil, ("%s: storage.map_size_mb (%d) is above storage.max_size_mb (%d)"):format(path,
       storage.map_size_mb, storage.max_size_mb)
@@ -127,10 +212,21 @@ local function validate(conf, path)
         return nil, ("%s: upstreams.%s: unknown setting '%s'"):format(path, tostring(name), tostring(k))
       end
     end
+    for sub, ranges in pairs(UPSTREAM_NUMBERS) do
+      local t = sub == "" and up or up[sub]
+      if t ~= nil and type(t) ~= "table" then
+        return nil, ("%s: upstreams.%s.%s must be a table"):format(path, tostring(name), sub)
+      end
+      local prefix = ("upstreams.%s.%s"):format(tostring(name), sub == "" and "" or sub .. ".")
+      err = t and check_numbers(t, ranges, prefix)
+      if err then
+        return nil, ("%s: %s"):format(path, err)
+      end
+    end
     if up.retry ~= nil then
-      local ok, err = pcall(require("chorus.retry").policy, up.retry)
+      local ok, perr = pcall(require("chorus.retry").policy, up.retry)
       if not ok then
-        return nil, ("%s: upstreams.%s.%s"):format(path, tostring(name), tostring(err))
+        return nil, ("%s: upstreams.%s.%s"):format(path, tostring(name), tostring(perr))
       end
     end
   end

@@ -37,7 +37,24 @@ local function call_series(target, outcome)
   return k, t.latency
 end
 
-http.defaults = { connect_timeout = 10, timeout = 30 }
+-- max_response_bytes: a longer body (or one whose Content-Length says so)
+-- ends the call with kind "too_large"; the body also counts against the
+-- run's memory cap as it arrives (past it, the run ends with kind "memory").
+http.defaults = { connect_timeout = 10, timeout = 30, max_response_bytes = 16 * 1024 * 1024 }
+local MAX_RESPONSE_LIMIT = 1 << 50
+
+-- A per-call or per-upstream max_response_bytes: a positive integer.
+local function check_max_response(v, level)
+  if v == nil then
+    return nil
+  end
+  local n = type(v) == "number" and math.tointeger(v)
+  if not n or n < 1 or n > MAX_RESPONSE_LIMIT then
+    error(("http.request: max_response_bytes must be an integer between 1 and 2^50, got %s")
+      :format(tostring(v)), level + 1)
+  end
+  return n
+end
 
 local ERROR_MT = {
   __name = "chorus.error",
@@ -146,6 +163,7 @@ local function prepare(req)
     timeout = req.timeout or http.defaults.timeout,
     connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
     flags = request_flags(req.tls_verify, req.follow_redirects),
+    max_response_bytes = check_max_response(req.max_response_bytes, 3) or http.defaults.max_response_bytes,
   }
   local headers = {}
   for k, v in pairs(req.headers or EMPTY) do
@@ -188,7 +206,7 @@ local function send_once(r)
   end
   local started = core.now()
   local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
-    r.connect_timeout, timeout, r.flags)
+    r.connect_timeout, timeout, r.flags, r.max_response_bytes)
   if run then
     runstate.record_call(run, r, started, duration, status or headers)
   end
@@ -406,7 +424,9 @@ function Upstream:request(req)
   local connect_timeout = req.connect_timeout or cfg.connect_timeout
   -- built with every field it will get, so it is sized once
   local r = { timeout = timeout, connect_timeout = connect_timeout, method = method, url = url,
-    upstream = self.name, flags = nil, body = nil, headers = nil, run = nil, idempotency_key = nil }
+    upstream = self.name, flags = nil, body = nil, headers = nil, run = nil, idempotency_key = nil,
+    max_response_bytes = check_max_response(req.max_response_bytes or cfg.max_response_bytes, 2)
+      or http.defaults.max_response_bytes }
   if timeout ~= nil then
     check_number(r, "timeout")
   end

@@ -837,16 +837,23 @@ local function drain(signal)
     return
   end
   state.draining = true
-  log("info", "draining", { signal = signal, pending = state.srv:pending(), inflight = state.inflight })
-  state.srv:quiesce()
-  state.relay:stop()
-  local deadline = core.monotime() + (state.config.drain_timeout or 10)
-  while (state.srv:pending() > 0 or state.inflight > 0 or state.relay.n_inflight > 0)
-      and core.monotime() < deadline do
-    core.sleep(0.05)
-  end
-  log("info", "stopped", { pending = state.srv:pending(), inflight = state.inflight })
+  -- Whatever happens while waiting, the loop stops: an error here must not
+  -- leave a server that has stopped accepting but never exits.
+  local ok, err = pcall(function()
+    log("info", "draining", { signal = signal, pending = state.srv:pending(), inflight = state.inflight })
+    state.srv:quiesce()
+    state.relay:stop()
+    local deadline = core.monotime() + (state.config.drain_timeout or 10)
+    while (state.srv:pending() > 0 or state.inflight > 0 or state.relay.n_inflight > 0)
+        and core.monotime() < deadline do
+      core.sleep(0.05)
+    end
+    log("info", "stopped", { pending = state.srv:pending(), inflight = state.inflight })
+  end)
   core.stop()
+  if not ok then
+    pcall(log, "error", "drain failed; stopping now", { error = tostring(err) })
+  end
 end
 
 --- Starts serving: loads scripts, listens, runs the loop until drained.

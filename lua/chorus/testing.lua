@@ -109,7 +109,7 @@ local function lower_keys(t)
 end
 
 -- core.http's contract, answered by the mocks on virtual time.
-local function transport(method, url, headers, body, _, timeout)
+local function transport(method, url, headers, body, _, timeout, _, max_response_bytes)
   local mock, base_len = find_mock(url)
   local path_query = mock and url:sub(base_len + 1) or url
   local req = {
@@ -147,6 +147,10 @@ local function transport(method, url, headers, body, _, timeout)
   if res.json ~= nil then
     resp_body = json.encode(res.json)
     resp_headers["content-type"] = resp_headers["content-type"] or "application/json"
+  end
+  if max_response_bytes and #resp_body > max_response_bytes then
+    return nil, "too_large", ("response body exceeds max_response_bytes (%d bytes)"):format(max_response_bytes),
+      delay
   end
   return res.status or 200, resp_headers, resp_body, delay
 end

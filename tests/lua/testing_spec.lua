@@ -39,6 +39,18 @@ describe("chorus.testing", function()
     assert.are.equal(5, r.elapsed)
   end)
 
+  it("honours max_response_bytes for a mocked body", function()
+    local chorus = require "chorus"
+    local http = require "chorus.http"
+    testing.mock("http://big.example.test", { status = 200, body = string.rep("x", 2000) })
+    local r = testing.run(chorus.workflow { name = "bigmock", run = function()
+      local ok, err = pcall(http.get, "http://big.example.test/x", { max_response_bytes = 1000 })
+      return { ok = ok, kind = err.kind, bytes = #http.get("http://big.example.test/x").body }
+    end })
+    assert.is_true(r.ok)
+    assert.are.same({ ok = false, kind = "too_large", bytes = 2000 }, r.value)
+  end)
+
   it("fails a call to an upstream nobody mocked, naming it", function()
     local r = testing.run(BACKOFF)
     assert.is_false(r.ok)

@@ -2,6 +2,7 @@
  * against the real mock upstream (build/mock-upstream) on loopback.
  */
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,10 @@ struct outcome {
     size_t nheaders, nmock; /* all, and the mock's X-Mock-N ones */
     char mock_150[128];     /* X-Mock-150's value */
     double duration;
+    size_t body_len;
+    char message[128];
+    long long charged, allow; /* the charge callback's account and its cap */
+    int refused;
 };
 
 static void on_done(const struct chorus_http_response *res, void *data) {
@@ -29,6 +34,8 @@ static void on_done(const struct chorus_http_response *res, void *data) {
     o->error = res->error;
     o->status = res->status;
     o->duration = res->duration;
+    o->body_len = res->body_len;
+    snprintf(o->message, sizeof o->message, "%s", res->message ? res->message : "");
     if (res->body)
         snprintf(o->body, sizeof o->body, "%s", res->body);
     for (size_t i = 0; i < res->nheaders; i++)
@@ -250,6 +257,68 @@ static long mock_connections(void) {
  * client does not keep the loop alive (`chorus run` ends when its run does).
  * When the upstream goes away and comes back, the next call opens a new
  * connection. */
+/* A charge callback that allows o->allow bytes in all. */
+static int charge(void *data, long long delta) {
+    struct outcome *o = data;
+    if (delta > 0 && o->charged + delta > o->allow) {
+        o->refused = 1;
+        return -1;
+    }
+    o->charged += delta;
+    return 0;
+}
+
+static struct chorus_http_call *start_limited(struct chorus_http_client *c, const char *path,
+                                              size_t max_body, size_t max_header_bytes,
+                                              struct outcome *o) {
+    char url[256], err[128];
+    snprintf(url, sizeof url, "%s%s", mock_url, path);
+    struct chorus_http_request req = {.method = "GET",
+                                      .url = url,
+                                      .connect_timeout_ms = 1000,
+                                      .timeout_ms = 20000,
+                                      .max_body = max_body,
+                                      .max_header_bytes = max_header_bytes,
+                                      .charge = o->allow ? charge : NULL};
+    return chorus_http_start(c, &req, on_done, o, err, sizeof err);
+}
+
+/* Response limits: a Content-Length past max_body is refused before the
+ * body, a chunked or endless body is stopped once it passes it (the default
+ * 16 MiB when the request sets none), headers past max_header_bytes end the
+ * call, the charge callback can stop a body (and gets back all it was
+ * told of), and a body within every limit arrives whole. */
+static void test_response_limits(struct chorus_http_client *c, uv_loop_t *loop) {
+    struct outcome o[7] = {0};
+    o[4].allow = 200000;
+    o[5].allow = 1 << 20;
+    CHECK(start_limited(c, "/big?stream_bytes=100000", 10000, 0, &o[0]) != NULL);
+    CHECK(start_limited(c, "/big?stream_bytes=100000&chunked=1", 10000, 0, &o[1]) != NULL);
+    CHECK(start_limited(c, "/endless?stream_bytes=endless", 0, 0, &o[2]) != NULL);
+    CHECK(start_limited(c, "/h?headers=200", 0, 4096, &o[3]) != NULL);
+    CHECK(start_limited(c, "/mem?stream_bytes=endless", SIZE_MAX, 0, &o[4]) != NULL);
+    CHECK(start_limited(c, "/ok?stream_bytes=5000&chunked=1", 10000, 0, &o[5]) != NULL);
+    CHECK(start_limited(c, "/ok?stream_bytes=10000", 10000, 0, &o[6]) != NULL);
+    run_until(loop, o, 7);
+    CHECK_INT_EQ(o[0].error, CHORUS_HTTP_TOO_LARGE);
+    CHECK(strstr(o[0].message, "Content-Length exceeds max_response_bytes (10000 bytes)") != NULL);
+    CHECK_INT_EQ(o[1].error, CHORUS_HTTP_TOO_LARGE);
+    CHECK_STR_EQ(o[1].message, "response body exceeds max_response_bytes (10000 bytes)");
+    CHECK_INT_EQ(o[2].error, CHORUS_HTTP_TOO_LARGE);
+    CHECK_STR_EQ(o[2].message, "response body exceeds max_response_bytes (16777216 bytes)");
+    CHECK_INT_EQ(o[3].error, CHORUS_HTTP_TOO_LARGE);
+    CHECK_STR_EQ(o[3].message, "response headers exceed 4096 bytes");
+    CHECK_INT_EQ(o[4].error, CHORUS_HTTP_MEMORY);
+    CHECK_INT_EQ(o[4].refused, 1);
+    CHECK_INT_EQ(o[4].charged, 0); /* all given back when the call ended */
+    CHECK_INT_EQ(o[5].error, CHORUS_HTTP_OK);
+    CHECK_INT_EQ(o[5].body_len, 5000);
+    CHECK_INT_EQ(o[5].charged, 0);
+    CHECK_INT_EQ(o[6].error, CHORUS_HTTP_OK);
+    CHECK_INT_EQ(o[6].body_len, 10000);
+    CHECK_INT_EQ(chorus_http_active(c), 0);
+}
+
 static void test_keep_alive(struct chorus_http_client *c, uv_loop_t *loop) {
     char cmd[256];
     snprintf(cmd, sizeof cmd, "curl -s -X POST %s/__reset >/dev/null", mock_url);
@@ -294,6 +363,7 @@ int main(void) {
     test_many_concurrent(c, &loop);
     test_cancel(c, &loop);
     test_keep_alive(c, &loop);
+    test_response_limits(c, &loop);
     chorus_http_client_close(c);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
