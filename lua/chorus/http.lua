@@ -294,8 +294,24 @@ function http.configure_upstream(name, config)
   handles[name] = nil
 end
 
+-- An upstream handle shows scripts its name and methods; its config (base
+-- URL, credentials in headers) stays in `private`, out of their reach, and
+-- the handle cannot be written: handles are shared by every workflow.
 local Upstream = {}
-Upstream.__index = Upstream
+local private = setmetatable({}, { __mode = "k" }) -- handle → { name =, config = }
+local UPSTREAM_MT = {
+  __name = "chorus.upstream",
+  __index = function(handle, k)
+    if k == "name" then
+      return private[handle].name
+    end
+    return Upstream[k]
+  end,
+  __newindex = function(_, k)
+    error(("an upstream handle is read-only (cannot set '%s')"):format(tostring(k)), 2)
+  end,
+  __metatable = false,
+}
 
 -- base_url may carry a query string; the path goes before it.
 local function join(base, path)
@@ -319,7 +335,7 @@ local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS
 -- its own policy).
 -- POST and PATCH are retried only when the call carries an idempotency key.
 local function resilient(self, r, req)
-  local cfg = self.config
+  local cfg = self.config -- self: the handle's private part
   if not (cfg.rate_limit or cfg.bulkhead or cfg.hedge or cfg.breaker or cfg.retry or req.retry) then
     return send_once(r) -- no policy: no closures to build
   end
@@ -416,6 +432,7 @@ local function copy_headers(into, from)
 end
 
 function Upstream:request(req)
+  self = private[self]
   local cfg = self.config
   local path = req.path or "/"
   local method = METHODS[req.method or "GET"]
@@ -491,7 +508,8 @@ function http.upstream(name)
     error(("http.upstream: unknown upstream '%s' (define upstreams.%s.base_url in the config "
       .. "file or set CHORUS_UPSTREAM_%s)"):format(name, name, name:upper():gsub("[^%w]", "_")), 2)
   end
-  handle = setmetatable({ name = name, config = config }, Upstream)
+  handle = setmetatable({}, UPSTREAM_MT)
+  private[handle] = { name = name, config = config }
   if upstreams[name] == config then -- configured ones are kept; the environment is read each time
     handles[name] = handle
   end

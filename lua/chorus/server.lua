@@ -296,6 +296,11 @@ local function run_response(rec, ok, value)
     return problem(500, "Internal Server Error", "the workflow's result is not JSON: " .. tostring(resp),
       { run_id = rec.id })
   end
+  -- a secret the run read never leaves in its answer, as in its record
+  resp.body = secrets.redact(resp.body)
+  for k, v in pairs(resp.headers) do
+    resp.headers[k] = secrets.redact(v)
+  end
   resp.headers["X-Run-Id"] = rec.id
   return resp
 end

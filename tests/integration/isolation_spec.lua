@@ -47,6 +47,9 @@ local function try(f)
 end
 return chorus.workflow { name = "reach", run = function(ctx, input)
   local r = {}
+  local up = http.upstream("mock")
+  r.upstream_config = type(up.config) .. " " .. tostring(next(up)) .. " " .. up.name
+  r.upstream_write = try(function() up.name = "other" end)
   r.webhook_equal = try(function() webhook.equal = function() return true end end)
   r.set_transport = try(function() http.set_transport(function() end) end)
   r.json_encode = try(function() chorus.json.encode = function() return "{}" end end)
@@ -64,6 +67,7 @@ return chorus.workflow { name = "reach", run = function(ctx, input)
   r.secret_admin = try(function() return chorus.secret("CHORUS_ADMIN_TOKEN") end)
   r.secret_webhook = try(function() return chorus.secret("hook") end)
   r.secret_own = try(function() return chorus.secret("api_key") end)
+  r.leak = "key=" .. chorus.secret("api_key")
   return r
 end }
 ]]
@@ -166,6 +170,8 @@ return {
       local r = post("reach")
       assert.are.equal(200, r.status, r.body)
       local j = r.json
+      assert.are.equal("nil nil mock", j.upstream_config) -- no config, no raw fields
+      assert.truthy(j.upstream_write:find("read-only", 1, true))
       assert.truthy(j.webhook_equal:find("read-only", 1, true))
       assert.truthy(j.set_transport:find("nil value", 1, true)) -- not in the script's view
       assert.truthy(j.json_encode:find("read-only", 1, true))
@@ -183,6 +189,9 @@ return {
       assert.truthy(j.secret_admin:find("server's own secrets", 1, true))
       assert.truthy(j.secret_webhook:find("server's own secrets", 1, true))
       assert.are.equal("allowed", j.secret_own)
+      -- a secret the run returns is redacted from its answer, as from its record
+      assert.are.equal("key=[REDACTED]", j.leak)
+      assert.is_nil(r.body:find("k3y-of-reach", 1, true))
     end)
 
     it("the other workflows and the admin token work as before", function()
