@@ -9,6 +9,7 @@ local http = require "chorus.http"
 
 return chorus.workflow {
   name = "donation",
+  redact = { "card" }, -- the card number: masked in records, outbox/DLQ listings and logs
   idempotency = { required = true, ttl = 24 * 3600 },
   timeout = 30,
   run = function(ctx, input)

@@ -6,6 +6,7 @@ local http = require "chorus.http"
 
 return chorus.workflow {
   name = "tokenize_card",
+  redact = { "card" }, -- never shown in records, listings or logs
   run = function(ctx, input)
     local r = http.upstream("vault"):post("/tokens", { json = input, idempotency_key = ctx.key "token" })
     if r.status >= 400 and r.status < 500 and r.status ~= 408 and r.status ~= 429 then

@@ -310,6 +310,10 @@ function cli.runs(args)
       io.stderr:write(("chorus: no run with id '%s'\n"):format(pos[2]))
       return 1
     end
+    local ok, rec = pcall(core.json.decode, text)
+    if ok and type(rec) == "table" and rec.redact then -- a running run's record holds its input whole
+      text = core.json.encode(require("chorus.redact").fields(rec, rec.redact, { "input", "result", "error" }))
+    end
     io.stdout:write(text, "\n")
     return 0
   end

@@ -11,7 +11,11 @@ local journal = require "chorus.journal"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
 local secrets = require "chorus.secrets"
+local redact = require "chorus.redact"
 local json = core.json
+
+-- ctx → its workflow's redact paths, for the log lines (chorus.redact)
+local ctx_redact = setmetatable({}, { __mode = "k" })
 
 local context = {}
 
@@ -29,6 +33,7 @@ local function logger(ctx)
         line[k] = v
       end
     end
+    line = redact.value(line, ctx_redact[ctx])
     if context.log_sink then
       context.log_sink(line)
       return
@@ -197,6 +202,7 @@ function context.new(state)
     now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
     later = shared.later, lock = shared.lock,
   }, CTX_MT)
+  ctx_redact[ctx] = state.redact
   function ctx.key(name)
     if type(name) ~= "string" or name == "" then
       error("ctx.key: name must be a non-empty string", 2)

@@ -227,6 +227,7 @@ local function new_entry(kind, fields, opts)
   local run = runstate.current()
   if run then
     e.from_run = run.run_id
+    e.redact = run.redact -- listings mask these fields; delivery uses the real ones
   end
   return e
 end

@@ -31,6 +31,7 @@ function runner.execute(workflow, input, opts)
   local state = {
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
     trace_id = opts.trace_id or new_trace_id(), allow_hosts = workflow.allow_hosts,
+    redact = workflow.redact,
   }
   state.traceparent = "00-" .. state.trace_id .. "-" .. core.random_hex(8) .. "-01"
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)

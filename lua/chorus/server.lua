@@ -20,6 +20,7 @@ local runner = require "chorus.runner"
 local runstate = require "chorus.runstate"
 local script = require "chorus.script"
 local secrets = require "chorus.secrets"
+local redact = require "chorus.redact"
 local store = require "chorus.store"
 local webhook = require "chorus.webhook"
 local json = core.json
@@ -221,10 +222,15 @@ local function new_record(id, name, trace_id)
     error = nil })
 end
 
+-- What a record shows of the run's data: masked by its workflow's redact
+-- paths (chorus.redact) wherever the record is shown or kept finished.
+local RECORD_DATA = { "input", "result", "error" }
+
 -- A run record as the JSON GET /runs/ID returns, secrets redacted. A
 -- result or error JSON cannot carry is replaced in the record by an error
 -- saying so (the record, and the webhook made of it, must stay readable).
 local function record_text(rec)
+  rec = redact.fields(rec, rec.redact, RECORD_DATA)
   local eok, text = pcall(json.encode, rec)
   if not eok then -- keep what JSON can carry
     local kind = rec.error and type(rec.error.kind) == "string" and rec.error.kind or "result"
@@ -257,7 +263,7 @@ local function finish_record(rec, ok, value, info)
     rec.status = err.kind == "deadline" and "timed_out" or compensated and "compensated" or "failed"
     rec.error = err
     log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
-      error = err, traceback = info and info.traceback })
+      error = redact.value(err, rec.redact), traceback = info and info.traceback })
   end
   m.runs.inc({ rec.workflow, rec.status })
   m.duration.observe({ rec.workflow }, rec.duration)
@@ -324,7 +330,8 @@ end
 -- commit with the run's first journal entries.
 local function durable_begin(rec, entry, input)
   local st = state.store
-  rec.input = input
+  rec.input = input -- kept whole while the run runs: recovery replays it
+  rec.redact = entry.workflow.redact
   rec.script_hash = entry.hash
   rec.script = entry.path
   st:put_run(rec)
@@ -403,6 +410,7 @@ end
 -- whether its end was stored (and why not). recorded: the journal of a run
 -- resumed after a restart.
 local function execute(entry, rec, input, recorded)
+  rec.redact = entry.workflow.redact
   state.inflight = state.inflight + 1 -- the gauge reads it when /metrics is scraped
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at,
     on_state = function(s)

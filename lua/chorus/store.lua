@@ -21,6 +21,7 @@
 -- Writes are queued and land with the next group commit; call commit() from
 -- a task to wait until they are durable. Reads see committed state only.
 local core = require "chorus.core"
+local redact = require "chorus.redact"
 local json = core.json
 
 local store = {}
@@ -230,9 +231,20 @@ function Store:due_outbox(now, limit, skip, skip_count)
   return out
 end
 
---- Outbox entries in due order.
+-- What an entry shows of its data, masked by the redact paths of the run
+-- that made it (chorus.redact).
+local SHOWN = { "input", "request", "steps" }
+
+local function masked(list)
+  for i, e in ipairs(list) do
+    list[i] = redact.fields(e, e.redact, SHOWN)
+  end
+  return list
+end
+
+--- Outbox entries in due order, for listings (redacted).
 function Store:list_outbox(limit)
-  return values(self, "outbox", limit)
+  return masked(values(self, "outbox", limit))
 end
 
 function Store:put_dlq(entry)
@@ -263,7 +275,7 @@ function Store:replay_dlq(id, now)
 end
 
 function Store:list_dlq(limit)
-  return values(self, "dlq", limit)
+  return masked(values(self, "dlq", limit))
 end
 
 -- ---- scripts ------------------------------------------------------------------

@@ -1,0 +1,136 @@
+-- chorus.redact — a workflow's `redact = { "card.number", ... }`: fields
+-- masked wherever chorus shows data (run records, GET /runs/ID, outbox and
+-- DLQ listings, log lines), never where it keeps data to act on (the
+-- journal, an outbox entry's own input or body, a stored idempotent
+-- response), so replay, delivery and redrive still see the real values.
+--
+-- A path is keys joined by dots. It matches at any depth: "card.number"
+-- masks input.card.number and input.donation.card.number alike (masking
+-- too much is safe, too little is not). A key may be "*" for every key or
+-- element at that level. JSON text in a body (a string that decodes to an
+-- object or array) is masked inside too.
+local core = require "chorus.core"
+
+local redact = { MASK = "[REDACTED]" }
+
+local PATH = "^[%w_%-%*]+$"
+
+--- Checks a workflow's redact list; returns nil or a message.
+function redact.check(list)
+  for i = 1, rawlen(list) do
+    local path = rawget(list, i)
+    if type(path) ~= "string" or path == "" then
+      return ("redact[%d] must be a path such as \"card.number\""):format(i)
+    end
+    for key in (path .. "."):gmatch("([^.]*)%.") do
+      if not key:match(PATH) then
+        return ("redact[%d] = %q: each key must be letters, digits, '_', '-' or '*'"):format(i, path)
+      end
+    end
+  end
+  for k in next, list do
+    if math.type(k) ~= "integer" or k < 1 or k > rawlen(list) then
+      return "redact must be a list of paths"
+    end
+  end
+  return nil
+end
+
+local compiled = setmetatable({}, { __mode = "k" }) -- list → { {keys...}, ... }
+
+local function compile(list)
+  local c = compiled[list]
+  if not c then
+    c = {}
+    for i, path in ipairs(list) do
+      local keys = {}
+      for key in (path .. "."):gmatch("([^.]*)%.") do
+        keys[#keys + 1] = key
+      end
+      c[i] = keys
+    end
+    compiled[list] = c
+  end
+  return c
+end
+
+local function key_is(k, want)
+  return want == "*" or tostring(k) == want
+end
+
+-- Masks, in the copy `out` of node, the values at the end of keys[i..].
+local function mask_path(out, keys, i)
+  local want = keys[i]
+  for k, v in next, out do
+    if key_is(k, want) then
+      if i == #keys then
+        out[k] = redact.MASK
+      elseif type(v) == "table" then
+        mask_path(v, keys, i + 1)
+      end
+    end
+  end
+end
+
+local walk
+
+-- A string that holds a JSON object or array is masked inside.
+local function json_text(s, paths, depth)
+  local first = s:match("^%s*([%[{])")
+  if not first then
+    return s
+  end
+  local ok, decoded = pcall(core.json.decode, s)
+  if not ok or type(decoded) ~= "table" then
+    return s
+  end
+  local masked = walk(decoded, paths, depth)
+  local eok, text = pcall(core.json.encode, masked)
+  return eok and text or s
+end
+
+walk = function(value, paths, depth)
+  if type(value) == "string" then
+    return depth < 8 and json_text(value, paths, depth + 1) or value
+  end
+  if type(value) ~= "table" or depth > 64 then
+    return value
+  end
+  local out = {}
+  for k, v in next, value do
+    out[k] = walk(v, paths, depth + 1)
+  end
+  setmetatable(out, getmetatable(value)) -- json.array's marker
+  for _, keys in ipairs(paths) do
+    mask_path(out, keys, 1)
+  end
+  return out
+end
+
+--- A masked copy of value under the paths of list (nil or empty: value).
+function redact.value(value, list)
+  if list == nil or list[1] == nil then
+    return value
+  end
+  return walk(value, compile(list), 0)
+end
+
+--- The fields of a record or entry that show data, masked: copies `t`
+--- (one level) with each named field masked.
+function redact.fields(t, list, names)
+  if list == nil or list[1] == nil or type(t) ~= "table" then
+    return t
+  end
+  local out = {}
+  for k, v in next, t do
+    out[k] = v
+  end
+  for _, name in ipairs(names) do
+    if out[name] ~= nil then
+      out[name] = redact.value(out[name], list)
+    end
+  end
+  return out
+end
+
+return redact
