@@ -429,6 +429,9 @@ local function start_workflow(req, name)
     return r
   end
   local wf = entry.workflow
+  if req.repeated and req.repeated["idempotency-key"] then -- which one would the client mean?
+    return problem(400, "Bad Request", "the request has more than one Idempotency-Key header")
+  end
   local key, kerr = idempotency.parse(req.headers["idempotency-key"])
   if kerr then
     return problem(400, "Bad Request", kerr)
@@ -460,7 +463,7 @@ local function start_workflow(req, name)
       return problem(409, "Conflict", "a request with this Idempotency-Key is still in flight; retry later")
     elseif verdict == "mismatch" then
       return problem(422, "Unprocessable Content",
-        "this Idempotency-Key was used with a different request (method, path or body)")
+        "this Idempotency-Key was used with a different request (method, path, query, Callback-URL or body)")
     elseif verdict == "replay" then
       if type(stored) ~= "table" or math.type(stored.status) ~= "integer" or type(stored.headers) ~= "table"
           or type(stored.body) ~= "string" then
