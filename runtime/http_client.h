@@ -22,6 +22,8 @@ enum chorus_http_error {
     CHORUS_HTTP_TLS,      /* handshake or certificate failure */
     CHORUS_HTTP_RESET,    /* connection dropped after the request was sent */
     CHORUS_HTTP_PROTOCOL, /* malformed response, unsupported URL, ... */
+    CHORUS_HTTP_DENIED,   /* the egress policy refused an address or URL */
+    CHORUS_HTTP_FORBIDDEN_HOST, /* a redirect hop to a host not in allow_hosts */
 };
 
 /* What to send. Strings are copied by chorus_http_start(); the caller keeps
@@ -36,6 +38,13 @@ struct chorus_http_request {
     long timeout_ms;         /* total; 0: none */
     int insecure;            /* skip TLS certificate and host verification */
     int follow_redirects;    /* follow up to 5 redirects (off: a 3xx is the response) */
+    /* Refuse loopback, private, link-local and other non-public addresses
+     * unless the client's egress allow-list names them (the URL came from
+     * a request: callback_url). Checked on the resolved address of every
+     * connection and every redirect hop. */
+    int restricted;
+    /* Host names (lowercase) every redirect hop must be one of; NULL: any. */
+    const char *const *allow_hosts;
 };
 
 /* One response header (name as received). */
@@ -70,6 +79,23 @@ struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop);
  * handles; the memory is freed from the loop's close callbacks, so run the
  * loop once more (uv_run) after this before closing the loop. */
 void chorus_http_client_close(struct chorus_http_client *client);
+
+/* The egress policy of restricted calls: allow, a NULL-terminated list of
+ * addresses or networks ("127.0.0.1", "10.0.0.0/8", "fd00::/8") a
+ * restricted call may reach although they are not public; self, the
+ * server's own listen address ("ip:port", NULL: none), which a restricted
+ * call never reaches. Replaces the previous policy. Returns 0, or -1 with
+ * a message in err (a malformed entry; nothing changes). */
+int chorus_http_set_egress(struct chorus_http_client *client, const char *const *allow,
+                           const char *self, char *err, size_t errlen);
+
+/* Parses one allow-list entry; 0 when it is a valid address or network. */
+int chorus_http_egress_parse(const char *entry);
+
+/* Why a restricted call may not reach ip (numeric, v4 or v6) on port, or
+ * NULL when it may. */
+const char *chorus_http_egress_denied(const struct chorus_http_client *client, const char *ip,
+                                      int port);
 
 /* Starts a call. Returns the call, or NULL with a message in err when the
  * request cannot even be started (bad method, out of memory). done runs later

@@ -2,10 +2,13 @@
  *
  * core.http(method, url, headers, body, connect_timeout, timeout, flags)
  * starts a call for the current task and yields (flags: 1 skips TLS
- * verification, 2 follows redirects; 0 or nil neither); the task resumes with
+ * verification, 2 follows redirects, 4 applies the egress policy of URLs
+ * taken from requests; 0 or nil none; an 8th argument, a set of host names,
+ * is the allow-list every redirect hop must match); the task resumes with
  *   status, headers, body, duration            on a response (any status), or
  *   nil, kind, message, duration               on a transport failure,
- * where kind is "timeout", "connect", "tls", "reset" or "protocol".
+ * where kind is "timeout", "connect", "tls", "reset", "protocol",
+ * "egress_denied" or "forbidden_host" (a redirect hop outside allow_hosts).
  * headers is a table of lowercase name → value (repeated headers joined with
  * ", "). Timeouts are seconds (numbers); nil or 0 means none.
  * lua/chorus/http.lua turns this into the documented API and errors.
@@ -19,6 +22,11 @@
 #include "runtime.h"
 
 int chorus_lua_http_request(lua_State *L);
+
+/* core.egress, core.egress_check, core.egress_parse (see lua_http.c). */
+int chorus_lua_http_egress(lua_State *L);
+int chorus_lua_http_egress_check(lua_State *L);
+int chorus_lua_http_egress_parse(lua_State *L);
 
 /* Calls in flight in the runtime's client. */
 size_t chorus_lua_http_active(struct chorus_runtime *rt);

@@ -5,7 +5,8 @@
  * delay=MS, status=CODE, seq=503,503,200, fault=reset|hang|slow_body,
  * body_bytes=N, retry_after=S, body=TEXT (JSON when it starts with '{'),
  * headers=N (N more response headers, X-Mock-1 .. X-Mock-N),
- * idempotent=1; otherwise it echoes
+ * idempotent=1, location=URL (a Location header: with status=302, a
+ * redirect); otherwise it echoes
  * the request as JSON. GET /__stats reports what it saw, POST /__reset
  * forgets it. It prints `listening 127.0.0.1:PORT` once it accepts, and exits
  * 0 on SIGTERM/SIGINT or after --max-seconds, so a test never leaves it
@@ -232,6 +233,7 @@ struct params {
     long body_bytes;
     long headers; /* extra response headers */
     int idempotent;
+    const char *location; /* Location header to send */
     const char *bad; /* name of the first malformed parameter */
 };
 
@@ -274,6 +276,7 @@ static void params_read(struct MHD_Connection *c, struct params *p) {
     p->seq = arg(c, "seq");
     p->retry_after = arg(c, "retry_after");
     p->body = arg(c, "body");
+    p->location = arg(c, "location");
     s = arg(c, "idempotent");
     p->idempotent = s != NULL && strcmp(s, "1") == 0;
 }
@@ -660,6 +663,10 @@ static enum MHD_Result request_finish(struct request *req, struct MHD_Connection
         goto fail;
     int slow = p.fault && strcmp(p.fault, "slow_body") == 0;
     struct MHD_Response *resp = response_new(m, fd, &r, slow);
+    if (resp && p.location && MHD_add_response_header(resp, "Location", p.location) != MHD_YES) {
+        MHD_destroy_response(resp);
+        resp = NULL; /* queue() fails on NULL */
+    }
     enum MHD_Result ret = queue(c, resp, r.status, r.ctype, p.retry_after, p.headers);
     if (ret != MHD_YES)
         req->settled = 1;

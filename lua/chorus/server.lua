@@ -310,8 +310,10 @@ local function queue_webhook(rec)
   if secret and secret ~= "" then
     headers[webhook.HEADER] = webhook.sign(secret, body)
   end
+  -- restricted: the URL came from the request, so the egress policy keeps
+  -- it off loopback, private networks and this server (egress.allow)
   state.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
-    headers = headers, body = body }, run_id = rec.id }))
+    headers = headers, body = body, restricted = true }, run_id = rec.id }))
 end
 
 -- Writes the first records of a durable run: the run (running), its timer
@@ -378,10 +380,32 @@ local function execute(entry, rec, input, recorded)
   return ok, value
 end
 
+-- The callback URL of a request, or nil; nil and why when it is refused.
+-- A numeric host is checked against the egress policy here (a 400 now
+-- rather than a DLQ entry later); a host name when the webhook connects.
 local function callback_url(req)
   local url = req.query.callback_url or req.headers["callback-url"]
-  if url ~= nil and not url:match("^https?://[^%s]+$") then
+  if url == nil then
+    return nil
+  end
+  if not url:match("^https?://[^%s]+$") then
     return nil, "callback_url must be an http:// or https:// URL"
+  end
+  if require("chorus.http").has_credentials(url) then
+    return nil, "callback_url must not carry user:password@"
+  end
+  local authority = url:match("^https?://([^/?#]*)")
+  local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then
+    host, port = authority:match("^([^:]*):?(%d*)$")
+  end
+  if host and (host:match("^[%d%.]+$") or host:find(":", 1, true)) then
+    port = tonumber(port) or (url:match("^https") and 443 or 80)
+    local why = core.egress_check(host, port)
+    if why then
+      return nil, ("callback_url may not reach %s: %s (the config's egress.allow lists the addresses "
+        .. "callbacks may reach)"):format(host, why)
+    end
   end
   return url
 end
@@ -794,6 +818,8 @@ function server.serve(config, on_listening)
   end
   state.srv = srv
   state.config.drain_timeout = limits.drain_timeout
+  -- callbacks never reach this server itself, whatever egress.allow says
+  core.egress({ allow = (config.egress or EMPTY).allow, self = ("%s:%d"):format(host, srv:port()) })
   core.on_signal("SIGHUP", function() server.reload("SIGHUP") end)
   core.on_signal("SIGTERM", drain)
   core.on_signal("SIGINT", drain)

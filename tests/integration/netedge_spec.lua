@@ -36,10 +36,26 @@ describe("network edges", function()
     dir = H.temp_dir({
       ["echo.lua"] = H.read("tests/integration/fixtures/serve/echo.lua"),
       ["hook.lua"] = H.read("tests/integration/fixtures/durable/hook.lua"),
+      ["hop.lua"] = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow {
+  name = "hop",
+  allow_hosts = { "127.0.0.1" },
+  run = function(_, input)
+    local ok, res = pcall(http.request, { url = input.url, follow_redirects = true })
+    if ok then
+      return { status = res.status }
+    end
+    return { kind = res.kind, message = res.message }
+  end,
+}
+]],
     })
     conf = H.write_temp(([[
 return {
   admin_token = "s3cret",
+  egress = { allow = { "127.0.0.1" } },
   outbox = { base = 0.05, cap = 0.2, poll = 0.02, attempts = 2 },
   upstreams = { mock = { base_url = %q } },
 }
@@ -52,6 +68,83 @@ return {
     mock.stop()
     os.execute("rm -rf " .. H.quote(dir))
     os.remove(conf)
+  end)
+
+  local function escape(s)
+    return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+  end
+
+  local function dlq_entry(id)
+    return H.eventually(function()
+      local r = H.request(srv.url .. "/admin/dlq", { headers = { Authorization = "Bearer s3cret" } })
+      for _, e in ipairs(r.json and r.json.entries or {}) do
+        if e.run_id == id then
+          return e
+        end
+      end
+    end, 10)
+  end
+
+  describe("egress", function()
+    local async = { Prefer = "respond-async" }
+
+    it("delivers a callback to an address egress.allow lists", function()
+      mock.reset()
+      local r = post("/workflows/hook?callback_url=" .. escape(mock.url .. "/allowed"), "{}", async)
+      assert.are.equal(202, r.status)
+      assert.is_truthy(H.eventually(function()
+        for _, e in ipairs(mock.stats().log) do
+          if e.path == "/allowed" then
+            return e
+          end
+        end
+      end, 10))
+    end)
+
+    it("refuses a callback to the server's own /admin/reload at submit time: 400", function()
+      local r = post("/workflows/hook?callback_url=" .. escape(srv.url .. "/admin/reload"), "{}", async)
+      assert.are.equal(400, r.status)
+      assert.are.equal("application/problem+json", r.headers["content-type"])
+      assert.matches("own listen address", r.json.detail)
+    end)
+
+    it("refuses loopback not in egress.allow, and user:password URLs: 400", function()
+      local _, port = host_port(mock.url)
+      local r = post("/workflows/hook?callback_url=" .. escape("http://127.0.0.2:" .. port .. "/x"), "{}", async)
+      assert.are.equal(400, r.status)
+      assert.matches("loopback", r.json.detail)
+      r = post("/workflows/hook?callback_url=" .. escape("http://[::1]:" .. port .. "/x"), "{}", async)
+      assert.are.equal(400, r.status)
+      r = post("/workflows/hook?callback_url=" .. escape("http://u:p@" .. mock.url:sub(8) .. "/x"), "{}", async)
+      assert.are.equal(400, r.status)
+      assert.matches("user:password", r.json.detail)
+    end)
+
+    it("a host name resolving to the server itself is refused when the webhook connects: DLQ, never POSTed",
+      function()
+        local _, port = host_port(srv.url)
+        local r = post("/workflows/hook?callback_url=" .. escape("http://localhost:" .. port .. "/admin/reload"),
+          "{}", async)
+        assert.are.equal(202, r.status)
+        local e = dlq_entry(r.json.run_id)
+        assert.is_truthy(e, "the webhook did not reach the DLQ")
+        assert.are.equal("egress_denied", e.last_error.kind)
+        assert.are.equal(1, e.attempts) -- permanent: not retried
+        H.sleep(0.2)
+        assert.is_nil(H.read(srv.log):find('"path":"/admin/reload"', 1, true), "the webhook reached /admin/reload")
+      end)
+
+    it("checks every redirect hop against the workflow's allow_hosts", function()
+      local _, port = host_port(mock.url)
+      local function via(target)
+        return mock.url .. "/first?status=302&location=" .. escape(target)
+      end
+      local ok = post("/workflows/hop", H.encode({ url = via(mock.url .. "/second") }))
+      assert.are.equal(200, ok.json.status)
+      local r = post("/workflows/hop", H.encode({ url = via("http://localhost:" .. port .. "/second") }))
+      assert.are.equal("forbidden_host", r.json.kind)
+      assert.matches("localhost", r.json.message)
+    end)
   end)
 
   describe("idempotency", function()
