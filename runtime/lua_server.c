@@ -2,7 +2,9 @@
  * handler, and the handler's return value becomes the response.
  *
  *   local srv = core.serve({ host =, port =, max_body =, max_header =,
- *                            max_connections =, idle_timeout = }, handler)
+ *                            max_connections =, idle_timeout =, client_timeout = }, handler)
+ * (idle_timeout: seconds a connection may stay silent; client_timeout,
+ * default idle_timeout: seconds a request may take to arrive whole)
  *   handler(req) → { status = int, headers = { name = value }, body = string }
  *   req = { method, path, headers = { lowercase name = value }, query = {}, body,
  *           repeated = { lowercase name = true } (only when a header came twice) }
@@ -256,6 +258,7 @@ int chorus_lua_serve(lua_State *L) {
         .max_connections = (unsigned)opt_field(L, "max_connections", 10000),
         .idle_timeout = (unsigned)opt_field(L, "idle_timeout", 30),
     };
+    cfg.client_timeout = (unsigned)opt_field(L, "client_timeout", cfg.idle_timeout);
     struct lua_server *ls = lua_newuserdatauv(L, sizeof *ls, 0);
     ls->rt = rt;
     ls->server = NULL;

@@ -811,7 +811,7 @@ function server.serve(config, on_listening)
   local sok, srv = pcall(core.serve, {
     host = host, port = tonumber(port), max_body = limits.max_body_bytes,
     max_header = limits.max_header_bytes, max_connections = limits.max_connections,
-    idle_timeout = limits.client_timeout,
+    idle_timeout = limits.client_timeout, client_timeout = limits.client_timeout,
   }, server.dispatch)
   if not sok then
     return nil, tostring(srv)
