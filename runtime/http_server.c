@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -214,6 +215,51 @@ static const char TOO_LARGE[] =
     "{\"type\":\"about:blank\",\"title\":\"Payload Too Large\",\"status\":413,"
     "\"detail\":\"request body exceeds the configured limit\"}";
 
+/* ---- request framing ------------------------------------------------------ */
+
+/* What the headers say about where the body ends. */
+struct framing {
+    const char *length; /* the first Content-Length */
+    int lengths_differ; /* another Content-Length with another value */
+    int chunked;        /* a Transfer-Encoding */
+    int not_chunked;    /* a Transfer-Encoding other than "chunked" */
+};
+
+static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value) {
+    (void)kind;
+    struct framing *f = cls;
+    value = value ? value : "";
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (f->length && strcmp(f->length, value) != 0)
+            f->lengths_differ = 1;
+        if (!f->length)
+            f->length = value;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->chunked = 1;
+        if (strcasecmp(value, "chunked") != 0)
+            f->not_chunked = 1;
+    }
+    return MHD_YES;
+}
+
+/* Why the request's body framing is ambiguous, or NULL. A front proxy that
+ * reads another Content-Length than MHD, or the Content-Length where MHD
+ * reads chunks, would take the rest of the body for a second request
+ * (request smuggling): such requests are refused before their body is read
+ * (RFC 9112 6.3). */
+static const char *ambiguous_framing(struct MHD_Connection *conn) {
+    struct framing f = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_framing, &f);
+    if (f.lengths_differ)
+        return "the request has Content-Length headers with different values";
+    if (f.chunked && f.length)
+        return "the request has both Transfer-Encoding and Content-Length";
+    if (f.not_chunked) /* MHD would wait for a body it cannot delimit */
+        return "the only Transfer-Encoding accepted is chunked";
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **req_cls) {
@@ -228,6 +274,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         ex->conn = conn;
         ex->track = track_of(conn);
         *req_cls = ex;
+        const char *why = ambiguous_framing(conn);
+        if (why) {
+            char body[256];
+            int n = snprintf(body, sizeof body,
+                             "{\"type\":\"about:blank\",\"title\":\"Bad Request\","
+                             "\"status\":400,\"detail\":\"%s\"}",
+                             why);
+            static const char *const h[] = {"Content-Type", "application/problem+json",
+                                            "Connection", "close"};
+            if (ex->track)
+                ex->track->busy = 1;
+            chorus_server_respond(ex, 400, h, 2, body, (size_t)n);
+            return queue_answer(ex);
+        }
         return MHD_YES;
     }
     if (ex->state == EX_ANSWERED)
