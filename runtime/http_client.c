@@ -271,8 +271,7 @@ static const char *denied_addr(const struct chorus_http_client *client, int fami
         int any = memcmp(self->addr, zero, sizeof zero) == 0; /* listening on 0.0.0.0 */
         int local = family == AF_INET && (a[0] == 127 || a[0] == 0);
         if ((family == self->family && memcmp(a, self->addr, family == AF_INET ? 4 : 16) == 0) ||
-            (any && local) ||
-            (family == AF_INET && a[0] == 0))
+            (any && local) || (family == AF_INET && a[0] == 0))
             return "the server's own listen address";
     }
     for (size_t i = 0; i < client->nallow; i++)

@@ -17,12 +17,12 @@ struct chorus_http_call;
 /* Transport failure classes; the Lua layer turns them into error kinds. */
 enum chorus_http_error {
     CHORUS_HTTP_OK = 0,
-    CHORUS_HTTP_TIMEOUT,  /* connect or total timeout elapsed */
-    CHORUS_HTTP_CONNECT,  /* could not resolve or connect */
-    CHORUS_HTTP_TLS,      /* handshake or certificate failure */
-    CHORUS_HTTP_RESET,    /* connection dropped after the request was sent */
-    CHORUS_HTTP_PROTOCOL, /* malformed response, unsupported URL, ... */
-    CHORUS_HTTP_DENIED,   /* the egress policy refused an address or URL */
+    CHORUS_HTTP_TIMEOUT,        /* connect or total timeout elapsed */
+    CHORUS_HTTP_CONNECT,        /* could not resolve or connect */
+    CHORUS_HTTP_TLS,            /* handshake or certificate failure */
+    CHORUS_HTTP_RESET,          /* connection dropped after the request was sent */
+    CHORUS_HTTP_PROTOCOL,       /* malformed response, unsupported URL, ... */
+    CHORUS_HTTP_DENIED,         /* the egress policy refused an address or URL */
     CHORUS_HTTP_FORBIDDEN_HOST, /* a redirect hop to a host not in allow_hosts */
 };
 

@@ -326,7 +326,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         return;
     if (ex->state == EX_WAITING)
         pending_remove(ex); /* only at daemon stop */
-    if (ex->track) { /* the connection's next request begins now */
+    if (ex->track) {        /* the connection's next request begins now */
         ex->track->busy = 0;
         ex->track->since = uv_now(ex->server->loop);
     }

@@ -195,8 +195,8 @@ int chorus_lua_http_egress(lua_State *L) {
  * or nil. core.egress_parse(entry): whether entry is an address or network. */
 int chorus_lua_http_egress_check(lua_State *L) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
-    const char *why = chorus_http_egress_denied(rt->http, luaL_checkstring(L, 1),
-                                                (int)luaL_checkinteger(L, 2));
+    const char *why =
+        chorus_http_egress_denied(rt->http, luaL_checkstring(L, 1), (int)luaL_checkinteger(L, 2));
     if (!why)
         return 0;
     lua_pushstring(L, why);

@@ -234,7 +234,7 @@ struct params {
     long headers; /* extra response headers */
     int idempotent;
     const char *location; /* Location header to send */
-    const char *bad; /* name of the first malformed parameter */
+    const char *bad;      /* name of the first malformed parameter */
 };
 
 static int parse_long(const char *s, long lo, long hi, long *out) {
