@@ -805,8 +805,9 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
     curl_easy_setopt(e, CURLOPT_PRIVATE, call);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, call);
     /* Each hop's URL and address are checked when one may differ from
-     * what the caller checked: redirects followed, or a restricted call. */
-    int check = req->restricted || (req->follow_redirects && req->allow_hosts);
+     * what the caller checked: redirects followed, or a restricted call
+     * (whose connection may be a reused one, opened unchecked). */
+    int check = req->restricted || req->follow_redirects;
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, check ? on_prereq : NULL);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, call);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
