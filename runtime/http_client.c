@@ -9,17 +9,28 @@
  */
 #include "http_client.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <stdint.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 /* Easy handles are kept for reuse: creating one costs more than a call. */
 #define EASY_POOL 256
 #define HEADER_TEXT 512
+
+/* An address or network of the egress allow-list (addr in network order). */
+struct egress_net {
+    int family;
+    unsigned char addr[16];
+    int prefix;
+};
 
 struct chorus_http_client {
     uv_loop_t *loop;
@@ -32,6 +43,10 @@ struct chorus_http_client {
     int closing;
     struct sock_ctx **socks; /* by fd: every socket curl has open */
     size_t nsocks;
+    struct egress_net *allow; /* what restricted calls may reach though not public */
+    size_t nallow;
+    struct egress_net self; /* the server's listen address (prefix 0: none) */
+    int self_port;
 };
 
 struct chorus_http_call {
@@ -58,6 +73,10 @@ struct chorus_http_call {
     chorus_http_done_fn done;
     void *data;
     uint64_t start_ms;
+    int restricted;     /* the egress policy applies (chorus_http_request.restricted) */
+    char **allow_hosts; /* NULL-terminated, lowercase; NULL: any host */
+    char denied[256];   /* why the egress policy stopped the call, if it did */
+    enum chorus_http_error denied_as;
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -167,16 +186,263 @@ static struct sock_ctx *sock_add(struct chorus_http_client *client, curl_socket_
     return ctx;
 }
 
-/* curl's socket opener: a socket whose number a socket of ours had is a new
- * one (curl closes some sockets of failed connects without telling us). */
+/* ---- egress policy -------------------------------------------------------- */
+
+static int parse_net(const char *entry, struct egress_net *out) {
+    char buf[INET6_ADDRSTRLEN + 8];
+    size_t n = strlen(entry);
+    if (n == 0 || n >= sizeof buf)
+        return -1;
+    memcpy(buf, entry, n + 1);
+    long prefix = -1;
+    char *slash = strchr(buf, '/');
+    if (slash) {
+        char *end;
+        *slash = '\0';
+        errno = 0;
+        prefix = strtol(slash + 1, &end, 10);
+        if (end == slash + 1 || *end || errno || prefix < 0)
+            return -1;
+    }
+    int max;
+    memset(out->addr, 0, sizeof out->addr);
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        return -1;
+    }
+    if (prefix > max)
+        return -1;
+    out->prefix = prefix < 0 ? max : (int)prefix;
+    return 0;
+}
+
+int chorus_http_egress_parse(const char *entry) {
+    struct egress_net net;
+    return parse_net(entry, &net);
+}
+
+static int in_net(int family, const unsigned char *a, const struct egress_net *net) {
+    if (family != net->family)
+        return 0;
+    int full = net->prefix / 8, rest = net->prefix % 8;
+    if (memcmp(a, net->addr, (size_t)full) != 0)
+        return 0;
+    if (!rest)
+        return 1;
+    unsigned char mask = (unsigned char)(0xff << (8 - rest));
+    return (a[full] & mask) == (net->addr[full] & mask);
+}
+
+/* Addresses that are not the public internet: a URL taken from a request
+ * must not reach the server's own host, its network or cloud metadata. */
+static const struct {
+    const char *net;
+    const char *what;
+} NON_PUBLIC[] = {
+    {"0.0.0.0/8", "'this host' (0.0.0.0/8)"},
+    {"10.0.0.0/8", "private (10.0.0.0/8)"},
+    {"100.64.0.0/10", "shared carrier-grade NAT (100.64.0.0/10)"},
+    {"127.0.0.0/8", "loopback (127.0.0.0/8)"},
+    {"169.254.0.0/16", "link-local (169.254.0.0/16)"},
+    {"172.16.0.0/12", "private (172.16.0.0/12)"},
+    {"192.0.0.0/24", "IETF protocol assignments (192.0.0.0/24)"},
+    {"192.168.0.0/16", "private (192.168.0.0/16)"},
+    {"198.18.0.0/15", "benchmarking (198.18.0.0/15)"},
+    {"224.0.0.0/4", "multicast (224.0.0.0/4)"},
+    {"240.0.0.0/4", "reserved (240.0.0.0/4)"},
+    {"::/128", "unspecified (::)"},
+    {"::1/128", "loopback (::1)"},
+    {"fc00::/7", "unique local (fc00::/7)"},
+    {"fe80::/10", "link-local (fe80::/10)"},
+    {"fec0::/10", "site-local (fec0::/10)"},
+    {"ff00::/8", "multicast (ff00::/8)"},
+};
+
+/* Why a restricted call may not reach family/a (network order) on port, or
+ * NULL. An IPv4-mapped IPv6 address is judged as the IPv4 one. */
+static const char *denied_addr(const struct chorus_http_client *client, int family,
+                               const unsigned char *a, int port) {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (family == AF_INET6 && memcmp(a, mapped, sizeof mapped) == 0) {
+        family = AF_INET;
+        a += 12;
+    }
+    if (client->self.prefix && port == client->self_port) {
+        static const unsigned char zero[16];
+        const struct egress_net *self = &client->self;
+        int any = memcmp(self->addr, zero, sizeof zero) == 0; /* listening on 0.0.0.0 */
+        int local = family == AF_INET && (a[0] == 127 || a[0] == 0);
+        if ((family == self->family && memcmp(a, self->addr, family == AF_INET ? 4 : 16) == 0) ||
+            (any && local) || (family == AF_INET && a[0] == 0))
+            return "the server's own listen address";
+    }
+    for (size_t i = 0; i < client->nallow; i++)
+        if (in_net(family, a, &client->allow[i]))
+            return NULL;
+    for (size_t i = 0; i < sizeof NON_PUBLIC / sizeof *NON_PUBLIC; i++) {
+        struct egress_net net;
+        parse_net(NON_PUBLIC[i].net, &net);
+        if (in_net(family, a, &net))
+            return NON_PUBLIC[i].what;
+    }
+    return NULL;
+}
+
+const char *chorus_http_egress_denied(const struct chorus_http_client *client, const char *ip,
+                                      int port) {
+    unsigned char a[16] = {0};
+    if (inet_pton(AF_INET, ip, a) == 1)
+        return denied_addr(client, AF_INET, a, port);
+    if (inet_pton(AF_INET6, ip, a) == 1)
+        return denied_addr(client, AF_INET6, a, port);
+    return "not a numeric address";
+}
+
+int chorus_http_set_egress(struct chorus_http_client *client, const char *const *allow,
+                           const char *self, char *err, size_t errlen) {
+    size_t n = 0;
+    while (allow && allow[n])
+        n++;
+    struct egress_net *nets = n ? calloc(n, sizeof *nets) : NULL;
+    if (n && !nets) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (parse_net(allow[i], &nets[i]) != 0) {
+            snprintf(err, errlen, "'%s' is not an IP address or network (a.b.c.d/N, x::y/N)",
+                     allow[i]);
+            free(nets);
+            return -1;
+        }
+    struct egress_net me = {0};
+    long port = 0;
+    if (self) {
+        char buf[INET6_ADDRSTRLEN + 8];
+        const char *colon = strrchr(self, ':');
+        size_t hl = colon ? (size_t)(colon - self) : 0;
+        char *end = NULL;
+        if (colon)
+            port = strtol(colon + 1, &end, 10);
+        if (*self == '[' && hl >= 2 && self[hl - 1] == ']')
+            self++, hl -= 2;
+        if (!colon || hl >= sizeof buf || !end || *end || port <= 0 || port > 65535) {
+            snprintf(err, errlen, "own address '%s' is not ip:port", self);
+            free(nets);
+            return -1;
+        }
+        memcpy(buf, self, hl);
+        buf[hl] = '\0';
+        if (parse_net(buf, &me) != 0) {
+            snprintf(err, errlen, "own address '%s' is not numeric", buf);
+            free(nets);
+            return -1;
+        }
+    }
+    free(client->allow);
+    client->allow = nets;
+    client->nallow = n;
+    client->self = me;
+    client->self_port = (int)port;
+    return 0;
+}
+
+/* Records why the policy stopped call (the done callback reports it). */
+static void deny(struct chorus_http_call *call, const char *target, const char *why) {
+    call->denied_as = CHORUS_HTTP_DENIED;
+    snprintf(call->denied, sizeof call->denied, "egress to %s refused: %s", target, why);
+}
+
+/* curl's socket opener (userp is the call): a restricted call never
+ * connects to an address the policy refuses; a socket whose number a
+ * socket of ours had is a new one (curl closes some sockets of failed
+ * connects without telling us). */
 static curl_socket_t on_open_socket(void *userp, curlsocktype purpose,
                                     struct curl_sockaddr *address) {
     (void)purpose;
-    struct chorus_http_client *client = userp;
+    struct chorus_http_call *call = userp;
+    struct chorus_http_client *client = call->client;
+    if (call->restricted) {
+        const struct sockaddr *sa = &address->addr;
+        const unsigned char *a = NULL;
+        int port = 0;
+        if (address->family == AF_INET) {
+            const struct sockaddr_in *in = (const void *)sa;
+            a = (const unsigned char *)&in->sin_addr;
+            port = ntohs(in->sin_port);
+        } else if (address->family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const void *)sa;
+            a = (const unsigned char *)&in6->sin6_addr;
+            port = ntohs(in6->sin6_port);
+        }
+        const char *why = a ? denied_addr(client, address->family, a, port) : "not an IP socket";
+        if (why) {
+            char ip[INET6_ADDRSTRLEN] = "?", target[INET6_ADDRSTRLEN + 16];
+            if (a)
+                inet_ntop(address->family, a, ip, sizeof ip);
+            snprintf(target, sizeof target, "%s port %d", ip, port);
+            deny(call, target, why);
+            return CURL_SOCKET_BAD;
+        }
+    }
     curl_socket_t fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
     if (fd >= 0)
         sock_forget(client, fd);
     return fd;
+}
+
+static int host_allowed(struct chorus_http_call *call, const char *host) {
+    for (char **h = call->allow_hosts; *h; h++)
+        if (strcasecmp(*h, host) == 0)
+            return 1;
+    return 0;
+}
+
+/* Runs before every request curl sends, the first and each redirect hop,
+ * on a new or a reused connection: the connected address (a reused
+ * connection was opened by another call, unchecked) and the hop's URL
+ * (host allow-list, no credentials) must pass. */
+static int on_prereq(void *clientp, char *primary_ip, char *local_ip, int primary_port,
+                     int local_port) {
+    (void)local_ip;
+    (void)local_port;
+    struct chorus_http_call *call = clientp;
+    if (call->restricted) {
+        const char *why = chorus_http_egress_denied(call->client, primary_ip, primary_port);
+        if (why) {
+            char target[INET6_ADDRSTRLEN + 16];
+            snprintf(target, sizeof target, "%.46s port %d", primary_ip, primary_port);
+            deny(call, target, why);
+            return CURL_PREREQFUNC_ABORT;
+        }
+    }
+    char *url = NULL;
+    curl_easy_getinfo(call->easy, CURLINFO_EFFECTIVE_URL, &url);
+    CURLU *u = curl_url();
+    char *user = NULL, *host = NULL;
+    int rc = CURL_PREREQFUNC_ABORT;
+    if (!u) {
+        deny(call, "?", "out of memory");
+    } else if (!url || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+               curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+        deny(call, url ? url : "?", "the URL cannot be parsed");
+    } else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK) {
+        deny(call, host, "the URL carries credentials (user:password@)");
+    } else if (call->allow_hosts && !host_allowed(call, host)) {
+        deny(call, host, "a redirect to a host not in the workflow's allow_hosts");
+        call->denied_as = CHORUS_HTTP_FORBIDDEN_HOST;
+    } else {
+        rc = CURL_PREREQFUNC_OK;
+    }
+    curl_free(user);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return rc;
 }
 
 static int on_close_socket(void *userp, curl_socket_t fd) {
@@ -301,6 +567,9 @@ static void call_free(struct chorus_http_call *call) {
     /* while closing, the owners of the data are gone already */
     if (call->charged && call->charge && !call->client->closing)
         call->charge(call->data, -(long long)call->charged);
+    for (char **h = call->allow_hosts; h && *h; h++)
+        free(*h);
+    free(call->allow_hosts);
     if (call->easy)
         easy_put(call->client, call->easy);
     curl_slist_free_all(call->headers);
@@ -442,7 +711,10 @@ static void finish(struct chorus_http_call *call, CURLcode code) {
     char msg[96];
     res.error = classify(code);
     res.message = call->errbuf[0] ? call->errbuf : curl_easy_strerror(code);
-    if (code != CURLE_OK && call->fail != CHORUS_HTTP_OK) {
+    if (code != CURLE_OK && call->denied[0]) {
+        res.error = call->denied_as;
+        res.message = call->denied;
+    } else if (code != CURLE_OK && call->fail != CHORUS_HTTP_OK) {
         res.error = call->fail;
         res.message = call->fail_msg;
     } else if (code == CURLE_FILESIZE_EXCEEDED) {
@@ -543,6 +815,21 @@ static int set_headers(struct chorus_http_call *call, const char *const *headers
     return curl_easy_setopt(call->easy, CURLOPT_HTTPHEADER, list);
 }
 
+static int copy_hosts(struct chorus_http_call *call, const char *const *hosts) {
+    if (!hosts)
+        return 0;
+    size_t n = 0;
+    while (hosts[n])
+        n++;
+    call->allow_hosts = calloc(n + 1, sizeof *call->allow_hosts);
+    if (!call->allow_hosts)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!(call->allow_hosts[i] = strdup(hosts[i])))
+            return -1; /* call_free frees those copied */
+    return 0;
+}
+
 /* A new easy handle with the options that are the same for every call: a
  * pooled handle keeps them (easy_put does not reset it). */
 static CURL *easy_new(struct chorus_http_client *client) {
@@ -553,7 +840,6 @@ static CURL *easy_new(struct chorus_http_client *client) {
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, client);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, client);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -567,6 +853,13 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
     CURL *e = call->easy;
     curl_easy_setopt(e, CURLOPT_URL, req->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, call);
+    /* Each hop's URL and address are checked when one may differ from
+     * what the caller checked: redirects followed, or a restricted call
+     * (whose connection may be a reused one, opened unchecked). */
+    int check = req->restricted || req->follow_redirects;
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, check ? on_prereq : NULL);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, call);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
@@ -605,6 +898,11 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
     call->easy = easy_get(client);
     if (!call->easy) {
         snprintf(err, errlen, "curl_easy_init failed");
+        goto fail;
+    }
+    call->restricted = req->restricted;
+    if (copy_hosts(call, req->allow_hosts) != 0) {
+        snprintf(err, errlen, "out of memory");
         goto fail;
     }
     configure(call, req);
@@ -665,5 +963,8 @@ void chorus_http_client_close(struct chorus_http_client *client) {
     free(client->socks);
     client->socks = NULL;
     client->nsocks = 0;
+    free(client->allow);
+    client->allow = NULL;
+    client->nallow = 0;
     uv_close((uv_handle_t *)&client->timer, free_client);
 }

@@ -17,13 +17,15 @@ struct chorus_http_call;
 /* Transport failure classes; the Lua layer turns them into error kinds. */
 enum chorus_http_error {
     CHORUS_HTTP_OK = 0,
-    CHORUS_HTTP_TIMEOUT,   /* connect or total timeout elapsed */
-    CHORUS_HTTP_CONNECT,   /* could not resolve or connect */
-    CHORUS_HTTP_TLS,       /* handshake or certificate failure */
-    CHORUS_HTTP_RESET,     /* connection dropped after the request was sent */
-    CHORUS_HTTP_PROTOCOL,  /* malformed response, unsupported URL, ... */
-    CHORUS_HTTP_TOO_LARGE, /* body past max_body, or headers past max_header_bytes */
-    CHORUS_HTTP_MEMORY,    /* the charge callback refused the body's growth */
+    CHORUS_HTTP_TIMEOUT,        /* connect or total timeout elapsed */
+    CHORUS_HTTP_CONNECT,        /* could not resolve or connect */
+    CHORUS_HTTP_TLS,            /* handshake or certificate failure */
+    CHORUS_HTTP_RESET,          /* connection dropped after the request was sent */
+    CHORUS_HTTP_PROTOCOL,       /* malformed response, unsupported URL, ... */
+    CHORUS_HTTP_TOO_LARGE,      /* body past max_body, or headers past max_header_bytes */
+    CHORUS_HTTP_MEMORY,         /* the charge callback refused the body's growth */
+    CHORUS_HTTP_DENIED,         /* the egress policy refused an address or URL */
+    CHORUS_HTTP_FORBIDDEN_HOST, /* a redirect hop to a host not in allow_hosts */
 };
 
 /* Response limits when the request does not set its own. */
@@ -54,6 +56,13 @@ struct chorus_http_request {
     size_t max_body;
     size_t max_header_bytes;      /* the same for the headers; 0: the default */
     chorus_http_charge_fn charge; /* may be NULL */
+    /* Refuse loopback, private, link-local and other non-public addresses
+     * unless the client's egress allow-list names them (the URL came from
+     * a request: callback_url). Checked on the resolved address of every
+     * connection and every redirect hop. */
+    int restricted;
+    /* Host names (lowercase) every redirect hop must be one of; NULL: any. */
+    const char *const *allow_hosts;
 };
 
 /* One response header (name as received). */
@@ -88,6 +97,23 @@ struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop);
  * handles; the memory is freed from the loop's close callbacks, so run the
  * loop once more (uv_run) after this before closing the loop. */
 void chorus_http_client_close(struct chorus_http_client *client);
+
+/* The egress policy of restricted calls: allow, a NULL-terminated list of
+ * addresses or networks ("127.0.0.1", "10.0.0.0/8", "fd00::/8") a
+ * restricted call may reach although they are not public; self, the
+ * server's own listen address ("ip:port", NULL: none), which a restricted
+ * call never reaches. Replaces the previous policy. Returns 0, or -1 with
+ * a message in err (a malformed entry; nothing changes). */
+int chorus_http_set_egress(struct chorus_http_client *client, const char *const *allow,
+                           const char *self, char *err, size_t errlen);
+
+/* Parses one allow-list entry; 0 when it is a valid address or network. */
+int chorus_http_egress_parse(const char *entry);
+
+/* Why a restricted call may not reach ip (numeric, v4 or v6) on port, or
+ * NULL when it may. */
+const char *chorus_http_egress_denied(const struct chorus_http_client *client, const char *ip,
+                                      int port);
 
 /* Starts a call. Returns the call, or NULL with a message in err when the
  * request cannot even be started (bad method, out of memory). done runs later

@@ -19,9 +19,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 enum exchange_state { EX_READING, EX_WAITING, EX_ANSWERED };
+
+/* One client connection, from accept to close (MHD_OPTION_NOTIFY_CONNECTION).
+ * MHD's own timeout is one of inactivity: a client sending a header line a
+ * second is never closed, and max_connections of them lock every client
+ * out. So a request must arrive whole within client_timeout of its start
+ * (the accept, or the end of the connection's previous request); the
+ * reaper shuts down the socket of one that has not. */
+struct conn_track {
+    struct MHD_Connection *conn;
+    uint64_t since; /* loop ms the current request began */
+    int busy;       /* it has arrived whole: the handler or the response own it */
+    int cut;        /* shut down by the reaper */
+    struct conn_track *prev, *next;
+};
 
 struct chorus_exchange {
     struct chorus_server *server;
@@ -31,6 +47,7 @@ struct chorus_exchange {
     size_t len, cap;
     int too_large;
     int suspended;
+    struct conn_track *track; /* its connection's, or NULL */
     unsigned status;
     struct MHD_Response *response;
     struct chorus_exchange *prev, *next; /* pending list */
@@ -42,6 +59,9 @@ struct chorus_server {
     uv_poll_t poll;
     uv_timer_t timer;
     uv_prepare_t kick; /* answers to send: runs before the loop polls again */
+    uv_timer_t reaper; /* closes connections whose request is late */
+    uint64_t client_timeout_ms;
+    struct conn_track *conns;
     chorus_server_handler handler;
     void *data;
     size_t max_body;
@@ -77,6 +97,65 @@ static void drive(struct chorus_server *s) {
         uv_timer_start(&s->timer, on_timer, ms, 0);
     else
         uv_timer_stop(&s->timer);
+}
+
+/* ---- slow clients -------------------------------------------------------- */
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    struct chorus_server *s = cls;
+    struct conn_track *t = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        t = calloc(1, sizeof *t);
+        if (!t)
+            return; /* untracked: only MHD's inactivity timeout applies */
+        t->conn = conn;
+        t->since = uv_now(s->loop);
+        t->next = s->conns;
+        if (s->conns)
+            s->conns->prev = t;
+        s->conns = t;
+        *socket_context = t;
+    } else if (t) {
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            s->conns = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+        free(t);
+        *socket_context = NULL;
+    }
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED && !uv_is_active((uv_handle_t *)&s->kick))
+        /* At max_connections MHD takes the listen socket out of its epoll
+         * set, and puts it back at the start of a later MHD_run, not the
+         * one that closed the connection: without a run soon, clients
+         * waiting in the backlog stayed there until some other event. */
+        uv_prepare_start(&s->kick, on_kick);
+}
+
+static struct conn_track *track_of(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
+
+/* Shuts down the socket of every connection whose request began more than
+ * client_timeout ago and has not arrived whole: MHD then reads the end of
+ * the stream and closes the connection (there is no request to answer). */
+static void on_reap(uv_timer_t *timer) {
+    struct chorus_server *s = timer->data;
+    uint64_t now = uv_now(s->loop);
+    for (struct conn_track *t = s->conns; t; t = t->next) {
+        if (t->busy || t->cut || now - t->since < s->client_timeout_ms)
+            continue;
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(t->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (info) {
+            shutdown(info->connect_fd, SHUT_RDWR);
+            t->cut = 1;
+        }
+    }
 }
 
 /* ---- pending list --------------------------------------------------------- */
@@ -136,6 +215,51 @@ static const char TOO_LARGE[] =
     "{\"type\":\"about:blank\",\"title\":\"Payload Too Large\",\"status\":413,"
     "\"detail\":\"request body exceeds the configured limit\"}";
 
+/* ---- request framing ------------------------------------------------------ */
+
+/* What the headers say about where the body ends. */
+struct framing {
+    const char *length; /* the first Content-Length */
+    int lengths_differ; /* another Content-Length with another value */
+    int chunked;        /* a Transfer-Encoding */
+    int not_chunked;    /* a Transfer-Encoding other than "chunked" */
+};
+
+static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value) {
+    (void)kind;
+    struct framing *f = cls;
+    value = value ? value : "";
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (f->length && strcmp(f->length, value) != 0)
+            f->lengths_differ = 1;
+        if (!f->length)
+            f->length = value;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->chunked = 1;
+        if (strcasecmp(value, "chunked") != 0)
+            f->not_chunked = 1;
+    }
+    return MHD_YES;
+}
+
+/* Why the request's body framing is ambiguous, or NULL. A front proxy that
+ * reads another Content-Length than MHD, or the Content-Length where MHD
+ * reads chunks, would take the rest of the body for a second request
+ * (request smuggling): such requests are refused before their body is read
+ * (RFC 9112 6.3). */
+static const char *ambiguous_framing(struct MHD_Connection *conn) {
+    struct framing f = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_framing, &f);
+    if (f.lengths_differ)
+        return "the request has Content-Length headers with different values";
+    if (f.chunked && f.length)
+        return "the request has both Transfer-Encoding and Content-Length";
+    if (f.not_chunked) /* MHD would wait for a body it cannot delimit */
+        return "the only Transfer-Encoding accepted is chunked";
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **req_cls) {
@@ -148,7 +272,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         ex->server = s;
         ex->conn = conn;
+        ex->track = track_of(conn);
         *req_cls = ex;
+        const char *why = ambiguous_framing(conn);
+        if (why) {
+            char body[256];
+            int n = snprintf(body, sizeof body,
+                             "{\"type\":\"about:blank\",\"title\":\"Bad Request\","
+                             "\"status\":400,\"detail\":\"%s\"}",
+                             why);
+            static const char *const h[] = {"Content-Type", "application/problem+json",
+                                            "Connection", "close"};
+            if (ex->track)
+                ex->track->busy = 1;
+            chorus_server_respond(ex, 400, h, 2, body, (size_t)n);
+            return queue_answer(ex);
+        }
         return MHD_YES;
     }
     if (ex->state == EX_ANSWERED)
@@ -159,6 +298,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_size = 0;
         return MHD_YES;
     }
+    if (ex->track) /* arrived whole: no longer the client's to delay */
+        ex->track->busy = 1;
     if (ex->too_large) {
         static const char *const h[] = {"Content-Type", "application/problem+json"};
         chorus_server_respond(ex, 413, h, 1, TOO_LARGE, sizeof TOO_LARGE - 1);
@@ -185,6 +326,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         return;
     if (ex->state == EX_WAITING)
         pending_remove(ex); /* only at daemon stop */
+    if (ex->track) {        /* the connection's next request begins now */
+        ex->track->busy = 0;
+        ex->track->since = uv_now(ex->server->loop);
+    }
     if (ex->response)
         MHD_destroy_response(ex->response);
     free(ex->body);
@@ -257,6 +402,7 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
     s->handler = handler;
     s->data = data;
     s->max_body = cfg->max_body;
+    s->client_timeout_ms = (uint64_t)cfg->client_timeout * 1000;
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)cfg->port);
@@ -269,7 +415,8 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
+        on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)", cfg->host,
                  cfg->port);
@@ -281,9 +428,17 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
     uv_poll_init(loop, &s->poll, info->epoll_fd);
     uv_timer_init(loop, &s->timer);
     uv_prepare_init(loop, &s->kick);
-    s->poll.data = s->timer.data = s->kick.data = s;
-    s->handles_open = 3;
+    uv_timer_init(loop, &s->reaper);
+    s->poll.data = s->timer.data = s->kick.data = s->reaper.data = s;
+    s->handles_open = 4;
     uv_poll_start(&s->poll, UV_READABLE, on_poll);
+    if (s->client_timeout_ms) {
+        /* a late request is cut within a quarter of the timeout (at most 1 s) */
+        uint64_t every = s->client_timeout_ms / 4;
+        every = every < 100 ? 100 : every > 1000 ? 1000 : every;
+        uv_timer_start(&s->reaper, on_reap, every, every);
+        uv_unref((uv_handle_t *)&s->reaper);
+    }
     drive(s);
     return s;
 fail:
@@ -325,4 +480,5 @@ void chorus_server_close(struct chorus_server *s) {
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->kick, on_handle_closed);
+    uv_close((uv_handle_t *)&s->reaper, on_handle_closed);
 }

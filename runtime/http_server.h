@@ -23,6 +23,8 @@ struct chorus_server_config {
     size_t max_header; /* bytes of request header space per connection */
     unsigned max_connections;
     unsigned idle_timeout; /* seconds a connection may stay silent */
+    unsigned
+        client_timeout; /* seconds a request's headers and body may take to arrive; 0: no limit */
 };
 
 /* The request as the handler sees it; valid until the exchange is answered. */

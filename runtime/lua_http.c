@@ -14,6 +14,7 @@
 #include "scheduler.h"
 
 #define MAX_HEADERS 256
+#define MAX_ALLOW_HOSTS 256
 
 size_t chorus_lua_http_active(struct chorus_runtime *rt) { return chorus_http_active(rt->http); }
 
@@ -53,6 +54,10 @@ static const char *error_kind(enum chorus_http_error e) {
         return "too_large";
     case CHORUS_HTTP_MEMORY:
         return "memory";
+    case CHORUS_HTTP_DENIED:
+        return "egress_denied";
+    case CHORUS_HTTP_FORBIDDEN_HOST:
+        return "forbidden_host";
     default:
         return "protocol";
     }
@@ -168,12 +173,28 @@ int chorus_lua_http_request(lua_State *L) {
     req.body = luaL_optlstring(L, 4, NULL, &req.body_len);
     req.connect_timeout_ms = timeout_ms(L, 5);
     req.timeout_ms = timeout_ms(L, 6);
-    lua_Integer flags = luaL_optinteger(L, 7, 0); /* 1: insecure TLS, 2: follow redirects */
+    /* 1: insecure TLS, 2: follow redirects, 4: restricted egress */
+    lua_Integer flags = luaL_optinteger(L, 7, 0);
     req.insecure = (flags & 1) != 0;
     req.follow_redirects = (flags & 2) != 0;
     req.max_body = max_body_arg(L, 8);
     req.charge = charge_body;
-    lua_settop(L, 6);
+    req.restricted = (flags & 4) != 0;
+    const char *hosts[MAX_ALLOW_HOSTS + 1];
+    if (!lua_isnoneornil(L, 9)) { /* the workflow's allow_hosts: a set of names */
+        luaL_checktype(L, 9, LUA_TTABLE);
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, 9)) {
+            lua_pop(L, 1);
+            if (lua_type(L, -1) != LUA_TSTRING || n == MAX_ALLOW_HOSTS)
+                return luaL_argerror(L, 9, "allow_hosts: at most 256 host names");
+            hosts[n++] = lua_tostring(L, -1); /* alive: a key of the table */
+        }
+        hosts[n] = NULL;
+        req.allow_hosts = hosts;
+    }
+    lua_settop(L, 9);
     const char *lines[MAX_HEADERS + 1];
     char buf[4096];
     int n = collect_headers(L, 3, lines, buf, sizeof buf);
@@ -186,4 +207,46 @@ int chorus_lua_http_request(lua_State *L) {
         return luaL_error(L, "http: %s", err);
     chorus_task_park(t, cancel_call, call);
     return lua_yield(L, 0);
+}
+
+/* core.egress({ allow = { "127.0.0.1", "10.0.0.0/8", ... }, self = "ip:port" }):
+ * the policy of restricted calls (flag 4), replacing the previous one. */
+int chorus_lua_http_egress(lua_State *L) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_getfield(L, 1, "allow");
+    int n = lua_isnil(L, -1) ? 0 : (luaL_checktype(L, -1, LUA_TTABLE), (int)lua_rawlen(L, -1));
+    const char **allow = lua_newuserdatauv(L, ((size_t)n + 1) * sizeof *allow, 0);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "egress.allow[%d] must be a string", i + 1);
+        allow[i] = lua_tostring(L, -1); /* alive: an element of the list */
+        lua_pop(L, 1);
+    }
+    allow[n] = NULL;
+    lua_getfield(L, 1, "self");
+    const char *self = luaL_optstring(L, -1, NULL);
+    char err[256];
+    if (chorus_http_set_egress(rt->http, allow, self, err, sizeof err) != 0)
+        return luaL_error(L, "egress: %s", err);
+    return 0;
+}
+
+/* core.egress_check(ip, port): why a restricted call may not reach ip:port,
+ * or nil. core.egress_parse(entry): whether entry is an address or network. */
+int chorus_lua_http_egress_check(lua_State *L) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    const char *why =
+        chorus_http_egress_denied(rt->http, luaL_checkstring(L, 1), (int)luaL_checkinteger(L, 2));
+    if (!why)
+        return 0;
+    lua_pushstring(L, why);
+    return 1;
+}
+
+int chorus_lua_http_egress_parse(lua_State *L) {
+    lua_pushboolean(L, chorus_http_egress_parse(luaL_checkstring(L, 1)) == 0);
+    return 1;
 }

@@ -3,11 +3,14 @@
  * core.http(method, url, headers, body, connect_timeout, timeout, flags,
  *           max_response_bytes)
  * starts a call for the current task and yields (flags: 1 skips TLS
- * verification, 2 follows redirects; 0 or nil neither; max_response_bytes:
- * nil for 16 MiB); the task resumes with
+ * verification, 2 follows redirects, 4 applies the egress policy of URLs
+ * taken from requests; 0 or nil none; max_response_bytes: nil for 16 MiB;
+ * a 9th argument, a set of host names, is the allow-list every redirect hop
+ * must match); the task resumes with
  *   status, headers, body, duration            on a response (any status), or
  *   nil, kind, message, duration               on a transport failure,
- * where kind is "timeout", "connect", "tls", "reset", "protocol" or
+ * where kind is "timeout", "connect", "tls", "reset", "protocol",
+ * "egress_denied", "forbidden_host" (a redirect hop outside allow_hosts) or
  * "too_large" (body past max_response_bytes, headers past 64 KiB). The body
  * is charged to the run's memory as it arrives; a body that would take the
  * run past its memory cap stops the transfer and kills the run (kind
@@ -25,6 +28,11 @@
 #include "runtime.h"
 
 int chorus_lua_http_request(lua_State *L);
+
+/* core.egress, core.egress_check, core.egress_parse (see lua_http.c). */
+int chorus_lua_http_egress(lua_State *L);
+int chorus_lua_http_egress_check(lua_State *L);
+int chorus_lua_http_egress_parse(lua_State *L);
 
 /* Calls in flight in the runtime's client. */
 size_t chorus_lua_http_active(struct chorus_runtime *rt);

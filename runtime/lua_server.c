@@ -2,9 +2,12 @@
  * handler, and the handler's return value becomes the response.
  *
  *   local srv = core.serve({ host =, port =, max_body =, max_header =,
- *                            max_connections =, idle_timeout = }, handler)
+ *                            max_connections =, idle_timeout =, client_timeout = }, handler)
+ * (idle_timeout: seconds a connection may stay silent; client_timeout,
+ * default idle_timeout: seconds a request may take to arrive whole)
  *   handler(req) → { status = int, headers = { name = value }, body = string }
- *   req = { method, path, headers = { lowercase name = value }, query = {}, body }
+ *   req = { method, path, headers = { lowercase name = value }, query = {}, body,
+ *           repeated = { lowercase name = true } (only when a header came twice) }
  *   srv:port(), srv:pending(), srv:quiesce(), srv:close()
  *
  * The handler runs as a run with the runtime's memory cap and no instruction
@@ -35,6 +38,10 @@ struct lua_server {
 static const char INTERNAL[] =
     "{\"type\":\"about:blank\",\"title\":\"Internal Server Error\",\"status\":500}";
 
+/* A header seen twice is kept joined with ", " (RFC 9110 5.3) and its name
+ * is listed in req.repeated, so the server can refuse a repeated header
+ * that must be single (Idempotency-Key) rather than silently keep one.
+ * The headers table is at -1, the request at -2. */
 static void set_kv(void *cls, const char *key, const char *value) {
     lua_State *L = cls;
     size_t n = strlen(key);
@@ -44,7 +51,23 @@ static void set_kv(void *cls, const char *key, const char *value) {
         return;
     for (size_t i = 0; i <= n; i++)
         lower[i] = (char)(key[i] >= 'A' && key[i] <= 'Z' ? key[i] + 32 : key[i]);
-    lua_pushstring(L, value);
+    if (lua_getfield(L, -1, lower) == LUA_TSTRING) {
+        lua_pushliteral(L, ", ");
+        lua_pushstring(L, value);
+        lua_concat(L, 3);
+        if (lua_getfield(L, -3, "repeated") != LUA_TTABLE) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, -5, "repeated");
+        }
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, lower);
+        lua_pop(L, 1);
+    } else {
+        lua_pop(L, 1);
+        lua_pushstring(L, value);
+    }
     lua_setfield(L, -2, lower);
     if (lower != small)
         free(lower);
@@ -235,6 +258,7 @@ int chorus_lua_serve(lua_State *L) {
         .max_connections = (unsigned)opt_field(L, "max_connections", 10000),
         .idle_timeout = (unsigned)opt_field(L, "idle_timeout", 30),
     };
+    cfg.client_timeout = (unsigned)opt_field(L, "client_timeout", cfg.idle_timeout);
     struct lua_server *ls = lua_newuserdatauv(L, sizeof *ls, 0);
     ls->rt = rt;
     ls->server = NULL;

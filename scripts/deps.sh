@@ -8,6 +8,7 @@ PACKAGES=(
   liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libmicrohttpd-dev
   liblmdb-dev lmdb-utils libcjson-dev libssl-dev libxxhash-dev
   lua-busted lua-dkjson lua-system lua-check curl wrk valgrind clang-format time bc
+  python3  # tests/integration/raw_client.py: raw and slow requests curl cannot send
 )
 
 missing=()

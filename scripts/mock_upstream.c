@@ -7,7 +7,8 @@
  * headers=N (N more response headers, X-Mock-1 .. X-Mock-N),
  * stream_bytes=N|endless (N filler bytes as fast as the client reads, with a
  * Content-Length, or chunked and never ending; chunked=1 leaves the length
- * out of a finite one too), idempotent=1; otherwise it echoes
+ * out of a finite one too), idempotent=1, location=URL (a Location header:
+ * with status=302, a redirect); otherwise it echoes
  * the request as JSON. GET /__stats reports what it saw, POST /__reset
  * forgets it. It prints `listening 127.0.0.1:PORT` once it accepts, and exits
  * 0 on SIGTERM/SIGINT or after --max-seconds, so a test never leaves it
@@ -237,7 +238,8 @@ struct params {
     long long stream_bytes; /* >0: that many filler bytes; -1: endless; 0: off */
     int chunked;            /* stream without a Content-Length */
     int idempotent;
-    const char *bad; /* name of the first malformed parameter */
+    const char *location; /* Location header to send */
+    const char *bad;      /* name of the first malformed parameter */
 };
 
 static int parse_long(const char *s, long lo, long hi, long *out) {
@@ -290,6 +292,7 @@ static void params_read(struct MHD_Connection *c, struct params *p) {
     p->seq = arg(c, "seq");
     p->retry_after = arg(c, "retry_after");
     p->body = arg(c, "body");
+    p->location = arg(c, "location");
     s = arg(c, "idempotent");
     p->idempotent = s != NULL && strcmp(s, "1") == 0;
 }
@@ -708,6 +711,10 @@ static enum MHD_Result request_finish(struct request *req, struct MHD_Connection
         goto fail;
     int slow = p.fault && strcmp(p.fault, "slow_body") == 0;
     struct MHD_Response *resp = response_new(m, fd, &r, slow, &p);
+    if (resp && p.location && MHD_add_response_header(resp, "Location", p.location) != MHD_YES) {
+        MHD_destroy_response(resp);
+        resp = NULL; /* queue() fails on NULL */
+    }
     enum MHD_Result ret = queue(c, resp, r.status, r.ctype, p.retry_after, p.headers);
     if (ret != MHD_YES)
         req->settled = 1;

@@ -12,6 +12,7 @@
 --     outbox = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 },
 --     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
 --     webhook_secret = chorus.secret("webhook"),
+--     egress = { allow = { "10.0.0.0/8" } },  -- non-public addresses callbacks may reach
 --   }
 --
 -- It runs sandboxed like a workflow script (chorus.env and chorus.secret are
@@ -26,7 +27,7 @@ local FIELDS = {
   listen = "string", scripts = "string", data = "string", admin_token = "string",
   limits = "table", upstreams = "table", access_log = "boolean",
   storage = "table", outbox = "table", alerts = "table", webhook_secret = "string",
-  secrets_dir = "string", auth = "table",
+  secrets_dir = "string", auth = "table", egress = "table",
 }
 
 -- Every number in the config has a range, checked at load with a message
@@ -203,6 +204,17 @@ local function validate(conf, path)
       end
     end
   end
+  for k, v in pairs(conf.egress or {}) do
+    if k ~= "allow" or type(v) ~= "table" then
+      return nil, ("%s: egress: only allow = { \"ADDRESS\", \"NETWORK/BITS\", ... }"):format(path)
+    end
+    for i, entry in ipairs(v) do
+      if type(entry) ~= "string" or not core.egress_parse(entry) then
+        return nil, ("%s: egress.allow[%d] must be an IP address or network (\"10.0.0.0/8\", \"::1\"), got %s")
+          :format(path, i, tostring(entry))
+      end
+    end
+  end
   for name, up in pairs(conf.upstreams or {}) do
     if type(up) ~= "table" or type(up.base_url) ~= "string" or not up.base_url:match("^https?://") then
       return nil, ("%s: upstreams.%s.base_url must be an http(s) URL"):format(path, tostring(name))
@@ -266,6 +278,7 @@ function config.apply(conf)
     instructions = limits.run_instructions and math.floor(limits.run_instructions) or nil,
   })
   require("chorus.http").configure(conf.upstreams)
+  core.egress({ allow = (conf.egress or {}).allow })
   require("chorus.secrets").dir = conf.secrets_dir
   for name, up in pairs(conf.upstreams or {}) do
     if up.tls_verify == false then

@@ -71,6 +71,12 @@ local function raise(kind, message, req)
 end
 http.error_mt = ERROR_MT
 
+--- Whether url has a user:password@ (or user@) part: refused, such URLs
+--- end up in logs, run records and the Referer of redirects.
+function http.has_credentials(url)
+  return url:match("^%a+://[^/?#]*@") ~= nil
+end
+
 local function is_json(headers)
   local ct = headers["content-type"]
   return ct and (ct:find("application/json", 1, true) or ct:find("+json", 1, true))
@@ -156,6 +162,9 @@ local function prepare(req)
   if type(req.url) ~= "string" or not req.url:match("^https?://") then
     error(("http.request: url must be an http:// or https:// URL, got %s"):format(tostring(req.url)), 3)
   end
+  if http.has_credentials(req.url) then
+    error("http.request: the url carries user:password@; send credentials in a header instead", 3)
+  end
   check_number(req, "timeout")
   check_number(req, "connect_timeout")
   local out = {
@@ -205,8 +214,9 @@ local function send_once(r)
     end
   end
   local started = core.now()
+  -- allow_hosts goes along: every redirect hop is checked against it too
   local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
-    r.connect_timeout, timeout, r.flags, r.max_response_bytes)
+    r.connect_timeout, timeout, r.flags, r.max_response_bytes, run and run.allow_hosts)
   if run then
     runstate.record_call(run, r, started, duration, status or headers)
   end
@@ -419,6 +429,9 @@ local function upstream_url(config, path)
     url = join(config.base_url, path)
     if not url:match("^https?://") then
       error(("http.request: url must be an http:// or https:// URL, got %s"):format(url), 3)
+    end
+    if http.has_credentials(url) then
+      error("http.request: the upstream's base_url carries user:password@; use its headers instead", 3)
     end
     urls[path] = url
   end

@@ -5,7 +5,9 @@
 -- this process (memory), then in the data folder. Same key and fingerprint:
 -- 409 while the first is in flight, its stored response (with
 -- Idempotent-Replayed: true) once it finished; same key, other fingerprint:
--- 422. The fingerprint is the SHA-256 of method, path and the body's bytes.
+-- 422. The fingerprint is the SHA-256 of method, path, the query arguments
+-- (sorted), the Callback-URL header and the body's bytes: a retry that
+-- names another callback_url is another request, not a replay.
 -- The key record is written with the run's first records and rewritten
 -- with the response in the same commit as the run's final state.
 local core = require "chorus.core"
@@ -48,8 +50,32 @@ function idempotency.parse(value)
   return key
 end
 
+-- "?k=v&..." of the query arguments, sorted, each length-prefixed (no two
+-- different queries give the same text); "" without any, so a request
+-- without a query keeps the fingerprint it had before queries counted.
+local function query_text(req)
+  local names = {}
+  for k in pairs(req.query or {}) do
+    names[#names + 1] = k
+  end
+  local cb = req.headers and req.headers["callback-url"]
+  if #names == 0 and not cb then
+    return ""
+  end
+  table.sort(names)
+  local parts = {}
+  for i, k in ipairs(names) do
+    local v = req.query[k]
+    parts[i] = ("%d:%s=%d:%s"):format(#k, k, #v, v)
+  end
+  if cb then
+    parts[#parts + 1] = ("callback-url:%d:%s"):format(#cb, cb)
+  end
+  return "?" .. table.concat(parts, "&")
+end
+
 function idempotency.fingerprint(req)
-  return core.sha256(req.method .. " " .. req.path .. "\n" .. req.body)
+  return core.sha256(req.method .. " " .. req.path .. query_text(req) .. "\n" .. req.body)
 end
 
 --- Decides what a request with key gets. Returns one of:

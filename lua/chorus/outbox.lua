@@ -303,8 +303,8 @@ local PERMANENT_EXCEPT = { [408] = true, [425] = true, [429] = true }
 
 -- Classifies an HTTP outcome: nil when delivered, else a failure.
 local function http_failure(status, headers, body)
-  if not status then
-    return { error = { kind = headers, message = body } }
+  if not status then -- an address the egress policy refuses will not change: no retry
+    return { error = { kind = headers, message = body }, permanent = headers == "egress_denied" }
   end
   if status < 400 then
     return nil
@@ -328,7 +328,10 @@ local function send(req, key)
     headers["Idempotency-Key"] = key
   end
   local http = require "chorus.http"
-  local status, h, body = http.transport()(req.method, req.url, headers, req.body, 10, req.timeout or 30)
+  -- restricted: the URL came from a request (callback_url), so the egress
+  -- policy refuses non-public addresses (flag 4)
+  local status, h, body = http.transport()(req.method, req.url, headers, req.body, 10, req.timeout or 30,
+    req.restricted and 4 or 0)
   return http_failure(status, h, body)
 end
 

@@ -321,8 +321,10 @@ local function queue_webhook(rec)
   if secret and secret ~= "" then
     headers[webhook.HEADER] = webhook.sign(secret, body)
   end
+  -- restricted: the URL came from the request, so the egress policy keeps
+  -- it off loopback, private networks and this server (egress.allow)
   state.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
-    headers = headers, body = body }, run_id = rec.id }))
+    headers = headers, body = body, restricted = true }, run_id = rec.id }))
 end
 
 -- Writes the first records of a durable run: the run (running), its timer
@@ -429,10 +431,32 @@ local function execute(entry, rec, input, recorded)
   return ok, value, stored, serr
 end
 
+-- The callback URL of a request, or nil; nil and why when it is refused.
+-- A numeric host is checked against the egress policy here (a 400 now
+-- rather than a DLQ entry later); a host name when the webhook connects.
 local function callback_url(req)
   local url = req.query.callback_url or req.headers["callback-url"]
-  if url ~= nil and not url:match("^https?://[^%s]+$") then
+  if url == nil then
+    return nil
+  end
+  if not url:match("^https?://[^%s]+$") then
     return nil, "callback_url must be an http:// or https:// URL"
+  end
+  if require("chorus.http").has_credentials(url) then
+    return nil, "callback_url must not carry user:password@"
+  end
+  local authority = url:match("^https?://([^/?#]*)")
+  local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then
+    host, port = authority:match("^([^:]*):?(%d*)$")
+  end
+  if host and (host:match("^[%d%.]+$") or host:find(":", 1, true)) then
+    port = tonumber(port) or (url:match("^https") and 443 or 80)
+    local why = core.egress_check(host, port)
+    if why then
+      return nil, ("callback_url may not reach %s: %s (the config's egress.allow lists the addresses "
+        .. "callbacks may reach)"):format(host, why)
+    end
   end
   return url
 end
@@ -480,6 +504,9 @@ local function start_workflow(req, name)
     return r
   end
   local wf = entry.workflow
+  if req.repeated and req.repeated["idempotency-key"] then -- which one would the client mean?
+    return problem(400, "Bad Request", "the request has more than one Idempotency-Key header")
+  end
   local key, kerr = idempotency.parse(req.headers["idempotency-key"])
   if kerr then
     return problem(400, "Bad Request", kerr)
@@ -512,7 +539,7 @@ local function start_workflow(req, name)
       return problem(409, "Conflict", "a request with this Idempotency-Key is still in flight; retry later")
     elseif verdict == "mismatch" then
       return problem(422, "Unprocessable Content",
-        "this Idempotency-Key was used with a different request (method, path or body)")
+        "this Idempotency-Key was used with a different request (method, path, query, Callback-URL or body)")
     elseif verdict == "replay" then
       if type(stored) ~= "table" or math.type(stored.status) ~= "integer" or type(stored.headers) ~= "table"
           or type(stored.body) ~= "string" then
@@ -886,13 +913,15 @@ function server.serve(config, on_listening)
   local sok, srv = pcall(core.serve, {
     host = host, port = tonumber(port), max_body = limits.max_body_bytes,
     max_header = limits.max_header_bytes, max_connections = limits.max_connections,
-    idle_timeout = limits.client_timeout,
+    idle_timeout = limits.client_timeout, client_timeout = limits.client_timeout,
   }, server.dispatch)
   if not sok then
     return nil, tostring(srv)
   end
   state.srv = srv
   state.config.drain_timeout = limits.drain_timeout
+  -- callbacks never reach this server itself, whatever egress.allow says
+  core.egress({ allow = (config.egress or EMPTY).allow, self = ("%s:%d"):format(host, srv:port()) })
   core.on_signal("SIGHUP", function() server.reload("SIGHUP") end)
   core.on_signal("SIGTERM", drain)
   core.on_signal("SIGINT", drain)

@@ -12,6 +12,7 @@ local function config_text(mock_url)
 return {
   admin_token = "s3cret",
   webhook_secret = "whsec",
+  egress = { allow = { "127.0.0.1" } }, -- the webhook test delivers to the mock
   outbox = { base = 0.05, cap = 0.2, poll = 0.02 },
   upstreams = { mock = { base_url = %q }, cards = { base_url = %q }, vault = { base_url = %q },
     mailer = { base_url = %q } },

@@ -345,6 +345,102 @@ static void test_keep_alive(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK_INT_EQ(o.status, 200);
 }
 
+/* A call with the egress options: restricted, following redirects with an
+ * allow-list of hosts. */
+static void start_egress(struct chorus_http_client *c, const char *url, int restricted,
+                         const char *const *hosts, struct outcome *o) {
+    char err[128];
+    struct chorus_http_request req = {.method = "GET",
+                                      .url = url,
+                                      .connect_timeout_ms = 1000,
+                                      .timeout_ms = 5000,
+                                      .restricted = restricted,
+                                      .follow_redirects = 1,
+                                      .allow_hosts = hosts};
+    CHECK(chorus_http_start(c, &req, on_done, o, err, sizeof err) != NULL);
+}
+
+static void test_egress_ranges(struct chorus_http_client *c) {
+    static const char *const refused[] = {
+        "127.0.0.1",  "10.1.2.3",  "172.20.0.1", "192.168.1.1",       "169.254.169.254",
+        "0.0.0.0",    "::1",       "fe80::1",    "fd00::1",           "::ffff:127.0.0.1",
+        "100.64.0.1", "224.0.0.1", "::",         "::ffff:192.168.0.1"};
+    static const char *const public[] = {"8.8.8.8", "172.32.0.1", "192.169.0.1", "2001:4860::8888",
+                                         "::ffff:1.1.1.1"};
+    char err[128];
+    CHECK_INT_EQ(chorus_http_set_egress(c, NULL, NULL, err, sizeof err), 0);
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
+        CHECK(chorus_http_egress_denied(c, refused[i], 80) != NULL);
+    for (size_t i = 0; i < sizeof public / sizeof *public; i++)
+        CHECK(chorus_http_egress_denied(c, public[i], 80) == NULL);
+    const char *allow[] = {"10.0.0.0/8", "fd00::/8", NULL};
+    CHECK_INT_EQ(chorus_http_set_egress(c, allow, "203.0.113.5:8080", err, sizeof err), 0);
+    CHECK(chorus_http_egress_denied(c, "10.1.2.3", 80) == NULL);
+    CHECK(chorus_http_egress_denied(c, "fd12::1", 80) == NULL);
+    CHECK(chorus_http_egress_denied(c, "172.20.0.1", 80) != NULL);
+    CHECK(chorus_http_egress_denied(c, "203.0.113.5", 8080) != NULL); /* the server itself */
+    CHECK(chorus_http_egress_denied(c, "203.0.113.5", 443) == NULL);
+    static const char *const bad[] = {"10.0.0.0/33", "nope", "1.2.3.4/", "1.2.3.4/x", "", NULL};
+    for (size_t i = 0; bad[i]; i++) {
+        const char *one[] = {bad[i], NULL};
+        CHECK(chorus_http_set_egress(c, one, NULL, err, sizeof err) != 0);
+        CHECK(chorus_http_egress_parse(bad[i]) != 0);
+    }
+    CHECK(chorus_http_egress_denied(c, "10.1.2.3", 80) ==
+          NULL); /* a refused policy changes nothing */
+    CHECK_INT_EQ(chorus_http_set_egress(c, NULL, NULL, err, sizeof err), 0);
+}
+
+/* A restricted call never reaches the mock on loopback, not even over a
+ * connection an unrestricted call left open; the allow-list lets it, the
+ * server's own address never. */
+static void test_egress_calls(struct chorus_http_client *c, uv_loop_t *loop) {
+    char url[256], err[128], self[64];
+    struct outcome o[4] = {0};
+    snprintf(url, sizeof url, "%s/egress", mock_url);
+    CHECK(start(c, "GET", "/warm", NULL, 5000, &o[0]) != NULL); /* leaves a keep-alive connection */
+    run_until(loop, o, 1);
+    CHECK_INT_EQ(o[0].status, 200);
+    start_egress(c, url, 1, NULL, &o[1]);
+    run_until(loop, &o[1], 1);
+    CHECK_INT_EQ(o[1].error, CHORUS_HTTP_DENIED);
+    const char *allow[] = {"127.0.0.1", NULL};
+    CHECK_INT_EQ(chorus_http_set_egress(c, allow, NULL, err, sizeof err), 0);
+    start_egress(c, url, 1, NULL, &o[2]);
+    run_until(loop, &o[2], 1);
+    CHECK_INT_EQ(o[2].error, CHORUS_HTTP_OK);
+    CHECK_INT_EQ(o[2].status, 200);
+    snprintf(self, sizeof self, "%s", mock_url + strlen("http://"));
+    CHECK_INT_EQ(chorus_http_set_egress(c, allow, self, err, sizeof err), 0);
+    start_egress(c, url, 1, NULL, &o[3]);
+    run_until(loop, &o[3], 1);
+    CHECK_INT_EQ(o[3].error, CHORUS_HTTP_DENIED);
+    CHECK_INT_EQ(chorus_http_set_egress(c, NULL, NULL, err, sizeof err), 0);
+}
+
+/* Every redirect hop must be one of allow_hosts; user:password URLs never. */
+static void test_redirect_hops(struct chorus_http_client *c, uv_loop_t *loop) {
+    const char *port = strrchr(mock_url, ':') + 1;
+    const char *hosts[] = {"127.0.0.1", NULL};
+    char ok_url[256], away[256], creds[256];
+    snprintf(ok_url, sizeof ok_url,
+             "%s/r?status=302&location=http%%3A%%2F%%2F127.0.0.1%%3A%s%%2Fthere", mock_url, port);
+    snprintf(away, sizeof away, "%s/r?status=302&location=http%%3A%%2F%%2Flocalhost%%3A%s%%2Fthere",
+             mock_url, port);
+    snprintf(creds, sizeof creds,
+             "%s/r?status=302&location=http%%3A%%2F%%2Fu%%3Ap%%40127.0.0.1%%3A%s%%2Fthere",
+             mock_url, port);
+    struct outcome o[3] = {0};
+    start_egress(c, ok_url, 0, hosts, &o[0]);
+    start_egress(c, away, 0, hosts, &o[1]);
+    start_egress(c, creds, 0, NULL, &o[2]);
+    run_until(loop, o, 3);
+    CHECK_INT_EQ(o[0].error, CHORUS_HTTP_OK);
+    CHECK(strstr(o[0].body, "\"path\":\"/there\"") != NULL);
+    CHECK_INT_EQ(o[1].error, CHORUS_HTTP_FORBIDDEN_HOST);
+    CHECK_INT_EQ(o[2].error, CHORUS_HTTP_DENIED);
+}
+
 int main(void) {
     if (start_mock() != 0) {
         fprintf(stderr, "cannot start build/mock-upstream\n");
@@ -364,6 +460,9 @@ int main(void) {
     test_cancel(c, &loop);
     test_keep_alive(c, &loop);
     test_response_limits(c, &loop);
+    test_egress_ranges(c);
+    test_egress_calls(c, &loop);
+    test_redirect_hops(c, &loop);
     chorus_http_client_close(c);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
