@@ -27,11 +27,12 @@ describe("chorus run", function()
     mock.reset()
   end)
 
-  it("fans out concurrently: 200 ms and 300 ms upstreams finish in about 300 ms", function()
+  it("fans out concurrently: 200 ms and 300 ms upstreams are in flight at once (the mock counts)", function()
     local env = {
       CHORUS_UPSTREAM_CRM = mock.url .. "/crm?delay=200",
       CHORUS_UPSTREAM_MARKETING = mock.url .. "/marketing?delay=300",
     }
+    mock.reset()
     local r = H.chorus_run({ "run", "examples/fanout/fanout.lua", "--input", '{"type":"signup"}' }, env)
     assert.are.equal(0, r.code, r.stderr)
     local out = H.decode(r.stdout)
@@ -39,8 +40,9 @@ describe("chorus run", function()
     assert.is_true(out.json.crm.ok)
     assert.is_true(out.json.marketing.ok)
     assert.is_true(r.elapsed >= 0.3, ("took %.3f s, faster than the slowest call"):format(r.elapsed))
-    assert.is_true(r.elapsed < 0.4, ("took %.3f s: calls were not concurrent"):format(r.elapsed))
+    -- concurrency as the upstream saw it, not a wall-clock bound that a busy machine breaks
     local stats = mock.stats()
+    assert.are.equal(2, stats.max_in_flight, "the two calls were not in flight together")
     assert.are.equal(1, stats.by_path["/crm/events"])
     assert.are.equal(1, stats.by_path["/marketing/events"])
   end)
