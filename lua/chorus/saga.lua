@@ -15,7 +15,10 @@
 -- 0.5 s, capped at 10 s), to the DLQ at the end. So a rollback survives a
 -- crash of the process and an API that is down for a while. commit does the
 -- same with its function's calls. A compensation that raises while being
--- captured is logged and listed in s.failed; the others still go.
+-- captured is logged and listed in s.failed; the others still go. A run
+-- ended by a control error (chorus.runstate) never compensates: abort
+-- re-raises that error at once.
+local core = require "chorus.core"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
 
@@ -68,12 +71,25 @@ local function captured(fn, arg)
   local ok, res = pcall(fn, arg)
   local requests = run.capture
   run.capture = saved
+  if not ok and run.stopped then -- a control error is the run's end, not a failed step
+    error(run.stopped, 0)
+  end
   return ok, res, requests
 end
 
 --- Enqueues the compensations of the completed steps, newest first, then
 --- raises err. s.compensation is the outbox entry id (nil when none).
 function Saga:abort(err)
+  -- A control error (crash, nondeterminism, deadline, a limit) compensates
+  -- nothing: after a crash the replay decides, after a divergence nobody
+  -- knows what the outside world saw, and a deadline has on_timeout.
+  local stop = runstate.stopped()
+  if stop then
+    error(stop, 0)
+  end
+  if core.killed() then
+    error(err, 0)
+  end
   local requests = {}
   for i = #self.done, 1, -1 do
     local step = self.done[i]
