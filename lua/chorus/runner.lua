@@ -6,6 +6,7 @@ local context = require "chorus.context"
 local journal = require "chorus.journal"
 local runstate = require "chorus.runstate"
 local errors = require "chorus.errors"
+local saga = require "chorus.saga"
 
 local runner = {}
 
@@ -55,28 +56,30 @@ function runner.execute(workflow, input, opts)
     error(errors.settle(value), 0)
   end
   err = err or result[2]
-  if type(err) == "table" and rawget(err, "kind") == "deadline" and workflow.on_timeout then
-    err = runner.on_timeout(workflow, ctx, state, err)
+  if type(err) == "table" and rawget(err, "kind") == "deadline" then
+    err = runner.after_deadline(workflow, ctx, state, err)
   end
   error(errors.settle(err), 0)
 end
 
--- Runs on_timeout after the deadline stopped the run: with its own short
--- deadline to cancel, compensate or alert, and effects allowed again. Its
+-- After the deadline stopped the run, with effects allowed again and a
+-- short deadline of their own: the sagas the run left open are
+-- compensated, then on_timeout runs to cancel, compensate or alert. Its
 -- return value (or error) is kept as state.on_timeout = { ok =, value | error }
 -- (plain data: the run record and the callback show it). Returns the
 -- run's error: the deadline's, or a control error on_timeout itself hit
 -- (a crash must still end the run as a crash).
-function runner.on_timeout(workflow, ctx, state, err)
+function runner.after_deadline(workflow, ctx, state, err)
   state.stopped = nil
   state.deadline = core.now() + ON_TIMEOUT_GRACE
-  local res = table.pack(pcall(workflow.on_timeout, ctx))
+  saga.on_deadline(state)
+  local res = workflow.on_timeout and table.pack(pcall(workflow.on_timeout, ctx))
   local stop = state.stopped
   state.stopped = err
-  if res[1] then
+  if res and res[1] then
     local ok, value = pcall(errors.plain, res[2])
     state.on_timeout = ok and { ok = true, value = value } or { ok = false, error = errors.settle(value) }
-  else
+  elseif res then
     state.on_timeout = { ok = false, error = errors.settle(res[2]) }
     ctx.log.error("on_timeout failed", { error = state.on_timeout.error.message or tostring(res[2]) })
   end

@@ -132,3 +132,41 @@ describe("the deadline bounds every wait", function()
     assert_timed_out(r)
   end)
 end)
+
+describe("a saga the deadline leaves open", function()
+  before_each(testing.reset)
+
+  local function order(after)
+    return chorus.workflow { name = "saga-deadline", timeout = 5, run = function(ctx)
+      local saga = require "chorus.saga"
+      local api = http.upstream("api")
+      local s = saga.new(ctx)
+      local ok, err = pcall(function()
+        s:step("reserve", function() return api:post("/reserve").status end,
+          function() api:post("/release") end)
+        if after == "commit" then
+          s:commit("confirm", function() api:post("/confirm") end)
+        end
+        ctx.sleep(10)
+      end)
+      if not ok then
+        s:abort(err)
+      end
+    end }
+  end
+
+  it("is compensated once at the deadline, though the script's pcall never got to abort", function()
+    testing.mock("api", { status = 201 })
+    local r = testing.run(order(), nil, { deliver = true })
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(1, #testing.calls_to(r, "api", "POST", "/release"))
+  end)
+
+  it("is not undone once committed", function()
+    testing.mock("api", { status = 201 })
+    local r = testing.run(order("commit"), nil, { deliver = true })
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(0, #testing.calls_to(r, "api", "POST", "/release"))
+    assert.are.equal(1, #testing.calls_to(r, "api", "POST", "/confirm"))
+  end)
+end)
