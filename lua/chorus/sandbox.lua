@@ -166,7 +166,7 @@ local function coroutines(mine)
   end
   co.close = function(c)
     check(c, "close")
-    return coroutine.close(c)
+    return rethrow_if_stopped(coroutine.close(c)) -- a __close handler's control error too
   end
   co.wrap = function(f)
     local c = co.create(f)

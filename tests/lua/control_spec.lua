@@ -11,7 +11,7 @@ local bulkhead = require "chorus.bulkhead"
 
 local SWALLOW = testing.here "fixtures/control_swallow.lua"
 local DEADLINE = testing.here "fixtures/control_deadline.lua"
-local MODES = { "pcall", "xpcall", "wrap", "resume", "all_settled" }
+local MODES = { "pcall", "xpcall", "wrap", "resume", "close", "all_settled" }
 
 local function api_ok()
   testing.mock("api", function(req)
