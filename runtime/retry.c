@@ -100,7 +100,9 @@ double chorus_retry_next(const struct chorus_retry_policy *p, int retry, double 
     if (retry >= p->attempts)
         return -1;
     *prev_delay = chorus_retry_delay(p, retry, *prev_delay, rng);
-    wait = fmax(*prev_delay, retry_after);
+    /* a Retry-After is honoured up to cap: "Retry-After: 86400" must not
+     * park a run (or its caller) for a day */
+    wait = fmax(*prev_delay, fmin(retry_after, p->cap));
     if (p->max_elapsed > 0 && elapsed + wait > p->max_elapsed)
         return -1;
     return wait;

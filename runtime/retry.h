@@ -72,8 +72,8 @@ double chorus_retry_delay(const struct chorus_retry_policy *p, int retry, double
  * server's Retry-After in seconds, or < 0 when it sent none.
  * Returns -1 (give up) when the attempts are used up (retry >= attempts) or
  * when max_elapsed > 0 and elapsed + the wait would pass it; otherwise the
- * wait, max(backoff, retry_after): a Retry-After longer than cap is honoured,
- * not shortened, and max_elapsed or the run's deadline bound it. *prev_delay
+ * wait, max(backoff, min(retry_after, cap)): a Retry-After longer than cap
+ * is shortened to cap, and max_elapsed or the run's deadline bound it. *prev_delay
  * (in/out, 0 before the first retry) carries the backoff part between
  * retries for decorrelated jitter. The retry budget is separate: call
  * chorus_retry_budget_try_withdraw after this says yes. */

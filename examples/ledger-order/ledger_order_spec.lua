@@ -89,6 +89,41 @@ describe("ledger-order", function()
     assert.are.equal(2, r.outbox[1].attempts) -- two failed deliveries before the voids went through
   end)
 
+  -- The README's pattern (ctx.lock + pcall + saga) under a crash after
+  -- every one of the run's effects (lock, 3 entries, the commit's outbox
+  -- entry, unlock): the replay finishes the order, committed once.
+  for crash_after = 1, 6 do
+    it(("commits exactly once after a crash after effect %d"):format(crash_after), function()
+      local ledger = fake_ledger()
+      testing.mock("ledger", ledger.handler)
+      local r = testing.run(SCRIPT, ORDER, { deliver = true, crash_after = crash_after })
+      assert.is_true(r.crashed)
+      assert.is_true(r.ok, r.error and r.error.message)
+      assert.are.equal(201, r.value.status)
+      assert.are.same({ committed = 3 }, states(ledger))
+      assert.are.equal(1, #r.outbox)
+      assert.are.equal(1, #testing.calls_to(r, "ledger", "POST", "/commits"))
+      assert.are.equal(3, ledger.posts) -- no entry logged twice
+    end)
+  end
+
+  -- The same when item 2 is refused (lock, 2 entries, the voids' outbox
+  -- entry, unlock): one compensation, voiding item 1 once.
+  for crash_after = 1, 5 do
+    it(("compensates exactly once after a crash after effect %d"):format(crash_after), function()
+      local ledger = fake_ledger({ fail_at = 2, failure = 422 })
+      testing.mock("ledger", ledger.handler)
+      local r = testing.run(SCRIPT, ORDER, { deliver = true, crash_after = crash_after })
+      assert.is_true(r.crashed)
+      assert.is_true(r.ok, r.error and r.error.message)
+      assert.are.equal(409, r.value.status)
+      assert.are.same({ void = 1 }, states(ledger))
+      assert.are.equal(1, #r.outbox)
+      assert.are.equal(1, #testing.calls_to(r, "ledger", "POST", "/entries/e1/void"))
+      assert.are.equal(0, #testing.calls_to(r, "ledger", "POST", "/commits"))
+    end)
+  end
+
   it("sends one stable idempotency key per ledger effect", function()
     local ledger = fake_ledger()
     testing.mock("ledger", ledger.handler)

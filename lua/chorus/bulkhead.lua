@@ -4,6 +4,7 @@
 -- queue =, wait = }`) so one slow API cannot take every run's capacity.
 -- A call that finds it full raises { kind = "bulkhead_full" }.
 local core = require "chorus.core"
+local runstate = require "chorus.runstate"
 
 local bulkhead = {}
 
@@ -34,17 +35,22 @@ function bulkhead.get(name, opts)
   return setmetatable({ name = name, impl = impl, wait = wait }, Bulkhead)
 end
 
--- Waits in the queue for a slot; true when one was handed over.
+-- Waits in the queue for a slot, at most `wait` seconds and never past the
+-- run's deadline (then the deadline error); true when one was handed over.
 local function wait_for_slot(self, token)
-  local chorus = require "chorus"
-  local got = chorus.race(
-    function() return core.wait(token) end,
-    function() core.sleep(self.wait); return false end)
-  if got then
+  local left = runstate.remaining()
+  local limit = math.min(self.wait, math.max(left, 0))
+  if runstate.wait(token, limit) then
     return true
   end
   -- timed out: leave the queue, unless a slot was handed over just now
-  return not self.impl:cancel(token)
+  if not self.impl:cancel(token) then
+    return true
+  end
+  if limit < self.wait then
+    error(runstate.deadline_error(("waiting for bulkhead '%s'"):format(self.name)), 0)
+  end
+  return false
 end
 
 --- Calls fn(...) holding a slot.

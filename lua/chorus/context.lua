@@ -80,10 +80,18 @@ local function with_lock(name, fn)
   elseif l.reserved_for == me then -- resumed after a crash while holding it
     l.reserved_for = nil
   else
+    -- the wait is bounded by the run's deadline; a waiter that gave up is
+    -- skipped when the lock is handed on (notify finds nobody)
+    local left = runstate.remaining()
+    if left <= 0 then
+      error(runstate.deadline_error(("waiting for lock %s"):format(name)), 0)
+    end
     local token = core.wait_token()
     l.last = l.last + 1
     l.queue[l.last] = token
-    core.wait(token)
+    if not runstate.wait(token, left) then
+      error(runstate.deadline_error(("waiting for lock %s"):format(name)), 0)
+    end
   end
   local _ <close> = setmetatable({}, { __close = function()
     pcall(journal.effect, "unlock", name, function() return true end)

@@ -357,8 +357,15 @@ local function resilient(self, r, req)
     local bucket = core.rate_limit(self.name, rl.rate, rl.burst or 1)
     local inner = send
     send = function()
-      local wait = bucket:reserve(rl.wait or 0)
+      -- the wait for a token never passes the run's deadline
+      local max_wait, left = rl.wait or 0, runstate.remaining(r.run)
+      local by_deadline = left < max_wait
+      local wait = bucket:reserve(by_deadline and math.max(left, 0) or max_wait)
       if wait < 0 then
+        if by_deadline then -- no token before the deadline: wait for it, then end the run
+          core.sleep(math.max(left, 0))
+          error(runstate.deadline_error(("waiting for upstream '%s''s rate limit"):format(self.name)), 0)
+        end
         error(setmetatable({ kind = "rate_limited", upstream = self.name, attempts = 0,
           message = ("upstream '%s' is over its rate limit of %g/s"):format(self.name, rl.rate) },
           ERROR_MT), 0)

@@ -8,6 +8,7 @@
 -- outlives the call that started it.
 local core = require "chorus.core"
 local journal = require "chorus.journal"
+local runstate = require "chorus.runstate"
 
 local chorus = { json = core.json, version = core.version }
 
@@ -125,6 +126,12 @@ local function spawn_each(who, ...)
   return ids
 end
 
+local function cancel_pending(pending)
+  for id in pairs(pending) do
+    core.cancel(id)
+  end
+end
+
 -- Iterates over tasks in the order they finish: yields index, ok, value,
 -- pending (a table id → index of the tasks still running). Each completion
 -- costs O(1), so a fan-out of thousands of calls stays linear.
@@ -141,6 +148,11 @@ local function finished(ids)
         pending[id] = nil
         remaining = remaining - 1
         local ok, value = core.result(id)
+        local stop = not ok and runstate.stopped()
+        if stop then -- a control error ends the run: no helper settles it
+          cancel_pending(pending)
+          error(stop, 0)
+        end
         return i, ok, value, pending
       end
     end
@@ -148,11 +160,6 @@ local function finished(ids)
   end
 end
 
-local function cancel_pending(pending)
-  for id in pairs(pending) do
-    core.cancel(id)
-  end
-end
 
 --- Runs the functions concurrently; returns their results in order, or
 --- raises the first error after cancelling the others.

@@ -91,6 +91,9 @@ function journal.effect(kind, target, fn, restore)
   if not j then
     return fn()
   end
+  if run.stopped then -- a control error ended the run: nothing more happens or is recorded
+    error(run.stopped, 0)
+  end
   local t = task_entry(run)
   local step
   if t then
@@ -105,7 +108,7 @@ function journal.effect(kind, target, fn, restore)
   if rec then
     j.recorded[step] = nil
     if rec.kind ~= kind or rec.target ~= target then
-      error(nondeterminism(step, rec, kind, target), 0)
+      error(runstate.stop(nondeterminism(step, rec, kind, target), run), 0)
     end
     j.replayed = j.replayed + 1
     if rec.ok then
@@ -128,6 +131,9 @@ function journal.effect(kind, target, fn, restore)
   if core.killed() then -- a limit stopped the run: nothing to record
     error(value, 0)
   end
+  if run.stopped then -- so did a control error (e.g. the deadline, inside fn)
+    error(run.stopped, 0)
+  end
   j.seq = j.seq + 1
   local entry = { step = step, kind = kind, target = target, ok = ok }
   if ok then
@@ -137,8 +143,10 @@ function journal.effect(kind, target, fn, restore)
   end
   j.store:put_effect(run.run_id, j.seq, entry)
   if j.crash_after and j.seq >= j.crash_after then -- chorus.testing: die here
-    error(setmetatable({ kind = "crash", message = ("simulated crash after effect %d"):format(j.seq) },
-      ERROR_MT), 0)
+    -- a control error: as after a real crash, nothing of the run goes on
+    -- (no catch, no compensation, no further record)
+    error(runstate.stop(setmetatable({ kind = "crash",
+      message = ("simulated crash after effect %d"):format(j.seq) }, ERROR_MT), run), 0)
   end
   if not ok then
     error(value, 0)

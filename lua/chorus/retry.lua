@@ -7,10 +7,13 @@
 -- retry.run calls fn again when it raises a retryable error (kind timeout,
 -- connect or reset, or any error table with retryable = true) or returns an
 -- HTTP response with status 408, 425, 429 or 5xx, waiting as the policy says
--- and at least the response's Retry-After. When attempts run out it returns
--- the last response, or raises the last error with `attempts` set. Waits are
--- ctx sleeps: virtual under chorus.testing.
+-- and at least the response's Retry-After (itself capped at the policy's
+-- cap). When attempts run out it returns the last response, or raises the
+-- last error with `attempts` set. Waits are ctx sleeps: virtual under
+-- chorus.testing, and bounded by the run's deadline (a wait that would pass
+-- it ends the run with {kind="deadline"} at the deadline).
 local core = require "chorus.core"
+local runstate = require "chorus.runstate"
 
 local retry = {}
 
@@ -85,6 +88,10 @@ function retry.run_budgeted(policy, budget, fn, ...)
   while true do
     attempt = attempt + 1
     local res = table.pack(pcall(fn, ...))
+    local stop = not res[1] and runstate.stopped()
+    if stop then -- a control error (the deadline, a crash) is never retried
+      error(stop, 0)
+    end
     local again, retry_after = judge(res[1], res[2])
     local wait = -1
     if again then
@@ -103,7 +110,7 @@ function retry.run_budgeted(policy, budget, fn, ...)
       end
       return table.unpack(res, 2, res.n)
     end
-    core.sleep(wait)
+    runstate.sleep(wait, ("in retry.run's backoff before attempt %d"):format(attempt + 1))
   end
 end
 

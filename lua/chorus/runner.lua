@@ -6,6 +6,7 @@ local context = require "chorus.context"
 local journal = require "chorus.journal"
 local runstate = require "chorus.runstate"
 local errors = require "chorus.errors"
+local saga = require "chorus.saga"
 
 local runner = {}
 
@@ -44,23 +45,49 @@ function runner.execute(workflow, input, opts)
   end
   local ctx = context.new(state)
   local result = table.pack(pcall(workflow.run, ctx, input))
-  if result[1] then -- plain data out: the server reads it outside the run
+  -- a control error ends the run whatever the script made of it
+  -- (chorus.runstate): a __close handler cannot replace it
+  local err = state.stopped
+  if result[1] and not err then -- plain data out: the server reads it outside the run
     local ok, value = pcall(plain_results, result)
     if ok then
       return table.unpack(value, 2, value.n)
     end
     error(errors.settle(value), 0)
   end
-  local err = result[2]
-  if type(err) == "table" and rawget(err, "kind") == "deadline" and workflow.on_timeout then
-    -- on_timeout gets its own short deadline to cancel, compensate or alert
-    state.deadline = core.now() + ON_TIMEOUT_GRACE
-    local ok, oerr = pcall(workflow.on_timeout, ctx)
-    if not ok then
-      ctx.log.error("on_timeout failed", { error = errors.settle(oerr).message })
-    end
+  err = err or result[2]
+  if type(err) == "table" and rawget(err, "kind") == "deadline" then
+    err = runner.after_deadline(workflow, ctx, state, err)
   end
   error(errors.settle(err), 0)
+end
+
+-- After the deadline stopped the run, with effects allowed again and a
+-- short deadline of their own: the sagas the run left open are
+-- compensated, then on_timeout runs to cancel, compensate or alert. Its
+-- return value (or error) is kept as state.on_timeout = { ok =, value | error }
+-- (plain data: the run record and the callback show it). Returns the
+-- run's error: the deadline's, or a control error on_timeout itself hit
+-- (a crash must still end the run as a crash).
+function runner.after_deadline(workflow, ctx, state, err)
+  state.stopped = nil
+  state.deadline = core.now() + ON_TIMEOUT_GRACE
+  saga.on_deadline(state)
+  local res = workflow.on_timeout and table.pack(pcall(workflow.on_timeout, ctx))
+  local stop = state.stopped
+  state.stopped = err
+  if res and res[1] then
+    local ok, value = pcall(errors.plain, res[2])
+    state.on_timeout = ok and { ok = true, value = value } or { ok = false, error = errors.settle(value) }
+  elseif res then
+    state.on_timeout = { ok = false, error = errors.settle(res[2]) }
+    ctx.log.error("on_timeout failed", { error = state.on_timeout.error.message or tostring(res[2]) })
+  end
+  if stop and rawget(stop, "kind") ~= "deadline" then
+    state.stopped = stop
+    return stop
+  end
+  return err
 end
 
 return runner

@@ -25,10 +25,39 @@ local DEADLINE_MT = {
   __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,
 }
 
---- The error a call or sleep raises at the run's deadline.
+-- ---- control errors ------------------------------------------------------
+--
+-- A control error ends a run for a reason that is not the script's to
+-- handle: a (simulated) crash, a replay that diverged from its journal
+-- (nondeterminism), the run's deadline. The runtime's own limits (budget,
+-- memory) are enforced in C (core.killed()). Once a run is stopped, the
+-- sandbox's pcall, xpcall and coroutine wrappers and chorus.all & co.
+-- re-raise the stop error whatever the script caught, saga:abort
+-- compensates nothing, and the journal records nothing more: the run ends
+-- with that error (chorus.runner), its __close handlers still releasing
+-- what the process holds (locks, bulkhead slots).
+
+--- Marks run (the current run when nil) stopped by the control error err
+--- (the first one stays); returns err, for error(runstate.stop(err), 0).
+function runstate.stop(err, run)
+  run = run or runstate.current()
+  if run and not run.stopped then
+    run.stopped = err
+  end
+  return err
+end
+
+--- The control error that stopped run (the current run when nil), or nil.
+function runstate.stopped(run)
+  run = run or runstate.current()
+  return run and run.stopped or nil
+end
+
+--- The error a call or sleep raises at the run's deadline; it stops the
+--- current run (a control error).
 function runstate.deadline_error(what)
-  return setmetatable({ kind = "deadline", message = ("the run's deadline passed (%s)"):format(what),
-    attempts = 0 }, DEADLINE_MT)
+  return runstate.stop(setmetatable({ kind = "deadline",
+    message = ("the run's deadline passed (%s)"):format(what), attempts = 0 }, DEADLINE_MT))
 end
 
 --- Seconds left before the deadline of run (a runstate entry; the current
@@ -41,6 +70,45 @@ function runstate.remaining(run)
     return math.huge
   end
   return run.deadline - core.now()
+end
+
+--- core.sleep(seconds), bounded by the run's deadline: a wait that would
+--- pass it sleeps until the deadline, then raises the deadline error
+--- (`what` says where).
+function runstate.sleep(seconds, what)
+  local left = runstate.remaining()
+  if seconds > left then
+    core.sleep(math.max(left, 0))
+    error(runstate.deadline_error(what), 0)
+  end
+  if seconds > 0 then
+    core.sleep(seconds)
+  end
+end
+
+local TIMED_OUT = {}
+
+--- core.wait(token) for at most `seconds`: the value core.notify passed,
+--- or nil when the time ran out. A timed-out waiter is gone from the token,
+--- so a later core.notify(token) finds nobody and returns false (which is
+--- how the lock and bulkhead queues skip it).
+function runstate.wait(token, seconds)
+  if seconds == math.huge then
+    return core.wait(token)
+  end
+  -- a plain task (not journal.spawn): no effect of its own, and the journal
+  -- names of the caller's later tasks stay those of a wait that did not
+  -- time out
+  local timer = core.spawn(function()
+    core.sleep(math.max(seconds, 0))
+    core.notify(token, TIMED_OUT)
+  end)
+  local value = core.wait(token)
+  core.cancel(timer)
+  if value == TIMED_OUT then
+    return nil
+  end
+  return value
 end
 
 -- Times in records are kept to the microsecond: finer digits carry no

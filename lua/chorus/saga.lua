@@ -15,7 +15,13 @@
 -- 0.5 s, capped at 10 s), to the DLQ at the end. So a rollback survives a
 -- crash of the process and an API that is down for a while. commit does the
 -- same with its function's calls. A compensation that raises while being
--- captured is logged and listed in s.failed; the others still go.
+-- captured is logged and listed in s.failed; the others still go. A run
+-- ended by a control error (chorus.runstate) is not compensated by abort,
+-- which re-raises that error at once: after a crash the replay decides,
+-- after a nondeterministic replay nobody knows what the code would do. At
+-- the deadline, the runner compensates the sagas the run left open
+-- (saga.on_deadline), then on_timeout runs.
+local core = require "chorus.core"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
 
@@ -37,9 +43,15 @@ function saga.new(ctx, opts)
   if type(p) ~= "table" then
     error("saga.new: policy must be a table { attempts =, base =, cap = }", 2)
   end
-  return setmetatable({ ctx = ctx, done = {}, compensated = {}, failed = {}, committed = {},
+  local s = setmetatable({ ctx = ctx, done = {}, compensated = {}, failed = {}, committed = {},
     later = { attempts = p.attempts or DEFAULT_POLICY.attempts, base = p.base or DEFAULT_POLICY.base,
       cap = p.cap or DEFAULT_POLICY.cap } }, Saga)
+  local run = runstate.current()
+  if run then -- the run's open sagas: its deadline rolls them back (saga.on_deadline)
+    run.sagas = run.sagas or {}
+    run.sagas[#run.sagas + 1] = s
+  end
+  return s
 end
 
 --- Runs action() and remembers compensate(result) for abort. Raises the
@@ -68,12 +80,15 @@ local function captured(fn, arg)
   local ok, res = pcall(fn, arg)
   local requests = run.capture
   run.capture = saved
+  if not ok and run.stopped then -- a control error is the run's end, not a failed step
+    error(run.stopped, 0)
+  end
   return ok, res, requests
 end
 
---- Enqueues the compensations of the completed steps, newest first, then
---- raises err. s.compensation is the outbox entry id (nil when none).
-function Saga:abort(err)
+-- Enqueues the compensations of the completed steps, newest first, as one
+-- outbox chain, and marks the run compensated.
+local function compensate(self)
   local requests = {}
   for i = #self.done, 1, -1 do
     local step = self.done[i]
@@ -93,6 +108,23 @@ function Saga:abort(err)
     self.compensation = outbox.chain("compensate", requests, self.later)
   end
   runstate.current().compensated = true -- the run's status says so
+end
+
+--- Enqueues the compensations of the completed steps, newest first, then
+--- raises err. s.compensation is the outbox entry id (nil when none).
+function Saga:abort(err)
+  -- A control error (crash, nondeterminism, deadline, a limit) is not
+  -- compensated here: after a crash the replay decides, after a divergence
+  -- nobody knows what the code would do, and at the deadline the runner
+  -- compensates the open sagas (saga.on_deadline).
+  local stop = runstate.stopped()
+  if stop then
+    error(stop, 0)
+  end
+  if core.killed() then
+    error(err, 0)
+  end
+  compensate(self)
   error(err, 0)
 end
 
@@ -108,7 +140,23 @@ function Saga:commit(name, fn)
     error(res, 0)
   end
   self.committed[#self.committed + 1] = name
+  self.closed = true -- committed: a later deadline does not undo it
   return #requests > 0 and outbox.chain(name, requests, self.later) or nil
+end
+
+--- The run's deadline passed (chorus.runner, before on_timeout): the
+--- completed steps of every saga the run neither aborted nor committed are
+--- compensated, as abort would have (the deadline re-raises through the
+--- script's pcall, so its own abort never runs).
+function saga.on_deadline(run)
+  for _, s in ipairs(run.sagas or {}) do
+    if not s.closed and #s.done > 0 then
+      local ok, err = pcall(compensate, s)
+      if not ok then
+        s.ctx.log.error("compensation after the deadline failed", { error = tostring(err) })
+      end
+    end
+  end
 end
 
 return saga

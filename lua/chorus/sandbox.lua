@@ -20,12 +20,14 @@
 --   * coroutine.resume and coroutine.close take only coroutines the script
 --     made: a task's own coroutine is parked in C and must be woken by C.
 --   * pcall, xpcall and coroutine.resume re-raise the error of a run the
---     runtime has stopped (instruction budget, memory cap), so a script
---     cannot catch its way past a limit.
+--     runtime has stopped (instruction budget, memory cap) or a control
+--     error ended (crash, nondeterminism, deadline: chorus.runstate), so a
+--     script cannot catch its way past a limit or a stop.
 --   * After the script's top level has run, its globals are sealed: reading
 --     works, assigning a global during a run raises (globals would otherwise
 --     carry state from one run, or one caller, to the next).
 local core = require "chorus.core"
+local runstate = require "chorus.runstate"
 
 local getraw = require("debug").getmetatable
 
@@ -84,9 +86,23 @@ local function view(name, module, names)
   return readonly(t, name)
 end
 
+-- The control error that stopped the current run (runstate.stop), if any.
+local function stop_error()
+  return runstate.stopped()
+end
+
+-- A run stopped by a limit (core.killed) or a control error (a crash, a
+-- nondeterministic replay, the deadline) re-raises: the control error
+-- itself, whatever a handler made of it.
 local function rethrow_if_stopped(ok, ...)
-  if not ok and core.killed() then
-    error((...), 0)
+  if not ok then
+    if core.killed() then
+      error((...), 0)
+    end
+    local stop = stop_error()
+    if stop then
+      error(stop, 0)
+    end
   end
   return ok, ...
 end
@@ -105,6 +121,10 @@ local function wrap_results(co, ok, ...)
     if not cok then
       err = cerr
     end
+  end
+  local stop = stop_error()
+  if stop then
+    error(stop, 0)
   end
   if not core.killed() and type(err) == "string" then
     error(err, 2)
@@ -146,7 +166,7 @@ local function coroutines(mine)
   end
   co.close = function(c)
     check(c, "close")
-    return coroutine.close(c)
+    return rethrow_if_stopped(coroutine.close(c)) -- a __close handler's control error too
   end
   co.wrap = function(f)
     local c = co.create(f)

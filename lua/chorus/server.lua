@@ -224,7 +224,7 @@ end
 
 -- What a record shows of the run's data: masked by its workflow's redact
 -- paths (chorus.redact) wherever the record is shown or kept finished.
-local RECORD_DATA = { "input", "result", "error" }
+local RECORD_DATA = { "input", "result", "error", "on_timeout" }
 
 -- A run record as the JSON GET /runs/ID returns, secrets redacted. A
 -- result or error JSON cannot carry is replaced in the record by an error
@@ -254,6 +254,8 @@ local function finish_record(rec, ok, value, info)
   rec.duration = runstate.micro(rec.finished - rec.started)
   -- a run whose saga rolled back reports it, whatever it returned
   local compensated = rec_state[rec] and rec_state[rec].compensated
+  -- a timed-out run's on_timeout outcome { ok =, value | error } (chorus.runner)
+  rec.on_timeout = not ok and rec_state[rec] and rec_state[rec].on_timeout or nil
   rec_state[rec] = nil
   if ok then
     rec.status = compensated and "compensated" or "succeeded"
@@ -293,6 +295,10 @@ end
 -- The response a finished run gives its caller (and replays under its
 -- idempotency key).
 local function run_response(rec, ok, value)
+  if not ok and rec.status == "timed_out" then
+    return problem(504, "Gateway Timeout", "the workflow's run passed its deadline (its timeout); see the run record",
+      { run_id = rec.id, kind = rec.error.kind })
+  end
   if not ok then
     return problem(500, "Internal Server Error", "the workflow failed; see the run record",
       { run_id = rec.id, kind = rec.error.kind })
@@ -315,7 +321,7 @@ end
 -- HMAC-SHA256 of the body under the configured webhook secret.
 local function queue_webhook(rec)
   local body = json.encode({ run_id = rec.id, workflow = rec.workflow, status = rec.status,
-    result = rec.result, error = rec.error })
+    result = rec.result, error = rec.error, on_timeout = rec.on_timeout })
   local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
   local secret = state.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
   if secret and secret ~= "" then

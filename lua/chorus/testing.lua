@@ -207,7 +207,8 @@ end
 --- Runs a workflow (a loaded workflow or a script path) to its end on the
 --- mocks and the virtual clock. Returns { ok, value, error, calls,
 --- timeline, logs (the ctx.log lines, as tables), elapsed (virtual
---- seconds), run_id, outbox }.
+--- seconds), run_id, outbox, on_timeout ({ ok =, value | error } when the
+--- run timed out and on_timeout ran) }.
 ---
 --- opts.now: the virtual start time (seconds since the epoch).
 --- opts.deliver: deliver the outbox after the run (its calls join
@@ -279,6 +280,7 @@ function testing.run(workflow, input, opts)
   end
   result.ok, result.run_id = ok, info and info.id
   result.timeline = state and state.timeline or {}
+  result.on_timeout = state and state.on_timeout -- { ok =, value | error } when on_timeout ran
   if ok then
     result.value = value
   else

@@ -141,10 +141,12 @@ static void test_next(void) {
     CHECK(prev == 1);
     CHECK(chorus_retry_next(&p, 2, 2, -1, &prev, &rng) == 2);
     CHECK(chorus_retry_next(&p, 3, 5, -1, &prev, &rng) == -1); /* 3 attempts made */
-    /* Retry-After wins when longer than the backoff, even beyond cap. */
+    /* Retry-After wins when longer than the backoff, up to cap. */
     prev = 0;
-    CHECK(chorus_retry_next(&p, 1, 0, 30, &prev, &rng) == 30);
+    CHECK(chorus_retry_next(&p, 1, 0, 3, &prev, &rng) == 3);
     CHECK(prev == 1); /* the backoff chain is unaffected */
+    prev = 0;
+    CHECK(chorus_retry_next(&p, 1, 0, 86400, &prev, &rng) == p.cap); /* capped */
     CHECK(chorus_retry_next(&p, 1, 0, 0.5, &prev, &rng) == 1);
     /* max_elapsed: give up when the wait would pass it. */
     p.max_elapsed = 5;
