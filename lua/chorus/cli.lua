@@ -185,6 +185,100 @@ function cli.serve(args)
   return 0
 end
 
+-- The source with comments and strings blanked (their newlines kept, so
+-- line numbers stay right): what `check` looks for must be code.
+local function code_only(src)
+  local out, i, n = {}, 1, #src
+  local function blank(j)
+    out[#out + 1] = src:sub(i, j):gsub("[^\n]", "")
+    i = j + 1
+  end
+  while i <= n do
+    local long = src:match("^%-%-%[(=*)%[", i) or src:match("^%[(=*)%[", i)
+    local c = src:sub(i, i)
+    if long then
+      local _, close = src:find("]" .. long .. "]", i + 2, true)
+      blank(close or n)
+    elseif src:sub(i, i + 1) == "--" then
+      blank((src:find("\n", i, true) or n + 1) - 1)
+    elseif c == '"' or c == "'" then
+      local j = i + 1
+      while j <= n do
+        local d = src:sub(j, j)
+        if d == "\\" then
+          j = j + 2
+        elseif d == c or d == "\n" then
+          break
+        else
+          j = j + 1
+        end
+      end
+      blank(math.min(j, n))
+    else
+      local j = src:find("[%-%[\"']", i + 1) or n + 1
+      out[#out + 1] = src:sub(i, j - 1)
+      i = j
+    end
+  end
+  return table.concat(out)
+end
+
+-- Whether a call's argument list (with its parentheses) has a time
+-- argument: os.time(t) and os.date(fmt, t) are pure conversions.
+local function has_time_arg(args, name)
+  local inner = args:sub(2, -2):gsub("%b()", "()"):gsub("%b{}", "{}")
+  if name == "time" then
+    return inner:find("%S") ~= nil
+  end
+  return inner:find(",") ~= nil
+end
+
+-- What a workflow script should not read directly (README "Determinism").
+local NONDETERMINISTIC = {
+  { "os", "time", "os.time()", "ctx.now()" },
+  { "os", "date", "os.date() without a time", "ctx.now()" },
+  { "os", "clock", "os.clock()", "ctx.now()" },
+  { "math", "randomseed", "math.randomseed()", "ctx.random()" },
+  { "math", "random", "math.random()", "ctx.random()" },
+}
+
+--- Warnings for the clock and random functions a script's source uses:
+--- a list of "LINE: message".
+function cli.determinism_warnings(source)
+  local code = code_only(source)
+  local found = {}
+  for _, w in ipairs(NONDETERMINISTIC) do
+    local pattern = "()%f[%w_]" .. w[1] .. "%s*%.%s*" .. w[2] .. "%f[^%w_]%s*(%b())"
+    local bare = "()%f[%w_]" .. w[1] .. "%s*%.%s*" .. w[2] .. "%f[^%w_]%s*(.?)"
+    local calls = {}
+    for pos, args in code:gmatch(pattern) do
+      calls[pos] = true
+      if not has_time_arg(args, w[2]) then
+        found[#found + 1] = { pos = pos, w = w }
+      end
+    end
+    for pos, after in code:gmatch(bare) do -- not called here (aliased), or os.time { ... }
+      if not calls[pos] and not (after == "{" and w[2] == "time") then
+        found[#found + 1] = { pos = pos, w = w }
+      end
+    end
+  end
+  table.sort(found, function(a, b) return a.pos < b.pos end)
+  local warnings = {}
+  for i, f in ipairs(found) do
+    local _, newlines = code:sub(1, f.pos):gsub("\n", "")
+    local w = f.w
+    if w[2] == "randomseed" then
+      warnings[i] = ("%d: math.randomseed() always raises in workflow scripts; math.random and %s "
+        .. "are journaled"):format(newlines + 1, w[4])
+    else
+      warnings[i] = ("%d: %s is journaled inside a run and raises at the top level; say what you "
+        .. "mean with %s"):format(newlines + 1, w[3], w[4])
+    end
+  end
+  return warnings
+end
+
 function cli.check(args)
   local pos = parse(args, {})
   if #pos == 0 then
@@ -196,7 +290,12 @@ function cli.check(args)
     local workflow, err = script.load(path)
     if workflow then
       io.stdout:write(("ok   %s (workflow %s)\n"):format(path, workflow.name))
-    else
+    end
+    local source = script.read_file(path, "script")
+    for _, w in ipairs(source and cli.determinism_warnings(source) or {}) do
+      io.stdout:write(("warn %s:%s\n"):format(path, w))
+    end
+    if not workflow then
       failed = failed + 1
       io.stdout:write(("FAIL %s\n"):format(err))
     end
