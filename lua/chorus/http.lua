@@ -519,6 +519,9 @@ end
 Upstream.get, Upstream.post, Upstream.put = upstream_verb "GET", upstream_verb "POST", upstream_verb "PUT"
 Upstream.delete, Upstream.patch = upstream_verb "DELETE", upstream_verb "PATCH"
 
+-- chorus.testing sets this: name → how to declare a mock for it.
+http.unknown_upstream_hint = nil
+
 function http.upstream(name)
   if type(name) ~= "string" then
     error("http.upstream: name must be a string", 2)
@@ -535,8 +538,12 @@ function http.upstream(name)
     end
   end
   if not config or type(config.base_url) ~= "string" then
-    error(("http.upstream: unknown upstream '%s' (define upstreams.%s.base_url in the config "
-      .. "file or set CHORUS_UPSTREAM_%s)"):format(name, name, name:upper():gsub("[^%w]", "_")), 2)
+    -- a structured error like every other failure a script sees
+    local how = http.unknown_upstream_hint and http.unknown_upstream_hint(name)
+      or ("define upstreams.%s.base_url in the config file or set CHORUS_UPSTREAM_%s")
+        :format(name, name:upper():gsub("[^%w]", "_"))
+    error(setmetatable({ kind = "unknown_upstream", upstream = name, attempts = 0,
+      message = ("http.upstream: unknown upstream '%s' (%s)"):format(name, how) }, ERROR_MT), 0)
   end
   handle = setmetatable({}, UPSTREAM_MT)
   private[handle] = { name = name, config = config }
