@@ -12,7 +12,7 @@ usage:
   chorus run    SCRIPT [--input JSON | --input @FILE] [--config FILE] [--data DIR] [--verbose]
   chorus serve  [--config FILE] [--scripts DIR] [--data DIR] [--listen HOST:PORT]
   chorus check  SCRIPT...
-  chorus test   [DIR]
+  chorus test   [DIR | FILE]
   chorus runs   list [--limit N] | show ID       [--data DIR]
   chorus outbox list [--limit N]                 [--data DIR]
   chorus dlq    list [--limit N] | replay ID | drop ID [--data DIR]
@@ -185,6 +185,100 @@ function cli.serve(args)
   return 0
 end
 
+-- The source with comments and strings blanked (their newlines kept, so
+-- line numbers stay right): what `check` looks for must be code.
+local function code_only(src)
+  local out, i, n = {}, 1, #src
+  local function blank(j)
+    out[#out + 1] = src:sub(i, j):gsub("[^\n]", "")
+    i = j + 1
+  end
+  while i <= n do
+    local long = src:match("^%-%-%[(=*)%[", i) or src:match("^%[(=*)%[", i)
+    local c = src:sub(i, i)
+    if long then
+      local _, close = src:find("]" .. long .. "]", i + 2, true)
+      blank(close or n)
+    elseif src:sub(i, i + 1) == "--" then
+      blank((src:find("\n", i, true) or n + 1) - 1)
+    elseif c == '"' or c == "'" then
+      local j = i + 1
+      while j <= n do
+        local d = src:sub(j, j)
+        if d == "\\" then
+          j = j + 2
+        elseif d == c or d == "\n" then
+          break
+        else
+          j = j + 1
+        end
+      end
+      blank(math.min(j, n))
+    else
+      local j = src:find("[%-%[\"']", i + 1) or n + 1
+      out[#out + 1] = src:sub(i, j - 1)
+      i = j
+    end
+  end
+  return table.concat(out)
+end
+
+-- Whether a call's argument list (with its parentheses) has a time
+-- argument: os.time(t) and os.date(fmt, t) are pure conversions.
+local function has_time_arg(args, name)
+  local inner = args:sub(2, -2):gsub("%b()", "()"):gsub("%b{}", "{}")
+  if name == "time" then
+    return inner:find("%S") ~= nil
+  end
+  return inner:find(",") ~= nil
+end
+
+-- What a workflow script should not read directly (README "Determinism").
+local NONDETERMINISTIC = {
+  { "os", "time", "os.time()", "ctx.now()" },
+  { "os", "date", "os.date() without a time", "ctx.now()" },
+  { "os", "clock", "os.clock()", "ctx.now()" },
+  { "math", "randomseed", "math.randomseed()", "ctx.random()" },
+  { "math", "random", "math.random()", "ctx.random()" },
+}
+
+--- Warnings for the clock and random functions a script's source uses:
+--- a list of "LINE: message".
+function cli.determinism_warnings(source)
+  local code = code_only(source)
+  local found = {}
+  for _, w in ipairs(NONDETERMINISTIC) do
+    local pattern = "()%f[%w_]" .. w[1] .. "%s*%.%s*" .. w[2] .. "%f[^%w_]%s*(%b())"
+    local bare = "()%f[%w_]" .. w[1] .. "%s*%.%s*" .. w[2] .. "%f[^%w_]%s*(.?)"
+    local calls = {}
+    for pos, args in code:gmatch(pattern) do
+      calls[pos] = true
+      if not has_time_arg(args, w[2]) then
+        found[#found + 1] = { pos = pos, w = w }
+      end
+    end
+    for pos, after in code:gmatch(bare) do -- not called here (aliased), or os.time { ... }
+      if not calls[pos] and not (after == "{" and w[2] == "time") then
+        found[#found + 1] = { pos = pos, w = w }
+      end
+    end
+  end
+  table.sort(found, function(a, b) return a.pos < b.pos end)
+  local warnings = {}
+  for i, f in ipairs(found) do
+    local _, newlines = code:sub(1, f.pos):gsub("\n", "")
+    local w = f.w
+    if w[2] == "randomseed" then
+      warnings[i] = ("%d: math.randomseed() always raises in workflow scripts; math.random and %s "
+        .. "are journaled"):format(newlines + 1, w[4])
+    else
+      warnings[i] = ("%d: %s is journaled inside a run and raises at the top level; say what you "
+        .. "mean with %s"):format(newlines + 1, w[3], w[4])
+    end
+  end
+  return warnings
+end
+
 function cli.check(args)
   local pos = parse(args, {})
   if #pos == 0 then
@@ -196,7 +290,12 @@ function cli.check(args)
     local workflow, err = script.load(path)
     if workflow then
       io.stdout:write(("ok   %s (workflow %s)\n"):format(path, workflow.name))
-    else
+    end
+    local source = script.read_file(path, "script")
+    for _, w in ipairs(source and cli.determinism_warnings(source) or {}) do
+      io.stdout:write(("warn %s:%s\n"):format(path, w))
+    end
+    if not workflow then
       failed = failed + 1
       io.stdout:write(("FAIL %s\n"):format(err))
     end
@@ -233,14 +332,71 @@ local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
+-- What marks a project's folder for `chorus test` without a DIR.
+local PROJECT_MARKERS = { ".busted", "chorus.conf.lua", "chorus.config.lua" }
+
+local function cwd()
+  local p = io.popen("pwd")
+  local dir = p and p:read("l")
+  if p then
+    p:close()
+  end
+  return dir or os.getenv("PWD") or "."
+end
+
+-- The nearest folder, from the current one up, holding a project marker;
+-- returns it and the marker, or nil.
+local function find_project()
+  local dir = cwd()
+  while dir and dir ~= "" do
+    for _, marker in ipairs(PROJECT_MARKERS) do
+      if readable(dir .. "/" .. marker) then
+        return dir, marker
+      end
+    end
+    dir = dir:match("^(.*)/[^/]*$")
+  end
+  return nil
+end
+
+local function is_dir(path)
+  return core.scandir(path) ~= nil
+end
+
+--- chorus test [DIR | FILE]: the specs of a folder, one spec file, or
+--- without an argument the current project's (the nearest folder up with a
+--- .busted or a chorus.conf.lua; busted's own .busted then says where its
+--- specs are), else the *_spec.lua files of the current folder alone.
 function cli.test(args)
   local pos = parse(args, {})
   if #pos > 1 then
-    usage_error("test takes at most one DIR (got %d)", #pos)
+    usage_error("test takes at most one DIR or FILE (got %d)", #pos)
   end
-  local dir = pos[1] or "."
-  if not core.scandir(dir) then
-    usage_error("cannot read the folder '%s'", dir)
+  local target, chdir = pos[1], nil
+  if target then
+    if not is_dir(target) and not readable(target) then
+      usage_error("cannot read the folder '%s'", target)
+    end
+  else
+    local project, marker = find_project()
+    if project and marker == ".busted" then
+      chdir = project -- busted reads its .busted there: its ROOT names the specs
+    elseif project then
+      target = project
+    else
+      local specs = {}
+      for _, ent in ipairs(core.scandir(".") or {}) do
+        if not ent.dir and ent.name:match("_spec%.lua$") then
+          specs[#specs + 1] = shell_quote(ent.name)
+        end
+      end
+      if #specs == 0 then
+        usage_error("no project here (no .busted or chorus.conf.lua in this folder or above it) and no "
+          .. "*_spec.lua in this folder; pass a DIR or a FILE")
+      end
+      table.sort(specs)
+      target = specs
+    end
   end
   local root = find_root()
   if not root then
@@ -248,9 +404,18 @@ function cli.test(args)
       "run `make` in the chorus checkout\n")
     return 1
   end
-  local cmd = ("lua5.4 /usr/bin/busted --ignore-lua --lpath=%s --cpath=%s --pattern=_spec %s"):format(
+  local paths
+  if type(target) == "table" then
+    paths = table.concat(target, " ")
+  elseif target then
+    paths = shell_quote(target)
+  else
+    paths = ""
+  end
+  local cmd = ("%slua5.4 /usr/bin/busted --ignore-lua --lpath=%s --cpath=%s --pattern=_spec %s"):format(
+    chdir and ("cd " .. shell_quote(chdir) .. " && ") or "",
     shell_quote(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua"),
-    shell_quote(root .. "/build/lua/?.so"), shell_quote(dir))
+    shell_quote(root .. "/build/lua/?.so"), paths)
   local ok, _, code = os.execute(cmd)
   if ok then
     return 0
@@ -289,6 +454,40 @@ end
 
 local DATA_FLAGS = { data = "value", limit = "value" }
 
+-- What an outbox or DLQ entry is for, in one string.
+local function target_of(e)
+  if e.kind == "workflow" then
+    return e.workflow
+  elseif e.kind == "http" and type(e.request) == "table" then
+    local r = e.request
+    return ("%s %s"):format(r.method, r.upstream and r.path and (r.upstream .. ":" .. r.path) or r.url)
+  elseif e.kind == "chain" then
+    return "chain " .. tostring(e.name)
+  end
+  return nil
+end
+
+-- The listed fields of entries (README: id, kind, target, due, attempts,
+-- last_error; created, and failed_at and replayed for the DLQ), newest
+-- first (by `when`), at most limit. The entry's data (input, request body)
+-- is not listed: GET /admin/outbox shows it, masked.
+local function entry_lines(list, when, limit)
+  table.sort(list, function(a, b)
+    local ta, tb = tonumber(when(a)) or 0, tonumber(when(b)) or 0
+    if ta ~= tb then
+      return ta > tb
+    end
+    return tostring(a.id) < tostring(b.id)
+  end)
+  local out = {}
+  for i = 1, math.min(limit, #list) do
+    local e = list[i]
+    out[i] = { id = e.id, kind = e.kind, target = target_of(e), due = e.due, attempts = e.attempts,
+      last_error = e.last_error, created = e.created, failed_at = e.failed_at, replayed = e.replayed }
+  end
+  return out
+end
+
 function cli.runs(args)
   local pos, flags = parse(args, DATA_FLAGS)
   local sub = pos[1]
@@ -325,10 +524,11 @@ function cli.outbox(args)
   if pos[1] ~= "list" or #pos ~= 1 then
     usage_error("usage: chorus outbox list [--data DIR]")
   end
+  local limit = limit_of(flags)
   local st = open_data(flags)
-  local list = st:list_outbox(limit_of(flags))
+  local list = st:list_outbox()
   st:close()
-  print_lines(list)
+  print_lines(entry_lines(list, function(e) return e.created or e.due end, limit))
   return 0
 end
 
@@ -336,10 +536,11 @@ function cli.dlq(args)
   local pos, flags = parse(args, DATA_FLAGS)
   local sub, id = pos[1], pos[2]
   if sub == "list" and #pos == 1 then
+    local limit = limit_of(flags)
     local st = open_data(flags)
-    local list = st:list_dlq(limit_of(flags))
+    local list = st:list_dlq()
     st:close()
-    print_lines(list)
+    print_lines(entry_lines(list, function(e) return e.failed_at or e.created end, limit))
     return 0
   elseif (sub == "replay" or sub == "drop") and #pos == 2 then
     local st = open_data(flags)

@@ -245,7 +245,7 @@ local function queue_later(r, later)
   local run = r.run
   if run and run.capture then
     run.capture[#run.capture + 1] = { method = r.method, url = r.url, headers = r.headers, body = r.body,
-      timeout = r.timeout }
+      timeout = r.timeout, upstream = r.path and r.upstream, path = r.path }
     return setmetatable({ status = 202, headers = {}, body = "", queued = true }, RESPONSE_MT)
   end
   local id = outbox.request(r, type(later) == "table" and later or nil)
@@ -483,6 +483,7 @@ function Upstream:request(req)
     cfg.follow_redirects or req.follow_redirects)
   local prepared = finish_prepare(r, req, headers)
   prepared.idempotency_key = req.idempotency_key
+  prepared.path = path -- a queued call resolves the upstream's base_url again when delivered
   local run = prepared.run
   if req.later or (run and run.capture) then
     return queue_later(prepared, req.later)
@@ -493,6 +494,22 @@ function Upstream:request(req)
   return journal.effect("http", method .. " " .. self.name .. ":" .. path, function()
     return resilient(self, prepared, req)
   end, restore)
+end
+
+--- The URL of path on the named upstream as configured now, or nil when
+--- the upstream is no longer known (the outbox delivers a queued call to
+--- the address the config gives at delivery, not at queueing).
+function http.resolve(name, path)
+  local config = upstreams[name]
+  if not config then
+    local url = core.env("CHORUS_UPSTREAM_" .. name:upper():gsub("[^%w]", "_"))
+    config = url and { base_url = url }
+  end
+  if not config or type(config.base_url) ~= "string" then
+    return nil
+  end
+  local ok, url = pcall(upstream_url, config, path)
+  return ok and url or nil
 end
 
 local function upstream_verb(method)
@@ -508,6 +525,9 @@ end
 
 Upstream.get, Upstream.post, Upstream.put = upstream_verb "GET", upstream_verb "POST", upstream_verb "PUT"
 Upstream.delete, Upstream.patch = upstream_verb "DELETE", upstream_verb "PATCH"
+
+-- chorus.testing sets this: name → how to declare a mock for it.
+http.unknown_upstream_hint = nil
 
 function http.upstream(name)
   if type(name) ~= "string" then
@@ -525,8 +545,12 @@ function http.upstream(name)
     end
   end
   if not config or type(config.base_url) ~= "string" then
-    error(("http.upstream: unknown upstream '%s' (define upstreams.%s.base_url in the config "
-      .. "file or set CHORUS_UPSTREAM_%s)"):format(name, name, name:upper():gsub("[^%w]", "_")), 2)
+    -- a structured error like every other failure a script sees
+    local how = http.unknown_upstream_hint and http.unknown_upstream_hint(name)
+      or ("define upstreams.%s.base_url in the config file or set CHORUS_UPSTREAM_%s")
+        :format(name, name:upper():gsub("[^%w]", "_"))
+    error(setmetatable({ kind = "unknown_upstream", upstream = name, attempts = 0,
+      message = ("http.upstream: unknown upstream '%s' (%s)"):format(name, how) }, ERROR_MT), 0)
   end
   handle = setmetatable({}, UPSTREAM_MT)
   private[handle] = { name = name, config = config }

@@ -31,7 +31,9 @@ local m = {
     { "kind" }),
   dead = metrics.counter("chorus_outbox_dead_total", "Outbox entries moved to the DLQ", { "kind" }),
   depth = metrics.gauge("chorus_outbox_depth", "Outbox entries waiting"),
-  age = metrics.gauge("chorus_outbox_oldest_due_age_seconds", "How long the oldest due entry has waited"),
+  -- the name is kept for dashboards; it measures from the entry's creation,
+  -- so it grows while an entry fails and backs off
+  age = metrics.gauge("chorus_outbox_oldest_due_age_seconds", "How long the oldest pending entry has existed"),
   dlq = metrics.gauge("chorus_dlq_depth", "Entries in the dead-letter queue"),
 }
 
@@ -55,9 +57,19 @@ end
 function Durable:bury(e) self.st:del_outbox(e); self.st:put_dlq(e) end
 function Durable:due(now, limit, skip, skip_count) return self.st:due_outbox(now, limit, skip, skip_count) end
 function Durable:commit() self.st:commit() end
+-- Entries whose creation time depth() looks at: the outbox is kept in due
+-- order, and an entry backing off moves back in it, so the oldest is found
+-- by looking (once a second); a backlog beyond this trips outbox_depth.
+local AGE_SCAN = 10000
+
 function Durable:depth()
-  local first = self.st.st:scan("outbox", { limit = 1 })[1]
-  local oldest = first and string.unpack(">I8", first[1]) / 1000
+  local oldest
+  for _, row in ipairs(self.st.st:scan("outbox", { limit = AGE_SCAN })) do
+    local ok, e = pcall(core.json.decode, row[2])
+    local created = ok and type(e) == "table" and tonumber(e.created or e.due)
+      or string.unpack(">I8", row[1]) / 1000
+    oldest = math.min(oldest or created, created)
+  end
   return self.st.st:count("outbox"), oldest, self.st.st:count("dlq")
 end
 
@@ -189,7 +201,8 @@ function Memory:depth()
   local n, oldest = 0, nil
   for _, e in pairs(self.entries) do
     n = n + 1
-    oldest = math.min(oldest or e.due, e.due)
+    local created = e.created or e.due
+    oldest = math.min(oldest or created, created)
   end
   return n, oldest, self.n_dead
 end
@@ -287,7 +300,8 @@ end
 function outbox.request(req, opts)
   opts = check_opts("later", opts)
   local e = new_entry("http", { request = { method = req.method, url = req.url, headers = req.headers,
-    body = req.body, timeout = req.timeout }, upstream = req.upstream }, opts)
+    body = req.body, timeout = req.timeout, upstream = req.path and req.upstream, path = req.path },
+    upstream = req.upstream }, opts)
   return enqueue(e, req.method .. " " .. req.url)
 end
 
@@ -328,9 +342,13 @@ local function send(req, key)
     headers["Idempotency-Key"] = key
   end
   local http = require "chorus.http"
+  -- a call to a named upstream goes where the config points now (a fixed
+  -- base_url applies to queued and replayed entries too); url is the
+  -- address at queueing, used when the upstream is gone
+  local url = req.upstream and req.path and http.resolve(req.upstream, req.path) or req.url
   -- restricted: the URL came from a request (callback_url), so the egress
   -- policy refuses non-public addresses (flag 4)
-  local status, h, body = http.transport()(req.method, req.url, headers, req.body, 10, req.timeout or 30,
+  local status, h, body = http.transport()(req.method, url, headers, req.body, 10, req.timeout or 30,
     req.restricted and 4 or 0)
   return http_failure(status, h, body)
 end
@@ -432,7 +450,8 @@ local Relay = {}
 Relay.__index = Relay
 
 --- A relay over backend. opts: concurrency, poll (seconds), alerts =
---- { outbox_depth =, outbox_age =, dlq_depth = } (log a line when crossed).
+--- { outbox_depth =, outbox_age =, dlq_depth = } (log a line when a value
+--- reaches its threshold, and when it is back under).
 function outbox.relay(backend, opts)
   opts = opts or {}
   return setmetatable({ backend = backend, inflight = {}, n_inflight = 0,
@@ -472,7 +491,7 @@ local function alert(self, name, value, limit)
   if not limit then
     return
   end
-  local over = value > limit
+  local over = value >= limit and value > 0 -- fires at the threshold (0 fires at the first)
   if over and not self.alerting[name] then
     log("warn", "outbox alert: " .. name .. " over its threshold", { alert = name, value = value,
       threshold = limit })

@@ -229,6 +229,9 @@ function sandbox.env(opts)
   env.math = copy(math)
   env.utf8 = copy(utf8)
   env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+  if not for_config then -- the config file may read the real clock
+    sandbox.deterministic(env.os, env.math)
+  end
   env.coroutine = coroutines(setmetatable({}, { __mode = "k" }))
   for _, lib in ipairs({ "string", "table", "math", "utf8", "os", "coroutine" }) do
     env[lib] = readonly(env[lib], lib)
@@ -277,6 +280,76 @@ function sandbox.env(opts)
   end
   env._G = env
   return env
+end
+
+-- ---- determinism ---------------------------------------------------------
+--
+-- A durable run is replayed after a crash from its journal, so whatever it
+-- learns from the outside must come back the same. os.time(), os.date()
+-- without a time, os.clock() and math.random are therefore journaled like
+-- ctx.now and ctx.random (chorus.journal effects "now", "clock", "random"):
+-- a replay gets the values the first execution saw. Outside a run (the
+-- script's top level, run once per load) they raise instead: a value read
+-- there differs on every load and restart, and every run would share it.
+-- math.randomseed always raises: the generator is the server's, shared by
+-- every run. Pure conversions (os.time(t), os.date(fmt, t), os.difftime)
+-- are untouched.
+
+-- level: where the caller's caller is (the script's line in the message)
+local function in_run(name, instead, level)
+  local runstate = require "chorus.runstate"
+  if not runstate.current() then
+    error(("%s: not available at the top level of a workflow script (a value read when the script "
+      .. "loads differs on each load and restart); call it inside the run, or use %s"):format(name, instead), level)
+  end
+  return require "chorus.journal"
+end
+
+local function now_seconds(name)
+  local journal = in_run(name, "ctx.now()", 4)
+  return math.floor(journal.effect("now", nil, core.now))
+end
+
+--- Replaces the clock and random functions of a script's os and math
+--- copies with journaled ones (see above).
+function sandbox.deterministic(env_os, env_math)
+  local time, date = os.time, os.date
+  env_os.time = function(t)
+    if t ~= nil then
+      return time(t)
+    end
+    local now = now_seconds("os.time") -- not a tail call: the error names the script's line
+    return now
+  end
+  env_os.date = function(fmt, t)
+    if t == nil then
+      t = now_seconds("os.date")
+    end
+    return date(fmt, t)
+  end
+  env_os.clock = function()
+    local journal = in_run("os.clock", "ctx.now()", 3)
+    return journal.effect("clock", nil, os.clock)
+  end
+  local random = math.random
+  env_math.random = function(m, n)
+    if m ~= nil and (math.type(m) ~= "integer" or (n ~= nil and math.type(n) ~= "integer")) then
+      error("math.random([m [, n]]): bounds must be integers", 2)
+    end
+    local journal = in_run("math.random", "ctx.random()", 3)
+    return journal.effect("random", nil, function()
+      if m == nil then
+        return random()
+      elseif n == nil then
+        return random(m)
+      end
+      return random(m, n)
+    end)
+  end
+  env_math.randomseed = function()
+    error("math.randomseed: not available in workflow scripts (the generator is the server's, shared by "
+      .. "every run); math.random and ctx.random are journaled, so a replay gets the same values", 2)
+  end
 end
 
 --- chorus.env for scripts and the config: never a secret.

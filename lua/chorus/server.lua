@@ -864,14 +864,23 @@ end
 
 -- ---- lifecycle --------------------------------------------------------------
 
+-- A reload waits until the scripts folder has been quiet this long: an
+-- editor's save can be several writes (truncate, write, write), and a half
+-- written file must not count as a failed reload.
+local RELOAD_QUIET = 0.5
+
 local function watch_scripts(dirs)
+  local last_change = 0
   for _, dir in ipairs(dirs or {}) do
     core.watch(dir, function()
+      last_change = core.monotime()
       if state.reload_pending then
         return
       end
       state.reload_pending = true
-      core.sleep(0.2) -- one reload for a burst of editor writes
+      repeat -- every change meanwhile pushes the reload back
+        core.sleep(RELOAD_QUIET - (core.monotime() - last_change))
+      until core.monotime() - last_change >= RELOAD_QUIET
       state.reload_pending = false
       server.reload("file change")
     end)

@@ -228,6 +228,9 @@ function testing.run(workflow, input, opts)
   outbox.backend = backend
   core.set_clock("virtual", opts.now or 1767225600)
   http.set_transport(transport)
+  http.unknown_upstream_hint = function(name)
+    return ("no mock for it: declare one with testing.mock(%q, ...)"):format(name)
+  end
   calls = {}
   local logs = {}
   context.log_sink = function(line)
@@ -273,6 +276,7 @@ function testing.run(workflow, input, opts)
   outbox.log_sink = nil
   calls = nil
   http.set_transport(nil)
+  http.unknown_upstream_hint = nil
   core.set_clock("real")
   outbox.backend = saved_backend
   if not pok then

@@ -29,3 +29,15 @@ describe("chorus test", function()
     assert.truthy(r.stderr:find("cannot read the folder", 1, true))
   end)
 end)
+
+describe("chorus check", function()
+  it("warns about os.time, os.date, os.clock and math.random and still passes the script", function()
+    local r = H.chorus_run({ "check", "tests/lua/fixtures/clock_random.lua" }, nil, 20)
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.truthy(r.stdout:find("ok   tests/lua/fixtures/clock_random.lua", 1, true), r.stdout)
+    assert.truthy(r.stdout:find("warn tests/lua/fixtures/clock_random.lua:10: os.time() is journaled", 1, true),
+      r.stdout)
+    assert.truthy(r.stdout:find("clock_random.lua:11: math.random() is journaled", 1, true), r.stdout)
+    assert.falsy(r.stdout:find("clock_random.lua:12:", 1, true), r.stdout) -- os.time(t) is pure
+  end)
+end)

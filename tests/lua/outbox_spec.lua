@@ -2,6 +2,7 @@
 -- delivery (retry with backoff, DLQ), due order, and the alert log lines.
 local core = require "chorus.core"
 local outbox = require "chorus.outbox"
+local metrics = require "chorus.metrics"
 
 local function entry(id, due, opts)
   opts = opts or {}
@@ -115,7 +116,7 @@ describe("chorus.outbox", function()
 
   it("logs once when a threshold is crossed and once when it is back under", function()
     local b = outbox.memory(true)
-    local relay = outbox.relay(b, { alerts = { outbox_depth = 1, dlq_depth = 0 } })
+    local relay = outbox.relay(b, { alerts = { outbox_depth = 2, dlq_depth = 0 } })
     b:add(entry("a", 1000))
     relay:observe()
     assert.are.equal(0, #lines)
@@ -129,6 +130,43 @@ describe("chorus.outbox", function()
     relay:observe()
     assert.are.equal(2, #lines)
     assert.are.equal("info", lines[2].level)
+  end)
+
+  it("fires an alert at its threshold: dlq_depth = 1 at the first dead entry", function()
+    local b = outbox.memory(true)
+    local relay = outbox.relay(b, { alerts = { dlq_depth = 1 } })
+    relay:observe()
+    assert.are.equal(0, #lines)
+    local e = entry("a", 1000)
+    b:add(e)
+    outbox.settle(b, e, { permanent = true, error = { kind = "http", status = 400 } })
+    lines = {}
+    relay:observe()
+    assert.are.equal(1, #lines)
+    assert.are.equal("dlq_depth", lines[1].alert)
+    assert.are.equal(1, lines[1].value)
+  end)
+
+  it("measures the outbox age from the oldest pending entry's creation, also while it backs off", function()
+    local b = outbox.memory(true)
+    local relay = outbox.relay(b, { alerts = { outbox_age = 60 } })
+    local e = outbox.new_entry("http", { request = { method = "POST", url = "http://x/" } })
+    b:add(e)
+    -- it fails again and again: each time its due time moves ahead of now
+    outbox.settle(b, e, { error = { kind = "connect" } })
+    core.set_clock("virtual", 1120)
+    outbox.settle(b, e, { error = { kind = "connect" } })
+    assert.is_true(e.due > core.now())
+    local _, age = relay:observe()
+    assert.is_true(age >= 120, tostring(age))
+    assert.truthy(metrics.render():find("chorus_outbox_oldest_due_age_seconds 12%d"), metrics.render())
+    local alert
+    for _, l in ipairs(lines) do
+      if l.alert == "outbox_age" then
+        alert = l
+      end
+    end
+    assert.is_truthy(alert, "outbox_age never fired")
   end)
 
   it("refuses bad ctx.later arguments with a clear message", function()

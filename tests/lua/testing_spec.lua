@@ -54,7 +54,23 @@ describe("chorus.testing", function()
   it("fails a call to an upstream nobody mocked, naming it", function()
     local r = testing.run(BACKOFF)
     assert.is_false(r.ok)
-    assert.truthy(tostring(r.error):find("unknown upstream 'flaky'", 1, true))
+    assert.are.equal("unknown_upstream", r.error.kind)
+    assert.truthy(r.error.message:find("unknown upstream 'flaky'", 1, true))
+  end)
+
+  it("raises a { kind = ... } error table for an upstream nobody mocked, saying how to mock it", function()
+    local chorus = require "chorus"
+    local http = require "chorus.http"
+    local r = testing.run(chorus.workflow { name = "nomock", run = function()
+      local ok, err = pcall(function() return http.upstream("ghost"):get("/x") end)
+      return { ok = ok, type = type(err), kind = err.kind, upstream = err.upstream, message = err.message }
+    end })
+    assert.is_true(r.ok)
+    assert.are.equal(false, r.value.ok)
+    assert.are.equal("table", r.value.type)
+    assert.are.equal("unknown_upstream", r.value.kind)
+    assert.are.equal("ghost", r.value.upstream)
+    assert.truthy(r.value.message:find('testing.mock("ghost"', 1, true), r.value.message)
   end)
 
   it("fails a call to a URL nobody mocked, saying how to mock it", function()
