@@ -6,7 +6,8 @@
 -- 409 while the first is in flight, its stored response (with
 -- Idempotent-Replayed: true) once it finished; same key, other fingerprint:
 -- 422. The fingerprint is the SHA-256 of method, path, the query arguments
--- (sorted), the Callback-URL header and the body's bytes: a retry that
+-- (sorted), the Callback-URL header and the body: its bytes, or with a JSON
+-- content type its canonical JSON (keys sorted, no whitespace). A retry that
 -- names another callback_url is another request, not a replay.
 -- The key record is written with the run's first records and rewritten
 -- with the response in the same commit as the run's final state.
@@ -74,8 +75,57 @@ local function query_text(req)
   return "?" .. table.concat(parts, "&")
 end
 
+local json = core.json
+local ARRAY_MT = getmetatable(json.decode("[]"))
+
+-- The canonical text of a decoded JSON value: object keys sorted, no
+-- whitespace, each string and number as the encoder writes it.
+local function canonical(v, out)
+  if type(v) ~= "table" or v == json.null then
+    out[#out + 1] = json.encode(v)
+  elseif getmetatable(v) == ARRAY_MT then
+    out[#out + 1] = "["
+    for i = 1, #v do
+      if i > 1 then
+        out[#out + 1] = ","
+      end
+      canonical(v[i], out)
+    end
+    out[#out + 1] = "]"
+  else
+    local keys = {}
+    for k in pairs(v) do
+      keys[#keys + 1] = k
+    end
+    table.sort(keys)
+    out[#out + 1] = "{"
+    for i, k in ipairs(keys) do
+      out[#out + 1] = (i > 1 and "," or "") .. json.encode(k) .. ":"
+      canonical(v[k], out)
+    end
+    out[#out + 1] = "}"
+  end
+  return out
+end
+
+-- The body as the fingerprint sees it: with a JSON content type (and a body
+-- that parses), its canonical text, so a retry whose serializer orders keys
+-- or spaces differently is the same request; otherwise its bytes.
+local function body_text(req)
+  local ct = req.headers and req.headers["content-type"] or ""
+  local media = ct:lower():match("^%s*([^;%s]+)")
+  if media and (media == "application/json" or media:match("^application/[^/]+%+json$")) then
+    local ok, value = pcall(json.decode, req.body)
+    if ok then
+      return "json:" .. table.concat(canonical(value, {}))
+    end
+  end
+  return req.body
+end
+idempotency.canonical_body = body_text
+
 function idempotency.fingerprint(req)
-  return core.sha256(req.method .. " " .. req.path .. query_text(req) .. "\n" .. req.body)
+  return core.sha256(req.method .. " " .. req.path .. query_text(req) .. "\n" .. body_text(req))
 end
 
 --- Decides what a request with key gets. Returns one of:
@@ -98,7 +148,7 @@ function idempotency.check(st, workflow, key, fp)
   if rec.state == "running" then -- resumed after a restart, still running
     return abandoned[store.idem_key(workflow, key)] == rec.run_id and "new" or "conflict"
   end
-  return "replay", rec.response
+  return "replay", rec.response, rec
 end
 
 --- Marks key in flight and queues its record (state running, run id).
