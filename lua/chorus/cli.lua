@@ -305,11 +305,13 @@ local function runs_redrive(id, flags)
       .. "; ask that server: POST /admin/runs/" .. id .. "/redrive" } })
   end
   local server = require "chorus.server"
-  local ok, resp, text = core.run(nil, function() return server.redrive_local(conf, st, id) end)
+  -- core.run gives back one value: the three come in a table
+  local ok, out = core.run(nil, function() return { server.redrive_local(conf, st, id) } end)
   st:close()
   if not ok then
-    return fail({ error = errors.normalize(resp), run_id = id })
+    return fail({ error = errors.normalize(out), run_id = id })
   end
+  local resp, text = out[1], out[2]
   if not text then -- refused: the problem says why
     io.stderr:write(resp.body, "\n")
     return 1
