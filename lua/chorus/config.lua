@@ -208,7 +208,8 @@ local function validate(conf, path)
   -- record keeps), named in lower case; any other header stays out of runs
   local rh = conf.request_headers or {}
   for k, v in pairs(rh) do
-    if math.type(k) ~= "integer" or k < 1 or k > #rh or type(v) ~= "string" or not v:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+    if math.type(k) ~= "integer" or k < 1 or k > #rh or type(v) ~= "string"
+        or not v:match("^[%w!#$%%&'*+.^_`|~-]+$") then
       return nil, ("%s: request_headers must be a list of header names, e.g. { \"x-tenant\" }"):format(path)
     end
     rh[k] = v:lower()
