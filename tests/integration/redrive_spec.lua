@@ -228,6 +228,16 @@ describe("redrive", function()
   end)
 
   describe("ctx.request", function()
+    it("request_headers must be a list of header names", function()
+      for _, bad in ipairs({ "{ tenant = true }", "{ 'x tenant' }", "{ 1 }" }) do
+        local c = H.write_temp(("return { request_headers = %s }"):format(bad))
+        local r = H.chorus_run({ "run", dir .. "/ok.lua", "--config", c })
+        os.remove(c)
+        assert.are.equal(2, r.code, bad)
+        assert.matches("request_headers must be a list of header names", r.stderr, 1, true)
+      end
+    end)
+
     local function check(req, key)
       assert.are.equal("POST", req.method)
       assert.are.equal("/workflows/echo_request", req.path)
