@@ -128,8 +128,13 @@ local function body_text(req)
 end
 idempotency.canonical_body = body_text
 
+--- The request's fingerprint and, for a canonicalized JSON body, the one
+--- of its bytes that keys stored before bodies were canonical carry (so a
+--- retry across the upgrade still replays rather than getting 422).
 function idempotency.fingerprint(req)
-  return core.sha256(req.method .. " " .. req.path .. query_text(req) .. "\n" .. body_text(req))
+  local head = req.method .. " " .. req.path .. query_text(req) .. "\n"
+  local body = body_text(req)
+  return core.sha256(head .. body), body ~= req.body and core.sha256(head .. req.body) or nil
 end
 
 --- Decides what a request with key gets. Returns one of:
@@ -137,16 +142,16 @@ end
 ---   "conflict"            409: the first request is still in flight
 ---   "mismatch"            422: the key was used with another request
 ---   "replay", response    the stored response of the finished run
-function idempotency.check(st, workflow, key, fp)
+function idempotency.check(st, workflow, key, fp, legacy)
   local live = inflight[store.idem_key(workflow, key)]
   if live then
-    return live == fp and "conflict" or "mismatch"
+    return (live == fp or live == legacy) and "conflict" or "mismatch"
   end
   local rec = st and st:get_idempotency(workflow, key)
   if not rec or (rec.expires_at and rec.expires_at <= core.now()) then
     return "new"
   end
-  if rec.fp ~= fp then
+  if rec.fp ~= fp and (legacy == nil or rec.fp ~= legacy) then
     return "mismatch"
   end
   if rec.state == "running" then -- resumed after a restart, still running

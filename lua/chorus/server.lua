@@ -561,8 +561,9 @@ local function start_workflow(req, name)
   -- client never reads another's stored response
   local scope = identity and (name .. "@" .. identity) or name
   if key then
-    fp = idempotency.fingerprint(req)
-    local verdict, stored, key_rec = idempotency.check(state.store, scope, key, fp)
+    local legacy
+    fp, legacy = idempotency.fingerprint(req)
+    local verdict, stored, key_rec = idempotency.check(state.store, scope, key, fp, legacy)
     if verdict == "conflict" then
       return problem(409, "Conflict", "a request with this Idempotency-Key is still in flight; retry later")
     elseif verdict == "mismatch" then
