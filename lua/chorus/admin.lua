@@ -47,6 +47,13 @@ function admin.handle(server, req, what)
   if what == "breakers" then
     return json_response(200, { breakers = core.breakers() })
   end
+  local run_id = what:match("^runs/([^/]+)/redrive$")
+  if run_id then
+    if req.method ~= "POST" then
+      return problem(405, "Method Not Allowed", "redrive with POST")
+    end
+    return server.redrive(run_id)
+  end
   local st = server.state.store
   if not st and (what == "outbox" or what:match("^dlq")) then
     return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false)")

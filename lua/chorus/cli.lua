@@ -14,6 +14,7 @@ usage:
   chorus check  SCRIPT...
   chorus test   [DIR | FILE]
   chorus runs   list [--limit N] | show ID       [--data DIR]
+  chorus runs   redrive ID [--config FILE]       [--data DIR]
   chorus outbox list [--limit N]                 [--data DIR]
   chorus dlq    list [--limit N] | replay ID | drop ID [--data DIR]
   chorus data   verify                           [--data DIR]
@@ -452,7 +453,37 @@ local function print_lines(list)
   end
 end
 
-local DATA_FLAGS = { data = "value", limit = "value" }
+local DATA_FLAGS = { data = "value", limit = "value", config = "value" }
+
+-- `chorus runs redrive ID`: runs a failed run again here, in this process,
+-- when no `chorus serve` holds the data folder (its lock); with a server
+-- running, POST /admin/runs/ID/redrive asks it instead (two processes must
+-- not run the same run). --config is the server's config file: the run
+-- needs its upstreams. Prints the run's record; exit 0 when it succeeded.
+local function runs_redrive(id, flags)
+  local conf = load_config(flags.config)
+  local st = open_data(flags)
+  local lok, lerr = st.st:lock(0)
+  if not lok then
+    st:close()
+    return fail({ error = { kind = "busy", message = tostring(lerr)
+      .. "; ask that server: POST /admin/runs/" .. id .. "/redrive" } })
+  end
+  local server = require "chorus.server"
+  -- core.run gives back one value: the three come in a table
+  local ok, out = core.run(nil, function() return { server.redrive_local(conf, st, id) } end)
+  st:close()
+  if not ok then
+    return fail({ error = errors.normalize(out), run_id = id })
+  end
+  local resp, text = out[1], out[2]
+  if not text then -- refused: the problem says why
+    io.stderr:write(resp.body, "\n")
+    return 1
+  end
+  io.stdout:write(text, "\n")
+  return resp.status < 400 and 0 or 1
+end
 
 -- What an outbox or DLQ entry is for, in one string.
 local function target_of(e)
@@ -501,6 +532,8 @@ function cli.runs(args)
     st:close()
     print_lines(list)
     return 0
+  elseif sub == "redrive" and #pos == 2 then
+    return runs_redrive(pos[2], flags)
   elseif sub == "show" and #pos == 2 then
     local st = open_data(flags)
     local text = st.st:get("runs", pos[2])
@@ -516,7 +549,7 @@ function cli.runs(args)
     io.stdout:write(text, "\n")
     return 0
   end
-  usage_error("usage: chorus runs list | show ID [--data DIR]")
+  usage_error("usage: chorus runs list | show ID | redrive ID [--config FILE] [--data DIR]")
 end
 
 function cli.outbox(args)

@@ -27,7 +27,7 @@ local FIELDS = {
   listen = "string", scripts = "string", data = "string", admin_token = "string",
   limits = "table", upstreams = "table", access_log = "boolean",
   storage = "table", outbox = "table", alerts = "table", webhook_secret = "string",
-  secrets_dir = "string", auth = "table", egress = "table",
+  secrets_dir = "string", auth = "table", egress = "table", request_headers = "table",
 }
 
 -- Every number in the config has a range, checked at load with a message
@@ -203,6 +203,16 @@ local function validate(conf, path)
         return nil, ("%s: auth.%s.%s: only token and hmac_secret, non-empty strings"):format(path, name, tostring(k))
       end
     end
+  end
+  -- request_headers: the inbound headers ctx.request shows (and the run
+  -- record keeps), named in lower case; any other header stays out of runs
+  local rh = conf.request_headers or {}
+  for k, v in pairs(rh) do
+    if math.type(k) ~= "integer" or k < 1 or k > #rh or type(v) ~= "string"
+        or not v:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+      return nil, ("%s: request_headers must be a list of header names, e.g. { \"x-tenant\" }"):format(path)
+    end
+    rh[k] = v:lower()
   end
   for k, v in pairs(conf.egress or {}) do
     if k ~= "allow" or type(v) ~= "table" then

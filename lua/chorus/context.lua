@@ -203,9 +203,22 @@ local CTX_MT = {
   end,
 }
 
+-- A copy of the recorded request for the script: what it changes in its
+-- ctx.request never reaches the run's record.
+local function copy(v)
+  if type(v) ~= "table" then
+    return v
+  end
+  local c = {}
+  for k, x in next, v do
+    c[k] = copy(x)
+  end
+  return c
+end
+
 function context.new(state)
   local ctx = setmetatable({
-    run_id = state.run_id, input = state.input, workflow = state.workflow,
+    run_id = state.run_id, input = state.input, workflow = state.workflow, request = copy(state.request),
     trace_id = state.trace_id, timeline = state.timeline,
     now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
     later = shared.later, lock = shared.lock,

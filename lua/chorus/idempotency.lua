@@ -6,7 +6,8 @@
 -- 409 while the first is in flight, its stored response (with
 -- Idempotent-Replayed: true) once it finished; same key, other fingerprint:
 -- 422. The fingerprint is the SHA-256 of method, path, the query arguments
--- (sorted), the Callback-URL header and the body's bytes: a retry that
+-- (sorted), the Callback-URL header and the body: its bytes, or with a JSON
+-- content type its canonical JSON (keys sorted, no whitespace). A retry that
 -- names another callback_url is another request, not a replay.
 -- The key record is written with the run's first records and rewritten
 -- with the response in the same commit as the run's final state.
@@ -74,8 +75,66 @@ local function query_text(req)
   return "?" .. table.concat(parts, "&")
 end
 
+local json = core.json
+local ARRAY_MT = getmetatable(json.decode("[]"))
+
+-- The canonical text of a decoded JSON value: object keys sorted, no
+-- whitespace, each string and number as the encoder writes it.
+local function canonical(v, out)
+  if type(v) ~= "table" or v == json.null then
+    out[#out + 1] = json.encode(v)
+  elseif getmetatable(v) == ARRAY_MT then
+    out[#out + 1] = "["
+    for i = 1, #v do
+      if i > 1 then
+        out[#out + 1] = ","
+      end
+      canonical(v[i], out)
+    end
+    out[#out + 1] = "]"
+  else
+    local keys = {}
+    for k in pairs(v) do
+      keys[#keys + 1] = k
+    end
+    table.sort(keys)
+    out[#out + 1] = "{"
+    for i, k in ipairs(keys) do
+      out[#out + 1] = (i > 1 and "," or "") .. json.encode(k) .. ":"
+      canonical(v[k], out)
+    end
+    out[#out + 1] = "}"
+  end
+  return out
+end
+
+-- The body as the fingerprint sees it: with a JSON content type (and a body
+-- that parses), its canonical text, so a retry whose serializer orders keys
+-- or spaces differently is the same request; otherwise its bytes.
+local function body_text(req)
+  local ct = req.headers and req.headers["content-type"] or ""
+  local media = ct:lower():match("^%s*([^;%s]+)")
+  if media and (media == "application/json" or media:match("^application/[^/]+%+json$")) then
+    local ok, value = pcall(json.decode, req.body)
+    local cok, parts = ok, nil
+    if ok then -- whatever the encoder refuses leaves the bytes to compare
+      cok, parts = pcall(canonical, value, {})
+    end
+    if cok then
+      return "json:" .. table.concat(parts)
+    end
+  end
+  return req.body
+end
+idempotency.canonical_body = body_text
+
+--- The request's fingerprint and, for a canonicalized JSON body, the one
+--- of its bytes that keys stored before bodies were canonical carry (so a
+--- retry across the upgrade still replays rather than getting 422).
 function idempotency.fingerprint(req)
-  return core.sha256(req.method .. " " .. req.path .. query_text(req) .. "\n" .. req.body)
+  local head = req.method .. " " .. req.path .. query_text(req) .. "\n"
+  local body = body_text(req)
+  return core.sha256(head .. body), body ~= req.body and core.sha256(head .. req.body) or nil
 end
 
 --- Decides what a request with key gets. Returns one of:
@@ -83,22 +142,22 @@ end
 ---   "conflict"            409: the first request is still in flight
 ---   "mismatch"            422: the key was used with another request
 ---   "replay", response    the stored response of the finished run
-function idempotency.check(st, workflow, key, fp)
+function idempotency.check(st, workflow, key, fp, legacy)
   local live = inflight[store.idem_key(workflow, key)]
   if live then
-    return live == fp and "conflict" or "mismatch"
+    return (live == fp or live == legacy) and "conflict" or "mismatch"
   end
   local rec = st and st:get_idempotency(workflow, key)
   if not rec or (rec.expires_at and rec.expires_at <= core.now()) then
     return "new"
   end
-  if rec.fp ~= fp then
+  if rec.fp ~= fp and (legacy == nil or rec.fp ~= legacy) then
     return "mismatch"
   end
   if rec.state == "running" then -- resumed after a restart, still running
     return abandoned[store.idem_key(workflow, key)] == rec.run_id and "new" or "conflict"
   end
-  return "replay", rec.response
+  return "replay", rec.response, rec
 end
 
 --- Marks key in flight and queues its record (state running, run id).

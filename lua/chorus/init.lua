@@ -53,8 +53,18 @@ local function declare(spec)
   end
   local idem = spec.idempotency and raw_copy(spec.idempotency)
   if idem and ((idem.ttl ~= nil and (type(idem.ttl) ~= "number" or not (idem.ttl > 0 and idem.ttl < math.huge)))
-      or (idem.required ~= nil and type(idem.required) ~= "boolean")) then
-    return nil, ("chorus.workflow %q: idempotency = { required = boolean, ttl = seconds }"):format(spec.name)
+      or (idem.required ~= nil and type(idem.required) ~= "boolean")
+      or (idem.on_failure ~= nil and idem.on_failure ~= "replay" and idem.on_failure ~= "redrive")) then
+    return nil, ("chorus.workflow %q: idempotency = { required = boolean, ttl = seconds, "
+      .. "on_failure = \"replay\" | \"redrive\" }"):format(spec.name)
+  end
+  if idem then
+    for k in next, idem do
+      if k ~= "required" and k ~= "ttl" and k ~= "on_failure" then
+        return nil, ("chorus.workflow %q: idempotency: unknown field '%s' (known: required, ttl, on_failure)")
+          :format(spec.name, tostring(k))
+      end
+    end
   end
   spec.idempotency = idem
   if spec.redact then

@@ -26,13 +26,14 @@ end
 -- Runs inside a task: returns the workflow's value or raises its error.
 -- opts: trace_id, on_state(state), deadline (seconds since the epoch: a
 -- resumed run keeps the deadline it started with), journal = { store =,
--- recorded = } to make the run durable (chorus.journal).
+-- recorded = } to make the run durable (chorus.journal), request (ctx.request:
+-- the inbound request's recorded facts, nil when no request started the run).
 function runner.execute(workflow, input, opts)
   opts = opts or {}
   local state = {
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
     trace_id = opts.trace_id or new_trace_id(), allow_hosts = workflow.allow_hosts,
-    redact = workflow.redact,
+    redact = workflow.redact, request = opts.request,
   }
   state.traceparent = "00-" .. state.trace_id .. "-" .. core.random_hex(8) .. "-01"
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)

@@ -379,6 +379,13 @@ local function abandon_run(rec, scope, key, err)
   end
 end
 
+-- A failed run keeps its journal for a redrive (POST /admin/runs/ID/redrive);
+-- one the outbox started does not: the outbox retries it under the same id
+-- with a fresh journal, and its DLQ entry is how it runs again.
+local function redrivable(rec)
+  return rec.status == "failed" and not rec.outbox and rec.input ~= nil
+end
+
 -- The end of a run: its record, the key's stored response, the outbox
 -- entry the run delivered, the webhook; in the data folder these commit
 -- together, and the timer and journal go. Returns whether they were
@@ -388,7 +395,11 @@ local function run_end(rec, text, ok, value)
   if st then
     st.st:put("runs", rec.id, text)
     st:del_timer(rec.id)
-    st:drop_journal(rec.id)
+    if redrivable(rec) then -- kept for a redrive, with what its record masks
+      st:put_redrive(rec.id, { input = rec.input, request = rec.request })
+    else
+      st:drop_journal(rec.id)
+    end
   end
   if rec.key then
     idempotency.finish(st, rec.key_scope or rec.workflow, rec.key, rec.fp, rec.id, rec.ttl,
@@ -428,6 +439,7 @@ local function execute(entry, rec, input, recorded)
   if state.store then
     opts.journal = { store = state.store, recorded = recorded }
   end
+  opts.request = rec.request
   local ok, value, info = core.execute({ id = rec.id }, runner.execute, entry.workflow, input, opts)
   state.inflight = state.inflight - 1
   local stored, serr = run_end(rec, finish_record(rec, ok, value, info), ok, value)
@@ -486,6 +498,22 @@ local function authenticate(req, name)
   return false
 end
 
+-- What ctx.request shows of the inbound request: method, path, query, the
+-- Idempotency-Key and the headers config request_headers lists. Kept in the
+-- run's record, so a run resumed or redriven sees the same.
+local function request_facts(req, key)
+  local headers, query = {}, {}
+  for _, h in ipairs(state.config.request_headers or EMPTY) do
+    headers[h] = req.headers[h]
+  end
+  for k, v in pairs(req.query or EMPTY) do
+    query[k] = v
+  end
+  return { method = req.method, path = req.path, query = query, headers = headers, idempotency_key = key }
+end
+
+local redrive -- defined with the durable state below
+
 local function start_workflow(req, name)
   local entry = state.workflows[name]
   if not entry then
@@ -539,14 +567,23 @@ local function start_workflow(req, name)
   -- client never reads another's stored response
   local scope = identity and (name .. "@" .. identity) or name
   if key then
-    fp = idempotency.fingerprint(req)
-    local verdict, stored = idempotency.check(state.store, scope, key, fp)
+    local legacy
+    fp, legacy = idempotency.fingerprint(req)
+    local verdict, stored, key_rec = idempotency.check(state.store, scope, key, fp, legacy)
     if verdict == "conflict" then
       return problem(409, "Conflict", "a request with this Idempotency-Key is still in flight; retry later")
     elseif verdict == "mismatch" then
       return problem(422, "Unprocessable Content",
         "this Idempotency-Key was used with a different request (method, path, query, Callback-URL or body)")
-    elseif verdict == "replay" then
+    elseif verdict == "replay" and idem.on_failure == "redrive" and key_rec and key_rec.run_id
+        and key_rec.response and key_rec.response.status == 500 then
+      -- the key's run failed: finish it (redrive) rather than replay its 500
+      local resp, _, refused = redrive(key_rec.run_id, "idempotency", true)
+      if not refused then
+        return resp
+      end
+    end
+    if verdict == "replay" then
       if type(stored) ~= "table" or math.type(stored.status) ~= "integer" or type(stored.headers) ~= "table"
           or type(stored.body) ~= "string" then
         log("error", "a stored idempotent response is unreadable", { workflow = name, key = key })
@@ -560,6 +597,7 @@ local function start_workflow(req, name)
   local rec = new_record(core.uuid(), name, trace_id)
   rec.deadline_at = wf.timeout and core.now() + wf.timeout
   rec.callback_url = callback
+  rec.request = request_facts(req, key)
   local prefer = req.headers.prefer
   local async = prefer and prefer:lower():find("respond%-async")
   if key then
@@ -624,6 +662,131 @@ local function version(hash, path)
     state.versions[hash] = wf
   end
   return wf, err
+end
+
+-- Statuses whose outcome is unknown or worth another try (as chorus.retry).
+local function retryable_status(status)
+  return math.type(status) == "integer" and (status >= 500 or status == 408 or status == 425 or status == 429)
+end
+
+-- A journal entry a redrive replays: an effect that succeeded. A raised
+-- error, or an HTTP call whose (last) response said 5xx, 408, 425 or 429, is
+-- sent again instead.
+local function settled(e)
+  if not e.ok then
+    return false
+  end
+  return not (e.kind == "http" and type(e.value) == "table" and retryable_status(e.value.status))
+end
+
+--- Runs a failed run again (a redrive): from its journal, on its script
+--- version, under its id. The effects it recorded replay; the failed ones
+--- (see settled) are dropped from the journal, so the code that made them sends them again
+--- with the same step and the same ctx.key keys (an upstream that honours
+--- Idempotency-Key sees one operation). Its record lists each redrive. via
+--- says who asked (admin, cli, idempotency); with wait the redrive runs to
+--- its end here and the run's response comes back with its record's text,
+--- else a 202 at once. Returns the response, the record text (wait), and
+--- true when the run cannot be redriven (the response is then a problem).
+redrive = function(id, via, wait)
+  local st = state.store
+  if not st then
+    return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false); "
+      .. "runs cannot be redriven"), nil, true
+  end
+  local function refuse(why)
+    return problem(409, "Conflict", "this run cannot be redriven: " .. why, { run_id = id }), nil, true
+  end
+  if state.running[id] then
+    return refuse("it is running")
+  end
+  local gok, rec = pcall(st.get_run, st, id)
+  if not gok then
+    log("error", "cannot read a run record", { run_id = id, error = tostring(rec) })
+    return problem(500, "Internal Server Error", tostring(rec)), nil, true
+  end
+  if type(rec) ~= "table" then
+    return problem(404, "Not Found", ("no run with id '%s'"):format(id)), nil, true
+  end
+  if rec.status ~= "failed" then
+    return refuse(("only a failed run is redriven, and this one is %s"):format(tostring(rec.status)))
+  end
+  if rec.outbox then
+    return refuse("the outbox started it; it retries by itself, and a dead one runs again with "
+      .. "POST /admin/dlq/ID/replay")
+  end
+  local saved = st:get_redrive(id)
+  if type(saved) ~= "table" then
+    return refuse("its journal was not kept (it failed before this version of chorus)")
+  end
+  local wf, err = version(rec.script_hash, rec.script)
+  if not wf then
+    return refuse(tostring(err))
+  end
+  local kept, failed = {}, 0
+  for _, e in ipairs(st:journal(id)) do
+    if settled(e) then
+      kept[#kept + 1] = e
+    else
+      failed = failed + 1
+    end
+  end
+  st:drop_journal(id)
+  for i, e in ipairs(kept) do
+    st:put_effect(id, i, e)
+  end
+  st:put_redrive(id, saved)
+  local redrives = type(rec.redrives) == "table" and rec.redrives or {}
+  redrives[#redrives + 1] = { at = runstate.micro(core.now()), via = via, replayed = #kept,
+    failed_effects = failed, previous_error = rec.error }
+  rec.redrives = redrives
+  rec.input, rec.request = saved.input, saved.request
+  rec.status, rec.result, rec.error, rec.finished, rec.duration = "running", nil, nil, nil, nil
+  rec.timeline = {}
+  rec.deadline_at = wf.timeout and core.now() + wf.timeout
+  remember(rec)
+  local scope = rec.key and (rec.key_scope or rec.workflow)
+  if rec.key then -- the same key gets 409 while the redrive runs
+    idempotency.begin(st, scope, rec.key, rec.fp, id, rec.ttl)
+  end
+  st:put_run(rec)
+  st:put_timer(id, rec.deadline_at) -- a crash during the redrive resumes it
+  local cok, cerr = pcall(st.commit, st)
+  if not cok then
+    state.running[id] = nil
+    if rec.key then
+      idempotency.release(scope, rec.key)
+    end
+    log("error", "could not store a redrive", { run_id = id, error = tostring(cerr) })
+    return storage_problem(cerr, id), nil, true
+  end
+  log("info", "redriving a failed run", { run_id = id, workflow = rec.workflow, via = via,
+    replayed = #kept, failed_effects = failed })
+  if wait then
+    local ok, value, stored, serr = execute({ workflow = wf }, rec, rec.input, kept)
+    if not stored then
+      return storage_problem(serr, id)
+    end
+    return run_response(rec, ok, value), state.finished:get(id)
+  end
+  core.start(nil, function() execute({ workflow = wf }, rec, rec.input, kept) end)
+  return json_response(202, { run_id = id, status = "running", redrives = #redrives },
+    { Location = "/runs/" .. id })
+end
+
+--- POST /admin/runs/ID/redrive.
+function server.redrive(id)
+  return (redrive(id, "admin", false))
+end
+
+--- `chorus runs redrive ID`: the redrive in this process, on the data
+--- folder st (whose lock the caller holds: no server uses it), to its end.
+--- Returns the run's response, its record's text, and whether it was refused.
+function server.redrive_local(config, st, id)
+  state.config, state.store = config, st
+  state.backend = outbox.durable(st)
+  outbox.backend = state.backend
+  return redrive(id, "cli", true)
 end
 
 --- Resumes every run that had not finished when the process stopped:
@@ -712,7 +875,11 @@ local function sweep_loop()
       return rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
     end)
     runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec)
-      return rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention
+      local old = rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention
+      if old and rec.status == "failed" and type(rec.id) == "string" then
+        st:drop_journal(rec.id) -- the journal kept for a redrive goes with the record
+      end
+      return old
     end)
     if keys + runs > 0 then
       st:commit()

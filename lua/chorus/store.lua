@@ -151,11 +151,24 @@ function Store:put_effect(run_id, seq, entry)
   self:put_json("journal", journal_key(run_id, seq), entry)
 end
 
+-- Seq 0 of a failed run's journal keeps what a redrive needs and its record
+-- does not hold whole: the input and ctx.request (the record masks them).
+local REDRIVE_SEQ = string.pack(">I4", 0)
+
+function Store:put_redrive(run_id, value)
+  self:put_json("journal", run_id .. REDRIVE_SEQ, value)
+end
+
+function Store:get_redrive(run_id)
+  return self:get_json("journal", run_id .. REDRIVE_SEQ)
+end
+
 --- The recorded effects of a run, in sequence order.
 function Store:journal(run_id)
   local out = {}
   for _, row in ipairs(self:scan_json("journal", { prefix = run_id, limit = math.maxinteger })) do
-    if #row.key == #run_id + 4 then -- not a longer id sharing the prefix
+    -- not a longer id sharing the prefix, nor the redrive entry (seq 0)
+    if #row.key == #run_id + 4 and row.key:sub(-4) ~= REDRIVE_SEQ then
       out[#out + 1] = row.value
     end
   end
