@@ -297,7 +297,6 @@ end
 
 -- level: where the caller's caller is (the script's line in the message)
 local function in_run(name, instead, level)
-  local runstate = require "chorus.runstate"
   if not runstate.current() then
     error(("%s: not available at the top level of a workflow script (a value read when the script "
       .. "loads differs on each load and restart); call it inside the run, or use %s"):format(name, instead), level)
