@@ -898,7 +898,9 @@ local function main()
   end
   local dlq_expected, dlq_other = 0, {}
   for _, e in ipairs(dlq) do
-    if e.kind == "workflow" and e.workflow == "receipt" and type(e.input) == "table" and e.input.reject then
+    -- `dlq list` shows id, kind, target, due, attempts and last_error (not the input)
+    local why = type(e.last_error) == "table" and e.last_error.kind
+    if e.kind == "workflow" and e.target == "receipt" and why == "rejected" then
       dlq_expected = dlq_expected + 1
     else
       dlq_other[#dlq_other + 1] = e
