@@ -1,5 +1,5 @@
 /* store.h — the durable store: one LMDB environment in the data folder, with
- * the named databases of DESIGN.md, written by group commit.
+ * the named databases listed atop lua/chorus/store.lua, written by group commit.
  *
  * Writes (put, del, del_prefix) are queued on the loop thread into the
  * pending batch. Once per loop turn (a uv_prepare handle) the pending batch,

@@ -110,7 +110,7 @@ local function text_response(status, text, content_type)
     body = text }
 end
 
--- A workflow's return value as an HTTP response (DESIGN.md: {status=,
+-- A workflow's return value as an HTTP response (README, HTTP surface: {status=,
 -- headers=, json=} or {status=, body=}, anything else 200 JSON).
 local function workflow_response(value)
   if type(value) == "table" and math.type(value.status) == "integer"

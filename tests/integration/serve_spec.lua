@@ -1,5 +1,5 @@
 -- `chorus serve` through real HTTP on loopback: every endpoint and every
--- bad input of DESIGN.md's HTTP surface.
+-- bad input of the README's HTTP surface.
 local H = require "tests.integration.helpers"
 
 local FIX = "tests/integration/fixtures/serve/"
