@@ -58,6 +58,13 @@ local function copy(t, without)
   return c
 end
 
+-- pairs over t without handing t out: `next, t` would give the caller t as
+-- pairs' second value, writable behind the view or the sealed globals.
+local function pairs_of(t)
+  local function step(_, k) return next(t, k) end
+  return function(self) return step, self, nil end
+end
+
 -- A read-only view of t (which nobody else holds): reads, pairs, # and
 -- ipairs work; writes raise; the metatable is protected.
 local function readonly(t, what)
@@ -66,7 +73,7 @@ local function readonly(t, what)
     __newindex = function(_, k)
       error(("%s is read-only in workflow scripts (cannot set '%s')"):format(what, tostring(k)), 2)
     end,
-    __pairs = function() return next, t, nil end,
+    __pairs = pairs_of(t),
     __len = function() return #t end,
     __metatable = false,
   })
@@ -408,7 +415,7 @@ function sandbox.seal(env)
       error(("cannot assign the global '%s' in a run: a workflow's globals are shared by all "
         .. "its runs; use a local variable (or ctx) instead"):format(tostring(k)), 2)
     end,
-    __pairs = function() return next, globals, nil end,
+    __pairs = pairs_of(globals),
     __metatable = false,
   })
 end
