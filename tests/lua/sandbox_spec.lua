@@ -56,3 +56,74 @@ describe("sandbox", function()
     end)
   end)
 end)
+
+describe("sandbox: loops inside one C call", function()
+  local HUGE_LEN = "setmetatable({}, { __len = function() return math.maxinteger - 1 end })"
+  -- #t is 2^40 though t holds 41 elements: # finds that border by doubling
+  local SPARSE = "(function() local t = {} for k = 40, 0, -1 do t[1 << k] = k end return t end)()"
+
+  for name, call in pairs({
+    move = "table.move({}, 1, math.maxinteger - 1, 1)",
+    move_to = "table.move({}, 1, math.maxinteger - 1, 1, {})",
+    insert_len = ("table.insert(%s, 1, 0)"):format(HUGE_LEN),
+    remove_len = ("table.remove(%s, 1)"):format(HUGE_LEN),
+    insert_sparse = ("table.insert(%s, 1, 0)"):format(SPARSE),
+    remove_sparse = ("table.remove(%s, 1)"):format(SPARSE),
+  }) do
+    it(("charges each element to the budget (%s): the run stops with kind budget"):format(name), function()
+      local ok, err = run_script(("local ok = pcall(function() %s end) return ok"):format(call))
+      assert.is_false(ok, name)
+      assert.are.equal("budget", err.kind, name)
+    end)
+  end
+
+  it("repeats an empty string at once, as a function and as a method", function()
+    local ok, value = run_script([[
+      return { string.rep("", math.maxinteger), (""):rep(math.maxinteger), ("").rep("", 1e18, ""),
+        ("ab"):rep(3, "-"), pcall(string.rep, "", 1.5) }
+    ]])
+    assert.is_true(ok, tostring(value))
+    assert.are.same({ "", "", "", "ab-ab-ab", false }, { value[1], value[2], value[3], value[4], value[5] })
+  end)
+
+  it("moves, inserts and removes exactly as the C functions do", function()
+    local env = sandbox.env()
+    local tmove, tinsert, tremove = env.table.move, env.table.insert, env.table.remove
+    local function filled(n)
+      local t = {}
+      for i = 1, n do t[i] = i end
+      return t
+    end
+    local N = 3000 -- over the sandbox's block of 1024
+    for _, c in ipairs({ { 1, N, 2 }, { 2, N, 1 }, { 1, N, 1500 }, { 1500, N, 1 }, { 1, N, N + 10 },
+        { -5, N, 3 }, { 1, 0, 5 }, { 10, 2500, 11 }, { 11, 2500, 10 } }) do
+      local f, e, t = c[1], c[2], c[3]
+      local a, b = filled(N), filled(N)
+      assert.are.same(table.move(a, f, e, t), tmove(b, f, e, t))
+      local a2, b2 = {}, {}
+      table.move(filled(N), f, e, t, a2)
+      tmove(filled(N), f, e, t, b2)
+      assert.are.same(a2, b2)
+    end
+    for _, pos in ipairs({ 1, 2, 1500, N, N + 1 }) do
+      local a, b = filled(N), filled(N)
+      table.insert(a, pos, "x")
+      tinsert(b, pos, "x")
+      assert.are.same(a, b)
+      a, b = filled(N), filled(N)
+      assert.are.equal(table.remove(a, pos), tremove(b, pos))
+      assert.are.same(a, b)
+    end
+    local a, b = filled(5), filled(5)
+    table.insert(a, "y")
+    tinsert(b, "y")
+    assert.are.same(a, b)
+    assert.are.equal(table.remove(a), tremove(b))
+    assert.are.same(a, b)
+    for _, bad in ipairs({ function(ins) ins(filled(3), 9, 0) end, function(_, rem) rem(filled(3), 9) end,
+        function(ins) ins(filled(3), 1, 2, 3) end,
+        function() tmove({}, math.mininteger, 1, 1) end, function() tmove({}, 1, 10, math.maxinteger) end }) do
+      assert.has_error(function() bad(tinsert, tremove) end)
+    end
+  end)
+end)
