@@ -243,6 +243,33 @@ local function charged_remove(t, ...)
   return v
 end
 
+-- table.sort on a table with a metatable reads and writes it through
+-- __index/__newindex inside the C sort: with C functions there (__index =
+-- type, __newindex = rawequal) and a __len near 2^31 it sorted two billion
+-- elements without a hook or an allocation. Such a table is copied to a
+-- plain one in Lua loops (charged as usual), sorted there and copied back.
+local sort = table.sort
+local INT_MAX = 2147483647
+
+local function charged_sort(t, comp)
+  if type(t) ~= "table" or getraw(t) == nil then
+    return sort(t, comp) -- plain: # is met by elements (a nil fails the first compare)
+  end
+  local n = length(t, "sort")
+  if n >= INT_MAX then
+    error("bad argument #1 to 'sort' (array too big)", 2)
+  end
+  local plain = {}
+  for i = 1, n do
+    plain[i] = t[i]
+  end
+  -- # of the copy is n even where t had nils, as it was for the C sort
+  sort(setmetatable(plain, { __len = function() return n end }), comp)
+  for i = 1, n do
+    t[i] = plain[i]
+  end
+end
+
 local function empty_rep(s, n, sep)
   if s == "" and (sep == nil or sep == "") and tointeger(n) then
     return ""
@@ -354,6 +381,7 @@ function sandbox.env(opts)
   env.string.rep = empty_rep
   env.table = copy(table)
   env.table.move, env.table.insert, env.table.remove = charged_move, charged_insert, charged_remove
+  env.table.sort = charged_sort
   env.math = copy(math)
   env.utf8 = copy(utf8)
   env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }

@@ -127,3 +127,34 @@ describe("sandbox: loops inside one C call", function()
     end
   end)
 end)
+
+describe("sandbox: table.sort", function()
+  it("stops a sort through C metamethods and a huge __len with kind budget", function()
+    local ok, err = run_script([[
+      local t = setmetatable({}, { __len = function() return (1 << 31) - 2 end, __index = type,
+        __newindex = rawequal })
+      pcall(table.sort, t)
+    ]])
+    assert.is_false(ok)
+    assert.are.equal("budget", err.kind)
+  end)
+
+  it("sorts a table with a metatable as the C sort does", function()
+    local ok, value = run_script([[
+      local store = { 5, 3, 9, 1 }
+      local proxy = setmetatable({}, { __index = store, __newindex = store, __len = function() return #store end })
+      table.sort(proxy)
+      local desc = setmetatable({ 2, 8, 4 }, {})
+      table.sort(desc, function(a, b) return a > b end)
+      local with_nil = setmetatable({ 1, nil, 3 }, { __len = function() return 3 end })
+      local nil_ok = pcall(table.sort, with_nil)
+      local too_big = select(2, pcall(table.sort, setmetatable({}, { __len = function() return 1 << 31 end })))
+      return { store = store, desc = { desc[1], desc[2], desc[3] }, nil_ok = nil_ok, too_big = too_big }
+    ]])
+    assert.is_true(ok, tostring(value))
+    assert.are.same({ 1, 3, 5, 9 }, value.store)
+    assert.are.same({ 8, 4, 2 }, value.desc)
+    assert.is_false(value.nil_ok)
+    assert.matches("array too big", value.too_big, 1, true)
+  end)
+end)
