@@ -351,6 +351,25 @@ static int core_killed(lua_State *L) {
     return 1;
 }
 
+/* core.charge(n): counts n instructions' worth of work a C function does
+ * for the current run (the sandbox's table.move, insert and remove, which
+ * copy in one C call where the count hook never fires) against its budget,
+ * and stops the run as the hook does when the budget is spent. Outside a
+ * budgeted run it does nothing. */
+static int core_charge(lua_State *L) {
+    lua_Integer n = luaL_checkinteger(L, 1);
+    struct chorus_runtime *rt = rt_of(L);
+    struct chorus_run *run = rt->current ? rt->current->run : NULL;
+    if (!run || run->limits.run_instructions <= 0)
+        return 0;
+    long left = run->limits.run_instructions - run->instructions;
+    if (n > 0)
+        run->instructions += n > left ? (left > 0 ? left : 0) + 1 : (long)n;
+    if (run->killed != KILL_NONE || run->instructions > run->limits.run_instructions)
+        chorus_run_stop(L, run, KILL_BUDGET);
+    return 0;
+}
+
 static int core_env(lua_State *L) {
     const char *v = getenv(luaL_checkstring(L, 1));
     if (v)
@@ -418,6 +437,7 @@ static const luaL_Reg core_funcs[] = {
     {"exe", core_exe},
     {"run_id", core_run_id},
     {"killed", core_killed},
+    {"charge", core_charge},
     {"env", core_env},
     {"write_log", core_write_log},
     {"set_limits", core_set_limits},

@@ -58,6 +58,13 @@ local function copy(t, without)
   return c
 end
 
+-- pairs over t without handing t out: `next, t` would give the caller t as
+-- pairs' second value, writable behind the view or the sealed globals.
+local function pairs_of(t)
+  local function step(_, k) return next(t, k) end
+  return function(self) return step, self, nil end
+end
+
 -- A read-only view of t (which nobody else holds): reads, pairs, # and
 -- ipairs work; writes raise; the metatable is protected.
 local function readonly(t, what)
@@ -66,7 +73,7 @@ local function readonly(t, what)
     __newindex = function(_, k)
       error(("%s is read-only in workflow scripts (cannot set '%s')"):format(what, tostring(k)), 2)
     end,
-    __pairs = function() return next, t, nil end,
+    __pairs = pairs_of(t),
     __len = function() return #t end,
     __metatable = false,
   })
@@ -130,6 +137,152 @@ local function wrap_results(co, ok, ...)
     error(err, 2)
   end
   error(err, 0)
+end
+
+-- ---- loops inside one C call ----------------------------------------------
+--
+-- table.move, insert and remove copy element by element inside one C call,
+-- where the count hook never fires, and moving nils allocates nothing, so
+-- neither the budget nor the memory cap stopped table.move({}, 1,
+-- math.maxinteger - 1, 1), or an insert/remove on a table whose length is
+-- huge (a __len, or a border # finds far out in a sparse table): each held
+-- the server's only thread for good. The script's versions move in blocks
+-- and charge every element to the run's instruction budget; what they do
+-- (the order of the reads and writes, the results, the errors) is the C
+-- functions'. string.rep of an empty string and separator looped n times
+-- too, writing nothing: its result is "" at once.
+
+local BLOCK = 1024
+local tointeger, maxinteger, ult = math.tointeger, math.maxinteger, math.ult
+local move, insert, remove, rep = table.move, table.insert, table.remove, string.rep
+
+local function charged_move(a1, f, e, t, a2)
+  local fi, ei, ti = tointeger(f), tointeger(e), tointeger(t)
+  local n = fi and ei and ti and ei - fi -- wraps below 0 past maxinteger
+  if not n or n < BLOCK or not (fi > 0 or ei < maxinteger + fi) or ti > maxinteger - n then
+    return move(a1, f, e, t, a2) -- a short move, or one move refuses
+  end
+  local dst = a2
+  if dst == nil then
+    dst = a1
+  end
+  move(a1, fi, fi - 1, ti, dst) -- checks the tables, moves nothing
+  if ti > fi and ti <= ei and rawequal(a1, dst) then -- overlapping, upwards: from the end
+    local i = n
+    while true do
+      local first = i < BLOCK and 0 or i - BLOCK + 1
+      core.charge(i - first + 1)
+      move(a1, fi + first, fi + i, ti + first, dst)
+      if first == 0 then
+        break
+      end
+      i = first - 1
+    end
+  else
+    local i = 0
+    while true do
+      local last = n - i < BLOCK and n or i + BLOCK - 1
+      core.charge(last - i + 1)
+      move(a1, fi + i, fi + last, ti + i, dst)
+      if last == n then
+        break
+      end
+      i = last + 1
+    end
+  end
+  return dst
+end
+
+-- #t once (as the C functions take it): an integer, or the error they raise
+local function length(t, what)
+  local n = #t
+  if math.type(n) ~= "integer" then
+    error(("bad argument #1 to '%s' (object length is not an integer)"):format(what), 3)
+  end
+  return n
+end
+
+local function charged_insert(t, ...)
+  if select("#", ...) ~= 2 or type(t) ~= "table" then
+    return insert(t, ...) -- appending, or an error
+  end
+  local pos, v = ...
+  local p = tointeger(pos)
+  if not p then
+    return insert(t, pos, v) -- refuses pos
+  end
+  local e = length(t, "insert") + 1 -- wraps as in C
+  if not ult(p - 1, e) then
+    error("bad argument #2 to 'insert' (position out of bounds)", 2)
+  end
+  if e > p then
+    charged_move(t, p, e - 1, p + 1)
+  end
+  t[p] = v
+end
+
+local function charged_remove(t, ...)
+  local pos = ...
+  if pos == nil or type(t) ~= "table" then
+    return remove(t, ...) -- the last element (no loop), or an error
+  end
+  local p = tointeger(pos)
+  if not p then
+    return remove(t, pos) -- refuses pos
+  end
+  local size = length(t, "remove")
+  if p ~= size and ult(size, p - 1) then
+    error("bad argument #2 to 'remove' (position out of bounds)", 2)
+  end
+  local v = t[p]
+  if p < size then
+    charged_move(t, p + 1, size, p)
+    p = size
+  end
+  t[p] = nil
+  return v
+end
+
+-- table.sort on a table with a metatable reads and writes it through
+-- __index/__newindex inside the C sort: with C functions there (__index =
+-- type, __newindex = rawequal) and a __len near 2^31 it sorted two billion
+-- elements without a hook or an allocation. Such a table is copied to a
+-- plain one in Lua loops (charged as usual), sorted there and copied back.
+local sort = table.sort
+local INT_MAX = 2147483647
+
+local function charged_sort(t, comp)
+  if type(t) ~= "table" or getraw(t) == nil then
+    return sort(t, comp) -- plain: # is met by elements (a nil fails the first compare)
+  end
+  local n = length(t, "sort")
+  if n >= INT_MAX then
+    error("bad argument #1 to 'sort' (array too big)", 2)
+  end
+  local plain = {}
+  for i = 1, n do
+    plain[i] = t[i]
+  end
+  -- # of the copy is n even where t had nils, as it was for the C sort
+  sort(setmetatable(plain, { __len = function() return n end }), comp)
+  for i = 1, n do
+    t[i] = plain[i]
+  end
+end
+
+local function empty_rep(s, n, sep)
+  if s == "" and (sep == nil or sep == "") and tointeger(n) then
+    return ""
+  end
+  return rep(s, n, sep)
+end
+
+-- the methods strings share (s:rep(n)) are the process's: the same function
+do
+  local methods = getraw("").__index
+  if type(methods) == "table" then
+    rawset(methods, "rep", empty_rep)
+  end
 end
 
 local BASE = {
@@ -225,7 +378,10 @@ function sandbox.env(opts)
   env.string = copy(string, { dump = true })
   -- matching charged to the run's instruction budget (runtime/lua_pattern.h)
   for name, fn in pairs(core.pattern) do env.string[name] = fn end
+  env.string.rep = empty_rep
   env.table = copy(table)
+  env.table.move, env.table.insert, env.table.remove = charged_move, charged_insert, charged_remove
+  env.table.sort = charged_sort
   env.math = copy(math)
   env.utf8 = copy(utf8)
   env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
@@ -408,7 +564,7 @@ function sandbox.seal(env)
       error(("cannot assign the global '%s' in a run: a workflow's globals are shared by all "
         .. "its runs; use a local variable (or ctx) instead"):format(tostring(k)), 2)
     end,
-    __pairs = function() return next, globals, nil end,
+    __pairs = pairs_of(globals),
     __metatable = false,
   })
 end
