@@ -103,19 +103,17 @@ function cli.run(args)
     usage_error("run takes exactly one SCRIPT (got %d)", #pos)
   end
   local input = read_input(flags.input)
-  load_config(flags.config)
+  local conf = load_config(flags.config)
   local script = require "chorus.script"
-  local workflow, err = script.load(pos[1])
+  local workflow, source = script.load(pos[1])
   if not workflow then
-    if err:match("^cannot read script") then
-      usage_error("%s", err)
+    if source:match("^cannot read script") then
+      usage_error("%s", source)
     end
-    return fail({ error = { kind = "script", message = err } })
+    return fail({ error = { kind = "script", message = source } })
   end
-  local runner = require "chorus.runner"
   local outbox = require "chorus.outbox"
   local st
-  local opts = {}
   if flags.data then
     local store = require "chorus.store"
     local err2
@@ -123,24 +121,29 @@ function cli.run(args)
     if not st then
       return fail({ error = { kind = "store", message = err2 } })
     end
-    opts.journal = { store = st }
   end
-  local ok, value, info = core.run(nil, function()
-    local res = table.pack(pcall(runner.execute, workflow, input, opts))
-    if st then
-      st:commit() -- the run's journal and outbox entries are on disk before we answer
-    elseif next(outbox.backend.entries) then
-      outbox.drain(outbox.backend) -- no data folder: deliver the outbox now
+  -- the run service a server uses (chorus.runs): with --data the run is
+  -- recorded, journaled and resumable in the folder as a served one is
+  local svc = require("chorus.runs").service({ store = st, config = conf,
+    log = function(level, msg, fields)
+      if msg ~= "run failed" then -- that one this command prints itself, as JSON
+        require("chorus.runs").default_log(level, msg, fields)
+      end
+    end })
+  local entry = { workflow = workflow, path = pos[1], source = source, hash = core.sha256(source) }
+  local rok, res = core.run(nil, function()
+    local ok, value, rec, _, _, info = svc:start(entry, input)
+    if not st and next(svc.backend.entries) then
+      outbox.drain(svc.backend) -- no data folder: deliver the outbox now
     end
-    if not res[1] then
-      error(res[2], 0)
-    end
-    return table.unpack(res, 2, res.n)
+    return { ok = ok, value = value, id = rec.id, info = info }
   end)
+  local ok, value, info = rok and res.ok, rok and res.value or res, rok and res.info or {}
+  info.id = rok and res.id or info.id
   if st then
     st:close()
   else
-    local mem = outbox.backend
+    local mem = svc.backend
     if #mem.delivered + #mem.dead > 0 then
       io.stderr:write(("chorus: outbox: %d delivered, %d dead%s\n"):format(#mem.delivered, #mem.dead,
         #mem.dead > 0 and " (" .. tostring(mem.dead[1].last_error.message) .. ")" or ""))

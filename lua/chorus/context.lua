@@ -34,8 +34,11 @@ local function logger(ctx)
       end
     end
     line = redact.value(line, ctx_redact[ctx])
-    if context.log_sink then
-      context.log_sink(line)
+    -- the run service's sink (chorus.runs env.log_sink), else the module's
+    local run = runstate.current()
+    local sink = run and run.env and run.env.log_sink or context.log_sink
+    if sink then
+      sink(line)
       return
     end
     local ok, text = pcall(json.encode, line)

@@ -215,7 +215,9 @@ local function send_once(r)
   end
   local started = core.now()
   -- allow_hosts goes along: every redirect hop is checked against it too
-  local status, headers, body, duration = transport(r.method, r.url, r.headers, r.body,
+  -- the run service's transport (chorus.runs env.transport), else the module's
+  local send = run and run.env and run.env.transport or transport
+  local status, headers, body, duration = send(r.method, r.url, r.headers, r.body,
     r.connect_timeout, timeout, r.flags, r.max_response_bytes, run and run.allow_hosts)
   if run then
     runstate.record_call(run, r, started, duration, status or headers)

@@ -143,8 +143,10 @@ function journal.effect(kind, target, fn, restore)
   end
   j.store:put_effect(run.run_id, j.seq, entry)
   if j.crash_after and j.seq >= j.crash_after then -- chorus.testing: die here
-    -- a control error: as after a real crash, nothing of the run goes on
-    -- (no catch, no compensation, no further record)
+    -- once the effect is journaled (on disk); then a control error: as
+    -- after a real crash, nothing of the run goes on (no catch, no
+    -- compensation, no further record)
+    j.store:commit()
     error(runstate.stop(setmetatable({ kind = "crash",
       message = ("simulated crash after effect %d"):format(j.seq) }, ERROR_MT), run), 0)
   end

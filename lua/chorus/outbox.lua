@@ -252,7 +252,9 @@ local function enqueue(e, target)
   return journal.effect("later", target, function()
     local run = runstate.current()
     local j = run and run.journal
-    if j and j.store.put_outbox then -- a data folder
+    if run and run.env and run.env.backend then -- the run service's outbox (chorus.runs)
+      run.env.backend:add(e)
+    elseif j and j.store.put_outbox then -- a data folder
       outbox.durable(j.store):add(e)
     else
       outbox.backend:add(e)
@@ -333,7 +335,7 @@ local function http_failure(status, headers, body)
   return f
 end
 
-local function send(req, key)
+local function send(req, key, transport)
   local headers = {}
   for k, v in pairs(req.headers or {}) do
     headers[k] = v
@@ -348,7 +350,7 @@ local function send(req, key)
   local url = req.upstream and req.path and http.resolve(req.upstream, req.path) or req.url
   -- restricted: the URL came from a request (callback_url), so the egress
   -- policy refuses non-public addresses (flag 4)
-  local status, h, body = http.transport()(req.method, url, headers, req.body, 10, req.timeout or 30,
+  local status, h, body = (transport or http.transport())(req.method, url, headers, req.body, 10, req.timeout or 30,
     req.restricted and 4 or 0)
   return http_failure(status, h, body)
 end
@@ -403,17 +405,16 @@ function outbox.settle(backend, e, failure)
   return "retry"
 end
 
--- Hook that starts a workflow entry's run: the server installs a durable
--- one; returns "started" when the run settles e itself, else ok, err.
-outbox.start_workflow = nil
-
--- Delivers e once (inside its own run).
-local function deliver(backend, e)
+-- Delivers e once (inside its own run). opts: the relay's start_workflow
+-- (starts a workflow entry's run: "started" when the run settles e itself,
+-- else ok, err; a run service's, chorus.runs) and transport.
+local function deliver(backend, e, opts)
+  opts = opts or {}
   if e.kind == "http" then
-    outbox.settle(backend, e, send(e.request, e.id))
+    outbox.settle(backend, e, send(e.request, e.id, opts.transport))
   elseif e.kind == "chain" then
     while e.next <= #e.steps do
-      local failure = send(e.steps[e.next], e.id .. ":" .. e.next)
+      local failure = send(e.steps[e.next], e.id .. ":" .. e.next, opts.transport)
       if failure then
         outbox.settle(backend, e, failure)
         backend:commit()
@@ -426,11 +427,11 @@ local function deliver(backend, e)
     end
     outbox.settle(backend, e, nil)
   elseif e.kind == "workflow" then
-    if not outbox.start_workflow then
+    if not opts.start_workflow then
       outbox.settle(backend, e, { permanent = true, error = { kind = "unknown_workflow",
         message = "no workflow runner in this process" } })
     else
-      local ok, err = outbox.start_workflow(backend, e)
+      local ok, err = opts.start_workflow(backend, e)
       if ok == "started" then
         return
       end
@@ -451,10 +452,14 @@ Relay.__index = Relay
 
 --- A relay over backend. opts: concurrency, poll (seconds), alerts =
 --- { outbox_depth =, outbox_age =, dlq_depth = } (log a line when a value
---- reaches its threshold, and when it is back under).
+--- reaches its threshold, and when it is back under), start_workflow
+--- (function(backend, e) that runs a workflow entry: a run service's,
+--- chorus.runs; without one such entries are dead), transport (the HTTP
+--- function deliveries use; nil: chorus.http's).
 function outbox.relay(backend, opts)
   opts = opts or {}
   return setmetatable({ backend = backend, inflight = {}, n_inflight = 0,
+    start_workflow = opts.start_workflow, transport = opts.transport,
     concurrency = opts.concurrency or outbox.defaults.concurrency, poll = opts.poll or outbox.defaults.poll,
     alerts = opts.alerts or {}, alerting = {}, stopped = false }, Relay)
 end
@@ -472,7 +477,7 @@ function Relay:tick()
       self.n_inflight = self.n_inflight + 1
       started = started + 1
       core.start(nil, function()
-        local ok, err = pcall(deliver, self.backend, e)
+        local ok, err = pcall(deliver, self.backend, e, self)
         if not ok then
           log("error", "outbox delivery failed", { id = e.id, error = tostring(err) })
         end
@@ -542,9 +547,10 @@ function Relay:stop()
 end
 
 --- Delivers everything in a memory outbox now and as it comes due, until it
---- is empty (chorus run without a data folder; chorus.testing).
-function outbox.drain(backend)
-  local relay = outbox.relay(backend)
+--- is empty (chorus run without a data folder; chorus.testing). opts as
+--- outbox.relay's.
+function outbox.drain(backend, opts)
+  local relay = outbox.relay(backend, opts)
   while true do
     relay:tick()
     if relay.n_inflight == 0 then

@@ -27,13 +27,15 @@ end
 -- opts: trace_id, on_state(state), deadline (seconds since the epoch: a
 -- resumed run keeps the deadline it started with), journal = { store =,
 -- recorded = } to make the run durable (chorus.journal), request (ctx.request:
--- the inbound request's recorded facts, nil when no request started the run).
+-- the inbound request's recorded facts, nil when no request started the run),
+-- env (the run service's environment, chorus.runs: where the run's outbox
+-- entries, calls and log lines go).
 function runner.execute(workflow, input, opts)
   opts = opts or {}
   local state = {
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
     trace_id = opts.trace_id or new_trace_id(), allow_hosts = workflow.allow_hosts,
-    redact = workflow.redact, request = opts.request,
+    redact = workflow.redact, request = opts.request, env = opts.env,
   }
   state.traceparent = "00-" .. state.trace_id .. "-" .. core.random_hex(8) .. "-01"
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)

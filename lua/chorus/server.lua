@@ -11,40 +11,30 @@
 -- with while new requests see the new set.
 local admin = require "chorus.admin"
 local core = require "chorus.core"
-local context = require "chorus.context"
-local errors = require "chorus.errors"
 local idempotency = require "chorus.idempotency"
 local metrics = require "chorus.metrics"
 local outbox = require "chorus.outbox"
-local runner = require "chorus.runner"
-local runstate = require "chorus.runstate"
+local runs = require "chorus.runs"
 local script = require "chorus.script"
 local secrets = require "chorus.secrets"
-local redact = require "chorus.redact"
 local store = require "chorus.store"
 local webhook = require "chorus.webhook"
 local json = core.json
 
 local server = {}
 
-local MAX_RECORDS = 10000
-
 local state = {
   config = nil, workflows = {}, sources = {},
-  running = {},    -- run id → record of each run in flight
-  finished = core.record_ring(MAX_RECORDS), -- the last finished records, as JSON
-  draining = false, inflight = 0, srv = nil, reload_pending = false,
+  draining = false, srv = nil, reload_pending = false,
   store = nil,     -- chorus.store of the data folder
   backend = nil,   -- its outbox
   relay = nil,     -- the outbox relay
-  versions = {},   -- script hash → workflow, for runs resumed on old code
+  runs = nil,      -- the run service (chorus.runs): records, runs in flight, versions
 }
 server.state = state
 local EMPTY = {} -- read-only: for `x or EMPTY` on the request path
 
 local m = {
-  runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
-  duration = metrics.histogram("chorus_run_duration_seconds", "Workflow run duration", { "workflow" }),
   inflight = metrics.gauge("chorus_runs_in_flight", "Workflow runs in flight"),
   requests = metrics.counter("chorus_http_requests_total", "Inbound HTTP requests by status",
     { "code" }),
@@ -191,12 +181,7 @@ function server.reload(reason)
     names[#names + 1] = name
     -- every version is kept by hash, so a run resumed after a restart
     -- replays on the code it started with
-    if not state.versions[entry.hash] then
-      state.versions[entry.hash] = entry.workflow
-      if state.store then
-        state.store:put_script(entry.hash, entry.source)
-      end
-    end
+    state.runs:keep_version(entry)
     entry.source = nil
   end
   table.sort(names)
@@ -204,79 +189,6 @@ function server.reload(reason)
   m.workflows.set(nil, #names)
   log("info", "scripts loaded", { reason = reason, workflows = names })
   return true, names, dirs
-end
-
--- ---- run records ----------------------------------------------------------
-
--- A run's record is a table while it runs; when it ends its JSON text goes
--- to the ring of finished ones (the data folder keeps them all).
-local function remember(rec)
-  state.running[rec.id] = rec
-  return rec
-end
-
-local function new_record(id, name, trace_id)
-  -- the nil fields only size the table for what the run's end adds: no rehash
-  return remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
-    trace_id = trace_id, timeline = {}, deadline_at = nil, finished = nil, duration = nil, result = nil,
-    error = nil })
-end
-
--- What a record shows of the run's data: masked by its workflow's redact
--- paths (chorus.redact) wherever the record is shown or kept finished.
-local RECORD_DATA = { "input", "result", "error", "on_timeout" }
-
--- A run record as the JSON GET /runs/ID returns, secrets redacted. A
--- result or error JSON cannot carry is replaced in the record by an error
--- saying so (the record, and the webhook made of it, must stay readable).
-local function record_text(rec)
-  rec = redact.fields(rec, rec.redact, RECORD_DATA)
-  local eok, text = pcall(json.encode, rec)
-  if not eok then -- keep what JSON can carry
-    local kind = rec.error and type(rec.error.kind) == "string" and rec.error.kind or "result"
-    rec.result = nil
-    rec.error = { kind = kind, message = ("the run's %s is not JSON: %s"):format(
-      rec.status == "succeeded" and "result" or "error", tostring(text)) }
-    eok, text = pcall(json.encode, rec)
-    if not eok then -- e.g. a timeline entry: the record's frame alone
-      text = json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
-        finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, error = rec.error })
-    end
-  end
-  return secrets.redact(text)
-end
-
--- record → the run's state while it runs (weak: gone with the record)
-local rec_state = setmetatable({}, { __mode = "k" })
-
-local function finish_record(rec, ok, value, info)
-  rec.finished = runstate.micro(core.now())
-  rec.duration = runstate.micro(rec.finished - rec.started)
-  -- a run whose saga rolled back reports it, whatever it returned
-  local compensated = rec_state[rec] and rec_state[rec].compensated
-  -- a timed-out run's on_timeout outcome { ok =, value | error } (chorus.runner)
-  rec.on_timeout = not ok and rec_state[rec] and rec_state[rec].on_timeout or nil
-  rec_state[rec] = nil
-  if ok then
-    rec.status = compensated and "compensated" or "succeeded"
-    rec.result = value
-  else
-    local err = errors.normalize(value)
-    rec.status = err.kind == "deadline" and "timed_out" or compensated and "compensated" or "failed"
-    rec.error = err
-    log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
-      error = redact.value(err, rec.redact), traceback = info and info.traceback })
-  end
-  m.runs.inc({ rec.workflow, rec.status })
-  m.duration.observe({ rec.workflow }, rec.duration)
-  -- A finished record never changes: keep it as its JSON text, outside the
-  -- Lua heap (kept as Lua values, ten thousand records became old objects
-  -- freed only by major collections, each marking and sweeping them all:
-  -- the serve benchmark's p99).
-  local text = record_text(rec)
-  state.running[rec.id] = nil
-  state.finished:put(rec.id, text)
-  return text
 end
 
 -- ---- workflows ----------------------------------------------------------
@@ -317,35 +229,6 @@ local function run_response(rec, ok, value)
   return resp
 end
 
--- The run-end webhook to rec.callback_url, through the outbox, signed with
--- HMAC-SHA256 of the body under the configured webhook secret.
-local function queue_webhook(rec)
-  local body = json.encode({ run_id = rec.id, workflow = rec.workflow, status = rec.status,
-    result = rec.result, error = rec.error, on_timeout = rec.on_timeout })
-  local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
-  local secret = state.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
-  if secret and secret ~= "" then
-    headers[webhook.HEADER] = webhook.sign(secret, body)
-  end
-  -- restricted: the URL came from the request, so the egress policy keeps
-  -- it off loopback, private networks and this server (egress.allow)
-  state.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
-    headers = headers, body = body, restricted = true }, run_id = rec.id }))
-end
-
--- Writes the first records of a durable run: the run (running), its timer
--- and, with an idempotency key, the key (running). They land in one group
--- commit with the run's first journal entries.
-local function durable_begin(rec, entry, input)
-  local st = state.store
-  rec.input = input -- kept whole while the run runs: recovery replays it
-  rec.redact = entry.workflow.redact
-  rec.script_hash = entry.hash
-  rec.script = entry.path
-  st:put_run(rec)
-  st:put_timer(rec.id, rec.deadline_at)
-end
-
 -- The answer to a request whose run could not be stored: 507 when the
 -- data folder is full (storage.max_size_mb), else 500. Never a 2xx.
 local function storage_problem(err, run_id)
@@ -354,99 +237,6 @@ local function storage_problem(err, run_id)
       "the data folder is full (storage.max_size_mb); the run was not stored", { run_id = run_id })
   end
   return problem(500, "Internal Server Error", "the run could not be stored", { run_id = run_id })
-end
-
--- A run whose records did not reach the disk, though the client will hear
--- it failed: its in-memory record says so, its key is free again (the client
--- retries it), and the records of it that did land earlier (the key, the
--- timer that would resume it after a restart) are dropped if the store
--- takes the writes now.
-local function abandon_run(rec, scope, key, err)
-  rec.status = "failed"
-  rec.result = nil
-  rec.error = { kind = "storage", message = tostring(err) }
-  state.running[rec.id] = nil
-  state.finished:put(rec.id, record_text(rec))
-  local st = state.store
-  if key then
-    idempotency.abandon(st, scope, key, rec.id)
-  end
-  if st then
-    st:del_timer(rec.id)
-    st:drop_journal(rec.id)
-    st.st:del("runs", rec.id)
-    pcall(st.commit, st)
-  end
-end
-
--- A failed run keeps its journal for a redrive (POST /admin/runs/ID/redrive);
--- one the outbox started does not: the outbox retries it under the same id
--- with a fresh journal, and its DLQ entry is how it runs again.
-local function redrivable(rec)
-  return rec.status == "failed" and not rec.outbox and rec.input ~= nil
-end
-
--- The end of a run: its record, the key's stored response, the outbox
--- entry the run delivered, the webhook; in the data folder these commit
--- together, and the timer and journal go. Returns whether they were
--- stored, and why not.
-local function run_end(rec, text, ok, value)
-  local st = state.store
-  if st then
-    st.st:put("runs", rec.id, text)
-    st:del_timer(rec.id)
-    if redrivable(rec) then -- kept for a redrive, with what its record masks
-      st:put_redrive(rec.id, { input = rec.input, request = rec.request })
-    else
-      st:drop_journal(rec.id)
-    end
-  end
-  if rec.key then
-    idempotency.finish(st, rec.key_scope or rec.workflow, rec.key, rec.fp, rec.id, rec.ttl,
-      run_response(rec, ok, value))
-  end
-  if rec.outbox then
-    local failure = not ok and { error = rec.error, permanent = rec.error.permanent == true } or nil
-    outbox.settle(state.backend, rec.outbox, failure)
-  end
-  if rec.callback_url then
-    queue_webhook(rec)
-  end
-  context.drop_reservations(rec.id)
-  local cok, cerr = true, nil
-  if st then
-    cok, cerr = pcall(st.commit, st)
-  end
-  if not cok then
-    log("error", "could not store the end of a run", { run_id = rec.id, error = tostring(cerr) })
-  elseif rec.key then
-    idempotency.release(rec.key_scope or rec.workflow, rec.key)
-  end
-  return cok, cerr
-end
-
--- Runs a workflow as its own run and records it; returns ok, value, and
--- whether its end was stored (and why not). recorded: the journal of a run
--- resumed after a restart.
-local function execute(entry, rec, input, recorded)
-  rec.redact = entry.workflow.redact
-  state.inflight = state.inflight + 1 -- the gauge reads it when /metrics is scraped
-  local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at,
-    on_state = function(s)
-      rec.timeline = s.timeline
-      rec_state[rec] = s
-    end }
-  if state.store then
-    opts.journal = { store = state.store, recorded = recorded }
-  end
-  opts.request = rec.request
-  local ok, value, info = core.execute({ id = rec.id }, runner.execute, entry.workflow, input, opts)
-  state.inflight = state.inflight - 1
-  local stored, serr = run_end(rec, finish_record(rec, ok, value, info), ok, value)
-  if not stored and rec.key then -- a key must not stay in flight for good
-    idempotency.release(rec.key_scope or rec.workflow, rec.key)
-  end
-  return ok, value, stored, serr
 end
 
 -- The callback URL of a request, or nil; nil and why when it is refused.
@@ -514,6 +304,17 @@ end
 
 local redrive -- defined with the durable state below
 
+-- The run service over the server's store and outbox: it starts, records,
+-- resumes and finishes every run (chorus.runs). max_records: how many
+-- finished records it keeps in memory (10000).
+function server.service(st, backend, max_records)
+  return runs.service({
+    store = st, backend = backend, config = state.config, log = log, max_records = max_records,
+    respond = function(rec, ok, value) return run_response(rec, ok, value) end,
+    workflow = function(name) return state.workflows[name] end,
+  })
+end
+
 local function start_workflow(req, name)
   local entry = state.workflows[name]
   if not entry then
@@ -532,7 +333,7 @@ local function start_workflow(req, name)
     return r
   end
   local max = (state.config.limits or EMPTY).max_inflight_runs or 10000
-  if state.inflight >= max then -- load shedding: nothing stored, the client retries
+  if state.runs.inflight >= max then -- load shedding: nothing stored, the client retries
     local r = problem(503, "Service Unavailable", ("%d runs are in flight, the most this server takes"):format(max))
     r.headers["Retry-After"] = "1"
     return r
@@ -593,11 +394,10 @@ local function start_workflow(req, name)
       return stored
     end
   end
-  local trace_id = parse_traceparent(req.headers.traceparent) or core.random_hex(16)
-  local rec = new_record(core.uuid(), name, trace_id)
-  rec.deadline_at = wf.timeout and core.now() + wf.timeout
-  rec.callback_url = callback
-  rec.request = request_facts(req, key)
+  local svc = state.runs
+  local rec = svc:new_record(core.uuid(), name, parse_traceparent(req.headers.traceparent), {
+    deadline_at = wf.timeout and core.now() + wf.timeout, callback_url = callback,
+    request = request_facts(req, key) })
   local prefer = req.headers.prefer
   local async = prefer and prefer:lower():find("respond%-async")
   if key then
@@ -607,7 +407,7 @@ local function start_workflow(req, name)
     end
   end
   if state.store then
-    local bok, berr = pcall(durable_begin, rec, entry, input)
+    local bok, berr = pcall(svc.begin, svc, rec, entry, input)
     if not bok then
       if key then
         idempotency.release(scope, key)
@@ -626,151 +426,54 @@ local function start_workflow(req, name)
       local cok, serr = pcall(state.store.commit, state.store)
       if not cok then
         log("error", "could not store a new run", { run_id = rec.id, error = tostring(serr) })
-        abandon_run(rec, scope, key, serr)
+        svc:abandon(rec, scope, key, serr)
         return storage_problem(serr, rec.id)
       end
     end
     if key then
       idempotency.release(scope, key)
     end
-    core.start(nil, function() execute(entry, rec, input) end)
+    core.start(nil, function() svc:execute(entry, rec, input) end)
     return resp
   end
-  local ok, value, stored, serr = execute(entry, rec, input)
+  local ok, value, stored, serr = svc:execute(entry, rec, input)
   if not stored then
-    abandon_run(rec, scope, key, serr)
+    svc:abandon(rec, scope, key, serr)
     return storage_problem(serr, rec.id)
   end
   return run_response(rec, ok, value)
 end
 
--- ---- durable state: recovery, the relay, the sweep --------------------------
+-- ---- durable state: redrive, the relay, the sweep ------------------------------
 
--- The workflow of a stored script version (compiled once per hash).
-local function version(hash, path)
-  local wf = state.versions[hash]
-  if wf then
-    return wf
-  end
-  local source = state.store:get_script(hash)
-  if not source then
-    return nil, ("the script version %s is not in the data folder"):format(tostring(hash))
-  end
-  local err
-  wf, err = script.compile(source, path or "?")
-  if wf then
-    state.versions[hash] = wf
-  end
-  return wf, err
-end
+local REFUSED = { disabled = 501, conflict = 409, not_found = 404 }
 
--- Statuses whose outcome is unknown or worth another try (as chorus.retry).
-local function retryable_status(status)
-  return math.type(status) == "integer" and (status >= 500 or status == 408 or status == 425 or status == 429)
-end
-
--- A journal entry a redrive replays: an effect that succeeded. A raised
--- error, or an HTTP call whose (last) response said 5xx, 408, 425 or 429, is
--- sent again instead.
-local function settled(e)
-  if not e.ok then
-    return false
-  end
-  return not (e.kind == "http" and type(e.value) == "table" and retryable_status(e.value.status))
-end
-
---- Runs a failed run again (a redrive): from its journal, on its script
---- version, under its id. The effects it recorded replay; the failed ones
---- (see settled) are dropped from the journal, so the code that made them sends them again
---- with the same step and the same ctx.key keys (an upstream that honours
---- Idempotency-Key sees one operation). Its record lists each redrive. via
---- says who asked (admin, cli, idempotency); with wait the redrive runs to
---- its end here and the run's response comes back with its record's text,
---- else a 202 at once. Returns the response, the record text (wait), and
---- true when the run cannot be redriven (the response is then a problem).
+--- Runs a failed run again (chorus.runs prepare_redrive says how). via says
+--- who asked (admin, cli, idempotency); with wait the redrive runs to its
+--- end here and the run's response comes back with its record's text, else
+--- a 202 at once. Returns the response, the record text (wait), and true
+--- when the run cannot be redriven (the response is then a problem).
 redrive = function(id, via, wait)
-  local st = state.store
-  if not st then
-    return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false); "
-      .. "runs cannot be redriven"), nil, true
-  end
-  local function refuse(why)
-    return problem(409, "Conflict", "this run cannot be redriven: " .. why, { run_id = id }), nil, true
-  end
-  if state.running[id] then
-    return refuse("it is running")
-  end
-  local gok, rec = pcall(st.get_run, st, id)
-  if not gok then
-    log("error", "cannot read a run record", { run_id = id, error = tostring(rec) })
-    return problem(500, "Internal Server Error", tostring(rec)), nil, true
-  end
-  if type(rec) ~= "table" then
-    return problem(404, "Not Found", ("no run with id '%s'"):format(id)), nil, true
-  end
-  if rec.status ~= "failed" then
-    return refuse(("only a failed run is redriven, and this one is %s"):format(tostring(rec.status)))
-  end
-  if rec.outbox then
-    return refuse("the outbox started it; it retries by itself, and a dead one runs again with "
-      .. "POST /admin/dlq/ID/replay")
-  end
-  local saved = st:get_redrive(id)
-  if type(saved) ~= "table" then
-    return refuse("its journal was not kept (it failed before this version of chorus)")
-  end
-  local wf, err = version(rec.script_hash, rec.script)
-  if not wf then
-    return refuse(tostring(err))
-  end
-  local kept, failed = {}, 0
-  for _, e in ipairs(st:journal(id)) do
-    if settled(e) then
-      kept[#kept + 1] = e
-    else
-      failed = failed + 1
+  local svc = state.runs
+  local rec, wf, kept = svc:prepare_redrive(id, via)
+  if not rec then
+    local why, detail = wf, kept
+    if why == "storage" then
+      return storage_problem(detail, id), nil, true
+    elseif why == "conflict" then
+      return problem(409, "Conflict", "this run cannot be redriven: " .. detail, { run_id = id }), nil, true
     end
+    return problem(REFUSED[why] or 500, why == "not_found" and "Not Found" or "Not Implemented", detail), nil, true
   end
-  st:drop_journal(id)
-  for i, e in ipairs(kept) do
-    st:put_effect(id, i, e)
-  end
-  st:put_redrive(id, saved)
-  local redrives = type(rec.redrives) == "table" and rec.redrives or {}
-  redrives[#redrives + 1] = { at = runstate.micro(core.now()), via = via, replayed = #kept,
-    failed_effects = failed, previous_error = rec.error }
-  rec.redrives = redrives
-  rec.input, rec.request = saved.input, saved.request
-  rec.status, rec.result, rec.error, rec.finished, rec.duration = "running", nil, nil, nil, nil
-  rec.timeline = {}
-  rec.deadline_at = wf.timeout and core.now() + wf.timeout
-  remember(rec)
-  local scope = rec.key and (rec.key_scope or rec.workflow)
-  if rec.key then -- the same key gets 409 while the redrive runs
-    idempotency.begin(st, scope, rec.key, rec.fp, id, rec.ttl)
-  end
-  st:put_run(rec)
-  st:put_timer(id, rec.deadline_at) -- a crash during the redrive resumes it
-  local cok, cerr = pcall(st.commit, st)
-  if not cok then
-    state.running[id] = nil
-    if rec.key then
-      idempotency.release(scope, rec.key)
-    end
-    log("error", "could not store a redrive", { run_id = id, error = tostring(cerr) })
-    return storage_problem(cerr, id), nil, true
-  end
-  log("info", "redriving a failed run", { run_id = id, workflow = rec.workflow, via = via,
-    replayed = #kept, failed_effects = failed })
   if wait then
-    local ok, value, stored, serr = execute({ workflow = wf }, rec, rec.input, kept)
+    local ok, value, stored, serr = svc:execute({ workflow = wf }, rec, rec.input, kept)
     if not stored then
       return storage_problem(serr, id)
     end
-    return run_response(rec, ok, value), state.finished:get(id)
+    return run_response(rec, ok, value), svc.finished:get(id)
   end
-  core.start(nil, function() execute({ workflow = wf }, rec, rec.input, kept) end)
-  return json_response(202, { run_id = id, status = "running", redrives = #redrives },
+  core.start(nil, function() svc:execute({ workflow = wf }, rec, rec.input, kept) end)
+  return json_response(202, { run_id = id, status = "running", redrives = #rec.redrives },
     { Location = "/runs/" .. id })
 end
 
@@ -785,75 +488,8 @@ end
 function server.redrive_local(config, st, id)
   state.config, state.store = config, st
   state.backend = outbox.durable(st)
-  outbox.backend = state.backend
+  state.runs = server.service(st, state.backend)
   return redrive(id, "cli", true)
-end
-
---- Resumes every run that had not finished when the process stopped:
---- replayed from the start against its journal, on its script version.
-local function recover()
-  local st = state.store
-  local live, resumed = {}, 0
-  for _, u in ipairs(st:unfinished()) do
-    local rec = st:get_run(u.id)
-    if not rec then
-      st:del_timer(u.id)
-    else
-      live[rec.id] = true
-      resumed = resumed + 1
-      remember(rec)
-      rec.status = "running"
-      if rec.key then
-        idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
-      end
-      local wf, err = version(rec.script_hash, rec.script)
-      local recorded = st:journal(rec.id)
-      for _, name in ipairs(context.held_locks(recorded)) do
-        context.reserve_lock(name, rec.id)
-      end
-      core.start(nil, function()
-        if not wf then
-          state.inflight = state.inflight + 1
-          local text = finish_record(rec, false, { kind = "script", message = err })
-          state.inflight = state.inflight - 1
-          run_end(rec, text, false)
-          return
-        end
-        execute({ workflow = wf }, rec, rec.input, recorded)
-      end)
-    end
-  end
-  -- a workflow entry marked started whose run never got going is due again
-  for _, e in ipairs(st:list_outbox()) do
-    if e.state == "started" and not live[e.id] then
-      e.state = nil
-      st:put_outbox(e)
-    end
-  end
-  if resumed > 0 then
-    log("info", "resuming runs after a restart", { runs = resumed })
-  end
-end
-
--- A workflow entry of the outbox runs as a durable run whose id is the
--- entry's; the run's end settles the entry (outbox.settle).
-local function start_outbox_workflow(backend, e)
-  local entry = state.workflows[e.workflow]
-  if not entry then
-    return false, { permanent = true, error = { kind = "unknown_workflow",
-      message = ("no workflow named '%s'"):format(e.workflow) } }
-  end
-  e.state = "started"
-  backend:update(e)
-  local rec = remember({ id = e.id, workflow = e.workflow, status = "running",
-    started = runstate.micro(core.now()), trace_id = core.random_hex(16), timeline = {},
-    outbox = e, attempt = e.attempts + 1 })
-  rec.deadline_at = entry.workflow.timeout and core.now() + entry.workflow.timeout
-  if state.store then
-    durable_begin(rec, entry, e.input)
-  end
-  execute(entry, rec, e.input)
-  return "started"
 end
 
 local SWEEP_EVERY = 60
@@ -870,20 +506,20 @@ local function sweep_loop()
   while not state.draining do
     core.sleep(SWEEP_EVERY)
     local now = core.now()
-    local keys, runs
+    local keys, old_runs
     keys, keys_from = st:sweep("idempotency", keys_from, SWEEP_BATCH, function(rec)
       return rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
     end)
-    runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec)
+    old_runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec)
       local old = rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention
       if old and rec.status == "failed" and type(rec.id) == "string" then
         st:drop_journal(rec.id) -- the journal kept for a redrive goes with the record
       end
       return old
     end)
-    if keys + runs > 0 then
+    if keys + old_runs > 0 then
       st:commit()
-      log("info", "swept the data folder", { expired_keys = keys, old_runs = runs })
+      log("info", "swept the data folder", { expired_keys = keys, old_runs = old_runs })
     end
   end
 end
@@ -896,7 +532,6 @@ local function start_durable()
   local storage = conf.storage or {}
   if storage.durable == false then
     state.backend = outbox.memory()
-    outbox.backend = state.backend
   else
     local st, err = store.open(conf.data, { sync = storage.sync ~= false, map_size_mb = storage.map_size_mb,
       max_size_mb = storage.max_size_mb })
@@ -927,15 +562,15 @@ local function start_durable()
       outbox.defaults[k] = oc[k]
     end
   end
-  state.relay = outbox.relay(state.backend, { alerts = conf.alerts })
-  outbox.start_workflow = start_outbox_workflow
+  state.runs = server.service(state.store, state.backend)
+  state.relay = state.runs:relay({ alerts = conf.alerts })
   return true
 end
 
 local function start_background()
   core.start({ instructions = 0, memory = 0 }, function() state.relay:run() end)
   if state.store then
-    recover()
+    state.runs:recover()
     core.start({ instructions = 0, memory = 0 }, sweep_loop)
   end
 end
@@ -948,16 +583,12 @@ end
 -- Location header of an async start). An unknown id and a refused one get
 -- the same 404, so ids cannot be probed.
 local function run_record(req, id)
-  local rec = state.running[id] or state.finished:get(id)
-  if not rec and state.store then
-    local gok, text = pcall(state.store.st.get, state.store.st, "runs", id)
-    if not gok then -- a corrupt record: said, never passed off as missing
-      log("error", "cannot read a run record", { run_id = id, error = tostring(text) })
-      return problem(500, "Internal Server Error", tostring(text))
-    end
-    rec = text
+  local gok, rec = pcall(state.runs.lookup, state.runs, id)
+  if not gok then -- a corrupt record: said, never passed off as missing
+    log("error", "cannot read a run record", { run_id = id, error = tostring(rec) })
+    return problem(500, "Internal Server Error", tostring(rec))
   end
-  local text = rec and (type(rec) == "string" and rec or record_text(rec))
+  local text = rec and (type(rec) == "string" and rec or runs.record_text(rec))
   local name = type(rec) == "table" and rec.workflow
   if text and not name then
     local ok, decoded = pcall(json.decode, text)
@@ -982,7 +613,7 @@ local function route(req)
   end
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)
-    m.inflight.set(nil, state.inflight)
+    m.inflight.set(nil, state.runs.inflight)
     if state.store then
       -- the store counts; the counters catch up with it
       local ss, seen = state.store:stats(), state.store_seen or { commits = 0, failures = 0 }
@@ -1062,15 +693,15 @@ local function drain(signal)
   -- Whatever happens while waiting, the loop stops: an error here must not
   -- leave a server that has stopped accepting but never exits.
   local ok, err = pcall(function()
-    log("info", "draining", { signal = signal, pending = state.srv:pending(), inflight = state.inflight })
+    log("info", "draining", { signal = signal, pending = state.srv:pending(), inflight = state.runs.inflight })
     state.srv:quiesce()
     state.relay:stop()
     local deadline = core.monotime() + (state.config.drain_timeout or 10)
-    while (state.srv:pending() > 0 or state.inflight > 0 or state.relay.n_inflight > 0)
+    while (state.srv:pending() > 0 or state.runs.inflight > 0 or state.relay.n_inflight > 0)
         and core.monotime() < deadline do
       core.sleep(0.05)
     end
-    log("info", "stopped", { pending = state.srv:pending(), inflight = state.inflight })
+    log("info", "stopped", { pending = state.srv:pending(), inflight = state.runs.inflight })
   end)
   core.stop()
   if not ok then

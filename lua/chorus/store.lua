@@ -40,6 +40,13 @@ function store.open(dir, opts)
   return setmetatable({ st = st, dir = dir }, Store)
 end
 
+--- A store kept in memory with the data folder's contract
+--- (chorus.store_memory): for chorus.testing, whose simulated crashes
+--- lose the writes not yet committed.
+function store.memory()
+  return setmetatable({ st = require("chorus.store_memory").new(), memory = true }, Store)
+end
+
 function Store:close()
   self.st:close()
 end
@@ -111,6 +118,20 @@ end
 
 function Store:get_run(id)
   return self:get_json("runs", id)
+end
+
+--- A finished run's record, as the JSON text GET /runs/ID answers.
+function Store:put_run_text(id, text)
+  self.st:put("runs", id, text)
+end
+
+--- The stored record's JSON text, or nil.
+function Store:get_run_text(id)
+  return self.st:get("runs", id)
+end
+
+function Store:del_run(id)
+  self.st:del("runs", id)
 end
 
 --- Marks a run unfinished (recovery resumes it) with its deadline.
@@ -253,6 +274,12 @@ local function masked(list)
     list[i] = redact.fields(e, e.redact, SHOWN)
   end
   return list
+end
+
+--- Outbox entries in due order, as stored (for the relay and recovery;
+--- listings use list_outbox).
+function Store:outbox_entries(limit)
+  return values(self, "outbox", limit)
 end
 
 --- Outbox entries in due order, for listings (redacted).

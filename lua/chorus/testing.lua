@@ -14,8 +14,6 @@
 -- off for minutes finishes in milliseconds of real time.
 local core = require "chorus.core"
 local http = require "chorus.http"
-local context = require "chorus.context"
-local runner = require "chorus.runner"
 local script = require "chorus.script"
 local json = core.json
 
@@ -166,49 +164,12 @@ local function load_workflow(workflow)
   return workflow
 end
 
--- A journal store in memory for crash simulation: entries go through JSON
--- as they would through the data folder.
-local function memory_journal()
-  local mem = { entries = {} }
-  function mem.put_effect(_, _, _, entry)
-    mem.entries[#mem.entries + 1] = json.decode(json.encode(entry))
-  end
-  function mem.commit() end
-  return mem
-end
-
--- Delivers the memory outbox through the mocks (on the virtual clock);
--- workflow entries run the workflows of opts.workflows (name → workflow or
--- script path).
-local function deliver_outbox(backend, workflows)
-  local outbox = require "chorus.outbox"
-  local loaded = {}
-  local previous = outbox.start_workflow
-  outbox.start_workflow = function(_, e)
-    local wf = loaded[e.workflow]
-    if not wf and workflows and workflows[e.workflow] then
-      wf = load_workflow(workflows[e.workflow])
-      loaded[e.workflow] = wf
-    end
-    if not wf then
-      return false, { permanent = true, error = { kind = "unknown_workflow",
-        message = ("no workflow '%s' in opts.workflows"):format(e.workflow) } }
-    end
-    local ok, err = core.execute({ id = e.id }, runner.execute, wf, e.input)
-    return ok, not ok and { error = err, permanent = type(err) == "table" and err.permanent == true } or nil
-  end
-  local ok, err = pcall(outbox.drain, backend)
-  outbox.start_workflow = previous
-  if not ok then
-    error(err, 0)
-  end
-end
-
 --- Runs a workflow (a loaded workflow or a script path) to its end on the
---- mocks and the virtual clock. Returns { ok, value, error, calls,
---- timeline, logs (the ctx.log lines, as tables), elapsed (virtual
---- seconds), run_id, outbox, on_timeout ({ ok =, value | error } when the
---- run timed out and on_timeout ran) }.
+--- mocks and the virtual clock, through the run service `chorus serve` uses
+--- (chorus.runs). Returns { ok, value, error, calls, timeline, logs (the
+--- ctx.log lines, as tables), elapsed (virtual seconds), run_id, outbox,
+--- on_timeout ({ ok =, value | error } when the run timed out and
+--- on_timeout ran) }.
 ---
 --- opts.now: the virtual start time (seconds since the epoch).
 --- opts.deliver: deliver the outbox after the run (its calls join
@@ -216,52 +177,71 @@ end
 ---   or "dead"); opts.workflows maps the workflow names ctx.later starts
 ---   to workflows or script paths.
 --- opts.crash_after = n: the process "dies" right after the run's n-th
----   effect is journaled, and the run is replayed from its journal as after
----   a restart; result.crashed and result.replayed (effects fed back from
----   the journal) tell what happened.
+---   effect is journaled: the run's records live in a store kept in memory
+---   (store.memory(), the data folder's contract), what the last commit did
+---   not take is lost, and a new run service over that store recovers the
+---   run exactly as a restarted server does (Service:recover: replayed from
+---   its journal); result.crashed and result.replayed (effects fed back
+---   from the journal) tell what happened.
 function testing.run(workflow, input, opts)
   opts = opts or {}
   local wf = load_workflow(workflow)
   local outbox = require "chorus.outbox"
-  local saved_backend = outbox.backend
-  local backend = outbox.memory(true)
-  outbox.backend = backend
+  local runs = require "chorus.runs"
   core.set_clock("virtual", opts.now or 1767225600)
-  http.set_transport(transport)
   http.unknown_upstream_hint = function(name)
     return ("no mock for it: declare one with testing.mock(%q, ...)"):format(name)
   end
   calls = {}
   local logs = {}
-  context.log_sink = function(line)
+  local function sink(line)
     logs[#logs + 1] = line
   end
-  outbox.log_sink = context.log_sink
+  outbox.log_sink = sink -- the relay's own lines (outside any run)
+  local loaded = {}
   local state
+  local env = {
+    store = opts.crash_after and require("chorus.store").memory() or nil,
+    backend = outbox.memory(true), transport = transport, log_sink = sink, crash_after = opts.crash_after,
+    log = function() end, -- the result tells how the run ended
+    on_state = function(_, s) state = s end,
+    workflow = function(name) -- ctx.later's workflows: opts.workflows
+      if not loaded[name] and opts.workflows and opts.workflows[name] then
+        loaded[name] = { workflow = load_workflow(opts.workflows[name]) }
+      end
+      return loaded[name]
+    end,
+  }
+  local entry = { workflow = wf, hash = "testing:" .. tostring(wf), path = type(workflow) == "string" and workflow }
   local started = core.now()
-  local run_opts = { on_state = function(s) state = s end }
-  local mem
-  if opts.crash_after then
-    mem = memory_journal()
-    run_opts.journal = { store = mem, crash_after = opts.crash_after }
-  end
-  local pok, ok, value, info = pcall(core.run, nil, runner.execute, wf, input or {}, run_opts)
-  local crashed = pok and not ok and type(value) == "table" and value.kind == "crash"
-  if crashed then -- restart: the same run id, replayed from the journal
-    run_opts.journal = { store = mem, recorded = mem.entries }
-    pok, ok, value, info = pcall(core.run, { id = info.id }, runner.execute, wf, input or {}, run_opts)
-  end
-  local entries = backend.all
-  if pok and opts.deliver then
-    local dok, derr = pcall(core.run, nil, deliver_outbox, backend, opts.workflows)
-    if not dok then
-      pok, ok = false, derr
+  local crashed, replayed = false, nil
+  local pok, rok, res = pcall(core.run, nil, function()
+    local svc = runs.service(env)
+    local ok, value, rec, _, _, info, crash = svc:start(entry, input or {})
+    if crash then -- the restart: a new service over the same store recovers the run
+      crashed, env.crash_after = true, nil
+      svc = runs.service(env)
+      svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
+      local resumed = {}
+      svc:recover(function(fn) resumed[#resumed + 1] = fn end)
+      for _, fn in ipairs(resumed) do
+        ok, value, _, _, info = fn()
+      end
+      replayed = state and state.journal and state.journal.replayed
     end
+    if opts.deliver then
+      outbox.drain(env.backend, { transport = transport,
+        start_workflow = function(backend, e) return svc:start_outbox_workflow(backend, e) end })
+    end
+    return { ok = ok, value = value, id = rec.id, info = info }
+  end)
+  local entries = env.backend.all
+  if opts.deliver then
     local fate = {}
-    for _, e in ipairs(backend.delivered) do
+    for _, e in ipairs(env.backend.delivered) do
       fate[e.id] = "delivered"
     end
-    for _, e in ipairs(backend.dead) do
+    for _, e in ipairs(env.backend.dead) do
       fate[e.id] = "dead"
     end
     for _, e in ipairs(entries) do
@@ -270,19 +250,19 @@ function testing.run(workflow, input, opts)
   end
   -- virtual times are large epoch numbers: keep the difference to the µs
   local result = { calls = calls, logs = logs, elapsed = math.floor((core.now() - started) * 1e6 + 0.5) / 1e6,
-    outbox = entries, crashed = crashed or nil,
-    replayed = crashed and state and state.journal and state.journal.replayed or nil }
-  context.log_sink = nil
+    outbox = entries, crashed = crashed or nil, replayed = crashed and replayed or nil }
   outbox.log_sink = nil
   calls = nil
-  http.set_transport(nil)
   http.unknown_upstream_hint = nil
   core.set_clock("real")
-  outbox.backend = saved_backend
   if not pok then
-    error(ok, 0)
+    error(rok, 0)
   end
-  result.ok, result.run_id = ok, info and info.id
+  local ok, value = false, res -- the delivery itself failed
+  if rok then
+    ok, value, result.run_id = res.ok, res.value, res.id
+  end
+  result.ok = ok
   result.timeline = state and state.timeline or {}
   result.on_timeout = state and state.on_timeout -- { ok =, value | error } when on_timeout ran
   if ok then

@@ -227,7 +227,7 @@ static const char driver[] =
     "  end\n"
     "  local state = server.state\n"
     "  state.store, state.backend, state.workflows = st, outbox.durable(st), WORKFLOWS\n"
-    "  state.running, state.finished = {}, core.record_ring(16)\n"
+    "  state.runs = server.service(st, state.backend, 16)\n"
     "  local rok, ok, resp = pcall(core.run, nil, dispatch, keyed_request())\n"
     "  state.store = nil\n"
     "  invariant(rok, 'core.run(server.dispatch) raised: %s', tostring(ok))\n"

@@ -1,0 +1,539 @@
+-- chorus.runs — the run service: the one place where runs start, journal,
+-- resume, get recorded and finish. `chorus serve` (request runs, outbox
+-- workflow entries, runs resumed after a restart, redrives), `chorus run`
+-- and chorus.testing all go through a service, so a workflow behaves the
+-- same under each, and testing's simulated crash replays through exactly
+-- the path a restarted server takes (Service:recover).
+--
+-- A service is made over an environment, handed down to every run it
+-- starts (runner.execute puts it on the run's state), instead of module
+-- fields each caller swaps:
+--   store      chorus.store of the data folder, store.memory(), or nil
+--              (nothing durable: no journal, no record kept on disk)
+--   backend    the outbox the runs' later calls, chains and webhooks go to
+--   config     the server's config (webhook_secret); {} when none
+--   log        function(level, msg, fields) for the service's own lines
+--   log_sink   where ctx.log lines go (nil: the process log)
+--   transport  the outbound HTTP function (nil: core.http)
+--   workflow   function(name) → entry, for outbox workflow entries
+--   respond    function(rec, ok, value) → the HTTP response a run's
+--              idempotency key stores (the server's)
+--   crash_after  chorus.testing: the process "dies" after that many effects
+-- The clock and the default run limits stay process-wide (core.set_clock,
+-- core.set_limits): the C scheduler owns them.
+--
+-- A record is a table while its run runs (service.running); when it ends its
+-- JSON text goes to the ring of finished ones and, with a store, to disk.
+local core = require "chorus.core"
+local context = require "chorus.context"
+local errors = require "chorus.errors"
+local idempotency = require "chorus.idempotency"
+local metrics = require "chorus.metrics"
+local outbox = require "chorus.outbox"
+local redact = require "chorus.redact"
+local runner = require "chorus.runner"
+local runstate = require "chorus.runstate"
+local script = require "chorus.script"
+local secrets = require "chorus.secrets"
+local webhook = require "chorus.webhook"
+local json = core.json
+
+local runs = { MAX_RECORDS = 10000 }
+
+local m = {
+  runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
+  duration = metrics.histogram("chorus_run_duration_seconds", "Workflow run duration", { "workflow" }),
+}
+
+local Service = {}
+Service.__index = Service
+
+local function default_log(level, msg, fields)
+  local line = { ts = core.now(), level = level, msg = msg }
+  for k, v in pairs(fields or {}) do
+    line[k] = v
+  end
+  local ok, text = pcall(json.encode, line)
+  secrets.write_log(ok and text or json.encode({ ts = line.ts, level = level, msg = msg }))
+end
+
+runs.default_log = default_log
+
+--- A run service over env (see the top of this file).
+function runs.service(env)
+  env = env or {}
+  env.config = env.config or {}
+  env.log = env.log or default_log
+  env.backend = env.backend or (env.store and not env.store.memory and outbox.durable(env.store))
+    or outbox.memory(true)
+  return setmetatable({
+    env = env, store = env.store, backend = env.backend,
+    running = {},  -- run id → record of each run in flight
+    finished = core.record_ring(env.max_records or runs.MAX_RECORDS), -- the last finished, as JSON
+    inflight = 0,  -- runs executing now (the gauge and load shedding read it)
+    versions = {}, -- script hash → workflow, for runs resumed on old code
+    states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
+  }, Service)
+end
+
+-- ---- records ------------------------------------------------------------------
+
+function Service:remember(rec)
+  self.running[rec.id] = rec
+  return rec
+end
+
+--- A new run's record (in flight). opts: deadline_at, callback_url,
+--- request (ctx.request's facts), outbox (the entry that started it), attempt.
+function Service:new_record(id, name, trace_id, opts)
+  opts = opts or {}
+  -- the nil fields only size the table for what the run's end adds: no rehash
+  return self:remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
+    trace_id = trace_id or core.random_hex(16), timeline = {}, deadline_at = opts.deadline_at,
+    callback_url = opts.callback_url, request = opts.request, outbox = opts.outbox, attempt = opts.attempt,
+    finished = nil, duration = nil, result = nil, error = nil })
+end
+
+-- What a record shows of the run's data: masked by its workflow's redact
+-- paths (chorus.redact) wherever the record is shown or kept finished.
+local RECORD_DATA = { "input", "result", "error", "on_timeout" }
+
+--- A run record as the JSON GET /runs/ID returns, secrets redacted. A
+--- result or error JSON cannot carry is replaced in the record by an error
+--- saying so (the record, and the webhook made of it, must stay readable).
+function runs.record_text(rec)
+  rec = redact.fields(rec, rec.redact, RECORD_DATA)
+  local eok, text = pcall(json.encode, rec)
+  if not eok then -- keep what JSON can carry
+    local kind = rec.error and type(rec.error.kind) == "string" and rec.error.kind or "result"
+    rec.result = nil
+    rec.error = { kind = kind, message = ("the run's %s is not JSON: %s"):format(
+      rec.status == "succeeded" and "result" or "error", tostring(text)) }
+    eok, text = pcall(json.encode, rec)
+    if not eok then -- e.g. a timeline entry: the record's frame alone
+      text = json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
+        finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, error = rec.error })
+    end
+  end
+  return secrets.redact(text)
+end
+
+--- The record of run id: the live table, or the JSON text of a finished
+--- one (memory, then the store). Raises when the stored record is corrupt.
+function Service:lookup(id)
+  local rec = self.running[id] or self.finished:get(id)
+  if not rec and self.store then
+    rec = self.store:get_run_text(id)
+  end
+  return rec
+end
+
+-- Ends rec in memory: status, result or error, metrics; returns its text.
+function Service:finish_record(rec, ok, value, info)
+  rec.finished = runstate.micro(core.now())
+  rec.duration = runstate.micro(rec.finished - rec.started)
+  local s = self.states[rec]
+  -- a run whose saga rolled back reports it, whatever it returned
+  local compensated = s and s.compensated
+  -- a timed-out run's on_timeout outcome { ok =, value | error } (chorus.runner)
+  rec.on_timeout = not ok and s and s.on_timeout or nil
+  self.states[rec] = nil
+  if ok then
+    rec.status = compensated and "compensated" or "succeeded"
+    rec.result = value
+  else
+    local err = errors.normalize(value)
+    rec.status = err.kind == "deadline" and "timed_out" or compensated and "compensated" or "failed"
+    rec.error = err
+    self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
+      error = redact.value(err, rec.redact), traceback = info and info.traceback })
+  end
+  m.runs.inc({ rec.workflow, rec.status })
+  m.duration.observe({ rec.workflow }, rec.duration)
+  -- A finished record never changes: keep it as its JSON text, outside the
+  -- Lua heap (kept as Lua values, ten thousand records became old objects
+  -- freed only by major collections, each marking and sweeping them all:
+  -- the serve benchmark's p99).
+  local text = runs.record_text(rec)
+  self.running[rec.id] = nil
+  self.finished:put(rec.id, text)
+  return text
+end
+
+-- The run-end webhook to rec.callback_url, through the outbox, signed with
+-- HMAC-SHA256 of the body under the configured webhook secret.
+function Service:queue_webhook(rec)
+  local body = json.encode({ run_id = rec.id, workflow = rec.workflow, status = rec.status,
+    result = rec.result, error = rec.error, on_timeout = rec.on_timeout })
+  local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
+  local secret = self.env.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
+  if secret and secret ~= "" then
+    headers[webhook.HEADER] = webhook.sign(secret, body)
+  end
+  -- restricted: the URL came from the request, so the egress policy keeps
+  -- it off loopback, private networks and this server (egress.allow)
+  self.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
+    headers = headers, body = body, restricted = true }, run_id = rec.id }))
+end
+
+-- ---- a run's life -------------------------------------------------------------
+
+--- Writes the first records of a durable run: the run (running) and its
+--- timer (recovery resumes exactly the runs with one). They land in one
+--- group commit with the run's first journal entries. entry: { workflow,
+--- hash, path } (the script version the run replays on after a restart).
+function Service:begin(rec, entry, input)
+  local st = self.store
+  if not st then -- nothing durable: the record shows no input, as before
+    return
+  end
+  rec.input = input -- kept whole while the run runs: recovery replays it
+  rec.redact = entry.workflow.redact
+  rec.script_hash = entry.hash
+  rec.script = entry.path
+  if entry.hash and entry.source then
+    self:keep_version(entry)
+  end
+  st:put_run(rec)
+  st:put_timer(rec.id, rec.deadline_at)
+end
+
+--- A run whose records did not reach the disk, though the client will hear
+--- it failed: its in-memory record says so, its key is free again (the client
+--- retries it), and the records of it that did land earlier (the key, the
+--- timer that would resume it after a restart) are dropped if the store
+--- takes the writes now.
+function Service:abandon(rec, scope, key, err)
+  rec.status = "failed"
+  rec.result = nil
+  rec.error = { kind = "storage", message = tostring(err) }
+  self.running[rec.id] = nil
+  self.finished:put(rec.id, runs.record_text(rec))
+  local st = self.store
+  if key then
+    idempotency.abandon(st, scope, key, rec.id)
+  end
+  if st then
+    st:del_timer(rec.id)
+    st:drop_journal(rec.id)
+    st:del_run(rec.id)
+    pcall(st.commit, st)
+  end
+end
+
+-- A failed run keeps its journal for a redrive (POST /admin/runs/ID/redrive);
+-- one the outbox started does not: the outbox retries it under the same id
+-- with a fresh journal, and its DLQ entry is how it runs again.
+local function redrivable(rec)
+  return rec.status == "failed" and not rec.outbox and rec.input ~= nil
+end
+
+--- The end of a run: its record, the key's stored response, the outbox
+--- entry the run delivered, the webhook; in the data folder these commit
+--- together, and the timer and journal go. Returns whether they were
+--- stored, and why not.
+function Service:finish(rec, text, ok, value)
+  local st = self.store
+  if st then
+    st:put_run_text(rec.id, text)
+    st:del_timer(rec.id)
+    if redrivable(rec) then -- kept for a redrive, with what its record masks
+      st:put_redrive(rec.id, { input = rec.input, request = rec.request })
+    else
+      st:drop_journal(rec.id)
+    end
+  end
+  if rec.key then
+    idempotency.finish(st, rec.key_scope or rec.workflow, rec.key, rec.fp, rec.id, rec.ttl,
+      self.env.respond(rec, ok, value))
+  end
+  if rec.outbox then
+    local failure = not ok and { error = rec.error, permanent = rec.error.permanent == true } or nil
+    outbox.settle(self.backend, rec.outbox, failure)
+  end
+  if rec.callback_url then
+    self:queue_webhook(rec)
+  end
+  context.drop_reservations(rec.id)
+  local cok, cerr = true, nil
+  if st then
+    cok, cerr = pcall(st.commit, st)
+  end
+  if not cok then
+    self.env.log("error", "could not store the end of a run", { run_id = rec.id, error = tostring(cerr) })
+  elseif rec.key then
+    idempotency.release(rec.key_scope or rec.workflow, rec.key)
+  end
+  return cok, cerr
+end
+
+-- A simulated crash (chorus.testing's crash_after): the process is gone.
+local function crashed(ok, value)
+  return not ok and type(value) == "table" and rawget(value, "kind") == "crash"
+end
+
+--- Runs a workflow as its own run (from inside a task) and records it.
+--- Returns ok, value, whether its end was stored (and why not), and the
+--- run's info (id, traceback). recorded: the journal of a run resumed after
+--- a restart. After a simulated crash nothing of the run's end happens (it
+--- stays in flight in the store, as after a real one) and the fifth value
+--- is true.
+function Service:execute(entry, rec, input, recorded)
+  rec.redact = entry.workflow.redact
+  self.inflight = self.inflight + 1
+  local env = self.env
+  local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
+    on_state = function(s)
+      rec.timeline = s.timeline
+      self.states[rec] = s
+      if env.on_state then -- chorus.testing reads the run's state
+        env.on_state(rec, s)
+      end
+    end }
+  if self.store then
+    opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after }
+  end
+  local limits = env.limits or {}
+  local ok, value, info = core.execute({ id = rec.id, instructions = limits.instructions, memory = limits.memory },
+    runner.execute, entry.workflow, input, opts)
+  self.inflight = self.inflight - 1
+  if crashed(ok, value) then
+    self.running[rec.id] = nil
+    self.states[rec] = nil
+    if self.store and self.store.memory then
+      self.store.st:crash() -- what the last commit did not take is lost
+    end
+    return ok, value, nil, nil, info, true
+  end
+  local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
+  if not stored and rec.key then -- a key must not stay in flight for good
+    idempotency.release(rec.key_scope or rec.workflow, rec.key)
+  end
+  return ok, value, stored, serr, info
+end
+
+--- Starts a new run of entry ({ workflow, hash, path, source }) with input
+--- and runs it to its end (from inside a task): a record, its first durable
+--- records, the run, its end. opts as new_record, plus id and trace_id.
+--- Returns ok, value, the record, whether its end was stored (and why
+--- not), the run's info and whether it crashed (chorus.testing).
+function Service:start(entry, input, opts)
+  opts = opts or {}
+  local rec = self:new_record(opts.id or core.uuid(), entry.workflow.name, opts.trace_id, opts)
+  rec.deadline_at = rec.deadline_at or (entry.workflow.timeout and core.now() + entry.workflow.timeout)
+  self:begin(rec, entry, input)
+  local ok, value, stored, serr, info, crash = self:execute(entry, rec, input)
+  return ok, value, rec, stored, serr, info, crash
+end
+
+-- ---- versions, recovery, outbox runs --------------------------------------------
+
+--- Keeps entry's script version (by hash) so a run resumed after a restart
+--- replays on the code it started with; with a store, on disk too.
+function Service:keep_version(entry)
+  if not self.versions[entry.hash] then
+    self.versions[entry.hash] = entry.workflow
+    if self.store and entry.source then
+      self.store:put_script(entry.hash, entry.source)
+    end
+  end
+end
+
+--- The workflow of a stored script version (compiled once per hash).
+function Service:version(hash, path)
+  local wf = self.versions[hash]
+  if wf then
+    return wf
+  end
+  local source = self.store and self.store:get_script(hash)
+  if not source then
+    return nil, ("the script version %s is not in the data folder"):format(tostring(hash))
+  end
+  local err
+  wf, err = script.compile(source, path or "?")
+  if wf then
+    self.versions[hash] = wf
+  end
+  return wf, err
+end
+
+--- Resumes every run that had not finished when the process stopped:
+--- replayed from the start against its journal, on its script version.
+--- start(fn, rec) runs each resumed run (default: a detached run,
+--- core.start); fn returns what execute does.
+--- Returns how many runs were resumed.
+function Service:recover(start)
+  start = start or function(fn) core.start(nil, fn) end
+  local st = self.store
+  local live, resumed = {}, 0
+  for _, u in ipairs(st:unfinished()) do
+    local rec = st:get_run(u.id)
+    if not rec then
+      st:del_timer(u.id)
+    else
+      live[rec.id] = true
+      resumed = resumed + 1
+      self:remember(rec)
+      rec.status = "running"
+      if rec.key then
+        idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
+      end
+      local wf, err = self:version(rec.script_hash, rec.script)
+      local recorded = st:journal(rec.id)
+      for _, name in ipairs(context.held_locks(recorded)) do
+        context.reserve_lock(name, rec.id)
+      end
+      start(function()
+        if not wf then
+          self.inflight = self.inflight + 1
+          local text = self:finish_record(rec, false, { kind = "script", message = err })
+          self.inflight = self.inflight - 1
+          self:finish(rec, text, false)
+          return false, { kind = "script", message = err }
+        end
+        return self:execute({ workflow = wf }, rec, rec.input, recorded)
+      end, rec)
+    end
+  end
+  -- a workflow entry marked started whose run never got going is due again
+  -- (the stored entries, not the listings' masked copies: these are sent)
+  if st.outbox_entries and not st.memory then
+    for _, e in ipairs(st:outbox_entries()) do
+      if e.state == "started" and not live[e.id] then
+        e.state = nil
+        st:put_outbox(e)
+      end
+    end
+  end
+  if resumed > 0 then
+    self.env.log("info", "resuming runs after a restart", { runs = resumed })
+  end
+  return resumed
+end
+
+--- Starts the run of a workflow entry of the outbox: a durable run whose id
+--- is the entry's; the run's end settles the entry (outbox.settle).
+--- Returns "started", or false and the failure when there is no such
+--- workflow.
+function Service:start_outbox_workflow(backend, e)
+  local entry = self.env.workflow and self.env.workflow(e.workflow)
+  if not entry then
+    return false, { permanent = true, error = { kind = "unknown_workflow",
+      message = ("no workflow named '%s'"):format(e.workflow) } }
+  end
+  e.state = "started"
+  backend:update(e)
+  self:start(entry, e.input, { id = e.id, outbox = e, attempt = e.attempts + 1 })
+  return "started"
+end
+
+--- The relay over the service's outbox: workflow entries start runs of
+--- this service, calls go out through its transport.
+function Service:relay(opts)
+  opts = opts or {}
+  opts.start_workflow = function(backend, e) return self:start_outbox_workflow(backend, e) end
+  opts.transport = self.env.transport
+  opts.log_sink = self.env.outbox_log_sink
+  return outbox.relay(self.backend, opts)
+end
+
+-- ---- redrive --------------------------------------------------------------------
+
+-- Statuses whose outcome is unknown or worth another try (as chorus.retry).
+local function retryable_status(status)
+  return math.type(status) == "integer" and (status >= 500 or status == 408 or status == 425 or status == 429)
+end
+
+-- A journal entry a redrive replays: an effect that succeeded. A raised
+-- error, or an HTTP call whose (last) response said 5xx, 408, 425 or 429, is
+-- sent again instead.
+local function settled(e)
+  if not e.ok then
+    return false
+  end
+  return not (e.kind == "http" and type(e.value) == "table" and retryable_status(e.value.status))
+end
+
+--- Prepares a failed run to run again (a redrive): from its journal, on its
+--- script version, under its id. The effects it recorded replay; the failed
+--- ones (see settled) are dropped from the journal, so the code that made
+--- them sends them again with the same step and the same ctx.key keys (an
+--- upstream that honours Idempotency-Key sees one operation). Its record
+--- lists each redrive; via says who asked (admin, cli, idempotency).
+--- Returns the record, its workflow and the kept journal, ready for
+--- execute; or nil, a refusal ("conflict", "not_found", "disabled",
+--- "storage") and why.
+function Service:prepare_redrive(id, via)
+  local st = self.store
+  if not st then
+    return nil, "disabled", "this server keeps no data folder (storage.durable = false); runs cannot be redriven"
+  end
+  if self.running[id] then
+    return nil, "conflict", "it is running"
+  end
+  local gok, rec = pcall(st.get_run, st, id)
+  if not gok then
+    self.env.log("error", "cannot read a run record", { run_id = id, error = tostring(rec) })
+    return nil, "storage", tostring(rec)
+  end
+  if type(rec) ~= "table" then
+    return nil, "not_found", ("no run with id '%s'"):format(id)
+  end
+  if rec.status ~= "failed" then
+    return nil, "conflict", ("only a failed run is redriven, and this one is %s"):format(tostring(rec.status))
+  end
+  if rec.outbox then
+    return nil, "conflict", "the outbox started it; it retries by itself, and a dead one runs again with "
+      .. "POST /admin/dlq/ID/replay"
+  end
+  local saved = st:get_redrive(id)
+  if type(saved) ~= "table" then
+    return nil, "conflict", "its journal was not kept (it failed before this version of chorus)"
+  end
+  local wf, err = self:version(rec.script_hash, rec.script)
+  if not wf then
+    return nil, "conflict", tostring(err)
+  end
+  local kept, failed = {}, 0
+  for _, e in ipairs(st:journal(id)) do
+    if settled(e) then
+      kept[#kept + 1] = e
+    else
+      failed = failed + 1
+    end
+  end
+  st:drop_journal(id)
+  for i, e in ipairs(kept) do
+    st:put_effect(id, i, e)
+  end
+  st:put_redrive(id, saved)
+  local redrives = type(rec.redrives) == "table" and rec.redrives or {}
+  redrives[#redrives + 1] = { at = runstate.micro(core.now()), via = via, replayed = #kept,
+    failed_effects = failed, previous_error = rec.error }
+  rec.redrives = redrives
+  rec.input, rec.request = saved.input, saved.request
+  rec.status, rec.result, rec.error, rec.finished, rec.duration = "running", nil, nil, nil, nil
+  rec.timeline = {}
+  rec.deadline_at = wf.timeout and core.now() + wf.timeout
+  self:remember(rec)
+  local scope = rec.key and (rec.key_scope or rec.workflow)
+  if rec.key then -- the same key gets 409 while the redrive runs
+    idempotency.begin(st, scope, rec.key, rec.fp, id, rec.ttl)
+  end
+  st:put_run(rec)
+  st:put_timer(id, rec.deadline_at) -- a crash during the redrive resumes it
+  local cok, cerr = pcall(st.commit, st)
+  if not cok then
+    self.running[id] = nil
+    if rec.key then
+      idempotency.release(scope, rec.key)
+    end
+    self.env.log("error", "could not store a redrive", { run_id = id, error = tostring(cerr) })
+    return nil, "storage", cerr
+  end
+  self.env.log("info", "redriving a failed run", { run_id = id, workflow = rec.workflow, via = via,
+    replayed = #kept, failed_effects = failed })
+  return rec, wf, kept
+end
+
+return runs
