@@ -171,6 +171,44 @@ describe("redrive", function()
     end)
   end)
 
+  describe("chorus run --data", function()
+    it("records the run in the folder as a served one; a failed one is redriven with its keys", function()
+      local t = tag()
+      local folder = H.temp_dir()
+      local function exec(...)
+        local args = { ... }
+        for i, a in ipairs(args) do
+          args[i] = H.quote(a)
+        end
+        return H.exec(H.chorus .. " " .. table.concat(args, " ") .. " --config " .. H.quote(conf)
+          .. " --data " .. H.quote(folder))
+      end
+      local r = exec("run", dir .. "/pay.lua", "--input", H.encode({ tag = t, seq = "500,200" }))
+      assert.are.equal(1, r.code, r.stderr)
+      local out = H.decode(r.stderr:match("([^\n]+)\n?$"))
+      assert.are.equal("upstream", out.error.kind)
+      local id = out.run_id
+      -- the record, as `chorus serve` keeps it
+      local show = exec("runs", "show", id)
+      assert.are.equal(0, show.code, show.stderr)
+      local rec = H.decode(show.stdout)
+      assert.are.equal("failed", rec.status)
+      assert.are.equal("pay", rec.workflow)
+      assert.are.equal("upstream", rec.error.kind)
+      local listed = exec("runs", "list")
+      assert.matches(id, listed.stdout, 1, true)
+      -- its journal was kept: the redrive replays the reserve, sends the charge again
+      local d = exec("runs", "redrive", id)
+      assert.are.equal(0, d.code, d.stderr)
+      rec = H.decode(d.stdout)
+      assert.are.equal("succeeded", rec.status)
+      assert.are.equal("cli", rec.redrives[1].via)
+      assert.are.equal(1, mock.stats().by_path["/reserve/" .. t])
+      assert.are.same({ id .. ":charge", id .. ":charge" }, keys_seen("/charge/" .. t))
+      os.execute("rm -rf " .. H.quote(folder))
+    end)
+  end)
+
   describe("idempotency on_failure", function()
     it("replays the stored 500 by default", function()
       local t = tag()

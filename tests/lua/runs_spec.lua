@@ -1,0 +1,213 @@
+-- The run service (chorus.runs) and the store kept in memory it runs on in
+-- specs (chorus.store_memory): what `chorus serve`, `chorus run` and
+-- chorus.testing share.
+local core = require "chorus.core"
+local chorus = require "chorus"
+local http = require "chorus.http"
+local outbox = require "chorus.outbox"
+local runs = require "chorus.runs"
+local store = require "chorus.store"
+local json = core.json
+
+local T0 = 1767225600
+
+-- A transport that answers 200 with the URL it got, counting its calls.
+local function counting_transport(name)
+  local t = { name = name, urls = {} }
+  t.fn = function(method, url)
+    t.urls[#t.urls + 1] = method .. " " .. url
+    return 200, { ["content-type"] = "application/json" }, json.encode({ via = name }), 0.001
+  end
+  return t
+end
+
+local function in_loop(fn)
+  core.set_clock("virtual", T0)
+  local ok, value = core.run(nil, fn)
+  core.set_clock("real")
+  assert(ok, tostring(value))
+  return value
+end
+
+local calls_two = chorus.workflow {
+  name = "calls-two",
+  run = function(ctx, input)
+    local a = http.get(input.base .. "/a")
+    ctx.log.info("between", { n = 1 })
+    local b = http.get(input.base .. "/b")
+    return { a = a.json.via, b = b.json.via }
+  end,
+}
+
+describe("store.memory", function()
+  it("shows writes only once committed, in key order, and a crash loses the uncommitted ones", function()
+    local st = store.memory()
+    st.st:put("runs", "b", "2")
+    st.st:put("runs", "a", "1")
+    assert.is_nil(st.st:get("runs", "a"))
+    st:commit()
+    assert.are.equal("1", st.st:get("runs", "a"))
+    st.st:put("runs", "c", "3")
+    st.st:crash()
+    st:commit()
+    assert.is_nil(st.st:get("runs", "c"))
+    assert.are.same({ { "a", "1" }, { "b", "2" } }, st.st:scan("runs"))
+  end)
+
+  it("scans by prefix, from (inclusive), to (exclusive) and limit; deletes by prefix", function()
+    local kv = store.memory().st
+    for _, k in ipairs({ "r1\0\0\0\1", "r1\0\0\0\2", "r2\0\0\0\1", "r3" }) do
+      kv:put("journal", k, k)
+    end
+    kv:commit()
+    assert.are.equal(2, #kv:scan("journal", { prefix = "r1" }))
+    assert.are.same({ { "r2\0\0\0\1", "r2\0\0\0\1" } }, kv:scan("journal", { from = "r2", to = "r3" }))
+    assert.are.equal(1, #kv:scan("journal", { limit = 1 }))
+    kv:del_prefix("journal", "r1")
+    kv:commit()
+    assert.are.equal(2, kv:count("journal"))
+  end)
+
+  it("refuses keys and values that are not strings, as the data folder does", function()
+    assert.has_error(function() store.memory().st:put("runs", 1, "x") end,
+      "store: db, key and value must be strings")
+  end)
+
+  it("holds the records chorus.store keeps: runs, timers, journals", function()
+    local st = store.memory()
+    st:put_run({ id = "run-1", status = "running" })
+    st:put_timer("run-1", T0)
+    st:put_effect("run-1", 1, { step = "r#1", kind = "now", target = "", ok = true, value = T0 })
+    st:commit()
+    assert.are.equal("running", st:get_run("run-1").status)
+    assert.are.same({ { id = "run-1", deadline_at = T0 } }, st:unfinished())
+    assert.are.equal(T0, st:journal("run-1")[1].value)
+  end)
+end)
+
+describe("the run service", function()
+  it("hands its environment down: each service's runs use its own transport and log sink", function()
+    local t1, t2 = counting_transport("one"), counting_transport("two")
+    local logs1, logs2 = {}, {}
+    local s1 = runs.service({ transport = t1.fn, log_sink = function(l) logs1[#logs1 + 1] = l end })
+    local s2 = runs.service({ transport = t2.fn, log_sink = function(l) logs2[#logs2 + 1] = l end })
+    local out = in_loop(function()
+      local r = {}
+      local a = core.spawn(function() r[1] = { s1:start({ workflow = calls_two }, { base = "http://x.test" }) } end)
+      local b = core.spawn(function() r[2] = { s2:start({ workflow = calls_two }, { base = "http://y.test" }) } end)
+      core.await()
+      core.await()
+      assert(a and b)
+      return r
+    end)
+    assert.is_true(out[1][1])
+    assert.are.same({ a = "one", b = "one" }, out[1][2])
+    assert.are.same({ a = "two", b = "two" }, out[2][2])
+    assert.are.same({ "GET http://x.test/a", "GET http://x.test/b" }, t1.urls)
+    assert.are.same({ "GET http://y.test/a", "GET http://y.test/b" }, t2.urls)
+    assert.are.equal(1, #logs1)
+    assert.are.equal(1, #logs2)
+    assert.are.equal(out[1][3].id, logs1[1].run_id)
+    -- nothing was swapped in the modules
+    assert.are.equal(core.http, http.transport())
+  end)
+
+  it("keeps a finished record as JSON text, found by id", function()
+    local t = counting_transport("one")
+    local svc = runs.service({ transport = t.fn, log_sink = function() end })
+    local rec = in_loop(function()
+      local _, _, r = svc:start({ workflow = calls_two }, { base = "http://x.test" })
+      return r
+    end)
+    local text = svc:lookup(rec.id)
+    assert.are.equal("string", type(text))
+    local decoded = json.decode(text)
+    assert.are.equal("succeeded", decoded.status)
+    assert.are.equal(2, #decoded.timeline)
+    assert.is_nil(svc.running[rec.id])
+  end)
+
+  it("after a crash, a new service over the same store resumes the run from its journal", function()
+    local t = counting_transport("one")
+    local st = store.memory()
+    local env = { store = st, backend = outbox.memory(true), transport = t.fn, crash_after = 1,
+      log = function() end, log_sink = function() end }
+    local entry = { workflow = calls_two, hash = "h1", source = nil }
+    local first = in_loop(function()
+      return { runs.service(env):start(entry, { base = "http://x.test" }) }
+    end)
+    local rec = first[3]
+    assert.is_false(first[1])
+    assert.is_true(first[7]) -- crashed
+    assert.are.equal("crash", first[2].kind)
+    -- as a restarted server finds it: in flight, with a timer and one effect
+    assert.are.equal("running", st:get_run(rec.id).status)
+    assert.are.equal(1, #st:unfinished())
+    assert.are.equal(1, #st:journal(rec.id))
+
+    env.crash_after = nil
+    local svc = runs.service(env)
+    svc:keep_version(entry)
+    local resumed = {}
+    local n = svc:recover(function(fn) resumed[#resumed + 1] = fn end)
+    assert.are.equal(1, n)
+    local out = in_loop(function() return { resumed[1]() } end)
+    assert.is_true(out[1])
+    local value = json.decode(st:get_run_text(rec.id))
+    assert.are.equal("succeeded", value.status)
+    assert.are.same({ a = "one", b = "one" }, value.result)
+    -- /a was answered from the journal: the transport saw it once
+    assert.are.same({ "GET http://x.test/a", "GET http://x.test/b" }, t.urls)
+    assert.are.same({}, st:unfinished())
+    assert.are.same({}, st:journal(rec.id))
+  end)
+
+  it("fails a resumed run whose script version it does not have, naming the hash", function()
+    local st = store.memory()
+    st:put_run({ id = "r-old", workflow = "gone", status = "running", started = T0, script_hash = "abc",
+      timeline = {}, input = {} })
+    st:put_timer("r-old", nil)
+    st:commit()
+    local svc = runs.service({ store = st, backend = outbox.memory(true), log = function() end })
+    local resumed = {}
+    svc:recover(function(fn) resumed[#resumed + 1] = fn end)
+    local out = in_loop(function() return { resumed[1]() } end)
+    assert.is_false(out[1])
+    assert.matches("script version abc is not in the data folder", out[2].message, 1, true)
+    assert.are.equal("failed", st:get_run("r-old").status)
+  end)
+
+  it("starts outbox workflow entries through its relay, settling each by its run", function()
+    local t = counting_transport("one")
+    local later = chorus.workflow {
+      name = "later", run = function(ctx) ctx.later("calls-two", { base = "http://z.test" }) return true end,
+    }
+    local backend = outbox.memory(true)
+    local svc = runs.service({ backend = backend, transport = t.fn, log_sink = function() end,
+      workflow = function(name) return name == "calls-two" and { workflow = calls_two } or nil end })
+    in_loop(function()
+      svc:start({ workflow = later }, {})
+      outbox.drain(backend, { transport = t.fn,
+        start_workflow = function(b, e) return svc:start_outbox_workflow(b, e) end })
+    end)
+    assert.are.equal(1, #backend.delivered)
+    assert.are.same({ "GET http://z.test/a", "GET http://z.test/b" }, t.urls)
+    local rec = json.decode(svc:lookup(backend.delivered[1].id))
+    assert.are.equal("succeeded", rec.status)
+    assert.are.equal(1, rec.attempt)
+  end)
+
+  it("dead-letters an outbox entry for a workflow it does not know", function()
+    local backend = outbox.memory(true)
+    local svc = runs.service({ backend = backend, workflow = function() return nil end })
+    local later = chorus.workflow { name = "l", run = function(ctx) ctx.later("nope", {}) end }
+    outbox.log_sink = function() end -- the relay's own lines
+    finally(function() outbox.log_sink = nil end)
+    in_loop(function()
+      svc:start({ workflow = later }, {})
+      outbox.drain(backend, { start_workflow = function(b, e) return svc:start_outbox_workflow(b, e) end })
+    end)
+    assert.are.equal(1, #backend.dead)
+    assert.are.equal("unknown_workflow", backend.dead[1].last_error.kind)
+  end)
+end)
