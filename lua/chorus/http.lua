@@ -528,8 +528,16 @@ end
 Upstream.get, Upstream.post, Upstream.put = upstream_verb "GET", upstream_verb "POST", upstream_verb "PUT"
 Upstream.delete, Upstream.patch = upstream_verb "DELETE", upstream_verb "PATCH"
 
--- chorus.testing sets this: name → how to declare a mock for it.
-http.unknown_upstream_hint = nil
+-- How to declare an unknown upstream: the run service's
+-- env.unknown_upstream_hint(name) when it has one (chorus.testing: "declare
+-- a mock"), else the config's way.
+local function unknown_upstream_hint(name)
+  local run = runstate.current()
+  local hint = run and run.env and run.env.unknown_upstream_hint
+  return hint and hint(name)
+    or ("define upstreams.%s.base_url in the config file or set CHORUS_UPSTREAM_%s")
+      :format(name, name:upper():gsub("[^%w]", "_"))
+end
 
 function http.upstream(name)
   if type(name) ~= "string" then
@@ -548,9 +556,7 @@ function http.upstream(name)
   end
   if not config or type(config.base_url) ~= "string" then
     -- a structured error like every other failure a script sees
-    local how = http.unknown_upstream_hint and http.unknown_upstream_hint(name)
-      or ("define upstreams.%s.base_url in the config file or set CHORUS_UPSTREAM_%s")
-        :format(name, name:upper():gsub("[^%w]", "_"))
+    local how = unknown_upstream_hint(name)
     error(setmetatable({ kind = "unknown_upstream", upstream = name, attempts = 0,
       message = ("http.upstream: unknown upstream '%s' (%s)"):format(name, how) }, ERROR_MT), 0)
   end

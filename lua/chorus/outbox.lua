@@ -364,16 +364,18 @@ local function backoff(e, failure)
   return wait
 end
 
--- chorus.testing sets this to collect log lines instead of printing them.
+-- Where the outbox's own lines go when its backend has no log_sink of
+-- its own (a backend's log_sink: chorus.testing collects them there).
 outbox.log_sink = nil
 
-local function log(level, msg, fields)
+local function log(backend, level, msg, fields)
   local line = { ts = core.now(), level = level, msg = msg }
   for k, v in pairs(fields) do
     line[k] = v
   end
-  if outbox.log_sink then
-    return outbox.log_sink(line)
+  local sink = backend and backend.log_sink or outbox.log_sink
+  if sink then
+    return sink(line)
   end
   require("chorus.secrets").write_log(core.json.encode(line))
 end
@@ -394,7 +396,7 @@ function outbox.settle(backend, e, failure)
     e.failed_at = core.now()
     backend:bury(e)
     m.dead.inc({ e.kind })
-    log("error", "outbox entry moved to the DLQ", { id = e.id, kind = e.kind, attempts = e.attempts,
+    log(backend, "error", "outbox entry moved to the DLQ", { id = e.id, kind = e.kind, attempts = e.attempts,
       target = e.workflow or (e.request and e.request.url) or e.name, error = e.last_error })
     return "dead"
   end
@@ -479,7 +481,7 @@ function Relay:tick()
       core.start(nil, function()
         local ok, err = pcall(deliver, self.backend, e, self)
         if not ok then
-          log("error", "outbox delivery failed", { id = e.id, error = tostring(err) })
+          log(self.backend, "error", "outbox delivery failed", { id = e.id, error = tostring(err) })
         end
         self.inflight[e.id] = nil
         self.n_inflight = self.n_inflight - 1
@@ -498,10 +500,10 @@ local function alert(self, name, value, limit)
   end
   local over = value >= limit and value > 0 -- fires at the threshold (0 fires at the first)
   if over and not self.alerting[name] then
-    log("warn", "outbox alert: " .. name .. " over its threshold", { alert = name, value = value,
+    log(self.backend, "warn", "outbox alert: " .. name .. " over its threshold", { alert = name, value = value,
       threshold = limit })
   elseif not over and self.alerting[name] then
-    log("info", "outbox alert: " .. name .. " back under its threshold", { alert = name, value = value,
+    log(self.backend, "info", "outbox alert: " .. name .. " back under its threshold", { alert = name, value = value,
       threshold = limit })
   end
   self.alerting[name] = over

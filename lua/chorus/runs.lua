@@ -18,7 +18,10 @@
 --   workflow   function(name) → entry, for outbox workflow entries
 --   respond    function(rec, ok, value) → the HTTP response a run's
 --              idempotency key stores (the server's)
+--   limits     { instructions =, memory = } for each run (nil: the defaults)
 --   crash_after  chorus.testing: the process "dies" after that many effects
+--   on_state   function(rec, state) when a run's state is made (testing)
+--   unknown_upstream_hint  function(name) → how to declare that upstream
 -- The clock and the default run limits stay process-wide (core.set_clock,
 -- core.set_limits): the C scheduler owns them.
 --

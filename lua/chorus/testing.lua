@@ -189,21 +189,20 @@ function testing.run(workflow, input, opts)
   local outbox = require "chorus.outbox"
   local runs = require "chorus.runs"
   core.set_clock("virtual", opts.now or 1767225600)
-  http.unknown_upstream_hint = function(name)
-    return ("no mock for it: declare one with testing.mock(%q, ...)"):format(name)
-  end
   calls = {}
   local logs = {}
   local function sink(line)
     logs[#logs + 1] = line
   end
-  outbox.log_sink = sink -- the relay's own lines (outside any run)
   local loaded = {}
   local state
   local env = {
     store = opts.crash_after and require("chorus.store").memory() or nil,
     backend = outbox.memory(true), transport = transport, log_sink = sink, crash_after = opts.crash_after,
     log = function() end, -- the result tells how the run ended
+    unknown_upstream_hint = function(name)
+      return ("no mock for it: declare one with testing.mock(%q, ...)"):format(name)
+    end,
     on_state = function(_, s) state = s end,
     workflow = function(name) -- ctx.later's workflows: opts.workflows
       if not loaded[name] and opts.workflows and opts.workflows[name] then
@@ -212,6 +211,7 @@ function testing.run(workflow, input, opts)
       return loaded[name]
     end,
   }
+  env.backend.log_sink = sink -- the outbox's own lines (DLQ moves) join the logs
   local entry = { workflow = wf, hash = "testing:" .. tostring(wf), path = type(workflow) == "string" and workflow }
   local started = core.now()
   local crashed, replayed = false, nil
@@ -251,9 +251,7 @@ function testing.run(workflow, input, opts)
   -- virtual times are large epoch numbers: keep the difference to the µs
   local result = { calls = calls, logs = logs, elapsed = math.floor((core.now() - started) * 1e6 + 0.5) / 1e6,
     outbox = entries, crashed = crashed or nil, replayed = crashed and replayed or nil }
-  outbox.log_sink = nil
   calls = nil
-  http.unknown_upstream_hint = nil
   core.set_clock("real")
   if not pok then
     error(rok, 0)

@@ -199,15 +199,16 @@ describe("the run service", function()
 
   it("dead-letters an outbox entry for a workflow it does not know", function()
     local backend = outbox.memory(true)
+    local lines = {}
+    backend.log_sink = function(line) lines[#lines + 1] = line end -- the outbox's own lines
     local svc = runs.service({ backend = backend, workflow = function() return nil end })
     local later = chorus.workflow { name = "l", run = function(ctx) ctx.later("nope", {}) end }
-    outbox.log_sink = function() end -- the relay's own lines
-    finally(function() outbox.log_sink = nil end)
     in_loop(function()
       svc:start({ workflow = later }, {})
       outbox.drain(backend, { start_workflow = function(b, e) return svc:start_outbox_workflow(b, e) end })
     end)
     assert.are.equal(1, #backend.dead)
     assert.are.equal("unknown_workflow", backend.dead[1].last_error.kind)
+    assert.are.equal("outbox entry moved to the DLQ", lines[1].msg)
   end)
 end)
