@@ -84,6 +84,17 @@ static const luaL_Reg breaker_methods[] = {
     {"state", breaker_state},     {"__gc", breaker_gc},       {NULL, NULL},
 };
 
+int chorus_lua_breaker_check(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    struct chorus_breaker_config cfg;
+    read_config(L, &cfg);
+    char err[200];
+    if (chorus_breaker_config_check(&cfg, err, sizeof err) != 0)
+        return luaL_error(L, "breaker '%s': %s", name, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 int chorus_lua_breaker(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     if (chorus_named_find(L, BREAKERS, name, BREAKER_MT, breaker_methods))

@@ -6,6 +6,9 @@
 #include <lua.h>
 
 int chorus_lua_breaker(lua_State *L);
+/* core.breaker_check(name, opts) → true, or raises what core.breaker would:
+ * checks options without creating (or finding) a breaker. */
+int chorus_lua_breaker_check(lua_State *L);
 int chorus_lua_breakers(lua_State *L);
 int chorus_lua_breakers_reset(lua_State *L);
 

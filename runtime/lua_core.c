@@ -420,6 +420,7 @@ static const luaL_Reg core_funcs[] = {
     {"budget_coroutine", core_budget_coroutine},
     {"set_clock", core_set_clock},
     {"breaker", chorus_lua_breaker},
+    {"breaker_check", chorus_lua_breaker_check},
     {"retry_policy", chorus_lua_retry_policy},
     {"retry_next", chorus_lua_retry_next},
     {"retry_after", chorus_lua_retry_after},

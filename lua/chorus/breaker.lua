@@ -1,5 +1,8 @@
 -- chorus.breaker — circuit breakers for workflows (Resilience4j semantics,
 -- engine in runtime/breaker.c), shared per name by every run of the process.
+-- A breaker a workflow script makes is its workflow's own: named
+-- "WORKFLOW/NAME" (breaker.scoped), so no script can open the breaker of an
+-- upstream the operator configured, nor another workflow's.
 --
 --   local b = breaker.new { name = "cards", window = 20, min_calls = 10,
 --                           failure_rate = 50, open_for = 30 }
@@ -10,6 +13,7 @@
 -- response with status 5xx, 408 or 429; `failure = function(result, err)`
 -- overrides that.
 local core = require "chorus.core"
+local runstate = require "chorus.runstate"
 
 local breaker = {}
 
@@ -35,27 +39,70 @@ local function http_failure(result)
   return s >= 500 or s == 408 or s == 429
 end
 
---- The breaker named opts.name, created with opts on first use.
-function breaker.new(opts)
+local function check(opts)
   if type(opts) ~= "table" or type(opts.name) ~= "string" or opts.name == "" then
-    error("breaker.new expects a table with a name", 2)
+    error("breaker.new expects a table with a name", 3)
   end
   for k, v in pairs(opts) do
     if OPTIONS[k] == nil then
-      error(("breaker.new: unknown option '%s'"):format(tostring(k)), 2)
+      error(("breaker.new: unknown option '%s'"):format(tostring(k)), 3)
     end
     if type(v) ~= OPTIONS[k] then
-      error(("breaker.new: option '%s' must be a %s"):format(k, OPTIONS[k]), 2)
+      error(("breaker.new: option '%s' must be a %s"):format(k, OPTIONS[k]), 3)
     end
   end
-  local ok, impl = pcall(core.breaker, opts.name, opts)
-  if not ok then
-    error(impl, 2)
-  end
-  return setmetatable({ name = opts.name, impl = impl, failure = opts.failure }, Breaker)
 end
 
-local function finish(self, t0, ok, ...)
+local function engine(name, opts)
+  local ok, impl = pcall(core.breaker, name, opts)
+  if not ok then
+    error(impl, 3)
+  end
+  return impl
+end
+
+--- The breaker named opts.name, created with opts on first use (the
+--- runtime's: upstreams' breakers from the config).
+function breaker.new(opts)
+  check(opts)
+  return setmetatable({ name = opts.name, impl = engine(opts.name, opts), failure = opts.failure }, Breaker)
+end
+
+--- breaker.new as workflow scripts see it: the breaker is named
+--- "WORKFLOW/NAME" after the workflow of the run that uses it (scripts make
+--- breakers at their top level, before their workflow has a name), so every
+--- run of that workflow shares it and nothing else does. The options are
+--- checked at once.
+function breaker.scoped(opts)
+  check(opts)
+  local copy = {}
+  for k, v in pairs(opts) do
+    copy[k] = v
+  end
+  local ok, err = pcall(core.breaker_check, opts.name, copy) -- bad values are refused now, as by new
+  if not ok then
+    error(err, 2)
+  end
+  return setmetatable({ name = opts.name, opts = copy, failure = opts.failure, by_workflow = {} }, Breaker)
+end
+
+-- The engine of this breaker for the current run.
+local function impl_of(self)
+  if self.impl then
+    return self.impl, self.name
+  end
+  local run = runstate.current()
+  local wf = run and run.workflow or "?"
+  local name = wf .. "/" .. self.name
+  local impl = self.by_workflow[wf]
+  if not impl then
+    impl = engine(name, self.opts)
+    self.by_workflow[wf] = impl
+  end
+  return impl, name
+end
+
+local function finish(self, impl, t0, ok, ...)
   local duration = core.monotime() - t0
   local failed
   if self.failure then
@@ -63,7 +110,7 @@ local function finish(self, t0, ok, ...)
   else
     failed = not ok or http_failure((...))
   end
-  self.impl:record(failed, duration)
+  impl:record(failed, duration)
   if not ok then
     error((...), 0)
   end
@@ -72,26 +119,27 @@ end
 
 --- Calls fn(...) through the breaker.
 function Breaker:call(fn, ...)
-  if not self.impl:acquire() then
-    error(setmetatable({ kind = "breaker_open", breaker = self.name, attempts = 0,
-      message = ("circuit breaker '%s' is open"):format(self.name) }, ERROR_MT), 2)
+  local impl, name = impl_of(self)
+  if not impl:acquire() then
+    error(setmetatable({ kind = "breaker_open", breaker = name, attempts = 0,
+      message = ("circuit breaker '%s' is open"):format(name) }, ERROR_MT), 2)
   end
   -- a task cancelled inside fn never reports a result: give the permit back
   local settled = false
   local _ <close> = setmetatable({}, { __close = function()
     if not settled then
-      self.impl:release()
+      impl:release()
     end
   end })
   local t0 = core.monotime()
   return (function(...)
     settled = true
-    return finish(self, t0, ...)
+    return finish(self, impl, t0, ...)
   end)(pcall(fn, ...))
 end
 
 function Breaker:state()
-  return self.impl:state()
+  return (impl_of(self)):state()
 end
 
 --- Every breaker of the process and its state (GET /admin/breakers).

@@ -421,6 +421,8 @@ function sandbox.env(opts)
         module.env = sandbox.env_reader(module.env)
         module.secret = for_config and sandbox.secret_recorder(module.secret)
           or sandbox.secret_reader(module.secret)
+      elseif name == "chorus.breaker" then -- a script's breakers are its workflow's own
+        module = { new = module.scoped }
       end
       modules[name] = view(name, module, names)
     end

@@ -75,4 +75,49 @@ describe("chorus.breaker", function()
     assert.is_false(ok)
     assert.truthy(tostring(err):find("failure_rate", 1, true))
   end)
+
+  describe("made by a workflow script", function()
+    local script = require "chorus.script"
+    local core = require "chorus.core"
+
+    -- A script whose breaker is called "cards", like the upstream's; it
+    -- records failures on it without any call (fn raises).
+    local function tripper(name)
+      return assert(script.compile(([[
+local chorus = require "chorus"
+local breaker = require "chorus.breaker"
+local b = breaker.new { name = "cards", window = 4, min_calls = 2, failure_rate = 50, open_for = 60 }
+return chorus.workflow { name = %q, run = function()
+  for _ = 1, 4 do pcall(b.call, b, function() error("boom") end) end
+  return b:state()
+end }]]):format(name), name .. ".lua"))
+    end
+
+    it("is its workflow's own: it cannot open the upstream's breaker nor another workflow's", function()
+      testing.mock("cards", { status = 200 }, { breaker = { window = 4, min_calls = 2, failure_rate = 50 } })
+      local r = testing.run(tripper("tripper"))
+      assert.are.equal("open", r.value)
+      local states = core.breakers()
+      assert.are.equal("open", states["tripper/cards"])
+      assert.is_nil(states["other/cards"])
+      -- the upstream's breaker (the operator's config) still lets calls through
+      local call = testing.run(chorus.workflow { name = "payer", run = function()
+        return http.upstream("cards"):get("/x").status
+      end })
+      assert.are.equal(200, call.value)
+      assert.are.equal("closed", core.breakers().cards)
+      -- another workflow's breaker of the same name is untouched
+      local other = testing.run(tripper("other"))
+      assert.are.equal("open", other.value)
+      assert.are.equal(1, #testing.calls_to(call, "cards"))
+    end)
+
+    it("checks its options when the script loads", function()
+      local wf, err = script.compile([[
+local breaker = require "chorus.breaker"
+local b = breaker.new { name = "y", failure_rate = 150 }]], "bad.lua")
+      assert.is_nil(wf)
+      assert.matches("failure_rate", err, 1, true)
+    end)
+  end)
 end)
