@@ -154,6 +154,7 @@ static int error_ref(struct chorus_runtime *rt, const char *kind, const char *me
     lua_setfield(L, -2, "kind");
     lua_pushstring(L, message);
     lua_setfield(L, -2, "message");
+    luaL_setmetatable(L, CHORUS_ERROR_MT);
     lua_rawseti(L, -2, 1);
     lua_pushinteger(L, 1);
     lua_setfield(L, -2, "n");
@@ -593,6 +594,7 @@ struct chorus_task *chorus_task_waitable(lua_State *L, int need_io) {
                            "make the call outside that callback");
         lua_concat(L, 2);
         lua_setfield(L, -2, "message");
+        luaL_setmetatable(L, CHORUS_ERROR_MT);
         lua_error(L);
     }
     return t;

@@ -15,6 +15,10 @@
 
 #include "runtime.h"
 
+/* Registry name of the metatable of chorus errors ({kind=, message=}); set
+ * by lua/chorus/errors.lua, so errors made here print as theirs do. */
+#define CHORUS_ERROR_MT "chorus.error"
+
 enum chorus_task_state { TASK_READY, TASK_RUNNING, TASK_PARKED, TASK_DONE };
 
 /* Why a run was stopped by the runtime rather than by its own code. */

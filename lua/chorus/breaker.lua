@@ -26,10 +26,7 @@ local OPTIONS = {
   open_for = "number", half_open_calls = "number", failure = "function",
 }
 
-local ERROR_MT = {
-  __name = "chorus.error",
-  __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,
-}
+local ERROR_MT = require("chorus.errors").MT
 
 local function http_failure(result)
   if type(result) ~= "table" or math.type(result.status) ~= "integer" then

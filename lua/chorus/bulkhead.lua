@@ -11,10 +11,7 @@ local bulkhead = {}
 local Bulkhead = {}
 Bulkhead.__index = Bulkhead
 
-local ERROR_MT = {
-  __name = "chorus.error",
-  __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,
-}
+local ERROR_MT = require("chorus.errors").MT
 
 local function full(self, why)
   return setmetatable({ kind = "bulkhead_full", bulkhead = self.name, attempts = 0,

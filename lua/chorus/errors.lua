@@ -5,6 +5,26 @@
 -- table { kind =, message =, ... } that JSON can carry.
 local errors = {}
 
+--- The one metatable of the errors chorus raises: `kind: message`.
+errors.MT = {
+  __name = "chorus.error",
+  __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,
+}
+
+-- Errors made in C (runtime/scheduler.c: limits, "cannot wait here") get
+-- the same metatable, found in the registry under its name.
+require("debug").getregistry()["chorus.error"] = errors.MT
+
+--- A chorus error: { kind =, message =, ...fields } with errors.MT.
+function errors.new(kind, message, fields)
+  local e = {}
+  for k, v in pairs(fields or {}) do
+    e[k] = v
+  end
+  e.kind, e.message = kind, message
+  return setmetatable(e, errors.MT)
+end
+
 local function plain(value, depth)
   local t = type(value)
   if t == "string" or t == "number" or t == "boolean" then

@@ -56,12 +56,7 @@ local function check_max_response(v, level)
   return n
 end
 
-local ERROR_MT = {
-  __name = "chorus.error",
-  __tostring = function(e)
-    return ("%s: %s"):format(e.kind, e.message)
-  end,
-}
+local ERROR_MT = require("chorus.errors").MT
 
 local function raise(kind, message, req)
   error(setmetatable({

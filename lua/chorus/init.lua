@@ -219,8 +219,7 @@ function chorus.any(...)
     end
     errors[i] = value
   end
-  error(setmetatable({ kind = "all_failed", message = "every alternative failed", errors = errors },
-    { __tostring = function(e) return e.kind .. ": " .. e.message end }), 0)
+  error(require("chorus.errors").new("all_failed", "every alternative failed", { errors = errors }), 0)
 end
 
 --- An environment variable, or default.

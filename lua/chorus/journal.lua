@@ -27,10 +27,7 @@ local journal = {}
 -- task coroutine → { path, n (effects made), kids (tasks spawned), run }
 local tasks = setmetatable({}, { __mode = "k" })
 
-local ERROR_MT = {
-  __name = "chorus.error",
-  __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,
-}
+local ERROR_MT = errors.MT
 
 --- Gives the current run (state) a journal. recorded: the run's entries
 --- from the store when it resumes, else nil.

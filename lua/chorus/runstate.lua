@@ -20,10 +20,7 @@ function runstate.current()
   return id and live[id]
 end
 
-local DEADLINE_MT = {
-  __name = "chorus.error",
-  __tostring = function(e) return ("%s: %s"):format(e.kind, e.message) end,
-}
+local DEADLINE_MT = require("chorus.errors").MT
 
 -- ---- control errors ------------------------------------------------------
 --
