@@ -127,7 +127,7 @@ function cli.run(args)
   local svc = require("chorus.runs").service({ store = st, config = conf,
     log = function(level, msg, fields)
       if msg ~= "run failed" then -- that one this command prints itself, as JSON
-        require("chorus.runs").default_log(level, msg, fields)
+        require("chorus.log").event(level, msg, fields)
       end
     end })
   local entry = { workflow = workflow, path = pos[1], source = source, hash = core.sha256(source) }

@@ -10,9 +10,8 @@ local core = require "chorus.core"
 local journal = require "chorus.journal"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
-local secrets = require "chorus.secrets"
+local logging = require "chorus.log"
 local redact = require "chorus.redact"
-local json = core.json
 
 -- ctx → its workflow's redact paths, for the log lines (chorus.redact)
 local ctx_redact = setmetatable({}, { __mode = "k" })
@@ -36,14 +35,7 @@ local function logger(ctx)
     line = redact.value(line, ctx_redact[ctx])
     -- the run service's sink (chorus.runs env.log_sink), else the module's
     local run = runstate.current()
-    local sink = run and run.env and run.env.log_sink or context.log_sink
-    if sink then
-      sink(line)
-      return
-    end
-    local ok, text = pcall(json.encode, line)
-    secrets.write_log(ok and text or json.encode({ level = level, msg = tostring(msg),
-      run_id = ctx.run_id, log_error = text }))
+    logging.write(line, run and run.env and run.env.log_sink or context.log_sink)
   end
   local log = {}
   for level in pairs(LEVELS) do

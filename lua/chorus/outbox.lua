@@ -369,15 +369,7 @@ end
 outbox.log_sink = nil
 
 local function log(backend, level, msg, fields)
-  local line = { ts = core.now(), level = level, msg = msg }
-  for k, v in pairs(fields) do
-    line[k] = v
-  end
-  local sink = backend and backend.log_sink or outbox.log_sink
-  if sink then
-    return sink(line)
-  end
-  require("chorus.secrets").write_log(core.json.encode(line))
+  return require("chorus.log").event(level, msg, fields, backend and backend.log_sink or outbox.log_sink)
 end
 
 --- Records the outcome of one delivery of e: removed when delivered,

@@ -51,16 +51,7 @@ local m = {
 local Service = {}
 Service.__index = Service
 
-local function default_log(level, msg, fields)
-  local line = { ts = core.now(), level = level, msg = msg }
-  for k, v in pairs(fields or {}) do
-    line[k] = v
-  end
-  local ok, text = pcall(json.encode, line)
-  secrets.write_log(ok and text or json.encode({ ts = line.ts, level = level, msg = msg }))
-end
-
-runs.default_log = default_log
+local default_log = require("chorus.log").event
 
 --- A run service over env (see the top of this file).
 function runs.service(env)

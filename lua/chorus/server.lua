@@ -59,14 +59,7 @@ end
 
 -- ---- logging ------------------------------------------------------------
 
-local function log(level, msg, fields)
-  local line = { ts = core.now(), level = level, msg = msg }
-  for k, v in pairs(fields or {}) do
-    line[k] = v
-  end
-  local ok, text = pcall(json.encode, line)
-  secrets.write_log(ok and text or json.encode({ ts = line.ts, level = level, msg = msg }))
-end
+local log = require("chorus.log").event
 server.log = log
 
 -- ---- responses ----------------------------------------------------------

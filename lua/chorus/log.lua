@@ -1,0 +1,48 @@
+-- chorus.log — the one writer of the process's log: JSON lines on stderr,
+-- secrets redacted (chorus.secrets), or a sink a caller gives (chorus.testing
+-- and the run service collect lines there instead of printing them).
+--
+--   log.event("info", "scripts loaded", { workflows = names })
+--   log.event("error", "outbox entry moved to the DLQ", fields, sink)
+--   log.write(line, sink)   -- a line already made: { ts, level, msg, ... }
+--
+-- The server, the run service, the outbox and ctx.log all write through it;
+-- runtime/lua_server.c writes its one line (a request handler that could
+-- not run) in C, where no Lua may run.
+local core = require "chorus.core"
+local secrets = require "chorus.secrets"
+local json = core.json
+
+local log = {}
+
+--- Writes line (a table) to sink, or as a JSON line on stderr. A line JSON
+--- cannot carry keeps its level and message and says why.
+function log.write(line, sink)
+  if sink then
+    return sink(line)
+  end
+  local ok, text = pcall(json.encode, line)
+  if not ok then
+    text = json.encode({ ts = line.ts, level = line.level, msg = tostring(line.msg), run_id = line.run_id,
+      log_error = tostring(text) })
+  end
+  secrets.write_log(text)
+end
+
+--- A line { ts, level, msg, ...fields } (fields never replace those three).
+function log.line(level, msg, fields)
+  local line = { ts = core.now(), level = level, msg = msg }
+  for k, v in pairs(fields or {}) do
+    if line[k] == nil then
+      line[k] = v
+    end
+  end
+  return line
+end
+
+--- log.write of log.line.
+function log.event(level, msg, fields, sink)
+  return log.write(log.line(level, msg, fields), sink)
+end
+
+return log
