@@ -23,8 +23,11 @@ struct chorus_clock {
 /* Reads c. Never fails. */
 double chorus_clock_now(const struct chorus_clock *c);
 
-/* The process's CLOCK_MONOTONIC, in seconds. ud is NULL; nothing to free. */
-struct chorus_clock chorus_clock_real(void);
+/* The system's clocks, in seconds: CLOCK_MONOTONIC (the engines' and the
+ * loop's time, when not virtual) and CLOCK_REALTIME (core.now, seconds
+ * since the epoch). The runtime reads the system time only through these. */
+double chorus_clock_monotonic(void);
+double chorus_clock_wall(void);
 
 /* A manual clock that reads *t: tests and virtual time advance it by
  * assigning to the double. t is borrowed and must outlive the clock. */

@@ -27,6 +27,7 @@
 #include "lua_store.h"
 #include "runtime.h"
 #include "scheduler.h"
+#include "clock.h"
 #include "vclock.h"
 
 static struct chorus_runtime *rt_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
@@ -267,9 +268,7 @@ static int core_now(lua_State *L) {
         lua_pushnumber(L, rt->vnow);
         return 1;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    lua_pushnumber(L, chorus_clock_wall());
     return 1;
 }
 
@@ -283,9 +282,7 @@ static int core_set_clock(lua_State *L) {
     static const char *const modes[] = {"real", "virtual", NULL};
     struct chorus_runtime *rt = rt_of(L);
     int on = luaL_checkoption(L, 1, NULL, modes);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double start = luaL_optnumber(L, 2, (lua_Number)ts.tv_sec);
+    double start = luaL_optnumber(L, 2, (lua_Number)(long long)chorus_clock_wall());
     if (chorus_vclock_set(rt, on, start) != 0)
         return luaL_error(L, "the clock cannot change while runs are live");
     return 0;
@@ -424,6 +421,7 @@ static const luaL_Reg core_funcs[] = {
     {"retry_policy", chorus_lua_retry_policy},
     {"retry_next", chorus_lua_retry_next},
     {"retry_after", chorus_lua_retry_after},
+    {"retryable_status", chorus_lua_retryable_status},
     {"retry_budget", chorus_lua_retry_budget},
     {"bulkhead", chorus_lua_bulkhead},
     {"rate_limit", chorus_lua_rate_limit},

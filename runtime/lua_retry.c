@@ -116,6 +116,12 @@ int chorus_lua_retry_next(lua_State *L) {
     return 3;
 }
 
+int chorus_lua_retryable_status(lua_State *L) {
+    lua_Integer status = luaL_checkinteger(L, 1);
+    lua_pushboolean(L, chorus_retry_status_retryable((long)status));
+    return 1;
+}
+
 int chorus_lua_retry_after(lua_State *L) {
     const char *value = luaL_checkstring(L, 1);
     double seconds;

@@ -15,6 +15,7 @@
 
 #include "http_client.h"
 #include "lua_events.h"
+#include "clock.h"
 #include "vclock.h"
 #include "scheduler.h"
 #include "watchdog.h"
@@ -177,9 +178,7 @@ void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 double chorus_runtime_now(const struct chorus_runtime *rt) {
     if (rt && rt->virtual_clock)
         return rt->vnow;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return chorus_clock_monotonic();
 }
 
 void chorus_runtime_run_until(struct chorus_runtime *rt, const int *done) {

@@ -315,7 +315,6 @@ end
 
 -- ---- delivery -----------------------------------------------------------
 
-local PERMANENT_EXCEPT = { [408] = true, [425] = true, [429] = true }
 
 -- Classifies an HTTP outcome: nil when delivered, else a failure.
 local function http_failure(status, headers, body)
@@ -327,7 +326,7 @@ local function http_failure(status, headers, body)
   end
   local f = { error = { kind = "http", status = status, message = ("HTTP %d"):format(status),
     body = #body <= 512 and body or body:sub(1, 512) } }
-  f.permanent = status < 500 and not PERMANENT_EXCEPT[status]
+  f.permanent = not core.retryable_status(status) -- a 4xx other than 408, 425, 429
   local ra = headers["retry-after"]
   if ra then
     f.retry_after = core.retry_after(ra, core.now())

@@ -47,8 +47,8 @@ function retry.policy(opts)
   return setmetatable(p, POLICY)
 end
 
-local function retryable_status(status)
-  return status == 408 or status == 425 or status == 429 or (status >= 500 and status <= 599)
+local function retryable_status(status) -- the runtime's one rule (runtime/retry.c)
+  return core.retryable_status(status)
 end
 
 -- Returns retry?, retry_after for fn's outcome.

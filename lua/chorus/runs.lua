@@ -435,7 +435,7 @@ end
 
 -- Statuses whose outcome is unknown or worth another try (as chorus.retry).
 local function retryable_status(status)
-  return math.type(status) == "integer" and (status >= 500 or status == 408 or status == 425 or status == 429)
+  return math.type(status) == "integer" and core.retryable_status(status)
 end
 
 -- A journal entry a redrive replays: an effect that succeeded. A raised
