@@ -59,10 +59,10 @@ function admin.handle(server, req, what)
     return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false)")
   end
   if what == "outbox" and req.method == "GET" then
-    return json_response(200, { entries = st:list_outbox(1000), depth = st.st:count("outbox") })
+    return json_response(200, { entries = st:list_outbox(1000), depth = st:count("outbox") })
   end
   if what == "dlq" and req.method == "GET" then
-    return json_response(200, { entries = st:list_dlq(1000), depth = st.st:count("dlq") })
+    return json_response(200, { entries = st:list_dlq(1000), depth = st:count("dlq") })
   end
   local id = what:match("^dlq/([^/]+)/replay$")
   if id and req.method == "POST" then

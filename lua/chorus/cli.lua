@@ -466,7 +466,7 @@ local DATA_FLAGS = { data = "value", limit = "value", config = "value" }
 local function runs_redrive(id, flags)
   local conf = load_config(flags.config)
   local st = open_data(flags)
-  local lok, lerr = st.st:lock(0)
+  local lok, lerr = st:lock(0)
   if not lok then
     st:close()
     return fail({ error = { kind = "busy", message = tostring(lerr)
@@ -539,7 +539,7 @@ function cli.runs(args)
     return runs_redrive(pos[2], flags)
   elseif sub == "show" and #pos == 2 then
     local st = open_data(flags)
-    local text = st.st:get("runs", pos[2])
+    local text = st:get_run_text(pos[2])
     st:close()
     if not text then
       io.stderr:write(("chorus: no run with id '%s'\n"):format(pos[2]))

@@ -191,7 +191,7 @@ function idempotency.abandon(st, workflow, key, run_id)
   inflight[k] = nil
   abandoned[k] = run_id
   if st then
-    st.st:del("idempotency", k)
+    st:del_idempotency(workflow, key)
   end
 end
 

@@ -64,13 +64,10 @@ local AGE_SCAN = 10000
 
 function Durable:depth()
   local oldest
-  for _, row in ipairs(self.st.st:scan("outbox", { limit = AGE_SCAN })) do
-    local ok, e = pcall(core.json.decode, row[2])
-    local created = ok and type(e) == "table" and tonumber(e.created or e.due)
-      or string.unpack(">I8", row[1]) / 1000
+  for _, created in ipairs(self.st:outbox_created(AGE_SCAN)) do
     oldest = math.min(oldest or created, created)
   end
-  return self.st.st:count("outbox"), oldest, self.st.st:count("dlq")
+  return self.st:count("outbox"), oldest, self.st:count("dlq")
 end
 
 local Memory = {}

@@ -295,7 +295,7 @@ function Service:execute(entry, rec, input, recorded)
     self.running[rec.id] = nil
     self.states[rec] = nil
     if self.store and self.store.memory then
-      self.store.st:crash() -- what the last commit did not take is lost
+      self.store:crash() -- what the last commit did not take is lost
     end
     return ok, value, nil, nil, info, true
   end

@@ -531,7 +531,7 @@ local function start_durable()
     if not st then
       return nil, err
     end
-    local lok, lerr = st.st:lock(5)
+    local lok, lerr = st:lock(5)
     if not lok then
       st:close()
       return nil, lerr

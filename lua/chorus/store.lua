@@ -47,6 +47,11 @@ function store.memory()
   return setmetatable({ st = require("chorus.store_memory").new(), memory = true }, Store)
 end
 
+--- store.memory(): the process "dies", what was not committed is gone.
+function Store:crash()
+  self.st:crash()
+end
+
 function Store:close()
   self.st:close()
 end
@@ -57,6 +62,17 @@ end
 
 function Store:stats()
   return self.st:stats()
+end
+
+--- How many records db holds (last committed state).
+function Store:count(db)
+  return self.st:count(db)
+end
+
+--- Takes serve.lock in the folder (one server at a time runs the relay and
+--- the recovery), waiting up to wait seconds: true, or nil and why.
+function Store:lock(wait)
+  return self.st:lock(wait)
 end
 
 --- Whether a commit's error says the data folder is full (the map reached
@@ -216,6 +232,10 @@ function Store:put_idempotency(workflow, key, rec)
   self:put_json("idempotency", idem_key(workflow, key), rec)
 end
 
+function Store:del_idempotency(workflow, key)
+  self.st:del("idempotency", idem_key(workflow, key))
+end
+
 --- One step of an incremental sweep of db: looks at up to limit records
 --- from key `from` on, deletes those expired(value) says, and returns how
 --- many it deleted and where the next step starts (nil: from the top).
@@ -274,6 +294,18 @@ local function masked(list)
     list[i] = redact.fields(e, e.redact, SHOWN)
   end
   return list
+end
+
+--- The creation times (else due times) of the first limit outbox entries in
+--- due order: an entry backing off moves back in it, so the oldest is found
+--- by looking. A record that does not decode counts by its key's due time.
+function Store:outbox_created(limit)
+  local out = {}
+  for i, row in ipairs(self.st:scan("outbox", { limit = limit })) do
+    local ok, e = pcall(json.decode, row[2])
+    out[i] = ok and type(e) == "table" and tonumber(e.created or e.due) or string.unpack(">I8", row[1]) / 1000
+  end
+  return out
 end
 
 --- Outbox entries in due order, as stored (for the relay and recovery;
