@@ -184,3 +184,106 @@ describe("lock waits in the timeline", function()
     assert.are.same({ 1.5, 1 }, { locks[2].waited, locks[2].held })
   end)
 end)
+
+describe("the delivery rows of a run's outbox entries", function()
+  local core = require "chorus.core"
+  local outbox = require "chorus.outbox"
+  local store = require "chorus.store"
+  local json = core.json
+
+  before_each(function() core.set_clock("virtual", 1000) end)
+  after_each(function() core.set_clock("real") end)
+
+  local function made_by(run_id, id, kind, fields)
+    local e = { id = id, kind = kind, due = 1000, created = 1000, seq = 0, attempts = 0, max_attempts = 2,
+      base = 1, cap = 10, from_run = run_id }
+    for k, v in pairs(fields or {}) do
+      e[k] = v
+    end
+    return e
+  end
+
+  local function rows_by_id(backend, run_id)
+    local out = {}
+    for _, row in ipairs(backend:deliveries(run_id)) do
+      out[row.id] = row
+    end
+    return out
+  end
+
+  -- the same contract on both backends: memory, and a data folder's (in memory)
+  local function quiet(b)
+    b.log_sink = function() end -- the DLQ moves' log lines
+    return b
+  end
+
+  for name, make in pairs({ memory = function() return outbox.memory() end,
+    durable = function() return outbox.durable(store.memory()) end }) do
+    it(("follow each entry from pending to delivered or dead (%s backend)"):format(name), function()
+      local b = quiet(make())
+      local commit = function() if b.st then b.st:commit() end end
+      local unavailable = { error = { kind = "http", status = 503, message = "HTTP 503" } }
+      local call = made_by("run-1", "e-call", "http", { request = { method = "POST", url = "http://x.test/a" } })
+      local start = made_by("run-1", "e-start", "workflow", { workflow = "receipt" })
+      b:add(call)
+      b:add(start)
+      b:add(made_by("run-2", "e-other", "chain", { name = "compensate", steps = { {}, {} } }))
+      commit()
+      local rows = rows_by_id(b, "run-1")
+      assert.are.same({ id = "e-call", kind = "http", target = "POST http://x.test/a", state = "pending",
+        attempts = 0, created = 1000 }, rows["e-call"])
+      assert.are.same({ "workflow", "receipt", "pending" },
+        { rows["e-start"].kind, rows["e-start"].target, rows["e-start"].state })
+      assert.is_nil(rows["e-other"]) -- another run's entry
+      assert.are.equal("compensate (2 calls)", b:deliveries("run-2")[1].target)
+
+      core.set_clock("virtual", 1005)
+      assert.are.equal("retry", outbox.settle(b, call, unavailable))
+      outbox.settle(b, start, nil)
+      commit()
+      rows = rows_by_id(b, "run-1")
+      assert.are.same({ "pending", 1, 503 }, { rows["e-call"].state, rows["e-call"].attempts,
+        rows["e-call"].last_error.status })
+      assert.are.same({ "delivered", 1, 1005 }, { rows["e-start"].state, rows["e-start"].attempts,
+        rows["e-start"].settled })
+
+      assert.are.equal("dead", outbox.settle(b, call, unavailable))
+      commit()
+      rows = rows_by_id(b, "run-1")
+      assert.are.same({ "dead", 2 }, { rows["e-call"].state, rows["e-call"].attempts })
+    end)
+  end
+
+  it("calls the run-end webhook a webhook, and keeps no row for an entry no run made", function()
+    local b = outbox.memory()
+    b:add({ id = "hook", kind = "http", due = 1, created = 1, seq = 0, attempts = 0, max_attempts = 1,
+      run_id = "run-9", request = { method = "POST", url = "http://cb.test/" } })
+    b:add({ id = "loose", kind = "http", due = 1, created = 1, seq = 0, attempts = 0, max_attempts = 1,
+      request = { method = "POST", url = "http://x.test/" } })
+    assert.are.equal("webhook", b:deliveries("run-9")[1].kind)
+    assert.are.same({}, b:deliveries("nil"))
+  end)
+
+  it("shows an entry pending again once its DLQ entry is replayed", function()
+    local st = store.memory()
+    local b = quiet(outbox.durable(st))
+    local e = made_by("run-3", "e-dead", "workflow", { workflow = "w" })
+    b:add(e)
+    outbox.settle(b, e, { permanent = true, error = { kind = "http", status = 400, message = "HTTP 400" } })
+    st:commit()
+    assert.are.equal("dead", b:deliveries("run-3")[1].state)
+    st:replay_dlq("e-dead", 2000)
+    st:commit()
+    local row = b:deliveries("run-3")[1]
+    assert.are.same({ "pending", 0 }, { row.state, row.attempts })
+    assert.is_nil(row.last_error)
+  end)
+
+  it("adds the rows to a record's JSON, oldest first, and leaves a record without any as it is", function()
+    local text = json.encode({ id = "run-1", status = "succeeded" })
+    assert.are.equal(text, outbox.with_deliveries(text, {}))
+    local out = json.decode(outbox.with_deliveries(text, { { id = "b", created = 2 }, { id = "a", created = 1 } }))
+    assert.are.equal("succeeded", out.status)
+    assert.are.same({ "a", "b" }, { out.enqueued[1].id, out.enqueued[2].id })
+  end)
+end)
