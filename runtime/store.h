@@ -48,6 +48,7 @@ enum chorus_store_db {
     STORE_SCRIPTS,
     STORE_TIMERS,
     STORE_META,
+    STORE_DELIVERIES,
     STORE_NDB
 };
 

@@ -540,6 +540,7 @@ function cli.runs(args)
   elseif sub == "show" and #pos == 2 then
     local st = open_data(flags)
     local text = st:get_run_text(pos[2])
+    local entries = text and st:deliveries(pos[2])
     st:close()
     if not text then
       io.stderr:write(("chorus: no run with id '%s'\n"):format(pos[2]))
@@ -549,6 +550,8 @@ function cli.runs(args)
     if ok and type(rec) == "table" and rec.redact then -- a running run's record holds its input whole
       text = core.json.encode(require("chorus.redact").fields(rec, rec.redact, { "input", "result", "error" }))
     end
+    -- the outbox entries the run enqueued, as they stand now (as GET /runs/ID)
+    text = require("chorus.outbox").with_deliveries(text, entries)
     io.stdout:write(text, "\n")
     return 0
   end

@@ -67,9 +67,25 @@ local function release_lock(name)
   locks[name] = nil
 end
 
+-- The lock's timeline entry: when the run asked for it, how long it waited
+-- and (once released) how long it held it. The lock and unlock effects
+-- return these times, so a replay shows those of the first execution.
+local function lock_entry(name, times)
+  local entry = { kind = "lock", lock = name, start = nil, waited = nil, held = nil }
+  if type(times) == "table" then -- a journal written before locks had times says true
+    entry.start, entry.waited = times.start, times.waited
+  end
+  local run = runstate.current()
+  if run then
+    runstate.add_entry(run, entry)
+  end
+  return entry
+end
+
 local function with_lock(name, fn)
   local l = locks[name]
   local me = core.run_id()
+  local asked = core.now()
   if not l then
     locks[name] = { queue = {}, first = 1, last = 0 }
   elseif l.reserved_for == me then -- resumed after a crash while holding it
@@ -88,11 +104,20 @@ local function with_lock(name, fn)
       error(runstate.deadline_error(("waiting for lock %s"):format(name)), 0)
     end
   end
+  local entry
   local _ <close> = setmetatable({}, { __close = function()
-    pcall(journal.effect, "unlock", name, function() return true end)
+    local acquired = entry and entry.start and entry.start + (entry.waited or 0)
+    local ok, held = pcall(journal.effect, "unlock", name, function()
+      return acquired and runstate.micro(core.now() - acquired) or true
+    end)
+    if entry and ok and type(held) == "number" then
+      entry.held = held
+    end
     release_lock(name)
   end })
-  journal.effect("lock", name, function() return true end)
+  entry = lock_entry(name, journal.effect("lock", name, function()
+    return { start = runstate.micro(asked), waited = runstate.micro(core.now() - asked) }
+  end))
   return fn()
 end
 

@@ -215,7 +215,7 @@ local function send_once(r)
   local status, headers, body, duration = send(r.method, r.url, r.headers, r.body,
     r.connect_timeout, timeout, r.flags, r.max_response_bytes, run and run.allow_hosts)
   if run then
-    runstate.record_call(run, r, started, duration, status or headers)
+    journal.note(run, runstate.call_entry(r, started, duration, status or headers))
   end
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
   local count_key, latency_key = call_series(target, status or headers)

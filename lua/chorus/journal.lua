@@ -17,6 +17,15 @@
 -- tasks interleave differently once recorded results return at once.
 --
 -- Runs without a journal (no data folder, chorus.testing) call fn directly.
+--
+-- The run's timeline survives a restart the same way: the entries an
+-- effect adds while it is made (journal.note: one per HTTP attempt) are
+-- kept in its journal entry, and the replay adds them again, with their
+-- first times, as it passes the effect. Each restart writes a "resumed"
+-- entry (not a step: nothing replays it as an effect), which the timeline
+-- shows as { kind = "resumed", at, replayed } where live execution
+-- restarted: after the effects recorded before it have replayed, or at the
+-- first effect made live, whichever comes first.
 local core = require "chorus.core"
 local errors = require "chorus.errors"
 local runstate = require "chorus.runstate"
@@ -29,20 +38,79 @@ local tasks = setmetatable({}, { __mode = "k" })
 
 local ERROR_MT = errors.MT
 
+local EMPTY = {}
+
+-- Adds the resumed marks due once `replayed` effects have replayed (all of
+-- them with `all`: live execution has restarted) to the run's timeline.
+local function add_marks(run, j, all)
+  local marks = j.marks
+  while marks[j.next_mark] and (all or marks[j.next_mark].after <= j.replayed) do
+    runstate.add_entry(run, marks[j.next_mark].mark)
+    j.next_mark = j.next_mark + 1
+  end
+end
+
+-- The mark of a restart: when, and how many recorded effects replay.
+local function resumed_mark(at, replayed)
+  return { kind = "resumed", at = runstate.micro(at), replayed = replayed }
+end
+
 --- Gives the current run (state) a journal. recorded: the run's entries
---- from the store when it resumes, else nil.
+--- from the store when it resumes (a restart, a redrive), else nil.
 function journal.attach(state, st, recorded, crash_after)
-  local by_step = {}
-  for _, entry in ipairs(recorded or {}) do
-    by_step[entry.step] = entry
+  local by_step, marks, effects = {}, {}, 0
+  for _, entry in ipairs(recorded or EMPTY) do
+    if entry.kind == "resumed" then -- an earlier restart, after `effects` effects
+      local v = type(entry.value) == "table" and entry.value or EMPTY
+      marks[#marks + 1] = { after = effects, mark = resumed_mark(tonumber(v.at) or 0, effects) }
+    else
+      by_step[entry.step] = entry
+      effects = effects + 1
+    end
   end
   -- A fresh run's first records (run, timer, idempotency key) must be on
   -- disk before its first effect reaches the outside world: otherwise a
   -- crash could leave an effect made by a run that never existed, and the
   -- client's retry would start another run and do it again.
-  state.journal = { store = st, seq = #(recorded or {}), recorded = by_step,
-    replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after }
+  local j = { store = st, seq = #(recorded or EMPTY), recorded = by_step,
+    replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after,
+    marks = marks, next_mark = 1, n_marks = #marks }
+  state.journal = j
   tasks[coroutine.running()] = { path = "r", n = 0, kids = 0, run = state }
+  if recorded then -- this restart's mark, kept for the next one's timeline
+    local now = core.now()
+    j.seq = j.seq + 1
+    j.n_marks = j.n_marks + 1
+    st:put_effect(state.run_id, j.seq, { step = "resumed#" .. j.n_marks, kind = "resumed", ok = true,
+      value = { at = runstate.micro(now) } })
+    marks[#marks + 1] = { after = effects, mark = resumed_mark(now, effects) }
+  end
+  add_marks(state, j, false)
+end
+
+--- Adds entry to the run's timeline; made inside an effect, it is kept
+--- with the effect's journal entry, so the replay adds it again.
+function journal.note(run, entry)
+  runstate.add_entry(run, entry)
+  local t = run.journal and tasks[coroutine.running()]
+  while t and t.run == run and not t.notes do -- a task an effect spawned counts as the effect
+    t = t.parent
+  end
+  if t and t.run == run then
+    local kept = {}
+    for k, v in pairs(entry) do -- journal entries are kept without secrets
+      kept[k] = type(v) == "string" and secrets.redact(v) or v
+    end
+    t.notes[#t.notes + 1] = kept
+  end
+end
+
+--- At the run's end: the marks not placed yet (the run made no effect
+--- live after its restart) go at the end of its timeline.
+function journal.finish(run)
+  if run.journal then
+    add_marks(run, run.journal, true)
+  end
 end
 
 -- The journal entry of the running task. The scheduler reuses finished
@@ -63,7 +131,7 @@ function journal.spawn(fn)
   parent.kids = parent.kids + 1
   local path = parent.path .. "." .. parent.kids
   return core.spawn(function()
-    tasks[coroutine.running()] = { path = path, n = 0, kids = 0, run = run }
+    tasks[coroutine.running()] = { path = path, n = 0, kids = 0, run = run, parent = parent }
     return fn()
   end)
 end
@@ -108,6 +176,10 @@ function journal.effect(kind, target, fn, restore)
       error(runstate.stop(nondeterminism(step, rec, kind, target), run), 0)
     end
     j.replayed = j.replayed + 1
+    for _, entry in ipairs(rec.timeline or EMPTY) do
+      runstate.add_entry(run, entry)
+    end
+    add_marks(run, j, false)
     if rec.ok then
       if restore then
         return restore(rec.value, true)
@@ -124,7 +196,15 @@ function journal.effect(kind, target, fn, restore)
     j.unsynced = false
     j.store:commit()
   end
+  add_marks(run, j, true)
+  local notes, outer = {}, t and t.notes
+  if t then
+    t.notes = notes
+  end
   local ok, value = pcall(fn)
+  if t then
+    t.notes = outer
+  end
   if core.killed() then -- a limit stopped the run: nothing to record
     error(value, 0)
   end
@@ -132,14 +212,15 @@ function journal.effect(kind, target, fn, restore)
     error(run.stopped, 0)
   end
   j.seq = j.seq + 1
-  local entry = { step = step, kind = kind, target = target, ok = ok }
+  local entry = { step = step, kind = kind, target = target, ok = ok,
+    timeline = notes[1] and notes or nil }
   if ok then
     entry.value = value
   else
     entry.error = type(value) == "table" and errors.normalize(value) or value
   end
   j.store:put_effect(run.run_id, j.seq, entry)
-  if j.crash_after and j.seq >= j.crash_after then -- chorus.testing: die here
+  if j.crash_after and j.seq - j.n_marks >= j.crash_after then -- chorus.testing: die here
     -- once the effect is journaled (on disk); then a control error: as
     -- after a real crash, nothing of the run goes on (no catch, no
     -- compensation, no further record)

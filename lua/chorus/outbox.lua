@@ -47,7 +47,10 @@ function outbox.durable(st)
   return setmetatable({ st = st }, Durable)
 end
 
-function Durable:add(e) self.st:put_outbox(e) end
+function Durable:add(e)
+  self.st:put_outbox(e)
+  self:track(e, "pending")
+end
 function Durable:update(e) self.st:put_outbox(e) end
 function Durable:remove(e) self.st:del_outbox(e) end
 function Durable:move(old_due, e)
@@ -57,6 +60,13 @@ end
 function Durable:bury(e) self.st:del_outbox(e); self.st:put_dlq(e) end
 function Durable:due(now, limit, skip, skip_count) return self.st:due_outbox(now, limit, skip, skip_count) end
 function Durable:commit() self.st:commit() end
+function Durable:track(e, state)
+  local run_id, row = outbox.delivery(e, state)
+  if run_id then
+    self.st:put_delivery(run_id, row)
+  end
+end
+function Durable:deliveries(run_id) return self.st:deliveries(run_id) end
 -- Entries whose creation time depth() looks at: the outbox is kept in due
 -- order, and an entry backing off moves back in it, so the oldest is found
 -- by looking (once a second); a backlog beyond this trips outbox_depth.
@@ -126,7 +136,8 @@ end
 --- would grow forever.
 function outbox.memory(keep)
   return setmetatable({ entries = {}, heap = {}, indexed = setmetatable({}, { __mode = "k" }),
-    dead = {}, n_dead = 0, keep = keep, all = keep and {} or nil, delivered = keep and {} or nil }, Memory)
+    dead = {}, n_dead = 0, keep = keep, all = keep and {} or nil, delivered = keep and {} or nil,
+    rows = {}, row_runs = {}, row_first = 1 }, Memory)
 end
 
 -- Whether a heap item still stands for a pending entry at its due time.
@@ -144,6 +155,7 @@ local function index(self, e)
 end
 
 function Memory:add(e)
+  self:track(e, "pending")
   self.entries[e.id] = e
   index(self, e)
   if self.keep then
@@ -194,6 +206,37 @@ function Memory:due(now, limit, skip)
   return out
 end
 function Memory.commit() end
+
+-- The delivery rows of this many runs are kept (as many as a server keeps
+-- finished records by default): a memory outbox must not grow forever.
+local MEMORY_ROW_RUNS = 10000
+
+function Memory:track(e, state)
+  local run_id, row = outbox.delivery(e, state)
+  if not run_id then
+    return
+  end
+  local rows = self.rows[run_id]
+  if not rows then
+    rows = {}
+    self.rows[run_id] = rows
+    local runs = self.row_runs
+    runs[#runs + 1] = run_id
+    if #runs - self.row_first + 1 > MEMORY_ROW_RUNS then -- the oldest run's rows go
+      self.rows[runs[self.row_first]] = nil
+      runs[self.row_first] = nil
+      self.row_first = self.row_first + 1
+    end
+  end
+  rows[row.id] = row
+end
+function Memory:deliveries(run_id)
+  local out = {}
+  for _, row in pairs(self.rows[run_id] or {}) do
+    out[#out + 1] = row
+  end
+  return out
+end
 function Memory:depth()
   local n, oldest = 0, nil
   for _, e in pairs(self.entries) do
@@ -242,6 +285,58 @@ local function new_entry(kind, fields, opts)
   return e
 end
 outbox.new_entry = new_entry
+
+-- ---- what became of each entry ----------------------------------------------
+--
+-- GET /runs/ID lists the outbox entries the run enqueued (ctx.later starts,
+-- queued calls, saga chains, its run-end webhook) with their delivery state
+-- as it stands when the record is read. The backend keeps a row per entry,
+-- written when the entry is added and again each time a delivery settles:
+-- whole rows, never read back and changed, so two entries settling in one
+-- group commit cannot undo each other's news.
+
+local function micro_or_nil(t)
+  return t and runstate.micro(t)
+end
+
+--- The run an entry belongs to and its delivery row in state "pending",
+--- "delivered" or "dead"; nil for an entry no run made.
+function outbox.delivery(e, state)
+  local run_id = e.from_run or e.run_id -- a webhook carries the run it reports
+  if not run_id then
+    return nil
+  end
+  local target
+  if e.kind == "workflow" then
+    target = e.workflow
+  elseif e.kind == "chain" then
+    target = ("%s (%d calls)"):format(tostring(e.name), type(e.steps) == "table" and #e.steps or 0)
+  elseif type(e.request) == "table" then
+    target = tostring(e.request.method) .. " " .. tostring(e.request.url)
+  end
+  -- attempts: the deliveries tried (e.attempts counts the failed ones)
+  local attempts = state == "delivered" and e.attempts + 1 or e.attempts
+  return run_id, { id = e.id, kind = (e.run_id and not e.from_run) and "webhook" or e.kind, target = target,
+    state = state, attempts = attempts, last_error = e.last_error, created = micro_or_nil(e.created),
+    settled = state ~= "pending" and micro_or_nil(core.now()) or nil }
+end
+
+--- text (a run record's JSON object) with `enqueued`: the outbox entries
+--- the run made, oldest first, as their delivery rows (backend:deliveries)
+--- say they stand now.
+function outbox.with_deliveries(text, rows)
+  if not rows or #rows == 0 or text:sub(-1) ~= "}" then
+    return text
+  end
+  table.sort(rows, function(a, b)
+    local ca, cb = a.created or 0, b.created or 0
+    if ca ~= cb then
+      return ca < cb
+    end
+    return tostring(a.id) < tostring(b.id)
+  end)
+  return text:sub(1, -2) .. ',"enqueued":' .. require("chorus.secrets").redact(core.json.encode(rows)) .. "}"
+end
 
 -- Writes e where the current run keeps its state, journaled so a replay
 -- does not enqueue it twice. Returns the entry id.
@@ -368,10 +463,8 @@ local function log(backend, level, msg, fields)
   return require("chorus.log").event(level, msg, fields, backend and backend.log_sink or outbox.log_sink)
 end
 
---- Records the outcome of one delivery of e: removed when delivered,
---- rescheduled when it may retry, else moved to the DLQ. Returns
---- "delivered", "retry" or "dead". The caller commits.
-function outbox.settle(backend, e, failure)
+-- settle's work: "delivered", "retry" or "dead".
+local function settle_entry(backend, e, failure)
   if not failure then
     backend:remove(e)
     m.delivered.inc({ e.kind })
@@ -393,6 +486,18 @@ function outbox.settle(backend, e, failure)
   backend:move(old_due, e)
   m.retried.inc({ e.kind })
   return "retry"
+end
+
+--- Records the outcome of one delivery of e: removed when delivered,
+--- rescheduled when it may retry, else moved to the DLQ. Returns
+--- "delivered", "retry" or "dead", and updates the entry's delivery row.
+--- The caller commits.
+function outbox.settle(backend, e, failure)
+  local outcome = settle_entry(backend, e, failure)
+  if backend.track then
+    backend:track(e, outcome == "retry" and "pending" or outcome)
+  end
+  return outcome
 end
 
 -- Delivers e once (inside its own run). opts: the relay's start_workflow

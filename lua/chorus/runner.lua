@@ -48,6 +48,7 @@ function runner.execute(workflow, input, opts)
   end
   local ctx = context.new(state)
   local result = table.pack(pcall(workflow.run, ctx, input))
+  journal.finish(state)
   -- a control error ends the run whatever the script made of it
   -- (chorus.runstate): a __close handler cannot replace it
   local err = state.stopped

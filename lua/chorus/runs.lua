@@ -488,10 +488,11 @@ function Service:prepare_redrive(id, via)
   if not wf then
     return nil, "conflict", tostring(err)
   end
-  local kept, failed = {}, 0
+  local kept, failed, marks = {}, 0, 0
   for _, e in ipairs(st:journal(id)) do
     if settled(e) then
       kept[#kept + 1] = e
+      marks = marks + (e.kind == "resumed" and 1 or 0) -- a restart's timeline mark, not an effect
     else
       failed = failed + 1
     end
@@ -502,7 +503,7 @@ function Service:prepare_redrive(id, via)
   end
   st:put_redrive(id, saved)
   local redrives = type(rec.redrives) == "table" and rec.redrives or {}
-  redrives[#redrives + 1] = { at = runstate.micro(core.now()), via = via, replayed = #kept,
+  redrives[#redrives + 1] = { at = runstate.micro(core.now()), via = via, replayed = #kept - marks,
     failed_effects = failed, previous_error = rec.error }
   rec.redrives = redrives
   rec.input, rec.request = saved.input, saved.request
@@ -526,7 +527,7 @@ function Service:prepare_redrive(id, via)
     return nil, "storage", cerr
   end
   self.env.log("info", "redriving a failed run", { run_id = id, workflow = rec.workflow, via = via,
-    replayed = #kept, failed_effects = failed })
+    replayed = #kept - marks, failed_effects = failed })
   return rec, wf, kept
 end
 

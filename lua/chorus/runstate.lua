@@ -117,19 +117,22 @@ local function micro(t)
 end
 runstate.micro = micro
 
--- Appends an outbound call to the timeline of run (a runstate entry).
-function runstate.record_call(run, req, started, duration, outcome)
+--- Appends entry to the timeline of run (a runstate entry). A run making
+--- thousands of calls keeps its first ones and a count (timeline_dropped).
+function runstate.add_entry(run, entry)
   local timeline = run.timeline
   local n = #timeline
   if n >= runstate.MAX_TIMELINE then
-    -- a run making thousands of calls keeps its first ones and a count
     run.timeline_dropped = (run.timeline_dropped or 0) + 1
     return
   end
-  timeline[n + 1] = {
-    target = req.upstream or req.url, method = req.method, url = req.url,
-    attempts = 1, status = outcome, start = micro(started), duration = micro(duration),
-  }
+  timeline[n + 1] = entry
+end
+
+--- The timeline entry of one outbound call (chorus.journal.note adds it).
+function runstate.call_entry(req, started, duration, outcome)
+  return { target = req.upstream or req.url, method = req.method, url = req.url,
+    attempts = 1, status = outcome, start = micro(started), duration = micro(duration) }
 end
 
 return runstate

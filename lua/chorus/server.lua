@@ -508,6 +508,9 @@ local function sweep_loop()
       if old and rec.status == "failed" and type(rec.id) == "string" then
         st:drop_journal(rec.id) -- the journal kept for a redrive goes with the record
       end
+      if old and type(rec.id) == "string" then
+        st:drop_deliveries(rec.id)
+      end
       return old
     end)
     if keys + old_runs > 0 then
@@ -591,6 +594,9 @@ local function run_record(req, id)
     return problem(404, "Not Found", ("no run with id '%s' that these credentials can read (runs of a "
       .. "workflow with auth need its token or the admin token)"):format(id))
   end
+  -- the outbox entries the run enqueued: their delivery goes on after the
+  -- record is written, so their state is read now
+  text = outbox.with_deliveries(text, state.backend and state.backend:deliveries(id))
   return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = text }
 end
 

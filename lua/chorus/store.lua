@@ -12,6 +12,8 @@
 --   timers       run id → deadline of every run not finished yet; recovery
 --                resumes exactly these
 --   meta         schema_version (2: every other value carries a checksum)
+--   deliveries   run id .. entry id → what became of an outbox entry the run
+--                enqueued (GET /runs/ID lists them): state, attempts, error
 --
 -- Every value is checked against its checksum when read (runtime/store.c):
 -- a bad one raises "store: corrupt record in database DB, key 'K': ...",
@@ -343,11 +345,38 @@ function Store:replay_dlq(id, now)
   e.replayed = (e.replayed or 0) + 1
   self:del_dlq(id)
   self:put_outbox(e)
+  local run_id = e.from_run or e.run_id -- the run's record shows it pending again
+  local row = run_id and self:get_json("deliveries", run_id .. id)
+  if row then
+    row.state, row.attempts, row.last_error, row.settled = "pending", 0, nil, nil
+    self:put_delivery(run_id, row)
+  end
   return e
 end
 
 function Store:list_dlq(limit)
   return masked(values(self, "dlq", limit))
+end
+
+-- ---- deliveries -------------------------------------------------------------
+
+-- Run ids are UUIDs, all 36 characters: no id is a prefix of another.
+function Store:put_delivery(run_id, row)
+  self:put_json("deliveries", run_id .. row.id, row)
+end
+
+--- What became of the outbox entries run_id enqueued, as put_delivery
+--- last wrote them (in entry id order).
+function Store:deliveries(run_id)
+  local out = {}
+  for _, row in ipairs(self:scan_json("deliveries", { prefix = run_id, limit = math.maxinteger })) do
+    out[#out + 1] = row.value
+  end
+  return out
+end
+
+function Store:drop_deliveries(run_id)
+  self.st:del_prefix("deliveries", run_id)
 end
 
 -- ---- scripts ------------------------------------------------------------------

@@ -182,7 +182,10 @@ end
 ---   not take is lost, and a new run service over that store recovers the
 ---   run exactly as a restarted server does (Service:recover: replayed from
 ---   its journal); result.crashed and result.replayed (effects fed back
----   from the journal) tell what happened.
+---   from the journal by the last restart) tell what happened, and
+---   result.timeline shows the effects of every execution with a
+---   { kind = "resumed" } mark where each restart went live. A list
+---   { n1, n2, ... } crashes the run again after its n2-th effect, ...
 function testing.run(workflow, input, opts)
   opts = opts or {}
   local wf = load_workflow(workflow)
@@ -196,9 +199,12 @@ function testing.run(workflow, input, opts)
   end
   local loaded = {}
   local state
+  -- crash_after = n, or { n1, n2, ... }: a crash after the n1-th effect,
+  -- another after the n2-th (counted from the run's start), ...
+  local crashes = type(opts.crash_after) == "table" and opts.crash_after or { opts.crash_after }
   local env = {
-    store = opts.crash_after and require("chorus.store").memory() or nil,
-    backend = outbox.memory(true), transport = transport, log_sink = sink, crash_after = opts.crash_after,
+    store = crashes[1] and require("chorus.store").memory() or nil,
+    backend = outbox.memory(true), transport = transport, log_sink = sink, crash_after = crashes[1],
     log = function() end, -- the result tells how the run ended
     unknown_upstream_hint = function(name)
       return ("no mock for it: declare one with testing.mock(%q, ...)"):format(name)
@@ -218,14 +224,18 @@ function testing.run(workflow, input, opts)
   local pok, rok, res = pcall(core.run, nil, function()
     local svc = runs.service(env)
     local ok, value, rec, _, _, info, crash = svc:start(entry, input or {})
-    if crash then -- the restart: a new service over the same store recovers the run
-      crashed, env.crash_after = true, nil
+    local restarts = 0
+    while crash do -- the restart: a new service over the same store recovers the run
+      crashed, restarts, crash = true, restarts + 1, nil
+      env.crash_after = crashes[restarts + 1] -- the next crash, if any
       svc = runs.service(env)
       svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
       local resumed = {}
       svc:recover(function(fn) resumed[#resumed + 1] = fn end)
       for _, fn in ipairs(resumed) do
-        ok, value, _, _, info = fn()
+        local again
+        ok, value, _, _, info, again = fn()
+        crash = crash or again
       end
       replayed = state and state.journal and state.journal.replayed
     end
