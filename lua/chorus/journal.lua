@@ -125,7 +125,10 @@ end
 function journal.spawn(fn)
   local run = runstate.current()
   local parent = run and run.journal and task_entry(run)
-  if not parent then
+  -- inside an effect (a hedged call's two attempts): the effect is replayed
+  -- whole, never re-run, so its tasks must not take names from the parent,
+  -- or the tasks spawned after it would be named differently on replay
+  if not parent or parent.notes then
     return core.spawn(fn)
   end
   parent.kids = parent.kids + 1

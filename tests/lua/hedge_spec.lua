@@ -42,4 +42,24 @@ describe("hedged upstream reads", function()
     assert.is_false(r.ok)
     assert.are.equal("connect", r.error.kind)
   end)
+
+  it("replays after a crash without resending the calls made after a hedged one", function()
+    -- the hedged GET spawns its two attempts; the chorus.all after it must
+    -- get the same task names on replay, or its recorded calls are not found
+    testing.mock("api", { { status = 200, delay = 5 }, { status = 200, delay = 0.1 } }, HEDGE)
+    testing.mock("other", { status = 201 })
+    local wf = chorus.workflow { name = "hedge-then-all", run = function()
+      local first = http.upstream("api"):get("/x").status
+      local a, b = chorus.all(function() return http.upstream("other"):post("/a").status end,
+        function() return http.upstream("other"):post("/b").status end)
+      return { first, a, b }
+    end }
+    local r = testing.run(wf, {}, { crash_after = 3 })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.is_true(r.crashed)
+    assert.are.same({ 200, 201, 201 }, r.value)
+    assert.are.equal(3, r.replayed)
+    assert.are.equal(1, #testing.calls_to(r, "other", "POST", "/a"))
+    assert.are.equal(1, #testing.calls_to(r, "other", "POST", "/b"))
+  end)
 end)
