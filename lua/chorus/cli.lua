@@ -551,7 +551,7 @@ function cli.runs(args)
       text = core.json.encode(require("chorus.redact").fields(rec, rec.redact, { "input", "result", "error" }))
     end
     -- the outbox entries the run enqueued, as they stand now (as GET /runs/ID)
-    text = require("chorus.outbox").with_deliveries(text, entries)
+    text = require("chorus.deliveries").add_to_record(text, entries)
     io.stdout:write(text, "\n")
     return 0
   end

@@ -596,7 +596,7 @@ local function run_record(req, id)
   end
   -- the outbox entries the run enqueued: their delivery goes on after the
   -- record is written, so their state is read now
-  text = outbox.with_deliveries(text, state.backend and state.backend:deliveries(id))
+  text = require("chorus.deliveries").add_to_record(text, state.backend and state.backend:deliveries(id))
   return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = text }
 end
 

@@ -4,6 +4,7 @@
 local testing = require "chorus.testing"
 local chorus = require "chorus"
 local http = require "chorus.http"
+local deliveries = require "chorus.deliveries"
 
 -- n calls one after the other, each to its own path.
 local function serial(n)
@@ -281,8 +282,8 @@ describe("the delivery rows of a run's outbox entries", function()
 
   it("adds the rows to a record's JSON, oldest first, and leaves a record without any as it is", function()
     local text = json.encode({ id = "run-1", status = "succeeded" })
-    assert.are.equal(text, outbox.with_deliveries(text, {}))
-    local out = json.decode(outbox.with_deliveries(text, { { id = "b", created = 2 }, { id = "a", created = 1 } }))
+    assert.are.equal(text, deliveries.add_to_record(text, {}))
+    local out = json.decode(deliveries.add_to_record(text, { { id = "b", created = 2 }, { id = "a", created = 1 } }))
     assert.are.equal("succeeded", out.status)
     assert.are.same({ "a", "b" }, { out.enqueued[1].id, out.enqueued[2].id })
   end)

@@ -1,0 +1,137 @@
+-- chorus.outbox_relay — delivers due outbox entries, each in its own run,
+-- at most `concurrency` at a time; keeps the depth, age and DLQ gauges and
+-- logs the alerts of their thresholds. `chorus serve` runs one relay;
+-- relay.drain delivers a memory outbox to its end (chorus run, testing).
+local core = require "chorus.core"
+local metrics = require "chorus.metrics"
+local outbox = require "chorus.outbox"
+
+local relay = {}
+
+local m = {
+  depth = metrics.gauge("chorus_outbox_depth", "Outbox entries waiting"),
+  -- the name is kept for dashboards; it measures from the entry's creation,
+  -- so it grows while an entry fails and backs off
+  age = metrics.gauge("chorus_outbox_oldest_due_age_seconds", "How long the oldest pending entry has existed"),
+  dlq = metrics.gauge("chorus_dlq_depth", "Entries in the dead-letter queue"),
+}
+
+local Relay = {}
+Relay.__index = Relay
+
+--- A relay over backend. opts: concurrency, poll (seconds), alerts =
+--- { outbox_depth =, outbox_age =, dlq_depth = } (log a line when a value
+--- reaches its threshold, and when it is back under), start_workflow
+--- (function(backend, e) that runs a workflow entry: a run service's,
+--- chorus.runs; without one such entries are dead), transport (the HTTP
+--- function deliveries use; nil: chorus.http's).
+function relay.new(backend, opts)
+  opts = opts or {}
+  return setmetatable({ backend = backend, inflight = {}, n_inflight = 0,
+    start_workflow = opts.start_workflow, transport = opts.transport,
+    concurrency = opts.concurrency or outbox.defaults.concurrency, poll = opts.poll or outbox.defaults.poll,
+    alerts = opts.alerts or {}, alerting = {}, stopped = false }, Relay)
+end
+
+-- Starts the due entries not already in flight; returns how many started.
+function Relay:tick()
+  local started = 0
+  local room = self.concurrency - self.n_inflight
+  if room <= 0 then
+    return 0
+  end
+  for _, e in ipairs(self.backend:due(core.now(), room, self.inflight, self.n_inflight)) do
+    if not self.inflight[e.id] and e.state ~= "started" and started < room then
+      self.inflight[e.id] = true
+      self.n_inflight = self.n_inflight + 1
+      started = started + 1
+      core.start(nil, function()
+        local ok, err = pcall(outbox.deliver, self.backend, e, self)
+        if not ok then
+          outbox.log(self.backend, "error", "outbox delivery failed", { id = e.id, error = tostring(err) })
+        end
+        self.inflight[e.id] = nil
+        self.n_inflight = self.n_inflight - 1
+        if self.waiting then -- a slot is free: the relay looks again
+          core.notify(self.waiting, true)
+        end
+      end)
+    end
+  end
+  return started
+end
+
+local function alert(self, name, value, limit)
+  if not limit then
+    return
+  end
+  local over = value >= limit and value > 0 -- fires at the threshold (0 fires at the first)
+  if over and not self.alerting[name] then
+    outbox.log(self.backend, "warn", "outbox alert: " .. name .. " over its threshold",
+      { alert = name, value = value, threshold = limit })
+  elseif not over and self.alerting[name] then
+    outbox.log(self.backend, "info", "outbox alert: " .. name .. " back under its threshold",
+      { alert = name, value = value, threshold = limit })
+  end
+  self.alerting[name] = over
+end
+
+--- Updates the depth metrics and alerts.
+function Relay:observe()
+  local depth, oldest, dead = self.backend:depth()
+  local age = oldest and math.max(0, core.now() - oldest) or 0
+  m.depth.set(nil, depth)
+  m.age.set(nil, age)
+  m.dlq.set(nil, dead)
+  alert(self, "outbox_depth", depth, self.alerts.outbox_depth)
+  alert(self, "outbox_age", age, self.alerts.outbox_age)
+  alert(self, "dlq_depth", dead, self.alerts.dlq_depth)
+  return depth, age, dead
+end
+
+--- Runs until stop(). While there is work it looks again as soon as a
+--- delivery ends; idle, it looks every poll seconds. Metrics every second.
+function Relay:run()
+  local last_observe = -math.huge
+  while not self.stopped do
+    local started = self:tick()
+    if core.monotime() - last_observe >= 1 then
+      last_observe = core.monotime()
+      self:observe()
+    end
+    if self.n_inflight >= self.concurrency then -- full: until a slot frees
+      self.waiting = core.wait_token()
+      core.wait(self.waiting)
+      self.waiting = nil
+    elseif started > 0 then -- there may be more due: look again next turn
+      core.sleep(0)
+    else
+      core.sleep(self.poll)
+    end
+  end
+end
+
+function Relay:stop()
+  self.stopped = true
+end
+
+--- Delivers everything in a memory outbox now and as it comes due, until it
+--- is empty (chorus run without a data folder; chorus.testing). opts as
+--- outbox.relay's.
+function relay.drain(backend, opts)
+  local r = relay.new(backend, opts)
+  while true do
+    r:tick()
+    if r.n_inflight == 0 then
+      local nxt = backend:next_due()
+      if not nxt then
+        return backend
+      end
+      core.sleep(math.max(0, nxt - core.now()))
+    else
+      core.sleep(0.001)
+    end
+  end
+end
+
+return relay
