@@ -50,7 +50,7 @@ $(BUILD)/lua/chorus/core.so: $(CORE_OBJ)
 	mkdir -p $(BUILD)/lua/chorus
 	$(CC) $(CFLAGS) -shared $^ -o $@ $(LDFLAGS) $(MOD_LIBS)
 
-$(BUILD)/mock-upstream: scripts/mock_upstream.c | $(BUILD)
+$(BUILD)/mock-upstream: tests/mock_upstream.c | $(BUILD)
 	$(CC) $(CFLAGS) $(shell pkg-config --cflags $(MOCK_PKGS)) $< -o $@ \
 	    $(shell pkg-config --libs $(MOCK_PKGS)) -lpthread
 
@@ -91,12 +91,15 @@ bench: all
 	bash scripts/bench_serve.sh
 	bash scripts/bench_durable.sh
 
+# Every C file of the project: lint and format cover them all.
+C_FILES = runtime/*.c runtime/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/fuzz/*.h
+
 lint:
-	luacheck lua examples tests scripts/bench
-	clang-format --dry-run --Werror runtime/*.c runtime/*.h scripts/*.c tests/unit/*.c
+	luacheck lua examples tests scripts
+	clang-format --dry-run --Werror $(C_FILES)
 
 format:
-	clang-format -i runtime/*.c runtime/*.h scripts/*.c tests/unit/*.c
+	clang-format -i $(C_FILES)
 
 clean:
 	rm -rf build build-asan build-fuzz chorus

@@ -23,6 +23,8 @@ for t in "$BUILD"/test_*; do
   if [ $rc -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
   failed=$((failed + ${f:-0}))
 done
+c_passed=$passed
+c_failed=$failed
 
 if [ "${1:-}" = "--sanitized" ]; then
   roots=(tests/integration)
@@ -39,6 +41,8 @@ er=$(echo "$line" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
 passed=$((passed + ${s:-0}))
 failed=$((failed + ${fl:-0} + ${er:-0}))
 if [ $rc -ne 0 ] && [ $((${fl:-0} + ${er:-0})) -eq 0 ]; then failed=$((failed + 1)); fi
+echo "C unit checks ($BUILD): $c_passed passed, $c_failed failed"
+echo "busted specs ($BUILD): $((passed - c_passed)) passed, $((failed - c_failed)) failed"
 
 if [ "${1:-}" = "--and-sanitized" ]; then
   echo

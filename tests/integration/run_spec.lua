@@ -82,7 +82,6 @@ describe("chorus run", function()
     assert.is_true(one_line(r.stderr), r.stderr)
     local err = H.decode(r.stderr)
     assert.are.equal("boom", err.error.kind)
-    assert.is_true(r.elapsed < 1.5, ("took %.3f s: the slow call was awaited"):format(r.elapsed))
     -- the mock notices the closed connection within ~50 ms
     local stats
     for _ = 1, 40 do
@@ -110,7 +109,6 @@ describe("chorus run", function()
     local err = H.decode(r.stderr).error
     assert.are.equal("timeout", err.kind)
     assert.are.equal("GET", err.method)
-    assert.is_true(r.elapsed < 2, ("took %.3f s"):format(r.elapsed))
   end)
 
   it("runs all, all_settled, race and any", function()

@@ -279,11 +279,9 @@ end }
     end
     local la, lb = lock_of(ra), lock_of(rb)
     assert.are.equal("buyer:1", la.lock)
-    assert.is_true(la.waited < 0.5, "a waited " .. la.waited)
     assert.is_true(la.held >= 0.9, "a held " .. la.held)
     -- b asked while a held it, and got it when a let go
     assert.is_true(lb.waited >= 0.5, "b waited " .. lb.waited)
     assert.is_true(lb.start + lb.waited >= la.start + la.waited + la.held - 0.01)
-    assert.is_true(lb.held < 0.9, "b held " .. lb.held)
   end)
 end)

@@ -1,14 +1,14 @@
 -- soak.lua — the soak test: minutes of mixed load against `chorus serve`
 -- with kill -9 restarts, then a full audit.
 --
---   lua5.4 scripts/soak.lua [--seconds N] [--kills K] [--build build|build-asan] [--clients C]
+--   lua5.4 tests/soak/soak.lua [--seconds N] [--kills K] [--build build|build-asan] [--clients C]
 --
 -- Defaults: 600 s, 3 kills, build, 6 clients. Run from the repo root after
 -- `make` (and, for --build build-asan, the ASan build of the Makefile's
 -- test-asan target). SOAK_KEEP=1 keeps the temp folder (logs, data).
 --
 -- It starts build/mock-upstream and <build>/chorus serve (own temp data and
--- scripts folders, the workflows of scripts/soak/, a config with the mock's
+-- scripts folders, the workflows of tests/soak/workflows/, a config with the mock's
 -- paths as upstreams, a fixed loopback port), and C client processes (this
 -- file again, with --client) that mix:
 --   * new keyed requests to donate (idempotent charge + receipt through the
@@ -68,7 +68,7 @@ local function exists(path)
 end
 
 -- ---------------------------------------------------------------------------
--- the client (a separate process: lua5.4 scripts/soak.lua --client ...)
+-- the client (a separate process: lua5.4 tests/soak/soak.lua --client ...)
 -- ---------------------------------------------------------------------------
 
 -- Statuses that acknowledge a new key, by workflow (the run's stored response).
@@ -268,7 +268,7 @@ do
   while i <= #arg do
     local name = arg[i]:match("^%-%-(%a+)$")
     if not name or opts[name] == nil or arg[i + 1] == nil then
-      io.stderr:write("usage: lua5.4 scripts/soak.lua [--seconds N] [--kills K] [--build DIR] [--clients C]\n")
+      io.stderr:write("usage: lua5.4 tests/soak/soak.lua [--seconds N] [--kills K] [--build DIR] [--clients C]\n")
       os.exit(2)
     end
     opts[name] = name == "build" and arg[i + 1] or tonumber(arg[i + 1])
@@ -329,7 +329,8 @@ local DIRS = { scripts = TMP .. "/scripts", data = TMP .. "/data", logs = TMP ..
 for _, d in pairs(DIRS) do
   assert(os.execute("mkdir -p " .. q(d)))
 end
-assert(os.execute(("cp scripts/soak/*.lua %s/"):format(q(DIRS.scripts))), "cannot copy scripts/soak/*.lua")
+assert(os.execute(("cp tests/soak/workflows/*.lua %s/"):format(q(DIRS.scripts))),
+  "cannot copy tests/soak/workflows/*.lua")
 
 -- Starts `echo $$; exec timeout ... CMD >OUT 2>ERR`: returns the
 -- pipe (closing it waits for the process) and the pid of `timeout`.
@@ -445,8 +446,8 @@ local function start_clients(stop_file)
   for c = 1, CLIENTS do
     local out = ("%s/client-%d.jsonl"):format(DIRS.clients, c)
     local err = ("%s/client-%d.err"):format(DIRS.clients, c)
-    local cmd = ("timeout -s KILL %d lua5.4 scripts/soak.lua --client %s %d %s %s %d >/dev/null 2>%s & echo $!"):format(
-      LIMIT, q(srv.url), c, q(stop_file), q(out), math.random(1, 1 << 30), q(err))
+    local cmd = ("timeout -s KILL %d lua5.4 tests/soak/soak.lua --client %s %d %s %s %d >/dev/null 2>%s & echo $!")
+      :format(LIMIT, q(srv.url), c, q(stop_file), q(out), math.random(1, 1 << 30), q(err))
     local pid = tonumber(exec(cmd, 10):match("%d+"))
     clients[c] = { pid = pid, out = out, err = err }
   end
