@@ -9,8 +9,8 @@
  *
  * Why in C: kept in the Lua heap, ten thousand records were old objects
  * that only a major collection frees, and each major collection marked and
- * swept all of them at once; that was the serve benchmark's p99 (26 ms over
- * a 20 ms upstream, against 22 ms with 100 records kept).
+ * swept all of them at once: the serve benchmark's p99 (README, Benchmarks:
+ * "Why the collector is tuned").
  *
  * Invariant: every slot with an id is in exactly one bucket chain, the one
  * its id hashes to; slots are reused in insertion order.

@@ -263,7 +263,7 @@ static struct chorus_runtime *runtime_create(lua_State *L) {
      * A minor collection after the heap grows 40% rather than Lua's 20%:
      * a request's objects live as long as its upstream calls, and at 20%
      * many were promoted to old ones that only a major collection frees
-     * (serve benchmark without delay: 11.4k -> 12.0-12.7k req/s). */
+     * (README, Benchmarks: "Why the collector is tuned"). */
     lua_gc(L, LUA_GCGEN, 40, 0);
     *box = rt;
     lua_setfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY ".anchor");

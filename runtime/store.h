@@ -11,8 +11,8 @@
  *
  * Reads go through chorus_store_reader(): a read-only transaction of the
  * last committed state (LMDB readers never wait for the writer). A read does
- * not see writes still queued; the callers (lua/chorus/durable.lua) keep
- * in-flight state in memory for that reason.
+ * not see writes still queued; the callers (lua/chorus/runs.lua,
+ * idempotency.lua) keep in-flight state in memory for that reason.
  *
  * Every value is stored behind an 8-byte checksum (XXH3-64 of the value,
  * seeded with the XXH3-64 of its key, little-endian), so a flipped byte or a
