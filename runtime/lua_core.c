@@ -43,8 +43,17 @@ static size_t opt_size_field(lua_State *L, int idx, const char *name, size_t def
     return (size_t)v;
 }
 
-/* Reads opts at index 1: memory, instructions, io and id (a caller-chosen
- * run id, at most 36 characters, written to id when given). */
+/* Reads the limits in the table at idx (memory, instructions, cpu_ms) over
+ * those in limits. */
+static void read_limits(lua_State *L, int idx, struct chorus_limits *limits) {
+    limits->run_memory = opt_size_field(L, idx, "memory", limits->run_memory);
+    limits->run_instructions =
+        (long)opt_size_field(L, idx, "instructions", (size_t)limits->run_instructions);
+    limits->run_cpu_ms = (long)opt_size_field(L, idx, "cpu_ms", (size_t)limits->run_cpu_ms);
+}
+
+/* Reads opts at index 1: the limits, io and id (a caller-chosen run id, at
+ * most 36 characters, written to id when given). */
 static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus_limits *limits,
                           int *io, char id[37]) {
     *limits = rt->limits;
@@ -62,9 +71,7 @@ static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus
         memcpy(id, s, len + 1);
     }
     lua_pop(L, 1);
-    limits->run_memory = opt_size_field(L, 1, "memory", limits->run_memory);
-    limits->run_instructions =
-        (long)opt_size_field(L, 1, "instructions", (size_t)limits->run_instructions);
+    read_limits(L, 1, limits);
     lua_getfield(L, 1, "io");
     if (!lua_isnil(L, -1))
         *io = lua_toboolean(L, -1);
@@ -72,13 +79,15 @@ static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus
 }
 
 static void push_run_info(lua_State *L, struct chorus_run *run) {
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     lua_pushstring(L, run->id);
     lua_setfield(L, -2, "id");
     lua_pushinteger(L, run->instructions);
     lua_setfield(L, -2, "instructions");
     lua_pushinteger(L, (lua_Integer)run->mem);
     lua_setfield(L, -2, "memory");
+    lua_pushinteger(L, (lua_Integer)(run->cpu_ns / 1000000));
+    lua_setfield(L, -2, "cpu_ms");
     if (run->traceback) {
         lua_pushstring(L, run->traceback);
         lua_setfield(L, -2, "traceback");
@@ -387,9 +396,7 @@ static int core_write_log(lua_State *L) {
 static int core_set_limits(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    rt->limits.run_memory = opt_size_field(L, 1, "memory", rt->limits.run_memory);
-    rt->limits.run_instructions =
-        (long)opt_size_field(L, 1, "instructions", (size_t)rt->limits.run_instructions);
+    read_limits(L, 1, &rt->limits);
     return 0;
 }
 

@@ -160,20 +160,68 @@ describe("sandbox: table.sort", function()
 end)
 
 describe("sandbox: C work out of proportion to the instructions", function()
-  -- Left open (a design change): the budget counts VM instructions, and one
-  -- instruction may be a C call that works through megabytes (s:upper(),
-  -- s .. s, table.concat, a load reader handing back a 1 MB comment, json
-  -- of a big value). A loop of such calls under the default budget of 1e8
-  -- instructions holds the server's thread for minutes (3000 s:upper() of a
-  -- 1 MB string: 1.4 s of CPU for about 15,000 instructions). A fix would
-  -- charge CPU time as well, e.g. count the watchdog's CPU ticks a run
-  -- spends into its budget (watchdog.c, count_hook in scheduler.c).
-  pending("stops a run whose few instructions each do megabytes of C work, with kind budget", function()
-    local ok, err = run_script([[
-      local s = ("x"):rep(1e6)
-      for _ = 1, 1e5 do s:upper() end
-    ]])
+  -- One VM instruction may be a C call that works through megabytes
+  -- (s:upper() of a 1 MB string: about 15,000 instructions for 3000 of
+  -- them, over a second of CPU), so the instruction budget alone let a loop
+  -- of them hold the server's thread for minutes. The run's CPU time is
+  -- limited too (limits.run_cpu_seconds; cpu_ms here, small so the spec is
+  -- quick): the watchdog's ticks are charged to the run they land in.
+  local BURN = [[
+    local s = ("x"):rep(1e6)
+    for _ = 1, 1e5 do s:upper() end
+    return "finished"
+  ]]
+
+  it("stops a run whose few instructions each do megabytes of C work, with kind budget", function()
+    local ok, err, info = run_script(BURN, { instructions = 100000000, cpu_ms = 200 })
     assert.is_false(ok)
     assert.are.equal("budget", err.kind)
+    assert.are.equal("run exceeded its CPU time limit of 0.2 seconds (limits.run_cpu_seconds)", err.message)
+    assert.is_true(info.instructions < 1000000, "stopped long before its instruction budget")
+    assert.is_true(info.cpu_ms >= 200)
+  end)
+
+  it("cannot be caught: pcall, xpcall and a coroutine re-raise the stop", function()
+    for _, wrap in ipairs({
+      "local ok = pcall(burn) return ok and 'finished' or 'caught'",
+      "local ok = xpcall(burn, function(e) return e end) return ok and 'finished' or 'caught'",
+      "local ok = coroutine.resume(coroutine.create(burn)) return ok and 'finished' or 'caught'",
+      "local ok = pcall(burn) pcall(burn) return 'caught twice'",
+    }) do
+      local ok, err = run_script(([[
+        local function burn()
+          local s = ("x"):rep(1e6)
+          for _ = 1, 1e5 do s:lower() end
+        end
+        %s
+      ]]):format(wrap), { instructions = 100000000, cpu_ms = 200 })
+      assert.is_false(ok, wrap)
+      assert.are.equal("budget", err.kind, wrap)
+      assert.matches("limits.run_cpu_seconds", err.message, 1, true)
+    end
+  end)
+
+  it("names the instruction budget when that is what ran out", function()
+    local ok, err = run_script("while true do end", { instructions = 1000000, cpu_ms = 60000 })
+    assert.is_false(ok)
+    assert.are.equal("budget", err.kind)
+    assert.are.equal("run exceeded its instruction budget of 1000000 instructions (limits.run_instructions)",
+      err.message)
+  end)
+
+  it("takes the server's CPU limit unless the run has its own; 0 is none", function()
+    local SOME_CPU = [[
+      local s = ("x"):rep(1e6)
+      for _ = 1, 500 do s:upper() end -- a few hundred ms of CPU
+      return "finished"
+    ]]
+    core.set_limits({ cpu_ms = 100 })
+    finally(function() core.set_limits({ cpu_ms = 5000 }) end)
+    local ok, err = run_script(SOME_CPU, { instructions = 100000000 })
+    assert.is_false(ok)
+    assert.are.equal("run exceeded its CPU time limit of 0.1 seconds (limits.run_cpu_seconds)", err.message)
+    local ok2, value = run_script(SOME_CPU, { instructions = 100000000, cpu_ms = 0 })
+    assert.is_true(ok2, tostring(type(value) == "table" and value.message or value))
+    assert.are.equal("finished", value)
   end)
 end)
