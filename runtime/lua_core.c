@@ -15,6 +15,7 @@
 
 #include "lua_breaker.h"
 #include "lua_bulkhead.h"
+#include "lua_charged.h"
 #include "lua_crypto.h"
 #include "lua_record_ring.h"
 #include "lua_events.h"
@@ -359,20 +360,10 @@ static int core_killed(lua_State *L) {
 
 /* core.charge(n): counts n instructions' worth of work a C function does
  * for the current run (the sandbox's table.move, insert and remove, which
- * copy in one C call where the count hook never fires) against its budget,
- * and stops the run as the hook does when the budget is spent. Outside a
- * budgeted run it does nothing. */
+ * copy in one C call where the count hook never fires) against its budget:
+ * chorus_run_charge. */
 static int core_charge(lua_State *L) {
-    lua_Integer n = luaL_checkinteger(L, 1);
-    struct chorus_runtime *rt = rt_of(L);
-    struct chorus_run *run = rt->current ? rt->current->run : NULL;
-    if (!run || run->limits.run_instructions <= 0)
-        return 0;
-    long left = run->limits.run_instructions - run->instructions;
-    if (n > 0)
-        run->instructions += n > left ? (left > 0 ? left : 0) + 1 : (long)n;
-    if (run->killed != KILL_NONE || run->instructions > run->limits.run_instructions)
-        chorus_run_stop(L, run, KILL_BUDGET);
+    chorus_run_charge(L, luaL_checkinteger(L, 1));
     return 0;
 }
 
@@ -474,6 +465,7 @@ int luaopen_chorus_core(lua_State *L) {
     luaL_setfuncs(L, core_funcs, 1);
     chorus_lua_server_open(L);
     chorus_lua_pattern_open(L);
+    chorus_lua_charged_open(L); /* after: into the string methods it made */
     chorus_json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, CHORUS_VERSION);

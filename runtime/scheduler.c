@@ -426,6 +426,21 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
         lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
+void chorus_run_charge(lua_State *L, lua_Integer n) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    if (!run || run->limits.run_instructions <= 0)
+        return;
+    long left = run->limits.run_instructions - run->instructions;
+    if (n > 0)
+        run->instructions += n > left ? (left > 0 ? left : 0) + 1 : (long)n;
+    if (run->killed != KILL_NONE || run->instructions > run->limits.run_instructions)
+        chorus_run_stop(L, run, KILL_BUDGET);
+    if (run->limits.run_cpu_ms > 0 &&
+        run->cpu_ns + resume_cpu_ns(rt) > run->limits.run_cpu_ms * 1000000LL)
+        chorus_run_stop(L, run, KILL_CPU);
+}
+
 void chorus_run_stop(lua_State *L, struct chorus_run *run, enum chorus_kill why) {
     struct chorus_task *t = run->rt->current;
     if (run->killed == KILL_NONE)

@@ -149,6 +149,13 @@ int chorus_task_push_result(struct chorus_task *t, lua_State *L);
  * task coroutines, so these are counted from their start. */
 void chorus_budget_hook(lua_State *co);
 
+/* Charges n instructions' worth of work a C function does (core.charge, the
+ * charged string functions: lua_charged.h) to the running task's run when
+ * it has an instruction budget, and stops it as the count hook would
+ * (chorus_run_stop) when the budget is spent, when its CPU limit is passed
+ * or when a limit stopped it already. Elsewhere does nothing. */
+void chorus_run_charge(lua_State *L, lua_Integer n);
+
 /* Stops run for `why` as the count hook stops it, for limits enforced in C
  * outside the VM (the pattern matcher's steps, lua_pattern.h): the run is
  * marked killed (a reason it already has stays), L and the run's running

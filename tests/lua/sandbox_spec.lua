@@ -166,9 +166,10 @@ describe("sandbox: C work out of proportion to the instructions", function()
   -- of them hold the server's thread for minutes. The run's CPU time is
   -- limited too (limits.run_cpu_seconds; cpu_ms here, small so the spec is
   -- quick): the watchdog's ticks are charged to the run they land in.
+  -- copies of a megabyte: C work no function charges by the byte
   local BURN = [[
     local s = ("x"):rep(1e6)
-    for _ = 1, 1e5 do s:upper() end
+    for _ = 1, 1e5 do s = (s .. "y"):sub(2) end
     return "finished"
   ]]
 
@@ -191,7 +192,7 @@ describe("sandbox: C work out of proportion to the instructions", function()
       local ok, err = run_script(([[
         local function burn()
           local s = ("x"):rep(1e6)
-          for _ = 1, 1e5 do s:lower() end
+          for _ = 1, 1e5 do s = (s .. "y"):sub(2) end
         end
         %s
       ]]):format(wrap), { instructions = 100000000, cpu_ms = 200 })
@@ -212,7 +213,7 @@ describe("sandbox: C work out of proportion to the instructions", function()
   it("takes the server's CPU limit unless the run has its own; 0 is none", function()
     local SOME_CPU = [[
       local s = ("x"):rep(1e6)
-      for _ = 1, 500 do s:upper() end -- a few hundred ms of CPU
+      for _ = 1, 3000 do s = (s .. "y"):sub(2) end -- a few hundred ms of CPU
       return "finished"
     ]]
     core.set_limits({ cpu_ms = 100 })
@@ -223,5 +224,59 @@ describe("sandbox: C work out of proportion to the instructions", function()
     local ok2, value = run_script(SOME_CPU, { instructions = 100000000, cpu_ms = 0 })
     assert.is_true(ok2, tostring(type(value) == "table" and value.message or value))
     assert.are.equal("finished", value)
+  end)
+end)
+
+describe("sandbox: string functions charged by the bytes they handle", function()
+  -- 20 MB: 1.25 million instructions' worth at one per 16 bytes, so the
+  -- string itself fits in a budget of 2 million and one more pass does not
+  for name, call in pairs({
+    upper = "s:upper()", lower = "string.lower(s)", reverse = "s:reverse()", rep = "s:rep(2)",
+    rep_sep = "('x'):rep(2e7, 'y')", format = "string.format('%s', s)", concat = "table.concat({ s })",
+  }) do
+    it(("charges %s before the budget runs out, uncatchable"):format(name), function()
+      local ok, err, info = run_script(([[
+        local s = ("x"):rep(2e7)
+        pcall(function() return %s end)
+        return "finished"
+      ]]):format(call), { instructions = 2000000, cpu_ms = 0 })
+      assert.is_false(ok, name)
+      assert.are.equal("budget", err.kind, name)
+      assert.matches("limits.run_instructions", err.message, 1, true)
+      assert.is_true(info.instructions > 2000000, name)
+    end)
+  end
+
+  it("stops a loop of megabyte calls at the budget, without a CPU limit", function()
+    local ok, err, info = run_script([[
+      local s = ("x"):rep(1e6)
+      for _ = 1, 1e5 do s:upper() end
+      return "finished"
+    ]], { instructions = 10000000, cpu_ms = 0 })
+    assert.is_false(ok)
+    assert.are.equal("budget", err.kind)
+    assert.is_true(info.instructions > 10000000)
+  end)
+
+  it("returns and raises what the string library does", function()
+    local ok, value = run_script([[
+      local function err(f) return (select(2, pcall(f)):gsub("^script:%d+: ", "")) end
+      return {
+        string.upper("aBc1"), ("aBc1"):lower(), string.reverse("abc"), string.upper(12), ("ab"):rep(3, ","),
+        string.rep("ab", 0), string.rep("", 1e18), string.format("%s=%5.1f", "x", 2.25), table.concat({ 1, "b", 3 }, "-", 2),
+        err(function() return string.upper() end), err(function() return ("x"):rep(1.5) end),
+        err(function() return table.concat({ {} }) end), err(function() return string.format("%d", "x") end),
+        err(function() return string.rep("xx", math.maxinteger) end),
+      }
+    ]], { instructions = 1000000 })
+    assert.is_true(ok, tostring(type(value) == "table" and value.message or value))
+    assert.are.same({
+      "ABC1", "abc1", "cba", "12", "ab,ab,ab", "", "", "x=  2.2", "b-3",
+      "bad argument #1 to 'upper' (string expected, got no value)",
+      "bad argument #1 to 'rep' (number has no integer representation)", -- a method call: self is not counted
+      "invalid value (table) at index 1 in table for 'concat'",
+      "bad argument #2 to 'format' (number expected, got string)",
+      "resulting string too large",
+    }, value)
   end)
 end)
