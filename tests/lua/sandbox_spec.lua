@@ -160,16 +160,17 @@ describe("sandbox: table.sort", function()
 end)
 
 describe("sandbox: C work out of proportion to the instructions", function()
-  -- One VM instruction may be a C call that works through megabytes
-  -- (s:upper() of a 1 MB string: about 15,000 instructions for 3000 of
-  -- them, over a second of CPU), so the instruction budget alone let a loop
-  -- of them hold the server's thread for minutes. The run's CPU time is
+  -- One VM instruction may be C work through megabytes (s:upper() of a
+  -- 1 MB string: about 15,000 instructions for 3000 of them, over a second
+  -- of CPU; a == b of two long strings), so the instruction budget alone let
+  -- a loop of them hold the server's thread for minutes. The run's CPU time is
   -- limited too (limits.run_cpu_seconds; cpu_ms here, small so the spec is
   -- quick): the watchdog's ticks are charged to the run they land in.
-  -- copies of a megabyte: C work no function charges by the byte
+  -- comparing two equal strings of a megabyte: one instruction, a memcmp
+  -- of the whole string, nothing allocated and nothing charged by the byte
   local BURN = [[
-    local s = ("x"):rep(1e6)
-    for _ = 1, 1e5 do s = (s .. "y"):sub(2) end
+    local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+    for _ = 1, 1e7 do if a == b then same = same + 1 end end
     return "finished"
   ]]
 
@@ -191,8 +192,8 @@ describe("sandbox: C work out of proportion to the instructions", function()
     }) do
       local ok, err = run_script(([[
         local function burn()
-          local s = ("x"):rep(1e6)
-          for _ = 1, 1e5 do s = (s .. "y"):sub(2) end
+          local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+          for _ = 1, 1e7 do if a == b then same = same + 1 end end
         end
         %s
       ]]):format(wrap), { instructions = 100000000, cpu_ms = 200 })
@@ -212,8 +213,8 @@ describe("sandbox: C work out of proportion to the instructions", function()
 
   it("takes the server's CPU limit unless the run has its own; 0 is none", function()
     local SOME_CPU = [[
-      local s = ("x"):rep(1e6)
-      for _ = 1, 3000 do s = (s .. "y"):sub(2) end -- a few hundred ms of CPU
+      local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+      for _ = 1, 10000 do if a == b then same = same + 1 end end -- a few hundred ms of CPU
       return "finished"
     ]]
     core.set_limits({ cpu_ms = 100 })
@@ -246,6 +247,18 @@ describe("sandbox: string functions charged by the bytes they handle", function(
       assert.is_true(info.instructions > 2000000, name)
     end)
   end
+
+  it("stops json.encode of one table repeated to terabytes at the memory cap", function()
+    local ok, err = run_script([[
+      local json = require("chorus").json
+      local t = { "leaf" }
+      for _ = 1, 40 do t = { t, t } end -- 2^40 leaves, a few tables
+      pcall(json.encode, t)
+      return "finished"
+    ]], { instructions = 100000000, memory = 4 << 20, cpu_ms = 0 })
+    assert.is_false(ok)
+    assert.are.equal("memory", err.kind)
+  end)
 
   it("stops a loop of megabyte calls at the budget, without a CPU limit", function()
     local ok, err, info = run_script([[
