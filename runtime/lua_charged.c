@@ -9,9 +9,7 @@
 
 #include <lauxlib.h>
 
-static int call_standard(lua_State *L) {
-    return lua_tocfunction(L, lua_upvalueindex(1))(L);
-}
+static int call_standard(lua_State *L) { return lua_tocfunction(L, lua_upvalueindex(1))(L); }
 
 static void charge_bytes(lua_State *L, size_t bytes) {
     chorus_run_charge(L, (lua_Integer)(bytes / CHORUS_CHARGE_BYTES));

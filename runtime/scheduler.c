@@ -343,7 +343,8 @@ static void task_resume(struct chorus_task *t) {
         chorus_watchdog_enter(t->co, count_hook);
     if (run->hooked && !lua_gethookmask(t->co))
         lua_sethook(t->co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    rt->resume_started = !rt->watchdog_on && run->limits.run_cpu_ms > 0 ? chorus_runtime_now(NULL) : 0;
+    rt->resume_started =
+        !rt->watchdog_on && run->limits.run_cpu_ms > 0 ? chorus_runtime_now(NULL) : 0;
     int status = lua_resume(t->co, rt->L, nargs, &nres);
     if (watched) {
         int ticks = chorus_watchdog_leave();

@@ -276,7 +276,8 @@ describe("sandbox: string functions charged by the bytes they handle", function(
       local function err(f) return (select(2, pcall(f)):gsub("^script:%d+: ", "")) end
       return {
         string.upper("aBc1"), ("aBc1"):lower(), string.reverse("abc"), string.upper(12), ("ab"):rep(3, ","),
-        string.rep("ab", 0), string.rep("", 1e18), string.format("%s=%5.1f", "x", 2.25), table.concat({ 1, "b", 3 }, "-", 2),
+        string.rep("ab", 0), string.rep("", 1e18), string.format("%s=%5.1f", "x", 2.25),
+        table.concat({ 1, "b", 3 }, "-", 2),
         err(function() return string.upper() end), err(function() return ("x"):rep(1.5) end),
         err(function() return table.concat({ {} }) end), err(function() return string.format("%d", "x") end),
         err(function() return string.rep("xx", math.maxinteger) end),
