@@ -407,10 +407,13 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     struct chorus_runtime *rt = chorus_runtime_of(L);
     struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
-    if (!run)
-        return;
     /* HOOK_EVERY instructions ran, or 1 after a watchdog tick or a kill */
     int every = lua_gethookcount(L);
+    if (!run) {
+        if (every != HOOK_EVERY) /* not left on every instruction */
+            lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+        return;
+    }
     run->instructions += every;
     if (run->killed == KILL_NONE && run->limits.run_instructions > 0 &&
         run->instructions > run->limits.run_instructions)
