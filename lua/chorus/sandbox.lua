@@ -20,7 +20,7 @@
 --   * coroutine.resume and coroutine.close take only coroutines the script
 --     made: a task's own coroutine is parked in C and must be woken by C.
 --   * pcall, xpcall and coroutine.resume re-raise the error of a run the
---     runtime has stopped (instruction budget, memory cap) or a control
+--     runtime has stopped (instruction budget, CPU time, memory cap) or a control
 --     error ended (crash, nondeterminism, deadline: chorus.runstate), so a
 --     script cannot catch its way past a limit or a stop.
 --   * After the script's top level has run, its globals are sealed: reading
