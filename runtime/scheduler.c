@@ -5,6 +5,7 @@
  * running. Everything else (I/O callbacks, cancellations) only queues.
  */
 #include "scheduler.h"
+#include "clock.h"
 #include "watchdog.h"
 
 #include <errno.h>
@@ -33,7 +34,7 @@ static long long resume_cpu_ns(const struct chorus_runtime *rt) {
     if (rt->watchdog_on)
         return (long long)chorus_watchdog_ticks() * TICK_NS;
     if (rt->resume_started > 0)
-        return (long long)((chorus_runtime_now(NULL) - rt->resume_started) * 1e9);
+        return (long long)((chorus_clock_monotonic() - rt->resume_started) * 1e9);
     return 0;
 }
 
@@ -344,7 +345,7 @@ static void task_resume(struct chorus_task *t) {
     if (run->hooked && !lua_gethookmask(t->co))
         lua_sethook(t->co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     rt->resume_started =
-        !rt->watchdog_on && run->limits.run_cpu_ms > 0 ? chorus_runtime_now(NULL) : 0;
+        !rt->watchdog_on && run->limits.run_cpu_ms > 0 ? chorus_clock_monotonic() : 0;
     int status = lua_resume(t->co, rt->L, nargs, &nres);
     if (watched) {
         int ticks = chorus_watchdog_leave();
@@ -352,7 +353,7 @@ static void task_resume(struct chorus_task *t) {
             run->hooked = 1;
         run->cpu_ns += (long long)ticks * TICK_NS;
     } else if (rt->resume_started > 0) {
-        run->cpu_ns += (long long)((chorus_runtime_now(NULL) - rt->resume_started) * 1e9);
+        run->cpu_ns += (long long)((chorus_clock_monotonic() - rt->resume_started) * 1e9);
     }
     rt->resume_started = 0;
     rt->current = NULL;
