@@ -11,8 +11,11 @@
 
 static int call_standard(lua_State *L) { return lua_tocfunction(L, lua_upvalueindex(1))(L); }
 
+/* Under 16 bytes there is nothing to charge: the short strings the server's
+ * own code handles most (header names, log fields) skip the run lookup. */
 static void charge_bytes(lua_State *L, size_t bytes) {
-    chorus_run_charge(L, (lua_Integer)(bytes / CHORUS_CHARGE_BYTES));
+    if (bytes >= CHORUS_CHARGE_BYTES)
+        chorus_run_charge(L, (lua_Integer)(bytes / CHORUS_CHARGE_BYTES));
 }
 
 /* string.upper, lower, reverse: the bytes of the string (a number argument
