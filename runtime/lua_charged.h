@@ -2,8 +2,8 @@
  * whole string, charged to the run's instruction budget.
  *
  * Why: the budget's count hook fires between VM instructions, and one
- * instruction may be a C call through megabytes (s:upper() of 32 MB is a
- * quarter of a second of CPU). The run's CPU limit (scheduler.h) stops a
+ * instruction may be a C call through megabytes (s:upper() of a string of
+ * tens of them). The run's CPU limit (scheduler.h) stops a
  * loop of such calls, but only by sampling the CPU clock and only after the
  * C call returns; these functions are charged by the bytes they handle, in
  * instructions, before they do the work, so the budget (the same on every

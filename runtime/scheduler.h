@@ -73,9 +73,9 @@ struct chorus_run {
 };
 
 /* The CPU limit (limits.run_cpu_ms). The instruction budget alone let a
- * loop of big C calls (s:upper() of a megabyte, table.concat, json.encode:
- * a VM instruction each, a millisecond of CPU each) hold the loop thread
- * for minutes within its budget. So a run with a CPU limit is charged the
+ * loop of big C calls (s:upper() of a megabyte, a == b of two long strings,
+ * s .. s: a VM instruction each, and far more CPU than one) hold the loop
+ * thread for minutes within its budget. So a run with a CPU limit is charged the
  * watchdog's ticks that land while its tasks are resumed (watchdog.h), and
  * the count hook, which the first such tick arms, stops it once they pass
  * the limit: after the C call that is running returns, with kind "budget".

@@ -14,7 +14,7 @@
  * The same ticks measure CPU time: each one that lands between enter and
  * leave is CHORUS_WATCHDOG_TICK_MS of CPU the resumed run spent (its Lua
  * code and the C functions it called: one s:upper() of a megabyte is one
- * VM instruction but a millisecond of CPU). A tick is a sample, not a
+ * VM instruction, and far more CPU than one). A tick is a sample, not a
  * stopwatch: a run that spends 5 ms is charged 10 ms half the time and
  * nothing otherwise, which averages out over the seconds a CPU limit is
  * about, and reading the thread's CPU clock on every resume instead was a
