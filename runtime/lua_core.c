@@ -15,6 +15,7 @@
 
 #include "lua_breaker.h"
 #include "lua_bulkhead.h"
+#include "lua_charged.h"
 #include "lua_crypto.h"
 #include "lua_record_ring.h"
 #include "lua_events.h"
@@ -43,8 +44,17 @@ static size_t opt_size_field(lua_State *L, int idx, const char *name, size_t def
     return (size_t)v;
 }
 
-/* Reads opts at index 1: memory, instructions, io and id (a caller-chosen
- * run id, at most 36 characters, written to id when given). */
+/* Reads the limits in the table at idx (memory, instructions, cpu_ms) over
+ * those in limits. */
+static void read_limits(lua_State *L, int idx, struct chorus_limits *limits) {
+    limits->run_memory = opt_size_field(L, idx, "memory", limits->run_memory);
+    limits->run_instructions =
+        (long)opt_size_field(L, idx, "instructions", (size_t)limits->run_instructions);
+    limits->run_cpu_ms = (long)opt_size_field(L, idx, "cpu_ms", (size_t)limits->run_cpu_ms);
+}
+
+/* Reads opts at index 1: the limits, io and id (a caller-chosen run id, at
+ * most 36 characters, written to id when given). */
 static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus_limits *limits,
                           int *io, char id[37]) {
     *limits = rt->limits;
@@ -62,9 +72,7 @@ static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus
         memcpy(id, s, len + 1);
     }
     lua_pop(L, 1);
-    limits->run_memory = opt_size_field(L, 1, "memory", limits->run_memory);
-    limits->run_instructions =
-        (long)opt_size_field(L, 1, "instructions", (size_t)limits->run_instructions);
+    read_limits(L, 1, limits);
     lua_getfield(L, 1, "io");
     if (!lua_isnil(L, -1))
         *io = lua_toboolean(L, -1);
@@ -72,13 +80,15 @@ static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus
 }
 
 static void push_run_info(lua_State *L, struct chorus_run *run) {
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     lua_pushstring(L, run->id);
     lua_setfield(L, -2, "id");
     lua_pushinteger(L, run->instructions);
     lua_setfield(L, -2, "instructions");
     lua_pushinteger(L, (lua_Integer)run->mem);
     lua_setfield(L, -2, "memory");
+    lua_pushinteger(L, (lua_Integer)(run->cpu_ns / 1000000));
+    lua_setfield(L, -2, "cpu_ms");
     if (run->traceback) {
         lua_pushstring(L, run->traceback);
         lua_setfield(L, -2, "traceback");
@@ -350,20 +360,10 @@ static int core_killed(lua_State *L) {
 
 /* core.charge(n): counts n instructions' worth of work a C function does
  * for the current run (the sandbox's table.move, insert and remove, which
- * copy in one C call where the count hook never fires) against its budget,
- * and stops the run as the hook does when the budget is spent. Outside a
- * budgeted run it does nothing. */
+ * copy in one C call where the count hook never fires) against its budget:
+ * chorus_run_charge. */
 static int core_charge(lua_State *L) {
-    lua_Integer n = luaL_checkinteger(L, 1);
-    struct chorus_runtime *rt = rt_of(L);
-    struct chorus_run *run = rt->current ? rt->current->run : NULL;
-    if (!run || run->limits.run_instructions <= 0)
-        return 0;
-    long left = run->limits.run_instructions - run->instructions;
-    if (n > 0)
-        run->instructions += n > left ? (left > 0 ? left : 0) + 1 : (long)n;
-    if (run->killed != KILL_NONE || run->instructions > run->limits.run_instructions)
-        chorus_run_stop(L, run, KILL_BUDGET);
+    chorus_run_charge(L, luaL_checkinteger(L, 1));
     return 0;
 }
 
@@ -387,9 +387,7 @@ static int core_write_log(lua_State *L) {
 static int core_set_limits(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    rt->limits.run_memory = opt_size_field(L, 1, "memory", rt->limits.run_memory);
-    rt->limits.run_instructions =
-        (long)opt_size_field(L, 1, "instructions", (size_t)rt->limits.run_instructions);
+    read_limits(L, 1, &rt->limits);
     return 0;
 }
 
@@ -467,6 +465,7 @@ int luaopen_chorus_core(lua_State *L) {
     luaL_setfuncs(L, core_funcs, 1);
     chorus_lua_server_open(L);
     chorus_lua_pattern_open(L);
+    chorus_lua_charged_open(L); /* after: into the string methods it made */
     chorus_json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, CHORUS_VERSION);

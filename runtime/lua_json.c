@@ -23,6 +23,8 @@
  *      of which holds a quote, digit or '-') finds each one's literal.
  */
 #include "lua_json.h"
+#include "lua_charged.h"
+#include "scheduler.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -677,6 +679,21 @@ struct enc {
 
 enum table_kind { KIND_OBJECT, KIND_ARRAY };
 
+/* The buffer is outside the Lua heap, yet what it holds becomes a string
+ * of the run: as it grows it counts against the run's memory cap (a table
+ * that holds one table twice, forty levels deep, encoded to terabytes in
+ * one C call, past the cap and any hook) and its bytes are charged to the
+ * run's budget as the charged string functions' are (lua_charged.h). */
+static void enc_charge(lua_State *L, size_t grow, size_t cap) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    if (!run)
+        return;
+    if (run->limits.run_memory && run->mem + cap > run->limits.run_memory)
+        chorus_run_stop(L, run, KILL_MEMORY);
+    chorus_run_charge(L, (lua_Integer)(grow / CHORUS_CHARGE_BYTES));
+}
+
 /* Room for n more bytes; raises when memory runs out (the buffer stays
  * owned by the caller of the pcall, which frees it). */
 static char *enc_reserve(lua_State *L, struct enc *e, size_t n) {
@@ -684,6 +701,7 @@ static char *enc_reserve(lua_State *L, struct enc *e, size_t n) {
         size_t cap = e->cap ? e->cap : 256;
         while (cap - e->len < n)
             cap *= 2;
+        enc_charge(L, cap - e->cap, cap);
         char *p = realloc(e->buf, cap);
         if (p == NULL)
             luaL_error(L, "not enough memory");

@@ -183,6 +183,7 @@ static void on_request(struct chorus_exchange *ex, const struct chorus_request *
      * runs as a run of its own, under the configured limits). */
     struct chorus_limits limits = rt->limits;
     limits.run_instructions = 0;
+    limits.run_cpu_ms = 0;
     if (!chorus_run_start(rt, L, 1, &limits, 1, on_run_done, ex)) {
         lua_pop(L, 2);
         static const char *const h[] = {"Content-Type", "application/problem+json"};

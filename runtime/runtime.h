@@ -25,11 +25,16 @@ struct chorus_vtimer;
 struct chorus_limits {
     size_t run_memory;     /* bytes a run may grow the Lua heap by */
     long run_instructions; /* Lua VM instructions per run */
+    long run_cpu_ms;       /* CPU time per run, in milliseconds (scheduler.h) */
 };
 
-/* Defaults a newcomer gets: generous for real workflows, fatal for runaways. */
+/* Defaults a newcomer gets: generous for real workflows, fatal for runaways.
+ * The CPU limit is several times what the instruction budget takes in plain
+ * Lua, so it stops only runs whose C calls (s:upper() of a megabyte, one
+ * instruction) do far more work than their instructions. */
 #define CHORUS_DEFAULT_RUN_MEMORY ((size_t)64 << 20)
 #define CHORUS_DEFAULT_RUN_INSTRUCTIONS 100000000L
+#define CHORUS_DEFAULT_RUN_CPU_MS 5000L
 
 /* Small-block cache of the Lua allocator: glibc's chunk sizes up to 1 KiB. */
 #define CHORUS_ALLOC_CLASSES 64
@@ -67,6 +72,9 @@ struct chorus_runtime {
     int cache_on;
     timer_t watchdog; /* arms the budget hook (watchdog.h) */
     int watchdog_on;  /* 0: every budgeted task keeps the hook instead */
+    /* Without the watchdog: when the task being resumed started, for the
+     * CPU limit (scheduler.c); 0 when its run has none. */
+    double resume_started;
     void *cache[CHORUS_ALLOC_CLASSES + 1];
     size_t cached_bytes;
     /* Finished task coroutines kept for the next tasks (scheduler.c), each

@@ -5,6 +5,7 @@
  * running. Everything else (I/O callbacks, cancellations) only queues.
  */
 #include "scheduler.h"
+#include "clock.h"
 #include "watchdog.h"
 
 #include <errno.h>
@@ -17,9 +18,25 @@
 #include <unistd.h>
 
 #define HOOK_EVERY 1000
+#define TICK_NS (CHORUS_WATCHDOG_TICK_MS * 1000000LL)
 
 static void task_resume(struct chorus_task *t);
 static void count_hook(lua_State *L, lua_Debug *ar);
+
+/* Limits the count hook enforces: a run with neither runs unhooked. */
+static int budgeted(const struct chorus_limits *limits) {
+    return limits->run_instructions > 0 || limits->run_cpu_ms > 0;
+}
+
+/* CPU time the resume going on has spent so far (scheduler.h): its ticks,
+ * or its time without the watchdog. */
+static long long resume_cpu_ns(const struct chorus_runtime *rt) {
+    if (rt->watchdog_on)
+        return (long long)chorus_watchdog_ticks() * TICK_NS;
+    if (rt->resume_started > 0)
+        return (long long)((chorus_clock_monotonic() - rt->resume_started) * 1e9);
+    return 0;
+}
 
 /* ---- ready queue ----------------------------------------------------------
  *
@@ -186,8 +203,14 @@ int chorus_run_push_result(struct chorus_run *run, lua_State *L) {
 static const char *kill_message(struct chorus_run *run, char *buf, size_t len) {
     switch (run->killed) {
     case KILL_BUDGET:
-        snprintf(buf, len, "run exceeded its instruction budget of %ld instructions",
+        snprintf(buf, len,
+                 "run exceeded its instruction budget of %ld instructions "
+                 "(limits.run_instructions)",
                  run->limits.run_instructions);
+        return "budget";
+    case KILL_CPU:
+        snprintf(buf, len, "run exceeded its CPU time limit of %g seconds (limits.run_cpu_seconds)",
+                 (double)run->limits.run_cpu_ms / 1000);
         return "budget";
     case KILL_MEMORY:
         snprintf(buf, len, "run exceeded its memory cap of %zu MiB", run->limits.run_memory >> 20);
@@ -315,15 +338,24 @@ static void task_resume(struct chorus_task *t) {
         lua_sethook(t->co, count_hook, LUA_MASKCOUNT, 1);
     /* A budgeted run is counted from the first watchdog tick that lands in
      * it, in every task and every resume after (a loop that yields is
-     * counted too). */
-    int watched = rt->watchdog_on && run->limits.run_instructions > 0 && !run->hooked;
+     * counted too); every tick is charged to its CPU time. */
+    int watched = rt->watchdog_on && budgeted(&run->limits);
     if (watched)
-        chorus_watchdog_enter(t->co, count_hook, HOOK_EVERY);
-    else if (run->hooked && !lua_gethookmask(t->co))
+        chorus_watchdog_enter(t->co, count_hook);
+    if (run->hooked && !lua_gethookmask(t->co))
         lua_sethook(t->co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    rt->resume_started =
+        !rt->watchdog_on && run->limits.run_cpu_ms > 0 ? chorus_clock_monotonic() : 0;
     int status = lua_resume(t->co, rt->L, nargs, &nres);
-    if (watched && chorus_watchdog_leave(t->co))
-        run->hooked = 1;
+    if (watched) {
+        int ticks = chorus_watchdog_leave();
+        if (ticks > 0)
+            run->hooked = 1;
+        run->cpu_ns += (long long)ticks * TICK_NS;
+    } else if (rt->resume_started > 0) {
+        run->cpu_ns += (long long)((chorus_clock_monotonic() - rt->resume_started) * 1e9);
+    }
+    rt->resume_started = 0;
     rt->current = NULL;
     if (status == LUA_YIELD) {
         lua_pop(t->co, nres);
@@ -376,17 +408,42 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     struct chorus_runtime *rt = chorus_runtime_of(L);
     struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
-    if (!run)
+    /* HOOK_EVERY instructions ran, or 1 after a watchdog tick or a kill */
+    int every = lua_gethookcount(L);
+    if (!run) {
+        if (every != HOOK_EVERY) /* not left on every instruction */
+            lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
         return;
-    run->instructions += HOOK_EVERY;
-    if (run->limits.run_instructions > 0 && run->instructions > run->limits.run_instructions &&
-        run->killed == KILL_NONE)
+    }
+    run->instructions += every;
+    if (run->killed == KILL_NONE && run->limits.run_instructions > 0 &&
+        run->instructions > run->limits.run_instructions)
         run->killed = KILL_BUDGET;
+    if (run->killed == KILL_NONE && run->limits.run_cpu_ms > 0 &&
+        run->cpu_ns + resume_cpu_ns(rt) > run->limits.run_cpu_ms * 1000000LL)
+        run->killed = KILL_CPU;
     if (run->killed != KILL_NONE) {
         char msg[160];
         kill_message(run, msg, sizeof msg);
         luaL_error(L, "%s", msg);
     }
+    if (every != HOOK_EVERY)
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+void chorus_run_charge(lua_State *L, lua_Integer n) {
+    struct chorus_runtime *rt = chorus_runtime_of(L);
+    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    if (!run || run->limits.run_instructions <= 0)
+        return;
+    long left = run->limits.run_instructions - run->instructions;
+    if (n > 0)
+        run->instructions += n > left ? (left > 0 ? left : 0) + 1 : (long)n;
+    if (run->killed != KILL_NONE || run->instructions > run->limits.run_instructions)
+        chorus_run_stop(L, run, KILL_BUDGET);
+    if (run->limits.run_cpu_ms > 0 &&
+        run->cpu_ns + resume_cpu_ns(rt) > run->limits.run_cpu_ms * 1000000LL)
+        chorus_run_stop(L, run, KILL_CPU);
 }
 
 void chorus_run_stop(lua_State *L, struct chorus_run *run, enum chorus_kill why) {
@@ -407,14 +464,14 @@ void chorus_run_stop(lua_State *L, struct chorus_run *run, enum chorus_kill why)
  * without a budget; budgeted tasks get the hook from the watchdog when they
  * run long (watchdog.h), or from the start when there is no watchdog. */
 static void sched_hook(struct chorus_run *run, lua_State *co) {
-    if (run->limits.run_instructions > 0 && !run->rt->watchdog_on)
+    if (budgeted(&run->limits) && !run->rt->watchdog_on)
         lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
 void chorus_budget_hook(lua_State *co) {
     struct chorus_runtime *rt = chorus_runtime_of(co);
     struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
-    if (run && run->limits.run_instructions > 0)
+    if (run && budgeted(&run->limits))
         lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 

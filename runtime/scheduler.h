@@ -21,8 +21,10 @@
 
 enum chorus_task_state { TASK_READY, TASK_RUNNING, TASK_PARKED, TASK_DONE };
 
-/* Why a run was stopped by the runtime rather than by its own code. */
-enum chorus_kill { KILL_NONE, KILL_BUDGET, KILL_MEMORY, KILL_DEADLINE };
+/* Why a run was stopped by the runtime rather than by its own code.
+ * KILL_BUDGET is the instruction budget, KILL_CPU the CPU limit: both are
+ * kind "budget" to the run, with a message naming the limit. */
+enum chorus_kill { KILL_NONE, KILL_BUDGET, KILL_CPU, KILL_MEMORY, KILL_DEADLINE };
 
 typedef void (*chorus_cancel_fn)(void *data);
 
@@ -58,7 +60,8 @@ struct chorus_run {
     int allow_io; /* 0 while a script's top level runs */
     size_t mem;   /* heap growth charged to this run */
     long instructions;
-    int hooked; /* the watchdog caught it running: counted from then on */
+    long long cpu_ns; /* CPU time charged to this run (see below) */
+    int hooked;       /* the watchdog caught it running: counted from then on */
     enum chorus_kill killed;
     struct chorus_limits limits;
     uint64_t deadline_ms; /* loop time; 0: none */
@@ -68,6 +71,20 @@ struct chorus_run {
     chorus_run_done_fn on_done;
     void *on_done_data;
 };
+
+/* The CPU limit (limits.run_cpu_ms). The instruction budget alone let a
+ * loop of big C calls (s:upper() of a megabyte, a == b of two long strings,
+ * s .. s: a VM instruction each, and far more CPU than one) hold the loop
+ * thread for minutes within its budget. So a run with a CPU limit is charged the
+ * watchdog's ticks that land while its tasks are resumed (watchdog.h), and
+ * the count hook, which the first such tick arms, stops it once they pass
+ * the limit: after the C call that is running returns, with kind "budget".
+ * One C call cannot be stopped halfway: the sandbox and the C bindings
+ * charge their big ones to the instruction budget up front instead
+ * (core.charge, lua_charged.c). Without the watchdog, a resume's time on
+ * the monotonic clock is charged (no tick to sample with; reading the
+ * thread's CPU clock in the hook was a system call every 1000
+ * instructions). */
 
 /* Starts a run whose first task calls the function at stack index -(nargs+1)
  * of L with the nargs values above it (all popped). Returns the run, or NULL
@@ -131,6 +148,13 @@ int chorus_task_push_result(struct chorus_task *t, lua_State *L);
  * hook when the run has an instruction budget: the watchdog only watches
  * task coroutines, so these are counted from their start. */
 void chorus_budget_hook(lua_State *co);
+
+/* Charges n instructions' worth of work a C function does (core.charge, the
+ * charged string functions: lua_charged.h) to the running task's run when
+ * it has an instruction budget, and stops it as the count hook would
+ * (chorus_run_stop) when the budget is spent, when its CPU limit is passed
+ * or when a limit stopped it already. Elsewhere does nothing. */
+void chorus_run_charge(lua_State *L, lua_Integer n);
 
 /* Stops run for `why` as the count hook stops it, for limits enforced in C
  * outside the VM (the pattern matcher's steps, lua_pattern.h): the run is

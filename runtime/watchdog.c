@@ -3,7 +3,8 @@
  * Invariant: target is non-NULL only between chorus_watchdog_enter and
  * chorus_watchdog_leave, on the loop thread, which is the only thread the
  * timer signals (SIGEV_THREAD_ID). The handler touches nothing but target's
- * hook fields, as Lua's own interpreter does from its SIGINT handler.
+ * hook fields, as Lua's own interpreter does from its SIGINT handler, and
+ * the tick count (a sig_atomic_t only the loop thread reads and writes).
  * target is one per process: chorus runs its runtimes on one thread (a
  * process with runtimes on several threads would need it per runtime). */
 #include "watchdog.h"
@@ -14,13 +15,15 @@
 
 static lua_State *volatile target;
 static lua_Hook volatile target_hook;
-static volatile int target_every;
+static volatile sig_atomic_t target_ticks;
 
 static void on_tick(int sig) {
     (void)sig;
     lua_State *co = target;
-    if (co)
-        lua_sethook(co, target_hook, LUA_MASKCOUNT, target_every);
+    if (!co)
+        return;
+    target_ticks++;
+    lua_sethook(co, target_hook, LUA_MASKCOUNT, 1);
 }
 
 static int running; /* watchdogs started and not stopped */
@@ -69,13 +72,15 @@ void chorus_watchdog_stop(timer_t timer) {
         set_action(SIG_IGN);
 }
 
-void chorus_watchdog_enter(lua_State *co, lua_Hook hook, int every) {
+void chorus_watchdog_enter(lua_State *co, lua_Hook hook) {
     target_hook = hook;
-    target_every = every;
+    target_ticks = 0;
     target = co;
 }
 
-int chorus_watchdog_leave(lua_State *co) {
+int chorus_watchdog_leave(void) {
     target = NULL;
-    return lua_gethookmask(co) != 0;
+    return (int)target_ticks;
 }
+
+int chorus_watchdog_ticks(void) { return (int)target_ticks; }

@@ -3,7 +3,8 @@
 --   return {
 --     listen = "127.0.0.1:8080", scripts = "./examples", data = "./.chorus-data",
 --     admin_token = chorus.secret("CHORUS_ADMIN_TOKEN"),
---     limits = { run_memory_mb = 64, run_instructions = 1e8, max_body_bytes = 1048576,
+--     limits = { run_memory_mb = 64, run_instructions = 1e8, run_cpu_seconds = 5,
+--                max_body_bytes = 1048576,
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
@@ -47,10 +48,15 @@ config.RUN_MEMORY_FLOOR_MB = 1
 -- The smallest run_instructions (besides 0, no budget): a trivial request
 -- takes a few thousand.
 config.RUN_INSTRUCTIONS_FLOOR = 100000
+-- The smallest run_cpu_seconds (besides 0, no limit): the CPU is charged in
+-- the watchdog's ticks of 10 ms, so a short run may be charged a whole tick;
+-- ten of them leave room for that.
+config.RUN_CPU_FLOOR_SECONDS = 0.1
 
 local LIMITS = {
   run_memory_mb = { min = config.RUN_MEMORY_FLOOR_MB, max = 1 << 20, off = true },
   run_instructions = { int = true, min = config.RUN_INSTRUCTIONS_FLOOR, max = 1e15, off = true },
+  run_cpu_seconds = { min = config.RUN_CPU_FLOOR_SECONDS, max = 1e6, off = true },
   max_body_bytes = { int = true, min = 1, max = GiB },
   max_header_bytes = { int = true, min = 4096, max = 1 << 20 },
   max_connections = { int = true, min = 1, max = 1000000 },
@@ -286,6 +292,7 @@ function config.apply(conf)
   core.set_limits({
     memory = limits.run_memory_mb and math.floor(limits.run_memory_mb * 1024 * 1024) or nil,
     instructions = limits.run_instructions and math.floor(limits.run_instructions) or nil,
+    cpu_ms = limits.run_cpu_seconds and math.floor(limits.run_cpu_seconds * 1000) or nil,
   })
   require("chorus.http").configure(conf.upstreams)
   core.egress({ allow = (conf.egress or {}).allow })

@@ -18,7 +18,7 @@
 --   workflow   function(name) → entry, for outbox workflow entries
 --   respond    function(rec, ok, value) → the HTTP response a run's
 --              idempotency key stores (the server's)
---   limits     { instructions =, memory = } for each run (nil: the defaults)
+--   limits     { instructions =, cpu_ms =, memory = } for each run (nil: the defaults)
 --   crash_after  chorus.testing: the process "dies" after that many effects
 --   on_state   function(rec, state) when a run's state is made (testing)
 --   unknown_upstream_hint  function(name) → how to declare that upstream
@@ -288,8 +288,8 @@ function Service:execute(entry, rec, input, recorded)
     opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after }
   end
   local limits = env.limits or {}
-  local ok, value, info = core.execute({ id = rec.id, instructions = limits.instructions, memory = limits.memory },
-    runner.execute, entry.workflow, input, opts)
+  local ok, value, info = core.execute({ id = rec.id, instructions = limits.instructions, cpu_ms = limits.cpu_ms,
+    memory = limits.memory }, runner.execute, entry.workflow, input, opts)
   self.inflight = self.inflight - 1
   if crashed(ok, value) then
     self.running[rec.id] = nil

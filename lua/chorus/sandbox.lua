@@ -20,7 +20,7 @@
 --   * coroutine.resume and coroutine.close take only coroutines the script
 --     made: a task's own coroutine is parked in C and must be woken by C.
 --   * pcall, xpcall and coroutine.resume re-raise the error of a run the
---     runtime has stopped (instruction budget, memory cap) or a control
+--     runtime has stopped (instruction budget, CPU time, memory cap) or a control
 --     error ended (crash, nondeterminism, deadline: chorus.runstate), so a
 --     script cannot catch its way past a limit or a stop.
 --   * After the script's top level has run, its globals are sealed: reading
@@ -150,11 +150,12 @@ end
 -- and charge every element to the run's instruction budget; what they do
 -- (the order of the reads and writes, the results, the errors) is the C
 -- functions'. string.rep of an empty string and separator looped n times
--- too, writing nothing: its result is "" at once.
+-- too, writing nothing: the charged rep (core.charged, runtime/lua_charged.h)
+-- returns "" at once.
 
 local BLOCK = 1024
 local tointeger, maxinteger, ult = math.tointeger, math.maxinteger, math.ult
-local move, insert, remove, rep = table.move, table.insert, table.remove, string.rep
+local move, insert, remove = table.move, table.insert, table.remove
 
 local function charged_move(a1, f, e, t, a2)
   local fi, ei, ti = tointeger(f), tointeger(e), tointeger(t)
@@ -270,21 +271,6 @@ local function charged_sort(t, comp)
   end
 end
 
-local function empty_rep(s, n, sep)
-  if s == "" and (sep == nil or sep == "") and tointeger(n) then
-    return ""
-  end
-  return rep(s, n, sep)
-end
-
--- the methods strings share (s:rep(n)) are the process's: the same function
-do
-  local methods = getraw("").__index
-  if type(methods) == "table" then
-    rawset(methods, "rep", empty_rep)
-  end
-end
-
 local BASE = {
   "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawlen",
   "select", "tonumber", "tostring", "type", "_VERSION",
@@ -378,8 +364,14 @@ function sandbox.env(opts)
   env.string = copy(string, { dump = true })
   -- matching charged to the run's instruction budget (runtime/lua_pattern.h)
   for name, fn in pairs(core.pattern) do env.string[name] = fn end
-  env.string.rep = empty_rep
+  -- C work charged by the byte (runtime/lua_charged.h), as strings' methods are
+  for name, fn in pairs(core.charged) do
+    if name ~= "concat" then
+      env.string[name] = fn
+    end
+  end
   env.table = copy(table)
+  env.table.concat = core.charged.concat
   env.table.move, env.table.insert, env.table.remove = charged_move, charged_insert, charged_remove
   env.table.sort = charged_sort
   env.math = copy(math)

@@ -564,10 +564,10 @@ local function start_durable()
 end
 
 local function start_background()
-  core.start({ instructions = 0, memory = 0 }, function() state.relay:run() end)
+  core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.relay:run() end)
   if state.store then
     state.runs:recover()
-    core.start({ instructions = 0, memory = 0 }, sweep_loop)
+    core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep_loop)
   end
 end
 

@@ -91,6 +91,18 @@ return chorus.workflow { name = "loopy", run = function(ctx, input)
 end }
 ]]
 
+-- Few instructions, each C work through a megabyte (a memcmp of two long
+-- strings, charged to no budget by the byte): within its instruction
+-- budget, but over its CPU limit within a second.
+local BURN = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "burn", run = function(ctx, input)
+  local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+  local ok = pcall(function() for _ = 1, 1e7 do if a == b then same = same + 1 end end end)
+  return { finished = true, caught = not ok }
+end }
+]]
+
 -- The workflow the others must not disturb.
 local HONEST = [[
 local chorus = require "chorus"
@@ -120,13 +132,13 @@ describe("isolation", function()
   setup(function()
     mock = H.start_mock(200)
     dir = H.temp_dir({ ["wait_in.lua"] = WAIT_IN, ["reach.lua"] = REACH, ["loopy.lua"] = LOOPY,
-      ["honest.lua"] = HONEST })
+      ["honest.lua"] = HONEST, ["burn.lua"] = BURN })
     conf = H.write_temp(([[
 local chorus = require "chorus"
 return {
   admin_token = chorus.secret("CHORUS_ADMIN_TOKEN"),
   webhook_secret = chorus.secret("hook"),
-  limits = { run_instructions = 2e6 },
+  limits = { run_instructions = 2e6, run_cpu_seconds = 0.5 },
   upstreams = { mock = { base_url = %q } },
 }
 ]]):format(mock.url))
@@ -202,6 +214,24 @@ return {
       local wrong = { Authorization = "Bearer wrong" }
       assert.are.equal(401, H.request(srv.url .. "/admin/outbox", { headers = wrong }).status)
       assert.are.equal(200, H.request(srv.url .. "/admin/outbox", { headers = ADMIN }).status)
+    end)
+  end)
+
+  describe("CPU spent in C calls", function()
+    it("a run burning CPU in big C calls is stopped (kind budget); the others are answered", function()
+      local burner = H.request_async(srv.url .. "/workflows/burn", { method = "POST", body = "{}", max_time = 60 })
+      H.sleep(0.2) -- the burner holds the loop now (or has been stopped already)
+      -- answered once the burner is stopped: well within 5 s (unstopped,
+      -- it held the loop for as long as its instruction budget lasted)
+      local r = H.request(srv.url .. "/workflows/honest", { method = "POST", body = "{}", max_time = 5 })
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal(200, r.json.status)
+      local b = burner.wait(60)
+      assert.are.equal(500, b.status, b.body)
+      assert.are.equal("budget", b.json.kind, b.body)
+      local rec = H.request(srv.url .. "/runs/" .. b.json.run_id, { headers = ADMIN })
+      assert.truthy(rec.json.error.message:find("limits.run_cpu_seconds", 1, true), rec.body)
+      healthy()
     end)
   end)
 

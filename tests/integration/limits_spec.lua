@@ -106,6 +106,10 @@ describe("config ranges", function()
       "limits.run_memory_mb must be between 1 and 1048576 (or 0 for none), got 0.01" },
     { "limits = { run_instructions = 10 }",
       "limits.run_instructions must be between 100000 and 1000000000000000 (or 0 for none), got 10" },
+    { "limits = { run_cpu_seconds = 0.01 }",
+      "limits.run_cpu_seconds must be between 0.1 and 1000000 (or 0 for none), got 0.01" },
+    { "limits = { run_cpu_seconds = -1 }",
+      "limits.run_cpu_seconds must be between 0.1 and 1000000 (or 0 for none), got -1" },
     { "outbox = { poll = 0 }", "outbox.poll must be between 0.001 and 3600, got 0" },
     { "storage = { map_size_mb = 1e12 }", "storage.map_size_mb must be between 1 and 16777216, got 1000000000000" },
     { "alerts = { dlq_depth = 0/0 }", "alerts.dlq_depth must be a number, got NaN" },
@@ -135,7 +139,7 @@ describe("config ranges", function()
 
   it("serves with every limit at its floor", function()
     local srv = H.start_server({ "--config", H.write_temp([[
-return { limits = { run_memory_mb = 1, run_instructions = 100000, max_header_bytes = 4096,
+return { limits = { run_memory_mb = 1, run_instructions = 100000, run_cpu_seconds = 0.1, max_header_bytes = 4096,
   max_body_bytes = 64, drain_timeout = 0 }, storage = { durable = false } }
 ]]), "--scripts", dir })
     local res = H.request(srv.url .. "/workflows/echo", { method = "POST", body = '{"a":1}' })

@@ -329,7 +329,8 @@ describe("core.pattern's step budget", function()
       end)
       assert.is_false(ok, kind)
       assert.are.equal("budget", err.kind, kind)
-      assert.are.equal("run exceeded its instruction budget of 1000000 instructions", err.message)
+      assert.are.equal("run exceeded its instruction budget of 1000000 instructions (limits.run_instructions)",
+        err.message)
     end
   end)
 

@@ -160,20 +160,137 @@ describe("sandbox: table.sort", function()
 end)
 
 describe("sandbox: C work out of proportion to the instructions", function()
-  -- Left open (a design change): the budget counts VM instructions, and one
-  -- instruction may be a C call that works through megabytes (s:upper(),
-  -- s .. s, table.concat, a load reader handing back a 1 MB comment, json
-  -- of a big value). A loop of such calls under the default budget of 1e8
-  -- instructions holds the server's thread for minutes (3000 s:upper() of a
-  -- 1 MB string: 1.4 s of CPU for about 15,000 instructions). A fix would
-  -- charge CPU time as well, e.g. count the watchdog's CPU ticks a run
-  -- spends into its budget (watchdog.c, count_hook in scheduler.c).
-  pending("stops a run whose few instructions each do megabytes of C work, with kind budget", function()
-    local ok, err = run_script([[
-      local s = ("x"):rep(1e6)
-      for _ = 1, 1e5 do s:upper() end
-    ]])
+  -- One VM instruction may be C work through megabytes (s:upper() of a
+  -- 1 MB string: about 15,000 instructions for 3000 of them, over a second
+  -- of CPU; a == b of two long strings), so the instruction budget alone let
+  -- a loop of them hold the server's thread for minutes. The run's CPU time is
+  -- limited too (limits.run_cpu_seconds; cpu_ms here, small so the spec is
+  -- quick): the watchdog's ticks are charged to the run they land in.
+  -- comparing two equal strings of a megabyte: one instruction, a memcmp
+  -- of the whole string, nothing allocated and nothing charged by the byte
+  local BURN = [[
+    local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+    for _ = 1, 1e7 do if a == b then same = same + 1 end end
+    return "finished"
+  ]]
+
+  it("stops a run whose few instructions each do megabytes of C work, with kind budget", function()
+    local ok, err, info = run_script(BURN, { instructions = 100000000, cpu_ms = 200 })
     assert.is_false(ok)
     assert.are.equal("budget", err.kind)
+    assert.are.equal("run exceeded its CPU time limit of 0.2 seconds (limits.run_cpu_seconds)", err.message)
+    assert.is_true(info.instructions < 1000000, "stopped long before its instruction budget")
+    assert.is_true(info.cpu_ms >= 200)
+  end)
+
+  it("cannot be caught: pcall, xpcall and a coroutine re-raise the stop", function()
+    for _, wrap in ipairs({
+      "local ok = pcall(burn) return ok and 'finished' or 'caught'",
+      "local ok = xpcall(burn, function(e) return e end) return ok and 'finished' or 'caught'",
+      "local ok = coroutine.resume(coroutine.create(burn)) return ok and 'finished' or 'caught'",
+      "local ok = pcall(burn) pcall(burn) return 'caught twice'",
+    }) do
+      local ok, err = run_script(([[
+        local function burn()
+          local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+          for _ = 1, 1e7 do if a == b then same = same + 1 end end
+        end
+        %s
+      ]]):format(wrap), { instructions = 100000000, cpu_ms = 200 })
+      assert.is_false(ok, wrap)
+      assert.are.equal("budget", err.kind, wrap)
+      assert.matches("limits.run_cpu_seconds", err.message, 1, true)
+    end
+  end)
+
+  it("names the instruction budget when that is what ran out", function()
+    local ok, err = run_script("while true do end", { instructions = 1000000, cpu_ms = 60000 })
+    assert.is_false(ok)
+    assert.are.equal("budget", err.kind)
+    assert.are.equal("run exceeded its instruction budget of 1000000 instructions (limits.run_instructions)",
+      err.message)
+  end)
+
+  it("takes the server's CPU limit unless the run has its own; 0 is none", function()
+    local SOME_CPU = [[
+      local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+      for _ = 1, 10000 do if a == b then same = same + 1 end end -- a few hundred ms of CPU
+      return "finished"
+    ]]
+    core.set_limits({ cpu_ms = 100 })
+    finally(function() core.set_limits({ cpu_ms = 5000 }) end)
+    local ok, err = run_script(SOME_CPU, { instructions = 100000000 })
+    assert.is_false(ok)
+    assert.are.equal("run exceeded its CPU time limit of 0.1 seconds (limits.run_cpu_seconds)", err.message)
+    local ok2, value = run_script(SOME_CPU, { instructions = 100000000, cpu_ms = 0 })
+    assert.is_true(ok2, tostring(type(value) == "table" and value.message or value))
+    assert.are.equal("finished", value)
+  end)
+end)
+
+describe("sandbox: string functions charged by the bytes they handle", function()
+  -- 20 MB: 1.25 million instructions' worth at one per 16 bytes, so the
+  -- string itself fits in a budget of 2 million and one more pass does not
+  for name, call in pairs({
+    upper = "s:upper()", lower = "string.lower(s)", reverse = "s:reverse()", rep = "s:rep(2)",
+    rep_sep = "('x'):rep(2e7, 'y')", format = "string.format('%s', s)", concat = "table.concat({ s })",
+  }) do
+    it(("charges %s before the budget runs out, uncatchable"):format(name), function()
+      local ok, err, info = run_script(([[
+        local s = ("x"):rep(2e7)
+        pcall(function() return %s end)
+        return "finished"
+      ]]):format(call), { instructions = 2000000, cpu_ms = 0 })
+      assert.is_false(ok, name)
+      assert.are.equal("budget", err.kind, name)
+      assert.matches("limits.run_instructions", err.message, 1, true)
+      assert.is_true(info.instructions > 2000000, name)
+    end)
+  end
+
+  it("stops json.encode of one table repeated to terabytes at the memory cap", function()
+    local ok, err = run_script([[
+      local json = require("chorus").json
+      local t = { "leaf" }
+      for _ = 1, 40 do t = { t, t } end -- 2^40 leaves, a few tables
+      pcall(json.encode, t)
+      return "finished"
+    ]], { instructions = 100000000, memory = 4 << 20, cpu_ms = 0 })
+    assert.is_false(ok)
+    assert.are.equal("memory", err.kind)
+  end)
+
+  it("stops a loop of megabyte calls at the budget, without a CPU limit", function()
+    local ok, err, info = run_script([[
+      local s = ("x"):rep(1e6)
+      for _ = 1, 1e5 do s:upper() end
+      return "finished"
+    ]], { instructions = 10000000, cpu_ms = 0, memory = 0 }) -- no cap: the garbage strings are not what is tested
+    assert.is_false(ok)
+    assert.are.equal("budget", err.kind)
+    assert.is_true(info.instructions > 10000000)
+  end)
+
+  it("returns and raises what the string library does", function()
+    local ok, value = run_script([[
+      local function err(f) return (select(2, pcall(f)):gsub("^script:%d+: ", "")) end
+      return {
+        string.upper("aBc1"), ("aBc1"):lower(), string.reverse("abc"), string.upper(12), ("ab"):rep(3, ","),
+        string.rep("ab", 0), string.rep("", 1e18), string.format("%s=%5.1f", "x", 2.25),
+        table.concat({ 1, "b", 3 }, "-", 2),
+        err(function() return string.upper() end), err(function() return ("x"):rep(1.5) end),
+        err(function() return table.concat({ {} }) end), err(function() return string.format("%d", "x") end),
+        err(function() return string.rep("xx", math.maxinteger) end),
+      }
+    ]], { instructions = 1000000 })
+    assert.is_true(ok, tostring(type(value) == "table" and value.message or value))
+    assert.are.same({
+      "ABC1", "abc1", "cba", "12", "ab,ab,ab", "", "", "x=  2.2", "b-3",
+      "bad argument #1 to 'upper' (string expected, got no value)",
+      "bad argument #1 to 'rep' (number has no integer representation)", -- a method call: self is not counted
+      "invalid value (table) at index 1 in table for 'concat'",
+      "bad argument #2 to 'format' (number expected, got string)",
+      "resulting string too large",
+    }, value)
   end)
 end)
