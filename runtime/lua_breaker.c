@@ -15,6 +15,8 @@
 
 #include "breaker.h"
 #include "lua_breaker.h"
+
+#include "lua_bindings.h"
 #include "lua_named.h"
 #include "runtime.h"
 
@@ -157,4 +159,15 @@ int chorus_lua_breakers(lua_State *L) {
 int chorus_lua_breakers_reset(lua_State *L) {
     chorus_named_reset(L, BREAKERS);
     return 0;
+}
+
+void chorus_lua_breaker_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"breaker", chorus_lua_breaker},
+        {"breaker_check", chorus_lua_breaker_check},
+        {"breakers", chorus_lua_breakers},
+        {"breakers_reset", chorus_lua_breakers_reset},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

@@ -12,4 +12,9 @@ int chorus_lua_breaker_check(lua_State *L);
 int chorus_lua_breakers(lua_State *L);
 int chorus_lua_breakers_reset(lua_State *L);
 
+/* Adds this binding's functions (core.breaker, core.breaker_check, core.breakers,
+ * core.breakers_reset) to the chorus.core table at the top of L's stack (runtime/lua_bindings.c).
+ */
+void chorus_lua_breaker_open(lua_State *L);
+
 #endif

@@ -13,19 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lua_breaker.h"
-#include "lua_bulkhead.h"
-#include "lua_charged.h"
-#include "lua_crypto.h"
-#include "lua_record_ring.h"
-#include "lua_events.h"
-#include "lua_http.h"
-#include "lua_server.h"
-#include "lua_json.h"
-#include "lua_pattern.h"
-#include "lua_rate_limit.h"
-#include "lua_retry.h"
-#include "lua_store.h"
+#include "lua_bindings.h"
+#include "lua_http.h" /* chorus_lua_http_active, for core.stats */
 #include "runtime.h"
 #include "scheduler.h"
 #include "clock.h"
@@ -414,23 +403,6 @@ static const luaL_Reg core_funcs[] = {
     {"random_hex", core_random_hex},
     {"budget_coroutine", core_budget_coroutine},
     {"set_clock", core_set_clock},
-    {"breaker", chorus_lua_breaker},
-    {"breaker_check", chorus_lua_breaker_check},
-    {"retry_policy", chorus_lua_retry_policy},
-    {"retry_next", chorus_lua_retry_next},
-    {"retry_after", chorus_lua_retry_after},
-    {"retryable_status", chorus_lua_retryable_status},
-    {"retry_budget", chorus_lua_retry_budget},
-    {"bulkhead", chorus_lua_bulkhead},
-    {"rate_limit", chorus_lua_rate_limit},
-    {"rate_limits_reset", chorus_lua_rate_limits_reset},
-    {"bulkheads_reset", chorus_lua_bulkheads_reset},
-    {"wait_token", chorus_lua_wait_token},
-    {"wait", chorus_lua_wait},
-    {"notify", chorus_lua_notify},
-    {"retry_budgets_reset", chorus_lua_retry_budgets_reset},
-    {"breakers", chorus_lua_breakers},
-    {"breakers_reset", chorus_lua_breakers_reset},
     {"exe", core_exe},
     {"run_id", core_run_id},
     {"killed", core_killed},
@@ -439,22 +411,10 @@ static const luaL_Reg core_funcs[] = {
     {"write_log", core_write_log},
     {"set_limits", core_set_limits},
     {"stats", core_stats},
-    {"http", chorus_lua_http_request},
-    {"egress", chorus_lua_http_egress},
-    {"egress_check", chorus_lua_http_egress_check},
-    {"egress_parse", chorus_lua_http_egress_parse},
     {"execute", core_execute},
     {"start", core_start},
     {"loop", core_loop},
     {"stop", core_stop},
-    {"serve", chorus_lua_serve},
-    {"on_signal", chorus_lua_on_signal},
-    {"watch", chorus_lua_watch},
-    {"scandir", chorus_lua_scandir},
-    {"store_open", chorus_lua_store_open},
-    {"sha256", chorus_lua_sha256},
-    {"hmac_sha256", chorus_lua_hmac_sha256},
-    {"record_ring", chorus_lua_record_ring},
     {NULL, NULL},
 };
 
@@ -463,11 +423,7 @@ int luaopen_chorus_core(lua_State *L) {
     lua_newtable(L);
     lua_pushlightuserdata(L, rt);
     luaL_setfuncs(L, core_funcs, 1);
-    chorus_lua_server_open(L);
-    chorus_lua_pattern_open(L);
-    chorus_lua_charged_open(L); /* after: into the string methods it made */
-    chorus_json_open(L);
-    lua_setfield(L, -2, "json");
+    chorus_lua_bindings_open(L);
     lua_pushstring(L, CHORUS_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -6,6 +6,8 @@
  */
 #include "lua_crypto.h"
 
+#include "lua_bindings.h"
+
 #include <lauxlib.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -40,4 +42,13 @@ int chorus_lua_hmac_sha256(lua_State *L) {
         return luaL_error(L, "hmac_sha256 failed");
     push_hex(L, md, n);
     return 1;
+}
+
+void chorus_lua_crypto_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"sha256", chorus_lua_sha256},
+        {"hmac_sha256", chorus_lua_hmac_sha256},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

@@ -6,6 +6,8 @@
  */
 #include "lua_events.h"
 
+#include "lua_bindings.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <lauxlib.h>
@@ -137,4 +139,14 @@ int chorus_lua_scandir(lua_State *L) {
     }
     closedir(d);
     return 1;
+}
+
+void chorus_lua_events_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"on_signal", chorus_lua_on_signal},
+        {"watch", chorus_lua_watch},
+        {"scandir", chorus_lua_scandir},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

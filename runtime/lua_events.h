@@ -19,4 +19,8 @@ int chorus_lua_scandir(lua_State *L);
 /* Closes every signal and watch handle of rt (at runtime close). */
 void chorus_events_close(struct chorus_runtime *rt);
 
+/* Adds this binding's functions (core.on_signal, core.watch, core.scandir) to the
+ * chorus.core table at the top of L's stack (runtime/lua_bindings.c). */
+void chorus_lua_events_open(lua_State *L);
+
 #endif

@@ -6,6 +6,8 @@
  */
 #include "lua_http.h"
 
+#include "lua_bindings.h"
+
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,4 +251,15 @@ int chorus_lua_http_egress_check(lua_State *L) {
 int chorus_lua_http_egress_parse(lua_State *L) {
     lua_pushboolean(L, chorus_http_egress_parse(luaL_checkstring(L, 1)) == 0);
     return 1;
+}
+
+void chorus_lua_http_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"http", chorus_lua_http_request},
+        {"egress", chorus_lua_http_egress},
+        {"egress_check", chorus_lua_http_egress_check},
+        {"egress_parse", chorus_lua_http_egress_parse},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

@@ -37,4 +37,8 @@ int chorus_lua_http_egress_parse(lua_State *L);
 /* Calls in flight in the runtime's client. */
 size_t chorus_lua_http_active(struct chorus_runtime *rt);
 
+/* Adds this binding's functions (core.http, core.egress, core.egress_check, core.egress_parse) to
+ * the chorus.core table at the top of L's stack (runtime/lua_bindings.c). */
+void chorus_lua_http_open(lua_State *L);
+
 #endif

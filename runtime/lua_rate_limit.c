@@ -11,6 +11,8 @@
 
 #include "lua_named.h"
 #include "lua_rate_limit.h"
+
+#include "lua_bindings.h"
 #include "rate_limit.h"
 #include "runtime.h"
 
@@ -42,4 +44,13 @@ int chorus_lua_rate_limit(lua_State *L) {
 int chorus_lua_rate_limits_reset(lua_State *L) {
     chorus_named_reset(L, BUCKETS);
     return 0;
+}
+
+void chorus_lua_rate_limit_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"rate_limit", chorus_lua_rate_limit},
+        {"rate_limits_reset", chorus_lua_rate_limits_reset},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

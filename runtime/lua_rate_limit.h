@@ -8,4 +8,8 @@
 int chorus_lua_rate_limit(lua_State *L);
 int chorus_lua_rate_limits_reset(lua_State *L);
 
+/* Adds this binding's functions (core.rate_limit, core.rate_limits_reset) to the
+ * chorus.core table at the top of L's stack (runtime/lua_bindings.c). */
+void chorus_lua_rate_limit_open(lua_State *L);
+
 #endif

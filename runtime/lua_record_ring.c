@@ -17,6 +17,8 @@
  */
 #include "lua_record_ring.h"
 
+#include "lua_bindings.h"
+
 #include <lauxlib.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -188,4 +190,12 @@ int chorus_lua_record_ring(lua_State *L) {
         return luaL_error(L, "out of memory for a record ring of %d", (int)cap);
     }
     return 1;
+}
+
+void chorus_lua_record_ring_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"record_ring", chorus_lua_record_ring},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

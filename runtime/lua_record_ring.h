@@ -7,4 +7,8 @@
 
 int chorus_lua_record_ring(lua_State *L);
 
+/* Adds this binding's functions (core.record_ring) to the
+ * chorus.core table at the top of L's stack (runtime/lua_bindings.c). */
+void chorus_lua_record_ring_open(lua_State *L);
+
 #endif

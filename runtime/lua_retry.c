@@ -17,6 +17,8 @@
 
 #include "lua_named.h"
 #include "lua_retry.h"
+
+#include "lua_bindings.h"
 #include "retry.h"
 #include "runtime.h"
 
@@ -129,4 +131,17 @@ int chorus_lua_retry_after(lua_State *L) {
         return 0;
     lua_pushnumber(L, seconds);
     return 1;
+}
+
+void chorus_lua_retry_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"retry_policy", chorus_lua_retry_policy},
+        {"retry_next", chorus_lua_retry_next},
+        {"retry_after", chorus_lua_retry_after},
+        {"retryable_status", chorus_lua_retryable_status},
+        {"retry_budget", chorus_lua_retry_budget},
+        {"retry_budgets_reset", chorus_lua_retry_budgets_reset},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

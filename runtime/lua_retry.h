@@ -15,4 +15,9 @@ int chorus_lua_retryable_status(lua_State *L);
 int chorus_lua_retry_budget(lua_State *L);
 int chorus_lua_retry_budgets_reset(lua_State *L);
 
+/* Adds this binding's functions (core.retry_policy, core.retry_next, core.retry_after,
+ * core.retryable_status, core.retry_budget, core.retry_budgets_reset) to the chorus.core table at
+ * the top of L's stack (runtime/lua_bindings.c). */
+void chorus_lua_retry_open(lua_State *L);
+
 #endif

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua_bindings.h"
 #include "http_server.h"
 #include "lua_json.h"
 #include "runtime.h"
@@ -297,4 +298,6 @@ void chorus_lua_server_open(lua_State *L) {
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {{"serve", chorus_lua_serve}, {NULL, NULL}};
+    chorus_lua_register(L, funcs);
 }

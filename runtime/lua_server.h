@@ -8,7 +8,8 @@
 /* core.serve(opts, handler) → server userdata; raises when it cannot listen. */
 int chorus_lua_serve(lua_State *L);
 
-/* Registers the server metatable; call once when the core opens. */
+/* Registers the server metatable and adds core.serve to the chorus.core
+ * table at the top of L's stack (runtime/lua_bindings.c). */
 void chorus_lua_server_open(lua_State *L);
 
 #endif

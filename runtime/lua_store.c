@@ -27,6 +27,8 @@
  */
 #include "lua_store.h"
 
+#include "lua_bindings.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
@@ -454,7 +456,7 @@ static int store_close(lua_State *L) {
     return 0;
 }
 
-int chorus_lua_store_open(lua_State *L) {
+int chorus_lua_store_new(lua_State *L) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
     const char *dir = luaL_checkstring(L, 1);
     struct chorus_store_opts opts = {
@@ -498,4 +500,12 @@ int chorus_lua_store_open(lua_State *L) {
     if (!ls->st)
         return luaL_error(L, "%s", err);
     return 1;
+}
+
+void chorus_lua_store_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"store_open", chorus_lua_store_new},
+        {NULL, NULL},
+    };
+    chorus_lua_register(L, funcs);
 }

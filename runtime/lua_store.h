@@ -4,6 +4,10 @@
 
 #include <lua.h>
 
-int chorus_lua_store_open(lua_State *L);
+int chorus_lua_store_new(lua_State *L);
+
+/* Adds this binding's functions (core.store_open) to the
+ * chorus.core table at the top of L's stack (runtime/lua_bindings.c). */
+void chorus_lua_store_open(lua_State *L);
 
 #endif

@@ -20,6 +20,7 @@ struct chorus_run;
 struct chorus_task;
 struct chorus_http_client;
 struct chorus_vtimer;
+struct chorus_waiter; /* a task parked in core.wait (lua_wait.c) */
 
 /* Per-run limits; 0 means unlimited. */
 struct chorus_limits {
@@ -63,7 +64,7 @@ struct chorus_runtime {
     int virtual_clock;               /* chorus.testing: time is vnow */
     double vnow;                     /* virtual seconds since the epoch */
     struct chorus_vtimer *vtimers;   /* virtual sleepers, by due time */
-    void *waiters;                   /* tasks parked in core.wait (lua_bulkhead.c) */
+    struct chorus_waiter *waiters;   /* tasks parked in core.wait (lua_wait.c) */
     unsigned long long next_token;   /* core.wait_token */
     lua_Alloc base_alloc;            /* the allocator we wrap */
     void *base_alloc_ud;
