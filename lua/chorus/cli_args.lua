@@ -40,6 +40,12 @@ local EPILOG = [[Exit status: 0 success; 1 the workflow, a script or a check fai
 local DATA_HELP = "The data folder chorus serve uses (default ./.chorus-data)."
 local CONFIG_HELP = "The config file (a Lua file returning a table)."
 
+local DATA_OPTIONS = {
+  { name = "data", argname = "DIR", help = DATA_HELP },
+  { name = "limit", argname = "N", help = "At most N (default 100)." },
+  { name = "config", argname = "FILE", help = CONFIG_HELP },
+}
+
 -- Builds the parser; state.help gets the help text -h/--help asked for,
 -- state.commands the top-level commands by name.
 local function build(argparse, state)
@@ -104,37 +110,52 @@ local function build(argparse, state)
       .. "chorus.conf.lua and editor and luacheck settings; 'chorus test' passes there at once.")
   init:argument("dir", "The project folder to create."):argname("DIR")
 
+  -- runs, outbox and dlq take --data, --limit and --config anywhere, as
+  -- they always have (scripts pass the three to each); where one means
+  -- nothing it is accepted and hidden from the help. Before the subcommand
+  -- they land in DATA_EARLY's targets (a parent's option of the same target
+  -- would be reset when argparse enters the subcommand).
+  local function data_options(cmd, wanted, early)
+    for _, o in ipairs(DATA_OPTIONS) do
+      local opt = cmd:option("--" .. o.name, wanted[o.name] or o.help):argname(o.argname)
+      if early then
+        opt:target(o.name .. "_early"):hidden(true)
+      elseif not wanted[o.name] then
+        opt:hidden(true)
+      end
+    end
+  end
+
   local runs = command(p, "runs", "List, show and redrive the runs of a data folder.")
   runs:command_target("subcommand")
-  local runs_list = command(runs, "list", "One JSON line per run, newest first.")
-  runs_list:option("--limit", "At most N runs (default 100)."):argname("N")
-  runs_list:option("--data", DATA_HELP):argname("DIR")
+  data_options(runs, {}, true)
+  data_options(command(runs, "list", "One JSON line per run, newest first."),
+    { limit = "At most N runs (default 100).", data = DATA_HELP })
   local runs_show = command(runs, "show", "The run's whole record, with the outbox entries it enqueued.")
   runs_show:argument("id", "The run id."):argname("ID")
-  runs_show:option("--data", DATA_HELP):argname("DIR")
+  data_options(runs_show, { data = DATA_HELP })
   local redrive = command(runs, "redrive", "Run a failed run again in this process.",
     "Run a failed run again in this process, to its end, when no chorus serve holds the data folder; "
       .. "prints its record (exit 0 when it succeeded).")
   redrive:argument("id", "The run id."):argname("ID")
-  redrive:option("--config", "The server's config file (the run needs its upstreams)."):argname("FILE")
-  redrive:option("--data", DATA_HELP):argname("DIR")
+  data_options(redrive, { config = "The server's config file (the run needs its upstreams).", data = DATA_HELP })
 
   local outbox = command(p, "outbox", "List the outbox of a data folder.")
   outbox:command_target("subcommand")
-  local outbox_list = command(outbox, "list", "One JSON line per outbox entry, newest first.")
-  outbox_list:option("--limit", "At most N entries (default 100)."):argname("N")
-  outbox_list:option("--data", DATA_HELP):argname("DIR")
+  data_options(outbox, {}, true)
+  data_options(command(outbox, "list", "One JSON line per outbox entry, newest first."),
+    { limit = "At most N entries (default 100).", data = DATA_HELP })
 
   local dlq = command(p, "dlq", "List, replay and drop dead-letter entries of a data folder.")
   dlq:command_target("subcommand")
-  local dlq_list = command(dlq, "list", "One JSON line per DLQ entry, newest first.")
-  dlq_list:option("--limit", "At most N entries (default 100)."):argname("N")
-  dlq_list:option("--data", DATA_HELP):argname("DIR")
+  data_options(dlq, {}, true)
+  data_options(command(dlq, "list", "One JSON line per DLQ entry, newest first."),
+    { limit = "At most N entries (default 100).", data = DATA_HELP })
   for _, sub in ipairs({ { "replay", "Move an entry back to the outbox, due now with fresh attempts." },
     { "drop", "Delete an entry." } }) do
     local c = command(dlq, sub[1], sub[2])
     c:argument("id", "The entry id."):argname("ID")
-    c:option("--data", DATA_HELP):argname("DIR")
+    data_options(c, { data = DATA_HELP })
   end
 
   local data = command(p, "data", "Check the records of a data folder.")
@@ -169,6 +190,13 @@ function cli_args.parse(argparse, argv)
   elseif not parsed then
     local command = state.commands[argv[1] or ""] and argv[1]
     return "usage", (result:gsub("\nDid you mean", "; did you mean"):gsub("\n", " ")), command
+  end
+  for _, o in ipairs(DATA_OPTIONS) do -- given before the subcommand
+    local early = result[o.name .. "_early"]
+    result[o.name .. "_early"] = nil
+    if result[o.name] == nil then
+      result[o.name] = early
+    end
   end
   return "ok", result, state
 end

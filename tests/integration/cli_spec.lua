@@ -47,7 +47,8 @@ describe("chorus --help", function()
     assert.are.equal(run.stdout, H.chorus_run({ "help", "run" }).stdout)
     local list = H.chorus_run({ "dlq", "list", "--help" })
     assert.are.equal(0, list.code)
-    assert.truthy(list.stdout:find("Usage: chorus dlq list [-h] [--limit N] [--data DIR]", 1, true), list.stdout)
+    assert.truthy(list.stdout:find("Usage: chorus dlq list [-h] [--data DIR] [--limit N]", 1, true), list.stdout)
+    assert.is_nil(list.stdout:find("--config", 1, true), list.stdout) -- accepted, meaningless: hidden
   end)
 
   it("works from any folder: argparse comes from the system Lua path", function()
@@ -77,9 +78,22 @@ describe("bad usage", function()
     refused({ "serve", "extra" }, "too many arguments (see 'chorus serve --help')")
     refused({ "check" }, "missing argument 'scripts'")
     refused({ "dlq", "replay" }, "missing argument 'id'")
-    refused({ "runs", "show", "x", "--limit", "3" }, "unknown option '--limit'")
+    refused({ "data", "verify", "--limit", "3" }, "unknown option '--limit' (see 'chorus data --help')")
     refused({ "completion", "tcsh" }, "argument 'shell' must be one of 'bash', 'zsh', 'fish'")
     refused({ "help", "nope" }, "unknown command 'nope'")
+  end)
+
+  it("still takes --data, --limit and --config anywhere in runs, outbox and dlq", function()
+    local data = H.temp_dir()
+    for _, args in ipairs({ { "dlq", "--data", data, "list" }, { "dlq", "list", "--config", "x.lua", "--data", data },
+      { "outbox", "--limit", "5", "list", "--data", data }, { "runs", "list", "--config", "x.lua", "--data", data } }) do
+      local r = H.chorus_run(args)
+      assert.are.equal(0, r.code, table.concat(args, " ") .. ": " .. r.stderr)
+    end
+    local r = H.chorus_run({ "runs", "show", "nope", "--limit", "3", "--data", data })
+    os.execute("rm -rf " .. H.quote(data))
+    assert.are.equal(1, r.code)
+    assert.truthy(r.stderr:find("no run with id 'nope'", 1, true), r.stderr)
   end)
 
   it("still reads a value that starts with '-' as the option's value", function()
