@@ -85,8 +85,10 @@ describe("bad usage", function()
 
   it("still takes --data, --limit and --config anywhere in runs, outbox and dlq", function()
     local data = H.temp_dir()
-    for _, args in ipairs({ { "dlq", "--data", data, "list" }, { "dlq", "list", "--config", "x.lua", "--data", data },
-      { "outbox", "--limit", "5", "list", "--data", data }, { "runs", "list", "--config", "x.lua", "--data", data } }) do
+    for _, args in ipairs({ { "dlq", "--data", data, "list" },
+      { "dlq", "list", "--config", "x.lua", "--data", data },
+      { "outbox", "--limit", "5", "list", "--data", data },
+      { "runs", "list", "--config", "x.lua", "--data", data } }) do
       local r = H.chorus_run(args)
       assert.are.equal(0, r.code, table.concat(args, " ") .. ": " .. r.stderr)
     end
