@@ -4,6 +4,7 @@ max_line_length = 120
 -- the standard `chorus init` writes into a new project's .luacheckrc too).
 stds.chorus_workflow = dofile("lua/chorus/luacheck_std.lua")
 files["examples/**/*.lua"] = { std = "chorus_workflow" }
+files["tests/soak/workflows/*.lua"] = { std = "chorus_workflow" }
 files["tests/**/*_spec.lua"] = { std = "+busted" }
 files["examples/**/*_spec.lua"] = { std = "lua54+busted" }
 -- types/: LuaLS annotations (---@meta): empty bodies, tables only described,
