@@ -95,7 +95,7 @@ bench: all
 C_FILES = runtime/*.c runtime/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/fuzz/*.h
 
 lint:
-	luacheck lua examples tests scripts
+	luacheck lua examples tests scripts types
 	clang-format --dry-run --Werror $(C_FILES)
 
 format:

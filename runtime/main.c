@@ -1,8 +1,10 @@
 /* main.c — the chorus executable: a Lua 5.4 state with the core and the
  * embedded lua/chorus modules, handing the command line to chorus.cli.
  *
- * Command parsing and output live in lua/chorus/cli.lua; this file only
- * builds the state and turns an unexpected Lua error into exit status 1.
+ * The command line's grammar (lua/chorus/cli_args.lua, on lua-argparse from
+ * the system Lua path) and the commands (lua/chorus/cli.lua) are Lua; this
+ * file only builds the state and turns an unexpected Lua error into exit
+ * status 1.
  */
 #include <lauxlib.h>
 #include <lualib.h>

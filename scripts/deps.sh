@@ -7,7 +7,8 @@ PACKAGES=(
   build-essential clang libclang-rt-14-dev pkg-config
   liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libmicrohttpd-dev
   liblmdb-dev lmdb-utils libcjson-dev libssl-dev libxxhash-dev
-  lua-busted lua-dkjson lua-system lua-check curl wrk valgrind clang-format time bc
+  lua-busted lua-dkjson lua-system lua-check lua-argparse curl wrk valgrind clang-format time bc
+  # lua-argparse: the CLI's grammar (chorus.cli_args), loaded by ./chorus from the system Lua path
   python3  # tests/integration/raw_client.py: raw and slow requests curl cannot send
 )
 

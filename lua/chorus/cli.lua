@@ -7,57 +7,10 @@ local json = core.json
 
 local cli = {}
 
-local USAGE = [[
-usage:
-  chorus run    SCRIPT [--input JSON | --input @FILE] [--config FILE] [--data DIR] [--verbose]
-  chorus serve  [--config FILE] [--scripts DIR] [--data DIR] [--listen HOST:PORT]
-  chorus check  SCRIPT...
-  chorus test   [DIR | FILE]
-  chorus runs   list [--limit N] | show ID       [--data DIR]
-  chorus runs   redrive ID [--config FILE]       [--data DIR]
-  chorus outbox list [--limit N]                 [--data DIR]
-  chorus dlq    list [--limit N] | replay ID | drop ID [--data DIR]
-  chorus data   verify                           [--data DIR]
-  chorus version
-  chorus help]]
-
 local Usage = {}
 
 local function usage_error(fmt, ...)
   error(setmetatable({ message = fmt:format(...) }, Usage), 0)
-end
-
--- Splits args into positionals and --flags; flags in spec take a value.
-local function parse(args, spec)
-  local pos, flags = {}, {}
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match("^%-%-([%w-]+)=(.*)$")
-    name = name or a:match("^%-%-([%w-]+)$")
-    if name then
-      local kind = spec[name]
-      if kind == nil then
-        usage_error("unknown option --%s", name)
-      elseif kind == "value" then
-        local v = inline
-        if not v then
-          i = i + 1
-          v = args[i]
-        end
-        if v == nil then
-          usage_error("option --%s needs a value", name)
-        end
-        flags[name] = v
-      else
-        flags[name] = true
-      end
-    else
-      pos[#pos + 1] = a
-    end
-    i = i + 1
-  end
-  return pos, flags
 end
 
 local function read_input(text)
@@ -97,15 +50,12 @@ local function fail(obj)
   return 1
 end
 
-function cli.run(args)
-  local pos, flags = parse(args, { input = "value", config = "value", data = "value", verbose = true })
-  if #pos ~= 1 then
-    usage_error("run takes exactly one SCRIPT (got %d)", #pos)
-  end
+--- chorus run SCRIPT: flags is the parsed command line (chorus.cli_args).
+function cli.run(flags)
   local input = read_input(flags.input)
   local conf = load_config(flags.config)
   local script = require "chorus.script"
-  local workflow, source = script.load(pos[1])
+  local workflow, source = script.load(flags.script)
   if not workflow then
     if source:match("^cannot read script") then
       usage_error("%s", source)
@@ -130,7 +80,7 @@ function cli.run(args)
         require("chorus.log").event(level, msg, fields)
       end
     end })
-  local entry = { workflow = workflow, path = pos[1], source = source, hash = core.sha256(source) }
+  local entry = { workflow = workflow, path = flags.script, source = source, hash = core.sha256(source) }
   local rok, res = core.run(nil, function()
     local ok, value, rec, _, _, info = svc:start(entry, input)
     if not st and next(svc.backend.entries) then
@@ -164,11 +114,7 @@ function cli.run(args)
   return 0
 end
 
-function cli.serve(args)
-  local pos, flags = parse(args, { config = "value", scripts = "value", data = "value", listen = "value" })
-  if #pos > 0 then
-    usage_error("serve takes no positional arguments (got '%s')", pos[1])
-  end
+function cli.serve(flags)
   local conf = load_config(flags.config)
   conf.listen = flags.listen or conf.listen or "127.0.0.1:8080"
   conf.scripts = flags.scripts or conf.scripts or "./examples"
@@ -283,11 +229,8 @@ function cli.determinism_warnings(source)
   return warnings
 end
 
-function cli.check(args)
-  local pos = parse(args, {})
-  if #pos == 0 then
-    usage_error("check needs at least one SCRIPT")
-  end
+function cli.check(flags)
+  local pos = flags.scripts
   local script = require "chorus.script"
   local failed = 0
   for _, path in ipairs(pos) do
@@ -371,12 +314,8 @@ end
 --- without an argument the current project's (the nearest folder up with a
 --- .busted or a chorus.conf.lua; busted's own .busted then says where its
 --- specs are), else the *_spec.lua files of the current folder alone.
-function cli.test(args)
-  local pos = parse(args, {})
-  if #pos > 1 then
-    usage_error("test takes at most one DIR or FILE (got %d)", #pos)
-  end
-  local target, chdir = pos[1], nil
+function cli.test(flags)
+  local target, chdir = flags.target, nil
   if target then
     if not is_dir(target) and not readable(target) then
       usage_error("cannot read the folder '%s'", target)
@@ -456,8 +395,6 @@ local function print_lines(list)
   end
 end
 
-local DATA_FLAGS = { data = "value", limit = "value", config = "value" }
-
 -- `chorus runs redrive ID`: runs a failed run again here, in this process,
 -- when no `chorus serve` holds the data folder (its lock); with a server
 -- running, POST /admin/runs/ID/redrive asks it instead (two processes must
@@ -522,10 +459,9 @@ local function entry_lines(list, when, limit)
   return out
 end
 
-function cli.runs(args)
-  local pos, flags = parse(args, DATA_FLAGS)
-  local sub = pos[1]
-  if sub == "list" and #pos == 1 then
+function cli.runs(flags)
+  local sub, id = flags.subcommand, flags.id
+  if sub == "list" then
     local st = open_data(flags)
     local list = {}
     for i, r in ipairs(st:list_runs(limit_of(flags))) do
@@ -535,15 +471,16 @@ function cli.runs(args)
     st:close()
     print_lines(list)
     return 0
-  elseif sub == "redrive" and #pos == 2 then
-    return runs_redrive(pos[2], flags)
-  elseif sub == "show" and #pos == 2 then
+  elseif sub == "redrive" then
+    return runs_redrive(id, flags)
+  end
+  do -- show
     local st = open_data(flags)
-    local text = st:get_run_text(pos[2])
-    local entries = text and st:deliveries(pos[2])
+    local text = st:get_run_text(id)
+    local entries = text and st:deliveries(id)
     st:close()
     if not text then
-      io.stderr:write(("chorus: no run with id '%s'\n"):format(pos[2]))
+      io.stderr:write(("chorus: no run with id '%s'\n"):format(id))
       return 1
     end
     local ok, rec = pcall(core.json.decode, text)
@@ -555,14 +492,9 @@ function cli.runs(args)
     io.stdout:write(text, "\n")
     return 0
   end
-  usage_error("usage: chorus runs list | show ID | redrive ID [--config FILE] [--data DIR]")
 end
 
-function cli.outbox(args)
-  local pos, flags = parse(args, DATA_FLAGS)
-  if pos[1] ~= "list" or #pos ~= 1 then
-    usage_error("usage: chorus outbox list [--data DIR]")
-  end
+function cli.outbox(flags) -- its one subcommand: list
   local limit = limit_of(flags)
   local st = open_data(flags)
   local list = st:list_outbox()
@@ -571,17 +503,17 @@ function cli.outbox(args)
   return 0
 end
 
-function cli.dlq(args)
-  local pos, flags = parse(args, DATA_FLAGS)
-  local sub, id = pos[1], pos[2]
-  if sub == "list" and #pos == 1 then
+function cli.dlq(flags)
+  local sub, id = flags.subcommand, flags.id
+  if sub == "list" then
     local limit = limit_of(flags)
     local st = open_data(flags)
     local list = st:list_dlq()
     st:close()
     print_lines(entry_lines(list, function(e) return e.failed_at or e.created end, limit))
     return 0
-  elseif (sub == "replay" or sub == "drop") and #pos == 2 then
+  end
+  do -- replay or drop
     local st = open_data(flags)
     local found
     if sub == "replay" then
@@ -600,17 +532,12 @@ function cli.dlq(args)
     io.stdout:write(("%s %s\n"):format(sub == "replay" and "replayed" or "dropped", id))
     return 0
   end
-  usage_error("usage: chorus dlq list | replay ID | drop ID [--data DIR]")
 end
 
 -- Checks every record of the data folder: prints the records per database
 -- and each bad one (database, key, why); exit 0 when all are good, 1 when
 -- any is corrupt.
-function cli.data(args)
-  local pos, flags = parse(args, { data = "value" })
-  if pos[1] ~= "verify" or #pos ~= 1 then
-    usage_error("usage: chorus data verify [--data DIR]")
-  end
+function cli.data(flags) -- its one subcommand: verify
   local st = open_data(flags)
   local ok, report = pcall(st.verify, st)
   st:close()
@@ -644,32 +571,79 @@ function cli.version()
   return 0
 end
 
-function cli.help()
-  io.stdout:write(USAGE, "\n")
+--- chorus init DIR: a new project (chorus.project).
+function cli.init(flags)
+  local project = require "chorus.project"
+  local created, err = project.create(flags.dir, { root = find_root() })
+  if not created then
+    usage_error("%s", err)
+  end
+  for _, path in ipairs(created) do
+    io.stdout:write("created ", path, "\n")
+  end
+  io.stdout:write("\nnext:\n", project.next_steps(flags.dir), "\n")
   return 0
 end
 
-local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, test = cli.test,
-  runs = cli.runs, outbox = cli.outbox, dlq = cli.dlq, data = cli.data,
-  version = cli.version, help = cli.help,
-  ["--help"] = cli.help, ["-h"] = cli.help, ["--version"] = cli.version }
+local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, test = cli.test, init = cli.init,
+  runs = cli.runs, outbox = cli.outbox, dlq = cli.dlq, data = cli.data, version = cli.version }
+
+-- The command line's grammar needs lua-argparse, from the system Lua path.
+local function load_argparse()
+  local ok, argparse = pcall(require, "argparse")
+  if not ok then
+    error("the Lua module 'argparse' is missing (Debian: apt-get install lua-argparse, or make deps)", 0)
+  end
+  return argparse
+end
+
+local function usage(message, command)
+  io.stderr:write("chorus: ", message, " (see 'chorus ", command and (command .. " ") or "", "--help')\n")
+  return 2
+end
+
+-- Parses argv and runs its command; returns the exit status.
+local function dispatch(argv)
+  local cli_args = require "chorus.cli_args"
+  local outcome, result, grammar = cli_args.parse(load_argparse(), argv)
+  if outcome == "help" then
+    io.stdout:write(result, "\n")
+    return 0
+  elseif outcome == "usage" then
+    return usage(result, grammar)
+  end
+  local cmd = result.command
+  if not cmd then
+    if result.version then
+      return cli.version()
+    end
+    usage_error("no command given")
+  elseif cmd == "help" then
+    local text = cli_args.help(grammar, result.topic)
+    if not text then
+      usage_error("unknown command '%s'", result.topic)
+    end
+    io.stdout:write(text, "\n")
+    return 0
+  elseif cmd == "completion" then
+    io.stdout:write(cli_args.completion(grammar, result.shell))
+    return 0
+  end
+  local ok, status = pcall(COMMANDS[cmd], result)
+  if not ok and getmetatable(status) == Usage then
+    return usage(status.message, cmd)
+  end
+  return ok and status or error(status, 0)
+end
 
 --- Entry point from main.c: returns the process exit status.
 function cli.main(argv)
-  local cmd = argv[1]
-  local fn = COMMANDS[cmd or ""]
-  local ok, status = pcall(function()
-    if not fn then
-      usage_error(cmd and ("unknown command '%s'"):format(cmd) or "no command given")
-    end
-    return fn(table.move(argv, 2, #argv, 1, {}))
-  end)
+  local ok, status = pcall(dispatch, argv)
   if ok then
     return status
   end
   if getmetatable(status) == Usage then
-    io.stderr:write("chorus: ", status.message, " (see 'chorus help')\n")
-    return 2
+    return usage(status.message)
   end
   io.stderr:write("chorus: ", tostring(status), "\n")
   return 1

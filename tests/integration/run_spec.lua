@@ -156,9 +156,13 @@ describe("chorus run with bad input", function()
   end)
 
   it("rejects unknown options and commands with exit 2", function()
-    fails({ "run", "examples/fanout/fanout.lua", "--nope" }, 2, "unknown option %-%-nope")
-    fails({ "frobnicate" }, 2, "unknown command 'frobnicate'")
-    fails({ "run" }, 2, "exactly one SCRIPT")
+    fails({ "run", "examples/fanout/fanout.lua", "--nope" }, 2,
+      "unknown option '%-%-nope' %(see 'chorus run %-%-help'%)")
+    fails({ "frobnicate" }, 2, "unknown command 'frobnicate' %(see 'chorus %-%-help'%)")
+    fails({ "run" }, 2, "missing argument 'script'")
+    fails({ "run", "a.lua", "b.lua" }, 2, "too many arguments")
+    fails({ "run", "examples/fanout/fanout.lua", "--input" }, 2, "'%-%-input' requires an argument")
+    fails({}, 2, "no command given")
   end)
 
   it("reports a syntax error with file and line, exit 1", function()

@@ -294,3 +294,38 @@ describe("sandbox: string functions charged by the bytes they handle", function(
     }, value)
   end)
 end)
+
+-- The luacheck standard of workflow scripts (chorus.luacheck_std) must
+-- name what the sandbox gives: lint passing a global the sandbox lacks
+-- would promise a script that fails at its first run.
+describe("sandbox: the luacheck standard of workflow scripts", function()
+  local std = require "chorus.luacheck_std"
+
+  it("names every global of the sandbox, and only those", function()
+    local env, named = sandbox.env(), {}
+    for k, v in pairs(std.read_globals) do
+      local name = type(k) == "string" and k or v
+      named[name] = true
+      assert.is_not_nil(env[name], name .. " is in the standard but not in the sandbox")
+    end
+    for name in pairs(env) do
+      assert.is_true(named[name], name .. " is in the sandbox but not in the standard")
+    end
+  end)
+
+  it("names library fields the sandbox has, leaving out math.randomseed", function()
+    local env = sandbox.env()
+    for lib, def in pairs(std.read_globals) do
+      if type(lib) == "string" then
+        for _, field in ipairs(def.fields) do
+          assert.is_not_nil(env[lib][field], ("%s.%s is in the standard but not in the sandbox"):format(lib, field))
+        end
+      end
+    end
+    for _, field in ipairs(std.read_globals.math.fields) do
+      assert.are_not.equal("randomseed", field)
+    end
+    assert.is_nil(env.io)
+    assert.is_nil(rawget(std.read_globals, "io"))
+  end)
+end)

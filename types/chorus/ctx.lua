@@ -1,0 +1,78 @@
+---@meta
+-- LuaLS annotations of the ctx a workflow's run receives (README "Lua API").
+
+---@alias chorus.LogFn fun(msg: string, fields?: table)
+
+---@class chorus.Logger
+---@overload fun(msg: string, fields?: table)
+---@field info chorus.LogFn
+---@field warn chorus.LogFn
+---@field error chorus.LogFn
+---@field debug chorus.LogFn
+
+---@class chorus.InboundRequest
+---@field method string
+---@field path string
+---@field query table<string, string>
+---@field headers table<string, string>  only those the config's request_headers lists, lower-case names
+---@field idempotency_key? string        the inbound Idempotency-Key
+
+---@class chorus.LaterOpts
+---@field delay? number     seconds before the first delivery
+---@field attempts? integer
+---@field base? number      backoff base, seconds
+---@field cap? number       backoff cap, seconds
+
+---@class chorus.Ctx
+---@field run_id string
+---@field input any
+---@field workflow string
+---@field trace_id string
+---@field request? chorus.InboundRequest  nil for outbox and `chorus run` runs
+---@field log chorus.Logger               JSON lines on stderr with the run id and trace id
+local ctx = {}
+
+---The deterministic idempotency key `run_id:name`.
+---@param name string
+---@return string
+function ctx.key(name) end
+
+---The time, journaled (a replay sees the same value).
+---@return number seconds since the epoch
+function ctx.now() end
+
+---A random number, journaled: [0,1) without bounds, else an integer in [1,m] or [m,n].
+---@param m? integer
+---@param n? integer
+---@return number
+function ctx.random(m, n) end
+
+---A random UUID, journaled.
+---@return string
+function ctx.uuid() end
+
+---A durable sleep: after a restart the run sleeps only what is left.
+---@param seconds number
+function ctx.sleep(seconds) end
+
+---Starts workflow with input through the outbox, after the run; returns the entry id.
+---@param workflow string
+---@param input any
+---@param opts? chorus.LaterOpts
+---@return string
+function ctx.later(workflow, input, opts) end
+
+---Runs fn(...) as a named entry of the run's timeline; returns its values, re-raises its error.
+---@generic R
+---@param name string
+---@param fn fun(...): R
+---@param ... any
+---@return R
+function ctx.step(name, fn, ...) end
+
+---Runs fn holding the lock name (FIFO across the server's runs; released on error).
+---@generic R
+---@param name string
+---@param fn fun(): R
+---@return R
+function ctx.lock(name, fn) end
