@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "lua_bindings.h"
+#include "random.h"
 #include "lua_http.h" /* chorus_lua_http_active, for core.stats */
 #include "runtime.h"
 #include "scheduler.h"

@@ -96,9 +96,7 @@ struct chorus_runtime *chorus_runtime_attach(lua_State *L);
  * returns the `chorus.core` table of C functions. */
 int luaopen_chorus_core(lua_State *L);
 
-/* Lua heap allocator with per-run accounting. It charges growth to the run
- * whose task is executing and refuses it past that run's cap, which Lua then
- * raises as a memory error inside the run. */
+/* The Lua heap allocator (alloc.h). */
 void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /* Monotonic seconds: CLOCK_MONOTONIC, or the virtual clock under
