@@ -35,7 +35,13 @@ void chorus_events_close(struct chorus_runtime *rt) {
     for (; e; e = next) {
         next = e->next;
         luaL_unref(rt->L, LUA_REGISTRYINDEX, e->fn_ref);
+        int signum = e->h.handle.type == UV_SIGNAL ? e->h.signal.signum : 0;
         uv_close(&e->h.handle, free_event);
+        /* The process is stopping: a second SIGTERM or SIGINT (timeout(1)
+         * forwards one to the process and another to its group) must not
+         * kill it by the default action while it closes its data folder. */
+        if (signum == SIGTERM || signum == SIGINT)
+            signal(signum, SIG_IGN);
     }
     rt->events = NULL;
 }
