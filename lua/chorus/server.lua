@@ -789,50 +789,102 @@ function server.redrive_local(config, st, id)
   return redrive(id, "cli", true)
 end
 
---- Resumes every run that had not finished when the process stopped:
---- replayed from the start against its journal, on its script version.
+-- Runs recovery starts again per loop turn (storage.recovery_batch): between
+-- batches the loop serves requests, so /healthz answers at once whatever
+-- the number of runs to resume.
+local RECOVERY_BATCH = 200
+local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
+
+-- Resumes one unfinished run: replayed from the start against its journal,
+-- on its script version. Returns whether it had a record to resume.
+local function resume(st, id)
+  local rec = st:get_run(id)
+  if not rec then
+    st:del_timer(id)
+    return false
+  end
+  remember(rec)
+  rec.status = "running"
+  if rec.key then
+    idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
+  end
+  local wf, err = version(rec.script_hash, rec.script)
+  local recorded = st:journal(rec.id)
+  for _, name in ipairs(context.held_locks(recorded)) do
+    context.reserve_lock(name, rec.id)
+  end
+  core.start(nil, function()
+    if not wf then
+      state.inflight = state.inflight + 1
+      local text = finish_record(rec, false, { kind = "script", message = err })
+      state.inflight = state.inflight - 1
+      run_end(rec, text, false)
+      return
+    end
+    execute({ workflow = wf }, rec, rec.input, recorded)
+  end)
+  return true
+end
+
+--- Resumes every run that had not finished when the process stopped. The
+--- list of them is read here, before the loop runs (a run a request starts
+--- later is not among them); the runs start in a task, a batch per loop
+--- turn, while the server already answers: /readyz says 503 "recovering"
+--- until the last one has started.
 local function recover()
   local st = state.store
-  local live, resumed = {}, 0
-  for _, u in ipairs(st:unfinished()) do
-    local rec = st:get_run(u.id)
-    if not rec then
-      st:del_timer(u.id)
-    else
-      live[rec.id] = true
-      resumed = resumed + 1
-      remember(rec)
-      rec.status = "running"
-      if rec.key then
-        idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
-      end
-      local wf, err = version(rec.script_hash, rec.script)
-      local recorded = st:journal(rec.id)
-      for _, name in ipairs(context.held_locks(recorded)) do
-        context.reserve_lock(name, rec.id)
-      end
-      core.start(nil, function()
-        if not wf then
-          state.inflight = state.inflight + 1
-          local text = finish_record(rec, false, { kind = "script", message = err })
-          state.inflight = state.inflight - 1
-          run_end(rec, text, false)
-          return
-        end
-        execute({ workflow = wf }, rec, rec.input, recorded)
-      end)
-    end
-  end
+  local unfinished = st:unfinished()
   -- a workflow entry marked started whose run never got going is due again
-  for _, e in ipairs(st:list_outbox()) do
-    if e.state == "started" and not live[e.id] then
+  -- (its run, if it has a timer, is among those resumed)
+  local live = {}
+  for _, u in ipairs(unfinished) do
+    live[u.id] = true
+  end
+  for _, e in ipairs(st:started_outbox()) do
+    if not live[e.id] then
       e.state = nil
       st:put_outbox(e)
     end
   end
-  if resumed > 0 then
-    log("info", "resuming runs after a restart", { runs = resumed })
+  local total = #unfinished
+  state.recovery = { resumed = 0, total = total }
+  if total == 0 then
+    return
   end
+  state.recovering = true
+  local batch = (state.config.storage or EMPTY).recovery_batch or RECOVERY_BATCH
+  -- test-only: a pause between batches, so a spec sees recovery under way
+  local pause = tonumber(core.env("CHORUS_TEST_RECOVERY_PAUSE") or "") or 0
+  log("info", "resuming runs after a restart", { runs = total })
+  core.start({ instructions = 0, memory = 0 }, function()
+    local t0 = core.monotime()
+    local last_log, resumed, failed = t0, 0, 0
+    for i, u in ipairs(unfinished) do
+      if state.draining then -- the rest resume at the next start
+        break
+      end
+      -- a record that cannot be read is said and left alone, never acted
+      -- on (`chorus data verify` names it); the other runs go on
+      local ok, res = pcall(resume, st, u.id)
+      if not ok then
+        failed = failed + 1
+        log("error", "cannot resume a run", { run_id = u.id, error = tostring(res) })
+      elseif res then
+        resumed = resumed + 1
+      end
+      state.recovery.resumed = i
+      if i % batch == 0 and i < total then
+        core.sleep(pause)
+        if core.monotime() - last_log >= RECOVERY_LOG_EVERY then
+          last_log = core.monotime()
+          log("info", "resuming runs", { resumed = i, total = total })
+        end
+      end
+    end
+    state.recovering = false
+    log("info", "resumed runs after a restart", { runs = resumed, failed = failed,
+      seconds = math.floor((core.monotime() - t0) * 1000) / 1000 })
+  end)
 end
 
 -- A workflow entry of the outbox runs as a durable run whose id is the
@@ -999,6 +1051,10 @@ local function route(req)
   if path == "/readyz" then
     if state.draining then
       return json_response(503, { status = "draining" })
+    end
+    if state.recovering then -- not every unfinished run has started again
+      return json_response(503, { status = "recovering", resumed = state.recovery.resumed,
+        total = state.recovery.total })
     end
     return json_response(200, { status = "ready" })
   end

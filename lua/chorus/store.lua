@@ -255,6 +255,18 @@ local function masked(list)
   return list
 end
 
+--- The workflow entries marked started (their run was under way), whole:
+--- recovery writes them back, so they must not be the redacted listing.
+function Store:started_outbox()
+  local out = {}
+  for _, e in ipairs(values(self, "outbox")) do
+    if e.state == "started" then
+      out[#out + 1] = e
+    end
+  end
+  return out
+end
+
 --- Outbox entries in due order, for listings (redacted).
 function Store:list_outbox(limit)
   return masked(values(self, "outbox", limit))
