@@ -90,6 +90,7 @@ bench: all
 	bash scripts/bench.sh
 	bash scripts/bench_serve.sh
 	bash scripts/bench_durable.sh
+	bash scripts/bench_recovery.sh
 
 lint:
 	luacheck lua examples tests scripts/bench
