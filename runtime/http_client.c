@@ -43,7 +43,7 @@ struct chorus_http_client {
     int closing;
     struct sock_ctx **socks; /* by fd: every socket curl has open */
     size_t nsocks;
-    size_t idle_socks; /* of those, the ones no transfer uses (keep-alive) */
+    size_t idle_socks;        /* of those, the ones no transfer uses (keep-alive) */
     struct egress_net *allow; /* what restricted calls may reach though not public */
     size_t nallow;
     struct egress_net self; /* the server's listen address (prefix 0: none) */
