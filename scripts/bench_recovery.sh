@@ -95,6 +95,8 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "recovery: SIGKILL with N runs parked on an upstream call, restart on the same data folder; medians of $RUNS"
 echo "  load: chorus run scripts/bench/start_runs.lua --input '{\"url\":\"URL/workflows/bench_park\",\"total\":N,\"concurrency\":$CONNS}'"
+echo "  kill -9, then: chorus serve --config CONF --scripts scripts/bench/recovery --data DIR --listen 127.0.0.1:PORT"
+echo "  (upstream a = mock?delay=3600000; /healthz and /readyz polled from the exec)"
 printf '%7s %10s %10s %9s %13s %13s %10s\n' N "healthz s" "readyz s" resumed "mock requests" "runs started/s" "client req/s"
 for n in $SIZES; do
   # each parked run holds a socket in chorus and one in the mock
