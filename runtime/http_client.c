@@ -881,7 +881,7 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, tls ? 1L : 0L);
     /* To find a connection to reuse, curl 7.88 walks every connection to
      * the host, in use or not: with thousands of calls parked on one
-     * upstream each new call cost a walk of them all (about half of the
+     * upstream each new call cost a walk of them all (much of the 10 to
      * 20 s recovery took to resume 10,000 parked runs). A plain HTTP/1.1
      * connection in use never takes another call, so when no socket is
      * idle there is nothing to find: skip the search. (Over TLS a busy
