@@ -90,6 +90,7 @@ bench: all
 	bash scripts/bench.sh
 	bash scripts/bench_serve.sh
 	bash scripts/bench_durable.sh
+	bash scripts/bench_recovery.sh
 
 # Every C file of the project: lint and format cover them all.
 C_FILES = runtime/*.c runtime/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/fuzz/*.h

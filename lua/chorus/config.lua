@@ -9,7 +9,7 @@
 --                drain_timeout = 10 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
 --     storage = { durable = true, sync = true, map_size_mb = 1024, max_size_mb = 8192,
---                 runs_retention = 604800 },
+--                 runs_retention = 604800, recovery_batch = 200 },
 --     outbox = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 },
 --     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
 --     webhook_secret = chorus.secret("webhook"),
@@ -69,7 +69,8 @@ local LIMITS = {
 local SECTIONS = {
   storage = { map_size_mb = { int = true, min = 1, max = 1 << 24 },
     max_size_mb = { int = true, min = 1, max = 1 << 24 },
-    runs_retention = { min = 0, max = 100 * YEAR } },
+    runs_retention = { min = 0, max = 100 * YEAR },
+    recovery_batch = { int = true, min = 1, max = 1000000 } },
   outbox = { attempts = { int = true, min = 1, max = 1000 }, base = { min = 0, max = DAY },
     cap = { min = 0, max = 30 * DAY }, concurrency = { int = true, min = 1, max = 100000 },
     poll = { min = 0.001, max = 3600 } },

@@ -351,58 +351,121 @@ function Service:version(hash, path)
   return wf, err
 end
 
---- Resumes every run that had not finished when the process stopped:
---- replayed from the start against its journal, on its script version.
---- start(fn, rec) runs each resumed run (default: a detached run,
---- core.start); fn returns what execute does.
---- Returns how many runs were resumed.
-function Service:recover(start)
-  start = start or function(fn) core.start(nil, fn) end
+-- Runs recovery starts again per loop turn (storage.recovery_batch): between
+-- batches the loop serves requests, so /healthz answers at once whatever
+-- the number of runs to resume.
+runs.RECOVERY_BATCH = 200
+local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
+
+-- Resumes one unfinished run: replayed from the start against its journal,
+-- on its script version, by start(fn, rec). Returns whether it had a record
+-- to resume.
+function Service:resume(id, start)
   local st = self.store
-  local live, resumed = {}, 0
-  for _, u in ipairs(st:unfinished()) do
-    local rec = st:get_run(u.id)
-    if not rec then
-      st:del_timer(u.id)
-    else
-      live[rec.id] = true
-      resumed = resumed + 1
-      self:remember(rec)
-      rec.status = "running"
-      if rec.key then
-        idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
-      end
-      local wf, err = self:version(rec.script_hash, rec.script)
-      local recorded = st:journal(rec.id)
-      for _, name in ipairs(context.held_locks(recorded)) do
-        context.reserve_lock(name, rec.id)
-      end
-      start(function()
-        if not wf then
-          self.inflight = self.inflight + 1
-          local text = self:finish_record(rec, false, { kind = "script", message = err })
-          self.inflight = self.inflight - 1
-          self:finish(rec, text, false)
-          return false, { kind = "script", message = err }
-        end
-        return self:execute({ workflow = wf }, rec, rec.input, recorded)
-      end, rec)
-    end
+  local rec = st:get_run(id)
+  if not rec then
+    st:del_timer(id)
+    return false
   end
+  self:remember(rec)
+  rec.status = "running"
+  if rec.key then
+    idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
+  end
+  local wf, err = self:version(rec.script_hash, rec.script)
+  local recorded = st:journal(rec.id)
+  for _, name in ipairs(context.held_locks(recorded)) do
+    context.reserve_lock(name, rec.id)
+  end
+  start(function()
+    if not wf then
+      self.inflight = self.inflight + 1
+      local text = self:finish_record(rec, false, { kind = "script", message = err })
+      self.inflight = self.inflight - 1
+      self:finish(rec, text, false)
+      return false, { kind = "script", message = err }
+    end
+    return self:execute({ workflow = wf }, rec, rec.input, recorded)
+  end, rec)
+  return true
+end
+
+--- Resumes every run that had not finished when the process stopped. The
+--- list of them is read first (a run a request starts later is not among
+--- them). opts:
+---   start(fn, rec)  runs each resumed run (default: a detached run,
+---                   core.start); fn returns what execute does
+---   background      resume in a task of its own, batch runs per loop turn,
+---                   so the server answers meanwhile (the server's /readyz
+---                   reads self.recovery = { resumed =, total =, active = })
+---   batch, pause    runs per turn (runs.RECOVERY_BATCH), seconds between
+---                   batches (tests)
+---   stopping()      true when the process is draining: the rest resume at
+---                   the next start
+--- Returns how many unfinished runs there were.
+function Service:recover(opts)
+  opts = opts or {}
+  local start = opts.start or function(fn) core.start(nil, fn) end
+  local st = self.store
+  local unfinished = st:unfinished()
   -- a workflow entry marked started whose run never got going is due again
-  -- (the stored entries, not the listings' masked copies: these are sent)
-  if st.outbox_entries and not st.memory then
-    for _, e in ipairs(st:outbox_entries()) do
-      if e.state == "started" and not live[e.id] then
+  -- (its run, if it has a timer, is among those resumed); the stored
+  -- entries, not the listings' masked copies: these are sent
+  local live = {}
+  for _, u in ipairs(unfinished) do
+    live[u.id] = true
+  end
+  if st.started_outbox and not st.memory then
+    for _, e in ipairs(st:started_outbox()) do
+      if not live[e.id] then
         e.state = nil
         st:put_outbox(e)
       end
     end
   end
-  if resumed > 0 then
-    self.env.log("info", "resuming runs after a restart", { runs = resumed })
+  local total = #unfinished
+  self.recovery = { resumed = 0, total = total, active = total > 0 }
+  if total == 0 then
+    return 0
   end
-  return resumed
+  local log = self.env.log
+  local batch, pause = opts.batch or runs.RECOVERY_BATCH, opts.pause or 0
+  log("info", "resuming runs after a restart", { runs = total })
+  local function resume_all()
+    local t0 = core.monotime()
+    local last_log, resumed, failed = t0, 0, 0
+    for i, u in ipairs(unfinished) do
+      if opts.stopping and opts.stopping() then
+        break
+      end
+      -- a record that cannot be read is said and left alone, never acted
+      -- on (`chorus data verify` names it); the other runs go on
+      local ok, res = pcall(self.resume, self, u.id, start)
+      if not ok then
+        failed = failed + 1
+        log("error", "cannot resume a run", { run_id = u.id, error = tostring(res) })
+      elseif res then
+        resumed = resumed + 1
+      end
+      self.recovery.resumed = i
+      if opts.background and i % batch == 0 and i < total then
+        core.sleep(pause)
+        if core.monotime() - last_log >= RECOVERY_LOG_EVERY then
+          last_log = core.monotime()
+          log("info", "resuming runs", { resumed = i, total = total })
+        end
+      end
+    end
+    self.recovery.active = false
+    log("info", "resumed runs after a restart", { runs = resumed, failed = failed,
+      seconds = math.floor((core.monotime() - t0) * 1000) / 1000 })
+  end
+  if opts.background then
+    core.start({ instructions = 0, memory = 0, cpu_ms = 0 }, resume_all)
+  else
+    resume_all()
+  end
+  return total
 end
 
 --- Starts the run of a workflow entry of the outbox: a durable run whose id

@@ -566,7 +566,11 @@ end
 local function start_background()
   core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.relay:run() end)
   if state.store then
-    state.runs:recover()
+    local storage = state.config.storage or EMPTY
+    state.runs:recover({ background = true, batch = storage.recovery_batch,
+      -- test-only: a pause between batches, so a spec sees recovery under way
+      pause = tonumber(core.env("CHORUS_TEST_RECOVERY_PAUSE") or ""),
+      stopping = function() return state.draining end })
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep_loop)
   end
 end
@@ -629,6 +633,10 @@ local function route(req)
   if path == "/readyz" then
     if state.draining then
       return json_response(503, { status = "draining" })
+    end
+    local rec = state.runs and state.runs.recovery
+    if rec and rec.active then -- not every unfinished run has started again
+      return json_response(503, { status = "recovering", resumed = rec.resumed, total = rec.total })
     end
     return json_response(200, { status = "ready" })
   end

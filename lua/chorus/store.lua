@@ -310,10 +310,16 @@ function Store:outbox_created(limit)
   return out
 end
 
---- Outbox entries in due order, as stored (for the relay and recovery;
---- listings use list_outbox).
-function Store:outbox_entries(limit)
-  return values(self, "outbox", limit)
+--- The workflow entries marked started (their run was under way), whole:
+--- recovery writes them back, so they must not be the redacted listing.
+function Store:started_outbox()
+  local out = {}
+  for _, e in ipairs(values(self, "outbox")) do
+    if e.state == "started" then
+      out[#out + 1] = e
+    end
+  end
+  return out
 end
 
 --- Outbox entries in due order, for listings (redacted).

@@ -231,7 +231,7 @@ function testing.run(workflow, input, opts)
       svc = runs.service(env)
       svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
       local resumed = {}
-      svc:recover(function(fn) resumed[#resumed + 1] = fn end)
+      svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
       for _, fn in ipairs(resumed) do
         local again
         ok, value, _, _, info, again = fn()

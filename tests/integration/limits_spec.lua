@@ -112,6 +112,8 @@ describe("config ranges", function()
       "limits.run_cpu_seconds must be between 0.1 and 1000000 (or 0 for none), got -1" },
     { "outbox = { poll = 0 }", "outbox.poll must be between 0.001 and 3600, got 0" },
     { "storage = { map_size_mb = 1e12 }", "storage.map_size_mb must be between 1 and 16777216, got 1000000000000" },
+    { "storage = { recovery_batch = 0 }", "storage.recovery_batch must be between 1 and 1000000, got 0" },
+    { "storage = { recovery_batch = 2.5 }", "storage.recovery_batch must be an integer, got 2.5" },
     { "alerts = { dlq_depth = 0/0 }", "alerts.dlq_depth must be a number, got NaN" },
     { "upstreams = { a = { base_url = 'http://127.0.0.1:1', timeout = -1 } }",
       "upstreams.a.timeout must be between 0 and 1000000, got -1" },
