@@ -1,0 +1,95 @@
+-- chorus.responses — the HTTP answers `chorus serve` makes: problem+json
+-- errors (RFC 9457), JSON and text bodies, a workflow's return value as a
+-- response, a finished run's answer, and the answer to a run that could
+-- not be stored.
+local core = require "chorus.core"
+local secrets = require "chorus.secrets"
+local store = require "chorus.store"
+local json = core.json
+
+local responses = {}
+
+local function problem(status, title, detail, extra)
+  local body = { type = "about:blank", title = title, status = status, detail = detail }
+  for k, v in pairs(extra or {}) do
+    body[k] = v
+  end
+  return { status = status, headers = { ["Content-Type"] = "application/problem+json" },
+    body = json.encode(body) }
+end
+responses.problem = problem
+
+function responses.json(status, value, headers)
+  local h = { ["Content-Type"] = "application/json" }
+  for k, v in pairs(headers or {}) do
+    h[k] = v
+  end
+  return { status = status, headers = h, body = json.encode(value) }
+end
+local json_response = responses.json
+
+--- The token of an `Authorization: Bearer TOKEN` header, or nil.
+function responses.bearer(req)
+  return (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
+end
+
+function responses.text(status, text, content_type)
+  return { status = status, headers = { ["Content-Type"] = content_type or "text/plain; charset=utf-8" },
+    body = text }
+end
+
+-- A workflow's return value as an HTTP response (README, HTTP surface: {status=,
+-- headers=, json=} or {status=, body=}, anything else 200 JSON).
+function responses.workflow(value)
+  if type(value) == "table" and math.type(value.status) == "integer"
+      and (value.json ~= nil or value.body ~= nil or value.headers ~= nil) then
+    local headers = {}
+    for k, v in pairs(type(value.headers) == "table" and value.headers or {}) do
+      headers[tostring(k)] = tostring(v)
+    end
+    if value.json ~= nil then
+      headers["Content-Type"] = headers["Content-Type"] or "application/json"
+      return { status = value.status, headers = headers, body = json.encode(value.json) }
+    end
+    headers["Content-Type"] = headers["Content-Type"] or "text/plain; charset=utf-8"
+    return { status = value.status, headers = headers, body = tostring(value.body or "") }
+  end
+  return json_response(200, value)
+end
+
+-- The response a finished run gives its caller (and replays under its
+-- idempotency key).
+function responses.run(rec, ok, value)
+  if not ok and rec.status == "timed_out" then
+    return problem(504, "Gateway Timeout", "the workflow's run passed its deadline (its timeout); see the run record",
+      { run_id = rec.id, kind = rec.error.kind })
+  end
+  if not ok then
+    return problem(500, "Internal Server Error", "the workflow failed; see the run record",
+      { run_id = rec.id, kind = rec.error.kind })
+  end
+  local rok, resp = pcall(responses.workflow, value)
+  if not rok then
+    return problem(500, "Internal Server Error", "the workflow's result is not JSON: " .. tostring(resp),
+      { run_id = rec.id })
+  end
+  -- a secret the run read never leaves in its answer, as in its record
+  resp.body = secrets.redact(resp.body)
+  for k, v in pairs(resp.headers) do
+    resp.headers[k] = secrets.redact(v)
+  end
+  resp.headers["X-Run-Id"] = rec.id
+  return resp
+end
+
+-- The answer to a request whose run could not be stored: 507 when the
+-- data folder is full (storage.max_size_mb), else 500. Never a 2xx.
+function responses.storage_problem(err, run_id)
+  if store.is_full(err) then
+    return problem(507, "Insufficient Storage",
+      "the data folder is full (storage.max_size_mb); the run was not stored", { run_id = run_id })
+  end
+  return problem(500, "Internal Server Error", "the run could not be stored", { run_id = run_id })
+end
+
+return responses

@@ -1,0 +1,132 @@
+-- chorus.routes — what `chorus serve` answers at each path: POST
+-- /workflows/NAME (chorus.workflow_requests), GET /runs/ID, /metrics,
+-- /healthz, /readyz and /admin/... (chorus.admin); dispatch is the request
+-- handler lua_server.c runs, a run per request, and always answers.
+local admin = require "chorus.admin"
+local core = require "chorus.core"
+local log = require("chorus.log").event
+local metrics = require "chorus.metrics"
+local responses = require "chorus.responses"
+local runs = require "chorus.runs"
+local state = require "chorus.server_state"
+local workflow_requests = require "chorus.workflow_requests"
+local json = core.json
+
+local routes = {}
+
+local problem, json_response, text_response = responses.problem, responses.json, responses.text
+local authenticate = workflow_requests.authenticate
+
+local m = {
+  inflight = metrics.gauge("chorus_runs_in_flight", "Workflow runs in flight"),
+  requests = metrics.counter("chorus_http_requests_total", "Inbound HTTP requests by status",
+    { "code" }),
+  memory = metrics.gauge("chorus_lua_memory_bytes", "Lua heap size"),
+  commits = metrics.counter("chorus_store_commits_total", "Group commits of the data folder (each fsync'd)"),
+  store_failures = metrics.counter("chorus_store_commit_failures_total", "Group commits that failed"),
+  breakers = metrics.gauge("chorus_breaker_state", "Circuit breaker state (1 for the current one)",
+    { "breaker", "state" }),
+}
+
+local BREAKER_STATES = { "closed", "open", "half_open" }
+
+local function export_breakers()
+  for name, current in pairs(core.breakers()) do
+    for _, st in ipairs(BREAKER_STATES) do
+      m.breakers.set({ name, st }, st == current and 1 or 0)
+    end
+  end
+end
+
+-- GET /runs/ID: the record, to the admin token or to the credentials the
+-- run's workflow asks for in auth.NAME; a run of an open workflow is read
+-- with its id alone (122 random bits: the id is the capability, as in the
+-- Location header of an async start). An unknown id and a refused one get
+-- the same 404, so ids cannot be probed.
+local function run_record(req, id)
+  local gok, rec = pcall(state.runs.lookup, state.runs, id)
+  if not gok then -- a corrupt record: said, never passed off as missing
+    log("error", "cannot read a run record", { run_id = id, error = tostring(rec) })
+    return problem(500, "Internal Server Error", tostring(rec))
+  end
+  local text = rec and (type(rec) == "string" and rec or runs.record_text(rec))
+  local name = type(rec) == "table" and rec.workflow
+  if text and not name then
+    local ok, decoded = pcall(json.decode, text)
+    name = ok and type(decoded) == "table" and decoded.workflow
+  end
+  if not text or not (admin.authorized(require("chorus.server"), req) or authenticate(req, tostring(name))) then
+    return problem(404, "Not Found", ("no run with id '%s' that these credentials can read (runs of a "
+      .. "workflow with auth need its token or the admin token)"):format(id))
+  end
+  -- the outbox entries the run enqueued: their delivery goes on after the
+  -- record is written, so their state is read now
+  text = require("chorus.deliveries").add_to_record(text, state.backend and state.backend:deliveries(id))
+  return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = text }
+end
+
+-- The response to req (any route); raises on a bug, which dispatch answers.
+local function route(req)
+  local path = req.path
+  local name = path:match("^/workflows/([^/]+)$")
+  if name then
+    return workflow_requests.start(req, name)
+  end
+  local id = path:match("^/runs/([^/]+)$")
+  if id then
+    return run_record(req, id)
+  end
+  if path == "/metrics" then
+    m.memory.set(nil, core.stats().lua_bytes)
+    m.inflight.set(nil, state.runs.inflight)
+    if state.store then
+      -- the store counts; the counters catch up with it
+      local ss, seen = state.store:stats(), state.store_seen or { commits = 0, failures = 0 }
+      m.commits.inc(nil, ss.commits - seen.commits)
+      m.store_failures.inc(nil, ss.failures - seen.failures)
+      state.store_seen = ss
+    end
+    export_breakers()
+    return text_response(200, metrics.render(), "text/plain; version=0.0.4")
+  end
+  if path == "/healthz" then
+    return json_response(200, { status = "ok" })
+  end
+  if path == "/readyz" then
+    if state.draining then
+      return json_response(503, { status = "draining" })
+    end
+    local rec = state.runs and state.runs.recovery
+    if rec and rec.active then -- not every unfinished run has started again
+      return json_response(503, { status = "recovering", resumed = rec.resumed, total = rec.total })
+    end
+    return json_response(200, { status = "ready" })
+  end
+  local what = path:match("^/admin/(.+)$")
+  if what then
+    return admin.handle(require("chorus.server"), req, what)
+  end
+  return problem(404, "Not Found", ("nothing at %s"):format(path))
+end
+
+--- The request handler (a run per request): always returns a response.
+function routes.dispatch(req)
+  local t0 = core.now()
+  local ok, resp = pcall(route, req)
+  if ok and type(resp) ~= "table" then
+    ok, resp = false, "the route gave no response"
+  end
+  if not ok then
+    log("error", "request handler failed", { path = req.path, error = tostring(resp) })
+    resp = problem(500, "Internal Server Error", "the server could not handle this request")
+  end
+  m.requests.inc({ resp.status })
+  if state.config.access_log == false then
+    return resp
+  end
+  log("info", "request", { method = req.method, path = req.path, status = resp.status,
+    duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"] })
+  return resp
+end
+
+return routes

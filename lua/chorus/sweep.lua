@@ -1,0 +1,46 @@
+-- chorus.sweep — keeps the data folder from growing forever: expired
+-- idempotency keys and finished run records older than
+-- storage.runs_retention go, a bounded step at a time, once a minute.
+local core = require "chorus.core"
+local log = require("chorus.log").event
+local state = require "chorus.server_state"
+
+local sweep = {}
+
+local SWEEP_EVERY = 60
+local SWEEP_BATCH = 5000
+local DEFAULT_RETENTION = 7 * 24 * 3600
+
+-- Every minute, a step through the idempotency keys (expired ones go) and
+-- the run records (finished ones older than storage.runs_retention go), so
+-- the data folder does not grow forever.
+--- The sweep, as a background run of `chorus serve` with a data folder.
+function sweep.loop()
+  local st = state.store
+  local retention = (state.config.storage or {}).runs_retention or DEFAULT_RETENTION
+  local keys_from, runs_from
+  while not state.draining do
+    core.sleep(SWEEP_EVERY)
+    local now = core.now()
+    local keys, old_runs
+    keys, keys_from = st:sweep("idempotency", keys_from, SWEEP_BATCH, function(rec)
+      return rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
+    end)
+    old_runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec)
+      local old = rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention
+      if old and rec.status == "failed" and type(rec.id) == "string" then
+        st:drop_journal(rec.id) -- the journal kept for a redrive goes with the record
+      end
+      if old and type(rec.id) == "string" then
+        st:drop_deliveries(rec.id)
+      end
+      return old
+    end)
+    if keys + old_runs > 0 then
+      st:commit()
+      log("info", "swept the data folder", { expired_keys = keys, old_runs = old_runs })
+    end
+  end
+end
+
+return sweep
