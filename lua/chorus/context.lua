@@ -3,9 +3,9 @@
 -- ctx carries the run's identity and the run-scoped services: deterministic
 -- idempotency keys, clock, randomness, durable sleep, polling, the outbox
 -- (later), locks, named steps in the timeline and a structured logger that
--- stamps run and trace ids. now, random, uuid, sleep, later and lock are effects:
--- journaled in a durable run, so a replay sees the values the first
--- execution saw (chorus.journal).
+-- stamps run and trace ids. now, random, uuid, sleep, later, lock and
+-- poll's waits are effects: journaled in a durable run, so a replay sees the
+-- values the first execution saw (chorus.journal).
 local core = require "chorus.core"
 local errors = require "chorus.errors"
 local journal = require "chorus.journal"
