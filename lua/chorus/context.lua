@@ -1,17 +1,19 @@
 -- chorus.context — the ctx a workflow's run function receives.
 --
 -- ctx carries the run's identity and the run-scoped services: deterministic
--- idempotency keys, clock, randomness, durable sleep, the outbox (later),
--- locks, named steps in the timeline and a structured logger that stamps
--- run and trace ids. now, random, uuid, sleep, later and lock are effects:
--- journaled in a durable run, so a replay sees the values the first
--- execution saw (chorus.journal).
+-- idempotency keys, clock, randomness, durable sleep, polling, the outbox
+-- (later), locks, named steps in the timeline and a structured logger that
+-- stamps run and trace ids. now, random, uuid, sleep, later, lock and
+-- poll's waits are effects: journaled in a durable run, so a replay sees the
+-- values the first execution saw (chorus.journal).
 local core = require "chorus.core"
+local errors = require "chorus.errors"
 local journal = require "chorus.journal"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
 local logging = require "chorus.log"
 local redact = require "chorus.redact"
+local retry = require "chorus.retry"
 
 -- ctx → its workflow's redact paths, for the log lines (chorus.redact)
 local ctx_redact = setmetatable({}, { __mode = "k" })
@@ -201,6 +203,103 @@ function shared.sleep(seconds)
   end
 end
 
+-- ---- ctx.poll ---------------------------------------------------------
+--
+-- ctx.poll(fn, { every = S | backoff = policy, timeout = S }) calls fn until
+-- it returns a non-nil value. fn is the caller's code: its effects (HTTP
+-- calls, ...) are journaled as anywhere else. ctx.poll journals its own
+-- decisions, so a replay after a crash makes the same ones without waiting
+-- again: when polling started ("poll start": the timeout counts from there,
+-- not from the restart), and after each nil the time of the next poll and
+-- the wait before it ("poll wait N"), or false when the backoff policy has
+-- no poll left. Every decision reads only those journaled values, never the
+-- clock of the replay.
+
+local POLL_OPTIONS = { every = true, backoff = true, timeout = true }
+
+local function positive(v)
+  return type(v) == "number" and v > 0 and v == v
+end
+
+-- The checked options: every, policy (one of the two), timeout (or nil).
+-- Errors are raised at level 3: the script's call of ctx.poll.
+local function poll_options(opts)
+  if type(opts) ~= "table" then
+    error("ctx.poll(fn, opts): opts must be a table { every = S | backoff = retry.policy{...}, timeout = S }", 3)
+  end
+  for k in pairs(opts) do
+    if not POLL_OPTIONS[k] then
+      error(("ctx.poll: unknown option '%s' (every, backoff, timeout)"):format(tostring(k)), 3)
+    end
+  end
+  local every, backoff, timeout = opts.every, opts.backoff, opts.timeout
+  if (every == nil) == (backoff == nil) then
+    error("ctx.poll: give one of every = seconds or backoff = retry.policy{...}", 3)
+  end
+  if every ~= nil and not (positive(every) and every < math.huge) then
+    error("ctx.poll: every must be a positive, finite number of seconds", 3)
+  end
+  if timeout ~= nil and not positive(timeout) then
+    error("ctx.poll: timeout must be a positive number of seconds", 3)
+  end
+  local policy
+  if backoff ~= nil then
+    if type(backoff) ~= "table" then
+      error("ctx.poll: backoff must be a retry.policy{...} (or a table of its options)", 3)
+    end
+    local ok, p = pcall(retry.policy, backoff)
+    if not ok then
+      error("ctx.poll: backoff: " .. tostring(p), 3)
+    end
+    policy = p
+  end
+  return every, policy, timeout
+end
+
+-- The error when no value came: kind timeout, with the polls made.
+local function poll_gave_up(why, polls)
+  return errors.new("timeout", ("ctx.poll: no value after %d poll%s (%s)"):format(polls,
+    polls == 1 and "" or "s", why), { polls = polls })
+end
+
+function shared.poll(fn, opts)
+  if type(fn) ~= "function" then
+    error("ctx.poll(fn, opts): fn must be a function", 2)
+  end
+  local every, policy, timeout = poll_options(opts)
+  local start = journal.effect("poll", "start", core.now)
+  -- the backoff's state: prev (the last wait) is kept from the journal so
+  -- that decorrelated jitter grows on from where it was after a restart
+  local prev, seed = 0, math.random(1, 0x7fffffff)
+  local polls = 0
+  while true do
+    polls = polls + 1
+    local value = fn(polls)
+    if value ~= nil then
+      return value, polls
+    end
+    local next_poll = journal.effect("poll", "wait " .. polls, function()
+      local now, wait = core.now(), every
+      if policy then
+        wait, prev, seed = core.retry_next(policy, polls, now - start, -1, prev, seed)
+        if wait < 0 then
+          return false
+        end
+      end
+      return { at = now + wait, wait = wait }
+    end)
+    if not next_poll then
+      error(poll_gave_up(polls >= policy.attempts and ("the backoff policy's attempts = %d"):format(policy.attempts)
+        or ("the backoff policy's max_elapsed = %g s"):format(policy.max_elapsed), polls), 0)
+    end
+    prev = next_poll.wait
+    if timeout and next_poll.at > start + timeout then -- no poll fits any more: do not wait for nothing
+      error(poll_gave_up(("timeout = %g s"):format(timeout), polls), 0)
+    end
+    runstate.sleep(next_poll.at - core.now(), ("in ctx.poll's wait before poll %d"):format(polls + 1))
+  end
+end
+
 function shared.later(workflow, input, opts)
   return outbox.later(workflow, input, opts)
 end
@@ -241,7 +340,7 @@ function context.new(state)
     run_id = state.run_id, input = state.input, workflow = state.workflow, request = copy(state.request),
     trace_id = state.trace_id, timeline = state.timeline,
     now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
-    later = shared.later, lock = shared.lock,
+    later = shared.later, lock = shared.lock, poll = shared.poll,
   }, CTX_MT)
   ctx_redact[ctx] = state.redact
   function ctx.key(name)

@@ -1,11 +1,11 @@
 -- Durable state through real processes: idempotency keys, runs resumed
--- after SIGKILL, durable sleep, non-determinism detection, the outbox's
--- order and DLQ, locks, webhooks, and the runs/outbox/dlq commands.
+-- after SIGKILL, durable sleep and polling, non-determinism detection, the
+-- outbox's order and DLQ, locks, webhooks, and the runs/outbox/dlq commands.
 local H = require "tests.integration.helpers"
 
 local FIX = "tests/integration/fixtures/durable/"
 local NAMES = { "charge.lua", "receipt.lua", "required.lua", "slow.lua", "branch.lua", "order.lua",
-  "dead.lua", "locked.lua", "hook.lua", "rollback.lua", "odd.lua" }
+  "dead.lua", "locked.lua", "hook.lua", "rollback.lua", "odd.lua", "polled.lua" }
 
 local function config_text(mock_url)
   return ([[
@@ -338,6 +338,26 @@ describe("durable state", function()
       local slept = rec.result.after - rec.result.before
       assert.is_true(slept >= 2.95 and slept < 4.5, ("slept %.2f s for a 3 s timer"):format(slept))
       assert.are.equal(1, mock.stats().by_path["/after-sleep"])
+    end)
+
+    it("resumes ctx.poll without polling again what the journal has, nor waiting again", function()
+      local r = post("/workflows/polled", "{}", { Prefer = "respond-async" })
+      assert.are.equal(202, r.status)
+      assert.is_truthy(H.eventually(function() return (mock.stats().by_path["/polled"] or 0) >= 2 end, 5))
+      H.sleep(0.3) -- the second poll is journaled, its wait begun
+      srv.kill("KILL")
+      srv.wait()
+      start()
+      local rec = H.eventually(function()
+        local rec = run_record(r.json.run_id)
+        return rec and rec.status ~= "running" and rec
+      end, 10)
+      assert.is_truthy(rec, "the run did not finish after the restart")
+      assert.are.equal("succeeded", rec.status)
+      assert.are.equal(4, rec.result.polls)
+      assert.are.equal(4, mock.stats().by_path["/polled"])
+      local took = rec.result.after - rec.result.before
+      assert.is_true(took >= 2.95 and took < 4.5, ("polled for %.2f s, 3 waits of 1 s"):format(took))
     end)
 
     it("gives a lock back to the run that held it at the crash, before any waiter", function()

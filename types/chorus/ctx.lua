@@ -23,6 +23,11 @@
 ---@field base? number      backoff base, seconds
 ---@field cap? number       backoff cap, seconds
 
+---@class chorus.PollOpts
+---@field every? number                          seconds between polls (a fixed delay); or backoff
+---@field backoff? chorus.retry.Policy|chorus.retry.PolicyOptions  waits as the policy says; its attempts caps the polls
+---@field timeout? number                        seconds from the first poll; then an error of kind timeout
+
 ---@class chorus.Ctx
 ---@field run_id string
 ---@field input any
@@ -54,6 +59,16 @@ function ctx.uuid() end
 ---A durable sleep: after a restart the run sleeps only what is left.
 ---@param seconds number
 function ctx.sleep(seconds) end
+
+---Calls fn(n) (n: the poll's number) until it returns a non-nil value; returns that value and
+---the polls it took. The waits are journaled (a replay does not wait again), bounded by the
+---run's deadline; raises {kind="timeout", polls=} when timeout or the policy's attempts run out.
+---@generic T
+---@param fn fun(n: integer): T?
+---@param opts chorus.PollOpts
+---@return T value
+---@return integer polls
+function ctx.poll(fn, opts) end
 
 ---Starts workflow with input through the outbox, after the run; returns the entry id.
 ---@param workflow string
