@@ -41,12 +41,7 @@ describe("chorus serve", function()
     srv = H.start_server({ "--config", conf, "--scripts", dir })
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, conf) end)
 
   local function post(path, body, headers)
     return H.request(srv.url .. path, { method = "POST", body = body, headers = headers })
