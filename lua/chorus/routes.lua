@@ -125,7 +125,8 @@ function routes.dispatch(req)
     return resp
   end
   log("info", "request", { method = req.method, path = req.path, status = resp.status,
-    duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"] })
+    duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"],
+    trace_id = resp.trace_id })
   return resp
 end
 

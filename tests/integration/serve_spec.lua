@@ -180,18 +180,24 @@ describe("chorus serve", function()
       assert.are.equal(404, H.request(srv.url .. "/nope").status)
     end)
 
-    it("writes JSON-lines access logs with run and trace ids", function()
-      post("/workflows/calls", "{}")
-      local found = false
+    it("writes JSON-lines logs with run, trace and span ids; the access log line names the run and trace", function()
+      local trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+      local r = post("/workflows/calls", "{}", { traceparent = "00-" .. trace .. "-00f067aa0ba902b7-01" })
+      local run_id = r.headers["x-run-id"]
+      local found, access = false, false
       for line in H.read(srv.log):gmatch("[^\n]+") do
         local entry = H.decode(line)
-        if entry and entry.msg == "called the mock" then
-          assert.truthy(entry.run_id)
-          assert.truthy(entry.trace_id)
+        if entry and entry.msg == "called the mock" and entry.run_id == run_id then
+          assert.are.equal(trace, entry.trace_id)
+          assert.truthy(entry.span_id and entry.span_id:match("^%x+$") and #entry.span_id == 16, line)
           found = true
+        elseif entry and entry.msg == "request" and entry.run_id == run_id then
+          assert.are.equal(trace, entry.trace_id)
+          access = true
         end
       end
       assert.is_true(found)
+      assert.is_true(access)
     end)
 
     it("cuts off a client that never finishes its request", function()
