@@ -192,6 +192,7 @@ function shared.sleep(seconds)
     error("ctx.sleep: seconds must be a non-negative number", 2)
   end
   local wake = journal.effect("sleep", nil, function() return core.now() + seconds end)
+  runstate.check_stop()
   local left = runstate.remaining()
   local wait = wake - core.now()
   if wait > left then -- never wait past the run's deadline

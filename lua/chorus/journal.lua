@@ -157,6 +157,9 @@ function journal.effect(kind, target, fn, restore)
   local run = runstate.current()
   local j = run and run.journal
   if not j then
+    if run then -- not durable, but a stopped run makes no effect either
+      runstate.check_stop(run)
+    end
     return fn()
   end
   if run.stopped then -- a control error ended the run: nothing more happens or is recorded
@@ -195,6 +198,7 @@ function journal.effect(kind, target, fn, restore)
     end
     error(err, 0)
   end
+  runstate.check_stop(run) -- live from here: a cancel asked before a restart stops the run here
   if j.unsynced then
     j.unsynced = false
     j.store:commit()

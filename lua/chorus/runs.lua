@@ -90,7 +90,7 @@ end
 
 -- What a record shows of the run's data: masked by its workflow's redact
 -- paths (chorus.redact) wherever the record is shown or kept finished.
-local RECORD_DATA = { "input", "result", "error", "on_timeout" }
+local RECORD_DATA = { "input", "result", "error", "on_timeout", "on_cancel" }
 
 --- A run record as the JSON GET /runs/ID returns, secrets redacted. A
 --- result or error JSON cannot carry is replaced in the record by an error
@@ -131,13 +131,17 @@ function Service:finish_record(rec, ok, value, info)
   local compensated = s and s.compensated
   -- a timed-out run's on_timeout outcome { ok =, value | error } (chorus.runner)
   rec.on_timeout = not ok and s and s.on_timeout or nil
+  -- a cancelled run's on_cancel outcome, the same way
+  rec.on_cancel = not ok and s and s.on_cancel or nil
+  local cancelled = not ok and s and s.cancelled
   self.states[rec] = nil
   if ok then
     rec.status = compensated and "compensated" or "succeeded"
     rec.result = value
   else
     local err = errors.normalize(value)
-    rec.status = err.kind == "deadline" and "timed_out" or compensated and "compensated" or "failed"
+    rec.status = err.kind == "deadline" and "timed_out" or cancelled and err.kind == "cancelled" and "cancelled"
+      or compensated and "compensated" or "failed"
     rec.error = err
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
       error = redact.value(err, rec.redact), traceback = info and info.traceback })
@@ -158,7 +162,7 @@ end
 -- HMAC-SHA256 of the body under the configured webhook secret.
 function Service:queue_webhook(rec)
   local body = json.encode({ run_id = rec.id, workflow = rec.workflow, status = rec.status,
-    result = rec.result, error = rec.error, on_timeout = rec.on_timeout })
+    result = rec.result, error = rec.error, on_timeout = rec.on_timeout, on_cancel = rec.on_cancel })
   local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
   local secret = self.env.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
   if secret and secret ~= "" then
@@ -280,6 +284,9 @@ function Service:execute(entry, rec, input, recorded)
     on_state = function(s)
       rec.timeline = s.timeline
       self.states[rec] = s
+      if rec.cancel then -- asked before a restart (or before the run began): met after its replay
+        s.cancel_pending = runstate.cancel_error()
+      end
       if env.on_state then -- chorus.testing reads the run's state
         env.on_state(rec, s)
       end
@@ -318,6 +325,64 @@ function Service:start(entry, input, opts)
   self:begin(rec, entry, input)
   local ok, value, stored, serr, info, crash = self:execute(entry, rec, input)
   return ok, value, rec, stored, serr, info, crash
+end
+
+-- ---- cancellation -----------------------------------------------------------------
+
+--- Cancels run id (DELETE /runs/ID, `chorus runs cancel`; via says who
+--- asked): the request is kept in the run's record (rec.cancel), stored
+--- with it, so a run resumed after a restart is cancelled once its replay is
+--- done; a run live here is stopped now with { kind = "cancelled" } at the
+--- wait it is in (its HTTP transfer is aborted), its sagas compensate,
+--- on_cancel runs, and it ends "cancelled". Returns the record (live table
+--- or, for a run not live here, the stored one), or nil, a refusal
+--- ("not_found", "conflict", "storage") and why.
+function Service:cancel(id, via)
+  local st = self.store
+  local rec = self.running[id]
+  if not rec then
+    local gok, found = pcall(self.lookup, self, id)
+    if not gok then
+      return nil, "storage", tostring(found)
+    end
+    if type(found) == "string" then
+      local dok, decoded = pcall(json.decode, found)
+      found = dok and type(decoded) == "table" and decoded or nil
+    end
+    if type(found) ~= "table" then
+      return nil, "not_found", ("no run with id '%s'"):format(id)
+    end
+    if found.status ~= "running" then
+      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(found.status))
+    end
+    if not st then
+      return nil, "not_found", ("no run with id '%s'"):format(id)
+    end
+    -- running in the data folder but not in this process: the next start
+    -- resumes it, and cancels it then
+    local rok, stored = pcall(st.get_run, st, id)
+    if not rok or type(stored) ~= "table" then
+      return nil, "storage", tostring(stored)
+    end
+    rec = stored
+  end
+  if not rec.cancel then
+    rec.cancel = { at = runstate.micro(core.now()), via = via }
+    if st then
+      st:put_run(rec) -- the request outlives a crash: a resumed run is cancelled
+      local cok, cerr = pcall(st.commit, st)
+      if not cok then
+        rec.cancel = nil
+        return nil, "storage", tostring(cerr)
+      end
+    end
+    self.env.log("info", "cancelling a run", { run_id = id, workflow = rec.workflow, via = via })
+  end
+  local s = self.states[rec]
+  if s and not s.cancelled then
+    runstate.cancel(s, runstate.cancel_error())
+  end
+  return rec
 end
 
 -- ---- versions, recovery, outbox runs --------------------------------------------

@@ -186,6 +186,10 @@ end
 ---   result.timeline shows the effects of every execution with a
 ---   { kind = "resumed" } mark where each restart went live. A list
 ---   { n1, n2, ... } crashes the run again after its n2-th effect, ...
+--- opts.cancel_at = seconds: the run is cancelled (as DELETE /runs/ID
+---   does) that many virtual seconds after it started, at the wait it is
+---   in then; result.status says "cancelled" and result.on_cancel is
+---   on_cancel's outcome ({ ok =, value | error }).
 function testing.run(workflow, input, opts)
   opts = opts or {}
   local wf = load_workflow(workflow)
@@ -223,7 +227,14 @@ function testing.run(workflow, input, opts)
   local crashed, replayed = false, nil
   local pok, rok, res = pcall(core.run, nil, function()
     local svc = runs.service(env)
-    local ok, value, rec, _, _, info, crash = svc:start(entry, input or {})
+    local run_id = core.uuid()
+    if opts.cancel_at then -- the canceller: a task of its own, cancelled itself if the run ends first
+      core.spawn(function()
+        core.sleep(opts.cancel_at)
+        svc:cancel(run_id, "testing")
+      end)
+    end
+    local ok, value, rec, _, _, info, crash = svc:start(entry, input or {}, { id = run_id })
     local restarts = 0
     while crash do -- the restart: a new service over the same store recovers the run
       crashed, restarts, crash = true, restarts + 1, nil
@@ -231,10 +242,11 @@ function testing.run(workflow, input, opts)
       svc = runs.service(env)
       svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
       local resumed = {}
-      svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
-      for _, fn in ipairs(resumed) do
+      svc:recover({ start = function(fn, r) resumed[#resumed + 1] = { fn, r } end })
+      for _, r in ipairs(resumed) do
         local again
-        ok, value, _, _, info, again = fn()
+        rec = r[2]
+        ok, value, _, _, info, again = r[1]()
         crash = crash or again
       end
       replayed = state and state.journal and state.journal.replayed
@@ -243,7 +255,7 @@ function testing.run(workflow, input, opts)
       outbox.drain(env.backend, { transport = transport,
         start_workflow = function(backend, e) return svc:start_outbox_workflow(backend, e) end })
     end
-    return { ok = ok, value = value, id = rec.id, info = info }
+    return { ok = ok, value = value, id = rec.id, info = info, status = rec.status }
   end)
   local entries = env.backend.all
   if opts.deliver then
@@ -268,11 +280,12 @@ function testing.run(workflow, input, opts)
   end
   local ok, value = false, res -- the delivery itself failed
   if rok then
-    ok, value, result.run_id = res.ok, res.value, res.id
+    ok, value, result.run_id, result.status = res.ok, res.value, res.id, res.status
   end
   result.ok = ok
   result.timeline = state and state.timeline or {}
   result.on_timeout = state and state.on_timeout -- { ok =, value | error } when on_timeout ran
+  result.on_cancel = state and state.on_cancel -- the same, when on_cancel ran
   if ok then
     result.value = value
   else
