@@ -342,6 +342,7 @@ function context.new(state)
     trace_id = state.trace_id, timeline = state.timeline,
     now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
     later = shared.later, lock = shared.lock, poll = shared.poll,
+    call = require("chorus.children").call,
   }, CTX_MT)
   ctx_redact[ctx] = state.redact
   function ctx.key(name)

@@ -208,6 +208,7 @@ function journal.effect(kind, target, fn, restore)
   if t then
     t.notes = notes
   end
+  j.step = step -- journal.current_step, for fn
   local ok, value = pcall(fn)
   if t then
     t.notes = outer
@@ -239,6 +240,13 @@ function journal.effect(kind, target, fn, restore)
     error(value, 0)
   end
   return value
+end
+
+--- The step of the effect whose fn runs now, in a durable run (nil
+--- elsewhere): ctx.call names its child after it, so a replay finds it.
+function journal.current_step()
+  local run = runstate.current()
+  return run and run.journal and run.journal.step
 end
 
 --- True when the current run has a journal (it is durable).

@@ -60,14 +60,17 @@ function runs.service(env)
   env.log = env.log or default_log
   env.backend = env.backend or (env.store and not env.store.memory and outbox.durable(env.store))
     or outbox.memory(true)
-  return setmetatable({
+  local svc = setmetatable({
     env = env, store = env.store, backend = env.backend,
     running = {},  -- run id → record of each run in flight
     finished = core.record_ring(env.max_records or runs.MAX_RECORDS), -- the last finished, as JSON
     inflight = 0,  -- runs executing now (the gauge and load shedding read it)
     versions = {}, -- script hash → workflow, for runs resumed on old code
+    waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
   }, Service)
+  env.service = svc -- ctx.call starts its child runs here (chorus.children)
+  return svc
 end
 
 -- ---- records ------------------------------------------------------------------
@@ -85,6 +88,7 @@ function Service:new_record(id, name, trace_id, opts)
   return self:remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
     trace_id = trace_id or core.random_hex(16), timeline = {}, deadline_at = opts.deadline_at,
     callback_url = opts.callback_url, request = opts.request, outbox = opts.outbox, attempt = opts.attempt,
+    parent = opts.parent, -- the run whose ctx.call started this one
     finished = nil, duration = nil, result = nil, error = nil })
 end
 
@@ -307,6 +311,7 @@ function Service:execute(entry, rec, input, recorded)
     return ok, value, nil, nil, info, true
   end
   local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
+  self:wake_waiters(rec.id)
   if not stored and rec.key then -- a key must not stay in flight for good
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
@@ -382,7 +387,85 @@ function Service:cancel(id, via)
   if s and not s.cancelled then
     runstate.cancel(s, runstate.cancel_error())
   end
+  for _, child in ipairs(type(rec.children) == "table" and rec.children or {}) do
+    self:cancel(child, "parent") -- a finished one answers conflict: nothing to do
+  end
   return rec
+end
+
+-- ---- child runs (ctx.call, chorus.children) -----------------------------------------
+
+--- The outcome of a finished run's record (table or JSON text): true and
+--- its result, or false and its error (the child's id added).
+local function outcome(rec)
+  if type(rec) == "string" then
+    rec = json.decode(rec)
+  end
+  if rec.error == nil then
+    return true, rec.result
+  end
+  local err = setmetatable(errors.normalize(rec.error), errors.MT)
+  err.child_run_id = rec.id
+  return false, err
+end
+
+function Service:wake_waiters(id)
+  local tokens = self.waiters[id]
+  self.waiters[id] = nil
+  for _, token in ipairs(tokens or {}) do
+    core.notify(token, true)
+  end
+end
+
+--- Runs entry with input as the child id of the run parent (a runstate
+--- entry), from the parent's task, and returns its outcome: ok, value.
+--- A child that exists already (the parent's replay after a restart) is
+--- never started again: a finished one gives its record's outcome, a
+--- running one is waited for, one unfinished in the data folder and not
+--- resumed yet is resumed here.
+function Service:call_child(entry, input, id, parent)
+  if entry.hash then -- the child resumes on this version after a restart
+    self:keep_version(entry)
+  end
+  local prec = self.running[parent.run_id]
+  if prec then -- the link the parent's record shows
+    prec.children = prec.children or {}
+    local known = false
+    for _, c in ipairs(prec.children) do
+      known = known or c == id
+    end
+    if not known then
+      prec.children[#prec.children + 1] = id
+    end
+  end
+  if self.running[id] then
+    local list = self.waiters[id] or {}
+    self.waiters[id] = list
+    local token = core.wait_token()
+    list[#list + 1] = token
+    runstate.wait(token, math.huge)
+    return outcome(self:lookup(id))
+  end
+  local found = self:lookup(id)
+  if found then
+    local decoded = type(found) == "string" and json.decode(found) or found
+    if decoded.status ~= "running" then
+      return outcome(decoded)
+    end
+    local ok, value
+    self:resume(id, function(fn) ok, value = fn() end)
+    return ok, value
+  end
+  local ok, value, _, _, _, _, crash = self:start(entry, input, { id = id, parent = parent.run_id,
+    trace_id = parent.trace_id })
+  if crash then -- chorus.testing: the process died in the child, so with the parent in it
+    error(runstate.stop(value, parent), 0)
+  end
+  if not ok then
+    value = setmetatable(errors.normalize(value), errors.MT)
+    value.child_run_id = id
+  end
+  return ok, value
 end
 
 -- ---- versions, recovery, outbox runs --------------------------------------------
@@ -426,6 +509,9 @@ local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 -- on its script version, by start(fn, rec). Returns whether it had a record
 -- to resume.
 function Service:resume(id, start)
+  if self.running[id] then -- a child its parent's ctx.call resumed already
+    return false
+  end
   local st = self.store
   local rec = st:get_run(id)
   if not rec then

@@ -216,7 +216,8 @@ function testing.run(workflow, input, opts)
     on_state = function(_, s) state = s end,
     workflow = function(name) -- ctx.later's workflows: opts.workflows
       if not loaded[name] and opts.workflows and opts.workflows[name] then
-        loaded[name] = { workflow = load_workflow(opts.workflows[name]) }
+        local child = load_workflow(opts.workflows[name])
+        loaded[name] = { workflow = child, hash = "testing:" .. tostring(child) } -- ctx.call's resume needs it
       end
       return loaded[name]
     end,
@@ -241,13 +242,31 @@ function testing.run(workflow, input, opts)
       env.crash_after = crashes[restarts + 1] -- the next crash, if any
       svc = runs.service(env)
       svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
+      for _, e in pairs(loaded) do
+        svc:keep_version(e)
+      end
       local resumed = {}
       svc:recover({ start = function(fn, r) resumed[#resumed + 1] = { fn, r } end })
+      -- side by side, as a server's detached runs: a parent's ctx.call
+      -- waits for its resumed child
+      local recs = {}
       for _, r in ipairs(resumed) do
-        local again
-        rec = r[2]
-        ok, value, _, _, info, again = r[1]()
-        crash = crash or again
+        recs[core.spawn(r[1])] = r[2]
+      end
+      local left = #resumed
+      while left > 0 do
+        local tid = core.await()
+        local res = table.pack(core.result(tid))
+        if recs[tid] then -- not the canceller (cancel_at)
+          left = left - 1
+          if not res[1] then
+            error(res[2], 0)
+          end
+          crash = crash or res[7]
+          if recs[tid].id == run_id then -- the run under test (the others: its children)
+            rec, ok, value, info = recs[tid], res[2], res[3], res[6]
+          end
+        end
       end
       replayed = state and state.journal and state.journal.replayed
     end
