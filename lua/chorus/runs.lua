@@ -385,6 +385,7 @@ function Service:cancel(id, via)
   end
   local s = self.states[rec]
   if s and not s.cancelled then
+    -- a replay never waits, so a live run is past it: stopped now
     runstate.cancel(s, runstate.cancel_error())
   end
   for _, child in ipairs(type(rec.children) == "table" and rec.children or {}) do

@@ -66,7 +66,7 @@ end
 --- error, which each of its waits raises (core.interrupt ends the ones in
 --- progress). Returns the error.
 function runstate.cancel(run, err)
-  run.cancelled = true
+  run.cancelled, run.cancel_pending = true, nil
   runstate.stop(err, run)
   core.interrupt(run.run_id, err)
   return err
