@@ -457,8 +457,15 @@ function Service:call_child(entry, input, id, parent)
     self:resume(id, function(fn) ok, value = fn() end)
     return ok, value
   end
+  -- the parent's deadline caps the child's: a child still running then
+  -- times out, and the parent with it
+  local timeout = entry.workflow.timeout
+  local deadline = timeout and core.now() + timeout
+  if parent.deadline and (not deadline or parent.deadline < deadline) then
+    deadline = parent.deadline
+  end
   local ok, value, _, _, _, _, crash = self:start(entry, input, { id = id, parent = parent.run_id,
-    trace_id = parent.trace_id })
+    trace_id = parent.trace_id, deadline_at = deadline })
   if crash then -- chorus.testing: the process died in the child, so with the parent in it
     error(runstate.stop(value, parent), 0)
   end

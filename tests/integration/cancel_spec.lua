@@ -88,6 +88,28 @@ return {
     assert.are.equal(1, count("/on-cancel"))
   end)
 
+  it("answers a synchronous request waiting on the run with 409", function()
+    local before = count("/slow")
+    local waiting = H.request_async(srv.url .. "/workflows/booking", { method = "POST", body = "{}",
+      headers = { ["Content-Type"] = "application/json" }, max_time = 30 })
+    assert.truthy(H.eventually(function() return count("/slow") > before end, 10))
+    -- the run's id, from the data folder (a synchronous request is told it only at the end)
+    local id
+    local listed = H.exec(H.chorus .. " runs list --limit 10 --data " .. H.quote(data))
+    for line in listed.stdout:gmatch("[^\n]+") do
+      local rec = H.decode(line)
+      if rec and rec.workflow == "booking" and rec.status == "running" then
+        id = rec.id
+      end
+    end
+    assert.truthy(id, "no running booking run")
+    assert.are.equal(202, cancel(id, ADMIN).status)
+    local resp = waiting.wait(30)
+    assert.are.equal(409, resp.status, resp.body)
+    assert.are.equal("cancelled", resp.json.kind)
+    assert.are.equal(id, resp.json.run_id)
+  end)
+
   it("answers 409 for a finished run, and again for a cancelled one", function()
     local r = H.request(srv.url .. "/workflows/quick", { method = "POST", body = "{}",
       headers = { ["Content-Type"] = "application/json" } })

@@ -88,6 +88,16 @@ describe("ctx.call", function()
     assert.are.equal(1, #testing.calls_to(r, "cards", "GET"))
   end)
 
+  it("caps the child with the parent's deadline", function()
+    testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
+    local r = testing.run(chorus.workflow { name = "order", timeout = 30, run = function(ctx)
+      return ctx.call("charge", { amount = 5 })
+    end }, {}, { workflows = { charge = charge } })
+    assert.are.equal("timed_out", r.status)
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(30, r.elapsed)
+  end)
+
   it("cancelling the parent cancels the child", function()
     testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
     local r = testing.run(order(function(ctx) return ctx.call("charge", { amount = 5 }) end), {},
