@@ -115,3 +115,49 @@ describe("cancelling a run", function()
     assert.are.same({ ok = true, value = "again" }, r.on_cancel)
   end)
 end)
+
+describe("cancelling a run of a script", function()
+  before_each(function()
+    testing.reset()
+    testing.mock("slow", { status = 200, delay = 120 })
+    testing.mock("after", { status = 200 })
+  end)
+
+  local function script(body)
+    local path = os.tmpname() .. ".lua"
+    local f = assert(io.open(path, "w"))
+    f:write(body)
+    f:close()
+    return path
+  end
+
+  it("cannot be caught by the script's pcall", function()
+    local path = script([[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "catcher", run = function()
+  local ok, err = pcall(function() return http.upstream("slow"):get("/x") end)
+  http.upstream("after"):post("/caught", { json = { ok = ok, kind = err and err.kind } })
+  return "went on"
+end }
+]])
+    local r = testing.run(path, {}, { cancel_at = 3 })
+    os.remove(path)
+    assert.are.equal("cancelled", r.status)
+    assert.not_called_upstream(r, "after")
+  end)
+
+  it("ends a lock wait and a ctx.poll wait", function()
+    local path = script([[
+local chorus = require "chorus"
+return chorus.workflow { name = "waiter", run = function(ctx)
+  return chorus.all(function() return ctx.poll(function() return nil end, { every = 60 }) end,
+    function() return ctx.lock("l", function() ctx.sleep(600) end) end)
+end }
+]])
+    local r = testing.run(path, {}, { cancel_at = 100 })
+    os.remove(path)
+    assert.are.equal("cancelled", r.status)
+    assert.are.equal(100, r.elapsed)
+  end)
+end)
