@@ -221,6 +221,19 @@ static int core_result(lua_State *L) {
     return chorus_task_push_result(t, L);
 }
 
+/* core.interrupt(run_id, err) → how many of its waits it ended, or false
+ * when no such run is live: a cancellation (chorus_run_interrupt). */
+static int core_interrupt(lua_State *L) {
+    struct chorus_run *run = chorus_run_find(rt_of(L), luaL_checkstring(L, 1));
+    if (!run) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lua_settop(L, 2);
+    lua_pushinteger(L, chorus_run_interrupt(run, L));
+    return 1;
+}
+
 static int core_cancel(lua_State *L) {
     struct chorus_task *self = chorus_task_current(L, 0);
     chorus_task_cancel(check_task(L, self, 1));
@@ -250,7 +263,7 @@ static int core_sleep(lua_State *L) {
     if (t->run->rt->virtual_clock) {
         if (chorus_vclock_sleep(t, s) != 0)
             return luaL_error(L, "out of memory");
-        return lua_yield(L, 0);
+        return chorus_task_yield(L, t);
     }
     uv_timer_t *timer = malloc(sizeof *timer);
     if (!timer)
@@ -259,7 +272,7 @@ static int core_sleep(lua_State *L) {
     timer->data = t;
     uv_timer_start(timer, on_sleep_done, (uint64_t)(s * 1000.0 + 0.5), 0);
     chorus_task_park(t, cancel_sleep, timer);
-    return lua_yield(L, 0);
+    return chorus_task_yield(L, t);
 }
 
 /* ---- small services ------------------------------------------------------- */
@@ -437,6 +450,7 @@ static const luaL_Reg core_funcs[] = {
     {"await", core_await},
     {"result", core_result},
     {"cancel", core_cancel},
+    {"interrupt", core_interrupt},
     {"sleep", core_sleep},
     {"now", core_now},
     {"monotime", core_monotime},

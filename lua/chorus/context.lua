@@ -194,6 +194,7 @@ function shared.sleep(seconds)
     error("ctx.sleep: seconds must be a non-negative number", 2)
   end
   local wake = journal.effect("sleep", nil, function() return core.now() + seconds end)
+  runstate.check_stop()
   local left = runstate.remaining()
   local wait = wake - core.now()
   if wait > left then -- never wait past the run's deadline
@@ -343,6 +344,7 @@ function context.new(state)
     trace_id = state.trace_id, timeline = state.timeline,
     now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
     later = shared.later, lock = shared.lock, poll = shared.poll,
+    call = require("chorus.children").call,
   }, CTX_MT)
   ctx_redact[ctx] = state.redact
   -- the run's span: the parent id its outbound calls carry (traceparent)

@@ -199,6 +199,9 @@ end
 -- Sends one prepared request (no journal): { status, headers, body, json }.
 local function send_once(r)
   local run = r.run
+  if run then -- a stopped (cancelled) run sends nothing more
+    runstate.check_stop(run)
+  end
   -- the run's deadline caps every call inside it
   local left = run and runstate.remaining(run) or math.huge
   if left <= 0 then

@@ -17,6 +17,7 @@ local HOST_SET = { __name = "chorus.host_set" } -- allow_hosts, once made a set
 
 local KNOWN = {
   name = "string", run = "function", timeout = "number", on_timeout = "function",
+  on_cancel = "function",
   idempotency = "table", description = "string", allow_hosts = "table", redact = "table",
 }
 
@@ -35,7 +36,7 @@ local function declare(spec)
   for key, value in next, spec do
     local want = KNOWN[key]
     if not want then
-      return nil, ("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, "
+      return nil, ("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, on_cancel, "
         .. "idempotency, allow_hosts, redact, description)"):format(tostring(key))
     end
     if type(value) ~= want then

@@ -83,6 +83,32 @@ local function run_record(req, id)
   return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = text }
 end
 
+-- DELETE /runs/ID: cancels the run (chorus.runs, Service:cancel), for the
+-- credentials that may read it; 202 while it winds down (GET /runs/ID says
+-- when it is "cancelled"), 409 when it has finished.
+local function cancel_run(req, id)
+  local gok, rec = pcall(state.runs.lookup, state.runs, id)
+  local name = gok and type(rec) == "table" and rec.workflow
+  if gok and type(rec) == "string" then
+    local ok, decoded = pcall(json.decode, rec)
+    name = ok and type(decoded) == "table" and decoded.workflow
+  end
+  if not gok then -- a corrupt record: said, as GET does
+    return problem(500, "Internal Server Error", tostring(rec))
+  end
+  if not rec or not (admin.authorized(require("chorus.server"), req) or authenticate(req, tostring(name))) then
+    return problem(404, "Not Found", ("no run with id '%s' that these credentials can cancel (runs of a "
+      .. "workflow with auth need its token or the admin token)"):format(id))
+  end
+  local done, refusal, why = state.runs:cancel(id, "api")
+  if not done then
+    local status = ({ not_found = 404, conflict = 409 })[refusal] or 500
+    return problem(status, status == 409 and "Conflict" or status == 404 and "Not Found"
+      or "Internal Server Error", why, { run_id = id })
+  end
+  return json_response(202, { run_id = id, status = "cancelling", cancel = done.cancel })
+end
+
 -- The response to req (any route); raises on a bug, which dispatch answers.
 local function route(req)
   local path = req.path
@@ -92,6 +118,9 @@ local function route(req)
   end
   local id = path:match("^/runs/([^/]+)$")
   if id then
+    if req.method == "DELETE" then
+      return cancel_run(req, id)
+    end
     return run_record(req, id)
   end
   if path == "/metrics" then

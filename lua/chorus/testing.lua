@@ -186,6 +186,10 @@ end
 ---   result.timeline shows the effects of every execution with a
 ---   { kind = "resumed" } mark where each restart went live. A list
 ---   { n1, n2, ... } crashes the run again after its n2-th effect, ...
+--- opts.cancel_at = seconds: the run is cancelled (as DELETE /runs/ID
+---   does) that many virtual seconds after it started, at the wait it is
+---   in then; result.status says "cancelled" and result.on_cancel is
+---   on_cancel's outcome ({ ok =, value | error }).
 function testing.run(workflow, input, opts)
   opts = opts or {}
   local wf = load_workflow(workflow)
@@ -212,7 +216,8 @@ function testing.run(workflow, input, opts)
     on_state = function(_, s) state = s end,
     workflow = function(name) -- ctx.later's workflows: opts.workflows
       if not loaded[name] and opts.workflows and opts.workflows[name] then
-        loaded[name] = { workflow = load_workflow(opts.workflows[name]) }
+        local child = load_workflow(opts.workflows[name])
+        loaded[name] = { workflow = child, hash = "testing:" .. tostring(child) } -- ctx.call's resume needs it
       end
       return loaded[name]
     end,
@@ -223,19 +228,45 @@ function testing.run(workflow, input, opts)
   local crashed, replayed = false, nil
   local pok, rok, res = pcall(core.run, nil, function()
     local svc = runs.service(env)
-    local ok, value, rec, _, _, info, crash = svc:start(entry, input or {})
+    local run_id = core.uuid()
+    if opts.cancel_at then -- the canceller: a task of its own, cancelled itself if the run ends first
+      core.spawn(function()
+        core.sleep(opts.cancel_at)
+        svc:cancel(run_id, "testing")
+      end)
+    end
+    local ok, value, rec, _, _, info, crash = svc:start(entry, input or {}, { id = run_id })
     local restarts = 0
     while crash do -- the restart: a new service over the same store recovers the run
       crashed, restarts, crash = true, restarts + 1, nil
       env.crash_after = crashes[restarts + 1] -- the next crash, if any
       svc = runs.service(env)
       svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
+      for _, e in pairs(loaded) do
+        svc:keep_version(e)
+      end
       local resumed = {}
-      svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
-      for _, fn in ipairs(resumed) do
-        local again
-        ok, value, _, _, info, again = fn()
-        crash = crash or again
+      svc:recover({ start = function(fn, r) resumed[#resumed + 1] = { fn, r } end })
+      -- side by side, as a server's detached runs: a parent's ctx.call
+      -- waits for its resumed child
+      local recs = {}
+      for _, r in ipairs(resumed) do
+        recs[core.spawn(r[1])] = r[2]
+      end
+      local left = #resumed
+      while left > 0 do
+        local tid = core.await()
+        local res = table.pack(core.result(tid))
+        if recs[tid] then -- not the canceller (cancel_at)
+          left = left - 1
+          if not res[1] then
+            error(res[2], 0)
+          end
+          crash = crash or res[7]
+          if recs[tid].id == run_id then -- the run under test (the others: its children)
+            rec, ok, value, info = recs[tid], res[2], res[3], res[6]
+          end
+        end
       end
       replayed = state and state.journal and state.journal.replayed
     end
@@ -243,7 +274,7 @@ function testing.run(workflow, input, opts)
       outbox.drain(env.backend, { transport = transport,
         start_workflow = function(backend, e) return svc:start_outbox_workflow(backend, e) end })
     end
-    return { ok = ok, value = value, id = rec.id, info = info }
+    return { ok = ok, value = value, id = rec.id, info = info, status = rec.status }
   end)
   local entries = env.backend.all
   if opts.deliver then
@@ -268,11 +299,12 @@ function testing.run(workflow, input, opts)
   end
   local ok, value = false, res -- the delivery itself failed
   if rok then
-    ok, value, result.run_id = res.ok, res.value, res.id
+    ok, value, result.run_id, result.status = res.ok, res.value, res.id, res.status
   end
   result.ok = ok
   result.timeline = state and state.timeline or {}
   result.on_timeout = state and state.on_timeout -- { ok =, value | error } when on_timeout ran
+  result.on_cancel = state and state.on_cancel -- the same, when on_cancel ran
   if ok then
     result.value = value
   else

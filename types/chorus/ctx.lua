@@ -77,6 +77,14 @@ function ctx.poll(fn, opts) end
 ---@return string
 function ctx.later(workflow, input, opts) end
 
+---Runs workflow with input as a durable child run and waits for it: returns its result, or
+---raises its error (with child_run_id). Journaled: a replay never starts it twice.
+---@param workflow string
+---@param input? table
+---@param opts? table
+---@return any
+function ctx.call(workflow, input, opts) end
+
 ---Runs fn(...) as a named entry of the run's timeline; returns its values, re-raises its error.
 ---@generic R
 ---@param name string

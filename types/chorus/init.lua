@@ -13,6 +13,7 @@
 ---@field description? string
 ---@field timeout? number                              the run's overall deadline, seconds
 ---@field on_timeout? fun(ctx: chorus.Ctx): any        runs after the deadline, with 10 s of its own
+---@field on_cancel? fun(ctx: chorus.Ctx): any         runs after a cancel (DELETE /runs/ID), with 10 s of its own
 ---@field idempotency? chorus.IdempotencySpec
 ---@field allow_hosts? string[]                        the only hosts the run may call
 ---@field redact? string[]                             fields masked in records and logs, e.g. "card.number"
