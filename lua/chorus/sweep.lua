@@ -36,9 +36,10 @@ function sweep.loop()
       end
       return old
     end)
-    if keys + old_runs > 0 then
+    local old_events = require("chorus.events").sweep()
+    if keys + old_runs + old_events > 0 then
       st:commit()
-      log("info", "swept the data folder", { expired_keys = keys, old_runs = old_runs })
+      log("info", "swept the data folder", { expired_keys = keys, old_runs = old_runs, old_events = old_events })
     end
   end
 end

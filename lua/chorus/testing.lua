@@ -21,6 +21,7 @@ local testing = {}
 
 local mocks = {}      -- base URL → { spec =, hits = }
 local calls = nil     -- calls of the run in progress
+local emits = {}      -- testing.emit's events for the next run
 
 local MOCK_HOST = ".upstream.test"
 
@@ -34,6 +35,7 @@ end
 --- Forgets every mock and upstream declared so far.
 function testing.reset()
   mocks = {}
+  emits = {}
   http.configure({})
   core.breakers_reset()
   core.retry_budgets_reset()
@@ -153,6 +155,47 @@ local function transport(method, url, headers, body, _, timeout, _, max_response
   return res.status or 200, resp_headers, resp_body, delay
 end
 
+--- An event for the next testing.run, as POST /events/NAME/KEY sends it:
+--- opts.at = seconds after the run's start (virtual time) when it arrives
+--- (default: before the run starts, kept until a ctx.event takes it);
+--- opts.id = its event id (default: payload.id), a redelivery of a seen
+--- id is absorbed.
+function testing.emit(name, key, payload, opts)
+  opts = opts or {}
+  local err = require("chorus.events").check_name("name", name)
+    or require("chorus.events").check_name("key", key)
+  if err then
+    error("testing.emit: " .. err, 2)
+  end
+  if opts.at ~= nil and not (type(opts.at) == "number" and opts.at >= 0) then
+    error("testing.emit: at must be a non-negative number of seconds after the run's start", 2)
+  end
+  local id = opts.id
+  local pid = type(payload) == "table" and payload.id
+  if id == nil and (type(pid) == "string" or math.type(pid) == "integer") then
+    id = tostring(pid)
+  end
+  emits[#emits + 1] = { name = name, key = key, payload = payload, at = opts.at, id = id }
+end
+
+-- Delivers the run's testing.emit events: those without `at` now, the
+-- others from tasks that sleep until then. Returns the tasks.
+local function schedule_emits(list, started)
+  local events = require "chorus.events"
+  local tasks = {}
+  for _, e in ipairs(list) do
+    if e.at == nil then
+      events.deliver(e.name, e.key, e.payload, e.id)
+    else
+      tasks[#tasks + 1] = core.spawn(function()
+        core.sleep(math.max(0, started + e.at - core.now()))
+        events.deliver(e.name, e.key, e.payload, e.id)
+      end)
+    end
+  end
+  return tasks
+end
+
 local function load_workflow(workflow)
   if type(workflow) == "string" then
     local wf, err = script.load(workflow)
@@ -221,12 +264,18 @@ function testing.run(workflow, input, opts)
   local entry = { workflow = wf, hash = "testing:" .. tostring(wf), path = type(workflow) == "string" and workflow }
   local started = core.now()
   local crashed, replayed = false, nil
+  local events = require "chorus.events"
+  events.configure({ store = env.store or require("chorus.store").memory() })
+  local pending_emits = emits
+  emits = {}
   local pok, rok, res = pcall(core.run, nil, function()
+    local emit_tasks = schedule_emits(pending_emits, started)
     local svc = runs.service(env)
     local ok, value, rec, _, _, info, crash = svc:start(entry, input or {})
     local restarts = 0
     while crash do -- the restart: a new service over the same store recovers the run
       crashed, restarts, crash = true, restarts + 1, nil
+      events.forget_waiters() -- the process died: nobody waits in it
       env.crash_after = crashes[restarts + 1] -- the next crash, if any
       svc = runs.service(env)
       svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
@@ -238,6 +287,9 @@ function testing.run(workflow, input, opts)
         crash = crash or again
       end
       replayed = state and state.journal and state.journal.replayed
+    end
+    for _, t in ipairs(emit_tasks) do -- events due after the run's end arrive at nobody
+      core.cancel(t)
     end
     if opts.deliver then
       outbox.drain(env.backend, { transport = transport,

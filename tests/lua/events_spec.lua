@@ -1,0 +1,178 @@
+-- Durable events: ctx.event parks a run until an event of its name and key
+-- arrives (testing.emit, chorus.emit) and returns its payload; each event
+-- goes to one wait, once, even across crashes; a wait times out with kind
+-- "timeout", and the run's deadline still applies. Virtual time throughout.
+local testing = require "chorus.testing"
+local chorus = require "chorus"
+
+-- A run waiting for "processed" keyed by input.task; its value is the payload.
+local function waiter(timeout, run_timeout)
+  return chorus.workflow { name = "waiter", timeout = run_timeout, run = function(ctx, input)
+    return ctx.event("processed", { key = input.task, timeout = timeout })
+  end }
+end
+
+describe("ctx.event", function()
+  before_each(testing.reset)
+
+  it("returns the payload of an event that arrives while the run waits", function()
+    testing.emit("processed", "t1", { category = "food" }, { at = 30 })
+    local r = testing.run(waiter(3600), { task = "t1" })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ category = "food" }, r.value)
+    assert.equal(30, r.elapsed)
+  end)
+
+  it("hands an event that arrived before the wait to the first wait, without waiting", function()
+    testing.emit("processed", "t1", { category = "rent" })
+    local r = testing.run(waiter(3600), { task = "t1" })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ category = "rent" }, r.value)
+    assert.equal(0, r.elapsed)
+  end)
+
+  it("ignores events with another key", function()
+    testing.emit("processed", "other", { category = "foreign" })
+    testing.emit("processed", "t1", { category = "mine" }, { at = 10 })
+    local r = testing.run(waiter(3600), { task = "t1" })
+    assert.same({ category = "mine" }, r.value)
+  end)
+
+  it("absorbs a redelivery with the same event id: the second wait times out", function()
+    testing.emit("processed", "t1", { id = "evt-1", n = 1 })
+    testing.emit("processed", "t1", { id = "evt-1", n = 2 }, { at = 5 })
+    local wf = chorus.workflow { name = "twice", run = function(ctx)
+      local first = ctx.event("processed", { key = "t1", timeout = 60 })
+      local ok, err = pcall(ctx.event, "processed", { key = "t1", timeout = 60 })
+      return { first = first.n, second_ok = ok, second = ok and err.n or err.kind }
+    end }
+    local r = testing.run(wf)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ first = 1, second_ok = false, second = "timeout" }, r.value)
+  end)
+
+  it("gives two events without ids (or with different ids) to two waits, in arrival order", function()
+    testing.emit("processed", "t1", { n = 1 })
+    testing.emit("processed", "t1", { n = 2 })
+    local wf = chorus.workflow { name = "two", run = function(ctx)
+      local a = ctx.event("processed", { key = "t1" })
+      local b = ctx.event("processed", { key = "t1" })
+      return { a.n, b.n }
+    end }
+    assert.same({ 1, 2 }, testing.run(wf).value)
+  end)
+
+  it("raises kind timeout when no event arrives within timeout", function()
+    local r = testing.run(waiter(120), { task = "t1" })
+    assert.is_false(r.ok)
+    assert.equal("timeout", r.error.kind)
+    assert.equal(120, r.elapsed)
+  end)
+
+  it("raises kind timeout when the event arrives too late", function()
+    testing.emit("processed", "t1", { late = true }, { at = 200 })
+    local r = testing.run(waiter(120), { task = "t1" })
+    assert.equal("timeout", r.error.kind)
+  end)
+
+  it("stops at the run's deadline when it comes before the timeout", function()
+    local r = testing.run(waiter(3600, 60), { task = "t1" })
+    assert.is_false(r.ok)
+    assert.equal("deadline", r.error.kind)
+    assert.equal(60, r.elapsed)
+  end)
+
+  it("gives one event to one of several concurrent waits on the same name and key, the longest waiting", function()
+    testing.emit("processed", "t1", { n = 1 }, { at = 10 })
+    local wf = chorus.workflow { name = "many", run = function(ctx)
+      local got = chorus.all_settled(
+        function() return ctx.event("processed", { key = "t1", timeout = 60 }) end,
+        function() ctx.sleep(1); return ctx.event("processed", { key = "t1", timeout = 60 }) end)
+      return { got[1].ok and got[1].value.n or got[1].err.kind, got[2].ok and got[2].value.n or got[2].err.kind }
+    end }
+    local r = testing.run(wf)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ 1, "timeout" }, r.value)
+  end)
+
+  it("delivers to a run that crashed while waiting, once it is resumed", function()
+    testing.emit("processed", "t1", { category = "travel" }, { at = 100 })
+    local r = testing.run(waiter(3600), { task = "t1" }, { crash_after = 1 })
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ category = "travel" }, r.value)
+    assert.equal(100, r.elapsed)
+  end)
+
+  it("keeps the timeout counting from the first wait across a crash", function()
+    local wf = chorus.workflow { name = "slow", run = function(ctx)
+      ctx.sleep(50) -- effect 1
+      return ctx.event("processed", { key = "t1", timeout = 100 }) -- effects 2 (expiry), 3
+    end }
+    local r = testing.run(wf, {}, { crash_after = 2 })
+    assert.is_true(r.crashed)
+    assert.equal("timeout", r.error.kind)
+    assert.equal(150, r.elapsed)
+  end)
+
+  it("replays a taken event after a crash, and never hands it to a second wait", function()
+    testing.emit("processed", "t1", { n = 1 })
+    local wf = chorus.workflow { name = "after_wake", run = function(ctx)
+      local first = ctx.event("processed", { key = "t1", timeout = 60 }) -- effects 1, 2: crash after 2
+      local ok, err = pcall(ctx.event, "processed", { key = "t1", timeout = 60 })
+      return { first = first.n, second = ok and "got one" or err.kind }
+    end }
+    local r = testing.run(wf, {}, { crash_after = 2 })
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ first = 1, second = "timeout" }, r.value)
+  end)
+
+  it("refuses bad names, keys and options", function()
+    local function try(name, opts)
+      local wf = chorus.workflow { name = "bad", run = function(ctx) return ctx.event(name, opts) end }
+      local r = testing.run(wf)
+      assert.is_false(r.ok)
+      return tostring(r.error)
+    end
+    assert.matches("name must be a non%-empty string", try("", { key = "k" }))
+    assert.matches("key must be a non%-empty string", try("e", {}))
+    assert.matches("timeout must be a positive number", try("e", { key = "k", timeout = -1 }))
+    assert.matches("unknown option 'keys'", try("e", { keys = "k" }))
+    assert.matches("NUL", try("e", { key = "a\0b" }))
+  end)
+end)
+
+describe("chorus.emit", function()
+  before_each(testing.reset)
+
+  it("delivers from one workflow to the run waiting in another, once per event id", function()
+    local receiver = chorus.workflow { name = "receiver", run = function(ctx)
+      -- a provider's webhook, delivered twice: the second emit is absorbed
+      local first = chorus.emit("processed", "t9", { id = "hook-1", category = "fuel" })
+      local second = chorus.emit("processed", "t9", { id = "hook-1", category = "fuel" })
+      return { first, second, ctx.event("processed", { key = "t9", timeout = 1 }).category }
+    end }
+    local r = testing.run(receiver)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ "kept", "duplicate", "fuel" }, r.value)
+  end)
+
+  it("does not emit again when a crashed run replays", function()
+    local wf = chorus.workflow { name = "emit_crash", run = function(ctx)
+      chorus.emit("processed", "t1", { n = 1 }) -- effect 1: crash after it
+      local first = ctx.event("processed", { key = "t1", timeout = 5 })
+      local ok, err = pcall(ctx.event, "processed", { key = "t1", timeout = 5 })
+      return { first.n, ok and "twice" or err.kind }
+    end }
+    local r = testing.run(wf, {}, { crash_after = 1 })
+    assert.is_true(r.crashed)
+    assert.same({ 1, "timeout" }, r.value)
+  end)
+
+  it("refuses a bad key", function()
+    local wf = chorus.workflow { name = "emit_bad", run = function() return chorus.emit("processed", "", {}) end }
+    local r = testing.run(wf)
+    assert.matches("chorus.emit: the event's key must be a non%-empty string", tostring(r.error))
+  end)
+end)
