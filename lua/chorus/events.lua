@@ -245,19 +245,4 @@ function events.emit(name, key, payload)
   end)
 end
 
---- The kept events and seen ids whose time is up go (a step of the sweep):
---- how many went.
-function events.sweep()
-  local st = store_of()
-  local now, n = core.now(), 0
-  for _, row in ipairs(st.st:scan("events", { limit = math.maxinteger })) do
-    local ok, e = pcall(core.json.decode, row[2])
-    if not hub.claimed[row[1]] and (not ok or type(e) ~= "table" or (tonumber(e.expires) or 0) <= now) then
-      st.st:del("events", row[1])
-      n = n + 1
-    end
-  end
-  return n
-end
-
 return events

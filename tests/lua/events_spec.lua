@@ -176,3 +176,27 @@ describe("chorus.emit", function()
     assert.matches("chorus.emit: the event's key must be a non%-empty string", tostring(r.error))
   end)
 end)
+
+describe("events.ttl", function()
+  local core = require "chorus.core"
+  local events = require "chorus.events"
+  local store = require "chorus.store"
+
+  after_each(function() core.set_clock("real") end)
+
+  it("drops a kept event and forgets a seen id once the ttl is up", function()
+    core.set_clock("virtual", 1767225600)
+    local ok, res = core.run(nil, function()
+      events.configure({ store = store.memory(), ttl = 10 })
+      local out = { events.deliver("e", "k", { a = 1 }, "id-1"), events.deliver("e", "k", { a = 1 }, "id-1") }
+      core.sleep(11)
+      local wok, err = pcall(events.wait, "e", { key = "k", timeout = 1 })
+      out[3] = wok and "taken" or err.kind
+      out[4] = events.deliver("e", "k", { a = 2 }, "id-1") -- the id is forgotten: kept again
+      out[5] = events.wait("e", { key = "k", timeout = 1 }).a
+      return out
+    end)
+    assert.is_true(ok, tostring(res))
+    assert.same({ "kept", "duplicate", "timeout", "kept", 2 }, res)
+  end)
+end)
