@@ -22,6 +22,7 @@ local testing = {}
 local mocks = {}      -- base URL → { spec =, hits = }
 local calls = nil     -- calls of the run in progress
 local emits = {}      -- testing.emit's events for the next run
+local kept_events = {} -- the events a run left kept (chorus.emit, unclaimed): the next run finds them
 
 local MOCK_HOST = ".upstream.test"
 
@@ -36,6 +37,7 @@ end
 function testing.reset()
   mocks = {}
   emits = {}
+  kept_events = {}
   http.configure({})
   core.breakers_reset()
   core.retry_budgets_reset()
@@ -159,7 +161,10 @@ end
 --- opts.at = seconds after the run's start (virtual time) when it arrives
 --- (default: before the run starts, kept until a ctx.event takes it);
 --- opts.id = its event id (default: payload.id), a redelivery of a seen
---- id is absorbed.
+--- id is absorbed. The events a run leaves kept (its chorus.emit's, or
+--- those no wait took) and the event ids it saw stay for the next
+--- testing.run, until testing.reset: a spec can run a webhook-receiver
+--- workflow, then the workflow that waits for what it emitted.
 function testing.emit(name, key, payload, opts)
   opts = opts or {}
   local err = require("chorus.events").check_name("name", name)
@@ -265,7 +270,12 @@ function testing.run(workflow, input, opts)
   local started = core.now()
   local crashed, replayed = false, nil
   local events = require "chorus.events"
-  events.configure({ store = env.store or require("chorus.store").memory() })
+  local events_store = env.store or require("chorus.store").memory()
+  for _, row in ipairs(kept_events) do -- what earlier runs left kept, as a server keeps it
+    events_store.st:put("events", row[1], row[2])
+  end
+  events_store:commit()
+  events.configure({ store = events_store })
   local pending_emits = emits
   emits = {}
   local pok, rok, res = pcall(core.run, nil, function()
@@ -297,6 +307,7 @@ function testing.run(workflow, input, opts)
     end
     return { ok = ok, value = value, id = rec.id, info = info }
   end)
+  kept_events = events_store.st:scan("events", { limit = math.maxinteger })
   local entries = env.backend.all
   if opts.deliver then
     local fate = {}

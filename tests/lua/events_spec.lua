@@ -200,3 +200,20 @@ describe("events.ttl", function()
     assert.same({ "kept", "duplicate", "timeout", "kept", 2 }, res)
   end)
 end)
+
+describe("events between testing.run calls", function()
+  before_each(testing.reset)
+
+  it("keeps what one run emitted for the next run, until testing.reset", function()
+    local emitter = chorus.workflow { name = "emitter", run = function()
+      return chorus.emit("processed", "t5", { id = "p-1", category = "gifts" })
+    end }
+    assert.equal("kept", testing.run(emitter).value)
+    assert.equal("duplicate", testing.run(emitter).value) -- the id was seen
+    assert.same({ id = "p-1", category = "gifts" }, testing.run(waiter(60), { task = "t5" }).value)
+    assert.equal("timeout", testing.run(waiter(60), { task = "t5" }).error.kind) -- taken once
+    testing.emit("processed", "t6", { category = "x" })
+    testing.reset()
+    assert.equal("timeout", testing.run(waiter(60), { task = "t6" }).error.kind)
+  end)
+end)
