@@ -217,3 +217,43 @@ describe("events between testing.run calls", function()
     assert.equal("timeout", testing.run(waiter(60), { task = "t6" }).error.kind)
   end)
 end)
+
+describe("the events config", function()
+  local config = require "chorus.config"
+
+  local function load(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write("return { " .. text .. " }")
+    f:close()
+    local conf, err = config.load(path)
+    os.remove(path)
+    return conf, err and err:gsub("^[^:]*: ", "")
+  end
+
+  it("takes a ttl and per-name auth rules", function()
+    local conf, err = load([[events = { ttl = 3600, processed = { auth = { token = "t", hmac_secret = "h" } } }]])
+    assert.is_nil(err)
+    assert.equal(3600, conf.events.ttl)
+  end)
+
+  it("refuses a bad ttl, an unknown setting and a bad auth rule, naming the key", function()
+    local cases = {
+      { "events = { ttl = 0 }", "events.ttl must be between 1 and 3153600000, got 0" },
+      { "events = { ttl = 0/0 }", "events.ttl must be a number, got NaN" },
+      { "events = { processed = { auth = { token = 't' }, retries = 1 } }",
+        "events.processed: unknown setting 'retries' (auth)" },
+      { "events = { processed = {} }",
+        "events.processed.auth must be { token = ... } and/or { hmac_secret = ... }" },
+      { "events = { processed = { auth = { token = '' } } }",
+        "events.processed.auth.token: only token and hmac_secret, non-empty strings" },
+      { "events = { processed = true }", "events.processed must be a table { auth = { token = ... } }" },
+      { "events = 1", "'events' must be a table" },
+    }
+    for _, case in ipairs(cases) do
+      local conf, err = load(case[1])
+      assert.is_nil(conf, case[1])
+      assert.equal(case[2], err)
+    end
+  end)
+end)
