@@ -22,7 +22,8 @@
 -- within events.ttl is not kept again.
 --
 -- Keys in the "events" database (names and keys carry no NUL byte):
---   "k\0" name "\0" key "\0" arrival (ms, 8 bytes big-endian) id → kept event
+--   "k\0" name "\0" key "\0" arrival (ms, 8 bytes, then a counter, 4 bytes,
+--   big-endian) id → kept event
 --   "d\0" name "\0" key "\0" id → an event id seen, until it expires
 local core = require "chorus.core"
 local errors = require "chorus.errors"
@@ -33,6 +34,7 @@ local events = { DEFAULT_TTL = 7 * 86400, MAX_NAME = 200 }
 
 -- The process's events: where they are kept, for how long, who waits.
 local hub = { store = nil, ttl = events.DEFAULT_TTL, waiting = {}, claimed = {} }
+local arrivals = 0 -- orders the events kept in the same millisecond (never reset: testing reuses its times)
 
 --- Sets where events are kept (a chorus.store; store.memory() when the
 --- server keeps no data folder) and events.ttl; forgets who waits (a new
@@ -98,7 +100,10 @@ function events.deliver(name, key, payload, id)
   end
   local eid = id or core.uuid()
   local expires = now + hub.ttl
-  st:put_json("events", "k\0" .. slot(name, key) .. string.pack(">I8", math.floor(now * 1000)) .. eid,
+  -- keyed by arrival (ms, then a counter for the same ms): waits take them in that order
+  arrivals = (arrivals + 1) & 0xffffffff
+  local arrival = string.pack(">I8I4", math.floor(now * 1000), arrivals)
+  st:put_json("events", "k\0" .. slot(name, key) .. arrival .. eid,
     { id = eid, payload = payload, at = runstate.micro(now), expires = expires })
   if id ~= nil then
     st:put_json("events", "d\0" .. slot(name, key) .. id, { expires = expires })
@@ -185,6 +190,10 @@ function events.wait(name, opts)
   local taken
   local got = journal.effect("event", target, function()
     while true do
+      local stopped = runstate.stopped()
+      if stopped then -- the run is ending (its deadline, ...): it takes no event it cannot record
+        error(stopped, 0)
+      end
       local e, k = claim(name, key)
       if e then
         taken = k
@@ -216,8 +225,8 @@ end
 --- chorus.emit(name, key, payload): delivers an event from a workflow, as
 --- POST /events/NAME/KEY does. Its id is payload.id when the payload is a
 --- table with a string or integer id (a provider's redelivered webhook is
---- absorbed), else one made of the run id and the emit's place in the
---- run; an effect, so a replayed run does not emit again. Returns "kept"
+--- absorbed), else one made of the run id and the emit's journal step; an
+--- effect, so a replayed run does not emit again. Returns "kept"
 --- or "duplicate".
 function events.emit(name, key, payload)
   local err = events.check_name("name", name)
@@ -236,9 +245,9 @@ function events.emit(name, key, payload)
     id = nil
   end
   local run = runstate.current()
-  if not id and run then
+  if not id and run then -- the emit's journal step: the same id when a replay emits again
     run.emits = (run.emits or 0) + 1
-    id = run.run_id .. ":emit:" .. run.emits
+    id = run.run_id .. ":emit:" .. (journal.next_step() or run.emits)
   end
   return journal.effect("emit", name .. "/" .. key, function()
     return events.deliver(name, key, payload, id)

@@ -170,6 +170,19 @@ describe("chorus.emit", function()
     assert.same({ 1, "timeout" }, r.value)
   end)
 
+  it("hands an event kept just before a crash to the resumed wait (between arrival and wake)", function()
+    local wf = chorus.workflow { name = "arrival_crash", run = function(ctx)
+      local got, emitted = chorus.all(
+        function() return ctx.event("processed", { key = "t1", timeout = 60 }) end, -- effect 1, then parks
+        function() ctx.sleep(1); return chorus.emit("processed", "t1", { n = 7 }) end) -- effects 2, 3: crash
+      return { got.n, emitted }
+    end }
+    local r = testing.run(wf, {}, { crash_after = 3 })
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ 7, "kept" }, r.value)
+  end)
+
   it("refuses a bad key", function()
     local wf = chorus.workflow { name = "emit_bad", run = function() return chorus.emit("processed", "", {}) end }
     local r = testing.run(wf)
