@@ -6,11 +6,13 @@
  * task's own coroutine (chorus_task_current), so a yield always reaches the
  * scheduler and never a coroutine.resume of the script's.
  */
+#include <dirent.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lua_bindings.h"
@@ -381,13 +383,51 @@ static int core_set_limits(lua_State *L) {
     return 0;
 }
 
+/* The process's resident set in bytes (/proc/self/statm), or -1. */
+static long long resident_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long long pages = -1, rss = -1;
+    if (!f)
+        return -1;
+    if (fscanf(f, "%lld %lld", &pages, &rss) != 2)
+        rss = -1;
+    fclose(f);
+    return rss < 0 ? -1 : rss * sysconf(_SC_PAGESIZE);
+}
+
+/* How many file descriptors the process has open (/proc/self/fd), or -1. */
+static long long open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    long long n = 0;
+    if (!d)
+        return -1;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the one opendir holds */
+}
+
+/* core.stats() → { lua_bytes, http_active, rss_bytes, open_fds, cpu_seconds
+ * (user + system) }: what /metrics shows of the process. */
 static int core_stats(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 5);
     lua_pushinteger(L, (lua_Integer)rt->lua_bytes);
     lua_setfield(L, -2, "lua_bytes");
     lua_pushinteger(L, (lua_Integer)chorus_lua_http_active(rt));
     lua_setfield(L, -2, "http_active");
+    lua_pushinteger(L, (lua_Integer)resident_bytes());
+    lua_setfield(L, -2, "rss_bytes");
+    lua_pushinteger(L, (lua_Integer)open_fds());
+    lua_setfield(L, -2, "open_fds");
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        lua_pushnumber(L, (lua_Number)ru.ru_utime.tv_sec + (lua_Number)ru.ru_utime.tv_usec / 1e6 +
+                              (lua_Number)ru.ru_stime.tv_sec +
+                              (lua_Number)ru.ru_stime.tv_usec / 1e6);
+        lua_setfield(L, -2, "cpu_seconds");
+    }
     return 1;
 }
 

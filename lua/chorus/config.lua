@@ -30,7 +30,7 @@ local FIELDS = {
   limits = "table", upstreams = "table", access_log = "boolean",
   storage = "table", outbox = "table", alerts = "table", webhook_secret = "string",
   secrets_dir = "string", auth = "table", egress = "table", request_headers = "table",
-  events = "table",
+  log_level = "string", events = "table",
 }
 
 -- Every number in the config has a range, checked at load with a message
@@ -258,6 +258,9 @@ local function validate(conf, path)
   if err then
     return nil, ("%s: %s"):format(path, err)
   end
+  if conf.log_level ~= nil and not require("chorus.log").LEVELS[conf.log_level] then
+    return nil, ("%s: log_level must be one of debug, info, warn, error (got %q)"):format(path, conf.log_level)
+  end
   -- request_headers: the inbound headers ctx.request shows (and the run
   -- record keeps), named in lower case; any other header stays out of runs
   local rh = conf.request_headers or {}
@@ -336,6 +339,7 @@ end
 
 --- Applies limits and upstreams to the runtime.
 function config.apply(conf)
+  require("chorus.log").set_level(conf.log_level or "info")
   local limits = conf.limits or {}
   core.set_limits({
     memory = limits.run_memory_mb and math.floor(limits.run_memory_mb * 1024 * 1024) or nil,

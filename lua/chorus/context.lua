@@ -18,6 +18,8 @@ local retry = require "chorus.retry"
 
 -- ctx → its workflow's redact paths, for the log lines (chorus.redact)
 local ctx_redact = setmetatable({}, { __mode = "k" })
+-- ctx → its run's span id, for the log lines
+local ctx_span = setmetatable({}, { __mode = "k" })
 
 local context = {}
 
@@ -29,7 +31,7 @@ local LEVELS = { debug = true, info = true, warn = true, error = true }
 local function logger(ctx)
   local function write(level, msg, fields)
     local line = { level = level, msg = tostring(msg), run_id = ctx.run_id,
-      workflow = ctx.workflow, trace_id = ctx.trace_id, ts = core.now() }
+      workflow = ctx.workflow, trace_id = ctx.trace_id, span_id = ctx_span[ctx], ts = core.now() }
     for k, v in pairs(fields or {}) do
       if line[k] == nil then
         line[k] = v
@@ -344,6 +346,8 @@ function context.new(state)
     later = shared.later, lock = shared.lock, poll = shared.poll, event = events.wait,
   }, CTX_MT)
   ctx_redact[ctx] = state.redact
+  -- the run's span: the parent id its outbound calls carry (traceparent)
+  ctx_span[ctx] = state.traceparent and state.traceparent:match("^%x%x%-%x+%-(%x+)%-%x%x$")
   function ctx.key(name)
     if type(name) ~= "string" or name == "" then
       error("ctx.key: name must be a non-empty string", 2)

@@ -27,7 +27,25 @@ local m = {
   store_failures = metrics.counter("chorus_store_commit_failures_total", "Group commits that failed"),
   breakers = metrics.gauge("chorus_breaker_state", "Circuit breaker state (1 for the current one)",
     { "breaker", "state" }),
+  latency = metrics.histogram("chorus_http_request_duration_seconds", "Inbound HTTP request latency by route",
+    { "route" }),
+  build = metrics.gauge("chorus_build_info", "The running chorus (always 1)", { "version" }),
+  rss = metrics.gauge("process_resident_memory_bytes", "Resident memory of the process"),
+  fds = metrics.gauge("process_open_fds", "Open file descriptors of the process"),
+  cpu = metrics.counter("process_cpu_seconds_total", "CPU time of the process, user and system"),
 }
+m.build.set({ core.version }, 1)
+
+-- The route label of a path: a few fixed names, never the path itself (a
+-- label per workflow name or run id would grow without bound).
+local function route_of(path)
+  local first = path:match("^/([^/]+)")
+  local known = { workflows = "workflow", runs = "run", metrics = "metrics", healthz = "healthz",
+    readyz = "readyz", admin = "admin" }
+  return known[first] or "other"
+end
+
+local cpu_seen = 0
 
 local BREAKER_STATES = { "closed", "open", "half_open" }
 
@@ -92,6 +110,13 @@ local function route(req)
       state.store_seen = ss
     end
     export_breakers()
+    local stats = core.stats()
+    m.rss.set(nil, stats.rss_bytes)
+    m.fds.set(nil, stats.open_fds)
+    if stats.cpu_seconds and stats.cpu_seconds > cpu_seen then -- the counter catches up
+      m.cpu.inc(nil, stats.cpu_seconds - cpu_seen)
+      cpu_seen = stats.cpu_seconds
+    end
     return text_response(200, metrics.render(), "text/plain; version=0.0.4")
   end
   if path == "/healthz" then
@@ -126,11 +151,13 @@ function routes.dispatch(req)
     resp = problem(500, "Internal Server Error", "the server could not handle this request")
   end
   m.requests.inc({ resp.status })
+  m.latency.observe({ route_of(req.path) }, core.now() - t0)
   if state.config.access_log == false then
     return resp
   end
   log("info", "request", { method = req.method, path = req.path, status = resp.status,
-    duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"] })
+    duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"],
+    trace_id = resp.trace_id })
   return resp
 end
 

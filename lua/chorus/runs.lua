@@ -45,7 +45,9 @@ local runs = { MAX_RECORDS = 10000 }
 
 local m = {
   runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
-  duration = metrics.histogram("chorus_run_duration_seconds", "Workflow run duration", { "workflow" }),
+  -- runs last from milliseconds to hours (a wait for an event, a long poll)
+  duration = metrics.histogram("chorus_run_duration_seconds", "Workflow run duration", { "workflow" },
+    { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600 }),
 }
 
 local Service = {}

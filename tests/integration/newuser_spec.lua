@@ -54,14 +54,7 @@ describe("the outbox and the DLQ", function()
     start()
   end)
 
-  teardown(function()
-    if srv then
-      srv.stop()
-    end
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
 
   it("dlq list prints id, kind, target, due, attempts, last_error, newest first", function()
     local ids = {}
@@ -171,9 +164,7 @@ describe("chorus test without a folder", function()
     write("proj/specs/a_spec.lua", 'it("mine", function() assert.is_true(true) end)\n')
   end)
 
-  teardown(function()
-    os.execute("rm -rf " .. H.quote(root))
-  end)
+  teardown(function() H.clean(root) end)
 
   local function test_in(dir, ...)
     local args = { ... }
