@@ -79,9 +79,12 @@ local function wake_one(name, key)
     local token = q.items[q.first]
     q.items[q.first] = nil
     q.first = q.first + 1
-    if core.notify(token, true) then -- a wait that timed out is gone: the next one
+    if token and core.notify(token, true) then -- a wait that gave up is gone: the next one
       return true
     end
+  end
+  if q and hub.waiting[slot(name, key)] == q then
+    hub.waiting[slot(name, key)] = nil
   end
   return false
 end
@@ -143,12 +146,31 @@ local function park(name, key, seconds)
   end
   local token = core.wait_token()
   q.last = q.last + 1
-  q.items[q.last] = token
+  local mine = q.last
+  q.items[mine] = token
   local woken = runstate.wait(token, seconds)
+  if woken == nil then -- gave up (or cancelled): out of the queue, so waits on unique keys leave nothing
+    q.items[mine] = nil
+    while q.first <= q.last and q.items[q.first] == nil do
+      q.first = q.first + 1
+    end
+  end
   if q.first > q.last and hub.waiting[s] == q then
     hub.waiting[s] = nil
   end
   return woken ~= nil
+end
+
+--- How many waits are parked in this process, over how many names and keys.
+function events.waiting()
+  local waits, slots = 0, 0
+  for _, q in pairs(hub.waiting) do
+    slots = slots + 1
+    for i = q.first, q.last do
+      waits = waits + (q.items[i] and 1 or 0)
+    end
+  end
+  return waits, slots
 end
 
 local OPTIONS = { key = true, timeout = true }

@@ -69,6 +69,16 @@ describe("ctx.event", function()
     assert.equal(120, r.elapsed)
   end)
 
+  it("leaves no parked wait behind once a wait timed out", function()
+    local wf = chorus.workflow { name = "unique_keys", run = function(ctx)
+      for i = 1, 3 do
+        pcall(ctx.event, "processed", { key = "k" .. i, timeout = 5 })
+      end
+      return { require("chorus.events").waiting() }
+    end }
+    assert.same({ 0, 0 }, testing.run(wf).value)
+  end)
+
   it("raises kind timeout when the event arrives too late", function()
     testing.emit("processed", "t1", { late = true }, { at = 200 })
     local r = testing.run(waiter(120), { task = "t1" })
