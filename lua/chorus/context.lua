@@ -8,6 +8,7 @@
 -- values the first execution saw (chorus.journal).
 local core = require "chorus.core"
 local errors = require "chorus.errors"
+local events = require "chorus.events"
 local journal = require "chorus.journal"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
@@ -343,7 +344,7 @@ function context.new(state)
     run_id = state.run_id, input = state.input, workflow = state.workflow, request = copy(state.request),
     trace_id = state.trace_id, timeline = state.timeline,
     now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
-    later = shared.later, lock = shared.lock, poll = shared.poll,
+    later = shared.later, lock = shared.lock, poll = shared.poll, event = events.wait,
     call = require("chorus.children").call,
   }, CTX_MT)
   ctx_redact[ctx] = state.redact

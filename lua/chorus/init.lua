@@ -224,6 +224,11 @@ function chorus.any(...)
 end
 
 --- An environment variable, or default.
+--- Delivers an event to the run waiting on it with ctx.event (chorus.events).
+function chorus.emit(name, key, payload)
+  return require("chorus.events").emit(name, key, payload)
+end
+
 function chorus.env(name, default)
   if type(name) ~= "string" then
     error("chorus.env: name must be a string", 2)

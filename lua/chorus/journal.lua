@@ -249,6 +249,14 @@ function journal.current_step()
   return run and run.journal and run.journal.step
 end
 
+--- The name the current task's next effect will have ("r.2#4"), the same
+--- on every replay; nil outside a journaled task.
+function journal.next_step()
+  local run = runstate.current()
+  local t = run and run.journal and task_entry(run)
+  return t and (t.path .. "#" .. (t.n + 1)) or nil
+end
+
 --- True when the current run has a journal (it is durable).
 function journal.active()
   local run = runstate.current()

@@ -1,5 +1,6 @@
 -- chorus.routes — what `chorus serve` answers at each path: POST
--- /workflows/NAME (chorus.workflow_requests), GET /runs/ID, /metrics,
+-- /workflows/NAME (chorus.workflow_requests), POST /events/NAME/KEY
+-- (chorus.event_requests), GET /runs/ID, /metrics,
 -- /healthz, /readyz and /admin/... (chorus.admin); dispatch is the request
 -- handler lua_server.c runs, a run per request, and always answers.
 local admin = require "chorus.admin"
@@ -115,6 +116,10 @@ local function route(req)
   local name = path:match("^/workflows/([^/]+)$")
   if name then
     return workflow_requests.start(req, name)
+  end
+  local ev, key = path:match("^/events/([^/]+)/([^/]+)$")
+  if ev then -- durable events (chorus.event_requests)
+    return require("chorus.event_requests").handle(req, ev, key)
   end
   local id = path:match("^/runs/([^/]+)$")
   if id then

@@ -70,6 +70,16 @@ function ctx.sleep(seconds) end
 ---@return integer polls
 function ctx.poll(fn, opts) end
 
+---Parks the run until an event of this name and key arrives (POST /events/NAME/KEY or
+---chorus.emit) and returns its payload; an event that came first is kept (events.ttl) and
+---returned at once. Each event goes to one wait, once, across restarts. Raises
+---{kind="timeout"} after opts.timeout seconds (counted from the first wait); the run's
+---deadline still applies.
+---@param name string
+---@param opts { key: string|integer, timeout?: number }
+---@return any payload
+function ctx.event(name, opts) end
+
 ---Starts workflow with input through the outbox, after the run; returns the entry id.
 ---@param workflow string
 ---@param input any

@@ -90,6 +90,15 @@ function chorus.any(...) end
 ---@return string?
 function chorus.env(name, default) end
 
+---Delivers an event to the run waiting on it with ctx.event (kept until one waits). Its id is
+---payload.id when there is one (a redelivery is absorbed); journaled (a replay does not emit
+---again). Returns "kept" or "duplicate".
+---@param name string
+---@param key string|integer
+---@param payload any
+---@return string
+function chorus.emit(name, key, payload) end
+
 ---A secret: CHORUS_SECRET_<NAME>, then NAME, then the file NAME in the
 ---secrets folder; redacted from logs and records.
 ---@param name string
