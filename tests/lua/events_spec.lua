@@ -280,3 +280,20 @@ describe("the events config", function()
     end
   end)
 end)
+
+describe("ctx.event and cancellation", function()
+  local testing = require "chorus.testing"
+  local chorus = require "chorus"
+  before_each(testing.reset)
+
+  it("a run waiting for an event is cancelled at that wait", function()
+    local wf = chorus.workflow { name = "waits", run = function(ctx)
+      return ctx.event("processed", { key = "task-1", timeout = 3600 })
+    end }
+    local r = testing.run(wf, {}, { cancel_at = 5 })
+    assert.is_false(r.ok)
+    assert.are.equal("cancelled", r.status)
+    assert.are.equal("cancelled", r.error.kind)
+    assert.are.equal(5, r.elapsed)
+  end)
+end)
