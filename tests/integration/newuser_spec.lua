@@ -203,7 +203,8 @@ describe("the README's config example", function()
     local path = H.write_temp(example)
     local srv = H.start_server({ "--config", path, "--scripts", "examples/fanout" }, {
       CHORUS_ADMIN_TOKEN = "t0ken", CHORUS_SECRET_WEBHOOK = "whsec",
-      CHORUS_SECRET_DONATION_TOKEN = "dt", CHORUS_SECRET_DONATION_HMAC = "dh" })
+      CHORUS_SECRET_DONATION_TOKEN = "dt", CHORUS_SECRET_DONATION_HMAC = "dh",
+      CHORUS_SECRET_EVENTS_TOKEN = "et" })
     local r = H.request(srv.url .. "/healthz")
     srv.stop()
     os.remove(path)

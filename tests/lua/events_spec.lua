@@ -282,8 +282,6 @@ describe("the events config", function()
 end)
 
 describe("ctx.event and cancellation", function()
-  local testing = require "chorus.testing"
-  local chorus = require "chorus"
   before_each(testing.reset)
 
   it("a run waiting for an event is cancelled at that wait", function()
