@@ -213,6 +213,20 @@ static void test_request_reaches_handler(void) {
     CHECK_INT_EQ(status_of(&r), 200);
     CHECK_STR_EQ(body_of(&r), "POST /c [abcde]");
     CHECK_INT_EQ(chorus_server_pending(s), 0);
+
+    /* a kept-alive connection serves its requests one after the other */
+    int fd = dial(chorus_server_port(s));
+    say(fd, "GET /one HTTP/1.1\r\nHost: t\r\n\r\n");
+    memset(&r, 0, sizeof r);
+    pump(fd, &r, 1, WAIT_MS);
+    CHECK_STR_EQ(body_of(&r), "GET /one []");
+    say(fd, "GET /two HTTP/1.1\r\nHost: t\r\n\r\n");
+    memset(&r, 0, sizeof r);
+    pump(fd, &r, 1, WAIT_MS);
+    CHECK_STR_EQ(body_of(&r), "GET /two []");
+    CHECK(!r.closed);
+    CHECK_INT_EQ(h.calls, 4);
+    close(fd);
     stop(s);
 }
 

@@ -173,6 +173,14 @@ static const char SCRIPTS[] =
     "  for i = 1, 3 do mark(ids[await()]) end\n"
     "  return 'all'\n"
     "end\n"
+    "function in_sort(name)\n"
+    "  local ok, err = pcall(table.sort, {3, 1, 2}, function(a, b) park(name) return a < b end)\n"
+    "  return type(err) == 'table' and err.kind .. ':' .. err.message or tostring(err)\n"
+    "end\n"
+    "function in_coroutine(name)\n"
+    "  return select(2, coroutine.wrap(function() return pcall(park, name) end)())\n"
+    "end\n"
+    "function spin(name) local i = 0 while true do i = i + 1 end end\n"
     "function hooks(name) where() debug.sethook(function() end, '', 1000) return name end\n"
     "function clean(name)\n"
     "  where()\n"
@@ -445,6 +453,63 @@ static void test_await_order(void) {
     chorus_run_free(r);
 }
 
+/* ---- where a task may wait ------------------------------------------------ */
+
+/* A primitive that would park where the task cannot yield (a table.sort
+ * comparator) raises a {kind="script"} error before parking anything;
+ * one called outside a run or from a coroutine the script made raises
+ * too. */
+static void test_wait_refused(void) {
+    reset();
+    int done = 0;
+    char buf[512];
+    struct chorus_run *r = start("in_sort", "S", &done);
+    chorus_sched_drain(rt);
+    CHECK_INT_EQ(done, 1);
+    CHECK(parked['S' - 'A'] == NULL);
+    CHECK(strncmp(outcome(r, buf, sizeof buf), "true:script:", 12) == 0);
+    CHECK(strstr(buf, "cannot wait here") != NULL);
+    chorus_run_free(r);
+
+    r = start("in_coroutine", "T", &done);
+    chorus_sched_drain(rt);
+    CHECK_INT_EQ(done, 2);
+    CHECK(parked['T' - 'A'] == NULL);
+    CHECK(strstr(outcome(r, buf, sizeof buf), "inside a coroutine the script created") != NULL);
+    chorus_run_free(r);
+
+    CHECK(luaL_dostring(L, "return pcall(park, 'U')") == LUA_OK);
+    CHECK(!lua_toboolean(L, -2));
+    CHECK(strstr(lua_tostring(L, -1), "only allowed inside a workflow run") != NULL);
+    lua_pop(L, 2);
+    CHECK(parked['U' - 'A'] == NULL);
+}
+
+/* A run over its instruction budget is stopped with kind "budget"; a run
+ * without one beside it is not. */
+static void test_budget_stops_run(void) {
+    reset();
+    int done = 0;
+    char buf[512];
+    struct chorus_limits budget = {0, 100000, 0};
+    struct chorus_run *other = start("waiter", "O", &done);
+    lua_getglobal(L, "spin");
+    lua_pushliteral(L, "X");
+    struct chorus_run *x = chorus_run_start(rt, L, 1, &budget, 1, on_done, &done);
+    chorus_sched_drain(rt);
+    CHECK_INT_EQ(done, 1);
+    CHECK(x->done);
+    CHECK_STR_EQ(outcome(x, buf, sizeof buf),
+                 "false:budget:run exceeded its instruction budget of 100000 instructions "
+                 "(limits.run_instructions)");
+    chorus_run_free(x);
+    wake('O' - 'A', "still here");
+    chorus_sched_drain(rt);
+    CHECK_INT_EQ(done, 2);
+    CHECK_STR_EQ(outcome(other, buf, sizeof buf), "true:still here");
+    chorus_run_free(other);
+}
+
 /* ---- the coroutine pool --------------------------------------------------- */
 
 /* A task that ended cleanly gives its coroutine to the next task: the
@@ -524,6 +589,8 @@ int main(void) {
     test_root_end_cancels_orphans();
     test_interrupt();
     test_await_order();
+    test_wait_refused();
+    test_budget_stops_run();
     test_pool_reuse();
     test_pool_after_cancel_and_error();
     lua_close(L);
