@@ -513,8 +513,8 @@ static void test_budget_stops_run(void) {
 /* ---- the coroutine pool --------------------------------------------------- */
 
 /* A task that ended cleanly gives its coroutine to the next task: the
- * same lua_State comes back, without the hook the last one set and with
- * only the new task's own arguments. */
+ * same lua_State comes back, without the debug hook the last task set,
+ * and runs the new task's function with its own argument. */
 static void test_pool_reuse(void) {
     reset();
     int done = 0;
