@@ -12,6 +12,7 @@
 
 static const char *const DB_NAMES[STORE_NDB] = {
     "runs", "journal", "idempotency", "outbox", "dlq", "scripts", "timers", "meta", "deliveries",
+    "schedules",
 };
 
 enum op_kind { OP_PUT, OP_DEL, OP_DEL_PREFIX };
