@@ -237,3 +237,66 @@ describe("a scheduler step", function()
     end)
   end)
 end)
+
+describe("testing.schedule", function()
+  local testing = require "chorus.testing"
+  before_each(testing.reset)
+
+  local function workflow(sched, nap)
+    return chorus.workflow({ name = "report", schedule = sched, run = function(ctx, input)
+      local http = require "chorus.http"
+      http.upstream("reports"):post("/run", { json = { slot = input.slot } })
+      if nap then
+        ctx.sleep(nap)
+      end
+      return { slot = input.slot, slot_time = input.slot_time, now = ctx.now() }
+    end })
+  end
+
+  it("fires each slot of the range on the virtual clock, a run at its slot's time", function()
+    testing.mock("reports", { status = 200, json = {} })
+    local out = testing.schedule(workflow({ cron = "0 * * * *" }), { from = T0, to = T0 + 3 * 3600 })
+    assert.are.same({ T0 + 3600, T0 + 7200, T0 + 10800 }, out.slots)
+    for i, r in ipairs(out.runs) do
+      assert.is_true(r.ok)
+      assert.are.equal(out.slots[i], r.value.slot)
+      assert.are.equal(out.slots[i], r.value.now)
+      assert.are.equal(os.date("!%Y-%m-%dT%H:%M:%SZ", out.slots[i]), r.value.slot_time)
+      assert.called_upstream(r, "reports", "POST", "/run")
+    end
+  end)
+
+  it("skips the slots that come due while a run is in flight (overlap = skip)", function()
+    testing.mock("reports", { status = 200, json = {} })
+    local out = testing.schedule(workflow({ every = 60 }, 150), { from = T0, to = T0 + 600 })
+    -- each run takes 150 s: slots 60, 240, 420, 600 run; the two after each are skipped
+    assert.are.same({ T0 + 60, T0 + 240, T0 + 420, T0 + 600 }, out.slots)
+    assert.are.equal("overlap", out.skipped[1].reason)
+    local allowed = testing.schedule(workflow({ every = 60, overlap = "allow" }, 150), { from = T0, to = T0 + 600 })
+    assert.are.equal(10, #allowed.slots)
+  end)
+
+  it("follows catch_up for the slots missed while the server was down", function()
+    testing.mock("reports", { status = 200, json = {} })
+    local down = { T0 + 100, T0 + 400 } -- slots 120 .. 360 missed
+    local function slots(catch_up)
+      return testing.schedule(workflow({ every = 60, catch_up = catch_up }),
+        { from = T0, to = T0 + 500, down = down }).slots
+    end
+    assert.are.same({ T0 + 60, T0 + 420, T0 + 480 }, slots("skip"))
+    assert.are.same({ T0 + 60, T0 + 360, T0 + 420, T0 + 480 }, slots("latest"))
+    assert.are.same({ T0 + 60, T0 + 120, T0 + 180, T0 + 240, T0 + 300, T0 + 360, T0 + 420, T0 + 480 },
+      slots("all"))
+  end)
+
+  it("refuses a workflow without a schedule, a bad range, and too many runs", function()
+    local plain = chorus.workflow({ name = "plain", run = run })
+    assert.has_error(function() testing.schedule(plain, { from = T0, to = T0 + 60 }) end,
+      "testing.schedule: the workflow has no schedule")
+    assert.has_error(function() testing.schedule(workflow({ every = 60 }), { from = T0 }) end)
+    testing.mock("reports", { status = 200, json = {} })
+    local ok, err = pcall(testing.schedule, workflow({ every = 1 }), { from = T0, to = T0 + 86400, max_runs = 5 })
+    assert.is_false(ok)
+    assert.matches("more than 5 runs", tostring(err), 1, true)
+  end)
+end)
