@@ -61,9 +61,12 @@ end
 -- then the run in a task of its own. Returns false when the commit failed
 -- (the slot is then not handled: the next turn tries again).
 local function start_slot(name, entry, s, slot, before)
-  local svc, st = state.runs, state.store
+  local svc = state.runs
   local id = schedule.run_id(core.sha256, name, slot)
-  if svc.running[id] or (st and st:get_run_text(id)) then -- started before (a reload back to this schedule)
+  -- started before (a reload back to this schedule); a record that cannot
+  -- be read counts as one: a slot is never started twice
+  local lok, existing = pcall(svc.lookup, svc, id)
+  if not lok or existing then
     save(name, entry.workflow.schedule, s)
     return commit()
   end
