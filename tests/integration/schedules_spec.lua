@@ -267,6 +267,34 @@ describe("schedules", function()
     end
   end)
 
+  it("follow a reload that changes the schedule, from the reload on", function()
+    env = setup("{ every = 1 }")
+    local srv = env.start()
+    assert.is_truthy(H.eventually(function() return count(calls_by_slot(env.mock)) >= 2 end, 15))
+    local f = assert(io.open(env.dir .. "/tick.lua", "wb"))
+    f:write((script('{ cron = "0 0 1 1 *", catch_up = "all" }')))
+    f:close()
+    local r = H.request(srv.url .. "/admin/reload", { method = "POST",
+      headers = { Authorization = "Bearer " .. TOKEN } })
+    assert.are.equal(200, r.status, r.body)
+    H.sleep(1) -- a turn of the scheduler, and any run it had started
+    local s = admin_schedules(srv)[1]
+    assert.are.equal("0 0 1 1 *", s.cron)
+    assert.is_nil(s.every)
+    assert.are.equal("all", s.catch_up)
+    assert.matches("^%d%d%d%d%-01%-01T00:00:00Z$", s.next_slot_time)
+    assert.is_table(s.last_run, "the last run of the old schedule is still shown")
+    local seen = count(calls_by_slot(env.mock))
+    H.sleep(2)
+    assert.are.equal(seen, count(calls_by_slot(env.mock)), "no slot of the old schedule starts")
+    -- a restart keeps the new schedule's record: nothing missed, nothing runs
+    stop(srv)
+    srv = env.start()
+    H.sleep(1.5)
+    assert.are.equal(seen, count(calls_by_slot(env.mock)))
+    assert.are.equal("0 0 1 1 *", admin_schedules(srv)[1].cron)
+  end)
+
   it("stop when a reload removes the schedule", function()
     env = setup("{ every = 1 }")
     local srv = env.start()
