@@ -6,11 +6,13 @@
  * task's own coroutine (chorus_task_current), so a yield always reaches the
  * scheduler and never a coroutine.resume of the script's.
  */
+#include <dirent.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lua_bindings.h"
@@ -219,6 +221,19 @@ static int core_result(lua_State *L) {
     return chorus_task_push_result(t, L);
 }
 
+/* core.interrupt(run_id, err) → how many of its waits it ended, or false
+ * when no such run is live: a cancellation (chorus_run_interrupt). */
+static int core_interrupt(lua_State *L) {
+    struct chorus_run *run = chorus_run_find(rt_of(L), luaL_checkstring(L, 1));
+    if (!run) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lua_settop(L, 2);
+    lua_pushinteger(L, chorus_run_interrupt(run, L));
+    return 1;
+}
+
 static int core_cancel(lua_State *L) {
     struct chorus_task *self = chorus_task_current(L, 0);
     chorus_task_cancel(check_task(L, self, 1));
@@ -248,7 +263,7 @@ static int core_sleep(lua_State *L) {
     if (t->run->rt->virtual_clock) {
         if (chorus_vclock_sleep(t, s) != 0)
             return luaL_error(L, "out of memory");
-        return lua_yield(L, 0);
+        return chorus_task_yield(L, t);
     }
     uv_timer_t *timer = malloc(sizeof *timer);
     if (!timer)
@@ -257,7 +272,7 @@ static int core_sleep(lua_State *L) {
     timer->data = t;
     uv_timer_start(timer, on_sleep_done, (uint64_t)(s * 1000.0 + 0.5), 0);
     chorus_task_park(t, cancel_sleep, timer);
-    return lua_yield(L, 0);
+    return chorus_task_yield(L, t);
 }
 
 /* ---- small services ------------------------------------------------------- */
@@ -381,13 +396,51 @@ static int core_set_limits(lua_State *L) {
     return 0;
 }
 
+/* The process's resident set in bytes (/proc/self/statm), or -1. */
+static long long resident_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long long pages = -1, rss = -1;
+    if (!f)
+        return -1;
+    if (fscanf(f, "%lld %lld", &pages, &rss) != 2)
+        rss = -1;
+    fclose(f);
+    return rss < 0 ? -1 : rss * sysconf(_SC_PAGESIZE);
+}
+
+/* How many file descriptors the process has open (/proc/self/fd), or -1. */
+static long long open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    long long n = 0;
+    if (!d)
+        return -1;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the one opendir holds */
+}
+
+/* core.stats() → { lua_bytes, http_active, rss_bytes, open_fds, cpu_seconds
+ * (user + system) }: what /metrics shows of the process. */
 static int core_stats(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 5);
     lua_pushinteger(L, (lua_Integer)rt->lua_bytes);
     lua_setfield(L, -2, "lua_bytes");
     lua_pushinteger(L, (lua_Integer)chorus_lua_http_active(rt));
     lua_setfield(L, -2, "http_active");
+    lua_pushinteger(L, (lua_Integer)resident_bytes());
+    lua_setfield(L, -2, "rss_bytes");
+    lua_pushinteger(L, (lua_Integer)open_fds());
+    lua_setfield(L, -2, "open_fds");
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        lua_pushnumber(L, (lua_Number)ru.ru_utime.tv_sec + (lua_Number)ru.ru_utime.tv_usec / 1e6 +
+                              (lua_Number)ru.ru_stime.tv_sec +
+                              (lua_Number)ru.ru_stime.tv_usec / 1e6);
+        lua_setfield(L, -2, "cpu_seconds");
+    }
     return 1;
 }
 
@@ -397,6 +450,7 @@ static const luaL_Reg core_funcs[] = {
     {"await", core_await},
     {"result", core_result},
     {"cancel", core_cancel},
+    {"interrupt", core_interrupt},
     {"sleep", core_sleep},
     {"now", core_now},
     {"monotime", core_monotime},

@@ -208,7 +208,7 @@ int chorus_lua_http_request(lua_State *L) {
     if (!call)
         return luaL_error(L, "http: %s", err);
     chorus_task_park(t, cancel_call, call);
-    return lua_yield(L, 0);
+    return chorus_task_yield(L, t);
 }
 
 /* core.egress({ allow = { "127.0.0.1", "10.0.0.0/8", ... }, self = "ip:port" }):

@@ -58,7 +58,7 @@ int chorus_lua_wait(lua_State *L) {
     w->next = *waiters_of(w->rt);
     *waiters_of(w->rt) = w;
     chorus_task_park(t, cancel_wait, w);
-    return lua_yield(L, 0);
+    return chorus_task_yield(L, t);
 }
 
 int chorus_lua_notify(lua_State *L) {

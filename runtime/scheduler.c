@@ -381,6 +381,48 @@ void chorus_task_wake(struct chorus_task *t, int nargs) {
     queue_ready(t);
 }
 
+static int interrupted_k(lua_State *L, int status, lua_KContext base) {
+    (void)status;
+    struct chorus_task *t = chorus_runtime_of(L)->current;
+    t->interruptible = 0;
+    if (t->interrupted) {
+        t->interrupted = 0;
+        lua_settop(L, (int)base);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->run->interrupt_ref);
+        return lua_error(L);
+    }
+    return lua_gettop(L) - (int)base;
+}
+
+int chorus_task_yield(lua_State *L, struct chorus_task *t) {
+    t->interruptible = 1;
+    return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), interrupted_k);
+}
+
+struct chorus_run *chorus_run_find(struct chorus_runtime *rt, const char *id) {
+    for (struct chorus_run *run = rt->runs; run; run = run->next)
+        if (strcmp(run->id, id) == 0)
+            return run;
+    return NULL;
+}
+
+int chorus_run_interrupt(struct chorus_run *run, lua_State *L) {
+    struct chorus_runtime *rt = run->rt;
+    luaL_unref(rt->L, LUA_REGISTRYINDEX, run->interrupt_ref);
+    run->interrupt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int n = 0;
+    for (int i = 0; i < run->ntasks; i++) {
+        struct chorus_task *t = run->tasks[i];
+        if (t->state != TASK_PARKED || !t->interruptible || !t->cancel || t->awaiting)
+            continue;
+        t->cancel(t->cancel_data);
+        t->interrupted = 1;
+        chorus_task_wake(t, 0);
+        n++;
+    }
+    return n;
+}
+
 void chorus_task_cancel(struct chorus_task *t) {
     if (t->state == TASK_DONE)
         return;
@@ -518,6 +560,7 @@ struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int
     run->limits = limits ? *limits : rt->limits;
     run->allow_io = allow_io;
     run->result_ref = LUA_NOREF;
+    run->interrupt_ref = LUA_NOREF;
     run->on_done = on_done;
     run->on_done_data = data;
     chorus_uuid(run->id);
@@ -561,6 +604,7 @@ void chorus_run_free(struct chorus_run *run) {
         free(t);
     }
     luaL_unref(rt->L, LUA_REGISTRYINDEX, run->result_ref);
+    luaL_unref(rt->L, LUA_REGISTRYINDEX, run->interrupt_ref);
     if (run->prev)
         run->prev->next = run->next;
     else

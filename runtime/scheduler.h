@@ -41,6 +41,8 @@ struct chorus_task {
     chorus_cancel_fn cancel; /* pending operation, while PARKED */
     void *cancel_data;
     int awaiting;                  /* parked in chorus_task_await */
+    int interruptible;             /* parked by chorus_task_yield */
+    int interrupted;               /* woken by chorus_run_interrupt: raises on resume */
     struct chorus_task *done_head; /* finished children not yet reported */
     struct chorus_task *done_tail;
     struct chorus_task *next_done;
@@ -70,6 +72,7 @@ struct chorus_run {
     char *traceback; /* when failed with a Lua error; owned */
     chorus_run_done_fn on_done;
     void *on_done_data;
+    int interrupt_ref; /* the error chorus_run_interrupt raises; LUA_NOREF */
 };
 
 /* The CPU limit (limits.run_cpu_ms). The instruction budget alone let a
@@ -119,6 +122,23 @@ struct chorus_task *chorus_task_waitable(lua_State *L, int need_io);
 
 /* Records the pending operation of t (about to yield). */
 void chorus_task_park(struct chorus_task *t, chorus_cancel_fn cancel, void *data);
+
+/* Yields L, the coroutine of t, parked by chorus_task_park: the values
+ * its operation pushes are the primitive's results, unless
+ * chorus_run_interrupt ends the wait first, which raises the run's
+ * interrupt error there instead. `return chorus_task_yield(L, t);` */
+int chorus_task_yield(lua_State *L, struct chorus_task *t);
+
+/* The live run whose id is id, or NULL. */
+struct chorus_run *chorus_run_find(struct chorus_runtime *rt, const char *id);
+
+/* Interrupts run (a cancellation): the value on top of L (popped) becomes
+ * its interrupt error, and each of its tasks parked in chorus_task_yield
+ * has its operation cancelled (an HTTP transfer stops) and raises that
+ * error where it waited. Tasks awaiting children, committing or ready are
+ * left alone: they meet the run's stop in Lua (chorus.runstate). Returns
+ * how many tasks were interrupted. */
+int chorus_run_interrupt(struct chorus_run *run, lua_State *L);
 
 /* Makes t ready with the nargs values its pending operation pushed on t->co. */
 void chorus_task_wake(struct chorus_task *t, int nargs);

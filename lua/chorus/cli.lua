@@ -425,6 +425,34 @@ local function runs_redrive(id, flags)
   return resp.status < 400 and 0 or 1
 end
 
+-- `chorus runs cancel ID`: with no `chorus serve` holding the data folder,
+-- marks the unfinished run cancelled in its record: the next start resumes
+-- it and cancels it after its replay (its sagas compensate, on_cancel
+-- runs). A server that holds the folder is asked instead: DELETE /runs/ID.
+local function runs_cancel(id, flags)
+  local st = open_data(flags)
+  local lok, lerr = st:lock(0)
+  if not lok then
+    st:close()
+    return fail({ error = { kind = "busy", message = tostring(lerr)
+      .. "; ask that server: DELETE /runs/" .. id } })
+  end
+  local svc = require("chorus.runs").service({ store = st, log = function() end })
+  -- core.run: the store commits from inside a task; one value comes back
+  local ok, out = core.run(nil, function() return { svc:cancel(id, "cli") } end)
+  st:close()
+  if not ok then
+    return fail({ error = errors.normalize(out), run_id = id })
+  end
+  local rec, refusal, why = out[1], out[2], out[3]
+  if not rec then
+    return fail({ error = { kind = refusal, message = why }, run_id = id })
+  end
+  io.stdout:write(json.encode({ run_id = id, status = "cancelling", cancel = rec.cancel,
+    message = "the run is cancelled when chorus serve next starts on this data folder" }), "\n")
+  return 0
+end
+
 -- What an outbox or DLQ entry is for, in one string.
 local function target_of(e)
   if e.kind == "workflow" then
@@ -473,6 +501,8 @@ function cli.runs(flags)
     return 0
   elseif sub == "redrive" then
     return runs_redrive(id, flags)
+  elseif sub == "cancel" then
+    return runs_cancel(id, flags)
   end
   do -- show
     local st = open_data(flags)

@@ -126,7 +126,7 @@ local function build(argparse, state)
     end
   end
 
-  local runs = command(p, "runs", "List, show and redrive the runs of a data folder.")
+  local runs = command(p, "runs", "List, show, redrive and cancel the runs of a data folder.")
   runs:command_target("subcommand")
   data_options(runs, {}, true)
   data_options(command(runs, "list", "One JSON line per run, newest first."),
@@ -139,6 +139,11 @@ local function build(argparse, state)
       .. "prints its record (exit 0 when it succeeded).")
   redrive:argument("id", "The run id."):argname("ID")
   data_options(redrive, { config = "The server's config file (the run needs its upstreams).", data = DATA_HELP })
+  local cancel = command(runs, "cancel", "Cancel an unfinished run at the next start.",
+    "Mark an unfinished run cancelled when no chorus serve holds the data folder: the next start resumes it "
+      .. "and cancels it (a running server is asked with DELETE /runs/ID).")
+  cancel:argument("id", "The run id."):argname("ID")
+  data_options(cancel, { data = DATA_HELP })
 
   local outbox = command(p, "outbox", "List the outbox of a data folder.")
   outbox:command_target("subcommand")

@@ -14,6 +14,7 @@
 --     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
 --     webhook_secret = chorus.secret("webhook"),
 --     egress = { allow = { "10.0.0.0/8" } },  -- non-public addresses callbacks may reach
+--     events = { ttl = 604800, processed = { auth = { token = chorus.secret("events") } } },
 --   }
 --
 -- It runs sandboxed like a workflow script (chorus.env and chorus.secret are
@@ -29,6 +30,7 @@ local FIELDS = {
   limits = "table", upstreams = "table", access_log = "boolean",
   storage = "table", outbox = "table", alerts = "table", webhook_secret = "string",
   secrets_dir = "string", auth = "table", egress = "table", request_headers = "table",
+  log_level = "string", events = "table",
 }
 
 -- Every number in the config has a range, checked at load with a message
@@ -116,6 +118,12 @@ local function reserve_secrets(conf)
     keep(rule.token)
     keep(rule.hmac_secret)
   end
+  for name, ev in pairs(conf.events or {}) do
+    if name ~= "ttl" then
+      keep(ev.auth.token)
+      keep(ev.auth.hmac_secret)
+    end
+  end
 end
 
 local function show(v)
@@ -162,6 +170,45 @@ local function check_numbers(t, ranges, prefix)
   return nil
 end
 
+-- nil when rule is an auth rule ({ token =, hmac_secret = }), else why not;
+-- what names it (auth.NAME, events.NAME.auth).
+local function check_auth(rule, what)
+  if type(rule) ~= "table" or (rule.token == nil and rule.hmac_secret == nil) then
+    return ("%s must be { token = ... } and/or { hmac_secret = ... }"):format(what)
+  end
+  for k, v in pairs(rule) do
+    if (k ~= "token" and k ~= "hmac_secret") or type(v) ~= "string" or v == "" then
+      return ("%s.%s: only token and hmac_secret, non-empty strings"):format(what, tostring(k))
+    end
+  end
+  return nil
+end
+
+-- events = { ttl = S, NAME = { auth = { token =, hmac_secret = } } }
+local function check_events(ev)
+  for name, v in pairs(ev) do
+    if name == "ttl" then
+      local err = check_number("events.ttl", v, { min = 1, max = 100 * YEAR })
+      if err then
+        return err
+      end
+    elseif type(name) ~= "string" or type(v) ~= "table" then
+      return ("events.%s must be a table { auth = { token = ... } }"):format(tostring(name))
+    else
+      for k in pairs(v) do
+        if k ~= "auth" then
+          return ("events.%s: unknown setting '%s' (auth)"):format(name, tostring(k))
+        end
+      end
+      local err = check_auth(v.auth, ("events.%s.auth"):format(name))
+      if err then
+        return err
+      end
+    end
+  end
+  return nil
+end
+
 local function validate(conf, path)
   for k, v in pairs(conf) do
     if not FIELDS[k] then
@@ -202,14 +249,17 @@ local function validate(conf, path)
       storage.map_size_mb, storage.max_size_mb)
   end
   for name, rule in pairs(conf.auth or {}) do
-    if type(rule) ~= "table" or (rule.token == nil and rule.hmac_secret == nil) then
-      return nil, ("%s: auth.%s must be { token = ... } and/or { hmac_secret = ... }"):format(path, tostring(name))
+    err = check_auth(rule, ("auth.%s"):format(tostring(name)))
+    if err then
+      return nil, ("%s: %s"):format(path, err)
     end
-    for k, v in pairs(rule) do
-      if (k ~= "token" and k ~= "hmac_secret") or type(v) ~= "string" or v == "" then
-        return nil, ("%s: auth.%s.%s: only token and hmac_secret, non-empty strings"):format(path, name, tostring(k))
-      end
-    end
+  end
+  err = check_events(conf.events or {})
+  if err then
+    return nil, ("%s: %s"):format(path, err)
+  end
+  if conf.log_level ~= nil and not require("chorus.log").LEVELS[conf.log_level] then
+    return nil, ("%s: log_level must be one of debug, info, warn, error (got %q)"):format(path, conf.log_level)
   end
   -- request_headers: the inbound headers ctx.request shows (and the run
   -- record keeps), named in lower case; any other header stays out of runs
@@ -289,6 +339,7 @@ end
 
 --- Applies limits and upstreams to the runtime.
 function config.apply(conf)
+  require("chorus.log").set_level(conf.log_level or "info")
   local limits = conf.limits or {}
   core.set_limits({
     memory = limits.run_memory_mb and math.floor(limits.run_memory_mb * 1024 * 1024) or nil,

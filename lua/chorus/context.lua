@@ -8,6 +8,7 @@
 -- values the first execution saw (chorus.journal).
 local core = require "chorus.core"
 local errors = require "chorus.errors"
+local events = require "chorus.events"
 local journal = require "chorus.journal"
 local outbox = require "chorus.outbox"
 local runstate = require "chorus.runstate"
@@ -17,6 +18,8 @@ local retry = require "chorus.retry"
 
 -- ctx → its workflow's redact paths, for the log lines (chorus.redact)
 local ctx_redact = setmetatable({}, { __mode = "k" })
+-- ctx → its run's span id, for the log lines
+local ctx_span = setmetatable({}, { __mode = "k" })
 
 local context = {}
 
@@ -28,7 +31,7 @@ local LEVELS = { debug = true, info = true, warn = true, error = true }
 local function logger(ctx)
   local function write(level, msg, fields)
     local line = { level = level, msg = tostring(msg), run_id = ctx.run_id,
-      workflow = ctx.workflow, trace_id = ctx.trace_id, ts = core.now() }
+      workflow = ctx.workflow, trace_id = ctx.trace_id, span_id = ctx_span[ctx], ts = core.now() }
     for k, v in pairs(fields or {}) do
       if line[k] == nil then
         line[k] = v
@@ -192,6 +195,7 @@ function shared.sleep(seconds)
     error("ctx.sleep: seconds must be a non-negative number", 2)
   end
   local wake = journal.effect("sleep", nil, function() return core.now() + seconds end)
+  runstate.check_stop()
   local left = runstate.remaining()
   local wait = wake - core.now()
   if wait > left then -- never wait past the run's deadline
@@ -340,9 +344,12 @@ function context.new(state)
     run_id = state.run_id, input = state.input, workflow = state.workflow, request = copy(state.request),
     trace_id = state.trace_id, timeline = state.timeline,
     now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
-    later = shared.later, lock = shared.lock, poll = shared.poll,
+    later = shared.later, lock = shared.lock, poll = shared.poll, event = events.wait,
+    call = require("chorus.children").call,
   }, CTX_MT)
   ctx_redact[ctx] = state.redact
+  -- the run's span: the parent id its outbound calls carry (traceparent)
+  ctx_span[ctx] = state.traceparent and state.traceparent:match("^%x%x%-%x+%-(%x+)%-%x%x$")
   function ctx.key(name)
     if type(name) ~= "string" or name == "" then
       error("ctx.key: name must be a non-empty string", 2)

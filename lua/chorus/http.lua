@@ -14,8 +14,11 @@ local json = core.json
 local http = {}
 local EMPTY = {}
 
-local calls_total = metrics.counter("chorus_http_calls_total", "Outbound HTTP calls by upstream and status",
-  { "upstream", "status" })
+-- status: the HTTP status, or "" when the call got none; error: the error
+-- kind (timeout, connect, ...) or "". upstream: the upstream's name, else
+-- the host (never a whole URL).
+local calls_total = metrics.counter("chorus_http_calls_total",
+  "Outbound HTTP calls by upstream, status and error kind", { "upstream", "status", "error" })
 local call_seconds = metrics.histogram("chorus_http_call_duration_seconds", "Outbound HTTP call latency",
   { "upstream" })
 
@@ -31,7 +34,11 @@ local function call_series(target, outcome)
   end
   local k = t[outcome]
   if not k then
-    k = calls_total.key({ target, outcome })
+    if math.type(outcome) == "integer" then
+      k = calls_total.key({ target, outcome, "" })
+    else
+      k = calls_total.key({ target, "", tostring(outcome) })
+    end
     t[outcome] = k
   end
   return k, t.latency
@@ -192,6 +199,9 @@ end
 -- Sends one prepared request (no journal): { status, headers, body, json }.
 local function send_once(r)
   local run = r.run
+  if run then -- a stopped (cancelled) run sends nothing more
+    runstate.check_stop(run)
+  end
   -- the run's deadline caps every call inside it
   local left = run and runstate.remaining(run) or math.huge
   if left <= 0 then

@@ -17,6 +17,7 @@ local HOST_SET = { __name = "chorus.host_set" } -- allow_hosts, once made a set
 
 local KNOWN = {
   name = "string", run = "function", timeout = "number", on_timeout = "function",
+  on_cancel = "function",
   idempotency = "table", description = "string", allow_hosts = "table", redact = "table",
   schedule = "table",
 }
@@ -36,7 +37,7 @@ local function declare(spec)
   for key, value in next, spec do
     local want = KNOWN[key]
     if not want then
-      return nil, ("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, "
+      return nil, ("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, on_cancel, "
         .. "idempotency, allow_hosts, redact, schedule, description)"):format(tostring(key))
     end
     if type(value) ~= want then
@@ -231,6 +232,11 @@ function chorus.any(...)
 end
 
 --- An environment variable, or default.
+--- Delivers an event to the run waiting on it with ctx.event (chorus.events).
+function chorus.emit(name, key, payload)
+  return require("chorus.events").emit(name, key, payload)
+end
+
 function chorus.env(name, default)
   if type(name) ~= "string" then
     error("chorus.env: name must be a string", 2)

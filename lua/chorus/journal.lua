@@ -157,6 +157,9 @@ function journal.effect(kind, target, fn, restore)
   local run = runstate.current()
   local j = run and run.journal
   if not j then
+    if run then -- not durable, but a stopped run makes no effect either
+      runstate.check_stop(run)
+    end
     return fn()
   end
   if run.stopped then -- a control error ended the run: nothing more happens or is recorded
@@ -195,6 +198,7 @@ function journal.effect(kind, target, fn, restore)
     end
     error(err, 0)
   end
+  runstate.check_stop(run) -- live from here: a cancel asked before a restart stops the run here
   if j.unsynced then
     j.unsynced = false
     j.store:commit()
@@ -204,6 +208,7 @@ function journal.effect(kind, target, fn, restore)
   if t then
     t.notes = notes
   end
+  j.step = step -- journal.current_step, for fn
   local ok, value = pcall(fn)
   if t then
     t.notes = outer
@@ -235,6 +240,21 @@ function journal.effect(kind, target, fn, restore)
     error(value, 0)
   end
   return value
+end
+
+--- The step of the effect whose fn runs now, in a durable run (nil
+--- elsewhere): ctx.call names its child after it, so a replay finds it.
+function journal.current_step()
+  local run = runstate.current()
+  return run and run.journal and run.journal.step
+end
+
+--- The name the current task's next effect will have ("r.2#4"), the same
+--- on every replay; nil outside a journaled task.
+function journal.next_step()
+  local run = runstate.current()
+  local t = run and run.journal and task_entry(run)
+  return t and (t.path .. "#" .. (t.n + 1)) or nil
 end
 
 --- True when the current run has a journal (it is durable).

@@ -15,11 +15,30 @@ local json = core.json
 
 local log = {}
 
+-- The levels in order; lines below the process's level (config log_level,
+-- "info" by default) are not printed. A sink gets every line: a spec reads
+-- what a run logged whatever the level.
+log.LEVELS = { debug = 1, info = 2, warn = 3, error = 4 }
+local threshold = log.LEVELS.info
+
+--- Sets the level below which lines are not printed; returns nothing, or
+--- raises naming the levels.
+function log.set_level(name)
+  local rank = log.LEVELS[name]
+  if not rank then
+    error(("log_level must be one of debug, info, warn, error (got %s)"):format(tostring(name)), 2)
+  end
+  threshold = rank
+end
+
 --- Writes line (a table) to sink, or as a JSON line on stderr. A line JSON
 --- cannot carry keeps its level and message and says why.
 function log.write(line, sink)
   if sink then
     return sink(line)
+  end
+  if (log.LEVELS[line.level] or log.LEVELS.error) < threshold then
+    return
   end
   local ok, text = pcall(json.encode, line)
   if not ok then

@@ -64,6 +64,10 @@ function responses.run(rec, ok, value)
     return problem(504, "Gateway Timeout", "the workflow's run passed its deadline (its timeout); see the run record",
       { run_id = rec.id, kind = rec.error.kind })
   end
+  if not ok and rec.status == "cancelled" then
+    return problem(409, "Conflict", "the run was cancelled (DELETE /runs/ID); see the run record",
+      { run_id = rec.id, kind = rec.error.kind })
+  end
   if not ok then
     return problem(500, "Internal Server Error", "the workflow failed; see the run record",
       { run_id = rec.id, kind = rec.error.kind })

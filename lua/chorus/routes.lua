@@ -1,5 +1,6 @@
 -- chorus.routes — what `chorus serve` answers at each path: POST
--- /workflows/NAME (chorus.workflow_requests), GET /runs/ID, /metrics,
+-- /workflows/NAME (chorus.workflow_requests), POST /events/NAME/KEY
+-- (chorus.event_requests), GET /runs/ID, /metrics,
 -- /healthz, /readyz and /admin/... (chorus.admin); dispatch is the request
 -- handler lua_server.c runs, a run per request, and always answers.
 local admin = require "chorus.admin"
@@ -26,7 +27,25 @@ local m = {
   store_failures = metrics.counter("chorus_store_commit_failures_total", "Group commits that failed"),
   breakers = metrics.gauge("chorus_breaker_state", "Circuit breaker state (1 for the current one)",
     { "breaker", "state" }),
+  latency = metrics.histogram("chorus_http_request_duration_seconds", "Inbound HTTP request latency by route",
+    { "route" }),
+  build = metrics.gauge("chorus_build_info", "The running chorus (always 1)", { "version" }),
+  rss = metrics.gauge("process_resident_memory_bytes", "Resident memory of the process"),
+  fds = metrics.gauge("process_open_fds", "Open file descriptors of the process"),
+  cpu = metrics.counter("process_cpu_seconds_total", "CPU time of the process, user and system"),
 }
+m.build.set({ core.version }, 1)
+
+-- The route label of a path: a few fixed names, never the path itself (a
+-- label per workflow name or run id would grow without bound).
+local function route_of(path)
+  local first = path:match("^/([^/]+)")
+  local known = { workflows = "workflow", runs = "run", metrics = "metrics", healthz = "healthz",
+    readyz = "readyz", admin = "admin" }
+  return known[first] or "other"
+end
+
+local cpu_seen = 0
 
 local BREAKER_STATES = { "closed", "open", "half_open" }
 
@@ -65,6 +84,32 @@ local function run_record(req, id)
   return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = text }
 end
 
+-- DELETE /runs/ID: cancels the run (chorus.runs, Service:cancel), for the
+-- credentials that may read it; 202 while it winds down (GET /runs/ID says
+-- when it is "cancelled"), 409 when it has finished.
+local function cancel_run(req, id)
+  local gok, rec = pcall(state.runs.lookup, state.runs, id)
+  local name = gok and type(rec) == "table" and rec.workflow
+  if gok and type(rec) == "string" then
+    local ok, decoded = pcall(json.decode, rec)
+    name = ok and type(decoded) == "table" and decoded.workflow
+  end
+  if not gok then -- a corrupt record: said, as GET does
+    return problem(500, "Internal Server Error", tostring(rec))
+  end
+  if not rec or not (admin.authorized(require("chorus.server"), req) or authenticate(req, tostring(name))) then
+    return problem(404, "Not Found", ("no run with id '%s' that these credentials can cancel (runs of a "
+      .. "workflow with auth need its token or the admin token)"):format(id))
+  end
+  local done, refusal, why = state.runs:cancel(id, "api")
+  if not done then
+    local status = ({ not_found = 404, conflict = 409 })[refusal] or 500
+    return problem(status, status == 409 and "Conflict" or status == 404 and "Not Found"
+      or "Internal Server Error", why, { run_id = id })
+  end
+  return json_response(202, { run_id = id, status = "cancelling", cancel = done.cancel })
+end
+
 -- The response to req (any route); raises on a bug, which dispatch answers.
 local function route(req)
   local path = req.path
@@ -72,8 +117,15 @@ local function route(req)
   if name then
     return workflow_requests.start(req, name)
   end
+  local ev, key = path:match("^/events/([^/]+)/([^/]+)$")
+  if ev then -- durable events (chorus.event_requests)
+    return require("chorus.event_requests").handle(req, ev, key)
+  end
   local id = path:match("^/runs/([^/]+)$")
   if id then
+    if req.method == "DELETE" then
+      return cancel_run(req, id)
+    end
     return run_record(req, id)
   end
   if path == "/metrics" then
@@ -87,6 +139,13 @@ local function route(req)
       state.store_seen = ss
     end
     export_breakers()
+    local stats = core.stats()
+    m.rss.set(nil, stats.rss_bytes)
+    m.fds.set(nil, stats.open_fds)
+    if stats.cpu_seconds and stats.cpu_seconds > cpu_seen then -- the counter catches up
+      m.cpu.inc(nil, stats.cpu_seconds - cpu_seen)
+      cpu_seen = stats.cpu_seconds
+    end
     return text_response(200, metrics.render(), "text/plain; version=0.0.4")
   end
   if path == "/healthz" then
@@ -121,11 +180,13 @@ function routes.dispatch(req)
     resp = problem(500, "Internal Server Error", "the server could not handle this request")
   end
   m.requests.inc({ resp.status })
+  m.latency.observe({ route_of(req.path) }, core.now() - t0)
   if state.config.access_log == false then
     return resp
   end
   log("info", "request", { method = req.method, path = req.path, status = resp.status,
-    duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"] })
+    duration_ms = math.floor((core.now() - t0) * 1e6) / 1e3, run_id = resp.headers["X-Run-Id"],
+    trace_id = resp.trace_id })
   return resp
 end
 

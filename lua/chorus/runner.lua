@@ -11,6 +11,7 @@ local saga = require "chorus.saga"
 local runner = {}
 
 local ON_TIMEOUT_GRACE = 10
+local ON_CANCEL_GRACE = 10
 
 local function new_trace_id()
   return core.random_hex(16)
@@ -60,8 +61,11 @@ function runner.execute(workflow, input, opts)
     error(errors.settle(value), 0)
   end
   err = err or result[2]
-  if type(err) == "table" and rawget(err, "kind") == "deadline" then
+  local kind = type(err) == "table" and rawget(err, "kind")
+  if kind == "deadline" then
     err = runner.after_deadline(workflow, ctx, state, err)
+  elseif kind == "cancelled" and state.cancelled then
+    err = runner.after_cancel(workflow, ctx, state, err)
   end
   error(errors.settle(err), 0)
 end
@@ -74,20 +78,34 @@ end
 -- run's error: the deadline's, or a control error on_timeout itself hit
 -- (a crash must still end the run as a crash).
 function runner.after_deadline(workflow, ctx, state, err)
+  return runner.after_stop(workflow.on_timeout, "on_timeout", ON_TIMEOUT_GRACE, ctx, state, err)
+end
+
+-- After a cancellation (chorus.runs, Service:cancel) stopped the run at
+-- the wait it was in: the same as after the deadline, with on_cancel and
+-- its own short deadline; its outcome is state.on_cancel.
+function runner.after_cancel(workflow, ctx, state, err)
+  return runner.after_stop(workflow.on_cancel, "on_cancel", ON_CANCEL_GRACE, ctx, state, err)
+end
+
+-- The sagas the stopped run left open are compensated, then hook (the
+-- workflow's on_timeout or on_cancel, may be nil) runs with grace seconds
+-- of deadline; its outcome goes to state[field].
+function runner.after_stop(hook, field, grace, ctx, state, err)
   state.stopped = nil
-  state.deadline = core.now() + ON_TIMEOUT_GRACE
+  state.deadline = core.now() + grace
   saga.on_deadline(state)
-  local res = workflow.on_timeout and table.pack(pcall(workflow.on_timeout, ctx))
+  local res = hook and table.pack(pcall(hook, ctx))
   local stop = state.stopped
   state.stopped = err
   if res and res[1] then
     local ok, value = pcall(errors.plain, res[2])
-    state.on_timeout = ok and { ok = true, value = value } or { ok = false, error = errors.settle(value) }
+    state[field] = ok and { ok = true, value = value } or { ok = false, error = errors.settle(value) }
   elseif res then
-    state.on_timeout = { ok = false, error = errors.settle(res[2]) }
-    ctx.log.error("on_timeout failed", { error = state.on_timeout.error.message or tostring(res[2]) })
+    state[field] = { ok = false, error = errors.settle(res[2]) }
+    ctx.log.error(field .. " failed", { error = state[field].error.message or tostring(res[2]) })
   end
-  if stop and rawget(stop, "kind") ~= "deadline" then
+  if stop and rawget(stop, "kind") ~= "deadline" then -- the hook's own deadline is its outcome's
     state.stopped = stop
     return stop
   end

@@ -45,7 +45,9 @@ local runs = { MAX_RECORDS = 10000 }
 
 local m = {
   runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
-  duration = metrics.histogram("chorus_run_duration_seconds", "Workflow run duration", { "workflow" }),
+  -- runs last from milliseconds to hours (a wait for an event, a long poll)
+  duration = metrics.histogram("chorus_run_duration_seconds", "Workflow run duration", { "workflow" },
+    { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600 }),
 }
 
 local Service = {}
@@ -60,14 +62,17 @@ function runs.service(env)
   env.log = env.log or default_log
   env.backend = env.backend or (env.store and not env.store.memory and outbox.durable(env.store))
     or outbox.memory(true)
-  return setmetatable({
+  local svc = setmetatable({
     env = env, store = env.store, backend = env.backend,
     running = {},  -- run id → record of each run in flight
     finished = core.record_ring(env.max_records or runs.MAX_RECORDS), -- the last finished, as JSON
     inflight = 0,  -- runs executing now (the gauge and load shedding read it)
     versions = {}, -- script hash → workflow, for runs resumed on old code
+    waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
   }, Service)
+  env.service = svc -- ctx.call starts its child runs here (chorus.children)
+  return svc
 end
 
 -- ---- records ------------------------------------------------------------------
@@ -85,12 +90,13 @@ function Service:new_record(id, name, trace_id, opts)
   return self:remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
     trace_id = trace_id or core.random_hex(16), timeline = {}, deadline_at = opts.deadline_at,
     callback_url = opts.callback_url, request = opts.request, outbox = opts.outbox, attempt = opts.attempt,
+    parent = opts.parent, -- the run whose ctx.call started this one
     finished = nil, duration = nil, result = nil, error = nil })
 end
 
 -- What a record shows of the run's data: masked by its workflow's redact
 -- paths (chorus.redact) wherever the record is shown or kept finished.
-local RECORD_DATA = { "input", "result", "error", "on_timeout" }
+local RECORD_DATA = { "input", "result", "error", "on_timeout", "on_cancel" }
 
 --- A run record as the JSON GET /runs/ID returns, secrets redacted. A
 --- result or error JSON cannot carry is replaced in the record by an error
@@ -131,13 +137,17 @@ function Service:finish_record(rec, ok, value, info)
   local compensated = s and s.compensated
   -- a timed-out run's on_timeout outcome { ok =, value | error } (chorus.runner)
   rec.on_timeout = not ok and s and s.on_timeout or nil
+  -- a cancelled run's on_cancel outcome, the same way
+  rec.on_cancel = not ok and s and s.on_cancel or nil
+  local cancelled = not ok and s and s.cancelled
   self.states[rec] = nil
   if ok then
     rec.status = compensated and "compensated" or "succeeded"
     rec.result = value
   else
     local err = errors.normalize(value)
-    rec.status = err.kind == "deadline" and "timed_out" or compensated and "compensated" or "failed"
+    rec.status = err.kind == "deadline" and "timed_out" or cancelled and err.kind == "cancelled" and "cancelled"
+      or compensated and "compensated" or "failed"
     rec.error = err
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
       error = redact.value(err, rec.redact), traceback = info and info.traceback })
@@ -158,7 +168,7 @@ end
 -- HMAC-SHA256 of the body under the configured webhook secret.
 function Service:queue_webhook(rec)
   local body = json.encode({ run_id = rec.id, workflow = rec.workflow, status = rec.status,
-    result = rec.result, error = rec.error, on_timeout = rec.on_timeout })
+    result = rec.result, error = rec.error, on_timeout = rec.on_timeout, on_cancel = rec.on_cancel })
   local headers = { ["Content-Type"] = "application/json", ["X-Chorus-Run-Id"] = rec.id }
   local secret = self.env.config.webhook_secret or core.env("CHORUS_WEBHOOK_SECRET")
   if secret and secret ~= "" then
@@ -280,6 +290,9 @@ function Service:execute(entry, rec, input, recorded)
     on_state = function(s)
       rec.timeline = s.timeline
       self.states[rec] = s
+      if rec.cancel then -- asked before a restart (or before the run began): met after its replay
+        s.cancel_pending = runstate.cancel_error()
+      end
       if env.on_state then -- chorus.testing reads the run's state
         env.on_state(rec, s)
       end
@@ -300,6 +313,7 @@ function Service:execute(entry, rec, input, recorded)
     return ok, value, nil, nil, info, true
   end
   local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
+  self:wake_waiters(rec.id)
   if not stored and rec.key then -- a key must not stay in flight for good
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
@@ -318,6 +332,150 @@ function Service:start(entry, input, opts)
   self:begin(rec, entry, input)
   local ok, value, stored, serr, info, crash = self:execute(entry, rec, input)
   return ok, value, rec, stored, serr, info, crash
+end
+
+-- ---- cancellation -----------------------------------------------------------------
+
+--- Cancels run id (DELETE /runs/ID, `chorus runs cancel`; via says who
+--- asked): the request is kept in the run's record (rec.cancel), stored
+--- with it, so a run resumed after a restart is cancelled once its replay is
+--- done; a run live here is stopped now with { kind = "cancelled" } at the
+--- wait it is in (its HTTP transfer is aborted), its sagas compensate,
+--- on_cancel runs, and it ends "cancelled". Returns the record (live table
+--- or, for a run not live here, the stored one), or nil, a refusal
+--- ("not_found", "conflict", "storage") and why.
+function Service:cancel(id, via)
+  local st = self.store
+  local rec = self.running[id]
+  if not rec then
+    local gok, found = pcall(self.lookup, self, id)
+    if not gok then
+      return nil, "storage", tostring(found)
+    end
+    if type(found) == "string" then
+      local dok, decoded = pcall(json.decode, found)
+      found = dok and type(decoded) == "table" and decoded or nil
+    end
+    if type(found) ~= "table" then
+      return nil, "not_found", ("no run with id '%s'"):format(id)
+    end
+    if found.status ~= "running" then
+      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(found.status))
+    end
+    if not st then
+      return nil, "not_found", ("no run with id '%s'"):format(id)
+    end
+    -- running in the data folder but not in this process: the next start
+    -- resumes it, and cancels it then
+    local rok, stored = pcall(st.get_run, st, id)
+    if not rok or type(stored) ~= "table" then
+      return nil, "storage", tostring(stored)
+    end
+    rec = stored
+  end
+  if not rec.cancel then
+    rec.cancel = { at = runstate.micro(core.now()), via = via }
+    if st then
+      st:put_run(rec) -- the request outlives a crash: a resumed run is cancelled
+      local cok, cerr = pcall(st.commit, st)
+      if not cok then
+        rec.cancel = nil
+        return nil, "storage", tostring(cerr)
+      end
+    end
+    self.env.log("info", "cancelling a run", { run_id = id, workflow = rec.workflow, via = via })
+  end
+  local s = self.states[rec]
+  if s and not s.cancelled then
+    -- a replay never waits, so a live run is past it: stopped now
+    runstate.cancel(s, runstate.cancel_error())
+  end
+  for _, child in ipairs(type(rec.children) == "table" and rec.children or {}) do
+    self:cancel(child, "parent") -- a finished one answers conflict: nothing to do
+  end
+  return rec
+end
+
+-- ---- child runs (ctx.call, chorus.children) -----------------------------------------
+
+--- The outcome of a finished run's record (table or JSON text): true and
+--- its result, or false and its error (the child's id added).
+local function outcome(rec)
+  if type(rec) == "string" then
+    rec = json.decode(rec)
+  end
+  if rec.error == nil then
+    return true, rec.result
+  end
+  local err = setmetatable(errors.normalize(rec.error), errors.MT)
+  err.child_run_id = rec.id
+  return false, err
+end
+
+function Service:wake_waiters(id)
+  local tokens = self.waiters[id]
+  self.waiters[id] = nil
+  for _, token in ipairs(tokens or {}) do
+    core.notify(token, true)
+  end
+end
+
+--- Runs entry with input as the child id of the run parent (a runstate
+--- entry), from the parent's task, and returns its outcome: ok, value.
+--- A child that exists already (the parent's replay after a restart) is
+--- never started again: a finished one gives its record's outcome, a
+--- running one is waited for, one unfinished in the data folder and not
+--- resumed yet is resumed here.
+function Service:call_child(entry, input, id, parent)
+  if entry.hash then -- the child resumes on this version after a restart
+    self:keep_version(entry)
+  end
+  local prec = self.running[parent.run_id]
+  if prec then -- the link the parent's record shows
+    prec.children = prec.children or {}
+    local known = false
+    for _, c in ipairs(prec.children) do
+      known = known or c == id
+    end
+    if not known then
+      prec.children[#prec.children + 1] = id
+    end
+  end
+  if self.running[id] then
+    local list = self.waiters[id] or {}
+    self.waiters[id] = list
+    local token = core.wait_token()
+    list[#list + 1] = token
+    runstate.wait(token, math.huge)
+    return outcome(self:lookup(id))
+  end
+  local found = self:lookup(id)
+  if found then
+    local decoded = type(found) == "string" and json.decode(found) or found
+    if decoded.status ~= "running" then
+      return outcome(decoded)
+    end
+    local ok, value
+    self:resume(id, function(fn) ok, value = fn() end)
+    return ok, value
+  end
+  -- the parent's deadline caps the child's: a child still running then
+  -- times out, and the parent with it
+  local timeout = entry.workflow.timeout
+  local deadline = timeout and core.now() + timeout
+  if parent.deadline and (not deadline or parent.deadline < deadline) then
+    deadline = parent.deadline
+  end
+  local ok, value, _, _, _, _, crash = self:start(entry, input, { id = id, parent = parent.run_id,
+    trace_id = parent.trace_id, deadline_at = deadline })
+  if crash then -- chorus.testing: the process died in the child, so with the parent in it
+    error(runstate.stop(value, parent), 0)
+  end
+  if not ok then
+    value = setmetatable(errors.normalize(value), errors.MT)
+    value.child_run_id = id
+  end
+  return ok, value
 end
 
 -- ---- versions, recovery, outbox runs --------------------------------------------
@@ -361,6 +519,9 @@ local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 -- on its script version, by start(fn, rec). Returns whether it had a record
 -- to resume.
 function Service:resume(id, start)
+  if self.running[id] then -- a child its parent's ctx.call resumed already
+    return false
+  end
   local st = self.store
   local rec = st:get_run(id)
   if not rec then

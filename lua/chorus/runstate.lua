@@ -57,6 +57,40 @@ function runstate.deadline_error(what)
     message = ("the run's deadline passed (%s)"):format(what), attempts = 0 }, DEADLINE_MT))
 end
 
+--- The error a cancelled run (DELETE /runs/ID, chorus.runs) stops with.
+function runstate.cancel_error()
+  return setmetatable({ kind = "cancelled", message = "the run was cancelled" }, DEADLINE_MT)
+end
+
+--- Cancels run (a runstate entry) now: it is stopped with the cancel
+--- error, which each of its waits raises (core.interrupt ends the ones in
+--- progress). Returns the error.
+function runstate.cancel(run, err)
+  run.cancelled, run.cancel_pending = true, nil
+  runstate.stop(err, run)
+  core.interrupt(run.run_id, err)
+  return err
+end
+
+--- Before a run waits or makes a live effect: a cancel asked while the run
+--- was not live (before a restart: run.cancel_pending) stops it now, after
+--- its replay; a run stopped already raises its stop error.
+function runstate.check_stop(run)
+  run = run or runstate.current()
+  if not run then
+    return
+  end
+  local pending = run.cancel_pending
+  if pending then
+    run.cancel_pending = nil
+    run.cancelled = true
+    runstate.stop(pending, run)
+  end
+  if run.stopped then
+    error(run.stopped, 0)
+  end
+end
+
 --- Seconds left before the deadline of run (a runstate entry; the current
 --- run when nil), math.huge when it has none. The deadline is a wall-clock
 --- time (seconds since the epoch, virtual under chorus.testing), so it
@@ -73,6 +107,7 @@ end
 --- pass it sleeps until the deadline, then raises the deadline error
 --- (`what` says where).
 function runstate.sleep(seconds, what)
+  runstate.check_stop()
   local left = runstate.remaining()
   if seconds > left then
     core.sleep(math.max(left, 0))
@@ -90,6 +125,7 @@ local TIMED_OUT = {}
 --- so a later core.notify(token) finds nobody and returns false (which is
 --- how the lock and bulkhead queues skip it).
 function runstate.wait(token, seconds)
+  runstate.check_stop()
   if seconds == math.huge then
     return core.wait(token)
   end

@@ -36,7 +36,7 @@ local sandbox = {}
 -- What each module shows scripts. A nested list is a table of its own.
 local API = {
   chorus = {
-    "workflow", "all", "all_settled", "race", "any", "env", "secret", "version",
+    "workflow", "all", "all_settled", "race", "any", "env", "secret", "version", "emit",
     json = { "encode", "decode", "array", "is_null", "null" },
   },
   ["chorus.http"] = { "request", "get", "post", "put", "delete", "patch", "head", "upstream" },

@@ -106,6 +106,8 @@ local function start_durable()
       outbox.defaults[k] = oc[k]
     end
   end
+  -- events are kept in the data folder, else in memory (storage.durable = false)
+  require("chorus.events").configure({ store = state.store or store.memory(), ttl = (conf.events or {}).ttl })
   state.runs = server.service(state.store, state.backend)
   state.relay = state.runs:relay({ alerts = conf.alerts })
   return true

@@ -14,6 +14,8 @@
 --   meta         schema_version (2: every other value carries a checksum)
 --   deliveries   run id .. entry id → what became of an outbox entry the run
 --                enqueued (GET /runs/ID lists them): state, attempts, error
+--   events       durable events (chorus.events): kept events waiting for a
+--                ctx.event, and the event ids seen (redeliveries absorbed)
 --   schedules    workflow name → its schedule as the scheduler last stored
 --                it: the slots handled so far, the last run (chorus.scheduler)
 --

@@ -1,6 +1,6 @@
 -- chorus.sweep — keeps the data folder from growing forever: expired
--- idempotency keys and finished run records older than
--- storage.runs_retention go, a bounded step at a time, once a minute.
+-- idempotency keys, kept events and event ids past events.ttl, and finished
+-- run records older than storage.runs_retention go, a bounded step at a time, once a minute.
 local core = require "chorus.core"
 local log = require("chorus.log").event
 local state = require "chorus.server_state"
@@ -18,7 +18,7 @@ local DEFAULT_RETENTION = 7 * 24 * 3600
 function sweep.loop()
   local st = state.store
   local retention = (state.config.storage or {}).runs_retention or DEFAULT_RETENTION
-  local keys_from, runs_from
+  local keys_from, runs_from, events_from
   while not state.draining do
     core.sleep(SWEEP_EVERY)
     local now = core.now()
@@ -36,9 +36,14 @@ function sweep.loop()
       end
       return old
     end)
-    if keys + old_runs > 0 then
+    -- kept events no wait took, and seen event ids, once events.ttl is up
+    local old_events
+    old_events, events_from = st:sweep("events", events_from, SWEEP_BATCH, function(rec)
+      return type(rec) ~= "table" or (tonumber(rec.expires) or 0) <= now
+    end)
+    if keys + old_runs + old_events > 0 then
       st:commit()
-      log("info", "swept the data folder", { expired_keys = keys, old_runs = old_runs })
+      log("info", "swept the data folder", { expired_keys = keys, old_runs = old_runs, old_events = old_events })
     end
   end
 end

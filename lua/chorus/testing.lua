@@ -22,6 +22,8 @@ local testing = {}
 
 local mocks = {}      -- base URL → { spec =, hits = }
 local calls = nil     -- calls of the run in progress
+local emits = {}      -- testing.emit's events for the next run
+local kept_events = {} -- the events a run left kept (chorus.emit, unclaimed): the next run finds them
 
 local MOCK_HOST = ".upstream.test"
 
@@ -35,6 +37,8 @@ end
 --- Forgets every mock and upstream declared so far.
 function testing.reset()
   mocks = {}
+  emits = {}
+  kept_events = {}
   http.configure({})
   core.breakers_reset()
   core.retry_budgets_reset()
@@ -154,6 +158,50 @@ local function transport(method, url, headers, body, _, timeout, _, max_response
   return res.status or 200, resp_headers, resp_body, delay
 end
 
+--- An event for the next testing.run, as POST /events/NAME/KEY sends it:
+--- opts.at = seconds after the run's start (virtual time) when it arrives
+--- (default: before the run starts, kept until a ctx.event takes it);
+--- opts.id = its event id (default: payload.id), a redelivery of a seen
+--- id is absorbed. The events a run leaves kept (its chorus.emit's, or
+--- those no wait took) and the event ids it saw stay for the next
+--- testing.run, until testing.reset: a spec can run a webhook-receiver
+--- workflow, then the workflow that waits for what it emitted.
+function testing.emit(name, key, payload, opts)
+  opts = opts or {}
+  local err = require("chorus.events").check_name("name", name)
+    or require("chorus.events").check_name("key", key)
+  if err then
+    error("testing.emit: " .. err, 2)
+  end
+  if opts.at ~= nil and not (type(opts.at) == "number" and opts.at >= 0) then
+    error("testing.emit: at must be a non-negative number of seconds after the run's start", 2)
+  end
+  local id = opts.id
+  local pid = type(payload) == "table" and payload.id
+  if id == nil and (type(pid) == "string" or math.type(pid) == "integer") then
+    id = tostring(pid)
+  end
+  emits[#emits + 1] = { name = name, key = key, payload = payload, at = opts.at, id = id }
+end
+
+-- Delivers the run's testing.emit events: those without `at` now, the
+-- others from tasks that sleep until then. Returns the tasks.
+local function schedule_emits(list, started)
+  local events = require "chorus.events"
+  local tasks = {}
+  for _, e in ipairs(list) do
+    if e.at == nil then
+      events.deliver(e.name, e.key, e.payload, e.id)
+    else
+      tasks[#tasks + 1] = core.spawn(function()
+        core.sleep(math.max(0, started + e.at - core.now()))
+        events.deliver(e.name, e.key, e.payload, e.id)
+      end)
+    end
+  end
+  return tasks
+end
+
 local function load_workflow(workflow)
   if type(workflow) == "string" then
     local wf, err = script.load(workflow)
@@ -187,6 +235,10 @@ end
 ---   result.timeline shows the effects of every execution with a
 ---   { kind = "resumed" } mark where each restart went live. A list
 ---   { n1, n2, ... } crashes the run again after its n2-th effect, ...
+--- opts.cancel_at = seconds: the run is cancelled (as DELETE /runs/ID
+---   does) that many virtual seconds after it started, at the wait it is
+---   in then; result.status says "cancelled" and result.on_cancel is
+---   on_cancel's outcome ({ ok =, value | error }).
 function testing.run(workflow, input, opts)
   opts = opts or {}
   local wf = load_workflow(workflow)
@@ -213,7 +265,8 @@ function testing.run(workflow, input, opts)
     on_state = function(_, s) state = s end,
     workflow = function(name) -- ctx.later's workflows: opts.workflows
       if not loaded[name] and opts.workflows and opts.workflows[name] then
-        loaded[name] = { workflow = load_workflow(opts.workflows[name]) }
+        local child = load_workflow(opts.workflows[name])
+        loaded[name] = { workflow = child, hash = "testing:" .. tostring(child) } -- ctx.call's resume needs it
       end
       return loaded[name]
     end,
@@ -222,30 +275,71 @@ function testing.run(workflow, input, opts)
   local entry = { workflow = wf, hash = "testing:" .. tostring(wf), path = type(workflow) == "string" and workflow }
   local started = core.now()
   local crashed, replayed = false, nil
+  local events = require "chorus.events"
+  local events_store = env.store or require("chorus.store").memory()
+  for _, row in ipairs(kept_events) do -- what earlier runs left kept, as a server keeps it
+    events_store.st:put("events", row[1], row[2])
+  end
+  events_store:commit()
+  events.configure({ store = events_store })
+  local pending_emits = emits
+  emits = {}
   local pok, rok, res = pcall(core.run, nil, function()
+    local emit_tasks = schedule_emits(pending_emits, started)
     local svc = runs.service(env)
-    local ok, value, rec, _, _, info, crash = svc:start(entry, input or {})
+    local run_id = core.uuid()
+    if opts.cancel_at then -- the canceller: a task of its own, cancelled itself if the run ends first
+      core.spawn(function()
+        core.sleep(opts.cancel_at)
+        svc:cancel(run_id, "testing")
+      end)
+    end
+    local ok, value, rec, _, _, info, crash = svc:start(entry, input or {}, { id = run_id })
     local restarts = 0
     while crash do -- the restart: a new service over the same store recovers the run
       crashed, restarts, crash = true, restarts + 1, nil
+      events.forget_waiters() -- the process died: nobody waits in it
       env.crash_after = crashes[restarts + 1] -- the next crash, if any
       svc = runs.service(env)
       svc:keep_version(entry) -- as a server's reload keeps the scripts it loads
+      for _, e in pairs(loaded) do
+        svc:keep_version(e)
+      end
       local resumed = {}
-      svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
-      for _, fn in ipairs(resumed) do
-        local again
-        ok, value, _, _, info, again = fn()
-        crash = crash or again
+      svc:recover({ start = function(fn, r) resumed[#resumed + 1] = { fn, r } end })
+      -- side by side, as a server's detached runs: a parent's ctx.call
+      -- waits for its resumed child
+      local recs = {}
+      for _, r in ipairs(resumed) do
+        recs[core.spawn(r[1])] = r[2]
+      end
+      local left = #resumed
+      while left > 0 do
+        local tid = core.await()
+        local res = table.pack(core.result(tid))
+        if recs[tid] then -- not the canceller (cancel_at)
+          left = left - 1
+          if not res[1] then
+            error(res[2], 0)
+          end
+          crash = crash or res[7]
+          if recs[tid].id == run_id then -- the run under test (the others: its children)
+            rec, ok, value, info = recs[tid], res[2], res[3], res[6]
+          end
+        end
       end
       replayed = state and state.journal and state.journal.replayed
+    end
+    for _, t in ipairs(emit_tasks) do -- events due after the run's end arrive at nobody
+      core.cancel(t)
     end
     if opts.deliver then
       outbox.drain(env.backend, { transport = transport,
         start_workflow = function(backend, e) return svc:start_outbox_workflow(backend, e) end })
     end
-    return { ok = ok, value = value, id = rec.id, info = info }
+    return { ok = ok, value = value, id = rec.id, info = info, status = rec.status }
   end)
+  kept_events = events_store.st:scan("events", { limit = math.maxinteger })
   local entries = env.backend.all
   if opts.deliver then
     local fate = {}
@@ -269,11 +363,12 @@ function testing.run(workflow, input, opts)
   end
   local ok, value = false, res -- the delivery itself failed
   if rok then
-    ok, value, result.run_id = res.ok, res.value, res.id
+    ok, value, result.run_id, result.status = res.ok, res.value, res.id, res.status
   end
   result.ok = ok
   result.timeline = state and state.timeline or {}
   result.on_timeout = state and state.on_timeout -- { ok =, value | error } when on_timeout ran
+  result.on_cancel = state and state.on_cancel -- the same, when on_cancel ran
   if ok then
     result.value = value
   else

@@ -220,6 +220,7 @@ local function start_run(c)
   local rec = svc:new_record(core.uuid(), c.name, parse_traceparent(req.headers.traceparent), {
     deadline_at = wf.timeout and core.now() + wf.timeout, callback_url = c.callback,
     request = request_facts(req, key) })
+  c.trace_id = rec.trace_id
   local prefer = req.headers.prefer
   local async = prefer and prefer:lower():find("respond%-async")
   if key then
@@ -275,7 +276,9 @@ function workflow_requests.start(req, name)
       return resp
     end
   end
-  return start_run(c)
+  local resp = start_run(c)
+  resp.trace_id = c.trace_id -- for the access log (lua_server.c reads status, headers, body only)
+  return resp
 end
 
 -- ---- redrive ------------------------------------------------------------------

@@ -138,9 +138,7 @@ describe("chorus init", function()
     dir = root .. "/my project"
   end)
 
-  teardown(function()
-    os.execute("rm -rf " .. H.quote(root))
-  end)
+  teardown(function() H.clean(root) end)
 
   it("creates a workflow, its spec, a .busted and a config, and names the next commands", function()
     local r = H.chorus_run({ "init", dir })

@@ -22,12 +22,7 @@ return {
     srv = H.start_server({ "--config", conf, "--scripts", dir })
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, conf) end)
 
   it("answers a synchronous request 504 problem+json with the run id; the record keeps on_timeout's value", function()
     local r = H.request(srv.url .. "/workflows/slow", { method = "POST", body = "{}" })

@@ -70,12 +70,7 @@ describe("durable state", function()
     start()
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
 
   before_each(function()
     mock.reset()

@@ -35,12 +35,7 @@ return {
       { CHORUS_SECRET_API_KEY = SECRET, CHORUS_SECRETS_DIR = secrets_dir })
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(secrets_dir))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, secrets_dir, conf) end)
 
   describe("secrets", function()
     for _, case in ipairs({ { name = "api_key", value = SECRET, from = "the environment" },

@@ -197,6 +197,20 @@ function H.temp_dir(files)
   return dir
 end
 
+--- Teardown in one call: stops every server or mock given (what has a
+--- stop method; nil ones, never started, are skipped) and removes every
+--- path given (temp folders and files).
+function H.clean(...)
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if type(v) == "table" and v.stop then
+      pcall(v.stop)
+    elseif type(v) == "string" then
+      os.execute("rm -rf " .. H.quote(v))
+    end
+  end
+end
+
 function H.read(path)
   return slurp(path)
 end

@@ -147,12 +147,7 @@ return {
         CHORUS_SECRET_API_KEY = "k3y-of-reach" })
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, conf) end)
 
   describe("waiting where Lua cannot yield", function()
     for _, where in ipairs({ "sort", "tostring", "gsub", "load", "concat" }) do

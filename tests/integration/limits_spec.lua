@@ -20,11 +20,7 @@ return { limits = { run_memory_mb = 4 },
 ]]):format(mock.url))
   end)
 
-  teardown(function()
-    mock.stop()
-    os.remove(conf)
-    os.remove(small)
-  end)
+  teardown(function() H.clean(mock, conf, small) end)
 
   local function run(config, input)
     local r = H.chorus_run({ "run", BIG_BODY, "--config", config, "--input", H.encode(input) }, nil, 60)
@@ -80,9 +76,7 @@ describe("config ranges", function()
     dir = H.temp_dir({ ["echo.lua"] = H.read("tests/integration/fixtures/serve/echo.lua") })
   end)
 
-  teardown(function()
-    os.execute("rm -rf " .. H.quote(dir))
-  end)
+  teardown(function() H.clean(dir) end)
 
   -- `chorus serve --config` with the given config body: exit code and stderr.
   local function serve_with(body, listen)

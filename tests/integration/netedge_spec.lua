@@ -63,12 +63,7 @@ return {
     srv = H.start_server({ "--config", conf, "--scripts", dir })
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, conf) end)
 
   local function escape(s)
     return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))

@@ -54,14 +54,7 @@ describe("the outbox and the DLQ", function()
     start()
   end)
 
-  teardown(function()
-    if srv then
-      srv.stop()
-    end
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
 
   it("dlq list prints id, kind, target, due, attempts, last_error, newest first", function()
     local ids = {}
@@ -171,9 +164,7 @@ describe("chorus test without a folder", function()
     write("proj/specs/a_spec.lua", 'it("mine", function() assert.is_true(true) end)\n')
   end)
 
-  teardown(function()
-    os.execute("rm -rf " .. H.quote(root))
-  end)
+  teardown(function() H.clean(root) end)
 
   local function test_in(dir, ...)
     local args = { ... }
@@ -212,7 +203,8 @@ describe("the README's config example", function()
     local path = H.write_temp(example)
     local srv = H.start_server({ "--config", path, "--scripts", "examples/fanout" }, {
       CHORUS_ADMIN_TOKEN = "t0ken", CHORUS_SECRET_WEBHOOK = "whsec",
-      CHORUS_SECRET_DONATION_TOKEN = "dt", CHORUS_SECRET_DONATION_HMAC = "dh" })
+      CHORUS_SECRET_DONATION_TOKEN = "dt", CHORUS_SECRET_DONATION_HMAC = "dh",
+      CHORUS_SECRET_EVENTS_TOKEN = "et", CHORUS_SECRET_EVENTS_HMAC = "eh" })
     local r = H.request(srv.url .. "/healthz")
     srv.stop()
     os.remove(path)

@@ -12,10 +12,7 @@ describe("a runaway pattern in a served workflow", function()
     srv = H.start_server({ "--scripts", dir })
   end)
 
-  teardown(function()
-    srv.stop()
-    os.execute("rm -rf " .. H.quote(dir))
-  end)
+  teardown(function() H.clean(srv, dir) end)
 
   for _, how in ipairs({ "find", "method", "gsub" }) do
     it(("ends its run with kind budget while /healthz answers (%s)"):format(how), function()

@@ -56,13 +56,7 @@ return { access_log = false, storage = { recovery_batch = 10 },
     data = H.temp_dir()
   end)
 
-  teardown(function()
-    if srv then
-      srv.stop()
-    end
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
-  end)
+  teardown(function() H.clean(srv, mock, dir, data) end)
 
   it("answers /healthz at once, /readyz 503 until every run is started again, and finishes them all",
     function()

@@ -33,14 +33,7 @@ return { admin_token = "r3dact-admin", upstreams = { mock = { base_url = %q } } 
     srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data })
   end)
 
-  teardown(function()
-    if srv then
-      srv.stop()
-    end
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
 
   local function pay()
     return H.request(srv.url .. "/workflows/pay", { method = "POST", headers = { ["Idempotency-Key"] = "pay-1" },

@@ -78,12 +78,7 @@ describe("redrive", function()
     start()
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
 
   describe("POST /admin/runs/ID/redrive", function()
     it("replays the recorded effects and sends the failed one again with its key", function()

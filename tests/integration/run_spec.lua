@@ -19,9 +19,7 @@ describe("chorus run", function()
     mock = H.start_mock(120)
   end)
 
-  teardown(function()
-    mock.stop()
-  end)
+  teardown(function() H.clean(mock) end)
 
   before_each(function()
     mock.reset()

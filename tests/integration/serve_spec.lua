@@ -41,12 +41,7 @@ describe("chorus serve", function()
     srv = H.start_server({ "--config", conf, "--scripts", dir })
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, conf) end)
 
   local function post(path, body, headers)
     return H.request(srv.url .. path, { method = "POST", body = body, headers = headers })
@@ -169,7 +164,14 @@ describe("chorus serve", function()
       assert.truthy(r.headers["content-type"]:find("text/plain", 1, true))
       assert.truthy(r.body:find('chorus_runs_total{workflow="echo",outcome="succeeded"}', 1, true))
       assert.truthy(r.body:find("chorus_run_duration_seconds_bucket", 1, true))
-      assert.truthy(r.body:find('chorus_http_calls_total{upstream="mock",status="200"}', 1, true))
+      assert.truthy(r.body:find('chorus_http_calls_total{upstream="mock",status="200",error=""}', 1, true))
+      -- the process, the build and the inbound latency by route (a bounded label)
+      assert.truthy(r.body:find('chorus_build_info{version="', 1, true))
+      assert.truthy(r.body:match("\nprocess_resident_memory_bytes %d+"))
+      assert.truthy(r.body:match("\nprocess_open_fds %d+"))
+      assert.truthy(r.body:find("process_cpu_seconds_total ", 1, true))
+      assert.truthy(r.body:find('chorus_http_request_duration_seconds_bucket{route="workflow",le="', 1, true))
+      assert.truthy(r.body:find('chorus_run_duration_seconds_bucket{workflow="echo",le="3600"}', 1, true))
       assert.truthy(r.body:find("chorus_http_call_duration_seconds_bucket", 1, true))
       assert.truthy(r.body:find("chorus_runs_in_flight", 1, true))
       assert.truthy(r.body:find('chorus_reloads_total{result="ok"}', 1, true))
@@ -185,18 +187,24 @@ describe("chorus serve", function()
       assert.are.equal(404, H.request(srv.url .. "/nope").status)
     end)
 
-    it("writes JSON-lines access logs with run and trace ids", function()
-      post("/workflows/calls", "{}")
-      local found = false
+    it("writes JSON-lines logs with run, trace and span ids; the access log line names the run and trace", function()
+      local trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+      local r = post("/workflows/calls", "{}", { traceparent = "00-" .. trace .. "-00f067aa0ba902b7-01" })
+      local run_id = r.headers["x-run-id"]
+      local found, access = false, false
       for line in H.read(srv.log):gmatch("[^\n]+") do
         local entry = H.decode(line)
-        if entry and entry.msg == "called the mock" then
-          assert.truthy(entry.run_id)
-          assert.truthy(entry.trace_id)
+        if entry and entry.msg == "called the mock" and entry.run_id == run_id then
+          assert.are.equal(trace, entry.trace_id)
+          assert.truthy(entry.span_id and entry.span_id:match("^%x+$") and #entry.span_id == 16, line)
           found = true
+        elseif entry and entry.msg == "request" and entry.run_id == run_id then
+          assert.are.equal(trace, entry.trace_id)
+          access = true
         end
       end
       assert.is_true(found)
+      assert.is_true(access)
     end)
 
     it("cuts off a client that never finishes its request", function()

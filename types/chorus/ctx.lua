@@ -70,12 +70,30 @@ function ctx.sleep(seconds) end
 ---@return integer polls
 function ctx.poll(fn, opts) end
 
+---Parks the run until an event of this name and key arrives (POST /events/NAME/KEY or
+---chorus.emit) and returns its payload; an event that came first is kept (events.ttl) and
+---returned at once. Each event goes to one wait, once, across restarts. Raises
+---{kind="timeout"} after opts.timeout seconds (counted from the first wait); the run's
+---deadline still applies.
+---@param name string
+---@param opts { key: string|integer, timeout?: number }
+---@return any payload
+function ctx.event(name, opts) end
+
 ---Starts workflow with input through the outbox, after the run; returns the entry id.
 ---@param workflow string
 ---@param input any
 ---@param opts? chorus.LaterOpts
 ---@return string
 function ctx.later(workflow, input, opts) end
+
+---Runs workflow with input as a durable child run and waits for it: returns its result, or
+---raises its error (with child_run_id). Journaled: a replay never starts it twice.
+---@param workflow string
+---@param input? table
+---@param opts? table
+---@return any
+function ctx.call(workflow, input, opts) end
 
 ---Runs fn(...) as a named entry of the run's timeline; returns its values, re-raises its error.
 ---@generic R

@@ -19,6 +19,7 @@
 ---@field description? string
 ---@field timeout? number                              the run's overall deadline, seconds
 ---@field on_timeout? fun(ctx: chorus.Ctx): any        runs after the deadline, with 10 s of its own
+---@field on_cancel? fun(ctx: chorus.Ctx): any         runs after a cancel (DELETE /runs/ID), with 10 s of its own
 ---@field idempotency? chorus.IdempotencySpec
 ---@field allow_hosts? string[]                        the only hosts the run may call
 ---@field redact? string[]                             fields masked in records and logs, e.g. "card.number"
@@ -95,6 +96,15 @@ function chorus.any(...) end
 ---@param default? string
 ---@return string?
 function chorus.env(name, default) end
+
+---Delivers an event to the run waiting on it with ctx.event (kept until one waits). Its id is
+---payload.id when there is one (a redelivery is absorbed); journaled (a replay does not emit
+---again). Returns "kept" or "duplicate".
+---@param name string
+---@param key string|integer
+---@param payload any
+---@return string
+function chorus.emit(name, key, payload) end
 
 ---A secret: CHORUS_SECRET_<NAME>, then NAME, then the file NAME in the
 ---secrets folder; redacted from logs and records.

@@ -63,6 +63,14 @@ function testing.mock(target, spec) end
 ---@return chorus.testing.Result
 function testing.run(workflow, input, opts) end
 
+---An event for the next testing.run: before the run starts, or opts.at seconds after it
+---(virtual time); opts.id is its event id (default payload.id).
+---@param name string
+---@param key string
+---@param payload any
+---@param opts? { at?: number, id?: string }
+function testing.emit(name, key, payload, opts) end
+
 ---@class chorus.testing.ScheduleOptions
 ---@field from number            seconds since the epoch: slots after it
 ---@field to number              ... up to and including it

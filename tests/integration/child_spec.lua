@@ -1,0 +1,98 @@
+-- ctx.call on a real server: the child is a run of its own, linked both
+-- ways in the records, started once even across a SIGKILL, and cancelled
+-- with its parent.
+local H = require "tests.integration.helpers"
+
+local FIX = "tests/integration/fixtures/cancel/"
+local ADMIN = { Authorization = "Bearer s3cret" }
+
+describe("child workflows (ctx.call)", function()
+  local mock, dir, conf, data, srv
+
+  local function start()
+    srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data })
+  end
+
+  local function record(id)
+    return H.request(srv.url .. "/runs/" .. id, { headers = ADMIN }).json
+  end
+
+  local function finished(id)
+    return H.eventually(function()
+      local rec = record(id)
+      return rec and rec.status ~= "running" and rec
+    end, 20)
+  end
+
+  local function count(path)
+    return mock.stats().by_path[path] or 0
+  end
+
+  local function start_trip(input)
+    local r = H.request(srv.url .. "/workflows/trip", { method = "POST", body = input,
+      headers = { Prefer = "respond-async", ["Content-Type"] = "application/json" } })
+    assert.are.equal(202, r.status, r.body)
+    return r.json.run_id
+  end
+
+  -- The child of parent id, once the parent's record names it.
+  local function child_of(id)
+    return H.eventually(function()
+      local rec = record(id)
+      return rec and type(rec.children) == "table" and rec.children[1]
+    end, 10)
+  end
+
+  setup(function()
+    mock = H.start_mock(300)
+    dir = H.temp_dir({ ["trip.lua"] = H.read(FIX .. "trip.lua"), ["hotel.lua"] = H.read(FIX .. "hotel.lua") })
+    conf = H.write_temp(([[
+return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
+]]):format(mock.url))
+    data = H.temp_dir()
+    start()
+  end)
+
+  teardown(function()
+    srv.stop()
+    mock.stop()
+    os.execute("rm -rf " .. H.quote(dir) .. " " .. H.quote(data))
+  end)
+
+  it("returns the child's result and links parent and child", function()
+    local id = start_trip('{"nights": 2, "wait_ms": 10}')
+    local rec = finished(id)
+    assert.are.equal("succeeded", rec.status)
+    assert.are.same({ booked = true, nights = 2 }, rec.result.json.hotel)
+    local child = record(rec.children[1])
+    assert.are.equal("hotel", child.workflow)
+    assert.are.equal("succeeded", child.status)
+    assert.are.equal(id, child.parent)
+  end)
+
+  it("starts the child once across a SIGKILL of the server", function()
+    local before = count("/book-hotel")
+    local id = start_trip('{"wait_ms": 3000}')
+    local child = child_of(id)
+    assert.truthy(H.eventually(function() return count("/book-hotel") > before end, 10))
+    srv.kill("KILL")
+    srv.wait()
+    start()
+    local rec = finished(id)
+    assert.are.equal("succeeded", rec.status)
+    assert.are.same({ child }, rec.children)
+    assert.are.equal("succeeded", record(child).status)
+    assert.are.equal(before + 1, count("/book-hotel")) -- replayed, not sent again
+  end)
+
+  it("cancels the child with its parent", function()
+    local id = start_trip('{"wait_ms": 60000}')
+    local child = child_of(id)
+    local r = H.request(srv.url .. "/runs/" .. id, { method = "DELETE", headers = ADMIN })
+    assert.are.equal(202, r.status, r.body)
+    assert.are.equal("cancelled", finished(id).status)
+    local crec = finished(child)
+    assert.are.equal("cancelled", crec.status)
+    assert.are.equal("parent", crec.cancel.via)
+  end)
+end)

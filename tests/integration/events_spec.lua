@@ -1,0 +1,187 @@
+-- Durable events through a real server: POST /events/NAME/KEY (auth, bad
+-- JSON, too big, redeliveries), an event kept before the wait, chorus.emit
+-- from a webhook-receiver workflow, and a run killed with SIGKILL while it
+-- waits that gets its event after the restart.
+local H = require "tests.integration.helpers"
+
+local WAITER = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "waiter", timeout = 600, run = function(ctx, input)
+  local ok, payload = pcall(ctx.event, "processed", { key = input.task, timeout = input.timeout or 300 })
+  if not ok then
+    return { error = payload.kind }
+  end
+  return { got = payload }
+end }
+]]
+
+-- a provider's webhook: checks nothing here but picks the task id out of
+-- the payload and emits; the provider's event id absorbs its redeliveries
+local RECEIVER = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "receiver", run = function(_, input)
+  return { emitted = chorus.emit("processed", input.task_id, { id = input.event_id, category = input.category }) }
+end }
+]]
+
+describe("durable events over HTTP", function()
+  local dir, conf, data, srv
+
+  local function start()
+    srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data })
+  end
+
+  local function send(name, key, body, headers)
+    return H.request(srv.url .. "/events/" .. name .. "/" .. key, { method = "POST", body = body,
+      headers = headers or { Authorization = "Bearer ev-token" } })
+  end
+
+  local function start_wait(task, timeout)
+    local r = H.request(srv.url .. "/workflows/waiter", { method = "POST",
+      body = H.encode({ task = task, timeout = timeout }), headers = { Prefer = "respond-async" } })
+    assert.equal(202, r.status, r.body)
+    return r.json.run_id
+  end
+
+  local function finished(id)
+    return H.eventually(function()
+      local rec = H.request(srv.url .. "/runs/" .. id).json
+      return rec and rec.status ~= "running" and rec
+    end, 15)
+  end
+
+  setup(function()
+    dir = H.temp_dir({ ["waiter.lua"] = WAITER, ["receiver.lua"] = RECEIVER })
+    data = H.temp_dir()
+    conf = H.write_temp([[
+return { admin_token = "adm", limits = { max_body_bytes = 4096 },
+  events = { ttl = 3600, processed = { auth = { token = "ev-token", hmac_secret = "ev-hmac" } } } }
+]])
+    start()
+  end)
+
+  teardown(function() H.clean(srv, dir, data, conf) end)
+
+  it("keeps an event for the run that waits on it, and hands it over", function()
+    local id = start_wait("t-1")
+    local r = send("processed", "t-1", H.encode({ category = "food" }))
+    assert.equal(202, r.status, r.body)
+    assert.is_true(r.json.kept)
+    local rec = finished(id)
+    assert.equal("succeeded", rec.status)
+    assert.same({ got = { category = "food" } }, rec.result)
+  end)
+
+  it("keeps an event that arrives before anyone waits, for the first wait", function()
+    local r = send("processed", "t-early", H.encode({ category = "rent" }))
+    assert.equal(202, r.status, r.body)
+    assert.same({ kept = true }, r.json)
+    local rec = finished(start_wait("t-early"))
+    assert.same({ got = { category = "rent" } }, rec.result)
+    -- taken: a second wait on the same key gets nothing
+    rec = finished(start_wait("t-early", 0.5))
+    assert.same({ error = "timeout" }, rec.result)
+  end)
+
+  it("absorbs a redelivery with the same Idempotency-Key or id field", function()
+    local first = send("processed", "t-dup", H.encode({ seq = 1 }), { Authorization = "Bearer ev-token",
+      ["Idempotency-Key"] = "evt-7" })
+    assert.equal(202, first.status, first.body)
+    local again = send("processed", "t-dup", H.encode({ seq = 2 }), { Authorization = "Bearer ev-token",
+      ["Idempotency-Key"] = "evt-7" })
+    assert.equal(200, again.status, again.body)
+    assert.same({ kept = false, duplicate = true, id = "evt-7" }, again.json)
+    assert.equal(202, send("processed", "t-dup2", H.encode({ id = "evt-8" })).status)
+    assert.equal(200, send("processed", "t-dup2", H.encode({ id = "evt-8" })).status)
+    assert.same({ got = { seq = 1 } }, finished(start_wait("t-dup")).result)
+    assert.same({ error = "timeout" }, finished(start_wait("t-dup", 0.5)).result)
+  end)
+
+  it("takes the admin token and a signed body, and refuses other callers", function()
+    assert.equal(202, send("processed", "t-auth", "{}", { Authorization = "Bearer adm" }).status)
+    local body = H.encode({ category = "x" })
+    assert.equal(202, send("processed", "t-auth", body,
+      { ["X-Chorus-Signature"] = "sha256=" .. H.hmac_sha256("ev-hmac", body) }).status)
+    local bad_sig = send("processed", "t-auth", body,
+      { ["X-Chorus-Signature"] = "sha256=" .. H.hmac_sha256("wrong", body) })
+    assert.equal(401, bad_sig.status)
+    assert.equal("application/problem+json", bad_sig.headers["content-type"])
+    assert.equal(401, send("processed", "t-auth", "{}", { Authorization = "Bearer nope" }).status)
+    assert.equal(401, send("processed", "t-auth", "{}", {}).status)
+    -- a name without events.NAME.auth takes the admin token only
+    assert.equal(401, send("other", "k", "{}").status)
+    assert.equal(202, send("other", "k", "{}", { Authorization = "Bearer adm" }).status)
+  end)
+
+  it("answers bad JSON, a body too big and another method with problem+json", function()
+    local bad = send("processed", "t-bad", "{not json")
+    assert.equal(400, bad.status)
+    assert.equal("application/problem+json", bad.headers["content-type"])
+    assert.matches("not valid JSON", bad.json.detail)
+    local big = send("processed", "t-bad", H.encode({ pad = ("x"):rep(8000) }))
+    assert.equal(413, big.status)
+    assert.equal("application/problem+json", big.headers["content-type"])
+    local get = H.request(srv.url .. "/events/processed/t-bad", { headers = { Authorization = "Bearer ev-token" } })
+    assert.equal(405, get.status)
+    local two_keys = H.request(srv.url .. "/events/processed/t-bad", { method = "POST", body = "{}",
+      headers = { Authorization = "Bearer ev-token", ["Idempotency-Key"] = '"unterminated' } })
+    assert.equal(400, two_keys.status)
+    -- nothing of these was kept
+    assert.same({ error = "timeout" }, finished(start_wait("t-bad", 0.5)).result)
+  end)
+
+  it("delivers what a webhook-receiver workflow emits, once per provider event id", function()
+    local id = start_wait("t-hook")
+    local function hook()
+      return H.request(srv.url .. "/workflows/receiver", { method = "POST",
+        body = H.encode({ task_id = "t-hook", event_id = "prov-1", category = "fuel" }) })
+    end
+    local r = hook()
+    assert.equal(200, r.status, r.body)
+    assert.same({ emitted = "kept" }, r.json)
+    assert.same({ emitted = "duplicate" }, hook().json)
+    assert.same({ got = { id = "prov-1", category = "fuel" } }, finished(id).result)
+  end)
+
+  it("gives the event to a run killed with SIGKILL while it waited, after the restart", function()
+    local id = start_wait("t-kill")
+    H.sleep(0.3) -- parked in ctx.event
+    srv.kill("KILL")
+    srv.wait()
+    start()
+    local r = send("processed", "t-kill", H.encode({ category = "travel" }))
+    assert.equal(202, r.status, r.body)
+    local rec = finished(id)
+    assert.equal("succeeded", rec.status)
+    assert.same({ got = { category = "travel" } }, rec.result)
+  end)
+
+  it("hands two events to a resumed run and a later wait, in arrival order", function()
+    local id = start_wait("t-down")
+    H.sleep(0.3)
+    srv.kill("KILL")
+    srv.wait()
+    -- the events may come before the resumed run reaches its wait again
+    -- (recovery runs in the background) or after: either way each is taken once
+    start()
+    assert.equal(202, send("processed", "t-down", H.encode({ seq = 1 })).status)
+    assert.equal(202, send("processed", "t-down", H.encode({ seq = 2 })).status)
+    assert.same({ got = { seq = 1 } }, finished(id).result)
+    assert.same({ got = { seq = 2 } }, finished(start_wait("t-down")).result)
+  end)
+end)
+
+describe("durable events without a data folder", function()
+  it("keeps events in memory (storage.durable = false)", function()
+    local dir = H.temp_dir({ ["waiter.lua"] = WAITER })
+    local conf = H.write_temp([[return { admin_token = "adm", storage = { durable = false } }]])
+    local srv = H.start_server({ "--config", conf, "--scripts", dir })
+    finally(function() H.clean(srv, dir, conf) end)
+    local r = H.request(srv.url .. "/events/processed/m-1", { method = "POST", body = '{"category":"mem"}',
+      headers = { Authorization = "Bearer adm" } })
+    assert.equal(202, r.status, r.body)
+    local run = H.request(srv.url .. "/workflows/waiter", { method = "POST", body = '{"task":"m-1","timeout":5}' })
+    assert.equal(200, run.status, run.body)
+    assert.same({ got = { category = "mem" } }, run.json)
+  end)
+end)

@@ -1,0 +1,108 @@
+-- ctx.call: a child workflow run, durable, waited for; on mocks and the
+-- virtual clock, the children resolved through testing.run's opts.workflows.
+local testing = require "chorus.testing"
+local chorus = require "chorus"
+local http = require "chorus.http"
+
+local charge = chorus.workflow {
+  name = "charge",
+  run = function(ctx, input)
+    ctx.sleep(2)
+    local res = http.upstream("cards"):post("/charges", { json = { amount = input.amount } })
+    if res.status ~= 201 then
+      error({ kind = "declined", message = "the card was declined" })
+    end
+    return { charge = res.json.id, amount = input.amount }
+  end,
+}
+
+local function order(body)
+  return chorus.workflow { name = "order", run = body }
+end
+
+describe("ctx.call", function()
+  before_each(function()
+    testing.reset()
+    testing.mock("cards", { status = 201, json = { id = "ch_1" } })
+  end)
+
+  it("runs the child to its end and returns its result", function()
+    local r = testing.run(order(function(ctx, input)
+      local c = ctx.call("charge", { amount = input.amount })
+      return { paid = c.charge, amount = c.amount }
+    end), { amount = 12 }, { workflows = { charge = charge } })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.same({ paid = "ch_1", amount = 12 }, r.value)
+    assert.are.equal(2, r.elapsed)
+    assert.called_upstream(r, "cards", "POST", "/charges")
+  end)
+
+  it("raises the child's error, with its run id", function()
+    testing.mock("cards", { status = 402 })
+    local r = testing.run(order(function(ctx)
+      local ok, err = pcall(ctx.call, "charge", { amount = 1 })
+      return { ok = ok, kind = err.kind, message = err.message, child = err.child_run_id }
+    end), {}, { workflows = { charge = charge } })
+    assert.is_false(r.value.ok)
+    assert.are.equal("declined", r.value.kind)
+    assert.are.equal("the card was declined", r.value.message)
+    assert.are.equal("string", type(r.value.child))
+  end)
+
+  it("refuses an unknown workflow and bad arguments", function()
+    local r = testing.run(order(function(ctx) return ctx.call("nope") end), {}, { workflows = { charge = charge } })
+    assert.are.equal("unknown_workflow", r.error.kind)
+    for _, args in ipairs({ { 1 }, { "charge", "x" }, { "charge", {}, { bogus = 1 } } }) do
+      local rr = testing.run(order(function(ctx) return ctx.call(table.unpack(args)) end), {},
+        { workflows = { charge = charge } })
+      assert.is_false(rr.ok)
+      assert.matches("ctx.call", type(rr.error) == "table" and rr.error.message or tostring(rr.error))
+    end
+  end)
+
+  it("never starts the child twice when the parent is replayed after a crash", function()
+    -- effects: parent "call" (not journaled until the child ends), child
+    -- sleep, child POST; the crash after the child's POST leaves the child
+    -- unfinished: the restart resumes it once, and the parent takes its
+    -- outcome without starting another
+    local r = testing.run(order(function(ctx)
+      local c = ctx.call("charge", { amount = 5 })
+      return { paid = c.charge }
+    end), {}, { workflows = { charge = charge }, crash_after = 2 })
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.same({ paid = "ch_1" }, r.value)
+    assert.are.equal(1, #testing.calls_to(r, "cards", "POST", "/charges"))
+  end)
+
+  it("replays a finished child's result from the parent's journal", function()
+    local r = testing.run(order(function(ctx)
+      local c = ctx.call("charge", { amount = 5 })
+      ctx.sleep(1)
+      http.upstream("cards"):get("/receipts/" .. c.charge)
+      return { paid = c.charge }
+    end), {}, { workflows = { charge = charge }, crash_after = 3 }) -- after the parent's GET
+    assert.is_true(r.crashed)
+    assert.are.same({ paid = "ch_1" }, r.value)
+    assert.are.equal(1, #testing.calls_to(r, "cards", "POST", "/charges"))
+    assert.are.equal(1, #testing.calls_to(r, "cards", "GET"))
+  end)
+
+  it("caps the child with the parent's deadline", function()
+    testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
+    local r = testing.run(chorus.workflow { name = "order", timeout = 30, run = function(ctx)
+      return ctx.call("charge", { amount = 5 })
+    end }, {}, { workflows = { charge = charge } })
+    assert.are.equal("timed_out", r.status)
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(30, r.elapsed)
+  end)
+
+  it("cancelling the parent cancels the child", function()
+    testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
+    local r = testing.run(order(function(ctx) return ctx.call("charge", { amount = 5 }) end), {},
+      { workflows = { charge = charge }, cancel_at = 10 })
+    assert.are.equal("cancelled", r.status)
+    assert.are.equal(10, r.elapsed)
+  end)
+end)
