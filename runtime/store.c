@@ -11,8 +11,8 @@
 #include <xxhash.h>
 
 static const char *const DB_NAMES[STORE_NDB] = {
-    "runs",    "journal", "idempotency", "outbox",     "dlq",
-    "scripts", "timers",  "meta",        "deliveries", "events",
+    "runs",   "journal", "idempotency", "outbox", "dlq",       "scripts",
+    "timers", "meta",    "deliveries",  "events", "schedules",
 };
 
 enum op_kind { OP_PUT, OP_DEL, OP_DEL_PREFIX };

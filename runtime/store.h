@@ -50,6 +50,7 @@ enum chorus_store_db {
     STORE_META,
     STORE_DELIVERIES,
     STORE_EVENTS,
+    STORE_SCHEDULES,
     STORE_NDB
 };
 

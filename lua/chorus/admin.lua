@@ -1,5 +1,5 @@
 -- chorus.admin — the admin endpoints of `chorus serve` (bearer token
--- required, compared in constant time): reload, breakers, and the outbox
+-- required, compared in constant time): reload, breakers, schedules, and the outbox
 -- and DLQ of the data folder. server.dispatch routes /admin/WHAT here.
 local core = require "chorus.core"
 local webhook = require "chorus.webhook"
@@ -46,6 +46,9 @@ function admin.handle(server, req, what)
   end
   if what == "breakers" then
     return json_response(200, { breakers = core.breakers() })
+  end
+  if what == "schedules" then -- each schedule's next slot and last run (chorus.scheduler)
+    return json_response(200, { schedules = require("chorus.scheduler").list() })
   end
   local run_id = what:match("^runs/([^/]+)/redrive$")
   if run_id then

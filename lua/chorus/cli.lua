@@ -494,7 +494,7 @@ function cli.runs(flags)
     local list = {}
     for i, r in ipairs(st:list_runs(limit_of(flags))) do
       list[i] = { id = r.id, workflow = r.workflow, status = r.status, started = r.started,
-        duration = r.duration }
+        duration = r.duration, slot = type(r.schedule) == "table" and r.schedule.slot or nil }
     end
     st:close()
     print_lines(list)
@@ -522,6 +522,27 @@ function cli.runs(flags)
     io.stdout:write(text, "\n")
     return 0
   end
+end
+
+-- `chorus schedules list`: the schedules the server stored (chorus.scheduler),
+-- each with its next slot and its last run's status now.
+function cli.schedules(flags) -- its one subcommand: list
+  local st = open_data(flags)
+  local scheduler = require "chorus.scheduler"
+  local names, stored = {}, st:schedules()
+  for name in pairs(stored) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  local list, now = {}, core.now()
+  for i, name in ipairs(names) do
+    list[i] = scheduler.view(name, stored[name], now, function(id)
+      return id and scheduler.status_of_record(st:get_run_text(id))
+    end)
+  end
+  st:close()
+  print_lines(list)
+  return 0
 end
 
 function cli.outbox(flags) -- its one subcommand: list
@@ -616,7 +637,8 @@ function cli.init(flags)
 end
 
 local COMMANDS = { run = cli.run, serve = cli.serve, check = cli.check, test = cli.test, init = cli.init,
-  runs = cli.runs, outbox = cli.outbox, dlq = cli.dlq, data = cli.data, version = cli.version }
+  runs = cli.runs, outbox = cli.outbox, dlq = cli.dlq, data = cli.data, version = cli.version,
+  schedules = cli.schedules }
 
 -- The command line's grammar needs lua-argparse, from the system Lua path.
 local function load_argparse()

@@ -163,6 +163,12 @@ local function build(argparse, state)
     data_options(c, { data = DATA_HELP })
   end
 
+  local schedules = command(p, "schedules", "List the schedules of a data folder.")
+  schedules:command_target("subcommand")
+  data_options(schedules, {}, true)
+  data_options(command(schedules, "list", "One JSON line per schedule, as the server last stored it: its "
+    .. "cron or every, next slot and last run."), { data = DATA_HELP })
+
   local data = command(p, "data", "Check the records of a data folder.")
   data:command_target("subcommand")
   local verify = command(data, "verify", "Check every record's checksum and JSON; exit 1 when any is corrupt.")

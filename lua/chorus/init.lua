@@ -19,6 +19,7 @@ local KNOWN = {
   name = "string", run = "function", timeout = "number", on_timeout = "function",
   on_cancel = "function",
   idempotency = "table", description = "string", allow_hosts = "table", redact = "table",
+  schedule = "table",
 }
 
 -- One level of t, read raw: no metamethod of the script's runs here.
@@ -37,7 +38,7 @@ local function declare(spec)
     local want = KNOWN[key]
     if not want then
       return nil, ("chorus.workflow: unknown field '%s' (known: name, run, timeout, on_timeout, on_cancel, "
-        .. "idempotency, allow_hosts, redact, description)"):format(tostring(key))
+        .. "idempotency, allow_hosts, redact, schedule, description)"):format(tostring(key))
     end
     if type(value) ~= want then
       return nil, ("chorus.workflow: field '%s' must be a %s, got %s"):format(key, want, type(value))
@@ -74,6 +75,13 @@ local function declare(spec)
       return nil, ("chorus.workflow %q: %s"):format(spec.name, rerr)
     end
     spec.redact = raw_copy(spec.redact)
+  end
+  if spec.schedule then -- chorus.schedule: cron or every, catch_up, overlap
+    local sched, serr = require("chorus.schedule").check(spec.schedule)
+    if not sched then
+      return nil, ("chorus.workflow %q: %s"):format(spec.name, serr)
+    end
+    spec.schedule = sched
   end
   local hosts = spec.allow_hosts
   if hosts and getmetatable(hosts) ~= HOST_SET then -- a list of host names → a set, checked once

@@ -1,6 +1,6 @@
 -- chorus.server — `chorus serve`: its lifecycle. Opens the data folder,
 -- loads the scripts, listens, starts the background runs (the outbox relay,
--- recovery of unfinished runs, the sweep), reloads on SIGHUP or a file
+-- recovery of unfinished runs, the sweep, the schedules), reloads on SIGHUP or a file
 -- change, and drains on SIGTERM.
 --
 -- The server is made of one module per concern: its state
@@ -19,6 +19,7 @@ local outbox = require "chorus.outbox"
 local responses = require "chorus.responses"
 local routes = require "chorus.routes"
 local runs = require "chorus.runs"
+local scheduler = require "chorus.scheduler"
 local script_set = require "chorus.script_set"
 local state = require "chorus.server_state"
 local store = require "chorus.store"
@@ -122,6 +123,7 @@ local function start_background()
       stopping = function() return state.draining end })
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep.loop)
   end
+  core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, scheduler.loop)
 end
 
 -- ---- lifecycle --------------------------------------------------------------

@@ -16,6 +16,8 @@
 --                enqueued (GET /runs/ID lists them): state, attempts, error
 --   events       durable events (chorus.events): kept events waiting for a
 --                ctx.event, and the event ids seen (redeliveries absorbed)
+--   schedules    workflow name → its schedule as the scheduler last stored
+--                it: the slots handled so far, the last run (chorus.scheduler)
 --
 -- Every value is checked against its checksum when read (runtime/store.c):
 -- a bad one raises "store: corrupt record in database DB, key 'K': ...",
@@ -385,6 +387,29 @@ end
 
 function Store:drop_deliveries(run_id)
   self.st:del_prefix("deliveries", run_id)
+end
+
+-- ---- schedules ----------------------------------------------------------------
+
+function Store:put_schedule(name, rec)
+  self:put_json("schedules", name, rec)
+end
+
+function Store:get_schedule(name)
+  return self:get_json("schedules", name)
+end
+
+function Store:del_schedule(name)
+  self.st:del("schedules", name)
+end
+
+--- Every stored schedule, in name order: { name = rec }.
+function Store:schedules()
+  local out = {}
+  for _, row in ipairs(self:scan_json("schedules", { limit = math.maxinteger })) do
+    out[row.key] = row.value
+  end
+  return out
 end
 
 -- ---- scripts ------------------------------------------------------------------

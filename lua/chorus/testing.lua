@@ -1,5 +1,6 @@
 -- chorus.testing — busted helpers for workflow specs: mock upstreams, a
--- virtual clock, and a run helper that reports what the workflow did.
+-- virtual clock, a run helper that reports what the workflow did, and a
+-- schedule's slots fired on the virtual clock (testing.schedule).
 --
 --   local testing = require "chorus.testing"
 --   before_each(testing.reset)
@@ -374,6 +375,70 @@ function testing.run(workflow, input, opts)
     result.error = value
   end
   return result
+end
+
+--- Fires a workflow's schedule on the virtual clock: each slot in
+--- (opts.from, opts.to] (seconds since the epoch) starts a run as `chorus
+--- serve` would (chorus.schedule's step: overlap, catch_up), each run through
+--- testing.run on the mocks at its slot's time, with the input a scheduled
+--- run gets ({ slot =, slot_time = }). A run in flight is the virtual time
+--- it took (result.elapsed): with overlap = "skip" the slots that come due
+--- meanwhile are skipped. opts.down = { t1, t2 }: the server is down from
+--- t1 until t2, and the slots missed then follow catch_up when it is back.
+--- opts.max_runs (1000) bounds the runs; more raises. Returns { slots (the
+--- slots started, in order), runs (their testing.run results, each with
+--- .slot), skipped ({ through =, count =, reason = "overlap" | "catch_up" }
+--- for each skip, count nil when not counted) }.
+function testing.schedule(workflow, opts)
+  local schedule = require "chorus.schedule"
+  local wf = load_workflow(workflow)
+  local spec = wf.schedule
+  if not spec then
+    error("testing.schedule: the workflow has no schedule", 2)
+  end
+  opts = opts or {}
+  if type(opts.from) ~= "number" or type(opts.to) ~= "number" or opts.to < opts.from then
+    error("testing.schedule: opts.from and opts.to must be times (seconds since the epoch), from <= to", 2)
+  end
+  local max_runs = opts.max_runs or 1000
+  local down_from, down_to = opts.down and opts.down[1], opts.down and opts.down[2]
+  local out = { slots = {}, runs = {}, skipped = {} }
+  local s, t, busy_until = { through = opts.from }, opts.from, nil
+  while true do
+    local nxt
+    if s.backlog_until then -- catch-up slots wait for the run in flight (overlap = "skip")
+      nxt = math.max(t, busy_until or t)
+    else
+      nxt = schedule.next_after(spec, math.max(s.through, t))
+    end
+    if not nxt then
+      break
+    end
+    if down_from and nxt >= down_from then -- down: back at down_to, the missed slots follow catch_up
+      t, s.backlog_until, down_from = math.max(down_to, t), math.max(down_to, t), nil
+    else
+      t = nxt
+    end
+    if t > opts.to then
+      break
+    end
+    for _, a in ipairs(schedule.step(spec, s, t, busy_until ~= nil and busy_until > t)) do
+      if a.start then
+        if #out.runs >= max_runs then
+          error(("testing.schedule: more than %d runs from %s to %s; narrow the range or raise opts.max_runs")
+            :format(max_runs, schedule.iso(opts.from), schedule.iso(opts.to)), 2)
+        end
+        local r = testing.run(wf, { slot = a.start, slot_time = schedule.iso(a.start) }, { now = t })
+        r.slot = a.start
+        out.slots[#out.slots + 1] = a.start
+        out.runs[#out.runs + 1] = r
+        busy_until = math.max(busy_until or t, t + r.elapsed)
+      else
+        out.skipped[#out.skipped + 1] = { through = a.skip, count = a.count, reason = a.reason }
+      end
+    end
+  end
+  return out
 end
 
 function testing.calls_to(result, target, method, path)

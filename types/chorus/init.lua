@@ -7,6 +7,12 @@
 ---@field ttl? number         seconds a key's answer is kept
 ---@field on_failure? "replay"|"redrive"  a failed run's key: replay its 500 (default) or redrive the run
 
+---@class chorus.ScheduleSpec
+---@field cron? string                    "MIN HOUR DOM MON DOW" or an @alias, UTC (exactly one of cron and every)
+---@field every? integer                  seconds: the slots are its multiples since the epoch
+---@field catch_up? "skip"|"latest"|"all" slots missed while the server was down (default "latest")
+---@field overlap? "skip"|"allow"         a slot due while a run of the schedule is in flight (default "skip")
+
 ---@class chorus.WorkflowSpec
 ---@field name string                                  the workflow's name: POST /workflows/NAME
 ---@field run fun(ctx: chorus.Ctx, input: any): any    the run; what it returns is the result ({status=, json=} for HTTP)
@@ -17,6 +23,7 @@
 ---@field idempotency? chorus.IdempotencySpec
 ---@field allow_hosts? string[]                        the only hosts the run may call
 ---@field redact? string[]                             fields masked in records and logs, e.g. "card.number"
+---@field schedule? chorus.ScheduleSpec                  chorus serve starts a run at each slot, input { slot =, slot_time = }
 
 ---@class chorus.Workflow
 ---@field name string

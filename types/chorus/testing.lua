@@ -71,6 +71,23 @@ function testing.run(workflow, input, opts) end
 ---@param opts? { at?: number, id?: string }
 function testing.emit(name, key, payload, opts) end
 
+---@class chorus.testing.ScheduleOptions
+---@field from number            seconds since the epoch: slots after it
+---@field to number              ... up to and including it
+---@field down? number[]         { t1, t2 }: the server is down meanwhile (catch_up at t2)
+---@field max_runs? integer      more runs raise (default 1000)
+
+---@class chorus.testing.ScheduleResult
+---@field slots integer[]                       the slots started, in order
+---@field runs chorus.testing.Result[]          their runs (each with .slot)
+---@field skipped { through: integer, count?: integer, reason: "overlap"|"catch_up" }[]
+
+---Fires a workflow's schedule on the virtual clock, each slot a testing.run.
+---@param workflow chorus.Workflow|string
+---@param opts chorus.testing.ScheduleOptions
+---@return chorus.testing.ScheduleResult
+function testing.schedule(workflow, opts) end
+
 ---The calls of result to upstream (name or base URL), optionally of method and path.
 ---@param result chorus.testing.Result
 ---@param target string
