@@ -42,10 +42,10 @@ describe("faults against the mock upstream", function()
     for i = 1, 4 do assert.are.equal(500, out[i].outcome) end
     for i = 5, 8 do
       assert.are.equal("breaker_open", out[i].outcome)
-      assert.is_true(out[i].ms < 1, ("rejected call took %.3f ms"):format(out[i].ms))
     end
     for i = 9, 11 do assert.are.equal(200, out[i].outcome) end
-    -- 4 failures + 3 calls after healing reached the network; 4 did not
+    -- fails fast: 4 failures + 3 calls after healing reached the network;
+    -- the 4 rejected ones did not (the mock counts, not a clock)
     assert.are.equal(7, mock.stats().by_path["/dead"])
   end)
 
