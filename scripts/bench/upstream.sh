@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # upstream.sh — sourced by the benchmark scripts: the upstream they call, and
 # the two rates that show it and the load generator are not what a result
 # measures.
@@ -42,11 +43,14 @@ start_upstream() {
   UPSTREAM_KIND="mock (thread per connection; install nginx-light libnginx-mod-http-lua for an upstream that keeps up)"
 }
 
-# wrk_rate ARGS... → requests/s of one wrk run
-wrk_rate() { wrk "$@" 2>&1 | awk '/Requests\/sec/ {printf "%d", $2}'; }
+# wrk_rate ARGS... → "N req/s, p50 X" of one wrk run
+wrk_rate() {
+  wrk --latency "$@" 2>&1 | awk '/Requests\/sec/ {r = $2} $1 == "50%" {p = $2} END {printf "%d req/s, p50 %s", r, p}'
+}
 
 # upstream_rate DELAY_MS CONNS → the upstream's own rate, alone, at the
-# delay a run uses and with as many connections as the run opens to it
+# delay a run uses and with as many connections as the run opens to it (with
+# a delay the rate is at most CONNS / delay: then its p50 is what matters)
 upstream_rate() { wrk_rate -t1 -c"$2" -d3s "$UPSTREAM/a?delay=$1"; }
 
 # loadgen_rate → wrk -t2 -c64 (the serve benchmark's load) against nginx
@@ -57,6 +61,6 @@ loadgen_rate() {
 
 # print_rates DELAY_MS CONNS — one line a reader can hold the results against
 print_rates() {
-  printf '  upstream %s: %s req/s alone (wrk -t1 -c%s, delay=%s ms); load generator: %s req/s (wrk -t2 -c64, static nginx); load %s\n' \
-    "${UPSTREAM_KIND%% *}" "$(upstream_rate "$1" "$2")" "$2" "$1" "$(loadgen_rate)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+  printf '  upstream %s alone (wrk -t1 -c%s, delay=%s ms): %s; load generator (wrk -t2 -c64, static nginx): %s; load %s\n' \
+    "${UPSTREAM_KIND%% *}" "$2" "$1" "$(upstream_rate "$1" "$2")" "$(loadgen_rate)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
