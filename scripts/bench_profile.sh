@@ -58,11 +58,19 @@ perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2> /dev
 
 start_chorus valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --dump-instr=no
 WRK_STOP_AFTER=250 wrk -t2 -c16 -d60s --timeout 30s -s scripts/bench/wrk_wave.lua "$URL" > /dev/null 2>&1 # warm-up
-callgrind_control -z "$PID" > /dev/null
+callgrind_control -z "$PID" > /dev/null 2>&1
 WRK_STOP_AFTER=$((CALLS / 2)) wrk -t2 -c16 -d120s --timeout 30s -s scripts/bench/wrk_wave.lua "$URL" > "$WORK/wrk" 2>&1
 served=$(awk '/requests in/ {print $1}' "$WORK/wrk")
-callgrind_control -d "$PID" > /dev/null
+callgrind_control -d "$PID" > /dev/null 2>&1
 sleep 1
 kill "$PID"; wait "$PID" 2>/dev/null || true
 ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK"/cg.*.1)
 echo "# callgrind: $served requests at wrk -t2 -c16 after a warm-up: $ir instructions, $((ir / served)) per request"
+echo "# instructions per request by library (callgrind_annotate, self)"
+callgrind_annotate --auto=no --threshold=100 "$WORK"/cg.*.1 2> /dev/null \
+  | awk -v n="$served" '/^ *[0-9,]+ \(/ && !/PROGRAM TOTALS/ {
+        ir = $1; gsub(/,/, "", ir)
+        if ($NF ~ /^\[/) { obj = $NF; gsub(/[][]/, "", obj); sub(/.*\//, "", obj) } # else: as the line above
+        by[obj] += ir; total += ir }
+      END { for (o in by) printf "  %8d  %5.1f%%  %s\n", by[o] / n, 100 * by[o] / total, o }' \
+  | sort -rn | awk "NR <= 10"
