@@ -72,17 +72,28 @@ start_nginx() {
   NGINX_URL="http://127.0.0.1:$port"
 }
 
-# wrk_case URL CONNS → prints "req/s p50_ms p99_ms errors"
+# cpu_ticks PID → user + system CPU time of the process so far, in clock ticks
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# server_pid PID → the process that serves: nginx's worker, or chorus itself
+server_pid() { pgrep -P "$1" nginx || echo "$1"; }
+
+# wrk_case URL CONNS SERVER_PID → prints "req/s p50_ms p99_ms cpu_us_per_req errors";
+# the server's CPU per request holds even when other load on the machine
+# takes CPU away from it (req/s and latency do not)
 wrk_case() {
-  local out
+  local out t0 t1
+  t0=$(cpu_ticks "$3")
   out=$(wrk -t2 -c"$2" -d"$DURATION" --timeout 10s --latency -s scripts/bench/wrk_post.lua \
     "$1/workflows/bench_fanout" 2>&1)
-  local rps p50 p99 errors
+  t1=$(cpu_ticks "$3")
+  local rps p50 p99 errors requests
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errors:-none}"
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(((t1 - t0) * 1000000 / $(getconf CLK_TCK) / requests)) ${errors:-none}"
 }
 
 to_ms() {
@@ -102,17 +113,18 @@ report_case() { # NAME DELAY CONNS START_FN URL_VAR PID_VAR
   wrk -t2 -c"$conns" -d2s -s scripts/bench/wrk_post.lua "$url/workflows/bench_fanout" > /dev/null 2>&1 # warm-up
   : > "$WORK/rows"
   for i in $(seq 1 "$RUNS"); do
-    row=$(wrk_case "$url" "$conns")
-    echo "  $name delay=${delay}ms c=$conns run $i: req/s p50_ms p99_ms errors = $row"
+    row=$(wrk_case "$url" "$conns" "$(server_pid "$pid")")
+    echo "  $name delay=${delay}ms c=$conns run $i: req/s p50_ms p99_ms cpu_us/req errors = $row"
     echo "$row" >> "$WORK/rows"
   done
-  local rps p50 p99
+  local rps p50 p99 cpu
   rps=$(awk '{print $1}' "$WORK/rows" | median)
+  cpu=$(awk '{print $4}' "$WORK/rows" | median)
   p50=$(awk '{print $2}' "$WORK/rows" | median)
   p99=$(awk '{print $3}' "$WORK/rows" | median)
-  printf '  => %-14s delay=%sms c=%s: median %s req/s, p50 %s ms (%.2f ms over the delay), p99 %s ms\n' \
-    "$name" "$delay" "$conns" "$rps" "$p50" "$(echo "$p50 - $delay" | bc -l)" "$p99"
-  echo "$name $delay $rps" >> "$WORK/summary"
+  printf '  => %-14s delay=%sms c=%s: median %s req/s, p50 %s ms (%.2f ms over the delay), p99 %s ms, server CPU %s us/request\n' \
+    "$name" "$delay" "$conns" "$rps" "$p50" "$(echo "$p50 - $delay" | bc -l)" "$p99" "$cpu"
+  echo "$name $delay $rps $cpu" >> "$WORK/summary"
   stop_pid "$pid"
 }
 
@@ -131,7 +143,7 @@ for delay in 0 20; do
   fi
 done
 if [ "$HAVE_NGINX" = 1 ]; then
-  awk '{r[$1" "$2] = $3} END {for (d = 0; d <= 20; d += 20) printf "  chorus/nginx req/s ratio at %d ms: %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d]}' "$WORK/summary"
+  awk '{r[$1" "$2] = $3; c[$1" "$2] = $4} END {for (d = 0; d <= 20; d += 20) printf "  chorus/nginx at %d ms: req/s %.2f (durable: %.2f), CPU per request %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d], c["chorus " d] / c["nginx " d], c["chorus-durable " d] / c["nginx " d]}' "$WORK/summary"
 else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
 fi
