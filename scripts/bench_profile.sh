@@ -66,11 +66,3 @@ sleep 1
 kill "$PID"; wait "$PID" 2>/dev/null || true
 ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK"/cg.*.1)
 echo "# callgrind: $served requests at wrk -t2 -c16 after a warm-up: $ir instructions, $((ir / served)) per request"
-echo "# instructions per request by library (callgrind_annotate, self)"
-callgrind_annotate --auto=no --threshold=100 "$WORK"/cg.*.1 2> /dev/null \
-  | awk -v n="$served" '/^ *[0-9,]+ \(/ && !/PROGRAM TOTALS/ {
-        ir = $1; gsub(/,/, "", ir)
-        if ($NF ~ /^\[/) { obj = $NF; gsub(/[][]/, "", obj); sub(/.*\//, "", obj) } # else: as the line above
-        by[obj] += ir; total += ir }
-      END { for (o in by) printf "  %8d  %5.1f%%  %s\n", by[o] / n, 100 * by[o] / total, o }' \
-  | sort -rn | awk "NR <= 10"
