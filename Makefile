@@ -22,7 +22,7 @@ CORE_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
 CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o
 LUA_SRC  := $(wildcard lua/chorus/*.lua)
 
-.PHONY: all deps test test-fast asan-build test-unit test-lua test-integration test-asan bench demo clean lint format fuzz
+.PHONY: all deps test test-fast asan-build test-unit test-lua test-integration test-asan bench bench-profile demo clean lint format fuzz
 
 all: chorus $(BUILD)/mock-upstream $(BUILD)/lua/chorus/core.so
 
@@ -91,6 +91,10 @@ bench: all
 	bash scripts/bench_serve.sh
 	bash scripts/bench_durable.sh
 	bash scripts/bench_recovery.sh
+
+# Where a served request's time goes (perf, callgrind); not part of `bench`.
+bench-profile: all
+	bash scripts/bench_profile.sh
 
 # Every C file of the project: lint and format cover them all.
 C_FILES = runtime/*.c runtime/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/fuzz/*.h

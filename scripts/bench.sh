@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench.sh — `make bench`: the outbound HTTP client benchmark.
-# Starts the mock upstream on loopback, runs scripts/bench/http_calls.lua
-# RUNS times (default 5) and prints each run and the medians, with the command.
+# Starts the benchmark upstream on loopback (scripts/bench/upstream.sh: nginx
+# when installed, else the mock), prints its own rate, runs
+# scripts/bench/http_calls.lua RUNS times (default 5) and prints each run and
+# the medians, with the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -9,15 +11,18 @@ TOTAL=${TOTAL:-20000}
 CONC=${CONC:-256}
 DELAY=${DELAY:-30}
 
-ulimit -n 65536 2>/dev/null || true
-exec 3< <(build/mock-upstream --max-seconds 600)
-MOCK_PID=$!
-trap 'kill $MOCK_PID 2>/dev/null || true' EXIT
-read -r line <&3
-URL="http://${line#listening }"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+WORK=$(mktemp -d)
+source scripts/bench/upstream.sh
+start_upstream "$WORK"
+trap 'kill $UPSTREAM_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+URL=$UPSTREAM
 
 echo "# make bench — chorus $(./chorus version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"
 echo "# per run: chorus run scripts/bench/http_calls.lua --input '{\"url\":\"$URL\",\"total\":$TOTAL,\"concurrency\":$CONC,\"delay_ms\":$DELAY}'"
+echo "# upstream: $UPSTREAM_KIND"
+print_rates "$DELAY" "$CONC"
+print_rates 0 64
 results=()
 for i in $(seq 1 "$RUNS"); do
   # /usr/bin/time splits the process's CPU into user and system (kernel TCP)

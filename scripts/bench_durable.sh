@@ -21,10 +21,9 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-exec 3< <(build/mock-upstream --max-seconds 900)
-PIDS+=($!)
-read -r line <&3
-MOCK="http://127.0.0.1:${line##*:}"
+source scripts/bench/upstream.sh
+start_upstream "$WORK"
+PIDS+=("$UPSTREAM_PID")
 
 commits() { curl -s "$1/metrics" | awk '/^chorus_store_commits_total/ {print $2}' | head -1; }
 depth() { curl -s "$1/metrics" | awk '/^chorus_outbox_depth/ {print $2}' | head -1; }
@@ -34,7 +33,7 @@ one_case() {
   rm -rf "$WORK/data"
   cat > "$WORK/conf.lua" <<CONF
 return { access_log = false, storage = $1,
-  upstreams = { a = { base_url = "$MOCK", timeout = 30 } } }
+  upstreams = { a = { base_url = "$UPSTREAM", timeout = 30 } } }
 CONF
   ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/durable --data "$WORK/data" \
     --listen 127.0.0.1:0 > "$WORK/out" 2> "$WORK/log" &
@@ -67,6 +66,8 @@ CONF
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A RPS
+echo "# upstream: $UPSTREAM_KIND"
+print_rates 0 "$CONNS"
 echo "durability: $RUNS runs of ${DURATION}s, wrk -t2 -c$CONNS, medians"
 printf '%-12s %10s %8s %10s %8s\n' case "req/s" "p50 ms" "commits/s" "drain s"
 for c in "fsync on:{ sync = true }" "fsync off:{ sync = false }" "durable off:{ durable = false }"; do

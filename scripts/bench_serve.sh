@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # bench_serve.sh — `make bench` part 2: `chorus serve` under wrk.
-#   1. fan-out throughput: bench_fanout (2 concurrent calls to the mock per
-#      request) over keep-alive connections, against nginx + lua-nginx-module
-#      doing the same with ngx.location.capture_multi (1 worker: chorus runs
-#      one event loop), with a 0 ms and a 20 ms upstream delay;
+#   1. fan-out throughput: bench_fanout (2 concurrent calls to the upstream
+#      per request) over keep-alive connections, against nginx +
+#      lua-nginx-module doing the same with ngx.location.capture_multi (1
+#      worker: chorus runs one event loop), with a 0 ms and a 20 ms upstream
+#      delay; chorus without a data folder (like nginx) and with the default
+#      durable storage. Before each delay it prints the upstream's own rate
+#      and the load generator's (scripts/bench/upstream.sh), so a reader sees
+#      that neither is what the results measure;
 #   2. 5,000 concurrent requests with a 1 s upstream delay, one wave (each
 #      wrk thread stops after as many answers as it has connections): every
 #      request must succeed; peak RSS / 5,000 is the memory per in-flight run.
@@ -19,29 +23,31 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 
-exec 3< <(build/mock-upstream --max-seconds 900)
-PIDS+=($!)
-read -r line <&3
-MOCK_PORT=${line##*:}
-MOCK="http://127.0.0.1:$MOCK_PORT"
+source scripts/bench/upstream.sh
+start_upstream "$WORK"
+PIDS+=("$UPSTREAM_PID")
+UPSTREAM_PORT=${UPSTREAM##*:}
 
 free_port() { lua5.4 -e 'math.randomseed(os.time()); print(20000 + math.random(20000))'; }
 
-# start_chorus DELAY_MS → sets CHORUS_URL and CHORUS_PID
+# start_chorus DELAY_MS [durable] → sets CHORUS_URL and CHORUS_PID
 start_chorus() {
+  local storage="{ durable = false }" # like nginx: nothing written per request
+  if [ "${2:-}" = durable ]; then storage="{}"; fi # the default: a data folder, fsync'd
+  rm -rf "$WORK/data"
   cat > "$WORK/conf.lua" <<EOF
 return {
   access_log = false,
-  storage = { durable = false }, -- like nginx: nothing written per request (bench_durable.sh measures that)
+  storage = $storage,
   limits = { max_connections = 12000 },
   upstreams = {
-    a = { base_url = "$MOCK?delay=$1", timeout = 30 },
-    b = { base_url = "$MOCK?delay=$1", timeout = 30 },
+    a = { base_url = "$UPSTREAM?delay=$1", timeout = 30 },
+    b = { base_url = "$UPSTREAM?delay=$1", timeout = 30 },
   },
 }
 EOF
   : > "$WORK/chorus.out"
-  ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen 127.0.0.1:0 \
+  ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --data "$WORK/data" --listen 127.0.0.1:0 \
     > "$WORK/chorus.out" 2> "$WORK/chorus.log" &
   CHORUS_PID=$!
   PIDS+=("$CHORUS_PID")
@@ -49,13 +55,15 @@ EOF
   CHORUS_URL=$(grep -o 'http://[0-9.:]*' "$WORK/chorus.out")
 }
 
+start_chorus_durable() { start_chorus "$1" durable; }
+
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # start_nginx DELAY_MS → sets NGINX_URL and NGINX_PID
 start_nginx() {
   local port; port=$(free_port)
   mkdir -p "$WORK/nginx"
-  sed -e "s|@DIR@|$WORK/nginx|g" -e "s|@MOCKPORT@|$MOCK_PORT|g" -e "s|@PORT@|$port|g" \
+  sed -e "s|@DIR@|$WORK/nginx|g" -e "s|@MOCKPORT@|$UPSTREAM_PORT|g" -e "s|@PORT@|$port|g" \
       -e "s|@QUERY@|?delay=$1|g" scripts/bench/serve/nginx.conf.in > "$WORK/nginx/nginx.conf"
   nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2> "$WORK/nginx/start.log" &
   NGINX_PID=$!
@@ -64,17 +72,28 @@ start_nginx() {
   NGINX_URL="http://127.0.0.1:$port"
 }
 
-# wrk_case URL CONNS → prints "req/s p50_ms p99_ms errors"
+# cpu_ticks PID → user + system CPU time of the process so far, in clock ticks
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# server_pid PID → the process that serves: nginx's worker, or chorus itself
+server_pid() { pgrep -P "$1" nginx || echo "$1"; }
+
+# wrk_case URL CONNS SERVER_PID → prints "req/s p50_ms p99_ms cpu_us_per_req errors";
+# the server's CPU per request holds even when other load on the machine
+# takes CPU away from it (req/s and latency do not)
 wrk_case() {
-  local out
+  local out t0 t1
+  t0=$(cpu_ticks "$3")
   out=$(wrk -t2 -c"$2" -d"$DURATION" --timeout 10s --latency -s scripts/bench/wrk_post.lua \
     "$1/workflows/bench_fanout" 2>&1)
-  local rps p50 p99 errors
+  t1=$(cpu_ticks "$3")
+  local rps p50 p99 errors requests
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errors:-none}"
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(((t1 - t0) * 1000000 / $(getconf CLK_TCK) / requests)) ${errors:-none}"
 }
 
 to_ms() {
@@ -94,17 +113,18 @@ report_case() { # NAME DELAY CONNS START_FN URL_VAR PID_VAR
   wrk -t2 -c"$conns" -d2s -s scripts/bench/wrk_post.lua "$url/workflows/bench_fanout" > /dev/null 2>&1 # warm-up
   : > "$WORK/rows"
   for i in $(seq 1 "$RUNS"); do
-    row=$(wrk_case "$url" "$conns")
-    echo "  $name delay=${delay}ms c=$conns run $i: req/s p50_ms p99_ms errors = $row"
+    row=$(wrk_case "$url" "$conns" "$(server_pid "$pid")")
+    echo "  $name delay=${delay}ms c=$conns run $i: req/s p50_ms p99_ms cpu_us/req errors = $row"
     echo "$row" >> "$WORK/rows"
   done
-  local rps p50 p99
+  local rps p50 p99 cpu
   rps=$(awk '{print $1}' "$WORK/rows" | median)
+  cpu=$(awk '{print $4}' "$WORK/rows" | median)
   p50=$(awk '{print $2}' "$WORK/rows" | median)
   p99=$(awk '{print $3}' "$WORK/rows" | median)
-  printf '  => %-6s delay=%sms c=%s: median %s req/s, p50 %s ms (%.2f ms over the delay), p99 %s ms\n' \
-    "$name" "$delay" "$conns" "$rps" "$p50" "$(echo "$p50 - $delay" | bc -l)" "$p99"
-  echo "$name $delay $rps" >> "$WORK/summary"
+  printf '  => %-14s delay=%sms c=%s: median %s req/s, p50 %s ms (%.2f ms over the delay), p99 %s ms, server CPU %s us/request\n' \
+    "$name" "$delay" "$conns" "$rps" "$p50" "$(echo "$p50 - $delay" | bc -l)" "$p99" "$cpu"
+  echo "$name $delay $rps $cpu" >> "$WORK/summary"
   stop_pid "$pid"
 }
 
@@ -112,14 +132,18 @@ echo "# make bench (serve) — chorus $(./chorus version | awk '{print $2}'), $(
 echo "# per run: wrk -t2 -cC -d$DURATION --latency -s scripts/bench/wrk_post.lua URL/workflows/bench_fanout"
 HAVE_NGINX=0
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && command -v nginx > /dev/null && HAVE_NGINX=1
+echo "# upstream: $UPSTREAM_KIND"
 for delay in 0 20; do
+  # up to 2 calls per request in flight: 128 connections to the upstream
+  print_rates "$delay" 128
   report_case chorus "$delay" 64 start_chorus CHORUS_URL CHORUS_PID
+  report_case chorus-durable "$delay" 64 start_chorus_durable CHORUS_URL CHORUS_PID
   if [ "$HAVE_NGINX" = 1 ]; then
     report_case nginx "$delay" 64 start_nginx NGINX_URL NGINX_PID
   fi
 done
 if [ "$HAVE_NGINX" = 1 ]; then
-  awk '{r[$1" "$2] = $3} END {for (d = 0; d <= 20; d += 20) printf "  chorus/nginx req/s ratio at %d ms: %.2f\n", d, r["chorus " d] / r["nginx " d]}' "$WORK/summary"
+  awk '{r[$1" "$2] = $3; c[$1" "$2] = $4} END {for (d = 0; d <= 20; d += 20) printf "  chorus/nginx at %d ms: req/s %.2f (durable: %.2f), CPU per request %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d], c["chorus " d] / c["nginx " d], c["chorus-durable " d] / c["nginx " d]}' "$WORK/summary"
 else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
 fi

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# bench_profile.sh — `make bench-profile`: where a served fan-out request's
+# time goes. chorus serve runs bench_fanout (2 calls per request, storage.
+# durable = false) against the benchmark upstream with no delay, and:
+#   1. perf record -g on the chorus process for PERF_SECONDS (default 8) of
+#      wrk -t2 -c64 load: the top 15 symbols by self time (the VM has no
+#      hardware counters, so perf samples on the cpu-clock);
+#   2. instructions per served request under callgrind (valgrind): counters
+#      zeroed after a warm-up, then CALLS requests (default 4000) at 16
+#      connections, then dumped; total instructions / requests.
+# Everything listens on 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PERF_SECONDS=${PERF_SECONDS:-8}
+CALLS=${CALLS:-4000}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+source scripts/bench/upstream.sh
+start_upstream "$WORK"
+PIDS+=("$UPSTREAM_PID")
+cat > "$WORK/conf.lua" <<CONF
+return { access_log = false, storage = { durable = false },
+  upstreams = { a = { base_url = "$UPSTREAM?delay=0" }, b = { base_url = "$UPSTREAM?delay=0" } } }
+CONF
+
+# start_chorus [WRAPPER...] → sets URL and PID (the wrapper's, which is chorus under valgrind)
+start_chorus() {
+  : > "$WORK/out"
+  "$@" ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen 127.0.0.1:0 \
+    > "$WORK/out" 2> "$WORK/log" &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 1 300); do grep -q listening "$WORK/out" && break; sleep 0.1; done
+  URL="$(grep -o 'http://[0-9.:]*' "$WORK/out")/workflows/bench_fanout"
+}
+
+echo "# profile: chorus $(./chorus version | awk '{print $2}'), upstream $UPSTREAM_KIND, load $(cut -d' ' -f1-3 /proc/loadavg)"
+start_chorus
+wrk -t2 -c64 -d2s -s scripts/bench/wrk_post.lua "$URL" > /dev/null 2>&1 # warm-up
+wrk -t2 -c64 -d"$((PERF_SECONDS + 1))s" -s scripts/bench/wrk_post.lua "$URL" > "$WORK/wrk" 2>&1 &
+WRK=$!
+perf record -q -g -F 999 -p "$PID" -o "$WORK/perf.data" -- sleep "$PERF_SECONDS" 2> /dev/null
+wait "$WRK"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+echo "# perf record -g -F 999 -p CHORUS -- sleep $PERF_SECONDS, under wrk -t2 -c64: $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk") req/s"
+# liblua5.4 and libcurl are stripped on Debian: their samples have
+# addresses, not names, so the share of each library comes first
+echo "# perf report --no-children --sort dso: self time per library"
+perf report -i "$WORK/perf.data" --no-children --sort dso --stdio 2> /dev/null \
+  | awk '/^ +[0-9.]+%/ && n++ < 10'
+echo "# perf report --no-children --sort dso,symbol: top 15 by self time"
+perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2> /dev/null \
+  | awk '/^ +[0-9.]+%/ && n++ < 15 {sub(/ +- +- *$/, ""); print}'
+
+start_chorus valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --dump-instr=no
+WRK_STOP_AFTER=250 wrk -t2 -c16 -d60s --timeout 30s -s scripts/bench/wrk_wave.lua "$URL" > /dev/null 2>&1 # warm-up
+callgrind_control -z "$PID" > /dev/null 2>&1
+WRK_STOP_AFTER=$((CALLS / 2)) wrk -t2 -c16 -d120s --timeout 30s -s scripts/bench/wrk_wave.lua "$URL" > "$WORK/wrk" 2>&1
+served=$(awk '/requests in/ {print $1}' "$WORK/wrk")
+callgrind_control -d "$PID" > /dev/null 2>&1
+sleep 1
+kill "$PID"; wait "$PID" 2>/dev/null || true
+ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK"/cg.*.1)
+echo "# callgrind: $served requests at wrk -t2 -c16 after a warm-up: $ir instructions, $((ir / served)) per request"
