@@ -1,7 +1,8 @@
 -- Specs of the categorise story, in virtual time (14 days pass in
 -- milliseconds): the categoriser's webhook may come before the wait, late,
 -- twice, or carrying another caller's task id; a silent categoriser gets
--- the task once more, then an alert; a crash while waiting loses nothing.
+-- the task once more, then an alert; a crash while waiting loses nothing;
+-- a cancel while waiting ends the run there.
 local testing = require "chorus.testing"
 
 local SCRIPT = testing.here "categorise.lua"
@@ -126,6 +127,18 @@ describe("categorise", function()
     assert.equal(3 * DAY, r.elapsed)
     assert.equal(1, c.posts)
     assert.equal(1, #testing.calls_to(r, "categoriser", "POST", "/tasks"))
+  end)
+
+  it("is cancelled while it waits: no result fetched, no alert, the task not sent again", function()
+    local c = fake_categoriser()
+    local r = testing.run(SCRIPT, INPUT, { cancel_at = 2 * DAY })
+    assert.is_false(r.ok)
+    assert.equal("cancelled", r.status)
+    assert.equal("cancelled", r.error.kind)
+    assert.equal(2 * DAY, r.elapsed)
+    assert.equal(1, c.posts)
+    assert.same({}, c.results)
+    assert.not_called_upstream(r, "alerts")
   end)
 
   it("answers 400 to input without transactions", function()
