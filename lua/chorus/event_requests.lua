@@ -4,15 +4,14 @@
 -- is kept durably and the answer is 202 { kept = true } (whether a run
 -- waits already or not: a later wait gets it, within events.ttl), or 200
 -- { duplicate = true } for a redelivery of an id seen already.
-local core = require "chorus.core"
 local events = require "chorus.events"
 local idempotency = require "chorus.idempotency"
 local log = require("chorus.log").event
+local checks = require "chorus.request_checks"
 local responses = require "chorus.responses"
 local state = require "chorus.server_state"
 local store = require "chorus.store"
 local webhook = require "chorus.webhook"
-local json = core.json
 
 local event_requests = {}
 
@@ -33,19 +32,11 @@ local function allowed(req, name)
   if name == "ttl" or not rule then
     return false
   end
-  if rule.token and given and webhook.equal(given, rule.token) then
-    return true
-  end
-  local sig = req.headers[webhook.HEADER:lower()]
-  return rule.hmac_secret ~= nil and sig ~= nil and webhook.verify(rule.hmac_secret, req.body, sig)
+  return checks.credentials(rule, req) ~= nil
 end
 
 local function post_only(c)
-  if c.req.method ~= "POST" then
-    local r = problem(405, "Method Not Allowed", "events are sent with POST")
-    r.headers.Allow = "POST"
-    return r
-  end
+  return checks.post_only(c.req, "events are sent with POST")
 end
 
 local function valid_names(c)
@@ -57,33 +48,22 @@ end
 
 local function authorized(c)
   if not allowed(c.req, c.name) then
-    local r = problem(401, "Unauthorized", ("events '%s' require the admin token, or the bearer token or a signed "
+    return checks.unauthorized(("events '%s' require the admin token, or the bearer token or a signed "
       .. "body (%s) of events.%s.auth"):format(c.name, webhook.HEADER, c.name))
-    r.headers["WWW-Authenticate"] = "Bearer"
-    return r
   end
 end
 
 local function valid_body(c)
-  if c.req.body:match("[^ \t\r\n]") then
-    local ok, value = pcall(json.decode, c.req.body)
-    if not ok then
-      return problem(400, "Bad Request", "the body is not valid JSON: " .. tostring(value):gsub("^json%.decode: ", ""))
-    end
-    c.payload = value
-  else
-    c.payload = {}
-  end
+  local bad
+  c.payload, bad = checks.json_body(c.req)
+  return bad
 end
 
 -- The event id: the Idempotency-Key header, else the payload's id field.
 local function event_id(c)
-  if c.req.repeated and c.req.repeated["idempotency-key"] then
-    return problem(400, "Bad Request", "the request has more than one Idempotency-Key header")
-  end
-  local key, kerr = idempotency.parse(c.req.headers["idempotency-key"])
-  if kerr then
-    return problem(400, "Bad Request", kerr)
+  local key, bad = checks.idempotency_key(c.req)
+  if bad then
+    return bad
   end
   local id = key
   if not id and type(c.payload) == "table" then

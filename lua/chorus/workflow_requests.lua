@@ -7,10 +7,10 @@
 local core = require "chorus.core"
 local idempotency = require "chorus.idempotency"
 local log = require("chorus.log").event
+local checks = require "chorus.request_checks"
 local responses = require "chorus.responses"
 local state = require "chorus.server_state"
 local webhook = require "chorus.webhook"
-local json = core.json
 
 local workflow_requests = {}
 
@@ -67,15 +67,8 @@ function workflow_requests.authenticate(req, name)
   if not rule then
     return true, nil
   end
-  local given = responses.bearer(req)
-  if rule.token and given and webhook.equal(given, rule.token) then
-    return true, "token:" .. core.sha256(rule.token):sub(1, 16)
-  end
-  local sig = req.headers[webhook.HEADER:lower()]
-  if rule.hmac_secret and sig and webhook.verify(rule.hmac_secret, req.body, sig) then
-    return true, "hmac:" .. core.sha256(rule.hmac_secret):sub(1, 16)
-  end
-  return false
+  local identity = checks.credentials(rule, req)
+  return identity ~= nil, identity
 end
 
 -- What ctx.request shows of the inbound request: method, path, query, the
@@ -108,20 +101,14 @@ local function known_workflow(c)
 end
 
 local function post_only(c)
-  if c.req.method ~= "POST" then
-    local r = problem(405, "Method Not Allowed", "workflows are started with POST")
-    r.headers.Allow = "POST"
-    return r
-  end
+  return checks.post_only(c.req, "workflows are started with POST")
 end
 
 local function authorized(c)
   local authed, identity = authenticate(c.req, c.name)
   if not authed then
-    local r = problem(401, "Unauthorized", ("workflow '%s' requires a bearer token or a signed body (%s)")
+    return checks.unauthorized(("workflow '%s' requires a bearer token or a signed body (%s)")
       :format(c.name, webhook.HEADER))
-    r.headers["WWW-Authenticate"] = "Bearer"
-    return r
   end
   c.identity = identity
   -- keys are per workflow and, when callers authenticate, per caller: one
@@ -139,12 +126,9 @@ local function under_load_limit()
 end
 
 local function valid_key(c)
-  if c.req.repeated and c.req.repeated["idempotency-key"] then -- which one would the client mean?
-    return problem(400, "Bad Request", "the request has more than one Idempotency-Key header")
-  end
-  local key, kerr = idempotency.parse(c.req.headers["idempotency-key"])
-  if kerr then
-    return problem(400, "Bad Request", kerr)
+  local key, bad = checks.idempotency_key(c.req)
+  if bad then
+    return bad
   end
   c.idem = c.entry.workflow.idempotency or EMPTY
   if not key and c.idem.required then
@@ -154,15 +138,9 @@ local function valid_key(c)
 end
 
 local function valid_body(c)
-  c.input = {}
-  -- only JSON's own whitespace makes an empty body: "\f" is invalid JSON
-  if c.req.body:match("[^ \t\r\n]") then
-    local ok, value = pcall(json.decode, c.req.body)
-    if not ok then
-      return problem(400, "Bad Request", "the body is not valid JSON: " .. tostring(value):gsub("^json%.decode: ", ""))
-    end
-    c.input = value
-  end
+  local bad
+  c.input, bad = checks.json_body(c.req)
+  return bad
 end
 
 local function valid_callback(c)
