@@ -26,14 +26,11 @@ describe("cancelling a run", function()
   end
 
   local function record(id)
-    return H.request(srv.url .. "/runs/" .. id, { headers = ADMIN }).json
+    return H.run_record(srv, id, ADMIN)
   end
 
   local function finished(id)
-    return H.eventually(function()
-      local rec = record(id)
-      return rec and rec.status ~= "running" and rec
-    end, 15)
+    return H.finished(srv, id, ADMIN, 15)
   end
 
   local function count(path)

@@ -14,14 +14,11 @@ describe("child workflows (ctx.call)", function()
   end
 
   local function record(id)
-    return H.request(srv.url .. "/runs/" .. id, { headers = ADMIN }).json
+    return H.run_record(srv, id, ADMIN)
   end
 
   local function finished(id)
-    return H.eventually(function()
-      local rec = record(id)
-      return rec and rec.status ~= "running" and rec
-    end, 20)
+    return H.finished(srv, id, ADMIN, 20)
   end
 
   local function count(path)

@@ -35,8 +35,7 @@ describe("durable state", function()
   end
 
   local function run_record(id)
-    local r = H.request(srv.url .. "/runs/" .. id)
-    return r.json
+    return H.run_record(srv, id)
   end
 
   local function cli(...)
@@ -365,10 +364,7 @@ describe("durable state", function()
       srv.wait()
       start()
       local function finished(id)
-        return H.eventually(function()
-          local rec = run_record(id)
-          return rec and rec.status ~= "running" and rec
-        end, 15)
+        return H.finished(srv, id, nil, 15)
       end
       local ra, rb = finished(a.json.run_id), finished(b.json.run_id)
       assert.are.equal("succeeded", ra.status)

@@ -44,10 +44,7 @@ describe("durable events over HTTP", function()
   end
 
   local function finished(id)
-    return H.eventually(function()
-      local rec = H.request(srv.url .. "/runs/" .. id).json
-      return rec and rec.status ~= "running" and rec
-    end, 15)
+    return H.finished(srv, id, nil, 15)
   end
 
   setup(function()

@@ -197,6 +197,19 @@ function H.temp_dir(files)
   return dir
 end
 
+--- The record GET /runs/ID answers on srv (headers: the credentials), decoded.
+function H.run_record(srv, id, headers)
+  return H.request(srv.url .. "/runs/" .. id, { headers = headers }).json
+end
+
+--- Waits, at most seconds, until the run has ended; returns its record.
+function H.finished(srv, id, headers, seconds)
+  return H.eventually(function()
+    local rec = H.run_record(srv, id, headers)
+    return rec and rec.status ~= "running" and rec
+  end, seconds)
+end
+
 --- Teardown in one call: stops every server or mock given (what has a
 --- stop method; nil ones, never started, are skipped) and removes every
 --- path given (temp folders and files).

@@ -30,14 +30,11 @@ describe("redrive", function()
   end
 
   local function record(id)
-    return H.request(srv.url .. "/runs/" .. id, { headers = ADMIN }).json
+    return H.run_record(srv, id, ADMIN)
   end
 
   local function finished(id)
-    return H.eventually(function()
-      local rec = record(id)
-      return rec and rec.status ~= "running" and rec
-    end, 10)
+    return H.finished(srv, id, ADMIN, 10)
   end
 
   local function tag()

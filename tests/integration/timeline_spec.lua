@@ -70,14 +70,11 @@ describe("run records across restarts", function()
   end
 
   local function run_record(id)
-    return H.request(srv.url .. "/runs/" .. id).json
+    return H.run_record(srv, id)
   end
 
   local function finished(id)
-    return H.eventually(function()
-      local rec = run_record(id)
-      return rec and rec.status ~= "running" and rec
-    end, 20)
+    return H.finished(srv, id, nil, 20)
   end
 
   -- True once the mock holds a request to path (parked on its delay).
