@@ -22,13 +22,21 @@ size_t chorus_lua_http_active(struct chorus_runtime *rt) { return chorus_http_ac
 
 static void push_headers(lua_State *co, const struct chorus_http_response *res) {
     lua_createtable(co, 0, (int)res->nheaders);
-    luaL_Buffer b;
+    char lower[128];
     for (size_t i = 0; i < res->nheaders; i++) {
         const char *name = res->headers[i].name;
-        luaL_buffinit(co, &b);
-        for (const char *p = name; *p; p++)
-            luaL_addchar(&b, (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p));
-        luaL_pushresult(&b);
+        size_t n = strlen(name);
+        if (n <= sizeof lower) { /* the usual: lowered on the C stack, no buffer on the Lua one */
+            for (size_t j = 0; j < n; j++)
+                lower[j] = (char)(name[j] >= 'A' && name[j] <= 'Z' ? name[j] + 32 : name[j]);
+            lua_pushlstring(co, lower, n);
+        } else {
+            luaL_Buffer b;
+            luaL_buffinit(co, &b);
+            for (const char *p = name; *p; p++)
+                luaL_addchar(&b, (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p));
+            luaL_pushresult(&b);
+        }
         lua_pushvalue(co, -1);
         if (lua_rawget(co, -3) == LUA_TSTRING) { /* repeated: join with ", " */
             lua_pushliteral(co, ", ");

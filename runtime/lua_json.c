@@ -862,6 +862,13 @@ static void enc_number(lua_State *L, struct enc *e, int idx) {
     enc_put(L, e, buf, (size_t)n);
 }
 
+/* The bytes a string's escape adds for each byte: 1 for \" \\ \b \f \n \r
+ * \t, 5 for the other control bytes (\u00xx), 0 for the rest. */
+#define X5 5, 5, 5, 5, 5, 5, 5, 5
+static const unsigned char escape_extra[256] = {
+    X5, 1, 1, 1, 5, 1, 1, 5, 5, X5, X5, 0, 0, 1, ['\\'] = 1};
+#undef X5
+
 /* A JSON string as cJSON prints it: \" \\ \b \f \n \r \t, other control
  * bytes as \u00xx (a zero byte as \u0000, which decodes back to it),
  * everything else (UTF-8 included) as it is. */
@@ -869,21 +876,13 @@ static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     /* Most strings need no escape: find the first byte that does (strcspn
      * with the 34 bytes to look for took glibc's slow generic path). */
+    const unsigned char *u = (const unsigned char *)s;
     size_t first = 0;
-    while (first < len) {
-        unsigned char c = (unsigned char)s[first];
-        if (c < 0x20 || c == '"' || c == '\\')
-            break;
+    while (first < len && !escape_extra[u[first]])
         first++;
-    }
     size_t extra = 0;
-    for (size_t i = first; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
-            extra += 1;
-        else if (c < 0x20)
-            extra += 5;
-    }
+    for (size_t i = first; i < len; i++)
+        extra += escape_extra[u[i]];
     char *p = enc_reserve(L, e, len + extra + 2);
     *p++ = '"';
     if (extra == 0) {

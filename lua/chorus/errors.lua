@@ -93,8 +93,15 @@ end
 
 --- value as plain data: tables copied raw, metatables dropped. Raises a
 --- {kind="script"} error for a cycle.
+local seen_tables = {} -- raw_copy's: empty again after a copy that did not raise
 function errors.plain(value)
-  return raw_copy(value, 0, {})
+  if type(value) ~= "table" then
+    return value
+  end
+  if next(seen_tables) ~= nil then -- a copy raised (a cycle, the run's limits) midway
+    seen_tables = {}
+  end
+  return raw_copy(value, 0, seen_tables)
 end
 
 --- A table err normalized and made plain, inside the run: its __tostring runs here,

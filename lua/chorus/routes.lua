@@ -38,12 +38,25 @@ m.build.set({ core.version }, 1)
 
 -- The route label of a path: a few fixed names, never the path itself (a
 -- label per workflow name or run id would grow without bound).
+local ROUTES = { workflows = "workflow", runs = "run", metrics = "metrics", healthz = "healthz",
+  readyz = "readyz", admin = "admin" }
 local function route_of(path)
-  local first = path:match("^/([^/]+)")
-  local known = { workflows = "workflow", runs = "run", metrics = "metrics", healthz = "healthz",
-    readyz = "readyz", admin = "admin" }
-  return known[first] or "other"
+  return ROUTES[path:match("^/([^/]+)")] or "other"
 end
+
+-- The series keys of the per-request metrics, looked up once per status
+-- and route (both sets are small and fixed) instead of a label table per
+-- request.
+local function key_cache(metric)
+  return setmetatable({}, { __index = function(t, v)
+    local key = metric.key({ v })
+    if v ~= nil and v == v then -- (a nil or NaN key cannot be stored)
+      t[v] = key
+    end
+    return key
+  end })
+end
+local request_keys, latency_keys = key_cache(m.requests), key_cache(m.latency)
 
 local cpu_seen = 0
 
@@ -179,8 +192,8 @@ function routes.dispatch(req)
     log("error", "request handler failed", { path = req.path, error = tostring(resp) })
     resp = problem(500, "Internal Server Error", "the server could not handle this request")
   end
-  m.requests.inc({ resp.status })
-  m.latency.observe({ route_of(req.path) }, core.now() - t0)
+  m.requests.inc_key(request_keys[resp.status])
+  m.latency.observe_key(latency_keys[route_of(req.path)], core.now() - t0)
   if state.config.access_log == false then
     return resp
   end

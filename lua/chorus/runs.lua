@@ -42,6 +42,7 @@ local webhook = require "chorus.webhook"
 local json = core.json
 
 local runs = { MAX_RECORDS = 10000 }
+local EMPTY = {} -- read-only
 
 local m = {
   runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
@@ -49,6 +50,24 @@ local m = {
   duration = metrics.histogram("chorus_run_duration_seconds", "Workflow run duration", { "workflow" },
     { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600 }),
 }
+
+-- The series keys of those metrics, by workflow then by status (1: the
+-- workflow alone), looked up once rather than a label table per run.
+local keys = { [m.runs] = {}, [m.duration] = {} }
+local function series_key(metric, workflow, status)
+  workflow, status = workflow or "", status or ""
+  local by = keys[metric][workflow]
+  if not by then
+    by = {}
+    keys[metric][workflow] = by
+  end
+  local key = by[status]
+  if not key then
+    key = metric.key(status == 1 and { workflow } or { workflow, status })
+    by[status] = key
+  end
+  return key
+end
 
 local Service = {}
 Service.__index = Service
@@ -152,8 +171,8 @@ function Service:finish_record(rec, ok, value, info)
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
       error = redact.value(err, rec.redact), traceback = info and info.traceback })
   end
-  m.runs.inc({ rec.workflow, rec.status })
-  m.duration.observe({ rec.workflow }, rec.duration)
+  m.runs.inc_key(series_key(m.runs, rec.workflow, rec.status))
+  m.duration.observe_key(series_key(m.duration, rec.workflow, 1), rec.duration)
   -- A finished record never changes: keep it as its JSON text, outside the
   -- Lua heap (kept as Lua values, ten thousand records became old objects
   -- freed only by major collections, each marking and sweeping them all:
@@ -300,7 +319,7 @@ function Service:execute(entry, rec, input, recorded)
   if self.store then
     opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after }
   end
-  local limits = env.limits or {}
+  local limits = env.limits or EMPTY
   local ok, value, info = core.execute({ id = rec.id, instructions = limits.instructions, cpu_ms = limits.cpu_ms,
     memory = limits.memory }, runner.execute, entry.workflow, input, opts)
   self.inflight = self.inflight - 1

@@ -247,7 +247,9 @@ end
 
 --- POST /workflows/NAME (any method: a guard answers 405).
 function workflow_requests.start(req, name)
-  local c = { req = req, name = name }
+  -- sized for what the guards add: no rehash as they fill it in
+  local c = { req = req, name = name, entry = nil, identity = nil, scope = nil, idem = nil, key = nil,
+    input = nil, callback = nil, fp = nil, trace_id = nil }
   for _, guard in ipairs(GUARDS) do
     local resp = guard(c)
     if resp then
