@@ -864,10 +864,14 @@ static void enc_number(lua_State *L, struct enc *e, int idx) {
 
 /* The bytes a string's escape adds for each byte: 1 for \" \\ \b \f \n \r
  * \t, 5 for the other control bytes (\u00xx), 0 for the rest. */
-#define X5 5, 5, 5, 5, 5, 5, 5, 5
+/* clang-format off */
 static const unsigned char escape_extra[256] = {
-    X5, 1, 1, 1, 5, 1, 1, 5, 5, X5, X5, 0, 0, 1, ['\\'] = 1};
-#undef X5
+    5, 5, 5, 5, 5, 5, 5, 5, /* 0x00-0x07 */
+    1, 1, 1, 5, 1, 1, 5, 5, /* \b \t \n 0x0b \f \r 0x0e 0x0f */
+    5, 5, 5, 5, 5, 5, 5, 5, /* 0x10-0x17 */
+    5, 5, 5, 5, 5, 5, 5, 5, /* 0x18-0x1f */
+    ['"'] = 1, ['\\'] = 1};
+/* clang-format on */
 
 /* A JSON string as cJSON prints it: \" \\ \b \f \n \r \t, other control
  * bytes as \u00xx (a zero byte as \u0000, which decodes back to it),
