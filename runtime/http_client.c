@@ -810,10 +810,11 @@ static int set_body(struct chorus_http_call *call, const struct chorus_http_requ
     return 0;
 }
 
-static int set_headers(struct chorus_http_call *call, const char *const *headers) {
-    /* No "Expect: 100-continue" round trip for larger bodies. */
-    struct curl_slist *list = curl_slist_append(NULL, "Expect:");
-    if (!list)
+static int set_headers(struct chorus_http_call *call, const char *const *headers, int body) {
+    /* No "Expect: 100-continue" round trip for larger bodies (without a
+     * body curl sends no Expect: no list entry to build and free). */
+    struct curl_slist *list = NULL;
+    if (body && !(list = curl_slist_append(NULL, "Expect:")))
         return -1;
     for (size_t i = 0; headers && headers[i]; i++) {
         struct curl_slist *next = curl_slist_append(list, headers[i]);
@@ -948,7 +949,7 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         snprintf(err, errlen, "invalid HTTP method '%s'", req->method);
         goto fail;
     }
-    if (set_body(call, req) != 0 || set_headers(call, req->headers) != 0) {
+    if (set_body(call, req) != 0 || set_headers(call, req->headers, req->body != NULL) != 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }

@@ -16,10 +16,14 @@ local logging = require "chorus.log"
 local redact = require "chorus.redact"
 local retry = require "chorus.retry"
 
--- ctx → its workflow's redact paths, for the log lines (chorus.redact)
-local ctx_redact = setmetatable({}, { __mode = "k" })
--- ctx → its run's span id, for the log lines
-local ctx_span = setmetatable({}, { __mode = "k" })
+-- ctx → its run's state: the workflow's redact paths and the run's span id
+-- for the log lines (chorus.redact), the timeline for ctx.step
+local ctx_state = setmetatable({}, { __mode = "k" })
+
+-- the run's span: the parent id its outbound calls carry (traceparent)
+local function span_of(state)
+  return state.span_id or state.traceparent and state.traceparent:match("^%x%x%-%x+%-(%x+)%-%x%x$")
+end
 
 local context = {}
 
@@ -31,13 +35,13 @@ local LEVELS = { debug = true, info = true, warn = true, error = true }
 local function logger(ctx)
   local function write(level, msg, fields)
     local line = { level = level, msg = tostring(msg), run_id = ctx.run_id,
-      workflow = ctx.workflow, trace_id = ctx.trace_id, span_id = ctx_span[ctx], ts = core.now() }
+      workflow = ctx.workflow, trace_id = ctx.trace_id, span_id = span_of(ctx_state[ctx]), ts = core.now() }
     for k, v in pairs(fields or {}) do
       if line[k] == nil then
         line[k] = v
       end
     end
-    line = redact.value(line, ctx_redact[ctx])
+    line = redact.value(line, ctx_state[ctx].redact)
     -- the run service's sink (chorus.runs env.log_sink), else the module's
     local run = runstate.current()
     logging.write(line, run and run.env and run.env.log_sink or context.log_sink)
@@ -315,12 +319,56 @@ function shared.lock(name, fn)
   return with_lock(name, fn)
 end
 
+-- ctx.key(name): an idempotency key unique to the run and name.
+local function make_key(ctx)
+  return function(name)
+    if type(name) ~= "string" or name == "" then
+      error("ctx.key: name must be a non-empty string", 2)
+    end
+    return ctx.run_id .. ":" .. name
+  end
+end
+
+-- ctx.step(name, fn, ...): fn's call as a named entry of the timeline.
+local function make_step(_, state)
+  return function(name, fn, ...)
+    if type(name) ~= "string" or type(fn) ~= "function" then
+      error("ctx.step(name, fn): name must be a string and fn a function", 2)
+    end
+    local entry = { step = name, start = core.now() }
+    local timeline = state.timeline
+    timeline[#timeline + 1] = entry
+    local res = table.pack(pcall(fn, ...))
+    entry.duration = core.now() - entry.start
+    entry.status = res[1] and "ok" or "error"
+    if not res[1] then
+      error(res[2], 0)
+    end
+    return table.unpack(res, 2, res.n)
+  end
+end
+
+-- What every ctx has alike comes from its metatable: a run's ctx table is
+-- built with its own fields only, and log, key and step are made the first
+-- time the script reads them (most runs use few of them or none).
+local SHARED = { now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
+  later = shared.later, lock = shared.lock, poll = shared.poll, event = events.wait }
+local PER_RUN = { log = logger, key = make_key, step = make_step }
+
 local CTX_MT = {
   __index = function(ctx, k)
-    if k == "log" then
-      local log = logger(ctx)
-      rawset(ctx, "log", log)
-      return log
+    local f = SHARED[k]
+    if f then
+      return f
+    end
+    if k == "call" then
+      return require("chorus.children").call
+    end
+    local make = PER_RUN[k]
+    if make then
+      f = make(ctx, ctx_state[ctx])
+      rawset(ctx, k, f)
+      return f
     end
     return nil
   end,
@@ -343,34 +391,8 @@ function context.new(state)
   local ctx = setmetatable({
     run_id = state.run_id, input = state.input, workflow = state.workflow, request = copy(state.request),
     trace_id = state.trace_id, timeline = state.timeline,
-    now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
-    later = shared.later, lock = shared.lock, poll = shared.poll, event = events.wait,
-    call = require("chorus.children").call,
   }, CTX_MT)
-  ctx_redact[ctx] = state.redact
-  -- the run's span: the parent id its outbound calls carry (traceparent)
-  ctx_span[ctx] = state.traceparent and state.traceparent:match("^%x%x%-%x+%-(%x+)%-%x%x$")
-  function ctx.key(name)
-    if type(name) ~= "string" or name == "" then
-      error("ctx.key: name must be a non-empty string", 2)
-    end
-    return ctx.run_id .. ":" .. name
-  end
-  function ctx.step(name, fn, ...)
-    if type(name) ~= "string" or type(fn) ~= "function" then
-      error("ctx.step(name, fn): name must be a string and fn a function", 2)
-    end
-    local entry = { step = name, start = core.now() }
-    local timeline = state.timeline
-    timeline[#timeline + 1] = entry
-    local res = table.pack(pcall(fn, ...))
-    entry.duration = core.now() - entry.start
-    entry.status = res[1] and "ok" or "error"
-    if not res[1] then
-      error(res[2], 0)
-    end
-    return table.unpack(res, 2, res.n)
-  end
+  ctx_state[ctx] = state
   return ctx
 end
 

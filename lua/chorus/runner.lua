@@ -36,9 +36,11 @@ function runner.execute(workflow, input, opts)
   local state = {
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
     trace_id = opts.trace_id or new_trace_id(), allow_hosts = workflow.allow_hosts,
-    redact = workflow.redact, request = opts.request, env = opts.env,
+    redact = workflow.redact, request = opts.request, env = opts.env, span_id = nil, traceparent = nil,
+    deadline = nil,
   }
-  state.traceparent = "00-" .. state.trace_id .. "-" .. core.random_hex(8) .. "-01"
+  state.span_id = core.random_hex(8)
+  state.traceparent = "00-" .. state.trace_id .. "-" .. state.span_id .. "-01"
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
   if opts.journal then
