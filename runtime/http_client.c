@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -21,9 +22,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Easy handles are kept for reuse: creating one costs more than a call. */
+/* Calls, each with its easy handle, are kept for reuse: creating a handle
+ * costs more than a call, and a kept call's handle keeps the options that
+ * point at the call. */
 #define EASY_POOL 256
 #define HEADER_TEXT 512
+/* A kept call keeps a response buffer up to this size for the next one. */
+#define KEEP_BODY_BUFFER 8192
 
 /* An address or network of the egress allow-list (addr in network order). */
 struct egress_net {
@@ -38,7 +43,7 @@ struct chorus_http_client {
     uv_timer_t timer;
     struct chorus_http_call *calls; /* in flight, for close */
     size_t active;
-    CURL *idle[EASY_POOL]; /* easy handles ready for reuse, with their options */
+    struct chorus_http_call *idle[EASY_POOL]; /* ended calls ready for reuse, with their handles */
     int nidle;
     int closing;
     struct sock_ctx **socks; /* by fd: every socket curl has open */
@@ -69,15 +74,17 @@ struct chorus_http_call {
     chorus_http_charge_fn charge;
     size_t charged;              /* body bytes the charge callback was told of */
     enum chorus_http_error fail; /* why a callback of ours stopped the transfer */
-    char fail_msg[96];
-    char htext_inline[HEADER_TEXT];
     chorus_http_done_fn done;
     void *data;
     uint64_t start_ms;
     int restricted;     /* the egress policy applies (chorus_http_request.restricted) */
     char **allow_hosts; /* NULL-terminated, lowercase; NULL: any host */
-    char denied[256];   /* why the egress policy stopped the call, if it did */
     enum chorus_http_error denied_as;
+    /* From here on, buffers: a reused call clears only the fields above
+     * (call_get) and the first byte of each of these. */
+    char htext_inline[HEADER_TEXT];
+    char fail_msg[96];
+    char denied[256]; /* why the egress policy stopped the call, if it did */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -555,41 +562,76 @@ static void unlink_call(struct chorus_http_call *call) {
     client->active--;
 }
 
-static CURL *easy_new(struct chorus_http_client *client);
+static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call *call);
 
-static CURL *easy_get(struct chorus_http_client *client) {
-    if (client->nidle > 0)
-        return client->idle[--client->nidle];
-    return easy_new(client);
-}
-
-/* A pooled handle keeps the options of its last call (no curl_easy_reset:
- * it cost as much as setting them all again): easy_new() sets those that
- * never change, configure() and set_method() every one a call depends on,
- * including those only some calls use. */
-static void easy_put(struct chorus_http_client *client, CURL *easy) {
-    if (client->nidle < EASY_POOL && !client->closing) {
-        client->idle[client->nidle++] = easy;
+/* A call ready to configure: a kept one (its handle keeps the options of
+ * its last call, no curl_easy_reset: that cost as much as setting them all
+ * again; easy_new() set those that never change or point at the call,
+ * configure() and set_method() set every one a call depends on, including
+ * those only some calls use), or a new one. NULL when out of memory. */
+static struct chorus_http_call *call_get(struct chorus_http_client *client) {
+    struct chorus_http_call *call;
+    if (client->nidle > 0) {
+        call = client->idle[--client->nidle];
+        CURL *easy = call->easy;
+        char *body = call->resp_body;
+        size_t cap = call->resp_cap;
+        memset(call, 0, offsetof(struct chorus_http_call, htext_inline));
+        call->easy = easy;
+        call->resp_body = body; /* kept for this call's response */
+        call->resp_cap = cap;
+        if (body)
+            body[0] = '\0';
+        call->fail_msg[0] = call->denied[0] = call->errbuf[0] = '\0';
     } else {
-        curl_easy_cleanup(easy);
+        call = calloc(1, sizeof *call);
+        if (!call)
+            return NULL;
+        call->easy = easy_new(client, call);
+        if (!call->easy) {
+            free(call);
+            return NULL;
+        }
     }
+    call->client = client;
+    call->htext = call->htext_inline;
+    call->htext_cap = sizeof call->htext_inline;
+    return call;
 }
 
+static void call_destroy(struct chorus_http_call *call) {
+    curl_easy_cleanup(call->easy);
+    free(call->resp_body);
+    free(call);
+}
+
+/* Ends a call: what it holds is freed, and the call with its handle is
+ * kept for the next (a small response buffer with it) or destroyed. */
 static void call_free(struct chorus_http_call *call) {
+    struct chorus_http_client *client = call->client;
     /* while closing, the owners of the data are gone already */
-    if (call->charged && call->charge && !call->client->closing)
+    if (call->charged && call->charge && !client->closing)
         call->charge(call->data, -(long long)call->charged);
     for (char **h = call->allow_hosts; h && *h; h++)
         free(*h);
     free(call->allow_hosts);
-    if (call->easy)
-        easy_put(call->client, call->easy);
+    call->allow_hosts = NULL;
     curl_slist_free_all(call->headers);
+    call->headers = NULL;
     if (call->htext != call->htext_inline)
         free(call->htext);
-    free(call->resp_body);
+    call->htext = call->htext_inline;
     free(call->body);
-    free(call);
+    call->body = NULL;
+    if (call->resp_cap > KEEP_BODY_BUFFER) {
+        free(call->resp_body);
+        call->resp_body = NULL;
+        call->resp_cap = 0;
+    }
+    if (client->nidle < EASY_POOL && !client->closing)
+        client->idle[client->nidle++] = call;
+    else
+        call_destroy(call);
 }
 
 /* Stops the transfer from inside a curl callback: the callback returns a
@@ -856,12 +898,19 @@ static int proxy_env(void) {
     return 0;
 }
 
-/* A new easy handle with the options that are the same for every call: a
- * pooled handle keeps them (easy_put does not reset it). */
-static CURL *easy_new(struct chorus_http_client *client) {
+/* A new easy handle for call, with the options that are the same for every
+ * call it carries: a kept call's handle keeps them (call_free does not
+ * reset it). */
+static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call *call) {
     CURL *e = curl_easy_init();
     if (!e)
         return NULL;
+    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, call);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, call);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
     if (!proxy_env()) {
         curl_easy_setopt(e, CURLOPT_PROXY, "");
         curl_easy_setopt(e, CURLOPT_NOPROXY, "");
@@ -882,17 +931,11 @@ static CURL *easy_new(struct chorus_http_client *client) {
 static void configure(struct chorus_http_call *call, const struct chorus_http_request *req) {
     CURL *e = call->easy;
     curl_easy_setopt(e, CURLOPT_URL, req->url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, call);
     /* Each hop's URL and address are checked when one may differ from
      * what the caller checked: redirects followed, or a restricted call
      * (whose connection may be a reused one, opened unchecked). */
     int check = req->restricted || req->follow_redirects;
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, check ? on_prereq : NULL);
-    curl_easy_setopt(e, CURLOPT_PREREQDATA, call);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
     /* Over TLS, wait for a connection that may multiplex (HTTP/2) rather than
      * open more; over plain HTTP/1.1 that wait would serialize calls. */
     int tls = strncmp(req->url, "https://", 8) == 0;
@@ -924,21 +967,13 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
                                            const struct chorus_http_request *req,
                                            chorus_http_done_fn done, void *data, char *err,
                                            size_t errlen) {
-    struct chorus_http_call *call = calloc(1, sizeof *call);
+    struct chorus_http_call *call = call_get(client);
     if (!call) {
-        snprintf(err, errlen, "out of memory");
+        snprintf(err, errlen, "out of memory (a call or its curl handle)");
         return NULL;
     }
-    call->client = client;
     call->done = done;
     call->data = data;
-    call->htext = call->htext_inline;
-    call->htext_cap = sizeof call->htext_inline;
-    call->easy = easy_get(client);
-    if (!call->easy) {
-        snprintf(err, errlen, "curl_easy_init failed");
-        goto fail;
-    }
     call->restricted = req->restricted;
     if (copy_hosts(call, req->allow_hosts) != 0) {
         snprintf(err, errlen, "out of memory");
@@ -993,7 +1028,7 @@ void chorus_http_client_close(struct chorus_http_client *client) {
     while (client->calls)
         chorus_http_cancel(client->calls);
     while (client->nidle > 0)
-        curl_easy_cleanup(client->idle[--client->nidle]);
+        call_destroy(client->idle[--client->nidle]);
     /* closes the sockets, through on_close_socket; then any curl closed
      * behind our back */
     curl_multi_cleanup(client->multi);
