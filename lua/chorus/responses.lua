@@ -19,9 +19,12 @@ local function problem(status, title, detail, extra)
 end
 responses.problem = problem
 
+local EMPTY = {} -- read-only
+
 function responses.json(status, value, headers)
-  local h = { ["Content-Type"] = "application/json" }
-  for k, v in pairs(headers or {}) do
+  -- sized for the X-Run-Id a run's answer adds (responses.run): no rehash
+  local h = { ["Content-Type"] = "application/json", ["X-Run-Id"] = nil }
+  for k, v in pairs(headers or EMPTY) do
     h[k] = v
   end
   return { status = status, headers = h, body = json.encode(value) }

@@ -433,8 +433,11 @@ end
 
 function Service:wake_waiters(id)
   local tokens = self.waiters[id]
+  if not tokens then
+    return
+  end
   self.waiters[id] = nil
-  for _, token in ipairs(tokens or {}) do
+  for _, token in ipairs(tokens) do
     core.notify(token, true)
   end
 end
