@@ -698,7 +698,7 @@ static void enc_charge(lua_State *L, size_t grow, size_t cap) {
  * owned by the caller of the pcall, which frees it). */
 static char *enc_reserve(lua_State *L, struct enc *e, size_t n) {
     if (e->cap - e->len < n) {
-        size_t cap = e->cap ? e->cap : 256;
+        size_t cap = e->cap ? e->cap : 1024; /* a run record fits: no regrowth */
         while (cap - e->len < n)
             cap *= 2;
         enc_charge(L, cap - e->cap, cap);
