@@ -109,18 +109,6 @@ static int charge_body(void *data, long long delta) {
     return 0;
 }
 
-/* max_response_bytes: a positive integer, or nil for the default. */
-static size_t max_body_arg(lua_State *L, int arg) {
-    if (lua_isnoneornil(L, arg))
-        return CHORUS_HTTP_DEFAULT_MAX_BODY;
-    lua_Integer n = 0;
-    int isnum = 0;
-    n = lua_tointegerx(L, arg, &isnum);
-    luaL_argcheck(L, isnum && n > 0 && n <= ((lua_Integer)1 << 50), arg,
-                  "max_response_bytes must be an integer between 1 and 2^50");
-    return (size_t)n;
-}
-
 static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
 
 /* Writes "Name: value" lines for the table at idx into buf (chorus_http_start
@@ -130,20 +118,19 @@ static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
 static int collect_headers(lua_State *L, int idx, const char **lines, char *buf, size_t cap) {
     int n = 0;
     size_t used = 0;
-    if (lua_isnoneornil(L, idx))
+    if (lua_isnil(L, idx))
         return 0;
-    luaL_checktype(L, idx, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         luaL_checkstack(L, 3, "too many headers");
         if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
-            luaL_argerror(L, idx, "headers must map names to strings");
+            luaL_argerror(L, 1, "headers must map names to strings");
         size_t nlen, vlen;
         const char *name = lua_tolstring(L, -2, &nlen), *value = lua_tolstring(L, -1, &vlen);
         if (has_crlf(name) || has_crlf(value) || strchr(name, ':') || !*name)
-            luaL_argerror(L, idx, "header names and values must not contain CR, LF or ':'");
+            luaL_argerror(L, 1, "header names and values must not contain CR, LF or ':'");
         if (n == MAX_HEADERS)
-            luaL_argerror(L, idx, "too many headers");
+            luaL_argerror(L, 1, "too many headers");
         if (nlen + vlen + 3 <= cap - used) {
             char *line = buf + used;
             memcpy(line, name, nlen);
@@ -161,45 +148,136 @@ static int collect_headers(lua_State *L, int idx, const char **lines, char *buf,
     return n;
 }
 
-static long timeout_ms(lua_State *L, int arg) {
-    lua_Number s = luaL_optnumber(L, arg, 0);
-    luaL_argcheck(L, s >= 0 && s < 1e7, arg, "timeout must be seconds between 0 and 1e7");
+/* The options core.http takes, with the Lua type each must have. */
+enum http_opt {
+    OPT_METHOD,
+    OPT_URL,
+    OPT_HEADERS,
+    OPT_BODY,
+    OPT_CONNECT_TIMEOUT,
+    OPT_TIMEOUT,
+    OPT_TLS_VERIFY,
+    OPT_FOLLOW_REDIRECTS,
+    OPT_RESTRICTED,
+    OPT_MAX_RESPONSE_BYTES,
+    OPT_ALLOW_HOSTS,
+    OPT_COUNT
+};
+
+static const struct {
+    const char *name;
+    int type;
+} http_opts[OPT_COUNT] = {
+    [OPT_METHOD] = {"method", LUA_TSTRING},
+    [OPT_URL] = {"url", LUA_TSTRING},
+    [OPT_HEADERS] = {"headers", LUA_TTABLE},
+    [OPT_BODY] = {"body", LUA_TSTRING},
+    [OPT_CONNECT_TIMEOUT] = {"connect_timeout", LUA_TNUMBER},
+    [OPT_TIMEOUT] = {"timeout", LUA_TNUMBER},
+    [OPT_TLS_VERIFY] = {"tls_verify", LUA_TBOOLEAN},
+    [OPT_FOLLOW_REDIRECTS] = {"follow_redirects", LUA_TBOOLEAN},
+    [OPT_RESTRICTED] = {"restricted", LUA_TBOOLEAN},
+    [OPT_MAX_RESPONSE_BYTES] = {"max_response_bytes", LUA_TNUMBER},
+    [OPT_ALLOW_HOSTS] = {"allow_hosts", LUA_TTABLE},
+};
+
+/* Refuses a key of the options table at 1 that is not an option, or an
+ * option of the wrong type, naming it (a misspelt "timout" would otherwise
+ * silently mean no timeout). */
+static void check_options(lua_State *L) {
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        int i = 0;
+        while (key && i < OPT_COUNT && strcmp(key, http_opts[i].name) != 0)
+            i++;
+        if (!key || i == OPT_COUNT)
+            luaL_argerror(L, 1,
+                          lua_pushfstring(L, "unknown option '%s'", luaL_tolstring(L, -2, NULL)));
+        if (lua_type(L, -1) != http_opts[i].type)
+            luaL_argerror(L, 1,
+                          lua_pushfstring(L, "option '%s' must be a %s, got %s", key,
+                                          lua_typename(L, http_opts[i].type),
+                                          luaL_typename(L, -1)));
+        lua_pop(L, 1);
+    }
+}
+
+/* Pushes option i of the table at 1 (nil when absent) and returns its stack
+ * index. */
+static int option(lua_State *L, enum http_opt i) {
+    lua_getfield(L, 1, http_opts[i].name);
+    return lua_gettop(L);
+}
+
+/* max_response_bytes: a positive integer, or nil for the default. */
+static size_t max_body_opt(lua_State *L) {
+    int idx = option(L, OPT_MAX_RESPONSE_BYTES);
+    if (lua_isnil(L, idx))
+        return CHORUS_HTTP_DEFAULT_MAX_BODY;
+    int isint = 0;
+    lua_Integer n = lua_tointegerx(L, idx, &isint);
+    luaL_argcheck(L, isint && n > 0 && n <= ((lua_Integer)1 << 50), 1,
+                  "max_response_bytes must be an integer between 1 and 2^50");
+    return (size_t)n;
+}
+
+static long timeout_opt(lua_State *L, enum http_opt i) {
+    int idx = option(L, i);
+    lua_Number s = lua_isnil(L, idx) ? 0 : lua_tonumber(L, idx);
+    if (!(s >= 0 && s < 1e7))
+        luaL_argerror(
+            L, 1, lua_pushfstring(L, "%s must be seconds between 0 and 1e7", http_opts[i].name));
     return (long)(s * 1000.0 + 0.5);
+}
+
+static int flag_opt(lua_State *L, enum http_opt i, int dflt) {
+    int idx = option(L, i);
+    return lua_isnil(L, idx) ? dflt : lua_toboolean(L, idx);
+}
+
+/* The workflow's allow_hosts, a set of host names, into hosts (pointers to
+ * the table's keys, alive while the table is on the stack). */
+static const char **allow_hosts_opt(lua_State *L, const char **hosts) {
+    int idx = option(L, OPT_ALLOW_HOSTS);
+    if (lua_isnil(L, idx))
+        return NULL;
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING || n == MAX_ALLOW_HOSTS)
+            luaL_argerror(L, 1, "allow_hosts: at most 256 host names");
+        hosts[n++] = lua_tostring(L, -1); /* alive: a key of the table */
+    }
+    hosts[n] = NULL;
+    return hosts;
 }
 
 int chorus_lua_http_request(lua_State *L) {
     struct chorus_task *t = chorus_task_waitable(L, 1);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    luaL_checkstack(L, OPT_COUNT + 4, "http options");
+    check_options(L);
     struct chorus_http_request req = {0};
-    req.method = luaL_checkstring(L, 1);
-    req.url = luaL_checkstring(L, 2);
-    req.body = luaL_optlstring(L, 4, NULL, &req.body_len);
-    req.connect_timeout_ms = timeout_ms(L, 5);
-    req.timeout_ms = timeout_ms(L, 6);
-    /* 1: insecure TLS, 2: follow redirects, 4: restricted egress */
-    lua_Integer flags = luaL_optinteger(L, 7, 0);
-    req.insecure = (flags & 1) != 0;
-    req.follow_redirects = (flags & 2) != 0;
-    req.max_body = max_body_arg(L, 8);
+    if (lua_isnil(L, option(L, OPT_METHOD)) || lua_isnil(L, option(L, OPT_URL)))
+        return luaL_argerror(L, 1, "method and url are required");
+    req.method = lua_tostring(L, 2); /* strings: check_options saw them */
+    req.url = lua_tostring(L, 3);
+    req.body = lua_tolstring(L, option(L, OPT_BODY), &req.body_len);
+    req.connect_timeout_ms = timeout_opt(L, OPT_CONNECT_TIMEOUT);
+    req.timeout_ms = timeout_opt(L, OPT_TIMEOUT);
+    req.insecure = !flag_opt(L, OPT_TLS_VERIFY, 1);
+    req.follow_redirects = flag_opt(L, OPT_FOLLOW_REDIRECTS, 0);
+    req.restricted = flag_opt(L, OPT_RESTRICTED, 0);
+    req.max_body = max_body_opt(L);
     req.charge = charge_body;
-    req.restricted = (flags & 4) != 0;
     const char *hosts[MAX_ALLOW_HOSTS + 1];
-    if (!lua_isnoneornil(L, 9)) { /* the workflow's allow_hosts: a set of names */
-        luaL_checktype(L, 9, LUA_TTABLE);
-        int n = 0;
-        lua_pushnil(L);
-        while (lua_next(L, 9)) {
-            lua_pop(L, 1);
-            if (lua_type(L, -1) != LUA_TSTRING || n == MAX_ALLOW_HOSTS)
-                return luaL_argerror(L, 9, "allow_hosts: at most 256 host names");
-            hosts[n++] = lua_tostring(L, -1); /* alive: a key of the table */
-        }
-        hosts[n] = NULL;
-        req.allow_hosts = hosts;
-    }
-    lua_settop(L, 9);
+    req.allow_hosts = allow_hosts_opt(L, hosts);
     const char *lines[MAX_HEADERS + 1];
     char buf[4096];
-    int n = collect_headers(L, 3, lines, buf, sizeof buf);
+    int n = collect_headers(L, option(L, OPT_HEADERS), lines, buf, sizeof buf);
     lines[n] = NULL;
     req.headers = lines;
     char err[256];
@@ -212,7 +290,7 @@ int chorus_lua_http_request(lua_State *L) {
 }
 
 /* core.egress({ allow = { "127.0.0.1", "10.0.0.0/8", ... }, self = "ip:port" }):
- * the policy of restricted calls (flag 4), replacing the previous one. */
+ * the policy of restricted calls (restricted = true), replacing the previous one. */
 int chorus_lua_http_egress(lua_State *L) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);

@@ -170,9 +170,9 @@ local function send(req, key, transport)
   -- address at queueing, used when the upstream is gone
   local url = req.upstream and req.path and http.resolve(req.upstream, req.path) or req.url
   -- restricted: the URL came from a request (callback_url), so the egress
-  -- policy refuses non-public addresses (flag 4)
-  local status, h, body = (transport or http.transport())(req.method, url, headers, req.body, 10, req.timeout or 30,
-    req.restricted and 4 or 0)
+  -- policy refuses non-public addresses
+  local status, h, body = (transport or http.transport())({ method = req.method, url = url, headers = headers,
+    body = req.body, connect_timeout = 10, timeout = req.timeout or 30, restricted = req.restricted == true })
   return http_failure(status, h, body)
 end
 
