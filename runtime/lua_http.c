@@ -184,38 +184,38 @@ static const struct {
     [OPT_ALLOW_HOSTS] = {"allow_hosts", LUA_TTABLE},
 };
 
-/* Refuses a key of the options table at 1 that is not an option, or an
- * option of the wrong type, naming it (a misspelt "timout" would otherwise
- * silently mean no timeout). */
-static void check_options(lua_State *L) {
+/* Stack slot of option i once read_options has run. */
+#define SLOT(i) (2 + (int)(i))
+
+/* Moves each option of the table at 1 into its slot (SLOT(i); nil when
+ * absent), in one pass over the table: the upvalue maps each option name to
+ * its index. Refuses a key that is not an option, or an option of the
+ * wrong type, naming it (a misspelt "timout" would otherwise silently mean
+ * no timeout). */
+static void read_options(lua_State *L) {
+    lua_settop(L, SLOT(OPT_COUNT) - 1);
     lua_pushnil(L);
     while (lua_next(L, 1)) {
-        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        int i = 0;
-        while (key && i < OPT_COUNT && strcmp(key, http_opts[i].name) != 0)
-            i++;
-        if (!key || i == OPT_COUNT)
+        lua_pushvalue(L, -2);
+        lua_rawget(L, lua_upvalueindex(2));
+        int isnum = 0;
+        lua_Integer i = lua_tointegerx(L, -1, &isnum);
+        lua_pop(L, 1);
+        if (!isnum)
             luaL_argerror(L, 1,
                           lua_pushfstring(L, "unknown option '%s'", luaL_tolstring(L, -2, NULL)));
         if (lua_type(L, -1) != http_opts[i].type)
             luaL_argerror(L, 1,
-                          lua_pushfstring(L, "option '%s' must be a %s, got %s", key,
+                          lua_pushfstring(L, "option '%s' must be a %s, got %s", http_opts[i].name,
                                           lua_typename(L, http_opts[i].type),
                                           luaL_typename(L, -1)));
-        lua_pop(L, 1);
+        lua_replace(L, SLOT(i)); /* pops the value; the key stays for lua_next */
     }
-}
-
-/* Pushes option i of the table at 1 (nil when absent) and returns its stack
- * index. */
-static int option(lua_State *L, enum http_opt i) {
-    lua_getfield(L, 1, http_opts[i].name);
-    return lua_gettop(L);
 }
 
 /* max_response_bytes: a positive integer, or nil for the default. */
 static size_t max_body_opt(lua_State *L) {
-    int idx = option(L, OPT_MAX_RESPONSE_BYTES);
+    int idx = SLOT(OPT_MAX_RESPONSE_BYTES);
     if (lua_isnil(L, idx))
         return CHORUS_HTTP_DEFAULT_MAX_BODY;
     int isint = 0;
@@ -226,7 +226,7 @@ static size_t max_body_opt(lua_State *L) {
 }
 
 static long timeout_opt(lua_State *L, enum http_opt i) {
-    int idx = option(L, i);
+    int idx = SLOT(i);
     lua_Number s = lua_isnil(L, idx) ? 0 : lua_tonumber(L, idx);
     if (!(s >= 0 && s < 1e7))
         luaL_argerror(
@@ -235,14 +235,14 @@ static long timeout_opt(lua_State *L, enum http_opt i) {
 }
 
 static int flag_opt(lua_State *L, enum http_opt i, int dflt) {
-    int idx = option(L, i);
+    int idx = SLOT(i);
     return lua_isnil(L, idx) ? dflt : lua_toboolean(L, idx);
 }
 
 /* The workflow's allow_hosts, a set of host names, into hosts (pointers to
  * the table's keys, alive while the table is on the stack). */
 static const char **allow_hosts_opt(lua_State *L, const char **hosts) {
-    int idx = option(L, OPT_ALLOW_HOSTS);
+    int idx = SLOT(OPT_ALLOW_HOSTS);
     if (lua_isnil(L, idx))
         return NULL;
     int n = 0;
@@ -260,15 +260,14 @@ static const char **allow_hosts_opt(lua_State *L, const char **hosts) {
 int chorus_lua_http_request(lua_State *L) {
     struct chorus_task *t = chorus_task_waitable(L, 1);
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    luaL_checkstack(L, OPT_COUNT + 4, "http options");
-    check_options(L);
+    luaL_checkstack(L, OPT_COUNT + 8, "http options");
+    read_options(L);
     struct chorus_http_request req = {0};
-    if (lua_isnil(L, option(L, OPT_METHOD)) || lua_isnil(L, option(L, OPT_URL)))
+    req.method = lua_tostring(L, SLOT(OPT_METHOD)); /* strings or nil: read_options checked */
+    req.url = lua_tostring(L, SLOT(OPT_URL));
+    if (!req.method || !req.url)
         return luaL_argerror(L, 1, "method and url are required");
-    req.method = lua_tostring(L, 2); /* strings: check_options saw them */
-    req.url = lua_tostring(L, 3);
-    req.body = lua_tolstring(L, option(L, OPT_BODY), &req.body_len);
+    req.body = lua_tolstring(L, SLOT(OPT_BODY), &req.body_len);
     req.connect_timeout_ms = timeout_opt(L, OPT_CONNECT_TIMEOUT);
     req.timeout_ms = timeout_opt(L, OPT_TIMEOUT);
     req.insecure = !flag_opt(L, OPT_TLS_VERIFY, 1);
@@ -280,7 +279,7 @@ int chorus_lua_http_request(lua_State *L) {
     req.allow_hosts = allow_hosts_opt(L, hosts);
     const char *lines[MAX_HEADERS + 1];
     char buf[4096];
-    int n = collect_headers(L, option(L, OPT_HEADERS), lines, buf, sizeof buf);
+    int n = collect_headers(L, SLOT(OPT_HEADERS), lines, buf, sizeof buf);
     lines[n] = NULL;
     req.headers = lines;
     char err[256];
@@ -335,8 +334,17 @@ int chorus_lua_http_egress_parse(lua_State *L) {
 }
 
 void chorus_lua_http_open(lua_State *L) {
+    /* core.http's upvalues: the runtime (as every binding's) and the map
+     * from option name to index that read_options looks keys up in */
+    lua_pushlightuserdata(L, chorus_runtime_of(L));
+    lua_createtable(L, 0, OPT_COUNT);
+    for (int i = 0; i < OPT_COUNT; i++) {
+        lua_pushinteger(L, i);
+        lua_setfield(L, -2, http_opts[i].name);
+    }
+    lua_pushcclosure(L, chorus_lua_http_request, 2);
+    lua_setfield(L, -2, "http");
     static const luaL_Reg funcs[] = {
-        {"http", chorus_lua_http_request},
         {"egress", chorus_lua_http_egress},
         {"egress_check", chorus_lua_http_egress_check},
         {"egress_parse", chorus_lua_http_egress_parse},

@@ -49,6 +49,7 @@ end
 -- run's memory cap as it arrives (past it, the run ends with kind "memory").
 http.defaults = { connect_timeout = 10, timeout = 30, max_response_bytes = 16 * 1024 * 1024 }
 local MAX_RESPONSE_LIMIT = 1 << 50
+local CORE_MAX_RESPONSE = 16 * 1024 * 1024 -- core.http's own default
 
 -- A per-call or per-upstream max_response_bytes: a positive integer.
 local function check_max_response(v, level)
@@ -192,6 +193,27 @@ function http.transport()
   return transport
 end
 
+-- core.http's options for r. The options that keep core.http's default are
+-- left out: the table is built for every call, and six fields fit its
+-- first size.
+local function transport_options(r, timeout, run)
+  local o = { method = r.method, url = r.url, headers = r.headers, body = r.body,
+    connect_timeout = r.connect_timeout, timeout = timeout }
+  if not r.tls_verify then
+    o.tls_verify = false
+  end
+  if r.follow_redirects then
+    o.follow_redirects = true
+  end
+  if r.max_response_bytes ~= CORE_MAX_RESPONSE then
+    o.max_response_bytes = r.max_response_bytes
+  end
+  if run and run.allow_hosts then
+    o.allow_hosts = run.allow_hosts
+  end
+  return o
+end
+
 -- Sends one prepared request (no journal): { status, headers, body, json }.
 local function send_once(r)
   local run = r.run
@@ -218,10 +240,7 @@ local function send_once(r)
   -- allow_hosts goes along: every redirect hop is checked against it too
   -- the run service's transport (chorus.runs env.transport), else the module's
   local send = run and run.env and run.env.transport or transport
-  local status, headers, body, duration = send({ method = r.method, url = r.url, headers = r.headers,
-    body = r.body, connect_timeout = r.connect_timeout, timeout = timeout, tls_verify = r.tls_verify,
-    follow_redirects = r.follow_redirects, max_response_bytes = r.max_response_bytes,
-    allow_hosts = run and run.allow_hosts })
+  local status, headers, body, duration = send(transport_options(r, timeout, run))
   if run then
     journal.note(run, runstate.call_entry(r, started, duration, status or headers))
   end
