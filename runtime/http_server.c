@@ -221,10 +221,10 @@ static const char TOO_LARGE[] =
 
 /* What the headers say about where the body ends. */
 struct framing {
-    const char *length; /* the first Content-Length */
-    int lengths_differ; /* another Content-Length with another value */
-    int chunked;        /* a Transfer-Encoding */
-    int not_chunked;    /* a Transfer-Encoding other than "chunked" */
+    const char *length;  /* the first Content-Length */
+    int lengths_differ;  /* another Content-Length with another value */
+    int chunked;         /* a Transfer-Encoding */
+    int not_chunked;     /* a Transfer-Encoding other than "chunked" */
     size_t header_bytes; /* "Key: value\r\n" of every header line */
 };
 
@@ -292,12 +292,12 @@ static size_t query_bytes(struct MHD_Connection *conn) {
 
 static enum MHD_Result refuse_oversized(struct chorus_exchange *ex, int target) {
     char body[256];
-    int n = snprintf(body, sizeof body,
-                     "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%d,"
-                     "\"detail\":\"the request %s exceeds max_header_bytes (%zu bytes)\"}",
-                     target ? "URI Too Long" : "Request Header Fields Too Large",
-                     target ? 414 : 431, target ? "target" : "header fields",
-                     ex->server->max_header);
+    int n =
+        snprintf(body, sizeof body,
+                 "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%d,"
+                 "\"detail\":\"the request %s exceeds max_header_bytes (%zu bytes)\"}",
+                 target ? "URI Too Long" : "Request Header Fields Too Large", target ? 414 : 431,
+                 target ? "target" : "header fields", ex->server->max_header);
     static const char *const h[] = {"Content-Type", "application/problem+json", "Connection",
                                     "close"};
     if (ex->track)
@@ -466,9 +466,8 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, mhd_pool_size(cfg->max_header),
-        MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)", cfg->host,
                  cfg->port);

@@ -251,7 +251,7 @@ return {
       assert.are.equal(200, status)
     end)
 
-    it("errors libmicrohttpd answers itself keep their status (431 past twice the limit, 505, malformed 400)", function()
+    it("errors libmicrohttpd answers itself keep their status (431 past twice the limit, 505, 400)", function()
       local big = ("a"):rep(40000)
       assert.are.equal(431, (raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " .. big
         .. "\r\nConnection: close\r\n\r\n")))
