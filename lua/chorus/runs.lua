@@ -406,6 +406,44 @@ end
 
 --- The outcome of a finished run's record (table or JSON text): true and
 --- its result, or false and its error (the child's id added).
+-- ---- what one workflow may start of another ------------------------------
+--
+-- A script can do no more to another workflow than an HTTP client without
+-- its credentials could: a workflow the config protects with auth.NAME is
+-- started by ctx.call or ctx.later only from the workflows auth.NAME.callers
+-- lists, and an event the config protects with events.NAME is emitted with
+-- chorus.emit only from those events.NAME.emitters lists. Without a config
+-- (chorus.testing, chorus run without one) nothing is protected.
+
+local function listed(list, name)
+  for _, v in ipairs(list or {}) do
+    if v == name then
+      return true
+    end
+  end
+  return false
+end
+
+--- Nil when workflow caller may start workflow target, else the error.
+function Service:refuse_start(caller, target)
+  local rule = (self.env.config.auth or {})[target]
+  if not rule or listed(rule.callers, caller) then
+    return nil
+  end
+  return errors.new("forbidden", ("workflow '%s' is protected by auth.%s: list '%s' in auth.%s.callers to let it "
+    .. "start it"):format(target, target, caller, target))
+end
+
+--- Nil when workflow caller may emit event name, else the error.
+function Service:refuse_emit(caller, name)
+  local rule = (self.env.config.events or {})[name]
+  if name == "ttl" or not rule or listed(rule.emitters, caller) then
+    return nil
+  end
+  return errors.new("forbidden", ("event '%s' is protected by events.%s: list '%s' in events.%s.emitters to let it "
+    .. "emit it"):format(name, name, caller, name))
+end
+
 local function with_child_id(err, id)
   err = setmetatable(err, errors.MT)
   err.child_run_id = id

@@ -127,6 +127,48 @@ describe("the run service", function()
     assert.is_nil(svc.running[rec.id])
   end)
 
+  it("lets a workflow start a protected one, or emit a protected event, only when the config lists it", function()
+    local function wf(name, body)
+      return { workflow = chorus.workflow { name = name, run = body }, hash = name }
+    end
+    local entries = { charge = wf("charge", function() return "charged" end) }
+    local env = { backend = outbox.memory(true), log = function() end, log_sink = function() end,
+      workflow = function(name) return entries[name] end,
+      config = { auth = { charge = { token = "t", callers = { "order" } } },
+        events = { paid = { auth = { token = "e" }, emitters = { "order" } } } } }
+    local function attempt(fn)
+      return function(ctx)
+        local ok, err = pcall(fn, ctx)
+        return ok and "allowed" or err.kind .. ": " .. err.message
+      end
+    end
+    local out = in_loop(function()
+      local svc = runs.service(env)
+      local results = {}
+      for _, caller in ipairs({ "order", "stranger" }) do
+        for what, fn in pairs({
+          call = function(ctx) return ctx.call("charge", {}) end,
+          later = function(ctx) return ctx.later("charge", {}) end,
+          emit = function() return chorus.emit("paid", "k1", {}) end,
+          open = function() return chorus.emit("unconfigured", "k1", {}) end,
+        }) do
+          local _, value = svc:start(wf(caller, attempt(fn)), {})
+          results[caller .. " " .. what] = value
+        end
+      end
+      return results
+    end)
+    assert.are.equal("allowed", out["order call"])
+    assert.are.equal("allowed", out["order later"])
+    assert.are.equal("allowed", out["order emit"])
+    assert.are.equal("allowed", out["stranger open"]) -- an event the config does not protect
+    assert.matches("^forbidden: ctx.call: workflow 'charge' is protected by auth.charge: list 'stranger' in "
+      .. "auth.charge.callers", out["stranger call"])
+    assert.matches("^forbidden: ctx.later: .*auth.charge.callers", out["stranger later"])
+    assert.matches("^forbidden: chorus.emit: event 'paid' is protected by events.paid: list 'stranger' in "
+      .. "events.paid.emitters", out["stranger emit"])
+  end)
+
   it("gives a parent that finds its child finished what the child returned, not the masked record", function()
     -- as after a crash between the child's end and the parent's journaling
     -- of the call: the replayed parent finds the child's record in the store
