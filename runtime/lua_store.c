@@ -599,10 +599,15 @@ int chorus_lua_store_new(lua_State *L) {
             {"get", store_get},     {"scan", store_scan},   {"commit", store_commit},
             {"stats", store_stats}, {"close", store_close}, {"__gc", store_close},
             {"count", store_count}, {"lock", store_lock},   {"verify", store_verify},
-            {"index", store_index}, {"index_list", store_index_list},
             {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);
+        static const luaL_Reg index_methods[] = {
+            {"index", store_index},
+            {"index_list", store_index_list},
+            {NULL, NULL},
+        };
+        luaL_setfuncs(L, index_methods, 0);
         lua_pushvalue(L, -1);
         lua_setfield(L, -2, "__index");
     }

@@ -13,8 +13,8 @@
 #include <xxhash.h>
 
 static const char *const DB_NAMES[STORE_NDB] = {
-    "runs",   "journal", "idempotency", "outbox", "dlq",       "scripts",
-    "timers", "meta",    "deliveries",  "events", "schedules", "run_index", "run_rows",
+    "runs", "journal",    "idempotency", "outbox",    "dlq",       "scripts",  "timers",
+    "meta", "deliveries", "events",      "schedules", "run_index", "run_rows",
 };
 
 /* OP_INDEX: a run's index row (store_index.h), key the run id. */
@@ -163,9 +163,9 @@ static int batch_add(struct batch *b, int kind, int db, const void *key, size_t 
         b->cap = cap;
     }
     /* a put's value goes behind its checksum */
-    size_t head =
-        (kind == OP_PUT || kind == OP_INDEX) && !is_schema_key(db, key, klen) ? CHORUS_STORE_CHECKSUM_LEN
-                                                                               : 0;
+    size_t head = (kind == OP_PUT || kind == OP_INDEX) && !is_schema_key(db, key, klen)
+                      ? CHORUS_STORE_CHECKSUM_LEN
+                      : 0;
     size_t need = klen + head + vlen;
     if (b->room - b->used < need) {
         size_t room = b->room ? b->room : 4096;

@@ -63,7 +63,7 @@ echo "# server time per GET /admin/runs (ms, access log duration_ms), $QUERIES r
 printf '%-44s %8s %8s %6s\n' "listing" "median" "max" "n"
 one_listing "status=failed&limit=50" "status=failed&limit=50"
 one_listing "status=running&limit=50 (1%)" "status=running&limit=50"
-one_listing "workflow=flow3&status=timed_out&limit=50" "workflow=flow3&status=timed_out&limit=50"
+one_listing "workflow=flow7&status=timed_out&limit=50" "workflow=flow7&status=timed_out&limit=50"
 one_listing "no filter, limit=50" "limit=50"
 one_listing "status=failed, 21st page (cursor)" "status=failed&limit=50&cursor=$cursor"
 one_listing "status=failed&since=...&until=...&limit=50" "status=failed&since=1700100000&until=1700150000&limit=50"

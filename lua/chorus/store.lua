@@ -284,7 +284,8 @@ function Store:ensure_run_index()
   if core.run_id() then
     return self:build_run_index()
   end
-  local ok, n = core.run(nil, function() return self:build_run_index() end)
+  -- trusted work, linear in the runs: no instruction budget or memory cap
+  local ok, n = core.run({ instructions = 0, memory = 0, cpu_ms = 0 }, function() return self:build_run_index() end)
   if not ok then
     error(n, 0)
   end

@@ -1255,8 +1255,13 @@ static int index_run(struct chorus_store *st, const char *id, uint64_t t, const 
 static int list_ids(struct chorus_store *st, const char *key, const char *also, const char *before,
                     size_t beforelen, uint64_t since, uint64_t until, size_t limit, char *out,
                     size_t outlen) {
-    struct chorus_index_query q = {.key = key, .klen = strlen(key), .since = since, .until = until,
-                                   .limit = limit, .before = before, .beforelen = beforelen};
+    struct chorus_index_query q = {.key = key,
+                                   .klen = strlen(key),
+                                   .since = since,
+                                   .until = until,
+                                   .limit = limit,
+                                   .before = before,
+                                   .beforelen = beforelen};
     if (also) {
         q.also[0] = also;
         q.alsolen[0] = strlen(also);
@@ -1301,7 +1306,9 @@ static void test_run_index(void) {
     for (int i = 0; i < 5; i++) {
         CHECK_INT_EQ(put(st, STORE_RUNS, names[i], "{}"), 0);
         CHECK_INT_EQ(index_run(st, names[i], 100 + (uint64_t)i / 2,
-                               i == 4 ? other_keys : i % 2 ? failed_keys : ok_keys),
+                               i == 4  ? other_keys
+                               : i % 2 ? failed_keys
+                                       : ok_keys),
                      0);
     }
     CHECK(commit(st));
