@@ -363,8 +363,8 @@ function context.new(state)
     call = require("chorus.children").call,
   }, CTX_MT)
   ctx_redact[ctx] = state.redact
-  -- the run's span: the parent id its outbound calls carry (traceparent)
-  ctx_span[ctx] = state.traceparent and state.traceparent:match("^%x%x%-%x+%-(%x+)%-%x%x$")
+  -- the run's span (chorus.tracing): the parent of its effects' spans
+  ctx_span[ctx] = state.span_id
   function ctx.key(name)
     if type(name) ~= "string" or name == "" then
       error("ctx.key: name must be a non-empty string", 2)

@@ -15,6 +15,7 @@
 -- answers, with the workflow's response or a problem+json error.
 local core = require "chorus.core"
 local log = require("chorus.log").event
+local otlp = require "chorus.otlp"
 local outbox = require "chorus.outbox"
 local responses = require "chorus.responses"
 local routes = require "chorus.routes"
@@ -48,7 +49,7 @@ end
 function server.service(st, backend, max_records)
   return runs.service({
     store = st, backend = backend, config = state.config, log = log, max_records = max_records,
-    respond = responses.run,
+    respond = responses.run, telemetry = state.telemetry,
     workflow = function(name) return state.workflows[name] end,
   })
 end
@@ -108,6 +109,8 @@ local function start_durable()
   end
   -- events are kept in the data folder, else in memory (storage.durable = false)
   require("chorus.events").configure({ store = state.store or store.memory(), ttl = (conf.events or {}).ttl })
+  -- telemetry.otlp_endpoint: the spans of runs and outbox deliveries go there
+  state.telemetry = conf.telemetry and otlp.new(conf.telemetry, { log = log }) or nil
   state.runs = server.service(state.store, state.backend)
   state.relay = state.runs:relay({ alerts = conf.alerts })
   return true
@@ -115,6 +118,9 @@ end
 
 local function start_background()
   core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.relay:run() end)
+  if state.telemetry then
+    core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.telemetry:run() end)
+  end
   if state.store then
     local storage = state.config.storage or EMPTY
     state.runs:recover({ background = true, batch = storage.recovery_batch,
@@ -166,6 +172,13 @@ local function drain(signal)
     while (state.srv:pending() > 0 or state.runs.inflight > 0 or state.relay.n_inflight > 0)
         and core.monotime() < deadline do
       core.sleep(0.05)
+    end
+    local tel = state.telemetry
+    if tel then -- the spans of the runs that ended: sent, within the same deadline
+      tel:stop()
+      while not tel.done and core.monotime() < deadline do
+        core.sleep(0.05)
+      end
     end
     log("info", "stopped", { pending = state.srv:pending(), inflight = state.runs.inflight })
   end)

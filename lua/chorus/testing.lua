@@ -111,12 +111,21 @@ local function lower_keys(t)
   return out
 end
 
+local function table_copy(t)
+  local c = {}
+  for k, v in pairs(t) do
+    c[k] = v
+  end
+  return c
+end
+
 -- core.http's contract, answered by the mocks on virtual time.
 local function transport(method, url, headers, body, _, timeout, _, max_response_bytes)
   local mock, base_len = find_mock(url)
   local path_query = mock and url:sub(base_len + 1) or url
   local req = {
-    method = method, url = url, upstream = mock and mock.name, headers = headers or {},
+    -- a copy: each attempt of a call sends its own traceparent in the same table
+    method = method, url = url, upstream = mock and mock.name, headers = table_copy(headers or {}),
     body = body, path = path_query:match("^[^?]*"), query = path_query:match("%?(.*)$"),
     idempotency_key = headers and headers["Idempotency-Key"],
   }

@@ -1,0 +1,229 @@
+-- chorus.otlp — exports spans (chorus.tracing) to an OpenTelemetry
+-- receiver over OTLP/HTTP with the JSON encoding: POST ENDPOINT/v1/traces,
+-- Content-Type application/json, an ExportTraceServiceRequest in the OTLP
+-- JSON mapping (trace and span ids as lowercase hex, times as decimal
+-- strings of nanoseconds since the epoch, enums as integers).
+--
+-- Runs never wait for it: a run's end hands its spans to push(), which
+-- puts them in a bounded queue (telemetry.queue spans) and returns; a
+-- span that finds the queue full is dropped and counted
+-- (chorus_otlp_spans_dropped_total). One background task (run()) takes
+-- them out in batches of telemetry.batch, at least every telemetry.interval
+-- seconds (at once when a batch is full), and sends each with chorus's own
+-- HTTP client (core.http). A batch the receiver does not take (no answer, a
+-- non-2xx) is counted in chorus_otlp_spans_failed_total and not sent again:
+-- the queue must keep room for the spans that come meanwhile.
+--
+-- An exporter is made from the config's telemetry table by the server and
+-- handed to the run service (env.telemetry) and the outbox relay; nothing
+-- of it is module state.
+local core = require "chorus.core"
+local metrics = require "chorus.metrics"
+local json = core.json
+
+local otlp = { defaults = { batch = 512, queue = 4096, interval = 2, service_name = "chorus" } }
+
+local m = {
+  exported = metrics.counter("chorus_otlp_spans_exported_total", "Spans the OTLP receiver accepted"),
+  failed = metrics.counter("chorus_otlp_spans_failed_total",
+    "Spans sent to the OTLP receiver that it did not accept (no answer or a non-2xx)"),
+  dropped = metrics.counter("chorus_otlp_spans_dropped_total",
+    "Spans dropped because the export queue was full"),
+}
+
+local SEND_CONNECT_TIMEOUT, SEND_TIMEOUT = 5, 10
+local MAX_ANSWER = 1 << 20
+
+local Exporter = {}
+Exporter.__index = Exporter
+
+--- An exporter for conf (the config's telemetry table: otlp_endpoint,
+--- batch, queue, interval, service_name). opts: transport (core.http's
+--- contract; default core.http), log (function(level, msg, fields)).
+function otlp.new(conf, opts)
+  opts = opts or {}
+  local d = otlp.defaults
+  local endpoint = conf.otlp_endpoint:gsub("/+$", "")
+  return setmetatable({
+    url = endpoint .. "/v1/traces",
+    batch = conf.batch or d.batch, limit = conf.queue or d.queue, interval = conf.interval or d.interval,
+    resource = { attributes = { { key = "service.name",
+      value = { stringValue = conf.service_name or d.service_name } } } },
+    scope = { name = "chorus", version = core.version or nil },
+    q = {}, head = 1, tail = 0, -- the queue: q[head..tail]
+    transport = opts.transport or core.http, log = opts.log or require("chorus.log").event,
+    stopped = false, waiting = nil, sending = false, failing = false,
+  }, Exporter)
+end
+
+--- Spans waiting in the queue.
+function Exporter:queued()
+  return self.tail - self.head + 1
+end
+
+--- Queues spans (a list) for export without waiting; those that do not fit
+--- are dropped and counted. Wakes the sender when a batch is ready.
+function Exporter:push(spans)
+  local room = self.limit - self:queued()
+  local n = #spans
+  local take = math.min(n, room)
+  for i = 1, take do
+    self.tail = self.tail + 1
+    self.q[self.tail] = spans[i]
+  end
+  if take < n then
+    m.dropped.inc(nil, n - take)
+  end
+  if self.waiting and self:queued() >= self.batch then
+    core.notify(self.waiting, true)
+  end
+end
+
+-- Takes up to n spans from the front of the queue.
+function Exporter:take(n)
+  local out = {}
+  for i = 1, math.min(n, self:queued()) do
+    out[i] = self.q[self.head]
+    self.q[self.head] = nil
+    self.head = self.head + 1
+  end
+  if self.head > self.tail then -- empty: start the indices over
+    self.head, self.tail = 1, 0
+  end
+  return out
+end
+
+-- ---- the OTLP JSON mapping --------------------------------------------------
+
+-- Seconds since the epoch (a float kept to the microsecond) as a decimal
+-- string of nanoseconds.
+local function nanos(t)
+  return ("%d000"):format(math.floor(t * 1e6 + 0.5))
+end
+otlp.nanos = nanos
+
+local function any_value(v)
+  local t = math.type(v)
+  if t == "integer" then
+    return { intValue = tostring(v) }
+  elseif t == "float" then
+    return { doubleValue = v }
+  elseif type(v) == "boolean" then
+    return { boolValue = v }
+  end
+  return { stringValue = tostring(v) }
+end
+
+local function attributes(attrs)
+  local keys = {}
+  for k in pairs(attrs or {}) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  local out = {}
+  for i, k in ipairs(keys) do
+    out[i] = { key = k, value = any_value(attrs[k]) }
+  end
+  return out
+end
+
+local STATUS = { ok = 1, error = 2 }
+
+local function encode_span(s)
+  local o = { traceId = s.trace_id, spanId = s.span_id, parentSpanId = s.parent_id, traceState = s.trace_state,
+    name = s.name, kind = s.kind, startTimeUnixNano = nanos(s.start), endTimeUnixNano = nanos(s.finish or s.start),
+    attributes = nil, events = nil, status = nil }
+  local attrs = attributes(s.attrs)
+  if attrs[1] then
+    o.attributes = attrs
+  end
+  if s.events then
+    local evs = {}
+    for i, e in ipairs(s.events) do
+      evs[i] = { timeUnixNano = nanos(e.time), name = e.name, attributes = attributes(e.attrs)[1] and
+        attributes(e.attrs) or nil }
+    end
+    o.events = evs
+  end
+  if s.status then
+    o.status = { code = STATUS[s.status] or 0, message = s.message }
+  end
+  return o
+end
+
+--- The ExportTraceServiceRequest of spans, as JSON text.
+function Exporter:encode(spans)
+  local out = {}
+  for i, s in ipairs(spans) do
+    out[i] = encode_span(s)
+  end
+  return json.encode({ resourceSpans = { { resource = self.resource,
+    scopeSpans = { { scope = self.scope, spans = out } } } } })
+end
+
+-- ---- sending ----------------------------------------------------------------
+
+-- Sends one batch; counts it exported or failed. A failure is logged when
+-- the receiver starts failing and when it takes batches again, not per batch.
+function Exporter:send(spans)
+  local status, a, b = self.transport("POST", self.url, { ["Content-Type"] = "application/json" },
+    self:encode(spans), SEND_CONNECT_TIMEOUT, SEND_TIMEOUT, 0, MAX_ANSWER)
+  if status and status >= 200 and status < 300 then
+    m.exported.inc(nil, #spans)
+    if self.failing then
+      self.failing = false
+      self.log("info", "the OTLP receiver takes spans again", { url = self.url })
+    end
+    return true
+  end
+  m.failed.inc(nil, #spans)
+  if not self.failing then
+    self.failing = true
+    self.log("warn", "the OTLP receiver did not take a batch of spans", { url = self.url, spans = #spans,
+      status = status, error = not status and a or nil, message = not status and b or nil })
+  end
+  return false
+end
+
+--- Sends what is queued, a batch at a time, until the queue is empty.
+function Exporter:flush()
+  self.sending = true
+  while self:queued() > 0 do
+    self:send(self:take(self.batch))
+  end
+  self.sending = false
+end
+
+--- The sender's loop (a background task): every interval seconds, or as
+--- soon as a batch is full, sends what is queued. stop() ends it once the
+--- queue has been sent.
+function Exporter:run()
+  local runstate = require "chorus.runstate"
+  while true do
+    if self:queued() < self.batch and not self.stopped then
+      self.waiting = core.wait_token()
+      runstate.wait(self.waiting, self.interval)
+      self.waiting = nil
+    end
+    self:flush()
+    if self.stopped then
+      self.done = true
+      return
+    end
+  end
+end
+
+--- Asks the loop to send what is queued and end (the server's drain).
+function Exporter:stop()
+  self.stopped = true
+  if self.waiting then
+    core.notify(self.waiting, true)
+  end
+end
+
+--- True when nothing is queued or being sent.
+function Exporter:idle()
+  return self:queued() == 0 and not self.sending
+end
+
+return otlp
