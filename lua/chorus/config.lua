@@ -15,6 +15,8 @@
 --     webhook_secret = chorus.secret("webhook"),
 --     egress = { allow = { "10.0.0.0/8" } },  -- non-public addresses callbacks may reach
 --     events = { ttl = 604800, processed = { auth = { token = chorus.secret("events") } } },
+--     telemetry = { otlp_endpoint = "http://127.0.0.1:4318", batch = 512, queue = 4096, interval = 2,
+--                   service_name = "chorus" },  -- spans over OTLP/HTTP (chorus.otlp)
 --   }
 --
 -- It runs sandboxed like a workflow script (chorus.env and chorus.secret are

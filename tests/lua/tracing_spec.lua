@@ -1,0 +1,234 @@
+-- chorus.tracing (W3C trace context, a run's spans) and chorus.otlp (the
+-- bounded export queue, the OTLP JSON mapping), on the real C core.
+local core = require "chorus.core"
+local tracing = require "chorus.tracing"
+local otlp = require "chorus.otlp"
+local metrics = require "chorus.metrics"
+local secrets = require "chorus.secrets"
+local testing = require "chorus.testing"
+local chorus = require "chorus"
+local http = require "chorus.http"
+
+local TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+local function metric(name)
+  return tonumber(metrics.render():match("\n" .. name .. " (%S+)")) or 0
+end
+
+describe("tracing.parse (traceparent)", function()
+  it("reads the trace, the parent span and the sampled flag", function()
+    assert.are.same({ trace_id = TRACE, parent_id = "00f067aa0ba902b7", flags = "01" },
+      tracing.parse("00-" .. TRACE .. "-00f067aa0ba902b7-01"))
+    assert.are.equal("00", tracing.parse("00-" .. TRACE .. "-00f067aa0ba902b7-00").flags)
+    -- flag bits other than sampled are not passed on
+    assert.are.equal("01", tracing.parse("00-" .. TRACE .. "-00f067aa0ba902b7-03").flags)
+    assert.are.equal("00", tracing.parse("00-" .. TRACE .. "-00f067aa0ba902b7-02").flags)
+    -- upper-case hex is read as lower case
+    assert.are.equal(TRACE, tracing.parse("00-" .. TRACE:upper() .. "-00F067AA0BA902B7-01").trace_id)
+  end)
+
+  it("reads a later version's first four fields", function()
+    assert.are.equal(TRACE, tracing.parse("01-" .. TRACE .. "-00f067aa0ba902b7-01-future").trace_id)
+  end)
+
+  it("refuses malformed headers", function()
+    for _, bad in ipairs({
+      "", "garbage", "00-" .. TRACE .. "-00f067aa0ba902b7",              -- no flags
+      "00-" .. ("0"):rep(32) .. "-00f067aa0ba902b7-01",                   -- zero trace
+      "00-" .. TRACE .. "-0000000000000000-01",                           -- zero parent
+      "00-" .. TRACE:sub(2) .. "-00f067aa0ba902b7-01",                    -- short trace
+      "00-" .. TRACE .. "-00f067aa0ba902b-01",                            -- short parent
+      "ff-" .. TRACE .. "-00f067aa0ba902b7-01",                           -- version ff
+      "00-" .. TRACE .. "-00f067aa0ba902b7-01-extra",                     -- 00 has four fields
+      "01-" .. TRACE .. "-00f067aa0ba902b7-01extra",
+      "00-" .. TRACE:sub(1, 31) .. "g-00f067aa0ba902b7-01",
+    }) do
+      assert.is_nil(tracing.parse(bad), bad)
+    end
+    assert.is_nil(tracing.parse(nil))
+  end)
+
+  it("keeps a tracestate as it came, trimmed; refuses an empty, long or binary one", function()
+    local state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+    assert.are.equal(state, tracing.parse_state(" " .. state .. " "))
+    assert.is_nil(tracing.parse_state(""))
+    assert.is_nil(tracing.parse_state(("a=b,"):rep(200)))
+    assert.is_nil(tracing.parse_state("a=b\1"))
+    assert.is_nil(tracing.parse_state(nil))
+  end)
+end)
+
+describe("a run's spans", function()
+  before_each(testing.reset)
+
+  local function record(r, extra)
+    local rec = { id = r.run_id, workflow = "spans", status = r.ok and "succeeded" or "failed", started = 1000,
+      finished = 1000 + r.elapsed, trace_id = TRACE, span_id = "1111111111111111", parent_span_id = "2222222222222222",
+      trace_flags = "01", tracestate = "k=v", timeline = r.timeline, request = {}, error = r.error }
+    for k, v in pairs(extra or {}) do
+      rec[k] = v
+    end
+    return rec
+  end
+
+  it("are the run's and one per effect, each a child of the run's; HTTP attempts keep the span they sent", function()
+    testing.mock("api", { { status = 503 }, { status = 200 } })
+    local r = testing.run(chorus.workflow { name = "spans", run = function(ctx)
+      local s = http.upstream("api"):get("/x", { retry = { attempts = 2, base = 0.1 } }).status
+      ctx.sleep(1)
+      ctx.lock("acct", function() end)
+      return s
+    end })
+    assert.is_true(r.ok, r.error and r.error.message)
+    local spans = tracing.run_spans(record(r))
+    assert.are.equal(5, #spans) -- run, 2 attempts, sleep, lock
+    local run = spans[1]
+    assert.are.same({ "1111111111111111", "2222222222222222", "spans", tracing.KIND.server, "k=v", "ok" },
+      { run.span_id, run.parent_id, run.name, run.kind, run.trace_state, run.status })
+    for i = 2, 5 do
+      assert.are.equal(run.span_id, spans[i].parent_id)
+      assert.are.equal(TRACE, spans[i].trace_id)
+      assert.are.equal(16, #spans[i].span_id)
+    end
+    for i = 1, 2 do -- each attempt sent its own span id
+      local sent = r.calls[i].headers.traceparent:match("^00%-%x+%-(%x+)%-01$")
+      assert.are.equal(sent, spans[i + 1].span_id)
+      assert.are.equal("GET", spans[i + 1].name)
+    end
+    assert.are_not.equal(spans[2].span_id, spans[3].span_id)
+    assert.are.equal("error", spans[2].status) -- the 503
+    assert.are.equal(503, spans[2].attrs["http.response.status_code"])
+    assert.are.equal("sleep", spans[4].name)
+    assert.are.equal(1, spans[4].finish - spans[4].start)
+    assert.are.equal("lock acct", spans[5].name)
+  end)
+
+  it("are none when the trace is not sampled", function()
+    local r = testing.run(chorus.workflow { name = "spans", run = function(ctx) ctx.sleep(1) end })
+    assert.are.same({}, tracing.run_spans(record(r, { trace_flags = "00" })))
+  end)
+
+  it("show a failed run's error kind, and secrets only redacted", function()
+    secrets.remember("sekret-in-url-99")
+    testing.mock("api", { status = 200 })
+    local r = testing.run(chorus.workflow { name = "spans", run = function()
+      http.upstream("api"):get("/x?k=sekret-in-url-99")
+      error({ kind = "boom", message = "it broke with sekret-in-url-99" })
+    end })
+    local spans = tracing.run_spans(record(r))
+    assert.are.equal("error", spans[1].status)
+    assert.are.equal("boom", spans[1].attrs["error.type"])
+    assert.is_nil(spans[1].message:find("sekret", 1, true))
+    assert.truthy(spans[2].attrs["url.full"]:find("k=[REDACTED]", 1, true))
+  end)
+
+  it("of a child call: the call's span id is the child's parent, made of the child's run id", function()
+    assert.are.equal(tracing.call_span_id("abc"), tracing.call_span_id("abc"))
+    assert.are_not.equal(tracing.call_span_id("abc"), tracing.call_span_id("abd"))
+    local spans = tracing.run_spans({ id = "p", workflow = "p", status = "succeeded", started = 1, finished = 3,
+      trace_id = TRACE, span_id = "1111111111111111", timeline = {
+        { kind = "child", workflow = "c", run_id = "child-1", start = 1, duration = 1, status = "succeeded" } } })
+    assert.are.equal("call c", spans[2].name)
+    assert.are.equal(tracing.call_span_id("child-1"), spans[2].span_id)
+  end)
+end)
+
+describe("the OTLP exporter", function()
+  local function span(i)
+    return { trace_id = TRACE, span_id = ("%016x"):format(i), name = "s" .. i, kind = 1, start = 1700000000.123456,
+      finish = 1700000001.5, attrs = { n = i, f = 0.5, b = true, s = "x" }, status = "ok" }
+  end
+
+  it("encodes the OTLP JSON mapping: hex ids, times as strings of nanoseconds, typed attributes", function()
+    local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:4318/", service_name = "svc" })
+    assert.are.equal("http://127.0.0.1:4318/v1/traces", ex.url)
+    local doc = core.json.decode(ex:encode({ span(1) }))
+    local rs = doc.resourceSpans[1]
+    assert.are.same({ key = "service.name", value = { stringValue = "svc" } }, rs.resource.attributes[1])
+    local s = rs.scopeSpans[1].spans[1]
+    assert.are.equal(TRACE, s.traceId)
+    assert.are.equal("0000000000000001", s.spanId)
+    assert.are.equal("1700000000123456000", s.startTimeUnixNano)
+    assert.are.equal("1700000001500000000", s.endTimeUnixNano)
+    assert.are.same({ { key = "b", value = { boolValue = true } }, { key = "f", value = { doubleValue = 0.5 } },
+      { key = "n", value = { intValue = "1" } }, { key = "s", value = { stringValue = "x" } } }, s.attributes)
+    assert.are.same({ code = 1 }, s.status)
+  end)
+
+  it("queues without waiting, drops and counts what does not fit, and sends in batches", function()
+    local sent = {}
+    local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:1", batch = 2, queue = 3 }, {
+      transport = function(method, url, headers, body)
+        assert.are.equal("POST", method)
+        assert.are.equal("http://127.0.0.1:1/v1/traces", url)
+        assert.are.equal("application/json", headers["Content-Type"])
+        sent[#sent + 1] = #core.json.decode(body).resourceSpans[1].scopeSpans[1].spans
+        return 200, {}, "{}", 0
+      end, log = function() end })
+    local dropped, exported = metric("chorus_otlp_spans_dropped_total"), metric("chorus_otlp_spans_exported_total")
+    ex:push({ span(1), span(2), span(3), span(4), span(5) })
+    assert.are.equal(3, ex:queued())
+    assert.are.equal(dropped + 2, metric("chorus_otlp_spans_dropped_total"))
+    core.run(nil, function() ex:flush() end)
+    assert.are.same({ 2, 1 }, sent)
+    assert.are.equal(0, ex:queued())
+    assert.are.equal(exported + 3, metric("chorus_otlp_spans_exported_total"))
+  end)
+
+  it("counts a batch the receiver refuses as failed, and does not send it again", function()
+    local calls, lines = 0, {}
+    local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:1", batch = 10 }, {
+      transport = function()
+        calls = calls + 1
+        return nil, "connect", "connection refused", 0
+      end, log = function(level, msg) lines[#lines + 1] = level .. " " .. msg end })
+    local failed = metric("chorus_otlp_spans_failed_total")
+    ex:push({ span(1), span(2) })
+    core.run(nil, function() ex:flush() end)
+    ex:push({ span(3) })
+    core.run(nil, function() ex:flush() end)
+    assert.are.equal(2, calls)
+    assert.are.equal(failed + 3, metric("chorus_otlp_spans_failed_total"))
+    assert.are.same({ "warn the OTLP receiver did not take a batch of spans" }, lines) -- once, not per batch
+  end)
+end)
+
+describe("the telemetry config", function()
+  local config = require "chorus.config"
+
+  local function load(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+    local conf, err = config.load(path)
+    os.remove(path)
+    return conf, err
+  end
+
+  it("takes the endpoint and range-checked numbers", function()
+    local conf, err = load([[return { telemetry = { otlp_endpoint = "http://127.0.0.1:4318", batch = 512,
+      queue = 4096, interval = 2, service_name = "chorus" } }]])
+    assert.is_nil(err)
+    assert.are.equal(512, conf.telemetry.batch)
+  end)
+
+  it("refuses bad values, naming the key", function()
+    for text, want in pairs({
+      ["{ otlp_endpoint = 'ftp://x' }"] = "telemetry.otlp_endpoint must be the receiver's http(s) base URL",
+      ["{ batch = 1 }"] = "telemetry.otlp_endpoint must be",
+      ["{ otlp_endpoint = 'http://u:p@x:4318' }"] = "telemetry.otlp_endpoint must not carry user:password@",
+      ["{ otlp_endpoint = 'http://x', batch = 0 }"] = "telemetry.batch must be between 1 and 100000, got 0",
+      ["{ otlp_endpoint = 'http://x', batch = 1.5 }"] = "telemetry.batch must be an integer, got 1.5",
+      ["{ otlp_endpoint = 'http://x', queue = 0/0 }"] = "telemetry.queue must be a number, got NaN",
+      ["{ otlp_endpoint = 'http://x', interval = 0 }"] = "telemetry.interval must be between 0.01 and 3600, got 0",
+      ["{ otlp_endpoint = 'http://x', batch = 10, queue = 5 }"] = "telemetry.batch (10) is above telemetry.queue (5)",
+      ["{ otlp_endpoint = 'http://x', service_name = '' }"] = "telemetry.service_name must be a non-empty string",
+      ["{ otlp_endpoint = 'http://x', color = 1 }"] = "unknown setting telemetry.color",
+    }) do
+      local conf, err = load("return { telemetry = " .. text .. " }")
+      assert.is_nil(conf, text)
+      assert.truthy(err:find(want, 1, true), text .. ": " .. tostring(err))
+    end
+  end)
+end)
