@@ -184,13 +184,17 @@ function tracing.run_spans(rec)
   local spans, events = { run }, {}
   for _, e in ipairs(rec.timeline or {}) do
     if type(e) == "table" and type(e.start) == "number" then
-      local s = entry_span(rec, rec.span_id, e)
-      spans[#spans + 1] = s
+      spans[#spans + 1] = entry_span(rec, rec.span_id, e)
     elseif type(e) == "table" and e.kind == "resumed" and type(e.at) == "number" then
       events[#events + 1] = { name = "resumed", time = e.at, attrs = { ["chorus.replayed"] = e.replayed } }
     end
   end
   run.events = events[1] and events or nil
+  -- an attempt's duration is curl's and the run's end the loop's clock:
+  -- the run's span is stretched to hold its children
+  for i = 2, #spans do
+    run.finish = math.max(run.finish, spans[i].finish)
+  end
   return spans
 end
 

@@ -53,7 +53,7 @@ end
 
 local function scripts()
   return H.temp_dir({ ["traced.lua"] = H.read(FIX .. "traced.lua"), ["leaf.lua"] = H.read(FIX .. "leaf.lua"),
-    ["later_leaf.lua"] = H.read(FIX .. "later_leaf.lua") })
+    ["later_leaf.lua"] = H.read(FIX .. "later_leaf.lua"), ["parked.lua"] = H.read(FIX .. "parked.lua") })
 end
 
 local function post(srv, headers)
@@ -243,6 +243,41 @@ describe("OpenTelemetry traces (OTLP/HTTP JSON)", function()
     assert.are_not.equal(("0"):rep(32), rec.trace_id)
     local spans = trace_spans(receiver, rec.trace_id, 8)
     assert.is_nil(one(spans, "traced").parentSpanId)
+  end)
+
+  it("keeps a run's span, parent and earlier effects' spans across a SIGKILL and restart", function()
+    local data = H.temp_dir()
+    local args = { "--config", conf, "--scripts", dir, "--data", data }
+    local env = { CHORUS_SECRET_API_KEY = SECRET }
+    local ksrv = H.start_server(args, env)
+    finally(function() H.clean(ksrv, data) end)
+    local trace = "5bf92f3577b34da6a3ce929d0e0e4737"
+    local r = H.request(ksrv.url .. "/workflows/parked", { method = "POST", body = "{}", headers = {
+      Prefer = "respond-async", ["Content-Type"] = "application/json",
+      traceparent = "00-" .. trace .. "-" .. CALLER_SPAN .. "-01", tracestate = STATE } })
+    assert.are.equal(202, r.status, r.body)
+    local id = r.json.run_id
+    assert.truthy(H.eventually(function() return seen(mock, "/park")[1] end, 10))
+    local before = H.run_record(ksrv, id, ADMIN)
+    ksrv.kill("KILL")
+    ksrv.wait()
+    ksrv = H.start_server(args, env)
+    local rec = H.finished(ksrv, id, ADMIN, 20)
+    assert.are.equal("succeeded", rec.status)
+    assert.are.equal(before.span_id, rec.span_id)
+    local spans = trace_spans(receiver, trace, 3)
+    assert.are.same({}, receiver.rejected())
+    local run = one(spans, "parked")
+    assert.are.equal(rec.span_id, run.spanId)
+    assert.are.equal(CALLER_SPAN, run.parentSpanId)
+    assert.are.equal(STATE, run.traceState)
+    assert.are.same({ "resumed" }, run.events)
+    assert.are.equal(run.spanId, one(spans, "sleep").parentSpanId)
+    -- the call the kill cut short was sent again, as a span of its own
+    local parks = seen(mock, "/park")
+    local get = one(spans, "GET")
+    assert.are.equal(run.spanId, get.parentSpanId)
+    assert.are.equal(get.spanId, parent_in(parks[#parks].traceparent))
   end)
 
   it("drops spans and counts them when the queue is full and the receiver is down", function()

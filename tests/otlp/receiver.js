@@ -58,19 +58,24 @@ function toProto(span, where) {
     if (typeof e.timeUnixNano !== "string" || !DECIMAL.test(e.timeUnixNano)) {
       fail(`${where}.events[${i}].timeUnixNano must be a decimal string`);
     }
-    return Object.assign({}, e, { timeUnixNano: Long.fromString(e.timeUnixNano, true) });
+    return Object.assign({}, e, { timeUnixNano: Long.fromString(e.timeUnixNano, true),
+      attributes: attributesToProto(e.attributes, `${where}.events[${i}]`) });
   });
-  for (const a of span.attributes || []) {
+  out.attributes = attributesToProto(span.attributes, where);
+  return out;
+}
+
+// Attributes: one value each; an intValue is a decimal string (JSON mapping), a Long for protobufjs.
+function attributesToProto(attributes, where) {
+  return (attributes || []).map((a) => {
     const v = a.value || {};
-    const kinds = Object.keys(v);
-    if (kinds.length !== 1) fail(`${where}.attributes.${a.key} must have one value`);
-    if (v.intValue !== undefined && !(typeof v.intValue === "string" && /^-?[0-9]+$/.test(v.intValue))) {
+    if (Object.keys(v).length !== 1) fail(`${where}.attributes.${a.key} must have one value`);
+    if (v.intValue === undefined) return a;
+    if (!(typeof v.intValue === "string" && /^-?[0-9]+$/.test(v.intValue))) {
       fail(`${where}.attributes.${a.key}.intValue must be a decimal string`);
     }
-  }
-  out.attributes = (span.attributes || []).map((a) =>
-    a.value.intValue !== undefined ? { key: a.key, value: { intValue: Long.fromString(a.value.intValue) } } : a);
-  return out;
+    return { key: a.key, value: { intValue: Long.fromString(v.intValue) } };
+  });
 }
 
 function check(body) {
