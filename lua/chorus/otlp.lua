@@ -166,8 +166,14 @@ end
 -- Sends one batch; counts it exported or failed. A failure is logged when
 -- the receiver starts failing and when it takes batches again, not per batch.
 function Exporter:send(spans)
+  local eok, body = pcall(self.encode, self, spans)
+  if not eok then -- a value JSON cannot carry (chorus.tracing makes none): the batch is lost, the loop goes on
+    m.failed.inc(nil, #spans)
+    self.log("error", "cannot encode a batch of spans", { spans = #spans, error = tostring(body) })
+    return false
+  end
   local status, a, b = self.transport("POST", self.url, { ["Content-Type"] = "application/json" },
-    self:encode(spans), SEND_CONNECT_TIMEOUT, SEND_TIMEOUT, 0, MAX_ANSWER)
+    body, SEND_CONNECT_TIMEOUT, SEND_TIMEOUT, 0, MAX_ANSWER)
   if status and status >= 200 and status < 300 then
     m.exported.inc(nil, #spans)
     if self.failing then
@@ -205,7 +211,11 @@ function Exporter:run()
       runstate.wait(self.waiting, self.interval)
       self.waiting = nil
     end
-    self:flush()
+    local ok, err = pcall(self.flush, self) -- nothing a batch holds may end the loop
+    if not ok then
+      self.sending = false
+      self.log("error", "the OTLP export failed", { error = tostring(err) })
+    end
     if self.stopped then
       self.done = true
       return

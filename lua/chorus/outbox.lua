@@ -257,7 +257,7 @@ end
 local function deliver(backend, e, opts, span_id)
   opts = opts or {}
   span_id = span_id or core.random_hex(8)
-  local trace = type(e.trace) == "table" and e.trace or nil
+  local trace = require("chorus.tracing").entry_trace(e)
   local outcome
   if e.kind == "http" then
     outcome = outbox.settle(backend, e, send(e.request, e.id, opts.transport, trace, span_id))

@@ -33,10 +33,11 @@ function runner.execute(workflow, input, opts)
   opts = opts or {}
   local state = {
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
-    trace_id = opts.trace_id or tracing.trace_id(), allow_hosts = workflow.allow_hosts,
+    trace_id = tracing.valid_trace_id(opts.trace_id), allow_hosts = workflow.allow_hosts,
     redact = workflow.redact, request = opts.request, env = opts.env,
-    span_id = opts.span_id or tracing.span_id(), trace_flags = opts.trace_flags or "01",
-    tracestate = opts.tracestate,
+    -- as the record keeps them (a resumed run's were read back from disk)
+    span_id = tracing.valid_span_id(opts.span_id), trace_flags = opts.trace_flags == "00" and "00" or "01",
+    tracestate = tracing.parse_state(opts.tracestate),
   }
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)

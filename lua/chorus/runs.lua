@@ -725,7 +725,7 @@ function Service:start_outbox_workflow(backend, e, span_id)
   end
   e.state = "started"
   backend:update(e)
-  local t = type(e.trace) == "table" and e.trace or {}
+  local t = tracing.entry_trace(e) or {}
   self:start(entry, e.input, { id = e.id, outbox = e, attempt = e.attempts + 1, trace_id = t.id,
     parent_span_id = t.id and span_id, trace_flags = t.flags, tracestate = t.state })
   return "started"

@@ -77,6 +77,28 @@ function tracing.parse_state(value)
   return value
 end
 
+--- The trace context an outbox entry keeps (e.trace: { id, parent, flags,
+--- state }, from the run that enqueued it), checked, since it was read
+--- back from the data folder; nil when it has none or it is malformed.
+function tracing.entry_trace(e)
+  local t = type(e) == "table" and e.trace
+  if type(t) ~= "table" or not hex_of(t.id, 32, ZERO_TRACE) then
+    return nil
+  end
+  return { id = t.id, parent = hex_of(t.parent, 16, ZERO_SPAN) and t.parent or nil,
+    flags = t.flags == "00" and "00" or "01", state = tracing.parse_state(t.state) }
+end
+
+--- A trace id as kept in a record: id when it is one, else a new one.
+function tracing.valid_trace_id(id)
+  return hex_of(id, 32, ZERO_TRACE) and id or tracing.trace_id()
+end
+
+--- A span id as kept in a record: id when it is one, else a new one.
+function tracing.valid_span_id(id)
+  return hex_of(id, 16, ZERO_SPAN) and id or tracing.span_id()
+end
+
 --- The traceparent header of span span_id in trace trace_id.
 function tracing.header(trace_id, span_id, flags)
   return "00-" .. trace_id .. "-" .. span_id .. "-" .. (flags or "01")
@@ -202,7 +224,7 @@ end
 --- the run that enqueued it), started now; nil when e has no sampled trace.
 --- finish it with tracing.finish.
 function tracing.delivery_span(e, span_id)
-  local t = type(e.trace) == "table" and e.trace or nil
+  local t = tracing.entry_trace(e)
   if not t or not tracing.sampled(t.flags) then
     return nil
   end

@@ -58,6 +58,36 @@ describe("tracing.parse (traceparent)", function()
   end)
 end)
 
+describe("an outbox entry's trace context", function()
+  it("is used only when well formed (it was read back from the data folder)", function()
+    local good = { id = TRACE, parent = "00f067aa0ba902b7", flags = "00", state = "k=v" }
+    assert.are.same(good, tracing.entry_trace({ trace = good }))
+    assert.are.same({ id = TRACE, flags = "01" }, tracing.entry_trace({ trace = { id = TRACE, parent = 5,
+      flags = {}, state = "\n" } }))
+    assert.is_nil(tracing.entry_trace({ trace = { id = {} } }))
+    assert.is_nil(tracing.entry_trace({ trace = "x" }))
+    assert.is_nil(tracing.entry_trace({}))
+  end)
+
+  it("sends each delivery's span id, and no traceparent for a malformed one", function()
+    local outbox = require "chorus.outbox"
+    local seen = {}
+    local function transport(_, _, headers)
+      seen[#seen + 1] = headers
+      return 200, {}, "", 0
+    end
+    local backend = outbox.memory()
+    for _, trace in ipairs({ { id = TRACE, parent = "00f067aa0ba902b7", state = "k=v" }, { id = { 1 } } }) do
+      local e = outbox.new_entry("http", { request = { method = "POST", url = "http://127.0.0.1:9/x" }, trace = trace })
+      backend:add(e)
+      core.run(nil, function() outbox.deliver(backend, e, { transport = transport }, "aaaaaaaaaaaaaaaa") end)
+    end
+    assert.are.equal("00-" .. TRACE .. "-aaaaaaaaaaaaaaaa-01", seen[1].traceparent)
+    assert.are.equal("k=v", seen[1].tracestate)
+    assert.is_nil(seen[2].traceparent)
+  end)
+end)
+
 describe("a run's spans", function()
   before_each(testing.reset)
 
@@ -173,6 +203,18 @@ describe("the OTLP exporter", function()
     assert.are.same({ 2, 1 }, sent)
     assert.are.equal(0, ex:queued())
     assert.are.equal(exported + 3, metric("chorus_otlp_spans_exported_total"))
+  end)
+
+  it("counts a batch it cannot encode as failed, and goes on", function()
+    local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:1" }, {
+      transport = function() return 200, {}, "{}", 0 end, log = function() end })
+    local failed = metric("chorus_otlp_spans_failed_total")
+    local bad = span(1)
+    bad.attrs.nan = 0 / 0
+    ex:push({ bad, span(2) })
+    core.run(nil, function() ex:flush() end)
+    assert.are.equal(failed + 2, metric("chorus_otlp_spans_failed_total"))
+    assert.are.equal(0, ex:queued())
   end)
 
   it("counts a batch the receiver refuses as failed, and does not send it again", function()
