@@ -1,6 +1,6 @@
 /* store.c — LMDB environment with group commit on a writer thread (contract
  * in store.h). */
-#include "store.h"
+#include "store_lmdb.h"
 
 #include <cJSON.h>
 #include <errno.h>

@@ -39,7 +39,8 @@ Exporter.__index = Exporter
 
 --- An exporter for conf (the config's telemetry table: otlp_endpoint,
 --- batch, queue, interval, service_name). opts: transport (core.http's
---- contract; default core.http), log (function(level, msg, fields)).
+--- contract: one options table; default core.http), log (function(level,
+--- msg, fields)).
 function otlp.new(conf, opts)
   opts = opts or {}
   local d = otlp.defaults
@@ -172,8 +173,9 @@ function Exporter:send(spans)
     self.log("error", "cannot encode a batch of spans", { spans = #spans, error = tostring(body) })
     return false
   end
-  local status, a, b = self.transport("POST", self.url, { ["Content-Type"] = "application/json" },
-    body, SEND_CONNECT_TIMEOUT, SEND_TIMEOUT, 0, MAX_ANSWER)
+  local status, a, b = self.transport({ method = "POST", url = self.url,
+    headers = { ["Content-Type"] = "application/json" }, body = body, connect_timeout = SEND_CONNECT_TIMEOUT,
+    timeout = SEND_TIMEOUT, max_response_bytes = MAX_ANSWER })
   if status and status >= 200 and status < 300 then
     m.exported.inc(nil, #spans)
     if self.failing then

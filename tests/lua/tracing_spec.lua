@@ -72,8 +72,8 @@ describe("an outbox entry's trace context", function()
   it("sends each delivery's span id, and no traceparent for a malformed one", function()
     local outbox = require "chorus.outbox"
     local seen = {}
-    local function transport(_, _, headers)
-      seen[#seen + 1] = headers
+    local function transport(o)
+      seen[#seen + 1] = o.headers
       return 200, {}, "", 0
     end
     local backend = outbox.memory()
@@ -188,11 +188,11 @@ describe("the OTLP exporter", function()
   it("queues without waiting, drops and counts what does not fit, and sends in batches", function()
     local sent = {}
     local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:1", batch = 2, queue = 3 }, {
-      transport = function(method, url, headers, body)
-        assert.are.equal("POST", method)
-        assert.are.equal("http://127.0.0.1:1/v1/traces", url)
-        assert.are.equal("application/json", headers["Content-Type"])
-        sent[#sent + 1] = #core.json.decode(body).resourceSpans[1].scopeSpans[1].spans
+      transport = function(o)
+        assert.are.equal("POST", o.method)
+        assert.are.equal("http://127.0.0.1:1/v1/traces", o.url)
+        assert.are.equal("application/json", o.headers["Content-Type"])
+        sent[#sent + 1] = #core.json.decode(o.body).resourceSpans[1].scopeSpans[1].spans
         return 200, {}, "{}", 0
       end, log = function() end })
     local dropped, exported = metric("chorus_otlp_spans_dropped_total"), metric("chorus_otlp_spans_exported_total")

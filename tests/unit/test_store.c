@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "store.h"
+#include "store_lmdb.h"
 #include "unit.h"
 
 static char root[64];
@@ -56,32 +56,48 @@ static int run_until(const int *count, int want) {
     return *count >= want;
 }
 
+/* chorus_store_get's and chorus_store_scan's record, copied into a struct seen. */
+struct seen {
+    int n;
+    char keys[8][64];
+    char *out; /* the last value, when not NULL */
+    size_t outlen;
+    long vlen;
+};
+
+static void copy_text(char *out, size_t outlen, const void *p, size_t len) {
+    size_t c = len < outlen - 1 ? len : outlen - 1;
+    memcpy(out, p, c);
+    out[c] = 0;
+}
+
+static void on_record(void *data, const void *key, size_t klen, const void *val, size_t vlen) {
+    struct seen *s = data;
+    if (s->n < 8)
+        copy_text(s->keys[s->n], sizeof s->keys[0], key, klen);
+    s->n++;
+    if (s->out && s->outlen)
+        copy_text(s->out, s->outlen, val, vlen);
+    s->vlen = (long)vlen;
+}
+
 /* The committed value of key in db into out (NUL-terminated when it fits);
- * its length, or -1 when absent. */
+ * its length, -1 when absent, -3 when corrupt, -2 on another error. */
 static long get(struct chorus_store *st, int db, const void *key, size_t klen, char *out,
                 size_t outlen) {
-    const char *err = NULL;
-    MDB_txn *txn = chorus_store_reader(st, &err);
-    if (!txn) {
-        fprintf(stderr, "    reader: %s\n", err ? err : "?");
+    char err[512] = "";
+    struct seen s = {.out = out, .outlen = outlen};
+    int found = chorus_store_get(st, db, key, klen, on_record, &s, err, sizeof err);
+    if (found < 0) {
+        if (strstr(err, "store: corrupt record") == err)
+            return -3;
+        fprintf(stderr, "    get: %s\n", err);
         return -2;
     }
-    MDB_val k = {klen, (void *)key}, raw, v;
-    long n = -1;
-    if (mdb_get(txn, chorus_store_dbi(st, db), &k, &raw) == 0) {
-        if (chorus_store_value(db, &k, &raw, &v) != 0) {
-            chorus_store_reader_done(st);
-            return -3; /* corrupt */
-        }
-        n = (long)v.mv_size;
-        if (out && outlen) {
-            size_t c = v.mv_size < outlen - 1 ? v.mv_size : outlen - 1;
-            memcpy(out, v.mv_data, c);
-            out[c] = 0;
-        }
-    }
-    chorus_store_reader_done(st);
-    return n;
+    if (!found)
+        return -1;
+    CHECK_INT_EQ(s.n, 1);
+    return s.vlen;
 }
 
 static long gets(struct chorus_store *st, int db, const char *key, char *out, size_t outlen) {
@@ -94,14 +110,8 @@ static int has(struct chorus_store *st, int db, const char *key) {
 
 /* Number of records in db (last committed state). */
 static long count(struct chorus_store *st, int db) {
-    const char *err = NULL;
-    MDB_txn *txn = chorus_store_reader(st, &err);
-    if (!txn)
-        return -1;
-    MDB_stat ms;
-    long n = mdb_stat(txn, chorus_store_dbi(st, db), &ms) == 0 ? (long)ms.ms_entries : -1;
-    chorus_store_reader_done(st);
-    return n;
+    char err[512];
+    return (long)chorus_store_count(st, db, err, sizeof err);
 }
 
 static int put(struct chorus_store *st, int db, const char *key, const char *val) {
@@ -1091,6 +1101,81 @@ static void test_verify(void) {
     close_store(st);
 }
 
+/* Scans r in db; the records seen into *s, the count (or -1, err set). */
+static long scan(struct chorus_store *st, int db, struct chorus_store_range r, struct seen *s,
+                 char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    if (!r.limit)
+        r.limit = 1000;
+    return chorus_store_scan(st, db, &r, on_record, s, err, errlen);
+}
+
+/* 10b. The reads of store.h: get of a present and an absent key, count,
+ * scan by prefix, from (inclusive), to (exclusive) and limit, in key order;
+ * a corrupt record is an error naming database and key, from get and from
+ * a scan that reaches it, never skipped. */
+static void test_reads(void) {
+    char dir[128], err[512], buf[64];
+    path_in_root(dir, sizeof dir, "reads");
+    struct chorus_store *st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    const char *keys[] = {"a:1", "a:2", "a:3", "b:1", "b:2"};
+    for (int i = 0; i < 5; i++)
+        CHECK_INT_EQ(put(st, STORE_RUNS, keys[i], "{\"v\":1}"), 0);
+    CHECK(commit(st));
+
+    struct seen s = {.out = buf, .outlen = sizeof buf};
+    CHECK_INT_EQ(chorus_store_get(st, STORE_RUNS, "a:2", 3, on_record, &s, err, sizeof err), 1);
+    CHECK_INT_EQ(s.n, 1);
+    CHECK_STR_EQ(buf, "{\"v\":1}");
+    CHECK_INT_EQ(chorus_store_get(st, STORE_RUNS, "a:9", 3, on_record, &s, err, sizeof err), 0);
+    CHECK_INT_EQ(s.n, 1); /* not called for an absent key */
+    CHECK_INT_EQ(chorus_store_count(st, STORE_RUNS, err, sizeof err), 5);
+    CHECK_INT_EQ(chorus_store_count(st, STORE_JOURNAL, err, sizeof err), 0);
+
+    CHECK_INT_EQ(scan(st, STORE_RUNS, (struct chorus_store_range){0}, &s, err, sizeof err), 5);
+    CHECK(s.n == 5 && strcmp(s.keys[0], "a:1") == 0 && strcmp(s.keys[4], "b:2") == 0);
+    struct chorus_store_range by_prefix = {.prefix = "a:", .plen = 2};
+    CHECK_INT_EQ(scan(st, STORE_RUNS, by_prefix, &s, err, sizeof err), 3);
+    CHECK(strcmp(s.keys[0], "a:1") == 0 && strcmp(s.keys[2], "a:3") == 0);
+    struct chorus_store_range from_to = {.from = "a:2", .flen = 3, .to = "b:2", .tlen = 3};
+    CHECK_INT_EQ(scan(st, STORE_RUNS, from_to, &s, err, sizeof err), 3);
+    CHECK(strcmp(s.keys[0], "a:2") == 0 && strcmp(s.keys[2], "b:1") == 0);
+    struct chorus_store_range to_prefix = {.to = "a:", .tlen = 2}; /* nothing sorts before "a:" */
+    CHECK_INT_EQ(scan(st, STORE_RUNS, to_prefix, &s, err, sizeof err), 0);
+    struct chorus_store_range limited = {.prefix = "b", .plen = 1, .limit = 1};
+    CHECK_INT_EQ(scan(st, STORE_RUNS, limited, &s, err, sizeof err), 1);
+    CHECK_STR_EQ(s.keys[0], "b:1");
+    struct chorus_store_range none = {.prefix = "c", .plen = 1};
+    CHECK_INT_EQ(scan(st, STORE_RUNS, none, &s, err, sizeof err), 0);
+    CHECK_INT_EQ(scan(st, STORE_JOURNAL, (struct chorus_store_range){0}, &s, err, sizeof err), 0);
+
+    CHECK_INT_EQ(put(st, STORE_RUNS, "a:2", "{\"marker\":\"QQQQ\"}"), 0);
+    CHECK(commit(st));
+    close_store(st);
+    CHECK(overwrite_in_file(dir, "QQQQ", "QQQR"));
+    st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    err[0] = 0;
+    CHECK_INT_EQ(chorus_store_get(st, STORE_RUNS, "a:2", 3, on_record, &s, err, sizeof err), -1);
+    CHECK_STR_EQ(err, "store: corrupt record in database runs, key 'a:2': checksum mismatch");
+    err[0] = 0;
+    CHECK_INT_EQ(scan(st, STORE_RUNS, by_prefix, &s, err, sizeof err), -1);
+    CHECK_INT_EQ(s.n, 1); /* a:1 came before the bad one */
+    CHECK_STR_EQ(err, "store: corrupt record in database runs, key 'a:2': checksum mismatch");
+    /* the reads around it still work: the reader was let go */
+    CHECK_INT_EQ(scan(st, STORE_RUNS, (struct chorus_store_range){.from = "a:3", .flen = 3}, &s,
+                      err, sizeof err),
+                 3);
+    CHECK_INT_EQ(gets(st, STORE_RUNS, "b:2", buf, sizeof buf), 7);
+    CHECK_INT_EQ(count(st, STORE_RUNS), 5);
+    close_store(st);
+}
+
 /* 11. A full map grows (doubling) up to max_size and the batch that did not
  * fit commits; past max_size the batch fails with CHORUS_STORE_FULL and the
  * next one that fits commits. With max_size 0 the map never grows. */
@@ -1258,6 +1343,7 @@ int main(void) {
     test_binary_persistence();
     test_checksums();
     test_verify();
+    test_reads();
     test_growth();
     test_migrate_v1();
     test_empty_file();
