@@ -20,6 +20,8 @@
 local core = require "chorus.core"
 local metrics = require "chorus.metrics"
 local json = core.json
+local floor = math.floor
+local EMPTY = {}
 
 local otlp = { defaults = { batch = 512, queue = 4096, interval = 2, service_name = "chorus" } }
 
@@ -48,9 +50,10 @@ function otlp.new(conf, opts)
   return setmetatable({
     url = endpoint .. "/v1/traces",
     batch = conf.batch or d.batch, limit = conf.queue or d.queue, interval = conf.interval or d.interval,
-    resource = { attributes = { { key = "service.name",
-      value = { stringValue = conf.service_name or d.service_name } } } },
-    scope = { name = "chorus", version = core.version or nil },
+    -- the request up to its spans: the resource and the scope
+    head_json = '{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":'
+      .. json.encode(conf.service_name or d.service_name) .. '}}]},"scopeSpans":[{"scope":{"name":"chorus"'
+      .. (core.version and ',"version":' .. json.encode(core.version) or "") .. '},"spans":[',
     q = {}, head = 1, tail = 0, -- the queue: q[head..tail]
     transport = opts.transport or core.http, log = opts.log or require("chorus.log").event,
     stopped = false, waiting = nil, sending = false, failing = false,
@@ -99,57 +102,88 @@ end
 -- Seconds since the epoch (a float kept to the microsecond) as a decimal
 -- string of nanoseconds.
 local function nanos(t)
-  return ("%d000"):format(math.floor(t * 1e6 + 0.5))
+  return floor(t * 1e6 + 0.5) .. "000"
 end
 otlp.nanos = nanos
 
-local function any_value(v)
-  local t = math.type(v)
-  if t == "integer" then
-    return { intValue = tostring(v) }
-  elseif t == "float" then
-    return { doubleValue = v }
-  elseif type(v) == "boolean" then
-    return { boolValue = v }
+-- The JSON text is written directly, a span at a time: building the OTLP
+-- document as Lua tables for json.encode made each span a dozen tables and
+-- cost as much again as the run's own end. Strings go through json.encode
+-- (quoted and escaped); ids are hex already (chorus.tracing checks them).
+local enc = json.encode
+local concat = table.concat
+
+-- Strings as JSON, remembered: attribute keys, span names, methods,
+-- statuses and URLs come back run after run. The cache starts over when it
+-- has grown to 4096 strings.
+local quoted, n_quoted = {}, 0
+
+local function q(v)
+  local j = quoted[v]
+  if not j then
+    j = enc(v)
+    if n_quoted >= 4096 then
+      quoted, n_quoted = {}, 0
+    end
+    quoted[v] = j
+    n_quoted = n_quoted + 1
   end
-  return { stringValue = tostring(v) }
+  return j
 end
 
+-- An attribute list ('[...]', attributes in no particular order), or nil
+-- when attrs has none. A value JSON cannot carry (NaN) raises.
 local function attributes(attrs)
-  local keys = {}
-  for k in pairs(attrs or {}) do
-    keys[#keys + 1] = k
+  local out, n = {}, 0
+  for k, v in pairs(attrs or EMPTY) do
+    local t = math.type(v)
+    local value
+    if t == "integer" then
+      value = '{"intValue":"' .. v .. '"}'
+    elseif t == "float" then
+      value = '{"doubleValue":' .. enc(v) .. "}"
+    elseif type(v) == "boolean" then
+      value = v and '{"boolValue":true}' or '{"boolValue":false}'
+    else
+      value = '{"stringValue":' .. q(tostring(v)) .. "}"
+    end
+    n = n + 1
+    out[n] = '{"key":' .. q(k) .. ',"value":' .. value .. "}"
   end
-  table.sort(keys)
-  local out = {}
-  for i, k in ipairs(keys) do
-    out[i] = { key = k, value = any_value(attrs[k]) }
-  end
-  return out
+  return n > 0 and "[" .. concat(out, ",") .. "]" or nil
 end
 
 local STATUS = { ok = 1, error = 2 }
 
 local function encode_span(s)
-  local o = { traceId = s.trace_id, spanId = s.span_id, parentSpanId = s.parent_id, traceState = s.trace_state,
-    name = s.name, kind = s.kind, startTimeUnixNano = nanos(s.start), endTimeUnixNano = nanos(s.finish or s.start),
-    attributes = nil, events = nil, status = nil }
+  local p = { '{"traceId":"', s.trace_id, '","spanId":"', s.span_id, '"' }
+  if s.parent_id then
+    p[#p + 1] = ',"parentSpanId":"' .. s.parent_id .. '"'
+  end
+  if s.trace_state then
+    p[#p + 1] = ',"traceState":' .. q(s.trace_state)
+  end
+  p[#p + 1] = ',"name":' .. q(s.name) .. ',"kind":' .. math.tointeger(s.kind) .. ',"startTimeUnixNano":"'
+    .. nanos(s.start) .. '","endTimeUnixNano":"' .. nanos(s.finish or s.start) .. '"'
   local attrs = attributes(s.attrs)
-  if attrs[1] then
-    o.attributes = attrs
+  if attrs then
+    p[#p + 1] = ',"attributes":' .. attrs
   end
   if s.events then
     local evs = {}
     for i, e in ipairs(s.events) do
-      evs[i] = { timeUnixNano = nanos(e.time), name = e.name, attributes = attributes(e.attrs)[1] and
-        attributes(e.attrs) or nil }
+      local ea = attributes(e.attrs)
+      evs[i] = '{"timeUnixNano":"' .. nanos(e.time) .. '","name":' .. q(e.name)
+        .. (ea and ',"attributes":' .. ea or "") .. "}"
     end
-    o.events = evs
+    p[#p + 1] = ',"events":[' .. concat(evs, ",") .. "]"
   end
   if s.status then
-    o.status = { code = STATUS[s.status] or 0, message = s.message }
+    p[#p + 1] = ',"status":{"code":' .. (STATUS[s.status] or 0)
+      .. (s.message and ',"message":' .. enc(s.message) or "") .. "}"
   end
-  return o
+  p[#p + 1] = "}"
+  return concat(p)
 end
 
 --- The ExportTraceServiceRequest of spans, as JSON text.
@@ -158,8 +192,7 @@ function Exporter:encode(spans)
   for i, s in ipairs(spans) do
     out[i] = encode_span(s)
   end
-  return json.encode({ resourceSpans = { { resource = self.resource,
-    scopeSpans = { { scope = self.scope, spans = out } } } } })
+  return self.head_json .. concat(out, ",") .. "]}]}]}"
 end
 
 -- ---- sending ----------------------------------------------------------------

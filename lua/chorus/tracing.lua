@@ -119,15 +119,17 @@ local function redacted(v)
   return type(v) == "string" and secrets.redact(v) or v
 end
 
-local function new_span(rec, parent, name, kind, start, finish)
-  return { trace_id = rec.trace_id, span_id = tracing.span_id(), parent_id = parent, name = name,
+-- A span of rec's trace; id: its span id (nil: a new one).
+local function new_span(rec, id, parent, name, kind, start, finish)
+  return { trace_id = rec.trace_id, span_id = id or tracing.span_id(), parent_id = parent, name = name,
     kind = kind or KIND.internal, start = start, finish = math.max(finish or start, start),
-    trace_state = rec.tracestate, attrs = {}, status = nil, message = nil }
+    trace_state = rec.trace_state, attrs = {}, status = nil, message = nil, events = nil }
 end
 
 local function http_span(rec, parent, e)
-  local s = new_span(rec, parent, e.method or "HTTP", KIND.client, e.start, e.start + (e.duration or 0))
-  s.span_id = e.span_id or s.span_id
+  -- the id the attempt sent in its traceparent (kept in the journal)
+  local id = hex_of(e.span_id, 16, ZERO_SPAN) and e.span_id or nil
+  local s = new_span(rec, id, parent, e.method or "HTTP", KIND.client, e.start, e.start + (e.duration or 0))
   local a = s.attrs
   a["http.request.method"] = e.method
   a["url.full"] = redacted(e.url)
@@ -148,29 +150,28 @@ local function entry_span(rec, parent, e)
   if e.method then -- an HTTP attempt (runstate.call_entry)
     return http_span(rec, parent, e)
   elseif e.step then -- ctx.step
-    local s = new_span(rec, parent, "step " .. tostring(e.step), KIND.internal, e.start, e.start + (e.duration or 0))
+    local s = new_span(rec, nil, parent, "step " .. tostring(e.step), KIND.internal, e.start, e.start + (e.duration or 0))
     s.status = e.status == "error" and "error" or nil
     return s
   elseif e.kind == "sleep" then
-    local s = new_span(rec, parent, "sleep", KIND.internal, e.start, e.start + (e.duration or 0))
+    local s = new_span(rec, nil, parent, "sleep", KIND.internal, e.start, e.start + (e.duration or 0))
     s.attrs["chorus.poll"] = e.poll
     return s
   elseif e.kind == "lock" and e.start then
-    local s = new_span(rec, parent, "lock " .. tostring(e.lock), KIND.internal, e.start,
+    local s = new_span(rec, nil, parent, "lock " .. tostring(e.lock), KIND.internal, e.start,
       e.start + (e.waited or 0) + (e.held or 0))
     s.attrs["chorus.lock.waited_seconds"] = e.waited
     s.attrs["chorus.lock.held_seconds"] = e.held
     return s
   elseif e.kind == "event" then
-    local s = new_span(rec, parent, "event " .. tostring(e.event), KIND.internal, e.start, e.start + (e.waited or 0))
+    local s = new_span(rec, nil, parent, "event " .. tostring(e.event), KIND.internal, e.start, e.start + (e.waited or 0))
     s.attrs["chorus.event.key"] = redacted(e.key)
     s.attrs["chorus.event.outcome"] = e.outcome
     s.status = e.outcome == "timeout" and "error" or nil
     return s
   elseif e.kind == "child" then
-    local s = new_span(rec, parent, "call " .. tostring(e.workflow), KIND.internal, e.start,
-      e.start + (e.duration or 0))
-    s.span_id = tracing.call_span_id(e.run_id)
+    local s = new_span(rec, tracing.call_span_id(tostring(e.run_id)), parent, "call " .. tostring(e.workflow),
+      KIND.internal, e.start, e.start + (e.duration or 0))
     s.attrs["chorus.child.run_id"] = e.run_id
     s.attrs["chorus.child.status"] = e.status
     s.status = e.status ~= "succeeded" and "error" or nil
@@ -183,12 +184,15 @@ end
 --- timeline): the run's span first, then one per effect, each a child of
 --- it. Nothing when the trace is not sampled.
 function tracing.run_spans(rec)
-  if not tracing.sampled(rec.trace_flags) or not rec.span_id then
+  if not tracing.sampled(rec.trace_flags) or not hex_of(rec.span_id, 16, ZERO_SPAN)
+      or not hex_of(rec.trace_id, 32, ZERO_TRACE) then -- none, or not one chorus made
     return {}
   end
-  local run = new_span(rec, rec.parent_span_id, rec.workflow, rec.request and KIND.server or KIND.internal,
-    rec.started, rec.finished)
-  run.span_id = rec.span_id
+  -- what the spans share, checked (a resumed run's record was read back from disk)
+  local trace = { trace_id = rec.trace_id, trace_state = tracing.parse_state(rec.tracestate) }
+  local parent = hex_of(rec.parent_span_id, 16, ZERO_SPAN) and rec.parent_span_id or nil
+  local run = new_span(trace, rec.span_id, parent, tostring(rec.workflow),
+    rec.request and KIND.server or KIND.internal, rec.started, rec.finished)
   local a = run.attrs
   a["chorus.run_id"] = rec.id
   a["chorus.workflow"] = rec.workflow
@@ -206,7 +210,7 @@ function tracing.run_spans(rec)
   local spans, events = { run }, {}
   for _, e in ipairs(rec.timeline or {}) do
     if type(e) == "table" and type(e.start) == "number" then
-      spans[#spans + 1] = entry_span(rec, rec.span_id, e)
+      spans[#spans + 1] = entry_span(trace, rec.span_id, e)
     elseif type(e) == "table" and e.kind == "resumed" and type(e.at) == "number" then
       events[#events + 1] = { name = "resumed", time = e.at, attrs = { ["chorus.replayed"] = e.replayed } }
     end

@@ -27,9 +27,31 @@ describe("the OTLP exporter", function()
     assert.are.equal("0000000000000001", s.spanId)
     assert.are.equal("1700000000123456000", s.startTimeUnixNano)
     assert.are.equal("1700000001500000000", s.endTimeUnixNano)
+    table.sort(s.attributes, function(x, y) return x.key < y.key end) -- sent in no particular order
     assert.are.same({ { key = "b", value = { boolValue = true } }, { key = "f", value = { doubleValue = 0.5 } },
       { key = "n", value = { intValue = "1" } }, { key = "s", value = { stringValue = "x" } } }, s.attributes)
     assert.are.same({ code = 1 }, s.status)
+    assert.are.equal("chorus", rs.scopeSpans[1].scope.name)
+  end)
+
+  it("escapes what it sends as JSON strings, and sends events, a parent and a status message", function()
+    local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:4318", service_name = 'a "quoted" name' })
+    local s = span(2)
+    s.name, s.parent_id, s.trace_state = 'say "hi"\n', "00f067aa0ba902b7", "k=v"
+    s.status, s.message = "error", "broke\1"
+    s.events = { { name = "resumed", time = 1700000000.5, attrs = { ["chorus.replayed"] = 3 } } }
+    local doc = core.json.decode(ex:encode({ s, span(3) }))
+    local rs = doc.resourceSpans[1]
+    assert.are.equal('a "quoted" name', rs.resource.attributes[1].value.stringValue)
+    local got = rs.scopeSpans[1].spans
+    assert.are.equal(2, #got)
+    assert.are.equal('say "hi"\n', got[1].name)
+    assert.are.equal("00f067aa0ba902b7", got[1].parentSpanId)
+    assert.are.equal("k=v", got[1].traceState)
+    assert.are.same({ code = 2, message = "broke\1" }, got[1].status)
+    assert.are.same({ { timeUnixNano = "1700000000500000000", name = "resumed",
+      attributes = { { key = "chorus.replayed", value = { intValue = "3" } } } } }, got[1].events)
+    assert.is_nil(got[2].parentSpanId)
   end)
 
   it("queues without waiting, drops and counts what does not fit, and sends in batches", function()
