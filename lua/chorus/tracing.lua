@@ -150,7 +150,8 @@ local function entry_span(rec, parent, e)
   if e.method then -- an HTTP attempt (runstate.call_entry)
     return http_span(rec, parent, e)
   elseif e.step then -- ctx.step
-    local s = new_span(rec, nil, parent, "step " .. tostring(e.step), KIND.internal, e.start, e.start + (e.duration or 0))
+    local s = new_span(rec, nil, parent, "step " .. tostring(e.step), KIND.internal, e.start,
+      e.start + (e.duration or 0))
     s.status = e.status == "error" and "error" or nil
     return s
   elseif e.kind == "sleep" then
@@ -164,7 +165,8 @@ local function entry_span(rec, parent, e)
     s.attrs["chorus.lock.held_seconds"] = e.held
     return s
   elseif e.kind == "event" then
-    local s = new_span(rec, nil, parent, "event " .. tostring(e.event), KIND.internal, e.start, e.start + (e.waited or 0))
+    local s = new_span(rec, nil, parent, "event " .. tostring(e.event), KIND.internal, e.start,
+      e.start + (e.waited or 0))
     s.attrs["chorus.event.key"] = redacted(e.key)
     s.attrs["chorus.event.outcome"] = e.outcome
     s.status = e.outcome == "timeout" and "error" or nil
