@@ -99,12 +99,12 @@ end
 
 -- ---- the OTLP JSON mapping --------------------------------------------------
 
--- Seconds since the epoch (a float kept to the microsecond) as a decimal
--- string of nanoseconds.
+-- Seconds since the epoch (a float kept to the microsecond) as an integer
+-- of microseconds: its decimal digits and "000" are the nanoseconds the
+-- JSON mapping wants, as a string.
 local function nanos(t)
-  return floor(t * 1e6 + 0.5) .. "000"
+  return floor(t * 1e6 + 0.5)
 end
-otlp.nanos = nanos
 
 -- The JSON text is written directly, a span at a time: building the OTLP
 -- document as Lua tables for json.encode made each span a dozen tables and
@@ -131,68 +131,94 @@ local function q(v)
   return j
 end
 
--- An attribute list ('[...]', attributes in no particular order), or nil
+-- Appends an attribute list (',"attributes":[...]', in no particular
+-- order) to buffer b after its n-th piece; returns the new count. Nothing
 -- when attrs has none. A value JSON cannot carry (NaN) raises.
-local function attributes(attrs)
-  local out, n = {}, 0
+local function attributes(b, n, attrs)
+  local first = true
   for k, v in pairs(attrs or EMPTY) do
+    b[n + 1] = first and ',"attributes":[{"key":' or ',{"key":'
+    b[n + 2] = q(k)
+    first = false
     local t = math.type(v)
-    local value
     if t == "integer" then
-      value = '{"intValue":"' .. v .. '"}'
+      b[n + 3], b[n + 4], b[n + 5] = ',"value":{"intValue":"', v, '"}}'
     elseif t == "float" then
-      value = '{"doubleValue":' .. enc(v) .. "}"
+      b[n + 3], b[n + 4], b[n + 5] = ',"value":{"doubleValue":', enc(v), "}}"
     elseif type(v) == "boolean" then
-      value = v and '{"boolValue":true}' or '{"boolValue":false}'
+      b[n + 3], b[n + 4], b[n + 5] = ',"value":{"boolValue":', v and "true" or "false", "}}"
     else
-      value = '{"stringValue":' .. q(tostring(v)) .. "}"
+      b[n + 3], b[n + 4], b[n + 5] = ',"value":{"stringValue":', q(tostring(v)), "}}"
     end
-    n = n + 1
-    out[n] = '{"key":' .. q(k) .. ',"value":' .. value .. "}"
+    n = n + 5
   end
-  return n > 0 and "[" .. concat(out, ",") .. "]" or nil
+  if not first then
+    n = n + 1
+    b[n] = "]"
+  end
+  return n
 end
 
 local STATUS = { ok = 1, error = 2 }
 
-local function encode_span(s)
-  local p = { '{"traceId":"', s.trace_id, '","spanId":"', s.span_id, '"' }
+-- Appends span s as JSON to buffer b after its n-th piece; returns the new
+-- count. Every piece is a constant, a remembered string or a number: the
+-- batch is one table.concat.
+local function encode_span(b, n, s)
+  b[n + 1], b[n + 2], b[n + 3], b[n + 4] = '{"traceId":"', s.trace_id, '","spanId":"', s.span_id
+  n = n + 4
   if s.parent_id then
-    p[#p + 1] = ',"parentSpanId":"' .. s.parent_id .. '"'
+    b[n + 1], b[n + 2] = '","parentSpanId":"', s.parent_id
+    n = n + 2
   end
+  b[n + 1] = '"'
+  n = n + 1
   if s.trace_state then
-    p[#p + 1] = ',"traceState":' .. q(s.trace_state)
+    b[n + 1], b[n + 2] = ',"traceState":', q(s.trace_state)
+    n = n + 2
   end
-  p[#p + 1] = ',"name":' .. q(s.name) .. ',"kind":' .. math.tointeger(s.kind) .. ',"startTimeUnixNano":"'
-    .. nanos(s.start) .. '","endTimeUnixNano":"' .. nanos(s.finish or s.start) .. '"'
-  local attrs = attributes(s.attrs)
-  if attrs then
-    p[#p + 1] = ',"attributes":' .. attrs
-  end
+  b[n + 1], b[n + 2], b[n + 3], b[n + 4] = ',"name":', q(s.name), ',"kind":', math.tointeger(s.kind)
+  b[n + 5], b[n + 6], b[n + 7], b[n + 8] = ',"startTimeUnixNano":"', nanos(s.start), '000","endTimeUnixNano":"',
+    nanos(s.finish or s.start)
+  b[n + 9] = '000"'
+  n = attributes(b, n + 9, s.attrs)
   if s.events then
-    local evs = {}
     for i, e in ipairs(s.events) do
-      local ea = attributes(e.attrs)
-      evs[i] = '{"timeUnixNano":"' .. nanos(e.time) .. '","name":' .. q(e.name)
-        .. (ea and ',"attributes":' .. ea or "") .. "}"
+      b[n + 1], b[n + 2], b[n + 3], b[n + 4] = i == 1 and ',"events":[{"timeUnixNano":"' or ',{"timeUnixNano":"',
+        nanos(e.time), '000","name":', q(e.name)
+      n = attributes(b, n + 4, e.attrs) + 1
+      b[n] = "}"
     end
-    p[#p + 1] = ',"events":[' .. concat(evs, ",") .. "]"
+    n = n + 1
+    b[n] = "]"
   end
   if s.status then
-    p[#p + 1] = ',"status":{"code":' .. (STATUS[s.status] or 0)
-      .. (s.message and ',"message":' .. enc(s.message) or "") .. "}"
+    b[n + 1], b[n + 2] = ',"status":{"code":', STATUS[s.status] or 0
+    n = n + 2
+    if s.message then
+      b[n + 1], b[n + 2] = ',"message":', enc(s.message)
+      n = n + 2
+    end
+    n = n + 1
+    b[n] = "}"
   end
-  p[#p + 1] = "}"
-  return concat(p)
+  n = n + 1
+  b[n] = "}"
+  return n
 end
 
 --- The ExportTraceServiceRequest of spans, as JSON text.
 function Exporter:encode(spans)
-  local out = {}
+  local b, n = { self.head_json }, 1
   for i, s in ipairs(spans) do
-    out[i] = encode_span(s)
+    if i > 1 then
+      n = n + 1
+      b[n] = ","
+    end
+    n = encode_span(b, n, s)
   end
-  return self.head_json .. concat(out, ",") .. "]}]}]}"
+  b[n + 1] = "]}]}]}"
+  return concat(b)
 end
 
 -- ---- sending ----------------------------------------------------------------
