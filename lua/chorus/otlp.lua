@@ -65,15 +65,27 @@ function Exporter:queued()
   return self.tail - self.head + 1
 end
 
+local span_json -- below
+
 --- Queues spans (a list) for export without waiting; those that do not fit
---- are dropped and counted. Wakes the sender when a batch is ready.
+--- are dropped and counted. Wakes the sender when a batch is ready. Each
+--- span is queued as its JSON text: one string per span, where its tables
+--- would live on in the queue until sent and be promoted to the collector's
+--- old generation (freed only by major collections). A span JSON cannot
+--- carry (a NaN) is counted failed.
 function Exporter:push(spans)
   local room = self.limit - self:queued()
   local n = #spans
   local take = math.min(n, room)
   for i = 1, take do
-    self.tail = self.tail + 1
-    self.q[self.tail] = spans[i]
+    local ok, text = pcall(span_json, spans[i])
+    if ok then
+      self.tail = self.tail + 1
+      self.q[self.tail] = text
+    else
+      m.failed.inc()
+      self.log("error", "cannot encode a span", { span = tostring(spans[i].name), error = tostring(text) })
+    end
   end
   if take < n then
     m.dropped.inc(nil, n - take)
@@ -207,34 +219,35 @@ local function encode_span(b, n, s)
   return n
 end
 
---- The ExportTraceServiceRequest of spans, as JSON text.
+-- A span as JSON text.
+function span_json(s)
+  local b = {}
+  return concat(b, "", 1, encode_span(b, 0, s))
+end
+
+-- The ExportTraceServiceRequest of spans queued as JSON texts.
+function Exporter:body(texts)
+  return self.head_json .. concat(texts, ",") .. "]}]}]}"
+end
+
+--- The ExportTraceServiceRequest of spans (span tables), as JSON text.
 function Exporter:encode(spans)
-  local b, n = { self.head_json }, 1
+  local texts = {}
   for i, s in ipairs(spans) do
-    if i > 1 then
-      n = n + 1
-      b[n] = ","
-    end
-    n = encode_span(b, n, s)
+    texts[i] = span_json(s)
   end
-  b[n + 1] = "]}]}]}"
-  return concat(b)
+  return self:body(texts)
 end
 
 -- ---- sending ----------------------------------------------------------------
 
--- Sends one batch; counts it exported or failed. A failure is logged when
--- the receiver starts failing and when it takes batches again, not per batch.
+-- Sends one batch (spans as JSON texts); counts it exported or failed. A
+-- failure is logged when the receiver starts failing and when it takes
+-- batches again, not per batch.
 function Exporter:send(spans)
-  local eok, body = pcall(self.encode, self, spans)
-  if not eok then -- a value JSON cannot carry (chorus.tracing makes none): the batch is lost, the loop goes on
-    m.failed.inc(nil, #spans)
-    self.log("error", "cannot encode a batch of spans", { spans = #spans, error = tostring(body) })
-    return false
-  end
   local status, a, b = self.transport({ method = "POST", url = self.url,
-    headers = { ["Content-Type"] = "application/json" }, body = body, connect_timeout = SEND_CONNECT_TIMEOUT,
-    timeout = SEND_TIMEOUT, max_response_bytes = MAX_ANSWER })
+    headers = { ["Content-Type"] = "application/json" }, body = self:body(spans),
+    connect_timeout = SEND_CONNECT_TIMEOUT, timeout = SEND_TIMEOUT, max_response_bytes = MAX_ANSWER })
   if status and status >= 200 and status < 300 then
     m.exported.inc(nil, #spans)
     if self.failing then
