@@ -267,30 +267,48 @@ end
 
 --- Sends what is queued, a batch at a time, until the queue is empty.
 function Exporter:flush()
+  self:send_upto(self:queued())
+end
+
+-- Sends the first n queued spans, in batches.
+function Exporter:send_upto(n)
   self.sending = true
-  while self:queued() > 0 do
-    self:send(self:take(self.batch))
+  while n > 0 and self:queued() > 0 do
+    local b = self:take(math.min(n, self.batch))
+    n = n - #b
+    self:send(b)
   end
   self.sending = false
 end
 
---- The sender's loop (a background task): every interval seconds, or as
---- soon as a batch is full, sends what is queued. stop() ends it once the
---- queue has been sent.
+--- The sender's loop (a background task). A full batch goes at once; what
+--- is queued when an interval has passed since the last such look goes
+--- then, full or not. Spans queued while a batch is on its way wait for
+--- the next full batch or the next interval: sending whatever has come
+--- meanwhile made a stream of small requests under load (and, with the
+--- receiver down, a connection attempt every few spans). stop() sends what
+--- is queued and ends the loop.
 function Exporter:run()
   local runstate = require "chorus.runstate"
+  local last = core.monotime()
   while true do
-    if self:queued() < self.batch and not self.stopped then
+    local due = self.stopped or core.monotime() - last >= self.interval
+    if self:queued() < self.batch and not due then
       self.waiting = core.wait_token()
-      runstate.wait(self.waiting, self.interval)
+      runstate.wait(self.waiting, self.interval - (core.monotime() - last))
       self.waiting = nil
+      due = self.stopped or core.monotime() - last >= self.interval
     end
-    local ok, err = pcall(self.flush, self) -- nothing a batch holds may end the loop
+    local n = due and self:queued() or self.batch * (self:queued() // self.batch)
+    local ok, err = pcall(self.send_upto, self, n) -- nothing a batch holds may end the loop
     if not ok then
       self.sending = false
       self.log("error", "the OTLP export failed", { error = tostring(err) })
     end
-    if self.stopped then
+    if due then
+      last = core.monotime()
+    end
+    if self.stopped and self:queued() == 0 then
       self.done = true
       return
     end

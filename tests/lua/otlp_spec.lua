@@ -74,6 +74,29 @@ describe("the OTLP exporter", function()
     assert.are.equal(exported + 3, metric("chorus_otlp_spans_exported_total"))
   end)
 
+  it("sends a full batch at once, the rest when the interval passes or it stops", function()
+    local sent = {}
+    local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:1", batch = 3, interval = 3600 }, {
+      transport = function(o)
+        sent[#sent + 1] = #core.json.decode(o.body).resourceSpans[1].scopeSpans[1].spans
+        return 200, {}, "{}", 0
+      end, log = function() end })
+    core.run(nil, function()
+      local loop = core.spawn(function() ex:run() end)
+      ex:push({ span(1), span(2) })
+      for _ = 1, 5 do core.sleep(0) end
+      assert.are.same({}, sent) -- not a batch yet, and the interval is far
+      ex:push({ span(3), span(4) })
+      for _ = 1, 5 do core.sleep(0) end
+      assert.are.same({ 3 }, sent)
+      assert.are.equal(1, ex:queued())
+      ex:stop()
+      core.await(loop)
+    end)
+    assert.are.same({ 3, 1 }, sent)
+    assert.is_true(ex.done)
+  end)
+
   it("counts a span it cannot encode as failed, and queues the others", function()
     local sent
     local ex = otlp.new({ otlp_endpoint = "http://127.0.0.1:1" }, {
