@@ -524,7 +524,7 @@
       el("td", { class: "wrap", text: e.target || "" }),
       el("td", {}, badge(e.state)),
       el("td", { text: fmtValue(e.attempts) }),
-      el("td", { class: "wrap", text: e.last_error ? fmtValue(e.last_error) : "" }),
+      el("td", { class: "wrap", text: entryError(e.last_error), title: e.last_error ? fmtValue(e.last_error) : null }),
       el("td", { text: fmtTime(e.created) }),
       el("td", { text: e.settled ? fmtTime(e.settled) : "—" }))));
   }
@@ -544,10 +544,21 @@
 
   // ---- DLQ and outbox --------------------------------------------------------------------
 
+  // What an outbox or DLQ entry delivers (as chorus.deliveries names it).
   function entryTarget(e) {
-    if (e.workflow) return "workflow " + e.workflow;
-    if (e.url) return `${e.method || "POST"} ${e.url}`;
+    if (e.kind === "workflow") return "workflow " + e.workflow;
+    if (e.kind === "chain") return `${e.name} (${(e.steps || []).length} calls)`;
+    if (e.request) return `${e.request.method} ${e.request.url}`;
+    if (e.run_id && e.url) return `webhook ${e.url}`;
     return fmtValue(e.target || e.kind);
+  }
+
+  // An entry's last error in one line: its message (and status), not the body.
+  function entryError(err) {
+    if (!err) return "";
+    if (typeof err !== "object") return String(err);
+    const msg = err.message || err.kind || JSON.stringify(err);
+    return err.kind && err.message ? `${err.kind}: ${msg}` : msg;
   }
 
   function runLink(id) {
@@ -572,9 +583,9 @@
         el("td", { class: "wrap", text: entryTarget(e) }),
         el("td", {}, runLink(e.from_run)),
         el("td", { text: fmtValue(e.attempts) }),
-        el("td", { class: "wrap", text: e.last_error ? fmtValue(e.last_error) : "" }),
+        el("td", { class: "wrap", text: entryError(e.last_error), title: e.last_error ? fmtValue(e.last_error) : null }),
         el("td", { text: fmtTime(e.failed_at) }),
-        el("td", {},
+        el("td", { class: "nowrap" },
           el("button", { type: "button", class: "quiet replay", "aria-label": `Replay entry ${e.id}`, text: "Replay",
             onclick: () => act("POST", `/admin/dlq/${encodeURIComponent(e.id)}/replay`, null,
               `Entry ${e.id} is back in the outbox.`, () => load(fetchDlq, generation, false)) }),
@@ -603,7 +614,7 @@
         el("td", { class: "wrap", text: entryTarget(e) }),
         el("td", {}, runLink(e.from_run)),
         el("td", { text: `${fmtValue(e.attempts)}${e.max_attempts ? " of " + e.max_attempts : ""}` }),
-        el("td", { class: "wrap", text: e.last_error ? fmtValue(e.last_error) : "" }),
+        el("td", { class: "wrap", text: entryError(e.last_error), title: e.last_error ? fmtValue(e.last_error) : null }),
         el("td", { text: fmtTime(e.due) }))));
     }, gen, true);
   }
