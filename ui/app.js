@@ -443,13 +443,14 @@
         segments: [[e.start, e.start + (e.duration || 0), e.status === "error" ? "bad" : "plain"]] };
     }
     if (e.kind === "child") {
-      return { kind: "child", label: `${e.workflow || "run"} → ${e.status || "running"}`,
+      return { kind: "child", label: `${e.workflow || "run"} → ${e.status || "running"}` +
+        (e.error_kind ? ` (${e.error_kind})` : ""),
         link: e.run_id && "#/run/" + encodeURIComponent(e.run_id),
         segments: [[e.start, e.start + (e.duration || 0),
           e.status === "succeeded" ? "ok" : e.status && e.status !== "running" ? "bad" : "plain"]] };
     }
     if (e.kind === "sleep") {
-      return { kind: "sleep", label: `for ${fmtDuration(e.duration)}`,
+      return { kind: "sleep", label: (e.poll ? `before poll ${e.poll}, ` : "") + `for ${fmtDuration(e.duration)}`,
         segments: [[e.start, e.start + (e.duration || 0), "wait"]] };
     }
     if (e.kind === "event") {
@@ -650,15 +651,22 @@
         emptyRow(table.querySelector("tbody"), 1, "No loaded workflow has a schedule.");
         return;
       }
-      const first = ["workflow"];
-      const cols = first.concat([...new Set(list.flatMap(Object.keys))].filter((k) => !first.includes(k)));
-      table.querySelector("thead tr").replaceChildren(...cols.map((c) => el("th", { scope: "col", text: c })));
-      table.querySelector("tbody").replaceChildren(...list.map((s) => el("tr", {}, ...cols.map((c) => {
-        const v = s[c];
-        if (/run$|run_id$/.test(c) && typeof v === "string") return el("td", {}, runLink(v));
-        if (/(^|_)(at|next|last)$|time$/.test(c) && typeof v === "number") return el("td", { text: fmtTime(v) });
+      // the fields GET /admin/schedules gives, in this order; any other after them
+      const known = ["workflow", "cron", "every", "catch_up", "overlap", "next_slot_time", "last_run", "last_skipped"];
+      const keys = new Set(list.flatMap(Object.keys));
+      keys.delete("next_slot"); // next_slot_time says the same, readably
+      const cols = known.filter((k) => keys.has(k)).concat([...keys].filter((k) => !known.includes(k)));
+      const cell = (c, v) => {
+        if (c === "last_run" && v && typeof v === "object") {
+          return el("td", {}, runLink(v.id), " ", badge(v.status), v.slot_time ? ` (slot ${v.slot_time})` : "");
+        }
+        if (c === "every" && typeof v === "number") return el("td", { text: fmtDuration(v) });
         return el("td", { class: "wrap", text: fmtValue(v) });
-      }))));
+      };
+      table.querySelector("thead tr").replaceChildren(...cols.map((c) =>
+        el("th", { scope: "col", text: c.replace(/_/g, " ") })));
+      table.querySelector("tbody").replaceChildren(...list.map((s) =>
+        el("tr", { "data-workflow": s.workflow }, ...cols.map((c) => cell(c, s[c])))));
     }, gen, true);
   }
 
@@ -674,6 +682,7 @@
     $("open-run").addEventListener("submit", openRun);
     let lastPage = parseHash().page;
     window.addEventListener("hashchange", () => {
+      say(""); // what the last page said is about the last page
       render();
       // a new page: focus its heading, so a screen reader and the Tab key start there
       const page = parseHash().page;

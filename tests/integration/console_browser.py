@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """console_browser.py — drives the web console (/ui) in headless Chromium.
 
-Usage: console_browser.py URL TOKEN FAILED_WORKFLOW DLQ_ENTRY SHOTS_DIR
+Usage: console_browser.py URL TOKEN FAILED_WORKFLOW DLQ_ENTRY DROP_ENTRY SHOTS_DIR
 
 tests/integration/ui_browser_spec.lua starts the server, makes the runs and
 the DLQ entry, and runs this with a time bound. The browser goes through:
 sign in (a wrong token first), filter failed runs, open one, see its
-timeline, keyboard focus and labels, replay a DLQ entry, sign out. Each step
+timeline, keyboard focus and labels, replay a DLQ entry, drop another, the
+other pages, sign out. Each step
 prints "ok: ..." and saves a screenshot in SHOTS_DIR; the first failed check
 prints "FAIL: ..." and exits 1. Chromium may reach 127.0.0.1 only (its host
 resolver maps every other name to nothing).
@@ -27,7 +28,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WAIT = 20  # seconds any one step may take
 
-URL, TOKEN, FAILED_WF, DLQ_ENTRY, SHOTS = sys.argv[1:6]
+URL, TOKEN, FAILED_WF, DLQ_ENTRY, DROP_ENTRY, SHOTS = sys.argv[1:7]
 step = 0
 DRIVER = None
 
@@ -154,7 +155,13 @@ def run(driver):
     check(len(http) >= 2, "the timeline shows every HTTP attempt (%d)" % len(http))
     check("503" in http[0].text and "attempt 2" in http[1].text, "attempts show their status and number")
     kinds = [li.get_attribute("data-kind") for li in driver.find_elements(By.CSS_SELECTOR, "#timeline li")]
-    check("lock" in kinds and "step" in kinds, "the timeline shows lock waits and steps (%s)" % kinds)
+    for kind in ["lock", "step", "sleep", "child", "event"]:
+        check(kind in kinds, "the timeline shows a %s entry (%s)" % (kind, kinds))
+    child = driver.find_element(By.CSS_SELECTOR, "#timeline li[data-kind=child]")
+    check("noop" in child.text and "succeeded" in child.text, "the child run shows its workflow and outcome")
+    check(child.find_elements(By.CSS_SELECTOR, "a[href^='#/run/']"), "the child run links to its own page")
+    check("timeout" in driver.find_element(By.CSS_SELECTOR, "#timeline li[data-kind=event]").text,
+          "the event wait shows it timed out")
     bars = driver.find_elements(By.CSS_SELECTOR, "#timeline li[data-kind=http] .bar")
     check(all(b.size["width"] >= 1 for b in bars), "each attempt has a bar on the waterfall")
     lefts = [b.location["x"] for b in bars]
@@ -203,6 +210,19 @@ def run(driver):
     check(True, "Replay put the entry back in the outbox (the server says so)")
     shot(driver, "dlq-replayed")
 
+    # drop the other one: the console asks first
+    drop_css = "#dlq-table tbody tr[data-entry='%s']" % DROP_ENTRY
+    visible(driver, drop_css)
+    driver.find_element(By.CSS_SELECTOR, drop_css + " button.drop").click()
+    wait.until(EC.alert_is_present())
+    alert = driver.switch_to.alert
+    check(DROP_ENTRY in alert.text, "Drop asks before deleting (%r)" % alert.text)
+    alert.accept()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "dropped"))
+    wait.until(EC.invisibility_of_element_located((By.CSS_SELECTOR, drop_css)))
+    check(all(x["id"] != DROP_ENTRY for x in admin_get("/admin/dlq")["entries"]),
+          "Drop deleted the entry (the server says so)")
+
     # outbox, breakers and schedules pages load
     for page, table in [("outbox", "#outbox-table"), ("breakers", "#breakers-table"), ("schedules", "#schedules-table")]:
         driver.find_element(By.CSS_SELECTOR, "#nav a[data-page=%s]" % page).click()
@@ -210,6 +230,8 @@ def run(driver):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, table + " tbody tr"))
         check(True, "the %s page loads" % page)
         shot(driver, page)
+    row = driver.find_element(By.CSS_SELECTOR, "#schedules-table tbody tr[data-workflow=nightly]")
+    check("0 3 * * *" in row.text, "the schedules page shows the nightly schedule (%s)" % row.text)
 
     # sign out: the token and the data are gone
     driver.find_element(By.ID, "signout").click()

@@ -1,13 +1,14 @@
 -- The web console in a real browser: tests/integration/console_browser.py
 -- drives headless Chromium (Debian's chromium, chromium-driver and
 -- python3-selenium; `make deps` installs them) through sign in, the failed
--- runs, one run's timeline, a DLQ replay and sign out, against a server
+-- runs, one run's timeline, a DLQ replay and drop and sign out, against a server
 -- started here with a workflow that fails and a DLQ entry. Screenshots of
 -- each step land in build/ui-screenshots/. Skipped, saying so, only when
 -- chromium is not installed.
 local H = require "tests.integration.helpers"
 
--- Fails after three 503 attempts (the upstream retries), a lock and a step;
+-- Fails after a lock and a step, a sleep, a child run, an event wait that
+-- times out and three 503 attempts (the upstream retries);
 -- its card number is redacted; it queues a call the upstream refuses for good.
 local CHARGE = [[
 local chorus = require "chorus"
@@ -18,6 +19,9 @@ return chorus.workflow {
     local mock = http.upstream "mock"
     mock:post("/refused?status=400", { json = { amount = input.amount }, later = { attempts = 1 } })
     ctx.lock("buyer:" .. input.buyer, function() ctx.step("price", function() return input.amount * 2 end) end)
+    ctx.sleep(0.05)
+    ctx.call("noop", {})
+    pcall(ctx.event, "approved", { key = ctx.run_id, timeout = 0.05 })
     local r = mock:get("/charge?status=503")
     error({ kind = "declined", message = "card declined: upstream said " .. r.status })
   end,
@@ -29,20 +33,30 @@ local chorus = require "chorus"
 return chorus.workflow { name = "noop", run = function() return { ok = true } end }
 ]]
 
-local function have(cmd)
-  return os.execute("command -v " .. cmd .. " >/dev/null 2>&1")
+-- A scheduled workflow, for the schedules page.
+local NIGHTLY = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "nightly", schedule = { cron = "0 3 * * *" }, run = function() return true end }
+]]
+
+-- The browser's path (CHROMIUM names another one), or nil when it is absent.
+local function find_chromium()
+  local p = io.popen("command -v " .. H.quote(os.getenv("CHROMIUM") or "chromium") .. " 2>/dev/null")
+  local path = p:read("l")
+  p:close()
+  return path and path ~= "" and path or nil
 end
 
 describe("the web console in headless Chromium", function()
   local mock, dir, conf, srv
-  local chromium = have("chromium")
+  local chromium = find_chromium()
 
   setup(function()
     if not chromium then
       return
     end
     mock = H.start_mock(300)
-    dir = H.temp_dir({ ["charge.lua"] = CHARGE, ["noop.lua"] = NOOP })
+    dir = H.temp_dir({ ["charge.lua"] = CHARGE, ["noop.lua"] = NOOP, ["nightly.lua"] = NIGHTLY })
     conf = H.write_temp(([[
 return {
   admin_token = "console-token",
@@ -57,8 +71,8 @@ return {
 
   it("signs in, filters failed runs, opens one's timeline, replays a DLQ entry and signs out", function()
     if not chromium then
-      pending("chromium is not installed: the browser test is skipped (make deps installs chromium, "
-        .. "chromium-driver and python3-selenium)")
+      pending("SKIPPED: chromium is not installed, so the web console was not tested in a browser "
+        .. "(make deps installs chromium, chromium-driver and python3-selenium)")
       return
     end
     for i = 1, 2 do
@@ -77,8 +91,9 @@ return {
     local shots = H.build .. "/ui-screenshots"
     os.execute("rm -rf " .. H.quote(shots) .. " && mkdir -p " .. H.quote(shots))
     local py = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
-    local r = H.exec(("%s tests/integration/console_browser.py %s %s %s %s %s"):format(py, H.quote(srv.url),
-      "console-token", "charge", H.quote(dead[1].id), H.quote(shots)), nil, 180)
+    local r = H.exec(("%s tests/integration/console_browser.py %s %s %s %s %s %s"):format(py, H.quote(srv.url),
+      "console-token", "charge", H.quote(dead[1].id), H.quote(dead[2].id), H.quote(shots)),
+      { CHROMIUM = chromium }, 180)
     assert.are.equal(0, r.code, "the browser run failed:\n" .. r.stdout .. "\n" .. r.stderr)
     assert.is_nil(r.stdout:find("FAIL:"), r.stdout)
     assert.is_truthy(io.open(shots .. "/01-signin.png"), "no screenshot was saved")
