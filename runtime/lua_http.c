@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "http_client.h"
 #include "scheduler.h"
 
@@ -70,13 +71,15 @@ static void on_done(const struct chorus_http_response *res, void *data) {
     lua_State *co = t->co;
     luaL_checkstack(co, 8, "http result");
     if (res->error == CHORUS_HTTP_OK) {
+        /* No task runs here: the result's Lua values are charged to the
+         * call's run, without a cap check, since the body was charged as
+         * it arrived (the client gives that back after this callback). */
+        struct chorus_runtime *rt = t->run->rt;
+        struct chorus_run *was = chorus_alloc_charge_to(rt, t->run);
         lua_pushinteger(co, res->status);
         push_headers(co, res);
         lua_pushlstring(co, res->body, res->body_len);
-        /* No task runs here, so the allocator charges the string to no run:
-         * it is charged as the body was (the client gives that back after
-         * this callback). */
-        t->run->mem += res->body_len;
+        chorus_alloc_charge_to(rt, was);
     } else {
         lua_pushnil(co);
         lua_pushstring(co, error_kind(res->error));
