@@ -133,10 +133,8 @@ local function bulk_dlq(req, action, st)
   local rows, more = runs_api.dlq_rows(st, f)
   local act = action == "replay" and replay_dlq or drop_dlq
   local out = runs_api.apply(rows, f.dry_run, nil, function(id) return act(st, id) end)
-  if f.dry_run then
-    out.more = more
-  else
-    out.next_cursor = nil
+  out.more, out.next_cursor = more, nil -- the same request again takes the next ones
+  if not f.dry_run then
     st:commit()
   end
   return json_response(200, out)

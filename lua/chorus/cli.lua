@@ -450,7 +450,7 @@ local function runs_redrive(id, flags)
   if not lok then
     st:close()
     return fail({ error = { kind = "busy", message = tostring(lerr)
-      .. "; ask that server: POST /admin/runs/" .. id .. "/redrive" } })
+      .. "; ask that server: POST /admin/runs/" .. (id and id .. "/redrive" or "redrive") } })
   end
   local server = require "chorus.server"
   if not id then -- each failed run the filters find, one after the other, to its end
@@ -503,7 +503,7 @@ local function runs_cancel(id, flags)
   if not lok then
     st:close()
     return fail({ error = { kind = "busy", message = tostring(lerr)
-      .. "; ask that server: DELETE /runs/" .. id } })
+      .. "; ask that server: " .. (id and "DELETE /runs/" .. id or "POST /admin/runs/cancel") } })
   end
   local svc = require("chorus.runs").service({ store = st, log = function() end })
   if not id then -- each running run the filters find

@@ -102,6 +102,38 @@ describe("the runs API", function()
     assert.are.equal(0, #admin_get("/admin/runs?key=fail-2&status=succeeded").json.runs)
   end)
 
+  it("gives chorus runs list the same filters and paging", function()
+    local function cli(...)
+      local r = H.chorus_run({ "runs", "list", "--data", data, ... })
+      local ids = {}
+      for line in r.stdout:gmatch("[^\n]+") do
+        ids[#ids + 1] = H.decode(line).id
+      end
+      return r, ids
+    end
+    local r, ids = cli("--status", "failed")
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.same({ failed[6], failed[5], failed[4], failed[3], failed[2], failed[1] }, ids)
+    r, ids = cli("--status", "failed", "--limit", "4")
+    assert.are.equal(4, #ids)
+    local cursor = r.stderr:match("%-%-cursor (%x+)")
+    assert.truthy(cursor, r.stderr)
+    local _, rest = cli("--status", "failed", "--cursor", cursor)
+    assert.are.same({ failed[2], failed[1] }, rest)
+    _, ids = cli("--key", "fail-3", "--workflow", "quick")
+    assert.are.same({ failed[3] }, ids)
+    r = cli("--status", "done")
+    assert.are.equal(2, r.code)
+    assert.matches("--status must be one of", r.stderr, 1, true)
+    r = cli("--since", "last week")
+    assert.are.equal(2, r.code)
+    assert.matches("--since", r.stderr, 1, true)
+    -- bulk actions by filter on the CLI refuse a folder a server holds
+    r = H.chorus_run({ "runs", "cancel", "--status", "running", "--dry-run", "--data", data })
+    assert.are.equal(1, r.code)
+    assert.matches("another chorus serve", r.stderr, 1, true)
+  end)
+
   it("filters by start time in unix seconds and RFC 3339", function()
     local all = admin_get("/admin/runs").json.runs
     local t = all[4].started_at -- the 4th newest
