@@ -166,6 +166,7 @@
     // nothing the last page showed stays in the document
     for (const tb of document.querySelectorAll("table.grid tbody")) tb.replaceChildren();
     for (const id of ["timeline", "run-facts", "run-actions"]) $(id).replaceChildren();
+    delete $("run-actions").dataset.for;
     $("run-input").textContent = "";
     $("run-outcome").textContent = "";
     showSignIn();
@@ -345,6 +346,7 @@
     $("timeline").replaceChildren();
     $("run-facts").replaceChildren();
     $("run-actions").replaceChildren();
+    delete $("run-actions").dataset.for;
     const fetchRun = async (g) => {
       let rec;
       try {
@@ -680,6 +682,11 @@
     });
     $("runs-filter").addEventListener("submit", applyFilters);
     $("open-run").addEventListener("submit", openRun);
+    // the skip link moves focus; it must not change the fragment, which names the page
+    document.querySelector(".skip").addEventListener("click", (ev) => {
+      ev.preventDefault();
+      $("main").focus();
+    });
     let lastPage = parseHash().page;
     window.addEventListener("hashchange", () => {
       say(""); // what the last page said is about the last page

@@ -190,6 +190,13 @@ def run(driver):
     check(nav.text == "Runs", "then the page links (%r)" % nav.text)
     outline = driver.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
     check(outline not in ("none", ""), "the focused link has a visible outline (%s)" % outline)
+    # the skip link moves focus to the content and stays on the page
+    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    check(driver.switch_to.active_element.get_attribute("class") == "skip", "Shift+Tab goes back to the skip link")
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+    check(driver.switch_to.active_element.get_attribute("id") == "main", "Enter on the skip link focuses the content")
+    check(run_id in driver.current_url and driver.find_element(By.ID, "page-run").is_displayed(),
+          "and stays on the run's page")
 
     # the DLQ: replay the entry
     driver.find_element(By.CSS_SELECTOR, "#nav a[data-page=dlq]").click()
