@@ -19,8 +19,9 @@ MOD_LIBS   = $(shell pkg-config --libs libuv libcurl libcjson libmicrohttpd lmdb
 # Everything in runtime/ except the CLI entry point is the core, linked into
 # both ./chorus and the Lua C module used by busted (same sources).
 CORE_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
-CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o
+CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o $(BUILD)/embedded_ui.o
 LUA_SRC  := $(wildcard lua/chorus/*.lua)
+UI_SRC   := $(wildcard ui/*)
 
 .PHONY: all deps test test-fast asan-build test-unit test-lua test-integration test-asan bench bench-profile demo clean lint format fuzz
 
@@ -41,6 +42,14 @@ $(BUILD)/embedded_lua.c: $(LUA_SRC) scripts/embed_lua.lua | $(BUILD)
 	lua5.4 scripts/embed_lua.lua $@ $(LUA_SRC)
 
 $(BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+# The web console (ui/: HTML, CSS, JS; no build step) is compiled in the
+# same way; `chorus serve` answers /ui from it (chorus.ui).
+$(BUILD)/embedded_ui.c: $(UI_SRC) scripts/embed_ui.lua | $(BUILD)
+	lua5.4 scripts/embed_ui.lua $@ $(UI_SRC)
+
+$(BUILD)/embedded_ui.o: $(BUILD)/embedded_ui.c
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
 $(BUILD)/chorus: $(CORE_OBJ) $(BUILD)/main.o
@@ -125,13 +134,18 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_CFLAGS  := -O1 -g -fno-omit-frame-pointer -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE \
     -Iruntime -I$(BUILD) $(FUZZ_SAN)
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_CORE_OBJ := $(CORE_SRC:runtime/%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/embedded_lua.o
+FUZZ_CORE_OBJ := $(CORE_SRC:runtime/%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/embedded_lua.o \
+    $(FUZZ_BUILD)/embedded_ui.o
 
 $(FUZZ_BUILD)/%.o: runtime/%.c $(wildcard runtime/*.h)
 	@mkdir -p $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
+	@mkdir -p $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/embedded_ui.o: $(BUILD)/embedded_ui.c
 	@mkdir -p $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
 

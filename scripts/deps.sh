@@ -10,6 +10,8 @@ PACKAGES=(
   lua-busted lua-dkjson lua-system lua-check lua-argparse curl wrk valgrind clang-format time bc
   # lua-argparse: the CLI's grammar (chorus.cli_args), loaded by ./chorus from the system Lua path
   python3  # tests/integration/raw_client.py: raw and slow requests curl cannot send
+  # tests/integration/ui_browser_spec.lua: the web console in headless Chromium
+  chromium chromium-driver python3-selenium
   # make bench: the event-driven upstream (scripts/bench/upstream.sh) and the
   # nginx + Lua server chorus is compared with; perf for make bench-profile
   nginx-light libnginx-mod-http-lua linux-perf
