@@ -4,6 +4,7 @@
 
 #include <lauxlib.h>
 #include <malloc.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,7 +95,10 @@ static void *cached_alloc(struct chorus_runtime *rt, void *ptr, size_t osize, si
     return p;
 }
 
+static void owners_drop(struct chorus_runtime *rt);
+
 void chorus_alloc_cache_drop(struct chorus_runtime *rt) {
+    owners_drop(rt);
     for (size_t c = 0; c <= CHORUS_ALLOC_CLASSES; c++) {
         while (rt->cache[c]) {
             void *p = rt->cache[c];
@@ -127,15 +131,160 @@ int chorus_alloc_cache_usable(lua_Alloc f) {
 #endif
 }
 
+/* ---- owners of big blocks --------------------------------------------------
+ *
+ * An open-addressing table from block address to (account slot, generation),
+ * with linear probing and backward-shift deletion (no tombstones). An
+ * account slot is reused once its run is freed; its generation then moves
+ * on, so blocks of the old run find no owner and give back to nobody. */
+
+struct chorus_block_owner {
+    uintptr_t block; /* 0: empty */
+    unsigned slot, gen;
+};
+
+struct chorus_account {
+    struct chorus_run *run; /* NULL: free slot */
+    unsigned gen;
+    unsigned next_free;
+};
+
+static size_t owner_hash(uintptr_t block, size_t cap) {
+    return (size_t)(((uint64_t)block >> 4) * 0x9E3779B97F4A7C15ull >> 17) & (cap - 1);
+}
+
+static struct chorus_block_owner *owner_find(struct chorus_runtime *rt, const void *p) {
+    if (!rt->owners_len)
+        return NULL;
+    uintptr_t b = (uintptr_t)p;
+    for (size_t i = owner_hash(b, rt->owners_cap);; i = (i + 1) & (rt->owners_cap - 1)) {
+        if (rt->owners[i].block == b)
+            return &rt->owners[i];
+        if (rt->owners[i].block == 0)
+            return NULL;
+    }
+}
+
+static void owner_remove(struct chorus_runtime *rt, struct chorus_block_owner *e) {
+    size_t cap = rt->owners_cap, hole = (size_t)(e - rt->owners);
+    rt->owners[hole].block = 0;
+    rt->owners_len--;
+    for (size_t i = (hole + 1) & (cap - 1); rt->owners[i].block; i = (i + 1) & (cap - 1)) {
+        size_t home = owner_hash(rt->owners[i].block, cap);
+        /* move the entry back if the hole lies between its home and it */
+        if (((i - home) & (cap - 1)) >= ((i - hole) & (cap - 1))) {
+            rt->owners[hole] = rt->owners[i];
+            rt->owners[i].block = 0;
+            hole = i;
+        }
+    }
+}
+
+static void owner_put(struct chorus_block_owner *tab, size_t cap, struct chorus_block_owner e) {
+    size_t i = owner_hash(e.block, cap);
+    while (tab[i].block)
+        i = (i + 1) & (cap - 1);
+    tab[i] = e;
+}
+
+/* Records the block's owner; without memory for it the block goes
+ * untracked (given back to the current run, as small blocks are). */
+static void owner_add(struct chorus_runtime *rt, void *p, unsigned slot) {
+    if ((rt->owners_len + 1) * 2 > rt->owners_cap) {
+        size_t cap = rt->owners_cap ? rt->owners_cap * 2 : 256;
+        struct chorus_block_owner *tab = calloc(cap, sizeof *tab);
+        if (!tab)
+            return;
+        for (size_t i = 0; i < rt->owners_cap; i++)
+            if (rt->owners[i].block)
+                owner_put(tab, cap, rt->owners[i]);
+        free(rt->owners);
+        rt->owners = tab;
+        rt->owners_cap = cap;
+    }
+    unsigned gen = slot ? rt->accounts[slot].gen : 0;
+    owner_put(rt->owners, rt->owners_cap, (struct chorus_block_owner){(uintptr_t)p, slot, gen});
+    rt->owners_len++;
+}
+
+void chorus_alloc_account_open(struct chorus_runtime *rt, struct chorus_run *run) {
+    run->account = 0;
+    if (!rt->accounts_free) {
+        if (rt->accounts_len == rt->accounts_cap) {
+            unsigned cap = rt->accounts_cap ? rt->accounts_cap * 2 : 64;
+            struct chorus_account *a = realloc(rt->accounts, cap * sizeof *a);
+            if (!a)
+                return;
+            rt->accounts = a;
+            rt->accounts_cap = cap;
+            if (rt->accounts_len == 0)
+                rt->accounts[rt->accounts_len++] = (struct chorus_account){NULL, 0, 0};
+        }
+        rt->accounts[rt->accounts_len] = (struct chorus_account){NULL, 0, 0};
+        rt->accounts_free = rt->accounts_len++;
+    }
+    unsigned slot = rt->accounts_free;
+    rt->accounts_free = rt->accounts[slot].next_free;
+    rt->accounts[slot].run = run;
+    run->account = slot;
+}
+
+void chorus_alloc_account_close(struct chorus_runtime *rt, struct chorus_run *run) {
+    unsigned slot = run->account;
+    if (!slot)
+        return;
+    rt->accounts[slot].run = NULL;
+    rt->accounts[slot].gen++;
+    rt->accounts[slot].next_free = rt->accounts_free;
+    rt->accounts_free = slot;
+    run->account = 0;
+    if (rt->charge_run == run)
+        rt->charge_run = NULL;
+}
+
+struct chorus_run *chorus_alloc_charge_to(struct chorus_runtime *rt, struct chorus_run *run) {
+    struct chorus_run *prev = rt->charge_run;
+    rt->charge_run = run;
+    return prev;
+}
+
+/* The run a tracked block's bytes belong to: NULL when nobody's (made
+ * outside any run, or its run is gone). */
+static struct chorus_run *owner_run(struct chorus_runtime *rt, const struct chorus_block_owner *e) {
+    if (!e->slot || rt->accounts[e->slot].gen != e->gen)
+        return NULL;
+    return rt->accounts[e->slot].run;
+}
+
+static void give_back(struct chorus_run *run, size_t n) {
+    if (run)
+        run->mem = run->mem > n ? run->mem - n : 0;
+}
+
+static void owners_drop(struct chorus_runtime *rt) {
+    free(rt->owners);
+    rt->owners = NULL;
+    rt->owners_cap = rt->owners_len = 0;
+    free(rt->accounts);
+    rt->accounts = NULL;
+    rt->accounts_len = rt->accounts_cap = rt->accounts_free = 0;
+}
+
 void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     struct chorus_runtime *rt = ud;
     size_t old = ptr ? osize : 0;
-    struct chorus_run *run = rt->current ? rt->current->run : NULL;
-    if (run && nsize > old) {
-        size_t grow = nsize - old;
+    struct chorus_run *forced = rt->charge_run;
+    struct chorus_run *run = forced ? forced : rt->current ? rt->current->run : NULL;
+    /* who paid for the old bytes: the block's owner when it is tracked */
+    struct chorus_block_owner *e = old > CHORUS_ALLOC_OWNED_MIN ? owner_find(rt, ptr) : NULL;
+    struct chorus_run *payer = e ? owner_run(rt, e) : run;
+    /* what the charged run must be able to take: the growth of its own
+     * block, the whole block when it takes it over from another payer */
+    size_t charge = payer == run ? (nsize > old ? nsize - old : 0) : nsize;
+    if (run && nsize > old && !forced) {
         if (run->killed == KILL_MEMORY)
             return NULL;
-        if (run->limits.run_memory && run->mem + grow > run->limits.run_memory) {
+        if (run->limits.run_memory && run->mem + charge > run->limits.run_memory) {
             run->killed = KILL_MEMORY;
             return NULL;
         }
@@ -146,11 +295,22 @@ void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         return NULL;
     rt->lua_bytes += nsize;
     rt->lua_bytes -= old;
-    if (run) {
-        if (nsize > old)
-            run->mem += nsize - old;
-        else
-            run->mem = run->mem > old - nsize ? run->mem - (old - nsize) : 0;
+    if (payer == run) {
+        if (run) {
+            if (nsize > old)
+                run->mem += nsize - old;
+            else
+                give_back(run, old - nsize);
+        }
+    } else {
+        give_back(payer, old);
+        if (run)
+            run->mem += nsize;
     }
+    if (e)
+        owner_remove(rt, e);
+    /* a run without an account keeps small blocks' rule for all */
+    if (nsize > CHORUS_ALLOC_OWNED_MIN && !(run && !run->account))
+        owner_add(rt, p, run ? run->account : 0);
     return p;
 }

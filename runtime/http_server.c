@@ -16,6 +16,7 @@
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,7 @@ struct chorus_server {
     chorus_server_handler handler;
     void *data;
     size_t max_body;
+    size_t max_header; /* bytes of request line, and of header lines */
     int port;
     int handles_open;
     struct chorus_exchange *pending;
@@ -219,10 +221,11 @@ static const char TOO_LARGE[] =
 
 /* What the headers say about where the body ends. */
 struct framing {
-    const char *length; /* the first Content-Length */
-    int lengths_differ; /* another Content-Length with another value */
-    int chunked;        /* a Transfer-Encoding */
-    int not_chunked;    /* a Transfer-Encoding other than "chunked" */
+    const char *length;  /* the first Content-Length */
+    int lengths_differ;  /* another Content-Length with another value */
+    int chunked;         /* a Transfer-Encoding */
+    int not_chunked;     /* a Transfer-Encoding other than "chunked" */
+    size_t header_bytes; /* "Key: value\r\n" of every header line */
 };
 
 static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -230,6 +233,7 @@ static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const ch
     (void)kind;
     struct framing *f = cls;
     value = value ? value : "";
+    f->header_bytes += strlen(key) + strlen(value) + 4;
     if (strcasecmp(key, "Content-Length") == 0) {
         if (f->length && strcmp(f->length, value) != 0)
             f->lengths_differ = 1;
@@ -248,9 +252,10 @@ static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const ch
  * reads chunks, would take the rest of the body for a second request
  * (request smuggling): such requests are refused before their body is read
  * (RFC 9112 6.3). */
-static const char *ambiguous_framing(struct MHD_Connection *conn) {
+static const char *ambiguous_framing(struct MHD_Connection *conn, size_t *header_bytes) {
     struct framing f = {0};
     MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_framing, &f);
+    *header_bytes = f.header_bytes;
     if (f.lengths_differ)
         return "the request has Content-Length headers with different values";
     if (f.chunked && f.length)
@@ -258,6 +263,47 @@ static const char *ambiguous_framing(struct MHD_Connection *conn) {
     if (f.not_chunked) /* MHD would wait for a body it cannot delimit */
         return "the only Transfer-Encoding accepted is chunked";
     return NULL;
+}
+
+/* ---- oversized requests ---------------------------------------------------
+ *
+ * libmicrohttpd 0.9.75 answers a request line or headers that overflow its
+ * per-connection memory itself, with an HTML body. Its pool is made twice
+ * max_header_bytes, so that up to there chorus sees such requests first and
+ * refuses them as problem+json like every other error; only requests past
+ * twice the limit still get libmicrohttpd's own HTML answer. */
+static size_t mhd_pool_size(size_t max_header) {
+    return max_header > SIZE_MAX / 2 ? max_header : max_header * 2;
+}
+
+static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value) {
+    (void)kind;
+    *(size_t *)cls += strlen(key) + (value ? strlen(value) + 1 : 0) + 1;
+    return MHD_YES;
+}
+
+/* The query's length as parsed ("?k=v&..."); the raw form is not kept. */
+static size_t query_bytes(struct MHD_Connection *conn) {
+    size_t n = 0;
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, count_arg, &n);
+    return n;
+}
+
+static enum MHD_Result refuse_oversized(struct chorus_exchange *ex, int target) {
+    char body[256];
+    int n =
+        snprintf(body, sizeof body,
+                 "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%d,"
+                 "\"detail\":\"the request %s exceeds max_header_bytes (%zu bytes)\"}",
+                 target ? "URI Too Long" : "Request Header Fields Too Large", target ? 414 : 431,
+                 target ? "target" : "header fields", ex->server->max_header);
+    static const char *const h[] = {"Content-Type", "application/problem+json", "Connection",
+                                    "close"};
+    if (ex->track)
+        ex->track->busy = 1;
+    chorus_server_respond(ex, target ? 414 : 431, h, 2, body, (size_t)n);
+    return queue_answer(ex);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -274,7 +320,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         ex->conn = conn;
         ex->track = track_of(conn);
         *req_cls = ex;
-        const char *why = ambiguous_framing(conn);
+        size_t header_bytes;
+        const char *why = ambiguous_framing(conn, &header_bytes);
+        size_t target = strlen(url) + query_bytes(conn);
+        if (target > s->max_header || header_bytes > s->max_header)
+            return refuse_oversized(ex, target > s->max_header);
         if (why) {
             char body[256];
             int n = snprintf(body, sizeof body,
@@ -402,6 +452,7 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
     s->handler = handler;
     s->data = data;
     s->max_body = cfg->max_body;
+    s->max_header = cfg->max_header;
     s->client_timeout_ms = (uint64_t)cfg->client_timeout * 1000;
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
@@ -414,9 +465,9 @@ struct chorus_server *chorus_server_start(uv_loop_t *loop, const struct chorus_s
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, on_request, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, mhd_pool_size(cfg->max_header),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)", cfg->host,
                  cfg->port);

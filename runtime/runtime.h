@@ -20,7 +20,9 @@ struct chorus_run;
 struct chorus_task;
 struct chorus_http_client;
 struct chorus_vtimer;
-struct chorus_waiter; /* a task parked in core.wait (lua_wait.c) */
+struct chorus_waiter;      /* a task parked in core.wait (lua_wait.c) */
+struct chorus_block_owner; /* alloc.c */
+struct chorus_account;     /* alloc.c */
 
 /* Per-run limits; 0 means unlimited. */
 struct chorus_limits {
@@ -83,6 +85,14 @@ struct chorus_runtime {
     lua_State *co_pool[CHORUS_CO_POOL];
     int co_pool_ref[CHORUS_CO_POOL];
     int nco_pool;
+    /* Who pays for each big Lua block (alloc.c): the account of the run
+     * that made it, so that its free gives the bytes back to that run
+     * whichever run the collector happens to free it under. */
+    struct chorus_block_owner *owners; /* open addressing, by block address */
+    size_t owners_cap, owners_len;
+    struct chorus_account *accounts; /* [0] is nobody's: the server's */
+    unsigned accounts_len, accounts_cap, accounts_free;
+    struct chorus_run *charge_run; /* charged instead of the current run */
 };
 
 /* Returns the runtime attached to L (any thread of it), or NULL. */

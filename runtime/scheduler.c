@@ -5,6 +5,8 @@
  * running. Everything else (I/O callbacks, cancellations) only queues.
  */
 #include "scheduler.h"
+
+#include "alloc.h"
 #include "clock.h"
 #include "random.h"
 #include "watchdog.h"
@@ -564,7 +566,9 @@ struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int
     run->on_done = on_done;
     run->on_done_data = data;
     chorus_uuid(run->id);
+    chorus_alloc_account_open(rt, run);
     if (!task_new(run, NULL, L, nargs)) {
+        chorus_alloc_account_close(rt, run);
         free(run->tasks);
         free(run);
         return NULL;
@@ -605,6 +609,7 @@ void chorus_run_free(struct chorus_run *run) {
     }
     luaL_unref(rt->L, LUA_REGISTRYINDEX, run->result_ref);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, run->interrupt_ref);
+    chorus_alloc_account_close(rt, run);
     if (run->prev)
         run->prev->next = run->next;
     else

@@ -58,9 +58,10 @@ struct chorus_run {
     char id[37]; /* uuid text */
     struct chorus_task **tasks;
     int ntasks, cap;
-    int nqueued;  /* of its tasks, on the ready queue */
-    int allow_io; /* 0 while a script's top level runs */
-    size_t mem;   /* heap growth charged to this run */
+    int nqueued;      /* of its tasks, on the ready queue */
+    int allow_io;     /* 0 while a script's top level runs */
+    size_t mem;       /* heap growth charged to this run */
+    unsigned account; /* its slot in rt->accounts (alloc.h); 0: none */
     long instructions;
     long long cpu_ns; /* CPU time charged to this run (see below) */
     int hooked;       /* the watchdog caught it running: counted from then on */

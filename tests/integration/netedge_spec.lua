@@ -224,8 +224,35 @@ return {
     pending("obs-fold continuation lines get 400 (libmicrohttpd 0.9.75 joins them)")
     pending("a NUL in a header gets 400 (libmicrohttpd 0.9.75 cuts the value there)")
 
-    it("errors libmicrohttpd answers itself keep their status (431, 414, 505, malformed 400)", function()
-      local big = ("a"):rep(20000)
+    it("answers headers or a target over max_header_bytes with 431 / 414 problem+json", function()
+      local big = ("a"):rep(20000) -- over the default 16384
+      local status, head, body = raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " .. big
+        .. "\r\nConnection: close\r\n\r\n")
+      assert.are.equal(431, status)
+      assert.matches("application/problem%+json", head)
+      assert.matches("header fields exceeds max_header_bytes %(16384 bytes%)", body)
+      -- split over many lines, each small
+      local lines = {}
+      for i = 1, 40 do lines[i] = ("X-H%d: %s\r\n"):format(i, ("b"):rep(500)) end
+      status, head = raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\n" .. table.concat(lines)
+        .. "Connection: close\r\n\r\n")
+      assert.are.equal(431, status)
+      assert.matches("application/problem%+json", head)
+      status, head, body = raw(srv.url, "GET /healthz?q=" .. big .. " HTTP/1.1\r\nHost: x\r\n"
+        .. "Connection: close\r\n\r\n")
+      assert.are.equal(414, status)
+      assert.matches("application/problem%+json", head)
+      assert.matches("target exceeds max_header_bytes", body)
+      status = raw(srv.url, "GET /" .. big .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      assert.are.equal(414, status)
+      -- just under the limit is served
+      status = raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " .. ("a"):rep(15000)
+        .. "\r\nConnection: close\r\n\r\n")
+      assert.are.equal(200, status)
+    end)
+
+    it("errors libmicrohttpd answers itself keep their status (431 past twice the limit, 505, 400)", function()
+      local big = ("a"):rep(40000)
       assert.are.equal(431, (raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " .. big
         .. "\r\nConnection: close\r\n\r\n")))
       assert.are.equal(505, (raw(srv.url, "GET /healthz HTTP/2.0\r\nHost: x\r\nConnection: close\r\n\r\n")))
