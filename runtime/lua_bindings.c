@@ -9,6 +9,7 @@
 #include "lua_events.h"
 #include "lua_http.h"
 #include "lua_json.h"
+#include "lua_systemd.h"
 #include "lua_pattern.h"
 #include "lua_rate_limit.h"
 #include "lua_record_ring.h"
@@ -34,6 +35,7 @@ void chorus_lua_bindings_open(lua_State *L) {
     chorus_lua_events_open(L);
     chorus_lua_store_open(L);
     chorus_lua_crypto_open(L);
+    chorus_lua_systemd_open(L);
     chorus_lua_record_ring_open(L);
     chorus_lua_pattern_open(L);
     chorus_lua_charged_open(L); /* after: into the string methods pattern made */
