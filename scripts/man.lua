@@ -26,10 +26,15 @@ for line in f:read("a"):gmatch("([^\n]*)\n?") do
 end
 f:close()
 
--- roff text: backslashes doubled, a line's leading . or ' made literal.
+-- roff text: backslashes and minus signs escaped, and every non-ASCII
+-- character written as \[uXXXX], so the page is plain ASCII (troff reads
+-- bytes, not UTF-8).
 local function escape(s)
   s = s:gsub("\\", "\\e"):gsub("%-", "\\-")
-  return s
+  return (s:gsub(utf8.charpattern, function(c)
+    local code = utf8.codepoint(c)
+    return code < 128 and c or ("\\[u%04X]"):format(code)
+  end))
 end
 
 local function line_start(s)
