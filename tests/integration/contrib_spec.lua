@@ -123,8 +123,9 @@ end
 
 describe("the PromQL reader of this spec", function()
   it("finds the metrics and leaves out functions, labels, keywords and variables", function()
-    local names = metric_names('histogram_quantile(0.99, sum by (le, upstream) (rate(a_bucket{x="y"}[$__rate_interval])))'
-      .. ' / ignoring(z) b_total > 0 and on (i) c or vector(0) and label_values(d, instance)', {})
+    local names = metric_names('histogram_quantile(0.99, sum by (le, upstream) '
+      .. '(rate(a_bucket{x="y"}[$__rate_interval]))) / ignoring(z) b_total > 0 and on (i) c or vector(0) '
+      .. 'and label_values(d, instance)', {})
     assert.are.same({ "a_bucket", "b_total", "c", "d" }, sorted(names))
   end)
 end)
