@@ -172,13 +172,34 @@ end
 
 -- nil when rule is an auth rule ({ token =, hmac_secret = }), else why not;
 -- what names it (auth.NAME, events.NAME.auth).
+-- nil when list is nil or a list of workflow names, else why not.
+local function check_names(list, what)
+  if list == nil then
+    return nil
+  end
+  if type(list) ~= "table" then
+    return ("%s must be a list of workflow names"):format(what)
+  end
+  for k, v in pairs(list) do
+    if math.type(k) ~= "integer" or k < 1 or k > #list or type(v) ~= "string" or v == "" then
+      return ("%s must be a list of workflow names"):format(what)
+    end
+  end
+  return nil
+end
+
 local function check_auth(rule, what)
   if type(rule) ~= "table" or (rule.token == nil and rule.hmac_secret == nil) then
     return ("%s must be { token = ... } and/or { hmac_secret = ... }"):format(what)
   end
   for k, v in pairs(rule) do
-    if (k ~= "token" and k ~= "hmac_secret") or type(v) ~= "string" or v == "" then
-      return ("%s.%s: only token and hmac_secret, non-empty strings"):format(what, tostring(k))
+    if k == "callers" then
+      local err = check_names(v, what .. ".callers")
+      if err then
+        return err
+      end
+    elseif (k ~= "token" and k ~= "hmac_secret") or type(v) ~= "string" or v == "" then
+      return ("%s.%s: only token and hmac_secret, non-empty strings, and callers"):format(what, tostring(k))
     end
   end
   return nil
@@ -196,11 +217,15 @@ local function check_events(ev)
       return ("events.%s must be a table { auth = { token = ... } }"):format(tostring(name))
     else
       for k in pairs(v) do
-        if k ~= "auth" then
-          return ("events.%s: unknown setting '%s' (auth)"):format(name, tostring(k))
+        if k ~= "auth" and k ~= "emitters" then
+          return ("events.%s: unknown setting '%s' (auth, emitters)"):format(name, tostring(k))
         end
       end
-      local err = check_auth(v.auth, ("events.%s.auth"):format(name))
+      local err = check_names(v.emitters, ("events.%s.emitters"):format(name))
+        or check_auth(v.auth, ("events.%s.auth"):format(name))
+      if not err and v.auth.callers then
+        err = ("events.%s.auth: callers is for workflows; an event takes emitters"):format(name)
+      end
       if err then
         return err
       end

@@ -267,6 +267,12 @@ function events.emit(name, key, payload)
     id = nil
   end
   local run = runstate.current()
+  local svc = run and run.env and run.env.service
+  local refused = svc and svc:refuse_emit(run.workflow, name)
+  if refused then
+    refused.message = "chorus.emit: " .. refused.message
+    error(refused, 2)
+  end
   if not id and run then -- the emit's journal step: the same id when a replay emits again
     run.emits = (run.emits or 0) + 1
     id = run.run_id .. ":emit:" .. (journal.next_step() or run.emits)

@@ -116,6 +116,13 @@ function outbox.later(workflow, input, opts)
     error("ctx.later(workflow, input, opts): workflow must be a workflow name", 2)
   end
   opts = check_opts("ctx.later", opts)
+  local run = runstate.current()
+  local svc = run and run.env and run.env.service
+  local refused = svc and svc:refuse_start(run.workflow, workflow)
+  if refused then
+    refused.message = "ctx.later: " .. refused.message
+    error(refused, 2)
+  end
   return enqueue(new_entry("workflow", { workflow = workflow, input = input }, opts), workflow)
 end
 

@@ -246,6 +246,12 @@ function Service:finish(rec, text, ok, value)
     else
       st:drop_journal(rec.id)
     end
+    if rec.parent and rec.redact then -- what the record masks, for the parent (Service:call_child)
+      local raw = ok and { result = value } or { error = errors.normalize(value) }
+      if not pcall(st.put_outcome, st, rec.id, raw) then
+        st:put_outcome(rec.id, { unreadable = true }) -- the parent then reads the record
+      end
+    end
   end
   if rec.key then
     idempotency.finish(st, rec.key_scope or rec.workflow, rec.key, rec.fp, rec.id, rec.ttl,
@@ -313,7 +319,7 @@ function Service:execute(entry, rec, input, recorded)
     return ok, value, nil, nil, info, true
   end
   local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
-  self:wake_waiters(rec.id)
+  self:wake_waiters(rec.id, ok, value)
   if not stored and rec.key then -- a key must not stay in flight for good
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
@@ -400,6 +406,50 @@ end
 
 --- The outcome of a finished run's record (table or JSON text): true and
 --- its result, or false and its error (the child's id added).
+-- ---- what one workflow may start of another ------------------------------
+--
+-- A script can do no more to another workflow than an HTTP client without
+-- its credentials could: a workflow the config protects with auth.NAME is
+-- started by ctx.call or ctx.later only from the workflows auth.NAME.callers
+-- lists, and an event the config protects with events.NAME is emitted with
+-- chorus.emit only from those events.NAME.emitters lists. Without a config
+-- (chorus.testing, chorus run without one) nothing is protected.
+
+local function listed(list, name)
+  for _, v in ipairs(list or {}) do
+    if v == name then
+      return true
+    end
+  end
+  return false
+end
+
+--- Nil when workflow caller may start workflow target, else the error.
+function Service:refuse_start(caller, target)
+  local rule = (self.env.config.auth or {})[target]
+  if not rule or listed(rule.callers, caller) then
+    return nil
+  end
+  return errors.new("forbidden", ("workflow '%s' is protected by auth.%s: list '%s' in auth.%s.callers to let it "
+    .. "start it"):format(target, target, caller, target))
+end
+
+--- Nil when workflow caller may emit event name, else the error.
+function Service:refuse_emit(caller, name)
+  local rule = (self.env.config.events or {})[name]
+  if name == "ttl" or not rule or listed(rule.emitters, caller) then
+    return nil
+  end
+  return errors.new("forbidden", ("event '%s' is protected by events.%s: list '%s' in events.%s.emitters to let it "
+    .. "emit it"):format(name, name, caller, name))
+end
+
+local function with_child_id(err, id)
+  err = setmetatable(err, errors.MT)
+  err.child_run_id = id
+  return err
+end
+
 local function outcome(rec)
   if type(rec) == "string" then
     rec = json.decode(rec)
@@ -407,16 +457,16 @@ local function outcome(rec)
   if rec.error == nil then
     return true, rec.result
   end
-  local err = setmetatable(errors.normalize(rec.error), errors.MT)
-  err.child_run_id = rec.id
-  return false, err
+  return false, with_child_id(errors.normalize(rec.error), rec.id)
 end
 
-function Service:wake_waiters(id)
+-- Wakes the parents waiting for child run id with its outcome as it was
+-- (its record may mask it).
+function Service:wake_waiters(id, ok, value)
   local tokens = self.waiters[id]
   self.waiters[id] = nil
   for _, token in ipairs(tokens or {}) do
-    core.notify(token, true)
+    core.notify(token, { ok = ok, value = value })
   end
 end
 
@@ -446,13 +496,20 @@ function Service:call_child(entry, input, id, parent)
     self.waiters[id] = list
     local token = core.wait_token()
     list[#list + 1] = token
-    runstate.wait(token, math.huge)
+    local o = runstate.wait(token, math.huge)
+    if type(o) == "table" then
+      return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
+    end
     return outcome(self:lookup(id))
   end
   local found = self:lookup(id)
   if found then
     local decoded = type(found) == "string" and json.decode(found) or found
     if decoded.status ~= "running" then
+      local raw = decoded.redact and self.store and self.store:get_outcome(id)
+      if raw and not raw.unreadable then -- the record masks it: what the child returned
+        decoded.result, decoded.error = raw.result, raw.error
+      end
       return outcome(decoded)
     end
     local ok, value

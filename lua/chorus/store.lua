@@ -206,12 +206,28 @@ function Store:get_redrive(run_id)
   return self:get_json("journal", run_id .. REDRIVE_SEQ)
 end
 
+-- The last seq of a child run's journal keeps its outcome as it was, when
+-- its record masks it (the workflow's redact paths): the parent that finds
+-- it finished after a restart takes that, as a parent that waited did. It
+-- goes with the record (chorus.sweep drops the journal then).
+local OUTCOME_SEQ = string.pack(">I4", 0xFFFFFFFF)
+
+function Store:put_outcome(run_id, value)
+  self:put_json("journal", run_id .. OUTCOME_SEQ, value)
+end
+
+function Store:get_outcome(run_id)
+  return self:get_json("journal", run_id .. OUTCOME_SEQ)
+end
+
 --- The recorded effects of a run, in sequence order.
 function Store:journal(run_id)
   local out = {}
   for _, row in ipairs(self:scan_json("journal", { prefix = run_id, limit = math.maxinteger })) do
     -- not a longer id sharing the prefix, nor the redrive entry (seq 0)
-    if #row.key == #run_id + 4 and row.key:sub(-4) ~= REDRIVE_SEQ then
+    -- or the outcome
+    local seq = row.key:sub(-4)
+    if #row.key == #run_id + 4 and seq ~= REDRIVE_SEQ and seq ~= OUTCOME_SEQ then
       out[#out + 1] = row.value
     end
   end

@@ -24,6 +24,15 @@ return chorus.workflow { name = "receiver", run = function(_, input)
 end }
 ]]
 
+-- another workflow of the server, not in events.processed.emitters
+local INTRUDER = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "intruder", run = function(_, input)
+  local ok, err = pcall(chorus.emit, "processed", input.task_id, { category = "forged" })
+  return { ok = ok, kind = not ok and err.kind or nil, message = not ok and err.message or nil }
+end }
+]]
+
 describe("durable events over HTTP", function()
   local dir, conf, data, srv
 
@@ -48,11 +57,12 @@ describe("durable events over HTTP", function()
   end
 
   setup(function()
-    dir = H.temp_dir({ ["waiter.lua"] = WAITER, ["receiver.lua"] = RECEIVER })
+    dir = H.temp_dir({ ["waiter.lua"] = WAITER, ["receiver.lua"] = RECEIVER, ["intruder.lua"] = INTRUDER })
     data = H.temp_dir()
     conf = H.write_temp([[
 return { admin_token = "adm", limits = { max_body_bytes = 4096 },
-  events = { ttl = 3600, processed = { auth = { token = "ev-token", hmac_secret = "ev-hmac" } } } }
+  events = { ttl = 3600, processed = { auth = { token = "ev-token", hmac_secret = "ev-hmac" },
+    emitters = { "receiver" } } } }
 ]])
     start()
   end)
@@ -138,6 +148,17 @@ return { admin_token = "adm", limits = { max_body_bytes = 4096 },
     assert.same({ emitted = "kept" }, r.json)
     assert.same({ emitted = "duplicate" }, hook().json)
     assert.same({ got = { id = "prov-1", category = "fuel" } }, finished(id).result)
+  end)
+
+  it("refuses chorus.emit of a protected event to a workflow events.NAME.emitters does not list", function()
+    local id = start_wait("t-forged", 1)
+    local r = H.request(srv.url .. "/workflows/intruder",
+      { method = "POST", body = H.encode({ task_id = "t-forged" }) })
+    assert.equal(200, r.status, r.body)
+    assert.is_false(r.json.ok)
+    assert.equal("forbidden", r.json.kind)
+    assert.matches("events.processed.emitters", r.json.message, 1, true)
+    assert.same({ error = "timeout" }, finished(id).result) -- nothing reached the waiter
   end)
 
   it("gives the event to a run killed with SIGKILL while it waited, after the restart", function()

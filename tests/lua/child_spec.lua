@@ -75,6 +75,19 @@ describe("ctx.call", function()
     assert.are.equal(1, #testing.calls_to(r, "cards", "POST", "/charges"))
   end)
 
+  it("gives the parent a resumed child's real result, not its redacted record", function()
+    local secret_charge = chorus.workflow {
+      name = "charge", redact = { "charge" }, run = charge.run,
+    }
+    local r = testing.run(order(function(ctx)
+      local c = ctx.call("charge", { amount = 5 })
+      return { paid = c.charge }
+    end), {}, { workflows = { charge = secret_charge }, crash_after = 2 }) -- the child resumes on its own
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.same({ paid = "ch_1" }, r.value)
+  end)
+
   it("replays a finished child's result from the parent's journal", function()
     local r = testing.run(order(function(ctx)
       local c = ctx.call("charge", { amount = 5 })

@@ -255,9 +255,12 @@ describe("the events config", function()
   end
 
   it("takes a ttl and per-name auth rules", function()
-    local conf, err = load([[events = { ttl = 3600, processed = { auth = { token = "t", hmac_secret = "h" } } }]])
+    local conf, err = load([[events = { ttl = 3600, processed = { auth = { token = "t", hmac_secret = "h" },
+      emitters = { "receiver" } } }, auth = { charge = { token = "c", callers = { "order" } } }]])
     assert.is_nil(err)
     assert.equal(3600, conf.events.ttl)
+    assert.same({ "receiver" }, conf.events.processed.emitters)
+    assert.same({ "order" }, conf.auth.charge.callers)
   end)
 
   it("refuses a bad ttl, an unknown setting and a bad auth rule, naming the key", function()
@@ -265,11 +268,19 @@ describe("the events config", function()
       { "events = { ttl = 0 }", "events.ttl must be between 1 and 3153600000, got 0" },
       { "events = { ttl = 0/0 }", "events.ttl must be a number, got NaN" },
       { "events = { processed = { auth = { token = 't' }, retries = 1 } }",
-        "events.processed: unknown setting 'retries' (auth)" },
+        "events.processed: unknown setting 'retries' (auth, emitters)" },
+      { "events = { processed = { auth = { token = 't' }, emitters = 'receiver' } }",
+        "events.processed.emitters must be a list of workflow names" },
+      { "events = { processed = { auth = { token = 't' }, emitters = { 'a', 2 } } }",
+        "events.processed.emitters must be a list of workflow names" },
+      { "events = { processed = { auth = { token = 't', callers = { 'a' } } } }",
+        "events.processed.auth: callers is for workflows; an event takes emitters" },
+      { "auth = { charge = { token = 't', callers = { 'a', x = 'b' } } }",
+        "auth.charge.callers must be a list of workflow names" },
       { "events = { processed = {} }",
         "events.processed.auth must be { token = ... } and/or { hmac_secret = ... }" },
       { "events = { processed = { auth = { token = '' } } }",
-        "events.processed.auth.token: only token and hmac_secret, non-empty strings" },
+        "events.processed.auth.token: only token and hmac_secret, non-empty strings, and callers" },
       { "events = { processed = true }", "events.processed must be a table { auth = { token = ... } }" },
       { "events = 1", "'events' must be a table" },
     }

@@ -127,6 +127,79 @@ describe("the run service", function()
     assert.is_nil(svc.running[rec.id])
   end)
 
+  it("lets a workflow start a protected one, or emit a protected event, only when the config lists it", function()
+    local function wf(name, body)
+      return { workflow = chorus.workflow { name = name, run = body }, hash = name }
+    end
+    local entries = { charge = wf("charge", function() return "charged" end) }
+    local env = { backend = outbox.memory(true), log = function() end, log_sink = function() end,
+      workflow = function(name) return entries[name] end,
+      config = { auth = { charge = { token = "t", callers = { "order" } } },
+        events = { paid = { auth = { token = "e" }, emitters = { "order" } } } } }
+    local function attempt(fn)
+      return function(ctx)
+        local ok, err = pcall(fn, ctx)
+        return ok and "allowed" or err.kind .. ": " .. err.message
+      end
+    end
+    local out = in_loop(function()
+      local svc = runs.service(env)
+      local results = {}
+      for _, caller in ipairs({ "order", "stranger" }) do
+        for what, fn in pairs({
+          call = function(ctx) return ctx.call("charge", {}) end,
+          later = function(ctx) return ctx.later("charge", {}) end,
+          emit = function() return chorus.emit("paid", "k1", {}) end,
+          open = function() return chorus.emit("unconfigured", "k1", {}) end,
+        }) do
+          local _, value = svc:start(wf(caller, attempt(fn)), {})
+          results[caller .. " " .. what] = value
+        end
+      end
+      return results
+    end)
+    assert.are.equal("allowed", out["order call"])
+    assert.are.equal("allowed", out["order later"])
+    assert.are.equal("allowed", out["order emit"])
+    assert.are.equal("allowed", out["stranger open"]) -- an event the config does not protect
+    assert.matches("^forbidden: ctx.call: workflow 'charge' is protected by auth.charge: list 'stranger' in "
+      .. "auth.charge.callers", out["stranger call"])
+    assert.matches("^forbidden: ctx.later: .*auth.charge.callers", out["stranger later"])
+    assert.matches("^forbidden: chorus.emit: event 'paid' is protected by events.paid: list 'stranger' in "
+      .. "events.paid.emitters", out["stranger emit"])
+  end)
+
+  it("gives a parent that finds its child finished what the child returned, not the masked record", function()
+    -- as after a crash between the child's end and the parent's journaling
+    -- of the call: the replayed parent finds the child's record in the store
+    local st = store.memory()
+    local env = { store = st, backend = outbox.memory(true), log = function() end, log_sink = function() end }
+    local child = { workflow = chorus.workflow { name = "child", redact = { "card" }, run = function(_, input)
+      return { card = input.card, ok = true }
+    end }, hash = "c1" }
+    local failing = { workflow = chorus.workflow { name = "failing", redact = { "card" }, run = function(_, input)
+      error({ kind = "declined", message = "no", card = input.card })
+    end }, hash = "f1" }
+    local out = in_loop(function()
+      local svc = runs.service(env)
+      local cid, fid = core.uuid(), core.uuid()
+      svc:start(child, { card = "4242" }, { id = cid, parent = "p" })
+      svc:start(failing, { card = "4242" }, { id = fid, parent = "p" })
+      local masked = json.decode(st:get_run_text(cid))
+      local parent = { run_id = "p" }
+      local ok, value = svc:call_child(child, {}, cid, parent)
+      local fok, ferr = svc:call_child(failing, {}, fid, parent)
+      return { masked = masked.result.card, ok = ok, value = value, fok = fok, ferr = ferr, fid = fid }
+    end)
+    assert.are.equal("[REDACTED]", out.masked)
+    assert.is_true(out.ok)
+    assert.are.same({ card = "4242", ok = true }, out.value)
+    assert.is_false(out.fok)
+    assert.are.equal("declined", out.ferr.kind)
+    assert.are.equal("4242", out.ferr.card)
+    assert.are.equal(out.fid, out.ferr.child_run_id)
+  end)
+
   it("after a crash, a new service over the same store resumes the run from its journal", function()
     local t = counting_transport("one")
     local st = store.memory()
