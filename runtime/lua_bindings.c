@@ -20,6 +20,13 @@
 #include "runtime.h"
 
 void chorus_lua_register(lua_State *L, const luaL_Reg *funcs) {
+    /* two bindings giving core the same name: the later would silently
+     * replace the earlier (core.notify once did) */
+    for (const luaL_Reg *f = funcs; f->name != NULL; f++) {
+        if (lua_getfield(L, -1, f->name) != LUA_TNIL)
+            luaL_error(L, "chorus.core.%s is registered twice", f->name);
+        lua_pop(L, 1);
+    }
     lua_pushlightuserdata(L, chorus_runtime_of(L));
     luaL_setfuncs(L, funcs, 1);
 }

@@ -1,4 +1,4 @@
-/* lua_systemd.c — core.notify and core.watchdog_interval (see lua_systemd.h). */
+/* lua_systemd.c — core.sd_notify and core.sd_watchdog_interval (see lua_systemd.h). */
 #include "lua_systemd.h"
 
 #include <lauxlib.h>
@@ -38,8 +38,8 @@ int chorus_lua_systemd_watchdog(lua_State *L) {
 
 void chorus_lua_systemd_open(lua_State *L) {
     static const luaL_Reg funcs[] = {
-        {"notify", chorus_lua_systemd_notify},
-        {"watchdog_interval", chorus_lua_systemd_watchdog},
+        {"sd_notify", chorus_lua_systemd_notify},
+        {"sd_watchdog_interval", chorus_lua_systemd_watchdog},
         {NULL, NULL},
     };
     chorus_lua_register(L, funcs);

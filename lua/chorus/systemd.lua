@@ -3,7 +3,7 @@
 -- unfinished at start has started again, STOPPING=1 when it starts to
 -- drain, and WATCHDOG=1 every half of WatchdogSec= while the loop turns (a
 -- stuck loop misses them and systemd restarts the service). Sent by
--- libsystemd's sd_notify (core.notify); without NOTIFY_SOCKET nothing is
+-- libsystemd's sd_notify (core.sd_notify); without NOTIFY_SOCKET nothing is
 -- sent, so the server runs the same under any other supervisor.
 local core = require "chorus.core"
 local log = require("chorus.log").event
@@ -19,7 +19,7 @@ local warned = false
 --- Sends state (sd_notify's newline-separated assignments); returns whether
 --- it was sent.
 function systemd.notify(state)
-  local ok, err = core.notify(state)
+  local ok, err = core.sd_notify(state)
   if ok == nil and not warned then
     warned = true
     log("warn", "cannot notify systemd; serving on without it", { error = err,
@@ -39,7 +39,7 @@ end
 --- Starts the watchdog pings when systemd asks for them (WATCHDOG_USEC);
 --- they go on until the loop stops. running() says whether to go on.
 function systemd.watchdog(running)
-  local interval, err = core.watchdog_interval()
+  local interval, err = core.sd_watchdog_interval()
   if interval == nil then
     log("warn", "no watchdog pings: " .. err, { watchdog_usec = core.env("WATCHDOG_USEC") })
     return false
