@@ -135,6 +135,7 @@ bench: all
 	bash scripts/bench_serve.sh
 	bash scripts/bench_durable.sh
 	bash scripts/bench_recovery.sh
+	bash scripts/bench_runs.sh
 
 # Where a served request's time goes (perf, callgrind); not part of `bench`.
 bench-profile: all

@@ -112,18 +112,6 @@ static int charge_body(void *data, long long delta) {
     return 0;
 }
 
-/* max_response_bytes: a positive integer, or nil for the default. */
-static size_t max_body_arg(lua_State *L, int arg) {
-    if (lua_isnoneornil(L, arg))
-        return CHORUS_HTTP_DEFAULT_MAX_BODY;
-    lua_Integer n = 0;
-    int isnum = 0;
-    n = lua_tointegerx(L, arg, &isnum);
-    luaL_argcheck(L, isnum && n > 0 && n <= ((lua_Integer)1 << 50), arg,
-                  "max_response_bytes must be an integer between 1 and 2^50");
-    return (size_t)n;
-}
-
 static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
 
 /* Writes "Name: value" lines for the table at idx into buf (chorus_http_start
@@ -133,20 +121,19 @@ static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
 static int collect_headers(lua_State *L, int idx, const char **lines, char *buf, size_t cap) {
     int n = 0;
     size_t used = 0;
-    if (lua_isnoneornil(L, idx))
+    if (lua_isnil(L, idx))
         return 0;
-    luaL_checktype(L, idx, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         luaL_checkstack(L, 3, "too many headers");
         if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
-            luaL_argerror(L, idx, "headers must map names to strings");
+            luaL_argerror(L, 1, "headers must map names to strings");
         size_t nlen, vlen;
         const char *name = lua_tolstring(L, -2, &nlen), *value = lua_tolstring(L, -1, &vlen);
         if (has_crlf(name) || has_crlf(value) || strchr(name, ':') || !*name)
-            luaL_argerror(L, idx, "header names and values must not contain CR, LF or ':'");
+            luaL_argerror(L, 1, "header names and values must not contain CR, LF or ':'");
         if (n == MAX_HEADERS)
-            luaL_argerror(L, idx, "too many headers");
+            luaL_argerror(L, 1, "too many headers");
         if (nlen + vlen + 3 <= cap - used) {
             char *line = buf + used;
             memcpy(line, name, nlen);
@@ -164,45 +151,135 @@ static int collect_headers(lua_State *L, int idx, const char **lines, char *buf,
     return n;
 }
 
-static long timeout_ms(lua_State *L, int arg) {
-    lua_Number s = luaL_optnumber(L, arg, 0);
-    luaL_argcheck(L, s >= 0 && s < 1e7, arg, "timeout must be seconds between 0 and 1e7");
+/* The options core.http takes, with the Lua type each must have. */
+enum http_opt {
+    OPT_METHOD,
+    OPT_URL,
+    OPT_HEADERS,
+    OPT_BODY,
+    OPT_CONNECT_TIMEOUT,
+    OPT_TIMEOUT,
+    OPT_TLS_VERIFY,
+    OPT_FOLLOW_REDIRECTS,
+    OPT_RESTRICTED,
+    OPT_MAX_RESPONSE_BYTES,
+    OPT_ALLOW_HOSTS,
+    OPT_COUNT
+};
+
+static const struct {
+    const char *name;
+    int type;
+} http_opts[OPT_COUNT] = {
+    [OPT_METHOD] = {"method", LUA_TSTRING},
+    [OPT_URL] = {"url", LUA_TSTRING},
+    [OPT_HEADERS] = {"headers", LUA_TTABLE},
+    [OPT_BODY] = {"body", LUA_TSTRING},
+    [OPT_CONNECT_TIMEOUT] = {"connect_timeout", LUA_TNUMBER},
+    [OPT_TIMEOUT] = {"timeout", LUA_TNUMBER},
+    [OPT_TLS_VERIFY] = {"tls_verify", LUA_TBOOLEAN},
+    [OPT_FOLLOW_REDIRECTS] = {"follow_redirects", LUA_TBOOLEAN},
+    [OPT_RESTRICTED] = {"restricted", LUA_TBOOLEAN},
+    [OPT_MAX_RESPONSE_BYTES] = {"max_response_bytes", LUA_TNUMBER},
+    [OPT_ALLOW_HOSTS] = {"allow_hosts", LUA_TTABLE},
+};
+
+/* Stack slot of option i once read_options has run. */
+#define SLOT(i) (2 + (int)(i))
+
+/* Moves each option of the table at 1 into its slot (SLOT(i); nil when
+ * absent), in one pass over the table: the upvalue maps each option name to
+ * its index. Refuses a key that is not an option, or an option of the
+ * wrong type, naming it (a misspelt "timout" would otherwise silently mean
+ * no timeout). */
+static void read_options(lua_State *L) {
+    lua_settop(L, SLOT(OPT_COUNT) - 1);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_pushvalue(L, -2);
+        lua_rawget(L, lua_upvalueindex(2));
+        int isnum = 0;
+        lua_Integer i = lua_tointegerx(L, -1, &isnum);
+        lua_pop(L, 1);
+        if (!isnum)
+            luaL_argerror(L, 1,
+                          lua_pushfstring(L, "unknown option '%s'", luaL_tolstring(L, -2, NULL)));
+        if (lua_type(L, -1) != http_opts[i].type)
+            luaL_argerror(L, 1,
+                          lua_pushfstring(L, "option '%s' must be a %s, got %s", http_opts[i].name,
+                                          lua_typename(L, http_opts[i].type),
+                                          luaL_typename(L, -1)));
+        lua_replace(L, SLOT(i)); /* pops the value; the key stays for lua_next */
+    }
+}
+
+/* max_response_bytes: a positive integer, or nil for the default. */
+static size_t max_body_opt(lua_State *L) {
+    int idx = SLOT(OPT_MAX_RESPONSE_BYTES);
+    if (lua_isnil(L, idx))
+        return CHORUS_HTTP_DEFAULT_MAX_BODY;
+    int isint = 0;
+    lua_Integer n = lua_tointegerx(L, idx, &isint);
+    luaL_argcheck(L, isint && n > 0 && n <= ((lua_Integer)1 << 50), 1,
+                  "max_response_bytes must be an integer between 1 and 2^50");
+    return (size_t)n;
+}
+
+static long timeout_opt(lua_State *L, enum http_opt i) {
+    int idx = SLOT(i);
+    lua_Number s = lua_isnil(L, idx) ? 0 : lua_tonumber(L, idx);
+    if (!(s >= 0 && s < 1e7))
+        luaL_argerror(
+            L, 1, lua_pushfstring(L, "%s must be seconds between 0 and 1e7", http_opts[i].name));
     return (long)(s * 1000.0 + 0.5);
+}
+
+static int flag_opt(lua_State *L, enum http_opt i, int dflt) {
+    int idx = SLOT(i);
+    return lua_isnil(L, idx) ? dflt : lua_toboolean(L, idx);
+}
+
+/* The workflow's allow_hosts, a set of host names, into hosts (pointers to
+ * the table's keys, alive while the table is on the stack). */
+static const char **allow_hosts_opt(lua_State *L, const char **hosts) {
+    int idx = SLOT(OPT_ALLOW_HOSTS);
+    if (lua_isnil(L, idx))
+        return NULL;
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING || n == MAX_ALLOW_HOSTS)
+            luaL_argerror(L, 1, "allow_hosts: at most 256 host names");
+        hosts[n++] = lua_tostring(L, -1); /* alive: a key of the table */
+    }
+    hosts[n] = NULL;
+    return hosts;
 }
 
 int chorus_lua_http_request(lua_State *L) {
     struct chorus_task *t = chorus_task_waitable(L, 1);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkstack(L, OPT_COUNT + 8, "http options");
+    read_options(L);
     struct chorus_http_request req = {0};
-    req.method = luaL_checkstring(L, 1);
-    req.url = luaL_checkstring(L, 2);
-    req.body = luaL_optlstring(L, 4, NULL, &req.body_len);
-    req.connect_timeout_ms = timeout_ms(L, 5);
-    req.timeout_ms = timeout_ms(L, 6);
-    /* 1: insecure TLS, 2: follow redirects, 4: restricted egress */
-    lua_Integer flags = luaL_optinteger(L, 7, 0);
-    req.insecure = (flags & 1) != 0;
-    req.follow_redirects = (flags & 2) != 0;
-    req.max_body = max_body_arg(L, 8);
+    req.method = lua_tostring(L, SLOT(OPT_METHOD)); /* strings or nil: read_options checked */
+    req.url = lua_tostring(L, SLOT(OPT_URL));
+    if (!req.method || !req.url)
+        return luaL_argerror(L, 1, "method and url are required");
+    req.body = lua_tolstring(L, SLOT(OPT_BODY), &req.body_len);
+    req.connect_timeout_ms = timeout_opt(L, OPT_CONNECT_TIMEOUT);
+    req.timeout_ms = timeout_opt(L, OPT_TIMEOUT);
+    req.insecure = !flag_opt(L, OPT_TLS_VERIFY, 1);
+    req.follow_redirects = flag_opt(L, OPT_FOLLOW_REDIRECTS, 0);
+    req.restricted = flag_opt(L, OPT_RESTRICTED, 0);
+    req.max_body = max_body_opt(L);
     req.charge = charge_body;
-    req.restricted = (flags & 4) != 0;
     const char *hosts[MAX_ALLOW_HOSTS + 1];
-    if (!lua_isnoneornil(L, 9)) { /* the workflow's allow_hosts: a set of names */
-        luaL_checktype(L, 9, LUA_TTABLE);
-        int n = 0;
-        lua_pushnil(L);
-        while (lua_next(L, 9)) {
-            lua_pop(L, 1);
-            if (lua_type(L, -1) != LUA_TSTRING || n == MAX_ALLOW_HOSTS)
-                return luaL_argerror(L, 9, "allow_hosts: at most 256 host names");
-            hosts[n++] = lua_tostring(L, -1); /* alive: a key of the table */
-        }
-        hosts[n] = NULL;
-        req.allow_hosts = hosts;
-    }
-    lua_settop(L, 9);
+    req.allow_hosts = allow_hosts_opt(L, hosts);
     const char *lines[MAX_HEADERS + 1];
     char buf[4096];
-    int n = collect_headers(L, 3, lines, buf, sizeof buf);
+    int n = collect_headers(L, SLOT(OPT_HEADERS), lines, buf, sizeof buf);
     lines[n] = NULL;
     req.headers = lines;
     char err[256];
@@ -215,7 +292,7 @@ int chorus_lua_http_request(lua_State *L) {
 }
 
 /* core.egress({ allow = { "127.0.0.1", "10.0.0.0/8", ... }, self = "ip:port" }):
- * the policy of restricted calls (flag 4), replacing the previous one. */
+ * the policy of restricted calls (restricted = true), replacing the previous one. */
 int chorus_lua_http_egress(lua_State *L) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -257,8 +334,17 @@ int chorus_lua_http_egress_parse(lua_State *L) {
 }
 
 void chorus_lua_http_open(lua_State *L) {
+    /* core.http's upvalues: the runtime (as every binding's) and the map
+     * from option name to index that read_options looks keys up in */
+    lua_pushlightuserdata(L, chorus_runtime_of(L));
+    lua_createtable(L, 0, OPT_COUNT);
+    for (int i = 0; i < OPT_COUNT; i++) {
+        lua_pushinteger(L, i);
+        lua_setfield(L, -2, http_opts[i].name);
+    }
+    lua_pushcclosure(L, chorus_lua_http_request, 2);
+    lua_setfield(L, -2, "http");
     static const luaL_Reg funcs[] = {
-        {"http", chorus_lua_http_request},
         {"egress", chorus_lua_http_egress},
         {"egress_check", chorus_lua_http_egress_check},
         {"egress_parse", chorus_lua_http_egress_parse},

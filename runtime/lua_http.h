@@ -1,12 +1,17 @@
 /* lua_http.h — the binding of http_client.c for Lua tasks.
  *
- * core.http(method, url, headers, body, connect_timeout, timeout, flags,
- *           max_response_bytes)
- * starts a call for the current task and yields (flags: 1 skips TLS
- * verification, 2 follows redirects, 4 applies the egress policy of URLs
- * taken from requests; 0 or nil none; max_response_bytes: nil for 16 MiB;
- * a 9th argument, a set of host names, is the allow-list every redirect hop
- * must match); the task resumes with
+ * core.http({ method =, url =, headers =, body =, connect_timeout =, timeout =,
+ *             tls_verify =, follow_redirects =, restricted =,
+ *             max_response_bytes =, allow_hosts = })
+ * starts a call for the current task and yields. method and url are
+ * required strings; headers maps names to strings; body is a string;
+ * the timeouts are seconds (nil or 0: none); tls_verify (default true)
+ * false skips certificate checks; follow_redirects (default false);
+ * restricted = true applies the egress policy of URLs taken from requests
+ * (core.egress); max_response_bytes is an integer (nil: 16 MiB);
+ * allow_hosts, a set of host names, is the allow-list every redirect hop
+ * must match. A key that is not one of these, or an option of the wrong
+ * type, raises an argument error naming it. The task resumes with
  *   status, headers, body, duration            on a response (any status), or
  *   nil, kind, message, duration               on a transport failure,
  * where kind is "timeout", "connect", "tls", "reset", "protocol",
@@ -15,8 +20,8 @@
  * is charged to the run's memory as it arrives; a body that would take the
  * run past its memory cap stops the transfer and kills the run (kind
  * "memory", like the allocator's refusal).
- * headers is a table of lowercase name → value (repeated headers joined with
- * ", "). Timeouts are seconds (numbers); nil or 0 means none.
+ * where the response's headers are a table of lowercase name → value
+ * (repeated headers joined with ", ").
  * lua/chorus/http.lua turns this into the documented API and errors.
  */
 #ifndef CHORUS_LUA_HTTP_H

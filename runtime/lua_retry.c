@@ -5,6 +5,9 @@
  *       bad field
  *   core.retry_next(policy, retry, elapsed, retry_after, prev_delay, seed)
  *       → wait (seconds, or -1 to give up), prev_delay, seed
+ *   core.retry_delay(policy, retry, prev_delay, seed) → delay, seed: the
+ *       backoff alone (no attempts, elapsed or Retry-After), for the outbox,
+ *       which keeps its own count of attempts and honours a Retry-After whole
  *   core.retry_after(value, now_epoch) → seconds, or nil when unparseable
  *   core.retry_budget(name, ratio, min_per_second, window) → the budget of
  *       that name (created on first use): b:on_call(), b:try_withdraw() → bool
@@ -71,8 +74,8 @@ static void read_policy(lua_State *L, int idx, struct chorus_retry_policy *p) {
     const char *name = luaL_optstring(L, -1, NULL);
     if (name && chorus_backoff_parse(name, &p->backoff) != 0)
         luaL_error(L,
-                   "retry.policy: backoff must be \"exponential\", \"full_jitter\" or "
-                   "\"decorrelated_jitter\" (got \"%s\")",
+                   "retry.policy: backoff must be \"exponential\", \"full_jitter\", "
+                   "\"decorrelated_jitter\" or \"equal_jitter\" (got \"%s\")",
                    name);
     lua_getfield(L, idx, "base");
     p->base = (double)luaL_optnumber(L, -1, p->base);
@@ -118,6 +121,17 @@ int chorus_lua_retry_next(lua_State *L) {
     return 3;
 }
 
+int chorus_lua_retry_delay(lua_State *L) {
+    struct chorus_retry_policy p;
+    read_policy(L, 1, &p);
+    int retry = (int)luaL_checkinteger(L, 2);
+    double prev = (double)luaL_optnumber(L, 3, 0);
+    uint64_t seed = (uint64_t)luaL_optinteger(L, 4, 0);
+    lua_pushnumber(L, chorus_retry_delay(&p, retry, prev, &seed));
+    lua_pushinteger(L, (lua_Integer)seed);
+    return 2;
+}
+
 int chorus_lua_retryable_status(lua_State *L) {
     lua_Integer status = luaL_checkinteger(L, 1);
     lua_pushboolean(L, chorus_retry_status_retryable((long)status));
@@ -137,6 +151,7 @@ void chorus_lua_retry_open(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"retry_policy", chorus_lua_retry_policy},
         {"retry_next", chorus_lua_retry_next},
+        {"retry_delay", chorus_lua_retry_delay},
         {"retry_after", chorus_lua_retry_after},
         {"retryable_status", chorus_lua_retryable_status},
         {"retry_budget", chorus_lua_retry_budget},

@@ -15,9 +15,17 @@
  *   store:verify() → { counts = { runs = n, ... }, bad = { {db =, key =,
  *       why =, message =}, ... } }: every value's checksum and JSON
  *   store:count(db) → number of records (last committed state)
+ *   store:index(id, t, { key, ... }, summary) queues the index row of run id
+ *       (store_index.h): t (µs, an integer), the index keys it is under
+ *       (at most 16, 1 to 511 bytes each), its summary (a string)
+ *   store:index_list(key, { also = { key, ... }, before =, since =, until =,
+ *       limit = }) → { {id, t, summary}, ... }: the runs under key newest
+ *       first, each also under every key of also (at most 4), with a time
+ *       key (t .. id) below before, since <= t < until; raises naming a
+ *       corrupt row or run record
  *   store:lock([wait_seconds]) → true, or nil and why: takes serve.lock in
- *       the folder so that one server at a time runs the relay and the
- *       recovery
+ *       the folder (serve_lock.c) so that one server at a time runs the
+ *       relay and the recovery; close lets go of it
  *   store:stats() → { commits =, ops =, failures =, pending_ops =, writing =,
  *       full =, grows =, map_size =, max_size = }
  *   store:close()
@@ -29,18 +37,15 @@
 
 #include "lua_bindings.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "scheduler.h"
+#include "serve_lock.h"
 #include "store.h"
+#include "store_index.h"
 
 #define STORE_MT "chorus.store"
 
@@ -152,15 +157,11 @@ static int store_commit(lua_State *L) {
     return lua_yieldk(L, 0, 0, commit_resumed);
 }
 
-static int push_txn_error(lua_State *L, const char *err) {
-    return luaL_error(L, "store: cannot read: %s", err);
-}
-
-/* Raises the corrupt-record error of key in db (after the reader is done). */
-static int corrupt_error(lua_State *L, int db, const MDB_val *key) {
-    char msg[400];
-    chorus_store_describe(msg, sizeof msg, db, key->mv_data, key->mv_size, "checksum mismatch");
-    return luaL_error(L, "store: %s", msg);
+/* chorus_store_get's record: pushed as the value. */
+static void push_value(void *data, const void *key, size_t klen, const void *val, size_t vlen) {
+    (void)key;
+    (void)klen;
+    lua_pushlstring(data, val, vlen);
 }
 
 static int store_get(lua_State *L) {
@@ -168,23 +169,12 @@ static int store_get(lua_State *L) {
     int db = check_db(L, 2);
     size_t klen;
     const char *k = luaL_checklstring(L, 3, &klen);
-    const char *err;
-    MDB_txn *txn = chorus_store_reader(st, &err);
-    if (!txn)
-        return push_txn_error(L, err);
-    MDB_val key = {klen, (void *)k}, raw, val;
-    int rc = mdb_get(txn, chorus_store_dbi(st, db), &key, &raw);
-    if (rc == 0 && chorus_store_value(db, &key, &raw, &val) != 0) {
-        chorus_store_reader_done(st);
-        return corrupt_error(L, db, &key);
-    }
-    if (rc == 0)
-        lua_pushlstring(L, val.mv_data, val.mv_size);
-    else
+    char err[512];
+    int found = chorus_store_get(st, db, k, klen, push_value, L, err, sizeof err);
+    if (found < 0)
+        return luaL_error(L, "%s", err);
+    if (!found)
         lua_pushnil(L);
-    chorus_store_reader_done(st);
-    if (rc != 0 && rc != MDB_NOTFOUND)
-        return push_txn_error(L, mdb_strerror(rc));
     return 1;
 }
 
@@ -195,93 +185,155 @@ static const char *opt_string_field(lua_State *L, int idx, const char *name, siz
     return s;
 }
 
+/* chorus_store_scan's records: { key, value } appended to the list at -1. */
+struct scan_list {
+    lua_State *L;
+    lua_Integer n;
+};
+
+static void push_record(void *data, const void *key, size_t klen, const void *val, size_t vlen) {
+    struct scan_list *list = data;
+    lua_State *L = list->L;
+    lua_createtable(L, 2, 0);
+    lua_pushlstring(L, key, klen);
+    lua_rawseti(L, -2, 1);
+    lua_pushlstring(L, val, vlen);
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, ++list->n);
+}
+
 static int store_scan(lua_State *L) {
     struct chorus_store *st = check_store(L);
     int db = check_db(L, 2);
-    size_t plen = 0, flen = 0, tlen = 0;
-    const char *prefix = NULL, *from = NULL, *to = NULL;
-    lua_Integer limit = 1000;
+    struct chorus_store_range r = {.limit = 1000};
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
-        prefix = opt_string_field(L, 3, "prefix", &plen);
-        from = opt_string_field(L, 3, "from", &flen);
-        to = opt_string_field(L, 3, "to", &tlen);
+        r.prefix = opt_string_field(L, 3, "prefix", &r.plen);
+        r.from = opt_string_field(L, 3, "from", &r.flen);
+        r.to = opt_string_field(L, 3, "to", &r.tlen);
         lua_getfield(L, 3, "limit");
-        limit = luaL_optinteger(L, -1, limit);
+        lua_Integer limit = luaL_optinteger(L, -1, 1000);
+        r.limit = limit > 0 ? (size_t)limit : 0;
         lua_pop(L, 1);
     }
     lua_newtable(L);
-    const char *err;
-    MDB_txn *txn = chorus_store_reader(st, &err);
-    if (!txn)
-        return push_txn_error(L, err);
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(txn, chorus_store_dbi(st, db), &c);
-    if (rc) {
-        chorus_store_reader_done(st);
-        return push_txn_error(L, mdb_strerror(rc));
+    struct scan_list list = {L, 0};
+    char err[512];
+    if (chorus_store_scan(st, db, &r, push_record, &list, err, sizeof err) < 0)
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+static int store_index(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    size_t idlen, slen;
+    const char *id = luaL_checklstring(L, 2, &idlen);
+    lua_Integer t = luaL_checkinteger(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    const char *summary = luaL_checklstring(L, 5, &slen);
+    if (idlen == 0 || idlen > 511)
+        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    luaL_argcheck(L, t >= 0, 3, "a time in µs since the epoch");
+    int n = (int)luaL_len(L, 4);
+    luaL_argcheck(L, n <= CHORUS_INDEX_MAX_KEYS, 4, "at most 16 index keys");
+    const char *keys[CHORUS_INDEX_MAX_KEYS];
+    size_t klens[CHORUS_INDEX_MAX_KEYS];
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 4, i + 1);
+        keys[i] = luaL_checklstring(L, -1, &klens[i]);
+        luaL_argcheck(L, klens[i] > 0 && klens[i] <= 511, 4, "index keys are 1 to 511 bytes");
+        lua_pop(L, 1); /* the string stays anchored in the table */
     }
-    MDB_val k = {0, NULL}, raw, v;
-    if (from) {
-        k.mv_size = flen;
-        k.mv_data = (void *)from;
-    } else if (prefix) {
-        k.mv_size = plen;
-        k.mv_data = (void *)prefix;
-    }
-    rc = mdb_cursor_get(c, &k, &raw, k.mv_data ? MDB_SET_RANGE : MDB_FIRST);
-    lua_Integer n = 0;
-    int corrupt = 0;
-    while (rc == 0 && n < limit) {
-        if (prefix && (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0))
-            break;
-        if (to) {
-            size_t m = k.mv_size < tlen ? k.mv_size : tlen;
-            int cmp = memcmp(k.mv_data, to, m);
-            if (cmp > 0 || (cmp == 0 && k.mv_size >= tlen))
-                break;
-        }
-        if (chorus_store_value(db, &k, &raw, &v) != 0) {
-            corrupt = 1;
-            break;
-        }
-        lua_createtable(L, 2, 0);
-        lua_pushlstring(L, k.mv_data, k.mv_size);
+    char *row;
+    size_t rowlen;
+    if (chorus_store_index_row((uint64_t)t, keys, klens, n, summary, slen, &row, &rowlen) != 0)
+        return luaL_error(L, "store: out of memory");
+    int rc = chorus_store_index_put(st, id, idlen, row, rowlen);
+    free(row);
+    if (rc != 0)
+        return luaL_error(L, "store: out of memory");
+    return 0;
+}
+
+static uint64_t opt_time_field(lua_State *L, int idx, const char *name) {
+    lua_getfield(L, idx, name);
+    lua_Integer v = luaL_optinteger(L, -1, 0);
+    lua_pop(L, 1);
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+/* Pushes the page's rows: { {id, t, summary}, ... }. */
+static int push_page(lua_State *L) {
+    const struct chorus_index_page *p = lua_touserdata(L, 1);
+    lua_createtable(L, (int)p->n, 0);
+    for (size_t i = 0; i < p->n; i++) {
+        const struct chorus_index_hit *h = &p->hits[i];
+        lua_createtable(L, 3, 0);
+        lua_pushlstring(L, p->bytes + h->id_off, h->id_len);
         lua_rawseti(L, -2, 1);
-        lua_pushlstring(L, v.mv_data, v.mv_size);
+        lua_pushinteger(L, (lua_Integer)h->t);
         lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, ++n);
-        rc = mdb_cursor_get(c, &k, &raw, MDB_NEXT);
+        lua_pushlstring(L, p->bytes + h->sum_off, h->sum_len);
+        lua_rawseti(L, -2, 3);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
-    mdb_cursor_close(c);
-    if (corrupt) {
-        /* the key is in the map: copy it before the reader lets go */
-        char key[512];
-        MDB_val kc = {k.mv_size < sizeof key ? k.mv_size : sizeof key, key};
-        memcpy(key, k.mv_data, kc.mv_size);
-        chorus_store_reader_done(st);
-        return corrupt_error(L, db, &kc);
+    return 1;
+}
+
+static int store_index_list(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    struct chorus_index_query q = {0};
+    q.key = luaL_checklstring(L, 2, &q.klen);
+    q.limit = 100;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        q.before = opt_string_field(L, 3, "before", &q.beforelen);
+        q.since = opt_time_field(L, 3, "since");
+        q.until = opt_time_field(L, 3, "until");
+        lua_getfield(L, 3, "limit");
+        lua_Integer limit = luaL_optinteger(L, -1, 100);
+        lua_pop(L, 1);
+        q.limit = limit > 0 ? (size_t)limit : 0;
+        lua_getfield(L, 3, "also");
+        if (!lua_isnil(L, -1)) {
+            luaL_checktype(L, -1, LUA_TTABLE);
+            int n = (int)luaL_len(L, -1);
+            if (n > CHORUS_INDEX_MAX_ALSO)
+                return luaL_error(L, "store: at most 4 also keys");
+            for (int i = 0; i < n; i++) {
+                lua_rawgeti(L, -1, i + 1);
+                q.also[i] = luaL_checklstring(L, -1, &q.alsolen[i]);
+                lua_pop(L, 1);
+            }
+            q.nalso = n;
+        }
+        lua_pop(L, 1);
     }
-    chorus_store_reader_done(st);
-    if (rc != 0 && rc != MDB_NOTFOUND) /* LMDB found its pages damaged */
-        return luaL_error(L, "store: cannot read database %s: %s", chorus_store_db_name(db),
-                          mdb_strerror(rc));
+    if (q.klen == 0 || q.klen > 511)
+        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    struct chorus_index_page page = {0};
+    char err[400];
+    if (chorus_store_index_list(st, &q, &page, err, sizeof err) != 0) {
+        chorus_store_index_page_free(&page);
+        return luaL_error(L, "store: %s", err);
+    }
+    lua_pushcfunction(L, push_page);
+    lua_pushlightuserdata(L, &page);
+    int rc = lua_pcall(L, 1, 1, 0);
+    chorus_store_index_page_free(&page);
+    if (rc != LUA_OK)
+        return lua_error(L);
     return 1;
 }
 
 static int store_count(lua_State *L) {
     struct chorus_store *st = check_store(L);
     int db = check_db(L, 2);
-    const char *err;
-    MDB_txn *txn = chorus_store_reader(st, &err);
-    if (!txn)
-        return push_txn_error(L, err);
-    MDB_stat ms;
-    int rc = mdb_stat(txn, chorus_store_dbi(st, db), &ms);
-    chorus_store_reader_done(st);
-    if (rc)
-        return push_txn_error(L, mdb_strerror(rc));
-    lua_pushinteger(L, (lua_Integer)ms.ms_entries);
+    char err[512];
+    long long n = chorus_store_count(st, db, err, sizeof err);
+    if (n < 0)
+        return luaL_error(L, "%s", err);
+    lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
 
@@ -409,46 +461,23 @@ static int store_verify(lua_State *L) {
 
 static int store_lock(lua_State *L) {
     struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
-    if (ls->lock_fd >= 0) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    char path[4200];
-    snprintf(path, sizeof path, "%s/serve.lock", ls->dir);
-    /* A server killed a moment ago may still be exiting: wait a little
-     * for its lock rather than fail a supervisor's immediate restart. */
-    lua_Number wait = luaL_optnumber(L, 2, 0);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    for (int tries = (int)(wait * 20); fd >= 0 && tries > 0; tries--) {
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-            ls->lock_fd = fd;
-            lua_pushboolean(L, 1);
-            return 1;
+    if (ls->lock_fd < 0) {
+        char err[4400];
+        ls->lock_fd = chorus_serve_lock(ls->dir, luaL_optnumber(L, 2, 0), err, sizeof err);
+        if (ls->lock_fd < 0) {
+            luaL_pushfail(L);
+            lua_pushstring(L, err);
+            return 2;
         }
-        nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = 50000000}, NULL);
     }
-    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        lua_pushnil(L);
-        if (e == EWOULDBLOCK)
-            lua_pushfstring(L, "another chorus serve is using the data folder %s", ls->dir);
-        else
-            lua_pushfstring(L, "cannot lock %s: %s", path, strerror(e));
-        return 2;
-    }
-    ls->lock_fd = fd;
     lua_pushboolean(L, 1);
     return 1;
 }
 
 static int store_close(lua_State *L) {
     struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
-    if (ls->lock_fd >= 0) {
-        close(ls->lock_fd);
-        ls->lock_fd = -1;
-    }
+    chorus_serve_unlock(ls->lock_fd);
+    ls->lock_fd = -1;
     if (ls->st) {
         chorus_store_close(ls->st);
         ls->st = NULL;
@@ -491,6 +520,12 @@ int chorus_lua_store_new(lua_State *L) {
             {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);
+        static const luaL_Reg index_methods[] = {
+            {"index", store_index},
+            {"index_list", store_index_list},
+            {NULL, NULL},
+        };
+        luaL_setfuncs(L, index_methods, 0);
         lua_pushvalue(L, -1);
         lua_setfield(L, -2, "__index");
     }

@@ -23,13 +23,17 @@ static int fail(char *err, size_t errlen, const char *msg) {
     return -1;
 }
 
+static const char *const backoff_names[] = {"exponential", "full_jitter", "decorrelated_jitter",
+                                            "equal_jitter"};
+#define NBACKOFF (unsigned)(sizeof backoff_names / sizeof backoff_names[0])
+
 int chorus_retry_policy_check(const struct chorus_retry_policy *p, char *err, size_t errlen) {
     if (p->attempts < 1)
         return fail(err, errlen, "attempts must be >= 1");
-    if (p->backoff != CHORUS_BACKOFF_EXPONENTIAL && p->backoff != CHORUS_BACKOFF_FULL_JITTER &&
-        p->backoff != CHORUS_BACKOFF_DECORRELATED_JITTER)
+    if ((unsigned)p->backoff >= NBACKOFF)
         return fail(err, errlen,
-                    "backoff must be \"exponential\", \"full_jitter\" or \"decorrelated_jitter\"");
+                    "backoff must be \"exponential\", \"full_jitter\", \"decorrelated_jitter\" or "
+                    "\"equal_jitter\"");
     if (!(p->base >= 0) || !isfinite(p->base))
         return fail(err, errlen, "base must be a finite number of seconds >= 0");
     if (!(p->cap >= p->base) || !isfinite(p->cap))
@@ -39,10 +43,8 @@ int chorus_retry_policy_check(const struct chorus_retry_policy *p, char *err, si
     return 0;
 }
 
-static const char *const backoff_names[] = {"exponential", "full_jitter", "decorrelated_jitter"};
-
 int chorus_backoff_parse(const char *name, enum chorus_backoff *out) {
-    for (int i = 0; name && i < 3; i++) {
+    for (unsigned i = 0; name && i < NBACKOFF; i++) {
         if (strcmp(name, backoff_names[i]) == 0) {
             *out = (enum chorus_backoff)i;
             return 0;
@@ -52,7 +54,7 @@ int chorus_backoff_parse(const char *name, enum chorus_backoff *out) {
 }
 
 const char *chorus_backoff_name(enum chorus_backoff b) {
-    return (unsigned)b < 3 ? backoff_names[b] : "unknown";
+    return (unsigned)b < NBACKOFF ? backoff_names[b] : "unknown";
 }
 
 /* ---- backoff ----------------------------------------------------------- */
@@ -84,6 +86,10 @@ double chorus_retry_delay(const struct chorus_retry_policy *p, int retry, double
     switch (p->backoff) {
     case CHORUS_BACKOFF_FULL_JITTER:
         return uniform(rng, 0, exponential(p, retry));
+    case CHORUS_BACKOFF_EQUAL_JITTER: {
+        double wait = exponential(p, retry);
+        return uniform(rng, wait / 2, wait);
+    }
     case CHORUS_BACKOFF_DECORRELATED_JITTER:
         if (retry == 1 || !(prev_delay >= p->base))
             prev_delay = p->base;

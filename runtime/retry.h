@@ -5,7 +5,10 @@
  * binding (chorus.retry, http upstreams) does the sleeping and the calling.
  *
  *   - a policy says how many attempts and which backoff (exponential, full
- *     jitter or AWS decorrelated jitter) between base and cap;
+ *     jitter, AWS decorrelated jitter or equal jitter) between base and cap;
+ *     the outbox's redeliveries use equal jitter: half the wait kept, so
+ *     waits still grow, half spread, so entries failing together do not
+ *     come back together;
  *   - chorus_retry_status_retryable and chorus_retry_after_parse classify a
  *     response and read its Retry-After;
  *   - a retry budget per upstream (Finagle-style) caps retries at a fraction
@@ -26,6 +29,7 @@ enum chorus_backoff {
     CHORUS_BACKOFF_EXPONENTIAL,         /* min(cap, base * 2^(retry-1)) */
     CHORUS_BACKOFF_FULL_JITTER,         /* uniform[0, exponential) */
     CHORUS_BACKOFF_DECORRELATED_JITTER, /* min(cap, uniform[base, prev * 3)) */
+    CHORUS_BACKOFF_EQUAL_JITTER,        /* uniform[exponential / 2, exponential) */
 };
 
 /* Seconds everywhere. */
@@ -46,9 +50,9 @@ struct chorus_retry_policy chorus_retry_policy_default(void);
  * NULL; truncated to errlen). */
 int chorus_retry_policy_check(const struct chorus_retry_policy *p, char *err, size_t errlen);
 
-/* Maps "exponential", "full_jitter" or "decorrelated_jitter" (exact, as in
- * the Lua API) to *out. Returns 0, or -1 for any other name or NULL (then
- * *out is untouched). */
+/* Maps "exponential", "full_jitter", "decorrelated_jitter" or
+ * "equal_jitter" (exact, as in the Lua API) to *out. Returns 0, or -1 for
+ * any other name or NULL (then *out is untouched). */
 int chorus_backoff_parse(const char *name, enum chorus_backoff *out);
 
 /* The Lua name of b; "unknown" for a value outside the enum. Static. */
@@ -58,6 +62,7 @@ const char *chorus_backoff_name(enum chorus_backoff b);
  * below 1 count as 1), in seconds, in [0, p->cap]:
  *   exponential          min(cap, base * 2^(retry-1)), exact, no draw;
  *   full jitter          uniform in [0, that);
+ *   equal jitter         uniform in [that / 2, that);
  *   decorrelated jitter  min(cap, uniform in [base, prev_delay * 3)), with
  *                        prev_delay taken as base for the first retry or when
  *                        it is below base; never below base unless cap is.

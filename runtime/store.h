@@ -9,15 +9,17 @@
  * many runs write in a turn, they share one fsync. chorus_store_wait() tells
  * when everything queued so far is on disk.
  *
- * Reads go through chorus_store_reader(): a read-only transaction of the
- * last committed state (LMDB readers never wait for the writer). A read does
- * not see writes still queued; the callers (lua/chorus/runs.lua,
- * idempotency.lua) keep in-flight state in memory for that reason.
+ * Reads (chorus_store_get, _scan, _count, _verify) each use a read-only
+ * transaction of the last committed state (LMDB readers never wait for the
+ * writer). A read does not see writes still queued; the callers
+ * (lua/chorus/runs.lua, idempotency.lua) keep in-flight state in memory for
+ * that reason. This header names no LMDB type: store_lmdb.h is the LMDB
+ * side, for the store's own files and tests.
  *
  * Every value is stored behind an 8-byte checksum (XXH3-64 of the value,
  * seeded with the XXH3-64 of its key, little-endian), so a flipped byte or a
- * value under the wrong key is caught on read: chorus_store_value() checks
- * and strips it. The one exception is meta.schema_version, kept as plain
+ * value under the wrong key is caught on read: every read checks and strips
+ * it. The one exception is meta.schema_version, kept as plain
  * text so that any chorus can read which format a folder has.
  *
  * When a batch fails because the map is full (MDB_MAP_FULL), the map grows
@@ -34,7 +36,6 @@
 #ifndef CHORUS_STORE_H
 #define CHORUS_STORE_H
 
-#include <lmdb.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -51,11 +52,17 @@ enum chorus_store_db {
     STORE_DELIVERIES,
     STORE_EVENTS,
     STORE_SCHEDULES,
+    STORE_RUN_INDEX, /* the runs' secondary index (store_index.h) */
+    STORE_RUN_ROWS,
     STORE_NDB
 };
 
-/* 2: values carry a checksum. A version-1 folder is migrated on open. */
-#define CHORUS_STORE_SCHEMA "2"
+/* 2: values carry a checksum. A version-1 folder is migrated on open.
+ * 3: the runs' index (store_index.h). A version-2 folder opens as version 3
+ * with the index empty; chorus.store builds it (meta.run_index says when it
+ * is whole), and a chorus that does not keep the index refuses the folder
+ * instead of writing runs it would leave out. */
+#define CHORUS_STORE_SCHEMA "3"
 #define CHORUS_STORE_CHECKSUM_LEN 8
 
 /* The message of a batch that failed for want of room starts with this. */
@@ -103,6 +110,7 @@ const char *chorus_store_db_name(int db);
 /* Queue writes for the next group commit. 0, or -1 when out of memory. */
 int chorus_store_put(struct chorus_store *st, int db, const void *key, size_t klen, const void *val,
                      size_t vlen);
+/* A del in runs also drops the run's index row and entries (store_index.h). */
 int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen);
 int chorus_store_del_prefix(struct chorus_store *st, int db, const void *prefix, size_t plen);
 
@@ -114,24 +122,45 @@ void *chorus_store_wait(struct chorus_store *st, chorus_store_done_fn done, void
 /* Forgets a waiter that has not been called yet (its task was cancelled). */
 void chorus_store_unwait(struct chorus_store *st, void *waiter);
 
-/* A read transaction of the last committed state, valid until
- * chorus_store_reader_done; NULL when LMDB refuses (err set). */
-MDB_txn *chorus_store_reader(struct chorus_store *st, const char **err);
-void chorus_store_reader_done(struct chorus_store *st);
-MDB_dbi chorus_store_dbi(const struct chorus_store *st, int db);
+/* ---- reads of the last committed state (store_read.c) ----
+ * A record found is handed to each(data, key, klen, value, vlen): key and
+ * value point into the database's map, valid only during the call (copy
+ * what is kept); the value is the one stored, its checksum checked and
+ * stripped. On failure a read returns -1 with the whole message in err
+ * ("store: cannot read: ...", "store: corrupt record in database DB, key
+ * 'K': checksum mismatch", "store: cannot read database DB: ..." when LMDB
+ * finds its pages damaged): a bad record is never skipped silently. */
+typedef void (*chorus_store_each_fn)(void *data, const void *key, size_t klen, const void *val,
+                                     size_t vlen);
+
+/* The value of key in db: 1 (each called once), 0 when absent, or -1. */
+int chorus_store_get(struct chorus_store *st, int db, const void *key, size_t klen,
+                     chorus_store_each_fn each, void *data, char *err, size_t errlen);
+
+/* Which records a scan hands over, in key order: those at or after from
+ * (else the first with prefix, else the first), while they start with
+ * prefix and sort before to (exclusive), at most limit. NULL: no bound. */
+struct chorus_store_range {
+    const void *prefix, *from, *to;
+    size_t plen, flen, tlen;
+    size_t limit;
+};
+
+/* Calls each for every record of r in db; the number handed over, or -1. */
+long chorus_store_scan(struct chorus_store *st, int db, const struct chorus_store_range *r,
+                       chorus_store_each_fn each, void *data, char *err, size_t errlen);
+
+/* The number of records in db, or -1. */
+long long chorus_store_count(struct chorus_store *st, int db, char *err, size_t errlen);
 
 void chorus_store_stats(const struct chorus_store *st, struct chorus_store_stats *out);
-
-/* Checks the checksum of raw, the stored bytes of key in db, and points val
- * at the value behind it. 0, or -1 when they do not match (corrupt). */
-int chorus_store_value(int db, const MDB_val *key, const MDB_val *raw, MDB_val *val);
 
 /* "corrupt record in database DB, key 'KEY': WHY" into out; non-printable
  * key bytes as \xNN. */
 void chorus_store_describe(char *out, size_t outlen, int db, const void *key, size_t klen,
                            const char *why);
 
-/* Whether db holds JSON values (all but scripts and meta). */
+/* Whether db holds JSON values (all but scripts, meta, run_index and run_rows). */
 int chorus_store_db_is_json(int db);
 
 /* Walks every named database of the last committed state, checking each

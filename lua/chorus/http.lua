@@ -49,6 +49,7 @@ end
 -- run's memory cap as it arrives (past it, the run ends with kind "memory").
 http.defaults = { connect_timeout = 10, timeout = 30, max_response_bytes = 16 * 1024 * 1024 }
 local MAX_RESPONSE_LIMIT = 1 << 50
+local CORE_MAX_RESPONSE = 16 * 1024 * 1024 -- core.http's own default
 
 -- A per-call or per-upstream max_response_bytes: a positive integer.
 local function check_max_response(v, level)
@@ -152,10 +153,6 @@ local function finish_prepare(out, req, headers)
   return out
 end
 
-local function request_flags(tls_verify, follow_redirects)
-  return (tls_verify == false and 1 or 0) | (follow_redirects and 2 or 0)
-end
-
 -- Normalizes a request table: method, url, headers, body.
 local function prepare(req)
   if type(req) ~= "table" then
@@ -173,7 +170,7 @@ local function prepare(req)
     method = METHODS[req.method or "GET"], url = req.url, upstream = req.upstream,
     timeout = req.timeout or http.defaults.timeout,
     connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
-    flags = request_flags(req.tls_verify, req.follow_redirects),
+    tls_verify = req.tls_verify ~= false, follow_redirects = req.follow_redirects and true or false,
     max_response_bytes = check_max_response(req.max_response_bytes, 3) or http.defaults.max_response_bytes,
   }
   local headers = {}
@@ -194,6 +191,27 @@ end
 --- The transport in use (the outbox relay sends through it too).
 function http.transport()
   return transport
+end
+
+-- core.http's options for r. The options that keep core.http's default are
+-- left out: the table is built for every call, and six fields fit its
+-- first size.
+local function transport_options(r, timeout, run)
+  local o = { method = r.method, url = r.url, headers = r.headers, body = r.body,
+    connect_timeout = r.connect_timeout, timeout = timeout }
+  if not r.tls_verify then
+    o.tls_verify = false
+  end
+  if r.follow_redirects then
+    o.follow_redirects = true
+  end
+  if r.max_response_bytes ~= CORE_MAX_RESPONSE then
+    o.max_response_bytes = r.max_response_bytes
+  end
+  if run and run.allow_hosts then
+    o.allow_hosts = run.allow_hosts
+  end
+  return o
 end
 
 -- Sends one prepared request (no journal): { status, headers, body, json }.
@@ -222,8 +240,7 @@ local function send_once(r)
   -- allow_hosts goes along: every redirect hop is checked against it too
   -- the run service's transport (chorus.runs env.transport), else the module's
   local send = run and run.env and run.env.transport or transport
-  local status, headers, body, duration = send(r.method, r.url, r.headers, r.body,
-    r.connect_timeout, timeout, r.flags, r.max_response_bytes, run and run.allow_hosts)
+  local status, headers, body, duration = send(transport_options(r, timeout, run))
   if run then
     journal.note(run, runstate.call_entry(r, started, duration, status or headers))
   end
@@ -468,7 +485,8 @@ function Upstream:request(req)
   local connect_timeout = req.connect_timeout or cfg.connect_timeout
   -- built with every field it will get, so it is sized once
   local r = { timeout = timeout, connect_timeout = connect_timeout, method = method, url = url,
-    upstream = self.name, flags = nil, body = nil, headers = nil, run = nil, idempotency_key = nil,
+    upstream = self.name, tls_verify = true, follow_redirects = false, body = nil, headers = nil, run = nil,
+    idempotency_key = nil,
     max_response_bytes = check_max_response(req.max_response_bytes or cfg.max_response_bytes, 2)
       or http.defaults.max_response_bytes }
   if timeout ~= nil then
@@ -486,8 +504,8 @@ function Upstream:request(req)
   end
   r.timeout = timeout or http.defaults.timeout
   r.connect_timeout = connect_timeout or http.defaults.connect_timeout
-  r.flags = request_flags(not (cfg.tls_verify == false or req.tls_verify == false),
-    cfg.follow_redirects or req.follow_redirects)
+  r.tls_verify = not (cfg.tls_verify == false or req.tls_verify == false)
+  r.follow_redirects = (cfg.follow_redirects or req.follow_redirects) and true or false
   local prepared = finish_prepare(r, req, headers)
   prepared.idempotency_key = req.idempotency_key
   prepared.path = path -- a queued call resolves the upstream's base_url again when delivered

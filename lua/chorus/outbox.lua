@@ -177,15 +177,19 @@ local function send(req, key, transport)
   -- address at queueing, used when the upstream is gone
   local url = req.upstream and req.path and http.resolve(req.upstream, req.path) or req.url
   -- restricted: the URL came from a request (callback_url), so the egress
-  -- policy refuses non-public addresses (flag 4)
-  local status, h, body = (transport or http.transport())(req.method, url, headers, req.body, 10, req.timeout or 30,
-    req.restricted and 4 or 0)
+  -- policy refuses non-public addresses
+  local status, h, body = (transport or http.transport())({ method = req.method, url = url, headers = headers,
+    body = req.body, connect_timeout = 10, timeout = req.timeout or 30, restricted = req.restricted == true })
   return http_failure(status, h, body)
 end
 
+-- The retry engine's equal jitter (runtime/retry.c): between half and all of
+-- min(cap, base * 2^(attempts-1)), so entries failing together spread out.
+-- A base above cap waits cap, as min(cap, ...) says. A Retry-After is
+-- honoured whole: a delivery after the run can afford the wait.
 local function backoff(e, failure)
-  local wait = math.min(e.cap, e.base * 2 ^ (e.attempts - 1))
-  wait = wait / 2 + math.random() * wait / 2 -- jitter: entries failing together spread out
+  local wait = core.retry_delay({ backoff = "equal_jitter", base = math.min(e.base, e.cap), cap = e.cap },
+    e.attempts, 0, math.random(1, 0x7fffffff))
   if failure and failure.retry_after then
     wait = math.max(wait, failure.retry_after)
   end

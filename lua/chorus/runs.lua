@@ -239,7 +239,7 @@ end
 function Service:finish(rec, text, ok, value)
   local st = self.store
   if st then
-    st:put_run_text(rec.id, text)
+    st:put_run_text(rec.id, text, rec)
     st:del_timer(rec.id)
     if redrivable(rec) then -- kept for a redrive, with what its record masks
       st:put_redrive(rec.id, { input = rec.input, request = rec.request })

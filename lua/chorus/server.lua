@@ -99,6 +99,14 @@ local function start_durable()
         .. "lists them; restore the folder from a backup, or move it away to start with an empty one")
         :format(conf.data, #bad, #bad == 1 and "" or "s", bad[1].message, conf.data)
     end
+    -- a folder an older chorus wrote gets the runs' index now (chorus.store)
+    local iok, indexed = pcall(st.ensure_run_index, st)
+    if not iok then
+      st:close()
+      return nil, ("cannot build the runs' index of %s: %s"):format(conf.data, tostring(indexed))
+    elseif indexed > 0 then
+      log("info", "built the runs' index", { runs = indexed })
+    end
     state.store = st
     state.backend = outbox.durable(st)
   end

@@ -112,7 +112,9 @@ local function lower_keys(t)
 end
 
 -- core.http's contract, answered by the mocks on virtual time.
-local function transport(method, url, headers, body, _, timeout, _, max_response_bytes)
+local function transport(o)
+  local method, url, headers, body, timeout = o.method, o.url, o.headers, o.body, o.timeout
+  local max_response_bytes = o.max_response_bytes or 16 * 1024 * 1024 -- core.http's default
   local mock, base_len = find_mock(url)
   local path_query = mock and url:sub(base_len + 1) or url
   local req = {

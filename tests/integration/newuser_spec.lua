@@ -204,7 +204,7 @@ describe("the README's config example", function()
     local srv = H.start_server({ "--config", path, "--scripts", "examples/fanout" }, {
       CHORUS_ADMIN_TOKEN = "t0ken", CHORUS_SECRET_WEBHOOK = "whsec",
       CHORUS_SECRET_DONATION_TOKEN = "dt", CHORUS_SECRET_DONATION_HMAC = "dh",
-      CHORUS_SECRET_EVENTS_TOKEN = "et", CHORUS_SECRET_EVENTS_HMAC = "eh" })
+      CHORUS_SECRET_EVENTS_TOKEN = "et", CHORUS_SECRET_EVENTS_HMAC = "eh", CHORUS_SECRET_TOKENIZE_TOKEN = "tt" })
     local r = H.request(srv.url .. "/healthz")
     srv.stop()
     os.remove(path)

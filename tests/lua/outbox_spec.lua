@@ -84,6 +84,30 @@ describe("chorus.outbox", function()
     assert.are.equal(0, #b:due(1000))
   end)
 
+  it("waits between half and all of base * 2^(attempts-1), capped, as the retry engine's equal jitter", function()
+    local b = outbox.memory(true)
+    local lo, hi = math.huge, 0
+    for i = 1, 200 do
+      local e = entry("e" .. i, 1000, { attempts = 99 })
+      e.attempts = 2 -- this failure is the third: the wait is within [2, 4)
+      b:add(e)
+      outbox.settle(b, e, { error = { kind = "connect" } })
+      lo, hi = math.min(lo, e.due - 1000), math.max(hi, e.due - 1000)
+    end
+    assert.is_true(lo >= 2 and hi < 4, ("waits in [%g, %g]"):format(lo, hi))
+    assert.is_true(lo < 2.2 and hi > 3.8, "spread over the upper half")
+    local e = entry("capped", 1000, { attempts = 99 })
+    e.attempts = 20
+    b:add(e)
+    outbox.settle(b, e, { error = { kind = "connect" } })
+    assert.is_true(e.due - 1000 >= 5 and e.due - 1000 < 10, "cap 10: within [5, 10)")
+    local over = entry("base over cap", 1000)
+    over.base, over.cap = 5, 2
+    b:add(over)
+    outbox.settle(b, over, { error = { kind = "connect" } })
+    assert.is_true(over.due - 1000 >= 1 and over.due - 1000 < 2, "a base above cap waits up to cap")
+  end)
+
   it("honours Retry-After when it asks for longer than the backoff", function()
     local b = outbox.memory(true)
     local e = entry("a", 1000)

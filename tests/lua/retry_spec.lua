@@ -1,4 +1,5 @@
 -- chorus.retry on the real engine and the virtual clock.
+local core = require "chorus.core"
 local testing = require "chorus.testing"
 local chorus = require "chorus"
 local retry = require "chorus.retry"
@@ -58,6 +59,20 @@ describe("chorus.retry", function()
     local r = testing.run(fetch, { policy = { attempts = 100, base = 1, cap = 1, max_elapsed = 5 } })
     assert.are.equal(500, r.value.status)
     assert.is_true(r.elapsed <= 5)
+  end)
+
+  it("offers the engine's backoff alone as core.retry_delay, equal jitter included", function()
+    local p = { backoff = "equal_jitter", base = 1, cap = 300 }
+    local seed = 7
+    for _ = 1, 100 do
+      local d
+      d, seed = core.retry_delay(p, 4, 0, seed)
+      assert.is_true(d >= 4 and d < 8, tostring(d))
+    end
+    assert.are.equal(8, (core.retry_delay({ backoff = "exponential", base = 1, cap = 300 }, 4)))
+    local d1 = core.retry_delay(p, 4, 0, 42)
+    assert.are.equal(d1, (core.retry_delay(p, 4, 0, 42))) -- the same seed, the same wait
+    assert.are.equal("equal_jitter", retry.policy({ backoff = "equal_jitter" }).backoff)
   end)
 
   it("rejects bad policies, naming the field", function()

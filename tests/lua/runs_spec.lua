@@ -14,8 +14,8 @@ local T0 = 1767225600
 -- A transport that answers 200 with the URL it got, counting its calls.
 local function counting_transport(name)
   local t = { name = name, urls = {} }
-  t.fn = function(method, url)
-    t.urls[#t.urls + 1] = method .. " " .. url
+  t.fn = function(o)
+    t.urls[#t.urls + 1] = o.method .. " " .. o.url
     return 200, { ["content-type"] = "application/json" }, json.encode({ via = name }), 0.001
   end
   return t

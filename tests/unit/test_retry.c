@@ -123,6 +123,39 @@ static void test_decorrelated_jitter(void) {
     CHECK(chorus_retry_delay(&p, 4, 0.001, &rng) >= 0.1);
 }
 
+static void test_equal_jitter(void) {
+    struct chorus_retry_policy p = policy(CHORUS_BACKOFF_EQUAL_JITTER, 1, 300);
+    uint64_t rng = 5;
+    int in_bounds = 1, capped = 1;
+    double sum = 0, lo = 1e9, hi = -1;
+    for (int i = 0; i < 1000; i++) {
+        double d = chorus_retry_delay(&p, 3, 0, &rng); /* exponential 4 */
+        in_bounds &= d >= 2 && d < 4;
+        sum += d;
+        lo = fmin(lo, d);
+        hi = fmax(hi, d);
+    }
+    CHECK(in_bounds);
+    CHECK(fabs(sum / 1000 - 3) < 0.1); /* mean of uniform[2, 4) */
+    CHECK(lo < 2.05 && hi > 3.95);     /* spread over the whole upper half */
+    for (int i = 0; i < 1000; i++) {
+        double d = chorus_retry_delay(&p, 20, 0, &rng); /* 2^19 capped at 300 */
+        capped &= d >= 150 && d < 300;
+    }
+    CHECK(capped);
+    /* the first retry waits between base/2 and base; base 0 waits 0 */
+    double first = chorus_retry_delay(&p, 1, 0, &rng);
+    CHECK(first >= 0.5 && first < 1);
+    p.base = 0;
+    CHECK(chorus_retry_delay(&p, 7, 0, &rng) == 0);
+    enum chorus_backoff b = CHORUS_BACKOFF_EXPONENTIAL;
+    CHECK_INT_EQ(chorus_backoff_parse("equal_jitter", &b), 0);
+    CHECK_INT_EQ(b, CHORUS_BACKOFF_EQUAL_JITTER);
+    CHECK_STR_EQ(chorus_backoff_name(CHORUS_BACKOFF_EQUAL_JITTER), "equal_jitter");
+    p.base = 1;
+    CHECK_INT_EQ(chorus_retry_policy_check(&p, NULL, 0), 0);
+}
+
 static void test_same_seed_same_delays(void) {
     struct chorus_retry_policy p = policy(CHORUS_BACKOFF_FULL_JITTER, 1, 100);
     uint64_t a = 99, b = 99, c = 100;
@@ -313,6 +346,7 @@ int main(void) {
     test_exponential();
     test_full_jitter();
     test_decorrelated_jitter();
+    test_equal_jitter();
     test_same_seed_same_delays();
     test_next();
     test_statuses();

@@ -3,7 +3,7 @@
 
 ---@class chorus.retry.PolicyOptions
 ---@field attempts? integer
----@field backoff? "exponential"|"full_jitter"|"decorrelated_jitter"
+---@field backoff? "exponential"|"full_jitter"|"decorrelated_jitter"|"equal_jitter"
 ---@field base? number         seconds
 ---@field cap? number          seconds; also the longest Retry-After honoured
 ---@field max_elapsed? number  seconds

@@ -254,7 +254,7 @@ describe("ctx.poll", function()
         local value = ctx.poll(check_job, {})
         return value
       end })
-      assert.matches("poll_spec.lua:%d+: ctx.poll: give one of", r.error)
+      assert.matches("context_poll_spec.lua:%d+: ctx.poll: give one of", r.error)
     end)
   end)
 end)
