@@ -620,6 +620,8 @@ end
 ---                   batches (tests)
 ---   stopping()      true when the process is draining: the rest resume at
 ---                   the next start
+---   done()          called once every unfinished run has started again
+---                   (at once when there were none; also after a stop)
 --- Returns how many unfinished runs there were.
 function Service:recover(opts)
   opts = opts or {}
@@ -643,7 +645,9 @@ function Service:recover(opts)
   end
   local total = #unfinished
   self.recovery = { resumed = 0, total = total, active = total > 0 }
+  local done = opts.done or function() end
   if total == 0 then
+    done()
     return 0
   end
   local log = self.env.log
@@ -677,6 +681,7 @@ function Service:recover(opts)
     self.recovery.active = false
     log("info", "resumed runs after a restart", { runs = resumed, failed = failed,
       seconds = math.floor((core.monotime() - t0) * 1000) / 1000 })
+    done()
   end
   if opts.background then
     core.start({ instructions = 0, memory = 0, cpu_ms = 0 }, resume_all)
