@@ -15,6 +15,14 @@
  *   store:verify() → { counts = { runs = n, ... }, bad = { {db =, key =,
  *       why =, message =}, ... } }: every value's checksum and JSON
  *   store:count(db) → number of records (last committed state)
+ *   store:index(id, t, { key, ... }, summary) queues the index row of run id
+ *       (store_index.h): t (µs, an integer), the index keys it is under
+ *       (at most 16, 1 to 511 bytes each), its summary (a string)
+ *   store:index_list(key, { also = { key, ... }, before =, since =, until =,
+ *       limit = }) → { {id, t, summary}, ... }: the runs under key newest
+ *       first, each also under every key of also (at most 4), with a time
+ *       key (t .. id) below before, since <= t < until; raises naming a
+ *       corrupt row or run record
  *   store:lock([wait_seconds]) → true, or nil and why: takes serve.lock in
  *       the folder (serve_lock.c) so that one server at a time runs the
  *       relay and the recovery; close lets go of it
@@ -37,6 +45,7 @@
 #include "scheduler.h"
 #include "serve_lock.h"
 #include "store.h"
+#include "store_index.h"
 
 #define STORE_MT "chorus.store"
 
@@ -212,6 +221,108 @@ static int store_scan(lua_State *L) {
     char err[512];
     if (chorus_store_scan(st, db, &r, push_record, &list, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
+    return 1;
+}
+
+static int store_index(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    size_t idlen, slen;
+    const char *id = luaL_checklstring(L, 2, &idlen);
+    lua_Integer t = luaL_checkinteger(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    const char *summary = luaL_checklstring(L, 5, &slen);
+    if (idlen == 0 || idlen > 511)
+        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    luaL_argcheck(L, t >= 0, 3, "a time in µs since the epoch");
+    int n = (int)luaL_len(L, 4);
+    luaL_argcheck(L, n <= CHORUS_INDEX_MAX_KEYS, 4, "at most 16 index keys");
+    const char *keys[CHORUS_INDEX_MAX_KEYS];
+    size_t klens[CHORUS_INDEX_MAX_KEYS];
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 4, i + 1);
+        keys[i] = luaL_checklstring(L, -1, &klens[i]);
+        luaL_argcheck(L, klens[i] > 0 && klens[i] <= 511, 4, "index keys are 1 to 511 bytes");
+        lua_pop(L, 1); /* the string stays anchored in the table */
+    }
+    char *row;
+    size_t rowlen;
+    if (chorus_store_index_row((uint64_t)t, keys, klens, n, summary, slen, &row, &rowlen) != 0)
+        return luaL_error(L, "store: out of memory");
+    int rc = chorus_store_index_put(st, id, idlen, row, rowlen);
+    free(row);
+    if (rc != 0)
+        return luaL_error(L, "store: out of memory");
+    return 0;
+}
+
+static uint64_t opt_time_field(lua_State *L, int idx, const char *name) {
+    lua_getfield(L, idx, name);
+    lua_Integer v = luaL_optinteger(L, -1, 0);
+    lua_pop(L, 1);
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+/* Pushes the page's rows: { {id, t, summary}, ... }. */
+static int push_page(lua_State *L) {
+    const struct chorus_index_page *p = lua_touserdata(L, 1);
+    lua_createtable(L, (int)p->n, 0);
+    for (size_t i = 0; i < p->n; i++) {
+        const struct chorus_index_hit *h = &p->hits[i];
+        lua_createtable(L, 3, 0);
+        lua_pushlstring(L, p->bytes + h->id_off, h->id_len);
+        lua_rawseti(L, -2, 1);
+        lua_pushinteger(L, (lua_Integer)h->t);
+        lua_rawseti(L, -2, 2);
+        lua_pushlstring(L, p->bytes + h->sum_off, h->sum_len);
+        lua_rawseti(L, -2, 3);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+static int store_index_list(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    struct chorus_index_query q = {0};
+    q.key = luaL_checklstring(L, 2, &q.klen);
+    q.limit = 100;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        q.before = opt_string_field(L, 3, "before", &q.beforelen);
+        q.since = opt_time_field(L, 3, "since");
+        q.until = opt_time_field(L, 3, "until");
+        lua_getfield(L, 3, "limit");
+        lua_Integer limit = luaL_optinteger(L, -1, 100);
+        lua_pop(L, 1);
+        q.limit = limit > 0 ? (size_t)limit : 0;
+        lua_getfield(L, 3, "also");
+        if (!lua_isnil(L, -1)) {
+            luaL_checktype(L, -1, LUA_TTABLE);
+            int n = (int)luaL_len(L, -1);
+            if (n > CHORUS_INDEX_MAX_ALSO)
+                return luaL_error(L, "store: at most 4 also keys");
+            for (int i = 0; i < n; i++) {
+                lua_rawgeti(L, -1, i + 1);
+                q.also[i] = luaL_checklstring(L, -1, &q.alsolen[i]);
+                lua_pop(L, 1);
+            }
+            q.nalso = n;
+        }
+        lua_pop(L, 1);
+    }
+    if (q.klen == 0 || q.klen > 511)
+        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    struct chorus_index_page page = {0};
+    char err[400];
+    if (chorus_store_index_list(st, &q, &page, err, sizeof err) != 0) {
+        chorus_store_index_page_free(&page);
+        return luaL_error(L, "store: %s", err);
+    }
+    lua_pushcfunction(L, push_page);
+    lua_pushlightuserdata(L, &page);
+    int rc = lua_pcall(L, 1, 1, 0);
+    chorus_store_index_page_free(&page);
+    if (rc != LUA_OK)
+        return lua_error(L);
     return 1;
 }
 
@@ -409,6 +520,12 @@ int chorus_lua_store_new(lua_State *L) {
             {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);
+        static const luaL_Reg index_methods[] = {
+            {"index", store_index},
+            {"index_list", store_index_list},
+            {NULL, NULL},
+        };
+        luaL_setfuncs(L, index_methods, 0);
         lua_pushvalue(L, -1);
         lua_setfield(L, -2, "__index");
     }

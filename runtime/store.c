@@ -2,6 +2,8 @@
  * in store.h). */
 #include "store_lmdb.h"
 
+#include "store_index.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -11,11 +13,12 @@
 #include <xxhash.h>
 
 static const char *const DB_NAMES[STORE_NDB] = {
-    "runs",   "journal", "idempotency", "outbox", "dlq",       "scripts",
-    "timers", "meta",    "deliveries",  "events", "schedules",
+    "runs", "journal",    "idempotency", "outbox",    "dlq",       "scripts",  "timers",
+    "meta", "deliveries", "events",      "schedules", "run_index", "run_rows",
 };
 
-enum op_kind { OP_PUT, OP_DEL, OP_DEL_PREFIX };
+/* OP_INDEX: a run's index row (store_index.h), key the run id. */
+enum op_kind { OP_PUT, OP_DEL, OP_DEL_PREFIX, OP_INDEX };
 
 struct op {
     unsigned char kind, db;
@@ -73,7 +76,9 @@ const char *chorus_store_db_name(int db) { return db >= 0 && db < STORE_NDB ? DB
 
 MDB_dbi chorus_store_dbi(const struct chorus_store *st, int db) { return st->dbi[db]; }
 
-int chorus_store_db_is_json(int db) { return db != STORE_SCRIPTS && db != STORE_META; }
+int chorus_store_db_is_json(int db) {
+    return db != STORE_SCRIPTS && db != STORE_META && db != STORE_RUN_INDEX && db != STORE_RUN_ROWS;
+}
 
 /* ---- checksums ----------------------------------------------------------- */
 
@@ -158,7 +163,9 @@ static int batch_add(struct batch *b, int kind, int db, const void *key, size_t 
         b->cap = cap;
     }
     /* a put's value goes behind its checksum */
-    size_t head = kind == OP_PUT && !is_schema_key(db, key, klen) ? CHORUS_STORE_CHECKSUM_LEN : 0;
+    size_t head = (kind == OP_PUT || kind == OP_INDEX) && !is_schema_key(db, key, klen)
+                      ? CHORUS_STORE_CHECKSUM_LEN
+                      : 0;
     size_t need = klen + head + vlen;
     if (b->room - b->used < need) {
         size_t room = b->room ? b->room : 4096;
@@ -185,6 +192,17 @@ static int batch_add(struct batch *b, int kind, int db, const void *key, size_t 
     return 0;
 }
 
+/* Drops the index of the run whose key (in the map) is id; a copy of the key
+ * is used, as the drop writes to other pages. 0 or an LMDB error. */
+static int drop_run_index(struct chorus_store *st, MDB_txn *txn, const MDB_val *id) {
+    char key[512];
+    if (id->mv_size > sizeof key)
+        return 0;
+    memcpy(key, id->mv_data, id->mv_size);
+    MDB_val k = {id->mv_size, key};
+    return chorus_store_index_drop(txn, st->dbi[STORE_RUN_INDEX], st->dbi[STORE_RUN_ROWS], &k);
+}
+
 /* Applies b in one write transaction and commits it. 0, or the LMDB error
  * with err (MDB_MAP_FULL: the caller may grow the map and try again). */
 static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
@@ -199,13 +217,19 @@ static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size
         struct op *o = &b->ops[i];
         MDB_val k = {o->klen, b->bytes + o->off};
         MDB_dbi dbi = st->dbi[o->db];
+        MDB_dbi index = st->dbi[STORE_RUN_INDEX], rows = st->dbi[STORE_RUN_ROWS];
         if (o->kind == OP_PUT) {
             MDB_val v = {o->vlen, b->bytes + o->off + o->klen};
             rc = mdb_put(txn, dbi, &k, &v, 0);
+        } else if (o->kind == OP_INDEX) {
+            MDB_val v = {o->vlen, b->bytes + o->off + o->klen};
+            rc = chorus_store_index_apply(txn, index, rows, &k, &v);
         } else if (o->kind == OP_DEL) {
             rc = mdb_del(txn, dbi, &k, NULL);
             if (rc == MDB_NOTFOUND)
                 rc = 0;
+            if (!rc && o->db == STORE_RUNS) /* a run's index goes with its record */
+                rc = chorus_store_index_drop(txn, index, rows, &k);
         } else {
             MDB_cursor *c;
             rc = mdb_cursor_open(txn, dbi, &c);
@@ -214,6 +238,8 @@ static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size
             MDB_val ck = k, cv;
             int got = mdb_cursor_get(c, &ck, &cv, MDB_SET_RANGE);
             while (!got && ck.mv_size >= o->klen && memcmp(ck.mv_data, k.mv_data, o->klen) == 0) {
+                if (o->db == STORE_RUNS && (rc = drop_run_index(st, txn, &ck)))
+                    break;
                 if ((rc = mdb_cursor_del(c, 0)))
                     break;
                 /* after a delete, NEXT lands on the record that followed */
@@ -431,7 +457,8 @@ static int open_dbs_once(struct chorus_store *st, char *err, size_t errlen) {
     MDB_txn *txn = NULL;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     for (int i = 0; i < STORE_NDB && !rc; i++)
-        rc = mdb_dbi_open(txn, DB_NAMES[i], MDB_CREATE, &st->dbi[i]);
+        rc = mdb_dbi_open(txn, DB_NAMES[i], MDB_CREATE | (i == STORE_RUN_INDEX ? MDB_DUPSORT : 0),
+                          &st->dbi[i]);
     if (rc) {
         snprintf(err, errlen, "store: cannot open its databases: %s", mdb_strerror(rc));
         if (txn)
@@ -448,6 +475,8 @@ static int open_dbs_once(struct chorus_store *st, char *err, size_t errlen) {
             return rc;
         }
         rc = MDB_NOTFOUND; /* now write the new version */
+    } else if (!rc && v.mv_size == 1 && memcmp(v.mv_data, "2", 1) == 0) {
+        rc = MDB_NOTFOUND; /* the same records; chorus.store builds the runs' index */
     }
     if (rc == MDB_NOTFOUND) {
         v.mv_data = CHORUS_STORE_SCHEMA;
@@ -625,6 +654,11 @@ int chorus_store_put(struct chorus_store *st, int db, const void *key, size_t kl
     return queue(st, OP_PUT, db, key, klen, val, vlen);
 }
 
+int chorus_store_index_put(struct chorus_store *st, const void *id, size_t idlen, const void *row,
+                           size_t rowlen) {
+    return queue(st, OP_INDEX, STORE_RUN_ROWS, id, idlen, row, rowlen);
+}
+
 int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen) {
     return queue(st, OP_DEL, db, key, klen, NULL, 0);
 }
@@ -746,7 +780,9 @@ long chorus_store_verify(struct chorus_store *st, long counts[STORE_NDB], chorus
              rc = mdb_cursor_get(c, &k, &raw, MDB_NEXT)) {
             counts[db]++;
             const char *fault = NULL;
-            if (chorus_store_value(db, &k, &raw, &v) != 0)
+            if (db == STORE_RUN_INDEX) /* entries, not values: a time key and a run id */
+                fault = raw.mv_size > 8 ? NULL : "not an index entry";
+            else if (chorus_store_value(db, &k, &raw, &v) != 0)
                 fault = "checksum mismatch";
             else if (is_schema_key(db, k.mv_data, k.mv_size))
                 fault = v.mv_size == strlen(CHORUS_STORE_SCHEMA) &&

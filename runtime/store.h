@@ -52,11 +52,17 @@ enum chorus_store_db {
     STORE_DELIVERIES,
     STORE_EVENTS,
     STORE_SCHEDULES,
+    STORE_RUN_INDEX, /* the runs' secondary index (store_index.h) */
+    STORE_RUN_ROWS,
     STORE_NDB
 };
 
-/* 2: values carry a checksum. A version-1 folder is migrated on open. */
-#define CHORUS_STORE_SCHEMA "2"
+/* 2: values carry a checksum. A version-1 folder is migrated on open.
+ * 3: the runs' index (store_index.h). A version-2 folder opens as version 3
+ * with the index empty; chorus.store builds it (meta.run_index says when it
+ * is whole), and a chorus that does not keep the index refuses the folder
+ * instead of writing runs it would leave out. */
+#define CHORUS_STORE_SCHEMA "3"
 #define CHORUS_STORE_CHECKSUM_LEN 8
 
 /* The message of a batch that failed for want of room starts with this. */
@@ -104,6 +110,7 @@ const char *chorus_store_db_name(int db);
 /* Queue writes for the next group commit. 0, or -1 when out of memory. */
 int chorus_store_put(struct chorus_store *st, int db, const void *key, size_t klen, const void *val,
                      size_t vlen);
+/* A del in runs also drops the run's index row and entries (store_index.h). */
 int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen);
 int chorus_store_del_prefix(struct chorus_store *st, int db, const void *prefix, size_t plen);
 
@@ -153,7 +160,7 @@ void chorus_store_stats(const struct chorus_store *st, struct chorus_store_stats
 void chorus_store_describe(char *out, size_t outlen, int db, const void *key, size_t klen,
                            const char *why);
 
-/* Whether db holds JSON values (all but scripts and meta). */
+/* Whether db holds JSON values (all but scripts, meta, run_index and run_rows). */
 int chorus_store_db_is_json(int db);
 
 /* Walks every named database of the last committed state, checking each

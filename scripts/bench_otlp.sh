@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench_otlp.sh — `make bench` part 5: what exporting traces costs a served
+# bench_otlp.sh — `make bench` part 6: what exporting traces costs a served
 # request. `chorus serve` (no data folder) runs bench_fanout (2 concurrent
 # upstream calls per request: 3 spans, the run's and its 2 attempts') under
 # wrk, alternately without telemetry and with telemetry pointed at an OTLP

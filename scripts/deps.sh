@@ -7,10 +7,16 @@ PACKAGES=(
   build-essential clang libclang-rt-14-dev pkg-config
   liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libmicrohttpd-dev
   liblmdb-dev lmdb-utils libcjson-dev libssl-dev libxxhash-dev
+  libsystemd-dev  # sd_notify: READY, STOPPING and watchdog pings under systemd (contrib/chorus.service)
   lua-busted lua-dkjson lua-system lua-check lua-argparse curl wrk valgrind clang-format time bc
   # lua-argparse: the CLI's grammar (chorus.cli_args), loaded by ./chorus from the system Lua path
   python3  # tests/integration/raw_client.py: raw and slow requests curl cannot send
   nodejs   # tests/otlp/receiver.js: the OTLP receiver tests/integration/otlp_spec.lua sends spans to
+  # tests/integration/ui_browser_spec.lua: the web console in headless Chromium
+  chromium chromium-driver python3-selenium
+  # promtool (in Debian's prometheus package): checks contrib/prometheus-alerts.yml;
+  # groff-base: the man page make install writes is checked with groff
+  prometheus groff-base
   # make bench: the event-driven upstream (scripts/bench/upstream.sh) and the
   # nginx + Lua server chorus is compared with; perf for make bench-profile
   nginx-light libnginx-mod-http-lua linux-perf

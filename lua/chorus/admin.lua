@@ -1,8 +1,11 @@
 -- chorus.admin — the admin endpoints of `chorus serve` (bearer token
--- required, compared in constant time): reload, breakers, schedules, and the outbox
+-- required, compared in constant time): reload, breakers, schedules, the
+-- runs by filter and bulk actions on them (chorus.runs_api), and the outbox
 -- and DLQ of the data folder. server.dispatch routes /admin/WHAT here.
 local core = require "chorus.core"
+local runs_api = require "chorus.runs_api"
 local webhook = require "chorus.webhook"
+local json = core.json
 
 local admin = {}
 
@@ -29,6 +32,114 @@ local function authorized(server, req)
 end
 admin.authorized = authorized
 
+-- The parameters of req: its query, and for a POST its JSON body's fields
+-- too. nil and a problem when the body is not a JSON object.
+local function params_of(req)
+  local params = {}
+  for k, v in pairs(req.query or {}) do
+    params[k] = v
+  end
+  local body = req.body
+  if req.method == "POST" and body and body:find("%S") then
+    local ok, value = pcall(json.decode, body)
+    if not ok or type(value) ~= "table" or json.is_null(value) then
+      return nil, problem(400, "Bad Request", "the body must be a JSON object of filters")
+    end
+    for k, v in pairs(value) do
+      params[k] = v
+    end
+  end
+  return params
+end
+
+-- The filter of req (chorus.runs_api), or nil and a 400 naming the parameter.
+local function filter_of(req, allowed)
+  local params, bad = params_of(req)
+  if not params then
+    return nil, bad
+  end
+  local f, name, why = runs_api.parse(params, allowed)
+  if not f then
+    return nil, problem(400, "Bad Request", ("parameter %s %s"):format(name, why), { parameter = name })
+  end
+  return f
+end
+
+-- The DLQ entry id back in the outbox, due now: true, or false and why.
+local function replay_dlq(st, id)
+  if not st:replay_dlq(id, core.now()) then
+    return false, ("no DLQ entry with id '%s'"):format(id)
+  end
+  return true
+end
+
+local function drop_dlq(st, id)
+  if not st:get_dlq(id) then
+    return false, ("no DLQ entry with id '%s'"):format(id)
+  end
+  st:del_dlq(id)
+  return true
+end
+
+-- Why a problem response refused: its detail.
+local function refusal(resp)
+  local ok, body = pcall(json.decode, resp.body or "")
+  return ok and type(body) == "table" and body.detail or ("refused with status %d"):format(resp.status)
+end
+
+-- POST /admin/runs/redrive and /admin/runs/cancel: each run the filter
+-- finds (failed runs for a redrive, running ones for a cancel, unless the
+-- filter names a status), through the one-run paths.
+local BULK_RUNS = {
+  redrive = { status = "failed", act = function(server, id)
+    local resp, _, refused = server.redrive(id)
+    if refused or resp.status >= 400 then
+      return false, refusal(resp)
+    end
+    return true
+  end },
+  cancel = { status = "running", act = function(server, id)
+    local done, _, why = server.state.runs:cancel(id, "admin")
+    return done ~= nil, why
+  end },
+}
+
+local function bulk_runs(server, req, action, st)
+  if req.method ~= "POST" then
+    return problem(405, "Method Not Allowed", ("%s runs with POST"):format(action))
+  end
+  local f, bad = filter_of(req, runs_api.BULK_FILTERS)
+  if not f then
+    return bad
+  end
+  local how = BULK_RUNS[action]
+  f.status = f.status or how.status
+  local rok, out = pcall(runs_api.bulk, st, f, function(id) return how.act(server, id) end)
+  if not rok then
+    return problem(500, "Internal Server Error", tostring(out))
+  end
+  return json_response(200, out)
+end
+
+-- POST /admin/dlq/replay and /admin/dlq/drop: every entry the filter finds.
+local function bulk_dlq(req, action, st)
+  if req.method ~= "POST" then
+    return problem(405, "Method Not Allowed", ("%s DLQ entries with POST"):format(action))
+  end
+  local f, bad = filter_of(req, runs_api.DLQ_FILTERS)
+  if not f then
+    return bad
+  end
+  local rows, more = runs_api.dlq_rows(st, f)
+  local act = action == "replay" and replay_dlq or drop_dlq
+  local out = runs_api.apply(rows, f.dry_run, nil, function(id) return act(st, id) end)
+  out.more, out.next_cursor = more, nil -- the same request again takes the next ones
+  if not f.dry_run then
+    st:commit()
+  end
+  return json_response(200, out)
+end
+
 function admin.handle(server, req, what)
   local ok, denied = authorized(server, req)
   if not ok then
@@ -50,6 +161,28 @@ function admin.handle(server, req, what)
   if what == "schedules" then -- each schedule's next slot and last run (chorus.scheduler)
     return json_response(200, { schedules = require("chorus.scheduler").list() })
   end
+  local st = server.state.store
+  local bulk = what:match("^runs/(%a+)$")
+  if what == "runs" or (bulk and BULK_RUNS[bulk]) then
+    if not st then
+      return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false)")
+    end
+    if bulk then
+      return bulk_runs(server, req, bulk, st)
+    end
+    if req.method ~= "GET" then
+      return problem(405, "Method Not Allowed", "list runs with GET")
+    end
+    local f, bad = filter_of(req)
+    if not f then
+      return bad
+    end
+    local lok, body = pcall(runs_api.list, st, f)
+    if not lok then -- a corrupt record: said, never skipped
+      return problem(500, "Internal Server Error", tostring(body))
+    end
+    return json_response(200, body)
+  end
   local run_id = what:match("^runs/([^/]+)/redrive$")
   if run_id then
     if req.method ~= "POST" then
@@ -57,7 +190,6 @@ function admin.handle(server, req, what)
     end
     return server.redrive(run_id)
   end
-  local st = server.state.store
   if not st and (what == "outbox" or what:match("^dlq")) then
     return problem(501, "Not Implemented", "this server keeps no data folder (storage.durable = false)")
   end
@@ -66,6 +198,9 @@ function admin.handle(server, req, what)
   end
   if what == "dlq" and req.method == "GET" then
     return json_response(200, { entries = st:list_dlq(1000), depth = st:count("dlq") })
+  end
+  if what == "dlq/replay" or what == "dlq/drop" then
+    return bulk_dlq(req, what:sub(5), st)
   end
   local id = what:match("^dlq/([^/]+)/replay$")
   if id and req.method == "POST" then
@@ -78,10 +213,10 @@ function admin.handle(server, req, what)
   end
   id = what:match("^dlq/([^/]+)$")
   if id and req.method == "DELETE" then
-    if not st:get_dlq(id) then
-      return problem(404, "Not Found", ("no DLQ entry with id '%s'"):format(id))
+    local dropped, why = drop_dlq(st, id)
+    if not dropped then
+      return problem(404, "Not Found", why)
     end
-    st:del_dlq(id)
     st:commit()
     return json_response(200, { dropped = id })
   end

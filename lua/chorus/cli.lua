@@ -262,14 +262,35 @@ local function readable(path)
   return f ~= nil
 end
 
--- The checkout this binary was built in: its lua/ and build/lua/ hold the
--- modules and the C core that busted loads.
+-- Where the Lua modules and the C core that busted loads live, for this
+-- binary: the checkout it was built in (lua/ and build/lua/ next to it or one
+-- up), or the prefix `make install` put it under (PREFIX/bin/chorus,
+-- PREFIX/share/lua/5.4/chorus/, PREFIX/lib[/MULTIARCH]/lua/5.4/chorus/core.so,
+-- PREFIX/share/chorus/types/). Returns { lpath, cpath, types } or nil.
 local function find_root()
   local exe = core.exe() or ""
   local dir = exe:match("^(.*)/[^/]*$") or "."
-  for _, root in ipairs({ dir, dir:match("^(.*)/[^/]*$") or "." }) do
+  local up = dir:match("^(.*)/[^/]*$") or "."
+  for _, root in ipairs({ dir, up }) do
     if readable(root .. "/lua/chorus/init.lua") and readable(root .. "/build/lua/chorus/core.so") then
-      return root
+      return { lpath = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua", cpath = root .. "/build/lua/?.so",
+        types = root .. "/types" }
+    end
+  end
+  local share = up .. "/share/lua/5.4"
+  if not readable(share .. "/chorus/init.lua") then
+    return nil
+  end
+  local cdirs = { up .. "/lib/lua/5.4" }
+  for _, ent in ipairs(core.scandir(up .. "/lib") or {}) do
+    if ent.dir then
+      cdirs[#cdirs + 1] = up .. "/lib/" .. ent.name .. "/lua/5.4"
+    end
+  end
+  for _, cdir in ipairs(cdirs) do
+    if readable(cdir .. "/chorus/core.so") then
+      return { lpath = share .. "/?.lua;" .. share .. "/?/init.lua", cpath = cdir .. "/?.so",
+        types = up .. "/share/chorus/types" }
     end
   end
   return nil
@@ -343,8 +364,9 @@ function cli.test(flags)
   end
   local root = find_root()
   if not root then
-    io.stderr:write("chorus test: cannot find lua/chorus and build/lua/chorus/core.so next to this binary; ",
-      "run `make` in the chorus checkout\n")
+    io.stderr:write("chorus test: cannot find lua/chorus and build/lua/chorus/core.so next to this binary, ",
+      "nor share/lua/5.4/chorus and lib/lua/5.4/chorus/core.so under its prefix; run `make` in the chorus ",
+      "checkout, or `make install`\n")
     return 1
   end
   local paths
@@ -357,8 +379,7 @@ function cli.test(flags)
   end
   local cmd = ("%slua5.4 /usr/bin/busted --ignore-lua --lpath=%s --cpath=%s --pattern=_spec %s"):format(
     chdir and ("cd " .. shell_quote(chdir) .. " && ") or "",
-    shell_quote(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua"),
-    shell_quote(root .. "/build/lua/?.so"), paths)
+    shell_quote(root.lpath), shell_quote(root.cpath), paths)
   local ok, _, code = os.execute(cmd)
   if ok then
     return 0
@@ -368,7 +389,9 @@ end
 
 -- ---- the data folder: runs, outbox, dlq ---------------------------------
 
-local function open_data(flags)
+-- Opens the data folder of flags; unless as_is, gives a folder an older
+-- chorus wrote its runs' index first (chorus.store build_run_index).
+local function open_data(flags, as_is)
   local dir = flags.data or "./.chorus-data"
   if not core.scandir(dir) then
     usage_error("no data folder at %s (pass --data DIR, the folder chorus serve uses)", dir)
@@ -378,7 +401,43 @@ local function open_data(flags)
   if not st then
     error(err, 0)
   end
+  if not as_is then
+    local ok, ierr = pcall(st.ensure_run_index, st)
+    if not ok then
+      st:close()
+      error(ierr, 0)
+    end
+  end
   return st
+end
+
+-- The filter the runs commands' options give (chorus.runs_api), or a usage
+-- error naming the option. bulk: --dry-run, and --limit up to 1000.
+local function filter_of(flags, bulk)
+  local runs_api = require "chorus.runs_api"
+  local params = {}
+  for _, name in ipairs({ "workflow", "status", "since", "until", "key", "cursor" }) do
+    params[name] = flags[name]
+  end
+  if bulk then
+    params.limit = flags.limit
+    params.dry_run = flags.dry_run or nil
+  end
+  local f, name, why = runs_api.parse(params, bulk and runs_api.BULK_FILTERS or nil)
+  if not f then
+    usage_error("--%s %s", (name:gsub("_", "-")), why)
+  end
+  return f
+end
+
+-- Whether the runs command names runs by filter rather than by ID.
+local function by_filter(flags)
+  for _, name in ipairs({ "workflow", "status", "since", "until", "key", "cursor", "dry_run" }) do
+    if flags[name] then
+      return true
+    end
+  end
+  return false
 end
 
 local function limit_of(flags)
@@ -401,15 +460,40 @@ end
 -- not run the same run). --config is the server's config file: the run
 -- needs its upstreams. Prints the run's record; exit 0 when it succeeded.
 local function runs_redrive(id, flags)
+  if id and by_filter(flags) then
+    usage_error("give a run ID or filters, not both")
+  elseif not id and not by_filter(flags) then
+    usage_error("give a run ID, or filters (--status failed --workflow NAME ...)")
+  end
   local conf = load_config(flags.config)
   local st = open_data(flags)
   local lok, lerr = st:lock(0)
   if not lok then
     st:close()
     return fail({ error = { kind = "busy", message = tostring(lerr)
-      .. "; ask that server: POST /admin/runs/" .. id .. "/redrive" } })
+      .. "; ask that server: POST /admin/runs/" .. (id and id .. "/redrive" or "redrive") } })
   end
   local server = require "chorus.server"
+  if not id then -- each failed run the filters find, one after the other, to its end
+    local f = filter_of(flags, true)
+    f.status = f.status or "failed"
+    local ok, out = core.run(nil, function()
+      return require("chorus.runs_api").bulk(st, f, function(rid)
+        local resp, _, refused = server.redrive_local(conf, st, rid)
+        if refused then
+          local dok, body = pcall(json.decode, resp.body)
+          return false, dok and type(body) == "table" and body.detail or resp.status
+        end
+        return true
+      end)
+    end)
+    st:close()
+    if not ok then
+      return fail({ error = errors.normalize(out) })
+    end
+    io.stdout:write(json.encode(out), "\n")
+    return 0
+  end
   -- core.run gives back one value: the three come in a table
   local ok, out = core.run(nil, function() return { server.redrive_local(conf, st, id) } end)
   st:close()
@@ -430,14 +514,35 @@ end
 -- it and cancels it after its replay (its sagas compensate, on_cancel
 -- runs). A server that holds the folder is asked instead: DELETE /runs/ID.
 local function runs_cancel(id, flags)
+  if id and by_filter(flags) then
+    usage_error("give a run ID or filters, not both")
+  elseif not id and not by_filter(flags) then
+    usage_error("give a run ID, or filters (--status running --workflow NAME ...)")
+  end
   local st = open_data(flags)
   local lok, lerr = st:lock(0)
   if not lok then
     st:close()
     return fail({ error = { kind = "busy", message = tostring(lerr)
-      .. "; ask that server: DELETE /runs/" .. id } })
+      .. "; ask that server: " .. (id and "DELETE /runs/" .. id or "POST /admin/runs/cancel") } })
   end
   local svc = require("chorus.runs").service({ store = st, log = function() end })
+  if not id then -- each running run the filters find
+    local f = filter_of(flags, true)
+    f.status = f.status or "running"
+    local ok, out = core.run(nil, function()
+      return require("chorus.runs_api").bulk(st, f, function(rid)
+        local rec, _, why = svc:cancel(rid, "cli")
+        return rec ~= nil, why
+      end)
+    end)
+    st:close()
+    if not ok then
+      return fail({ error = errors.normalize(out) })
+    end
+    io.stdout:write(json.encode(out), "\n")
+    return 0
+  end
   -- core.run: the store commits from inside a task; one value comes back
   local ok, out = core.run(nil, function() return { svc:cancel(id, "cli") } end)
   st:close()
@@ -487,18 +592,42 @@ local function entry_lines(list, when, limit)
   return out
 end
 
+-- `chorus runs list`: the runs the filters find, newest first, from the
+-- runs' index (as GET /admin/runs, a page of up to 1000 at a time), each as
+-- GET /admin/runs lists it plus started (= started_at), duration and a
+-- scheduled run's slot. When --limit stops it before the end, the cursor
+-- to go on from is said on stderr.
+local function runs_list(flags)
+  local runs_api = require "chorus.runs_api"
+  local f, left = filter_of(flags), limit_of(flags)
+  local st = open_data(flags)
+  local ok, err = pcall(function()
+    repeat
+      f.limit = math.min(left, runs_api.MAX_LIMIT)
+      local rows, next_cursor = runs_api.page(st, f)
+      for _, row in ipairs(rows) do
+        local s = row.summary
+        s.started = s.started_at
+        io.stdout:write(json.encode(s), "\n")
+      end
+      left = left - #rows
+      f.cursor = next_cursor and runs_api.parse({ cursor = next_cursor }).cursor
+      if next_cursor and left == 0 then
+        io.stderr:write(("chorus: more runs: --cursor %s\n"):format(next_cursor))
+      end
+    until not next_cursor or left == 0
+  end)
+  st:close()
+  if not ok then
+    error(err, 0)
+  end
+  return 0
+end
+
 function cli.runs(flags)
   local sub, id = flags.subcommand, flags.id
   if sub == "list" then
-    local st = open_data(flags)
-    local list = {}
-    for i, r in ipairs(st:list_runs(limit_of(flags))) do
-      list[i] = { id = r.id, workflow = r.workflow, status = r.status, started = r.started,
-        duration = r.duration, slot = type(r.schedule) == "table" and r.schedule.slot or nil }
-    end
-    st:close()
-    print_lines(list)
-    return 0
+    return runs_list(flags)
   elseif sub == "redrive" then
     return runs_redrive(id, flags)
   elseif sub == "cancel" then
@@ -589,7 +718,7 @@ end
 -- and each bad one (database, key, why); exit 0 when all are good, 1 when
 -- any is corrupt.
 function cli.data(flags) -- its one subcommand: verify
-  local st = open_data(flags)
+  local st = open_data(flags, true) -- read as it is
   local ok, report = pcall(st.verify, st)
   st:close()
   if not ok then
@@ -625,7 +754,7 @@ end
 --- chorus init DIR: a new project (chorus.project).
 function cli.init(flags)
   local project = require "chorus.project"
-  local created, err = project.create(flags.dir, { root = find_root() })
+  local created, err = project.create(flags.dir, { types = (find_root() or {}).types })
   if not created then
     usage_error("%s", err)
   end

@@ -9,7 +9,8 @@ local cli_args = {}
 -- Options that take a value take the next word whatever it starts with:
 -- `--input -1` is JSON, where argparse would read "-1" as an option.
 local VALUE_OPTIONS = { ["--input"] = true, ["--config"] = true, ["--data"] = true, ["--scripts"] = true,
-  ["--listen"] = true, ["--limit"] = true }
+  ["--listen"] = true, ["--limit"] = true, ["--workflow"] = true, ["--status"] = true, ["--since"] = true,
+  ["--until"] = true, ["--key"] = true, ["--cursor"] = true }
 
 local function join_values(argv)
   local out, i = {}, 1
@@ -126,24 +127,45 @@ local function build(argparse, state)
     end
   end
 
+  -- the filters of GET /admin/runs (chorus.runs_api); bulk: the dry run too
+  local function filter_options(cmd, bulk)
+    cmd:option("--workflow", "Only runs of this workflow."):argname("NAME")
+    cmd:option("--status", "Only runs in this status (running, succeeded, failed, timed_out, compensated, "
+      .. "cancelled)."):argname("STATUS")
+    cmd:option("--since", "Only runs started at or after T (unix seconds or RFC 3339)."):argname("T")
+    cmd:option("--until", "Only runs started before T (unix seconds or RFC 3339)."):argname("T")
+    cmd:option("--key", "Only runs of this idempotency key."):argname("KEY")
+    cmd:option("--cursor", "Go on from where the previous listing stopped (it prints the cursor on stderr).")
+      :argname("CURSOR")
+    if bulk then
+      cmd:flag("--dry-run", "Only count the runs it would act on: {\"count\":N}.")
+    end
+  end
+
   local runs = command(p, "runs", "List, show, redrive and cancel the runs of a data folder.")
   runs:command_target("subcommand")
   data_options(runs, {}, true)
-  data_options(command(runs, "list", "One JSON line per run, newest first."),
-    { limit = "At most N runs (default 100).", data = DATA_HELP })
+  local runs_list = command(runs, "list", "One JSON line per run, newest first, by filter.")
+  data_options(runs_list, { limit = "At most N runs (default 100).", data = DATA_HELP })
+  filter_options(runs_list)
   local runs_show = command(runs, "show", "The run's whole record, with the outbox entries it enqueued.")
   runs_show:argument("id", "The run id."):argname("ID")
   data_options(runs_show, { data = DATA_HELP })
-  local redrive = command(runs, "redrive", "Run a failed run again in this process.",
+  local redrive = command(runs, "redrive", "Run a failed run again in this process (or each a filter finds).",
     "Run a failed run again in this process, to its end, when no chorus serve holds the data folder; "
-      .. "prints its record (exit 0 when it succeeded).")
-  redrive:argument("id", "The run id."):argname("ID")
-  data_options(redrive, { config = "The server's config file (the run needs its upstreams).", data = DATA_HELP })
-  local cancel = command(runs, "cancel", "Cancel an unfinished run at the next start.",
+      .. "prints its record (exit 0 when it succeeded). Without ID, each failed run the filters find "
+      .. "(at most --limit, 1000), one after the other; prints {\"done\":N,\"skipped\":N,...}.")
+  redrive:argument("id", "The run id."):argname("ID"):args("?")
+  data_options(redrive, { config = "The server's config file (the run needs its upstreams).", data = DATA_HELP,
+    limit = "At most N runs (1 to 1000, default 1000)." })
+  filter_options(redrive, true)
+  local cancel = command(runs, "cancel", "Cancel an unfinished run (or each a filter finds) at the next start.",
     "Mark an unfinished run cancelled when no chorus serve holds the data folder: the next start resumes it "
-      .. "and cancels it (a running server is asked with DELETE /runs/ID).")
-  cancel:argument("id", "The run id."):argname("ID")
-  data_options(cancel, { data = DATA_HELP })
+      .. "and cancels it (a running server is asked with DELETE /runs/ID). Without ID, each running run the "
+      .. "filters find (at most --limit, 1000).")
+  cancel:argument("id", "The run id."):argname("ID"):args("?")
+  data_options(cancel, { data = DATA_HELP, limit = "At most N runs (1 to 1000, default 1000)." })
+  filter_options(cancel, true)
 
   local outbox = command(p, "outbox", "List the outbox of a data folder.")
   outbox:command_target("subcommand")

@@ -246,7 +246,7 @@ end
 function Service:finish(rec, text, ok, value)
   local st = self.store
   if st then
-    st:put_run_text(rec.id, text)
+    st:put_run_text(rec.id, text, rec)
     st:del_timer(rec.id)
     if redrivable(rec) then -- kept for a redrive, with what its record masks
       st:put_redrive(rec.id, { input = rec.input, request = rec.request })
@@ -646,6 +646,8 @@ end
 ---                   batches (tests)
 ---   stopping()      true when the process is draining: the rest resume at
 ---                   the next start
+---   done()          called once every unfinished run has started again
+---                   (at once when there were none; also after a stop)
 --- Returns how many unfinished runs there were.
 function Service:recover(opts)
   opts = opts or {}
@@ -669,7 +671,9 @@ function Service:recover(opts)
   end
   local total = #unfinished
   self.recovery = { resumed = 0, total = total, active = total > 0 }
+  local done = opts.done or function() end
   if total == 0 then
+    done()
     return 0
   end
   local log = self.env.log
@@ -703,6 +707,7 @@ function Service:recover(opts)
     self.recovery.active = false
     log("info", "resumed runs after a restart", { runs = resumed, failed = failed,
       seconds = math.floor((core.monotime() - t0) * 1000) / 1000 })
+    done()
   end
   if opts.background then
     core.start({ instructions = 0, memory = 0, cpu_ms = 0 }, resume_all)

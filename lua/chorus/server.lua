@@ -1,7 +1,8 @@
 -- chorus.server — `chorus serve`: its lifecycle. Opens the data folder,
 -- loads the scripts, listens, starts the background runs (the outbox relay,
 -- recovery of unfinished runs, the sweep, the schedules), reloads on SIGHUP or a file
--- change, and drains on SIGTERM.
+-- change, and drains on SIGTERM. Under systemd it says when it is ready and
+-- when it stops, and pings the watchdog (chorus.systemd).
 --
 -- The server is made of one module per concern: its state
 -- (chorus.server_state), the paths it answers (chorus.routes), the workflow
@@ -25,6 +26,7 @@ local script_set = require "chorus.script_set"
 local state = require "chorus.server_state"
 local store = require "chorus.store"
 local sweep = require "chorus.sweep"
+local systemd = require "chorus.systemd"
 local workflow_requests = require "chorus.workflow_requests"
 
 local server = {}
@@ -98,6 +100,14 @@ local function start_durable()
         .. "lists them; restore the folder from a backup, or move it away to start with an empty one")
         :format(conf.data, #bad, #bad == 1 and "" or "s", bad[1].message, conf.data)
     end
+    -- a folder an older chorus wrote gets the runs' index now (chorus.store)
+    local iok, indexed = pcall(st.ensure_run_index, st)
+    if not iok then
+      st:close()
+      return nil, ("cannot build the runs' index of %s: %s"):format(conf.data, tostring(indexed))
+    elseif indexed > 0 then
+      log("info", "built the runs' index", { runs = indexed })
+    end
     state.store = st
     state.backend = outbox.durable(st)
   end
@@ -116,7 +126,9 @@ local function start_durable()
   return true
 end
 
-local function start_background()
+-- ready() runs once the server listens and every run unfinished at start
+-- has started again (as /readyz turns 200).
+local function start_background(ready)
   core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.relay:run() end)
   if state.telemetry then
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.telemetry:run() end)
@@ -126,8 +138,15 @@ local function start_background()
     state.runs:recover({ background = true, batch = storage.recovery_batch,
       -- test-only: a pause between batches, so a spec sees recovery under way
       pause = tonumber(core.env("CHORUS_TEST_RECOVERY_PAUSE") or ""),
-      stopping = function() return state.draining end })
+      stopping = function() return state.draining end,
+      done = function()
+        if not state.draining then
+          ready()
+        end
+      end })
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep.loop)
+  else
+    ready()
   end
   core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, scheduler.loop)
 end
@@ -162,6 +181,7 @@ local function drain(signal)
     return
   end
   state.draining = true
+  systemd.stopping()
   -- Whatever happens while waiting, the loop stops: an error here must not
   -- leave a server that has stopped accepting but never exits.
   local ok, err = pcall(function()
@@ -218,8 +238,9 @@ function server.serve(config, on_listening)
   core.on_signal("SIGTERM", drain)
   core.on_signal("SIGINT", drain)
   watch_scripts(dirs)
-  start_background()
   local address = ("%s:%d"):format(host, srv:port())
+  systemd.watchdog(function() return true end) -- until the loop stops, drain included
+  start_background(function() systemd.ready(address) end)
   log("info", "listening", { address = address, scripts = config.scripts })
   if on_listening then
     on_listening(address)

@@ -18,6 +18,13 @@
 --                ctx.event, and the event ids seen (redeliveries absorbed)
 --   schedules    workflow name → its schedule as the scheduler last stored
 --                it: the slots handled so far, the last run (chorus.scheduler)
+--   run_index    the runs' secondary index (runtime/store_index.h), kept by
+--   run_rows     the C store in the write transaction of the run record:
+--                index key → the runs under it by start time; run id → its
+--                row (start time, index keys, summary). The keys: every run,
+--                its status, workflow, workflow and status, idempotency key
+--                (run_keys below). meta.run_index = "1" once every run of
+--                the folder is in it (build_run_index).
 --
 -- Every value is checked against its checksum when read (runtime/store.c):
 -- a bad one raises "store: corrupt record in database DB, key 'K': ...",
@@ -134,17 +141,73 @@ end
 
 -- ---- runs ---------------------------------------------------------------
 
+-- The index keys of a run: listing walks one of them (chorus.runs_api).
+local ALL_RUNS = "a"
+store.ALL_RUNS = ALL_RUNS
+function store.status_key(status) return "s\0" .. status end
+function store.workflow_key(workflow) return "w\0" .. workflow end
+function store.workflow_status_key(workflow, status) return "ws\0" .. workflow .. "\0" .. status end
+function store.idem_key_key(key) return "k\0" .. key end
+
+local null = json.null
+
+local function text_or_null(v)
+  return type(v) == "string" and v or null
+end
+
+-- The index row of a run record: its start time (µs), keys and summary
+-- (what GET /admin/runs lists of it, plus the CLI's duration and slot).
+local function run_row(rec)
+  local started = tonumber(rec.started) or 0
+  local t = math.max(0, math.floor(started * 1e6 + 0.5))
+  local status, workflow = text_or_null(rec.status), text_or_null(rec.workflow)
+  local keys = { ALL_RUNS }
+  if status ~= null then
+    keys[#keys + 1] = store.status_key(status)
+  end
+  if workflow ~= null then
+    keys[#keys + 1] = store.workflow_key(workflow)
+    if status ~= null then
+      keys[#keys + 1] = store.workflow_status_key(workflow, status)
+    end
+  end
+  local key = text_or_null(rec.key)
+  if key ~= null and #key <= 500 then
+    keys[#keys + 1] = store.idem_key_key(key)
+  end
+  local err = type(rec.error) == "table" and rec.error or nil
+  local summary = json.encode({ id = rec.id, workflow = workflow, status = status, started_at = rec.started or null,
+    finished_at = tonumber(rec.finished) or null, key = key, version = text_or_null(rec.script_hash),
+    error_kind = err and text_or_null(err.kind) or null, duration = tonumber(rec.duration) or null,
+    slot = type(rec.schedule) == "table" and tonumber(rec.schedule.slot) or null })
+  return t, keys, summary
+end
+
+local function index_run(self, rec)
+  if type(rec) == "table" and type(rec.id) == "string" then
+    self.st:index(rec.id, run_row(rec))
+  end
+end
+
+--- The run record and its index row: both land in one write transaction.
 function Store:put_run(rec)
   self:put_json("runs", rec.id, rec)
+  index_run(self, rec)
 end
 
 function Store:get_run(id)
   return self:get_json("runs", id)
 end
 
---- A finished run's record, as the JSON text GET /runs/ID answers.
-function Store:put_run_text(id, text)
+--- A finished run's record, as the JSON text GET /runs/ID answers; rec is
+--- the record as a table (nil: decoded from text) for its index row.
+function Store:put_run_text(id, text, rec)
   self.st:put("runs", id, text)
+  if rec == nil then
+    local ok, decoded = pcall(json.decode, text)
+    rec = ok and decoded or nil
+  end
+  index_run(self, rec)
 end
 
 --- The stored record's JSON text, or nil.
@@ -174,14 +237,59 @@ function Store:unfinished()
   return out
 end
 
---- The most recent runs first (by start time), at most limit.
-function Store:list_runs(limit)
-  local runs = values(self, "runs")
-  table.sort(runs, function(a, b) return (a.started or 0) > (b.started or 0) end)
-  for i = #runs, (limit or 100) + 1, -1 do
-    runs[i] = nil
+--- The runs under index key `key`, newest first, from the index (no scan of
+--- the runs): { {id =, t =, summary = {...}} }, at most opts.limit. opts:
+--- also (keys each run must also be under), before (an exclusive time key,
+--- t .. id, as cursor() makes), since and until (µs: since <= t < until).
+function Store:find_runs(key, opts)
+  local rows = self.st:index_list(key, opts)
+  for i, row in ipairs(rows) do
+    rows[i] = { id = row[1], t = row[2], summary = decode("run_rows", row[1], row[3]) }
   end
-  return runs
+  return rows
+end
+
+--- The time key of a listed run (find_runs's before).
+function store.time_key(t, id)
+  return string.pack(">I8", t) .. id
+end
+
+-- Runs indexed per commit while the index is built.
+local BUILD_BATCH = 5000
+
+--- Builds the runs' index of a folder a chorus without it wrote (from
+--- inside a task: it commits as it goes), unless meta.run_index says it is
+--- whole. Returns how many runs it indexed.
+function Store:build_run_index()
+  if self.memory or self.st:get("meta", "run_index") == "1" then
+    return 0
+  end
+  local from, n = nil, 0
+  repeat
+    local rows = self.st:scan("runs", { from = from, limit = BUILD_BATCH + 1 })
+    for i = 1, math.min(#rows, BUILD_BATCH) do
+      index_run(self, decode("runs", rows[i][1], rows[i][2]))
+      n = n + 1
+    end
+    from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
+    self.st:put("meta", "run_index", from and "0" or "1")
+    self:commit()
+  until not from
+  return n
+end
+
+--- build_run_index from anywhere: inside a task it runs there, else in a
+--- run of its own (the CLI's commands, the server's start).
+function Store:ensure_run_index()
+  if core.run_id() then
+    return self:build_run_index()
+  end
+  -- trusted work, linear in the runs: no instruction budget or memory cap
+  local ok, n = core.run({ instructions = 0, memory = 0, cpu_ms = 0 }, function() return self:build_run_index() end)
+  if not ok then
+    error(n, 0)
+  end
+  return n
 end
 
 -- ---- journal ------------------------------------------------------------

@@ -13,7 +13,7 @@ local KV = {}
 KV.__index = KV
 
 function memory.new()
-  return setmetatable({ dbs = {}, pending = {}, commits = 0, ops = 0 }, KV)
+  return setmetatable({ dbs = {}, pending = {}, commits = 0, ops = 0, rows = {} }, KV)
 end
 
 local function db(self, name)
@@ -46,6 +46,13 @@ function KV:del_prefix(name, prefix)
   self.pending[#self.pending + 1] = { "del_prefix", name, prefix }
 end
 
+--- The index row of run id (the C store's store:index): t (µs), its index
+--- keys, its summary.
+function KV:index(id, t, keys, summary)
+  check("run_rows", id, summary)
+  self.pending[#self.pending + 1] = { "index", "run_rows", id, { t = t, keys = keys, summary = summary } }
+end
+
 --- Applies every queued write (the C store's group commit, without a disk).
 function KV:commit()
   local ops = self.pending
@@ -54,8 +61,13 @@ function KV:commit()
     local d = db(self, op[2])
     if op[1] == "put" then
       d[op[3]] = op[4]
+    elseif op[1] == "index" then
+      self.rows[op[3]] = op[4]
     elseif op[1] == "del" then
       d[op[3]] = nil
+      if op[2] == "runs" then -- a run's index row goes with its record
+        self.rows[op[3]] = nil
+      end
     else
       local prefix = op[3]
       for k in pairs(d) do
@@ -95,6 +107,32 @@ function KV:scan(name, opts)
     rows[i] = { keys[i], d[keys[i]] }
   end
   return rows
+end
+
+--- The runs under key, newest first (the C store's store:index_list).
+function KV:index_list(key, opts)
+  opts = opts or {}
+  local hits = {}
+  for id, row in pairs(self.rows) do
+    local has = {}
+    for _, k in ipairs(row.keys) do
+      has[k] = true
+    end
+    local tk = string.pack(">I8", row.t) .. id
+    local ok = has[key] and row.t >= (opts.since or 0) and (not opts["until"] or row.t < opts["until"])
+      and (not opts.before or tk < opts.before) and db(self, "runs")[id] ~= nil
+    for _, k in ipairs(opts.also or {}) do
+      ok = ok and has[k]
+    end
+    if ok then
+      hits[#hits + 1] = { id, row.t, row.summary, tk = tk }
+    end
+  end
+  table.sort(hits, function(a, b) return a.tk > b.tk end)
+  for i = #hits, (opts.limit or 100) + 1, -1 do
+    hits[i] = nil
+  end
+  return hits
 end
 
 function KV:count(name)

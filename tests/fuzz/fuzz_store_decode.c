@@ -10,7 +10,8 @@
  * each step in protected mode, through the code that consumes decoded
  * records:
  *   1. chorus.store's readers over a fake LMDB handle that answers every
- *      get and scan with the input (get_run, unfinished, list_runs, journal,
+ *      get and scan with the input (get_run, unfinished, find_runs and
+ *      runs_api.list with the input as a run's summary, journal,
  *      the sweep with server.lua's predicates, due_outbox, list_outbox,
  *      list_dlq, replay_dlq);
  *   2. server.dispatch of a POST with an Idempotency-Key whose stored
@@ -113,6 +114,8 @@ static const char driver[] =
     "function Fake.put() end\n"
     "function Fake.del() end\n"
     "function Fake.del_prefix() end\n"
+    "function Fake.index() end\n"
+    "function Fake:index_list() return { { RID, math.floor(T0 * 1e6), self.value } } end\n"
     "function Fake.commit() end\n"
     "function Fake.close() end\n"
     "\n"
@@ -202,7 +205,8 @@ static const char driver[] =
     "  local st = open_store(value)\n"
     "  try(st.get_run, st, RID)\n"
     "  try(st.unfinished, st)\n"
-    "  try(st.list_runs, st, 10)\n"
+    "  try(st.find_runs, st, 'a', { limit = 10 })\n"
+    "  try(require('chorus.runs_api').list, st, { status = 'failed' })\n"
     "  try(st.journal, st, RID)\n"
     "  if st.sweep then -- the server's sweep predicates (server.lua sweep_loop)\n"
     "    try(st.sweep, st, 'idempotency', nil, 10, function(rec)\n"

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "store_index.h"
 #include "store_lmdb.h"
 #include "unit.h"
 
@@ -264,7 +265,7 @@ static void test_open_schema(void) {
     CHECK(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode));
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
     CHECK_STR_EQ(buf, CHORUS_STORE_SCHEMA);
-    CHECK_STR_EQ(buf, "2");
+    CHECK_STR_EQ(buf, "3");
     for (int i = 0; i < STORE_NDB; i++)
         CHECK_INT_EQ(count(st, i), i == STORE_META ? 1 : 0);
     struct chorus_store_stats s = stats(st);
@@ -284,7 +285,7 @@ static void test_open_schema(void) {
         return;
     buf[0] = 0;
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
-    CHECK_STR_EQ(buf, "2");
+    CHECK_STR_EQ(buf, "3");
     close_store(st);
 
     /* a folder written by a newer chorus */
@@ -1278,7 +1279,7 @@ static void test_migrate_v1(void) {
     if (!st)
         return;
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
-    CHECK_STR_EQ(buf, "2");
+    CHECK_STR_EQ(buf, "3");
     CHECK_INT_EQ(gets(st, STORE_RUNS, "r07", buf, sizeof buf), 7);
     CHECK_STR_EQ(buf, "{\"n\":7}");
     CHECK_INT_EQ(gets(st, STORE_RUNS, "r49", buf, sizeof buf), 8);
@@ -1317,6 +1318,162 @@ static void test_empty_file(void) {
     CHECK(stat(path, &sb) == 0 && sb.st_size == 0);
 }
 
+/* Queues the index row of run id: time t, its keys (NULL-ended). */
+static int index_run(struct chorus_store *st, const char *id, uint64_t t, const char *const *keys) {
+    size_t klens[CHORUS_INDEX_MAX_KEYS];
+    int n = 0;
+    while (keys[n]) {
+        klens[n] = strlen(keys[n]);
+        n++;
+    }
+    char *row;
+    size_t rowlen;
+    if (chorus_store_index_row(t, keys, klens, n, id, strlen(id), &row, &rowlen) != 0)
+        return -1;
+    int rc = chorus_store_index_put(st, id, strlen(id), row, rowlen);
+    free(row);
+    return rc;
+}
+
+/* The ids key lists (newest first, from before, at most limit), joined by
+ * spaces into out; the number listed, or -1 with the error printed. */
+static int list_ids(struct chorus_store *st, const char *key, const char *also, const char *before,
+                    size_t beforelen, uint64_t since, uint64_t until, size_t limit, char *out,
+                    size_t outlen) {
+    struct chorus_index_query q = {.key = key,
+                                   .klen = strlen(key),
+                                   .since = since,
+                                   .until = until,
+                                   .limit = limit,
+                                   .before = before,
+                                   .beforelen = beforelen};
+    if (also) {
+        q.also[0] = also;
+        q.alsolen[0] = strlen(also);
+        q.nalso = 1;
+    }
+    struct chorus_index_page page = {0};
+    char err[256];
+    out[0] = 0;
+    if (chorus_store_index_list(st, &q, &page, err, sizeof err) != 0) {
+        fprintf(stderr, "    index_list: %s\n", err);
+        chorus_store_index_page_free(&page);
+        return -1;
+    }
+    size_t used = 0;
+    for (size_t i = 0; i < page.n; i++) {
+        const struct chorus_index_hit *h = &page.hits[i];
+        /* the summary is the id here */
+        CHECK(h->sum_len == h->id_len &&
+              memcmp(page.bytes + h->id_off, page.bytes + h->sum_off, h->id_len) == 0);
+        used += (size_t)snprintf(out + used, outlen - used, "%s%.*s", i ? " " : "", (int)h->id_len,
+                                 page.bytes + h->id_off);
+    }
+    int n = (int)page.n;
+    chorus_store_index_page_free(&page);
+    return n;
+}
+
+/* 18. The runs' index: a run under several keys, listed newest first, from
+ * a bound, with since/until and an also-key; re-indexing moves the run (in
+ * one batch too); deleting its record drops it; a corrupt record is named. */
+static void test_run_index(void) {
+    char dir[128], ids[512];
+    path_in_root(dir, sizeof dir, "index");
+    struct chorus_store *st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    static const char *const ok_keys[] = {"a", "ok", "w:pay", NULL};
+    static const char *const failed_keys[] = {"a", "failed", "w:pay", NULL};
+    static const char *const other_keys[] = {"a", "failed", "w:mail", NULL};
+    const char *names[] = {"r1", "r2", "r3", "r4", "r5"};
+    for (int i = 0; i < 5; i++) {
+        CHECK_INT_EQ(put(st, STORE_RUNS, names[i], "{}"), 0);
+        CHECK_INT_EQ(index_run(st, names[i], 100 + (uint64_t)i / 2,
+                               i == 4  ? other_keys
+                               : i % 2 ? failed_keys
+                                       : ok_keys),
+                     0);
+    }
+    CHECK(commit(st));
+    /* times 100 100 101 101 102: ties ordered by id, newest (largest) first */
+    CHECK_INT_EQ(list_ids(st, "a", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 5);
+    CHECK_STR_EQ(ids, "r5 r4 r3 r2 r1");
+    CHECK_INT_EQ(list_ids(st, "failed", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 3);
+    CHECK_STR_EQ(ids, "r5 r4 r2");
+    CHECK_INT_EQ(list_ids(st, "failed", "w:pay", NULL, 0, 0, 0, 10, ids, sizeof ids), 2);
+    CHECK_STR_EQ(ids, "r4 r2");
+    CHECK_INT_EQ(list_ids(st, "a", NULL, NULL, 0, 101, 102, 10, ids, sizeof ids), 2);
+    CHECK_STR_EQ(ids, "r4 r3");
+    CHECK_INT_EQ(list_ids(st, "a", NULL, NULL, 0, 0, 0, 2, ids, sizeof ids), 2);
+    CHECK_STR_EQ(ids, "r5 r4");
+    /* from the time key of r4 (exclusive): the page after it */
+    char bound[16] = {0, 0, 0, 0, 0, 0, 0, 101, 'r', '4'};
+    CHECK_INT_EQ(list_ids(st, "a", NULL, bound, 10, 0, 0, 2, ids, sizeof ids), 2);
+    CHECK_STR_EQ(ids, "r3 r2");
+    /* a bound below every entry, and a key nobody has */
+    char low[9] = {0, 0, 0, 0, 0, 0, 0, 1, 'x'};
+    CHECK_INT_EQ(list_ids(st, "a", NULL, low, 9, 0, 0, 10, ids, sizeof ids), 0);
+    CHECK_INT_EQ(list_ids(st, "nobody", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 0);
+    CHECK_INT_EQ(count(st, STORE_RUN_INDEX), 15);
+    CHECK_INT_EQ(count(st, STORE_RUN_ROWS), 5);
+
+    /* r1: ok → failed → ok → failed in one batch; r2: failed → ok */
+    CHECK_INT_EQ(index_run(st, "r1", 100, failed_keys), 0);
+    CHECK_INT_EQ(index_run(st, "r1", 100, ok_keys), 0);
+    CHECK_INT_EQ(index_run(st, "r1", 100, failed_keys), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(index_run(st, "r2", 100, ok_keys), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(list_ids(st, "failed", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 3);
+    CHECK_STR_EQ(ids, "r5 r4 r1");
+    CHECK_INT_EQ(list_ids(st, "ok", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 2);
+    CHECK_STR_EQ(ids, "r3 r2");
+    CHECK_INT_EQ(count(st, STORE_RUN_INDEX), 15);
+
+    /* deleting a record drops its row and entries, by key and by prefix */
+    CHECK_INT_EQ(chorus_store_del(st, STORE_RUNS, "r4", 2), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(list_ids(st, "a", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 4);
+    CHECK_STR_EQ(ids, "r5 r3 r2 r1");
+    CHECK_INT_EQ(count(st, STORE_RUN_ROWS), 4);
+    CHECK_INT_EQ(chorus_store_del_prefix(st, STORE_RUNS, "r", 1), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(count(st, STORE_RUN_INDEX), 0);
+    CHECK_INT_EQ(count(st, STORE_RUN_ROWS), 0);
+    CHECK_INT_EQ(stats(st).failures, 0);
+
+    /* a listed run whose record is corrupt is named, not skipped */
+    CHECK_INT_EQ(put(st, STORE_RUNS, "r9", "{}"), 0);
+    CHECK_INT_EQ(index_run(st, "r9", 200, ok_keys), 0);
+    CHECK(commit(st));
+    close_store(st);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi runs;
+    CHECK_INT_EQ(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, STORE_NDB);
+    CHECK_INT_EQ(mdb_env_open(env, dir, 0, 0600), 0);
+    CHECK_INT_EQ(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CHECK_INT_EQ(mdb_dbi_open(txn, "runs", 0, &runs), 0);
+    MDB_val k = {2, "r9"}, v = {10, "0123456789"};
+    CHECK_INT_EQ(mdb_put(txn, runs, &k, &v, 0), 0);
+    CHECK_INT_EQ(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    struct chorus_index_query q = {.key = "a", .klen = 1, .limit = 10};
+    struct chorus_index_page page = {0};
+    char err[256] = "";
+    CHECK_INT_EQ(chorus_store_index_list(st, &q, &page, err, sizeof err), -1);
+    CHECK(strstr(err, "corrupt record in database runs, key 'r9'") != NULL);
+    chorus_store_index_page_free(&page);
+    close_store(st);
+}
+
 int main(void) {
     alarm(120); /* a hung loop fails the test instead of blocking the suite */
     snprintf(root, sizeof root, "/tmp/chorus-test-store-XXXXXX");
@@ -1347,6 +1504,7 @@ int main(void) {
     test_growth();
     test_migrate_v1();
     test_empty_file();
+    test_run_index();
 
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
