@@ -323,9 +323,4 @@ function Exporter:stop()
   end
 end
 
---- True when nothing is queued or being sent.
-function Exporter:idle()
-  return self:queued() == 0 and not self.sending
-end
-
 return otlp
