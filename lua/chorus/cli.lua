@@ -454,6 +454,19 @@ local function print_lines(list)
   end
 end
 
+-- A bulk action of the CLI: act(run id) on each run the filters f find
+-- (chorus.runs_api.bulk), in a run (the store commits from a task); prints
+-- the counts, closes the store and returns the exit code.
+local function bulk(st, f, act)
+  local ok, out = core.run(nil, function() return require("chorus.runs_api").bulk(st, f, act) end)
+  st:close()
+  if not ok then
+    return fail({ error = errors.normalize(out) })
+  end
+  io.stdout:write(json.encode(out), "\n")
+  return 0
+end
+
 -- `chorus runs redrive ID`: runs a failed run again here, in this process,
 -- when no `chorus serve` holds the data folder (its lock); with a server
 -- running, POST /admin/runs/ID/redrive asks it instead (two processes must
@@ -477,22 +490,14 @@ local function runs_redrive(id, flags)
   if not id then -- each failed run the filters find, one after the other, to its end
     local f = filter_of(flags, true)
     f.status = f.status or "failed"
-    local ok, out = core.run(nil, function()
-      return require("chorus.runs_api").bulk(st, f, function(rid)
-        local resp, _, refused = server.redrive_local(conf, st, rid)
-        if refused then
-          local dok, body = pcall(json.decode, resp.body)
-          return false, dok and type(body) == "table" and body.detail or resp.status
-        end
-        return true
-      end)
+    return bulk(st, f, function(rid)
+      local resp, _, refused = server.redrive_local(conf, st, rid)
+      if refused then
+        local dok, body = pcall(json.decode, resp.body)
+        return false, dok and type(body) == "table" and body.detail or resp.status
+      end
+      return true
     end)
-    st:close()
-    if not ok then
-      return fail({ error = errors.normalize(out) })
-    end
-    io.stdout:write(json.encode(out), "\n")
-    return 0
   end
   -- core.run gives back one value: the three come in a table
   local ok, out = core.run(nil, function() return { server.redrive_local(conf, st, id) } end)
@@ -530,18 +535,10 @@ local function runs_cancel(id, flags)
   if not id then -- each running run the filters find
     local f = filter_of(flags, true)
     f.status = f.status or "running"
-    local ok, out = core.run(nil, function()
-      return require("chorus.runs_api").bulk(st, f, function(rid)
-        local rec, _, why = svc:cancel(rid, "cli")
-        return rec ~= nil, why
-      end)
+    return bulk(st, f, function(rid)
+      local rec, _, why = svc:cancel(rid, "cli")
+      return rec ~= nil, why
     end)
-    st:close()
-    if not ok then
-      return fail({ error = errors.normalize(out) })
-    end
-    io.stdout:write(json.encode(out), "\n")
-    return 0
   end
   -- core.run: the store commits from inside a task; one value comes back
   local ok, out = core.run(nil, function() return { svc:cancel(id, "cli") } end)

@@ -247,4 +247,22 @@ describe("the runs API", function()
     assert.are.equal(3, r.json.done)
     assert.are.equal(0, admin_get("/admin/dlq").json.depth)
   end)
+
+  -- last: it stops the server, so that the CLI may hold the folder
+  it("redrives and cancels by filter from the CLI on a folder no server holds", function()
+    assert.are.equal(202, post("/workflows/parked", "{}", { Prefer = "respond-async" }).status)
+    srv.stop()
+    local function cli(...)
+      local args = { "runs", ... }
+      args[#args + 1], args[#args + 2] = "--data", data
+      local r = H.chorus_run(args)
+      assert.are.equal(0, r.code, r.stdout .. r.stderr)
+      return H.decode(r.stdout)
+    end
+    assert.are.same({ count = 1, more = false }, cli("cancel", "--status", "running", "--dry-run"))
+    local out = cli("cancel", "--workflow", "parked")
+    assert.are.equal(1, out.done) -- marked: the next start cancels it after its replay
+    -- the failed runs no redrive above took (fail-1 succeeded on its redrive)
+    assert.are.same({ count = 5, more = false }, cli("redrive", "--workflow", "quick", "--dry-run"))
+  end)
 end)
