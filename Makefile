@@ -2,11 +2,12 @@
 #
 # `make deps` installs the Debian packages; `make` builds ./chorus;
 # `make test` builds and runs every test; `make demo` runs the fan-out example
-# against the mock upstream; `make bench` prints the benchmark numbers.
+# against the mock upstream; `make bench` prints the benchmark numbers;
+# `make install PREFIX=/usr/local DESTDIR=` installs it (`make uninstall`).
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := lua5.4 libuv libcurl libcjson libmicrohttpd lmdb libcrypto libxxhash
+PKGS    := lua5.4 libuv libcurl libcjson libmicrohttpd lmdb libcrypto libxxhash libsystemd
 MOCK_PKGS := libmicrohttpd libcjson
 
 OPT     ?= -O2 -g
@@ -14,15 +15,17 @@ CFLAGS  := $(OPT) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fPIC -Iruntime -
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 # The Lua C module must not link liblua: lua5.4 has the VM built in.
-MOD_LIBS   = $(shell pkg-config --libs libuv libcurl libcjson libmicrohttpd lmdb libcrypto libxxhash 2>/dev/null) -lm -lpthread
+MOD_LIBS   = $(shell pkg-config --libs libuv libcurl libcjson libmicrohttpd lmdb libcrypto libxxhash libsystemd \
+    2>/dev/null) -lm -lpthread
 
 # Everything in runtime/ except the CLI entry point is the core, linked into
 # both ./chorus and the Lua C module used by busted (same sources).
 CORE_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
-CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o
+CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/%.o) $(BUILD)/embedded_lua.o $(BUILD)/embedded_ui.o
 LUA_SRC  := $(wildcard lua/chorus/*.lua)
+UI_SRC   := $(wildcard ui/*)
 
-.PHONY: all deps test test-fast asan-build test-unit test-lua test-integration test-asan bench bench-profile demo clean lint format fuzz
+.PHONY: all install uninstall man deps test test-fast asan-build test-unit test-lua test-integration test-asan bench bench-profile demo clean lint format fuzz
 
 all: chorus $(BUILD)/mock-upstream $(BUILD)/lua/chorus/core.so
 
@@ -43,6 +46,14 @@ $(BUILD)/embedded_lua.c: $(LUA_SRC) scripts/embed_lua.lua | $(BUILD)
 $(BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
+# The web console (ui/: HTML, CSS, JS; no build step) is compiled in the
+# same way; `chorus serve` answers /ui from it (chorus.ui).
+$(BUILD)/embedded_ui.c: $(UI_SRC) scripts/embed_ui.lua | $(BUILD)
+	lua5.4 scripts/embed_ui.lua $@ $(UI_SRC)
+
+$(BUILD)/embedded_ui.o: $(BUILD)/embedded_ui.c
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
 $(BUILD)/chorus: $(CORE_OBJ) $(BUILD)/main.o
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(PKG_LIBS)
 
@@ -61,6 +72,48 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*.
 
 deps:
 	bash scripts/deps.sh
+
+# ---- install ------------------------------------------------------------------
+# `make install PREFIX=/usr/local DESTDIR=` puts the binary in PREFIX/bin, the
+# Lua modules and core.so where lua5.4 (and so busted) looks for them —
+# `require "chorus.testing"` works in any spec — and the man page, examples,
+# contrib files and LuaLS annotations under PREFIX/share. The installed
+# `chorus test` finds the modules relative to its own path, so a DESTDIR
+# tree works where it is too. Debian's lua5.4 looks for C modules of /usr in
+# lib/MULTIARCH/lua/5.4, of /usr/local in lib/lua/5.4.
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null)
+BINDIR    := $(PREFIX)/bin
+LUA_LDIR  := $(PREFIX)/share/lua/5.4
+LUA_CDIR  ?= $(if $(and $(filter /usr,$(PREFIX)),$(MULTIARCH)),$(PREFIX)/lib/$(MULTIARCH)/lua/5.4,$(PREFIX)/lib/lua/5.4)
+MANDIR    := $(PREFIX)/share/man/man1
+DOCDIR    := $(PREFIX)/share/doc/chorus
+TYPESDIR  := $(PREFIX)/share/chorus/types
+VERSION   := $(shell sed -n 's/^\#define CHORUS_VERSION "\(.*\)"/\1/p' runtime/runtime.h)
+
+man: $(BUILD)/chorus.1
+
+$(BUILD)/chorus.1: README.md scripts/man.lua runtime/runtime.h | $(BUILD)
+	lua5.4 scripts/man.lua README.md $(VERSION) > $@.tmp && mv $@.tmp $@
+
+install: $(BUILD)/chorus $(BUILD)/lua/chorus/core.so $(BUILD)/chorus.1
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_LDIR)/chorus $(DESTDIR)$(LUA_CDIR)/chorus \
+	    $(DESTDIR)$(MANDIR) $(DESTDIR)$(DOCDIR)/contrib $(DESTDIR)$(TYPESDIR)/chorus
+	install -m 755 $(BUILD)/chorus $(DESTDIR)$(BINDIR)/chorus
+	install -m 644 $(LUA_SRC) $(DESTDIR)$(LUA_LDIR)/chorus/
+	install -m 755 $(BUILD)/lua/chorus/core.so $(DESTDIR)$(LUA_CDIR)/chorus/core.so
+	install -m 644 $(BUILD)/chorus.1 $(DESTDIR)$(MANDIR)/chorus.1
+	install -m 644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+	install -m 644 contrib/* $(DESTDIR)$(DOCDIR)/contrib/
+	cp -R examples $(DESTDIR)$(DOCDIR)/
+	install -m 644 types/chorus/*.lua $(DESTDIR)$(TYPESDIR)/chorus/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/chorus $(DESTDIR)$(MANDIR)/chorus.1 $(DESTDIR)$(LUA_CDIR)/chorus/core.so
+	rm -f $(patsubst lua/chorus/%,$(DESTDIR)$(LUA_LDIR)/chorus/%,$(LUA_SRC))
+	rm -rf $(DESTDIR)$(DOCDIR) $(DESTDIR)$(PREFIX)/share/chorus
+	rmdir $(DESTDIR)$(LUA_LDIR)/chorus $(DESTDIR)$(LUA_CDIR)/chorus 2>/dev/null || true
 
 # Every test, then the C unit and integration tests again under
 # AddressSanitizer + UBSan; one line "N passed, N failed" for both at the end.
@@ -92,6 +145,7 @@ bench: all
 	bash scripts/bench_durable.sh
 	bash scripts/bench_recovery.sh
 	bash scripts/bench_runs.sh
+	bash scripts/bench_otlp.sh
 
 # Where a served request's time goes (perf, callgrind); not part of `bench`.
 bench-profile: all
@@ -125,13 +179,18 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_CFLAGS  := -O1 -g -fno-omit-frame-pointer -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE \
     -Iruntime -I$(BUILD) $(FUZZ_SAN)
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_CORE_OBJ := $(CORE_SRC:runtime/%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/embedded_lua.o
+FUZZ_CORE_OBJ := $(CORE_SRC:runtime/%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/embedded_lua.o \
+    $(FUZZ_BUILD)/embedded_ui.o
 
 $(FUZZ_BUILD)/%.o: runtime/%.c $(wildcard runtime/*.h)
 	@mkdir -p $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
+	@mkdir -p $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/embedded_ui.o: $(BUILD)/embedded_ui.c
 	@mkdir -p $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
 

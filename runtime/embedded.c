@@ -3,6 +3,7 @@
 #include "embedded.h"
 
 #include <lauxlib.h>
+#include <string.h>
 
 #include "runtime.h"
 
@@ -25,4 +26,17 @@ void chorus_embedded_preload(lua_State *L) {
         lua_setfield(L, -2, m->name);
     }
     lua_pop(L, 1);
+}
+
+int chorus_lua_ui_file(lua_State *L) {
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    for (const struct chorus_embedded_file *f = chorus_embedded_ui; f->name; f++) {
+        if (strlen(f->name) == len && memcmp(f->name, name, len) == 0) {
+            lua_pushlstring(L, f->data, f->len);
+            return 1;
+        }
+    }
+    lua_pushnil(L);
+    return 1;
 }

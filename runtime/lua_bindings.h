@@ -12,7 +12,8 @@
 #include <lauxlib.h>
 
 /* Adds funcs to the table at the top of L's stack, each with the runtime
- * as upvalue 1, as core's own functions have it. */
+ * as upvalue 1, as core's own functions have it. A name the table already
+ * has raises an error (a Lua error at luaopen_chorus_core). */
 void chorus_lua_register(lua_State *L, const luaL_Reg *funcs);
 
 /* Every binding's open function, in order, into the chorus.core table at

@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "embedded.h" /* core.ui_file */
 #include "lua_bindings.h"
 #include "random.h"
 #include "lua_http.h" /* chorus_lua_http_active, for core.stats */
@@ -470,6 +471,7 @@ static const luaL_Reg core_funcs[] = {
     {"start", core_start},
     {"loop", core_loop},
     {"stop", core_stop},
+    {"ui_file", chorus_lua_ui_file},
     {NULL, NULL},
 };
 

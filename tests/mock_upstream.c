@@ -9,7 +9,8 @@
  * Content-Length, or chunked and never ending; chunked=1 leaves the length
  * out of a finite one too), idempotent=1, location=URL (a Location header:
  * with status=302, a redirect); otherwise it echoes
- * the request as JSON. GET /__stats reports what it saw, POST /__reset
+ * the request as JSON. GET /__stats reports what it saw (its log: path, body,
+ * Idempotency-Key, signature, traceparent, tracestate), POST /__reset
  * forgets it. It prints `listening 127.0.0.1:PORT` once it accepts, and exits
  * 0 on SIGTERM/SIGINT or after --max-seconds, so a test never leaves it
  * behind.
@@ -651,12 +652,16 @@ static int reply_build(struct request *req, struct MHD_Connection *c, const char
 static void log_request(struct request *req, struct MHD_Connection *c, const char *key) {
     struct mock *m = req->m;
     const char *sig = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Chorus-Signature");
+    const char *tp = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "traceparent");
+    const char *ts = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "tracestate");
     cJSON *o = cJSON_CreateObject();
     if (o == NULL)
         return;
     if (!cJSON_AddStringToObject(o, "path", req->path) ||
         (key && !cJSON_AddStringToObject(o, "key", key)) ||
         (sig && !cJSON_AddStringToObject(o, "signature", sig)) ||
+        (tp && !cJSON_AddStringToObject(o, "traceparent", tp)) ||
+        (ts && !cJSON_AddStringToObject(o, "tracestate", ts)) ||
         !cJSON_AddStringToObject(o, "body", req->body ? req->body : "")) {
         cJSON_Delete(o);
         return;

@@ -53,7 +53,12 @@ function children.call(workflow, input, opts)
   return journal.effect("call", workflow, function()
     local step = journal.current_step()
     local id = step and child_id(run.run_id, step) or core.uuid()
+    local started = core.now()
     local ok, value = svc:call_child(entry, input or {}, id, run)
+    -- the call's timeline entry, kept with the effect: a replay shows it too
+    journal.note(run, { kind = "child", workflow = workflow, run_id = id, start = runstate.micro(started),
+      duration = runstate.micro(core.now() - started), status = ok and "succeeded" or "failed",
+      error_kind = not ok and type(value) == "table" and value.kind or nil })
     if not ok then
       error(value, 0)
     end

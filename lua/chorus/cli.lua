@@ -262,14 +262,35 @@ local function readable(path)
   return f ~= nil
 end
 
--- The checkout this binary was built in: its lua/ and build/lua/ hold the
--- modules and the C core that busted loads.
+-- Where the Lua modules and the C core that busted loads live, for this
+-- binary: the checkout it was built in (lua/ and build/lua/ next to it or one
+-- up), or the prefix `make install` put it under (PREFIX/bin/chorus,
+-- PREFIX/share/lua/5.4/chorus/, PREFIX/lib[/MULTIARCH]/lua/5.4/chorus/core.so,
+-- PREFIX/share/chorus/types/). Returns { lpath, cpath, types } or nil.
 local function find_root()
   local exe = core.exe() or ""
   local dir = exe:match("^(.*)/[^/]*$") or "."
-  for _, root in ipairs({ dir, dir:match("^(.*)/[^/]*$") or "." }) do
+  local up = dir:match("^(.*)/[^/]*$") or "."
+  for _, root in ipairs({ dir, up }) do
     if readable(root .. "/lua/chorus/init.lua") and readable(root .. "/build/lua/chorus/core.so") then
-      return root
+      return { lpath = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua", cpath = root .. "/build/lua/?.so",
+        types = root .. "/types" }
+    end
+  end
+  local share = up .. "/share/lua/5.4"
+  if not readable(share .. "/chorus/init.lua") then
+    return nil
+  end
+  local cdirs = { up .. "/lib/lua/5.4" }
+  for _, ent in ipairs(core.scandir(up .. "/lib") or {}) do
+    if ent.dir then
+      cdirs[#cdirs + 1] = up .. "/lib/" .. ent.name .. "/lua/5.4"
+    end
+  end
+  for _, cdir in ipairs(cdirs) do
+    if readable(cdir .. "/chorus/core.so") then
+      return { lpath = share .. "/?.lua;" .. share .. "/?/init.lua", cpath = cdir .. "/?.so",
+        types = up .. "/share/chorus/types" }
     end
   end
   return nil
@@ -343,8 +364,9 @@ function cli.test(flags)
   end
   local root = find_root()
   if not root then
-    io.stderr:write("chorus test: cannot find lua/chorus and build/lua/chorus/core.so next to this binary; ",
-      "run `make` in the chorus checkout\n")
+    io.stderr:write("chorus test: cannot find lua/chorus and build/lua/chorus/core.so next to this binary, ",
+      "nor share/lua/5.4/chorus and lib/lua/5.4/chorus/core.so under its prefix; run `make` in the chorus ",
+      "checkout, or `make install`\n")
     return 1
   end
   local paths
@@ -357,8 +379,7 @@ function cli.test(flags)
   end
   local cmd = ("%slua5.4 /usr/bin/busted --ignore-lua --lpath=%s --cpath=%s --pattern=_spec %s"):format(
     chdir and ("cd " .. shell_quote(chdir) .. " && ") or "",
-    shell_quote(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua"),
-    shell_quote(root .. "/build/lua/?.so"), paths)
+    shell_quote(root.lpath), shell_quote(root.cpath), paths)
   local ok, _, code = os.execute(cmd)
   if ok then
     return 0
@@ -433,6 +454,19 @@ local function print_lines(list)
   end
 end
 
+-- A bulk action of the CLI: act(run id) on each run the filters f find
+-- (chorus.runs_api.bulk), in a run (the store commits from a task); prints
+-- the counts, closes the store and returns the exit code.
+local function bulk(st, f, act)
+  local ok, out = core.run(nil, function() return require("chorus.runs_api").bulk(st, f, act) end)
+  st:close()
+  if not ok then
+    return fail({ error = errors.normalize(out) })
+  end
+  io.stdout:write(json.encode(out), "\n")
+  return 0
+end
+
 -- `chorus runs redrive ID`: runs a failed run again here, in this process,
 -- when no `chorus serve` holds the data folder (its lock); with a server
 -- running, POST /admin/runs/ID/redrive asks it instead (two processes must
@@ -456,22 +490,14 @@ local function runs_redrive(id, flags)
   if not id then -- each failed run the filters find, one after the other, to its end
     local f = filter_of(flags, true)
     f.status = f.status or "failed"
-    local ok, out = core.run(nil, function()
-      return require("chorus.runs_api").bulk(st, f, function(rid)
-        local resp, _, refused = server.redrive_local(conf, st, rid)
-        if refused then
-          local dok, body = pcall(json.decode, resp.body)
-          return false, dok and type(body) == "table" and body.detail or resp.status
-        end
-        return true
-      end)
+    return bulk(st, f, function(rid)
+      local resp, _, refused = server.redrive_local(conf, st, rid)
+      if refused then
+        local dok, body = pcall(json.decode, resp.body)
+        return false, dok and type(body) == "table" and body.detail or resp.status
+      end
+      return true
     end)
-    st:close()
-    if not ok then
-      return fail({ error = errors.normalize(out) })
-    end
-    io.stdout:write(json.encode(out), "\n")
-    return 0
   end
   -- core.run gives back one value: the three come in a table
   local ok, out = core.run(nil, function() return { server.redrive_local(conf, st, id) } end)
@@ -509,18 +535,10 @@ local function runs_cancel(id, flags)
   if not id then -- each running run the filters find
     local f = filter_of(flags, true)
     f.status = f.status or "running"
-    local ok, out = core.run(nil, function()
-      return require("chorus.runs_api").bulk(st, f, function(rid)
-        local rec, _, why = svc:cancel(rid, "cli")
-        return rec ~= nil, why
-      end)
+    return bulk(st, f, function(rid)
+      local rec, _, why = svc:cancel(rid, "cli")
+      return rec ~= nil, why
     end)
-    st:close()
-    if not ok then
-      return fail({ error = errors.normalize(out) })
-    end
-    io.stdout:write(json.encode(out), "\n")
-    return 0
   end
   -- core.run: the store commits from inside a task; one value comes back
   local ok, out = core.run(nil, function() return { svc:cancel(id, "cli") } end)
@@ -733,7 +751,7 @@ end
 --- chorus init DIR: a new project (chorus.project).
 function cli.init(flags)
   local project = require "chorus.project"
-  local created, err = project.create(flags.dir, { root = find_root() })
+  local created, err = project.create(flags.dir, { types = (find_root() or {}).types })
   if not created then
     usage_error("%s", err)
   end

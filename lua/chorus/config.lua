@@ -15,6 +15,8 @@
 --     webhook_secret = chorus.secret("webhook"),
 --     egress = { allow = { "10.0.0.0/8" } },  -- non-public addresses callbacks may reach
 --     events = { ttl = 604800, processed = { auth = { token = chorus.secret("events") } } },
+--     telemetry = { otlp_endpoint = "http://127.0.0.1:4318", batch = 512, queue = 4096, interval = 2,
+--                   service_name = "chorus" },  -- spans over OTLP/HTTP (chorus.otlp)
 --   }
 --
 -- It runs sandboxed like a workflow script (chorus.env and chorus.secret are
@@ -30,7 +32,7 @@ local FIELDS = {
   limits = "table", upstreams = "table", access_log = "boolean",
   storage = "table", outbox = "table", alerts = "table", webhook_secret = "string",
   secrets_dir = "string", auth = "table", egress = "table", request_headers = "table",
-  log_level = "string", events = "table",
+  log_level = "string", events = "table", telemetry = "table",
 }
 
 -- Every number in the config has a range, checked at load with a message
@@ -78,7 +80,12 @@ local SECTIONS = {
     poll = { min = 0.001, max = 3600 } },
   alerts = { outbox_depth = { int = true, min = 0, max = 1e12 }, outbox_age = { min = 0, max = 100 * YEAR },
     dlq_depth = { int = true, min = 0, max = 1e12 } },
+  telemetry = { batch = { int = true, min = 1, max = 100000 }, queue = { int = true, min = 1, max = 10000000 },
+    interval = { min = 0.01, max = 3600 } },
 }
+
+-- The settings of the telemetry table that are not numbers.
+local TELEMETRY_STRINGS = { otlp_endpoint = true, service_name = true }
 
 local UPSTREAM_KEYS = {
   base_url = true, headers = true, timeout = true, connect_timeout = true, retry = true,
@@ -234,6 +241,26 @@ local function check_events(ev)
   return nil
 end
 
+-- telemetry = { otlp_endpoint = "http://HOST:4318", batch =, queue =,
+-- interval =, service_name = } (numbers checked with SECTIONS).
+local function check_telemetry(t)
+  if t == nil then
+    return nil
+  end
+  local url = t.otlp_endpoint
+  if type(url) ~= "string" or not url:match("^https?://[^/?#%s]+[^?#%s]*$") then
+    return "telemetry.otlp_endpoint must be the receiver's http(s) base URL, e.g. \"http://127.0.0.1:4318\""
+      .. " (chorus posts to its /v1/traces)"
+  end
+  if require("chorus.http").has_credentials(url) then
+    return "telemetry.otlp_endpoint must not carry user:password@"
+  end
+  if t.batch and t.queue and t.batch > t.queue then
+    return ("telemetry.batch (%d) is above telemetry.queue (%d)"):format(t.batch, t.queue)
+  end
+  return nil
+end
+
 local function validate(conf, path)
   for k, v in pairs(conf) do
     if not FIELDS[k] then
@@ -258,6 +285,10 @@ local function validate(conf, path)
         if type(v) ~= "boolean" then
           return nil, ("%s: storage.%s must be a boolean"):format(path, k)
         end
+      elseif section == "telemetry" and TELEMETRY_STRINGS[k] then
+        if type(v) ~= "string" or v == "" then
+          return nil, ("%s: telemetry.%s must be a non-empty string"):format(path, k)
+        end
       elseif not keys[k] then
         return nil, ("%s: unknown setting %s.%s"):format(path, section, tostring(k))
       end
@@ -266,6 +297,10 @@ local function validate(conf, path)
     if err then
       return nil, ("%s: %s"):format(path, err)
     end
+  end
+  err = check_telemetry(conf.telemetry)
+  if err then
+    return nil, ("%s: %s"):format(path, err)
   end
   -- the LMDB map: starts at map_size_mb, grows on demand up to max_size_mb
   local storage = conf.storage or {}

@@ -20,9 +20,9 @@ local retry = require "chorus.retry"
 -- for the log lines (chorus.redact), the timeline for ctx.step
 local ctx_state = setmetatable({}, { __mode = "k" })
 
--- the run's span: the parent id its outbound calls carry (traceparent)
+-- the run's span (chorus.tracing): the parent of its effects' spans
 local function span_of(state)
-  return state.span_id or state.traceparent and state.traceparent:match("^%x%x%-%x+%-(%x+)%-%x%x$")
+  return state.span_id
 end
 
 local context = {}
@@ -192,13 +192,27 @@ function shared.random(m, n)
   end)
 end
 
+-- A sleep's timeline entry, made inside the effect that journals its wake
+-- time, so a replay shows the sleep where it was first made.
+local function note_wait(now, seconds, poll)
+  local run = runstate.current()
+  if run then
+    journal.note(run, { kind = "sleep", start = runstate.micro(now), duration = runstate.micro(seconds),
+      poll = poll })
+  end
+end
+
 -- The wake time is journaled when the sleep starts, so a run resumed
 -- after a restart sleeps only what is left of it.
 function shared.sleep(seconds)
   if type(seconds) ~= "number" or seconds < 0 then
     error("ctx.sleep: seconds must be a non-negative number", 2)
   end
-  local wake = journal.effect("sleep", nil, function() return core.now() + seconds end)
+  local wake = journal.effect("sleep", nil, function()
+    local now = core.now()
+    note_wait(now, seconds)
+    return now + seconds
+  end)
   runstate.check_stop()
   local left = runstate.remaining()
   local wait = wake - core.now()
@@ -294,6 +308,7 @@ function shared.poll(fn, opts)
           return false
         end
       end
+      note_wait(now, wait, polls + 1)
       return { at = now + wait, wait = wait }
     end)
     if not next_poll then

@@ -211,6 +211,15 @@ function events.wait(name, opts)
   end)
   local taken
   local got = journal.effect("event", target, function()
+    local asked = core.now()
+    local function noted(outcome, value) -- the wait's timeline entry, kept with the effect
+      local run = runstate.current()
+      if run then
+        journal.note(run, { kind = "event", event = name, key = key, start = runstate.micro(asked),
+          waited = runstate.micro(core.now() - asked), outcome = outcome })
+      end
+      return value
+    end
     while true do
       local stopped = runstate.stopped()
       if stopped then -- the run is ending (its deadline, ...): it takes no event it cannot record
@@ -219,7 +228,7 @@ function events.wait(name, opts)
       local e, k = claim(name, key)
       if e then
         taken = k
-        return { id = e.id, payload = e.payload }
+        return noted("came", { id = e.id, payload = e.payload })
       end
       local left = expires and expires - core.now() or math.huge
       local deadline = runstate.remaining()
@@ -228,7 +237,7 @@ function events.wait(name, opts)
           error(runstate.deadline_error(("waiting for event %s"):format(target)), 0)
         end
       elseif left <= 0 or not park(name, key, left) then
-        return { timeout = true }
+        return noted("timeout", { timeout = true })
       end
     end
   end)

@@ -145,8 +145,13 @@ local function finish_prepare(out, req, headers)
     headers["Idempotency-Key"] = tostring(req.idempotency_key)
   end
   local run = runstate.current()
-  if run and run.traceparent and not headers.traceparent then
-    headers.traceparent = run.traceparent
+  -- each attempt sends its own span id (send_once), unless the script
+  -- gave a traceparent of its own; the run's tracestate goes along as it came
+  if run and not headers.traceparent then
+    out.traced = true
+    if run.tracestate and not headers.tracestate then
+      headers.tracestate = run.tracestate
+    end
   end
   out.headers = headers
   out.run = run -- looked up once: allow_hosts, capture, the deadline and the outbox read it
@@ -237,12 +242,17 @@ local function send_once(r)
     end
   end
   local started = core.now()
+  local span_id
+  if r.traced then -- this attempt's span: the parent id the upstream sees (chorus.tracing)
+    span_id = core.random_hex(8)
+    r.headers.traceparent = "00-" .. run.trace_id .. "-" .. span_id .. "-" .. run.trace_flags
+  end
   -- allow_hosts goes along: every redirect hop is checked against it too
   -- the run service's transport (chorus.runs env.transport), else the module's
   local send = run and run.env and run.env.transport or transport
   local status, headers, body, duration = send(transport_options(r, timeout, run))
   if run then
-    journal.note(run, runstate.call_entry(r, started, duration, status or headers))
+    journal.note(run, runstate.call_entry(r, started, duration, status or headers, span_id))
   end
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
   local count_key, latency_key = call_series(target, status or headers)
@@ -486,7 +496,7 @@ function Upstream:request(req)
   -- built with every field it will get, so it is sized once
   local r = { timeout = timeout, connect_timeout = connect_timeout, method = method, url = url,
     upstream = self.name, tls_verify = true, follow_redirects = false, body = nil, headers = nil, run = nil,
-    idempotency_key = nil,
+    idempotency_key = nil, traced = nil,
     max_response_bytes = check_max_response(req.max_response_bytes or cfg.max_response_bytes, 2)
       or http.defaults.max_response_bytes }
   if timeout ~= nil then
@@ -495,7 +505,7 @@ function Upstream:request(req)
   if connect_timeout ~= nil then
     check_number(r, "connect_timeout")
   end
-  local headers = { traceparent = nil } -- sized for the traceparent finish_prepare adds
+  local headers = { traceparent = nil } -- sized for the traceparent send_once adds
   if cfg.headers then
     copy_headers(headers, cfg.headers)
   end

@@ -63,6 +63,10 @@ local function new_entry(kind, fields, opts)
   if run then
     e.from_run = run.run_id
     e.redact = run.redact -- listings mask these fields; delivery uses the real ones
+    -- the trace crosses the outbox: each delivery is a span under the run's
+    -- (chorus.tracing), and what it sends or starts is under the delivery
+    e.trace = e.trace or { id = run.trace_id, parent = run.span_id, flags = run.trace_flags,
+      state = run.tracestate }
   end
   return e
 end
@@ -163,13 +167,21 @@ local function http_failure(status, headers, body)
   return f
 end
 
-local function send(req, key, transport)
+-- trace: the entry's trace context ({ id, flags, state }); span_id: the
+-- delivery's span, the parent id the receiver sees in traceparent.
+local function send(req, key, transport, trace, span_id)
   local headers = {}
   for k, v in pairs(req.headers or {}) do
     headers[k] = v
   end
   if not headers["Idempotency-Key"] then
     headers["Idempotency-Key"] = key
+  end
+  if trace and trace.id and not headers.traceparent then
+    headers.traceparent = "00-" .. trace.id .. "-" .. span_id .. "-" .. (trace.flags or "01")
+    if trace.state and not headers.tracestate then
+      headers.tracestate = trace.state
+    end
   end
   local http = require "chorus.http"
   -- a call to a named upstream goes where the config points now (a fixed
@@ -243,41 +255,47 @@ end
 
 -- Delivers e once (inside its own run). opts: the relay's start_workflow
 -- (starts a workflow entry's run: "started" when the run settles e itself,
--- else ok, err; a run service's, chorus.runs) and transport.
-local function deliver(backend, e, opts)
+-- else ok, err; a run service's, chorus.runs) and transport. span_id: the
+-- delivery's span (chorus.tracing; a new one when nil). Returns the
+-- outcome: "delivered", "retry", "dead" or "started".
+local function deliver(backend, e, opts, span_id)
   opts = opts or {}
+  span_id = span_id or core.random_hex(8)
+  local trace = require("chorus.tracing").entry_trace(e)
+  local outcome
   if e.kind == "http" then
-    outbox.settle(backend, e, send(e.request, e.id, opts.transport))
+    outcome = outbox.settle(backend, e, send(e.request, e.id, opts.transport, trace, span_id))
   elseif e.kind == "chain" then
     while e.next <= #e.steps do
-      local failure = send(e.steps[e.next], e.id .. ":" .. e.next, opts.transport)
+      local failure = send(e.steps[e.next], e.id .. ":" .. e.next, opts.transport, trace, span_id)
       if failure then
-        outbox.settle(backend, e, failure)
+        outcome = outbox.settle(backend, e, failure)
         backend:commit()
-        return
+        return outcome
       end
       e.next = e.next + 1
       if e.next <= #e.steps then
         backend:update(e)
       end
     end
-    outbox.settle(backend, e, nil)
+    outcome = outbox.settle(backend, e, nil)
   elseif e.kind == "workflow" then
     if not opts.start_workflow then
-      outbox.settle(backend, e, { permanent = true, error = { kind = "unknown_workflow",
+      outcome = outbox.settle(backend, e, { permanent = true, error = { kind = "unknown_workflow",
         message = "no workflow runner in this process" } })
     else
-      local ok, err = opts.start_workflow(backend, e)
+      local ok, err = opts.start_workflow(backend, e, span_id)
       if ok == "started" then
-        return
+        return "started"
       end
-      outbox.settle(backend, e, not ok and err or nil)
+      outcome = outbox.settle(backend, e, not ok and err or nil)
     end
   else
-    outbox.settle(backend, e, { permanent = true, error = { kind = "bad_entry",
+    outcome = outbox.settle(backend, e, { permanent = true, error = { kind = "bad_entry",
       message = "unknown outbox entry kind " .. tostring(e.kind) } })
   end
   backend:commit()
+  return outcome
 end
 outbox.deliver = deliver
 

@@ -5,6 +5,7 @@
 local core = require "chorus.core"
 local metrics = require "chorus.metrics"
 local outbox = require "chorus.outbox"
+local tracing = require "chorus.tracing"
 
 local relay = {}
 
@@ -24,11 +25,12 @@ Relay.__index = Relay
 --- reaches its threshold, and when it is back under), start_workflow
 --- (function(backend, e) that runs a workflow entry: a run service's,
 --- chorus.runs; without one such entries are dead), transport (the HTTP
---- function deliveries use; nil: chorus.http's).
+--- function deliveries use; nil: chorus.http's), telemetry (a chorus.otlp
+--- exporter: each delivery of an entry with a sampled trace is a span).
 function relay.new(backend, opts)
   opts = opts or {}
   return setmetatable({ backend = backend, inflight = {}, n_inflight = 0,
-    start_workflow = opts.start_workflow, transport = opts.transport,
+    start_workflow = opts.start_workflow, transport = opts.transport, telemetry = opts.telemetry,
     concurrency = opts.concurrency or outbox.defaults.concurrency, poll = opts.poll or outbox.defaults.poll,
     alerts = opts.alerts or {}, alerting = {}, stopped = false }, Relay)
 end
@@ -46,9 +48,14 @@ function Relay:tick()
       self.n_inflight = self.n_inflight + 1
       started = started + 1
       core.start(nil, function()
-        local ok, err = pcall(outbox.deliver, self.backend, e, self)
+        local span_id = tracing.span_id()
+        local span = self.telemetry and tracing.delivery_span(e, span_id)
+        local ok, err = pcall(outbox.deliver, self.backend, e, self, span_id)
         if not ok then
           outbox.log(self.backend, "error", "outbox delivery failed", { id = e.id, error = tostring(err) })
+        end
+        if span then
+          self.telemetry:push({ tracing.finish(span, ok and err or "error", not ok and err or nil) })
         end
         self.inflight[e.id] = nil
         self.n_inflight = self.n_inflight - 1

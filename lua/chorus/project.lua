@@ -5,7 +5,7 @@
 --   DIR/workflows/hello_spec.lua  its specs, on chorus.testing's mocks
 --   DIR/.busted                   busted's ROOT: workflows/
 --   DIR/chorus.conf.lua           chorus serve's config (the upstream's URL)
---   DIR/.luarc.json               LuaLS: the API's annotations (types/ of the checkout)
+--   DIR/.luarc.json               LuaLS: the API's annotations (types/ of the checkout or install)
 --   DIR/.luacheckrc               luacheck: the sandbox's globals (chorus.luacheck_std)
 local core = require "chorus.core"
 
@@ -156,11 +156,12 @@ exclude_files = { ".chorus-data/**" }
 end
 
 -- The editor settings (lua-language-server reads .luarc.json): the API's
--- annotations live in types/ of the chorus checkout at root.
-local function luarc(root)
+-- annotations live in the folder types (types/ of the chorus checkout, or
+-- PREFIX/share/chorus/types once installed).
+local function luarc(types)
   local library = { "${3rd}/busted/library", "${3rd}/luassert/library" }
-  if root then
-    table.insert(library, 1, root .. "/types")
+  if types then
+    table.insert(library, 1, types)
   end
   for i, path in ipairs(library) do
     library[i] = "    " .. core.json.encode(path)
@@ -193,9 +194,9 @@ local function quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
---- Creates the project in dir (which must be missing or empty); opts.root
---- is the chorus checkout whose types/ the editor settings name (nil: none
---- found, the settings name busted's only). Returns the list of files made,
+--- Creates the project in dir (which must be missing or empty); opts.types
+--- is the folder of the API's annotations the editor settings name (nil:
+--- none found, the settings name busted's only). Returns the list of files made,
 --- or nil and why not.
 function project.create(dir, opts)
   local entries = core.scandir(dir)
@@ -216,7 +217,7 @@ function project.create(dir, opts)
     { "workflows/hello_spec.lua", SPEC },
     { ".busted", BUSTED },
     { "chorus.conf.lua", CONFIG },
-    { ".luarc.json", luarc(opts and opts.root) },
+    { ".luarc.json", luarc(opts and opts.types) },
     { ".luacheckrc", luacheckrc() },
     { ".gitignore", GITIGNORE },
   }

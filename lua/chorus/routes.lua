@@ -1,7 +1,8 @@
 -- chorus.routes — what `chorus serve` answers at each path: POST
 -- /workflows/NAME (chorus.workflow_requests), POST /events/NAME/KEY
 -- (chorus.event_requests), GET /runs/ID, /metrics,
--- /healthz, /readyz and /admin/... (chorus.admin); dispatch is the request
+-- /healthz, /readyz, /admin/... (chorus.admin) and the web console at /ui
+-- (chorus.ui); dispatch is the request
 -- handler lua_server.c runs, a run per request, and always answers.
 local admin = require "chorus.admin"
 local core = require "chorus.core"
@@ -39,7 +40,7 @@ m.build.set({ core.version }, 1)
 -- The route label of a path: a few fixed names, never the path itself (a
 -- label per workflow name or run id would grow without bound).
 local ROUTES = { workflows = "workflow", runs = "run", metrics = "metrics", healthz = "healthz",
-  readyz = "readyz", admin = "admin" }
+  readyz = "readyz", admin = "admin", ui = "ui" }
 local function route_of(path)
   return ROUTES[path:match("^/([^/]+)")] or "other"
 end
@@ -173,6 +174,9 @@ local function route(req)
       return json_response(503, { status = "recovering", resumed = rec.resumed, total = rec.total })
     end
     return json_response(200, { status = "ready" })
+  end
+  if path == "/ui" or path:sub(1, 4) == "/ui/" then
+    return require("chorus.ui").handle(req)
   end
   local what = path:match("^/admin/(.+)$")
   if what then

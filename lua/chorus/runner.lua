@@ -7,15 +7,12 @@ local journal = require "chorus.journal"
 local runstate = require "chorus.runstate"
 local errors = require "chorus.errors"
 local saga = require "chorus.saga"
+local tracing = require "chorus.tracing"
 
 local runner = {}
 
 local ON_TIMEOUT_GRACE = 10
 local ON_CANCEL_GRACE = 10
-
-local function new_trace_id()
-  return core.random_hex(16)
-end
 
 local function plain_results(packed)
   for i = 2, packed.n do
@@ -25,7 +22,8 @@ local function plain_results(packed)
 end
 
 -- Runs inside a task: returns the workflow's value or raises its error.
--- opts: trace_id, on_state(state), deadline (seconds since the epoch: a
+-- opts: trace_id, span_id (the run's span), trace_flags ("01" sampled or
+-- "00"), tracestate (passed on to outbound calls as it came), on_state(state), deadline (seconds since the epoch: a
 -- resumed run keeps the deadline it started with), journal = { store =,
 -- recorded = } to make the run durable (chorus.journal), request (ctx.request:
 -- the inbound request's recorded facts, nil when no request started the run),
@@ -35,12 +33,12 @@ function runner.execute(workflow, input, opts)
   opts = opts or {}
   local state = {
     run_id = core.run_id(), input = input, workflow = workflow.name, timeline = {},
-    trace_id = opts.trace_id or new_trace_id(), allow_hosts = workflow.allow_hosts,
-    redact = workflow.redact, request = opts.request, env = opts.env, span_id = nil, traceparent = nil,
-    deadline = nil,
+    trace_id = tracing.valid_trace_id(opts.trace_id), allow_hosts = workflow.allow_hosts,
+    redact = workflow.redact, request = opts.request, env = opts.env,
+    -- as the record keeps them (a resumed run's were read back from disk)
+    span_id = tracing.valid_span_id(opts.span_id), trace_flags = opts.trace_flags == "00" and "00" or "01",
+    tracestate = tracing.parse_state(opts.tracestate), deadline = nil, -- (sized for it: set below)
   }
-  state.span_id = core.random_hex(8)
-  state.traceparent = "00-" .. state.trace_id .. "-" .. state.span_id .. "-01"
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
   if opts.journal then

@@ -22,6 +22,7 @@
 --   crash_after  chorus.testing: the process "dies" after that many effects
 --   on_state   function(rec, state) when a run's state is made (testing)
 --   unknown_upstream_hint  function(name) → how to declare that upstream
+--   telemetry  chorus.otlp exporter the spans of each finished run go to (nil: none)
 -- The clock and the default run limits stay process-wide (core.set_clock,
 -- core.set_limits): the C scheduler owns them.
 --
@@ -38,6 +39,7 @@ local runner = require "chorus.runner"
 local runstate = require "chorus.runstate"
 local script = require "chorus.script"
 local secrets = require "chorus.secrets"
+local tracing = require "chorus.tracing"
 local webhook = require "chorus.webhook"
 local json = core.json
 
@@ -102,12 +104,16 @@ function Service:remember(rec)
 end
 
 --- A new run's record (in flight). opts: deadline_at, callback_url,
---- request (ctx.request's facts), outbox (the entry that started it), attempt.
+--- request (ctx.request's facts), outbox (the entry that started it), attempt,
+--- and its trace context (chorus.tracing): parent_span_id (the caller's
+--- span), trace_flags ("01" sampled, the default, or "00"), tracestate.
+--- The run's own span id is made here and kept with the record.
 function Service:new_record(id, name, trace_id, opts)
   opts = opts or {}
   -- the nil fields only size the table for what the run's end adds: no rehash
   return self:remember({ id = id, workflow = name, status = "running", started = runstate.micro(core.now()),
-    trace_id = trace_id or core.random_hex(16), timeline = {}, deadline_at = opts.deadline_at,
+    trace_id = trace_id or tracing.trace_id(), span_id = tracing.span_id(), parent_span_id = opts.parent_span_id,
+    trace_flags = opts.trace_flags or "01", tracestate = opts.tracestate, timeline = {}, deadline_at = opts.deadline_at,
     callback_url = opts.callback_url, request = opts.request, outbox = opts.outbox, attempt = opts.attempt,
     parent = opts.parent, -- the run whose ctx.call started this one
     finished = nil, duration = nil, result = nil, error = nil })
@@ -196,7 +202,8 @@ function Service:queue_webhook(rec)
   -- restricted: the URL came from the request, so the egress policy keeps
   -- it off loopback, private networks and this server (egress.allow)
   self.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
-    headers = headers, body = body, restricted = true }, run_id = rec.id }))
+    headers = headers, body = body, restricted = true }, run_id = rec.id,
+    trace = { id = rec.trace_id, parent = rec.span_id, flags = rec.trace_flags, state = rec.tracestate } }))
 end
 
 -- ---- a run's life -------------------------------------------------------------
@@ -296,6 +303,21 @@ function Service:finish(rec, text, ok, value)
   return cok, cerr
 end
 
+--- Hands the spans of finished run rec to the exporter (env.telemetry),
+--- which queues them without waiting. A record of an older version has no
+--- span id: nothing.
+function Service:export(rec)
+  local tel = self.env.telemetry
+  if tel then
+    local ok, spans = pcall(tracing.run_spans, rec)
+    if ok then
+      tel:push(spans)
+    else
+      self.env.log("error", "cannot make the spans of a run", { run_id = rec.id, error = tostring(spans) })
+    end
+  end
+end
+
 -- A simulated crash (chorus.testing's crash_after): the process is gone.
 local function crashed(ok, value)
   return not ok and type(value) == "table" and rawget(value, "kind") == "crash"
@@ -312,6 +334,7 @@ function Service:execute(entry, rec, input, recorded)
   self.inflight = self.inflight + 1
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
+    span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,
     on_state = function(s)
       rec.timeline = s.timeline
       self.states[rec] = s
@@ -338,6 +361,7 @@ function Service:execute(entry, rec, input, recorded)
     return ok, value, nil, nil, info, true
   end
   local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
+  self:export(rec)
   self:wake_waiters(rec.id, ok, value)
   if not stored and rec.key then -- a key must not stay in flight for good
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
@@ -545,8 +569,10 @@ function Service:call_child(entry, input, id, parent)
   if parent.deadline and (not deadline or parent.deadline < deadline) then
     deadline = parent.deadline
   end
+  -- the child is a span of the parent's trace, under the span of the call
   local ok, value, _, _, _, _, crash = self:start(entry, input, { id = id, parent = parent.run_id,
-    trace_id = parent.trace_id, deadline_at = deadline })
+    trace_id = parent.trace_id, parent_span_id = tracing.call_span_id(id), trace_flags = parent.trace_flags,
+    tracestate = parent.tracestate, deadline_at = deadline })
   if crash then -- chorus.testing: the process died in the child, so with the parent in it
     error(runstate.stop(value, parent), 0)
   end
@@ -642,6 +668,8 @@ end
 ---                   batches (tests)
 ---   stopping()      true when the process is draining: the rest resume at
 ---                   the next start
+---   done()          called once every unfinished run has started again
+---                   (at once when there were none; also after a stop)
 --- Returns how many unfinished runs there were.
 function Service:recover(opts)
   opts = opts or {}
@@ -665,7 +693,9 @@ function Service:recover(opts)
   end
   local total = #unfinished
   self.recovery = { resumed = 0, total = total, active = total > 0 }
+  local done = opts.done or function() end
   if total == 0 then
+    done()
     return 0
   end
   local log = self.env.log
@@ -699,6 +729,7 @@ function Service:recover(opts)
     self.recovery.active = false
     log("info", "resumed runs after a restart", { runs = resumed, failed = failed,
       seconds = math.floor((core.monotime() - t0) * 1000) / 1000 })
+    done()
   end
   if opts.background then
     core.start({ instructions = 0, memory = 0, cpu_ms = 0 }, resume_all)
@@ -711,8 +742,9 @@ end
 --- Starts the run of a workflow entry of the outbox: a durable run whose id
 --- is the entry's; the run's end settles the entry (outbox.settle).
 --- Returns "started", or false and the failure when there is no such
---- workflow.
-function Service:start_outbox_workflow(backend, e)
+--- workflow. The run joins the trace of the run that enqueued the entry,
+--- under the delivery's span (span_id).
+function Service:start_outbox_workflow(backend, e, span_id)
   local entry = self.env.workflow and self.env.workflow(e.workflow)
   if not entry then
     return false, { permanent = true, error = { kind = "unknown_workflow",
@@ -720,7 +752,9 @@ function Service:start_outbox_workflow(backend, e)
   end
   e.state = "started"
   backend:update(e)
-  self:start(entry, e.input, { id = e.id, outbox = e, attempt = e.attempts + 1 })
+  local t = tracing.entry_trace(e) or {}
+  self:start(entry, e.input, { id = e.id, outbox = e, attempt = e.attempts + 1, trace_id = t.id,
+    parent_span_id = t.id and span_id, trace_flags = t.flags, tracestate = t.state })
   return "started"
 end
 
@@ -728,8 +762,9 @@ end
 --- this service, calls go out through its transport.
 function Service:relay(opts)
   opts = opts or {}
-  opts.start_workflow = function(backend, e) return self:start_outbox_workflow(backend, e) end
+  opts.start_workflow = function(backend, e, span_id) return self:start_outbox_workflow(backend, e, span_id) end
   opts.transport = self.env.transport
+  opts.telemetry = self.env.telemetry
   opts.log_sink = self.env.outbox_log_sink
   return outbox.relay(self.backend, opts)
 end

@@ -165,10 +165,11 @@ function runstate.add_entry(run, entry)
   timeline[n + 1] = entry
 end
 
---- The timeline entry of one outbound call (chorus.journal.note adds it).
-function runstate.call_entry(req, started, duration, outcome)
+--- The timeline entry of one outbound call (chorus.journal.note adds it);
+--- span_id: the attempt's span, the parent id its traceparent carried.
+function runstate.call_entry(req, started, duration, outcome, span_id)
   return { target = req.upstream or req.url, method = req.method, url = req.url,
-    attempts = 1, status = outcome, start = micro(started), duration = micro(duration) }
+    attempts = 1, status = outcome, start = micro(started), duration = micro(duration), span_id = span_id }
 end
 
 return runstate

@@ -1,7 +1,8 @@
 -- chorus.server — `chorus serve`: its lifecycle. Opens the data folder,
 -- loads the scripts, listens, starts the background runs (the outbox relay,
 -- recovery of unfinished runs, the sweep, the schedules), reloads on SIGHUP or a file
--- change, and drains on SIGTERM.
+-- change, and drains on SIGTERM. Under systemd it says when it is ready and
+-- when it stops, and pings the watchdog (chorus.systemd).
 --
 -- The server is made of one module per concern: its state
 -- (chorus.server_state), the paths it answers (chorus.routes), the workflow
@@ -15,6 +16,7 @@
 -- answers, with the workflow's response or a problem+json error.
 local core = require "chorus.core"
 local log = require("chorus.log").event
+local otlp = require "chorus.otlp"
 local outbox = require "chorus.outbox"
 local responses = require "chorus.responses"
 local routes = require "chorus.routes"
@@ -24,6 +26,7 @@ local script_set = require "chorus.script_set"
 local state = require "chorus.server_state"
 local store = require "chorus.store"
 local sweep = require "chorus.sweep"
+local systemd = require "chorus.systemd"
 local workflow_requests = require "chorus.workflow_requests"
 
 local server = {}
@@ -48,7 +51,7 @@ end
 function server.service(st, backend, max_records)
   return runs.service({
     store = st, backend = backend, config = state.config, log = log, max_records = max_records,
-    respond = responses.run,
+    respond = responses.run, telemetry = state.telemetry,
     workflow = function(name) return state.workflows[name] end,
   })
 end
@@ -116,20 +119,34 @@ local function start_durable()
   end
   -- events are kept in the data folder, else in memory (storage.durable = false)
   require("chorus.events").configure({ store = state.store or store.memory(), ttl = (conf.events or {}).ttl })
+  -- telemetry.otlp_endpoint: the spans of runs and outbox deliveries go there
+  state.telemetry = conf.telemetry and otlp.new(conf.telemetry, { log = log }) or nil
   state.runs = server.service(state.store, state.backend)
   state.relay = state.runs:relay({ alerts = conf.alerts })
   return true
 end
 
-local function start_background()
+-- ready() runs once the server listens and every run unfinished at start
+-- has started again (as /readyz turns 200).
+local function start_background(ready)
   core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.relay:run() end)
+  if state.telemetry then
+    core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function() state.telemetry:run() end)
+  end
   if state.store then
     local storage = state.config.storage or EMPTY
     state.runs:recover({ background = true, batch = storage.recovery_batch,
       -- test-only: a pause between batches, so a spec sees recovery under way
       pause = tonumber(core.env("CHORUS_TEST_RECOVERY_PAUSE") or ""),
-      stopping = function() return state.draining end })
+      stopping = function() return state.draining end,
+      done = function()
+        if not state.draining then
+          ready()
+        end
+      end })
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep.loop)
+  else
+    ready()
   end
   core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, scheduler.loop)
 end
@@ -164,6 +181,7 @@ local function drain(signal)
     return
   end
   state.draining = true
+  systemd.stopping()
   -- Whatever happens while waiting, the loop stops: an error here must not
   -- leave a server that has stopped accepting but never exits.
   local ok, err = pcall(function()
@@ -174,6 +192,13 @@ local function drain(signal)
     while (state.srv:pending() > 0 or state.runs.inflight > 0 or state.relay.n_inflight > 0)
         and core.monotime() < deadline do
       core.sleep(0.05)
+    end
+    local tel = state.telemetry
+    if tel then -- the spans of the runs that ended: sent, within the same deadline
+      tel:stop()
+      while not tel.done and core.monotime() < deadline do
+        core.sleep(0.05)
+      end
     end
     log("info", "stopped", { pending = state.srv:pending(), inflight = state.runs.inflight })
   end)
@@ -213,8 +238,9 @@ function server.serve(config, on_listening)
   core.on_signal("SIGTERM", drain)
   core.on_signal("SIGINT", drain)
   watch_scripts(dirs)
-  start_background()
   local address = ("%s:%d"):format(host, srv:port())
+  systemd.watchdog(function() return true end) -- until the loop stops, drain included
+  start_background(function() systemd.ready(address) end)
   log("info", "listening", { address = address, scripts = config.scripts })
   if on_listening then
     on_listening(address)

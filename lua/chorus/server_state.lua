@@ -13,5 +13,6 @@ return {
   store = nil,     -- chorus.store of the data folder
   backend = nil,   -- its outbox
   relay = nil,     -- the outbox relay
+  telemetry = nil, -- the OTLP exporter (chorus.otlp) when the config has telemetry
   runs = nil,      -- the run service (chorus.runs): records, runs in flight, versions
 }

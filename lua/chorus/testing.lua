@@ -111,6 +111,14 @@ local function lower_keys(t)
   return out
 end
 
+local function table_copy(t)
+  local c = {}
+  for k, v in pairs(t) do
+    c[k] = v
+  end
+  return c
+end
+
 -- core.http's contract, answered by the mocks on virtual time.
 local function transport(o)
   local method, url, headers, body, timeout = o.method, o.url, o.headers, o.body, o.timeout
@@ -118,7 +126,8 @@ local function transport(o)
   local mock, base_len = find_mock(url)
   local path_query = mock and url:sub(base_len + 1) or url
   local req = {
-    method = method, url = url, upstream = mock and mock.name, headers = headers or {},
+    -- a copy: each attempt of a call sends its own traceparent in the same table
+    method = method, url = url, upstream = mock and mock.name, headers = table_copy(headers or {}),
     body = body, path = path_query:match("^[^?]*"), query = path_query:match("%?(.*)$"),
     idempotency_key = headers and headers["Idempotency-Key"],
   }
@@ -254,6 +263,7 @@ function testing.run(workflow, input, opts)
   end
   local loaded = {}
   local state
+  local run_id = core.uuid()
   -- crash_after = n, or { n1, n2, ... }: a crash after the n1-th effect,
   -- another after the n2-th (counted from the run's start), ...
   local crashes = type(opts.crash_after) == "table" and opts.crash_after or { opts.crash_after }
@@ -264,7 +274,12 @@ function testing.run(workflow, input, opts)
     unknown_upstream_hint = function(name)
       return ("no mock for it: declare one with testing.mock(%q, ...)"):format(name)
     end,
-    on_state = function(_, s) state = s end,
+    -- the run's own state (a ctx.call child has its own, with its own timeline)
+    on_state = function(rec, s)
+      if rec.id == run_id then
+        state = s
+      end
+    end,
     workflow = function(name) -- ctx.later's workflows: opts.workflows
       if not loaded[name] and opts.workflows and opts.workflows[name] then
         local child = load_workflow(opts.workflows[name])
@@ -289,7 +304,6 @@ function testing.run(workflow, input, opts)
   local pok, rok, res = pcall(core.run, nil, function()
     local emit_tasks = schedule_emits(pending_emits, started)
     local svc = runs.service(env)
-    local run_id = core.uuid()
     if opts.cancel_at then -- the canceller: a task of its own, cancelled itself if the run ends first
       core.spawn(function()
         core.sleep(opts.cancel_at)

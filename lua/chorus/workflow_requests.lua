@@ -10,6 +10,7 @@ local log = require("chorus.log").event
 local checks = require "chorus.request_checks"
 local responses = require "chorus.responses"
 local state = require "chorus.server_state"
+local tracing = require "chorus.tracing"
 local webhook = require "chorus.webhook"
 
 local workflow_requests = {}
@@ -18,16 +19,6 @@ local EMPTY = {} -- read-only: for `x or EMPTY` on the request path
 local problem, json_response = responses.problem, responses.json
 local run_response, storage_problem = responses.run, responses.storage_problem
 
-local function parse_traceparent(value)
-  if type(value) ~= "string" then
-    return nil
-  end
-  local trace = value:match("^%x%x%-(%x+)%-%x+%-%x%x$")
-  if trace and #trace == 32 and trace ~= ("0"):rep(32) then
-    return trace:lower()
-  end
-  return nil
-end
 
 -- The callback URL of a request, or nil; nil and why when it is refused.
 -- A numeric host is checked against the egress policy here (a 400 now
@@ -195,9 +186,13 @@ local function start_run(c)
   local req, key, scope, fp, idem, entry = c.req, c.key, c.scope, c.fp, c.idem, c.entry
   local wf = entry.workflow
   local svc = state.runs
-  local rec = svc:new_record(core.uuid(), c.name, parse_traceparent(req.headers.traceparent), {
+  -- the caller's trace context (W3C): its trace, its span as the run's
+  -- parent, its sampled flag and tracestate; a malformed one starts a trace
+  local tp = tracing.parse(req.headers.traceparent)
+  local rec = svc:new_record(core.uuid(), c.name, tp and tp.trace_id, {
     deadline_at = wf.timeout and core.now() + wf.timeout, callback_url = c.callback,
-    request = request_facts(req, key) })
+    request = request_facts(req, key), parent_span_id = tp and tp.parent_id, trace_flags = tp and tp.flags,
+    tracestate = tp and tracing.parse_state(req.headers.tracestate) })
   c.trace_id = rec.trace_id
   local prefer = req.headers.prefer
   local async = prefer and prefer:lower():find("respond%-async")

@@ -137,10 +137,11 @@ static void check_retry_after(const char *value, const char *padded, const char 
 }
 
 static void check_names(const char *value) {
-    static const char *const backoffs[] = {"exponential", "full_jitter", "decorrelated_jitter"};
+    static const char *const backoffs[] = {"exponential", "full_jitter", "decorrelated_jitter",
+                                           "equal_jitter"};
     enum chorus_backoff b = (enum chorus_backoff)99;
     int rc = chorus_backoff_parse(value, &b), known = 0, db;
-    for (int i = 0; i < 3; i++)
+    for (size_t i = 0; i < sizeof backoffs / sizeof backoffs[0]; i++)
         known |= strcmp(value, backoffs[i]) == 0;
     if (rc != (known ? 0 : -1))
         fail("chorus_backoff_parse accepted a wrong name or refused a right one", value, 0);

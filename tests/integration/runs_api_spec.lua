@@ -247,4 +247,24 @@ describe("the runs API", function()
     assert.are.equal(3, r.json.done)
     assert.are.equal(0, admin_get("/admin/dlq").json.depth)
   end)
+
+  -- last: it stops the server, so that the CLI may hold the folder
+  it("redrives and cancels by filter from the CLI on a folder no server holds", function()
+    assert.are.equal(202, post("/workflows/parked", "{}", { Prefer = "respond-async" }).status)
+    srv.stop()
+    local function cli(...)
+      local args = { "runs", ... }
+      args[#args + 1], args[#args + 2] = "--data", data
+      local r = H.chorus_run(args)
+      assert.are.equal(0, r.code, r.stdout .. r.stderr)
+      return H.decode(r.stdout)
+    end
+    assert.are.same({ count = 1, more = false }, cli("cancel", "--status", "running", "--dry-run"))
+    local out = cli("cancel", "--workflow", "parked")
+    assert.are.equal(1, out.done) -- marked: the next start cancels it after its replay
+    -- the six failed runs (fail-1's redrive above failed again, on the same input)
+    assert.are.same({ count = 6, more = false }, cli("redrive", "--workflow", "quick", "--dry-run"))
+    out = cli("redrive", "--key", "fail-2")
+    assert.are.equal(1, out.done + out.skipped)
+  end)
 end)

@@ -37,6 +37,25 @@ describe("ctx.call", function()
     assert.called_upstream(r, "cards", "POST", "/charges")
   end)
 
+  it("shows each child run in the parent's timeline: workflow, run id, how long, how it ended", function()
+    local r = testing.run(order(function(ctx)
+      ctx.call("charge", { amount = 1 })
+      testing.mock("cards", { status = 402 })
+      local _, err = pcall(ctx.call, "charge", { amount = 2 })
+      return err.child_run_id
+    end), {}, { workflows = { charge = charge } })
+    local kids = {}
+    for _, e in ipairs(r.timeline) do
+      if e.kind == "child" then
+        kids[#kids + 1] = e
+      end
+    end
+    assert.are.equal(2, #kids)
+    assert.are.same({ "charge", 2, "succeeded" }, { kids[1].workflow, kids[1].duration, kids[1].status })
+    assert.are.same({ "failed", "declined", r.value }, { kids[2].status, kids[2].error_kind, kids[2].run_id })
+    assert.are.equal(kids[1].start + 2, kids[2].start)
+  end)
+
   it("raises the child's error, with its run id", function()
     testing.mock("cards", { status = 402 })
     local r = testing.run(order(function(ctx)

@@ -23,6 +23,21 @@ describe("ctx.event", function()
     assert.equal(30, r.elapsed)
   end)
 
+  it("shows the wait in the run's timeline: when it began, how long it waited, and what came", function()
+    testing.emit("processed", "t1", { category = "food" }, { at = 30 })
+    local r = testing.run(chorus.workflow { name = "two_waits", run = function(ctx)
+      ctx.event("processed", { key = "t1", timeout = 3600 })
+      return pcall(ctx.event, "processed", { key = "t2", timeout = 5 })
+    end })
+    local waits = {}
+    for _, e in ipairs(r.timeline) do
+      if e.kind == "event" then
+        waits[#waits + 1] = { e.event, e.key, e.waited, e.outcome, e.start - r.timeline[1].start }
+      end
+    end
+    assert.same({ { "processed", "t1", 30, "came", 0 }, { "processed", "t2", 5, "timeout", 30 } }, waits)
+  end)
+
   it("hands an event that arrived before the wait to the first wait, without waiting", function()
     testing.emit("processed", "t1", { category = "rent" })
     local r = testing.run(waiter(3600), { task = "t1" })

@@ -63,7 +63,7 @@ describe("chorus.log", function()
     assert.matches('log_level must be one of debug, info, warn, error (got "loud")', err, 1, true)
   end)
 
-  it("puts the run's span id on ctx.log lines: the parent id of its outbound calls", function()
+  it("puts the run's span id on ctx.log lines; each outbound call sends a span id of its own", function()
     local testing = require "chorus.testing"
     local chorus = require "chorus"
     local http = require "chorus.http"
@@ -75,6 +75,8 @@ describe("chorus.log", function()
     end })
     local span = r.calls[1].headers.traceparent:match("^00%-%x+%-(%x+)%-01$")
     assert.are.equal(16, #span)
-    assert.are.equal(span, r.logs[1].span_id)
+    assert.are.equal(16, #r.logs[1].span_id)
+    assert.are_not.equal(span, r.logs[1].span_id)
+    assert.are.equal(span, r.timeline[1].span_id) -- the attempt's span
   end)
 end)

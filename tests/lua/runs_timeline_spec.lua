@@ -27,6 +27,17 @@ local function calls_in(timeline)
   return out
 end
 
+-- The timeline without its sleeps (each call here follows one).
+local function plain(timeline)
+  local out = {}
+  for _, e in ipairs(timeline) do
+    if e.kind ~= "sleep" then
+      out[#out + 1] = e
+    end
+  end
+  return out
+end
+
 local function marks_in(timeline)
   local out = {}
   for i, e in ipairs(timeline) do
@@ -55,30 +66,35 @@ describe("a run's timeline after a crash", function()
     for i, c in ipairs(calls) do
       assert.are.equal("http://api.example.test/item/" .. i, c.url)
       assert.are.equal(200, c.status)
+      -- the span id the call sent in its traceparent, also for those replayed
+      assert.are.equal(r.calls[i].headers.traceparent:match("^00%-%x+%-(%x+)%-01$"), c.span_id)
       -- the same call at the same virtual time as in the run that did not crash
-      assert.are.same(calls_in(whole.timeline)[i], c)
+      local w = calls_in(whole.timeline)[i]
+      w.span_id, c.span_id = nil, nil
+      assert.are.same(w, c)
     end
   end)
 
   it("marks the restart once, where live execution began again", function()
     local r = testing.run(serial(6), {}, { crash_after = 6 })
-    local marks = marks_in(r.timeline)
+    local tl = plain(r.timeline)
+    local marks = marks_in(tl)
     assert.are.equal(1, #marks)
     assert.are.equal(6, marks[1].mark.replayed)
     -- after the three calls replayed from the journal, before the live ones
     assert.are.equal(4, marks[1].at)
-    assert.are.equal("http://api.example.test/item/3", r.timeline[3].url)
-    assert.are.equal("http://api.example.test/item/4", r.timeline[5].url)
+    assert.are.equal("http://api.example.test/item/3", tl[3].url)
+    assert.are.equal("http://api.example.test/item/4", tl[5].url)
     -- the restart came at the virtual time of the crash, after the third call
-    assert.is_true(marks[1].mark.at >= r.timeline[3].start)
-    assert.is_true(marks[1].mark.at <= r.timeline[5].start)
+    assert.is_true(marks[1].mark.at >= tl[3].start)
+    assert.is_true(marks[1].mark.at <= tl[5].start)
   end)
 
   it("shows one mark per restart, each where its restart went live", function()
     local r = testing.run(serial(6), {}, { crash_after = { 4, 9 } })
     assert.is_true(r.ok, r.error and r.error.message)
     assert.are.equal(6, #calls_in(r.timeline))
-    local marks = marks_in(r.timeline)
+    local marks = marks_in(plain(r.timeline))
     assert.are.equal(2, #marks)
     assert.are.same({ 4, 9 }, { marks[1].mark.replayed, marks[2].mark.replayed })
     -- two calls before the first restart, four before the second (its
@@ -96,6 +112,27 @@ describe("a run's timeline after a crash", function()
     local marks = marks_in(r.timeline)
     assert.are.equal(1, #marks)
     assert.are.equal(#r.timeline, marks[1].at)
+  end)
+
+  it("shows each sleep where it was first made, those before the crash included", function()
+    local whole = testing.run(serial(3))
+    local r = testing.run(serial(3), {}, { crash_after = 3 })
+    local function sleeps(timeline)
+      local out = {}
+      for _, e in ipairs(timeline) do
+        if e.kind == "sleep" then
+          out[#out + 1] = e
+        end
+      end
+      return out
+    end
+    assert.are.equal(3, #sleeps(r.timeline))
+    assert.are.same(sleeps(whole.timeline), sleeps(r.timeline))
+    for i, e in ipairs(sleeps(r.timeline)) do
+      assert.are.equal(1, e.duration)
+      -- each sleep ends where its call starts
+      assert.are.equal(e.start + e.duration, calls_in(r.timeline)[i].start)
+    end
   end)
 
   it("keeps every attempt of a call that failed before the crash, and its error replays", function()
