@@ -268,12 +268,16 @@ static const char *ambiguous_framing(struct MHD_Connection *conn, size_t *header
 /* ---- oversized requests ---------------------------------------------------
  *
  * libmicrohttpd 0.9.75 answers a request line or headers that overflow its
- * per-connection memory itself, with an HTML body. Its pool is made twice
- * max_header_bytes, so that up to there chorus sees such requests first and
- * refuses them as problem+json like every other error; only requests past
- * twice the limit still get libmicrohttpd's own HTML answer. */
+ * per-connection memory itself, with an HTML body. Its pool is made a
+ * quarter (at least 4 KiB) larger than max_header_bytes, so that a request
+ * up to there reaches chorus first and is refused as problem+json like every
+ * other error; only one past that margin still gets libmicrohttpd's HTML.
+ * The margin is small because libmicrohttpd zeroes the whole pool after each
+ * request and every connection keeps it: twice the limit cost 16 KiB more
+ * memory per connection and a 32 KiB memset per request. */
 static size_t mhd_pool_size(size_t max_header) {
-    return max_header > SIZE_MAX / 2 ? max_header : max_header * 2;
+    size_t margin = max_header / 4 > 4096 ? max_header / 4 : 4096;
+    return max_header > SIZE_MAX - margin ? max_header : max_header + margin;
 }
 
 static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char *key,

@@ -225,7 +225,7 @@ return {
     pending("a NUL in a header gets 400 (libmicrohttpd 0.9.75 cuts the value there)")
 
     it("answers headers or a target over max_header_bytes with 431 / 414 problem+json", function()
-      local big = ("a"):rep(20000) -- over the default 16384
+      local big = ("a"):rep(18000) -- over the default 16384, within libmicrohttpd's margin
       local status, head, body = raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " .. big
         .. "\r\nConnection: close\r\n\r\n")
       assert.are.equal(431, status)
@@ -233,7 +233,7 @@ return {
       assert.matches("header fields exceeds max_header_bytes %(16384 bytes%)", body)
       -- split over many lines, each small
       local lines = {}
-      for i = 1, 40 do lines[i] = ("X-H%d: %s\r\n"):format(i, ("b"):rep(500)) end
+      for i = 1, 34 do lines[i] = ("X-H%d: %s\r\n"):format(i, ("b"):rep(500)) end
       status, head = raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\n" .. table.concat(lines)
         .. "Connection: close\r\n\r\n")
       assert.are.equal(431, status)
@@ -251,7 +251,7 @@ return {
       assert.are.equal(200, status)
     end)
 
-    it("errors libmicrohttpd answers itself keep their status (431 past twice the limit, 505, 400)", function()
+    it("errors libmicrohttpd answers itself keep their status (431 past its margin, 505, 400)", function()
       local big = ("a"):rep(40000)
       assert.are.equal(431, (raw(srv.url, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " .. big
         .. "\r\nConnection: close\r\n\r\n")))
