@@ -40,16 +40,16 @@ $(BUILD)/%.o: runtime/%.c $(wildcard runtime/*.h) | $(BUILD)
 
 # The Lua modules of lua/chorus/ are compiled into the binary so that
 # ./chorus works from any directory without an install step.
-$(BUILD)/embedded_lua.c: $(LUA_SRC) scripts/embed_lua.lua | $(BUILD)
-	lua5.4 scripts/embed_lua.lua $@ $(LUA_SRC)
+$(BUILD)/embedded_lua.c: $(LUA_SRC) scripts/embed.lua | $(BUILD)
+	lua5.4 scripts/embed.lua lua $@ $(LUA_SRC)
 
 $(BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
 # The web console (ui/: HTML, CSS, JS; no build step) is compiled in the
 # same way; `chorus serve` answers /ui from it (chorus.ui).
-$(BUILD)/embedded_ui.c: $(UI_SRC) scripts/embed_ui.lua | $(BUILD)
-	lua5.4 scripts/embed_ui.lua $@ $(UI_SRC)
+$(BUILD)/embedded_ui.c: $(UI_SRC) scripts/embed.lua | $(BUILD)
+	lua5.4 scripts/embed.lua ui $@ $(UI_SRC)
 
 $(BUILD)/embedded_ui.o: $(BUILD)/embedded_ui.c
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
