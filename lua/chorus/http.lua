@@ -24,13 +24,18 @@ local call_seconds = metrics.histogram("chorus_http_call_duration_seconds", "Out
 
 -- The call metrics' series keys by target and outcome (a status or an
 -- error kind), so a call builds no label tables.
-local call_keys = {}
+-- Bounded as the metrics are (metrics.MAX_SERIES): targets past it are
+-- looked up each time, and land in the "_other" series.
+local call_keys, ncall_keys = {}, 0
 
 local function call_series(target, outcome)
   local t = call_keys[target]
   if not t then
     t = { latency = call_seconds.key({ target }) }
-    call_keys[target] = t
+    if ncall_keys < metrics.MAX_SERIES then
+      call_keys[target] = t
+      ncall_keys = ncall_keys + 1
+    end
   end
   local k = t[outcome]
   if not k then

@@ -30,6 +30,26 @@ end
 -- Label keys are cached per metric in a tree of label values, so the hot
 -- path (a counter bump per outbound call) builds no strings. Values may be
 -- strings or numbers (a status code needs no tostring).
+--
+-- A metric keeps at most MAX_SERIES series: label values come from outside
+-- (the host a script calls, a workflow's name) and every new one would
+-- grow the server's own memory, outside any run's cap, and every scrape.
+-- Past the cap, new combinations count in one series whose labels are all
+-- "_other".
+local MAX_SERIES = 1000
+metrics.MAX_SERIES = MAX_SERIES
+
+local function overflow_key(m)
+  if not m.overflow then
+    local values = {}
+    for i = 1, m.nlabels do
+      values[i] = "_other"
+    end
+    m.overflow = build_key(m.labels, values)
+  end
+  return m.overflow
+end
+
 local function label_key(m, values)
   local nlabels = m.nlabels
   if nlabels == 0 then
@@ -40,6 +60,9 @@ local function label_key(m, values)
     local v = values[i] or ""
     local child = node[v]
     if not child then
+      if m.nkeys >= MAX_SERIES then
+        return overflow_key(m)
+      end
       child = {}
       node[v] = child
     end
@@ -48,8 +71,12 @@ local function label_key(m, values)
   local last = values[nlabels] or ""
   local key = node[last]
   if not key then
+    if m.nkeys >= MAX_SERIES then
+      return overflow_key(m)
+    end
     key = build_key(m.labels, values)
     node[last] = key
+    m.nkeys = m.nkeys + 1
   end
   return key
 end
@@ -60,7 +87,7 @@ local function declare(kind, name, help, labels, buckets)
     return m
   end
   m = { kind = kind, name = name, help = help, labels = labels or {}, series = {},
-    buckets = buckets or DEFAULT_BUCKETS, keys = {} }
+    buckets = buckets or DEFAULT_BUCKETS, keys = {}, nkeys = 0 }
   m.nlabels = #m.labels
   registry[name] = m
   order[#order + 1] = name

@@ -48,6 +48,23 @@ describe("chorus.metrics", function()
     }, lines_of(metrics.render(), "spec_calls_total{"))
   end)
 
+  it("keeps at most MAX_SERIES series per metric, counting the rest in one _other series", function()
+    -- label values come from outside (hosts scripts call): they must not
+    -- grow the server's memory and every scrape without bound
+    local c = metrics.counter("spec_hosts_total", "Hosts", { "upstream", "status" })
+    local n = metrics.MAX_SERIES + 500
+    for i = 1, n do
+      c.inc({ "host-" .. i, 200 })
+    end
+    c.inc({ "host-1", 200 }) -- a series that exists still counts in its own
+    local lines = lines_of(metrics.render(), "spec_hosts_total{")
+    assert.are.equal(metrics.MAX_SERIES + 1, #lines)
+    local text = table.concat(lines, "\n")
+    assert.truthy(text:find('spec_hosts_total{upstream="host-1",status="200"} 2', 1, true))
+    assert.truthy(text:find('spec_hosts_total{upstream="_other",status="_other"} 500', 1, true))
+    assert.falsy(text:find('"host-' .. n .. '"', 1, true))
+  end)
+
   it("updates a series through a key looked up once, the same series as by label values", function()
     local c = metrics.counter("spec_keyed_total", "Keyed", { "target", "status" })
     local k = c.key({ "x", 200 })
