@@ -146,6 +146,10 @@ int chorus_lua_breakers(lua_State *L) {
     }
     lua_pushnil(L);
     while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) { /* the table's count and name (lua_named.c) */
+            lua_pop(L, 1);
+            continue;
+        }
         struct lua_breaker *lb = luaL_checkudata(L, -1, BREAKER_MT);
         lua_pushvalue(L, -2);
         lua_pushstring(L, chorus_breaker_state_name(chorus_breaker_state(lb->b)));

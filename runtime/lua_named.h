@@ -13,8 +13,14 @@
 int chorus_named_find(lua_State *L, const char *table, const char *name, const char *mt,
                       const luaL_Reg *methods);
 
+/* At most this many objects of one kind: names come from the config and
+ * from scripts (a script's breaker.new), and each object lives as long as
+ * the process, outside any run's memory cap. */
+#define CHORUS_NAMED_MAX 10000
+
 /* With the table at -2 and a new object at -1: stores the object under name
- * and leaves only it on the stack (the table is removed). */
+ * and leaves only it on the stack (the table is removed). Raises when the
+ * kind already has CHORUS_NAMED_MAX objects. */
 void chorus_named_put(lua_State *L, const char *name);
 
 /* Forgets every object of registry table `table` (chorus.testing.reset). */

@@ -121,3 +121,28 @@ local b = breaker.new { name = "y", failure_rate = 150 }]], "bad.lua")
     end)
   end)
 end)
+
+describe("named objects", function()
+  before_each(testing.reset)
+  after_each(testing.reset)
+
+  it("refuses a breaker past 10,000 in a process: names made per run cannot grow it without bound", function()
+    -- a script making a breaker of a new name on every run (or every call)
+    local wf = chorus.workflow { name = "churn", run = function(_, input)
+      for i = input.from, input.to do
+        breaker.new { name = "b" .. i }:call(function() return true end)
+      end
+      return "made"
+    end }
+    local r = testing.run(wf, { from = 1, to = 10000 })
+    assert.is_true(r.ok, r.error and r.error.message)
+    r = testing.run(wf, { from = 10001, to = 10001 })
+    assert.is_false(r.ok)
+    local message = type(r.error) == "table" and r.error.message or tostring(r.error)
+    assert.matches("chorus.breakers: at most 10000 exist in a process; 'b10001' was not made", message, 1, true)
+    -- the ones made still work, and the admin listing still reads
+    r = testing.run(wf, { from = 1, to = 3 })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("closed", require("chorus.core").breakers()["b2"])
+  end)
+end)
