@@ -439,12 +439,25 @@ static int push_verify(lua_State *L) {
     return 1;
 }
 
+/* store:verify([skip]): skip lists databases to leave unread. */
 static int store_verify(lua_State *L) {
     struct chorus_store *st = check_store(L);
+    unsigned skip = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        for (lua_Integer i = 1, n = luaL_len(L, 2); i <= n; i++) {
+            lua_geti(L, 2, i);
+            int db = chorus_store_db_index(luaL_checkstring(L, -1));
+            if (db < 0)
+                return luaL_error(L, "store:verify: no database '%s'", lua_tostring(L, -1));
+            skip |= 1u << db;
+            lua_pop(L, 1);
+        }
+    }
     struct bad_list l = {NULL, &l.head, 0};
     long counts[STORE_NDB];
     char err[300];
-    long nbad = chorus_store_verify(st, counts, on_bad, &l, err, sizeof err);
+    long nbad = chorus_store_verify(st, counts, skip, on_bad, &l, err, sizeof err);
     if (nbad < 0 || l.oom) {
         free_bad(&l);
         return nbad < 0 ? luaL_error(L, "%s", err) : luaL_error(L, "store: out of memory");

@@ -163,15 +163,16 @@ void chorus_store_describe(char *out, size_t outlen, int db, const void *key, si
 /* Whether db holds JSON values (all but scripts, meta, run_index and run_rows). */
 int chorus_store_db_is_json(int db);
 
-/* Walks every named database of the last committed state, checking each
- * value's checksum and, in the JSON databases, that it is JSON. bad is
- * called for each bad entry (key NULL when a database cannot be walked at
- * all: LMDB found its pages damaged). counts[db] gets the entries seen.
- * Returns the number of bad entries, or -1 with err when no read could
- * begin. */
+/* Walks every named database of the last committed state but those whose
+ * bit (1u << db) is set in skip, checking each value's checksum and, in the
+ * JSON databases, that it is JSON. bad is called for each bad entry (key
+ * NULL when a database cannot be walked at all: LMDB found its pages
+ * damaged). counts[db] gets the entries seen (of a skipped one, LMDB's
+ * count). Returns the number of bad entries, or -1 with err when no read
+ * could begin. */
 typedef void (*chorus_store_bad_fn)(void *data, int db, const void *key, size_t klen,
                                     const char *why);
-long chorus_store_verify(struct chorus_store *st, long counts[STORE_NDB], chorus_store_bad_fn bad,
-                         void *data, char *err, size_t errlen);
+long chorus_store_verify(struct chorus_store *st, long counts[STORE_NDB], unsigned skip,
+                         chorus_store_bad_fn bad, void *data, char *err, size_t errlen);
 
 #endif

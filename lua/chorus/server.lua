@@ -90,9 +90,11 @@ local function start_durable()
       st:close()
       return nil, lerr
     end
-    -- A corrupt record refuses the start: recovery and the relay would
-    -- otherwise act on a data folder they cannot fully read.
-    local vok, report = pcall(st.verify, st)
+    -- A corrupt record recovery or the relay would act on refuses the
+    -- start; a finished run's is named when it is read (chorus.store,
+    -- verify_for_start: reading every kept run made a big folder's start
+    -- last seconds before /healthz answered).
+    local vok, report = pcall(st.verify_for_start, st)
     local bad = vok and report.bad or { { message = tostring(report) } }
     if #bad > 0 then
       st:close()

@@ -1,7 +1,8 @@
 -- The data folder when storage fails, through real processes and real LMDB
 -- files: the map full at storage.max_size_mb (507, never a 2xx for a run
 -- that was not stored, the key retryable), bytes overwritten in data.mdb
--- (chorus data verify, serve and runs refusing by name), a zero-length
+-- (chorus data verify, serve refusing a run it would resume, reads naming
+-- the record), a zero-length
 -- data.mdb refused.
 local H = require "tests.integration.helpers"
 
@@ -10,6 +11,15 @@ local chorus = require "chorus"
 return chorus.workflow {
   name = "keep",
   run = function(_, input) return { kept = input.n } end,
+}
+]]
+
+-- in flight for an hour: what a restart resumes
+local PARK = [[
+local chorus = require "chorus"
+return chorus.workflow {
+  name = "park",
+  run = function(ctx, input) ctx.sleep(3600); return { parked = input.marker } end,
 }
 ]]
 
@@ -54,7 +64,7 @@ describe("storage", function()
   local dir
 
   setup(function()
-    dir = H.temp_dir({ ["keep.lua"] = KEEP })
+    dir = H.temp_dir({ ["keep.lua"] = KEEP, ["park.lua"] = PARK })
   end)
 
   teardown(function() H.clean(dir) end)
@@ -159,7 +169,7 @@ describe("storage", function()
       local r = cli(data, "data", "verify")
       assert.are.equal(0, r.code, r.stdout .. r.stderr)
       assert.truthy(r.stdout:find("runs%s+2\n"), r.stdout)
-      assert.truthy(r.stdout:find("scripts%s+1\n"), r.stdout)
+      assert.truthy(r.stdout:find("scripts%s+2\n"), r.stdout) -- keep.lua and park.lua
       assert.truthy(r.stdout:find("ok: %d+ records"), r.stdout)
 
       -- a server started on the clean folder (the run is not in its memory)
@@ -182,10 +192,30 @@ describe("storage", function()
       assert.truthy(r.stderr:find("1 corrupt record in", 1, true), r.stderr)
     end)
 
-    it("serve refuses to start, naming the record and chorus data verify", function()
-      local r = serve_refused(dir, data)
+    it("serve starts (a finished run's record is checked when read) and names it when read", function()
+      -- reading every kept run before listening made a big folder's start
+      -- take seconds; a finished run is no part of recovery
+      local srv = H.start_server({ "--scripts", dir, "--data", data })
+      local g = H.request(srv.url .. "/runs/" .. id)
+      srv.stop()
+      assert.are.equal(500, g.status, g.body)
+      assert.truthy(g.json.detail:find("corrupt record in database runs, key '" .. id, 1, true), g.body)
+    end)
+
+    it("serve refuses to start when a run it would resume is corrupt, naming the record", function()
+      local pdata = H.temp_dir()
+      local srv = H.start_server({ "--scripts", dir, "--data", pdata })
+      local r = H.request(srv.url .. "/workflows/park", { method = "POST",
+        body = H.encode({ marker = "PARKED-CORRUPT-ME" }), headers = { Prefer = "respond-async" } })
+      assert.are.equal(202, r.status, r.body)
+      local pid = r.json.run_id
+      srv.kill("KILL") -- in flight: the restart would resume it
+      srv.wait()
+      assert.is_true(overwrite(pdata .. "/data.mdb", "PARKED-CORRUPT-ME", "PARKED-CORRUPT-MF") >= 1)
+      r = serve_refused(dir, pdata)
+      H.clean(pdata)
       assert.are.equal(1, r.code, r.stdout .. r.stderr)
-      assert.truthy(r.stderr:find("corrupt record in database runs, key '" .. id, 1, true), r.stderr)
+      assert.truthy(r.stderr:find("corrupt record in database runs, key '" .. pid, 1, true), r.stderr)
       assert.truthy(r.stderr:find("chorus data verify --data", 1, true), r.stderr)
       assert.falsy(r.stdout:find("listening", 1, true))
     end)

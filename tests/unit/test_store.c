@@ -1066,7 +1066,7 @@ static void test_verify(void) {
     CHECK(commit(st));
     long counts[STORE_NDB];
     struct bad_seen b = {0};
-    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 0);
+    CHECK_INT_EQ(chorus_store_verify(st, counts, 0, on_bad, &b, err, sizeof err), 0);
     CHECK_INT_EQ(b.n, 0);
     CHECK_INT_EQ(counts[STORE_RUNS], 2);
     CHECK_INT_EQ(counts[STORE_TIMERS], 1);
@@ -1076,7 +1076,7 @@ static void test_verify(void) {
     /* a value that is not JSON in a JSON database */
     CHECK_INT_EQ(put(st, STORE_OUTBOX, "o", "{half"), 0);
     CHECK(commit(st));
-    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 1);
+    CHECK_INT_EQ(chorus_store_verify(st, counts, 0, on_bad, &b, err, sizeof err), 1);
     CHECK(b.n == 1 && b.db[0] == STORE_OUTBOX);
     CHECK_STR_EQ(b.key[0], "o");
     CHECK_STR_EQ(b.why[0], "not JSON");
@@ -1091,7 +1091,7 @@ static void test_verify(void) {
     if (!st)
         return;
     memset(&b, 0, sizeof b);
-    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 1);
+    CHECK_INT_EQ(chorus_store_verify(st, counts, 0, on_bad, &b, err, sizeof err), 1);
     CHECK(b.n == 1 && b.db[0] == STORE_RUNS);
     CHECK_STR_EQ(b.key[0], "victim");
     CHECK_STR_EQ(b.why[0], "checksum mismatch");
@@ -1285,7 +1285,7 @@ static void test_migrate_v1(void) {
     CHECK_INT_EQ(gets(st, STORE_RUNS, "r49", buf, sizeof buf), 8);
     long counts[STORE_NDB];
     struct bad_seen b = {0};
-    CHECK_INT_EQ(chorus_store_verify(st, counts, on_bad, &b, err, sizeof err), 0);
+    CHECK_INT_EQ(chorus_store_verify(st, counts, 0, on_bad, &b, err, sizeof err), 0);
     CHECK_INT_EQ(counts[STORE_RUNS], 50);
     close_store(st);
     /* and reopens as version 2 */
