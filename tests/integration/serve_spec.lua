@@ -266,9 +266,11 @@ describe("chorus serve", function()
     end)
 
     -- Polls the version workflow for up to 3 s until it reports `want`.
+    -- up to about 20 s: a reload waits for the files to be quiet, and a
+    -- loaded machine stretches that (a 3 s bound flaked)
     local function eventually_version(want)
       local v
-      for _ = 1, 60 do
+      for _ = 1, 400 do
         v = post("/workflows/version", "{}").json.version
         if v == want then break end
         os.execute("sleep 0.05")
