@@ -568,6 +568,21 @@
     return id ? el("a", { href: "#/run/" + encodeURIComponent(id), class: "mono", text: id }) : "—";
   }
 
+  // The cells an outbox entry and a DLQ entry both show: id, kind, target,
+  // the run that made it; and its last error.
+  function entryCells(e) {
+    return [
+      el("td", { class: "mono", text: e.id }),
+      el("td", { text: e.kind || "" }),
+      el("td", { class: "wrap", text: entryTarget(e) }),
+      el("td", {}, runLink(e.from_run)),
+    ];
+  }
+
+  function errorCell(e) {
+    return el("td", { class: "wrap", text: entryError(e.last_error), title: e.last_error ? fmtValue(e.last_error) : null });
+  }
+
   function showDlq(_, __, gen) {
     const tbody = $("dlq-table").querySelector("tbody");
     const fetchDlq = async (g) => {
@@ -581,12 +596,9 @@
         return;
       }
       tbody.replaceChildren(...entries.map((e) => el("tr", { "data-entry": e.id },
-        el("td", { class: "mono", text: e.id }),
-        el("td", { text: e.kind || "" }),
-        el("td", { class: "wrap", text: entryTarget(e) }),
-        el("td", {}, runLink(e.from_run)),
+        ...entryCells(e),
         el("td", { text: fmtValue(e.attempts) }),
-        el("td", { class: "wrap", text: entryError(e.last_error), title: e.last_error ? fmtValue(e.last_error) : null }),
+        errorCell(e),
         el("td", { text: fmtTime(e.failed_at) }),
         el("td", { class: "nowrap" },
           el("button", { type: "button", class: "quiet replay", "aria-label": `Replay entry ${e.id}`, text: "Replay",
@@ -612,12 +624,9 @@
         return;
       }
       tbody.replaceChildren(...entries.map((e) => el("tr", { "data-entry": e.id },
-        el("td", { class: "mono", text: e.id }),
-        el("td", { text: e.kind || "" }),
-        el("td", { class: "wrap", text: entryTarget(e) }),
-        el("td", {}, runLink(e.from_run)),
+        ...entryCells(e),
         el("td", { text: `${fmtValue(e.attempts)}${e.max_attempts ? " of " + e.max_attempts : ""}` }),
-        el("td", { class: "wrap", text: entryError(e.last_error), title: e.last_error ? fmtValue(e.last_error) : null }),
+        errorCell(e),
         el("td", { text: fmtTime(e.due) }))));
     }, gen, true);
   }
