@@ -23,6 +23,8 @@ CASES=${CASES:-fanout wave}
 WAVE=${WAVE:-5000}
 # how long wrk runs for the wave (it waits that long even when all answered)
 WAVE_SECONDS=${WAVE_SECONDS:-40}
+# CHORUS_BIN: the chorus binary to measure (another build, to compare)
+CHORUS_BIN=${CHORUS_BIN:-./chorus}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -53,7 +55,7 @@ return {
 }
 EOF
   : > "$WORK/chorus.out"
-  ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --data "$WORK/data" --listen 127.0.0.1:0 \
+  "$CHORUS_BIN" serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --data "$WORK/data" --listen 127.0.0.1:0 \
     > "$WORK/chorus.out" 2> "$WORK/chorus.log" &
   CHORUS_PID=$!
   PIDS+=("$CHORUS_PID")
@@ -134,7 +136,7 @@ report_case() { # NAME DELAY CONNS START_FN URL_VAR PID_VAR
   stop_pid "$pid"
 }
 
-echo "# make bench (serve) — chorus $(./chorus version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"
+echo "# make bench (serve) — chorus $("$CHORUS_BIN" version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"
 HAVE_NGINX=0
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && command -v nginx > /dev/null && HAVE_NGINX=1
 echo "# upstream: $UPSTREAM_KIND"
@@ -179,9 +181,9 @@ wave_case() {
   local hwm_kb requests slowest ok errors
   hwm_kb=$(status_kb "$pid" VmHWM)
   stop_pid "${!4}"
-  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  requests=$(echo "$out" | awk '$1 == "wave:" {print $2}')
   slowest=$(to_ms "$(echo "$out" | awk '$1 == "Latency" {print $4}')")
-  ok=$(echo "$out" | awk '$1 == "2xx:" {print $2}')
+  ok=$(echo "$out" | awk '$1 == "wave:" {print $4}')
   errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
   local per_run=$(((hwm_kb - idle_kb) * 1024 / WAVE)) cpu_ms=$(((t1 - t0) * 1000 / $(getconf CLK_TCK)))
   printf '  %-6s answered %s (2xx: %s) of %s, the last after %.2f s; peak RSS %d MiB, idle %d MiB, %d bytes per in-flight run above idle; CPU %d ms; load %s; errors: %s\n' \
