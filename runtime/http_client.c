@@ -36,10 +36,10 @@
  * when a finished transfer's handle is removed (close_connect_only in
  * curl_multi_remove_handle), so with one cache N concurrent calls cost
  * N² steps (10,000 calls: half the CPU of the 5,000-request wave). A call
- * goes to the first shard with an idle connection (one it may reuse), else
- * the first with room, else a new shard, up to MAX_SHARDS; then the
- * least loaded one. Below SHARD_CONNS concurrent calls everything stays in
- * the first shard, as with one multi handle. */
+ * goes to the first shard with an idle connection (one it may reuse) and
+ * fewer than twice SHARD_CONNS, else the first with room, else a new
+ * shard, up to MAX_SHARDS; then the least loaded one. Below SHARD_CONNS concurrent calls everything
+ * stays in the first shard, as with one multi handle. */
 #define SHARD_CONNS 256
 #define MAX_SHARDS 64
 
@@ -576,9 +576,11 @@ static struct shard *shard_pick(struct chorus_http_client *client) {
     struct shard *roomy = NULL, *least = NULL;
     for (int i = 0; i < client->nshards; i++) {
         struct shard *s = client->shards[i];
-        if (s->idle_socks)
-            return s;
         size_t load = s->socks > s->active ? s->socks : s->active;
+        /* an idle connection may be to another host, and then the call
+         * opens one more: bounded, so that a shard's cache stays small */
+        if (s->idle_socks && load < 2 * SHARD_CONNS)
+            return s;
         if (!roomy && load < SHARD_CONNS)
             roomy = s;
         if (!least || load < (least->socks > least->active ? least->socks : least->active))
