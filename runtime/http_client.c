@@ -38,8 +38,9 @@
  * N² steps (10,000 calls: half the CPU of the 5,000-request wave). A call
  * goes to the first shard with an idle connection (one it may reuse) and
  * fewer than twice SHARD_CONNS, else the first with room, else a new
- * shard, up to MAX_SHARDS; then the least loaded one. Below SHARD_CONNS concurrent calls everything
- * stays in the first shard, as with one multi handle. */
+ * shard, up to MAX_SHARDS; then the least loaded one. Below SHARD_CONNS
+ * concurrent calls everything stays in the first shard, as with one multi
+ * handle. */
 #define SHARD_CONNS 256
 #define MAX_SHARDS 64
 
