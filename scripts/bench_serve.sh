@@ -8,9 +8,12 @@
 #      durable storage. Before each delay it prints the upstream's own rate
 #      and the load generator's (scripts/bench/upstream.sh), so a reader sees
 #      that neither is what the results measure;
-#   2. 5,000 concurrent requests with a 1 s upstream delay, one wave (each
-#      wrk thread stops after as many answers as it has connections): every
-#      request must succeed; peak RSS / 5,000 is the memory per in-flight run.
+#   2. 5,000 concurrent requests with a 1 s upstream delay, one wave
+#      (scripts/bench/wrk_wave.lua: one request per connection, each wrk
+#      thread stops once all of its have been answered), chorus and nginx +
+#      lua alternated: every request must be answered 2xx; the last answer,
+#      the server's CPU, and the peak RSS above the idle server's divided by
+#      5,000 (the memory per in-flight run). CASES=wave runs only this.
 # Everything listens on 127.0.0.1 and stops by itself. RUNS (default 3) runs
 # per case; the medians are printed with the commands.
 set -euo pipefail
@@ -186,8 +189,10 @@ wave_case() {
   ok=$(echo "$out" | awk '$1 == "wave:" {print $4}')
   errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
   local per_run=$(((hwm_kb - idle_kb) * 1024 / WAVE)) cpu_ms=$(((t1 - t0) * 1000 / $(getconf CLK_TCK)))
-  printf '  %-6s answered %s (2xx: %s) of %s, the last after %.2f s; peak RSS %d MiB, idle %d MiB, %d bytes per in-flight run above idle; CPU %d ms; load %s; errors: %s\n' \
-    "$name" "${requests:-0}" "${ok:-0}" "$WAVE" "$(echo "${slowest:-0} / 1000" | bc -l)" \
+  local verdict="all answered 2xx"
+  if [ -n "$errors" ] || [ "${ok:-0}" -lt "$WAVE" ]; then verdict="NOT all answered 2xx"; fi
+  printf '  %-6s answered %s (2xx: %s) of %s (%s), the last after %.2f s; peak RSS %d MiB, idle %d MiB, %d bytes per in-flight run above idle; CPU %d ms; load %s; errors: %s\n' \
+    "$name" "${requests:-0}" "${ok:-0}" "$WAVE" "$verdict" "$(echo "${slowest:-0} / 1000" | bc -l)" \
     $((hwm_kb / 1024)) $((idle_kb / 1024)) "$per_run" "$cpu_ms" "$(cut -d' ' -f1-3 /proc/loadavg)" "${errors:-none}"
   echo "$name $(echo "${slowest:-0} / 1000" | bc -l) ${ok:-0} $hwm_kb $per_run $cpu_ms" >> "$WORK/wave"
 }
