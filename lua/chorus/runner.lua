@@ -23,7 +23,7 @@ end
 
 -- Runs inside a task: returns the workflow's value or raises its error.
 -- opts: trace_id, span_id (the run's span), trace_flags ("01" sampled or
--- "00"), tracestate (passed on to outbound calls as it came), on_state(state), deadline (seconds since the epoch: a
+-- "00"), tracestate (passed on to outbound calls as it came), on_state(state, opts), deadline (seconds since the epoch: a
 -- resumed run keeps the deadline it started with), journal = { store =,
 -- recorded = } to make the run durable (chorus.journal), request (ctx.request:
 -- the inbound request's recorded facts, nil when no request started the run),
@@ -45,7 +45,7 @@ function runner.execute(workflow, input, opts)
     journal.attach(state, opts.journal.store, opts.journal.recorded, opts.journal.crash_after)
   end
   if opts.on_state then
-    opts.on_state(state)
+    opts.on_state(state, opts)
   end
   local ctx = context.new(state)
   local result = table.pack(pcall(workflow.run, ctx, input))
