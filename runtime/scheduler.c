@@ -175,8 +175,7 @@ static int pack_ref(struct chorus_runtime *rt, lua_State *co, int n, int *count)
 }
 
 /* An error { kind =, message = } as a task's one value. */
-static int error_ref(struct chorus_runtime *rt, const char *kind, const char *message,
-                     int *count) {
+static int error_ref(struct chorus_runtime *rt, const char *kind, const char *message, int *count) {
     lua_State *L = rt->L;
     lua_createtable(L, 0, 2);
     lua_pushstring(L, kind);
