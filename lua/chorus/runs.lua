@@ -639,7 +639,9 @@ function Service:resume(id, start)
     return false
   end
   local st = self.store
-  local rec = st:get_run(id)
+  -- what the start-up check read of it, or read now
+  local rec, recorded = st:take_checked(id)
+  rec = rec or st:get_run(id)
   if not rec then
     st:del_timer(id)
     return false
@@ -650,7 +652,7 @@ function Service:resume(id, start)
     idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
   end
   local wf, err = self:version(rec.script_hash, rec.script)
-  local recorded = st:journal(rec.id)
+  recorded = recorded or st:journal(rec.id)
   for _, name in ipairs(context.held_locks(recorded)) do
     context.reserve_lock(name, rec.id)
   end
@@ -686,7 +688,7 @@ function Service:recover(opts)
   opts = opts or {}
   local start = opts.start or function(fn) core.start(nil, fn) end
   local st = self.store
-  local unfinished = st:unfinished()
+  local unfinished = st:checked_unfinished() or st:unfinished()
   -- a workflow entry marked started whose run never got going is due again
   -- (its run, if it has a timer, is among those resumed); the stored
   -- entries, not the listings' masked copies: these are sent
