@@ -200,41 +200,6 @@ describe("the run service", function()
     assert.are.equal(out.fid, out.ferr.child_run_id)
   end)
 
-  it("after a crash, a new service over the same store resumes the run from its journal", function()
-    local t = counting_transport("one")
-    local st = store.memory()
-    local env = { store = st, backend = outbox.memory(true), transport = t.fn, crash_after = 1,
-      log = function() end, log_sink = function() end }
-    local entry = { workflow = calls_two, hash = "h1", source = nil }
-    local first = in_loop(function()
-      return { runs.service(env):start(entry, { base = "http://x.test" }) }
-    end)
-    local rec = first[3]
-    assert.is_false(first[1])
-    assert.is_true(first[7]) -- crashed
-    assert.are.equal("crash", first[2].kind)
-    -- as a restarted server finds it: in flight, with a timer and one effect
-    assert.are.equal("running", st:get_run(rec.id).status)
-    assert.are.equal(1, #st:unfinished())
-    assert.are.equal(1, #st:journal(rec.id))
-
-    env.crash_after = nil
-    local svc = runs.service(env)
-    svc:keep_version(entry)
-    local resumed = {}
-    local n = svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
-    assert.are.equal(1, n)
-    local out = in_loop(function() return { resumed[1]() } end)
-    assert.is_true(out[1])
-    local value = json.decode(st:get_run_text(rec.id))
-    assert.are.equal("succeeded", value.status)
-    assert.are.same({ a = "one", b = "one" }, value.result)
-    -- /a was answered from the journal: the transport saw it once
-    assert.are.same({ "GET http://x.test/a", "GET http://x.test/b" }, t.urls)
-    assert.are.same({}, st:unfinished())
-    assert.are.same({}, st:journal(rec.id))
-  end)
-
   -- A crashed run of calls_two as a restarted server finds it, with the
   -- service that will resume it.
   local function crashed_run(t)
@@ -248,8 +213,33 @@ describe("the run service", function()
     env.crash_after = nil
     local svc = runs.service(env)
     svc:keep_version(entry)
-    return st, svc, first[3]
+    return st, svc, first[3], first
   end
+
+  it("after a crash, a new service over the same store resumes the run from its journal", function()
+    local t = counting_transport("one")
+    local st, svc, rec, first = crashed_run(t)
+    assert.is_false(first[1])
+    assert.is_true(first[7]) -- crashed
+    assert.are.equal("crash", first[2].kind)
+    -- as a restarted server finds it: in flight, with a timer and one effect
+    assert.are.equal("running", st:get_run(rec.id).status)
+    assert.are.equal(1, #st:unfinished())
+    assert.are.equal(1, #st:journal(rec.id))
+
+    local resumed = {}
+    local n = svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
+    assert.are.equal(1, n)
+    local out = in_loop(function() return { resumed[1]() } end)
+    assert.is_true(out[1])
+    local value = json.decode(st:get_run_text(rec.id))
+    assert.are.equal("succeeded", value.status)
+    assert.are.same({ a = "one", b = "one" }, value.result)
+    -- /a was answered from the journal: the transport saw it once
+    assert.are.same({ "GET http://x.test/a", "GET http://x.test/b" }, t.urls)
+    assert.are.same({}, st:unfinished())
+    assert.are.same({}, st:journal(rec.id))
+  end)
 
   it("resumes from what the start-up check read, without reading the run again", function()
     local t = counting_transport("one")
