@@ -26,7 +26,7 @@
  *   store:lock([wait_seconds]) → true, or nil and why: takes serve.lock in
  *       the folder (serve_lock.c) so that one server at a time runs the
  *       relay and the recovery; close lets go of it
- *   store:stats() → { commits =, ops =, failures =, pending_ops =, writing =,
+ *   store:stats() → { commits =, ops =, moot =, failures =, pending_ops =, writing =,
  *       full =, grows =, map_size =, max_size = }
  *   store:close()
  *
@@ -354,6 +354,8 @@ static int store_stats(lua_State *L) {
     lua_setfield(L, -2, "commits");
     lua_pushinteger(L, (lua_Integer)s.ops);
     lua_setfield(L, -2, "ops");
+    lua_pushinteger(L, (lua_Integer)s.moot);
+    lua_setfield(L, -2, "moot");
     lua_pushinteger(L, (lua_Integer)s.failures);
     lua_setfield(L, -2, "failures");
     lua_pushinteger(L, (lua_Integer)s.pending_ops);

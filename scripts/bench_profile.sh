@@ -8,6 +8,8 @@
 #   2. instructions per served request under callgrind (valgrind): counters
 #      zeroed after a warm-up, then CALLS requests (default 4000) at 16
 #      connections, then dumped; total instructions / requests.
+# DURABLE=1: the default durable storage instead (a data folder, fsync'd
+# group commits), to see what durability adds per request.
 # Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,15 +24,18 @@ ulimit -n "$(ulimit -Hn)"
 source scripts/bench/upstream.sh
 start_upstream "$WORK"
 PIDS+=("$UPSTREAM_PID")
+STORAGE="{ durable = false }"
+if [ "${DURABLE:-0}" = 1 ]; then STORAGE="{}"; fi
 cat > "$WORK/conf.lua" <<CONF
-return { access_log = false, storage = { durable = false },
+return { access_log = false, storage = $STORAGE,
   upstreams = { a = { base_url = "$UPSTREAM?delay=0" }, b = { base_url = "$UPSTREAM?delay=0" } } }
 CONF
 
 # start_chorus [WRAPPER...] → sets URL and PID (the wrapper's, which is chorus under valgrind)
 start_chorus() {
   : > "$WORK/out"
-  "$@" ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen 127.0.0.1:0 \
+  rm -rf "$WORK/data"
+  "$@" ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --data "$WORK/data" --listen 127.0.0.1:0 \
     > "$WORK/out" 2> "$WORK/log" &
   PID=$!
   PIDS+=("$PID")
@@ -38,7 +43,7 @@ start_chorus() {
   URL="$(grep -o 'http://[0-9.:]*' "$WORK/out")/workflows/bench_fanout"
 }
 
-echo "# profile: chorus $(./chorus version | awk '{print $2}'), upstream $UPSTREAM_KIND, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# profile: chorus $(./chorus version | awk '{print $2}'), storage $STORAGE, upstream $UPSTREAM_KIND, load $(cut -d' ' -f1-3 /proc/loadavg)"
 start_chorus
 wrk -t2 -c64 -d2s -s scripts/bench/wrk_post.lua "$URL" > /dev/null 2>&1 # warm-up
 wrk -t2 -c64 -d"$((PERF_SECONDS + 1))s" -s scripts/bench/wrk_post.lua "$URL" > "$WORK/wrk" 2>&1 &
@@ -66,3 +71,5 @@ sleep 1
 kill "$PID"; wait "$PID" 2>/dev/null || true
 ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK"/cg.*.1)
 echo "# callgrind: $served requests at wrk -t2 -c16 after a warm-up: $ir instructions, $((ir / served)) per request"
+# CG_KEEP=FILE keeps the callgrind output (callgrind_annotate FILE)
+if [ -n "${CG_KEEP:-}" ]; then cp "$WORK"/cg.*.1 "$CG_KEEP"; fi

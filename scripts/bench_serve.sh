@@ -12,11 +12,17 @@
 #      wrk thread stops after as many answers as it has connections): every
 #      request must succeed; peak RSS / 5,000 is the memory per in-flight run.
 # Everything listens on 127.0.0.1 and stops by itself. RUNS (default 3) runs
-# per case; the medians are printed with the commands.
+# per case; the medians are printed with the commands. SERVERS (default
+# "chorus chorus-durable nginx"), DELAYS (default "0 20") and WAVE=0 (skip
+# part 2) run a part of it, e.g. SERVERS="chorus-durable nginx" WAVE=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8s}
+SERVERS=${SERVERS:-chorus chorus-durable nginx}
+DELAYS=${DELAYS:-0 20}
+WAVE=${WAVE:-1}
+wanted() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -133,21 +139,23 @@ echo "# per run: wrk -t2 -cC -d$DURATION --latency -s scripts/bench/wrk_post.lua
 HAVE_NGINX=0
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && command -v nginx > /dev/null && HAVE_NGINX=1
 echo "# upstream: $UPSTREAM_KIND"
-for delay in 0 20; do
+: > "$WORK/summary"
+for delay in $DELAYS; do
   # up to 2 calls per request in flight: 128 connections to the upstream
   print_rates "$delay" 128
-  report_case chorus "$delay" 64 start_chorus CHORUS_URL CHORUS_PID
-  report_case chorus-durable "$delay" 64 start_chorus_durable CHORUS_URL CHORUS_PID
-  if [ "$HAVE_NGINX" = 1 ]; then
+  if wanted chorus; then report_case chorus "$delay" 64 start_chorus CHORUS_URL CHORUS_PID; fi
+  if wanted chorus-durable; then report_case chorus-durable "$delay" 64 start_chorus_durable CHORUS_URL CHORUS_PID; fi
+  if [ "$HAVE_NGINX" = 1 ] && wanted nginx; then
     report_case nginx "$delay" 64 start_nginx NGINX_URL NGINX_PID
   fi
 done
-if [ "$HAVE_NGINX" = 1 ]; then
-  awk '{r[$1" "$2] = $3; c[$1" "$2] = $4} END {for (d = 0; d <= 20; d += 20) printf "  chorus/nginx at %d ms: req/s %.2f (durable: %.2f), CPU per request %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d], c["chorus " d] / c["nginx " d], c["chorus-durable " d] / c["nginx " d]}' "$WORK/summary"
+if [ "$HAVE_NGINX" = 1 ] && wanted nginx; then
+  awk '{r[$1" "$2] = $3; c[$1" "$2] = $4} END {for (d = 0; d <= 20; d += 20) if (r["nginx " d] > 0) printf "  chorus/nginx at %d ms: req/s %.2f (durable: %.2f), CPU per request %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d], c["chorus " d] / c["nginx " d], c["chorus-durable " d] / c["nginx " d]}' "$WORK/summary"
 else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
 fi
 
+if [ "$WAVE" = 0 ]; then exit 0; fi
 echo "# 5,000 concurrent requests, upstream delay 1 s: WRK_STOP_AFTER=2500 wrk -t2 -c5000 -d40s --timeout 35s -s scripts/bench/wrk_wave.lua"
 start_chorus 1000
 out=$(WRK_STOP_AFTER=2500 wrk -t2 -c5000 -d40s --timeout 35s -s scripts/bench/wrk_wave.lua \
