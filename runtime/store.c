@@ -22,7 +22,7 @@ enum op_kind { OP_PUT, OP_DEL, OP_DEL_PREFIX, OP_INDEX };
 
 struct op {
     unsigned char kind, db;
-    unsigned char moot; /* a later op of the batch makes it moot: not applied */
+    unsigned char moot;     /* a later op of the batch makes it moot: not applied */
     size_t off, klen, vlen; /* key then value, at off in the batch's bytes */
 };
 
@@ -234,8 +234,8 @@ static uint64_t seen_hash(int tag, int db, const void *key, size_t klen) {
 }
 
 /* The op index of an entry (tag, db, key) in the table, or -1. */
-static long seen_find(const struct seen *t, const struct batch *b, const unsigned char *tags, int tag,
-                      int db, const void *key, size_t klen) {
+static long seen_find(const struct seen *t, const struct batch *b, const unsigned char *tags,
+                      int tag, int db, const void *key, size_t klen) {
     for (size_t i = seen_hash(tag, db, key, klen) & t->mask; t->slot[i]; i = (i + 1) & t->mask) {
         const struct op *o = &b->ops[t->slot[i] - 1];
         if (tags[t->slot[i] - 1] == tag && o->db == db && o->klen == klen &&
@@ -245,8 +245,8 @@ static long seen_find(const struct seen *t, const struct batch *b, const unsigne
     return -1;
 }
 
-static void seen_add(struct seen *t, unsigned char *tags, int tag, size_t op, int db, const void *key,
-                     size_t klen) {
+static void seen_add(struct seen *t, unsigned char *tags, int tag, size_t op, int db,
+                     const void *key, size_t klen) {
     size_t i = seen_hash(tag, db, key, klen) & t->mask;
     while (t->slot[i])
         i = (i + 1) & t->mask;
