@@ -284,4 +284,23 @@ describe("the run service", function()
     assert.are.equal("unknown_workflow", backend.dead[1].last_error.kind)
     assert.are.equal("outbox entry moved to the DLQ", lines[1].msg)
   end)
+  it("names new runs with time-ordered UUIDs (version 7): the data folder's keys follow the clock", function()
+    local V7 = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-7%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+    local ids = in_loop(function()
+      local svc = runs.service({ store = store.memory() })
+      local wf = chorus.workflow { name = "nothing", run = function() return true end }
+      local out = {}
+      for i = 1, 3 do
+        local _, _, rec = svc:start({ workflow = wf }, {})
+        out[i] = rec.id
+        core.sleep(0.002) -- the next millisecond: a later id
+      end
+      return out
+    end)
+    for _, id in ipairs(ids) do
+      assert.matches(V7, id)
+    end
+    assert.is_true(ids[1] < ids[2] and ids[2] < ids[3])
+    assert.are.equal(("%012x"):format(T0 * 1000 // 1), ids[1]:gsub("-", ""):sub(1, 12))
+  end)
 end)
