@@ -303,4 +303,32 @@ describe("the run service", function()
     assert.is_true(ids[1] < ids[2] and ids[2] < ids[3])
     assert.are.equal(("%012x"):format(T0 * 1000 // 1), ids[1]:gsub("-", ""):sub(1, 12))
   end)
+  it("sends no effect of a durable run, from any of its tasks, before its first records are on disk", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local st = assert(store.open(dir))
+    local seen = {}
+    local both = chorus.workflow {
+      name = "both",
+      run = function()
+        chorus.all(function() return http.get("http://up/a").status end,
+          function() return http.get("http://up/b").status end)
+        return true
+      end,
+    }
+    local ok, err = core.run(nil, function()
+      local svc = runs.service({ store = st, transport = function(o)
+        seen[#seen + 1] = { url = o.url, unfinished = #st:unfinished() } -- committed state only
+        return 200, {}, "", 0.001
+      end })
+      assert(svc:start({ workflow = both }, {}))
+    end)
+    st:close()
+    os.execute("rm -rf '" .. dir .. "'")
+    assert(ok, tostring(err))
+    assert.are.equal(2, #seen)
+    for _, call in ipairs(seen) do
+      assert.are.equal(1, call.unfinished, call.url .. " went out before the run's timer was committed")
+    end
+  end)
 end)
