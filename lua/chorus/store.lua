@@ -143,7 +143,7 @@ function Store:verify_for_start()
 end
 
 function Store:put_json(db, key, value)
-  self.st:put(db, key, json.encode(value))
+  self.st:put_json(db, key, value)
 end
 
 function Store:get_json(db, key)
