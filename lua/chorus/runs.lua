@@ -91,6 +91,7 @@ function runs.service(env)
     versions = {}, -- script hash → workflow, for runs resumed on old code
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
+    run_opts = { id = nil, instructions = nil, cpu_ms = nil, memory = nil }, -- (Service:execute)
   }, Service)
   env.service = svc -- ctx.call starts its child runs here (chorus.children)
   return svc
@@ -329,28 +330,38 @@ end
 --- a restart. After a simulated crash nothing of the run's end happens (it
 --- stays in flight in the store, as after a real one) and the fifth value
 --- is true.
+-- runner.execute's on_state: the run's state s is made (opts: the run's
+-- options, with its record and service). One function for every run, not
+-- a closure per run.
+local function on_state(s, opts)
+  local rec, self = opts.record, opts.service
+  rec.timeline = s.timeline
+  self.states[rec] = s
+  if rec.cancel then -- asked before a restart (or before the run began): met after its replay
+    s.cancel_pending = runstate.cancel_error()
+  end
+  local env = self.env
+  if env.on_state then -- chorus.testing reads the run's state
+    env.on_state(rec, s)
+  end
+end
+
 function Service:execute(entry, rec, input, recorded)
   rec.redact = entry.workflow.redact
   self.inflight = self.inflight + 1
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,
-    on_state = function(s)
-      rec.timeline = s.timeline
-      self.states[rec] = s
-      if rec.cancel then -- asked before a restart (or before the run began): met after its replay
-        s.cancel_pending = runstate.cancel_error()
-      end
-      if env.on_state then -- chorus.testing reads the run's state
-        env.on_state(rec, s)
-      end
-    end }
+    on_state = on_state, record = rec, service = self, journal = nil }
   if self.store then
     opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after }
   end
   local limits = env.limits or EMPTY
-  local ok, value, info = core.execute({ id = rec.id, instructions = limits.instructions, cpu_ms = limits.cpu_ms,
-    memory = limits.memory }, runner.execute, entry.workflow, input, opts)
+  -- core.execute reads its options when it starts the run: one table per service
+  local run_opts = self.run_opts
+  run_opts.id, run_opts.instructions, run_opts.cpu_ms, run_opts.memory =
+    rec.id, limits.instructions, limits.cpu_ms, limits.memory
+  local ok, value, info = core.execute(run_opts, runner.execute, entry.workflow, input, opts)
   self.inflight = self.inflight - 1
   if crashed(ok, value) then
     self.running[rec.id] = nil
