@@ -348,6 +348,17 @@ static int core_uuid(lua_State *L) {
     return 1;
 }
 
+/* A run's id: time-ordered (random.h), on the runtime's clock (virtual
+ * under chorus.testing). */
+static int core_uuid7(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    double now = rt->virtual_clock ? rt->vnow : chorus_clock_wall();
+    char id[37];
+    chorus_uuid7(id, now > 0 ? (uint64_t)(now * 1000) : 0);
+    lua_pushstring(L, id);
+    return 1;
+}
+
 static int core_run_id(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
     if (!rt->current)
@@ -456,6 +467,7 @@ static const luaL_Reg core_funcs[] = {
     {"now", core_now},
     {"monotime", core_monotime},
     {"uuid", core_uuid},
+    {"uuid7", core_uuid7},
     {"random_hex", core_random_hex},
     {"budget_coroutine", core_budget_coroutine},
     {"set_clock", core_set_clock},

@@ -4,6 +4,9 @@
  *       → store (the map starts at map_size_mb and grows up to max_size_mb)
  *   store:put(db, key, value) / :del(db, key) / :del_prefix(db, prefix)
  *       queue writes for the next group commit (db: "runs", "journal", ...)
+ *   store:put_json(db, key, value) queues value as JSON (core.json's
+ *       encoding, raising its message), encoded straight into the batch:
+ *       no Lua string made and collected per record
  *   store:commit() → parks the task until every write queued so far is on
  *       disk; raises when the batch failed
  *   store:get(db, key) → value or nil (last committed state)
@@ -26,7 +29,7 @@
  *   store:lock([wait_seconds]) → true, or nil and why: takes serve.lock in
  *       the folder (serve_lock.c) so that one server at a time runs the
  *       relay and the recovery; close lets go of it
- *   store:stats() → { commits =, ops =, failures =, pending_ops =, writing =,
+ *   store:stats() → { commits =, ops =, moot =, failures =, pending_ops =, writing =,
  *       full =, grows =, map_size =, max_size = }
  *   store:close()
  *
@@ -36,6 +39,7 @@
 #include "lua_store.h"
 
 #include "lua_bindings.h"
+#include "lua_json.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -89,6 +93,27 @@ static int store_put(lua_State *L) {
     if (klen == 0 || klen > 511)
         return luaL_error(L, "store: keys are 1 to 511 bytes");
     if (chorus_store_put(st, db, k, klen, v, vlen) != 0)
+        return luaL_error(L, "store: out of memory");
+    return 0;
+}
+
+static int store_put_json(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    int db = check_db(L, 2);
+    size_t klen;
+    const char *k = luaL_checklstring(L, 3, &klen);
+    luaL_checkany(L, 4);
+    if (klen == 0 || klen > 511)
+        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    char err[1024];
+    char *v = chorus_json_encode(L, 4, err, sizeof err);
+    if (!v) {
+        lua_pushstring(L, err);
+        return lua_error(L);
+    }
+    int rc = chorus_store_put(st, db, k, klen, v, strlen(v));
+    free(v);
+    if (rc != 0)
         return luaL_error(L, "store: out of memory");
     return 0;
 }
@@ -354,6 +379,8 @@ static int store_stats(lua_State *L) {
     lua_setfield(L, -2, "commits");
     lua_pushinteger(L, (lua_Integer)s.ops);
     lua_setfield(L, -2, "ops");
+    lua_pushinteger(L, (lua_Integer)s.moot);
+    lua_setfield(L, -2, "moot");
     lua_pushinteger(L, (lua_Integer)s.failures);
     lua_setfield(L, -2, "failures");
     lua_pushinteger(L, (lua_Integer)s.pending_ops);
@@ -526,11 +553,13 @@ int chorus_lua_store_new(lua_State *L) {
     snprintf(ls->dir, sizeof ls->dir, "%s", dir);
     if (luaL_newmetatable(L, STORE_MT)) {
         static const luaL_Reg methods[] = {
-            {"put", store_put},     {"del", store_del},     {"del_prefix", store_del_prefix},
-            {"get", store_get},     {"scan", store_scan},   {"commit", store_commit},
-            {"stats", store_stats}, {"close", store_close}, {"__gc", store_close},
-            {"count", store_count}, {"lock", store_lock},   {"verify", store_verify},
-            {NULL, NULL},
+            {"put", store_put},       {"put_json", store_put_json},
+            {"del", store_del},       {"del_prefix", store_del_prefix},
+            {"get", store_get},       {"scan", store_scan},
+            {"commit", store_commit}, {"stats", store_stats},
+            {"close", store_close},   {"__gc", store_close},
+            {"count", store_count},   {"lock", store_lock},
+            {"verify", store_verify}, {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);
         static const luaL_Reg index_methods[] = {

@@ -40,12 +40,8 @@ void chorus_random_bytes(unsigned char *out, size_t n) {
     left -= n;
 }
 
-void chorus_uuid(char out[37]) {
+static void uuid_text(char out[37], unsigned char b[16]) {
     static const char hex[] = "0123456789abcdef";
-    unsigned char b[16];
-    chorus_random_bytes(b, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     char *p = out;
     for (int i = 0; i < 16; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10)
@@ -54,4 +50,22 @@ void chorus_uuid(char out[37]) {
         *p++ = hex[b[i] & 15];
     }
     *p = '\0';
+}
+
+void chorus_uuid(char out[37]) {
+    unsigned char b[16];
+    chorus_random_bytes(b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    uuid_text(out, b);
+}
+
+void chorus_uuid7(char out[37], uint64_t unix_ms) {
+    unsigned char b[16];
+    chorus_random_bytes(b + 6, 10);
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)(unix_ms >> (8 * (5 - i)));
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x70);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    uuid_text(out, b);
 }

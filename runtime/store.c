@@ -22,6 +22,7 @@ enum op_kind { OP_PUT, OP_DEL, OP_DEL_PREFIX, OP_INDEX };
 
 struct op {
     unsigned char kind, db;
+    unsigned char moot;     /* a later op of the batch makes it moot: not applied */
     size_t off, klen, vlen; /* key then value, at off in the batch's bytes */
 };
 
@@ -29,6 +30,7 @@ struct batch {
     uint64_t seq;
     struct op *ops;
     size_t nops, cap;
+    size_t nmoot; /* ops left out as moot (mark_moot) */
     char *bytes;
     size_t used, room;
 };
@@ -180,6 +182,7 @@ static int batch_add(struct batch *b, int kind, int db, const void *key, size_t 
     struct op *o = &b->ops[b->nops++];
     o->kind = (unsigned char)kind;
     o->db = (unsigned char)db;
+    o->moot = 0;
     o->off = b->used;
     o->klen = klen;
     o->vlen = head + vlen;
@@ -203,6 +206,114 @@ static int drop_run_index(struct chorus_store *st, MDB_txn *txn, const MDB_val *
     return chorus_store_index_drop(txn, st->dbi[STORE_RUN_INDEX], st->dbi[STORE_RUN_ROWS], &k);
 }
 
+/* ---- moot writes ------------------------------------------------------------ */
+
+/* A write a later op of the same batch undoes is never applied: the batch is
+ * one transaction, so what it leaves is the same, and the pages the write
+ * would have dirtied (and the commit then writes and syncs) stay clean. A
+ * run that finishes within one group-commit window so writes its record
+ * once: its journal entries go with the drop of its journal, its first
+ * record and index row with the finished ones, its timer with its delete.
+ * The rules, each keeping the transaction's outcome:
+ *   put K       moot when a later put or delete of K follows, or a later
+ *               delete by prefix covers K (not in runs: deleting a run by
+ *               prefix finds its record to drop its index);
+ *   index row   moot when a later row of the same run follows (the later
+ *               one replaces the entries of the committed row either way);
+ *   deletes     always applied: they also remove what committed before. */
+
+enum { SEEN_WRITE, SEEN_ROW, SEEN_PREFIX };
+
+struct seen {
+    size_t *slot; /* op index + 1; 0: empty */
+    size_t mask;
+};
+
+static uint64_t seen_hash(int tag, int db, const void *key, size_t klen) {
+    return XXH3_64bits_withSeed(key, klen, (uint64_t)(tag * STORE_NDB + db + 1));
+}
+
+/* The op index of an entry (tag, db, key) in the table, or -1. */
+static long seen_find(const struct seen *t, const struct batch *b, const unsigned char *tags,
+                      int tag, int db, const void *key, size_t klen) {
+    for (size_t i = seen_hash(tag, db, key, klen) & t->mask; t->slot[i]; i = (i + 1) & t->mask) {
+        const struct op *o = &b->ops[t->slot[i] - 1];
+        if (tags[t->slot[i] - 1] == tag && o->db == db && o->klen == klen &&
+            memcmp(b->bytes + o->off, key, klen) == 0)
+            return (long)(t->slot[i] - 1);
+    }
+    return -1;
+}
+
+static void seen_add(struct seen *t, unsigned char *tags, int tag, size_t op, int db,
+                     const void *key, size_t klen) {
+    size_t i = seen_hash(tag, db, key, klen) & t->mask;
+    while (t->slot[i])
+        i = (i + 1) & t->mask;
+    t->slot[i] = op + 1;
+    tags[op] = (unsigned char)tag;
+}
+
+/* Marks the moot ops of b (see above), walking it from its end. Without the
+ * memory to do so, every op is applied: the same outcome, more pages. */
+static void mark_moot(struct batch *b) {
+    b->nmoot = 0;
+    if (b->nops < 2)
+        return;
+    size_t cap = 4;
+    while (cap < b->nops * 2)
+        cap <<= 1;
+    struct seen t = {calloc(cap, sizeof(size_t)), cap - 1};
+    unsigned char *tags = malloc(b->nops);
+    if (!t.slot || !tags) {
+        free(t.slot);
+        free(tags);
+        return;
+    }
+    /* the prefix lengths deleted by prefix, per database: few (run ids) */
+    struct {
+        unsigned char db;
+        size_t len;
+    } lens[8];
+    int nlens = 0;
+    for (size_t n = b->nops; n-- > 0;) {
+        struct op *o = &b->ops[n];
+        const char *key = b->bytes + o->off;
+        if (o->kind == OP_PUT) {
+            int moot = seen_find(&t, b, tags, SEEN_WRITE, o->db, key, o->klen) >= 0;
+            for (int l = 0; !moot && l < nlens; l++)
+                moot = lens[l].db == o->db && lens[l].len <= o->klen &&
+                       seen_find(&t, b, tags, SEEN_PREFIX, o->db, key, lens[l].len) >= 0;
+            o->moot = (unsigned char)moot;
+            b->nmoot += (size_t)moot;
+            if (!moot)
+                seen_add(&t, tags, SEEN_WRITE, n, o->db, key, o->klen);
+        } else if (o->kind == OP_DEL) {
+            if (seen_find(&t, b, tags, SEEN_WRITE, o->db, key, o->klen) < 0)
+                seen_add(&t, tags, SEEN_WRITE, n, o->db, key, o->klen);
+        } else if (o->kind == OP_INDEX) {
+            o->moot = seen_find(&t, b, tags, SEEN_ROW, o->db, key, o->klen) >= 0;
+            b->nmoot += o->moot;
+            if (!o->moot)
+                seen_add(&t, tags, SEEN_ROW, n, o->db, key, o->klen);
+        } else if (o->db != STORE_RUNS &&
+                   seen_find(&t, b, tags, SEEN_PREFIX, o->db, key, o->klen) < 0) {
+            int known = 0;
+            for (int l = 0; l < nlens; l++)
+                known |= lens[l].db == o->db && lens[l].len == o->klen;
+            if (!known && nlens == (int)(sizeof lens / sizeof lens[0]))
+                continue; /* not looked for: the puts under it are applied */
+            if (!known) {
+                lens[nlens].db = o->db;
+                lens[nlens++].len = o->klen;
+            }
+            seen_add(&t, tags, SEEN_PREFIX, n, o->db, key, o->klen);
+        }
+    }
+    free(t.slot);
+    free(tags);
+}
+
 /* Applies b in one write transaction and commits it. 0, or the LMDB error
  * with err (MDB_MAP_FULL: the caller may grow the map and try again). */
 static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
@@ -212,9 +323,12 @@ static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size
         snprintf(err, errlen, "store: cannot begin a write: %s", mdb_strerror(rc));
         return rc;
     }
+    mark_moot(b);
     size_t i = 0;
     for (; i < b->nops && !rc; i++) {
         struct op *o = &b->ops[i];
+        if (o->moot)
+            continue;
         MDB_val k = {o->klen, b->bytes + o->off};
         MDB_dbi dbi = st->dbi[o->db];
         MDB_dbi index = st->dbi[STORE_RUN_INDEX], rows = st->dbi[STORE_RUN_ROWS];
@@ -362,10 +476,11 @@ static void finish(struct chorus_store *st, struct batch *b, const char *err) {
         st->stats.failures++;
     else {
         st->stats.commits++;
-        st->stats.ops += b->nops;
+        st->stats.ops += b->nops - b->nmoot;
+        st->stats.moot += b->nmoot;
     }
     uint64_t seq = b->seq;
-    b->nops = b->used = 0;
+    b->nops = b->used = b->nmoot = 0;
     if (!st->spare)
         st->spare = b;
     else

@@ -83,6 +83,7 @@ typedef void (*chorus_store_done_fn)(void *data, const char *err);
 struct chorus_store_stats {
     uint64_t commits;   /* write transactions committed */
     uint64_t ops;       /* writes applied */
+    uint64_t moot;      /* writes left out: a later one of their batch undid them */
     uint64_t failures;  /* batches that failed */
     size_t pending_ops; /* queued, not yet with the writer */
     int writing;        /* a batch is with the writer now */

@@ -99,12 +99,28 @@ static size_t time_key(unsigned char *buf, uint64_t t, const MDB_val *id) {
     return 8 + id->mv_size;
 }
 
+/* The index of key k (klen bytes) among r's keys, or -1. */
+static int key_at(const struct row *r, const unsigned char *k, size_t klen) {
+    for (int i = 0; i < r->nkeys; i++)
+        if (r->klen[i] == klen && memcmp(r->key[i], k, klen) == 0)
+            return i;
+    return -1;
+}
+
 /* Deletes the index entries of the row stored for id, if any; *had says
- * whether there was one. The row is copied first: a delete changes the
- * pages it points into. */
-static int drop_entries(MDB_txn *txn, MDB_dbi index, MDB_dbi rows, const MDB_val *id, int *had) {
+ * whether there was one. keep (may be NULL): the row about to replace it;
+ * an entry both rows have at the same time key stays as it is (a status
+ * change moves the run under its status keys only: the entries under
+ * "every run" and its workflow are not deleted and put back, which would
+ * dirty their pages in every commit). *kept: bit i set when keep's key i
+ * was kept. The row is copied first: a delete changes the pages it points
+ * into. */
+static int drop_entries(MDB_txn *txn, MDB_dbi index, MDB_dbi rows, const MDB_val *id, int *had,
+                        const struct row *keep, unsigned *kept) {
     MDB_val raw;
     *had = 0;
+    if (kept)
+        *kept = 0;
     int rc = mdb_get(txn, rows, (MDB_val *)id, &raw);
     if (rc == MDB_NOTFOUND)
         return 0;
@@ -123,7 +139,13 @@ static int drop_entries(MDB_txn *txn, MDB_dbi index, MDB_dbi rows, const MDB_val
     size_t tlen = time_key(tk, 0, id);
     if (parse_row(copy, len, &r) == 0 && tlen) {
         put_be64(tk, r.t);
+        int same_t = keep && keep->t == r.t;
         for (int i = 0; i < r.nkeys && !rc; i++) {
+            int j = same_t ? key_at(keep, r.key[i], r.klen[i]) : -1;
+            if (j >= 0) {
+                *kept |= 1u << j;
+                continue;
+            }
             MDB_val k = {r.klen[i], (void *)r.key[i]}, v = {tlen, tk};
             rc = mdb_del(txn, index, &k, &v);
             if (rc == MDB_NOTFOUND)
@@ -136,20 +158,23 @@ static int drop_entries(MDB_txn *txn, MDB_dbi index, MDB_dbi rows, const MDB_val
 
 int chorus_store_index_apply(MDB_txn *txn, MDB_dbi index, MDB_dbi rows, const MDB_val *id,
                              const MDB_val *raw) {
-    int had;
-    int rc = drop_entries(txn, index, rows, id, &had);
-    if (rc)
-        return rc;
     struct row r;
     if (raw->mv_size < CHORUS_STORE_CHECKSUM_LEN ||
         parse_row((const unsigned char *)raw->mv_data + CHORUS_STORE_CHECKSUM_LEN,
                   raw->mv_size - CHORUS_STORE_CHECKSUM_LEN, &r) != 0)
         return EINVAL; /* chorus_store_index_row made it: cannot happen */
+    int had;
+    unsigned kept;
+    int rc = drop_entries(txn, index, rows, id, &had, &r, &kept);
+    if (rc)
+        return rc;
     unsigned char tk[TKEY_ROOM];
     size_t tlen = time_key(tk, r.t, id);
     /* an id too long for an entry: the run keeps its row, unlisted, rather
      * than fail the whole batch */
     for (int i = 0; tlen && i < r.nkeys && !rc; i++) {
+        if (kept & (1u << i))
+            continue;
         MDB_val k = {r.klen[i], (void *)r.key[i]}, v = {tlen, tk};
         rc = mdb_put(txn, index, &k, &v, MDB_NODUPDATA);
         if (rc == MDB_KEYEXIST)
@@ -162,7 +187,7 @@ int chorus_store_index_apply(MDB_txn *txn, MDB_dbi index, MDB_dbi rows, const MD
 
 int chorus_store_index_drop(MDB_txn *txn, MDB_dbi index, MDB_dbi rows, const MDB_val *id) {
     int had;
-    int rc = drop_entries(txn, index, rows, id, &had);
+    int rc = drop_entries(txn, index, rows, id, &had, NULL, NULL);
     if (!rc && had) {
         rc = mdb_del(txn, rows, (MDB_val *)id, NULL);
         if (rc == MDB_NOTFOUND)

@@ -14,6 +14,9 @@
 # it): the functions by their own and by their inclusive VM instructions,
 # the lines, and the lines that allocate, over LUA_SECONDS (default 10) of
 # wrk -t1 -c16 after a warm-up.
+# DURABLE=1: the default durable storage instead (a data folder, fsync'd
+# group commits), to see what durability adds per request; CG_KEEP=FILE
+# keeps the callgrind output (callgrind_annotate FILE).
 # Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,15 +32,18 @@ ulimit -n "$(ulimit -Hn)"
 source scripts/bench/upstream.sh
 start_upstream "$WORK"
 PIDS+=("$UPSTREAM_PID")
+STORAGE="{ durable = false }"
+if [ "${DURABLE:-0}" = 1 ]; then STORAGE="{}"; fi
 cat > "$WORK/conf.lua" <<CONF
-return { access_log = false, storage = { durable = false },
+return { access_log = false, storage = $STORAGE,
   upstreams = { a = { base_url = "$UPSTREAM?delay=0" }, b = { base_url = "$UPSTREAM?delay=0" } } }
 CONF
 
 # start_chorus [WRAPPER...] → sets URL and PID (the wrapper's, which is chorus under valgrind)
 start_chorus() {
   : > "$WORK/out"
-  "$@" "$CHORUS" serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen 127.0.0.1:0 \
+  rm -rf "$WORK/data"
+  "$@" "$CHORUS" serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --data "$WORK/data" --listen 127.0.0.1:0 \
     > "$WORK/out" 2> "$WORK/log" &
   PID=$!
   PIDS+=("$PID")
@@ -45,7 +51,7 @@ start_chorus() {
   URL="$(grep -o 'http://[0-9.:]*' "$WORK/out")/workflows/bench_fanout"
 }
 
-echo "# profile: chorus $("$CHORUS" version | awk '{print $2}'), upstream $UPSTREAM_KIND, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# profile: chorus $("$CHORUS" version | awk '{print $2}'), storage $STORAGE, upstream $UPSTREAM_KIND, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "${LUA:-0}" = 1 ]; then
   LUA_SECONDS=${LUA_SECONDS:-10}
@@ -99,3 +105,4 @@ sleep 1
 kill "$PID"; wait "$PID" 2>/dev/null || true
 ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK"/cg.*.1)
 echo "# callgrind: $served requests at wrk -t2 -c16 after a warm-up: $ir instructions, $((ir / served)) per request"
+if [ -n "${CG_KEEP:-}" ]; then cp "$WORK"/cg.*.1 "$CG_KEEP"; fi

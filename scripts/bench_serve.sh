@@ -29,6 +29,11 @@ WAVE=${WAVE:-5000}
 WAVE_SECONDS=${WAVE_SECONDS:-20}
 # CHORUS_BIN: the chorus binary to measure (another build, to compare)
 CHORUS_BIN=${CHORUS_BIN:-./chorus}
+# SERVERS, DELAYS: which fan-out servers and upstream delays to run, e.g.
+# SERVERS="chorus-durable nginx" DELAYS=20 CASES=fanout
+SERVERS=${SERVERS:-chorus chorus-durable nginx}
+DELAYS=${DELAYS:-0 20}
+wanted() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -147,17 +152,18 @@ echo "# upstream: $UPSTREAM_KIND"
 
 if [[ " $CASES " == *" fanout "* ]]; then
 echo "# per run: wrk -t2 -cC -d$DURATION --latency -s scripts/bench/wrk_post.lua URL/workflows/bench_fanout"
-for delay in 0 20; do
+: > "$WORK/summary"
+for delay in $DELAYS; do
   # up to 2 calls per request in flight: 128 connections to the upstream
   print_rates "$delay" 128
-  report_case chorus "$delay" 64 start_chorus CHORUS_URL CHORUS_PID
-  report_case chorus-durable "$delay" 64 start_chorus_durable CHORUS_URL CHORUS_PID
-  if [ "$HAVE_NGINX" = 1 ]; then
+  if wanted chorus; then report_case chorus "$delay" 64 start_chorus CHORUS_URL CHORUS_PID; fi
+  if wanted chorus-durable; then report_case chorus-durable "$delay" 64 start_chorus_durable CHORUS_URL CHORUS_PID; fi
+  if [ "$HAVE_NGINX" = 1 ] && wanted nginx; then
     report_case nginx "$delay" 64 start_nginx NGINX_URL NGINX_PID
   fi
 done
-if [ "$HAVE_NGINX" = 1 ]; then
-  awk '{r[$1" "$2] = $3; c[$1" "$2] = $4} END {for (d = 0; d <= 20; d += 20) printf "  chorus/nginx at %d ms: req/s %.2f (durable: %.2f), CPU per request %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d], c["chorus " d] / c["nginx " d], c["chorus-durable " d] / c["nginx " d]}' "$WORK/summary"
+if [ "$HAVE_NGINX" = 1 ] && wanted nginx; then
+  awk '{r[$1" "$2] = $3; c[$1" "$2] = $4} END {for (d = 0; d <= 20; d += 20) if (r["nginx " d] > 0) printf "  chorus/nginx at %d ms: req/s %.2f (durable: %.2f), CPU per request %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d], c["chorus " d] / c["nginx " d], c["chorus-durable " d] / c["nginx " d]}' "$WORK/summary"
 else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
 fi

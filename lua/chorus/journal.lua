@@ -200,8 +200,11 @@ function journal.effect(kind, target, fn, restore)
   end
   runstate.check_stop(run) -- live from here: a cancel asked before a restart stops the run here
   if j.unsynced then
-    j.unsynced = false
+    -- every task of the run waits, not only the first to get here: a
+    -- sibling task (chorus.all) must not send its effect while the first
+    -- records are still on their way to the disk
     j.store:commit()
+    j.unsynced = false
   end
   add_marks(run, j, true)
   local notes, outer = {}, t and t.notes

@@ -53,7 +53,7 @@ local function new_entry(kind, fields, opts)
   opts = opts or {}
   seq = seq + 1
   local now = core.now()
-  local e = { id = core.uuid(), kind = kind, due = now + (opts.delay or 0), created = now,
+  local e = { id = core.uuid7(), kind = kind, due = now + (opts.delay or 0), created = now,
     attempts = 0, max_attempts = opts.attempts or outbox.defaults.attempts,
     base = opts.base or outbox.defaults.base, cap = opts.cap or outbox.defaults.cap, seq = seq }
   for k, v in pairs(fields) do

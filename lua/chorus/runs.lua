@@ -387,7 +387,7 @@ end
 --- not), the run's info and whether it crashed (chorus.testing).
 function Service:start(entry, input, opts)
   opts = opts or {}
-  local rec = self:new_record(opts.id or core.uuid(), entry.workflow.name, opts.trace_id, opts)
+  local rec = self:new_record(opts.id or core.uuid7(), entry.workflow.name, opts.trace_id, opts)
   rec.deadline_at = rec.deadline_at or (entry.workflow.timeout and core.now() + entry.workflow.timeout)
   self:begin(rec, entry, input)
   local ok, value, stored, serr, info, crash = self:execute(entry, rec, input)

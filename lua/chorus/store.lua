@@ -180,7 +180,7 @@ local function forget(self, id)
 end
 
 function Store:put_json(db, key, value)
-  self.st:put(db, key, json.encode(value))
+  self.st:put_json(db, key, value)
 end
 
 function Store:get_json(db, key)
@@ -222,24 +222,44 @@ local function text_or_null(v)
   return type(v) == "string" and v or null
 end
 
+-- The index keys of a run by workflow, then status (null: none), made once
+-- per pair rather than three strings and a table per write; read-only. As
+-- many as the workflows' names times the statuses.
+local keys_by = {}
+
+local function status_keys(workflow, status)
+  local by = keys_by[workflow]
+  if not by then
+    by = {}
+    keys_by[workflow] = by
+  end
+  local keys = by[status]
+  if not keys then
+    keys = { ALL_RUNS }
+    if status ~= null then
+      keys[#keys + 1] = store.status_key(status)
+    end
+    if workflow ~= null then
+      keys[#keys + 1] = store.workflow_key(workflow)
+      if status ~= null then
+        keys[#keys + 1] = store.workflow_status_key(workflow, status)
+      end
+    end
+    by[status] = keys
+  end
+  return keys
+end
+
 -- The index row of a run record: its start time (µs), keys and summary
 -- (what GET /admin/runs lists of it, plus the CLI's duration and slot).
 local function run_row(rec)
   local started = tonumber(rec.started) or 0
   local t = math.max(0, math.floor(started * 1e6 + 0.5))
   local status, workflow = text_or_null(rec.status), text_or_null(rec.workflow)
-  local keys = { ALL_RUNS }
-  if status ~= null then
-    keys[#keys + 1] = store.status_key(status)
-  end
-  if workflow ~= null then
-    keys[#keys + 1] = store.workflow_key(workflow)
-    if status ~= null then
-      keys[#keys + 1] = store.workflow_status_key(workflow, status)
-    end
-  end
+  local keys = status_keys(workflow, status)
   local key = text_or_null(rec.key)
   if key ~= null and #key <= 500 then
+    keys = { table.unpack(keys) }
     keys[#keys + 1] = store.idem_key_key(key)
   end
   local err = type(rec.error) == "table" and rec.error or nil

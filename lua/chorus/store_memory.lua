@@ -36,6 +36,11 @@ function KV:put(name, key, value)
   self.pending[#self.pending + 1] = { "put", name, key, value }
 end
 
+--- put with value as JSON (the C store encodes it straight into its batch).
+function KV:put_json(name, key, value)
+  self:put(name, key, require("chorus.core").json.encode(value))
+end
+
 function KV:del(name, key)
   check(name, key)
   self.pending[#self.pending + 1] = { "del", name, key }

@@ -189,7 +189,7 @@ local function start_run(c)
   -- the caller's trace context (W3C): its trace, its span as the run's
   -- parent, its sampled flag and tracestate; a malformed one starts a trace
   local tp = tracing.parse(req.headers.traceparent)
-  local rec = svc:new_record(core.uuid(), c.name, tp and tp.trace_id, {
+  local rec = svc:new_record(core.uuid7(), c.name, tp and tp.trace_id, {
     deadline_at = wf.timeout and core.now() + wf.timeout, callback_url = c.callback,
     request = request_facts(req, key), parent_span_id = tp and tp.parent_id, trace_flags = tp and tp.flags,
     tracestate = tp and tracing.parse_state(req.headers.tracestate) })

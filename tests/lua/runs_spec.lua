@@ -323,4 +323,51 @@ describe("the run service", function()
     assert.are.equal("unknown_workflow", backend.dead[1].last_error.kind)
     assert.are.equal("outbox entry moved to the DLQ", lines[1].msg)
   end)
+  it("names new runs with time-ordered UUIDs (version 7): the data folder's keys follow the clock", function()
+    local V7 = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-7%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+    local ids = in_loop(function()
+      local svc = runs.service({ store = store.memory() })
+      local wf = chorus.workflow { name = "nothing", run = function() return true end }
+      local out = {}
+      for i = 1, 3 do
+        local _, _, rec = svc:start({ workflow = wf }, {})
+        out[i] = rec.id
+        core.sleep(0.002) -- the next millisecond: a later id
+      end
+      return out
+    end)
+    for _, id in ipairs(ids) do
+      assert.matches(V7, id)
+    end
+    assert.is_true(ids[1] < ids[2] and ids[2] < ids[3])
+    assert.are.equal(("%012x"):format(T0 * 1000 // 1), ids[1]:gsub("-", ""):sub(1, 12))
+  end)
+  it("sends no effect of a durable run, from any of its tasks, before its first records are on disk", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local st = assert(store.open(dir))
+    local seen = {}
+    local both = chorus.workflow {
+      name = "both",
+      run = function()
+        chorus.all(function() return http.get("http://up/a").status end,
+          function() return http.get("http://up/b").status end)
+        return true
+      end,
+    }
+    local ok, err = core.run(nil, function()
+      local svc = runs.service({ store = st, transport = function(o)
+        seen[#seen + 1] = { url = o.url, unfinished = #st:unfinished() } -- committed state only
+        return 200, {}, "", 0.001
+      end })
+      assert(svc:start({ workflow = both }, {}))
+    end)
+    st:close()
+    os.execute("rm -rf '" .. dir .. "'")
+    assert(ok, tostring(err))
+    assert.are.equal(2, #seen)
+    for _, call in ipairs(seen) do
+      assert.are.equal(1, call.unfinished, call.url .. " went out before the run's timer was committed")
+    end
+  end)
 end)

@@ -1474,6 +1474,75 @@ static void test_run_index(void) {
     close_store(st);
 }
 
+/* Writes a later op of their batch undoes are left out (store.c, "moot
+ * writes"), and the batch leaves what it did with them: a run's journal
+ * entries dropped with its journal, its first record and index row replaced
+ * by the finished ones, its timer deleted; what committed before is still
+ * deleted; a delete by prefix in runs still finds the run to drop its index. */
+static void test_moot(void) {
+    char dir[128], buf[64], ids[256];
+    path_in_root(dir, sizeof dir, "moot");
+    struct chorus_store *st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    static const char *const running[] = {"a", "s:running", NULL};
+    static const char *const done[] = {"a", "s:done", NULL};
+    CHECK_INT_EQ(put(st, STORE_JOURNAL, "r0#1", "old"), 0);
+    CHECK(commit(st));
+    uint64_t ops0 = stats(st).ops;
+    /* one batch: run r0 (journaled before) and r1 finish, r2 goes on */
+    CHECK_INT_EQ(put(st, STORE_RUNS, "r1", "running"), 0);
+    CHECK_INT_EQ(index_run(st, "r1", 5, running), 0);
+    CHECK_INT_EQ(put(st, STORE_TIMERS, "r1", "{}"), 0);
+    CHECK_INT_EQ(put(st, STORE_JOURNAL, "r1#1", "e1"), 0);
+    CHECK_INT_EQ(put(st, STORE_JOURNAL, "r2#1", "e2"), 0);
+    CHECK_INT_EQ(put(st, STORE_JOURNAL, "r0#2", "e0"), 0);
+    CHECK_INT_EQ(put(st, STORE_JOURNAL, "r1#2", "e1"), 0);
+    CHECK_INT_EQ(put(st, STORE_RUNS, "r1", "done"), 0);
+    CHECK_INT_EQ(index_run(st, "r1", 5, done), 0);
+    CHECK_INT_EQ(chorus_store_del(st, STORE_TIMERS, "r1", 2), 0);
+    CHECK_INT_EQ(chorus_store_del_prefix(st, STORE_JOURNAL, "r1", 2), 0);
+    CHECK_INT_EQ(chorus_store_del_prefix(st, STORE_JOURNAL, "r0", 2), 0);
+    CHECK_INT_EQ(put(st, STORE_JOURNAL, "r1#9", "after"), 0); /* after the drop: kept */
+    CHECK(commit(st));
+    /* left out: the first record, its row, the timer, three journal entries */
+    CHECK_INT_EQ(stats(st).moot, 6);
+    CHECK_INT_EQ(stats(st).ops - ops0, 13 - 6);
+    CHECK_INT_EQ(gets(st, STORE_RUNS, "r1", buf, sizeof buf), 4);
+    CHECK_STR_EQ(buf, "done");
+    CHECK(!has(st, STORE_TIMERS, "r1"));
+    CHECK(!has(st, STORE_JOURNAL, "r0#1") && !has(st, STORE_JOURNAL, "r0#2"));
+    CHECK(!has(st, STORE_JOURNAL, "r1#1") && !has(st, STORE_JOURNAL, "r1#2"));
+    CHECK(has(st, STORE_JOURNAL, "r2#1") && has(st, STORE_JOURNAL, "r1#9"));
+    CHECK_INT_EQ(list_ids(st, "s:done", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 1);
+    CHECK_INT_EQ(list_ids(st, "s:running", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 0);
+    CHECK_INT_EQ(list_ids(st, "a", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 1);
+    /* a status move across commits keeps the unchanged entries */
+    CHECK_INT_EQ(index_run(st, "r1", 5, running), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(list_ids(st, "a", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 1);
+    CHECK_INT_EQ(list_ids(st, "s:running", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 1);
+    CHECK_INT_EQ(list_ids(st, "s:done", NULL, NULL, 0, 0, 0, 10, ids, sizeof ids), 0);
+    CHECK_INT_EQ(count(st, STORE_RUN_INDEX), 2);
+    /* ... and a new start time moves every entry */
+    CHECK_INT_EQ(index_run(st, "r1", 7, running), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(count(st, STORE_RUN_INDEX), 2);
+    char bound[9] = {0, 0, 0, 0, 0, 0, 0, 6, 0};
+    CHECK_INT_EQ(list_ids(st, "a", NULL, bound, 9, 0, 0, 10, ids, sizeof ids), 0);
+    /* a run written and deleted by prefix in one batch: record, row, entries gone */
+    CHECK_INT_EQ(put(st, STORE_RUNS, "q1", "x"), 0);
+    CHECK_INT_EQ(index_run(st, "q1", 9, done), 0);
+    CHECK_INT_EQ(chorus_store_del_prefix(st, STORE_RUNS, "q", 1), 0);
+    CHECK(commit(st));
+    CHECK(!has(st, STORE_RUNS, "q1"));
+    CHECK_INT_EQ(count(st, STORE_RUN_ROWS), 1);
+    CHECK_INT_EQ(count(st, STORE_RUN_INDEX), 2);
+    CHECK_INT_EQ(stats(st).failures, 0);
+    close_store(st);
+}
+
 int main(void) {
     alarm(120); /* a hung loop fails the test instead of blocking the suite */
     snprintf(root, sizeof root, "/tmp/chorus-test-store-XXXXXX");
@@ -1505,6 +1574,7 @@ int main(void) {
     test_migrate_v1();
     test_empty_file();
     test_run_index();
+    test_moot();
 
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
