@@ -316,6 +316,31 @@ static void mark_moot(struct batch *b) {
 
 /* Applies b in one write transaction and commits it. 0, or the LMDB error
  * with err (MDB_MAP_FULL: the caller may grow the map and try again). */
+/* Deletes every record of db whose key starts with prefix (and, in the
+ * runs, their index entries). */
+static int del_prefix(struct chorus_store *st, MDB_txn *txn, MDB_dbi dbi, int db,
+                      const MDB_val *prefix) {
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc)
+        return rc;
+    MDB_val ck = *prefix, cv;
+    int got = mdb_cursor_get(c, &ck, &cv, MDB_SET_RANGE);
+    while (!got && ck.mv_size >= prefix->mv_size &&
+           memcmp(ck.mv_data, prefix->mv_data, prefix->mv_size) == 0) {
+        if (db == STORE_RUNS && (rc = drop_run_index(st, txn, &ck)))
+            break;
+        if ((rc = mdb_cursor_del(c, 0)))
+            break;
+        /* after a delete, NEXT lands on the record that followed */
+        got = mdb_cursor_get(c, &ck, &cv, MDB_NEXT);
+    }
+    if (!rc && got && got != MDB_NOTFOUND)
+        rc = got;
+    mdb_cursor_close(c);
+    return rc;
+}
+
 static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
     MDB_txn *txn;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
@@ -345,25 +370,10 @@ static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size
             if (!rc && o->db == STORE_RUNS) /* a run's index goes with its record */
                 rc = chorus_store_index_drop(txn, index, rows, &k);
         } else {
-            MDB_cursor *c;
-            rc = mdb_cursor_open(txn, dbi, &c);
-            if (rc)
-                break;
-            MDB_val ck = k, cv;
-            int got = mdb_cursor_get(c, &ck, &cv, MDB_SET_RANGE);
-            while (!got && ck.mv_size >= o->klen && memcmp(ck.mv_data, k.mv_data, o->klen) == 0) {
-                if (o->db == STORE_RUNS && (rc = drop_run_index(st, txn, &ck)))
-                    break;
-                if ((rc = mdb_cursor_del(c, 0)))
-                    break;
-                /* after a delete, NEXT lands on the record that followed */
-                got = mdb_cursor_get(c, &ck, &cv, MDB_NEXT);
-            }
-            if (!rc && got && got != MDB_NOTFOUND)
-                rc = got;
-            mdb_cursor_close(c);
+            rc = del_prefix(st, txn, dbi, o->db, &k);
         }
     }
+    /* the loop stepped past the op that failed: ops[i - 1] */
     if (rc) {
         if (rc == MDB_MAP_FULL)
             snprintf(err, errlen,
