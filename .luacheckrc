@@ -13,4 +13,6 @@ files["types/**/*.lua"] = { unused = false, max_line_length = false }
 exclude_files = { "build/**", "build-asan/**", "tests/integration/fixtures/**", "tests/fixtures/**" }
 files["scripts/bench/wrk_post.lua"] = { globals = { "wrk" } }
 files["scripts/bench/wrk_idem.lua"] = { globals = { "wrk", "setup", "request" }, read_globals = { "thread_id" } }
-files["scripts/bench/wrk_wave.lua"] = { globals = { "wrk", "response" } }
+files["scripts/bench/wrk_wave.lua"] = {
+  globals = { "wrk", "setup", "init", "request", "delay", "response", "done", "wave_2xx", "wave_answered" },
+}

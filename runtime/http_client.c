@@ -29,6 +29,20 @@
 #define HEADER_TEXT 512
 /* A kept call keeps a response buffer up to this size for the next one. */
 #define KEEP_BODY_BUFFER 8192
+/* Transfers are spread over several multi handles (shards), each with its
+ * own connection cache, once one holds SHARD_CONNS connections or
+ * transfers: curl 7.88 walks a cache's connections to the host when a
+ * transfer looks for one to reuse (ConnectionExists) and up to all of them
+ * when a finished transfer's handle is removed (close_connect_only in
+ * curl_multi_remove_handle), so with one cache N concurrent calls cost
+ * N² steps (10,000 calls: half the CPU of the 5,000-request wave). A call
+ * goes to the first shard with an idle connection (one it may reuse) and
+ * fewer than twice SHARD_CONNS, else the first with room, else a new
+ * shard, up to MAX_SHARDS; then the least loaded one. Below SHARD_CONNS
+ * concurrent calls everything stays in the first shard, as with one multi
+ * handle. */
+#define SHARD_CONNS 256
+#define MAX_SHARDS 64
 
 /* An address or network of the egress allow-list (addr in network order). */
 struct egress_net {
@@ -37,10 +51,21 @@ struct egress_net {
     int prefix;
 };
 
-struct chorus_http_client {
-    uv_loop_t *loop;
+/* One multi handle, its connection cache and its timer (SHARD_CONNS). */
+struct shard {
+    struct chorus_http_client *client;
     CURLM *multi;
     uv_timer_t timer;
+    size_t active;     /* transfers added to multi */
+    size_t socks;      /* sockets of its connections open */
+    size_t idle_socks; /* of those, the ones no transfer uses (keep-alive) */
+};
+
+struct chorus_http_client {
+    uv_loop_t *loop;
+    struct shard *shards[MAX_SHARDS]; /* [0] made with the client, the rest when needed */
+    int nshards;
+    int closing_timers;             /* shard timers whose close has not completed (client_close) */
     struct chorus_http_call *calls; /* in flight, for close */
     size_t active;
     struct chorus_http_call *idle[EASY_POOL]; /* ended calls ready for reuse, with their handles */
@@ -48,7 +73,6 @@ struct chorus_http_client {
     int closing;
     struct sock_ctx **socks; /* by fd: every socket curl has open */
     size_t nsocks;
-    size_t idle_socks;        /* of those, the ones no transfer uses (keep-alive) */
     struct egress_net *allow; /* what restricted calls may reach though not public */
     size_t nallow;
     struct egress_net self; /* the server's listen address (prefix 0: none) */
@@ -57,6 +81,7 @@ struct chorus_http_client {
 
 struct chorus_http_call {
     struct chorus_http_client *client;
+    struct shard *shard; /* whose multi handle the transfer is in */
     struct chorus_http_call *prev, *next;
     CURL *easy;
     struct curl_slist *headers;
@@ -76,7 +101,10 @@ struct chorus_http_call {
     enum chorus_http_error fail; /* why a callback of ours stopped the transfer */
     chorus_http_done_fn done;
     void *data;
-    uint64_t start_ms;
+    /* uv_hrtime() at the start: the loop's cached millisecond clock made
+     * every call to a fast upstream last 0 s (timelines, the call-latency
+     * histogram's first bucket) */
+    uint64_t start_ns;
     int restricted;     /* the egress policy applies (chorus_http_request.restricted) */
     char **allow_hosts; /* NULL-terminated, lowercase; NULL: any host */
     enum chorus_http_error denied_as;
@@ -96,13 +124,13 @@ struct chorus_http_call {
 struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
-    struct chorus_http_client *client;
-    int polling; /* UV_READABLE/UV_WRITABLE the uv_poll watches now */
-    int wanted;  /* what curl asked for; 0 after CURL_POLL_REMOVE */
-    int idle;    /* counted in client->idle_socks */
+    struct shard *shard; /* whose multi handle the socket's connection is in */
+    int polling;         /* UV_READABLE/UV_WRITABLE the uv_poll watches now */
+    int wanted;          /* what curl asked for; 0 after CURL_POLL_REMOVE */
+    int idle;            /* counted in shard->idle_socks */
 };
 
-static void check_done(struct chorus_http_client *client);
+static void check_done(struct shard *shard);
 
 int chorus_http_global_init(void) {
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
@@ -118,7 +146,7 @@ static void watch(struct sock_ctx *ctx, int events);
 
 static void on_poll(uv_poll_t *poll, int status, int events) {
     struct sock_ctx *ctx = poll->data;
-    struct chorus_http_client *client = ctx->client;
+    struct shard *shard = ctx->shard;
     if (status < 0)
         ctx->polling = 0; /* libuv stops a poll that reports an error */
     if (!ctx->wanted) {
@@ -132,15 +160,15 @@ static void on_poll(uv_poll_t *poll, int status, int events) {
     if (events & UV_WRITABLE)
         flags |= CURL_CSELECT_OUT;
     int running;
-    curl_multi_socket_action(client->multi, ctx->fd, flags, &running);
-    check_done(client);
+    curl_multi_socket_action(shard->multi, ctx->fd, flags, &running);
+    check_done(shard);
 }
 
 static void on_timer(uv_timer_t *timer) {
-    struct chorus_http_client *client = timer->data;
+    struct shard *shard = timer->data;
     int running;
-    curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(client);
+    curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(shard);
 }
 
 /* uv_poll_start only when the events change: libuv's start and stop each
@@ -167,11 +195,13 @@ static void sock_forget(struct chorus_http_client *client, curl_socket_t fd) {
         return;
     client->socks[fd] = NULL;
     if (ctx->idle)
-        client->idle_socks--;
+        ctx->shard->idle_socks--;
+    ctx->shard->socks--;
     uv_close((uv_handle_t *)&ctx->poll, free_sock_ctx); /* takes fd out of epoll */
 }
 
-static struct sock_ctx *sock_add(struct chorus_http_client *client, curl_socket_t fd) {
+static struct sock_ctx *sock_add(struct shard *shard, curl_socket_t fd) {
+    struct chorus_http_client *client = shard->client;
     if ((size_t)fd >= client->nsocks) {
         size_t n = client->nsocks ? client->nsocks : 64;
         while (n <= (size_t)fd)
@@ -187,13 +217,14 @@ static struct sock_ctx *sock_add(struct chorus_http_client *client, curl_socket_
     if (!ctx)
         return NULL;
     ctx->fd = fd;
-    ctx->client = client;
+    ctx->shard = shard;
     if (uv_poll_init_socket(client->loop, &ctx->poll, fd) != 0) {
         free(ctx);
         return NULL;
     }
     ctx->poll.data = ctx;
     client->socks[fd] = ctx;
+    shard->socks++;
     return ctx;
 }
 
@@ -464,8 +495,8 @@ static int on_close_socket(void *userp, curl_socket_t fd) {
 static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
     (void)easy;
     (void)socketp;
-    struct chorus_http_client *client = userp;
-    struct sock_ctx *ctx = sock_find(client, fd);
+    struct shard *shard = userp;
+    struct sock_ctx *ctx = sock_find(shard->client, fd);
     if (what == CURL_POLL_REMOVE) {
         if (ctx) {
             /* Done with for now, maybe not closed: an idle keep-alive
@@ -475,7 +506,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             ctx->wanted = 0;
             if (!ctx->idle) {
                 ctx->idle = 1;
-                client->idle_socks++;
+                ctx->shard->idle_socks++;
             }
             if (ctx->polling & UV_WRITABLE)
                 watch(ctx, 0);
@@ -483,11 +514,16 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         }
         return 0;
     }
-    if (!ctx && !(ctx = sock_add(client, fd)))
+    if (ctx && ctx->shard != shard) {
+        /* closed behind our back, its number now another shard's socket */
+        sock_forget(shard->client, fd);
+        ctx = NULL;
+    }
+    if (!ctx && !(ctx = sock_add(shard, fd)))
         return -1;
     if (ctx->idle) {
         ctx->idle = 0;
-        client->idle_socks--;
+        ctx->shard->idle_socks--;
     }
     int events = 0;
     if (what & CURL_POLL_IN)
@@ -502,12 +538,62 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 
 static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
     (void)multi;
-    struct chorus_http_client *client = userp;
+    struct shard *shard = userp;
     if (timeout_ms < 0)
-        uv_timer_stop(&client->timer);
+        uv_timer_stop(&shard->timer);
     else
-        uv_timer_start(&client->timer, on_timer, (uint64_t)timeout_ms, 0);
+        uv_timer_start(&shard->timer, on_timer, (uint64_t)timeout_ms, 0);
     return 0;
+}
+
+/* A new shard in client->shards, or NULL when out of memory. */
+static struct shard *shard_new(struct chorus_http_client *client) {
+    struct shard *shard = calloc(1, sizeof *shard);
+    if (!shard)
+        return NULL;
+    shard->client = client;
+    if (!(shard->multi = curl_multi_init()) || uv_timer_init(client->loop, &shard->timer) != 0) {
+        if (shard->multi)
+            curl_multi_cleanup(shard->multi);
+        free(shard);
+        return NULL;
+    }
+    shard->timer.data = shard;
+    CURLM *m = shard->multi;
+    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(m, CURLMOPT_SOCKETDATA, shard);
+    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(m, CURLMOPT_TIMERDATA, shard);
+    curl_multi_setopt(m, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    /* No fixed cap on the connection cache: with a cap below the number of
+     * connections in use, curl 7.88 scans every connection to find the
+     * oldest idle one each time a transfer ends, which is quadratic at
+     * thousands of concurrent calls. 0 lets the cache grow with the number
+     * of transfers (curl's own default of 4 per handle added). */
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, 0L);
+    client->shards[client->nshards++] = shard;
+    return shard;
+}
+
+/* Where a new call goes (SHARD_CONNS): NULL only when out of memory. */
+static struct shard *shard_pick(struct chorus_http_client *client) {
+    struct shard *roomy = NULL, *least = NULL;
+    for (int i = 0; i < client->nshards; i++) {
+        struct shard *s = client->shards[i];
+        size_t load = s->socks > s->active ? s->socks : s->active;
+        /* an idle connection may be to another host, and then the call
+         * opens one more: bounded, so that a shard's cache stays small */
+        if (s->idle_socks && load < 2 * SHARD_CONNS)
+            return s;
+        if (!roomy && load < SHARD_CONNS)
+            roomy = s;
+        if (!least || load < (least->socks > least->active ? least->socks : least->active))
+            least = s;
+    }
+    if (roomy)
+        return roomy;
+    struct shard *fresh = client->nshards < MAX_SHARDS ? shard_new(client) : NULL;
+    return fresh ? fresh : least;
 }
 
 struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
@@ -515,29 +601,11 @@ struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
     if (!client)
         return NULL;
     client->loop = loop;
-    client->multi = curl_multi_init();
-    if (!client->multi)
-        goto fail;
-    if (uv_timer_init(loop, &client->timer) != 0)
-        goto fail;
-    client->timer.data = client;
-    curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client);
-    curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client);
-    curl_multi_setopt(client->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    /* No fixed cap on the connection cache: with a cap below the number of
-     * connections in use, curl 7.88 scans every connection to find the
-     * oldest idle one each time a transfer ends, which is quadratic at
-     * thousands of concurrent calls. 0 lets the cache grow with the number
-     * of transfers (curl's own default of 4 per handle added). */
-    curl_multi_setopt(client->multi, CURLMOPT_MAXCONNECTS, 0L);
+    if (!shard_new(client)) {
+        free(client);
+        return NULL;
+    }
     return client;
-fail:
-    if (client->multi)
-        curl_multi_cleanup(client->multi);
-    free(client);
-    return NULL;
 }
 
 /* ---- calls ---------------------------------------------------------------- */
@@ -549,6 +617,7 @@ static void link_call(struct chorus_http_call *call) {
         client->calls->prev = call;
     client->calls = call;
     client->active++;
+    call->shard->active++;
 }
 
 static void unlink_call(struct chorus_http_call *call) {
@@ -560,6 +629,7 @@ static void unlink_call(struct chorus_http_call *call) {
     if (call->next)
         call->next->prev = call->prev;
     client->active--;
+    call->shard->active--;
 }
 
 static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call *call);
@@ -796,23 +866,23 @@ static void finish(struct chorus_http_call *call, CURLcode code) {
         res.body = call->resp_body ? call->resp_body : "";
         res.body_len = call->resp_len;
     }
-    res.duration = (double)(uv_now(call->client->loop) - call->start_ms) / 1000.0;
+    res.duration = (double)(uv_hrtime() - call->start_ns) / 1e9;
     call->done(&res, call->data);
     if (headers != some)
         free(headers);
 }
 
-static void check_done(struct chorus_http_client *client) {
+static void check_done(struct shard *shard) {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(client->multi, &left))) {
+    while ((msg = curl_multi_info_read(shard->multi, &left))) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         CURL *easy = msg->easy_handle;
         CURLcode code = msg->data.result;
         struct chorus_http_call *call = NULL;
         curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&call);
-        curl_multi_remove_handle(client->multi, easy);
+        curl_multi_remove_handle(shard->multi, easy);
         unlink_call(call);
         finish(call, code);
         call_free(call);
@@ -947,7 +1017,7 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
      * connection in use never takes another call, so when no socket is
      * idle there is nothing to find: skip the search. (Over TLS a busy
      * HTTP/2 connection may take one more stream.) */
-    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, !tls && call->client->idle_socks == 0 ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, !tls && call->shard->idle_socks == 0 ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, req->insecure ? 0L : 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, req->insecure ? 0L : 2L);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, req->follow_redirects ? 1L : 0L);
@@ -975,6 +1045,10 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
     call->done = done;
     call->data = data;
     call->restricted = req->restricted;
+    if (!(call->shard = shard_pick(client))) {
+        snprintf(err, errlen, "out of memory (a curl multi handle)");
+        goto fail;
+    }
     if (copy_hosts(call, req->allow_hosts) != 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -988,8 +1062,9 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    call->start_ms = uv_now(client->loop);
-    CURLMcode mc = curl_multi_add_handle(client->multi, call->easy);
+    call->start_ns = uv_hrtime();
+    struct shard *shard = call->shard;
+    CURLMcode mc = curl_multi_add_handle(shard->multi, call->easy);
     if (mc != CURLM_OK) {
         snprintf(err, errlen, "cannot start transfer: %s", curl_multi_strerror(mc));
         goto fail;
@@ -1001,9 +1076,9 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
      * left for check_done (a done callback must not run inside the caller),
      * which the 0 ms timer below guarantees a turn for. */
     int running;
-    curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    if (running < (int)client->active)
-        uv_timer_start(&client->timer, on_timer, 0, 0);
+    curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (running < (int)shard->active)
+        uv_timer_start(&shard->timer, on_timer, 0, 0);
     return call;
 fail:
     call_free(call);
@@ -1013,14 +1088,18 @@ fail:
 void chorus_http_cancel(struct chorus_http_call *call) {
     /* Removing a transfer mid-flight makes curl close its connection rather
      * than return it to the pool: the upstream sees the client leave. */
-    curl_multi_remove_handle(call->client->multi, call->easy);
+    curl_multi_remove_handle(call->shard->multi, call->easy);
     unlink_call(call);
     call_free(call);
 }
 
-static void free_client(uv_handle_t *handle) {
-    struct chorus_http_client *client = handle->data;
-    free(client);
+/* The last shard timer's close frees the client. */
+static void free_shard(uv_handle_t *handle) {
+    struct shard *shard = handle->data;
+    struct chorus_http_client *client = shard->client;
+    free(shard);
+    if (--client->closing_timers == 0)
+        free(client);
 }
 
 void chorus_http_client_close(struct chorus_http_client *client) {
@@ -1031,7 +1110,8 @@ void chorus_http_client_close(struct chorus_http_client *client) {
         call_destroy(client->idle[--client->nidle]);
     /* closes the sockets, through on_close_socket; then any curl closed
      * behind our back */
-    curl_multi_cleanup(client->multi);
+    for (int i = 0; i < client->nshards; i++)
+        curl_multi_cleanup(client->shards[i]->multi);
     for (size_t fd = 0; fd < client->nsocks; fd++)
         sock_forget(client, (curl_socket_t)fd);
     free(client->socks);
@@ -1040,5 +1120,7 @@ void chorus_http_client_close(struct chorus_http_client *client) {
     free(client->allow);
     client->allow = NULL;
     client->nallow = 0;
-    uv_close((uv_handle_t *)&client->timer, free_client);
+    client->closing_timers = client->nshards;
+    for (int i = 0; i < client->nshards; i++)
+        uv_close((uv_handle_t *)&client->shards[i]->timer, free_shard);
 }

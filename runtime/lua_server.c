@@ -52,26 +52,30 @@ static void set_kv(void *cls, const char *key, const char *value) {
         return;
     for (size_t i = 0; i <= n; i++)
         lower[i] = (char)(key[i] >= 'A' && key[i] <= 'Z' ? key[i] + 32 : key[i]);
-    if (lua_getfield(L, -1, lower) == LUA_TSTRING) {
+    /* the name made a Lua string once, for the lookup and the store */
+    lua_pushlstring(L, lower, n); /* headers name */
+    if (lower != small)
+        free(lower);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) { /* headers name old */
         lua_pushliteral(L, ", ");
         lua_pushstring(L, value);
-        lua_concat(L, 3);
-        if (lua_getfield(L, -3, "repeated") != LUA_TTABLE) {
+        lua_concat(L, 3); /* headers name joined */
+        if (lua_getfield(L, -4, "repeated") != LUA_TTABLE) {
             lua_pop(L, 1);
             lua_newtable(L);
             lua_pushvalue(L, -1);
-            lua_setfield(L, -5, "repeated");
+            lua_setfield(L, -6, "repeated");
         }
+        lua_pushvalue(L, -3);
         lua_pushboolean(L, 1);
-        lua_setfield(L, -2, lower);
+        lua_rawset(L, -3);
         lua_pop(L, 1);
     } else {
         lua_pop(L, 1);
         lua_pushstring(L, value);
     }
-    lua_setfield(L, -2, lower);
-    if (lower != small)
-        free(lower);
+    lua_rawset(L, -3);
 }
 
 static void set_query(void *cls, const char *key, const char *value) {

@@ -153,41 +153,48 @@ static void unqueue_run(struct chorus_run *run) {
 
 /* ---- results -------------------------------------------------------------- */
 
-/* Packs the top n values of co into a table {n=, ...} and returns its ref. */
-static int pack_ref(struct chorus_runtime *rt, lua_State *co, int n) {
+/* Takes the top n values of co and returns a registry ref to them, their
+ * count in *count: one value is referenced itself (nil: LUA_REFNIL, nothing
+ * stored), several packed in an array. Nearly every task ends with one
+ * value: a table {n=, ...} per task was three heap blocks, four tasks per
+ * served request. */
+static int pack_ref(struct chorus_runtime *rt, lua_State *co, int n, int *count) {
     lua_State *L = rt->L;
-    lua_createtable(L, n, 1);
+    *count = n;
+    if (n == 0)
+        return LUA_REFNIL;
+    if (n == 1) {
+        lua_xmove(co, L, 1);
+        return luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_createtable(L, n, 0);
     lua_xmove(co, L, n);
     for (int i = n; i >= 1; i--) /* i values remain above the table */
         lua_rawseti(L, -(i + 1), i);
-    lua_pushinteger(L, n);
-    lua_setfield(L, -2, "n");
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static int error_ref(struct chorus_runtime *rt, const char *kind, const char *message) {
+/* An error { kind =, message = } as a task's one value. */
+static int error_ref(struct chorus_runtime *rt, const char *kind, const char *message, int *count) {
     lua_State *L = rt->L;
-    lua_createtable(L, 1, 1);
     lua_createtable(L, 0, 2);
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "kind");
     lua_pushstring(L, message);
     lua_setfield(L, -2, "message");
     luaL_setmetatable(L, CHORUS_ERROR_MT);
-    lua_rawseti(L, -2, 1);
-    lua_pushinteger(L, 1);
-    lua_setfield(L, -2, "n");
+    *count = 1;
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static int push_packed(lua_State *L, int ok, int ref) {
-    lua_checkstack(L, 4);
+static int push_packed(lua_State *L, int ok, int ref, int n) {
+    luaL_checkstack(L, n + 2, "too many results");
     lua_pushboolean(L, ok);
+    if (n == 0)
+        return 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    lua_getfield(L, -1, "n");
-    int n = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, n, "too many results");
+    if (n == 1)
+        return 2;
     for (int i = 1; i <= n; i++)
         lua_rawgeti(L, -i, i);
     lua_remove(L, -(n + 1));
@@ -195,11 +202,11 @@ static int push_packed(lua_State *L, int ok, int ref) {
 }
 
 int chorus_task_push_result(struct chorus_task *t, lua_State *L) {
-    return push_packed(L, t->ok, t->result_ref);
+    return push_packed(L, t->ok, t->result_ref, t->nresults);
 }
 
 int chorus_run_push_result(struct chorus_run *run, lua_State *L) {
-    return push_packed(L, run->ok, run->result_ref);
+    return push_packed(L, run->ok, run->result_ref, run->nresults);
 }
 
 static const char *kill_message(struct chorus_run *run, char *buf, size_t len) {
@@ -278,10 +285,10 @@ static void notify_parent(struct chorus_task *t) {
     p->done_tail = t;
 }
 
-static void task_done(struct chorus_task *t, int ok, int result_ref) {
+/* The task's result (result_ref, nresults) is set by the caller. */
+static void task_done(struct chorus_task *t, int ok) {
     t->state = TASK_DONE;
     t->ok = ok;
-    t->result_ref = result_ref;
     /* A coroutine that died of an error keeps its to-be-closed variables
      * open (Lua closes them only on pcall unwinding): close them now, so a
      * lock or a bulkhead slot held by the task is released. */
@@ -300,7 +307,8 @@ static void capture_error(struct chorus_task *t, int status) {
     char msg[160];
     if (run->killed != KILL_NONE) {
         const char *kind = kill_message(run, msg, sizeof msg);
-        task_done(t, 0, error_ref(rt, kind, msg));
+        t->result_ref = error_ref(rt, kind, msg, &t->nresults);
+        task_done(t, 0);
         return;
     }
     if (t->id == 1 && !run->traceback) {
@@ -321,10 +329,12 @@ static void capture_error(struct chorus_task *t, int status) {
     }
     if (status == LUA_ERRMEM) {
         lua_pop(t->co, 1);
-        task_done(t, 0, error_ref(rt, "memory", "not enough memory"));
+        t->result_ref = error_ref(rt, "memory", "not enough memory", &t->nresults);
+        task_done(t, 0);
         return;
     }
-    task_done(t, 0, pack_ref(rt, t->co, 1));
+    t->result_ref = pack_ref(rt, t->co, 1, &t->nresults);
+    task_done(t, 0);
 }
 
 static void task_resume(struct chorus_task *t) {
@@ -364,7 +374,8 @@ static void task_resume(struct chorus_task *t) {
         if (t->state == TASK_RUNNING) /* a bare coroutine.yield(): run again, after the others */
             enqueue(t, 0);
     } else if (status == LUA_OK) {
-        task_done(t, 1, pack_ref(rt, t->co, nres));
+        t->result_ref = pack_ref(rt, t->co, nres, &t->nresults);
+        task_done(t, 1);
     } else {
         capture_error(t, status);
     }
@@ -442,7 +453,7 @@ void chorus_task_cancel(struct chorus_task *t) {
     if (t->co)
         lua_resetthread(t->co);
     t->ok = 0;
-    t->result_ref = error_ref(run->rt, "cancelled", "cancelled");
+    t->result_ref = error_ref(run->rt, "cancelled", "cancelled", &t->nresults);
     release_co(t);
 }
 
@@ -587,6 +598,7 @@ static void finish_run(struct chorus_run *run, struct chorus_task *root) {
     run->done = 1;
     run->ok = root->ok;
     run->result_ref = root->result_ref;
+    run->nresults = root->nresults;
     root->result_ref = LUA_NOREF;
     if (run->on_done)
         run->on_done(run, run->on_done_data);

@@ -37,7 +37,8 @@ struct chorus_task {
     enum chorus_task_state state;
     int nargs;               /* values pushed on co for the next resume */
     int ok;                  /* when DONE */
-    int result_ref;          /* when DONE: registry ref of {n=, ...} */
+    int result_ref;          /* when DONE: registry ref of its values (see pack_ref) */
+    int nresults;            /* when DONE: how many */
     chorus_cancel_fn cancel; /* pending operation, while PARKED */
     void *cancel_data;
     int awaiting;                  /* parked in chorus_task_await */
@@ -69,7 +70,8 @@ struct chorus_run {
     struct chorus_limits limits;
     uint64_t deadline_ms; /* loop time; 0: none */
     int done, ok;
-    int result_ref;  /* when done: {n=, ...} values or error */
+    int result_ref;  /* when done: registry ref of its values or error (see pack_ref) */
+    int nresults;    /* when done: how many */
     char *traceback; /* when failed with a Lua error; owned */
     chorus_run_done_fn on_done;
     void *on_done_data;

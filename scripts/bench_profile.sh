@@ -8,11 +8,18 @@
 #   2. instructions per served request under callgrind (valgrind): counters
 #      zeroed after a warm-up, then CALLS requests (default 4000) at 16
 #      connections, then dumped; total instructions / requests.
+# With LUA=1 instead: the Lua side alone, per served request, from
+# scripts/bench/lua_profile.c loaded into chorus with LD_PRELOAD (every VM
+# instruction counted, every Lua heap block charged to the line that made
+# it): the functions by their own and by their inclusive VM instructions,
+# the lines, and the lines that allocate, over LUA_SECONDS (default 10) of
+# wrk -t1 -c16 after a warm-up.
 # Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PERF_SECONDS=${PERF_SECONDS:-8}
 CALLS=${CALLS:-4000}
+CHORUS=${CHORUS:-./chorus} # another build to compare: CHORUS=/path/to/chorus
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -30,7 +37,7 @@ CONF
 # start_chorus [WRAPPER...] → sets URL and PID (the wrapper's, which is chorus under valgrind)
 start_chorus() {
   : > "$WORK/out"
-  "$@" ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen 127.0.0.1:0 \
+  "$@" "$CHORUS" serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --listen 127.0.0.1:0 \
     > "$WORK/out" 2> "$WORK/log" &
   PID=$!
   PIDS+=("$PID")
@@ -38,7 +45,33 @@ start_chorus() {
   URL="$(grep -o 'http://[0-9.:]*' "$WORK/out")/workflows/bench_fanout"
 }
 
-echo "# profile: chorus $(./chorus version | awk '{print $2}'), upstream $UPSTREAM_KIND, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# profile: chorus $("$CHORUS" version | awk '{print $2}'), upstream $UPSTREAM_KIND, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "${LUA:-0}" = 1 ]; then
+  LUA_SECONDS=${LUA_SECONDS:-10}
+  # shellcheck disable=SC2046 # pkg-config's flags are words
+  cc -O2 -shared -fPIC $(pkg-config --cflags lua5.4) scripts/bench/lua_profile.c -o "$WORK/lua_profile.so" -ldl
+  start_chorus env LD_PRELOAD="$WORK/lua_profile.so" LUA_PROFILE_OUT="$WORK/lua"
+  post() { curl -s -o /dev/null -X POST -H 'Content-Type: application/json' -d '{}' "$URL"; }
+  wrk -t1 -c16 -d3s -s scripts/bench/wrk_post.lua "$URL" > /dev/null 2>&1 # warm-up
+  kill -s RTMIN+3 "$PID"; post # the counts start at the next instruction
+  wrk -t1 -c16 -d"${LUA_SECONDS}s" -s scripts/bench/wrk_post.lua "$URL" > "$WORK/wrk" 2>&1
+  kill -s RTMIN+4 "$PID"; post; sleep 1
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  served=$(( $(awk '/requests in/ {print $1}' "$WORK/wrk") + 2 ))
+  echo "# Lua VM instructions and Lua heap blocks per served request ($served requests, wrk -t1 -c16 -d${LUA_SECONDS}s)"
+  awk -v n="$served" '$1 == "fn" {t += $2} END {printf "total: %.0f VM instructions\n", t / n}' "$WORK/lua"
+  awk -v n="$served" '$1 == "alloc" {c += $2; b += $3} END {printf "total: %.1f blocks, %.0f bytes\n", c / n, b / n}' "$WORK/lua"
+  echo "# functions by their own VM instructions (self, inclusive, where defined)"
+  awk -v n="$served" '$1 == "fn" {printf "%8.1f %8.1f  %s\n", $2 / n, $3 / n, $4}' "$WORK/lua" | sort -k1,1nr | head -30 || true
+  echo "# functions by inclusive VM instructions"
+  awk -v n="$served" '$1 == "fn" {printf "%8.1f %8.1f  %s\n", $2 / n, $3 / n, $4}' "$WORK/lua" | sort -k2,2nr | head -20 || true
+  echo "# lines by VM instructions"
+  awk -v n="$served" '$1 == "line" {printf "%8.1f  %s\n", $2 / n, $3}' "$WORK/lua" | sort -k1,1nr | head -20 || true
+  echo "# lines by Lua heap blocks made (blocks, bytes; C functions count at the Lua line calling them)"
+  awk -v n="$served" '$1 == "alloc" {printf "%6.2f %8.1f  %s\n", $2 / n, $3 / n, $4}' "$WORK/lua" | sort -k1,1nr | head -25 || true
+  exit 0
+fi
 start_chorus
 wrk -t2 -c64 -d2s -s scripts/bench/wrk_post.lua "$URL" > /dev/null 2>&1 # warm-up
 wrk -t2 -c64 -d"$((PERF_SECONDS + 1))s" -s scripts/bench/wrk_post.lua "$URL" > "$WORK/wrk" 2>&1 &

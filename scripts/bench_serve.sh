@@ -8,15 +8,27 @@
 #      durable storage. Before each delay it prints the upstream's own rate
 #      and the load generator's (scripts/bench/upstream.sh), so a reader sees
 #      that neither is what the results measure;
-#   2. 5,000 concurrent requests with a 1 s upstream delay, one wave (each
-#      wrk thread stops after as many answers as it has connections): every
-#      request must succeed; peak RSS / 5,000 is the memory per in-flight run.
+#   2. 5,000 concurrent requests with a 1 s upstream delay, one wave
+#      (scripts/bench/wrk_wave.lua: one request per connection, each wrk
+#      thread stops once all of its have been answered), chorus and nginx +
+#      lua alternated: every request must be answered 2xx; the last answer,
+#      the server's CPU, and the peak RSS above the idle server's divided by
+#      5,000 (the memory per in-flight run). CASES=wave runs only this.
 # Everything listens on 127.0.0.1 and stops by itself. RUNS (default 3) runs
 # per case; the medians are printed with the commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8s}
+# CASES: which parts to run ("fanout wave" by default; CASES=wave for the
+# wave alone); WAVE: the wave's concurrent requests
+CASES=${CASES:-fanout wave}
+WAVE=${WAVE:-5000}
+# how long wrk runs for the wave (it waits that long even when all answered;
+# an answer later than that counts as missing)
+WAVE_SECONDS=${WAVE_SECONDS:-20}
+# CHORUS_BIN: the chorus binary to measure (another build, to compare)
+CHORUS_BIN=${CHORUS_BIN:-./chorus}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -47,7 +59,7 @@ return {
 }
 EOF
   : > "$WORK/chorus.out"
-  ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --data "$WORK/data" --listen 127.0.0.1:0 \
+  "$CHORUS_BIN" serve --config "$WORK/conf.lua" --scripts scripts/bench/serve --data "$WORK/data" --listen 127.0.0.1:0 \
     > "$WORK/chorus.out" 2> "$WORK/chorus.log" &
   CHORUS_PID=$!
   PIDS+=("$CHORUS_PID")
@@ -128,11 +140,13 @@ report_case() { # NAME DELAY CONNS START_FN URL_VAR PID_VAR
   stop_pid "$pid"
 }
 
-echo "# make bench (serve) — chorus $(./chorus version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"
-echo "# per run: wrk -t2 -cC -d$DURATION --latency -s scripts/bench/wrk_post.lua URL/workflows/bench_fanout"
+echo "# make bench (serve) — chorus $("$CHORUS_BIN" version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"
 HAVE_NGINX=0
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && command -v nginx > /dev/null && HAVE_NGINX=1
 echo "# upstream: $UPSTREAM_KIND"
+
+if [[ " $CASES " == *" fanout "* ]]; then
+echo "# per run: wrk -t2 -cC -d$DURATION --latency -s scripts/bench/wrk_post.lua URL/workflows/bench_fanout"
 for delay in 0 20; do
   # up to 2 calls per request in flight: 128 connections to the upstream
   print_rates "$delay" 128
@@ -147,17 +161,63 @@ if [ "$HAVE_NGINX" = 1 ]; then
 else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"
 fi
+fi
 
-echo "# 5,000 concurrent requests, upstream delay 1 s: WRK_STOP_AFTER=2500 wrk -t2 -c5000 -d40s --timeout 35s -s scripts/bench/wrk_wave.lua"
-start_chorus 1000
-out=$(WRK_STOP_AFTER=2500 wrk -t2 -c5000 -d40s --timeout 35s -s scripts/bench/wrk_wave.lua \
-  "$CHORUS_URL/workflows/bench_fanout" 2>&1)
-hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$CHORUS_PID/status")
-requests=$(echo "$out" | awk '/requests in/ {print $1}')
-slowest=$(echo "$out" | awk '$1 == "Latency" {print $4}')
-errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
-stop_pid "$CHORUS_PID"
-verdict="all answered 2xx"
-if [ -n "$errors" ] || [ "${requests:-0}" -lt 5000 ]; then verdict="NOT all answered"; fi
-echo "  answered: ${requests:-0} of 5000, the last after $slowest, errors: ${errors:-none} => $verdict"
-echo "  peak RSS: $((hwm_kb / 1024)) MiB = $((hwm_kb * 1024 / 5000)) bytes per in-flight run"
+# status_kb PID FIELD → a /proc/PID/status field in kB (VmRSS, VmHWM)
+status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+
+# wave_case NAME START_FN URL_VAR PID_VAR → one wave of WAVE requests
+# (default 5,000) against a fresh server; prints the row and appends
+# "name last_s ok_2xx hwm_kb per_run_bytes cpu_ms" to $WORK/wave. The
+# memory per in-flight run is the peak RSS above the RSS the idle server
+# had just before the wave, divided by the requests.
+wave_case() {
+  local name=$1
+  "$2" 1000
+  local url=${!3} pid; pid=$(server_pid "${!4}")
+  sleep 0.5
+  local idle_kb t0 t1 out
+  idle_kb=$(status_kb "$pid" VmRSS)
+  t0=$(cpu_ticks "$pid")
+  out=$(WRK_STOP_AFTER=$((WAVE / 2)) wrk -t2 -c"$WAVE" -d"$WAVE_SECONDS"s --timeout 35s -s scripts/bench/wrk_wave.lua \
+    "$url/workflows/bench_fanout" 2>&1)
+  t1=$(cpu_ticks "$pid")
+  local hwm_kb requests slowest ok errors
+  hwm_kb=$(status_kb "$pid" VmHWM)
+  stop_pid "${!4}"
+  requests=$(echo "$out" | awk '$1 == "wave:" {print $2}')
+  slowest=$(to_ms "$(echo "$out" | awk '$1 == "Latency" {print $4}')")
+  ok=$(echo "$out" | awk '$1 == "wave:" {print $4}')
+  errors=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ' || true)
+  local per_run=$(((hwm_kb - idle_kb) * 1024 / WAVE)) cpu_ms=$(((t1 - t0) * 1000 / $(getconf CLK_TCK)))
+  local verdict="all answered 2xx"
+  if [ -n "$errors" ] || [ "${ok:-0}" -lt "$WAVE" ]; then verdict="NOT all answered 2xx"; fi
+  printf '  %-6s answered %s (2xx: %s) of %s (%s), the last after %.2f s; peak RSS %d MiB, idle %d MiB, %d bytes per in-flight run above idle; CPU %d ms; load %s; errors: %s\n' \
+    "$name" "${requests:-0}" "${ok:-0}" "$WAVE" "$verdict" "$(echo "${slowest:-0} / 1000" | bc -l)" \
+    $((hwm_kb / 1024)) $((idle_kb / 1024)) "$per_run" "$cpu_ms" "$(cut -d' ' -f1-3 /proc/loadavg)" "${errors:-none}"
+  echo "$name $(echo "${slowest:-0} / 1000" | bc -l) ${ok:-0} $hwm_kb $per_run $cpu_ms" >> "$WORK/wave"
+}
+
+if [[ " $CASES " == *" wave "* ]]; then
+echo "# $WAVE concurrent requests, upstream delay 1 s: WRK_STOP_AFTER=$((WAVE / 2)) wrk -t2 -c$WAVE -d${WAVE_SECONDS}s --timeout 35s -s scripts/bench/wrk_wave.lua ($RUNS runs, chorus and nginx alternated)"
+: > "$WORK/wave"
+for _ in $(seq 1 "$RUNS"); do
+  wave_case chorus start_chorus CHORUS_URL CHORUS_PID
+  if [ "$HAVE_NGINX" = 1 ]; then wave_case nginx start_nginx NGINX_URL NGINX_PID; fi
+done
+declare -A LAST PER
+for name in chorus nginx; do
+  grep -q "^$name " "$WORK/wave" || continue
+  LAST[$name]=$(awk -v n="$name" '$1 == n {print $2}' "$WORK/wave" | median)
+  PER[$name]=$(awk -v n="$name" '$1 == n {print $5}' "$WORK/wave" | median)
+  ok=$(awk -v n="$name" '$1 == n {print $3}' "$WORK/wave" | median)
+  hwm=$(awk -v n="$name" '$1 == n {print $4}' "$WORK/wave" | median)
+  cpu=$(awk -v n="$name" '$1 == n {print $6}' "$WORK/wave" | median)
+  printf '  => %-6s medians: last answer %.2f s, 2xx %s of %s, peak RSS %d MiB, %s bytes per in-flight run above idle, CPU %s ms\n' \
+    "$name" "${LAST[$name]}" "$ok" "$WAVE" $((hwm / 1024)) "${PER[$name]}" "$cpu"
+done
+if [ "$HAVE_NGINX" = 1 ]; then
+  printf '  chorus/nginx: last answer %.2fx, memory per in-flight run %.2fx\n' \
+    "$(echo "${LAST[chorus]} / ${LAST[nginx]}" | bc -l)" "$(echo "${PER[chorus]} / ${PER[nginx]}" | bc -l)"
+fi
+fi

@@ -363,12 +363,27 @@ local function make_step(_, state)
   end
 end
 
+-- A copy of the recorded request for the script: what it changes in its
+-- ctx.request never reaches the run's record.
+local function copy(v)
+  if type(v) ~= "table" then
+    return v
+  end
+  local c = {}
+  for k, x in next, v do
+    c[k] = copy(x)
+  end
+  return c
+end
+
 -- What every ctx has alike comes from its metatable: a run's ctx table is
--- built with its own fields only, and log, key and step are made the first
--- time the script reads them (most runs use few of them or none).
+-- built with its own fields only, and log, key, step and request are made
+-- the first time the script reads them (most runs use few of them or none:
+-- the copy of request alone was three tables per run).
 local SHARED = { now = shared.now, uuid = shared.uuid, random = shared.random, sleep = shared.sleep,
   later = shared.later, lock = shared.lock, poll = shared.poll, event = events.wait }
-local PER_RUN = { log = logger, key = make_key, step = make_step }
+local PER_RUN = { log = logger, key = make_key, step = make_step,
+  request = function(_, state) return copy(state.request) end }
 
 local CTX_MT = {
   __index = function(ctx, k)
@@ -389,23 +404,10 @@ local CTX_MT = {
   end,
 }
 
--- A copy of the recorded request for the script: what it changes in its
--- ctx.request never reaches the run's record.
-local function copy(v)
-  if type(v) ~= "table" then
-    return v
-  end
-  local c = {}
-  for k, x in next, v do
-    c[k] = copy(x)
-  end
-  return c
-end
-
 function context.new(state)
   local ctx = setmetatable({
-    run_id = state.run_id, input = state.input, workflow = state.workflow, request = copy(state.request),
-    trace_id = state.trace_id, timeline = state.timeline,
+    run_id = state.run_id, input = state.input, workflow = state.workflow, trace_id = state.trace_id,
+    timeline = state.timeline,
   }, CTX_MT)
   ctx_state[ctx] = state
   return ctx

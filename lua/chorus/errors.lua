@@ -81,8 +81,14 @@ local function raw_copy(value, depth, seen)
   end
   seen[value] = true
   local out = {}
-  for k, v in next, value do
-    out[raw_copy(k, depth + 1, seen)] = raw_copy(v, depth + 1, seen)
+  for k, v in next, value do -- (scalars copied in place: no call for each)
+    if type(k) == "table" then
+      k = raw_copy(k, depth + 1, seen)
+    end
+    if type(v) == "table" then
+      v = raw_copy(v, depth + 1, seen)
+    end
+    out[k] = v
   end
   seen[value] = nil
   if getraw(value) == ARRAY_MT then

@@ -490,11 +490,14 @@ local function copy_headers(into, from)
   end
 end
 
-function Upstream:request(req)
-  self = private[self]
+-- handle:request(req), and the verbs' handle:get(path, opts) & co. with
+-- method and path given apart: opts is read as it is, not copied into a
+-- request table per call.
+local function upstream_request(handle, req, method, path)
+  local self = private[handle]
   local cfg = self.config
-  local path = req.path or "/"
-  local method = METHODS[req.method or "GET"]
+  path = path or req.path or "/"
+  method = METHODS[method or req.method or "GET"]
   local url = upstream_url(cfg, path)
   local timeout = req.timeout or cfg.timeout
   local connect_timeout = req.connect_timeout or cfg.connect_timeout
@@ -552,14 +555,17 @@ function http.resolve(name, path)
   return ok and url or nil
 end
 
+-- (tail calls, as request's own: an error's level names the same caller)
+function Upstream:request(req)
+  return upstream_request(self, req)
+end
+
 local function upstream_verb(method)
   return function(self, path, opts)
-    local req = { method = method, path = path } -- sized for them: no rehash
-    for k, v in pairs(opts or EMPTY) do
-      req[k] = v
+    if opts ~= nil and type(opts) ~= "table" then
+      error(("http: the options of %s must be a table, got a %s"):format(method, type(opts)), 2)
     end
-    req.method, req.path = method, path
-    return self:request(req)
+    return upstream_request(self, opts or EMPTY, method, path or "/")
   end
 end
 

@@ -132,15 +132,14 @@ local function spawn_each(who, ...)
   if n == 0 then
     error(("chorus.%s needs at least one function"):format(who), 3)
   end
-  local fns = { ... }
+  local ids = { ... } -- the functions, each replaced by its task's id once spawned
   for i = 1, n do
-    if type(fns[i]) ~= "function" then
-      error(("chorus.%s: argument %d is a %s, expected a function"):format(who, i, type(fns[i])), 3)
+    if type(ids[i]) ~= "function" then
+      error(("chorus.%s: argument %d is a %s, expected a function"):format(who, i, type(ids[i])), 3)
     end
   end
-  local ids = {}
   for i = 1, n do
-    ids[i] = journal.spawn(fns[i])
+    ids[i] = journal.spawn(ids[i])
   end
   return ids
 end
@@ -184,15 +183,17 @@ end
 --- raises the first error after cancelling the others.
 function chorus.all(...)
   local ids = spawn_each("all", ...)
-  local results = {}
+  local n = #ids
+  -- finished() keeps the ids it waits for in its own table: each slot of
+  -- ids takes its task's value as it comes
   for i, ok, value, pending in finished(ids) do
     if not ok then
       cancel_pending(pending)
       error(value, 0)
     end
-    results[i] = value
+    ids[i] = value
   end
-  return table.unpack(results, 1, #ids)
+  return table.unpack(ids, 1, n)
 end
 
 --- Runs the functions concurrently; returns { ok =, value =, err = } for each.

@@ -21,10 +21,44 @@ local function plain_results(packed)
   return packed
 end
 
+-- The end of runner.execute once the workflow returned (ok, values...) or
+-- raised (false, error): its values as plain data, or its error settled.
+-- Takes them as arguments: a workflow returns one value nearly always, and
+-- a table.pack of it was three heap blocks per run.
+local function outcome(workflow, ctx, state, ok, ...)
+  journal.finish(state)
+  -- a control error ends the run whatever the script made of it
+  -- (chorus.runstate): a __close handler cannot replace it
+  local err = state.stopped
+  if ok and not err then -- plain data out: the server reads it outside the run
+    if select("#", ...) == 1 then
+      local pok, value = pcall(errors.plain, (...))
+      if pok then
+        return value
+      end
+      error(errors.settle(value), 0)
+    end
+    local pok, value = pcall(plain_results, table.pack(ok, ...))
+    if pok then
+      return table.unpack(value, 2, value.n)
+    end
+    error(errors.settle(value), 0)
+  end
+  err = err or (...)
+  local kind = type(err) == "table" and rawget(err, "kind")
+  if kind == "deadline" then
+    err = runner.after_deadline(workflow, ctx, state, err)
+  elseif kind == "cancelled" and state.cancelled then
+    err = runner.after_cancel(workflow, ctx, state, err)
+  end
+  error(errors.settle(err), 0)
+end
+
 -- Runs inside a task: returns the workflow's value or raises its error.
 -- opts: trace_id, span_id (the run's span), trace_flags ("01" sampled or
--- "00"), tracestate (passed on to outbound calls as it came), on_state(state), deadline (seconds since the epoch: a
--- resumed run keeps the deadline it started with), journal = { store =,
+-- "00"), tracestate (passed on to outbound calls as it came),
+-- on_state(state, opts), deadline (seconds since the epoch: a resumed run
+-- keeps the deadline it started with), journal = { store =,
 -- recorded = } to make the run durable (chorus.journal), request (ctx.request:
 -- the inbound request's recorded facts, nil when no request started the run),
 -- env (the run service's environment, chorus.runs: where the run's outbox
@@ -45,29 +79,11 @@ function runner.execute(workflow, input, opts)
     journal.attach(state, opts.journal.store, opts.journal.recorded, opts.journal.crash_after)
   end
   if opts.on_state then
-    opts.on_state(state)
+    opts.on_state(state, opts)
   end
   local ctx = context.new(state)
-  local result = table.pack(pcall(workflow.run, ctx, input))
-  journal.finish(state)
-  -- a control error ends the run whatever the script made of it
-  -- (chorus.runstate): a __close handler cannot replace it
-  local err = state.stopped
-  if result[1] and not err then -- plain data out: the server reads it outside the run
-    local ok, value = pcall(plain_results, result)
-    if ok then
-      return table.unpack(value, 2, value.n)
-    end
-    error(errors.settle(value), 0)
-  end
-  err = err or result[2]
-  local kind = type(err) == "table" and rawget(err, "kind")
-  if kind == "deadline" then
-    err = runner.after_deadline(workflow, ctx, state, err)
-  elseif kind == "cancelled" and state.cancelled then
-    err = runner.after_cancel(workflow, ctx, state, err)
-  end
-  error(errors.settle(err), 0)
+  -- (not a tail call: the guard above closes once the outcome is settled)
+  return outcome(workflow, ctx, state, pcall(workflow.run, ctx, input))
 end
 
 -- After the deadline stopped the run, with effects allowed again and a

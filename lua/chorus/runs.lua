@@ -91,6 +91,7 @@ function runs.service(env)
     versions = {}, -- script hash → workflow, for runs resumed on old code
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
+    run_opts = { id = nil, instructions = nil, cpu_ms = nil, memory = nil }, -- (Service:execute)
   }, Service)
   env.service = svc -- ctx.call starts its child runs here (chorus.children)
   return svc
@@ -329,28 +330,38 @@ end
 --- a restart. After a simulated crash nothing of the run's end happens (it
 --- stays in flight in the store, as after a real one) and the fifth value
 --- is true.
+-- runner.execute's on_state: the run's state s is made (opts: the run's
+-- options, with its record and service). One function for every run, not
+-- a closure per run.
+local function on_state(s, opts)
+  local rec, self = opts.record, opts.service
+  rec.timeline = s.timeline
+  self.states[rec] = s
+  if rec.cancel then -- asked before a restart (or before the run began): met after its replay
+    s.cancel_pending = runstate.cancel_error()
+  end
+  local env = self.env
+  if env.on_state then -- chorus.testing reads the run's state
+    env.on_state(rec, s)
+  end
+end
+
 function Service:execute(entry, rec, input, recorded)
   rec.redact = entry.workflow.redact
   self.inflight = self.inflight + 1
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,
-    on_state = function(s)
-      rec.timeline = s.timeline
-      self.states[rec] = s
-      if rec.cancel then -- asked before a restart (or before the run began): met after its replay
-        s.cancel_pending = runstate.cancel_error()
-      end
-      if env.on_state then -- chorus.testing reads the run's state
-        env.on_state(rec, s)
-      end
-    end }
+    on_state = on_state, record = rec, service = self, journal = nil }
   if self.store then
     opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after }
   end
   local limits = env.limits or EMPTY
-  local ok, value, info = core.execute({ id = rec.id, instructions = limits.instructions, cpu_ms = limits.cpu_ms,
-    memory = limits.memory }, runner.execute, entry.workflow, input, opts)
+  -- core.execute reads its options when it starts the run: one table per service
+  local run_opts = self.run_opts
+  run_opts.id, run_opts.instructions, run_opts.cpu_ms, run_opts.memory =
+    rec.id, limits.instructions, limits.cpu_ms, limits.memory
+  local ok, value, info = core.execute(run_opts, runner.execute, entry.workflow, input, opts)
   self.inflight = self.inflight - 1
   if crashed(ok, value) then
     self.running[rec.id] = nil
@@ -628,7 +639,9 @@ function Service:resume(id, start)
     return false
   end
   local st = self.store
-  local rec = st:get_run(id)
+  -- what the start-up check read of it, or read now
+  local rec, recorded = st:take_checked(id)
+  rec = rec or st:get_run(id)
   if not rec then
     st:del_timer(id)
     return false
@@ -639,7 +652,7 @@ function Service:resume(id, start)
     idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
   end
   local wf, err = self:version(rec.script_hash, rec.script)
-  local recorded = st:journal(rec.id)
+  recorded = recorded or st:journal(rec.id)
   for _, name in ipairs(context.held_locks(recorded)) do
     context.reserve_lock(name, rec.id)
   end
@@ -675,7 +688,7 @@ function Service:recover(opts)
   opts = opts or {}
   local start = opts.start or function(fn) core.start(nil, fn) end
   local st = self.store
-  local unfinished = st:unfinished()
+  local unfinished = st:checked_unfinished() or st:unfinished()
   -- a workflow entry marked started whose run never got going is due again
   -- (its run, if it has a timer, is among those resumed); the stored
   -- entries, not the listings' masked copies: these are sent

@@ -122,24 +122,61 @@ end
 -- unfinished runs, which recovery resumes. Returns the verify report.
 local FINISHED_RUNS = { "runs", "run_index", "run_rows", "deliveries", "journal" }
 
+--- The unfinished runs' records and journals it decoded are kept for the
+--- recovery that follows (Store:checked_unfinished): decoding them twice
+--- was a third of a resumed run's work.
 function Store:verify_for_start()
   local report = self:verify(FINISHED_RUNS)
   if #report.bad > 0 then
     return report
   end
   local ok, err = pcall(function()
-    for _, u in ipairs(self:unfinished()) do
+    local list, by_id = self:unfinished(), {}
+    for _, u in ipairs(list) do
       local text = self.st:get("runs", u.id)
-      if text then
-        decode("runs", u.id, text)
-      end
-      self:journal(u.id)
+      u.rec = text and decode("runs", u.id, text) or nil
+      u.journal = self:journal(u.id)
+      by_id[u.id] = u
     end
+    self.checked, self.checked_list = by_id, list
   end)
   if not ok then
     report.bad[1] = { message = tostring(err) }
   end
   return report
+end
+
+--- What verify_for_start read, once: the unfinished runs as unfinished()
+--- lists them, each with its decoded record (rec, nil when it has none)
+--- and journal while nothing has written either since (see forget); nil
+--- when there was no such check.
+function Store:checked_unfinished()
+  local list = self.checked_list
+  self.checked_list = nil
+  return list
+end
+
+--- The checked record and journal of run id, given out once (nil, nil
+--- when not kept, or written since the check).
+function Store:take_checked(id)
+  local u = self.checked and self.checked[id]
+  if not u then
+    return nil, nil
+  end
+  self.checked[id] = nil
+  local rec, recorded = u.rec, u.journal
+  u.rec, u.journal = nil, nil
+  return rec, recorded
+end
+
+-- A write to a run's record or journal makes what the check kept of it
+-- stale (a cancel that lands before recovery reaches the run).
+local function forget(self, id)
+  local u = self.checked and self.checked[id]
+  if u then
+    self.checked[id] = nil
+    u.rec, u.journal = nil, nil
+  end
 end
 
 function Store:put_json(db, key, value)
@@ -221,6 +258,7 @@ end
 
 --- The run record and its index row: both land in one write transaction.
 function Store:put_run(rec)
+  forget(self, rec.id)
   self:put_json("runs", rec.id, rec)
   index_run(self, rec)
 end
@@ -232,6 +270,7 @@ end
 --- A finished run's record, as the JSON text GET /runs/ID answers; rec is
 --- the record as a table (nil: decoded from text) for its index row.
 function Store:put_run_text(id, text, rec)
+  forget(self, id)
   self.st:put("runs", id, text)
   if rec == nil then
     local ok, decoded = pcall(json.decode, text)
@@ -246,6 +285,7 @@ function Store:get_run_text(id)
 end
 
 function Store:del_run(id)
+  forget(self, id)
   self.st:del("runs", id)
 end
 
@@ -329,6 +369,7 @@ local function journal_key(run_id, seq)
 end
 
 function Store:put_effect(run_id, seq, entry)
+  forget(self, run_id)
   self:put_json("journal", journal_key(run_id, seq), entry)
 end
 
@@ -337,6 +378,7 @@ end
 local REDRIVE_SEQ = string.pack(">I4", 0)
 
 function Store:put_redrive(run_id, value)
+  forget(self, run_id)
   self:put_json("journal", run_id .. REDRIVE_SEQ, value)
 end
 
@@ -351,6 +393,7 @@ end
 local OUTCOME_SEQ = string.pack(">I4", 0xFFFFFFFF)
 
 function Store:put_outcome(run_id, value)
+  forget(self, run_id)
   self:put_json("journal", run_id .. OUTCOME_SEQ, value)
 end
 
@@ -374,6 +417,7 @@ end
 
 -- Run ids are UUIDs, all 36 characters: no id is a prefix of another.
 function Store:drop_journal(run_id)
+  forget(self, run_id)
   self.st:del_prefix("journal", run_id)
 end
 

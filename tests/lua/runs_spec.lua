@@ -200,8 +200,9 @@ describe("the run service", function()
     assert.are.equal(out.fid, out.ferr.child_run_id)
   end)
 
-  it("after a crash, a new service over the same store resumes the run from its journal", function()
-    local t = counting_transport("one")
+  -- A crashed run of calls_two as a restarted server finds it, with the
+  -- service that will resume it.
+  local function crashed_run(t)
     local st = store.memory()
     local env = { store = st, backend = outbox.memory(true), transport = t.fn, crash_after = 1,
       log = function() end, log_sink = function() end }
@@ -209,7 +210,15 @@ describe("the run service", function()
     local first = in_loop(function()
       return { runs.service(env):start(entry, { base = "http://x.test" }) }
     end)
-    local rec = first[3]
+    env.crash_after = nil
+    local svc = runs.service(env)
+    svc:keep_version(entry)
+    return st, svc, first[3], first
+  end
+
+  it("after a crash, a new service over the same store resumes the run from its journal", function()
+    local t = counting_transport("one")
+    local st, svc, rec, first = crashed_run(t)
     assert.is_false(first[1])
     assert.is_true(first[7]) -- crashed
     assert.are.equal("crash", first[2].kind)
@@ -218,9 +227,6 @@ describe("the run service", function()
     assert.are.equal(1, #st:unfinished())
     assert.are.equal(1, #st:journal(rec.id))
 
-    env.crash_after = nil
-    local svc = runs.service(env)
-    svc:keep_version(entry)
     local resumed = {}
     local n = svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
     assert.are.equal(1, n)
@@ -233,6 +239,39 @@ describe("the run service", function()
     assert.are.same({ "GET http://x.test/a", "GET http://x.test/b" }, t.urls)
     assert.are.same({}, st:unfinished())
     assert.are.same({}, st:journal(rec.id))
+  end)
+
+  it("resumes from what the start-up check read, without reading the run again", function()
+    local t = counting_transport("one")
+    local st, svc, rec = crashed_run(t)
+    assert.are.same({}, st:verify_for_start().bad)
+    local get, reads = st.st.get, 0
+    st.st.get = function(kv, db, key)
+      reads = reads + ((db == "runs" or db == "journal") and 1 or 0)
+      return get(kv, db, key)
+    end
+    local resumed = {}
+    svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
+    st.st.get = get
+    assert.are.equal(0, reads)
+    local out = in_loop(function() return { resumed[1]() } end)
+    assert.is_true(out[1])
+    assert.are.equal("succeeded", json.decode(st:get_run_text(rec.id)).status)
+    assert.are.same({ "GET http://x.test/a", "GET http://x.test/b" }, t.urls)
+  end)
+
+  it("reads a run written after the start-up check again: a cancel meanwhile is kept", function()
+    local t = counting_transport("one")
+    local st, svc, rec = crashed_run(t)
+    assert.are.same({}, st:verify_for_start().bad)
+    -- DELETE /runs/ID before recovery reaches the run: stored in its record
+    assert.is_truthy(in_loop(function() return svc:cancel(rec.id, "api") end))
+    st:commit()
+    local resumed = {}
+    svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
+    in_loop(function() return { resumed[1]() } end)
+    assert.are.equal("cancelled", json.decode(st:get_run_text(rec.id)).status)
+    assert.are.same({ "GET http://x.test/a" }, t.urls) -- /b never sent
   end)
 
   it("fails a resumed run whose script version it does not have, naming the hash", function()
