@@ -69,13 +69,23 @@ return {
   -- kind waits for) and waits until they are parked.
   local function park(kinds, slow_calls)
     local out = {}
+    local slow_before = mock.stats().by_path["/slow"] or 0
     for _, kind in ipairs(kinds) do
       local r = H.request(srv.url .. "/workflows/waits", { method = "POST", body = H.encode({ kind = kind }),
         headers = { ["Content-Type"] = "application/json", Prefer = "respond-async" } })
       assert.are.equal(202, r.status, r.body)
       out[kind] = r.json.run_id
-      if kind == "hold" or kind == "narrow_hold" then -- it holds the lock or the slot before the next asks
-        H.sleep(0.3)
+      -- each holder holds before the next kind asks
+      if kind == "hold" then -- the lock's timeline entry: taken
+        assert.truthy(H.eventually(function()
+          for _, e in ipairs((record(out[kind]) or {}).timeline or {}) do
+            if e.kind == "lock" then
+              return true
+            end
+          end
+        end, 10))
+      elseif kind == "narrow_hold" then -- its slow call is at the mock
+        assert.truthy(H.eventually(function() return (mock.stats().by_path["/slow"] or 0) > slow_before end, 10))
       elseif kind == "rated_first" then -- it spends the burst; the next waits 1000 s for a token
         assert.truthy(H.eventually(function() return (record(out[kind]) or {}).status == "succeeded" end, 10))
       end
