@@ -154,6 +154,7 @@ static void cancel_child(void *data) { chorus_run_free(data); }
 static int core_execute(lua_State *L) {
     struct chorus_task *t = chorus_task_waitable(L, 0);
     struct chorus_run *child = start_from_args(L, on_child_done, t, 0);
+    child->owner = t; /* freed by on_child_done or cancel_child, nobody else */
     chorus_task_park(t, cancel_child, child);
     return lua_yield(L, 0);
 }

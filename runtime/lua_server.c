@@ -218,7 +218,9 @@ static int server_quiesce(lua_State *L) {
     return 0;
 }
 
-/* Runs still answering requests of this server must not outlive it. */
+/* Runs still answering requests of this server must not outlive it. A
+ * request's run is owned by nobody, and freeing it frees only the runs it
+ * owns, which are ahead of it on the list: next stays valid (scheduler.h). */
 static void drop_request_runs(struct lua_server *ls) {
     struct chorus_run *run = ls->rt->runs, *next;
     for (; run; run = next) {

@@ -54,8 +54,19 @@ static void runtime_close(struct chorus_runtime *rt) {
     if (rt->watchdog_on)
         chorus_watchdog_stop(rt->watchdog);
     rt->watchdog_on = 0;
-    while (rt->runs)
-        chorus_run_free(rt->runs);
+    /* Only the runs nobody owns: an owned one (core.execute's child, newer
+     * than its owner, so ahead of it on the list) goes with its owner's
+     * run. Freeing the head whatever it was freed such a child first, and
+     * then its owner's cancel freed it again (serve stopped by SIGTERM
+     * with a workflow parked: a use after free). */
+    for (;;) {
+        struct chorus_run *run = rt->runs;
+        while (run && run->owner)
+            run = run->next;
+        if (!run)
+            break;
+        chorus_run_free(run);
+    }
     chorus_events_close(rt);
     if (rt->http)
         chorus_http_client_close(rt->http);

@@ -76,6 +76,12 @@ struct chorus_run {
     chorus_run_done_fn on_done;
     void *on_done_data;
     int interrupt_ref; /* the error chorus_run_interrupt raises; LUA_NOREF */
+    /* The task whose pending operation owns this run (core.execute's child:
+     * the operation's cancel or its on_done frees it), or NULL for a run
+     * that whoever started it frees (a detached run, a request's run, the
+     * CLI's). An owned run is never freed by anyone else: freeing its
+     * owner's run cancels that operation, which frees it. */
+    struct chorus_task *owner;
 };
 
 /* The CPU limit (limits.run_cpu_ms). The instruction budget alone let a
@@ -104,7 +110,10 @@ struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int
  * number of values pushed. Valid once run->done. */
 int chorus_run_push_result(struct chorus_run *run, lua_State *L);
 
-/* Cancels what is still running and frees the run. */
+/* Cancels what is still running and frees the run, and with it the runs
+ * its tasks' pending operations own (run->owner). Those were started after
+ * it, so they come before it on rt->runs (newest first): a walk of the list
+ * that frees a run may keep its pointer to the next one. */
 void chorus_run_free(struct chorus_run *run);
 
 /* Spawns a task in the current task's run, calling the function below nargs

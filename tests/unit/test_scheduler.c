@@ -96,6 +96,35 @@ static int l_wakeup(lua_State *co) {
     return 0;
 }
 
+/* execute(name): as core.execute does, a child run of waiter(name), owned
+ * by the caller's pending operation: freed when it ends or when that
+ * operation is cancelled. */
+static int owned_frees;
+
+static void on_owned_done(struct chorus_run *child, void *data) {
+    struct chorus_task *t = data;
+    chorus_run_free(child);
+    lua_pushliteral(t->co, "child done");
+    chorus_task_wake(t, 1);
+}
+
+static void cancel_owned(void *data) {
+    owned_frees++;
+    chorus_run_free(data);
+}
+
+static int l_execute(lua_State *co) {
+    struct chorus_task *t = chorus_task_waitable(co, 0);
+    lua_getglobal(co, "waiter");
+    lua_pushvalue(co, 1);
+    struct chorus_run *child = chorus_run_start(rt, co, 1, &no_limits, 1, on_owned_done, t);
+    if (!child)
+        return luaL_error(co, "out of memory");
+    child->owner = t;
+    chorus_task_park(t, cancel_owned, child);
+    return lua_yield(co, 0);
+}
+
 static int l_where(lua_State *co) {
     seen_co = co;
     return 0;
@@ -186,6 +215,7 @@ static const char SCRIPTS[] =
     "  where()\n"
     "  return tostring(debug.gethook()) .. ' ' .. name\n"
     "end\n"
+    "function executes(name) return execute(name) end\n"
     "function fails(name)\n"
     "  local guard <close> = setmetatable({}, {__close = function() mark('closed') end})\n"
     "  error(name .. ' failed')\n"
@@ -563,6 +593,20 @@ static void test_pool_after_cancel_and_error(void) {
     CHECK_INT_EQ(rt->nco_pool, pooled - 1);
 }
 
+/* Closing the runtime with a run parked on a child it owns (a served
+ * workflow parked in any wait when serve stops): the child is freed once,
+ * by its owner's cancel. Freeing the runs head first freed the child, then
+ * the owner's cancel freed it again. Checked after lua_close in main. */
+static void test_close_frees_owned_runs_once(void) {
+    reset();
+    int done = 0;
+    start("executes", "X", &done);
+    chorus_sched_drain(rt);
+    CHECK(parked['X' - 'A'] != NULL);
+    CHECK(rt->runs && rt->runs->owner != NULL); /* the child, newest */
+    CHECK_INT_EQ(done, 0);
+}
+
 int main(void) {
     L = luaL_newstate();
     luaL_openlibs(L);
@@ -574,6 +618,7 @@ int main(void) {
     lua_register(L, "cancel", l_cancel);
     lua_register(L, "wakeup", l_wakeup);
     lua_register(L, "where", l_where);
+    lua_register(L, "execute", l_execute);
     if (luaL_dostring(L, SCRIPTS) != LUA_OK) {
         fprintf(stderr, "%s\n", lua_tostring(L, -1));
         return 1;
@@ -593,6 +638,9 @@ int main(void) {
     test_budget_stops_run();
     test_pool_reuse();
     test_pool_after_cancel_and_error();
+    test_close_frees_owned_runs_once(); /* last: lua_close frees what it leaves */
     lua_close(L);
+    CHECK_INT_EQ(owned_frees, 1);
+    CHECK_INT_EQ(cancels['X' - 'A'], 1);
     return unit_summary();
 }
