@@ -22,10 +22,13 @@
 # connection, a socket in chorus and one in the upstream: an N the
 # open-file limit cannot hold is skipped with a note.
 # PROFILE=DIR runs each restart under `perf record -g` into DIR.
+# CHORUS_BIN=PATH serves with another build (the load generator stays
+# ./chorus): alternate two builds to compare them in one time window.
 # Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
+CHORUS_BIN=${CHORUS_BIN:-./chorus}
 SIZES=${SIZES:-"1000 5000 10000 20000"}
 CONNS=${CONNS:-64}
 WORK=$(mktemp -d)
@@ -67,7 +70,7 @@ cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/
 serve() { # serve PORT [WRAPPER...] → starts chorus, sets PID (chorus's, also under a wrapper)
   local port=$1
   shift
-  "$@" ./chorus serve --config "$WORK/conf.lua" --scripts scripts/bench/recovery --data "$WORK/data" \
+  "$@" "$CHORUS_BIN" serve --config "$WORK/conf.lua" --scripts scripts/bench/recovery --data "$WORK/data" \
     --listen "127.0.0.1:$port" > "$WORK/out" 2>> "$WORK/log" &
   PID=$!
   PIDS+=("$PID")
