@@ -250,6 +250,8 @@ local function status_keys(workflow, status)
   return keys
 end
 
+local EMPTY_REQUEST = {}
+
 -- The index row of a run record: its start time (µs), keys and summary
 -- (what GET /admin/runs lists of it, plus the CLI's duration and slot).
 local function run_row(rec)
@@ -257,7 +259,10 @@ local function run_row(rec)
   local t = math.max(0, math.floor(started * 1e6 + 0.5))
   local status, workflow = text_or_null(rec.status), text_or_null(rec.workflow)
   local keys = status_keys(workflow, status)
-  local key = text_or_null(rec.key)
+  -- a keyed async run stores no response under its key (rec.key is unset:
+  -- the 202 was), but it is still the key's run: list it under the key
+  local req = type(rec.request) == "table" and rec.request or EMPTY_REQUEST
+  local key = text_or_null(rec.key or req.idempotency_key)
   if key ~= null and #key <= 500 then
     keys = { table.unpack(keys) }
     keys[#keys + 1] = store.idem_key_key(key)
