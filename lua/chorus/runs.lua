@@ -644,6 +644,7 @@ function Service:resume(id, start)
   rec = rec or st:get_run(id)
   if not rec then
     st:del_timer(id)
+    context.drop_reservations(id) -- reserved by recover: nobody takes it back
     return false
   end
   self:remember(rec)
@@ -704,6 +705,16 @@ function Service:recover(opts)
       end
     end
   end
+  -- every lock a journal shows held is reserved for its run now, before
+  -- any new run can ask for it: recovery resumes in batches while requests
+  -- are served, and a lock left free until its holder's batch came went to
+  -- a new run, then the holder took it back too (two in the section; the
+  -- second release found no lock)
+  for _, u in ipairs(unfinished) do
+    for _, name in ipairs(context.held_locks(u.journal or st:journal(u.id))) do
+      context.reserve_lock(name, u.id)
+    end
+  end
   local total = #unfinished
   self.recovery = { resumed = 0, total = total, active = total > 0 }
   local done = opts.done or function() end
@@ -726,6 +737,7 @@ function Service:recover(opts)
       local ok, res = pcall(self.resume, self, u.id, start)
       if not ok then
         failed = failed + 1
+        context.drop_reservations(u.id)
         log("error", "cannot resume a run", { run_id = u.id, error = tostring(res) })
       elseif res then
         resumed = resumed + 1

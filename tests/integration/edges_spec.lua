@@ -53,4 +53,58 @@ describe("the promise at its edges", function()
     local all = H.request(srv.url .. "/admin/runs?workflow=quick", { headers = ADMIN }).json.runs
     assert.are.equal("edge-async-2", all[1].key)
   end)
+
+  -- Recovery resumes in batches while requests are served. A lock its
+  -- holder's journal showed held was reserved only when the holder's batch
+  -- came: a new run took it first, then the holder took it back too (two
+  -- runs inside), and the second release failed the run ("attempt to index
+  -- a nil value (local 'l')").
+  it("keeps a lock held at a SIGKILL for its holder while recovery has not reached it", function()
+    local mock = H.start_mock(300)
+    local ldir = H.temp_dir({ ["locked.lua"] = H.read("tests/integration/fixtures/edges/locked.lua"),
+      ["parked.lua"] = H.read(FIX .. "parked.lua") })
+    local lconf = H.write_temp(([[
+return { admin_token = "s3cret", storage = { recovery_batch = 1 }, upstreams = { mock = { base_url = %q } } }
+]]):format(mock.url))
+    local ldata = H.temp_dir()
+    local args = { "--config", lconf, "--scripts", ldir, "--data", ldata }
+    local s = H.start_server(args)
+    local function async(url, path, body)
+      local r = H.request(url .. path, { method = "POST", body = body,
+        headers = { Prefer = "respond-async", ["Content-Type"] = "application/json" } })
+      assert.are.equal(202, r.status, r.body)
+      return r.json.run_id
+    end
+    -- runs older than the holder: recovery resumes them first (one per batch)
+    for _ = 1, 4 do
+      async(s.url, "/workflows/parked", "{}")
+    end
+    local holder = async(s.url, "/workflows/locked", '{"who":"holder","hold":3}')
+    local function seen(path)
+      for _, e in ipairs(mock.stats().log or {}) do
+        if e.path == path then
+          return true
+        end
+      end
+      return false
+    end
+    assert.truthy(H.eventually(function() return seen("/enter/holder") end, 20))
+    s.kill("KILL")
+    s.wait()
+    s = H.start_server(args, { CHORUS_TEST_RECOVERY_PAUSE = "0.5" })
+    local newcomer = async(s.url, "/workflows/locked", '{"who":"newcomer","hold":2}')
+    local a = H.finished(s, holder, ADMIN, 60)
+    local b = H.finished(s, newcomer, ADMIN, 60)
+    local order = {}
+    for _, e in ipairs(mock.stats().log) do
+      order[#order + 1] = e.path
+    end
+    s.stop()
+    mock.stop()
+    os.execute("rm -rf " .. H.quote(ldir) .. " " .. H.quote(ldata) .. " " .. H.quote(lconf))
+    assert.are.same({ "succeeded", "succeeded" }, { a.status, b.status })
+    -- the holder left before the newcomer entered
+    assert.are.same({ "/enter/holder", "/leave/holder", "/enter/newcomer", "/leave/newcomer" }, order)
+  end)
 end)
+
