@@ -84,7 +84,7 @@ with open(CONF, "w") as f:
     down = { base_url = %r, retry = { attempts = 2, base = 0.02, cap = 0.05 } },
   },
 }
-""" % (ADMIN, MOCK + "?idempotent=1&delay=30", MOCK + "?status=422", MOCK + "?idempotent=1&status=503"))
+""" % (ADMIN, MOCK + "?idempotent=1&delay=30", MOCK + "?idempotent=1&status=422", MOCK + "?idempotent=1&status=503"))
 
 srv = {"proc": None, "port": 0, "n": 0}
 
@@ -334,6 +334,10 @@ if v.returncode != 0:
     problem("data verify: rc %d %s %s" % (v.returncode, v.stdout[-500:], v.stderr[-500:]))
 log("data verify rc %d: %s" % (v.returncode, v.stdout.strip().splitlines()[-1:] if v.stdout.strip() else ""))
 
+# a cancel answered 202 is on disk: its run ends cancelled
+for rid, st in cancels:
+    if st == 202 and by_id.get(rid, {}).get("status") != "cancelled":
+        problem("cancel of %s answered 202, run ended %s" % (rid, by_id.get(rid, {}).get("status")))
 cancel_codes = {}
 for _, st in cancels:
     cancel_codes[st] = cancel_codes.get(st, 0) + 1
