@@ -106,5 +106,52 @@ return { admin_token = "s3cret", storage = { recovery_batch = 1 }, upstreams = {
     -- the holder left before the newcomer entered
     assert.are.same({ "/enter/holder", "/leave/holder", "/enter/newcomer", "/leave/newcomer" }, order)
   end)
+
+  -- A cancel that lands before recovery reaches its run (batches of one,
+  -- paused): the run ends cancelled once, the listing and the status index
+  -- agree with its record, and the runs around it are resumed as before.
+  it("cancels a run recovery has not reached yet, and lists it as its record says", function()
+    local cdir = H.temp_dir({ ["parked.lua"] = H.read(FIX .. "parked.lua") })
+    local cconf = H.write_temp([[return { admin_token = "s3cret", storage = { recovery_batch = 1 } }]])
+    local cdata = H.temp_dir()
+    local args = { "--config", cconf, "--scripts", cdir, "--data", cdata }
+    local s = H.start_server(args)
+    local ids = {}
+    for i = 1, 6 do
+      local r = H.request(s.url .. "/workflows/parked", { method = "POST", body = "{}",
+        headers = { Prefer = "respond-async", ["Content-Type"] = "application/json" } })
+      assert.are.equal(202, r.status, r.body)
+      ids[i] = r.json.run_id
+    end
+    s.kill("KILL")
+    s.wait()
+    s = H.start_server(args, { CHORUS_TEST_RECOVERY_PAUSE = "0.5" })
+    local ready = H.request(s.url .. "/readyz")
+    assert.are.equal(503, ready.status, ready.body)
+    local last = ids[6] -- resumed last: about 2.5 s from now
+    local del = H.request(s.url .. "/runs/" .. last, { method = "DELETE", headers = ADMIN })
+    assert.are.equal(202, del.status, del.body)
+    local rec = H.finished(s, last, ADMIN, 60)
+    assert.is_truthy(H.eventually(function() return H.request(s.url .. "/readyz").status == 200 end, 60))
+    local listed = {}
+    for _, st in ipairs({ "running", "cancelled" }) do
+      local r = H.request(s.url .. "/admin/runs?status=" .. st, { headers = ADMIN })
+      for _, run in ipairs(r.json.runs) do
+        listed[run.id] = st
+      end
+    end
+    local others = {}
+    for i = 1, 5 do
+      others[i] = H.run_record(s, ids[i], ADMIN).status
+    end
+    s.stop()
+    os.execute("rm -rf " .. H.quote(cdir) .. " " .. H.quote(cdata) .. " " .. H.quote(cconf))
+    assert.are.equal("cancelled", rec.status)
+    assert.are.equal("cancelled", listed[last])
+    assert.are.same({ "running", "running", "running", "running", "running" }, others)
+    for i = 1, 5 do
+      assert.are.equal("running", listed[ids[i]])
+    end
+  end)
 end)
 
