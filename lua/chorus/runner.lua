@@ -30,6 +30,9 @@ local function outcome(workflow, ctx, state, ok, ...)
   -- a control error ends the run whatever the script made of it
   -- (chorus.runstate): a __close handler cannot replace it
   local err = state.stopped
+  -- from here a cancel can no longer change how the run ends (Service:cancel
+  -- refuses it: a cancel mark stored with a run that ends succeeded)
+  state.ended = true
   if ok and not err then -- plain data out: the server reads it outside the run
     if select("#", ...) == 1 then
       local pok, value = pcall(errors.plain, (...))

@@ -285,7 +285,11 @@ function Service:finish(rec, text, ok, value)
       self.env.respond(rec, ok, value))
   end
   if rec.outbox then
-    local failure = not ok and { error = rec.error, permanent = rec.error.permanent == true } or nil
+    -- a cancelled run is not retried: the outbox would start it again under
+    -- its id, and that run would replace the cancelled record (the DLQ
+    -- keeps the entry: `dlq replay` runs it if the cancel was a mistake)
+    local failure = not ok and { error = rec.error,
+      permanent = rec.error.permanent == true or rec.status == "cancelled" } or nil
     outbox.settle(self.backend, rec.outbox, failure)
   end
   if rec.callback_url then
@@ -407,6 +411,12 @@ end
 function Service:cancel(id, via)
   local st = self.store
   local rec = self.running[id]
+  local live = rec and self.states[rec]
+  if live and live.ended then
+    -- its end is decided and on its way to the record: a cancel mark now
+    -- would be stored with a run that never gets to be cancelled
+    return nil, "conflict", "the run has finished: its end is being stored"
+  end
   if not rec then
     local gok, found = pcall(self.lookup, self, id)
     if not gok then

@@ -153,5 +153,37 @@ return { admin_token = "s3cret", storage = { recovery_batch = 1 }, upstreams = {
       assert.are.equal("running", listed[ids[i]])
     end
   end)
+
+  -- A run the outbox started (ctx.later) and DELETE /runs/ID cancelled
+  -- settled its entry as a failure to retry: the relay started it again
+  -- under the same id, and that run replaced the cancelled record (a 202
+  -- cancel, a run that then ended succeeded). Now the entry goes to the DLQ.
+  it("does not start a cancelled ctx.later run again", function()
+    local odir = H.temp_dir({ ["parked.lua"] = H.read(FIX .. "parked.lua"),
+      ["starter.lua"] = H.read("tests/integration/fixtures/edges/starter.lua") })
+    local oconf = H.write_temp([[return { admin_token = "s3cret", outbox = { base = 0.05, cap = 0.2, poll = 0.02 } }]])
+    local s = H.start_server({ "--config", oconf, "--scripts", odir })
+    local r = H.request(s.url .. "/workflows/starter", { method = "POST", body = "{}",
+      headers = { ["Content-Type"] = "application/json" } })
+    assert.are.equal(200, r.status, r.body)
+    local id = H.eventually(function()
+      local runs = H.request(s.url .. "/admin/runs?workflow=parked&status=running", { headers = ADMIN }).json.runs
+      return runs[1] and runs[1].id
+    end, 20)
+    assert.truthy(id, "the parked run did not start")
+    local del = H.request(s.url .. "/runs/" .. id, { method = "DELETE", headers = ADMIN })
+    assert.are.equal(202, del.status, del.body)
+    local dead = H.eventually(function()
+      local dlq = H.request(s.url .. "/admin/dlq", { headers = ADMIN }).json
+      return dlq.depth == 1 and dlq.entries[1]
+    end, 20)
+    local rec = H.run_record(s, id, ADMIN)
+    local outbox = H.request(s.url .. "/admin/outbox", { headers = ADMIN }).json
+    H.clean(s, odir, oconf)
+    assert.truthy(dead, "the cancelled run's entry is not in the DLQ")
+    assert.are.equal(id, dead.id)
+    assert.are.equal("cancelled", rec.status)
+    assert.are.equal(0, outbox.depth)
+  end)
 end)
 

@@ -370,4 +370,31 @@ describe("the run service", function()
       assert.are.equal(1, call.unfinished, call.url .. " went out before the run's timer was committed")
     end
   end)
+
+  -- A DELETE /runs/ID that lands after the run's body ended, before its end
+  -- is recorded: the end is decided, so the cancel is refused (409), not written into
+  -- the record of a run that then ends succeeded (found by the SIGKILL
+  -- probe of tests/soak/edges: a 202 cancel, a run that ended succeeded).
+  it("refuses a cancel that lands after the run's end is decided", function()
+    local st = store.memory()
+    local env = { store = st, backend = outbox.memory(true), transport = counting_transport("one").fn,
+      log = function() end, log_sink = function() end }
+    local svc = runs.service(env)
+    local answers = {}
+    local finish_record = svc.finish_record
+    svc.finish_record = function(self, rec, ...)
+      local got, why = self:cancel(rec.id, "api")
+      answers[rec.id] = { got = got ~= nil, why = why }
+      return finish_record(self, rec, ...)
+    end
+    local rec = in_loop(function()
+      local _, _, r = svc:start({ workflow = calls_two, hash = "h1" }, { base = "http://x.test" })
+      return r
+    end)
+    assert.are.same({ got = false, why = "conflict" }, answers[rec.id])
+    local stored = json.decode(st:get_run_text(rec.id))
+    assert.are.equal("succeeded", stored.status)
+    assert.is_nil(stored.cancel)
+  end)
 end)
+

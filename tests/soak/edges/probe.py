@@ -168,7 +168,14 @@ def client(cid):
             if rid:
                 with lock:
                     runs_by_key.setdefault(key, set()).add(rid)
-            if st in (409, 503) or st >= 502 and st != 504:
+            # 409 is "in flight", except the replay of a cancelled run's end
+            replayed = (hd.get("Idempotent-Replayed") or hd.get("idempotent-replayed")) == "true"
+            if st == 409 and replayed:
+                try:
+                    rid = json.loads(b).get("run_id") or rid
+                except Exception:
+                    pass
+            elif st in (409, 503) or st >= 502 and st != 504:
                 time.sleep(0.1)
                 continue
             with lock:
@@ -195,8 +202,11 @@ for k in range(args.kills):
     start_server(pause=0.05 if racing else None)
     if racing:
         # cancel async runs while recovery resumes them
-        with lock:
-            cands = [a["run"] for a in acks.values() if a["async"] and a["run"]][-6:]
+        # the unfinished runs recovery is resuming (saga, child or later)
+        st, rr = jget(srv["url"] + "/admin/runs?status=running&limit=50")
+        cands = [r["id"] for r in (rr or {}).get("runs", [])]
+        random.shuffle(cands)
+        cands = cands[:6]
         for rid in cands:
             try:
                 st, _, b = http("DELETE", srv["url"] + "/runs/" + rid, headers={"Authorization": "Bearer " + ADMIN})
