@@ -455,6 +455,14 @@ function Service:cancel(id, via)
     end
     self.env.log("info", "cancelling a run", { run_id = id, workflow = rec.workflow, via = via })
   end
+  -- recovery may have resumed the run while the mark was being committed:
+  -- from the record as it was before (a read sees only committed writes),
+  -- so the live run must get the mark here or it never learns of it
+  local live = self.running[id]
+  if live and live ~= rec then
+    live.cancel = live.cancel or rec.cancel
+    rec = live
+  end
   local s = self.states[rec]
   if s and not s.cancelled then
     -- a replay never waits, so a live run is past it: stopped now

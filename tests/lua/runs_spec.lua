@@ -241,6 +241,32 @@ describe("the run service", function()
     assert.are.same({}, st:journal(rec.id))
   end)
 
+  -- DELETE /runs/ID for a run recovery has not reached: the cancel mark is
+  -- written to the stored record, and while its commit was under way the
+  -- recovery resumed the run from the record as committed (no mark). The run
+  -- then ended succeeded over the 202 (found by tests/soak/edges/probe.py).
+  it("cancels a run recovery resumes while the cancel's mark is being committed", function()
+    local t = counting_transport("one")
+    local st, svc, rec = crashed_run(t)
+    local resumed = {}
+    local commit = st.commit
+    st.commit = function(self)
+      if #resumed == 0 then -- recovery's turn comes during the commit's wait
+        svc:resume(rec.id, function(fn) resumed[#resumed + 1] = fn end)
+      end
+      return commit(self)
+    end
+    local got, why = svc:cancel(rec.id, "api")
+    st.commit = commit
+    assert.truthy(got, why)
+    assert.are.equal(1, #resumed)
+    local out = in_loop(function() return { resumed[1]() } end)
+    assert.is_false(out[1])
+    local value = json.decode(st:get_run_text(rec.id))
+    assert.are.equal("cancelled", value.status)
+    assert.are.equal("api", value.cancel.via)
+  end)
+
   it("resumes from what the start-up check read, without reading the run again", function()
     local t = counting_transport("one")
     local st, svc, rec = crashed_run(t)
