@@ -411,8 +411,9 @@ end
 function Service:cancel(id, via)
   local st = self.store
   local rec = self.running[id]
-  local live = rec and self.states[rec]
-  if live and live.ended then
+  local state = rec and self.states[rec]
+  local stored_copy = false
+  if state and state.ended then
     -- its end is decided and on its way to the record: a cancel mark now
     -- would be stored with a run that never gets to be cancelled
     return nil, "conflict", "the run has finished: its end is being stored"
@@ -441,10 +442,15 @@ function Service:cancel(id, via)
     if not rok or type(stored) ~= "table" then
       return nil, "storage", tostring(stored)
     end
-    rec = stored
+    rec, stored_copy = stored, true
   end
   if not rec.cancel then
     rec.cancel = { at = runstate.micro(core.now()), via = via }
+    if state and not state.cancelled then
+      -- stopped before the mark's commit: the run goes on during that wait,
+      -- and could end otherwise with the mark stored in its record
+      runstate.cancel(state, runstate.cancel_error())
+    end
     if st then
       st:put_run(rec) -- the request outlives a crash: a resumed run is cancelled
       local cok, cerr = pcall(st.commit, st)
@@ -462,6 +468,15 @@ function Service:cancel(id, via)
   if live and live ~= rec then
     live.cancel = live.cancel or rec.cancel
     rec = live
+  elseif not live and stored_copy then
+    -- or resumed and ended in that wait: its end came first (and is what
+    -- its record says)
+    local ended = self.finished:get(id)
+    if ended then
+      local dok, decoded = pcall(json.decode, ended)
+      local status = dok and type(decoded) == "table" and decoded.status or "finished"
+      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(status))
+    end
   end
   local s = self.states[rec]
   if s and not s.cancelled then

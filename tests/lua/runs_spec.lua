@@ -267,6 +267,40 @@ describe("the run service", function()
     assert.are.equal("api", value.cancel.via)
   end)
 
+  -- A live run went on while the cancel's mark was being committed and
+  -- could end then, succeeded, with the mark in its record and a 202 out
+  -- (tests/soak/edges/probe.py): it is stopped before that wait now.
+  it("stops a live run before the cancel's mark is committed", function()
+    local st = store.memory()
+    local env = { store = st, backend = outbox.memory(true), log = function() end, log_sink = function() end }
+    local svc = runs.service(env)
+    local sleeper = { workflow = chorus.workflow { name = "sleeper", run = function(ctx)
+      ctx.sleep(60)
+      return "woke"
+    end }, hash = "s1" }
+    local at_commit
+    local out = in_loop(function()
+      local ended = {}
+      core.start(nil, function() ended.ok, ended.value = svc:start(sleeper, {}) end)
+      core.sleep(1)
+      local id = next(svc.running)
+      local rec = svc.running[id]
+      local commit = st.commit
+      st.commit = function(self)
+        at_commit = svc.states[rec] and svc.states[rec].cancelled or false
+        st.commit = commit
+        return commit(self)
+      end
+      local got, why = svc:cancel(id, "api")
+      core.sleep(1)
+      return { got = got ~= nil, why = why, ok = ended.ok, id = id }
+    end)
+    assert.is_true(out.got, out.why)
+    assert.is_true(at_commit)
+    assert.is_false(out.ok)
+    assert.are.equal("cancelled", json.decode(st:get_run_text(out.id)).status)
+  end)
+
   it("resumes from what the start-up check read, without reading the run again", function()
     local t = counting_transport("one")
     local st, svc, rec = crashed_run(t)
