@@ -22,6 +22,12 @@
 #define HOOK_EVERY 1000
 #define TICK_NS (CHORUS_WATCHDOG_TICK_MS * 1000000LL)
 
+/* A task's own C bytes, its struct and its slot in run->tasks, kept until
+ * the run ends: charged to the run's memory cap as its Lua heap is (a loop
+ * of chorus.all over short tasks grew the C heap by a gigabyte under an
+ * 8 MiB cap). Never given back: they are held until chorus_run_free. */
+#define TASK_BYTES (sizeof(struct chorus_task) + sizeof(struct chorus_task *))
+
 static void task_resume(struct chorus_task *t);
 static void count_hook(lua_State *L, lua_Debug *ar);
 
@@ -600,6 +606,7 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
     struct chorus_task *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
+    run->mem += TASK_BYTES;
     t->run = run;
     t->parent = parent;
     t->result_ref = LUA_NOREF;
@@ -739,7 +746,11 @@ struct chorus_task *chorus_task_waitable(lua_State *L, int need_io) {
 
 int chorus_task_spawn(lua_State *L, int nargs) {
     struct chorus_task *self = chorus_task_current(L, 0);
-    struct chorus_task *t = task_new(self->run, self, L, nargs);
+    struct chorus_run *run = self->run;
+    if (run->killed == KILL_NONE && run->limits.run_memory &&
+        run->mem + TASK_BYTES > run->limits.run_memory)
+        chorus_run_stop(L, run, KILL_MEMORY);
+    struct chorus_task *t = task_new(run, self, L, nargs);
     if (!t)
         return luaL_error(L, "out of memory spawning a task");
     return t->id;

@@ -430,3 +430,23 @@ describe("sandbox: __close handlers of a task closed by the scheduler", function
     assert.are.equal("fast", r.value)
   end)
 end)
+
+describe("sandbox: tasks a run spawns", function()
+  -- Each task's C struct (and its slot in the run's task list) lives until
+  -- the run ends, outside the Lua heap: a loop of chorus.all over short tasks
+  -- grew the process by hundreds of megabytes under an 8 MiB cap.
+  it("count against the run's memory cap: a spawning loop stops with kind memory", function()
+    core.set_limits({ memory = 8 * 1024 * 1024 })
+    finally(function() core.set_limits({ memory = 64 * 1024 * 1024 }) end)
+    local r = testing.run(assert(script.compile([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "spawner", run = function()
+        local f, n = function() end, 0
+        for _ = 1, 100000 do chorus.all(f, f, f, f, f, f, f, f) n = n + 8 end
+        return n
+      end }
+    ]], "spawner.lua")), {})
+    assert.is_false(r.ok, "spawned " .. tostring(r.value) .. " tasks")
+    assert.are.equal("memory", r.error.kind)
+  end)
+end)
