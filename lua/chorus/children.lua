@@ -23,23 +23,6 @@ local function child_id(parent_id, step)
   return ("%s-%s-%s-%s-%s"):format(h:sub(1, 8), h:sub(9, 12), h:sub(13, 16), h:sub(17, 20), h:sub(21, 32))
 end
 
--- The child's input as JSON data, copied in the caller's run (under its
--- budget and memory cap): what a request body, ctx.later and a child resumed
--- after a restart get. Handed over as it was, the table was shared by two
--- workflows' runs (the child wrote into the caller's tables) and the
--- caller's metamethods ran in the child's run, under the child's budget.
-local function as_json(input)
-  local ok, copy = pcall(function() return core.json.decode(core.json.encode(input)) end)
-  if ok then
-    return copy
-  end
-  if core.killed() or runstate.stopped() then -- a limit or a stop, not a bad input
-    error(copy, 0)
-  end
-  local why = type(copy) == "table" and copy.message or copy
-  error(("ctx.call: input must be JSON data (%s)"):format(tostring(why)), 3)
-end
-
 function children.call(workflow, input, opts)
   if type(workflow) ~= "string" or workflow == "" then
     error("ctx.call(workflow, input, opts): workflow must be the name of a workflow", 2)
@@ -53,7 +36,7 @@ function children.call(workflow, input, opts)
   for k in pairs(opts or {}) do
     error(("ctx.call: unknown option '%s'"):format(tostring(k)), 2)
   end
-  input = as_json(input or {})
+  input = errors.json_copy(input or {}, "ctx.call", 2)
   local run = runstate.current()
   local svc = run and run.env and run.env.service
   if not svc then
