@@ -314,8 +314,6 @@ static void mark_moot(struct batch *b) {
     free(tags);
 }
 
-/* Applies b in one write transaction and commits it. 0, or the LMDB error
- * with err (MDB_MAP_FULL: the caller may grow the map and try again). */
 /* Deletes every record of db whose key starts with prefix (and, in the
  * runs, their index entries). */
 static int del_prefix(struct chorus_store *st, MDB_txn *txn, MDB_dbi dbi, int db,
@@ -341,6 +339,8 @@ static int del_prefix(struct chorus_store *st, MDB_txn *txn, MDB_dbi dbi, int db
     return rc;
 }
 
+/* Applies b in one write transaction and commits it. 0, or the LMDB error
+ * with err (MDB_MAP_FULL: the caller may grow the map and try again). */
 static int batch_apply(struct chorus_store *st, struct batch *b, char *err, size_t errlen) {
     MDB_txn *txn;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
