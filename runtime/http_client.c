@@ -1058,6 +1058,17 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         snprintf(err, errlen, "invalid HTTP method '%s'", req->method);
         goto fail;
     }
+    /* The copy of the request body is the caller's memory as the response
+     * body is: told to the charge callback, given back when the call ends
+     * (one body string sent by many calls at once was a copy per call,
+     * outside the run's memory cap). */
+    if (req->body && call->charge) {
+        if (call->charge(data, (long long)req->body_len) != 0) {
+            snprintf(err, errlen, "the request body passes the memory cap");
+            goto fail;
+        }
+        call->charged += req->body_len;
+    }
     if (set_body(call, req) != 0 || set_headers(call, req->headers, req->body != NULL) != 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
