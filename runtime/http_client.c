@@ -1058,6 +1058,20 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         snprintf(err, errlen, "invalid HTTP method '%s'", req->method);
         goto fail;
     }
+    /* The copies of the request body and headers are the caller's memory as
+     * the response body is: told to the charge callback, given back when
+     * the call ends (one body string sent by many calls at once was a copy
+     * per call, outside the run's memory cap). */
+    size_t held = req->body ? req->body_len : 0;
+    for (const char *const *h = req->headers; h && *h; h++)
+        held += strlen(*h);
+    if (held && call->charge) {
+        if (call->charge(data, (long long)held) != 0) {
+            snprintf(err, errlen, "the request's body and headers pass the memory cap");
+            goto fail;
+        }
+        call->charged += held;
+    }
     if (set_body(call, req) != 0 || set_headers(call, req->headers, req->body != NULL) != 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;

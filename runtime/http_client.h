@@ -32,10 +32,12 @@ enum chorus_http_error {
 #define CHORUS_HTTP_DEFAULT_MAX_BODY ((size_t)16 << 20)
 #define CHORUS_HTTP_DEFAULT_MAX_HEADER_BYTES ((size_t)64 << 10)
 
-/* Told of the response body's memory as it arrives: delta > 0 before the
- * body grows by that many bytes (nonzero refuses: the transfer stops and the
- * call ends with CHORUS_HTTP_MEMORY), and once, when the call ends or is
- * cancelled, delta < 0 giving back all it was told of. data is the call's. */
+/* Told of the call's body memory: the copies of the request body and
+ * headers when the call starts (nonzero refuses: chorus_http_start fails), the response body
+ * as it arrives, delta > 0 before it grows by that many bytes (nonzero
+ * refuses: the transfer stops and the call ends with CHORUS_HTTP_MEMORY),
+ * and once, when the call ends or is cancelled, delta < 0 giving back all it
+ * was told of. data is the call's. */
 typedef int (*chorus_http_charge_fn)(void *data, long long delta);
 
 /* What to send. Strings are copied by chorus_http_start(); the caller keeps

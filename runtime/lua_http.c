@@ -293,8 +293,11 @@ int chorus_lua_http_request(lua_State *L) {
     char err[256];
     struct chorus_http_call *call =
         chorus_http_start(t->run->rt->http, &req, on_done, t, err, sizeof err);
-    if (!call)
+    if (!call) {
+        if (t->run->killed == KILL_MEMORY) /* the body's copy refused: the run's cap */
+            chorus_run_stop(L, t->run, KILL_MEMORY);
         return luaL_error(L, "http: %s", err);
+    }
     chorus_task_park(t, cancel_call, call);
     return chorus_task_yield(L, t);
 }

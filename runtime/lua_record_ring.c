@@ -1,9 +1,10 @@
 /* lua_record_ring.c — the finished run records `chorus serve` keeps in
  * memory for GET /runs/ID: the last N, as JSON text, outside the Lua heap.
  *
- *   local ring = core.record_ring(capacity)
+ *   local ring = core.record_ring(capacity [, max_bytes])
  *   ring:put(id, text)  -- a new id takes the oldest one's place when full;
- *                       -- a known id gets its text replaced
+ *                       -- a known id gets its text replaced; past
+ *                       -- max_bytes the oldest others are dropped
  *   ring:get(id) → text or nil
  *   #ring → how many records; ring:bytes() → their ids' and texts' bytes
  *
@@ -41,6 +42,7 @@ struct ring {
     struct slot **buckets;
     size_t nbuckets; /* a power of two */
     size_t bytes;
+    size_t max_bytes; /* 0: none */
 };
 
 static uint64_t hash(const char *s, size_t n) {
@@ -91,6 +93,18 @@ static struct ring *check_ring(lua_State *L) {
     return r;
 }
 
+/* Past max_bytes, drops the oldest records but keep (the one just put):
+ * a record holds what its run returned or raised, up to the run's memory
+ * cap, so ten thousand of them were gigabytes of the server's memory that
+ * one workflow's results could fill. Those dropped are read from the store
+ * (runs.lua, Service:lookup). */
+static void trim(struct ring *r, const struct slot *keep) {
+    for (size_t i = r->next, n = 0; r->bytes > r->max_bytes && n < r->cap;
+         i = (i + 1) % r->cap, n++)
+        if (r->slots[i].id && &r->slots[i] != keep)
+            forget(r, &r->slots[i]);
+}
+
 static int ring_put(lua_State *L) {
     struct ring *r = check_ring(L);
     size_t n, len;
@@ -105,6 +119,8 @@ static int ring_put(lua_State *L) {
         free(s->text);
         s->text = t;
         s->text_len = len;
+        if (r->max_bytes)
+            trim(r, s);
         return 0;
     }
     char *i = copy(id, n);
@@ -122,6 +138,8 @@ static int ring_put(lua_State *L) {
     *head = s;
     r->bytes += n + len;
     r->count++;
+    if (r->max_bytes)
+        trim(r, s);
     return 0;
 }
 
@@ -166,6 +184,8 @@ static int ring_gc(lua_State *L) {
 int chorus_lua_record_ring(lua_State *L) {
     lua_Integer cap = luaL_checkinteger(L, 1);
     luaL_argcheck(L, cap >= 1 && cap <= MAX_CAPACITY, 1, "capacity must be 1 to 10,000,000");
+    lua_Integer max_bytes = luaL_optinteger(L, 2, 0);
+    luaL_argcheck(L, max_bytes >= 0, 2, "max_bytes must be 0 (none) or more");
     struct ring *r = lua_newuserdatauv(L, sizeof *r, 0);
     memset(r, 0, sizeof *r);
     if (luaL_newmetatable(L, RING_MT)) {
@@ -180,6 +200,7 @@ int chorus_lua_record_ring(lua_State *L) {
     }
     lua_setmetatable(L, -2);
     r->cap = (size_t)cap;
+    r->max_bytes = (size_t)max_bytes;
     r->nbuckets = 16;
     while (r->nbuckets < r->cap)
         r->nbuckets *= 2;

@@ -22,6 +22,12 @@
 #define HOOK_EVERY 1000
 #define TICK_NS (CHORUS_WATCHDOG_TICK_MS * 1000000LL)
 
+/* A task's own C bytes, its struct and its slot in run->tasks, kept until
+ * the run ends: charged to the run's memory cap as its Lua heap is (a loop
+ * of chorus.all over short tasks grew the C heap by a gigabyte under an
+ * 8 MiB cap). Never given back: they are held until chorus_run_free. */
+#define TASK_BYTES (sizeof(struct chorus_task) + sizeof(struct chorus_task *))
+
 static void task_resume(struct chorus_task *t);
 static void count_hook(lua_State *L, lua_Debug *ar);
 
@@ -174,17 +180,30 @@ static int pack_ref(struct chorus_runtime *rt, lua_State *co, int n, int *count)
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* An error { kind =, message = } as a task's one value. */
-static int error_ref(struct chorus_runtime *rt, const char *kind, const char *message, int *count) {
-    lua_State *L = rt->L;
+static int make_error_ref(lua_State *L, const char *kind, const char *message) {
     lua_createtable(L, 0, 2);
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "kind");
     lua_pushstring(L, message);
     lua_setfield(L, -2, "message");
     luaL_setmetatable(L, CHORUS_ERROR_MT);
-    *count = 1;
     return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* An error { kind =, message = } as a task's one value. It is made on the
+ * main state, possibly inside a task's call (a race cancelling its losers):
+ * charged to that run, a run at its memory cap had it refused, and the
+ * memory error was raised on rt->L, whose handler is the server's own, out
+ * past the resume going on: it unwound the scheduler and ended the process.
+ * The scheduler's own values are charged to no run. */
+static int error_ref(struct chorus_runtime *rt, const char *kind, const char *message, int *count) {
+    lua_State *L = rt->L;
+    struct chorus_task *current = rt->current;
+    rt->current = NULL;
+    int ref = make_error_ref(L, kind, message);
+    rt->current = current;
+    *count = 1;
+    return ref;
 }
 
 static int push_packed(lua_State *L, int ok, int ref, int n) {
@@ -265,6 +284,57 @@ static void release_co(struct chorus_task *t) {
 
 static void finish_run(struct chorus_run *run, struct chorus_task *root);
 
+/* Ends the CPU-time segment going on (a resume, or a close below): charges
+ * what it spent to its run and starts a new one for whatever runs next. */
+static void charge_segment(struct chorus_runtime *rt, struct chorus_run *run, int watched) {
+    if (watched) {
+        int ticks = chorus_watchdog_leave();
+        if (ticks > 0)
+            run->hooked = 1;
+        run->cpu_ns += (long long)ticks * TICK_NS;
+    } else if (rt->resume_started > 0) {
+        run->cpu_ns += (long long)((chorus_clock_monotonic() - rt->resume_started) * 1e9);
+    }
+    rt->resume_started = 0;
+}
+
+/* Closing a task's coroutine runs the script's __close handlers. They are
+ * its run's code wherever the close happens (the loop after the run's root
+ * ended, a race's parent cancelling the losers, the server cancelling the
+ * run), so they run as that task: under its instruction budget (the count
+ * hook on the coroutine), its CPU limit and its memory cap (rt->current
+ * picks the account). Without this a loop in __close held the server's
+ * thread for good. The caller's resume, if one is going on, is paused:
+ * what it spent so far is charged to its run first. */
+static void close_task(struct chorus_task *t) {
+    struct chorus_run *run = t->run;
+    struct chorus_runtime *rt = run->rt;
+    struct chorus_task *caller = rt->current;
+    int caller_watched = caller && rt->watchdog_on && budgeted(&caller->run->limits);
+    if (caller)
+        charge_segment(rt, caller->run, caller_watched);
+    rt->current = t;
+    int watched = rt->watchdog_on && budgeted(&run->limits);
+    if (budgeted(&run->limits))
+        lua_sethook(t->co, count_hook, LUA_MASKCOUNT, run->killed != KILL_NONE ? 1 : HOOK_EVERY);
+    if (watched)
+        chorus_watchdog_enter(t->co, count_hook);
+    else if (run->limits.run_cpu_ms > 0)
+        rt->resume_started = chorus_clock_monotonic();
+    lua_resetthread(t->co);
+    charge_segment(rt, run, watched);
+    rt->current = caller;
+    if (!caller)
+        return;
+    if (caller_watched)
+        chorus_watchdog_enter(caller->co, count_hook);
+    else if (!rt->watchdog_on && caller->run->limits.run_cpu_ms > 0)
+        rt->resume_started = chorus_clock_monotonic();
+    /* a close that stopped the caller's own run stops the caller at once */
+    if (caller->run->killed != KILL_NONE && caller->co)
+        lua_sethook(caller->co, count_hook, LUA_MASKCOUNT, 1);
+}
+
 /* Reports a finished child to its parent: queued, and the parent woken if
  * it is parked in await. */
 static void notify_parent(struct chorus_task *t) {
@@ -293,7 +363,7 @@ static void task_done(struct chorus_task *t, int ok) {
      * open (Lua closes them only on pcall unwinding): close them now, so a
      * lock or a bulkhead slot held by the task is released. */
     if (!ok && t->co)
-        lua_resetthread(t->co);
+        close_task(t);
     release_co(t);
     if (t->id == 1)
         finish_run(t->run, t);
@@ -359,15 +429,7 @@ static void task_resume(struct chorus_task *t) {
     rt->resume_started =
         !rt->watchdog_on && run->limits.run_cpu_ms > 0 ? chorus_clock_monotonic() : 0;
     int status = lua_resume(t->co, rt->L, nargs, &nres);
-    if (watched) {
-        int ticks = chorus_watchdog_leave();
-        if (ticks > 0)
-            run->hooked = 1;
-        run->cpu_ns += (long long)ticks * TICK_NS;
-    } else if (rt->resume_started > 0) {
-        run->cpu_ns += (long long)((chorus_clock_monotonic() - rt->resume_started) * 1e9);
-    }
-    rt->resume_started = 0;
+    charge_segment(rt, run, watched);
     rt->current = NULL;
     if (status == LUA_YIELD) {
         lua_pop(t->co, nres);
@@ -451,7 +513,7 @@ void chorus_task_cancel(struct chorus_task *t) {
      * released; it is never resumed again. */
     t->state = TASK_DONE;
     if (t->co)
-        lua_resetthread(t->co);
+        close_task(t);
     t->ok = 0;
     t->result_ref = error_ref(run->rt, "cancelled", "cancelled", &t->nresults);
     release_co(t);
@@ -544,6 +606,7 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
     struct chorus_task *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
+    run->mem += TASK_BYTES;
     t->run = run;
     t->parent = parent;
     t->result_ref = LUA_NOREF;
@@ -551,8 +614,14 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
         t->co = rt->co_pool[--rt->nco_pool];
         t->co_ref = rt->co_pool_ref[rt->nco_pool];
     } else {
+        /* on the main state, possibly inside the spawning task's call: the
+         * run pays for its coroutine but is not refused it at its cap (a
+         * memory error raised on rt->L would unwind the server, see
+         * error_ref); its next allocation of its own is */
+        struct chorus_run *charged = chorus_alloc_charge_to(rt, run);
         t->co = lua_newthread(rt->L);
         t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
+        chorus_alloc_charge_to(rt, charged);
     }
     sched_hook(run, t->co);
     lua_xmove(L, t->co, nargs + 1);
@@ -640,6 +709,11 @@ struct chorus_task *chorus_task_current(lua_State *L, int need_io) {
     struct chorus_task *t = rt ? rt->current : NULL;
     if (!t)
         luaL_error(L, "this call is only allowed inside a workflow run");
+    /* a __close handler of a task that ended or was cancelled (close_task):
+     * whatever it spawned or started would outlive the task */
+    if (t->state == TASK_DONE)
+        luaL_error(L, "chorus calls cannot run while a finished or cancelled task closes its "
+                      "to-be-closed variables");
     if (t->co != L)
         luaL_error(L, "chorus calls cannot run inside a coroutine the script created; "
                       "use chorus.all/race/any for concurrency");
@@ -672,7 +746,11 @@ struct chorus_task *chorus_task_waitable(lua_State *L, int need_io) {
 
 int chorus_task_spawn(lua_State *L, int nargs) {
     struct chorus_task *self = chorus_task_current(L, 0);
-    struct chorus_task *t = task_new(self->run, self, L, nargs);
+    struct chorus_run *run = self->run;
+    if (run->killed == KILL_NONE && run->limits.run_memory &&
+        run->mem + TASK_BYTES > run->limits.run_memory)
+        chorus_run_stop(L, run, KILL_MEMORY);
+    struct chorus_task *t = task_new(run, self, L, nargs);
     if (!t)
         return luaL_error(L, "out of memory spawning a task");
     return t->id;

@@ -36,6 +36,7 @@ function children.call(workflow, input, opts)
   for k in pairs(opts or {}) do
     error(("ctx.call: unknown option '%s'"):format(tostring(k)), 2)
   end
+  input = errors.json_copy(input or {}, "ctx.call", 2)
   local run = runstate.current()
   local svc = run and run.env and run.env.service
   if not svc then
@@ -54,7 +55,7 @@ function children.call(workflow, input, opts)
     local step = journal.current_step()
     local id = step and child_id(run.run_id, step) or core.uuid()
     local started = core.now()
-    local ok, value = svc:call_child(entry, input or {}, id, run)
+    local ok, value = svc:call_child(entry, input, id, run)
     -- the call's timeline entry, kept with the effect: a replay shows it too
     journal.note(run, { kind = "child", workflow = workflow, run_id = id, start = runstate.micro(started),
       duration = runstate.micro(core.now() - started), status = ok and "succeeded" or "failed",

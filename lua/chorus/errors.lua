@@ -110,6 +110,26 @@ function errors.plain(value)
   return raw_copy(value, 0, seen_tables)
 end
 
+--- value as JSON data, copied in the current run (under its budget and
+--- memory cap): what another workflow's run gets from this one (ctx.call's
+--- and ctx.later's input), as a request body or a run resumed after a
+--- restart gets it. Handed over as it was, a table was shared by two
+--- workflows' runs (one wrote into the other's tables) and the sender's
+--- metamethods ran in the receiver's run. Raises "<who>: input must be JSON
+--- data (why)" at level (a limit or a stop of the run as itself).
+function errors.json_copy(value, who, level)
+  local json = require("chorus.core").json
+  local ok, copy = pcall(function() return json.decode(json.encode(value)) end)
+  if ok then
+    return copy
+  end
+  if require("chorus.core").killed() or require("chorus.runstate").stopped() then
+    error(copy, 0)
+  end
+  local why = type(copy) == "table" and copy.message or copy
+  error(("%s: input must be JSON data (%s)"):format(who, tostring(why)), level + 1)
+end
+
 --- A table err normalized and made plain, inside the run: its __tostring runs here,
 --- under the run's budget; one that fails or loops is reported as such.
 function errors.settle(err)

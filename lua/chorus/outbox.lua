@@ -127,6 +127,11 @@ function outbox.later(workflow, input, opts)
     refused.message = "ctx.later: " .. refused.message
     error(refused, 2)
   end
+  -- a copy as JSON: the durable outbox stores it so, the in-memory one
+  -- (storage.durable = false) kept the caller's table for the other run
+  if input ~= nil then
+    input = errors.json_copy(input, "ctx.later", 2)
+  end
   return enqueue(new_entry("workflow", { workflow = workflow, input = input }, opts), workflow)
 end
 

@@ -43,7 +43,10 @@ local tracing = require "chorus.tracing"
 local webhook = require "chorus.webhook"
 local json = core.json
 
-local runs = { MAX_RECORDS = 10000 }
+-- The finished records kept in memory: the last MAX_RECORDS, at most
+-- MAX_RECORD_BYTES of JSON (a record holds what its run returned, up to its
+-- memory cap); older ones are read from the store.
+local runs = { MAX_RECORDS = 10000, MAX_RECORD_BYTES = 64 * 1024 * 1024 }
 local EMPTY = {} -- read-only
 
 local m = {
@@ -86,7 +89,8 @@ function runs.service(env)
   local svc = setmetatable({
     env = env, store = env.store, backend = env.backend,
     running = {},  -- run id → record of each run in flight
-    finished = core.record_ring(env.max_records or runs.MAX_RECORDS), -- the last finished, as JSON
+    -- the last finished, as JSON
+    finished = core.record_ring(env.max_records or runs.MAX_RECORDS, env.max_record_bytes or runs.MAX_RECORD_BYTES),
     inflight = 0,  -- runs executing now (the gauge and load shedding read it)
     versions = {}, -- script hash → workflow, for runs resumed on old code
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)

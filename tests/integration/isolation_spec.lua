@@ -103,6 +103,27 @@ return chorus.workflow { name = "burn", run = function(ctx, input)
 end }
 ]]
 
+-- A task cancelled while it holds a to-be-closed variable (a race's loser):
+-- the scheduler closes it outside its resume, and its __close handler ran
+-- under no budget or cap (a loop held the server; past the memory cap, the
+-- memory error was raised on the server's own state and the process died).
+local CLOSER = [[
+local chorus = require "chorus"
+local handlers = {
+  loop = function() while true do end end,
+  memory = function() local t, s = {}, "x" for i = 1, 28 do s = s .. s; t[i] = s end end, -- 256 MiB
+}
+return chorus.workflow { name = "closer", run = function(ctx, input)
+  return chorus.race(
+    function()
+      local _ <close> = setmetatable({}, { __close = handlers[input.how] })
+      ctx.sleep(60)
+      return "slow"
+    end,
+    function() return "fast" end)
+end }
+]]
+
 -- The workflow the others must not disturb.
 local HONEST = [[
 local chorus = require "chorus"
@@ -132,7 +153,7 @@ describe("isolation", function()
   setup(function()
     mock = H.start_mock(200)
     dir = H.temp_dir({ ["wait_in.lua"] = WAIT_IN, ["reach.lua"] = REACH, ["loopy.lua"] = LOOPY,
-      ["honest.lua"] = HONEST, ["burn.lua"] = BURN })
+      ["honest.lua"] = HONEST, ["burn.lua"] = BURN, ["closer.lua"] = CLOSER })
     conf = H.write_temp(([[
 local chorus = require "chorus"
 return {
@@ -228,6 +249,21 @@ return {
       assert.truthy(rec.json.error.message:find("limits.run_cpu_seconds", 1, true), rec.body)
       healthy()
     end)
+  end)
+
+  describe("__close of a task the scheduler cancels", function()
+    for how, kind in pairs({ loop = "budget", memory = "memory" }) do
+      it(("runs under the run's limits (%s): 500 kind %s, the others are answered"):format(how, kind), function()
+        local r = H.request(srv.url .. "/workflows/closer", { method = "POST", body = H.encode({ how = how }),
+          max_time = 60 })
+        assert.are.equal(500, r.status, r.body)
+        assert.are.equal(kind, r.json.kind, r.body)
+        healthy()
+        local honest = post("honest")
+        assert.are.equal(200, honest.status, honest.body)
+        assert.are.equal(200, honest.json.status)
+      end)
+    end
   end)
 
   describe("metamethods of what a run returns or raises", function()

@@ -218,3 +218,45 @@ return { limits = { run_memory_mb = 1, drain_timeout = 2 }, upstreams = { mock =
       assert.truthy(log:find('"msg":"stopped"', 1, true), log)
     end)
 end)
+
+describe("request bodies", function()
+  -- Each call copies its body for curl: one string sent by many calls at
+  -- once was a copy per call outside the run's memory cap (30 calls of a
+  -- 20 MiB body: 650 MB of the server under a 64 MiB cap). The copies
+  -- count now.
+  local mock, small, script
+
+  setup(function()
+    mock = H.start_mock(200)
+    small = H.write_temp(([[
+return { limits = { run_memory_mb = 8 }, upstreams = { mock = { base_url = %q } } }
+]]):format(mock.url))
+    script = H.write_temp([[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "bodies", run = function(ctx, input)
+  local body, calls = ("x"):rep(2 * 1024 * 1024), {}
+  for i = 1, input.calls do
+    calls[i] = function() return http.upstream("mock"):post("/x?stream_bytes=1&delay=200", { body = body }).status end
+  end
+  return { chorus.all(table.unpack(calls)) }
+end }
+]])
+  end)
+
+  teardown(function() H.clean(mock, small, script) end)
+
+  local function run(n)
+    local r = H.chorus_run({ "run", script, "--config", small, "--input", H.encode({ calls = n }) }, nil, 60)
+    return r, H.decode(r.stdout), H.decode(r.stderr)
+  end
+
+  it("count against the run's memory cap, one copy per call in flight", function()
+    local r, out = run(1)
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.same({ 200 }, out)
+    local r8, _, err = run(8)
+    assert.are.equal(1, r8.code, r8.stdout)
+    assert.are.equal("memory", err.error.kind, r8.stderr)
+  end)
+end)

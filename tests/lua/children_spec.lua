@@ -79,6 +79,50 @@ describe("ctx.call", function()
     end
   end)
 
+  it("hands the child a copy of its input as JSON data: no table or metamethod of the caller", function()
+    -- the child is another workflow: sharing the caller's tables let it
+    -- write into them, and ran the caller's __index in the child's run
+    local child = chorus.workflow { name = "child", run = function(_, input)
+      input.shared.n = 42
+      return { spy = input.spy.anything, list = input.list, mt = getmetatable(input.spy) == nil }
+    end }
+    local r = testing.run(order(function(ctx)
+      local shared, calls = { n = 0 }, 0
+      local spy = setmetatable({}, { __index = function() calls = calls + 1 return "the caller's" end })
+      local c = ctx.call("child", { shared = shared, spy = spy, list = chorus.json.array({}) })
+      return { n = shared.n, calls = calls, child = c }
+    end), {}, { workflows = { child = child } })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.same({ n = 0, calls = 0, child = { list = {}, mt = true } }, r.value)
+    local bad = testing.run(order(function(ctx) return ctx.call("child", { f = print }) end), {},
+      { workflows = { child = child } })
+    assert.is_false(bad.ok)
+    assert.matches("ctx.call: input must be JSON data (cannot encode a function at $.f)",
+      type(bad.error) == "table" and bad.error.message or tostring(bad.error), 1, true)
+  end)
+
+  it("ctx.later too: the later run gets a JSON copy, never the caller's tables or metamethods", function()
+    -- the in-memory outbox (storage.durable = false) kept the caller's table
+    -- itself: the later run wrote into it and ran the caller's metamethods
+    local later = chorus.workflow { name = "later", run = function(_, input)
+      input.shared.n = 42
+      return input.spy.anything
+    end }
+    local shared, calls = { n = 0 }, 0
+    local spy = setmetatable({}, { __index = function() calls = calls + 1 return "the caller's" end })
+    local r = testing.run(order(function(ctx)
+      ctx.later("later", { shared = shared, spy = spy })
+    end), {}, { deliver = true, workflows = { later = later } })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("delivered", r.outbox[1].delivery)
+    assert.are.same({ n = 0 }, shared)
+    assert.are.equal(0, calls)
+    local bad = testing.run(order(function(ctx) ctx.later("later", { f = print }) end), {},
+      { workflows = { later = later } })
+    assert.matches("ctx.later: input must be JSON data (cannot encode a function at $.f)",
+      type(bad.error) == "table" and bad.error.message or tostring(bad.error), 1, true)
+  end)
+
   it("never starts the child twice when the parent is replayed after a crash", function()
     -- effects: parent "call" (not journaled until the child ends), child
     -- sleep, child POST; the crash after the child's POST leaves the child

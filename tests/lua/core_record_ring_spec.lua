@@ -53,6 +53,29 @@ describe("core.record_ring", function()
     assert.are.equal("v\0" .. 2500, ring:get("k2500"))
   end)
 
+  it("drops the oldest records past max_bytes, never the one just put", function()
+    -- a record holds what its run returned (up to its memory cap): ten
+    -- thousand big ones were gigabytes of the server's memory
+    local ring = core.record_ring(1000, 100)
+    for i = 1, 5 do
+      ring:put("id" .. i, ("x"):rep(20)) -- 23 bytes each
+    end
+    assert.are.equal(4, #ring)
+    assert.is_true(ring:bytes() <= 100)
+    assert.is_nil(ring:get("id1"))
+    assert.are.equal(("x"):rep(20), ring:get("id5"))
+    ring:put("big", ("y"):rep(500)) -- alone past the cap: kept, the others go
+    assert.are.equal(1, #ring)
+    assert.are.equal(500, #ring:get("big"))
+    ring:put("id2", "z") -- then the next one makes room by dropping it
+    assert.is_nil(ring:get("big"))
+    assert.are.equal("z", ring:get("id2"))
+    ring:put("id2", ("w"):rep(300)) -- a replaced text counts too
+    assert.are.equal(1, #ring)
+    assert.are.equal(0, core.record_ring(3, 0):bytes()) -- 0: no byte cap
+    assert.has_error(function() core.record_ring(3, -1) end)
+  end)
+
   it("refuses a capacity it cannot hold and arguments that are not strings", function()
     assert.has_error(function() core.record_ring(0) end)
     assert.has_error(function() core.record_ring(-5) end)

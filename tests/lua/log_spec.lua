@@ -63,6 +63,54 @@ describe("chorus.log", function()
     assert.matches('log_level must be one of debug, info, warn, error (got "loud")', err, 1, true)
   end)
 
+  it("keeps a run's ctx.log lines to limits.run_log_lines: past it one warning, then nothing", function()
+    local testing = require "chorus.testing"
+    local chorus = require "chorus"
+    local context = require "chorus.context"
+    testing.reset()
+    context.run_log_lines = 3
+    finally(function() context.run_log_lines = 10000 end)
+    local loud = chorus.workflow { name = "loud", run = function(ctx)
+      for i = 1, 50 do
+        ctx.log.info("line", { i = i })
+      end
+      return "done"
+    end }
+    local r = testing.run(loud)
+    assert.are.equal("succeeded", r.status)
+    assert.are.same({ 1, 2, 3 }, { r.logs[1].i, r.logs[2].i, r.logs[3].i })
+    assert.are.equal(4, #r.logs)
+    assert.are.equal("warn", r.logs[4].level)
+    assert.are.equal(r.run_id, r.logs[4].run_id)
+    assert.matches("logged 3 lines (limits.run_log_lines): its further lines are dropped", r.logs[4].msg, 1, true)
+    -- the count is the run's: the next run logs again
+    assert.are.equal(4, #testing.run(loud).logs)
+    context.run_log_lines = 0 -- no cap
+    assert.are.equal(50, #testing.run(loud).logs)
+  end)
+
+  it("config limits.run_log_lines is checked at load and applied", function()
+    local config = require "chorus.config"
+    local context = require "chorus.context"
+    local path = os.tmpname()
+    finally(function()
+      os.remove(path)
+      context.run_log_lines = 10000
+    end)
+    local function load(text)
+      local f = assert(io.open(path, "w"))
+      f:write(text)
+      f:close()
+      return config.load(path)
+    end
+    local conf, err = load("return { limits = { run_log_lines = -1 } }")
+    assert.is_nil(conf)
+    assert.matches("limits.run_log_lines", err, 1, true)
+    conf = assert(load("return { limits = { run_log_lines = 20 } }"))
+    config.apply(conf)
+    assert.are.equal(20, context.run_log_lines)
+  end)
+
   it("puts the run's span id on ctx.log lines; each outbound call sends a span id of its own", function()
     local testing = require "chorus.testing"
     local chorus = require "chorus"

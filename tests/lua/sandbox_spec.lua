@@ -329,3 +329,124 @@ describe("sandbox: the luacheck standard of workflow scripts", function()
     assert.is_nil(rawget(std.read_globals, "io"))
   end)
 end)
+
+describe("sandbox: __close handlers of a task closed by the scheduler", function()
+  -- A race's loser, a task left running when its run ends, a run the server
+  -- drops: the scheduler closes such a task's coroutine (lua_resetthread)
+  -- outside any resume of it, and its __close handlers ran with no run
+  -- current: under no instruction budget, CPU limit or memory cap (a loop
+  -- there held the server's only thread for good). They run as the task now.
+  local function workflow(close_body)
+    return assert(script.compile(([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "closer", run = function(ctx)
+        return chorus.race(
+          function()
+            local _ <close> = setmetatable({}, { __close = function() %s end })
+            ctx.sleep(60)
+            return "slow"
+          end,
+          function() return "fast" end)
+      end }
+    ]]):format(close_body), "closer.lua"))
+  end
+
+  local function with_limits(limits, fn)
+    core.set_limits(limits)
+    finally(function() core.set_limits({ instructions = 100000000, cpu_ms = 5000, memory = 64 * 1024 * 1024 }) end)
+    return fn()
+  end
+
+  it("counts a loser's __close against the run's instruction budget", function()
+    with_limits({ instructions = 1000000 }, function()
+      -- ten million iterations: well past the budget, done in well under a second unbudgeted
+      local r = testing.run(workflow("local n = 0 for _ = 1, 1e7 do n = n + 1 end"), {})
+      assert.is_false(r.ok)
+      assert.are.equal("budget", r.error.kind)
+    end)
+  end)
+
+  it("counts a loser's __close against the run's CPU limit", function()
+    with_limits({ instructions = 100000000, cpu_ms = 100 }, function()
+      local r = testing.run(workflow([[
+        local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
+        for _ = 1, 20000 do if a == b then same = same + 1 end end]]), {})
+      assert.is_false(r.ok)
+      assert.are.equal("budget", r.error.kind)
+      assert.matches("limits.run_cpu_seconds", r.error.message, 1, true)
+    end)
+  end)
+
+  it("counts what a loser's __close allocates against the run's memory cap", function()
+    with_limits({ memory = 8 * 1024 * 1024 }, function()
+      local r = testing.run(workflow("local t = {} for i = 1, 64 do t[i] = ('x'):rep(1 << 20, tostring(i)) end"), {})
+      assert.is_false(r.ok)
+      assert.are.equal("memory", r.error.kind)
+    end)
+  end)
+
+  it("stops the __close of a task cancelled after its run was stopped at once", function()
+    -- the second task ends the run at the budget; chorus.all cancels the
+    -- first. Its ctx.log runs outside the run: the process's sink gets it.
+    local context = require "chorus.context"
+    local lines = {}
+    context.log_sink = function(line) lines[#lines + 1] = line end
+    finally(function() context.log_sink = nil end)
+    with_limits({ instructions = 1000000 }, function()
+      local r = testing.run(assert(script.compile([[
+        local chorus = require "chorus"
+        return chorus.workflow { name = "killed", run = function(ctx)
+          return chorus.all(
+            function()
+              local _ <close> = setmetatable({}, { __close = function()
+                local n = 0 for _ = 1, 1e7 do n = n + 1 end
+                ctx.log("closed after the stop")
+              end })
+              ctx.sleep(60)
+            end,
+            function() while true do end end)
+        end }
+      ]], "killed.lua")), {})
+      assert.is_false(r.ok)
+      assert.are.equal("budget", r.error.kind)
+      for _, line in ipairs(r.logs) do
+        assert.are_not.equal("closed after the stop", line.msg)
+      end
+      assert.are.same({}, lines)
+    end)
+  end)
+
+  it("refuses a chorus call that would outlive the closing task", function()
+    local r = testing.run(workflow("error('x') "), {})
+    assert.is_true(r.ok, tostring(r.error and r.error.message))
+    assert.are.equal("fast", r.value)
+    r = testing.run(workflow("chorus.race(function() return 1 end)"), {})
+    assert.are.equal("fast", r.value) -- the refusal is the handler's error, which a close drops
+  end)
+
+  it("still lets a handler that does little run to its end", function()
+    local r = testing.run(workflow("local n = 0 for _ = 1, 1000 do n = n + 1 end"), {})
+    assert.is_true(r.ok, tostring(r.error and r.error.message))
+    assert.are.equal("fast", r.value)
+  end)
+end)
+
+describe("sandbox: tasks a run spawns", function()
+  -- Each task's C struct (and its slot in the run's task list) lives until
+  -- the run ends, outside the Lua heap: a loop of chorus.all over short tasks
+  -- grew the process by hundreds of megabytes under an 8 MiB cap.
+  it("count against the run's memory cap: a spawning loop stops with kind memory", function()
+    core.set_limits({ memory = 8 * 1024 * 1024 })
+    finally(function() core.set_limits({ memory = 64 * 1024 * 1024 }) end)
+    local r = testing.run(assert(script.compile([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "spawner", run = function()
+        local f, n = function() end, 0
+        for _ = 1, 100000 do chorus.all(f, f, f, f, f, f, f, f) n = n + 8 end
+        return n
+      end }
+    ]], "spawner.lua")), {})
+    assert.is_false(r.ok, "spawned " .. tostring(r.value) .. " tasks")
+    assert.are.equal("memory", r.error.kind)
+  end)
+end)
