@@ -17,8 +17,7 @@ describe("cancelling a run", function()
   local function post(path, body, headers)
     headers = headers or {}
     headers.Prefer = "respond-async"
-    headers["Content-Type"] = "application/json"
-    return H.request(srv.url .. path, { method = "POST", body = body or "{}", headers = headers })
+    return H.post_json(srv.url .. path, body, headers)
   end
 
   local function cancel(id, headers)

@@ -9,9 +9,7 @@ describe("the promise at its edges", function()
   local dir, conf, data, srv
 
   local function post(path, body, headers)
-    headers = headers or {}
-    headers["Content-Type"] = "application/json"
-    return H.request(srv.url .. path, { method = "POST", body = body or "{}", headers = headers })
+    return H.post_json(srv.url .. path, body, headers)
   end
 
   local function by_key(key)

@@ -123,6 +123,14 @@ function H.request(url, opts)
   return res
 end
 
+--- POSTs body (default "{}") as JSON to url, with headers (a table the
+--- call may add Content-Type to): H.request's answer.
+function H.post_json(url, body, headers)
+  headers = headers or {}
+  headers["Content-Type"] = "application/json"
+  return H.request(url, { method = "POST", body = body or "{}", headers = headers })
+end
+
 --- Starts H.request(url, opts) in a background process; returns a handle
 --- whose wait() returns the response (status 0 if it never finished).
 function H.request_async(url, opts)

@@ -11,9 +11,7 @@ describe("the runs API", function()
   local failed, succeeded, parked = {}, {}, {}
 
   local function post(path, body, headers)
-    headers = headers or {}
-    headers["Content-Type"] = "application/json"
-    return H.request(srv.url .. path, { method = "POST", body = body or "{}", headers = headers })
+    return H.post_json(srv.url .. path, body, headers)
   end
 
   local function admin_get(path)
