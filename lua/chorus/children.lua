@@ -46,11 +46,7 @@ function children.call(workflow, input, opts)
   if not entry then
     error(errors.new("unknown_workflow", ("ctx.call: no workflow named '%s'"):format(workflow)), 2)
   end
-  local refused = svc:refuse_start(run.workflow, workflow)
-  if refused then
-    refused.message = "ctx.call: " .. refused.message
-    error(refused, 2)
-  end
+  svc:check_start(run.workflow, workflow, "ctx.call")
   return journal.effect("call", workflow, function()
     local step = journal.current_step()
     local id = step and child_id(run.run_id, step) or core.uuid()

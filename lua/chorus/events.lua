@@ -277,10 +277,8 @@ function events.emit(name, key, payload)
   end
   local run = runstate.current()
   local svc = run and run.env and run.env.service
-  local refused = svc and svc:refuse_emit(run.workflow, name)
-  if refused then
-    refused.message = "chorus.emit: " .. refused.message
-    error(refused, 2)
+  if svc then
+    svc:check_emit(run.workflow, name, "chorus.emit")
   end
   if not id and run then -- the emit's journal step: the same id when a replay emits again
     run.emits = (run.emits or 0) + 1

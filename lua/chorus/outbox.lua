@@ -122,10 +122,8 @@ function outbox.later(workflow, input, opts)
   opts = check_opts("ctx.later", opts)
   local run = runstate.current()
   local svc = run and run.env and run.env.service
-  local refused = svc and svc:refuse_start(run.workflow, workflow)
-  if refused then
-    refused.message = "ctx.later: " .. refused.message
-    error(refused, 2)
+  if svc then
+    svc:check_start(run.workflow, workflow, "ctx.later")
   end
   -- a copy as JSON: the durable outbox stores it so, the in-memory one
   -- (storage.durable = false) kept the caller's table for the other run

@@ -515,24 +515,23 @@ local function listed(list, name)
   return false
 end
 
---- Nil when workflow caller may start workflow target, else the error.
-function Service:refuse_start(caller, target)
+--- Raises { kind = "forbidden" }, its message after who (the API that
+--- asked: "ctx.call", ...), unless workflow caller may start workflow target.
+function Service:check_start(caller, target, who)
   local rule = (self.env.config.auth or {})[target]
-  if not rule or listed(rule.callers, caller) then
-    return nil
+  if rule and not listed(rule.callers, caller) then
+    error(errors.new("forbidden", ("%s: workflow '%s' is protected by auth.%s: list '%s' in auth.%s.callers to "
+      .. "let it start it"):format(who, target, target, caller, target)), 0)
   end
-  return errors.new("forbidden", ("workflow '%s' is protected by auth.%s: list '%s' in auth.%s.callers to let it "
-    .. "start it"):format(target, target, caller, target))
 end
 
---- Nil when workflow caller may emit event name, else the error.
-function Service:refuse_emit(caller, name)
+--- The same for emitting event name (chorus.emit).
+function Service:check_emit(caller, name, who)
   local rule = (self.env.config.events or {})[name]
-  if name == "ttl" or not rule or listed(rule.emitters, caller) then
-    return nil
+  if name ~= "ttl" and rule and not listed(rule.emitters, caller) then
+    error(errors.new("forbidden", ("%s: event '%s' is protected by events.%s: list '%s' in events.%s.emitters to "
+      .. "let it emit it"):format(who, name, name, caller, name)), 0)
   end
-  return errors.new("forbidden", ("event '%s' is protected by events.%s: list '%s' in events.%s.emitters to let it "
-    .. "emit it"):format(name, name, caller, name))
 end
 
 local function with_child_id(err, id)
