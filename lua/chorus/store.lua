@@ -124,7 +124,7 @@ local FINISHED_RUNS = { "runs", "run_index", "run_rows", "deliveries", "journal"
 
 --- The unfinished runs' records and journals it decoded are kept for the
 --- recovery that follows (Store:checked_unfinished): decoding them twice
---- was a third of a resumed run's work.
+--- was a sixth of a resumed run's instructions.
 function Store:verify_for_start()
   local report = self:verify(FINISHED_RUNS)
   if #report.bad > 0 then
@@ -156,27 +156,24 @@ function Store:checked_unfinished()
   return list
 end
 
---- The checked record and journal of run id, given out once (nil, nil
---- when not kept, or written since the check).
-function Store:take_checked(id)
-  local u = self.checked and self.checked[id]
-  if not u then
-    return nil, nil
-  end
-  self.checked[id] = nil
-  local rec, recorded = u.rec, u.journal
-  u.rec, u.journal = nil, nil
-  return rec, recorded
-end
-
--- A write to a run's record or journal makes what the check kept of it
--- stale (a cancel that lands before recovery reaches the run).
+-- Drops what the check kept of run id: a write to its record or journal
+-- makes it stale (a cancel that lands before recovery reaches the run),
+-- and take_checked gives it out once.
 local function forget(self, id)
   local u = self.checked and self.checked[id]
   if u then
     self.checked[id] = nil
     u.rec, u.journal = nil, nil
   end
+end
+
+--- The checked record and journal of run id, given out once (nil, nil
+--- when not kept, or written since the check).
+function Store:take_checked(id)
+  local u = self.checked and self.checked[id]
+  local rec, recorded = u and u.rec, u and u.journal
+  forget(self, id)
+  return rec, recorded
 end
 
 function Store:put_json(db, key, value)
