@@ -332,12 +332,6 @@ local function crashed(ok, value)
   return not ok and type(value) == "table" and rawget(value, "kind") == "crash"
 end
 
---- Runs a workflow as its own run (from inside a task) and records it.
---- Returns ok, value, whether its end was stored (and why not), and the
---- run's info (id, traceback). recorded: the journal of a run resumed after
---- a restart. After a simulated crash nothing of the run's end happens (it
---- stays in flight in the store, as after a real one) and the fifth value
---- is true.
 -- runner.execute's on_state: the run's state s is made (opts: the run's
 -- options, with its record and service). One function for every run, not
 -- a closure per run.
@@ -354,6 +348,12 @@ local function on_state(s, opts)
   end
 end
 
+--- Runs a workflow as its own run (from inside a task) and records it.
+--- Returns ok, value, whether its end was stored (and why not), and the
+--- run's info (id, traceback). recorded: the journal of a run resumed after
+--- a restart. After a simulated crash nothing of the run's end happens (it
+--- stays in flight in the store, as after a real one) and the fifth value
+--- is true.
 function Service:execute(entry, rec, input, recorded)
   rec.redact = entry.workflow.redact
   self.inflight = self.inflight + 1
