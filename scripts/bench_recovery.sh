@@ -143,6 +143,8 @@ echo "recovery: SIGKILL with N runs parked on an upstream call, restart on the s
 echo "  load: chorus run scripts/bench/start_runs.lua --input '{\"url\":\"URL/workflows/bench_park\",\"total\":N,\"concurrency\":$CONNS}'"
 echo "  kill -9, then: chorus serve --config CONF --scripts scripts/bench/recovery --data DIR --listen 127.0.0.1:PORT"
 echo "  upstream: ${UPSTREAM_KIND%% (*}, a = UPSTREAM?delay=3600000 (HTTP/1.1, a connection per parked call); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+# the upstream's own rate and the load generator's, measured alone now
+print_rates 0 "$CONNS"
 printf '%7s %9s %10s %9s %7s %8s %14s %12s\n' N "healthz s" "in flight s" "readyz s" "cpu s" resumed "runs started/s" "client req/s"
 for n in $SIZES; do
   # each parked run holds a socket in chorus and one in the upstream
