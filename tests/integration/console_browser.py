@@ -18,7 +18,7 @@ import sys
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -27,6 +27,10 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WAIT = 20  # seconds any one step may take
+# A wait's condition reads elements the console may render again meanwhile
+# (a table refreshed after a filter or an action): a stale one means "not
+# yet", and the condition is tried again.
+STALE = (StaleElementReferenceException,)
 
 URL, TOKEN, FAILED_WF, DLQ_ENTRY, DROP_ENTRY, SHOTS = sys.argv[1:7]
 step = 0
@@ -85,11 +89,12 @@ def main():
 
 
 def visible(driver, css):
-    return WebDriverWait(driver, WAIT).until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
+    return WebDriverWait(driver, WAIT, ignored_exceptions=STALE).until(
+        EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
 
 
 def run(driver):
-    wait = WebDriverWait(driver, WAIT)
+    wait = WebDriverWait(driver, WAIT, ignored_exceptions=STALE)
     driver.get(URL + "/ui/")
     visible(driver, "#signin-form")
     check(driver.find_element(By.ID, "nav").is_displayed() is False, "signed out, the shell shows only the sign-in form")
