@@ -27,6 +27,7 @@ local OPTIONS = {
 }
 
 local ERROR_MT = require("chorus.errors").MT
+local MAX_NAME_BYTES = 200
 
 local function http_failure(result)
   if type(result) ~= "table" or math.type(result.status) ~= "integer" then
@@ -72,6 +73,11 @@ end
 --- checked at once.
 function breaker.scoped(opts)
   check(opts)
+  -- a breaker lives as long as the process, outside any run's cap, its name
+  -- in it and in /metrics: 10,000 names of megabytes were gigabytes kept
+  if #opts.name > MAX_NAME_BYTES then
+    error(("breaker.new: the name must be at most %d bytes"):format(MAX_NAME_BYTES), 2)
+  end
   local copy = {}
   for k, v in pairs(opts) do
     copy[k] = v

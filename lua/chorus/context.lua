@@ -430,10 +430,13 @@ local CTX_MT = {
   end,
 }
 
+-- The run's timeline is not among ctx's fields: the server reads it after
+-- the run has ended, outside its budget (the record's JSON, the spans), so
+-- a script that could write it (a metatable whose __index loops, an entry
+-- of its own, a table shared a billion times over) held the server's thread.
 function context.new(state)
   local ctx = setmetatable({
     run_id = state.run_id, input = state.input, workflow = state.workflow, trace_id = state.trace_id,
-    timeline = state.timeline,
   }, CTX_MT)
   ctx_state[ctx] = state
   return ctx

@@ -24,15 +24,17 @@ local call_seconds = metrics.histogram("chorus_http_call_duration_seconds", "Out
 
 -- The call metrics' series keys by target and outcome (a status or an
 -- error kind), so a call builds no label tables.
--- Bounded as the metrics are (metrics.MAX_SERIES): targets past it are
--- looked up each time, and land in the "_other" series.
+-- Bounded as the metrics are (metrics.MAX_SERIES): targets past it, and
+-- targets longer than a label may be (a script's URL with a host of
+-- megabytes), are looked up each time and land in the "_other" series:
+-- the cache lives as long as the process, outside any run's memory cap.
 local call_keys, ncall_keys = {}, 0
 
 local function call_series(target, outcome)
   local t = call_keys[target]
   if not t then
     t = { latency = call_seconds.key({ target }) }
-    if ncall_keys < metrics.MAX_SERIES then
+    if ncall_keys < metrics.MAX_SERIES and #target <= metrics.MAX_LABEL_BYTES then
       call_keys[target] = t
       ncall_keys = ncall_keys + 1
     end
@@ -117,12 +119,26 @@ local function check_number(req, field)
   end
 end
 
--- Method names upper-cased once each ("get" → "GET").
-local METHODS = setmetatable({}, { __index = function(t, m)
-  local up = m:upper()
-  t[m] = up
-  return up
-end })
+-- The usual method names, upper-cased once each ("get" → "GET"). Only
+-- these: the table lives as long as the process, and caching every name a
+-- script passed kept each one (megabytes, a new one per run) for good.
+local METHODS = {}
+for _, m in ipairs({ "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS" }) do
+  METHODS[m], METHODS[m:lower()] = m, m
+end
+
+-- The method name m upper-cased; raises at level (a name that is not a
+-- string; core.http refuses one that is not A-Z).
+local function method_name(m, level)
+  local up = METHODS[m]
+  if up then
+    return up
+  end
+  if type(m) ~= "string" then
+    error(("http.request: method must be a string, got a %s"):format(type(m)), level + 1)
+  end
+  return m:upper()
+end
 
 -- The part of preparing a request both paths share: body or json, the
 -- idempotency key and trace headers, the run. headers: the table to send
@@ -176,8 +192,11 @@ local function prepare(req)
   end
   check_number(req, "timeout")
   check_number(req, "connect_timeout")
+  -- (no upstream: a plain URL's call is counted under its host; a script's
+  -- value there went into the process-wide metrics caches and the timeline
+  -- the server reads after the run)
   local out = {
-    method = METHODS[req.method or "GET"], url = req.url, upstream = req.upstream,
+    method = method_name(req.method or "GET", 3), url = req.url,
     timeout = req.timeout or http.defaults.timeout,
     connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
     tls_verify = req.tls_verify ~= false, follow_redirects = req.follow_redirects and true or false,
@@ -461,15 +480,19 @@ local function resilient(self, r, req)
 end
 
 -- base_url .. path, joined once per upstream config and path (a weak cache:
--- a reload's new config tables start empty).
+-- a reload's new config tables start empty). At most JOINED_MAX paths of up
+-- to JOINED_PATH_BYTES each per config: the paths come from scripts, and a
+-- path made per run (an id in it, or megabytes) was kept until the reload.
 local joined = setmetatable({}, { __mode = "k" })
+local JOINED_MAX, JOINED_PATH_BYTES = 1000, 1024
 
 local function upstream_url(config, path)
-  local urls = joined[config]
-  if not urls then
-    urls = {}
-    joined[config] = urls
+  local cache = joined[config]
+  if not cache then
+    cache = { urls = {}, n = 0 }
+    joined[config] = cache
   end
+  local urls = cache.urls
   local url = urls[path]
   if not url then
     url = join(config.base_url, path)
@@ -479,7 +502,10 @@ local function upstream_url(config, path)
     if http.has_credentials(url) then
       error("http.request: the upstream's base_url carries user:password@; use its headers instead", 3)
     end
-    urls[path] = url
+    if cache.n < JOINED_MAX and #path <= JOINED_PATH_BYTES then
+      urls[path] = url
+      cache.n = cache.n + 1
+    end
   end
   return url
 end
@@ -497,7 +523,10 @@ local function upstream_request(handle, req, method, path)
   local self = private[handle]
   local cfg = self.config
   path = path or req.path or "/"
-  method = METHODS[method or req.method or "GET"]
+  if type(path) ~= "string" then
+    error(("http: the path must be a string, got a %s"):format(type(path)), 2)
+  end
+  method = method_name(method or req.method or "GET", 2)
   local url = upstream_url(cfg, path)
   local timeout = req.timeout or cfg.timeout
   local connect_timeout = req.connect_timeout or cfg.connect_timeout

@@ -39,6 +39,16 @@ end
 local MAX_SERIES = 1000
 metrics.MAX_SERIES = MAX_SERIES
 
+-- A label value longer than this counts in the "_other" series too: a
+-- thousand series of a megabyte each (a host a script made up) were a
+-- gigabyte the process kept.
+local MAX_LABEL_BYTES = 256
+metrics.MAX_LABEL_BYTES = MAX_LABEL_BYTES
+
+local function too_long(v)
+  return type(v) == "string" and #v > MAX_LABEL_BYTES
+end
+
 local function overflow_key(m)
   if not m.overflow then
     local values = {}
@@ -60,7 +70,7 @@ local function label_key(m, values)
     local v = values[i] or ""
     local child = node[v]
     if not child then
-      if m.nkeys >= MAX_SERIES then
+      if m.nkeys >= MAX_SERIES or too_long(v) then
         return overflow_key(m)
       end
       child = {}
@@ -71,7 +81,7 @@ local function label_key(m, values)
   local last = values[nlabels] or ""
   local key = node[last]
   if not key then
-    if m.nkeys >= MAX_SERIES then
+    if m.nkeys >= MAX_SERIES or too_long(last) then
       return overflow_key(m)
     end
     key = build_key(m.labels, values)

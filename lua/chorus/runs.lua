@@ -369,6 +369,13 @@ function Service:execute(entry, rec, input, recorded)
   local run_opts = self.run_opts
   run_opts.id, run_opts.instructions, run_opts.cpu_ms, run_opts.memory =
     rec.id, limits.instructions, limits.cpu_ms, limits.memory
+  -- The run gets a copy of its input: the table it came as is the record's
+  -- (rec.input: GET /runs/ID, the finished record, a redrive) or an outbox
+  -- entry's (its next attempt), all read by the server outside the run, where
+  -- what a script put in it (a key whose __tostring loops, a table shared
+  -- a billion times over) ran without a budget. It is JSON data (a request
+  -- body, a stored record or entry, a caller's JSON copy): a plain copy.
+  input = errors.plain(input)
   local ok, value, info = core.execute(run_opts, runner.execute, entry.workflow, input, opts)
   self.inflight = self.inflight - 1
   if crashed(ok, value) then

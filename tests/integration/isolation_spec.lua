@@ -305,3 +305,72 @@ return {
     end
   end)
 end)
+
+-- What the server reads of a run after it has ended (its record's JSON,
+-- the redaction of its input, its spans for the exporter) runs outside the
+-- run's budget. A script reached some of it: ctx.timeline was the record's
+-- timeline, ctx.input the record's input and a request's `upstream` went
+-- into the timeline. A metamethod that behaves in the run and loops after
+-- it (or a table shared 2^40 times over) then held the server's thread.
+local AFTER = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "after", redact = { "card" }, run = function(ctx, input)
+  local done = false
+  local function late() if done then while true do end end return "x" end
+  local evil = setmetatable({}, { __tostring = late, __index = function() return late() end })
+  local dag = {}
+  for _ = 1, 40 do dag = { dag, dag } end
+  local how = input.how
+  if how == "timeline" then
+    local tl = ctx.timeline
+    if tl then
+      tl[#tl + 1] = evil
+      setmetatable(tl, { __index = function() return late() end })
+    end
+  elseif how == "timeline_dag" then
+    local tl = ctx.timeline
+    if tl then tl[#tl + 1] = dag end
+  elseif how == "input" then
+    ctx.input[evil] = 1
+  elseif how == "input_dag" then
+    ctx.input.card = dag
+  elseif how == "upstream" then
+    pcall(http.request, { url = input.url, upstream = evil })
+  end
+  done = true
+  return { how = how }
+end }
+]]
+
+describe("isolation: what the server reads after a run", function()
+  local mock, dir, conf, srv
+
+  setup(function()
+    mock = H.start_mock(200)
+    dir = H.temp_dir({ ["after.lua"] = AFTER })
+    -- spans go to a port nobody listens on: made and encoded all the same
+    conf = H.write_temp([[
+return { admin_token = "adm1n-t0ken", telemetry = { otlp_endpoint = "http://127.0.0.1:9", interval = 0.1 } }
+]])
+    srv = H.start_server({ "--config", conf, "--scripts", dir })
+  end)
+
+  teardown(function() H.clean(srv, mock, dir, conf) end)
+
+  for _, how in ipairs({ "timeline", "timeline_dag", "input", "input_dag", "upstream" }) do
+    it(("never runs a script's value without its budget (%s): answered, record readable"):format(how), function()
+      local r = H.request(srv.url .. "/workflows/after", { method = "POST", max_time = 20,
+        body = H.encode({ how = how, url = mock.url .. "/ok", card = "4111" }) })
+      assert.are.equal(200, r.status, r.body)
+      assert.are.same({ how = how }, r.json)
+      H.sleep(0.3) -- the spans are encoded and sent meanwhile
+      assert.are.equal(200, H.request(srv.url .. "/healthz", { max_time = 5 }).status)
+      local rec = H.request(srv.url .. "/runs/" .. r.headers["x-run-id"], { headers = ADMIN, max_time = 5 })
+      assert.are.equal(200, rec.status, rec.body)
+      assert.are.equal("succeeded", rec.json.status)
+      -- the record keeps the input the request sent, masked
+      assert.are.same({ how = how, url = mock.url .. "/ok", card = "[REDACTED]" }, rec.json.input)
+    end)
+  end
+end)

@@ -450,3 +450,54 @@ describe("sandbox: tasks a run spawns", function()
     assert.are.equal("memory", r.error.kind)
   end)
 end)
+
+describe("sandbox: what a run leaves in the process", function()
+  -- Process-wide caches keyed by what scripts pass (method names, URL hosts
+  -- as metric labels, upstream paths, a request's upstream, breaker names)
+  -- kept each new value for good, outside any run's cap: a run passing a
+  -- fresh megabyte each time grew the server without bound.
+  before_each(testing.reset)
+
+  local LEAKY = [[
+    local chorus = require "chorus"
+    local http = require "chorus.http"
+    local breaker = require "chorus.breaker"
+    return chorus.workflow { name = "leaky", run = function(ctx, input)
+      local big = ("x"):rep(1024 * 1024) .. ctx.uuid():gsub("-", "")
+      local how = input.how
+      if how == "method" then
+        pcall(http.request, { url = "http://mock.test/ok", method = big })
+      elseif how == "host" then
+        pcall(http.request, { url = "http://" .. big .. "/ok" })
+      elseif how == "upstream" then
+        pcall(http.request, { url = "http://mock.test/ok", upstream = { big } })
+      elseif how == "path" then
+        pcall(function() return http.upstream("cards"):get("/" .. big) end)
+      elseif how == "breaker" then
+        pcall(function() breaker.new({ name = big }):call(function() return { status = 200 } end) end)
+      end
+      return true
+    end }
+  ]]
+
+  local function heap()
+    collectgarbage("collect")
+    collectgarbage("collect")
+    return collectgarbage("count") * 1024
+  end
+
+  for _, how in ipairs({ "method", "host", "upstream", "path", "breaker" }) do
+    it(("keeps nothing of a megabyte a run passed (%s)"):format(how), function()
+      testing.mock("cards", { status = 200 })
+      local wf = assert(script.compile(LEAKY, "leaky.lua"))
+      assert.is_true(testing.run(wf, { how = how }).ok) -- caches of a first call are made
+      local before = heap()
+      for _ = 1, 8 do
+        local r = testing.run(wf, { how = how })
+        assert.is_true(r.ok, tostring(r.error and r.error.message))
+      end
+      local grown = heap() - before
+      assert.is_true(grown < 2 * 1024 * 1024, ("the process kept %.1f MiB"):format(grown / 1048576))
+    end)
+  end
+end)
