@@ -16,7 +16,8 @@
 --     with setmetatable or bypassed with rawset; a script sees and changes
 --     only the metatables it set itself.
 --   * A metatable with __gc is refused: a finalizer runs at some later
---     collection, outside any run and its budget.
+--     collection, outside any run and its budget. So is __mode, now or
+--     later (see "weak tables" below).
 --   * coroutine.resume and coroutine.close take only coroutines the script
 --     made: a task's own coroutine is parked in C and must be woken by C.
 --   * pcall, xpcall and coroutine.resume re-raise the error of a run the
@@ -30,6 +31,7 @@ local core = require "chorus.core"
 local runstate = require "chorus.runstate"
 
 local getraw = require("debug").getmetatable
+local setraw = require("debug").setmetatable
 
 local sandbox = {}
 
@@ -316,14 +318,109 @@ local function coroutines(mine)
   return co
 end
 
+-- ---- weak tables ----------------------------------------------------------
+--
+-- The collector clears weak tables in its atomic phase, one C call that no
+-- hook, budget or CPU limit reaches, under whichever run (or the server)
+-- allocates at that moment. With weak keys whose values are the next keys
+-- (an ephemeron chain) that phase is quadratic: 40,000 keys held the whole
+-- server for 19 s, and a run's memory cap allows ten times more. So no
+-- script table is weak: a metatable with __mode is refused, and a table
+-- once used as a metatable is *locked* so that it cannot gain __mode later
+-- (the collector reads it at each collection): its own metatable becomes
+-- one of the runtime's, whose __newindex refuses __mode. A locked table
+-- that the script gave a metatable X of its own gets a copy of X (as it is
+-- then) with that __newindex around X's; getmetatable still shows X.
+
+local MODE_ERR = "__mode is not allowed in workflow scripts (the collector clears a weak table outside "
+  .. "any run and its budget, and one with weak keys chained through each other held the server for "
+  .. "seconds)"
+
+-- the key, in a lock metatable, of the script's metatable it stands for
+-- (false: none)
+local SHOWN = setmetatable({}, { __name = "chorus.lock" })
+
+local function locked_newindex(inner)
+  return function(t, k, v)
+    if k == "__mode" then
+      error(MODE_ERR, 2)
+    end
+    if inner == nil then
+      rawset(t, k, v)
+    elseif type(inner) == "function" then
+      inner(t, k, v)
+    else
+      inner[k] = v
+    end
+  end
+end
+
+local LOCK = { __newindex = locked_newindex(nil), [SHOWN] = false }
+
+-- The lock metatable over the script's metatable x (nil: none).
+local function lock_over(x)
+  if x == nil then
+    return LOCK
+  end
+  local m = {}
+  for k, v in next, x do
+    if k ~= "__mode" and k ~= "__gc" then
+      m[k] = v
+    end
+  end
+  m.__newindex = locked_newindex(rawget(x, "__newindex"))
+  m[SHOWN] = x
+  return m
+end
+
+local function is_lock(mt)
+  return mt ~= nil and rawget(mt, SHOWN) ~= nil
+end
+
+-- json.array for scripts: only on a table without a metatable (or one
+-- already an array): it replaced any, a lock's too (or the runtime's).
+local core_array = core.json.array
+local ARRAY_MT = getraw(core_array({}))
+local function json_array(t)
+  local mt = type(t) == "table" and getraw(t)
+  if mt and mt ~= ARRAY_MT then
+    error("json.array: the table has a metatable already", 2)
+  end
+  return core_array(t)
+end
+
 -- getmetatable, setmetatable and rawset that keep the runtime's metatables
 -- out of reach: `mts` holds the metatables this script set.
 local function metatables(env, mts)
   local function foreign(v)
     local mt = getraw(v)
-    return mt ~= nil and not mts[mt]
+    return mt ~= nil and not mts[mt] and not is_lock(mt)
+  end
+  -- mt, about to be a metatable, locked (see "weak tables" above)
+  local function lock(mt)
+    local cur = getraw(mt)
+    if cur == nil then
+      setraw(mt, LOCK)
+    elseif not is_lock(cur) then
+      if not mts[cur] then
+        error("setmetatable: this table belongs to the runtime; it cannot be a metatable", 3)
+      end
+      setraw(mt, lock_over(cur))
+    end
   end
   env.getmetatable = function(v)
+    local mt = getraw(v)
+    if is_lock(mt) then -- the script's own, as it set it
+      local shown = rawget(mt, SHOWN)
+      if shown == false then
+        return nil
+      end
+      local protected = rawget(mt, "__metatable")
+      if protected ~= nil then
+        return protected
+      end
+      return shown
+    end
     if foreign(v) then -- strings too: their metatable is the process's
       return nil
     end
@@ -338,13 +435,31 @@ local function metatables(env, mts)
         error("setmetatable: __gc is not allowed in workflow scripts (a finalizer would run "
           .. "outside any run and its budget); use a to-be-closed variable (__close)", 2)
       end
+      if rawget(mt, "__mode") ~= nil then
+        error("setmetatable: " .. MODE_ERR, 2)
+      end
+      lock(mt)
       mts[mt] = true
+    end
+    local cur = type(t) == "table" and getraw(t)
+    if cur and is_lock(cur) then -- t is a metatable itself: it stays locked, over mt
+      if rawget(cur, "__metatable") ~= nil then
+        error("cannot change a protected metatable", 2)
+      end
+      if mt ~= nil and type(mt) ~= "table" then
+        return setmetatable(t, mt) -- raises as setmetatable does
+      end
+      setraw(t, lock_over(mt))
+      return t
     end
     return setmetatable(t, mt)
   end
   env.rawset = function(t, k, v)
     if type(t) == "table" and foreign(t) then
       error("rawset: this table belongs to the runtime and cannot be written", 2)
+    end
+    if k == "__mode" and type(t) == "table" and is_lock(getraw(t)) then
+      error("rawset: " .. MODE_ERR, 2)
     end
     return rawset(t, k, v)
   end
@@ -413,6 +528,8 @@ function sandbox.env(opts)
         module.env = sandbox.env_reader(module.env)
         module.secret = for_config and sandbox.secret_recorder(module.secret)
           or sandbox.secret_reader(module.secret)
+        module.json = copy(module.json)
+        module.json.array = json_array
       elseif name == "chorus.breaker" then -- a script's breakers are its workflow's own
         module = { new = module.scoped }
       end
