@@ -204,6 +204,9 @@ local function prepare(req)
   }
   local headers = {}
   for k, v in pairs(req.headers or EMPTY) do
+    if type(k) ~= "string" then -- (a queued call kept the script's table for the relay)
+      error(("http.request: header names must be strings, got a %s"):format(type(k)), 3)
+    end
     headers[k] = tostring(v)
   end
   return finish_prepare(out, req, headers)
@@ -512,6 +515,9 @@ end
 
 local function copy_headers(into, from)
   for k, v in pairs(from) do
+    if type(k) ~= "string" then -- (a queued call kept the script's table for the relay)
+      error(("http: header names must be strings, got a %s"):format(type(k)), 3)
+    end
     into[k] = tostring(v)
   end
 end

@@ -43,9 +43,20 @@ function saga.new(ctx, opts)
   if type(p) ~= "table" then
     error("saga.new: policy must be a table { attempts =, base =, cap = }", 2)
   end
+  -- checked as ctx.later's options are: the outbox relay reads them after
+  -- the run, outside it (a table's __lt ran there; a string failed every
+  -- delivery of the entry, for good)
+  for _, k in ipairs({ "attempts", "base", "cap" }) do
+    local v = rawget(p, k)
+    if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v
+        or (k == "attempts" and (math.type(v) ~= "integer" or v < 1))) then
+      error(("saga.new: policy.%s must be a %s"):format(k,
+        k == "attempts" and "positive integer" or "non-negative number of seconds"), 2)
+    end
+  end
   local s = setmetatable({ ctx = ctx, done = {}, compensated = {}, failed = {}, committed = {},
-    later = { attempts = p.attempts or DEFAULT_POLICY.attempts, base = p.base or DEFAULT_POLICY.base,
-      cap = p.cap or DEFAULT_POLICY.cap } }, Saga)
+    later = { attempts = rawget(p, "attempts") or DEFAULT_POLICY.attempts,
+      base = rawget(p, "base") or DEFAULT_POLICY.base, cap = rawget(p, "cap") or DEFAULT_POLICY.cap } }, Saga)
   local run = runstate.current()
   if run then -- the run's open sagas: its deadline rolls them back (saga.on_deadline)
     run.sagas = run.sagas or {}

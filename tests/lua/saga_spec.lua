@@ -116,3 +116,30 @@ describe("chorus.saga", function()
     assert.are.same({ "/entries/e2", "/entries/e2", "/entries/e1" }, deleted)
   end)
 end)
+
+describe("chorus.saga's policy", function()
+  before_each(testing.reset)
+
+  -- The outbox relay reads the policy after the run, outside it: a table's
+  -- __lt ran there (a loop held the server), a string failed every delivery
+  -- of the entry for good.
+  it("is refused unless it is numbers, attempts a positive integer", function()
+    local cases = {
+      { attempts = setmetatable({}, { __lt = function() return false end }) },
+      { attempts = "3" }, { attempts = 0 }, { attempts = 1.5 }, { base = -1 }, { cap = 0 / 0 }, { base = {} },
+    }
+    for i, policy in ipairs(cases) do
+      local wf = chorus.workflow { name = "p" .. i, run = function(ctx)
+        return saga.new(ctx, { policy = policy }) ~= nil
+      end }
+      local r = testing.run(wf, {})
+      assert.is_false(r.ok, "case " .. i)
+      local message = type(r.error) == "table" and r.error.message or r.error
+      assert.matches("saga.new: policy", tostring(message), 1, true)
+    end
+    local ok = testing.run(chorus.workflow { name = "fine", run = function(ctx)
+      return saga.new(ctx, { policy = { attempts = 2, base = 0, cap = 1.5 } }) ~= nil
+    end }, {})
+    assert.is_true(ok.ok)
+  end)
+end)

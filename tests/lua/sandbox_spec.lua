@@ -551,3 +551,28 @@ describe("sandbox: weak tables", function()
     assert.are.same({ "hello 1", "bye 1", true, true, "hello 2", 5, "mine", false, "sealed", false, true }, value)
   end)
 end)
+
+describe("sandbox: what a queued call keeps", function()
+  before_each(testing.reset)
+
+  -- A call queued for after the run (later = true, a saga's capture) kept
+  -- its headers table as the script made it: a table as a header name went
+  -- to the outbox relay, which reads it outside the run.
+  it("refuses a header name that is not a string", function()
+    for _, call in ipairs({
+      [[http.request({ url = "http://mock.test/x", later = true, headers = { [{}] = "v" } })]],
+      [[http.upstream("cards"):post("/x", { later = true, headers = { [{}] = "v" } })]],
+    }) do
+      testing.mock("cards", { status = 200 })
+      local wf = assert(script.compile(([[
+        local chorus = require "chorus"
+        local http = require "chorus.http"
+        return chorus.workflow { name = "queued", run = function() return %s end }
+      ]]):format(call), "queued.lua"))
+      local r = testing.run(wf, {})
+      assert.is_false(r.ok, call)
+      local message = type(r.error) == "table" and r.error.message or r.error
+      assert.matches("header names must be strings", tostring(message), 1, true)
+    end
+  end)
+end)
