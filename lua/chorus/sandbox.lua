@@ -502,8 +502,16 @@ function sandbox.env(opts)
   env.pcall = function(f, ...)
     return rethrow_if_stopped(pcall(f, ...))
   end
+  -- The message handler is not called for a run the runtime has stopped:
+  -- the stop is raised from the count hook, and Lua calls the handler
+  -- there, with hooks off (xpcall(loop, loop) held the server for good).
   env.xpcall = function(f, handler, ...)
-    return rethrow_if_stopped(xpcall(f, handler, ...))
+    return rethrow_if_stopped(xpcall(f, function(e)
+      if core.killed() then
+        return e
+      end
+      return handler(e)
+    end, ...))
   end
   env.collectgarbage = function(opt)
     if opt == "count" then

@@ -203,6 +203,29 @@ describe("sandbox: C work out of proportion to the instructions", function()
     end
   end)
 
+  -- The stop is raised from the count hook, and Lua calls an xpcall
+  -- message handler right there, with hooks off: xpcall(loop, loop) held
+  -- the server for good. (This handler's loop is bounded, so that the
+  -- old code fails instead of hanging.)
+  it("never calls an xpcall handler with the stop: it would run without hooks", function()
+    for _, limits in ipairs({ { instructions = 1000000, cpu_ms = 60000 }, { instructions = 0, cpu_ms = 200 } }) do
+      local seen = {}
+      local chunk = assert(load([[
+        local seen = ...
+        local function loop() while true do end end
+        return xpcall(loop, function(e)
+          seen.handler = true
+          for _ = 1, 1e7 do end
+          return e
+        end)
+      ]], "=script", "t", sandbox.env()))
+      local ok, err = core.run(limits, chunk, seen)
+      assert.is_false(ok)
+      assert.are.equal("budget", err.kind)
+      assert.is_nil(seen.handler)
+    end
+  end)
+
   it("names the instruction budget when that is what ran out", function()
     local ok, err = run_script("while true do end", { instructions = 1000000, cpu_ms = 60000 })
     assert.is_false(ok)
