@@ -120,6 +120,7 @@ end
 local function with_lock(name, fn)
   local l = locks[name]
   local me = core.run_id()
+  local run = runstate.current()
   local asked = core.now()
   if not l then
     locks[name] = { queue = {}, first = 1, last = 0 }
@@ -139,8 +140,25 @@ local function with_lock(name, fn)
       error(runstate.deadline_error(("waiting for lock %s"):format(name)), 0)
     end
   end
+  -- held by this run until released here, or at the run's end at the
+  -- latest (context.release_held): fn may yield from a coroutine of the
+  -- script that is never resumed again, and this __close then never runs
+  local held = run and run.locks_held
+  if run and not held then
+    held = {}
+    run.locks_held = held
+  end
+  if held then
+    held[name] = true
+  end
   local entry
   local _ <close> = setmetatable({}, { __close = function()
+    if held then
+      if not held[name] then -- released at the run's end already
+        return
+      end
+      held[name] = nil
+    end
     local acquired = entry and entry.start and entry.start + (entry.waited or 0)
     local ok, held = pcall(journal.effect, "unlock", name, function()
       return acquired and runstate.micro(core.now() - acquired) or true
@@ -154,6 +172,26 @@ local function with_lock(name, fn)
     return { start = runstate.micro(asked), waited = runstate.micro(core.now() - asked) }
   end))
   return fn()
+end
+
+--- Releases the locks the run (its state) still holds when it ends: taken in
+--- a coroutine of the script's that yielded inside ctx.lock's fn and was
+--- never resumed, a lock was held for good (every other run asking for it
+--- waited until its own deadline, server-wide). Returns a to-be-closed
+--- guard for runner.execute.
+function context.release_held(state)
+  return setmetatable({}, { __close = function()
+    local held = state.locks_held
+    if held then
+      state.locks_held = nil
+      for name in pairs(held) do
+        held[name] = nil
+        if locks[name] then
+          release_lock(name)
+        end
+      end
+    end
+  end })
 end
 
 --- Recovery: keeps lock name for run_id until that run takes it again.

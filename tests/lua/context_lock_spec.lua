@@ -53,3 +53,30 @@ describe("ctx.lock", function()
     assert.are.equal("again", testing.run(wf).value)
   end)
 end)
+
+describe("ctx.lock taken in a coroutine the script abandons", function()
+  before_each(testing.reset)
+
+  -- fn yielded from a coroutine of the script's that nobody resumed again:
+  -- the lock's __close never ran, and the lock stayed held after the run
+  -- (every run of any workflow asking for it waited until its deadline).
+  it("is released when the run ends", function()
+    local script = require "chorus.script"
+    local locker = assert(script.compile([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "locker", run = function(ctx)
+        local co = coroutine.wrap(function() ctx.lock("acct", function() coroutine.yield("held") end) end)
+        return co()
+      end }
+    ]], "locker.lua"))
+    local waiter = chorus.workflow { name = "waiter", timeout = 5, run = function(ctx)
+      return ctx.lock("acct", function() return "got it" end)
+    end }
+    local r = testing.run(locker, {})
+    assert.are.equal("held", r.value)
+    r = testing.run(waiter, {})
+    assert.is_true(r.ok, tostring(r.error and r.error.message))
+    assert.are.equal("got it", r.value)
+    assert.are.equal(0, r.elapsed)
+  end)
+end)
