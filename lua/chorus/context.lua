@@ -160,11 +160,11 @@ local function with_lock(name, fn)
       held[name] = nil
     end
     local acquired = entry and entry.start and entry.start + (entry.waited or 0)
-    local ok, held = pcall(journal.effect, "unlock", name, function()
+    local ok, held_for = pcall(journal.effect, "unlock", name, function()
       return acquired and runstate.micro(core.now() - acquired) or true
     end)
-    if entry and ok and type(held) == "number" then
-      entry.held = held
+    if entry and ok and type(held_for) == "number" then
+      entry.held = held_for
     end
     release_lock(name)
   end })
