@@ -141,7 +141,7 @@ local function with_lock(name, fn)
     end
   end
   -- held by this run until released here, or at the run's end at the
-  -- latest (context.release_held): fn may yield from a coroutine of the
+  -- latest (context.release_held, at the run's end): fn may yield from a coroutine of the
   -- script that is never resumed again, and this __close then never runs
   local held = run and run.locks_held
   if run and not held then
@@ -174,25 +174,22 @@ local function with_lock(name, fn)
   return fn()
 end
 
---- Releases the locks the run (its state) still holds when it ends: taken in
---- a coroutine of the script's that yielded inside ctx.lock's fn and was
---- never resumed, a lock was held for good (every other run asking for it
---- waited until its own deadline, server-wide). Returns a to-be-closed
---- guard for runner.execute.
+--- Releases the locks the run (its state) still holds when it ends (called
+--- by runstate's guard of the run): taken in a coroutine of the script's
+--- that yielded inside ctx.lock's fn and was never resumed, a lock was held
+--- for good (every other run asking for it waited until its own deadline,
+--- server-wide).
 function context.release_held(state)
-  return setmetatable({}, { __close = function()
-    local held = state.locks_held
-    if held then
-      state.locks_held = nil
-      for name in pairs(held) do
-        held[name] = nil
-        if locks[name] then
-          release_lock(name)
-        end
-      end
+  local held = state.locks_held
+  state.locks_held = nil
+  for name in pairs(held or {}) do
+    held[name] = nil
+    if locks[name] then
+      release_lock(name)
     end
-  end })
+  end
 end
+runstate.release_locks = context.release_held
 
 --- Recovery: keeps lock name for run_id until that run takes it again.
 function context.reserve_lock(name, run_id)

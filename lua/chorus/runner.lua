@@ -78,7 +78,6 @@ function runner.execute(workflow, input, opts)
   }
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
-  local _ <close> = context.release_held(state) -- (closed first: the run is still current)
   if opts.journal then
     journal.attach(state, opts.journal.store, opts.journal.recorded, opts.journal.crash_after)
   end

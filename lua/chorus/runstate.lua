@@ -8,7 +8,15 @@ local core = require "chorus.core"
 local runstate = { MAX_TIMELINE = 1000 }
 local live = {}
 
-local ENDING_MT = { __close = function(guard) live[guard.id] = nil end }
+-- what a run still holds when it ends is let go here: the locks
+-- (chorus.context sets runstate.release_locks)
+local ENDING_MT = { __close = function(guard)
+  local state = live[guard.id]
+  if state and state.locks_held then
+    runstate.release_locks(state)
+  end
+  live[guard.id] = nil
+end }
 
 function runstate.begin(id, state)
   live[id] = state
