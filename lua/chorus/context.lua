@@ -39,7 +39,8 @@ local LEVELS = { debug = true, info = true, warn = true, error = true }
 
 -- Whether the run (state) may log one more line; the first line past the
 -- cap is replaced by the notice.
-local function log_allowed(ctx, state, sink)
+-- (state: the run's; its run_id, workflow and trace_id name it in the notice)
+local function log_allowed(state, sink)
   local n = (state.log_lines or 0) + 1
   state.log_lines = n
   local cap = context.run_log_lines
@@ -47,11 +48,21 @@ local function log_allowed(ctx, state, sink)
     return true
   end
   if n == cap + 1 then
-    logging.write({ level = "warn", run_id = ctx.run_id, workflow = ctx.workflow, trace_id = ctx.trace_id,
+    logging.write({ level = "warn", run_id = state.run_id, workflow = state.workflow, trace_id = state.trace_id,
       ts = core.now(), msg = ("the run logged %d lines (limits.run_log_lines): its further lines are dropped")
         :format(cap) }, sink)
   end
   return false
+end
+
+--- Whether the current run may write one more line to the log (print in a
+--- workflow script: it went around the cap); true outside a run.
+function context.line_allowed()
+  local run = runstate.current()
+  if not run then
+    return true
+  end
+  return log_allowed(run, run.env and run.env.log_sink or context.log_sink)
 end
 
 local function logger(ctx)
@@ -59,7 +70,7 @@ local function logger(ctx)
     -- the run service's sink (chorus.runs env.log_sink), else the module's
     local run = runstate.current()
     local sink = run and run.env and run.env.log_sink or context.log_sink
-    if not log_allowed(ctx, ctx_state[ctx], sink) then
+    if not log_allowed(ctx_state[ctx], sink) then
       return
     end
     local line = { level = level, msg = tostring(msg), run_id = ctx.run_id,

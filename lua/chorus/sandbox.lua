@@ -546,6 +546,9 @@ function sandbox.env(opts)
     return modules[name]
   end
   env.print = function(...)
+    if not require("chorus.context").line_allowed() then -- limits.run_log_lines, as ctx.log
+      return
+    end
     local parts = table.pack(...)
     for i = 1, parts.n do
       parts[i] = tostring(parts[i])

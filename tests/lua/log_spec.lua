@@ -89,6 +89,36 @@ describe("chorus.log", function()
     assert.are.equal(50, #testing.run(loud).logs)
   end)
 
+  -- print in a workflow script wrote to the same log around the cap: a run
+  -- printing in a loop wrote as many lines as it liked
+  it("keeps a run's print lines to limits.run_log_lines too", function()
+    local testing = require "chorus.testing"
+    local context = require "chorus.context"
+    local secrets = require "chorus.secrets"
+    local script = require "chorus.script"
+    testing.reset()
+    context.run_log_lines = 3
+    local printed, write_log = {}, secrets.write_log
+    secrets.write_log = function(text) printed[#printed + 1] = text end
+    finally(function()
+      context.run_log_lines = 10000
+      secrets.write_log = write_log
+    end)
+    local loud = assert(script.compile([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "printer", run = function(ctx)
+        for i = 1, 50 do print("line", i) end
+        return "done"
+      end }
+    ]], "printer.lua"))
+    local r = testing.run(loud)
+    assert.are.equal("succeeded", r.status)
+    assert.are.equal(3, #printed)
+    assert.matches([[line\t3]], printed[3], 1, true)
+    assert.are.equal(1, #r.logs)
+    assert.matches("logged 3 lines (limits.run_log_lines)", r.logs[1].msg, 1, true)
+  end)
+
   it("config limits.run_log_lines is checked at load and applied", function()
     local config = require "chorus.config"
     local context = require "chorus.context"
