@@ -374,3 +374,37 @@ return { admin_token = "adm1n-t0ken", telemetry = { otlp_endpoint = "http://127.
     end)
   end
 end)
+
+describe("isolation: a run's HTTP answer", function()
+  local dir, srv
+
+  setup(function()
+    dir = H.temp_dir({ ["headers.lua"] = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "headers", run = function(ctx, input)
+  local h = {}
+  for i = 1, input.count do h["X-H" .. i] = "v" end
+  return { status = 200, headers = h, body = "ok" }
+end }
+]] })
+    srv = H.start_server({ "--scripts", dir })
+  end)
+
+  teardown(function() H.clean(srv, dir) end)
+
+  -- the answer is built after the run, outside its budget: 300,000 headers
+  -- held the server's thread 1.3 s, 600,000 ran the handler out of memory
+  it("has at most 100 headers: past them a 500 with the run id, the run recorded", function()
+    local ok = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 100 }) })
+    assert.are.equal(200, ok.status, ok.body)
+    assert.are.equal("v", ok.headers["x-h100"])
+    local r = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 300000 }),
+      headers = { ["Idempotency-Key"] = "many-headers" }, max_time = 60 })
+    assert.are.equal(500, r.status, r.body)
+    assert.truthy(r.json.detail:find("more than 100 headers", 1, true), r.body)
+    local again = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 300000 }),
+      headers = { ["Idempotency-Key"] = "many-headers" }, max_time = 60 })
+    assert.are.equal(500, again.status)
+    assert.are.equal("true", again.headers["idempotent-replayed"])
+  end)
+end)
