@@ -140,29 +140,6 @@ function Memory:pending(owner)
   return self.counts[owner] or 0
 end
 
--- The first limit entries of a lane's heap due by now, oldest first,
--- leaving out those in skip (in flight). Every live item taken off the
--- heap goes back on it: the entries stay pending until settled; stale ones
--- are dropped.
-local function lane_due(self, heap, now, limit, skip)
-  local out, back, seen = {}, {}, {}
-  while #out < limit and heap[1] and heap[1].due <= now do
-    local item = heap_pop(heap)
-    local e = item.e
-    if live(self, item) and not seen[e] then
-      seen[e] = true
-      back[#back + 1] = item
-      if not (skip and skip[e.id]) then
-        out[#out + 1] = e
-      end
-    end
-  end
-  for i = 1, #back do
-    heap_push(heap, back[i])
-  end
-  return out
-end
-
 --- The lane names in the order a look serves them: sorted, starting with
 --- the first after lane `after` (the one served last), wrapping around.
 function memory.rotate(names, after)
@@ -206,8 +183,10 @@ function memory.interleave(lists, limit)
 end
 
 -- The first limit entries due by now, leaving out those in skip (in
--- flight): round-robin across lanes, starting with the lane after `after`
--- (the relay passes the lane it served last), each lane's oldest first. A
+-- flight): round-robin across lanes, one per lane per round, starting with
+-- the lane after `after` (the relay passes the lane it served last), each
+-- lane's oldest first. Every live item taken off a heap goes back on it:
+-- the entries stay pending until settled; stale ones are dropped, and a
 -- lane left with nothing pending goes.
 function Memory:due(now, limit, skip, _, after)
   limit = limit or math.huge
@@ -215,22 +194,38 @@ function Memory:due(now, limit, skip, _, after)
   for name in pairs(self.lanes) do
     names[#names + 1] = name
   end
-  local lists, total = {}, 0
-  for _, name in ipairs(memory.rotate(names, after)) do
-    if total >= limit then
-      break
-    end
-    local heap = self.lanes[name]
-    local list = lane_due(self, heap, now, limit, skip)
-    if not heap[1] then
-      self.lanes[name] = nil
-    end
-    if list[1] then
-      lists[#lists + 1] = list
-      total = total + #list
+  names = memory.rotate(names, after)
+  local out, back, seen = {}, {}, {}
+  local open = #names
+  while #out < limit and open > 0 do
+    open = 0
+    for _, name in ipairs(names) do
+      local heap = self.lanes[name]
+      -- this lane's next due entry not in flight, if any
+      while heap and #out < limit and heap[1] and heap[1].due <= now do
+        local item = heap_pop(heap)
+        local e = item.e
+        if live(self, item) and not seen[e] then
+          seen[e] = true
+          back[#back + 1] = { heap, item }
+          if not (skip and skip[e.id]) then
+            out[#out + 1] = e
+            open = open + 1
+            break
+          end
+        end
+      end
     end
   end
-  return memory.interleave(lists, limit)
+  for i = 1, #back do
+    heap_push(back[i][1], back[i][2])
+  end
+  for _, name in ipairs(names) do
+    if not self.lanes[name][1] then
+      self.lanes[name] = nil
+    end
+  end
+  return out
 end
 function Memory.commit() end
 

@@ -31,7 +31,7 @@ Relay.__index = Relay
 --- exporter: each delivery of an entry with a sampled trace is a span).
 function relay.new(backend, opts)
   opts = opts or {}
-  return setmetatable({ backend = backend, inflight = {}, n_inflight = 0,
+  return setmetatable({ backend = backend, inflight = {}, n_inflight = 0, lane_inflight = {},
     start_workflow = opts.start_workflow, can_start = opts.can_start, transport = opts.transport,
     telemetry = opts.telemetry,
     concurrency = opts.concurrency or outbox.defaults.concurrency, poll = opts.poll or outbox.defaults.poll,
@@ -50,10 +50,13 @@ function Relay:tick()
   -- no room for its run (can_start: max_inflight_runs), counted as no attempt
   local can_start = self.can_start
   local room_for_runs = not can_start or can_start()
-  for _, e in ipairs(self.backend:due(core.now(), room, self.inflight, self.n_inflight, self.after)) do
+  local by_lane = self.lane_inflight
+  for _, e in ipairs(self.backend:due(core.now(), room, self.inflight, by_lane, self.after)) do
     if not self.inflight[e.id] and e.state ~= "started" and started < room
         and (room_for_runs or e.kind ~= "workflow") then
-      self.after = outbox.lane(e)
+      local lane = outbox.lane(e)
+      self.after = lane
+      by_lane[lane] = (by_lane[lane] or 0) + 1
       self.inflight[e.id] = true
       self.n_inflight = self.n_inflight + 1
       started = started + 1
@@ -69,6 +72,8 @@ function Relay:tick()
         end
         self.inflight[e.id] = nil
         self.n_inflight = self.n_inflight - 1
+        local left = by_lane[lane] - 1
+        by_lane[lane] = left > 0 and left or nil
         if self.waiting then -- a slot is free: the relay looks again
           core.notify(self.waiting, true)
         end

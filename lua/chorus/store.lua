@@ -551,10 +551,9 @@ local function lanes(self)
   end
 end
 
--- The first limit entries of lane due by now, in due order, skipping
--- (without decoding) the ids in skip; at most limit + skip_count keys
--- looked at. A lane key whose entry is gone (written by a chorus without
--- lanes) is dropped.
+-- The keys (outbox keys) of the first limit entries of lane due by now,
+-- in due order, skipping the ids in skip; at most limit + skip_count keys
+-- looked at.
 local function lane_due(self, lane, now, limit, skip, skip_count)
   local prefix = lane .. "\0"
   local rows = self.st:scan("outbox_lanes", { prefix = prefix,
@@ -563,14 +562,9 @@ local function lane_due(self, lane, now, limit, skip, skip_count)
   for _, row in ipairs(rows) do
     local key = row[1]:sub(#prefix + 1)
     if not (skip and skip[key:sub(9)]) then
-      local text = self.st:get("outbox", key)
-      if text then
-        out[#out + 1] = decode("outbox", key, text)
-        if #out == limit then
-          break
-        end
-      else
-        self.st:del("outbox_lanes", row[1])
+      out[#out + 1] = { row[1], key }
+      if #out == limit then
+        break
       end
     end
   end
@@ -581,22 +575,32 @@ end
 --- the lanes (one per lane per round, each lane in due order), starting
 --- with the lane after `after` (the one the relay served last), so one
 --- workflow's backlog delays another's due entries by at most one entry per
---- lane. Skips (without decoding) the ids in skip; looks at no more than
---- limit + skip_count keys of a lane.
+--- lane. Skips (without decoding) the ids in skip; skip_count: how many
+--- there are, or a table lane → how many of them are in that lane. Each
+--- lane gives at most its share of limit (rounded up) in one look: the
+--- relay looks again as soon as it started any.
 function Store:due_outbox(now, limit, skip, skip_count, after)
   local memory = require "chorus.outbox_memory"
-  local lists, total = {}, 0
-  for _, lane in ipairs(memory.rotate(lanes(self), after)) do
-    if total >= limit then
-      break
-    end
-    local list = lane_due(self, lane, now, limit, skip, skip_count)
+  local names = memory.rotate(lanes(self), after)
+  local share = math.ceil(limit / math.max(1, #names))
+  local lists = {}
+  for _, lane in ipairs(names) do
+    local skipped = type(skip_count) == "table" and (skip_count[lane] or 0) or skip_count
+    local list = lane_due(self, lane, now, share, skip, skipped)
     if list[1] then
       lists[#lists + 1] = list
-      total = total + #list
     end
   end
-  return memory.interleave(lists, limit)
+  local out = {}
+  for _, pick in ipairs(memory.interleave(lists, limit)) do
+    local text = self.st:get("outbox", pick[2])
+    if text then
+      out[#out + 1] = decode("outbox", pick[2], text)
+    else -- a lane key whose entry is gone (a chorus without lanes deleted it)
+      self.st:del("outbox_lanes", pick[1])
+    end
+  end
+  return out
 end
 
 --- How many entries workflow owner has in the outbox: counted from the
