@@ -237,7 +237,7 @@ describe("the outbox between workflows", function()
         ctx.later("mutating", { n = 1, nested = { tag = "original" }, list = { "a" } }, { base = 0, cap = 0 })
         return true
       end }
-      local svc, backend, cleanup = make(function(name) return name == "mutating" and { workflow = mutating } end)
+      local svc, _, cleanup = make(function(name) return name == "mutating" and { workflow = mutating } end)
       in_loop(function()
         svc:start({ workflow = starter }, {})
         local relay = svc:relay({ poll = 0.001 })
