@@ -603,13 +603,33 @@ function Store:due_outbox(now, limit, skip, skip_count, after)
   return out
 end
 
---- How many entries workflow owner has in the outbox: counted from the
---- lane's keys the first time, then kept by what this process adds and
---- removes (lane_changed).
+--- Counts the outbox's entries of every lane (from outbox_lanes, keys
+--- only): the server does it at its start, before any run or delivery can
+--- change them, and keeps the counts from then on (lane_changed).
+function Store:count_lanes()
+  local counts, from = {}, nil
+  repeat
+    local rows = self.st:scan("outbox_lanes", { from = from, limit = BUILD_BATCH + 1 })
+    for i = 1, math.min(#rows, BUILD_BATCH) do
+      local key = rows[i][1]
+      local lane = key:sub(1, key:find("\0", 1, true) - 1)
+      counts[lane] = (counts[lane] or 0) + 1
+    end
+    from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
+  until not from
+  self.lane_counts, self.lanes_counted = counts, true
+  return counts
+end
+
+--- How many entries workflow owner has in the outbox: as count_lanes
+--- counted them and this process changed them since; without count_lanes
+--- (the CLI, specs), the lane is counted the first time it is asked for.
 function Store:lane_pending(owner)
   self.lane_counts = self.lane_counts or {}
   local n = self.lane_counts[owner]
-  if not n then
+  if not n and self.lanes_counted then
+    return 0
+  elseif not n then
     n = 0
     local prefix, from = owner .. "\0", nil
     repeat
@@ -625,8 +645,10 @@ end
 --- An entry of lane owner was added (by = 1) or removed (-1).
 function Store:lane_changed(owner, by)
   local counts = self.lane_counts
-  if counts and counts[owner] then
-    counts[owner] = math.max(0, counts[owner] + by)
+  local n = counts and (counts[owner] or (self.lanes_counted and 0 or nil))
+  if n then
+    n = n + by
+    counts[owner] = n > 0 and n or nil
   end
 end
 
