@@ -208,7 +208,7 @@ function Service:queue_webhook(rec)
   -- restricted: the URL came from the request, so the egress policy keeps
   -- it off loopback, private networks and this server (egress.allow)
   self.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
-    headers = headers, body = body, restricted = true }, run_id = rec.id,
+    headers = headers, body = body, restricted = true }, run_id = rec.id, owner = rec.workflow, -- its workflow's lane
     trace = { id = rec.trace_id, parent = rec.span_id, flags = rec.trace_flags, state = rec.tracestate } }))
 end
 
