@@ -14,7 +14,7 @@
 
 static const char *const DB_NAMES[STORE_NDB] = {
     "runs", "journal",    "idempotency", "outbox",    "dlq",       "scripts",  "timers",
-    "meta", "deliveries", "events",      "schedules", "run_index", "run_rows",
+    "meta", "deliveries", "events",      "schedules", "run_index", "run_rows", "outbox_lanes",
 };
 
 /* OP_INDEX: a run's index row (store_index.h), key the run id. */
@@ -600,8 +600,10 @@ static int open_dbs_once(struct chorus_store *st, char *err, size_t errlen) {
             return rc;
         }
         rc = MDB_NOTFOUND; /* now write the new version */
-    } else if (!rc && v.mv_size == 1 && memcmp(v.mv_data, "2", 1) == 0) {
-        rc = MDB_NOTFOUND; /* the same records; chorus.store builds the runs' index */
+    } else if (!rc && v.mv_size == 1 &&
+               (memcmp(v.mv_data, "2", 1) == 0 || memcmp(v.mv_data, "3", 1) == 0)) {
+        rc = MDB_NOTFOUND; /* the same records; chorus.store builds the runs' index, the outbox's
+                              lanes */
     }
     if (rc == MDB_NOTFOUND) {
         v.mv_data = CHORUS_STORE_SCHEMA;

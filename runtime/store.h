@@ -54,6 +54,7 @@ enum chorus_store_db {
     STORE_SCHEDULES,
     STORE_RUN_INDEX, /* the runs' secondary index (store_index.h) */
     STORE_RUN_ROWS,
+    STORE_OUTBOX_LANES, /* the outbox by lane (the enqueuing workflow): fair delivery */
     STORE_NDB
 };
 
@@ -61,8 +62,13 @@ enum chorus_store_db {
  * 3: the runs' index (store_index.h). A version-2 folder opens as version 3
  * with the index empty; chorus.store builds it (meta.run_index says when it
  * is whole), and a chorus that does not keep the index refuses the folder
- * instead of writing runs it would leave out. */
-#define CHORUS_STORE_SCHEMA "3"
+ * instead of writing runs it would leave out.
+ * 4: the outbox's lanes (outbox_lanes: lane .. NUL .. outbox key). A
+ * version-2 or 3 folder opens as version 4 with no lanes; chorus.store
+ * builds them (meta.outbox_lanes says when they are whole), and a chorus
+ * without lanes refuses the folder instead of writing entries the relay
+ * would never find. */
+#define CHORUS_STORE_SCHEMA "4"
 #define CHORUS_STORE_CHECKSUM_LEN 8
 
 /* The message of a batch that failed for want of room starts with this. */

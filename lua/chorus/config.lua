@@ -68,6 +68,7 @@ local LIMITS = {
   drain_timeout = { min = 0, max = 3600 },
   max_inflight_runs = { int = true, min = 1, max = 10000000 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
+  outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
 }
 
 -- The numeric settings of the tables storage, outbox and alerts.
@@ -408,6 +409,7 @@ function config.apply(conf)
     cpu_ms = limits.run_cpu_seconds and math.floor(limits.run_cpu_seconds * 1000) or nil,
   })
   require("chorus.context").run_log_lines = limits.run_log_lines or 10000
+  require("chorus.outbox").pending_cap = limits.outbox_pending_per_workflow or 10000
   require("chorus.http").configure(conf.upstreams)
   core.egress({ allow = (conf.egress or {}).allow })
   require("chorus.secrets").dir = conf.secrets_dir

@@ -17,6 +17,13 @@
 -- there is one, else memory (chorus.outbox_memory); the relay
 -- (chorus.outbox_relay) delivers them; chorus.deliveries keeps what became
 -- of each entry for its run's record.
+--
+-- Isolation: each entry belongs to a lane, the workflow whose run enqueued
+-- it (e.owner; "" for entries made outside a run). Both backends hand out
+-- due entries round-robin across lanes, so one workflow's backlog delays
+-- another's due entry by at most one delivery per lane, and a workflow has
+-- at most limits.outbox_pending_per_workflow entries pending: past it the
+-- enqueue stops its run with { kind = "outbox_full" }.
 local core = require "chorus.core"
 local errors = require "chorus.errors"
 local journal = require "chorus.journal"
@@ -24,6 +31,11 @@ local metrics = require "chorus.metrics"
 local runstate = require "chorus.runstate"
 
 local outbox = {}
+
+-- Pending entries a workflow may have (config limits.outbox_pending_per_workflow;
+-- 0: no cap). Only the memory cap bounded them: one run enqueued 20,000
+-- and every other workflow's deliveries queued behind them.
+outbox.pending_cap = 10000
 
 outbox.defaults = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 }
 
@@ -62,6 +74,7 @@ local function new_entry(kind, fields, opts)
   local run = runstate.current()
   if run then
     e.from_run = run.run_id
+    e.owner = e.owner or run.workflow -- its lane (see the top of this file)
     e.redact = run.redact -- listings mask these fields; delivery uses the real ones
     -- the trace crosses the outbox: each delivery is a span under the run's
     -- (chorus.tracing), and what it sends or starts is under the delivery
@@ -72,19 +85,40 @@ local function new_entry(kind, fields, opts)
 end
 outbox.new_entry = new_entry
 
+--- The lane of entry e: the workflow whose run enqueued it ("" when none).
+function outbox.lane(e)
+  return e.owner or ""
+end
+
+-- Stops the current run with { kind = "outbox_full" } when its workflow
+-- has outbox.pending_cap entries pending in backend. A limit, like the
+-- memory cap: the run ends failed whatever the script catches.
+local function check_cap(backend, e, who)
+  local cap = outbox.pending_cap
+  if not e.owner or cap == 0 or backend:pending(e.owner) < cap then
+    return
+  end
+  error(runstate.stop(errors.new("outbox_full", ("%s: workflow '%s' has %d outbox entries pending, the most "
+    .. "limits.outbox_pending_per_workflow allows; they must be delivered before it enqueues more")
+    :format(who, e.owner, cap))), 0)
+end
+
 -- Writes e where the current run keeps its state, journaled so a replay
--- does not enqueue it twice. Returns the entry id.
-local function enqueue(e, target)
+-- does not enqueue it twice. Returns the entry id. who: the API that asked.
+local function enqueue(e, target, who)
   return journal.effect("later", target, function()
     local run = runstate.current()
     local j = run and run.journal
+    local backend
     if run and run.env and run.env.backend then -- the run service's outbox (chorus.runs)
-      run.env.backend:add(e)
+      backend = run.env.backend
     elseif j and j.store.put_outbox then -- a data folder
-      outbox.durable(j.store):add(e)
+      backend = outbox.durable(j.store)
     else
-      outbox.backend:add(e)
+      backend = outbox.backend
     end
+    check_cap(backend, e, who)
+    backend:add(e)
     if run then
       run.outbox = run.outbox or {}
       run.outbox[#run.outbox + 1] = e
@@ -130,7 +164,7 @@ function outbox.later(workflow, input, opts)
   if input ~= nil then
     input = errors.json_copy(input, "ctx.later", 2)
   end
-  return enqueue(new_entry("workflow", { workflow = workflow, input = input }, opts), workflow)
+  return enqueue(new_entry("workflow", { workflow = workflow, input = input }, opts), workflow, "ctx.later")
 end
 
 --- An HTTP request (prepared by chorus.http: method, url, headers, body)
@@ -140,13 +174,13 @@ function outbox.request(req, opts)
   local e = new_entry("http", { request = { method = req.method, url = req.url, headers = req.headers,
     body = req.body, timeout = req.timeout, upstream = req.path and req.upstream, path = req.path },
     upstream = req.upstream }, opts)
-  return enqueue(e, req.method .. " " .. req.url)
+  return enqueue(e, req.method .. " " .. req.url, "later")
 end
 
 --- A chain of HTTP requests delivered in order (saga compensations).
 function outbox.chain(name, requests, opts)
   local e = new_entry("chain", { name = name, steps = requests, next = 1 }, opts)
-  return enqueue(e, "chain " .. name)
+  return enqueue(e, "chain " .. name, "saga")
 end
 
 -- ---- delivery -----------------------------------------------------------
@@ -258,9 +292,10 @@ end
 
 -- Delivers e once (inside its own run). opts: the relay's start_workflow
 -- (starts a workflow entry's run: "started" when the run settles e itself,
--- else ok, err; a run service's, chorus.runs) and transport. span_id: the
--- delivery's span (chorus.tracing; a new one when nil). Returns the
--- outcome: "delivered", "retry", "dead" or "started".
+-- "deferred" when the server has no room for a run now, else ok, err; a run
+-- service's, chorus.runs) and transport. span_id: the delivery's span
+-- (chorus.tracing; a new one when nil). Returns the outcome: "delivered",
+-- "retry", "dead", "started" or "deferred" (e untouched: due as it was).
 local function deliver(backend, e, opts, span_id)
   opts = opts or {}
   span_id = span_id or core.random_hex(8)
@@ -288,8 +323,8 @@ local function deliver(backend, e, opts, span_id)
         message = "no workflow runner in this process" } })
     else
       local ok, err = opts.start_workflow(backend, e, span_id)
-      if ok == "started" then
-        return "started"
+      if ok == "started" or ok == "deferred" then -- deferred: no room for a run now; still pending, no attempt
+        return ok
       end
       outcome = outbox.settle(backend, e, not ok and err or nil)
     end

@@ -1,7 +1,7 @@
 -- chorus.outbox_durable — the outbox kept in the data folder (chorus.store):
 -- entries in due order, the DLQ, and the delivery rows of each run
 -- (chorus.deliveries). A backend: add, update, remove, move, bury, due,
--- commit, track, deliveries, depth (chorus.outbox calls them).
+-- pending, commit, track, deliveries, depth (chorus.outbox calls them).
 local deliveries = require "chorus.deliveries"
 
 local durable = {}
@@ -15,17 +15,32 @@ function durable.new(st)
 end
 
 function Durable:add(e)
+  local lane = e.owner or ""
+  self.st:lane_pending(lane) -- counted before this entry lands
   self.st:put_outbox(e)
+  self.st:lane_changed(lane, 1)
   self:track(e, "pending")
 end
 function Durable:update(e) self.st:put_outbox(e) end
-function Durable:remove(e) self.st:del_outbox(e) end
+function Durable:remove(e)
+  self.st:del_outbox(e)
+  self.st:lane_changed(e.owner or "", -1)
+end
 function Durable:move(old_due, e)
-  self.st:del_outbox({ due = old_due, id = e.id })
+  self.st:del_outbox({ due = old_due, id = e.id, owner = e.owner })
   self.st:put_outbox(e)
 end
-function Durable:bury(e) self.st:del_outbox(e); self.st:put_dlq(e) end
-function Durable:due(now, limit, skip, skip_count) return self.st:due_outbox(now, limit, skip, skip_count) end
+function Durable:bury(e)
+  self.st:del_outbox(e)
+  self.st:put_dlq(e)
+  self.st:lane_changed(e.owner or "", -1)
+end
+-- Round-robin across lanes (chorus.store due_outbox), after lane `after`.
+function Durable:due(now, limit, skip, skip_count, after)
+  return self.st:due_outbox(now, limit, skip, skip_count, after)
+end
+--- How many entries workflow owner has pending.
+function Durable:pending(owner) return self.st:lane_pending(owner) end
 function Durable:commit() self.st:commit() end
 function Durable:track(e, state)
   local run_id, row = deliveries.row(e, state)

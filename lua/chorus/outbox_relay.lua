@@ -24,13 +24,16 @@ Relay.__index = Relay
 --- { outbox_depth =, outbox_age =, dlq_depth = } (log a line when a value
 --- reaches its threshold, and when it is back under), start_workflow
 --- (function(backend, e) that runs a workflow entry: a run service's,
---- chorus.runs; without one such entries are dead), transport (the HTTP
+--- chorus.runs; without one such entries are dead), can_start (function()
+--- → whether a run may start now: workflow entries wait while it says no),
+--- transport (the HTTP
 --- function deliveries use; nil: chorus.http's), telemetry (a chorus.otlp
 --- exporter: each delivery of an entry with a sampled trace is a span).
 function relay.new(backend, opts)
   opts = opts or {}
-  return setmetatable({ backend = backend, inflight = {}, n_inflight = 0,
-    start_workflow = opts.start_workflow, transport = opts.transport, telemetry = opts.telemetry,
+  return setmetatable({ backend = backend, inflight = {}, n_inflight = 0, lane_inflight = {},
+    start_workflow = opts.start_workflow, can_start = opts.can_start, transport = opts.transport,
+    telemetry = opts.telemetry,
     concurrency = opts.concurrency or outbox.defaults.concurrency, poll = opts.poll or outbox.defaults.poll,
     alerts = opts.alerts or {}, alerting = {}, stopped = false }, Relay)
 end
@@ -42,8 +45,18 @@ function Relay:tick()
   if room <= 0 then
     return 0
   end
-  for _, e in ipairs(self.backend:due(core.now(), room, self.inflight, self.n_inflight)) do
-    if not self.inflight[e.id] and e.state ~= "started" and started < room then
+  -- round-robin across lanes (chorus.outbox): the look starts with the lane
+  -- after the one served last; a workflow entry waits while the server has
+  -- no room for its run (can_start: max_inflight_runs), counted as no attempt
+  local can_start = self.can_start
+  local room_for_runs = not can_start or can_start()
+  local by_lane = self.lane_inflight
+  for _, e in ipairs(self.backend:due(core.now(), room, self.inflight, by_lane, self.after)) do
+    if not self.inflight[e.id] and e.state ~= "started" and started < room
+        and (room_for_runs or e.kind ~= "workflow") then
+      local lane = outbox.lane(e)
+      self.after = lane
+      by_lane[lane] = (by_lane[lane] or 0) + 1
       self.inflight[e.id] = true
       self.n_inflight = self.n_inflight + 1
       started = started + 1
@@ -54,11 +67,13 @@ function Relay:tick()
         if not ok then
           outbox.log(self.backend, "error", "outbox delivery failed", { id = e.id, error = tostring(err) })
         end
-        if span then
+        if span and err ~= "deferred" then -- a deferred start is no delivery: no span
           self.telemetry:push({ tracing.finish(span, ok and err or "error", not ok and err or nil) })
         end
         self.inflight[e.id] = nil
         self.n_inflight = self.n_inflight - 1
+        local left = by_lane[lane] - 1
+        by_lane[lane] = left > 0 and left or nil
         if self.waiting then -- a slot is free: the relay looks again
           core.notify(self.waiting, true)
         end

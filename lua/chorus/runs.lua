@@ -46,7 +46,8 @@ local json = core.json
 -- The finished records kept in memory: the last MAX_RECORDS, at most
 -- MAX_RECORD_BYTES of JSON (a record holds what its run returned, up to its
 -- memory cap); older ones are read from the store.
-local runs = { MAX_RECORDS = 10000, MAX_RECORD_BYTES = 64 * 1024 * 1024 }
+local runs = { MAX_RECORDS = 10000, MAX_RECORD_BYTES = 64 * 1024 * 1024,
+  MAX_INFLIGHT_RUNS = 10000 } -- limits.max_inflight_runs' default
 local EMPTY = {} -- read-only
 
 local m = {
@@ -207,7 +208,7 @@ function Service:queue_webhook(rec)
   -- restricted: the URL came from the request, so the egress policy keeps
   -- it off loopback, private networks and this server (egress.allow)
   self.backend:add(outbox.new_entry("http", { request = { method = "POST", url = rec.callback_url,
-    headers = headers, body = body, restricted = true }, run_id = rec.id,
+    headers = headers, body = body, restricted = true }, run_id = rec.id, owner = rec.workflow, -- its workflow's lane
     trace = { id = rec.trace_id, parent = rec.span_id, flags = rec.trace_flags, state = rec.tracestate } }))
 end
 
@@ -845,12 +846,30 @@ function Service:start_outbox_workflow(backend, e, span_id)
     return false, { permanent = true, error = { kind = "unknown_workflow",
       message = ("no workflow named '%s'"):format(e.workflow) } }
   end
+  if self:at_capacity() then -- max_inflight_runs: the entry waits, as a request would get 503
+    return "deferred"
+  end
   e.state = "started"
   backend:update(e)
   local t = tracing.entry_trace(e) or {}
-  self:start(entry, e.input, { id = e.id, outbox = e, attempt = e.attempts + 1, trace_id = t.id,
+  -- each attempt gets the input as enqueued: the run may change the table
+  -- it is handed, and e (kept in memory, or written back when it retries)
+  -- must not carry that into the next attempt
+  local input = e.input
+  if type(input) == "table" then
+    input = json.decode(json.encode(input))
+  end
+  self:start(entry, input, { id = e.id, outbox = e, attempt = e.attempts + 1, trace_id = t.id,
     parent_span_id = t.id and span_id, trace_flags = t.flags, tracestate = t.state })
   return "started"
+end
+
+--- Whether as many runs are in flight as limits.max_inflight_runs allows
+--- (10000 by default): requests then get 503, and the runs the server starts
+--- by itself (outbox workflow entries, schedules) wait.
+function Service:at_capacity()
+  local limits = self.env.config.limits or EMPTY
+  return self.inflight >= (limits.max_inflight_runs or runs.MAX_INFLIGHT_RUNS)
 end
 
 --- The relay over the service's outbox: workflow entries start runs of
@@ -858,6 +877,7 @@ end
 function Service:relay(opts)
   opts = opts or {}
   opts.start_workflow = function(backend, e, span_id) return self:start_outbox_workflow(backend, e, span_id) end
+  opts.can_start = function() return not self:at_capacity() end
   opts.transport = self.env.transport
   opts.telemetry = self.env.telemetry
   opts.log_sink = self.env.outbox_log_sink

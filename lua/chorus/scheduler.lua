@@ -59,7 +59,8 @@ end
 
 -- Starts the run of slot: its records and the schedule's in one commit,
 -- then the run in a task of its own. Returns false when the commit failed
--- (the slot is then not handled: the next turn tries again).
+-- or the server has max_inflight_runs runs in flight (the slot is then not
+-- handled: the next turn tries again).
 local function start_slot(name, entry, s, slot, before)
   local svc = state.runs
   local id = schedule.run_id(core.sha256, name, slot)
@@ -70,6 +71,19 @@ local function start_slot(name, entry, s, slot, before)
     save(name, entry.workflow.schedule, s)
     return commit()
   end
+  if svc:at_capacity() then
+    -- max_inflight_runs: the slot waits, not handled, and is tried again at
+    -- each turn (a request would get 503 and retry); slots that pass
+    -- meanwhile follow the schedule's rules, as after a stall
+    if s.deferred ~= slot then
+      s.deferred = slot
+      log("warn", "scheduled run deferred: max_inflight_runs runs are in flight", { workflow = name,
+        slot = slot })
+    end
+    s.through = before
+    return false
+  end
+  s.deferred = nil
   local wf = entry.workflow
   local now = core.now()
   local input = { slot = slot, slot_time = schedule.iso(slot) }
@@ -126,11 +140,14 @@ local function turn(name, entry, now)
     save(name, spec, s)
     commit()
   end
-  local before = s.through
+  local before, backlog = s.through, s.backlog_until
   local actions = schedule.step(spec, s, now, busy(s))
-  for _, a in ipairs(actions) do
+  for i, a in ipairs(actions) do
     if a.start then
       if not start_slot(name, entry, s, a.start, before) then
+        if i == 1 then -- nothing was handled: the missed slots still follow catch_up
+          s.backlog_until = backlog
+        end
         return
       end
       before = a.start

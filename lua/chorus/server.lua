@@ -110,6 +110,13 @@ local function start_durable()
     elseif indexed > 0 then
       log("info", "built the runs' index", { runs = indexed })
     end
+    -- each workflow's pending outbox entries (limits.outbox_pending_per_workflow),
+    -- counted before a run or a delivery can change them
+    local cok, cerr = pcall(st.count_lanes, st)
+    if not cok then
+      st:close()
+      return nil, ("cannot count the outbox entries of %s: %s"):format(conf.data, tostring(cerr))
+    end
     state.store = st
     state.backend = outbox.durable(st)
   end

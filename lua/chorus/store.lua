@@ -25,6 +25,11 @@
 --                its status, workflow, workflow and status, idempotency key
 --                (run_keys below). meta.run_index = "1" once every run of
 --                the folder is in it (build_run_index).
+--   outbox_lanes the outbox by lane, the workflow that enqueued (entry.owner,
+--                "" for none): lane .. "\0" .. outbox key → "1". The relay
+--                serves lanes round-robin (due_outbox); written with the
+--                outbox entry. meta.outbox_lanes = "1" once every entry is
+--                in it (build_outbox_lanes).
 --
 -- Every value is checked against its checksum when read (runtime/store.c):
 -- a bad one raises "store: corrupt record in database DB, key 'K': ...",
@@ -349,6 +354,18 @@ end
 -- Runs indexed per commit while the index is built.
 local BUILD_BATCH = 5000
 
+-- The outbox's key of an entry: its due time (ms) then its id.
+local function outbox_key(due, id)
+  return string.pack(">I8", math.max(0, math.floor(due * 1000))) .. id
+end
+store.outbox_key = outbox_key
+
+-- An entry's key in outbox_lanes: its lane (the workflow that enqueued it)
+-- then its outbox key. Workflow names hold no NUL.
+local function lane_key(owner, key)
+  return (owner or "") .. "\0" .. key
+end
+
 --- Builds the runs' index of a folder a chorus without it wrote (from
 --- inside a task: it commits as it goes), unless meta.run_index says it is
 --- whole. Returns how many runs it indexed.
@@ -372,12 +389,39 @@ end
 
 --- build_run_index from anywhere: inside a task it runs there, else in a
 --- run of its own (the CLI's commands, the server's start).
+--- The same for the outbox's lanes: every entry gets its lane key.
+function Store:build_outbox_lanes()
+  if self.memory or self.st:get("meta", "outbox_lanes") == "1" then
+    return 0
+  end
+  local from, n = nil, 0
+  repeat
+    local rows = self.st:scan("outbox", { from = from, limit = BUILD_BATCH + 1 })
+    for i = 1, math.min(#rows, BUILD_BATCH) do
+      local e = decode("outbox", rows[i][1], rows[i][2])
+      self.st:put("outbox_lanes", lane_key(e.owner, rows[i][1]), "1")
+      n = n + 1
+    end
+    from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
+    self.st:put("meta", "outbox_lanes", from and "0" or "1")
+    self:commit()
+  until not from
+  return n
+end
+
+--- build_run_index and build_outbox_lanes from anywhere: inside a task
+--- they run there, else in a run of their own (the CLI's commands, the
+--- server's start). Returns how many runs were indexed.
 function Store:ensure_run_index()
-  if core.run_id() then
+  local function build()
+    self:build_outbox_lanes()
     return self:build_run_index()
   end
+  if core.run_id() then
+    return build()
+  end
   -- trusted work, linear in the runs: no instruction budget or memory cap
-  local ok, n = core.run({ instructions = 0, memory = 0, cpu_ms = 0 }, function() return self:build_run_index() end)
+  local ok, n = core.run({ instructions = 0, memory = 0, cpu_ms = 0 }, build)
   if not ok then
     error(n, 0)
   end
@@ -480,35 +524,132 @@ end
 
 -- ---- outbox and dlq ---------------------------------------------------------
 
-local function outbox_key(due, id)
-  return string.pack(">I8", math.max(0, math.floor(due * 1000))) .. id
-end
-store.outbox_key = outbox_key
-
 function Store:put_outbox(entry)
-  self:put_json("outbox", outbox_key(entry.due, entry.id), entry)
+  local key = outbox_key(entry.due, entry.id)
+  self:put_json("outbox", key, entry)
+  self.st:put("outbox_lanes", lane_key(entry.owner, key), "1")
 end
 
+--- Deletes the entry { due, id, owner } (its lane key with it).
 function Store:del_outbox(entry)
-  self.st:del("outbox", outbox_key(entry.due, entry.id))
+  local key = outbox_key(entry.due, entry.id)
+  self.st:del("outbox", key)
+  self.st:del("outbox_lanes", lane_key(entry.owner, key))
 end
 
---- Entries due at or before now, in due order: at most limit of them,
---- skipping (without decoding) the ids in skip and looking at no more than
---- limit + skip_count records.
-function Store:due_outbox(now, limit, skip, skip_count)
-  local rows = self.st:scan("outbox", { to = string.pack(">I8", math.floor(now * 1000) + 1),
-    limit = limit + (skip_count or 0) })
+-- The lanes of the outbox in name order (one seek each).
+local function lanes(self)
+  local out, from = {}, nil
+  while true do
+    local row = self.st:scan("outbox_lanes", { from = from, limit = 1 })[1]
+    if not row then
+      return out
+    end
+    local lane = row[1]:sub(1, row[1]:find("\0", 1, true) - 1)
+    out[#out + 1] = lane
+    from = lane .. "\1" -- past every key of this lane
+  end
+end
+
+-- The keys (outbox keys) of the first limit entries of lane due by now,
+-- in due order, skipping the ids in skip; at most limit + skip_count keys
+-- looked at.
+local function lane_due(self, lane, now, limit, skip, skip_count)
+  local prefix = lane .. "\0"
+  local rows = self.st:scan("outbox_lanes", { prefix = prefix,
+    to = prefix .. string.pack(">I8", math.floor(now * 1000) + 1), limit = limit + (skip_count or 0) })
   local out = {}
   for _, row in ipairs(rows) do
-    if not (skip and skip[row[1]:sub(9)]) then
-      out[#out + 1] = decode("outbox", row[1], row[2])
+    local key = row[1]:sub(#prefix + 1)
+    if not (skip and skip[key:sub(9)]) then
+      out[#out + 1] = { row[1], key }
       if #out == limit then
         break
       end
     end
   end
   return out
+end
+
+--- Entries due at or before now: at most limit of them, round-robin across
+--- the lanes (one per lane per round, each lane in due order), starting
+--- with the lane after `after` (the one the relay served last), so one
+--- workflow's backlog delays another's due entries by at most one entry per
+--- lane. Skips (without decoding) the ids in skip; skip_count: how many
+--- there are, or a table lane → how many of them are in that lane. Each
+--- lane gives at most its share of limit (rounded up) in one look: the
+--- relay looks again as soon as it started any.
+function Store:due_outbox(now, limit, skip, skip_count, after)
+  local memory = require "chorus.outbox_memory"
+  local names = memory.rotate(lanes(self), after)
+  local share = math.ceil(limit / math.max(1, #names))
+  local lists = {}
+  for _, lane in ipairs(names) do
+    local skipped = type(skip_count) == "table" and (skip_count[lane] or 0) or skip_count
+    local list = lane_due(self, lane, now, share, skip, skipped)
+    if list[1] then
+      lists[#lists + 1] = list
+    end
+  end
+  local out = {}
+  for _, pick in ipairs(memory.interleave(lists, limit)) do
+    local text = self.st:get("outbox", pick[2])
+    if text then
+      out[#out + 1] = decode("outbox", pick[2], text)
+    else -- a lane key whose entry is gone (a chorus without lanes deleted it)
+      self.st:del("outbox_lanes", pick[1])
+    end
+  end
+  return out
+end
+
+--- Counts the outbox's entries of every lane (from outbox_lanes, keys
+--- only): the server does it at its start, before any run or delivery can
+--- change them, and keeps the counts from then on (lane_changed).
+function Store:count_lanes()
+  local counts, from = {}, nil
+  repeat
+    local rows = self.st:scan("outbox_lanes", { from = from, limit = BUILD_BATCH + 1 })
+    for i = 1, math.min(#rows, BUILD_BATCH) do
+      local key = rows[i][1]
+      local lane = key:sub(1, key:find("\0", 1, true) - 1)
+      counts[lane] = (counts[lane] or 0) + 1
+    end
+    from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
+  until not from
+  self.lane_counts, self.lanes_counted = counts, true
+  return counts
+end
+
+--- How many entries workflow owner has in the outbox: as count_lanes
+--- counted them and this process changed them since; without count_lanes
+--- (the CLI, specs), the lane is counted the first time it is asked for.
+function Store:lane_pending(owner)
+  self.lane_counts = self.lane_counts or {}
+  local n = self.lane_counts[owner]
+  if not n and self.lanes_counted then
+    return 0
+  elseif not n then
+    n = 0
+    local prefix, from = owner .. "\0", nil
+    repeat
+      local rows = self.st:scan("outbox_lanes", { prefix = prefix, from = from, limit = BUILD_BATCH + 1 })
+      n = n + math.min(#rows, BUILD_BATCH)
+      from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
+    until not from
+    self.lane_counts[owner] = n
+  end
+  return n
+end
+
+--- An entry of lane owner was added (by = 1) or removed (-1).
+function Store:lane_changed(owner, by)
+  local counts = self.lane_counts
+  local n = counts and (counts[owner] or (self.lanes_counted and 0 or nil))
+  if n then
+    n = n + by
+    counts[owner] = n > 0 and n or nil
+  end
 end
 
 -- What an entry shows of its data, masked by the redact paths of the run
@@ -575,6 +716,7 @@ function Store:replay_dlq(id, now)
   e.replayed = (e.replayed or 0) + 1
   self:del_dlq(id)
   self:put_outbox(e)
+  self:lane_changed(e.owner or "", 1)
   local run_id = e.from_run or e.run_id -- the run's record shows it pending again
   local row = run_id and self:get_json("deliveries", run_id .. id)
   if row then

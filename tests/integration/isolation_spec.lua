@@ -124,6 +124,21 @@ return chorus.workflow { name = "closer", run = function(ctx, input)
 end }
 ]]
 
+-- A workflow that enqueues more than limits.outbox_pending_per_workflow
+-- (3 here) starts for later, catching every error.
+local GREEDY = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "greedy", run = function(ctx, input)
+  local queued = 0
+  for _ = 1, input.n do
+    if pcall(ctx.later, input.target, {}, { delay = 3600 }) then
+      queued = queued + 1
+    end
+  end
+  return { queued = queued }
+end }
+]]
+
 -- The workflow the others must not disturb.
 local HONEST = [[
 local chorus = require "chorus"
@@ -153,13 +168,13 @@ describe("isolation", function()
   setup(function()
     mock = H.start_mock(200)
     dir = H.temp_dir({ ["wait_in.lua"] = WAIT_IN, ["reach.lua"] = REACH, ["loopy.lua"] = LOOPY,
-      ["honest.lua"] = HONEST, ["burn.lua"] = BURN, ["closer.lua"] = CLOSER })
+      ["honest.lua"] = HONEST, ["burn.lua"] = BURN, ["closer.lua"] = CLOSER, ["greedy.lua"] = GREEDY })
     conf = H.write_temp(([[
 local chorus = require "chorus"
 return {
   admin_token = chorus.secret("CHORUS_ADMIN_TOKEN"),
   webhook_secret = chorus.secret("hook"),
-  limits = { run_instructions = 2e6, run_cpu_seconds = 0.5 },
+  limits = { run_instructions = 2e6, run_cpu_seconds = 0.5, outbox_pending_per_workflow = 3 },
   upstreams = { mock = { base_url = %q } },
 }
 ]]):format(mock.url))
@@ -191,6 +206,28 @@ return {
         healthy()
       end)
     end
+  end)
+
+  describe("the outbox", function()
+    it("a workflow past limits.outbox_pending_per_workflow fails with kind outbox_full; the others enqueue", function()
+      local r = post("greedy", { n = 10, target = "honest" })
+      assert.are.equal(500, r.status, r.body)
+      assert.are.equal("outbox_full", r.json.kind)
+      local rec = H.request(srv.url .. "/runs/" .. r.json.run_id, { headers = ADMIN })
+      assert.truthy(rec.json.error.message:find("limits.outbox_pending_per_workflow", 1, true), rec.body)
+      -- its 3 entries stay pending: the next run of it fails at its first
+      r = post("greedy", { n = 1, target = "honest" })
+      assert.are.equal(500, r.status, r.body)
+      assert.are.equal("outbox_full", r.json.kind)
+      local box = H.request(srv.url .. "/admin/outbox", { headers = ADMIN })
+      local mine = 0
+      for _, e in ipairs(box.json.entries) do
+        mine = mine + (e.owner == "greedy" and 1 or 0)
+      end
+      assert.are.equal(3, mine)
+      assert.are.equal(200, post("honest").status)
+      healthy()
+    end)
   end)
 
   describe("shared state", function()

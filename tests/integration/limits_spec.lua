@@ -105,6 +105,8 @@ describe("config ranges", function()
     { "limits = { run_cpu_seconds = -1 }",
       "limits.run_cpu_seconds must be between 0.1 and 1000000 (or 0 for none), got -1" },
     { "outbox = { poll = 0 }", "outbox.poll must be between 0.001 and 3600, got 0" },
+    { "limits = { outbox_pending_per_workflow = -1 }",
+      "limits.outbox_pending_per_workflow must be between 0 and 1000000000, got -1" },
     { "storage = { map_size_mb = 1e12 }", "storage.map_size_mb must be between 1 and 16777216, got 1000000000000" },
     { "storage = { recovery_batch = 0 }", "storage.recovery_batch must be between 1 and 1000000, got 0" },
     { "storage = { recovery_batch = 2.5 }", "storage.recovery_batch must be an integer, got 2.5" },

@@ -265,7 +265,7 @@ static void test_open_schema(void) {
     CHECK(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode));
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
     CHECK_STR_EQ(buf, CHORUS_STORE_SCHEMA);
-    CHECK_STR_EQ(buf, "3");
+    CHECK_STR_EQ(buf, "4");
     for (int i = 0; i < STORE_NDB; i++)
         CHECK_INT_EQ(count(st, i), i == STORE_META ? 1 : 0);
     struct chorus_store_stats s = stats(st);
@@ -285,7 +285,7 @@ static void test_open_schema(void) {
         return;
     buf[0] = 0;
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
-    CHECK_STR_EQ(buf, "3");
+    CHECK_STR_EQ(buf, "4");
     close_store(st);
 
     /* a folder written by a newer chorus */
@@ -1279,7 +1279,7 @@ static void test_migrate_v1(void) {
     if (!st)
         return;
     CHECK_INT_EQ(gets(st, STORE_META, "schema_version", buf, sizeof buf), 1);
-    CHECK_STR_EQ(buf, "3");
+    CHECK_STR_EQ(buf, "4");
     CHECK_INT_EQ(gets(st, STORE_RUNS, "r07", buf, sizeof buf), 7);
     CHECK_STR_EQ(buf, "{\"n\":7}");
     CHECK_INT_EQ(gets(st, STORE_RUNS, "r49", buf, sizeof buf), 8);
