@@ -114,7 +114,7 @@ int chorus_http_egress_parse(const char *entry);
 
 /* Why a restricted call may not reach ip (numeric, v4 or v6) on port, or
  * NULL when it may. */
-const char *chorus_http_egress_denied(const struct chorus_http_client *client, const char *ip,
+const char *chorus_http_egress_denied(struct chorus_http_client *client, const char *ip,
                                       int port);
 
 /* Starts a call. Returns the call, or NULL with a message in err when the
