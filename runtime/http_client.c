@@ -168,7 +168,7 @@ struct chorus_http_call {
     int denied_mem;
     /* The transport thread's while the transfer runs; the result fields
      * are read by the Lua thread after DONE. */
-    struct shard *shard; /* whose multi handle the transfer is in */
+    struct shard *shard;                  /* whose multi handle the transfer is in */
     struct chorus_http_call *prev, *next; /* client->running */
     int in_multi, paused;
     CURL *easy;
@@ -493,8 +493,7 @@ static const char *denied_addr(const struct chorus_http_client *client, int fami
     return NULL;
 }
 
-const char *chorus_http_egress_denied(struct chorus_http_client *client, const char *ip,
-                                      int port) {
+const char *chorus_http_egress_denied(struct chorus_http_client *client, const char *ip, int port) {
     unsigned char a[16] = {0};
     int family = inet_pton(AF_INET, ip, a) == 1    ? AF_INET
                  : inet_pton(AF_INET6, ip, a) == 1 ? AF_INET6
