@@ -10,6 +10,8 @@ runs right after restarts (while recovery runs). Then audit:
   * no run left 'running' once the outbox has drained
   * GET /admin/runs listings agree with GET /runs/ID for every run
   * redrive of the failed runs answers 202 and ends them again
+  * the server exits 0 on SIGTERM, and no start of it printed a sanitizer
+    report (run against build-asan/ with --build build-asan)
   * `chorus data verify` is clean after a SIGTERM
 
   python3 tests/soak/edges/probe.py [--kills 40] [--clients 4] [--keep]
@@ -337,9 +339,21 @@ log("redrive: %d of %d failed runs redriven and ended again" % (red_ok, min(len(
 # stop and verify
 srv["proc"].send_signal(signal.SIGTERM)
 try:
-    srv["proc"].wait(timeout=60)
+    rc = srv["proc"].wait(timeout=60)
+    if rc != 0:
+        problem("server exited %d on SIGTERM" % rc)
 except subprocess.TimeoutExpired:
     srv["proc"].kill(); problem("server did not stop on SIGTERM")
+# a sanitized build (--build build-asan) reports a memory or UB error on
+# stderr; a server SIGKILLed mid-report still left its first lines there
+for n in range(1, srv["n"] + 1):
+    err = os.path.join(TMP, "serve-%d.err" % n)
+    text = open(err, errors="replace").read() if os.path.exists(err) else ""
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        if marker in text:
+            at = text.index(marker)
+            problem("server start %d: %s" % (n, text[at:at + 300]))
+            break
 v = subprocess.run(["timeout", "-s", "KILL", "300", CHORUS, "data", "verify", "--data", DATA],
                    capture_output=True, text=True)
 if v.returncode != 0:
