@@ -1,20 +1,35 @@
-/* http_client.c — libcurl multi on a libuv loop.
+/* http_client.c — libcurl multi on its own thread and libuv loop.
  *
- * curl tells us which sockets to watch (socket callback → one uv_poll per
- * socket) and when to wake it (timer callback → one uv_timer); we tell curl
- * what happened with curl_multi_socket_action and then drain CURLMSG_DONE.
+ * The Lua thread only copies a request and hands it over; the transport
+ * thread owns every curl handle and socket: curl tells it which sockets to
+ * watch (socket callback → one uv_poll per socket) and when to wake it
+ * (timer callback → one uv_timer per multi handle), it tells curl what
+ * happened with curl_multi_socket_action and drains CURLMSG_DONE. Recovery
+ * after a restart opens thousands of connections at once: the connect,
+ * send and epoll system calls and curl's own work per connection were
+ * about 40% of the Lua thread's CPU, and the second core was idle.
  *
- * Invariant: a call's done callback runs only from check_done(), after curl
- * has returned, so a callback may start or cancel other calls freely.
+ * The two threads talk through two queues of calls under one mutex, each
+ * woken by a uv_async: to the transport START, CANCEL and GRANT, to the
+ * Lua thread DONE and GRANT requests. A call is in a queue at most once,
+ * with a bit per pending message. libcurl allows a handle to move between
+ * threads as long as one thread uses it at a time: an easy handle is
+ * touched by the transport thread from START to the end of its transfer,
+ * and by whichever thread drops the call's last reference after that.
+ *
+ * Invariant: a call's done callback runs only from the Lua thread's loop
+ * (on_wake_main), never inside chorus_http_start or chorus_http_cancel, so a
+ * callback may start or cancel other calls freely.
  */
 #include "http_client.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +44,14 @@
 #define HEADER_TEXT 512
 /* A kept call keeps a response buffer up to this size for the next one. */
 #define KEEP_BODY_BUFFER 8192
+/* Response body bytes the transport thread may hold beyond what the Lua
+ * thread has charged to the call's owner (chorus_http_charge_fn, which
+ * reads the run's memory and must run there): past it the transfer pauses
+ * until the Lua thread charges the bytes held (or refuses them, and the
+ * call ends with CHORUS_HTTP_MEMORY). A body within it is charged when the
+ * call completes, so the usual small response costs no round trip. curl's
+ * own receive buffer per transfer is as large. */
+#define GRANT_SLACK ((size_t)16 << 10)
 /* Transfers are spread over several multi handles (shards), each with its
  * own connection cache, once one holds SHARD_CONNS connections or
  * transfers: curl 7.88 walks a cache's connections to the host when a
@@ -43,6 +66,14 @@
  * handle. */
 #define SHARD_CONNS 256
 #define MAX_SHARDS 64
+
+/* Messages to the transport thread (call->tq_bits) */
+#define T_START 1u
+#define T_CANCEL 2u
+#define T_GRANT 4u
+/* and to the Lua thread (call->mq_bits) */
+#define M_DONE 1u
+#define M_GRANT 2u
 
 /* An address or network of the egress allow-list (addr in network order). */
 struct egress_net {
@@ -62,17 +93,35 @@ struct shard {
 };
 
 struct chorus_http_client {
+    /* The Lua thread's. */
     uv_loop_t *loop;
+    uv_async_t wake_main;           /* the transport queued calls in mq */
+    struct chorus_http_call *calls; /* started, not yet done or cancelled */
+    size_t active;
+    int closing;
+
+    /* The transport thread's (set up before it starts). */
+    uv_thread_t thread;
+    uv_loop_t tloop;
+    uv_async_t wake_transport;        /* the Lua thread queued calls in tq */
     struct shard *shards[MAX_SHARDS]; /* [0] made with the client, the rest when needed */
     int nshards;
-    int closing_timers;             /* shard timers whose close has not completed (client_close) */
-    struct chorus_http_call *calls; /* in flight, for close */
-    size_t active;
+    struct chorus_http_call *running; /* transfers in a multi handle */
+    struct sock_ctx **socks;          /* by fd: every socket curl has open */
+    size_t nsocks;
+    int stopping; /* the client is closing: no transfer starts */
+
+    /* Both threads', under lock. */
+    uv_mutex_t lock;
+    struct chorus_http_call *tq_head, *tq_tail; /* to the transport thread */
+    struct chorus_http_call *mq_head, *mq_tail; /* to the Lua thread */
+    int close_requested;
     struct chorus_http_call *idle[EASY_POOL]; /* ended calls ready for reuse, with their handles */
     int nidle;
-    int closing;
-    struct sock_ctx **socks; /* by fd: every socket curl has open */
-    size_t nsocks;
+
+    /* The egress policy: set from the Lua thread, read by both, under
+     * policy_lock. */
+    uv_mutex_t policy_lock;
     struct egress_net *allow; /* what restricted calls may reach though not public */
     size_t nallow;
     struct egress_net self; /* the server's listen address (prefix 0: none) */
@@ -81,11 +130,48 @@ struct chorus_http_client {
 
 struct chorus_http_call {
     struct chorus_http_client *client;
-    struct shard *shard; /* whose multi handle the transfer is in */
-    struct chorus_http_call *prev, *next;
-    CURL *easy;
+    /* Who holds the call: the Lua thread from start to its done callback
+     * or cancel, the transport thread from START to the end of the
+     * transfer, and each queue the call is in. The last one to let go
+     * puts the call back in the pool. */
+    atomic_int refs;
+    /* The Lua thread's. */
+    struct chorus_http_call *mprev, *mnext; /* client->calls */
+    chorus_http_done_fn done;
+    void *data;
+    chorus_http_charge_fn charge;
+    size_t charged; /* bytes the charge callback was told of */
+    int cancelled;
+    uint64_t start_ns; /* uv_hrtime() at the start (the loop's ms clock made fast calls 0 s) */
+    /* The queues' (under client->lock). */
+    struct chorus_http_call *tq_next, *mq_next;
+    unsigned tq_bits, mq_bits;
+    /* A batch taken from a queue (take_batch): the transport thread's
+     * (t_) and the Lua thread's (m_), a call may be in one of each. */
+    struct chorus_http_call *t_batch, *m_batch;
+    unsigned t_work, m_work;
+    /* The request, copied on the Lua thread before START. */
+    char *url, *method;
     struct curl_slist *headers;
     char *body;
+    size_t body_len;
+    long connect_timeout_ms, timeout_ms;
+    int insecure, follow_redirects;
+    int restricted;     /* the egress policy applies (chorus_http_request.restricted) */
+    char **allow_hosts; /* NULL-terminated, lowercase; NULL: any host */
+    size_t max_body, max_header_bytes;
+    int metered; /* a charge callback is set: the body needs grants */
+    /* Grants (GRANT_SLACK): granted and denied are written by the Lua
+     * thread while the transfer waits paused for them, want by the
+     * transport before it asks. */
+    size_t granted, want;
+    int denied_mem;
+    /* The transport thread's while the transfer runs; the result fields
+     * are read by the Lua thread after DONE. */
+    struct shard *shard;                  /* whose multi handle the transfer is in */
+    struct chorus_http_call *prev, *next; /* client->running */
+    int in_multi, paused;
+    CURL *easy;
     char *resp_body;
     size_t resp_len, resp_cap;
     /* Response headers as "name\0value\0" pairs in one buffer (the first
@@ -94,22 +180,14 @@ struct chorus_http_call {
     char *htext;
     size_t htext_len, htext_cap;
     size_t nheaders;
-    size_t header_bytes; /* of the current response, as received */
-    size_t max_body, max_header_bytes;
-    chorus_http_charge_fn charge;
-    size_t charged;              /* body bytes the charge callback was told of */
+    size_t header_bytes;         /* of the current response, as received */
     enum chorus_http_error fail; /* why a callback of ours stopped the transfer */
-    chorus_http_done_fn done;
-    void *data;
-    /* uv_hrtime() at the start: the loop's cached millisecond clock made
-     * every call to a fast upstream last 0 s (timelines, the call-latency
-     * histogram's first bucket) */
-    uint64_t start_ns;
-    int restricted;     /* the egress policy applies (chorus_http_request.restricted) */
-    char **allow_hosts; /* NULL-terminated, lowercase; NULL: any host */
     enum chorus_http_error denied_as;
+    CURLcode code; /* how the transfer ended */
+    long status, http_version;
+    uint64_t end_ns;
     /* From here on, buffers: a reused call clears only the fields above
-     * (call_get) and the first byte of each of these. */
+     * (call_take) and the first byte of each of these. */
     char htext_inline[HEADER_TEXT];
     char fail_msg[96];
     char denied[256]; /* why the egress policy stopped the call, if it did */
@@ -139,6 +217,87 @@ int chorus_http_global_init(void) {
 void chorus_http_global_cleanup(void) { curl_global_cleanup(); }
 
 size_t chorus_http_active(const struct chorus_http_client *client) { return client->active; }
+
+/* ---- the queues between the threads --------------------------------------- */
+
+static void call_release(struct chorus_http_call *call);
+
+/* Lets go of one reference; the last one puts the call back in the pool.
+ * Either thread: the call's transfer is over by then. */
+static void call_unref(struct chorus_http_call *call) {
+    if (atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel) == 1)
+        call_release(call);
+}
+
+/* Queues bits for the transport thread (from the Lua thread). */
+static void tq_push(struct chorus_http_call *call, unsigned bits) {
+    struct chorus_http_client *client = call->client;
+    int wake = 0;
+    uv_mutex_lock(&client->lock);
+    if (!call->tq_bits) {
+        atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
+        call->tq_next = NULL;
+        if (client->tq_tail)
+            client->tq_tail->tq_next = call;
+        else
+            client->tq_head = call, wake = 1;
+        client->tq_tail = call;
+    }
+    call->tq_bits |= bits;
+    uv_mutex_unlock(&client->lock);
+    if (wake)
+        uv_async_send(&client->wake_transport);
+}
+
+/* Queues bits for the Lua thread (from the transport thread). */
+static void mq_push(struct chorus_http_call *call, unsigned bits) {
+    struct chorus_http_client *client = call->client;
+    int wake = 0;
+    uv_mutex_lock(&client->lock);
+    if (!call->mq_bits) {
+        atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
+        call->mq_next = NULL;
+        if (client->mq_tail)
+            client->mq_tail->mq_next = call;
+        else
+            client->mq_head = call, wake = 1;
+        client->mq_tail = call;
+    }
+    call->mq_bits |= bits;
+    uv_mutex_unlock(&client->lock);
+    if (wake)
+        uv_async_send(&client->wake_main);
+}
+
+/* Takes the whole queue (to_transport: tq, else mq) as a batch linked by
+ * t_batch (m_batch), each call's bits in t_work (m_work). The batch keeps
+ * the queues' references: drop each with call_unref once handled. */
+static struct chorus_http_call *take_batch(struct chorus_http_client *client, int to_transport,
+                                           int *close_requested) {
+    uv_mutex_lock(&client->lock);
+    struct chorus_http_call *head;
+    if (to_transport) {
+        head = client->tq_head;
+        for (struct chorus_http_call *c = head; c; c = c->t_batch) {
+            c->t_work = c->tq_bits;
+            c->tq_bits = 0;
+            c->t_batch = c->tq_next;
+        }
+        client->tq_head = client->tq_tail = NULL;
+    } else {
+        head = client->mq_head;
+        for (struct chorus_http_call *c = head; c; c = c->m_batch) {
+            c->m_work = c->mq_bits;
+            c->mq_bits = 0;
+            c->m_batch = c->mq_next;
+        }
+        client->mq_head = client->mq_tail = NULL;
+    }
+    if (close_requested)
+        *close_requested = client->close_requested;
+    uv_mutex_unlock(&client->lock);
+    return head;
+}
 
 /* ---- curl ⇄ libuv plumbing ------------------------------------------------ */
 
@@ -218,7 +377,7 @@ static struct sock_ctx *sock_add(struct shard *shard, curl_socket_t fd) {
         return NULL;
     ctx->fd = fd;
     ctx->shard = shard;
-    if (uv_poll_init_socket(client->loop, &ctx->poll, fd) != 0) {
+    if (uv_poll_init_socket(&client->tloop, &ctx->poll, fd) != 0) {
         free(ctx);
         return NULL;
     }
@@ -227,7 +386,6 @@ static struct sock_ctx *sock_add(struct shard *shard, curl_socket_t fd) {
     shard->socks++;
     return ctx;
 }
-
 /* ---- egress policy -------------------------------------------------------- */
 
 static int parse_net(const char *entry, struct egress_net *out) {
@@ -335,14 +493,17 @@ static const char *denied_addr(const struct chorus_http_client *client, int fami
     return NULL;
 }
 
-const char *chorus_http_egress_denied(const struct chorus_http_client *client, const char *ip,
-                                      int port) {
+const char *chorus_http_egress_denied(struct chorus_http_client *client, const char *ip, int port) {
     unsigned char a[16] = {0};
-    if (inet_pton(AF_INET, ip, a) == 1)
-        return denied_addr(client, AF_INET, a, port);
-    if (inet_pton(AF_INET6, ip, a) == 1)
-        return denied_addr(client, AF_INET6, a, port);
-    return "not a numeric address";
+    int family = inet_pton(AF_INET, ip, a) == 1    ? AF_INET
+                 : inet_pton(AF_INET6, ip, a) == 1 ? AF_INET6
+                                                   : 0;
+    if (!family)
+        return "not a numeric address";
+    uv_mutex_lock(&client->policy_lock);
+    const char *why = denied_addr(client, family, a, port);
+    uv_mutex_unlock(&client->policy_lock);
+    return why;
 }
 
 int chorus_http_set_egress(struct chorus_http_client *client, const char *const *allow,
@@ -386,11 +547,14 @@ int chorus_http_set_egress(struct chorus_http_client *client, const char *const 
             return -1;
         }
     }
-    free(client->allow);
+    uv_mutex_lock(&client->policy_lock);
+    struct egress_net *old = client->allow;
     client->allow = nets;
     client->nallow = n;
     client->self = me;
     client->self_port = (int)port;
+    uv_mutex_unlock(&client->policy_lock);
+    free(old);
     return 0;
 }
 
@@ -422,7 +586,12 @@ static curl_socket_t on_open_socket(void *userp, curlsocktype purpose,
             a = (const unsigned char *)&in6->sin6_addr;
             port = ntohs(in6->sin6_port);
         }
-        const char *why = a ? denied_addr(client, address->family, a, port) : "not an IP socket";
+        const char *why = "not an IP socket";
+        if (a) {
+            uv_mutex_lock(&client->policy_lock);
+            why = denied_addr(client, address->family, a, port);
+            uv_mutex_unlock(&client->policy_lock);
+        }
         if (why) {
             char ip[INET6_ADDRSTRLEN] = "?", target[INET6_ADDRSTRLEN + 16];
             if (a)
@@ -501,7 +670,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         if (ctx) {
             /* Done with for now, maybe not closed: an idle keep-alive
              * socket stays watched for reading (it will want that again),
-             * without keeping the loop alive; if it stirs before, on_poll
+             * and if it stirs before, on_poll
              * stops watching it. */
             ctx->wanted = 0;
             if (!ctx->idle) {
@@ -510,7 +679,6 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             }
             if (ctx->polling & UV_WRITABLE)
                 watch(ctx, 0);
-            uv_unref((uv_handle_t *)&ctx->poll); /* an idle client lets the loop end */
         }
         return 0;
     }
@@ -531,7 +699,6 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     if (what & CURL_POLL_OUT)
         events |= UV_WRITABLE;
     ctx->wanted = events;
-    uv_ref((uv_handle_t *)&ctx->poll);
     watch(ctx, events);
     return 0;
 }
@@ -552,7 +719,7 @@ static struct shard *shard_new(struct chorus_http_client *client) {
     if (!shard)
         return NULL;
     shard->client = client;
-    if (!(shard->multi = curl_multi_init()) || uv_timer_init(client->loop, &shard->timer) != 0) {
+    if (!(shard->multi = curl_multi_init()) || uv_timer_init(&client->tloop, &shard->timer) != 0) {
         if (shard->multi)
             curl_multi_cleanup(shard->multi);
         free(shard);
@@ -596,53 +763,24 @@ static struct shard *shard_pick(struct chorus_http_client *client) {
     return fresh ? fresh : least;
 }
 
-struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
-    struct chorus_http_client *client = calloc(1, sizeof *client);
-    if (!client)
-        return NULL;
-    client->loop = loop;
-    if (!shard_new(client)) {
-        free(client);
-        return NULL;
-    }
-    return client;
-}
-
 /* ---- calls ---------------------------------------------------------------- */
-
-static void link_call(struct chorus_http_call *call) {
-    struct chorus_http_client *client = call->client;
-    call->next = client->calls;
-    if (client->calls)
-        client->calls->prev = call;
-    client->calls = call;
-    client->active++;
-    call->shard->active++;
-}
-
-static void unlink_call(struct chorus_http_call *call) {
-    struct chorus_http_client *client = call->client;
-    if (call->prev)
-        call->prev->next = call->next;
-    else
-        client->calls = call->next;
-    if (call->next)
-        call->next->prev = call->prev;
-    client->active--;
-    call->shard->active--;
-}
 
 static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call *call);
 
-/* A call ready to configure: a kept one (its handle keeps the options of
- * its last call, no curl_easy_reset: that cost as much as setting them all
- * again; easy_new() set those that never change or point at the call,
- * configure() and set_method() set every one a call depends on, including
- * those only some calls use), or a new one. NULL when out of memory. */
-static struct chorus_http_call *call_get(struct chorus_http_client *client) {
-    struct chorus_http_call *call;
-    if (client->nidle > 0) {
+/* A call ready to fill (Lua thread): a kept one, whose handle keeps the
+ * options of its last call (no curl_easy_reset: that cost as much as
+ * setting them all again; easy_new() set those that never change or point
+ * at the call, configure() sets every one a call depends on, including
+ * those only some calls use), or a new one without a handle yet (the
+ * transport makes it: curl_easy_init is a good part of a new call's cost).
+ * NULL when out of memory. */
+static struct chorus_http_call *call_take(struct chorus_http_client *client) {
+    struct chorus_http_call *call = NULL;
+    uv_mutex_lock(&client->lock);
+    if (client->nidle > 0)
         call = client->idle[--client->nidle];
+    uv_mutex_unlock(&client->lock);
+    if (call) {
         CURL *easy = call->easy;
         char *body = call->resp_body;
         size_t cap = call->resp_cap;
@@ -653,16 +791,10 @@ static struct chorus_http_call *call_get(struct chorus_http_client *client) {
         if (body)
             body[0] = '\0';
         call->fail_msg[0] = call->denied[0] = call->errbuf[0] = '\0';
-    } else {
-        call = calloc(1, sizeof *call);
-        if (!call)
-            return NULL;
-        call->easy = easy_new(client, call);
-        if (!call->easy) {
-            free(call);
-            return NULL;
-        }
+    } else if (!(call = calloc(1, sizeof *call))) {
+        return NULL;
     }
+    atomic_init(&call->refs, 0);
     call->client = client;
     call->htext = call->htext_inline;
     call->htext_cap = sizeof call->htext_inline;
@@ -670,18 +802,17 @@ static struct chorus_http_call *call_get(struct chorus_http_client *client) {
 }
 
 static void call_destroy(struct chorus_http_call *call) {
-    curl_easy_cleanup(call->easy);
+    if (call->easy)
+        curl_easy_cleanup(call->easy);
     free(call->resp_body);
     free(call);
 }
 
-/* Ends a call: what it holds is freed, and the call with its handle is
- * kept for the next (a small response buffer with it) or destroyed. */
-static void call_free(struct chorus_http_call *call) {
+/* Frees what the call held and keeps it, with its handle and a small
+ * response buffer, for the next one (either thread: nobody holds it, its
+ * handle is in no multi handle). */
+static void call_release(struct chorus_http_call *call) {
     struct chorus_http_client *client = call->client;
-    /* while closing, the owners of the data are gone already */
-    if (call->charged && call->charge && !client->closing)
-        call->charge(call->data, -(long long)call->charged);
     for (char **h = call->allow_hosts; h && *h; h++)
         free(*h);
     free(call->allow_hosts);
@@ -693,14 +824,21 @@ static void call_free(struct chorus_http_call *call) {
     call->htext = call->htext_inline;
     free(call->body);
     call->body = NULL;
+    free(call->url);
+    call->url = NULL;
+    free(call->method);
+    call->method = NULL;
     if (call->resp_cap > KEEP_BODY_BUFFER) {
         free(call->resp_body);
         call->resp_body = NULL;
         call->resp_cap = 0;
     }
-    if (client->nidle < EASY_POOL && !client->closing)
+    uv_mutex_lock(&client->lock);
+    int kept = client->nidle < EASY_POOL && !client->close_requested;
+    if (kept)
         client->idle[client->nidle++] = call;
-    else
+    uv_mutex_unlock(&client->lock);
+    if (!kept)
         call_destroy(call);
 }
 
@@ -723,10 +861,17 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
                  call->max_body);
         return stop(call, CHORUS_HTTP_TOO_LARGE, msg);
     }
-    if (call->charge) {
-        if (call->charge(call->data, (long long)n) != 0)
+    if (call->metered) {
+        if (call->denied_mem)
             return stop(call, CHORUS_HTTP_MEMORY, "response body exceeds the run's memory cap");
-        call->charged += n;
+        /* Past the slack the owner must take the bytes first (GRANT_SLACK):
+         * curl keeps this chunk and hands it again after the unpause. */
+        if (call->resp_len + n > call->granted + GRANT_SLACK) {
+            call->want = call->resp_len + n - call->granted;
+            call->paused = 1;
+            mq_push(call, M_GRANT);
+            return CURL_WRITEFUNC_PAUSE;
+        }
     }
     if (call->resp_len + n + 1 > call->resp_cap) {
         size_t cap = call->resp_cap ? call->resp_cap : 1024;
@@ -829,7 +974,11 @@ static enum chorus_http_error classify(CURLcode code) {
     }
 }
 
-static void finish(struct chorus_http_call *call, CURLcode code) {
+/* Builds the response of a finished call and runs its done callback (the
+ * Lua thread's; the transport wrote the result before DONE). over_cap: the
+ * charge callback refused the body's last bytes. */
+static void finish(struct chorus_http_call *call, int over_cap) {
+    CURLcode code = call->code;
     struct chorus_http_response res = {0};
     struct chorus_http_header some[32], *headers = some;
     char msg[96];
@@ -845,6 +994,9 @@ static void finish(struct chorus_http_call *call, CURLcode code) {
         snprintf(msg, sizeof msg, "response Content-Length exceeds max_response_bytes (%zu bytes)",
                  call->max_body);
         res.message = msg;
+    } else if (over_cap) {
+        res.error = CHORUS_HTTP_MEMORY;
+        res.message = "response body exceeds the run's memory cap";
     }
     if (res.error == CHORUS_HTTP_OK && call->nheaders > sizeof some / sizeof *some &&
         !(headers = malloc(call->nheaders * sizeof *headers))) {
@@ -852,8 +1004,8 @@ static void finish(struct chorus_http_call *call, CURLcode code) {
         res.message = "out of memory reading the response headers";
     }
     if (res.error == CHORUS_HTTP_OK) {
-        curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &res.status);
-        curl_easy_getinfo(call->easy, CURLINFO_HTTP_VERSION, &res.http_version);
+        res.status = call->status;
+        res.http_version = call->http_version;
         char *p = call->htext;
         for (size_t i = 0; i < call->nheaders; i++) {
             headers[i].name = p;
@@ -866,31 +1018,25 @@ static void finish(struct chorus_http_call *call, CURLcode code) {
         res.body = call->resp_body ? call->resp_body : "";
         res.body_len = call->resp_len;
     }
-    res.duration = (double)(uv_hrtime() - call->start_ns) / 1e9;
+    res.duration = (double)(call->end_ns - call->start_ns) / 1e9;
     call->done(&res, call->data);
     if (headers != some)
         free(headers);
 }
 
-static void check_done(struct shard *shard) {
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(shard->multi, &left))) {
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        CURL *easy = msg->easy_handle;
-        CURLcode code = msg->data.result;
-        struct chorus_http_call *call = NULL;
-        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&call);
-        curl_multi_remove_handle(shard->multi, easy);
-        unlink_call(call);
-        finish(call, code);
-        call_free(call);
-    }
+/* A method curl may send: GET, HEAD or upper-case letters. */
+static int method_ok(const char *method) {
+    if (!*method)
+        return 0;
+    for (const char *p = method; *p; p++)
+        if (*p < 'A' || *p > 'Z')
+            return 0;
+    return 1;
 }
 
-static int set_method(struct chorus_http_call *call, const char *method) {
+static void set_method(struct chorus_http_call *call) {
     CURL *e = call->easy;
+    const char *method = call->method;
     /* from a pooled handle's last call: a custom method, HEAD's no-body, a
      * POST's body and method (CURLOPT_HTTPGET resets the last two) */
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
@@ -898,15 +1044,11 @@ static int set_method(struct chorus_http_call *call, const char *method) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     if (strcmp(method, "GET") == 0)
-        return 0;
+        return;
     if (strcmp(method, "HEAD") == 0)
-        return curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    for (const char *p = method; *p; p++)
-        if (*p < 'A' || *p > 'Z')
-            return -1;
-    if (!*method)
-        return -1;
-    return curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 }
 
 static int set_body(struct chorus_http_call *call, const struct chorus_http_request *req) {
@@ -917,8 +1059,7 @@ static int set_body(struct chorus_http_call *call, const struct chorus_http_requ
         return -1;
     memcpy(call->body, req->body, req->body_len);
     call->body[req->body_len] = '\0';
-    curl_easy_setopt(call->easy, CURLOPT_POSTFIELDS, call->body);
-    curl_easy_setopt(call->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+    call->body_len = req->body_len;
     return 0;
 }
 
@@ -937,7 +1078,7 @@ static int set_headers(struct chorus_http_call *call, const char *const *headers
         list = next;
     }
     call->headers = list;
-    return curl_easy_setopt(call->easy, CURLOPT_HTTPHEADER, list);
+    return 0;
 }
 
 static int copy_hosts(struct chorus_http_call *call, const char *const *hosts) {
@@ -998,17 +1139,17 @@ static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call
 }
 
 /* The options that depend on the call: all of them, every time. */
-static void configure(struct chorus_http_call *call, const struct chorus_http_request *req) {
+static void configure(struct chorus_http_call *call) {
     CURL *e = call->easy;
-    curl_easy_setopt(e, CURLOPT_URL, req->url);
+    curl_easy_setopt(e, CURLOPT_URL, call->url);
     /* Each hop's URL and address are checked when one may differ from
      * what the caller checked: redirects followed, or a restricted call
      * (whose connection may be a reused one, opened unchecked). */
-    int check = req->restricted || req->follow_redirects;
+    int check = call->restricted || call->follow_redirects;
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, check ? on_prereq : NULL);
     /* Over TLS, wait for a connection that may multiplex (HTTP/2) rather than
      * open more; over plain HTTP/1.1 that wait would serialize calls. */
-    int tls = strncmp(req->url, "https://", 8) == 0;
+    int tls = strncmp(call->url, "https://", 8) == 0;
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, tls ? 1L : 0L);
     /* To find a connection to reuse, curl 7.88 walks every connection to
      * the host, in use or not: with thousands of calls parked on one
@@ -1018,44 +1159,272 @@ static void configure(struct chorus_http_call *call, const struct chorus_http_re
      * idle there is nothing to find: skip the search. (Over TLS a busy
      * HTTP/2 connection may take one more stream.) */
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, !tls && call->shard->idle_socks == 0 ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, req->insecure ? 0L : 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, req->insecure ? 0L : 2L);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, req->follow_redirects ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
-    call->max_body = req->max_body ? req->max_body : CHORUS_HTTP_DEFAULT_MAX_BODY;
-    call->max_header_bytes =
-        req->max_header_bytes ? req->max_header_bytes : CHORUS_HTTP_DEFAULT_MAX_HEADER_BYTES;
-    call->charge = req->charge;
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, call->insecure ? 0L : 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, call->insecure ? 0L : 2L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, call->follow_redirects ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, call->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, call->timeout_ms);
     /* refuses a Content-Length past the limit before reading the body */
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
                      call->max_body < (size_t)INT64_MAX ? (curl_off_t)call->max_body
                                                         : (curl_off_t)0);
+    set_method(call);
+    if (call->body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)call->body_len);
+    }
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
+}
+
+/* ---- the transport thread -------------------------------------------------- */
+
+static void link_running(struct chorus_http_call *call) {
+    struct chorus_http_client *client = call->client;
+    call->prev = NULL;
+    call->next = client->running;
+    if (client->running)
+        client->running->prev = call;
+    client->running = call;
+    call->shard->active++;
+    call->in_multi = 1;
+}
+
+/* Takes a transfer out of its multi handle (curl closes its connection
+ * unless it ended cleanly) and ends the transport's hold on the call. */
+static void end_transfer(struct chorus_http_call *call) {
+    struct chorus_http_client *client = call->client;
+    curl_multi_remove_handle(call->shard->multi, call->easy);
+    if (call->prev)
+        call->prev->next = call->next;
+    else
+        client->running = call->next;
+    if (call->next)
+        call->next->prev = call->prev;
+    call->shard->active--;
+    call->in_multi = 0;
+}
+
+/* A transfer that could not start: its DONE carries why. */
+static void start_failed(struct chorus_http_call *call, const char *why) {
+    call->code = CURLE_FAILED_INIT;
+    call->fail = CHORUS_HTTP_PROTOCOL;
+    snprintf(call->fail_msg, sizeof call->fail_msg, "%s", why);
+    call->end_ns = uv_hrtime();
+    mq_push(call, M_DONE);
+}
+
+static void t_start(struct chorus_http_call *call) {
+    struct chorus_http_client *client = call->client;
+    if (!(call->shard = shard_pick(client))) {
+        start_failed(call, "out of memory (a curl multi handle)");
+        return;
+    }
+    if (!call->easy && !(call->easy = easy_new(client, call))) {
+        start_failed(call, "out of memory (a curl handle)");
+        return;
+    }
+    configure(call);
+    struct shard *shard = call->shard;
+    CURLMcode mc = curl_multi_add_handle(shard->multi, call->easy);
+    if (mc != CURLM_OK) {
+        char why[96];
+        snprintf(why, sizeof why, "cannot start transfer: %s", curl_multi_strerror(mc));
+        start_failed(call, why);
+        return;
+    }
+    atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed); /* the transfer's */
+    link_running(call);
+    /* Send now rather than when curl's 0 ms timer fires on the next loop
+     * turn. Finished transfers are left for check_done, which the 0 ms
+     * timer below guarantees a turn for. */
+    int running;
+    curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (running < (int)shard->active)
+        uv_timer_start(&shard->timer, on_timer, 0, 0);
+}
+
+/* The Lua thread answered a grant request: resume the paused transfer
+ * (curl hands the kept chunk to on_body again, which takes it or, denied,
+ * stops the transfer). */
+static void t_grant(struct chorus_http_call *call) {
+    if (!call->in_multi || !call->paused)
+        return;
+    call->paused = 0;
+    curl_easy_pause(call->easy, CURLPAUSE_CONT);
+    check_done(call->shard);
+}
+
+static void check_done(struct shard *shard) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(shard->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode code = msg->data.result;
+        struct chorus_http_call *call = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&call);
+        call->code = code;
+        call->end_ns = uv_hrtime();
+        if (code == CURLE_OK) {
+            curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &call->status);
+            curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &call->http_version);
+        }
+        end_transfer(call);
+        mq_push(call, M_DONE);
+        call_unref(call); /* the transfer's */
+    }
+}
+
+static void free_shard(uv_handle_t *handle) { free(handle->data); }
+
+/* Ends every transfer (no DONE: the Lua thread cancelled them all) and
+ * closes the transport's handles; its loop then ends. */
+static void t_shutdown(struct chorus_http_client *client) {
+    client->stopping = 1;
+    while (client->running) {
+        struct chorus_http_call *call = client->running;
+        end_transfer(call);
+        call_unref(call);
+    }
+    /* closes the sockets, through on_close_socket; then any curl closed
+     * behind our back */
+    for (int i = 0; i < client->nshards; i++)
+        curl_multi_cleanup(client->shards[i]->multi);
+    for (size_t fd = 0; fd < client->nsocks; fd++)
+        sock_forget(client, (curl_socket_t)fd);
+    free(client->socks);
+    client->socks = NULL;
+    client->nsocks = 0;
+    for (int i = 0; i < client->nshards; i++) {
+        client->shards[i]->timer.data = client->shards[i];
+        uv_close((uv_handle_t *)&client->shards[i]->timer, free_shard);
+    }
+    client->nshards = 0;
+    uv_close((uv_handle_t *)&client->wake_transport, NULL);
+}
+
+static void on_wake_transport(uv_async_t *async) {
+    struct chorus_http_client *client = async->data;
+    if (client->stopping)
+        return;
+    int close_requested = 0;
+    struct chorus_http_call *next;
+    for (struct chorus_http_call *c = take_batch(client, 1, &close_requested); c; c = next) {
+        next = c->t_batch;
+        /* a call cancelled before it started never connects */
+        if ((c->t_work & T_START) && !(c->t_work & T_CANCEL) && !close_requested)
+            t_start(c);
+        if ((c->t_work & T_CANCEL) && c->in_multi) {
+            end_transfer(c);
+            call_unref(c); /* the transfer's */
+        }
+        if (c->t_work & T_GRANT)
+            t_grant(c);
+        call_unref(c); /* the queue's */
+    }
+    if (close_requested)
+        t_shutdown(client);
+}
+
+static void transport_main(void *arg) {
+    struct chorus_http_client *client = arg;
+    uv_run(&client->tloop, UV_RUN_DEFAULT);
+}
+
+/* ---- the Lua thread --------------------------------------------------------- */
+
+/* A call the Lua thread no longer waits for: out of client->calls, and an
+ * idle client lets the loop end (`chorus run` ends when its run does). */
+static void main_forget(struct chorus_http_call *call) {
+    struct chorus_http_client *client = call->client;
+    if (call->mprev)
+        call->mprev->mnext = call->mnext;
+    else
+        client->calls = call->mnext;
+    if (call->mnext)
+        call->mnext->mprev = call->mprev;
+    if (--client->active == 0)
+        uv_unref((uv_handle_t *)&client->wake_main);
+    /* while closing, the owners of the data are gone already */
+    if (call->charged && call->charge && !client->closing)
+        call->charge(call->data, -(long long)call->charged);
+    call->charged = 0;
+}
+
+/* The transport asks for the bytes its paused transfer holds past its
+ * grant: charge them to the call's owner, or refuse. */
+static void m_grant(struct chorus_http_call *call) {
+    if (call->cancelled)
+        return;
+    if (call->charge(call->data, (long long)call->want) == 0) {
+        call->charged += call->want;
+        call->granted += call->want;
+    } else {
+        call->denied_mem = 1;
+    }
+    tq_push(call, T_GRANT);
+}
+
+static void m_done(struct chorus_http_call *call) {
+    if (call->cancelled)
+        return;
+    /* the body's bytes within the slack, charged now that they are known */
+    int over_cap = 0;
+    if (call->code == CURLE_OK && call->metered && call->resp_len > call->granted) {
+        size_t rest = call->resp_len - call->granted;
+        if (call->charge(call->data, (long long)rest) == 0)
+            call->charged += rest;
+        else
+            over_cap = 1;
+    }
+    finish(call, over_cap);
+    call->cancelled = 1; /* done: nothing more is delivered */
+    main_forget(call);
+    call_unref(call); /* the Lua thread's */
+}
+
+static void on_wake_main(uv_async_t *async) {
+    struct chorus_http_client *client = async->data;
+    struct chorus_http_call *next;
+    for (struct chorus_http_call *c = take_batch(client, 0, NULL); c; c = next) {
+        next = c->m_batch;
+        if (c->m_work & M_GRANT)
+            m_grant(c);
+        if (c->m_work & M_DONE)
+            m_done(c);
+        call_unref(c); /* the queue's */
+    }
 }
 
 struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
                                            const struct chorus_http_request *req,
                                            chorus_http_done_fn done, void *data, char *err,
                                            size_t errlen) {
-    struct chorus_http_call *call = call_get(client);
+    if (!method_ok(req->method)) {
+        snprintf(err, errlen, "invalid HTTP method '%s'", req->method);
+        return NULL;
+    }
+    struct chorus_http_call *call = call_take(client);
     if (!call) {
-        snprintf(err, errlen, "out of memory (a call or its curl handle)");
+        snprintf(err, errlen, "out of memory (a call)");
         return NULL;
     }
     call->done = done;
     call->data = data;
+    call->charge = req->charge;
+    call->metered = req->charge != NULL;
     call->restricted = req->restricted;
-    if (!(call->shard = shard_pick(client))) {
-        snprintf(err, errlen, "out of memory (a curl multi handle)");
-        goto fail;
-    }
-    if (copy_hosts(call, req->allow_hosts) != 0) {
+    call->connect_timeout_ms = req->connect_timeout_ms;
+    call->timeout_ms = req->timeout_ms;
+    call->insecure = req->insecure;
+    call->follow_redirects = req->follow_redirects;
+    call->max_body = req->max_body ? req->max_body : CHORUS_HTTP_DEFAULT_MAX_BODY;
+    call->max_header_bytes =
+        req->max_header_bytes ? req->max_header_bytes : CHORUS_HTTP_DEFAULT_MAX_HEADER_BYTES;
+    if (!(call->url = strdup(req->url)) || !(call->method = strdup(req->method)) ||
+        copy_hosts(call, req->allow_hosts) != 0) {
         snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
-    configure(call, req);
-    if (set_method(call, req->method) != 0) {
-        snprintf(err, errlen, "invalid HTTP method '%s'", req->method);
         goto fail;
     }
     /* The copies of the request body and headers are the caller's memory as
@@ -1077,64 +1446,100 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         goto fail;
     }
     call->start_ns = uv_hrtime();
-    struct shard *shard = call->shard;
-    CURLMcode mc = curl_multi_add_handle(shard->multi, call->easy);
-    if (mc != CURLM_OK) {
-        snprintf(err, errlen, "cannot start transfer: %s", curl_multi_strerror(mc));
-        goto fail;
-    }
-    link_call(call);
-    /* Send now rather than when curl's 0 ms timer fires on the next loop
-     * turn: a burst of inbound requests would otherwise all run their Lua
-     * before the first of them reached its upstream. Finished transfers are
-     * left for check_done (a done callback must not run inside the caller),
-     * which the 0 ms timer below guarantees a turn for. */
-    int running;
-    curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    if (running < (int)shard->active)
-        uv_timer_start(&shard->timer, on_timer, 0, 0);
+    atomic_store_explicit(&call->refs, 1, memory_order_relaxed); /* the Lua thread's */
+    call->mnext = client->calls;
+    if (client->calls)
+        client->calls->mprev = call;
+    client->calls = call;
+    if (client->active++ == 0)
+        uv_ref((uv_handle_t *)&client->wake_main);
+    tq_push(call, T_START);
     return call;
 fail:
-    call_free(call);
+    if (call->charged)
+        call->charge(data, -(long long)call->charged);
+    call_release(call);
     return NULL;
 }
 
 void chorus_http_cancel(struct chorus_http_call *call) {
     /* Removing a transfer mid-flight makes curl close its connection rather
      * than return it to the pool: the upstream sees the client leave. */
-    curl_multi_remove_handle(call->shard->multi, call->easy);
-    unlink_call(call);
-    call_free(call);
+    call->cancelled = 1;
+    main_forget(call);
+    tq_push(call, T_CANCEL);
+    call_unref(call); /* the Lua thread's */
 }
 
-/* The last shard timer's close frees the client. */
-static void free_shard(uv_handle_t *handle) {
-    struct shard *shard = handle->data;
-    struct chorus_http_client *client = shard->client;
-    free(shard);
-    if (--client->closing_timers == 0)
-        free(client);
+struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
+    struct chorus_http_client *client = calloc(1, sizeof *client);
+    if (!client)
+        return NULL;
+    client->loop = loop;
+    if (uv_mutex_init(&client->lock) != 0)
+        goto fail_lock;
+    if (uv_mutex_init(&client->policy_lock) != 0)
+        goto fail_policy;
+    if (uv_loop_init(&client->tloop) != 0)
+        goto fail_tloop;
+    if (uv_async_init(&client->tloop, &client->wake_transport, on_wake_transport) != 0)
+        goto fail_tasync;
+    client->wake_transport.data = client;
+    if (!shard_new(client))
+        goto fail_shard;
+    if (uv_async_init(loop, &client->wake_main, on_wake_main) != 0)
+        goto fail_masync;
+    client->wake_main.data = client;
+    uv_unref((uv_handle_t *)&client->wake_main); /* until a call is in flight */
+    if (uv_thread_create(&client->thread, transport_main, client) != 0)
+        goto fail_thread;
+    return client;
+fail_thread:
+    uv_close((uv_handle_t *)&client->wake_main, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+fail_masync:
+    curl_multi_cleanup(client->shards[0]->multi);
+    client->shards[0]->timer.data = client->shards[0];
+    uv_close((uv_handle_t *)&client->shards[0]->timer, free_shard);
+fail_shard:
+    uv_close((uv_handle_t *)&client->wake_transport, NULL);
+    uv_run(&client->tloop, UV_RUN_DEFAULT);
+fail_tasync:
+    uv_loop_close(&client->tloop);
+fail_tloop:
+    uv_mutex_destroy(&client->policy_lock);
+fail_policy:
+    uv_mutex_destroy(&client->lock);
+fail_lock:
+    free(client);
+    return NULL;
+}
+
+static void free_client(uv_handle_t *handle) {
+    struct chorus_http_client *client = handle->data;
+    uv_mutex_destroy(&client->lock);
+    uv_mutex_destroy(&client->policy_lock);
+    free(client->allow);
+    free(client);
 }
 
 void chorus_http_client_close(struct chorus_http_client *client) {
     client->closing = 1;
     while (client->calls)
         chorus_http_cancel(client->calls);
+    uv_mutex_lock(&client->lock);
+    client->close_requested = 1;
+    uv_mutex_unlock(&client->lock);
+    uv_async_send(&client->wake_transport);
+    uv_thread_join(&client->thread);
+    uv_loop_close(&client->tloop);
+    /* what the transport queued for us before it ended: nobody waits for it */
+    struct chorus_http_call *next;
+    for (struct chorus_http_call *c = take_batch(client, 0, NULL); c; c = next) {
+        next = c->m_batch;
+        call_unref(c);
+    }
     while (client->nidle > 0)
         call_destroy(client->idle[--client->nidle]);
-    /* closes the sockets, through on_close_socket; then any curl closed
-     * behind our back */
-    for (int i = 0; i < client->nshards; i++)
-        curl_multi_cleanup(client->shards[i]->multi);
-    for (size_t fd = 0; fd < client->nsocks; fd++)
-        sock_forget(client, (curl_socket_t)fd);
-    free(client->socks);
-    client->socks = NULL;
-    client->nsocks = 0;
-    free(client->allow);
-    client->allow = NULL;
-    client->nallow = 0;
-    client->closing_timers = client->nshards;
-    for (int i = 0; i < client->nshards; i++)
-        uv_close((uv_handle_t *)&client->shards[i]->timer, free_shard);
+    uv_close((uv_handle_t *)&client->wake_main, free_client);
 }

@@ -1,9 +1,11 @@
 /* http_client.h — non-blocking outbound HTTP: libcurl multi driven by libuv.
  *
- * One client per event loop. A call is started with chorus_http_start() and
- * ends exactly once: either its done callback runs (success or transport
- * error) or the caller cancels it with chorus_http_cancel(), after which the
- * callback never runs. The engine knows nothing of Lua.
+ * One client per event loop; its transfers run on a thread of its own (see
+ * http_client.c), its callbacks on the loop's thread. A call is started
+ * with chorus_http_start() and ends exactly once: either its done callback
+ * runs (success or transport error) or the caller cancels it with
+ * chorus_http_cancel(), after which the callback never runs. The engine
+ * knows nothing of Lua.
  */
 #ifndef CHORUS_HTTP_CLIENT_H
 #define CHORUS_HTTP_CLIENT_H
@@ -32,12 +34,15 @@ enum chorus_http_error {
 #define CHORUS_HTTP_DEFAULT_MAX_BODY ((size_t)16 << 20)
 #define CHORUS_HTTP_DEFAULT_MAX_HEADER_BYTES ((size_t)64 << 10)
 
-/* Told of the call's body memory: the copies of the request body and
- * headers when the call starts (nonzero refuses: chorus_http_start fails), the response body
- * as it arrives, delta > 0 before it grows by that many bytes (nonzero
+/* Told of the call's body memory, always on the thread of the client's
+ * loop: the copies of the request body and headers when the call starts
+ * (nonzero refuses: chorus_http_start fails), the response body as it
+ * arrives, delta > 0 before the call holds that many more bytes (nonzero
  * refuses: the transfer stops and the call ends with CHORUS_HTTP_MEMORY),
- * and once, when the call ends or is cancelled, delta < 0 giving back all it
- * was told of. data is the call's. */
+ * and once, when the call ends or is cancelled, delta < 0 giving back all
+ * it was told of. The transport thread receives the body: it holds up to
+ * 16 KiB uncharged (told when the call ends), past that its transfer
+ * waits for each charge. data is the call's. */
 typedef int (*chorus_http_charge_fn)(void *data, long long delta);
 
 /* What to send. Strings are copied by chorus_http_start(); the caller keeps
@@ -114,8 +119,7 @@ int chorus_http_egress_parse(const char *entry);
 
 /* Why a restricted call may not reach ip (numeric, v4 or v6) on port, or
  * NULL when it may. */
-const char *chorus_http_egress_denied(const struct chorus_http_client *client, const char *ip,
-                                      int port);
+const char *chorus_http_egress_denied(struct chorus_http_client *client, const char *ip, int port);
 
 /* Starts a call. Returns the call, or NULL with a message in err when the
  * request cannot even be started (bad method, out of memory). done runs later

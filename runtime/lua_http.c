@@ -99,9 +99,10 @@ static void on_done(const struct chorus_http_response *res, void *data) {
 
 static void cancel_call(void *data) { chorus_http_cancel(data); }
 
-/* The body counts against the run's memory cap as it arrives: a body that
- * would take the run past its cap ends the run (kind "memory"), as the Lua
- * allocator would. */
+/* The body counts against the run's memory cap as it arrives (the client
+ * asks on this thread, before its transport holds more than 16 KiB past
+ * what was charged): a body that would take the run past its cap ends the
+ * run (kind "memory"), as the Lua allocator would. */
 static int charge_body(void *data, long long delta) {
     struct chorus_task *t = data;
     struct chorus_run *run = t->run;

@@ -10,9 +10,11 @@
 #   in flight the upstream has received all N calls again: every run was
 #             resumed, replayed its journal and sent its parked call
 #   readyz    the first /readyz 200 (recovery says it is done)
-#   cpu       the CPU seconds chorus had used when /readyz said 200: on this
+#   cpu       the CPU seconds chorus had used once both were seen: on this
 #             shared 2-core machine the wall times above grow with the load
 #             of the other processes (printed), the CPU time much less
+#   lua cpu   of those, the Lua thread's (the rest is mostly the HTTP
+#             client's transport thread: curl, connect, send, epoll)
 # Prints the medians of RUNS (default 3) per N, with the rate the runs
 # were started at and the load generator's own rate.
 # The upstream is nginx when installed (scripts/bench/upstream.sh:
@@ -66,6 +68,8 @@ CONF
 now() { date +%s.%N; }
 metric() { curl -s "$1/metrics" | awk -v m="$2" '$1 == m {print $2}' | head -1; }
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+# the main thread's alone (its tid is the pid): the Lua thread
+lua_cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/task/$1/stat"; }
 
 serve() { # serve PORT [WRAPPER...] → starts chorus, sets PID (chorus's, also under a wrapper)
   local port=$1
@@ -82,7 +86,7 @@ serve() { # serve PORT [WRAPPER...] → starts chorus, sets PID (chorus's, also 
   fi
 }
 
-# one_case N → prints "healthz_s inflight_s readyz_s cpu_s resumed start_rate client_rate"
+# one_case N → prints "healthz_s inflight_s readyz_s cpu_s resumed start_rate client_rate lua_cpu_s"
 one_case() {
   local n=$1
   rm -rf "$WORK/data"
@@ -115,26 +119,29 @@ one_case() {
   else
     serve "$port"
   fi
-  local th="" tf="" tr="" cpu="" t
+  local th="" tf="" tr="" cpu="" lcpu="" t
   until curl -sf -o /dev/null "$url/healthz"; do sleep 0.005; done
   th=$(echo "$(now) - $t0" | bc)
   # the resumed runs' calls reach the upstream; recovery says it is done
   for _ in $(seq 1 12000); do
     if [ -z "$tr" ] && curl -sf -o /dev/null "$url/readyz"; then
       t=$(now)
-      cpu=$(cpu_of "$PID")
       tr=$(echo "$t - $t0" | bc)
     fi
     if [ -z "$tf" ] && [ "$(up_stat requests)" -ge "$started" ]; then
       tf=$(echo "$(now) - $t0" | bc)
     fi
-    [ -n "$tr" ] && [ -n "$tf" ] && break
+    if [ -n "$tr" ] && [ -n "$tf" ]; then
+      cpu=$(cpu_of "$PID")
+      lcpu=$(lua_cpu_of "$PID")
+      break
+    fi
     sleep 0.01
   done
   kill -9 "$PID"
   wait "$WRAPPER" 2>/dev/null || true
   up_idle
-  echo "$th ${tf:-nan} ${tr:-nan} ${cpu:-nan} $started $start_rate $gen_rate"
+  echo "$th ${tf:-nan} ${tr:-nan} ${cpu:-nan} $started $start_rate $gen_rate ${lcpu:-nan}"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -145,7 +152,7 @@ echo "  kill -9, then: chorus serve --config CONF --scripts scripts/bench/recove
 echo "  upstream: ${UPSTREAM_KIND%% (*}, a = UPSTREAM?delay=3600000 (HTTP/1.1, a connection per parked call); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # the upstream's own rate and the load generator's, measured alone now
 print_rates 0 "$CONNS"
-printf '%7s %9s %10s %9s %7s %8s %14s %12s\n' N "healthz s" "in flight s" "readyz s" "cpu s" resumed "runs started/s" "client req/s"
+printf '%7s %9s %10s %9s %7s %9s %8s %14s %12s\n' N "healthz s" "in flight s" "readyz s" "cpu s" "lua cpu s" resumed "runs started/s" "client req/s"
 for n in $SIZES; do
   # each parked run holds a socket in chorus and one in the upstream
   if [ $(( n + 256 )) -gt "$(ulimit -n)" ]; then
@@ -156,6 +163,6 @@ for n in $SIZES; do
   : > "$WORK/r"
   for _ in $(seq 1 "$RUNS"); do one_case "$n" >> "$WORK/r"; done
   col() { cut -d' ' -f"$1" "$WORK/r" | median; }
-  printf '%7s %9.3f %10.3f %9.3f %7.2f %8s %14s %12s\n' "$n" "$(col 1)" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)"
+  printf '%7s %9.3f %10.3f %9.3f %7.2f %9.2f %8s %14s %12s\n' "$n" "$(col 1)" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 8)" "$(col 5)" "$(col 6)" "$(col 7)"
 done
 echo "  load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
