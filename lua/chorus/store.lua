@@ -366,47 +366,42 @@ local function lane_key(owner, key)
   return (owner or "") .. "\0" .. key
 end
 
---- Builds the runs' index of a folder a chorus without it wrote (from
---- inside a task: it commits as it goes), unless meta.run_index says it is
---- whole. Returns how many runs it indexed.
-function Store:build_run_index()
-  if self.memory or self.st:get("meta", "run_index") == "1" then
+-- Goes over every row of table tbl in batches (each committed: a big
+-- folder is not one write transaction), calling each(key, value) per row,
+-- unless meta's flag says a chorus that keeps it whole wrote the folder.
+-- Returns how many rows it went over.
+local function build_whole(self, tbl, flag, each)
+  if self.memory or self.st:get("meta", flag) == "1" then
     return 0
   end
   local from, n = nil, 0
   repeat
-    local rows = self.st:scan("runs", { from = from, limit = BUILD_BATCH + 1 })
+    local rows = self.st:scan(tbl, { from = from, limit = BUILD_BATCH + 1 })
     for i = 1, math.min(#rows, BUILD_BATCH) do
-      index_run(self, decode("runs", rows[i][1], rows[i][2]))
+      each(rows[i][1], rows[i][2])
       n = n + 1
     end
     from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
-    self.st:put("meta", "run_index", from and "0" or "1")
+    self.st:put("meta", flag, from and "0" or "1")
     self:commit()
   until not from
   return n
 end
 
---- build_run_index from anywhere: inside a task it runs there, else in a
---- run of its own (the CLI's commands, the server's start).
+--- Builds the runs' index of a folder a chorus without it wrote (from
+--- inside a task: it commits as it goes), unless meta.run_index says it is
+--- whole. Returns how many runs it indexed.
+function Store:build_run_index()
+  return build_whole(self, "runs", "run_index", function(key, value)
+    index_run(self, decode("runs", key, value))
+  end)
+end
+
 --- The same for the outbox's lanes: every entry gets its lane key.
 function Store:build_outbox_lanes()
-  if self.memory or self.st:get("meta", "outbox_lanes") == "1" then
-    return 0
-  end
-  local from, n = nil, 0
-  repeat
-    local rows = self.st:scan("outbox", { from = from, limit = BUILD_BATCH + 1 })
-    for i = 1, math.min(#rows, BUILD_BATCH) do
-      local e = decode("outbox", rows[i][1], rows[i][2])
-      self.st:put("outbox_lanes", lane_key(e.owner, rows[i][1]), "1")
-      n = n + 1
-    end
-    from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
-    self.st:put("meta", "outbox_lanes", from and "0" or "1")
-    self:commit()
-  until not from
-  return n
+  return build_whole(self, "outbox", "outbox_lanes", function(key, value)
+    self.st:put("outbox_lanes", lane_key(decode("outbox", key, value).owner, key), "1")
+  end)
 end
 
 --- build_run_index and build_outbox_lanes from anywhere: inside a task
