@@ -66,6 +66,20 @@
  * handle. */
 #define SHARD_CONNS 256
 #define MAX_SHARDS 64
+/* Transport threads, each with its loop and shards: up to one per online
+ * CPU, at most MAX_TRANSPORTS (or what chorus_http_client_new_threads
+ * asks). Resuming 10,000 parked runs after a restart opens 10,000 loopback
+ * connections at once: connect, send, socket and epoll_ctl, page faults
+ * and curl's own work per connection took one transport thread 1.2 s of
+ * CPU, twice the Lua thread's, and that thread alone set the time. A call
+ * goes, as with shards, to the first thread with an idle connection (one
+ * it may reuse: calls to one host keep using one thread's keep-alive
+ * connections) and fewer than twice TRANSPORT_CALLS calls, else the first
+ * with fewer than TRANSPORT_CALLS, else a new thread, else the least
+ * loaded. Below TRANSPORT_CALLS concurrent calls (a server's usual fan-out)
+ * every call stays on the first thread, which is the only one started. */
+#define MAX_TRANSPORTS 4
+#define TRANSPORT_CALLS 256
 
 /* Messages to the transport thread (call->tq_bits) */
 #define T_START 1u
@@ -84,7 +98,7 @@ struct egress_net {
 
 /* One multi handle, its connection cache and its timer (SHARD_CONNS). */
 struct shard {
-    struct chorus_http_client *client;
+    struct transport *t; /* whose thread runs it */
     CURLM *multi;
     uv_timer_t timer;
     size_t active;     /* transfers added to multi */
@@ -92,35 +106,48 @@ struct shard {
     size_t idle_socks; /* of those, the ones no transfer uses (keep-alive) */
 };
 
+/* One transport thread: its loop, its shards and the sockets of their
+ * connections (TRANSPORT_CALLS). */
+struct transport {
+    struct chorus_http_client *client;
+    /* The Lua thread's. */
+    size_t calls; /* started here and not yet done or cancelled */
+    /* This thread's (set up before it starts). */
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t wake;                  /* the Lua thread queued calls in tq */
+    struct shard *shards[MAX_SHARDS]; /* [0] made with the transport, the rest when needed */
+    int nshards;
+    struct chorus_http_call *running; /* transfers in a multi handle */
+    struct sock_ctx **socks;          /* by fd: every socket curl has open here */
+    size_t nsocks;
+    int stopping; /* the client is closing: no transfer starts */
+    /* Its shards' idle_socks in all: written here, read by the Lua thread
+     * (transport_pick) to send a call where a connection may be reused. */
+    atomic_size_t idle_socks;
+    /* Under client->lock. */
+    struct chorus_http_call *tq_head, *tq_tail; /* to this thread */
+};
+
 struct chorus_http_client {
     /* The Lua thread's. */
     uv_loop_t *loop;
-    uv_async_t wake_main;           /* the transport queued calls in mq */
+    uv_async_t wake_main;           /* a transport queued calls in mq */
     struct chorus_http_call *calls; /* started, not yet done or cancelled */
     size_t active;
     int closing;
+    struct transport *transports[MAX_TRANSPORTS]; /* [0] made with the client */
+    int ntransports, max_transports;
 
-    /* The transport thread's (set up before it starts). */
-    uv_thread_t thread;
-    uv_loop_t tloop;
-    uv_async_t wake_transport;        /* the Lua thread queued calls in tq */
-    struct shard *shards[MAX_SHARDS]; /* [0] made with the client, the rest when needed */
-    int nshards;
-    struct chorus_http_call *running; /* transfers in a multi handle */
-    struct sock_ctx **socks;          /* by fd: every socket curl has open */
-    size_t nsocks;
-    int stopping; /* the client is closing: no transfer starts */
-
-    /* Both threads', under lock. */
+    /* Every thread's, under lock. */
     uv_mutex_t lock;
-    struct chorus_http_call *tq_head, *tq_tail; /* to the transport thread */
     struct chorus_http_call *mq_head, *mq_tail; /* to the Lua thread */
     int close_requested;
     struct chorus_http_call *idle[EASY_POOL]; /* ended calls ready for reuse, with their handles */
     int nidle;
 
-    /* The egress policy: set from the Lua thread, read by both, under
-     * policy_lock. */
+    /* The egress policy: set from the Lua thread, read by every thread,
+     * under policy_lock. */
     uv_mutex_t policy_lock;
     struct egress_net *allow; /* what restricted calls may reach though not public */
     size_t nallow;
@@ -130,6 +157,7 @@ struct chorus_http_client {
 
 struct chorus_http_call {
     struct chorus_http_client *client;
+    struct transport *t; /* whose thread carries it: set at start, before START */
     /* Who holds the call: the Lua thread from start to its done callback
      * or cancel, the transport thread from START to the end of the
      * transfer, and each queue the call is in. The last one to let go
@@ -169,7 +197,7 @@ struct chorus_http_call {
     /* The transport thread's while the transfer runs; the result fields
      * are read by the Lua thread after DONE. */
     struct shard *shard;                  /* whose multi handle the transfer is in */
-    struct chorus_http_call *prev, *next; /* client->running */
+    struct chorus_http_call *prev, *next; /* t->running */
     int in_multi, paused;
     CURL *easy;
     char *resp_body;
@@ -229,27 +257,28 @@ static void call_unref(struct chorus_http_call *call) {
         call_release(call);
 }
 
-/* Queues bits for the transport thread (from the Lua thread). */
+/* Queues bits for the call's transport thread (from the Lua thread). */
 static void tq_push(struct chorus_http_call *call, unsigned bits) {
     struct chorus_http_client *client = call->client;
+    struct transport *t = call->t;
     int wake = 0;
     uv_mutex_lock(&client->lock);
     if (!call->tq_bits) {
         atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
         call->tq_next = NULL;
-        if (client->tq_tail)
-            client->tq_tail->tq_next = call;
+        if (t->tq_tail)
+            t->tq_tail->tq_next = call;
         else
-            client->tq_head = call, wake = 1;
-        client->tq_tail = call;
+            t->tq_head = call, wake = 1;
+        t->tq_tail = call;
     }
     call->tq_bits |= bits;
     uv_mutex_unlock(&client->lock);
     if (wake)
-        uv_async_send(&client->wake_transport);
+        uv_async_send(&t->wake);
 }
 
-/* Queues bits for the Lua thread (from the transport thread). */
+/* Queues bits for the Lua thread (from a transport thread). */
 static void mq_push(struct chorus_http_call *call, unsigned bits) {
     struct chorus_http_client *client = call->client;
     int wake = 0;
@@ -269,21 +298,21 @@ static void mq_push(struct chorus_http_call *call, unsigned bits) {
         uv_async_send(&client->wake_main);
 }
 
-/* Takes the whole queue (to_transport: tq, else mq) as a batch linked by
- * t_batch (m_batch), each call's bits in t_work (m_work). The batch keeps
- * the queues' references: drop each with call_unref once handled. */
-static struct chorus_http_call *take_batch(struct chorus_http_client *client, int to_transport,
+/* Takes the whole queue (t's tq, else mq) as a batch linked by t_batch
+ * (m_batch), each call's bits in t_work (m_work). The batch keeps the
+ * queues' references: drop each with call_unref once handled. */
+static struct chorus_http_call *take_batch(struct chorus_http_client *client, struct transport *t,
                                            int *close_requested) {
     uv_mutex_lock(&client->lock);
     struct chorus_http_call *head;
-    if (to_transport) {
-        head = client->tq_head;
+    if (t) {
+        head = t->tq_head;
         for (struct chorus_http_call *c = head; c; c = c->t_batch) {
             c->t_work = c->tq_bits;
             c->tq_bits = 0;
             c->t_batch = c->tq_next;
         }
-        client->tq_head = client->tq_tail = NULL;
+        t->tq_head = t->tq_tail = NULL;
     } else {
         head = client->mq_head;
         for (struct chorus_http_call *c = head; c; c = c->m_batch) {
@@ -342,47 +371,62 @@ static void watch(struct sock_ctx *ctx, int events) {
     ctx->polling = events;
 }
 
-static struct sock_ctx *sock_find(struct chorus_http_client *client, curl_socket_t fd) {
-    return fd >= 0 && (size_t)fd < client->nsocks ? client->socks[fd] : NULL;
+static struct sock_ctx *sock_find(struct transport *t, curl_socket_t fd) {
+    return fd >= 0 && (size_t)fd < t->nsocks ? t->socks[fd] : NULL;
+}
+
+/* Counts ctx's socket as idle (a keep-alive connection no transfer uses)
+ * or not, in its shard and its transport. */
+static void sock_idle(struct sock_ctx *ctx, int idle) {
+    if (ctx->idle == idle)
+        return;
+    ctx->idle = idle;
+    struct shard *shard = ctx->shard;
+    if (idle) {
+        shard->idle_socks++;
+        atomic_fetch_add_explicit(&shard->t->idle_socks, 1, memory_order_relaxed);
+    } else {
+        shard->idle_socks--;
+        atomic_fetch_sub_explicit(&shard->t->idle_socks, 1, memory_order_relaxed);
+    }
 }
 
 static void free_sock_ctx(uv_handle_t *handle) { free(handle->data); }
 
-static void sock_forget(struct chorus_http_client *client, curl_socket_t fd) {
-    struct sock_ctx *ctx = sock_find(client, fd);
+static void sock_forget(struct transport *t, curl_socket_t fd) {
+    struct sock_ctx *ctx = sock_find(t, fd);
     if (!ctx)
         return;
-    client->socks[fd] = NULL;
-    if (ctx->idle)
-        ctx->shard->idle_socks--;
+    t->socks[fd] = NULL;
+    sock_idle(ctx, 0);
     ctx->shard->socks--;
     uv_close((uv_handle_t *)&ctx->poll, free_sock_ctx); /* takes fd out of epoll */
 }
 
 static struct sock_ctx *sock_add(struct shard *shard, curl_socket_t fd) {
-    struct chorus_http_client *client = shard->client;
-    if ((size_t)fd >= client->nsocks) {
-        size_t n = client->nsocks ? client->nsocks : 64;
+    struct transport *t = shard->t;
+    if ((size_t)fd >= t->nsocks) {
+        size_t n = t->nsocks ? t->nsocks : 64;
         while (n <= (size_t)fd)
             n *= 2;
-        void *p = realloc(client->socks, n * sizeof *client->socks);
+        void *p = realloc(t->socks, n * sizeof *t->socks);
         if (!p)
             return NULL;
-        client->socks = p;
-        memset(client->socks + client->nsocks, 0, (n - client->nsocks) * sizeof *client->socks);
-        client->nsocks = n;
+        t->socks = p;
+        memset(t->socks + t->nsocks, 0, (n - t->nsocks) * sizeof *t->socks);
+        t->nsocks = n;
     }
     struct sock_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return NULL;
     ctx->fd = fd;
     ctx->shard = shard;
-    if (uv_poll_init_socket(&client->tloop, &ctx->poll, fd) != 0) {
+    if (uv_poll_init_socket(&t->loop, &ctx->poll, fd) != 0) {
         free(ctx);
         return NULL;
     }
     ctx->poll.data = ctx;
-    client->socks[fd] = ctx;
+    t->socks[fd] = ctx;
     shard->socks++;
     return ctx;
 }
@@ -566,8 +610,11 @@ static void deny(struct chorus_http_call *call, const char *target, const char *
 
 /* curl's socket opener (userp is the call): a restricted call never
  * connects to an address the policy refuses; a socket whose number a
- * socket of ours had is a new one (curl closes some sockets of failed
- * connects without telling us). */
+ * socket of this thread's had is a new one (curl closes some sockets of
+ * failed connects without telling us). Another transport's table may
+ * still name the number: that thread forgets it when its own curl opens a
+ * socket with it, and until then its epoll no longer holds the closed
+ * socket and its watch waits for nothing. */
 static curl_socket_t on_open_socket(void *userp, curlsocktype purpose,
                                     struct curl_sockaddr *address) {
     (void)purpose;
@@ -603,7 +650,7 @@ static curl_socket_t on_open_socket(void *userp, curlsocktype purpose,
     }
     curl_socket_t fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
     if (fd >= 0)
-        sock_forget(client, fd);
+        sock_forget(call->shard->t, fd);
     return fd;
 }
 
@@ -656,6 +703,9 @@ static int on_prereq(void *clientp, char *primary_ip, char *local_ip, int primar
     return rc;
 }
 
+/* userp: the transport whose multi handle made the connection (curl keeps
+ * the CURLOPT_CLOSESOCKETDATA of the transfer that opened it, and a
+ * connection never leaves its multi handle). */
 static int on_close_socket(void *userp, curl_socket_t fd) {
     sock_forget(userp, fd);
     return close(fd);
@@ -665,7 +715,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     (void)easy;
     (void)socketp;
     struct shard *shard = userp;
-    struct sock_ctx *ctx = sock_find(shard->client, fd);
+    struct sock_ctx *ctx = sock_find(shard->t, fd);
     if (what == CURL_POLL_REMOVE) {
         if (ctx) {
             /* Done with for now, maybe not closed: an idle keep-alive
@@ -673,10 +723,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
              * and if it stirs before, on_poll
              * stops watching it. */
             ctx->wanted = 0;
-            if (!ctx->idle) {
-                ctx->idle = 1;
-                ctx->shard->idle_socks++;
-            }
+            sock_idle(ctx, 1);
             if (ctx->polling & UV_WRITABLE)
                 watch(ctx, 0);
         }
@@ -684,15 +731,12 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     }
     if (ctx && ctx->shard != shard) {
         /* closed behind our back, its number now another shard's socket */
-        sock_forget(shard->client, fd);
+        sock_forget(shard->t, fd);
         ctx = NULL;
     }
     if (!ctx && !(ctx = sock_add(shard, fd)))
         return -1;
-    if (ctx->idle) {
-        ctx->idle = 0;
-        ctx->shard->idle_socks--;
-    }
+    sock_idle(ctx, 0);
     int events = 0;
     if (what & CURL_POLL_IN)
         events |= UV_READABLE;
@@ -713,13 +757,13 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
     return 0;
 }
 
-/* A new shard in client->shards, or NULL when out of memory. */
-static struct shard *shard_new(struct chorus_http_client *client) {
+/* A new shard in t->shards, or NULL when out of memory. */
+static struct shard *shard_new(struct transport *t) {
     struct shard *shard = calloc(1, sizeof *shard);
     if (!shard)
         return NULL;
-    shard->client = client;
-    if (!(shard->multi = curl_multi_init()) || uv_timer_init(&client->tloop, &shard->timer) != 0) {
+    shard->t = t;
+    if (!(shard->multi = curl_multi_init()) || uv_timer_init(&t->loop, &shard->timer) != 0) {
         if (shard->multi)
             curl_multi_cleanup(shard->multi);
         free(shard);
@@ -738,15 +782,15 @@ static struct shard *shard_new(struct chorus_http_client *client) {
      * thousands of concurrent calls. 0 lets the cache grow with the number
      * of transfers (curl's own default of 4 per handle added). */
     curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, 0L);
-    client->shards[client->nshards++] = shard;
+    t->shards[t->nshards++] = shard;
     return shard;
 }
 
-/* Where a new call goes (SHARD_CONNS): NULL only when out of memory. */
-static struct shard *shard_pick(struct chorus_http_client *client) {
+/* Where a new call goes in t (SHARD_CONNS): NULL only when out of memory. */
+static struct shard *shard_pick(struct transport *t) {
     struct shard *roomy = NULL, *least = NULL;
-    for (int i = 0; i < client->nshards; i++) {
-        struct shard *s = client->shards[i];
+    for (int i = 0; i < t->nshards; i++) {
+        struct shard *s = t->shards[i];
         size_t load = s->socks > s->active ? s->socks : s->active;
         /* an idle connection may be to another host, and then the call
          * opens one more: bounded, so that a shard's cache stays small */
@@ -759,13 +803,13 @@ static struct shard *shard_pick(struct chorus_http_client *client) {
     }
     if (roomy)
         return roomy;
-    struct shard *fresh = client->nshards < MAX_SHARDS ? shard_new(client) : NULL;
+    struct shard *fresh = t->nshards < MAX_SHARDS ? shard_new(t) : NULL;
     return fresh ? fresh : least;
 }
 
 /* ---- calls ---------------------------------------------------------------- */
 
-static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call *call);
+static CURL *easy_new(struct chorus_http_call *call);
 
 /* A call ready to fill (Lua thread): a kept one, whose handle keeps the
  * options of its last call (no curl_easy_reset: that cost as much as
@@ -1112,7 +1156,7 @@ static int proxy_env(void) {
 /* A new easy handle for call, with the options that are the same for every
  * call it carries: a kept call's handle keeps them (call_free does not
  * reset it). */
-static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call *call) {
+static CURL *easy_new(struct chorus_http_call *call) {
     CURL *e = curl_easy_init();
     if (!e)
         return NULL;
@@ -1131,7 +1175,6 @@ static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, client);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
@@ -1142,6 +1185,8 @@ static CURL *easy_new(struct chorus_http_client *client, struct chorus_http_call
 static void configure(struct chorus_http_call *call) {
     CURL *e = call->easy;
     curl_easy_setopt(e, CURLOPT_URL, call->url);
+    /* a kept handle may have carried a call of another transport */
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, call->t);
     /* Each hop's URL and address are checked when one may differ from
      * what the caller checked: redirects followed, or a restricted call
      * (whose connection may be a reused one, opened unchecked). */
@@ -1179,12 +1224,12 @@ static void configure(struct chorus_http_call *call) {
 /* ---- the transport thread -------------------------------------------------- */
 
 static void link_running(struct chorus_http_call *call) {
-    struct chorus_http_client *client = call->client;
+    struct transport *t = call->t;
     call->prev = NULL;
-    call->next = client->running;
-    if (client->running)
-        client->running->prev = call;
-    client->running = call;
+    call->next = t->running;
+    if (t->running)
+        t->running->prev = call;
+    t->running = call;
     call->shard->active++;
     call->in_multi = 1;
 }
@@ -1192,12 +1237,11 @@ static void link_running(struct chorus_http_call *call) {
 /* Takes a transfer out of its multi handle (curl closes its connection
  * unless it ended cleanly) and ends the transport's hold on the call. */
 static void end_transfer(struct chorus_http_call *call) {
-    struct chorus_http_client *client = call->client;
     curl_multi_remove_handle(call->shard->multi, call->easy);
     if (call->prev)
         call->prev->next = call->next;
     else
-        client->running = call->next;
+        call->t->running = call->next;
     if (call->next)
         call->next->prev = call->prev;
     call->shard->active--;
@@ -1214,12 +1258,11 @@ static void start_failed(struct chorus_http_call *call, const char *why) {
 }
 
 static void t_start(struct chorus_http_call *call) {
-    struct chorus_http_client *client = call->client;
-    if (!(call->shard = shard_pick(client))) {
+    if (!(call->shard = shard_pick(call->t))) {
         start_failed(call, "out of memory (a curl multi handle)");
         return;
     }
-    if (!call->easy && !(call->easy = easy_new(client, call))) {
+    if (!call->easy && !(call->easy = easy_new(call))) {
         start_failed(call, "out of memory (a curl handle)");
         return;
     }
@@ -1278,39 +1321,39 @@ static void check_done(struct shard *shard) {
 
 static void free_shard(uv_handle_t *handle) { free(handle->data); }
 
-/* Ends every transfer (no DONE: the Lua thread cancelled them all) and
- * closes the transport's handles; its loop then ends. */
-static void t_shutdown(struct chorus_http_client *client) {
-    client->stopping = 1;
-    while (client->running) {
-        struct chorus_http_call *call = client->running;
+/* Ends every transfer of t (no DONE: the Lua thread cancelled them all)
+ * and closes its handles; its loop then ends. */
+static void t_shutdown(struct transport *t) {
+    t->stopping = 1;
+    while (t->running) {
+        struct chorus_http_call *call = t->running;
         end_transfer(call);
         call_unref(call);
     }
     /* closes the sockets, through on_close_socket; then any curl closed
      * behind our back */
-    for (int i = 0; i < client->nshards; i++)
-        curl_multi_cleanup(client->shards[i]->multi);
-    for (size_t fd = 0; fd < client->nsocks; fd++)
-        sock_forget(client, (curl_socket_t)fd);
-    free(client->socks);
-    client->socks = NULL;
-    client->nsocks = 0;
-    for (int i = 0; i < client->nshards; i++) {
-        client->shards[i]->timer.data = client->shards[i];
-        uv_close((uv_handle_t *)&client->shards[i]->timer, free_shard);
+    for (int i = 0; i < t->nshards; i++)
+        curl_multi_cleanup(t->shards[i]->multi);
+    for (size_t fd = 0; fd < t->nsocks; fd++)
+        sock_forget(t, (curl_socket_t)fd);
+    free(t->socks);
+    t->socks = NULL;
+    t->nsocks = 0;
+    for (int i = 0; i < t->nshards; i++) {
+        t->shards[i]->timer.data = t->shards[i];
+        uv_close((uv_handle_t *)&t->shards[i]->timer, free_shard);
     }
-    client->nshards = 0;
-    uv_close((uv_handle_t *)&client->wake_transport, NULL);
+    t->nshards = 0;
+    uv_close((uv_handle_t *)&t->wake, NULL);
 }
 
 static void on_wake_transport(uv_async_t *async) {
-    struct chorus_http_client *client = async->data;
-    if (client->stopping)
+    struct transport *t = async->data;
+    if (t->stopping)
         return;
     int close_requested = 0;
     struct chorus_http_call *next;
-    for (struct chorus_http_call *c = take_batch(client, 1, &close_requested); c; c = next) {
+    for (struct chorus_http_call *c = take_batch(t->client, t, &close_requested); c; c = next) {
         next = c->t_batch;
         /* a call cancelled before it started never connects */
         if ((c->t_work & T_START) && !(c->t_work & T_CANCEL) && !close_requested)
@@ -1324,12 +1367,71 @@ static void on_wake_transport(uv_async_t *async) {
         call_unref(c); /* the queue's */
     }
     if (close_requested)
-        t_shutdown(client);
+        t_shutdown(t);
 }
 
 static void transport_main(void *arg) {
-    struct chorus_http_client *client = arg;
-    uv_run(&client->tloop, UV_RUN_DEFAULT);
+    struct transport *t = arg;
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+}
+
+/* A new transport thread with its loop and first shard, running; NULL when
+ * one cannot be made (the Lua thread's). */
+static struct transport *transport_new(struct chorus_http_client *client) {
+    struct transport *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->client = client;
+    atomic_init(&t->idle_socks, 0);
+    if (uv_loop_init(&t->loop) != 0)
+        goto fail_loop;
+    if (uv_async_init(&t->loop, &t->wake, on_wake_transport) != 0)
+        goto fail_async;
+    t->wake.data = t;
+    if (!shard_new(t))
+        goto fail_shard;
+    if (uv_thread_create(&t->thread, transport_main, t) != 0)
+        goto fail_thread;
+    client->transports[client->ntransports++] = t;
+    return t;
+fail_thread:
+    curl_multi_cleanup(t->shards[0]->multi);
+    t->shards[0]->timer.data = t->shards[0];
+    uv_close((uv_handle_t *)&t->shards[0]->timer, free_shard);
+fail_shard:
+    uv_close((uv_handle_t *)&t->wake, NULL);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+fail_async:
+    uv_loop_close(&t->loop);
+fail_loop:
+    free(t);
+    return NULL;
+}
+
+/* Where a new call goes (TRANSPORT_CALLS); NULL only when no transport
+ * runs (the first could not be made). */
+static struct transport *transport_pick(struct chorus_http_client *client) {
+    struct transport *roomy = NULL, *least = NULL;
+    for (int i = 0; i < client->ntransports; i++) {
+        struct transport *t = client->transports[i];
+        /* an idle connection may be to another host: bounded as for shards */
+        if (atomic_load_explicit(&t->idle_socks, memory_order_relaxed) &&
+            t->calls < 2 * TRANSPORT_CALLS)
+            return t;
+        if (!roomy && t->calls < TRANSPORT_CALLS)
+            roomy = t;
+        if (!least || t->calls < least->calls)
+            least = t;
+    }
+    if (roomy)
+        return roomy;
+    if (client->ntransports < client->max_transports) {
+        struct transport *fresh = transport_new(client);
+        if (fresh)
+            return fresh;
+        client->max_transports = client->ntransports; /* no second try per call */
+    }
+    return least;
 }
 
 /* ---- the Lua thread --------------------------------------------------------- */
@@ -1344,6 +1446,7 @@ static void main_forget(struct chorus_http_call *call) {
         client->calls = call->mnext;
     if (call->mnext)
         call->mnext->mprev = call->mprev;
+    call->t->calls--;
     if (--client->active == 0)
         uv_unref((uv_handle_t *)&client->wake_main);
     /* while closing, the owners of the data are gone already */
@@ -1387,7 +1490,7 @@ static void m_done(struct chorus_http_call *call) {
 static void on_wake_main(uv_async_t *async) {
     struct chorus_http_client *client = async->data;
     struct chorus_http_call *next;
-    for (struct chorus_http_call *c = take_batch(client, 0, NULL); c; c = next) {
+    for (struct chorus_http_call *c = take_batch(client, NULL, NULL); c; c = next) {
         next = c->m_batch;
         if (c->m_work & M_GRANT)
             m_grant(c);
@@ -1446,6 +1549,8 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         goto fail;
     }
     call->start_ns = uv_hrtime();
+    call->t = transport_pick(client);
+    call->t->calls++;
     atomic_store_explicit(&call->refs, 1, memory_order_relaxed); /* the Lua thread's */
     call->mnext = client->calls;
     if (client->calls)
@@ -1471,42 +1576,31 @@ void chorus_http_cancel(struct chorus_http_call *call) {
     call_unref(call); /* the Lua thread's */
 }
 
-struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
+struct chorus_http_client *chorus_http_client_new_threads(uv_loop_t *loop, int max_threads) {
     struct chorus_http_client *client = calloc(1, sizeof *client);
     if (!client)
         return NULL;
     client->loop = loop;
+    if (max_threads <= 0)
+        max_threads = (int)uv_available_parallelism();
+    client->max_transports = max_threads < 1                ? 1
+                             : max_threads > MAX_TRANSPORTS ? MAX_TRANSPORTS
+                                                            : max_threads;
     if (uv_mutex_init(&client->lock) != 0)
         goto fail_lock;
     if (uv_mutex_init(&client->policy_lock) != 0)
         goto fail_policy;
-    if (uv_loop_init(&client->tloop) != 0)
-        goto fail_tloop;
-    if (uv_async_init(&client->tloop, &client->wake_transport, on_wake_transport) != 0)
-        goto fail_tasync;
-    client->wake_transport.data = client;
-    if (!shard_new(client))
-        goto fail_shard;
     if (uv_async_init(loop, &client->wake_main, on_wake_main) != 0)
         goto fail_masync;
     client->wake_main.data = client;
     uv_unref((uv_handle_t *)&client->wake_main); /* until a call is in flight */
-    if (uv_thread_create(&client->thread, transport_main, client) != 0)
-        goto fail_thread;
+    if (!transport_new(client))
+        goto fail_transport;
     return client;
-fail_thread:
+fail_transport:
     uv_close((uv_handle_t *)&client->wake_main, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
 fail_masync:
-    curl_multi_cleanup(client->shards[0]->multi);
-    client->shards[0]->timer.data = client->shards[0];
-    uv_close((uv_handle_t *)&client->shards[0]->timer, free_shard);
-fail_shard:
-    uv_close((uv_handle_t *)&client->wake_transport, NULL);
-    uv_run(&client->tloop, UV_RUN_DEFAULT);
-fail_tasync:
-    uv_loop_close(&client->tloop);
-fail_tloop:
     uv_mutex_destroy(&client->policy_lock);
 fail_policy:
     uv_mutex_destroy(&client->lock);
@@ -1514,6 +1608,12 @@ fail_lock:
     free(client);
     return NULL;
 }
+
+struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
+    return chorus_http_client_new_threads(loop, 0);
+}
+
+int chorus_http_threads(const struct chorus_http_client *client) { return client->ntransports; }
 
 static void free_client(uv_handle_t *handle) {
     struct chorus_http_client *client = handle->data;
@@ -1530,12 +1630,18 @@ void chorus_http_client_close(struct chorus_http_client *client) {
     uv_mutex_lock(&client->lock);
     client->close_requested = 1;
     uv_mutex_unlock(&client->lock);
-    uv_async_send(&client->wake_transport);
-    uv_thread_join(&client->thread);
-    uv_loop_close(&client->tloop);
+    for (int i = 0; i < client->ntransports; i++)
+        uv_async_send(&client->transports[i]->wake);
+    for (int i = 0; i < client->ntransports; i++) {
+        struct transport *t = client->transports[i];
+        uv_thread_join(&t->thread);
+        uv_loop_close(&t->loop);
+        free(t);
+    }
+    client->ntransports = 0;
     /* what the transport queued for us before it ended: nobody waits for it */
     struct chorus_http_call *next;
-    for (struct chorus_http_call *c = take_batch(client, 0, NULL); c; c = next) {
+    for (struct chorus_http_call *c = take_batch(client, NULL, NULL); c; c = next) {
         next = c->m_batch;
         call_unref(c);
     }

@@ -99,6 +99,12 @@ typedef void (*chorus_http_done_fn)(const struct chorus_http_response *res, void
 int chorus_http_global_init(void);
 void chorus_http_global_cleanup(void);
 struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop);
+/* The same with at most max_threads transport threads (0: one per online
+ * CPU; never more than 4). The first starts with the client, the others
+ * only when the calls in flight need them (http_client.c, TRANSPORT_CALLS). */
+struct chorus_http_client *chorus_http_client_new_threads(uv_loop_t *loop, int max_threads);
+/* How many transport threads run now. */
+int chorus_http_threads(const struct chorus_http_client *client);
 
 /* Cancels every call still in flight (no callbacks) and closes the client's
  * handles; the memory is freed from the loop's close callbacks, so run the

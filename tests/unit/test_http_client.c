@@ -420,6 +420,62 @@ static void test_shards(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK_INT_EQ(mock_connections(), opened + 1); /* + the first count's own curl */
 }
 
+/* More calls at once than one transport thread is given (TRANSPORT_CALLS
+ * in http_client.c) start more threads, up to the number asked: every call
+ * completes, a call cancelled on a later thread ends there, the calls after
+ * them reuse the connections left open rather than open new ones, and
+ * closing the client with calls in flight on every thread stops them all
+ * without a callback (nothing leaks, no race: ASan, TSan). */
+static void test_threads(uv_loop_t *loop) {
+    enum { N = 600 };
+    static struct outcome o[N];
+    memset(o, 0, sizeof o);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "curl -s -X POST %s/__reset >/dev/null", mock_url);
+    CHECK_INT_EQ(system(cmd), 0);
+    struct chorus_http_client *c = chorus_http_client_new_threads(loop, 3);
+    CHECK(c != NULL);
+    CHECK_INT_EQ(chorus_http_threads(c), 1); /* the others only when needed */
+    struct chorus_http_call *calls[N];
+    for (int i = 0; i < N; i++)
+        calls[i] = start(c, "GET", "/threads?delay=300", NULL, 20000, &o[i]);
+    CHECK(calls[N - 1] != NULL);
+    CHECK_INT_EQ(chorus_http_threads(c), 3);
+    chorus_http_cancel(calls[N - 1]);
+    CHECK_INT_EQ(chorus_http_active(c), N - 1);
+    run_until(loop, o, N - 1);
+    int ok = 0;
+    for (int i = 0; i < N - 1; i++)
+        ok += o[i].status == 200;
+    CHECK_INT_EQ(ok, N - 1);
+    CHECK_INT_EQ(o[N - 1].done, 0);
+    long opened = mock_connections();
+    CHECK(opened >= N - 1);
+    for (int i = 0; i < 10; i++) {
+        struct outcome one = {0};
+        start(c, "GET", "/again", NULL, 5000, &one);
+        run_until(loop, &one, 1);
+        CHECK_INT_EQ(one.status, 200);
+    }
+    CHECK_INT_EQ(mock_connections(), opened + 1); /* + the first count's own curl */
+    CHECK_INT_EQ(chorus_http_threads(c), 3);
+
+    memset(o, 0, sizeof o);
+    for (int i = 0; i < N; i++)
+        CHECK(start(c, "GET", "/parked?delay=5000", NULL, 10000, &o[i]) != NULL);
+    for (int i = 0; i < 5; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        usleep(20 * 1000);
+    }
+    CHECK_INT_EQ(chorus_http_active(c), N);
+    chorus_http_client_close(c);
+    uv_run(loop, UV_RUN_DEFAULT);
+    int done = 0;
+    for (int i = 0; i < N; i++)
+        done += o[i].done;
+    CHECK_INT_EQ(done, 0);
+}
+
 /* A call with the egress options: restricted, following redirects with an
  * allow-list of hosts. */
 static void start_egress(struct chorus_http_client *c, const char *url, int restricted,
@@ -540,6 +596,7 @@ int main(void) {
     test_egress_calls(c, &loop);
     test_redirect_hops(c, &loop);
     test_close_in_flight(&loop);
+    test_threads(&loop);
     chorus_http_client_close(c);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
