@@ -1,21 +1,24 @@
-/* http_client.c — libcurl multi on its own thread and libuv loop.
+/* http_client.c — libcurl multi on transport threads, each with its libuv loop.
  *
- * The Lua thread only copies a request and hands it over; the transport
- * thread owns every curl handle and socket: curl tells it which sockets to
- * watch (socket callback → one uv_poll per socket) and when to wake it
- * (timer callback → one uv_timer per multi handle), it tells curl what
- * happened with curl_multi_socket_action and drains CURLMSG_DONE. Recovery
- * after a restart opens thousands of connections at once: the connect,
- * send and epoll system calls and curl's own work per connection were
- * about 40% of the Lua thread's CPU, and the second core was idle.
+ * The Lua thread only copies a request and hands it over to a transport
+ * thread (transport_pick); that thread owns the call's curl handle and
+ * sockets from then on: curl tells it which sockets to watch (socket
+ * callback → one uv_poll per socket) and when to wake it (timer callback →
+ * one uv_timer per multi handle), it tells curl what happened with
+ * curl_multi_socket_action and drains CURLMSG_DONE. Recovery after a
+ * restart opens thousands of connections at once: the connect, send and
+ * epoll system calls and curl's own work per connection were about 40% of
+ * the Lua thread's CPU when it did them, and then twice the Lua thread's
+ * on one transport thread (MAX_TRANSPORTS).
  *
- * The two threads talk through two queues of calls under one mutex, each
- * woken by a uv_async: to the transport START, CANCEL and GRANT, to the
- * Lua thread DONE and GRANT requests. A call is in a queue at most once,
- * with a bit per pending message. libcurl allows a handle to move between
- * threads as long as one thread uses it at a time: an easy handle is
- * touched by the transport thread from START to the end of its transfer,
- * and by whichever thread drops the call's last reference after that.
+ * The threads talk through queues of calls under one mutex, each woken by
+ * a uv_async: to each transport START, CANCEL and GRANT, to the Lua thread
+ * DONE and GRANT requests. A call is in a queue at most once, with a bit
+ * per pending message. libcurl allows a handle to move between threads as
+ * long as one thread uses it at a time: an easy handle is touched by its
+ * call's transport thread from START to the end of its transfer, and by
+ * whichever thread drops the call's last reference after that (a kept
+ * handle may carry its next call on another transport).
  *
  * Invariant: a call's done callback runs only from the Lua thread's loop
  * (on_wake_main), never inside chorus_http_start or chorus_http_cancel, so a
