@@ -14,7 +14,7 @@
 #             shared 2-core machine the wall times above grow with the load
 #             of the other processes (printed), the CPU time much less
 #   lua cpu   of those, the Lua thread's (the rest is mostly the HTTP
-#             client's transport thread: curl, connect, send, epoll)
+#             client's transport threads: curl, connect, send, epoll)
 # Prints the medians of RUNS (default 3) per N, with the rate the runs
 # were started at and the load generator's own rate.
 # The upstream is nginx when installed (scripts/bench/upstream.sh:
