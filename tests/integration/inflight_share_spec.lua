@@ -21,7 +21,7 @@ end
 -- Starts a server over the share fixtures with max_inflight_runs = 4 (so by
 -- default a workflow's share is 2); extra: more config text.
 local function serve(mock, extra)
-  local dir = H.temp_dir(fixtures({ "slow", "slow_too", "quick", "ends", "deadline", "parent", "feeder" }))
+  local dir = H.temp_dir(fixtures({ "slow", "slow_too", "quick", "ends", "deadline", "parent", "feeder", "fan" }))
   local conf = H.write_temp(([[
 return { admin_token = "s3cret", limits = { max_inflight_runs = 4, run_instructions = 1e7 },
   upstreams = { mock = { base_url = %q } }, %s }
@@ -90,7 +90,7 @@ describe("a workflow's share of the runs in flight", function()
     assert.are.equal("application/problem+json", shed.headers["content-type"])
     assert.are.equal(503, shed.json.status)
     assert.truthy(shed.json.detail:find("workflow 'slow' has 2 runs in flight", 1, true), shed.json.detail)
-    assert.truthy(shed.json.detail:find("limits.inflight_runs_per_workflow (2)", 1, true), shed.json.detail)
+    assert.truthy(shed.json.detail:find("limits.inflight_runs_per_workflow = 2", 1, true), shed.json.detail)
     -- the whole server full: its own message
     assert.are.equal(202, post(srv, "slow_too", { delay = 3000 }, ASYNC).status)
     assert.are.equal(202, post(srv, "slow_too", { delay = 3000 }, ASYNC).status)
@@ -141,7 +141,10 @@ describe("a workflow's share of the runs in flight", function()
     -- timed out, its on_timeout handler raising
     local late = post(srv, "deadline", {}, ASYNC)
     assert.are.equal("timed_out", H.finished(srv, late.json.run_id, ADMIN, 20).status)
-    assert.is_true(drained(srv, { "ends", "deadline" }))
+    -- a child run whose caller stopped waiting (chorus.all cancelled it)
+    assert.are.equal(500, post(srv, "fan").status)
+    assert.is_true(drained(srv, { "ends", "deadline", "fan" }))
+    assert.truthy(H.request(srv.url .. "/metrics").body:find("\nchorus_runs_in_flight 0\n"))
     -- and the share is whole again: two runs in flight at once
     local a = post(srv, "ends", { mode = "park" }, ASYNC)
     local b = post(srv, "ends", { mode = "park" }, ASYNC)
