@@ -376,8 +376,8 @@ static int core_killed(lua_State *L) {
     return 1;
 }
 
-/* core.release(c): when c.open is true, sets it false and takes one off
- * each count c lists, as pairs of a table and a key from c[1]
+/* core.release(c): when c[1] is true, sets it false and takes one off
+ * each count c lists after it, as pairs of a table and a key from c[2]
  * (t[k] = t[k] - 1); nothing once released. A run's place in the counts of
  * runs in flight (chorus.runs) is released this way, as its to-be-closed
  * value's __close too: in C no count hook runs between the check and the
@@ -386,16 +386,14 @@ static int core_killed(lua_State *L) {
  * access: no metamethod runs. */
 static int core_release(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_pushliteral(L, "open");
-    lua_rawget(L, 1);
+    lua_rawgeti(L, 1, 1);
     int open = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (!open)
         return 0;
-    lua_pushliteral(L, "open");
     lua_pushboolean(L, 0);
-    lua_rawset(L, 1);
-    for (lua_Integer i = 1; lua_rawgeti(L, 1, i) == LUA_TTABLE; i += 2) {
+    lua_rawseti(L, 1, 1);
+    for (lua_Integer i = 2; lua_rawgeti(L, 1, i) == LUA_TTABLE; i += 2) {
         lua_rawgeti(L, 1, i + 1); /* t, k */
         lua_pushvalue(L, -1);     /* t, k, k */
         lua_rawget(L, -3);        /* t, k, t[k] */

@@ -412,7 +412,7 @@ end
 --- is true.
 function Service:execute(entry, rec, input, recorded)
   rec.redact = entry.workflow.redact
-  local counted = self:count_in(self:charge(rec))
+  local counted = self:count_in(rec.parent and self:charge(rec) or rec.workflow)
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,
@@ -934,7 +934,7 @@ function Service:count_in(name)
   self.inflight = self.inflight + 1
   local charged = self.charged
   charged[name] = (charged[name] or 0) + 1
-  return setmetatable({ self, "inflight", charged, name, open = true }, COUNTED)
+  return setmetatable({ true, self, "inflight", charged, name }, COUNTED) -- [1]: not released yet
 end
 
 --- Whether a new run of workflow name must wait or be refused: "server"
