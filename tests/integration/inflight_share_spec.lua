@@ -194,3 +194,46 @@ describe("the outbox under a workflow's share", function()
     assert.is_true(drained(srv, { "slow", "quick", "feeder" }))
   end)
 end)
+
+describe("runs resumed after a restart", function()
+  local mock, dir, data, conf_wide, conf_shared, srv
+
+  setup(function()
+    mock = H.start_mock(200)
+    dir = H.temp_dir(fixtures({ "slow", "quick" }))
+    data = H.temp_dir()
+    local base = "return { admin_token = 's3cret', upstreams = { mock = { base_url = %q } }, limits = { %s } }"
+    conf_wide = H.write_temp(base:format(mock.url, "max_inflight_runs = 4, inflight_runs_per_workflow = 0"))
+    conf_shared = H.write_temp(base:format(mock.url, "max_inflight_runs = 4"))
+  end)
+
+  teardown(function() H.clean(srv, mock, dir, data, conf_wide, conf_shared) end)
+
+  it("are never refused, even past the workflow's share, and count in it", function()
+    -- three runs of slow in flight under a config without a share
+    srv = H.start_server({ "--config", conf_wide, "--scripts", dir, "--data", data })
+    local ids = {}
+    for i = 1, 3 do
+      local r = post(srv, "slow", { delay = 4000 }, ASYNC)
+      assert.are.equal(202, r.status, r.body)
+      ids[i] = r.json.run_id
+    end
+    assert.truthy(H.eventually(function() return mock.stats().in_flight >= 3 end, 10))
+    srv.kill("KILL")
+    srv.wait()
+    os.remove(srv.log)
+    -- back with a share of 2: all three resume
+    srv = H.start_server({ "--config", conf_shared, "--scripts", dir, "--data", data })
+    assert.truthy(H.eventually(function() return inflight(srv, "slow") == 3 end, 20),
+      "the three runs were not all resumed")
+    local shed = post(srv, "slow", { delay = 10 })
+    assert.are.equal(503, shed.status)
+    assert.truthy(shed.json.detail:find("workflow 'slow' has 3 runs in flight", 1, true), shed.json.detail)
+    assert.are.equal(200, post(srv, "quick").status)
+    for _, id in ipairs(ids) do
+      assert.are.equal("succeeded", H.finished(srv, id, ADMIN, 30).status)
+    end
+    assert.is_true(drained(srv, { "slow" }))
+    assert.are.equal(200, post(srv, "slow", { delay = 10 }).status)
+  end)
+end)
