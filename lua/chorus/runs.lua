@@ -407,12 +407,13 @@ end
 --- Runs a workflow as its own run (from inside a task) and records it.
 --- Returns ok, value, whether its end was stored (and why not), and the
 --- run's info (id, traceback). recorded: the journal of a run resumed after
---- a restart. After a simulated crash nothing of the run's end happens (it
---- stays in flight in the store, as after a real one) and the fifth value
---- is true.
-function Service:execute(entry, rec, input, recorded)
+--- a restart; counted: its place in the counts when the caller took it
+--- already (count_in; an async request's, taken before its commit). After
+--- a simulated crash nothing of the run's end happens (it stays in flight
+--- in the store, as after a real one) and the fifth value is true.
+function Service:execute(entry, rec, input, recorded, counted)
   rec.redact = entry.workflow.redact
-  local counted = self:count_in(rec.parent and self:charge(rec) or rec.workflow)
+  counted = counted or self:count_in(rec.parent and self:charge(rec) or rec.workflow)
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,

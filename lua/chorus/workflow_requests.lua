@@ -228,9 +228,13 @@ local function start_run(c)
     if key then
       idempotency.finish(state.store, scope, key, fp, rec.id, idem.ttl, resp)
     end
+    -- the run counts from now: the requests that come during the commit
+    -- below see it (else a burst of them all passed under_load_limit)
+    local counted = svc:count_in(c.name)
     if state.store then -- acknowledged only once the run is durable
       local cok, serr = pcall(state.store.commit, state.store)
       if not cok then
+        core.release(counted)
         log("error", "could not store a new run", { run_id = rec.id, error = tostring(serr) })
         svc:abandon(rec, scope, key, serr)
         return storage_problem(serr, rec.id)
@@ -239,7 +243,7 @@ local function start_run(c)
     if key then
       idempotency.release(scope, key)
     end
-    core.start(nil, function() svc:execute(entry, rec, c.input) end)
+    core.start(nil, function() svc:execute(entry, rec, c.input, nil, counted) end)
     return resp
   end
   local ok, value, stored, serr = svc:execute(entry, rec, c.input)

@@ -81,6 +81,21 @@ describe("a workflow's share of the runs in flight", function()
     assert.is_true(drained(srv, { "slow" }))
   end)
 
+  it("holds to the share under a burst of concurrent async requests", function()
+    local pending = {}
+    for i = 1, 8 do
+      pending[i] = H.request_async(srv.url .. "/workflows/slow", { method = "POST", body = '{"delay":3000}',
+        headers = { Prefer = "respond-async", ["Content-Type"] = "application/json" } })
+    end
+    local codes = {}
+    for _, p in ipairs(pending) do
+      local st = p.wait().status
+      codes[st] = (codes[st] or 0) + 1
+    end
+    assert.are.same({ [202] = 2, [503] = 6 }, codes)
+    assert.is_true(drained(srv, { "slow" }))
+  end)
+
   it("answers 503 problem+json with Retry-After naming the workflow and its limit", function()
     assert.are.equal(202, post(srv, "slow", { delay = 3000 }, ASYNC).status)
     assert.are.equal(202, post(srv, "slow", { delay = 3000 }, ASYNC).status)
