@@ -932,10 +932,12 @@ local COUNTED = { __close = core.release }
 --- flight and in name's; returns its place in the counts, which
 --- core.release gives back.
 function Service:count_in(name)
-  self.inflight = self.inflight + 1
   local charged = self.charged
+  -- made first: a memory error here leaves the counts as they were
+  local counted = setmetatable({ true, self, "inflight", charged, name }, COUNTED) -- [1]: not released yet
   charged[name] = (charged[name] or 0) + 1
-  return setmetatable({ true, self, "inflight", charged, name }, COUNTED) -- [1]: not released yet
+  self.inflight = self.inflight + 1
+  return counted
 end
 
 --- Whether a new run of workflow name must wait or be refused: "server"
