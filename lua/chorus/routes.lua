@@ -22,7 +22,7 @@ local authenticate = workflow_requests.authenticate
 
 local m = {
   inflight = metrics.gauge("chorus_runs_in_flight", "Workflow runs in flight"),
-  charged = metrics.gauge("chorus_runs_inflight",
+  charged = metrics.gauge("chorus_workflow_runs_in_flight",
     "Runs in flight charged to each workflow (its own, and their child runs)", { "workflow" }),
   requests = metrics.counter("chorus_http_requests_total", "Inbound HTTP requests by status",
     { "code" }),

@@ -35,10 +35,10 @@ local function post(srv, name, input, headers)
   return H.post_json(srv.url .. "/workflows/" .. name, H.encode(input or {}), headers)
 end
 
--- chorus_runs_inflight{workflow=NAME} on srv's /metrics (nil: no series).
+-- chorus_workflow_runs_in_flight{workflow=NAME} on srv's /metrics (nil: no series).
 local function inflight(srv, name)
   local body = H.request(srv.url .. "/metrics").body or ""
-  return tonumber(body:match('\nchorus_runs_inflight{workflow="' .. name:gsub("%p", "%%%0") .. '"} (%d+)'))
+  return tonumber(body:match('\nchorus_workflow_runs_in_flight{workflow="' .. name:gsub("%p", "%%%0") .. '"} (%d+)'))
 end
 
 -- Waits until every workflow's count is 0 again.
