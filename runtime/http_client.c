@@ -3,7 +3,7 @@
  * The Lua thread only copies a request and hands it over to a transport
  * thread (transport_pick); that thread owns the call's curl handle and
  * sockets from then on: curl tells it which sockets to watch (socket
- * callback → one uv_poll per socket) and when to wake it (timer callback →
+ * callback → the thread's epoll set) and when to wake it (timer callback →
  * one uv_timer per multi handle), it tells curl what happened with
  * curl_multi_socket_action and drains CURLMSG_DONE. Recovery after a
  * restart opens thousands of connections at once: the connect, send and
@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -124,6 +125,8 @@ struct transport {
     struct chorus_http_call *running; /* transfers in a multi handle */
     struct sock_ctx **socks;          /* by fd: every socket curl has open here */
     size_t nsocks;
+    int epfd;          /* the epoll set of those sockets (struct sock_ctx) */
+    uv_poll_t epoll;   /* the loop's watch on epfd */
     int stopping; /* the client is closing: no transfer starts */
     /* Its shards' idle_socks in all: written here, read by the Lua thread
      * (transport_pick) to send a call where a connection may be reused. */
@@ -225,16 +228,21 @@ struct chorus_http_call {
     char errbuf[CURL_ERROR_SIZE];
 };
 
-/* One socket curl opened, watched through one uv_poll from the socket's open
- * to its close (both through curl's callbacks), not from one transfer's
- * CURL_POLL_IN to its CURL_POLL_REMOVE: a keep-alive connection is removed
- * and added back for every call it carries, and each uv_poll_init/uv_close
- * or uv_poll_start is two or three epoll_ctl calls. */
+/* One socket curl opened, known from its open to its close (both through
+ * curl's callbacks) and watched in its transport's own epoll set, which the
+ * loop watches with one uv_poll: a uv_poll per socket cost seven epoll_ctl
+ * calls for each new connection (uv_poll_init adds and deletes the socket
+ * to check it, each uv_poll_start deletes it and adds it again, its close
+ * deletes it), 7% of a transport thread's CPU in a restart that opens
+ * thousands; here it is an add, a change from writable to readable when
+ * the request is sent, and none at the close (the kernel drops a closed
+ * socket from the set). Not from one transfer's CURL_POLL_IN to its
+ * CURL_POLL_REMOVE either: a keep-alive connection is removed and added
+ * back for every call it carries. */
 struct sock_ctx {
-    uv_poll_t poll;
     curl_socket_t fd;
     struct shard *shard; /* whose multi handle the socket's connection is in */
-    int polling;         /* UV_READABLE/UV_WRITABLE the uv_poll watches now */
+    int polling;         /* EPOLLIN/EPOLLOUT the epoll set watches now (0: not in it) */
     int wanted;          /* what curl asked for; 0 after CURL_POLL_REMOVE */
     int idle;            /* counted in shard->idle_socks */
 };
@@ -334,25 +342,48 @@ static struct chorus_http_call *take_batch(struct chorus_http_client *client, st
 /* ---- curl ⇄ libuv plumbing ------------------------------------------------ */
 
 static void watch(struct sock_ctx *ctx, int events);
+static struct sock_ctx *sock_find(struct transport *t, curl_socket_t fd);
 
-static void on_poll(uv_poll_t *poll, int status, int events) {
-    struct sock_ctx *ctx = poll->data;
+/* What epoll reported for one socket. */
+static void on_socket(struct sock_ctx *ctx, uint32_t events) {
     struct shard *shard = ctx->shard;
-    if (status < 0)
-        ctx->polling = 0; /* libuv stops a poll that reports an error */
     if (!ctx->wanted) {
         /* an idle keep-alive socket stirred: stop watching it */
         watch(ctx, 0);
         return;
     }
-    int flags = status < 0 ? CURL_CSELECT_ERR : 0;
-    if (events & UV_READABLE)
+    int flags = 0;
+    if (events & EPOLLERR) {
+        flags = CURL_CSELECT_ERR;
+        watch(ctx, 0); /* curl ends the transfer; no wake-up per loop turn till then */
+    }
+    /* a hung-up socket reads its end and fails its writes: what curl waits for */
+    if (events & EPOLLHUP)
+        events |= (uint32_t)ctx->wanted;
+    if (events & EPOLLIN)
         flags |= CURL_CSELECT_IN;
-    if (events & UV_WRITABLE)
+    if (events & EPOLLOUT)
         flags |= CURL_CSELECT_OUT;
     int running;
     curl_multi_socket_action(shard->multi, ctx->fd, flags, &running);
     check_done(shard);
+}
+
+/* The transport's epoll set has sockets ready. A socket is found by its
+ * number, not by a pointer kept in the set: handling one may close another
+ * of the same batch (and free its sock_ctx). A number closed and opened
+ * again within the batch gets a spurious wake-up, which curl tolerates. */
+static void on_epoll(uv_poll_t *poll, int status, int events) {
+    (void)status;
+    (void)events;
+    struct transport *t = poll->data;
+    struct epoll_event ready[256];
+    int n = epoll_wait(t->epfd, ready, (int)(sizeof ready / sizeof *ready), 0);
+    for (int i = 0; i < n && !t->stopping; i++) {
+        struct sock_ctx *ctx = sock_find(t, ready[i].data.fd);
+        if (ctx && ctx->polling)
+            on_socket(ctx, ready[i].events);
+    }
 }
 
 static void on_timer(uv_timer_t *timer) {
@@ -362,15 +393,17 @@ static void on_timer(uv_timer_t *timer) {
     check_done(shard);
 }
 
-/* uv_poll_start only when the events change: libuv's start and stop each
- * take the fd out of epoll and put it back. */
+/* Puts the socket in its transport's epoll set for events (EPOLLIN,
+ * EPOLLOUT), or takes it out (0), when that changes. Out rather than in
+ * with no events: epoll reports a hang-up whatever it was asked for. */
 static void watch(struct sock_ctx *ctx, int events) {
     if (events == ctx->polling)
         return;
-    if (events)
-        uv_poll_start(&ctx->poll, events, on_poll);
-    else
-        uv_poll_stop(&ctx->poll);
+    struct epoll_event ev = {.events = (uint32_t)events, .data.fd = ctx->fd};
+    int epfd = ctx->shard->t->epfd;
+    int op = !events ? EPOLL_CTL_DEL : ctx->polling ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(epfd, op, ctx->fd, &ev) != 0 && op == EPOLL_CTL_ADD && errno == EEXIST)
+        epoll_ctl(epfd, EPOLL_CTL_MOD, ctx->fd, &ev); /* a closed socket's file still open */
     ctx->polling = events;
 }
 
@@ -394,8 +427,6 @@ static void sock_idle(struct sock_ctx *ctx, int idle) {
     }
 }
 
-static void free_sock_ctx(uv_handle_t *handle) { free(handle->data); }
-
 static void sock_forget(struct transport *t, curl_socket_t fd) {
     struct sock_ctx *ctx = sock_find(t, fd);
     if (!ctx)
@@ -403,7 +434,10 @@ static void sock_forget(struct transport *t, curl_socket_t fd) {
     t->socks[fd] = NULL;
     sock_idle(ctx, 0);
     ctx->shard->socks--;
-    uv_close((uv_handle_t *)&ctx->poll, free_sock_ctx); /* takes fd out of epoll */
+    /* a socket curl closed behind our back left the set by itself, and a
+     * new socket with its number is not in it yet */
+    watch(ctx, 0);
+    free(ctx);
 }
 
 static struct sock_ctx *sock_add(struct shard *shard, curl_socket_t fd) {
@@ -424,11 +458,6 @@ static struct sock_ctx *sock_add(struct shard *shard, curl_socket_t fd) {
         return NULL;
     ctx->fd = fd;
     ctx->shard = shard;
-    if (uv_poll_init_socket(&t->loop, &ctx->poll, fd) != 0) {
-        free(ctx);
-        return NULL;
-    }
-    ctx->poll.data = ctx;
     t->socks[fd] = ctx;
     shard->socks++;
     return ctx;
@@ -723,11 +752,10 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         if (ctx) {
             /* Done with for now, maybe not closed: an idle keep-alive
              * socket stays watched for reading (it will want that again),
-             * and if it stirs before, on_poll
-             * stops watching it. */
+             * and if it stirs before, on_socket stops watching it. */
             ctx->wanted = 0;
             sock_idle(ctx, 1);
-            if (ctx->polling & UV_WRITABLE)
+            if (ctx->polling & EPOLLOUT)
                 watch(ctx, 0);
         }
         return 0;
@@ -742,9 +770,9 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     sock_idle(ctx, 0);
     int events = 0;
     if (what & CURL_POLL_IN)
-        events |= UV_READABLE;
+        events |= EPOLLIN;
     if (what & CURL_POLL_OUT)
-        events |= UV_WRITABLE;
+        events |= EPOLLOUT;
     ctx->wanted = events;
     watch(ctx, events);
     return 0;
@@ -1347,6 +1375,7 @@ static void t_shutdown(struct transport *t) {
         uv_close((uv_handle_t *)&t->shards[i]->timer, free_shard);
     }
     t->nshards = 0;
+    uv_close((uv_handle_t *)&t->epoll, NULL);
     uv_close((uv_handle_t *)&t->wake, NULL);
 }
 
@@ -1376,6 +1405,7 @@ static void on_wake_transport(uv_async_t *async) {
 static void transport_main(void *arg) {
     struct transport *t = arg;
     uv_run(&t->loop, UV_RUN_DEFAULT);
+    close(t->epfd);
 }
 
 /* A new transport thread with its loop and first shard, running; NULL when
@@ -1386,12 +1416,17 @@ static struct transport *transport_new(struct chorus_http_client *client) {
         return NULL;
     t->client = client;
     atomic_init(&t->idle_socks, 0);
+    if ((t->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        goto fail_epfd;
     if (uv_loop_init(&t->loop) != 0)
         goto fail_loop;
     if (uv_async_init(&t->loop, &t->wake, on_wake_transport) != 0)
         goto fail_async;
     t->wake.data = t;
-    if (!shard_new(t))
+    if (uv_poll_init(&t->loop, &t->epoll, t->epfd) != 0)
+        goto fail_epoll;
+    t->epoll.data = t;
+    if (uv_poll_start(&t->epoll, UV_READABLE, on_epoll) != 0 || !shard_new(t))
         goto fail_shard;
     if (uv_thread_create(&t->thread, transport_main, t) != 0)
         goto fail_thread;
@@ -1402,11 +1437,15 @@ fail_thread:
     t->shards[0]->timer.data = t->shards[0];
     uv_close((uv_handle_t *)&t->shards[0]->timer, free_shard);
 fail_shard:
+    uv_close((uv_handle_t *)&t->epoll, NULL);
+fail_epoll:
     uv_close((uv_handle_t *)&t->wake, NULL);
     uv_run(&t->loop, UV_RUN_DEFAULT);
 fail_async:
     uv_loop_close(&t->loop);
 fail_loop:
+    close(t->epfd);
+fail_epfd:
     free(t);
     return NULL;
 }
