@@ -125,9 +125,9 @@ struct transport {
     struct chorus_http_call *running; /* transfers in a multi handle */
     struct sock_ctx **socks;          /* by fd: every socket curl has open here */
     size_t nsocks;
-    int epfd;          /* the epoll set of those sockets (struct sock_ctx) */
-    uv_poll_t epoll;   /* the loop's watch on epfd */
-    int stopping; /* the client is closing: no transfer starts */
+    int epfd;        /* the epoll set of those sockets (struct sock_ctx) */
+    uv_poll_t epoll; /* the loop's watch on epfd */
+    int stopping;    /* the client is closing: no transfer starts */
     /* Its shards' idle_socks in all: written here, read by the Lua thread
      * (transport_pick) to send a call where a connection may be reused. */
     atomic_size_t idle_socks;
