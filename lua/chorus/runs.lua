@@ -42,6 +42,7 @@ local secrets = require "chorus.secrets"
 local tracing = require "chorus.tracing"
 local webhook = require "chorus.webhook"
 local json = core.json
+local release = core.release
 
 -- The finished records kept in memory: the last MAX_RECORDS, at most
 -- MAX_RECORD_BYTES of JSON (a record holds what its run returned, up to its
@@ -49,6 +50,21 @@ local json = core.json
 local runs = { MAX_RECORDS = 10000, MAX_RECORD_BYTES = 64 * 1024 * 1024,
   MAX_INFLIGHT_RUNS = 10000 } -- limits.max_inflight_runs' default
 local EMPTY = {} -- read-only
+
+--- The caps on runs in flight of config limits: the server's
+--- (limits.max_inflight_runs) and one workflow's share of it
+--- (limits.inflight_runs_per_workflow; by default half the server's, rounded
+--- up, so one flooded workflow leaves the other half to the rest), or nil
+--- when a workflow has no cap of its own (0, or at least the server's).
+function runs.caps(limits)
+  limits = limits or EMPTY
+  local max = limits.max_inflight_runs or runs.MAX_INFLIGHT_RUNS
+  local share = limits.inflight_runs_per_workflow or (max + 1) // 2
+  if share == 0 or share >= max then
+    share = nil
+  end
+  return max, share
+end
 
 local m = {
   runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
@@ -87,12 +103,17 @@ function runs.service(env)
   env.log = env.log or default_log
   env.backend = env.backend or (env.store and not env.store.memory and outbox.durable(env.store))
     or outbox.memory(true)
+  local max_inflight, share = runs.caps(env.config.limits)
   local svc = setmetatable({
     env = env, store = env.store, backend = env.backend,
     running = {},  -- run id → record of each run in flight
     -- the last finished, as JSON
     finished = core.record_ring(env.max_records or runs.MAX_RECORDS, env.max_record_bytes or runs.MAX_RECORD_BYTES),
     inflight = 0,  -- runs executing now (the gauge and load shedding read it)
+    -- runs executing now by the workflow they are charged to (Service:charge):
+    -- what limits.inflight_runs_per_workflow caps
+    charged = {},
+    max_inflight = max_inflight, share = share, -- runs.caps of the config's limits
     versions = {}, -- script hash → workflow, for runs resumed on old code
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
@@ -372,15 +393,27 @@ local function on_state(s, opts)
   end
 end
 
+-- What core.execute runs: the workflow's run (runner.execute), with its
+-- place in the counts released when it ends. Released here, in the run, it
+-- is released even when the run never returns to Service:execute: the task
+-- waiting for it was cancelled (chorus.all or race ended without it, or its
+-- caller's run was stopped), which frees the run and closes its coroutine.
+-- Service:execute releases it too (a second release does nothing).
+local function counted_run(counted, ...)
+  local _ <close> = counted
+  return runner.execute(...)
+end
+
 --- Runs a workflow as its own run (from inside a task) and records it.
 --- Returns ok, value, whether its end was stored (and why not), and the
 --- run's info (id, traceback). recorded: the journal of a run resumed after
---- a restart. After a simulated crash nothing of the run's end happens (it
---- stays in flight in the store, as after a real one) and the fifth value
---- is true.
-function Service:execute(entry, rec, input, recorded)
+--- a restart; counted: its place in the counts when the caller took it
+--- already (count_in; an async request's, taken before its commit). After
+--- a simulated crash nothing of the run's end happens (it stays in flight
+--- in the store, as after a real one) and the fifth value is true.
+function Service:execute(entry, rec, input, recorded, counted)
   rec.redact = entry.workflow.redact
-  self.inflight = self.inflight + 1
+  counted = counted or self:count_in(rec.parent and self:charge(rec) or rec.workflow)
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,
@@ -404,8 +437,8 @@ function Service:execute(entry, rec, input, recorded)
   if input ~= nil and input == rec.input then
     input = copy_input(input)
   end
-  local ok, value, info = core.execute(run_opts, runner.execute, entry.workflow, input, opts)
-  self.inflight = self.inflight - 1
+  local ok, value, info = core.execute(run_opts, counted_run, counted, entry.workflow, input, opts)
+  release(counted) -- when the run's own close could not (see counted_run)
   if crashed(ok, value) then
     self.running[rec.id] = nil
     self.states[rec] = nil
@@ -730,9 +763,9 @@ function Service:resume(id, start)
   end
   start(function()
     if not wf then
-      self.inflight = self.inflight + 1
+      local counted = self:count_in(self:charge(rec))
       local text = self:finish_record(rec, false, { kind = "script", message = err })
-      self.inflight = self.inflight - 1
+      release(counted)
       self:finish(rec, text, false)
       return false, { kind = "script", message = err }
     end
@@ -846,7 +879,7 @@ function Service:start_outbox_workflow(backend, e, span_id)
     return false, { permanent = true, error = { kind = "unknown_workflow",
       message = ("no workflow named '%s'"):format(e.workflow) } }
   end
-  if self:at_capacity() then -- max_inflight_runs: the entry waits, as a request would get 503
+  if self:at_capacity(e.workflow) then -- the entry waits, as a request would get 503
     return "deferred"
   end
   e.state = "started"
@@ -864,12 +897,63 @@ function Service:start_outbox_workflow(backend, e, span_id)
   return "started"
 end
 
---- Whether as many runs are in flight as limits.max_inflight_runs allows
---- (10000 by default): requests then get 503, and the runs the server starts
---- by itself (outbox workflow entries, schedules) wait.
-function Service:at_capacity()
-  local limits = self.env.config.limits or EMPTY
-  return self.inflight >= (limits.max_inflight_runs or runs.MAX_INFLIGHT_RUNS)
+-- ---- runs in flight ------------------------------------------------------------
+--
+-- Every run counts while it executes (Service:execute), in the server's
+-- count and in the count of the workflow it is charged to. Only the runs a
+-- caller asks for are refused or held back at a cap: a request (503), an
+-- outbox workflow entry or a scheduled slot (they wait). A run already
+-- accepted never is: a child run (ctx.call; its parent holds a slot and
+-- waits for it), a run resumed after a restart, a redrive.
+
+--- The workflow run rec is charged to: its own, or for a child run
+--- (ctx.call) that of the run at the top of its callers, so a workflow's
+--- children count in its share, not in the share of the workflow they run:
+--- a workflow calling another cannot take that one's share.
+function Service:charge(rec)
+  local name, parent = rec.workflow, rec.parent
+  local running = self.running
+  while parent do
+    local p = running[parent]
+    if not p then -- its caller is not running here (not resumed yet)
+      break
+    end
+    name, parent = p.workflow, p.parent
+  end
+  return name
+end
+
+-- A run's place in the counts: taken by count_in, given back once by
+-- core.release (the server's count and its workflow's), whichever way the
+-- run ends; also its to-be-closed value (counted_run).
+local COUNTED = { __close = core.release }
+
+--- A run charged to workflow name starts: it counts in the server's runs in
+--- flight and in name's; returns its place in the counts, which
+--- core.release gives back.
+function Service:count_in(name)
+  local charged = self.charged
+  -- made first: a memory error here leaves the counts as they were
+  local counted = setmetatable({ true, self, "inflight", charged, name }, COUNTED) -- [1]: not released yet
+  charged[name] = (charged[name] or 0) + 1
+  self.inflight = self.inflight + 1
+  return counted
+end
+
+--- Whether a new run of workflow name must wait or be refused: "server"
+--- when limits.max_inflight_runs runs are in flight, "workflow" when name
+--- has limits.inflight_runs_per_workflow charged to it, else false. Without
+--- a name, the server's cap alone. Requests then get 503; the runs the
+--- server starts by itself (outbox workflow entries, schedules) wait.
+function Service:at_capacity(name)
+  if self.inflight >= self.max_inflight then
+    return "server"
+  end
+  local share = self.share
+  if share and name and (self.charged[name] or 0) >= share then
+    return "workflow"
+  end
+  return false
 end
 
 --- The relay over the service's outbox: workflow entries start runs of
@@ -877,7 +961,7 @@ end
 function Service:relay(opts)
   opts = opts or {}
   opts.start_workflow = function(backend, e, span_id) return self:start_outbox_workflow(backend, e, span_id) end
-  opts.can_start = function() return not self:at_capacity() end
+  opts.can_start = function(name) return not self:at_capacity(name) end
   opts.transport = self.env.transport
   opts.telemetry = self.env.telemetry
   opts.log_sink = self.env.outbox_log_sink
