@@ -619,16 +619,87 @@ local function outcome(rec)
 end
 
 -- Wakes the parents waiting for child run id with its outcome as it was
--- (its record may mask it).
-function Service:wake_waiters(id, ok, value)
+-- (its record may mask it); crash: chorus.testing's process died in it.
+function Service:wake_waiters(id, ok, value, crash)
   local tokens = self.waiters[id]
   if not tokens then
     return
   end
   self.waiters[id] = nil
   for _, token in ipairs(tokens) do
-    core.notify(token, { ok = ok, value = value })
+    core.notify(token, { ok = ok, value = value, crash = crash })
   end
+end
+
+-- A child run is a detached run of its own, not a part of its parent's
+-- task: when the parent stops waiting for it, it is still there to be
+-- cancelled, to compensate and to run its on_cancel (under its own budget),
+-- and to record its end. Trusted code, as the server's own loops.
+local DRIVER = { instructions = 0, cpu_ms = 0, memory = 0 }
+local function detached(fn)
+  core.start(DRIVER, fn)
+end
+
+-- The parent's wait for a child, as a to-be-closed value: closed before
+-- the child's outcome came, the parent no longer waits for it (its task
+-- was cancelled: a chorus.all whose sibling failed, a race or any it lost,
+-- its run stopped by a cancel, its deadline, a nondeterminism), and a
+-- child nobody waits for is cancelled, through Service:cancel as DELETE
+-- /runs/ID is, so its end is recorded and a restart never resumes it. The
+-- cancel runs in a run of its own: this may close inside the task's
+-- cancellation, and at a shutdown (the process frees every run) it never
+-- runs, so a drain cancels nothing. A (simulated) crash cancels nothing
+-- either: the process is gone.
+local WAIT_MT = { __close = function(w)
+  if w.done then
+    return
+  end
+  local svc, id = w.svc, w.id
+  local list = svc.waiters[id]
+  for i = #(list or EMPTY), 1, -1 do
+    if list[i] == w.token then
+      table.remove(list, i)
+    end
+  end
+  if list and #list > 0 then -- another parent (a replay's) still waits for it
+    return
+  end
+  svc.waiters[id] = nil
+  local stop = runstate.stopped(w.parent)
+  if stop and rawget(stop, "kind") == "crash" then
+    return
+  end
+  detached(function()
+    local ok, err = pcall(svc.cancel, svc, id, "parent")
+    if not ok then
+      svc.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
+    end
+  end)
+end }
+
+--- Waits, in the task of run parent (a runstate entry), for the outcome of
+--- child run id, which start (when given) starts once the wait is set up:
+--- ok, value (its error with child_run_id). The child is cancelled if the
+--- wait ends otherwise (WAIT_MT).
+function Service:await_child(id, parent, start)
+  runstate.check_stop(parent) -- a stopped parent starts no child
+  local list = self.waiters[id] or {}
+  self.waiters[id] = list
+  local token = core.wait_token()
+  list[#list + 1] = token
+  local w <close> = setmetatable({ svc = self, id = id, token = token, parent = parent, done = false }, WAIT_MT)
+  if start then
+    start()
+  end
+  local o = runstate.wait(token, math.huge)
+  w.done = true
+  if type(o) ~= "table" then
+    return outcome(self:lookup(id))
+  end
+  if o.crash then
+    error(runstate.stop(o.value, parent), 0)
+  end
+  return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
 end
 
 --- Runs entry with input as the child id of the run parent (a runstate
@@ -653,15 +724,7 @@ function Service:call_child(entry, input, id, parent)
     end
   end
   if self.running[id] then
-    local list = self.waiters[id] or {}
-    self.waiters[id] = list
-    local token = core.wait_token()
-    list[#list + 1] = token
-    local o = runstate.wait(token, math.huge)
-    if type(o) == "table" then
-      return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
-    end
-    return outcome(self:lookup(id))
+    return self:await_child(id, parent)
   end
   local found = self:lookup(id)
   if found then
@@ -673,9 +736,12 @@ function Service:call_child(entry, input, id, parent)
       end
       return outcome(decoded)
     end
-    local ok, value
-    self:resume(id, function(fn) ok, value = fn() end)
-    return ok, value
+    -- unfinished in the data folder, not resumed yet: resumed here
+    return self:await_child(id, parent, function()
+      if not self:resume(id, detached) then -- its record went meanwhile
+        self:wake_waiters(id, false, errors.new("storage", "the child run's record is gone"))
+      end
+    end)
   end
   -- the parent's deadline caps the child's: a child still running then
   -- times out, and the parent with it
@@ -685,17 +751,20 @@ function Service:call_child(entry, input, id, parent)
     deadline = parent.deadline
   end
   -- the child is a span of the parent's trace, under the span of the call
-  local ok, value, _, _, _, _, crash = self:start(entry, input, { id = id, parent = parent.run_id,
-    trace_id = parent.trace_id, parent_span_id = tracing.call_span_id(id), trace_flags = parent.trace_flags,
-    tracestate = parent.tracestate, deadline_at = deadline })
-  if crash then -- chorus.testing: the process died in the child, so with the parent in it
-    error(runstate.stop(value, parent), 0)
-  end
-  if not ok then
-    value = setmetatable(errors.normalize(value), errors.MT)
-    value.child_run_id = id
-  end
-  return ok, value
+  local opts = { id = id, parent = parent.run_id, trace_id = parent.trace_id,
+    parent_span_id = tracing.call_span_id(id), trace_flags = parent.trace_flags,
+    tracestate = parent.tracestate, deadline_at = deadline }
+  return self:await_child(id, parent, function()
+    detached(function()
+      local sok, ok, value, _, _, _, _, crash = pcall(self.start, self, entry, input, opts)
+      if not sok then -- its first records could not be written: the parent hears why
+        self.running[id] = nil
+        self:wake_waiters(id, false, ok)
+      elseif crash then -- chorus.testing: the process died in the child, so with the parent in it
+        self:wake_waiters(id, false, value, true)
+      end
+    end)
+  end)
 end
 
 -- ---- versions, recovery, outbox runs --------------------------------------------
@@ -735,6 +804,21 @@ end
 runs.RECOVERY_BATCH = 200
 local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 
+-- Whether rec is a child run (ctx.call) no parent waits for any more, not
+-- cancelled yet: its parent has ended (its record is finished, or gone).
+-- The parent's end and the cancel of the child it left are two commits; a
+-- crash between them leaves such a child, which recovery then cancels (its
+-- run is replayed, then stopped as a cancelled one) instead of running it
+-- on for nobody.
+function Service:orphaned(rec)
+  local pid = rec.parent
+  if type(pid) ~= "string" or rec.cancel or self.running[pid] then
+    return false
+  end
+  local ok, p = pcall(self.store.get_run, self.store, pid)
+  return ok and (type(p) ~= "table" or p.status ~= "running")
+end
+
 -- Resumes one unfinished run: replayed from the start against its journal,
 -- on its script version, by start(fn, rec). Returns whether it had a record
 -- to resume.
@@ -753,6 +837,10 @@ function Service:resume(id, start)
   end
   self:remember(rec)
   rec.status = "running"
+  if self:orphaned(rec) then -- its parent stopped waiting for it before the process did
+    rec.cancel = { at = runstate.micro(core.now()), via = "parent" }
+    st:put_run(rec)
+  end
   if rec.key then
     idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
   end
@@ -767,6 +855,7 @@ function Service:resume(id, start)
       local text = self:finish_record(rec, false, { kind = "script", message = err })
       release(counted)
       self:finish(rec, text, false)
+      self:wake_waiters(rec.id, false, { kind = "script", message = err })
       return false, { kind = "script", message = err }
     end
     return self:execute({ workflow = wf }, rec, rec.input, recorded)
