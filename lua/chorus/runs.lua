@@ -667,6 +667,7 @@ local WAIT_MT = { __close = function(w)
   svc.waiters[id] = nil
   local stop = runstate.stopped(w.parent)
   if stop and rawget(stop, "kind") == "crash" then
+    svc:die_with(id, stop)
     return
   end
   detached(function()
@@ -676,6 +677,20 @@ local WAIT_MT = { __close = function(w)
     end
   end)
 end }
+
+-- chorus.testing's simulated crash stopped a parent while its child ran:
+-- the process is gone, so the child dies with it, recording nothing (its
+-- own execute sees the crash), and one not started yet never starts; the
+-- next service recovers both from the store, as a restarted server does.
+function Service:die_with(id, err)
+  self.crashed = err
+  local rec = self.running[id]
+  local s = rec and self.states[rec]
+  if s then
+    runstate.stop(err, s)
+    core.interrupt(s.run_id, err)
+  end
+end
 
 --- Waits, in the task of run parent (a runstate entry), for the outcome of
 --- child run id, which start (when given) starts once the wait is set up:
@@ -756,6 +771,9 @@ function Service:call_child(entry, input, id, parent)
     tracestate = parent.tracestate, deadline_at = deadline }
   return self:await_child(id, parent, function()
     detached(function()
+      if self.crashed then -- the process died before the child began (Service:die_with)
+        return
+      end
       local sok, ok, value, _, _, _, _, crash = pcall(self.start, self, entry, input, opts)
       if not sok then -- its first records could not be written: the parent hears why
         self.running[id] = nil

@@ -164,6 +164,22 @@ describe("ctx.call", function()
     assert.are.equal(1, #testing.calls_to(r, "cards", "GET"))
   end)
 
+  it("lets a child die with its parent in a simulated crash, and resumes it once", function()
+    -- the parent crashes (its GET, effect 2) while its child sleeps: the
+    -- child must die with the process, not go on beside its resumed copy
+    local r = testing.run(order(function(ctx)
+      return chorus.all(function() return ctx.call("charge", { amount = 5 }) end, function()
+        ctx.sleep(1)
+        http.upstream("cards"):get("/ping")
+        return 1
+      end)
+    end), {}, { workflows = { charge = charge }, crash_after = 2 })
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("succeeded", r.status)
+    assert.are.equal(1, #testing.calls_to(r, "cards", "POST", "/charges"))
+  end)
+
   it("caps the child with the parent's deadline", function()
     testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
     local r = testing.run(chorus.workflow { name = "order", timeout = 30, run = function(ctx)
