@@ -470,6 +470,21 @@ function Service:start(entry, input, opts)
   return ok, value, rec, stored, serr, info, crash
 end
 
+--- From inside a task: waits, checking every step seconds for at most
+--- seconds, until no run of the service is in flight. A one-shot caller
+--- (chorus run, chorus.testing) calls it after its run ended, so the child
+--- runs the run left (cancelled: a chorus.race it lost) end and are
+--- recorded before the process goes on. Returns whether none is left.
+function Service:settle(seconds, step)
+  for _ = 1, math.ceil(seconds / step) do
+    if not next(self.running) then
+      return true
+    end
+    core.sleep(step)
+  end
+  return not next(self.running)
+end
+
 -- ---- cancellation -----------------------------------------------------------------
 
 --- Cancels run id (DELETE /runs/ID, `chorus runs cancel`; via says who

@@ -350,12 +350,7 @@ function testing.run(workflow, input, opts)
     -- the children the run left (a chorus.race it lost, a chorus.all whose
     -- sibling failed) are being cancelled: their ends are part of the run's
     -- story, and must not go on in the next test's loop
-    for _ = 1, 1000 do
-      if not next(svc.running) then
-        break
-      end
-      core.sleep(1)
-    end
+    svc:settle(1000, 1)
     for _, t in ipairs(emit_tasks) do -- events due after the run's end arrive at nobody
       core.cancel(t)
     end
