@@ -646,6 +646,12 @@ function Service:wake_waiters(id, ok, value, crash)
   end
 end
 
+-- Whether a child's record says its parent stopped waiting for it: the
+-- cancel that followed (WAIT_MT) ended it, not its own code.
+local function left(rec)
+  return rec.status == "cancelled" and type(rec.cancel) == "table" and rec.cancel.via == "parent"
+end
+
 -- A child run is a detached run of its own, not a part of its parent's
 -- task: when the parent stops waiting for it, it is still there to be
 -- cancelled, to compensate and to run its on_cancel (under its own budget),
@@ -757,8 +763,16 @@ function Service:call_child(entry, input, id, parent)
     return self:await_child(id, parent)
   end
   local found = self:lookup(id)
+  local decoded = found and (type(found) == "string" and json.decode(found) or found)
+  if decoded and left(decoded) then
+    -- cancelled because this parent once stopped waiting for it, and asked
+    -- for again: by the parent's replay after a restart (a chorus.race the
+    -- child lost, replayed: the journal holds the winner's effects, not this
+    -- call), or its redrive. A run of it afresh under the same id, as the
+    -- first was: its outcome would be an error the parent never saw
+    found = nil
+  end
   if found then
-    local decoded = type(found) == "string" and json.decode(found) or found
     if decoded.status ~= "running" then
       local raw = decoded.redact and self.store and self.store:get_outcome(id)
       if raw and not raw.unreadable then -- the record masks it: what the child returned

@@ -180,6 +180,29 @@ describe("ctx.call", function()
     assert.are.equal(1, #testing.calls_to(r, "cards", "POST", "/charges"))
   end)
 
+  it("replays a chorus.race a child lost to the same winner after a crash; the child never charges", function()
+    -- the loser's call is not in the journal (it never ended): the replay
+    -- calls it again and must not be handed the cancel that ended it
+    local slow_charge = chorus.workflow { name = "charge", run = function(ctx, input)
+      ctx.sleep(20)
+      return charge.run(ctx, input)
+    end }
+    local r = testing.run(order(function(ctx)
+      local v = chorus.race(function() return ctx.call("charge", { amount = 5 }) end, function()
+        ctx.sleep(1)
+        return "fast"
+      end)
+      ctx.sleep(5)
+      http.upstream("cards"):get("/ping")
+      return v
+    end), {}, { workflows = { charge = slow_charge }, crash_after = 3 }) -- after the GET
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("fast", r.value)
+    assert.are.equal(0, #testing.calls_to(r, "cards", "POST", "/charges"))
+    assert.are.equal(1, #testing.calls_to(r, "cards", "GET", "/ping"))
+  end)
+
   it("caps the child with the parent's deadline", function()
     testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
     local r = testing.run(chorus.workflow { name = "order", timeout = 30, run = function(ctx)
