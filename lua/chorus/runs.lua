@@ -447,6 +447,7 @@ function Service:execute(entry, rec, input, recorded, counted)
     end
     return ok, value, nil, nil, info, true
   end
+  self:leave_children(rec)
   local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
   self:export(rec)
   self:wake_waiters(rec.id, ok, value)
@@ -454,6 +455,27 @@ function Service:execute(entry, rec, input, recorded, counted)
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
   return ok, value, stored, serr, info
+end
+
+--- Cancels the child runs (ctx.call) rec's run leaves running as it ends,
+--- before its end is stored: nobody waits for them any more. Most were
+--- cancelled already when its wait for them closed (WAIT_MT); not those of
+--- a run a limit killed, which runs no Lua, its closes included. Their
+--- cancel marks commit before the parent's end, so no restart finds such a
+--- child in flight under an ended parent.
+function Service:leave_children(rec)
+  local kids = rec.children
+  if type(kids) ~= "table" then
+    return
+  end
+  for _, id in ipairs(kids) do
+    if self.running[id] then
+      local ok, err = pcall(self.cancel, self, id, "parent")
+      if not ok then
+        self.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
+      end
+    end
+  end
 end
 
 --- Starts a new run of entry ({ workflow, hash, path, source }) with input

@@ -249,9 +249,9 @@ describe("a child run its parent stops waiting for", function()
     error({ kind = "boom", message = "a sibling failed" })
   end
 
-  local function service(wfs)
+  local function service(wfs, limits)
     local st = store.memory()
-    local svc = runs.service({ store = st, backend = outbox.memory(true), log = function() end,
+    local svc = runs.service({ store = st, backend = outbox.memory(true), log = function() end, limits = limits,
       log_sink = function() end, workflow = function(name)
         return wfs[name] and { workflow = wfs[name], hash = "h:" .. name }
       end })
@@ -362,6 +362,25 @@ describe("a child run its parent stops waiting for", function()
     assert.are.equal("timed_out", out.rec.status)
     local c = record(st, child(st, out.rec.id))
     assert.truthy(c.status == "timed_out" or c.status == "cancelled", c.status)
+    assert_nothing_in_flight(svc, st)
+  end)
+
+  it("is cancelled when its parent is stopped by its instruction budget", function()
+    -- a killed run runs no Lua of its own any more, not even its closes:
+    -- the parent's end cancels what it left
+    local svc, st = service({ slow = slow }, { instructions = 1e6 })
+    local out = run_top(svc, chorus.workflow { name = "top", run = function(ctx)
+      return chorus.all(function() return ctx.call("slow", {}) end, function()
+        ctx.sleep(1)
+        local n = 0
+        while true do
+          n = n + 1
+        end
+      end)
+    end })
+    assert.are.equal("failed", out.rec.status)
+    assert.are.equal("budget", out.rec.error.kind)
+    assert_cancelled(svc, st, child(st, out.rec.id))
     assert_nothing_in_flight(svc, st)
   end)
 
