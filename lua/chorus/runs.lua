@@ -494,7 +494,7 @@ end
 
 --- From inside a task: waits, checking every step seconds for at most
 --- seconds, until no run of the service is in flight. A one-shot caller
---- (chorus run, chorus.testing) calls it after its run ended, so the child
+--- (chorus.testing) calls it after its run ended, so the child
 --- runs the run left (cancelled: a chorus.race it lost) end and are
 --- recorded before the process goes on. Returns whether none is left.
 function Service:settle(seconds, step)
@@ -875,10 +875,11 @@ local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 
 -- Whether rec is a child run (ctx.call) no parent waits for any more, not
 -- cancelled yet: its parent has ended (its record is finished, or gone).
--- The parent's end and the cancel of the child it left are two commits; a
--- crash between them leaves such a child, which recovery then cancels (its
--- run is replayed, then stopped as a cancelled one) instead of running it
--- on for nobody.
+-- A last guard: a parent's end stores its children's cancels first
+-- (Service:leave_children), but a record written by an older version, or
+-- a cancel whose commit failed, leaves such a child, which recovery then
+-- cancels (replayed, then stopped as a cancelled run) instead of running
+-- it on for nobody.
 function Service:orphaned(rec)
   local pid = rec.parent
   if type(pid) ~= "string" or rec.cancel or self.running[pid] then
