@@ -397,6 +397,37 @@ describe("a child run its parent stops waiting for", function()
     assert_nothing_in_flight(svc, st)
   end)
 
+  it("runs afresh when its failed parent is redriven, instead of handing the parent its cancel", function()
+    local svc, st = service({ slow = slow })
+    local tries = 0
+    local top = chorus.workflow { name = "top", run = function(ctx)
+      return chorus.all(function() return ctx.call("slow", {}) end, function()
+        ctx.sleep(1)
+        tries = tries + 1
+        if tries == 1 then
+          error({ kind = "boom", message = "not this time" })
+        end
+        return "then"
+      end)
+    end }
+    svc:keep_version({ workflow = top, hash = "h:top" })
+    local out = run_top(svc, top)
+    assert.are.equal("failed", out.rec.status)
+    local cid = child(st, out.rec.id)
+    assert_cancelled(svc, st, cid)
+    core.set_clock("virtual", T0 + 2000)
+    local ok, res = core.run(nil, function()
+      local rec, wf, kept = assert(svc:prepare_redrive(out.rec.id, "admin"))
+      return { svc:execute({ workflow = wf }, rec, rec.input, kept) }
+    end)
+    core.set_clock("real")
+    assert(ok, tostring(res))
+    assert.is_true(res[1], res[2] and res[2].message)
+    assert.are.equal("done", res[2]) -- the child's result: it ran to its end this time
+    assert.are.equal("succeeded", record(st, cid).status)
+    assert_nothing_in_flight(svc, st)
+  end)
+
   it("found unfinished after a restart while its parent has ended, is cancelled, not run on", function()
     -- a crash between the parent's end and the cancel of the child it left
     -- (two commits) leaves that child in flight in the data folder
