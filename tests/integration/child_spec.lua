@@ -47,7 +47,7 @@ describe("child workflows (ctx.call)", function()
   setup(function()
     mock = H.start_mock(300)
     dir = H.temp_dir({ ["trip.lua"] = H.read(FIX .. "trip.lua"), ["hotel.lua"] = H.read(FIX .. "hotel.lua"),
-      ["party.lua"] = H.read(FIX .. "party.lua") })
+      ["party.lua"] = H.read(FIX .. "party.lua"), ["contest.lua"] = H.read(FIX .. "contest.lua") })
     conf = H.write_temp(([[
 return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
 ]]):format(mock.url))
@@ -115,5 +115,17 @@ return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
     assert.truthy(H.eventually(function() return H.request(srv.url .. "/readyz").status == 200 end, 20))
     assert.are.equal("cancelled", record(child).status) -- not resumed as a zombie
     assert.are.equal(before + 1, count("/book-hotel"))
+  end)
+
+  it("cancels a child that lost a chorus.race while its parent goes on", function()
+    local id = start_run("contest", '{"wait_ms": 60000, "linger": 30}')
+    local child = child_of(id)
+    local crec = finished(child)
+    assert.are.equal("cancelled", crec.status)
+    assert.are.equal("parent", crec.cancel.via)
+    assert.are.equal("running", record(id).status) -- the parent did not wait for it
+    local r = H.request(srv.url .. "/runs/" .. id, { method = "DELETE", headers = ADMIN })
+    assert.are.equal(202, r.status, r.body)
+    assert.are.equal("cancelled", finished(id).status)
   end)
 end)
