@@ -396,8 +396,8 @@ end
 -- What core.execute runs: the workflow's run (runner.execute), with its
 -- place in the counts released when it ends. Released here, in the run, it
 -- is released even when the run never returns to Service:execute: the task
--- waiting for it was cancelled (chorus.all or race ended without it, or its
--- caller's run was stopped), which frees the run and closes its coroutine.
+-- waiting for it was cancelled (the process frees every run at shutdown),
+-- which frees the run and closes its coroutine.
 -- Service:execute releases it too (a second release does nothing).
 local function counted_run(counted, ...)
   local _ <close> = counted
