@@ -396,8 +396,8 @@ end
 -- What core.execute runs: the workflow's run (runner.execute), with its
 -- place in the counts released when it ends. Released here, in the run, it
 -- is released even when the run never returns to Service:execute: the task
--- waiting for it was cancelled (chorus.all or race ended without it, or its
--- caller's run was stopped), which frees the run and closes its coroutine.
+-- waiting for it was cancelled (the process frees every run at shutdown),
+-- which frees the run and closes its coroutine.
 -- Service:execute releases it too (a second release does nothing).
 local function counted_run(counted, ...)
   local _ <close> = counted
@@ -447,6 +447,7 @@ function Service:execute(entry, rec, input, recorded, counted)
     end
     return ok, value, nil, nil, info, true
   end
+  self:leave_children(rec)
   local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
   self:export(rec)
   self:wake_waiters(rec.id, ok, value)
@@ -454,6 +455,27 @@ function Service:execute(entry, rec, input, recorded, counted)
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
   return ok, value, stored, serr, info
+end
+
+--- Cancels the child runs (ctx.call) rec's run leaves running as it ends,
+--- before its end is stored: nobody waits for them any more. Most were
+--- cancelled already when its wait for them closed (WAIT_MT); not those of
+--- a run a limit killed, which runs no Lua, its closes included. Their
+--- cancel marks commit before the parent's end, so no restart finds such a
+--- child in flight under an ended parent.
+function Service:leave_children(rec)
+  local kids = rec.children
+  if type(kids) ~= "table" then
+    return
+  end
+  for _, id in ipairs(kids) do
+    if self.running[id] then
+      local ok, err = pcall(self.cancel, self, id, "parent")
+      if not ok then
+        self.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
+      end
+    end
+  end
 end
 
 --- Starts a new run of entry ({ workflow, hash, path, source }) with input
@@ -468,6 +490,21 @@ function Service:start(entry, input, opts)
   self:begin(rec, entry, input)
   local ok, value, stored, serr, info, crash = self:execute(entry, rec, input)
   return ok, value, rec, stored, serr, info, crash
+end
+
+--- From inside a task: waits, checking every step seconds for at most
+--- seconds, until no run of the service is in flight. A one-shot caller
+--- (chorus.testing) calls it after its run ended, so the child
+--- runs the run left (cancelled: a chorus.race it lost) end and are
+--- recorded before the process goes on. Returns whether none is left.
+function Service:settle(seconds, step)
+  for _ = 1, math.ceil(seconds / step) do
+    if not next(self.running) then
+      return true
+    end
+    core.sleep(step)
+  end
+  return not next(self.running)
 end
 
 -- ---- cancellation -----------------------------------------------------------------
@@ -619,16 +656,108 @@ local function outcome(rec)
 end
 
 -- Wakes the parents waiting for child run id with its outcome as it was
--- (its record may mask it).
-function Service:wake_waiters(id, ok, value)
+-- (its record may mask it); crash: chorus.testing's process died in it.
+function Service:wake_waiters(id, ok, value, crash)
   local tokens = self.waiters[id]
   if not tokens then
     return
   end
   self.waiters[id] = nil
   for _, token in ipairs(tokens) do
-    core.notify(token, { ok = ok, value = value })
+    core.notify(token, { ok = ok, value = value, crash = crash })
   end
+end
+
+-- Whether a child's record says its parent stopped waiting for it: the
+-- cancel that followed (WAIT_MT) ended it, not its own code.
+local function left(rec)
+  return rec.status == "cancelled" and type(rec.cancel) == "table" and rec.cancel.via == "parent"
+end
+
+-- A child run is a detached run of its own, not a part of its parent's
+-- task: when the parent stops waiting for it, it is still there to be
+-- cancelled, to compensate and to run its on_cancel (under its own budget),
+-- and to record its end. Trusted code, as the server's own loops.
+local DRIVER = { instructions = 0, cpu_ms = 0, memory = 0 }
+local function detached(fn)
+  core.start(DRIVER, fn)
+end
+
+-- The parent's wait for a child, as a to-be-closed value: closed before
+-- the child's outcome came, the parent no longer waits for it (its task
+-- was cancelled: a chorus.all whose sibling failed, a race or any it lost,
+-- its run stopped by a cancel, its deadline, a nondeterminism), and a
+-- child nobody waits for is cancelled, through Service:cancel as DELETE
+-- /runs/ID is, so its end is recorded and a restart never resumes it. The
+-- cancel runs in a run of its own: this may close inside the task's
+-- cancellation, and at a shutdown (the process frees every run) it never
+-- runs, so a drain cancels nothing. A (simulated) crash cancels nothing
+-- either: the process is gone.
+local WAIT_MT = { __close = function(w)
+  if w.done then
+    return
+  end
+  local svc, id = w.svc, w.id
+  local list = svc.waiters[id]
+  for i = #(list or EMPTY), 1, -1 do
+    if list[i] == w.token then
+      table.remove(list, i)
+    end
+  end
+  if list and #list > 0 then -- another parent (a replay's) still waits for it
+    return
+  end
+  svc.waiters[id] = nil
+  local stop = runstate.stopped(w.parent)
+  if stop and rawget(stop, "kind") == "crash" then
+    svc:die_with(id, stop)
+    return
+  end
+  detached(function()
+    local ok, err = pcall(svc.cancel, svc, id, "parent")
+    if not ok then
+      svc.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
+    end
+  end)
+end }
+
+-- chorus.testing's simulated crash stopped a parent while its child ran:
+-- the process is gone, so the child dies with it, recording nothing (its
+-- own execute sees the crash), and one not started yet never starts; the
+-- next service recovers both from the store, as a restarted server does.
+function Service:die_with(id, err)
+  self.crashed = err
+  local rec = self.running[id]
+  local s = rec and self.states[rec]
+  if s then
+    runstate.stop(err, s)
+    core.interrupt(s.run_id, err)
+  end
+end
+
+--- Waits, in the task of run parent (a runstate entry), for the outcome of
+--- child run id, which start (when given) starts once the wait is set up:
+--- ok, value (its error with child_run_id). The child is cancelled if the
+--- wait ends otherwise (WAIT_MT).
+function Service:await_child(id, parent, start)
+  runstate.check_stop(parent) -- a stopped parent starts no child
+  local list = self.waiters[id] or {}
+  self.waiters[id] = list
+  local token = core.wait_token()
+  list[#list + 1] = token
+  local w <close> = setmetatable({ svc = self, id = id, token = token, parent = parent, done = false }, WAIT_MT)
+  if start then
+    start()
+  end
+  local o = runstate.wait(token, math.huge)
+  w.done = true
+  if type(o) ~= "table" then
+    return outcome(self:lookup(id))
+  end
+  if o.crash then
+    error(runstate.stop(o.value, parent), 0)
+  end
+  return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
 end
 
 --- Runs entry with input as the child id of the run parent (a runstate
@@ -653,19 +782,19 @@ function Service:call_child(entry, input, id, parent)
     end
   end
   if self.running[id] then
-    local list = self.waiters[id] or {}
-    self.waiters[id] = list
-    local token = core.wait_token()
-    list[#list + 1] = token
-    local o = runstate.wait(token, math.huge)
-    if type(o) == "table" then
-      return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
-    end
-    return outcome(self:lookup(id))
+    return self:await_child(id, parent)
   end
   local found = self:lookup(id)
+  local decoded = found and (type(found) == "string" and json.decode(found) or found)
+  if decoded and left(decoded) then
+    -- cancelled because this parent once stopped waiting for it, and asked
+    -- for again: by the parent's replay after a restart (a chorus.race the
+    -- child lost, replayed: the journal holds the winner's effects, not this
+    -- call), or its redrive. A run of it afresh under the same id, as the
+    -- first was: its outcome would be an error the parent never saw
+    found = nil
+  end
   if found then
-    local decoded = type(found) == "string" and json.decode(found) or found
     if decoded.status ~= "running" then
       local raw = decoded.redact and self.store and self.store:get_outcome(id)
       if raw and not raw.unreadable then -- the record masks it: what the child returned
@@ -673,9 +802,12 @@ function Service:call_child(entry, input, id, parent)
       end
       return outcome(decoded)
     end
-    local ok, value
-    self:resume(id, function(fn) ok, value = fn() end)
-    return ok, value
+    -- unfinished in the data folder, not resumed yet: resumed here
+    return self:await_child(id, parent, function()
+      if not self:resume(id, detached) then -- its record went meanwhile
+        self:wake_waiters(id, false, errors.new("storage", "the child run's record is gone"))
+      end
+    end)
   end
   -- the parent's deadline caps the child's: a child still running then
   -- times out, and the parent with it
@@ -685,17 +817,23 @@ function Service:call_child(entry, input, id, parent)
     deadline = parent.deadline
   end
   -- the child is a span of the parent's trace, under the span of the call
-  local ok, value, _, _, _, _, crash = self:start(entry, input, { id = id, parent = parent.run_id,
-    trace_id = parent.trace_id, parent_span_id = tracing.call_span_id(id), trace_flags = parent.trace_flags,
-    tracestate = parent.tracestate, deadline_at = deadline })
-  if crash then -- chorus.testing: the process died in the child, so with the parent in it
-    error(runstate.stop(value, parent), 0)
-  end
-  if not ok then
-    value = setmetatable(errors.normalize(value), errors.MT)
-    value.child_run_id = id
-  end
-  return ok, value
+  local opts = { id = id, parent = parent.run_id, trace_id = parent.trace_id,
+    parent_span_id = tracing.call_span_id(id), trace_flags = parent.trace_flags,
+    tracestate = parent.tracestate, deadline_at = deadline }
+  return self:await_child(id, parent, function()
+    detached(function()
+      if self.crashed then -- the process died before the child began (Service:die_with)
+        return
+      end
+      local sok, ok, value, _, _, _, _, crash = pcall(self.start, self, entry, input, opts)
+      if not sok then -- its first records could not be written: the parent hears why
+        self.running[id] = nil
+        self:wake_waiters(id, false, ok)
+      elseif crash then -- chorus.testing: the process died in the child, so with the parent in it
+        self:wake_waiters(id, false, value, true)
+      end
+    end)
+  end)
 end
 
 -- ---- versions, recovery, outbox runs --------------------------------------------
@@ -735,6 +873,22 @@ end
 runs.RECOVERY_BATCH = 200
 local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 
+-- Whether rec is a child run (ctx.call) no parent waits for any more, not
+-- cancelled yet: its parent has ended (its record is finished, or gone).
+-- A last guard: a parent's end stores its children's cancels first
+-- (Service:leave_children), but a record written by an older version, or
+-- a cancel whose commit failed, leaves such a child, which recovery then
+-- cancels (replayed, then stopped as a cancelled run) instead of running
+-- it on for nobody.
+function Service:orphaned(rec)
+  local pid = rec.parent
+  if type(pid) ~= "string" or rec.cancel or self.running[pid] then
+    return false
+  end
+  local ok, p = pcall(self.store.get_run, self.store, pid)
+  return ok and (type(p) ~= "table" or p.status ~= "running")
+end
+
 -- Resumes one unfinished run: replayed from the start against its journal,
 -- on its script version, by start(fn, rec). Returns whether it had a record
 -- to resume.
@@ -753,6 +907,10 @@ function Service:resume(id, start)
   end
   self:remember(rec)
   rec.status = "running"
+  if self:orphaned(rec) then -- its parent stopped waiting for it before the process did
+    rec.cancel = { at = runstate.micro(core.now()), via = "parent" }
+    st:put_run(rec)
+  end
   if rec.key then
     idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
   end
@@ -767,6 +925,7 @@ function Service:resume(id, start)
       local text = self:finish_record(rec, false, { kind = "script", message = err })
       release(counted)
       self:finish(rec, text, false)
+      self:wake_waiters(rec.id, false, { kind = "script", message = err })
       return false, { kind = "script", message = err }
     end
     return self:execute({ workflow = wf }, rec, rec.input, recorded)

@@ -96,11 +96,15 @@ local function start_slot(name, entry, s, slot, before)
   local previous = s.last_run
   s.last_run = { id = id, slot = slot, started = now }
   save(name, wf.schedule, s)
+  -- the run counts from now, not from when its task starts: the next slots
+  -- due in this turn (a backlog, other schedules) see it at the caps
+  local counted = svc:count_in(name)
   local cok, cerr = bok, berr
   if bok then
     cok, cerr = commit()
   end
   if not cok then
+    core.release(counted)
     log("error", "could not store a scheduled run; the slot is tried again", { workflow = name, slot = slot,
       run_id = id, error = tostring(cerr) })
     s.through, s.last_run = before, previous
@@ -108,7 +112,7 @@ local function start_slot(name, entry, s, slot, before)
     return false
   end
   log("info", "scheduled run started", { workflow = name, slot = slot, run_id = id })
-  core.start(nil, function() svc:execute(entry, rec, input) end)
+  core.start(nil, function() svc:execute(entry, rec, input, nil, counted) end)
   return true
 end
 
