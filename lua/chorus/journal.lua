@@ -79,10 +79,10 @@ function journal.charge(run, n, what)
   if not j or not j.cap then
     return
   end
-  j.bytes = j.bytes + n
-  if j.bytes > j.cap then
+  if j.bytes + j.noted + n > j.cap then
     error(runstate.stop(journal.too_large(j.cap, what), run), 0)
   end
+  j.noted = j.noted + n
 end
 
 --- Gives the current run (state) a journal. recorded: the run's entries
@@ -106,7 +106,9 @@ function journal.attach(state, st, recorded, crash_after, record_cap)
   local j = { store = st, seq = #(recorded or EMPTY), recorded = by_step,
     replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after,
     marks = marks, next_mark = 1, n_marks = #marks,
-    bytes = 0, cap = record_cap and record_cap > 0 and record_cap or nil }
+    -- bytes: of the journal entries written; noted: of the timeline's
+    -- steps (the finished record holds them, chorus.runs counts it whole)
+    bytes = 0, noted = 0, cap = record_cap and record_cap > 0 and record_cap or nil }
   state.journal = j
   tasks[coroutine.running()] = { path = "r", n = 0, kids = 0, run = state }
   if recorded then -- this restart's mark, kept for the next one's timeline
@@ -262,10 +264,9 @@ function journal.effect(kind, target, fn, restore)
   else
     entry.error = type(value) == "table" and errors.normalize(value) or value
   end
-  local room = j.cap and math.max(j.cap - j.bytes, 0)
+  local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
   local bytes, size = j.store:put_effect(run.run_id, j.seq, entry, room)
   if not bytes then -- not written: the journal keeps what came before it
-    j.bytes = j.bytes + size
     error(runstate.stop(journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(step, size)), run), 0)
   end
   j.bytes = j.bytes + bytes

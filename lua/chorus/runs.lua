@@ -250,11 +250,13 @@ end
 -- ends failed with { kind = "record_too_large" }: its result goes, then its
 -- timeline, until it fits; its text.
 function Service:record_too_large(rec, cap, size)
-  local status = rec.status
+  local status, err = rec.status, rec.error
   rec.status, rec.result = "failed", nil
-  rec.error = { kind = "record_too_large", message = ("the run %s, but its record (%d bytes with its journal) "
-    .. "would pass limits.run_record_bytes (%d bytes): its %s is not kept; return less or raise the limit")
-    :format(status, size, cap, status == "succeeded" and "result" or "error") }
+  if not (type(err) == "table" and err.kind == "record_too_large") then -- (a stop during the run says more)
+    rec.error = { kind = "record_too_large", message = ("the run %s, but its record (%d bytes with its journal) "
+      .. "would pass limits.run_record_bytes (%d bytes): its %s is not kept; return less or raise the limit")
+      :format(status, size, cap, status == "succeeded" and "result" or "error") }
+  end
   local text = runs.record_text(rec)
   if #text > cap and type(rec.timeline) == "table" then
     rec.timeline_dropped = (tonumber(rec.timeline_dropped) or 0) + #rec.timeline
