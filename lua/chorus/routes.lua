@@ -12,7 +12,6 @@ local responses = require "chorus.responses"
 local runs = require "chorus.runs"
 local state = require "chorus.server_state"
 local workflow_requests = require "chorus.workflow_requests"
-local json = core.json
 
 local routes = {}
 
