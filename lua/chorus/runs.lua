@@ -643,11 +643,9 @@ function Service:cancel(id, via)
   elseif not live and stored_copy then
     -- or resumed and ended in that wait: its end came first (and is what
     -- its record says)
-    local ended = self.finished:get(id)
-    if ended then
-      local dok, decoded = pcall(json.decode, ended)
-      local status = dok and type(decoded) == "table" and decoded.status or "finished"
-      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(status))
+    if self.finished:get(id) then
+      local fok, _, status = pcall(self.facts, self, id)
+      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(fok and status or "finished"))
     end
   end
   local s = self.states[rec]
