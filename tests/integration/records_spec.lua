@@ -52,8 +52,21 @@ return chorus.workflow { name = "steps", run = function(ctx, input)
 end }
 ]]
 
+-- input.count zeros: a small record (two bytes a value) whose decoded
+-- tree is large (cJSON's node is 64 bytes).
+local ZEROS = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "zeros", run = function(ctx, input)
+  local out = chorus.json.array({})
+  for i = 1, input.count do
+    out[i] = 0
+  end
+  return out
+end }
+]]
+
 local function scripts()
-  return H.temp_dir({ ["chunks.lua"] = CHUNKS, ["calls.lua"] = CALLS, ["steps.lua"] = STEPS,
+  return H.temp_dir({ ["chunks.lua"] = CHUNKS, ["calls.lua"] = CALLS, ["steps.lua"] = STEPS, ["zeros.lua"] = ZEROS,
     ["echo.lua"] = H.read("tests/integration/fixtures/serve/echo.lua") })
 end
 
@@ -253,6 +266,28 @@ describe("a record near the cap under a small memory cap", function()
         srv = restart(srv, args)
       end
     end
+  end)
+end)
+
+describe("a record of many small values", function()
+  local dir, conf, srv
+
+  setup(function()
+    dir = scripts()
+    conf = H.write_temp([[return { admin_token = "tok", limits = { run_memory_mb = 16 } }]])
+    srv = H.start_server({ "--scripts", dir, "--config", conf })
+  end)
+
+  teardown(function() H.clean(srv, dir, conf) end)
+
+  it("is served by GET /runs/ID without decoding it (a 600 KB record decodes to 20 MB)", function()
+    local r = post(srv, "zeros", { count = 300000 })
+    assert.are.equal(200, r.status, r.body:sub(1, 300))
+    local rec, resp = record(srv, r.headers["x-run-id"])
+    assert.are.equal(200, resp.status, resp.body:sub(1, 300))
+    assert.are.equal(300000, #rec.result)
+    local d = H.request(srv.url .. "/runs/" .. r.headers["x-run-id"], { method = "DELETE", headers = ADMIN })
+    assert.are.equal(409, d.status, d.body)
   end)
 end)
 
