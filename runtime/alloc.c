@@ -281,7 +281,7 @@ void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     struct chorus_runtime *rt = ud;
     size_t old = ptr ? osize : 0;
     struct chorus_run *forced = rt->charge_run;
-    struct chorus_run *run = forced ? forced : rt->current ? rt->current->run : NULL;
+    struct chorus_run *run = forced ? forced : chorus_charged_run(rt);
     /* who paid for the old bytes: the block's owner when it is tracked */
     struct chorus_block_owner *e = old > CHORUS_ALLOC_OWNED_MIN ? owner_find(rt, ptr) : NULL;
     struct chorus_run *payer = e ? owner_run(rt, e) : run;

@@ -52,8 +52,11 @@ static int charged_format(lua_State *L) {
 }
 
 /* table.concat's result is known only once made: a loop of them is charged,
- * one call is bounded by the memory cap */
-static int charged_concat(lua_State *L) {
+ * one call is bounded by the memory cap. So are string.pack's (a "c1000000"
+ * pads a megabyte from nothing), utf8.char's (up to four bytes an
+ * argument) and os.date's (a format of a thousand "%c" makes a thousand
+ * dates; "*t" makes a table of a few fields, not charged). */
+static int charged_result(lua_State *L) {
     int n = call_standard(L);
     if (n == 1 && lua_type(L, -1) == LUA_TSTRING)
         charge_bytes(L, lua_rawlen(L, -1));
@@ -63,17 +66,20 @@ static int charged_concat(lua_State *L) {
 struct charged {
     const char *lib, *name;
     lua_CFunction f;
+    const char *key; /* its name in core.charged (NULL: name) */
 };
 
 static const struct charged charged_funcs[] = {
-    {"string", "upper", charged_whole},   {"string", "lower", charged_whole},
-    {"string", "reverse", charged_whole}, {"string", "rep", charged_rep},
-    {"string", "format", charged_format}, {"table", "concat", charged_concat},
+    {"string", "upper", charged_whole, NULL},   {"string", "lower", charged_whole, NULL},
+    {"string", "reverse", charged_whole, NULL}, {"string", "rep", charged_rep, NULL},
+    {"string", "format", charged_format, NULL}, {"table", "concat", charged_result, NULL},
+    {"string", "pack", charged_result, NULL},   {"utf8", "char", charged_result, "utf8_char"},
+    {"os", "date", charged_result, "os_date"},
 };
 
 /* With the methods table of strings on top of L, or nil: sets name there. */
 static void set_method(lua_State *L, const struct charged *c) {
-    if (lua_istable(L, -2) && c->lib[0] == 's') {
+    if (lua_istable(L, -2) && c->lib[0] == 's' && c->lib[1] == 't') {
         lua_pushvalue(L, -1);
         lua_setfield(L, -3, c->name);
     }
@@ -110,7 +116,7 @@ void chorus_lua_charged_open(lua_State *L) {
         lua_remove(L, -2); /* core charged methods standard */
         lua_pushcclosure(L, c->f, 1);
         set_method(L, c);
-        lua_setfield(L, -3, c->name);
+        lua_setfield(L, -3, c->key ? c->key : c->name);
     }
     lua_pop(L, 1);
     lua_setfield(L, -2, "charged");

@@ -15,7 +15,9 @@
  *   the bytes of their string; string.rep the bytes of its result (an empty
  *   string and separator give "" at once: Lua's rep looped n times writing
  *   nothing, with no hook and no allocation); string.format the bytes of its
- *   string arguments; table.concat the bytes of its result, once made.
+ *   string arguments; table.concat, string.pack, utf8.char and os.date the
+ *   bytes of their result, once made (one call is bounded by the memory
+ *   cap, a loop of them by the budget).
  * - Charged with chorus_run_charge: inside a run with an instruction budget
  *   a run past it is stopped (kind "budget"); elsewhere nothing is charged.
  * - Results and errors are the string library's own: each function charges,
@@ -29,9 +31,10 @@
 #define CHORUS_CHARGE_BYTES 16
 
 /* With the chorus.core table on top of L: sets core.charged = { upper=,
- * lower=, reverse=, rep=, format=, concat= } (the first five are also made
- * the methods of strings, s:upper(), once chorus_lua_pattern_open made that
- * table chorus's own). Does nothing for a library that is not loaded. */
+ * lower=, reverse=, rep=, format=, concat=, pack=, utf8_char=, os_date= }
+ * (the string functions are also made the methods of strings, s:upper(),
+ * once chorus_lua_pattern_open made that table chorus's own). Does nothing
+ * for a library that is not loaded. */
 void chorus_lua_charged_open(lua_State *L);
 
 #endif

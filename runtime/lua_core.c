@@ -416,6 +416,20 @@ static int core_charge(lua_State *L) {
     return 0;
 }
 
+/* core.uncharged(on) → whether it was on: while on, the current task's work
+ * counts against no run's limits (chorus_charged_run). For the run service
+ * only, around what it does with a run's output once the run's code has
+ * ended; never reachable from a script (the sandbox gives scripts no core).
+ * Per task, so a commit it waits for meanwhile lifts nothing for the tasks
+ * that run in between. */
+static int core_uncharged(lua_State *L) {
+    struct chorus_task *t = chorus_task_current(L, 0);
+    int on = lua_toboolean(L, 1);
+    lua_pushboolean(L, t->uncharged);
+    t->uncharged = on;
+    return 1;
+}
+
 static int core_env(lua_State *L) {
     const char *v = getenv(luaL_checkstring(L, 1));
     if (v)
@@ -507,6 +521,7 @@ static const luaL_Reg core_funcs[] = {
     {"run_id", core_run_id},
     {"killed", core_killed},
     {"charge", core_charge},
+    {"uncharged", core_uncharged},
     {"release", core_release},
     {"env", core_env},
     {"write_log", core_write_log},

@@ -686,7 +686,7 @@ enum table_kind { KIND_OBJECT, KIND_ARRAY };
  * run's budget as the charged string functions' are (lua_charged.h). */
 static void enc_charge(lua_State *L, size_t grow, size_t cap) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
-    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    struct chorus_run *run = chorus_charged_run(rt);
     if (!run)
         return;
     if (run->limits.run_memory && run->mem + cap > run->limits.run_memory)

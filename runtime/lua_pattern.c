@@ -43,7 +43,7 @@ struct meter {
 
 static void meter_start(lua_State *L, struct meter *m) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
-    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    struct chorus_run *run = chorus_charged_run(rt);
     m->fuel = 0;
     m->left = CHORUS_PATTERN_MAX_STEPS;
     m->run = NULL;

@@ -4,9 +4,11 @@
  *       → store (the map starts at map_size_mb and grows up to max_size_mb)
  *   store:put(db, key, value) / :del(db, key) / :del_prefix(db, prefix)
  *       queue writes for the next group commit (db: "runs", "journal", ...)
- *   store:put_json(db, key, value) queues value as JSON (core.json's
- *       encoding, raising its message), encoded straight into the batch:
- *       no Lua string made and collected per record
+ *   store:put_json(db, key, value [, max]) → bytes: queues value as JSON
+ *       (core.json's encoding, raising its message), encoded straight into
+ *       the batch: no Lua string made and collected per record; returns
+ *       the bytes queued, or nil and the encoded size when that is over
+ *       max (nothing queued: a run's record cap, chorus.journal)
  *   store:commit() → parks the task until every write queued so far is on
  *       disk; raises when the batch failed
  *   store:get(db, key) → value or nil (last committed state)
@@ -103,6 +105,7 @@ static int store_put_json(lua_State *L) {
     size_t klen;
     const char *k = luaL_checklstring(L, 3, &klen);
     luaL_checkany(L, 4);
+    lua_Integer max = luaL_optinteger(L, 5, -1);
     if (klen == 0 || klen > 511)
         return luaL_error(L, "store: keys are 1 to 511 bytes");
     char err[1024];
@@ -111,11 +114,19 @@ static int store_put_json(lua_State *L) {
         lua_pushstring(L, err);
         return lua_error(L);
     }
-    int rc = chorus_store_put(st, db, k, klen, v, strlen(v));
+    size_t vlen = strlen(v);
+    if (max >= 0 && vlen > (size_t)max) {
+        free(v);
+        lua_pushnil(L);
+        lua_pushinteger(L, (lua_Integer)vlen);
+        return 2;
+    }
+    int rc = chorus_store_put(st, db, k, klen, v, vlen);
     free(v);
     if (rc != 0)
         return luaL_error(L, "store: out of memory");
-    return 0;
+    lua_pushinteger(L, (lua_Integer)vlen);
+    return 1;
 }
 
 static int store_del_kind(lua_State *L, int prefix) {

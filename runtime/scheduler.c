@@ -524,7 +524,7 @@ void chorus_task_cancel(struct chorus_task *t) {
 static void count_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     struct chorus_runtime *rt = chorus_runtime_of(L);
-    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    struct chorus_run *run = chorus_charged_run(rt);
     /* HOOK_EVERY instructions ran, or 1 after a watchdog tick or a kill */
     int every = lua_gethookcount(L);
     if (!run) {
@@ -550,7 +550,7 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
 
 void chorus_run_charge(lua_State *L, lua_Integer n) {
     struct chorus_runtime *rt = chorus_runtime_of(L);
-    struct chorus_run *run = rt && rt->current ? rt->current->run : NULL;
+    struct chorus_run *run = chorus_charged_run(rt);
     if (!run || run->limits.run_instructions <= 0)
         return;
     long left = run->limits.run_instructions - run->instructions;

@@ -49,6 +49,7 @@ struct chorus_task {
     struct chorus_task *next_done;
     struct chorus_task *next_ready;
     int queued;
+    int uncharged; /* doing the server's work on its run's output (chorus_charged_run) */
 };
 
 typedef void (*chorus_run_done_fn)(struct chorus_run *run, void *data);
@@ -194,6 +195,16 @@ void chorus_run_charge(lua_State *L, lua_Integer n);
  * task get the count hook on every instruction so none of its code goes on,
  * and the kill's error is raised on L. Does not return. */
 void chorus_run_stop(lua_State *L, struct chorus_run *run, enum chorus_kill why);
+
+/* The run whose limits the work now running counts against: the current
+ * task's run, or NULL outside a run and while that task does uncharged work
+ * (core.uncharged): what the server does with a run's output after the
+ * run's code has ended (encoding, storing and answering its record) is
+ * bounded by the record cap, never refused by the cap of the run it does it
+ * in (a request's handler, a detached run's wrapper), so every run ends. */
+static inline struct chorus_run *chorus_charged_run(const struct chorus_runtime *rt) {
+    return rt && rt->current && !rt->current->uncharged ? rt->current->run : NULL;
+}
 
 /* Fills out with n random bytes (getrandom, drawn a pool at a time). */
 void chorus_random_bytes(unsigned char *out, size_t n);

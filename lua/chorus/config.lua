@@ -4,7 +4,7 @@
 --     listen = "127.0.0.1:8080", scripts = "./examples", data = "./.chorus-data",
 --     admin_token = chorus.secret("CHORUS_ADMIN_TOKEN"),
 --     limits = { run_memory_mb = 64, run_instructions = 1e8, run_cpu_seconds = 5,
---                max_body_bytes = 1048576,
+--                run_record_bytes = 8388608, max_body_bytes = 1048576,
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10, max_inflight_runs = 10000, inflight_runs_per_workflow = 5000 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
@@ -56,6 +56,10 @@ config.RUN_INSTRUCTIONS_FLOOR = 100000
 -- the watchdog's ticks of 10 ms, so a short run may be charged a whole tick;
 -- ten of them leave room for that.
 config.RUN_CPU_FLOOR_SECONDS = 0.1
+-- The smallest run_record_bytes (besides 0, no cap): a finished record's
+-- frame (ids, times, status, an error) takes about a kilobyte, its input
+-- what the request sent.
+config.RUN_RECORD_FLOOR_BYTES = 4096
 
 local LIMITS = {
   run_memory_mb = { min = config.RUN_MEMORY_FLOOR_MB, max = 1 << 20, off = true },
@@ -72,6 +76,7 @@ local LIMITS = {
   inflight_runs_per_workflow = { int = true, min = 0, max = 10000000 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
+  run_record_bytes = { int = true, min = config.RUN_RECORD_FLOOR_BYTES, max = 1 << 40, off = true },
 }
 
 -- The numeric settings of the tables storage, outbox and alerts.

@@ -422,6 +422,9 @@ local function make_step(_, state)
     if type(name) ~= "string" or type(fn) ~= "function" then
       error("ctx.step(name, fn): name must be a string and fn a function", 2)
     end
+    -- a step's timeline entry is part of the run's record: counted
+    -- against its cap (its name and about a hundred bytes of fields)
+    journal.charge(state, #name + 100, ("ctx.step '%s'"):format(name:sub(1, 60)))
     local entry = { step = name, start = core.now() }
     local timeline = state.timeline
     timeline[#timeline + 1] = entry

@@ -55,9 +55,40 @@ local function resumed_mark(at, replayed)
   return { kind = "resumed", at = runstate.micro(at), replayed = replayed }
 end
 
+-- ---- the record cap ---------------------------------------------------------
+--
+-- What a run writes to disk is bounded by limits.run_record_bytes (the
+-- record_cap given to attach; 0: none): its journal entries and timeline
+-- here, its finished record at its end (chorus.runs). Without it one
+-- script could fill storage.max_size_mb, and every other workflow's run
+-- would then fail to store (507). Counted from the run's (re)start: a run
+-- resumed after a restart starts again from what its replay writes.
+
+--- The error that stops a run past its record cap (a control error, as the
+--- memory cap's: the script's pcall does not catch it).
+function journal.too_large(cap, what)
+  return errors.new("record_too_large", ("the run's durable record would pass limits.run_record_bytes "
+    .. "(%d bytes) with %s: it was stopped; write less (smaller step results, fewer or shorter steps) or "
+    .. "raise the limit"):format(cap, what))
+end
+
+--- Counts n more bytes of the run's record (state; its journal's cap) and
+--- stops the run when they pass the cap; what says where they came from.
+function journal.charge(run, n, what)
+  local j = run.journal
+  if not j or not j.cap then
+    return
+  end
+  if j.bytes + j.noted + n > j.cap then
+    error(runstate.stop(journal.too_large(j.cap, what), run), 0)
+  end
+  j.noted = j.noted + n
+end
+
 --- Gives the current run (state) a journal. recorded: the run's entries
 --- from the store when it resumes (a restart, a redrive), else nil.
-function journal.attach(state, st, recorded, crash_after)
+--- record_cap: limits.run_record_bytes (nil or 0: none).
+function journal.attach(state, st, recorded, crash_after, record_cap)
   local by_step, marks, effects = {}, {}, 0
   for _, entry in ipairs(recorded or EMPTY) do
     if entry.kind == "resumed" then -- an earlier restart, after `effects` effects
@@ -74,7 +105,10 @@ function journal.attach(state, st, recorded, crash_after)
   -- client's retry would start another run and do it again.
   local j = { store = st, seq = #(recorded or EMPTY), recorded = by_step,
     replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after,
-    marks = marks, next_mark = 1, n_marks = #marks }
+    marks = marks, next_mark = 1, n_marks = #marks,
+    -- bytes: of the journal entries written; noted: of the timeline's
+    -- steps (the finished record holds them, chorus.runs counts it whole)
+    bytes = 0, noted = 0, cap = record_cap and record_cap > 0 and record_cap or nil }
   state.journal = j
   tasks[coroutine.running()] = { path = "r", n = 0, kids = 0, run = state }
   if recorded then -- this restart's mark, kept for the next one's timeline
@@ -230,7 +264,12 @@ function journal.effect(kind, target, fn, restore)
   else
     entry.error = type(value) == "table" and errors.normalize(value) or value
   end
-  j.store:put_effect(run.run_id, j.seq, entry)
+  local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
+  local bytes, size = j.store:put_effect(run.run_id, j.seq, entry, room)
+  if not bytes then -- not written: the journal keeps what came before it
+    error(runstate.stop(journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(step, size)), run), 0)
+  end
+  j.bytes = j.bytes + bytes
   if j.crash_after and j.seq - j.n_marks >= j.crash_after then -- chorus.testing: die here
     -- once the effect is journaled (on disk); then a control error: as
     -- after a real crash, nothing of the run goes on (no catch, no

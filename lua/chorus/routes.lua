@@ -12,7 +12,6 @@ local responses = require "chorus.responses"
 local runs = require "chorus.runs"
 local state = require "chorus.server_state"
 local workflow_requests = require "chorus.workflow_requests"
-local json = core.json
 
 local routes = {}
 
@@ -93,25 +92,38 @@ end
 -- with its id alone (122 random bits: the id is the capability, as in the
 -- Location header of an async start). An unknown id and a refused one get
 -- the same 404, so ids cannot be probed.
+--
+-- Who may read it is decided by the run's workflow, read from its index
+-- row (Service:facts), not from its record; the record itself, up to
+-- limits.run_record_bytes, is read and answered as the server's work
+-- (core.uncharged): a request's handler runs under the memory cap of a
+-- run, and a record at the record cap must be served whatever that is.
 local function run_record(req, id)
-  local gok, rec = pcall(state.runs.lookup, state.runs, id)
+  local gok, name = pcall(state.runs.facts, state.runs, id)
   if not gok then -- a corrupt record: said, never passed off as missing
-    log("error", "cannot read a run record", { run_id = id, error = tostring(rec) })
-    return problem(500, "Internal Server Error", tostring(rec))
+    log("error", "cannot read a run record", { run_id = id, error = tostring(name) })
+    return problem(500, "Internal Server Error", tostring(name))
   end
-  local text = rec and (type(rec) == "string" and rec or runs.record_text(rec))
-  local name = type(rec) == "table" and rec.workflow
-  if text and not name then
-    local ok, decoded = pcall(json.decode, text)
-    name = ok and type(decoded) == "table" and decoded.workflow
-  end
-  if not text or not (admin.authorized(require("chorus.server"), req) or authenticate(req, tostring(name))) then
+  if not name or not (admin.authorized(require("chorus.server"), req) or authenticate(req, tostring(name))) then
     return problem(404, "Not Found", ("no run with id '%s' that these credentials can read (runs of a "
       .. "workflow with auth need its token or the admin token)"):format(id))
   end
-  -- the outbox entries the run enqueued: their delivery goes on after the
-  -- record is written, so their state is read now
-  text = require("chorus.deliveries").add_to_record(text, state.backend and state.backend:deliveries(id))
+  local was = core.uncharged(true)
+  local rok, text = pcall(function()
+    local rec = state.runs:lookup(id)
+    local t = rec and (type(rec) == "string" and rec or runs.record_text(rec))
+    -- the outbox entries the run enqueued: their delivery goes on after the
+    -- record is written, so their state is read now
+    return t and require("chorus.deliveries").add_to_record(t, state.backend and state.backend:deliveries(id))
+  end)
+  core.uncharged(was)
+  if not rok then
+    log("error", "cannot read a run record", { run_id = id, error = tostring(text) })
+    return problem(500, "Internal Server Error", tostring(text))
+  end
+  if not text then -- gone since (the sweep)
+    return problem(404, "Not Found", ("no run with id '%s' that these credentials can read"):format(id))
+  end
   return { status = 200, headers = { ["Content-Type"] = "application/json" }, body = text }
 end
 
@@ -119,16 +131,11 @@ end
 -- credentials that may read it; 202 while it winds down (GET /runs/ID says
 -- when it is "cancelled"), 409 when it has finished.
 local function cancel_run(req, id)
-  local gok, rec = pcall(state.runs.lookup, state.runs, id)
-  local name = gok and type(rec) == "table" and rec.workflow
-  if gok and type(rec) == "string" then
-    local ok, decoded = pcall(json.decode, rec)
-    name = ok and type(decoded) == "table" and decoded.workflow
-  end
+  local gok, name = pcall(state.runs.facts, state.runs, id)
   if not gok then -- a corrupt record: said, as GET does
-    return problem(500, "Internal Server Error", tostring(rec))
+    return problem(500, "Internal Server Error", tostring(name))
   end
-  if not rec or not (admin.authorized(require("chorus.server"), req) or authenticate(req, tostring(name))) then
+  if not name or not (admin.authorized(require("chorus.server"), req) or authenticate(req, tostring(name))) then
     return problem(404, "Not Found", ("no run with id '%s' that these credentials can cancel (runs of a "
       .. "workflow with auth need its token or the admin token)"):format(id))
   end

@@ -79,7 +79,8 @@ function runner.execute(workflow, input, opts)
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
   if opts.journal then
-    journal.attach(state, opts.journal.store, opts.journal.recorded, opts.journal.crash_after)
+    journal.attach(state, opts.journal.store, opts.journal.recorded, opts.journal.crash_after,
+      opts.journal.record_cap)
   end
   if opts.on_state then
     opts.on_state(state, opts)

@@ -48,7 +48,8 @@ local release = core.release
 -- MAX_RECORD_BYTES of JSON (a record holds what its run returned, up to its
 -- memory cap); older ones are read from the store.
 local runs = { MAX_RECORDS = 10000, MAX_RECORD_BYTES = 64 * 1024 * 1024,
-  MAX_INFLIGHT_RUNS = 10000 } -- limits.max_inflight_runs' default
+  MAX_INFLIGHT_RUNS = 10000, -- limits.max_inflight_runs' default
+  RUN_RECORD_BYTES = 8 * 1024 * 1024 } -- limits.run_record_bytes' default
 local EMPTY = {} -- read-only
 
 --- The caps on runs in flight of config limits: the server's
@@ -150,6 +151,13 @@ end
 -- paths (chorus.redact) wherever the record is shown or kept finished.
 local RECORD_DATA = { "input", "result", "error", "on_timeout", "on_cancel" }
 
+-- The frame of a record whose other fields cannot be kept.
+local function record_frame(rec)
+  return json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
+    finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, span_id = rec.span_id,
+    script_hash = rec.script_hash, error = rec.error, timeline_dropped = rec.timeline_dropped })
+end
+
 --- A run record as the JSON GET /runs/ID returns, secrets redacted. A
 --- result or error JSON cannot carry is replaced in the record by an error
 --- saying so (the record, and the webhook made of it, must stay readable).
@@ -163,8 +171,7 @@ function runs.record_text(rec)
       rec.status == "succeeded" and "result" or "error", tostring(text)) }
     eok, text = pcall(json.encode, rec)
     if not eok then -- e.g. a timeline entry: the record's frame alone
-      text = json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
-        finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, error = rec.error })
+      text = record_frame(rec)
     end
   end
   return secrets.redact(text)
@@ -180,7 +187,38 @@ function Service:lookup(id)
   return rec
 end
 
--- Ends rec in memory: status, result or error, metrics; returns its text.
+--- The workflow and status of run id, for who decides by them alone (GET
+--- and DELETE /runs/ID: which credentials may read or cancel it) without
+--- decoding its record, which may be megabytes: the live record's, the
+--- finished record's index row, else its record decoded (a server without
+--- a data folder, a folder whose index is not built yet). A finished
+--- record in memory whose end is still on its way to the disk counts as
+--- finished. nil when there is no such run; raises when the stored record
+--- is corrupt.
+function Service:facts(id)
+  local rec = self.running[id]
+  if rec then
+    return rec.workflow, rec.status
+  end
+  local text = self.finished:get(id)
+  local summary = self.store and self.store:run_summary(id)
+  if summary and type(summary.workflow) == "string" then
+    -- (its row says running until the end's commit lands)
+    return summary.workflow, text and summary.status == "running" and "finished" or summary.status
+  end
+  text = text or (self.store and self.store:get_run_text(id))
+  if not text then
+    return nil
+  end
+  local ok, decoded = pcall(json.decode, text)
+  if not ok or type(decoded) ~= "table" then
+    error(("store: corrupt record in database runs, key '%s': not JSON"):format(id), 0)
+  end
+  return decoded.workflow, decoded.status
+end
+
+-- Ends rec in memory: status, result or error, metrics; returns its text
+-- and whether the record cap replaced its outcome (record_too_large).
 function Service:finish_record(rec, ok, value, info)
   rec.finished = runstate.micro(core.now())
   rec.duration = runstate.micro(rec.finished - rec.started)
@@ -204,15 +242,53 @@ function Service:finish_record(rec, ok, value, info)
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
       error = redact.value(err, rec.redact), traceback = info and info.traceback })
   end
-  m.runs.inc_key(series_key(m.runs, rec.workflow, rec.status))
-  m.duration.observe_key(series_key(m.duration, rec.workflow, 1), rec.duration)
   -- A finished record never changes: keep it as its JSON text, outside the
   -- Lua heap (kept as Lua values, ten thousand records became old objects
   -- freed only by major collections, each marking and sweeping them all:
   -- the serve benchmark's p99).
   local text = runs.record_text(rec)
+  local cap = self.store and self:record_cap() or 0
+  local journaled = s and s.journal and s.journal.bytes or 0
+  local replaced = cap > 0 and #text + journaled > cap
+  if replaced then
+    text = self:record_too_large(rec, cap, #text + journaled)
+  end
+  m.runs.inc_key(series_key(m.runs, rec.workflow, rec.status))
+  m.duration.observe_key(series_key(m.duration, rec.workflow, 1), rec.duration)
   self.running[rec.id] = nil
   self.finished:put(rec.id, text)
+  return text, replaced
+end
+
+--- limits.run_record_bytes: the most one run may write to the data folder
+--- (its journal, result and timeline); 0: no cap.
+function Service:record_cap()
+  local limits = self.env.config.limits or EMPTY
+  return limits.run_record_bytes or runs.RUN_RECORD_BYTES
+end
+
+-- A finished record over the cap (size: its record and journal together)
+-- ends failed with { kind = "record_too_large" }: its result goes, then its
+-- timeline, until it fits; its text.
+function Service:record_too_large(rec, cap, size)
+  local status, err = rec.status, rec.error
+  rec.status, rec.result = "failed", nil
+  if not (type(err) == "table" and err.kind == "record_too_large") then -- (a stop during the run says more)
+    rec.error = { kind = "record_too_large", message = ("the run %s, but its record (%d bytes with its journal) "
+      .. "would pass limits.run_record_bytes (%d bytes): its %s is not kept; return less or raise the limit")
+      :format(status, size, cap, status == "succeeded" and "result" or "error") }
+  end
+  local text = runs.record_text(rec)
+  if #text > cap and type(rec.timeline) == "table" then
+    rec.timeline_dropped = (tonumber(rec.timeline_dropped) or 0) + #rec.timeline
+    rec.timeline = {}
+    text = runs.record_text(rec)
+  end
+  if #text > cap then
+    text = secrets.redact(record_frame(rec))
+  end
+  self.env.log("error", "run record too large", { run_id = rec.id, workflow = rec.workflow, bytes = size,
+    limit = cap })
   return text
 end
 
@@ -419,7 +495,8 @@ function Service:execute(entry, rec, input, recorded, counted)
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,
     on_state = on_state, record = rec, service = self, journal = nil }
   if self.store then
-    opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after }
+    opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after,
+      record_cap = self:record_cap() }
   end
   local limits = env.limits or EMPTY
   -- core.execute reads its options when it starts the run: one table per service
@@ -448,13 +525,73 @@ function Service:execute(entry, rec, input, recorded, counted)
     return ok, value, nil, nil, info, true
   end
   self:leave_children(rec)
-  local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
-  self:export(rec)
-  self:wake_waiters(rec.id, ok, value)
+  local stored, serr
+  stored, serr, ok, value = self:conclude(rec, ok, value, info)
   if not stored and rec.key then -- a key must not stay in flight for good
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
   return ok, value, stored, serr, info
+end
+
+-- The end of a run whose code has ended with ok, value: its record, what
+-- finish stores, its spans, the parents waiting for it. Returns whether it
+-- was stored (and why not) and the outcome the run ends with (the record
+-- cap may replace it).
+local function conclude(self, rec, ok, value, info)
+  local text, replaced = self:finish_record(rec, ok, value, info)
+  if replaced then
+    ok, value = false, errors.new(rec.error.kind, rec.error.message)
+  end
+  local stored, serr = self:finish(rec, text, ok, value)
+  self:export(rec)
+  self:wake_waiters(rec.id, ok, value)
+  return stored, serr, ok, value
+end
+
+-- The end of a run whose record could not be made or stored (err): it ends
+-- failed with { kind = "record" } and the frame of its record, which is
+-- small and always JSON. Returns what conclude does.
+local function conclude_failed(self, rec, err)
+  self.states[rec] = nil
+  local message = ("the run ended, but its record could not be made or stored: %s"):format(
+    tostring(err):sub(1, 500))
+  rec.status, rec.result, rec.error = "failed", nil, { kind = "record", message = message }
+  rec.finished = rec.finished or runstate.micro(core.now())
+  rec.duration = rec.duration or runstate.micro(rec.finished - rec.started)
+  self.env.log("error", "could not record the end of a run", { run_id = rec.id, workflow = rec.workflow,
+    error = message })
+  local text = secrets.redact(record_frame(rec))
+  self.running[rec.id] = nil
+  self.finished:put(rec.id, text)
+  local value = errors.new("record", message)
+  local fok, stored, serr = pcall(self.finish, self, rec, text, false, value)
+  if not fok then
+    stored, serr = false, stored
+  end
+  self:wake_waiters(rec.id, false, value)
+  return stored, serr, false, value
+end
+
+--- The end of a run once its code has ended (ok, value: what it returned
+--- or raised; info: core.execute's): its record, kept and stored, its
+--- spans, the parents waiting for it. This is the server's work on the
+--- run's output, done in whatever run called (a request's handler, a
+--- detached run): it counts against no run's limits (core.uncharged), so a
+--- run whose output its caller's cap could not hold still ends; what it
+--- writes is bounded by limits.run_record_bytes instead. Any failure here
+--- ends the run failed with { kind = "record" }. Returns whether the end
+--- was stored (and why not) and the outcome the run ends with.
+function Service:conclude(rec, ok, value, info)
+  local was = core.uncharged(true)
+  local cok, stored, serr, eok, evalue = pcall(conclude, self, rec, ok, value, info)
+  if not cok then
+    cok, stored, serr, eok, evalue = pcall(conclude_failed, self, rec, stored)
+    if not cok then
+      stored, serr, eok, evalue = false, stored, false, errors.new("record", tostring(stored))
+    end
+  end
+  core.uncharged(was)
+  return stored, serr, eok, evalue
 end
 
 --- Cancels the child runs (ctx.call) rec's run leaves running as it ends,
@@ -528,19 +665,15 @@ function Service:cancel(id, via)
     return nil, "conflict", "the run has finished: its end is being stored"
   end
   if not rec then
-    local gok, found = pcall(self.lookup, self, id)
+    local gok, workflow, status = pcall(self.facts, self, id)
     if not gok then
-      return nil, "storage", tostring(found)
+      return nil, "storage", tostring(workflow)
     end
-    if type(found) == "string" then
-      local dok, decoded = pcall(json.decode, found)
-      found = dok and type(decoded) == "table" and decoded or nil
-    end
-    if type(found) ~= "table" then
+    if not workflow then
       return nil, "not_found", ("no run with id '%s'"):format(id)
     end
-    if found.status ~= "running" then
-      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(found.status))
+    if status ~= "running" then
+      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(status))
     end
     if not st then
       return nil, "not_found", ("no run with id '%s'"):format(id)
@@ -580,11 +713,9 @@ function Service:cancel(id, via)
   elseif not live and stored_copy then
     -- or resumed and ended in that wait: its end came first (and is what
     -- its record says)
-    local ended = self.finished:get(id)
-    if ended then
-      local dok, decoded = pcall(json.decode, ended)
-      local status = dok and type(decoded) == "table" and decoded.status or "finished"
-      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(status))
+    if self.finished:get(id) then
+      local fok, _, status = pcall(self.facts, self, id)
+      return nil, "conflict", ("the run has finished: it is %s"):format(tostring(fok and status or "finished"))
     end
   end
   local s = self.states[rec]
@@ -922,11 +1053,9 @@ function Service:resume(id, start)
   start(function()
     if not wf then
       local counted = self:count_in(self:charge(rec))
-      local text = self:finish_record(rec, false, { kind = "script", message = err })
+      local _, _, ok, value = self:conclude(rec, false, { kind = "script", message = err })
       release(counted)
-      self:finish(rec, text, false)
-      self:wake_waiters(rec.id, false, { kind = "script", message = err })
-      return false, { kind = "script", message = err }
+      return ok, value
     end
     return self:execute({ workflow = wf }, rec, rec.input, recorded)
   end, rec)

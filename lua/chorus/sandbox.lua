@@ -481,7 +481,7 @@ function sandbox.env(opts)
   for name, fn in pairs(core.pattern) do env.string[name] = fn end
   -- C work charged by the byte (runtime/lua_charged.h), as strings' methods are
   for name, fn in pairs(core.charged) do
-    if name ~= "concat" then
+    if env.string[name] then -- (not concat, utf8_char, os_date)
       env.string[name] = fn
     end
   end
@@ -491,7 +491,8 @@ function sandbox.env(opts)
   env.table.sort = charged_sort
   env.math = copy(math)
   env.utf8 = copy(utf8)
-  env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+  env.utf8.char = core.charged.utf8_char or utf8.char
+  env.os = { time = os.time, clock = os.clock, date = core.charged.os_date or os.date, difftime = os.difftime }
   if not for_config then -- the config file may read the real clock
     sandbox.deterministic(env.os, env.math)
   end
@@ -590,7 +591,7 @@ end
 --- Replaces the clock and random functions of a script's os and math
 --- copies with journaled ones (see above).
 function sandbox.deterministic(env_os, env_math)
-  local time, date = os.time, os.date
+  local time, date = os.time, core.charged.os_date or os.date
   env_os.time = function(t)
     if t ~= nil then
       return time(t)

@@ -181,8 +181,8 @@ function Store:take_checked(id)
   return rec, recorded
 end
 
-function Store:put_json(db, key, value)
-  self.st:put_json(db, key, value)
+function Store:put_json(db, key, value, max)
+  return self.st:put_json(db, key, value, max)
 end
 
 function Store:get_json(db, key)
@@ -304,6 +304,26 @@ function Store:put_run_text(id, text, rec)
     rec = ok and decoded or nil
   end
   index_run(self, rec)
+end
+
+--- What the runs' listing shows of run id, read from its index row (a few
+--- hundred bytes: { workflow =, status =, error_kind =, ... }), never from
+--- its record, which may be megabytes; nil when it has no row (a folder
+--- whose index is not built yet, the memory store: read the record).
+function Store:run_summary(id)
+  if self.memory then
+    return nil
+  end
+  local row = self.st:get("run_rows", id)
+  if not row or #row < 9 then
+    return nil
+  end
+  local off = 10 -- past the time (8 bytes) and the key count
+  for _ = 1, row:byte(9) do
+    off = select(2, string.unpack(">s2", row, off))
+  end
+  local ok, summary = pcall(json.decode, row:sub(off))
+  return ok and type(summary) == "table" and summary or nil
 end
 
 --- The stored record's JSON text, or nil.
@@ -429,9 +449,11 @@ local function journal_key(run_id, seq)
   return run_id .. string.pack(">I4", seq)
 end
 
-function Store:put_effect(run_id, seq, entry)
+--- Queues a journal entry; returns its bytes, or nil and its size when
+--- that is over max (nothing queued: the run's record cap).
+function Store:put_effect(run_id, seq, entry, max)
   forget(self, run_id)
-  self:put_json("journal", journal_key(run_id, seq), entry)
+  return self.st:put_json("journal", journal_key(run_id, seq), entry, max)
 end
 
 -- Seq 0 of a failed run's journal keeps what a redrive needs and its record

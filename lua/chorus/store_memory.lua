@@ -36,9 +36,15 @@ function KV:put(name, key, value)
   self.pending[#self.pending + 1] = { "put", name, key, value }
 end
 
---- put with value as JSON (the C store encodes it straight into its batch).
-function KV:put_json(name, key, value)
-  self:put(name, key, require("chorus.core").json.encode(value))
+--- put with value as JSON (the C store encodes it straight into its batch);
+--- the bytes queued, or nil and the size when over max (nothing queued).
+function KV:put_json(name, key, value, max)
+  local text = require("chorus.core").json.encode(value)
+  if max and #text > max then
+    return nil, #text
+  end
+  self:put(name, key, text)
+  return #text
 end
 
 function KV:del(name, key)

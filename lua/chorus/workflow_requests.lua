@@ -191,6 +191,20 @@ local GUARDS = { known_workflow, post_only, authorized, under_load_limit, valid_
 
 -- ---- the run ------------------------------------------------------------------
 
+-- The answer of a run that ended with ok, value: made of the run's output,
+-- as its record is (chorus.runs, Service:conclude), so it counts against
+-- no run's cap: a result the record cap lets through is answered, however
+-- small the handler's memory cap.
+local function answer(rec, ok, value)
+  local was = core.uncharged(true)
+  local aok, resp = pcall(run_response, rec, ok, value)
+  core.uncharged(was)
+  if not aok then
+    error(resp, 0)
+  end
+  return resp
+end
+
 -- Starts the run of a request that passed every guard; returns its answer.
 local function start_run(c)
   local req, key, scope, fp, idem, entry = c.req, c.key, c.scope, c.fp, c.idem, c.entry
@@ -251,7 +265,7 @@ local function start_run(c)
     svc:abandon(rec, scope, key, serr)
     return storage_problem(serr, rec.id)
   end
-  return run_response(rec, ok, value)
+  return answer(rec, ok, value)
 end
 
 --- POST /workflows/NAME (any method: a guard answers 405).
@@ -296,7 +310,7 @@ function workflow_requests.redrive(id, via, wait)
     if not stored then
       return storage_problem(serr, id)
     end
-    return run_response(rec, ok, value), svc.finished:get(id)
+    return answer(rec, ok, value), svc.finished:get(id)
   end
   core.start(nil, function() svc:execute({ workflow = wf }, rec, rec.input, kept) end)
   return json_response(202, { run_id = id, status = "running", redrives = #rec.redrives },

@@ -459,6 +459,83 @@ describe("the run service", function()
 end)
 
 
+describe("the record cap (limits.run_record_bytes)", function()
+  -- A transport answering bodies of `size` bytes.
+  local function sized(size)
+    return function() return 200, { ["content-type"] = "text/plain" }, ("b"):rep(size), 0.001 end
+  end
+
+  local function service(cap, size)
+    return runs.service({ store = store.memory(), transport = sized(size or 10), log_sink = function() end,
+      log = function() end, config = { limits = { run_record_bytes = cap } } })
+  end
+
+  local calls = chorus.workflow {
+    name = "calls",
+    run = function(_, input)
+      local made, caught = 0, nil
+      for _ = 1, input.n do
+        local ok, err = pcall(http.get, "http://x.test/")
+        if ok then
+          made = made + 1
+        else
+          caught = err.kind
+        end
+      end
+      return { made = made, caught = caught }
+    end,
+  }
+
+  local returns = chorus.workflow { name = "returns", run = function(_, input) return ("r"):rep(input.bytes) end }
+
+  local function start(svc, wf, input)
+    return in_loop(function()
+      local ok, value, rec = svc:start({ workflow = wf }, input)
+      return { ok = ok, value = value, rec = rec, text = svc.finished:get(rec.id),
+        stored = svc.store:get_run(rec.id) }
+    end)
+  end
+
+  it("stops a run whose journal would pass it before writing the entry; pcall does not catch it", function()
+    local svc = service(20000, 6000)
+    local r = start(svc, calls, { n = 10 })
+    assert.is_false(r.ok)
+    assert.are.equal("record_too_large", r.value.kind)
+    assert.truthy(r.value.message:find("limits.run_record_bytes (20000 bytes)", 1, true), r.value.message)
+    assert.are.equal("failed", r.stored.status)
+    assert.are.equal("record_too_large", r.stored.error.kind)
+    -- three entries of about 6 KB fit, the fourth was not written
+    assert.are.equal(3, #svc.store:journal(r.rec.id))
+  end)
+
+  it("fails a run whose finished record would pass it, keeping its frame but not its result", function()
+    local svc = service(20000)
+    local r = start(svc, returns, { bytes = 30000 })
+    assert.is_false(r.ok)
+    assert.are.equal("record_too_large", r.value.kind)
+    assert.are.equal("failed", r.stored.status)
+    assert.is_nil(r.stored.result)
+    assert.truthy(#r.text < 20000, #r.text)
+    assert.are.equal(r.text, svc.store:get_run_text(r.rec.id))
+  end)
+
+  it("lets a run under it through, and 0 means no cap", function()
+    local r = start(service(20000), returns, { bytes = 10000 })
+    assert.is_true(r.ok)
+    assert.are.equal("succeeded", r.stored.status)
+    r = start(service(0, 6000), calls, { n = 10 })
+    assert.is_true(r.ok)
+    assert.are.same({ made = 10 }, r.value)
+  end)
+
+  it("reads the workflow and status of a finished run from its index row, not its record", function()
+    local svc = service(0)
+    local r = start(svc, returns, { bytes = 100 })
+    assert.are.same({ "returns", "succeeded" }, { svc:facts(r.rec.id) })
+    assert.is_nil(svc:facts("no-such-run"))
+  end)
+end)
+
 describe("runs in flight, by workflow", function()
   it("a workflow's share is half the server's cap, rounded up, unless set; 0 or the cap itself: none", function()
     assert.are.same({ 10000, 5000 }, { runs.caps(nil) })

@@ -294,6 +294,23 @@ describe("sandbox: string functions charged by the bytes they handle", function(
     assert.is_true(info.instructions > 10000000)
   end)
 
+  -- one VM instruction each, their output proportional to their
+  -- arguments: charged by the bytes they make, as table.concat
+  for name, call in pairs({
+    os_date = "os.date(f, 0)", utf8_char = "utf8.char(table.unpack(cps))", pack = "string.pack('c1000000', '')",
+  }) do
+    it(("charges the output of %s to the budget"):format(name), function()
+      local ok, err = run_script(([[
+        local f = ("%%c"):rep(20000) -- about 480 KB of dates
+        local cps = { utf8.codepoint(("\u{10000}"):rep(100000), 1, -1) } -- 400 KB of characters
+        for _ = 1, 100 do pcall(function() return %s end) end -- 40 MB or more: 2.5 million at 16 a byte
+        return "finished"
+      ]]):format(call), { instructions = 2000000, cpu_ms = 0, memory = 0 })
+      assert.is_false(ok, name)
+      assert.are.equal("budget", type(err) == "table" and err.kind or err, name)
+    end)
+  end
+
   it("returns and raises what the string library does", function()
     local ok, value = run_script([[
       local function err(f) return (select(2, pcall(f)):gsub("^script:%d+: ", "")) end
