@@ -139,6 +139,55 @@ describe("sandbox: table.sort", function()
     assert.are.equal("budget", err.kind)
   end)
 
+  -- The C sort compares without running an instruction: without a
+  -- comparator (or with a C one) a sort was free to the instruction budget,
+  -- and comparing long strings read them through inside that one C call,
+  -- where the CPU limit cannot stop it (10 s of the server's thread here).
+  it("counts every comparison against the instruction budget, without a comparator or with a C one", function()
+    for _, call in ipairs({ "table.sort(t)", "table.sort(t, math.ult)" }) do
+      local ok, err = run_script(([[
+        local t = {}
+        for i = 1, 100000 do t[i] = 100000 - i end
+        %s
+        return "sorted"
+      ]]):format(call), { instructions = 1000000 })
+      assert.is_false(ok, call)
+      assert.are.equal("budget", err.kind, call)
+    end
+  end)
+
+  it("stops a sort comparing long strings at the run's CPU limit", function()
+    local ok, err, info = run_script([[
+      local a, b = ("x"):rep(1e6) .. "a", ("x"):rep(1e6) .. "b"
+      local t = {}
+      for i = 1, 20000 do t[i] = i % 2 == 0 and a or b end
+      table.sort(t)
+      return "sorted"
+    ]], { instructions = 100000000, cpu_ms = 200 })
+    assert.is_false(ok)
+    assert.are.equal("budget", err.kind)
+    assert.matches("limits.run_cpu_seconds", err.message, 1, true)
+    -- CPU time, not wall time: the whole sort takes about 10 s of it
+    assert.is_true(info.cpu_ms < 3000, "CPU ms: " .. tostring(info.cpu_ms))
+  end)
+
+  it("sorts and raises as the C sort does", function()
+    local ok, value = run_script([[
+      local nums, strs = { 3, 1, 2 }, { "b", "c", "a" }
+      table.sort(nums)
+      table.sort(strs, function(x, y) return x > y end)
+      local mixed = select(2, pcall(table.sort, { 1, "a", 2 }))
+      local bad = select(2, pcall(table.sort, { 2, 1 }, 3))
+      return { nums = nums, strs = strs, mixed = mixed, bad = bad }
+    ]])
+    assert.is_true(ok, tostring(value))
+    assert.are.same({ 1, 2, 3 }, value.nums)
+    assert.are.same({ "c", "b", "a" }, value.strs)
+    assert.matches("attempt to compare", value.mixed, 1, true)
+    assert.is_nil(value.mixed:find("sandbox", 1, true))
+    assert.matches("bad argument #2 to 'sort'", value.bad, 1, true)
+  end)
+
   it("sorts a table with a metatable as the C sort does", function()
     local ok, value = run_script([[
       local store = { 5, 3, 9, 1 }
