@@ -300,6 +300,48 @@ describe("sandbox: C work out of proportion to the instructions", function()
   end)
 end)
 
+describe("sandbox: load", function()
+  -- Lua's parser checks each label against every goto pending in its
+  -- function, inside the one C call of load: 16 functions of 16,000 of each
+  -- (7.4 MB) held the thread 7 s of CPU here, past the run's limit.
+  it("stops a compile that is quadratic at the run's CPU limit", function()
+    local ok, err, info = run_script([[
+      local labels = {}
+      for i = 1, 16000 do labels[i] = "::a" .. i .. ":: do end " end
+      local body = "local function f() " .. ("goto z do end "):rep(16000) .. table.concat(labels) .. " ::z:: end "
+      local f, why = load(body:rep(16))
+      return f and "compiled" or why
+    ]], { instructions = 100000000, cpu_ms = 200 })
+    assert.is_false(ok, tostring(err))
+    assert.are.equal("budget", err.kind)
+    assert.matches("limits.run_cpu_seconds", err.message, 1, true)
+    assert.is_true(info.cpu_ms < 2000, "CPU ms: " .. tostring(info.cpu_ms))
+  end)
+
+  it("compiles strings and reader functions as load does", function()
+    local ok, value = run_script([[
+      local big = ("do local x = 1 end "):rep(1000) .. "return 'big'"
+      local parts, i = { "return ", "1 ", "+ ", 41 }, 0
+      local reader = function() i = i + 1 return parts[i] end
+      local _, syntax = load("return +")
+      local _, named = load("return +", "=mine")
+      local _, binary = load("\27Lua")
+      local _, bad = load(function() return {} end)
+      return { big = load(big)(), read = load(reader)(), syntax = syntax, named = named, binary = binary,
+        bad = bad, number = load(42) == nil, env = load("return x", "=c", "t", { x = 7 })() }
+    ]])
+    assert.is_true(ok, tostring(type(value) == "table" and value.message or value))
+    assert.are.equal("big", value.big)
+    assert.are.equal(42, value.read)
+    assert.matches('^%[string "return %+"%]:1:', value.syntax)
+    assert.matches("^mine:1:", value.named)
+    assert.matches("binary chunk", value.binary, 1, true)
+    assert.matches("reader function must return a string", value.bad, 1, true)
+    assert.is_true(value.number)
+    assert.are.equal(7, value.env)
+  end)
+end)
+
 describe("sandbox: string functions charged by the bytes they handle", function()
   -- 20 MB: 1.25 million instructions' worth at one per 16 bytes, so the
   -- string itself fits in a budget of 2 million and one more pass does not
