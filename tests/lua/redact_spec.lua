@@ -48,7 +48,7 @@ describe("chorus.redact", function()
   -- the server's thread), or one JSON text of 200 KB referred to 200 times
   -- (decoded and walked each time: 39 s), held the whole server.
   it("masks a value whose masking would cost too much whole", function()
-    local text = core.json.encode({ card = "4242", list = { 1, 2, 3 } }):rep(1, "") -- a JSON text
+    local text = core.json.encode({ card = "4242", list = { 1, 2, 3 } })
     local big = "[" .. ("1,"):rep(50000) .. "1]"
     local refs = {}
     for i = 1, 50 do refs[i] = big end

@@ -318,6 +318,24 @@ describe("sandbox: load", function()
     assert.is_true(info.cpu_ms < 2000, "CPU ms: " .. tostring(info.cpu_ms))
   end)
 
+  it("stops a workflow script whose compile is quadratic at the CPU limit, as it loads", function()
+    local labels = {}
+    for i = 1, 16000 do labels[i] = "::a" .. i .. ":: do end " end
+    local body = "local function f() " .. ("goto z do end "):rep(16000) .. table.concat(labels) .. " ::z:: end "
+    core.set_limits({ cpu_ms = 200 })
+    finally(function() core.set_limits({ cpu_ms = 5000 }) end)
+    local cpu = os.clock()
+    local wf, err = script.compile(body:rep(16) .. "return require('chorus').workflow { name = 'q', run = print }",
+      "quad.lua")
+    cpu = os.clock() - cpu
+    assert.is_nil(wf)
+    assert.matches("quad.lua: error while loading: .*limits.run_cpu_seconds", err)
+    assert.is_true(cpu < 2, "CPU s: " .. cpu) -- the whole compile takes about 7 s of it
+    local _, syntax = script.compile("return +", "bad.lua")
+    assert.matches("^syntax error: bad.lua:1: ", syntax)
+    assert.truthy(script.compile("return require('chorus').workflow { name = 'fine', run = print }", "fine.lua"))
+  end)
+
   it("compiles strings and reader functions as load does", function()
     local ok, value = run_script([[
       local big = ("do local x = 1 end "):rep(1000) .. "return 'big'"
