@@ -13,6 +13,9 @@ local core = require "chorus.core"
 
 local redact = { MASK = "[REDACTED]" }
 
+local getraw = require("debug").getmetatable
+local ARRAY_MT = getraw(core.json.array({}))
+
 local PATH = "^[%w_%-%*]+$"
 
 --- Checks a workflow's redact list; returns nil or a message.
@@ -147,7 +150,11 @@ walk = function(value, paths, depth)
     spend(1)
     out[k] = walk(v, paths, depth + 1)
   end
-  setmetatable(out, getmetatable(value)) -- json.array's marker
+  if getraw(value) == ARRAY_MT then -- json.array's marker, and nothing else of the value's
+    -- (getmetatable gave a log line's __metatable, a table whose __gc then
+    -- ran at a collection, outside any run: a loop there hung the server)
+    setmetatable(out, ARRAY_MT)
+  end
   local first, star = paths.first, paths.star
   for k in next, out do
     local same = first[type(k) == "string" and k or tostring(k)]

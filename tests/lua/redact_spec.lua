@@ -67,6 +67,23 @@ describe("chorus.redact", function()
     assert.are.equal(3000, out.x3000)
   end)
 
+  -- A log line's fields are masked this way: the copy took the value's
+  -- getmetatable, which a script sets with __metatable to a table that was
+  -- never checked for __gc: the copy's finalizer then ran at a collection,
+  -- outside any run (a loop there hung the server).
+  it("keeps json.array's marker on a copy, and no other metatable", function()
+    local finalized = false
+    local gcmt = { __gc = function() finalized = true end }
+    local out = redact.value({ v = setmetatable({}, { __metatable = gcmt }), a = core.json.array({}) }, { "card" })
+    assert.is_nil(debug.getmetatable(out.v))
+    assert.are.equal(debug.getmetatable(core.json.array({})), debug.getmetatable(out.a))
+    assert.are.equal("[]", core.json.encode(out.a))
+    out = nil -- luacheck: no unused
+    collectgarbage()
+    collectgarbage()
+    assert.is_false(finalized)
+  end)
+
   it("checks a declaration, naming the bad entry", function()
     assert.is_nil(redact.check({ "card.number", "a_b-c.*" }))
     assert.are.equal('redact[2] must be a path such as "card.number"', redact.check({ "ok", 5 }))
