@@ -376,6 +376,37 @@ static int core_killed(lua_State *L) {
     return 1;
 }
 
+/* core.release(c): when c[1] is true, sets it false and takes one off
+ * each count c lists after it, as pairs of a table and a key from c[2]
+ * (t[k] = t[k] - 1); nothing once released. A run's place in the counts of
+ * runs in flight (chorus.runs) is released this way, as its to-be-closed
+ * value's __close too: in C no count hook runs between the check and the
+ * updates, so a close in a run stopped by a limit (whose hook raises before
+ * each Lua instruction) is whole or not at all, never half done. Raw
+ * access: no metamethod runs. */
+static int core_release(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_rawgeti(L, 1, 1);
+    int open = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (!open)
+        return 0;
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, 1, 1);
+    for (lua_Integer i = 2; lua_rawgeti(L, 1, i) == LUA_TTABLE; i += 2) {
+        lua_rawgeti(L, 1, i + 1); /* t, k */
+        lua_pushvalue(L, -1);     /* t, k, k */
+        lua_rawget(L, -3);        /* t, k, t[k] */
+        lua_Integer n = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        lua_pushinteger(L, n - 1); /* t, k, n - 1 */
+        lua_rawset(L, -3);         /* t */
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 /* core.charge(n): counts n instructions' worth of work a C function does
  * for the current run (the sandbox's table.move, insert and remove, which
  * copy in one C call where the count hook never fires) against its budget:
@@ -476,6 +507,7 @@ static const luaL_Reg core_funcs[] = {
     {"run_id", core_run_id},
     {"killed", core_killed},
     {"charge", core_charge},
+    {"release", core_release},
     {"env", core_env},
     {"write_log", core_write_log},
     {"set_limits", core_set_limits},

@@ -56,7 +56,11 @@ start_chorus() {
 return {
   access_log = false,
   storage = $storage,
-  limits = { max_connections = 12000 },
+  -- the wave is one workflow's: its share of the runs in flight
+  -- (inflight_runs_per_workflow, by default half of max_inflight_runs,
+  -- 5,000) is set to hold any WAVE the connections allow, and still
+  -- checked on every request
+  limits = { max_connections = 12000, max_inflight_runs = 24000, inflight_runs_per_workflow = 12000 },
   upstreams = {
     a = { base_url = "$UPSTREAM?delay=$1", timeout = 30 },
     b = { base_url = "$UPSTREAM?delay=$1", timeout = 30 },

@@ -8,8 +8,11 @@
 -- its journal, and one whose child had not finished finds that child under
 -- the same id (chorus.runs, Service:call_child) instead of starting a
 -- second. The child's record names its parent (`parent`), the parent's its
--- children (`children`); cancelling the parent cancels them. ctx.later
--- stays fire-and-forget.
+-- children (`children`). The child runs as a run of its own that the
+-- parent waits for (Service:await_child): cancelling the parent cancels it,
+-- and so does the parent's ceasing to wait for it (a chorus.all whose
+-- sibling failed, a race it lost, the parent's end), so its record always
+-- ends. ctx.later stays fire-and-forget.
 local core = require "chorus.core"
 local errors = require "chorus.errors"
 local journal = require "chorus.journal"

@@ -6,7 +6,7 @@
 --     limits = { run_memory_mb = 64, run_instructions = 1e8, run_cpu_seconds = 5,
 --                max_body_bytes = 1048576,
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
---                drain_timeout = 10 },
+--                drain_timeout = 10, max_inflight_runs = 10000, inflight_runs_per_workflow = 5000 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
 --     storage = { durable = true, sync = true, map_size_mb = 1024, max_size_mb = 8192,
 --                 runs_retention = 604800, recovery_batch = 200 },
@@ -67,6 +67,9 @@ local LIMITS = {
   client_timeout = { int = true, min = 0, max = DAY },
   drain_timeout = { min = 0, max = 3600 },
   max_inflight_runs = { int = true, min = 1, max = 10000000 },
+  -- one workflow's share of them (chorus.runs caps); 0 or at least
+  -- max_inflight_runs: no share, the server's cap alone
+  inflight_runs_per_workflow = { int = true, min = 0, max = 10000000 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
 }

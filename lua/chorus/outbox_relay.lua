@@ -24,36 +24,92 @@ Relay.__index = Relay
 --- { outbox_depth =, outbox_age =, dlq_depth = } (log a line when a value
 --- reaches its threshold, and when it is back under), start_workflow
 --- (function(backend, e) that runs a workflow entry: a run service's,
---- chorus.runs; without one such entries are dead), can_start (function()
---- → whether a run may start now: workflow entries wait while it says no),
+--- chorus.runs; without one such entries are dead), can_start (function(workflow)
+--- → whether a run of that workflow may start now: its entries wait while
+--- it says no),
 --- transport (the HTTP
 --- function deliveries use; nil: chorus.http's), telemetry (a chorus.otlp
 --- exporter: each delivery of an entry with a sampled trace is a span).
 function relay.new(backend, opts)
   opts = opts or {}
   return setmetatable({ backend = backend, inflight = {}, n_inflight = 0, lane_inflight = {},
+    held = {}, n_held = 0,
     start_workflow = opts.start_workflow, can_start = opts.can_start, transport = opts.transport,
     telemetry = opts.telemetry,
     concurrency = opts.concurrency or outbox.defaults.concurrency, poll = opts.poll or outbox.defaults.poll,
     alerts = opts.alerts or {}, alerting = {}, stopped = false }, Relay)
 end
 
--- Starts the due entries not already in flight; returns how many started.
+-- ---- held entries ----------------------------------------------------------
+--
+-- A workflow entry whose run cannot start now (can_start says no: the
+-- server's max_inflight_runs, or its workflow's inflight_runs_per_workflow)
+-- waits, counted as no attempt. It is also held out of the relay's looks,
+-- as an entry in flight is (in the skip set backend:due is given), until
+-- its workflow has room again: else the entries behind it in its lane, of
+-- other workflows, were never looked at (a look takes at most `room`
+-- entries of a lane). At most MAX_HELD are held (a look scans past them
+-- all); past that a waiting entry is just passed over, as before.
+relay.MAX_HELD = 1024
+
+-- Holds entry e of lane lane, waiting for a run of its workflow; false
+-- when MAX_HELD are held already.
+function Relay:hold(e, lane)
+  if self.n_held >= relay.MAX_HELD then
+    return false
+  end
+  local workflow = e.workflow or ""
+  local list = self.held[workflow]
+  if not list then
+    list = {}
+    self.held[workflow] = list
+  end
+  list[#list + 1] = { e.id, lane }
+  self.inflight[e.id] = "held" -- the skip set of backend:due
+  self.lane_inflight[lane] = (self.lane_inflight[lane] or 0) + 1
+  self.n_held = self.n_held + 1
+  return true
+end
+
+-- Lets go of the held entries of every workflow that has room again.
+function Relay:release(can_start)
+  local by_lane = self.lane_inflight
+  for workflow, list in pairs(self.held) do
+    if can_start(workflow) then
+      for _, h in ipairs(list) do
+        self.inflight[h[1]] = nil
+        local left = by_lane[h[2]] - 1
+        by_lane[h[2]] = left > 0 and left or nil
+      end
+      self.n_held = self.n_held - #list
+      self.held[workflow] = nil
+    end
+  end
+end
+
+-- Starts the due entries not already in flight; returns how many started
+-- and how many it held.
 function Relay:tick()
-  local started = 0
+  local started, held = 0, 0
   local room = self.concurrency - self.n_inflight
   if room <= 0 then
-    return 0
+    return 0, 0
   end
   -- round-robin across lanes (chorus.outbox): the look starts with the lane
-  -- after the one served last; a workflow entry waits while the server has
-  -- no room for its run (can_start: max_inflight_runs), counted as no attempt
+  -- after the one served last; a workflow entry waits while there is no
+  -- room for its run (can_start), counted as no attempt, and is held
   local can_start = self.can_start
-  local room_for_runs = not can_start or can_start()
+  if can_start and self.n_held > 0 then
+    self:release(can_start)
+  end
   local by_lane = self.lane_inflight
   for _, e in ipairs(self.backend:due(core.now(), room, self.inflight, by_lane, self.after)) do
-    if not self.inflight[e.id] and e.state ~= "started" and started < room
-        and (room_for_runs or e.kind ~= "workflow") then
+    local open = not self.inflight[e.id] and e.state ~= "started" and started < room
+    if open and e.kind == "workflow" and can_start and not can_start(e.workflow) then
+      if self:hold(e, outbox.lane(e)) then
+        held = held + 1
+      end
+    elseif open then
       local lane = outbox.lane(e)
       self.after = lane
       by_lane[lane] = (by_lane[lane] or 0) + 1
@@ -80,7 +136,7 @@ function Relay:tick()
       end)
     end
   end
-  return started
+  return started, held
 end
 
 local function alert(self, name, value, limit)
@@ -116,7 +172,7 @@ end
 function Relay:run()
   local last_observe = -math.huge
   while not self.stopped do
-    local started = self:tick()
+    local started, held = self:tick()
     if core.monotime() - last_observe >= 1 then
       last_observe = core.monotime()
       self:observe()
@@ -125,7 +181,7 @@ function Relay:run()
       self.waiting = core.wait_token()
       core.wait(self.waiting)
       self.waiting = nil
-    elseif started > 0 then -- there may be more due: look again next turn
+    elseif started > 0 or held > 0 then -- there may be more due: look again next turn
       core.sleep(0)
     else
       core.sleep(self.poll)

@@ -17,10 +17,13 @@ local json = core.json
 local routes = {}
 
 local problem, json_response, text_response = responses.problem, responses.json, responses.text
+local EMPTY = {} -- read-only
 local authenticate = workflow_requests.authenticate
 
 local m = {
   inflight = metrics.gauge("chorus_runs_in_flight", "Workflow runs in flight"),
+  charged = metrics.gauge("chorus_workflow_runs_in_flight",
+    "Runs in flight charged to each workflow (its own, and their child runs)", { "workflow" }),
   requests = metrics.counter("chorus_http_requests_total", "Inbound HTTP requests by status",
     { "code" }),
   memory = metrics.gauge("chorus_lua_memory_bytes", "Lua heap size"),
@@ -62,6 +65,20 @@ local request_keys, latency_keys = key_cache(m.requests), key_cache(m.latency)
 local cpu_seen = 0
 
 local BREAKER_STATES = { "closed", "open", "half_open" }
+
+-- Every served workflow has a series (0 when idle), and so does any other
+-- with runs charged to it (a reload removed it while they run); the
+-- service keeps a workflow's count once it had one, so a series that was
+-- shown goes back to 0 rather than vanishing.
+local function export_charged()
+  local charged = state.runs.charged
+  for name in pairs(state.workflows or EMPTY) do
+    m.charged.set({ name }, charged[name] or 0)
+  end
+  for name, n in pairs(charged) do
+    m.charged.set({ name }, n)
+  end
+end
 
 local function export_breakers()
   for name, current in pairs(core.breakers()) do
@@ -145,6 +162,7 @@ local function route(req)
   if path == "/metrics" then
     m.memory.set(nil, core.stats().lua_bytes)
     m.inflight.set(nil, state.runs.inflight)
+    export_charged()
     if state.store then
       -- the store counts; the counters catch up with it
       local ss, seen = state.store:stats(), state.store_seen or { commits = 0, failures = 0 }

@@ -42,6 +42,7 @@ local secrets = require "chorus.secrets"
 local tracing = require "chorus.tracing"
 local webhook = require "chorus.webhook"
 local json = core.json
+local release = core.release
 
 -- The finished records kept in memory: the last MAX_RECORDS, at most
 -- MAX_RECORD_BYTES of JSON (a record holds what its run returned, up to its
@@ -49,6 +50,21 @@ local json = core.json
 local runs = { MAX_RECORDS = 10000, MAX_RECORD_BYTES = 64 * 1024 * 1024,
   MAX_INFLIGHT_RUNS = 10000 } -- limits.max_inflight_runs' default
 local EMPTY = {} -- read-only
+
+--- The caps on runs in flight of config limits: the server's
+--- (limits.max_inflight_runs) and one workflow's share of it
+--- (limits.inflight_runs_per_workflow; by default half the server's, rounded
+--- up, so one flooded workflow leaves the other half to the rest), or nil
+--- when a workflow has no cap of its own (0, or at least the server's).
+function runs.caps(limits)
+  limits = limits or EMPTY
+  local max = limits.max_inflight_runs or runs.MAX_INFLIGHT_RUNS
+  local share = limits.inflight_runs_per_workflow or (max + 1) // 2
+  if share == 0 or share >= max then
+    share = nil
+  end
+  return max, share
+end
 
 local m = {
   runs = metrics.counter("chorus_runs_total", "Workflow runs by outcome", { "workflow", "outcome" }),
@@ -87,12 +103,17 @@ function runs.service(env)
   env.log = env.log or default_log
   env.backend = env.backend or (env.store and not env.store.memory and outbox.durable(env.store))
     or outbox.memory(true)
+  local max_inflight, share = runs.caps(env.config.limits)
   local svc = setmetatable({
     env = env, store = env.store, backend = env.backend,
     running = {},  -- run id → record of each run in flight
     -- the last finished, as JSON
     finished = core.record_ring(env.max_records or runs.MAX_RECORDS, env.max_record_bytes or runs.MAX_RECORD_BYTES),
     inflight = 0,  -- runs executing now (the gauge and load shedding read it)
+    -- runs executing now by the workflow they are charged to (Service:charge):
+    -- what limits.inflight_runs_per_workflow caps
+    charged = {},
+    max_inflight = max_inflight, share = share, -- runs.caps of the config's limits
     versions = {}, -- script hash → workflow, for runs resumed on old code
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
@@ -372,15 +393,27 @@ local function on_state(s, opts)
   end
 end
 
+-- What core.execute runs: the workflow's run (runner.execute), with its
+-- place in the counts released when it ends. Released here, in the run, it
+-- is released even when the run never returns to Service:execute: the task
+-- waiting for it was cancelled (the process frees every run at shutdown),
+-- which frees the run and closes its coroutine.
+-- Service:execute releases it too (a second release does nothing).
+local function counted_run(counted, ...)
+  local _ <close> = counted
+  return runner.execute(...)
+end
+
 --- Runs a workflow as its own run (from inside a task) and records it.
 --- Returns ok, value, whether its end was stored (and why not), and the
 --- run's info (id, traceback). recorded: the journal of a run resumed after
---- a restart. After a simulated crash nothing of the run's end happens (it
---- stays in flight in the store, as after a real one) and the fifth value
---- is true.
-function Service:execute(entry, rec, input, recorded)
+--- a restart; counted: its place in the counts when the caller took it
+--- already (count_in; an async request's, taken before its commit). After
+--- a simulated crash nothing of the run's end happens (it stays in flight
+--- in the store, as after a real one) and the fifth value is true.
+function Service:execute(entry, rec, input, recorded, counted)
   rec.redact = entry.workflow.redact
-  self.inflight = self.inflight + 1
+  counted = counted or self:count_in(rec.parent and self:charge(rec) or rec.workflow)
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,
@@ -404,8 +437,8 @@ function Service:execute(entry, rec, input, recorded)
   if input ~= nil and input == rec.input then
     input = copy_input(input)
   end
-  local ok, value, info = core.execute(run_opts, runner.execute, entry.workflow, input, opts)
-  self.inflight = self.inflight - 1
+  local ok, value, info = core.execute(run_opts, counted_run, counted, entry.workflow, input, opts)
+  release(counted) -- when the run's own close could not (see counted_run)
   if crashed(ok, value) then
     self.running[rec.id] = nil
     self.states[rec] = nil
@@ -414,6 +447,7 @@ function Service:execute(entry, rec, input, recorded)
     end
     return ok, value, nil, nil, info, true
   end
+  self:leave_children(rec)
   local stored, serr = self:finish(rec, self:finish_record(rec, ok, value, info), ok, value)
   self:export(rec)
   self:wake_waiters(rec.id, ok, value)
@@ -421,6 +455,27 @@ function Service:execute(entry, rec, input, recorded)
     idempotency.release(rec.key_scope or rec.workflow, rec.key)
   end
   return ok, value, stored, serr, info
+end
+
+--- Cancels the child runs (ctx.call) rec's run leaves running as it ends,
+--- before its end is stored: nobody waits for them any more. Most were
+--- cancelled already when its wait for them closed (WAIT_MT); not those of
+--- a run a limit killed, which runs no Lua, its closes included. Their
+--- cancel marks commit before the parent's end, so no restart finds such a
+--- child in flight under an ended parent.
+function Service:leave_children(rec)
+  local kids = rec.children
+  if type(kids) ~= "table" then
+    return
+  end
+  for _, id in ipairs(kids) do
+    if self.running[id] then
+      local ok, err = pcall(self.cancel, self, id, "parent")
+      if not ok then
+        self.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
+      end
+    end
+  end
 end
 
 --- Starts a new run of entry ({ workflow, hash, path, source }) with input
@@ -435,6 +490,21 @@ function Service:start(entry, input, opts)
   self:begin(rec, entry, input)
   local ok, value, stored, serr, info, crash = self:execute(entry, rec, input)
   return ok, value, rec, stored, serr, info, crash
+end
+
+--- From inside a task: waits, checking every step seconds for at most
+--- seconds, until no run of the service is in flight. A one-shot caller
+--- (chorus.testing) calls it after its run ended, so the child
+--- runs the run left (cancelled: a chorus.race it lost) end and are
+--- recorded before the process goes on. Returns whether none is left.
+function Service:settle(seconds, step)
+  for _ = 1, math.ceil(seconds / step) do
+    if not next(self.running) then
+      return true
+    end
+    core.sleep(step)
+  end
+  return not next(self.running)
 end
 
 -- ---- cancellation -----------------------------------------------------------------
@@ -586,16 +656,108 @@ local function outcome(rec)
 end
 
 -- Wakes the parents waiting for child run id with its outcome as it was
--- (its record may mask it).
-function Service:wake_waiters(id, ok, value)
+-- (its record may mask it); crash: chorus.testing's process died in it.
+function Service:wake_waiters(id, ok, value, crash)
   local tokens = self.waiters[id]
   if not tokens then
     return
   end
   self.waiters[id] = nil
   for _, token in ipairs(tokens) do
-    core.notify(token, { ok = ok, value = value })
+    core.notify(token, { ok = ok, value = value, crash = crash })
   end
+end
+
+-- Whether a child's record says its parent stopped waiting for it: the
+-- cancel that followed (WAIT_MT) ended it, not its own code.
+local function left(rec)
+  return rec.status == "cancelled" and type(rec.cancel) == "table" and rec.cancel.via == "parent"
+end
+
+-- A child run is a detached run of its own, not a part of its parent's
+-- task: when the parent stops waiting for it, it is still there to be
+-- cancelled, to compensate and to run its on_cancel (under its own budget),
+-- and to record its end. Trusted code, as the server's own loops.
+local DRIVER = { instructions = 0, cpu_ms = 0, memory = 0 }
+local function detached(fn)
+  core.start(DRIVER, fn)
+end
+
+-- The parent's wait for a child, as a to-be-closed value: closed before
+-- the child's outcome came, the parent no longer waits for it (its task
+-- was cancelled: a chorus.all whose sibling failed, a race or any it lost,
+-- its run stopped by a cancel, its deadline, a nondeterminism), and a
+-- child nobody waits for is cancelled, through Service:cancel as DELETE
+-- /runs/ID is, so its end is recorded and a restart never resumes it. The
+-- cancel runs in a run of its own: this may close inside the task's
+-- cancellation, and at a shutdown (the process frees every run) it never
+-- runs, so a drain cancels nothing. A (simulated) crash cancels nothing
+-- either: the process is gone.
+local WAIT_MT = { __close = function(w)
+  if w.done then
+    return
+  end
+  local svc, id = w.svc, w.id
+  local list = svc.waiters[id]
+  for i = #(list or EMPTY), 1, -1 do
+    if list[i] == w.token then
+      table.remove(list, i)
+    end
+  end
+  if list and #list > 0 then -- another parent (a replay's) still waits for it
+    return
+  end
+  svc.waiters[id] = nil
+  local stop = runstate.stopped(w.parent)
+  if stop and rawget(stop, "kind") == "crash" then
+    svc:die_with(id, stop)
+    return
+  end
+  detached(function()
+    local ok, err = pcall(svc.cancel, svc, id, "parent")
+    if not ok then
+      svc.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
+    end
+  end)
+end }
+
+-- chorus.testing's simulated crash stopped a parent while its child ran:
+-- the process is gone, so the child dies with it, recording nothing (its
+-- own execute sees the crash), and one not started yet never starts; the
+-- next service recovers both from the store, as a restarted server does.
+function Service:die_with(id, err)
+  self.crashed = err
+  local rec = self.running[id]
+  local s = rec and self.states[rec]
+  if s then
+    runstate.stop(err, s)
+    core.interrupt(s.run_id, err)
+  end
+end
+
+--- Waits, in the task of run parent (a runstate entry), for the outcome of
+--- child run id, which start (when given) starts once the wait is set up:
+--- ok, value (its error with child_run_id). The child is cancelled if the
+--- wait ends otherwise (WAIT_MT).
+function Service:await_child(id, parent, start)
+  runstate.check_stop(parent) -- a stopped parent starts no child
+  local list = self.waiters[id] or {}
+  self.waiters[id] = list
+  local token = core.wait_token()
+  list[#list + 1] = token
+  local w <close> = setmetatable({ svc = self, id = id, token = token, parent = parent, done = false }, WAIT_MT)
+  if start then
+    start()
+  end
+  local o = runstate.wait(token, math.huge)
+  w.done = true
+  if type(o) ~= "table" then
+    return outcome(self:lookup(id))
+  end
+  if o.crash then
+    error(runstate.stop(o.value, parent), 0)
+  end
+  return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
 end
 
 --- Runs entry with input as the child id of the run parent (a runstate
@@ -620,19 +782,19 @@ function Service:call_child(entry, input, id, parent)
     end
   end
   if self.running[id] then
-    local list = self.waiters[id] or {}
-    self.waiters[id] = list
-    local token = core.wait_token()
-    list[#list + 1] = token
-    local o = runstate.wait(token, math.huge)
-    if type(o) == "table" then
-      return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
-    end
-    return outcome(self:lookup(id))
+    return self:await_child(id, parent)
   end
   local found = self:lookup(id)
+  local decoded = found and (type(found) == "string" and json.decode(found) or found)
+  if decoded and left(decoded) then
+    -- cancelled because this parent once stopped waiting for it, and asked
+    -- for again: by the parent's replay after a restart (a chorus.race the
+    -- child lost, replayed: the journal holds the winner's effects, not this
+    -- call), or its redrive. A run of it afresh under the same id, as the
+    -- first was: its outcome would be an error the parent never saw
+    found = nil
+  end
   if found then
-    local decoded = type(found) == "string" and json.decode(found) or found
     if decoded.status ~= "running" then
       local raw = decoded.redact and self.store and self.store:get_outcome(id)
       if raw and not raw.unreadable then -- the record masks it: what the child returned
@@ -640,9 +802,12 @@ function Service:call_child(entry, input, id, parent)
       end
       return outcome(decoded)
     end
-    local ok, value
-    self:resume(id, function(fn) ok, value = fn() end)
-    return ok, value
+    -- unfinished in the data folder, not resumed yet: resumed here
+    return self:await_child(id, parent, function()
+      if not self:resume(id, detached) then -- its record went meanwhile
+        self:wake_waiters(id, false, errors.new("storage", "the child run's record is gone"))
+      end
+    end)
   end
   -- the parent's deadline caps the child's: a child still running then
   -- times out, and the parent with it
@@ -652,17 +817,23 @@ function Service:call_child(entry, input, id, parent)
     deadline = parent.deadline
   end
   -- the child is a span of the parent's trace, under the span of the call
-  local ok, value, _, _, _, _, crash = self:start(entry, input, { id = id, parent = parent.run_id,
-    trace_id = parent.trace_id, parent_span_id = tracing.call_span_id(id), trace_flags = parent.trace_flags,
-    tracestate = parent.tracestate, deadline_at = deadline })
-  if crash then -- chorus.testing: the process died in the child, so with the parent in it
-    error(runstate.stop(value, parent), 0)
-  end
-  if not ok then
-    value = setmetatable(errors.normalize(value), errors.MT)
-    value.child_run_id = id
-  end
-  return ok, value
+  local opts = { id = id, parent = parent.run_id, trace_id = parent.trace_id,
+    parent_span_id = tracing.call_span_id(id), trace_flags = parent.trace_flags,
+    tracestate = parent.tracestate, deadline_at = deadline }
+  return self:await_child(id, parent, function()
+    detached(function()
+      if self.crashed then -- the process died before the child began (Service:die_with)
+        return
+      end
+      local sok, ok, value, _, _, _, _, crash = pcall(self.start, self, entry, input, opts)
+      if not sok then -- its first records could not be written: the parent hears why
+        self.running[id] = nil
+        self:wake_waiters(id, false, ok)
+      elseif crash then -- chorus.testing: the process died in the child, so with the parent in it
+        self:wake_waiters(id, false, value, true)
+      end
+    end)
+  end)
 end
 
 -- ---- versions, recovery, outbox runs --------------------------------------------
@@ -702,6 +873,22 @@ end
 runs.RECOVERY_BATCH = 200
 local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 
+-- Whether rec is a child run (ctx.call) no parent waits for any more, not
+-- cancelled yet: its parent has ended (its record is finished, or gone).
+-- A last guard: a parent's end stores its children's cancels first
+-- (Service:leave_children), but a record written by an older version, or
+-- a cancel whose commit failed, leaves such a child, which recovery then
+-- cancels (replayed, then stopped as a cancelled run) instead of running
+-- it on for nobody.
+function Service:orphaned(rec)
+  local pid = rec.parent
+  if type(pid) ~= "string" or rec.cancel or self.running[pid] then
+    return false
+  end
+  local ok, p = pcall(self.store.get_run, self.store, pid)
+  return ok and (type(p) ~= "table" or p.status ~= "running")
+end
+
 -- Resumes one unfinished run: replayed from the start against its journal,
 -- on its script version, by start(fn, rec). Returns whether it had a record
 -- to resume.
@@ -720,6 +907,10 @@ function Service:resume(id, start)
   end
   self:remember(rec)
   rec.status = "running"
+  if self:orphaned(rec) then -- its parent stopped waiting for it before the process did
+    rec.cancel = { at = runstate.micro(core.now()), via = "parent" }
+    st:put_run(rec)
+  end
   if rec.key then
     idempotency.begin(nil, rec.key_scope or rec.workflow, rec.key, rec.fp)
   end
@@ -730,10 +921,11 @@ function Service:resume(id, start)
   end
   start(function()
     if not wf then
-      self.inflight = self.inflight + 1
+      local counted = self:count_in(self:charge(rec))
       local text = self:finish_record(rec, false, { kind = "script", message = err })
-      self.inflight = self.inflight - 1
+      release(counted)
       self:finish(rec, text, false)
+      self:wake_waiters(rec.id, false, { kind = "script", message = err })
       return false, { kind = "script", message = err }
     end
     return self:execute({ workflow = wf }, rec, rec.input, recorded)
@@ -846,7 +1038,7 @@ function Service:start_outbox_workflow(backend, e, span_id)
     return false, { permanent = true, error = { kind = "unknown_workflow",
       message = ("no workflow named '%s'"):format(e.workflow) } }
   end
-  if self:at_capacity() then -- max_inflight_runs: the entry waits, as a request would get 503
+  if self:at_capacity(e.workflow) then -- the entry waits, as a request would get 503
     return "deferred"
   end
   e.state = "started"
@@ -864,12 +1056,63 @@ function Service:start_outbox_workflow(backend, e, span_id)
   return "started"
 end
 
---- Whether as many runs are in flight as limits.max_inflight_runs allows
---- (10000 by default): requests then get 503, and the runs the server starts
---- by itself (outbox workflow entries, schedules) wait.
-function Service:at_capacity()
-  local limits = self.env.config.limits or EMPTY
-  return self.inflight >= (limits.max_inflight_runs or runs.MAX_INFLIGHT_RUNS)
+-- ---- runs in flight ------------------------------------------------------------
+--
+-- Every run counts while it executes (Service:execute), in the server's
+-- count and in the count of the workflow it is charged to. Only the runs a
+-- caller asks for are refused or held back at a cap: a request (503), an
+-- outbox workflow entry or a scheduled slot (they wait). A run already
+-- accepted never is: a child run (ctx.call; its parent holds a slot and
+-- waits for it), a run resumed after a restart, a redrive.
+
+--- The workflow run rec is charged to: its own, or for a child run
+--- (ctx.call) that of the run at the top of its callers, so a workflow's
+--- children count in its share, not in the share of the workflow they run:
+--- a workflow calling another cannot take that one's share.
+function Service:charge(rec)
+  local name, parent = rec.workflow, rec.parent
+  local running = self.running
+  while parent do
+    local p = running[parent]
+    if not p then -- its caller is not running here (not resumed yet)
+      break
+    end
+    name, parent = p.workflow, p.parent
+  end
+  return name
+end
+
+-- A run's place in the counts: taken by count_in, given back once by
+-- core.release (the server's count and its workflow's), whichever way the
+-- run ends; also its to-be-closed value (counted_run).
+local COUNTED = { __close = core.release }
+
+--- A run charged to workflow name starts: it counts in the server's runs in
+--- flight and in name's; returns its place in the counts, which
+--- core.release gives back.
+function Service:count_in(name)
+  local charged = self.charged
+  -- made first: a memory error here leaves the counts as they were
+  local counted = setmetatable({ true, self, "inflight", charged, name }, COUNTED) -- [1]: not released yet
+  charged[name] = (charged[name] or 0) + 1
+  self.inflight = self.inflight + 1
+  return counted
+end
+
+--- Whether a new run of workflow name must wait or be refused: "server"
+--- when limits.max_inflight_runs runs are in flight, "workflow" when name
+--- has limits.inflight_runs_per_workflow charged to it, else false. Without
+--- a name, the server's cap alone. Requests then get 503; the runs the
+--- server starts by itself (outbox workflow entries, schedules) wait.
+function Service:at_capacity(name)
+  if self.inflight >= self.max_inflight then
+    return "server"
+  end
+  local share = self.share
+  if share and name and (self.charged[name] or 0) >= share then
+    return "workflow"
+  end
+  return false
 end
 
 --- The relay over the service's outbox: workflow entries start runs of
@@ -877,7 +1120,7 @@ end
 function Service:relay(opts)
   opts = opts or {}
   opts.start_workflow = function(backend, e, span_id) return self:start_outbox_workflow(backend, e, span_id) end
-  opts.can_start = function() return not self:at_capacity() end
+  opts.can_start = function(name) return not self:at_capacity(name) end
   opts.transport = self.env.transport
   opts.telemetry = self.env.telemetry
   opts.log_sink = self.env.outbox_log_sink

@@ -59,8 +59,9 @@ end
 
 -- Starts the run of slot: its records and the schedule's in one commit,
 -- then the run in a task of its own. Returns false when the commit failed
--- or the server has max_inflight_runs runs in flight (the slot is then not
--- handled: the next turn tries again).
+-- or the server has max_inflight_runs runs in flight or the workflow its
+-- share of them, inflight_runs_per_workflow (the slot is then not handled:
+-- the next turn tries again).
 local function start_slot(name, entry, s, slot, before)
   local svc = state.runs
   local id = schedule.run_id(core.sha256, name, slot)
@@ -71,14 +72,16 @@ local function start_slot(name, entry, s, slot, before)
     save(name, entry.workflow.schedule, s)
     return commit()
   end
-  if svc:at_capacity() then
-    -- max_inflight_runs: the slot waits, not handled, and is tried again at
-    -- each turn (a request would get 503 and retry); slots that pass
-    -- meanwhile follow the schedule's rules, as after a stall
+  local full = svc:at_capacity(name)
+  if full then
+    -- the slot waits, not handled, and is tried again at each turn (a
+    -- request would get 503 and retry); slots that pass meanwhile follow
+    -- the schedule's rules, as after a stall
     if s.deferred ~= slot then
       s.deferred = slot
-      log("warn", "scheduled run deferred: max_inflight_runs runs are in flight", { workflow = name,
-        slot = slot })
+      log("warn", full == "server" and "scheduled run deferred: max_inflight_runs runs are in flight"
+        or "scheduled run deferred: the workflow has inflight_runs_per_workflow runs in flight",
+        { workflow = name, slot = slot })
     end
     s.through = before
     return false
@@ -93,11 +96,15 @@ local function start_slot(name, entry, s, slot, before)
   local previous = s.last_run
   s.last_run = { id = id, slot = slot, started = now }
   save(name, wf.schedule, s)
+  -- the run counts from now, not from when its task starts: the next slots
+  -- due in this turn (a backlog, other schedules) see it at the caps
+  local counted = svc:count_in(name)
   local cok, cerr = bok, berr
   if bok then
     cok, cerr = commit()
   end
   if not cok then
+    core.release(counted)
     log("error", "could not store a scheduled run; the slot is tried again", { workflow = name, slot = slot,
       run_id = id, error = tostring(cerr) })
     s.through, s.last_run = before, previous
@@ -105,7 +112,7 @@ local function start_slot(name, entry, s, slot, before)
     return false
   end
   log("info", "scheduled run started", { workflow = name, slot = slot, run_id = id })
-  core.start(nil, function() svc:execute(entry, rec, input) end)
+  core.start(nil, function() svc:execute(entry, rec, input, nil, counted) end)
   return true
 end
 

@@ -291,7 +291,7 @@ function testing.run(workflow, input, opts)
   env.backend.log_sink = sink -- the outbox's own lines (DLQ moves) join the logs
   local entry = { workflow = wf, hash = "testing:" .. tostring(wf), path = type(workflow) == "string" and workflow }
   local started = core.now()
-  local crashed, replayed = false, nil
+  local crashed, replayed, ended = false, nil, nil
   local events = require "chorus.events"
   local events_store = env.store or require("chorus.store").memory()
   for _, row in ipairs(kept_events) do -- what earlier runs left kept, as a server keeps it
@@ -346,6 +346,11 @@ function testing.run(workflow, input, opts)
       end
       replayed = state and state.journal and state.journal.replayed
     end
+    ended = core.now()
+    -- the children the run left (a chorus.race it lost, a chorus.all whose
+    -- sibling failed) are being cancelled: their ends are part of the run's
+    -- story, and must not go on in the next test's loop
+    svc:settle(1000, 1)
     for _, t in ipairs(emit_tasks) do -- events due after the run's end arrive at nobody
       core.cancel(t)
     end
@@ -370,7 +375,8 @@ function testing.run(workflow, input, opts)
     end
   end
   -- virtual times are large epoch numbers: keep the difference to the µs
-  local result = { calls = calls, logs = logs, elapsed = math.floor((core.now() - started) * 1e6 + 0.5) / 1e6,
+  local elapsed = (ended or core.now()) - started -- to the run's end, not its children's
+  local result = { calls = calls, logs = logs, elapsed = math.floor(elapsed * 1e6 + 0.5) / 1e6,
     outbox = entries, crashed = crashed or nil, replayed = crashed and replayed or nil }
   calls = nil
   core.set_clock("real")

@@ -107,12 +107,22 @@ local function authorized(c)
   c.scope = identity and (c.name .. "@" .. identity) or c.name
 end
 
-local function under_load_limit()
-  local max = (state.config.limits or EMPTY).max_inflight_runs or 10000
-  if state.runs.inflight >= max then -- load shedding: nothing stored, the client retries
-    local r = problem(503, "Service Unavailable", ("%d runs are in flight, the most this server takes"):format(max))
-    r.headers["Retry-After"] = "1"
-    return r
+-- Load shedding: past the server's cap or the workflow's share of it
+-- (chorus.runs caps), 503 and nothing stored; the client retries.
+local function shed(detail)
+  local r = problem(503, "Service Unavailable", detail)
+  r.headers["Retry-After"] = "1"
+  return r
+end
+
+local function under_load_limit(c)
+  local svc = state.runs
+  local full = svc:at_capacity(c.name)
+  if full == "server" then
+    return shed(("%d runs are in flight, the most this server takes"):format(svc.max_inflight))
+  elseif full then
+    return shed(("workflow '%s' has %d runs in flight, the most one workflow may have "
+      .. "(limits.inflight_runs_per_workflow = %d)"):format(c.name, svc.charged[c.name], svc.share))
   end
 end
 
@@ -218,9 +228,13 @@ local function start_run(c)
     if key then
       idempotency.finish(state.store, scope, key, fp, rec.id, idem.ttl, resp)
     end
+    -- the run counts from now: the requests that come during the commit
+    -- below see it (else a burst of them all passed under_load_limit)
+    local counted = svc:count_in(c.name)
     if state.store then -- acknowledged only once the run is durable
       local cok, serr = pcall(state.store.commit, state.store)
       if not cok then
+        core.release(counted)
         log("error", "could not store a new run", { run_id = rec.id, error = tostring(serr) })
         svc:abandon(rec, scope, key, serr)
         return storage_problem(serr, rec.id)
@@ -229,7 +243,7 @@ local function start_run(c)
     if key then
       idempotency.release(scope, key)
     end
-    core.start(nil, function() svc:execute(entry, rec, c.input) end)
+    core.start(nil, function() svc:execute(entry, rec, c.input, nil, counted) end)
     return resp
   end
   local ok, value, stored, serr = svc:execute(entry, rec, c.input)

@@ -1,6 +1,6 @@
 -- ctx.call on a real server: the child is a run of its own, linked both
 -- ways in the records, started once even across a SIGKILL, and cancelled
--- with its parent.
+-- with its parent or when its parent stops waiting for it, for good.
 local H = require "tests.integration.helpers"
 
 local FIX = "tests/integration/fixtures/cancel/"
@@ -25,11 +25,15 @@ describe("child workflows (ctx.call)", function()
     return mock.stats().by_path[path] or 0
   end
 
-  local function start_trip(input)
-    local r = H.request(srv.url .. "/workflows/trip", { method = "POST", body = input,
+  local function start_run(workflow, input)
+    local r = H.request(srv.url .. "/workflows/" .. workflow, { method = "POST", body = input,
       headers = { Prefer = "respond-async", ["Content-Type"] = "application/json" } })
     assert.are.equal(202, r.status, r.body)
     return r.json.run_id
+  end
+
+  local function start_trip(input)
+    return start_run("trip", input)
   end
 
   -- The child of parent id, once the parent's record names it.
@@ -42,7 +46,8 @@ describe("child workflows (ctx.call)", function()
 
   setup(function()
     mock = H.start_mock(300)
-    dir = H.temp_dir({ ["trip.lua"] = H.read(FIX .. "trip.lua"), ["hotel.lua"] = H.read(FIX .. "hotel.lua") })
+    dir = H.temp_dir({ ["trip.lua"] = H.read(FIX .. "trip.lua"), ["hotel.lua"] = H.read(FIX .. "hotel.lua"),
+      ["party.lua"] = H.read(FIX .. "party.lua"), ["contest.lua"] = H.read(FIX .. "contest.lua") })
     conf = H.write_temp(([[
 return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
 ]]):format(mock.url))
@@ -91,5 +96,36 @@ return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
     local crec = finished(child)
     assert.are.equal("cancelled", crec.status)
     assert.are.equal("parent", crec.cancel.via)
+  end)
+
+  it("cancels a child its parent stops waiting for (a failed chorus.all); a restart leaves it cancelled", function()
+    local before = count("/book-hotel")
+    local id = start_run("party", '{"wait_ms": 60000, "fail_after": 1}')
+    local child = child_of(id)
+    local rec = finished(id)
+    assert.are.equal("failed", rec.status)
+    assert.are.equal("sold_out", rec.error.kind)
+    local crec = finished(child) -- its record ends, as GET /runs/ID shows
+    assert.are.equal("cancelled", crec.status)
+    assert.are.equal("parent", crec.cancel.via)
+    assert.are.equal(id, crec.parent)
+    srv.kill("KILL")
+    srv.wait()
+    start()
+    assert.truthy(H.eventually(function() return H.request(srv.url .. "/readyz").status == 200 end, 20))
+    assert.are.equal("cancelled", record(child).status) -- not resumed as a zombie
+    assert.are.equal(before + 1, count("/book-hotel"))
+  end)
+
+  it("cancels a child that lost a chorus.race while its parent goes on", function()
+    local id = start_run("contest", '{"wait_ms": 60000, "linger": 30}')
+    local child = child_of(id)
+    local crec = finished(child)
+    assert.are.equal("cancelled", crec.status)
+    assert.are.equal("parent", crec.cancel.via)
+    assert.are.equal("running", record(id).status) -- the parent did not wait for it
+    local r = H.request(srv.url .. "/runs/" .. id, { method = "DELETE", headers = ADMIN })
+    assert.are.equal(202, r.status, r.body)
+    assert.are.equal("cancelled", finished(id).status)
   end)
 end)

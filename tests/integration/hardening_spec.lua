@@ -26,7 +26,7 @@ describe("hardening", function()
     secrets_dir = H.temp_dir({ file_key = FILE_SECRET .. "\n" })
     conf = H.write_temp(([[
 return {
-  limits = { max_inflight_runs = 2 },
+  limits = { max_inflight_runs = 2, inflight_runs_per_workflow = 0 }, -- the server's cap alone
   auth = { guarded = { token = "t0ken-for-guarded", hmac_secret = "hm4c-for-guarded" } },
   upstreams = { mock = { base_url = %q } },
 }

@@ -164,6 +164,45 @@ describe("ctx.call", function()
     assert.are.equal(1, #testing.calls_to(r, "cards", "GET"))
   end)
 
+  it("lets a child die with its parent in a simulated crash, and resumes it once", function()
+    -- the parent crashes (its GET, effect 2) while its child sleeps: the
+    -- child must die with the process, not go on beside its resumed copy
+    local r = testing.run(order(function(ctx)
+      return chorus.all(function() return ctx.call("charge", { amount = 5 }) end, function()
+        ctx.sleep(1)
+        http.upstream("cards"):get("/ping")
+        return 1
+      end)
+    end), {}, { workflows = { charge = charge }, crash_after = 2 })
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("succeeded", r.status)
+    assert.are.equal(1, #testing.calls_to(r, "cards", "POST", "/charges"))
+  end)
+
+  it("replays a chorus.race a child lost to the same winner after a crash; the child never charges", function()
+    -- the loser's call is not in the journal (it never ended): the replay
+    -- calls it again and must not be handed the cancel that ended it
+    local slow_charge = chorus.workflow { name = "charge", run = function(ctx, input)
+      ctx.sleep(20)
+      return charge.run(ctx, input)
+    end }
+    local r = testing.run(order(function(ctx)
+      local v = chorus.race(function() return ctx.call("charge", { amount = 5 }) end, function()
+        ctx.sleep(1)
+        return "fast"
+      end)
+      ctx.sleep(5)
+      http.upstream("cards"):get("/ping")
+      return v
+    end), {}, { workflows = { charge = slow_charge }, crash_after = 3 }) -- after the GET
+    assert.is_true(r.crashed)
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("fast", r.value)
+    assert.are.equal(0, #testing.calls_to(r, "cards", "POST", "/charges"))
+    assert.are.equal(1, #testing.calls_to(r, "cards", "GET", "/ping"))
+  end)
+
   it("caps the child with the parent's deadline", function()
     testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
     local r = testing.run(chorus.workflow { name = "order", timeout = 30, run = function(ctx)
@@ -180,5 +219,234 @@ describe("ctx.call", function()
       { workflows = { charge = charge }, cancel_at = 10 })
     assert.are.equal("cancelled", r.status)
     assert.are.equal(10, r.elapsed)
+  end)
+end)
+
+-- A child whose parent stops waiting for it: on a run service over a store
+-- kept in memory, so the child's own record (what GET /runs/ID shows, and
+-- what a restart resumes) can be read.
+describe("a child run its parent stops waiting for", function()
+  local core = require "chorus.core"
+  local runs = require "chorus.runs"
+  local store = require "chorus.store"
+  local outbox = require "chorus.outbox"
+  local json = core.json
+  local T0 = 1767225600
+
+  -- sleeps long; its on_cancel's value shows in its record
+  local slow = chorus.workflow {
+    name = "slow",
+    run = function(ctx)
+      ctx.sleep(100)
+      return "done"
+    end,
+    on_cancel = function() return "undone" end,
+  }
+  local mid = chorus.workflow { name = "mid", run = function(ctx) return ctx.call("slow", {}) end }
+
+  local function boom(ctx)
+    ctx.sleep(1)
+    error({ kind = "boom", message = "a sibling failed" })
+  end
+
+  local function service(wfs, limits)
+    local st = store.memory()
+    local svc = runs.service({ store = st, backend = outbox.memory(true), log = function() end, limits = limits,
+      log_sink = function() end, workflow = function(name)
+        return wfs[name] and { workflow = wfs[name], hash = "h:" .. name }
+      end })
+    for name, wf in pairs(wfs) do
+      svc:keep_version({ workflow = wf, hash = "h:" .. name })
+    end
+    return svc, st
+  end
+
+  -- Runs top to its end, then lets the service's other runs (its children)
+  -- end too, within 1000 virtual seconds. before(svc, id): in the loop first.
+  local function run_top(svc, top, before)
+    core.set_clock("virtual", T0)
+    local ok, out = core.run(nil, function()
+      local id = core.uuid()
+      if before then
+        before(svc, id)
+      end
+      local _, value, rec = svc:start({ workflow = top, hash = "h:top" }, {}, { id = id })
+      local ended = core.now() - T0
+      for _ = 1, 1000 do
+        if not next(svc.running) then
+          break
+        end
+        core.sleep(1)
+      end
+      return { value = value, rec = rec, ended = ended }
+    end)
+    core.set_clock("real")
+    assert(ok, tostring(out))
+    return out
+  end
+
+  local function record(st, id)
+    local text = st:get_run_text(id)
+    return text and json.decode(text)
+  end
+
+  -- The first child of run id (its id).
+  local function child(st, id)
+    return record(st, id).children[1]
+  end
+
+  local function assert_cancelled(svc, st, id)
+    local rec = record(st, id)
+    assert.are.equal("cancelled", rec.status)
+    assert.are.equal("parent", rec.cancel.via)
+    assert.are.equal("cancelled", rec.error.kind)
+    assert.is_nil(svc.running[id])
+    return rec
+  end
+
+  local function assert_nothing_in_flight(svc, st)
+    assert.are.same({}, st:unfinished()) -- a restart resumes nothing
+    assert.are.equal(0, svc.inflight)
+  end
+
+  it("is cancelled when a sibling in chorus.all fails: on_cancel runs, its end is stored", function()
+    local svc, st = service({ slow = slow })
+    local out = run_top(svc, chorus.workflow { name = "top", run = function(ctx)
+      return chorus.all(function() return ctx.call("slow", {}) end, function() boom(ctx) end)
+    end })
+    assert.are.equal("failed", out.rec.status)
+    assert.are.equal("boom", out.rec.error.kind)
+    local c = assert_cancelled(svc, st, child(st, out.rec.id))
+    assert.are.same({ ok = true, value = "undone" }, c.on_cancel)
+    assert.are.equal(out.rec.id, c.parent)
+    assert_nothing_in_flight(svc, st)
+  end)
+
+  it("is cancelled when it loses a chorus.race (and in chorus.any)", function()
+    for _, combinator in ipairs({ "race", "any" }) do
+      local svc, st = service({ slow = slow })
+      local out = run_top(svc, chorus.workflow { name = "top", run = function(ctx)
+        return chorus[combinator](function() return ctx.call("slow", {}) end, function()
+          ctx.sleep(1)
+          return "fast"
+        end)
+      end })
+      assert.are.equal("succeeded", out.rec.status)
+      assert.are.equal("fast", out.value)
+      assert_cancelled(svc, st, child(st, out.rec.id))
+      assert_nothing_in_flight(svc, st)
+    end
+  end)
+
+  it("is cancelled with its parent (DELETE /runs/PARENT)", function()
+    local svc, st = service({ slow = slow })
+    local out = run_top(svc, chorus.workflow { name = "top", run = function(ctx)
+      return chorus.all(function() return ctx.call("slow", {}) end, function() ctx.sleep(500) end)
+    end }, function(s, id)
+      core.spawn(function()
+        core.sleep(5)
+        assert(s:cancel(id, "admin"))
+      end)
+    end)
+    assert.are.equal("cancelled", out.rec.status)
+    assert.are.equal(5, out.ended)
+    assert_cancelled(svc, st, child(st, out.rec.id))
+    assert_nothing_in_flight(svc, st)
+  end)
+
+  it("ends when its parent times out: the deadline's or a cancel's status, never running", function()
+    local svc, st = service({ slow = slow })
+    local out = run_top(svc, chorus.workflow { name = "top", timeout = 10, run = function(ctx)
+      return chorus.all(function() return ctx.call("slow", {}) end, function() ctx.sleep(500) end)
+    end })
+    assert.are.equal("timed_out", out.rec.status)
+    local c = record(st, child(st, out.rec.id))
+    assert.truthy(c.status == "timed_out" or c.status == "cancelled", c.status)
+    assert_nothing_in_flight(svc, st)
+  end)
+
+  it("is cancelled when its parent is stopped by its instruction budget", function()
+    -- a killed run runs no Lua of its own any more, not even its closes:
+    -- the parent's end cancels what it left
+    local svc, st = service({ slow = slow }, { instructions = 1e6 })
+    local out = run_top(svc, chorus.workflow { name = "top", run = function(ctx)
+      return chorus.all(function() return ctx.call("slow", {}) end, function()
+        ctx.sleep(1)
+        local n = 0
+        while true do
+          n = n + 1
+        end
+      end)
+    end })
+    assert.are.equal("failed", out.rec.status)
+    assert.are.equal("budget", out.rec.error.kind)
+    assert_cancelled(svc, st, child(st, out.rec.id))
+    assert_nothing_in_flight(svc, st)
+  end)
+
+  it("takes its own children with it (grandchildren)", function()
+    local svc, st = service({ slow = slow, mid = mid })
+    local out = run_top(svc, chorus.workflow { name = "top", run = function(ctx)
+      return chorus.all(function() return ctx.call("mid", {}) end, function() boom(ctx) end)
+    end })
+    assert.are.equal("failed", out.rec.status)
+    local m = child(st, out.rec.id)
+    assert_cancelled(svc, st, m)
+    local g = assert_cancelled(svc, st, child(st, m))
+    assert.are.same({ ok = true, value = "undone" }, g.on_cancel)
+    assert_nothing_in_flight(svc, st)
+  end)
+
+  it("runs afresh when its failed parent is redriven, instead of handing the parent its cancel", function()
+    local svc, st = service({ slow = slow })
+    local tries = 0
+    local top = chorus.workflow { name = "top", run = function(ctx)
+      return chorus.all(function() return ctx.call("slow", {}) end, function()
+        ctx.sleep(1)
+        tries = tries + 1
+        if tries == 1 then
+          error({ kind = "boom", message = "not this time" })
+        end
+        return "then"
+      end)
+    end }
+    svc:keep_version({ workflow = top, hash = "h:top" })
+    local out = run_top(svc, top)
+    assert.are.equal("failed", out.rec.status)
+    local cid = child(st, out.rec.id)
+    assert_cancelled(svc, st, cid)
+    core.set_clock("virtual", T0 + 2000)
+    local ok, res = core.run(nil, function()
+      local rec, wf, kept = assert(svc:prepare_redrive(out.rec.id, "admin"))
+      return { svc:execute({ workflow = wf }, rec, rec.input, kept) }
+    end)
+    core.set_clock("real")
+    assert(ok, tostring(res))
+    assert.is_true(res[1], res[2] and res[2].message)
+    assert.are.equal("done", res[2]) -- the child's result: it ran to its end this time
+    assert.are.equal("succeeded", record(st, cid).status)
+    assert_nothing_in_flight(svc, st)
+  end)
+
+  it("found unfinished after a restart while its parent has ended, is cancelled, not run on", function()
+    -- a crash between the parent's end and the cancel of the child it left
+    -- (two commits) leaves that child in flight in the data folder
+    local svc, st = service({ slow = slow })
+    local pid, cid = core.uuid(), core.uuid()
+    st:put_run_text(pid, json.encode({ id = pid, workflow = "top", status = "failed", children = { cid } }))
+    st:put_run({ id = cid, workflow = "slow", status = "running", parent = pid, started = T0, timeline = {},
+      script_hash = "h:slow", input = {} })
+    st:put_timer(cid, nil)
+    st:commit()
+    local resumed = {}
+    assert.are.equal(1, svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end }))
+    core.set_clock("virtual", T0)
+    local ok, err = core.run(nil, function() resumed[1]() end)
+    core.set_clock("real")
+    assert(ok, tostring(err))
+    local c = assert_cancelled(svc, st, cid)
+    assert.are.same({ ok = true, value = "undone" }, c.on_cancel)
+    assert.are.equal(0, c.duration)
+    assert_nothing_in_flight(svc, st)
   end)
 end)

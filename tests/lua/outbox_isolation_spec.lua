@@ -4,7 +4,9 @@
 -- time), it has at most limits.outbox_pending_per_workflow entries pending,
 -- each attempt of a workflow entry gets the input as enqueued, and runs the
 -- server starts by itself (outbox entries, schedules) wait while
--- max_inflight_runs runs are in flight instead of going past it.
+-- max_inflight_runs runs are in flight, or their workflow has its share of
+-- them (inflight_runs_per_workflow), instead of going past it; an entry
+-- waiting for its workflow holds back no entry behind it.
 local core = require "chorus.core"
 local chorus = require "chorus"
 local outbox = require "chorus.outbox"
@@ -378,6 +380,108 @@ describe("the outbox between workflows", function()
           s.at - T0))
         assert.are.equal(1, s.inflight)
       end
+    end)
+  end)
+
+  describe("inflight_runs_per_workflow", function()
+    -- A run of workflow name that holds its slot for 100 (virtual) seconds.
+    local function blocker(name)
+      return chorus.workflow { name = name, run = function(ctx)
+        ctx.sleep(100)
+        return true
+      end }
+    end
+
+    it("an entry of a workflow at its share waits and the entries behind it in its lane go", function()
+      local started = {}
+      local backend = outbox.memory(true)
+      local function recorder(name)
+        return chorus.workflow { name = name, run = function()
+          started[#started + 1] = { name = name, at = core.now() }
+          return true
+        end }
+      end
+      local wfs = { full = recorder("full"), free = recorder("free") }
+      local svc = runs.service({ backend = backend,
+        config = { limits = { max_inflight_runs = 4, inflight_runs_per_workflow = 1 } },
+        log = function() end, log_sink = function() end,
+        workflow = function(name) return wfs[name] and { workflow = wfs[name] } end })
+      local both = chorus.workflow { name = "both", run = function(ctx)
+        ctx.later("full", {}) -- first in both's lane
+        ctx.later("free", {})
+        return true
+      end }
+      local out = in_loop(function()
+        local blocked_until
+        core.start(nil, function()
+          svc:start({ workflow = blocker("full") }, {})
+          blocked_until = core.now()
+        end)
+        core.sleep(0)
+        svc:start({ workflow = both }, {})
+        -- one delivery at a time: free's entry goes only past full's
+        local relay = svc:relay({ poll = 0.1, concurrency = 1 })
+        core.start(nil, function()
+          while #started < 2 do
+            core.sleep(0.05)
+          end
+          relay:stop()
+        end)
+        relay:run()
+        return { blocked_until = blocked_until, charged = svc.charged.full }
+      end)
+      assert.are.equal("free", started[1].name)
+      assert.is_true(started[1].at < out.blocked_until, "free's entry waited behind full's")
+      assert.are.equal("full", started[2].name)
+      assert.is_true(started[2].at >= out.blocked_until, "full's entry started past its share")
+      assert.are.equal(0, out.charged)
+      assert.are.equal(0, #backend.dead)
+      for _, e in ipairs(backend.delivered) do
+        assert.are.equal(0, e.attempts) -- waiting was no failed attempt
+      end
+    end)
+
+    it("a scheduled slot of a workflow at its share waits while another workflow's go on", function()
+      local state = require "chorus.server_state"
+      local scheduler = require "chorus.scheduler"
+      local log = require "chorus.log"
+      local starts = { full = {}, free = {} }
+      local svc = runs.service({ config = { limits = { max_inflight_runs = 4, inflight_runs_per_workflow = 1 } },
+        log = function() end, log_sink = function() end })
+      local function ticker(name)
+        return chorus.workflow { name = name, schedule = { every = 1 }, run = function()
+          table.insert(starts[name], core.now())
+          return true
+        end }
+      end
+      local saved = { runs = state.runs, workflows = state.workflows, store = state.store,
+        draining = state.draining }
+      state.runs, state.store, state.draining = svc, nil, false
+      state.workflows = { full = { workflow = ticker("full") }, free = { workflow = ticker("free") } }
+      log.set_level("error")
+      local blocked_until
+      local ok, err = pcall(in_loop, function()
+        core.start(nil, function()
+          svc:start({ workflow = blocker("full") }, {})
+          blocked_until = core.now()
+        end)
+        core.start(nil, function()
+          core.sleep(105)
+          state.draining = true
+        end)
+        scheduler.loop()
+      end)
+      state.runs, state.workflows, state.store, state.draining = saved.runs, saved.workflows, saved.store,
+        saved.draining
+      log.set_level("info")
+      assert(ok, tostring(err))
+      assert.is_truthy(blocked_until)
+      assert.is_true(#starts.full >= 1, "full's schedule never started a run once it had room")
+      for _, at in ipairs(starts.full) do
+        assert.is_true(at >= blocked_until, ("full's scheduled run started at %s, past its share"):format(at - T0))
+      end
+      assert.is_true(#starts.free >= 50, ("free's schedule ran %d times in 105 s"):format(#starts.free))
+      assert.is_true(starts.free[1] < blocked_until)
     end)
   end)
 end)

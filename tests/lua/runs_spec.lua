@@ -458,3 +458,50 @@ describe("the run service", function()
   end)
 end)
 
+
+describe("runs in flight, by workflow", function()
+  it("a workflow's share is half the server's cap, rounded up, unless set; 0 or the cap itself: none", function()
+    assert.are.same({ 10000, 5000 }, { runs.caps(nil) })
+    assert.are.same({ 5, 3 }, { runs.caps({ max_inflight_runs = 5 }) })
+    assert.are.same({ 1 }, { runs.caps({ max_inflight_runs = 1 }) }) -- a share of 1 is the whole server
+    assert.are.same({ 8, 3 }, { runs.caps({ max_inflight_runs = 8, inflight_runs_per_workflow = 3 }) })
+    assert.are.same({ 8 }, { runs.caps({ max_inflight_runs = 8, inflight_runs_per_workflow = 0 }) })
+    assert.are.same({ 8 }, { runs.caps({ max_inflight_runs = 8, inflight_runs_per_workflow = 8 }) })
+  end)
+
+  it("core.release gives a place back once, whatever calls it again", function()
+    local svc = runs.service({ config = { limits = { max_inflight_runs = 4 } }, log = function() end })
+    local a = svc:count_in("a")
+    local b = svc:count_in("a")
+    assert.are.equal("workflow", svc:at_capacity("a"))
+    assert.is_false(svc:at_capacity("b"))
+    core.release(a)
+    core.release(a)
+    assert.are.same({ 1, 1 }, { svc.inflight, svc.charged.a })
+    assert.is_false(svc:at_capacity("a"))
+    do
+      local _ <close> = b
+    end
+    core.release(b)
+    assert.are.same({ 0, 0 }, { svc.inflight, svc.charged.a })
+  end)
+
+  it("charges a child run to the workflow at the top of its callers, and counts every run out", function()
+    local svc = runs.service({ log = function() end, log_sink = function() end })
+    local seen = {}
+    local leaf = chorus.workflow { name = "leaf", run = function()
+      seen[#seen + 1] = { top = svc.charged.top, leaf = svc.charged.leaf or 0, mid = svc.charged.mid or 0 }
+      return true
+    end }
+    local entries = { leaf = { workflow = leaf } }
+    local mid = chorus.workflow { name = "mid", run = function(ctx) return ctx.call("leaf", {}) end }
+    entries.mid = { workflow = mid }
+    local top = chorus.workflow { name = "top", run = function(ctx) return ctx.call("mid", {}) end }
+    svc.env.workflow = function(name) return entries[name] end
+    in_loop(function()
+      assert.is_true((svc:start({ workflow = top }, {})))
+    end)
+    assert.are.same({ { top = 3, leaf = 0, mid = 0 } }, seen)
+    assert.are.same({ 0, 0 }, { svc.inflight, svc.charged.top })
+  end)
+end)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -457,6 +458,37 @@ static void test_shards(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK_INT_EQ(mock_connections(), opened + 1); /* + the first count's own curl */
 }
 
+/* A burst of calls well past the ones the client keeps for reuse gives the
+ * freed ones' memory back to the system as they end (chorus_http_trims);
+ * calls one after another, each reusing a kept one, never do. */
+static void test_burst_gives_memory_back(struct chorus_http_client *c, uv_loop_t *loop) {
+    enum { N = 1400 }; /* 256 kept, more than 1,024 freed */
+    struct rlimit fds;
+    if (getrlimit(RLIMIT_NOFILE, &fds) != 0 || fds.rlim_cur < N + 200) {
+        fprintf(stderr, "test_burst_gives_memory_back: skipped (needs %d open files)\n", N + 200);
+        return;
+    }
+    static struct outcome o[N];
+    memset(o, 0, sizeof o);
+    size_t before = chorus_http_trims(c);
+    for (int i = 0; i < N; i++)
+        CHECK(start(c, "GET", "/burst?delay=200", NULL, 30000, &o[i]) != NULL);
+    run_until(loop, o, N);
+    int ok = 0;
+    for (int i = 0; i < N; i++)
+        ok += o[i].status == 200;
+    CHECK_INT_EQ(ok, N);
+    size_t after = chorus_http_trims(c);
+    CHECK(after > before);
+    for (int i = 0; i < 300; i++) {
+        struct outcome one = {0};
+        start(c, "GET", "/steady", NULL, 5000, &one);
+        run_until(loop, &one, 1);
+        CHECK_INT_EQ(one.status, 200);
+    }
+    CHECK(chorus_http_trims(c) == after);
+}
+
 /* A call with the egress options: restricted, following redirects with an
  * allow-list of hosts. */
 static void start_egress(struct chorus_http_client *c, const char *url, int restricted,
@@ -554,6 +586,13 @@ static void test_redirect_hops(struct chorus_http_client *c, uv_loop_t *loop) {
 }
 
 int main(void) {
+    /* test_burst_gives_memory_back keeps 1,400 calls in flight: here and in
+     * the mock (which inherits the limit) */
+    struct rlimit fds;
+    if (getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur < fds.rlim_max) {
+        fds.rlim_cur = fds.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &fds);
+    }
     if (start_mock() != 0) {
         fprintf(stderr, "cannot start build/mock-upstream\n");
         return 1;
@@ -571,6 +610,7 @@ int main(void) {
     test_many_concurrent(c, &loop);
     test_cancel(c, &loop);
     test_shards(c, &loop);
+    test_burst_gives_memory_back(c, &loop);
     test_keep_alive(c, &loop);
     test_response_limits(c, &loop);
     test_url_charged(c, &loop);
