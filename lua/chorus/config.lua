@@ -76,6 +76,7 @@ local LIMITS = {
   inflight_runs_per_workflow = { int = true, min = 0, max = 10000000 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
+  events_kept_per_workflow = { int = true, min = 0, max = 1e9 },
   run_record_bytes = { int = true, min = config.RUN_RECORD_FLOOR_BYTES, max = 1 << 40, off = true },
 }
 
@@ -418,6 +419,9 @@ function config.apply(conf)
   })
   require("chorus.context").run_log_lines = limits.run_log_lines or 10000
   require("chorus.outbox").pending_cap = limits.outbox_pending_per_workflow or 10000
+  local events = require "chorus.events"
+  events.kept_cap = limits.events_kept_per_workflow or 10000
+  events.max_payload = limits.max_body_bytes or 1048576
   require("chorus.http").configure(conf.upstreams)
   core.egress({ allow = (conf.egress or {}).allow })
   require("chorus.secrets").dir = conf.secrets_dir

@@ -2,6 +2,7 @@
 -- idempotency keys, kept events and event ids past events.ttl, and finished
 -- run records older than storage.runs_retention go, a bounded step at a time, once a minute.
 local core = require "chorus.core"
+local events = require "chorus.events"
 local log = require("chorus.log").event
 local state = require "chorus.server_state"
 
@@ -39,7 +40,11 @@ function sweep.loop()
     -- kept events no wait took, and seen event ids, once events.ttl is up
     local old_events
     old_events, events_from = st:sweep("events", events_from, SWEEP_BATCH, function(rec)
-      return type(rec) ~= "table" or (tonumber(rec.expires) or 0) <= now
+      local old = type(rec) ~= "table" or (tonumber(rec.expires) or 0) <= now
+      if old and type(rec) == "table" and type(rec.kept_by) == "string" then
+        events.forget_kept(rec.kept_by) -- its place under limits.events_kept_per_workflow frees
+      end
+      return old
     end)
     if keys + old_runs + old_events > 0 then
       st:commit()
