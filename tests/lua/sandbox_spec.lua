@@ -724,4 +724,34 @@ describe("sandbox: what a queued call keeps", function()
       assert.matches("header names must be strings", tostring(message), 1, true)
     end
   end)
+
+  -- An option was checked, then read again: an __index answering the
+  -- second read differently put a table in the queued call's timeout (and
+  -- could have put any url or body past their checks).
+  it("keeps the options as checked, each read once", function()
+    local wf = assert(script.compile([[
+      local chorus = require "chorus"
+      local http = require "chorus.http"
+      return chorus.workflow { name = "queued", run = function()
+        local reads = {}
+        local first = { timeout = 5, connect_timeout = 2, url = "http://mock.test/x", body = "b",
+          idempotency_key = "k-1", later = true }
+        local req = setmetatable({}, { __index = function(_, k)
+          reads[k] = (reads[k] or 0) + 1
+          if reads[k] == 1 then return first[k] end
+          return ({ timeout = {}, connect_timeout = {}, url = "file:///etc/passwd", body = {}, later = {} })[k]
+        end })
+        http.request(req)
+        return reads
+      end }
+    ]], "queued.lua"))
+    local r = testing.run(wf, {})
+    assert.is_true(r.ok, tostring(r.error))
+    local sent = r.outbox[1].request
+    assert.same({ "http://mock.test/x", 5, "b", "k-1" }, { sent.url, sent.timeout, sent.body,
+      sent.headers["Idempotency-Key"] })
+    for k, n in pairs(r.value) do
+      assert.equal(1, n, k)
+    end
+  end)
 end)
