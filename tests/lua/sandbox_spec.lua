@@ -755,3 +755,40 @@ describe("sandbox: what a queued call keeps", function()
     end
   end)
 end)
+
+-- A wrapper of the sandbox that passed a bad argument on to the library
+-- put its own position in the error ("lua/chorus/sandbox.lua:522: bad
+-- argument #1 to 'rawset'"): the script saw the server's files.
+describe("sandbox: errors a script sees", function()
+  before_each(testing.reset)
+
+  it("name no position inside the server's modules", function()
+    local wf = assert(script.compile([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "positions", run = function()
+        local out = {}
+        local function note(_, err) out[#out + 1] = tostring(err) end
+        note(pcall(setmetatable, 1, {}))
+        note(pcall(rawset, 1, 2, 3))
+        note(pcall(table.insert, nil, 1))
+        note(pcall(table.remove, nil))
+        note(pcall(table.sort, { 3, 1, 2 }, 5))
+        note(pcall(chorus.json.array, 5))
+        note(pcall(os.time, {}))
+        note(pcall(chorus.secret, 5))
+        note(xpcall(rawset, function(e) return e end, 1, 2, 3))
+        note(pcall(coroutine.wrap(function() return setmetatable(1, {}) end)))
+        note(coroutine.resume(coroutine.create(function() return rawset(1, 2, 3) end)))
+        return out
+      end }
+    ]], "positions.lua"))
+    local r = testing.run(wf, {})
+    assert.is_true(r.ok, tostring(r.error))
+    assert.equal(11, #r.value)
+    for _, message in ipairs(r.value) do
+      assert.is_nil(message:find("chorus/", 1, true), message)
+      assert.truthy(message:find("bad argument", 1, true) or message:find("missing", 1, true)
+        or message:find("must be a string", 1, true), message)
+    end
+  end)
+end)
