@@ -77,6 +77,7 @@ local LIMITS = {
   run_log_lines = { int = true, min = 0, max = 1e9 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
   events_kept_per_workflow = { int = true, min = 0, max = 1e9 },
+  events_kept_bytes_per_workflow = { int = true, min = 0, max = 1 << 40 },
   run_record_bytes = { int = true, min = config.RUN_RECORD_FLOOR_BYTES, max = 1 << 40, off = true },
 }
 
@@ -421,6 +422,7 @@ function config.apply(conf)
   require("chorus.outbox").pending_cap = limits.outbox_pending_per_workflow or 10000
   local events = require "chorus.events"
   events.kept_cap = limits.events_kept_per_workflow or 10000
+  events.kept_bytes_cap = limits.events_kept_bytes_per_workflow or 64 * 1024 * 1024
   events.max_payload = limits.max_body_bytes or 1048576
   require("chorus.http").configure(conf.upstreams)
   core.egress({ allow = (conf.egress or {}).allow })

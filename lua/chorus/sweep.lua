@@ -42,7 +42,7 @@ function sweep.loop()
     old_events, events_from = st:sweep("events", events_from, SWEEP_BATCH, function(rec)
       local old = type(rec) ~= "table" or (tonumber(rec.expires) or 0) <= now
       if old and type(rec) == "table" and type(rec.kept_by) == "string" then
-        events.forget_kept(rec.kept_by) -- its place under limits.events_kept_per_workflow frees
+        events.forget_kept(rec.kept_by, rec.bytes) -- its place under limits.events_kept_per_workflow frees
       end
       return old
     end)

@@ -334,7 +334,7 @@ describe("the events a workflow keeps", function()
 
   before_each(testing.reset)
   after_each(function()
-    events.kept_cap, events.max_payload = 10000, 1048576
+    events.kept_cap, events.kept_bytes_cap, events.max_payload = 10000, 64 * 1024 * 1024, 1048576
     core.set_clock("real")
   end)
 
@@ -364,6 +364,19 @@ describe("the events a workflow keeps", function()
     assert.equal("kept", testing.run(other).value)
   end)
 
+  it("caps the bytes of payload a workflow keeps, and frees them when a wait takes one", function()
+    local one = #core.json.encode({ i = 1, pad = ("x"):rep(100) }) -- a flooder payload as JSON: two fit
+    events.kept_bytes_cap = 3 * one - 1
+    local r = testing.run(flooder(50))
+    assert.equal("events_full", r.error.kind)
+    assert.matches("limits.events_kept_bytes_per_workflow", r.error.message)
+    assert.same({ 2, 2 * one }, { events.kept("flooder"), events.kept_bytes("flooder") })
+    assert.is_true(testing.run(chorus.workflow { name = "taker", run = function(ctx)
+      return ctx.event("spam", { key = "k1", timeout = 1 })
+    end }).ok)
+    assert.same({ 1, one }, { events.kept("flooder"), events.kept_bytes("flooder") })
+  end)
+
   it("frees a place when a wait takes an event", function()
     events.kept_cap = 2
     assert.equal(2, testing.run(chorus.workflow { name = "flooder", run = function()
@@ -383,19 +396,19 @@ describe("the events a workflow keeps", function()
     local st = store.memory()
     local ok, res = core.run(nil, function()
       events.configure({ store = st, ttl = 10 })
-      events.deliver("e", "k1", {}, "id-1", "wf")
-      events.deliver("e", "k2", {}, "id-2", "wf")
+      events.deliver("e", "k1", { a = 1 }, "id-1", "wf")
+      events.deliver("e", "k2", { b = 22 }, "id-2", "wf")
       events.deliver("e", "posted", {}, nil, nil) -- POST /events: no workflow's
       events.configure({ store = st, ttl = 10 }) -- a restart over the same store
-      local out = { events.kept("wf") }
-      out[2] = select(2, pcall(events.deliver, "e", "k3", {}, "id-3", "wf")).kind
+      local out = { events.kept("wf"), events.kept_bytes("wf") }
+      out[3] = select(2, pcall(events.deliver, "e", "k3", {}, "id-3", "wf")).kind
       core.sleep(11) -- the ttl passes: the places free
-      out[3] = events.deliver("e", "k3", {}, "id-3", "wf")
-      out[4] = events.kept("wf")
+      out[4] = events.deliver("e", "k3", {}, "id-3", "wf")
+      out[5], out[6] = events.kept("wf"), events.kept_bytes("wf")
       return out
     end)
     assert.is_true(ok, tostring(res))
-    assert.same({ 2, "events_full", "kept", 1 }, res)
+    assert.same({ 2, #'{"a":1}' + #'{"b":22}', "events_full", "kept", 1, 2 }, res)
   end)
 
   it("refuses an emitted payload larger than limits.max_body_bytes, keeping nothing", function()
@@ -422,9 +435,12 @@ describe("the events a workflow keeps", function()
     end
     local _, err = load("events_kept_per_workflow = -1")
     assert.matches("events_kept_per_workflow", tostring(err))
-    local conf = assert(load("events_kept_per_workflow = 0, max_body_bytes = 4096"))
+    _, err = load("events_kept_bytes_per_workflow = 0.5")
+    assert.matches("events_kept_bytes_per_workflow", tostring(err))
+    local conf = assert(load("events_kept_per_workflow = 0, events_kept_bytes_per_workflow = 0, "
+      .. "max_body_bytes = 4096"))
     config.apply(conf)
-    assert.equal(0, events.kept_cap)
+    assert.same({ 0, 0 }, { events.kept_cap, events.kept_bytes_cap })
     assert.equal(4096, events.max_payload)
   end)
 end)
