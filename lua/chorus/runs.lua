@@ -327,7 +327,7 @@ function Service:begin(rec, entry, input)
   if entry.hash and entry.source then
     self:keep_version(entry)
   end
-  st:put_run(rec)
+  st:put_run(rec, true)
   st:put_timer(rec.id, rec.deadline_at)
 end
 
@@ -350,6 +350,7 @@ function Service:abandon(rec, scope, key, err)
     st:del_timer(rec.id)
     st:drop_journal(rec.id)
     st:del_run(rec.id)
+    st:run_settled(rec.id)
     pcall(st.commit, st)
   end
 end
@@ -381,6 +382,7 @@ function Service:finish(rec, text, ok, value)
         st:put_outcome(rec.id, { unreadable = true }) -- the parent then reads the record
       end
     end
+    st:run_settled(rec.id)
   end
   if rec.key then
     idempotency.finish(st, rec.key_scope or rec.workflow, rec.key, rec.fp, rec.id, rec.ttl,
