@@ -80,8 +80,15 @@ function Store:close()
   self.st:close()
 end
 
+--- Waits until the queued writes are on disk; raises when their batch failed.
 function Store:commit()
-  self.st:commit()
+  local ok, err = pcall(self.st.commit, self.st)
+  if not ok then
+    -- the batch is lost, the counts it changed with it: what each workflow
+    -- holds is read again from the folder (Store:held)
+    self.held_bytes, self.run_accounts = nil, nil
+    error(err, 0)
+  end
 end
 
 function Store:stats()

@@ -197,8 +197,8 @@ local function key_verdict(c)
   end
 end
 
-local GUARDS = { known_workflow, post_only, authorized, under_load_limit, under_storage_share, valid_key, valid_body, valid_callback,
-  key_verdict }
+local GUARDS = { known_workflow, post_only, authorized, under_load_limit, under_storage_share, valid_key,
+  valid_body, valid_callback, key_verdict }
 
 -- ---- the run ------------------------------------------------------------------
 
