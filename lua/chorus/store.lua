@@ -761,10 +761,14 @@ end
 function Store:put_outbox(entry)
   local key = outbox_key(entry.due, entry.id)
   if entry.held == nil and type(entry.owner) == "string" then
-    entry.held = #json.encode(entry)
+    -- encoded once: its size, then the same text with the size added
+    local text = json.encode(entry)
+    entry.held = #text
     self:hold(entry.owner, entry.held)
+    self.st:put("outbox", key, ('%s,"held":%d}'):format(text:sub(1, -2), entry.held))
+  else
+    self:put_json("outbox", key, entry)
   end
-  self:put_json("outbox", key, entry)
   self.st:put("outbox_lanes", lane_key(entry.owner, key), "1")
 end
 
