@@ -481,26 +481,38 @@ local function held_table(self)
   if not held then
     held = {}
     for _, row in ipairs(self.st:scan("meta", { prefix = HELD, limit = math.maxinteger })) do
-      held[row[1]:sub(#HELD + 1)] = math.tointeger(tonumber(row[2])) or 0
+      local n = math.tointeger(tonumber(row[2])) or 0
+      held[row[1]:sub(#HELD + 1)] = n > 0 and n or nil
     end
     self.held_bytes = held
   end
   return held
 end
 
---- Adds by bytes (negative: gives back) to what workflow wf holds.
+--- Adds by bytes (negative: gives back) to what workflow wf holds. The
+--- count goes to the folder with the write that changed it: the store's
+--- counter (store:counter) writes the last count of each commit, once.
 function Store:hold(wf, by)
   if type(wf) ~= "string" or by == 0 then
     return
   end
   local held = held_table(self)
   local n = math.max((held[wf] or 0) + by, 0) -- (a count an older chorus left short)
-  if n > 0 then
-    held[wf] = n
+  held[wf] = n > 0 and n or nil
+  local slots = self.held_slots
+  if not slots then
+    slots = {}
+    self.held_slots, self.held_nslots = slots, 0
+  end
+  local slot = slots[wf]
+  if not slot then
+    slot = self.held_nslots
+    slots[wf], self.held_nslots = slot, slot + 1
+  end
+  if slot <= 65535 then
+    self.st:counter(slot, HELD .. wf, n)
+  else -- (more workflows than counters: a put each)
     self.st:put("meta", HELD .. wf, tostring(n))
-  else
-    held[wf] = nil
-    self.st:del("meta", HELD .. wf)
   end
 end
 
@@ -637,9 +649,8 @@ function Store:build_held()
     return 0
   end
   for wf in pairs(held_table(self)) do
-    self.st:del("meta", HELD .. wf)
+    self:hold(wf, -self:held(wf))
   end
-  self.held_bytes = {}
   return build_whole(self, "runs", "held", function(key, value)
     local ok, rec = pcall(json.decode, value)
     local wf = ok and type(rec) == "table" and type(rec.workflow) == "string" and rec.workflow or nil
