@@ -27,12 +27,12 @@ function sweep.loop()
     keys, keys_from = st:sweep("idempotency", keys_from, SWEEP_BATCH, function(rec)
       return rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
     end)
-    old_runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec)
+    old_runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec, size)
       local old = rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention
-      if old and rec.status == "failed" and type(rec.id) == "string" then
-        st:drop_journal(rec.id) -- the journal kept for a redrive goes with the record
-      end
       if old and type(rec.id) == "string" then
+        -- the journal kept for a redrive goes with the record, and what
+        -- both held is its workflow's again (storage.workflow_share_mb)
+        st:release_run(rec, size)
         st:drop_deliveries(rec.id)
       end
       return old

@@ -469,7 +469,9 @@ end }
   it("has at most 100 headers: past them a 500 with the run id, the run recorded", function()
     local ok = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 100 }) })
     assert.are.equal(200, ok.status, ok.body)
-    assert.are.equal("v", ok.headers["x-h100"])
+    for i = 1, 100 do -- every one of them reaches the client (past the 64th they were dropped)
+      assert.are.equal("v", ok.headers["x-h" .. i], "x-h" .. i)
+    end
     local r = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 300000 }),
       headers = { ["Idempotency-Key"] = "many-headers" }, max_time = 60 })
     assert.are.equal(500, r.status, r.body)
