@@ -1603,16 +1603,19 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    /* The copies of the request body and headers are the caller's memory as
-     * the response body is: told to the charge callback, given back when
-     * the call ends (one body string sent by many calls at once was a copy
-     * per call, outside the run's memory cap). */
+    /* The copies of the request body, headers and URL are the caller's
+     * memory as the response body is: told to the charge callback, given
+     * back when the call ends (one body string sent by many calls at once
+     * was a copy per call, outside the run's memory cap; so was a URL of
+     * megabytes, three times: this copy, curl's and the request line curl
+     * writes, 360 MB of the server for 60 calls under a 64 MiB cap). */
     size_t held = req->body ? req->body_len : 0;
+    held += 3 * strlen(req->url);
     for (const char *const *h = req->headers; h && *h; h++)
         held += strlen(*h);
     if (held && call->charge) {
         if (call->charge(data, (long long)held) != 0) {
-            snprintf(err, errlen, "the request's body and headers pass the memory cap");
+            snprintf(err, errlen, "the request's body, headers and URL pass the memory cap");
             goto fail;
         }
         call->charged += held;

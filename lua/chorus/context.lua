@@ -81,6 +81,9 @@ local function logger(ctx)
       end
     end
     line = redact.value(line, ctx_state[ctx].redact)
+    if type(line) ~= "table" then -- too costly to mask: masked whole (chorus.redact)
+      line = { level = level, msg = line, run_id = ctx.run_id, workflow = ctx.workflow, ts = core.now() }
+    end
     logging.write(line, sink)
   end
   local log = {}

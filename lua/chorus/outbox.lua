@@ -129,6 +129,12 @@ end
 
 local LATER_OPTS = { delay = true, attempts = true, base = true, cap = true }
 
+-- Returns a copy of the options made of what was checked: the entry keeps
+-- the numbers the relay compares after the run, outside it. Read raw, as
+-- checked: opts' __pairs showed nothing while its __index handed the entry
+-- a table whose __lt looped in the relay (the memory outbox keeps the
+-- entry's values as they are) and held the server for good; and saga:abort
+-- and commit pass a policy the script could replace after saga.new checked it.
 local function check_opts(who, opts)
   if opts == nil then
     return {}
@@ -136,16 +142,18 @@ local function check_opts(who, opts)
   if type(opts) ~= "table" then
     error(("%s: opts must be a table { delay =, attempts =, base =, cap = }"):format(who), 3)
   end
-  for k, v in pairs(opts) do
+  local out = {}
+  for k, v in next, opts do
     if not LATER_OPTS[k] then
       error(("%s: unknown option '%s' (known: delay, attempts, base, cap)"):format(who, tostring(k)), 3)
     end
-    if type(v) ~= "number" or v < 0 or (k == "attempts" and (math.type(v) ~= "integer" or v < 1)) then
+    if type(v) ~= "number" or v < 0 or v ~= v or (k == "attempts" and (math.type(v) ~= "integer" or v < 1)) then
       error(("%s: option '%s' must be a %s"):format(who, k,
         k == "attempts" and "positive integer" or "non-negative number of seconds"), 3)
     end
+    out[k] = v
   end
-  return opts
+  return out
 end
 
 --- ctx.later: a workflow start after this run. Returns the entry id.
@@ -179,6 +187,7 @@ end
 
 --- A chain of HTTP requests delivered in order (saga compensations).
 function outbox.chain(name, requests, opts)
+  opts = check_opts("saga", opts) -- the saga's policy: the script may have replaced it since saga.new
   local e = new_entry("chain", { name = name, steps = requests, next = 1 }, opts)
   return enqueue(e, "chain " .. name, "saga")
 end

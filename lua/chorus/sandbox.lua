@@ -251,10 +251,31 @@ end
 -- type, __newindex = rawequal) and a __len near 2^31 it sorted two billion
 -- elements without a hook or an allocation. Such a table is copied to a
 -- plain one in Lua loops (charged as usual), sorted there and copied back.
+--
+-- The C sort's own comparisons (no comparator, or a C function such as
+-- rawequal) run no instruction either, and comparing two long strings reads
+-- them through: 20,000 references to two strings of a megabyte held the
+-- server's thread 10 s under a CPU limit of 0.5 s. So every comparison is
+-- a call of a Lua function, where the count hook (budget, CPU limit) fires.
 local sort = table.sort
+local getinfo = require("debug").getinfo
 local INT_MAX = 2147483647
+-- named as the sort, not as this file: its errors ("attempt to compare
+-- number with string") show no server path
+local less = load("local a, b = ... return a < b", "=table.sort")
+
+local function lua_comparator(comp)
+  if comp == nil then
+    return less
+  end
+  if type(comp) == "function" and getinfo(comp, "S").what == "C" then
+    return function(a, b) return comp(a, b) end
+  end
+  return comp -- a Lua function (or what sort refuses)
+end
 
 local function charged_sort(t, comp)
+  comp = lua_comparator(comp)
   if type(t) ~= "table" or getraw(t) == nil then
     return sort(t, comp) -- plain: # is met by elements (a nil fails the first compare)
   end
@@ -270,6 +291,43 @@ local function charged_sort(t, comp)
   sort(setmetatable(plain, { __len = function() return n end }), comp)
   for i = 1, n do
     t[i] = plain[i]
+  end
+end
+
+-- load compiles inside one C call, and Lua's parser is quadratic in places:
+-- each label is checked against every goto still pending in its function
+-- (32,767 of each at most, but per function): a chunk of 3.7 MB held the
+-- server's thread 5.7 s, past a CPU limit of 0.5 s, and the memory cap
+-- allowed a chunk twenty times bigger. So the chunk is read through a Lua
+-- reader, a kilobyte at a time: the count hook fires in it between pieces,
+-- and the budget and CPU limit stop the compile there.
+local PIECE = 1024
+local sub = string.sub
+
+local function pieces(chunk)
+  if type(chunk) == "string" then
+    local pos = 1
+    return function()
+      local piece = sub(chunk, pos, pos + PIECE - 1)
+      pos = pos + PIECE
+      return piece
+    end
+  end
+  if type(chunk) ~= "function" then
+    return chunk -- load refuses it (a number is a string to load: a short one)
+  end
+  local buf, pos = "", 1
+  return function()
+    while pos > #buf do
+      local piece = chunk()
+      if type(piece) ~= "string" or piece == "" then
+        return piece -- the end, or what load refuses (or reads as a string: a number)
+      end
+      buf, pos = piece, 1
+    end
+    local piece = sub(buf, pos, pos + PIECE - 1)
+    pos = pos + PIECE
+    return piece
   end
 end
 
@@ -521,7 +579,14 @@ function sandbox.env(opts)
     error("collectgarbage: only 'count' is available in workflow scripts", 2)
   end
   env.load = function(chunk, name, _, chunk_env)
-    return load(chunk, name, "t", chunk_env or env)
+    if type(chunk) == "string" and name == nil then
+      name = chunk -- load's own default name for a string chunk
+    end
+    local f, err = load(pieces(chunk), name, "t", chunk_env or env)
+    if f == nil and (core.killed() or stop_error()) then -- stopped inside the reader
+      error(err, 0)
+    end
+    return f, err
   end
   local modules = {}
   env.require = function(name)

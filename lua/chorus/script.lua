@@ -36,11 +36,20 @@ script.run_isolated = run_isolated
 --- one-line message naming the file.
 function script.compile(source, path)
   local env = sandbox.env()
-  local chunk, err = load(source, "@" .. path, "t", env)
-  if not chunk then
+  -- compiled under the run limits too, by the sandbox's load (a kilobyte
+  -- at a time, so the limits stop it between pieces): Lua's parser is
+  -- quadratic in gotos and labels, and a 4 MB script held the server's
+  -- thread 6 s as it was reloaded
+  local chunk, err
+  local ok, value = run_isolated({ io = false }, function()
+    chunk, err = env.load(source, "@" .. path)
+    if chunk then
+      return chunk()
+    end
+  end)
+  if ok and not chunk then
     return nil, ("syntax error: %s"):format(err)
   end
-  local ok, value = run_isolated({ io = false }, chunk)
   if not ok then
     return nil, ("%s: error while loading: %s"):format(path, errors.normalize(value).message)
   end

@@ -202,5 +202,30 @@ describe("chorus.outbox", function()
       "ctx.later: option 'attempts' must be a positive integer")
     assert.has_error(function() outbox.later("w", {}, { color = 1 }) end,
       "ctx.later: unknown option 'color' (known: delay, attempts, base, cap)")
+    assert.has_error(function() outbox.later("w", {}, { base = 0 / 0 }) end,
+      "ctx.later: option 'base' must be a non-negative number of seconds")
+  end)
+
+  -- The relay compares an entry's numbers after the run, outside it; the
+  -- memory outbox keeps them as the entry got them. Options whose __pairs
+  -- showed nothing passed the check, and their __index then gave the entry
+  -- a table whose __lt looped in the relay: the server hung for good.
+  it("keeps only the options it checked, read raw", function()
+    local saved = outbox.backend
+    outbox.backend = outbox.memory(true)
+    finally(function() outbox.backend = saved end)
+    local evil = setmetatable({}, { __lt = function() error("compared after the run") end,
+      __add = function(_, b) return b end })
+    local opts = setmetatable({ attempts = 2 }, { __pairs = function() return next, {} end,
+      __index = function() return evil end })
+    outbox.later("w", {}, opts)
+    local e = outbox.backend.all[1]
+    assert.are.equal(2, e.max_attempts)
+    assert.are.same({ "number", "number", "number" }, { type(e.due), type(e.base), type(e.cap) })
+    assert.are.equal(1000, e.due)
+    outbox.later("w", {}, setmetatable({}, { __index = { attempts = "x" } })) -- nothing there, raw
+    assert.are.equal(outbox.defaults.attempts, outbox.backend.all[2].max_attempts)
+    assert.has_error(function() outbox.later("w", {}, { attempts = evil }) end,
+      "ctx.later: option 'attempts' must be a positive integer")
   end)
 end)

@@ -137,6 +137,17 @@ describe("chorus.saga's policy", function()
       local message = type(r.error) == "table" and r.error.message or r.error
       assert.matches("saga.new: policy", tostring(message), 1, true)
     end
+    -- checked again when the saga enqueues: the script may replace it after saga.new
+    testing.mock("ledger", function() return { status = 204 } end)
+    local swapped = testing.run(chorus.workflow { name = "swap", run = function(ctx)
+      local s = saga.new(ctx)
+      s.later = { attempts = setmetatable({}, { __lt = function() return false end }) }
+      return s:commit("commit", function() http.upstream("ledger"):post("/commit") end)
+    end }, {})
+    assert.is_false(swapped.ok)
+    local message = type(swapped.error) == "table" and swapped.error.message or swapped.error
+    assert.matches("saga: option 'attempts' must be a positive integer", tostring(message), 1, true)
+    assert.are.same({}, swapped.outbox)
     local ok = testing.run(chorus.workflow { name = "fine", run = function(ctx)
       return saga.new(ctx, { policy = { attempts = 2, base = 0, cap = 1.5 } }) ~= nil
     end }, {})

@@ -139,6 +139,55 @@ describe("sandbox: table.sort", function()
     assert.are.equal("budget", err.kind)
   end)
 
+  -- The C sort compares without running an instruction: without a
+  -- comparator (or with a C one) a sort was free to the instruction budget,
+  -- and comparing long strings read them through inside that one C call,
+  -- where the CPU limit cannot stop it (10 s of the server's thread here).
+  it("counts every comparison against the instruction budget, without a comparator or with a C one", function()
+    for _, call in ipairs({ "table.sort(t)", "table.sort(t, math.ult)" }) do
+      local ok, err = run_script(([[
+        local t = {}
+        for i = 1, 100000 do t[i] = 100000 - i end
+        %s
+        return "sorted"
+      ]]):format(call), { instructions = 1000000 })
+      assert.is_false(ok, call)
+      assert.are.equal("budget", err.kind, call)
+    end
+  end)
+
+  it("stops a sort comparing long strings at the run's CPU limit", function()
+    local ok, err, info = run_script([[
+      local a, b = ("x"):rep(1e6) .. "a", ("x"):rep(1e6) .. "b"
+      local t = {}
+      for i = 1, 20000 do t[i] = i % 2 == 0 and a or b end
+      table.sort(t)
+      return "sorted"
+    ]], { instructions = 100000000, cpu_ms = 200 })
+    assert.is_false(ok)
+    assert.are.equal("budget", err.kind)
+    assert.matches("limits.run_cpu_seconds", err.message, 1, true)
+    -- CPU time, not wall time: the whole sort takes about 10 s of it
+    assert.is_true(info.cpu_ms < 3000, "CPU ms: " .. tostring(info.cpu_ms))
+  end)
+
+  it("sorts and raises as the C sort does", function()
+    local ok, value = run_script([[
+      local nums, strs = { 3, 1, 2 }, { "b", "c", "a" }
+      table.sort(nums)
+      table.sort(strs, function(x, y) return x > y end)
+      local mixed = select(2, pcall(table.sort, { 1, "a", 2 }))
+      local bad = select(2, pcall(table.sort, { 2, 1 }, 3))
+      return { nums = nums, strs = strs, mixed = mixed, bad = bad }
+    ]])
+    assert.is_true(ok, tostring(value))
+    assert.are.same({ 1, 2, 3 }, value.nums)
+    assert.are.same({ "c", "b", "a" }, value.strs)
+    assert.matches("attempt to compare", value.mixed, 1, true)
+    assert.is_nil(value.mixed:find("sandbox", 1, true))
+    assert.matches("bad argument #2 to 'sort'", value.bad, 1, true)
+  end)
+
   it("sorts a table with a metatable as the C sort does", function()
     local ok, value = run_script([[
       local store = { 5, 3, 9, 1 }
@@ -248,6 +297,66 @@ describe("sandbox: C work out of proportion to the instructions", function()
     local ok2, value = run_script(SOME_CPU, { instructions = 100000000, cpu_ms = 0 })
     assert.is_true(ok2, tostring(type(value) == "table" and value.message or value))
     assert.are.equal("finished", value)
+  end)
+end)
+
+describe("sandbox: load", function()
+  -- Lua's parser checks each label against every goto pending in its
+  -- function, inside the one C call of load: 16 functions of 16,000 of each
+  -- (7.4 MB) held the thread 7 s of CPU here, past the run's limit.
+  it("stops a compile that is quadratic at the run's CPU limit", function()
+    local ok, err, info = run_script([[
+      local labels = {}
+      for i = 1, 16000 do labels[i] = "::a" .. i .. ":: do end " end
+      local body = "local function f() " .. ("goto z do end "):rep(16000) .. table.concat(labels) .. " ::z:: end "
+      local f, why = load(body:rep(16))
+      return f and "compiled" or why
+    ]], { instructions = 100000000, cpu_ms = 200 })
+    assert.is_false(ok, tostring(err))
+    assert.are.equal("budget", err.kind)
+    assert.matches("limits.run_cpu_seconds", err.message, 1, true)
+    assert.is_true(info.cpu_ms < 2000, "CPU ms: " .. tostring(info.cpu_ms))
+  end)
+
+  it("stops a workflow script whose compile is quadratic at the CPU limit, as it loads", function()
+    local labels = {}
+    for i = 1, 16000 do labels[i] = "::a" .. i .. ":: do end " end
+    local body = "local function f() " .. ("goto z do end "):rep(16000) .. table.concat(labels) .. " ::z:: end "
+    core.set_limits({ cpu_ms = 200 })
+    finally(function() core.set_limits({ cpu_ms = 5000 }) end)
+    local cpu = os.clock()
+    local wf, err = script.compile(body:rep(16) .. "return require('chorus').workflow { name = 'q', run = print }",
+      "quad.lua")
+    cpu = os.clock() - cpu
+    assert.is_nil(wf)
+    assert.matches("quad.lua: error while loading: .*limits.run_cpu_seconds", err)
+    assert.is_true(cpu < 2, "CPU s: " .. cpu) -- the whole compile takes about 7 s of it
+    local _, syntax = script.compile("return +", "bad.lua")
+    assert.matches("^syntax error: bad.lua:1: ", syntax)
+    assert.truthy(script.compile("return require('chorus').workflow { name = 'fine', run = print }", "fine.lua"))
+  end)
+
+  it("compiles strings and reader functions as load does", function()
+    local ok, value = run_script([[
+      local big = ("do local x = 1 end "):rep(1000) .. "return 'big'"
+      local parts, i = { "return ", "1 ", "+ ", 41 }, 0
+      local reader = function() i = i + 1 return parts[i] end
+      local _, syntax = load("return +")
+      local _, named = load("return +", "=mine")
+      local _, binary = load("\27Lua")
+      local _, bad = load(function() return {} end)
+      return { big = load(big)(), read = load(reader)(), syntax = syntax, named = named, binary = binary,
+        bad = bad, number = load(42) == nil, env = load("return x", "=c", "t", { x = 7 })() }
+    ]])
+    assert.is_true(ok, tostring(type(value) == "table" and value.message or value))
+    assert.are.equal("big", value.big)
+    assert.are.equal(42, value.read)
+    assert.matches('^%[string "return %+"%]:1:', value.syntax)
+    assert.matches("^mine:1:", value.named)
+    assert.matches("binary chunk", value.binary, 1, true)
+    assert.matches("reader function must return a string", value.bad, 1, true)
+    assert.is_true(value.number)
+    assert.are.equal(7, value.env)
   end)
 end)
 

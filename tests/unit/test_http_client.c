@@ -290,6 +290,43 @@ static struct chorus_http_call *start_limited(struct chorus_http_client *c, cons
     return chorus_http_start(c, &req, on_done, o, err, sizeof err);
 }
 
+/* The copies of a request's URL count while its call is in flight (ours,
+ * curl's and the request line: three times its length): a URL of megabytes
+ * sent by many calls at once held hundreds of MB outside the run's cap. */
+static void test_url_charged(struct chorus_http_client *c, uv_loop_t *loop) {
+    static char path[100 * 1024];
+    memcpy(path, "/ok?pad=", 8);
+    memset(path + 8, 'a', sizeof path - 9);
+    path[sizeof path - 1] = '\0';
+    char *url = malloc(strlen(mock_url) + sizeof path);
+    CHECK(url != NULL);
+    sprintf(url, "%s%s", mock_url, path);
+    struct outcome o[2] = {0};
+    o[0].allow = 200 * 1024; /* under three copies */
+    o[1].allow = 400 * 1024;
+    char err[128];
+    for (int i = 0; i < 2; i++) {
+        struct chorus_http_request req = {.method = "GET",
+                                          .url = url,
+                                          .connect_timeout_ms = 1000,
+                                          .timeout_ms = 20000,
+                                          .charge = charge};
+        struct chorus_http_call *call = chorus_http_start(c, &req, on_done, &o[i], err, sizeof err);
+        if (i == 0) {
+            CHECK(call == NULL);
+            CHECK_STR_EQ(err, "the request's body, headers and URL pass the memory cap");
+            CHECK_INT_EQ(o[0].charged, 0);
+            o[0].done = 1;
+        } else {
+            CHECK(call != NULL);
+            CHECK(o[1].charged >= 3 * (long long)strlen(url));
+        }
+    }
+    run_until(loop, o, 2);
+    CHECK_INT_EQ(o[1].charged, 0); /* given back when the call ended */
+    free(url);
+}
+
 /* Response limits: a Content-Length past max_body is refused before the
  * body, a chunked or endless body is stopped once it passes it (the default
  * 16 MiB when the request sets none), headers past max_header_bytes end the
@@ -632,6 +669,7 @@ int main(void) {
     test_burst_gives_memory_back(c, &loop);
     test_keep_alive(c, &loop);
     test_response_limits(c, &loop);
+    test_url_charged(c, &loop);
     test_egress_ranges(c);
     test_egress_calls(c, &loop);
     test_redirect_hops(c, &loop);
