@@ -28,7 +28,11 @@
 #include "scheduler.h"
 
 #define SERVER_MT "chorus.server"
-#define MAX_RESPONSE_HEADERS 64
+/* A workflow's answer has at most 100 headers of its own (responses.lua's
+ * MAX_HEADERS) plus the few chorus adds (Content-Type, X-Run-Id,
+ * Idempotent-Replayed, ...): room for all of them. At 64, headers past the
+ * 64th were dropped without a word. */
+#define MAX_RESPONSE_HEADERS 128
 
 struct lua_server {
     struct chorus_runtime *rt;

@@ -9,6 +9,9 @@
  *       the batch: no Lua string made and collected per record; returns
  *       the bytes queued, or nil and the encoded size when that is over
  *       max (nothing queued: a run's record cap, chorus.journal)
+ *   store:counter(slot, key, n) sets counter slot (0 to 65535, numbered by
+ *       the caller) to the integer n, kept in meta under key: only the last
+ *       n set before a group commit is written, with it (store.h)
  *   store:commit() → parks the task until every write queued so far is on
  *       disk; raises when the batch failed
  *   store:get(db, key) → value or nil (last committed state)
@@ -127,6 +130,19 @@ static int store_put_json(lua_State *L) {
         return luaL_error(L, "store: out of memory");
     lua_pushinteger(L, (lua_Integer)vlen);
     return 1;
+}
+
+static int store_counter(lua_State *L) {
+    struct chorus_store *st = check_store(L);
+    lua_Integer slot = luaL_checkinteger(L, 2);
+    size_t klen;
+    const char *k = luaL_checklstring(L, 3, &klen);
+    lua_Integer value = luaL_checkinteger(L, 4);
+    luaL_argcheck(L, slot >= 0 && slot <= 65535, 2, "slots are 0 to 65535");
+    luaL_argcheck(L, klen > 0 && klen <= 511, 3, "keys are 1 to 511 bytes");
+    if (chorus_store_counter(st, (unsigned)slot, k, klen, (long long)value) != 0)
+        return luaL_error(L, "store: out of memory");
+    return 0;
 }
 
 static int store_del_kind(lua_State *L, int prefix) {
@@ -564,13 +580,21 @@ int chorus_lua_store_new(lua_State *L) {
     snprintf(ls->dir, sizeof ls->dir, "%s", dir);
     if (luaL_newmetatable(L, STORE_MT)) {
         static const luaL_Reg methods[] = {
-            {"put", store_put},       {"put_json", store_put_json},
-            {"del", store_del},       {"del_prefix", store_del_prefix},
-            {"get", store_get},       {"scan", store_scan},
-            {"commit", store_commit}, {"stats", store_stats},
-            {"close", store_close},   {"__gc", store_close},
-            {"count", store_count},   {"lock", store_lock},
-            {"verify", store_verify}, {NULL, NULL},
+            {"put", store_put},
+            {"put_json", store_put_json},
+            {"del", store_del},
+            {"del_prefix", store_del_prefix},
+            {"get", store_get},
+            {"scan", store_scan},
+            {"commit", store_commit},
+            {"stats", store_stats},
+            {"close", store_close},
+            {"__gc", store_close},
+            {"count", store_count},
+            {"lock", store_lock},
+            {"verify", store_verify},
+            {"counter", store_counter},
+            {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);
         static const luaL_Reg index_methods[] = {

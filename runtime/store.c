@@ -42,6 +42,14 @@ struct waiter {
     struct waiter *next;
 };
 
+/* A counter kept in meta, written once per batch (chorus_store_counter). */
+struct counter {
+    char *key; /* NULL: slot unused */
+    size_t klen;
+    long long value;
+    int dirty;
+};
+
 struct chorus_store {
     MDB_env *env;
     MDB_dbi dbi[STORE_NDB];
@@ -65,6 +73,8 @@ struct chorus_store {
     int quit;
     struct chorus_store_stats stats;
     size_t map_size, max_size; /* bytes: mapped now, may grow to */
+    struct counter *counters;  /* by slot */
+    size_t ncounters;
 };
 
 int chorus_store_db_index(const char *name) {
@@ -449,8 +459,25 @@ static void writer_main(void *arg) {
     uv_mutex_unlock(&st->mu);
 }
 
+/* Puts the counters set since the last batch into the pending one. A
+ * counter that does not fit (out of memory) stays dirty for the next. */
+static void flush_counters(struct chorus_store *st) {
+    for (size_t i = 0; i < st->ncounters; i++) {
+        struct counter *c = &st->counters[i];
+        if (!c->dirty)
+            continue;
+        char text[24];
+        int n = snprintf(text, sizeof text, "%lld", c->value);
+        if (batch_add(st->pending, OP_PUT, STORE_META, c->key, c->klen, text, (size_t)n) == 0)
+            c->dirty = 0;
+    }
+}
+
 static void submit(struct chorus_store *st) {
     if (st->writing || !st->pending->nops)
+        return;
+    flush_counters(st);
+    if (!st->pending->nops)
         return;
     struct batch *next = st->spare ? st->spare : batch_new(0);
     if (!next)
@@ -751,8 +778,12 @@ void chorus_store_close(struct chorus_store *st) {
             st->finished_err[0] = 0;
         finish(st, b, st->finished_err);
     }
+    flush_counters(st);
     if (st->pending->nops && batch_apply_growing(st, st->pending, err, sizeof err) != 0)
         fprintf(stderr, "chorus: %s\n", err);
+    for (size_t i = 0; i < st->ncounters; i++)
+        free(st->counters[i].key);
+    free(st->counters);
     if (st->reader)
         mdb_txn_abort(st->reader);
     mdb_env_close(st->env);
@@ -784,6 +815,31 @@ int chorus_store_put(struct chorus_store *st, int db, const void *key, size_t kl
 int chorus_store_index_put(struct chorus_store *st, const void *id, size_t idlen, const void *row,
                            size_t rowlen) {
     return queue(st, OP_INDEX, STORE_RUN_ROWS, id, idlen, row, rowlen);
+}
+
+int chorus_store_counter(struct chorus_store *st, unsigned slot, const void *key, size_t klen,
+                         long long value) {
+    if (slot > 65535 || klen == 0 || klen > 511)
+        return -1;
+    if (slot >= st->ncounters) {
+        size_t n = slot + 16;
+        struct counter *all = realloc(st->counters, n * sizeof *all);
+        if (!all)
+            return -1;
+        memset(all + st->ncounters, 0, (n - st->ncounters) * sizeof *all);
+        st->counters = all;
+        st->ncounters = n;
+    }
+    struct counter *c = &st->counters[slot];
+    if (!c->key) {
+        if (!(c->key = malloc(klen)))
+            return -1;
+        memcpy(c->key, key, klen);
+        c->klen = klen;
+    }
+    c->value = value;
+    c->dirty = 1;
+    return 0;
 }
 
 int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen) {

@@ -121,6 +121,15 @@ int chorus_store_put(struct chorus_store *st, int db, const void *key, size_t kl
 int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen);
 int chorus_store_del_prefix(struct chorus_store *st, int db, const void *prefix, size_t plen);
 
+/* Sets counter slot (0 to 65535; the caller numbers its counters) to value,
+ * kept in meta under key (1 to 511 bytes; a slot keeps the key it was first
+ * set with). Only the last value set before a batch is handed to the writer
+ * is written, in that batch, as a decimal: a count changed with each write
+ * costs one meta put per commit, not one per write. 0, or -1 when out of
+ * memory or the slot or key is out of range. */
+int chorus_store_counter(struct chorus_store *st, unsigned slot, const void *key, size_t klen,
+                         long long value);
+
 /* Calls done once every write queued so far is durable. Returns a handle
  * for chorus_store_unwait, or NULL when nothing is outstanding (done is
  * not called then) or out of memory (*oom set). */

@@ -74,10 +74,11 @@ local function replay_dlq(st, id)
 end
 
 local function drop_dlq(st, id)
-  if not st:get_dlq(id) then
+  local e = st:get_dlq(id)
+  if not e then
     return false, ("no DLQ entry with id '%s'"):format(id)
   end
-  st:del_dlq(id)
+  st:del_dlq(id, e)
   return true
 end
 

@@ -698,7 +698,7 @@ function cli.dlq(flags)
     else
       found = st:get_dlq(id)
       if found then
-        st:del_dlq(id)
+        st:del_dlq(id, found)
       end
     end
     st:close() -- commits the queued writes

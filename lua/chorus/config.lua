@@ -9,7 +9,8 @@
 --                drain_timeout = 10, max_inflight_runs = 10000, inflight_runs_per_workflow = 5000 },
 --     upstreams = { crm = { base_url = "http://127.0.0.1:9101", timeout = 5 } },
 --     storage = { durable = true, sync = true, map_size_mb = 1024, max_size_mb = 8192,
---                 runs_retention = 604800, recovery_batch = 200 },
+--                 runs_retention = 604800, recovery_batch = 200,
+--                 workflow_share_mb = 4096 },  -- one workflow's share of max_size_mb
 --     outbox = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 },
 --     alerts = { outbox_depth = 1000, outbox_age = 300, dlq_depth = 1 },
 --     webhook_secret = chorus.secret("webhook"),
@@ -76,6 +77,8 @@ local LIMITS = {
   inflight_runs_per_workflow = { int = true, min = 0, max = 10000000 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
+  events_kept_per_workflow = { int = true, min = 0, max = 1e9 },
+  events_kept_bytes_per_workflow = { int = true, min = 0, max = 1 << 40 },
   run_record_bytes = { int = true, min = config.RUN_RECORD_FLOOR_BYTES, max = 1 << 40, off = true },
 }
 
@@ -83,6 +86,7 @@ local LIMITS = {
 local SECTIONS = {
   storage = { map_size_mb = { int = true, min = 1, max = 1 << 24 },
     max_size_mb = { int = true, min = 1, max = 1 << 24 },
+    workflow_share_mb = { int = true, min = 0, max = 1 << 24 }, -- 0: no share of its own
     runs_retention = { min = 0, max = 100 * YEAR },
     recovery_batch = { int = true, min = 1, max = 1000000 } },
   outbox = { attempts = { int = true, min = 1, max = 1000 }, base = { min = 0, max = DAY },
@@ -418,6 +422,10 @@ function config.apply(conf)
   })
   require("chorus.context").run_log_lines = limits.run_log_lines or 10000
   require("chorus.outbox").pending_cap = limits.outbox_pending_per_workflow or 10000
+  local events = require "chorus.events"
+  events.kept_cap = limits.events_kept_per_workflow or 10000
+  events.kept_bytes_cap = limits.events_kept_bytes_per_workflow or 64 * 1024 * 1024
+  events.max_payload = limits.max_body_bytes or 1048576
   require("chorus.http").configure(conf.upstreams)
   core.egress({ allow = (conf.egress or {}).allow })
   require("chorus.secrets").dir = conf.secrets_dir

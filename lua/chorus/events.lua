@@ -21,10 +21,26 @@
 -- an `id` field of a JSON object payload, or chorus.emit's) that was seen
 -- within events.ttl is not kept again.
 --
+-- Isolation: the events a workflow's runs emitted (chorus.emit) and no wait
+-- took yet are counted per workflow, and a workflow has at most
+-- limits.events_kept_per_workflow of them, of at most
+-- limits.events_kept_bytes_per_workflow bytes of payload together (a count
+-- alone let 10,000 payloads of 1 MiB each be kept): the emit past either
+-- stops its run
+-- with { kind = "events_full" } (pcall cannot swallow it), so runs emitting
+-- in a loop fill neither memory nor the data folder the other workflows
+-- share. An emitted payload is at most limits.max_body_bytes as JSON, the
+-- bound POST /events has. Events sent by POST /events belong to no workflow
+-- (their auth and body bound guard them) and are not counted.
+--
 -- Keys in the "events" database (names and keys carry no NUL byte):
 --   "k\0" name "\0" key "\0" arrival (ms, 8 bytes, then a counter, 4 bytes,
 --   big-endian) id → kept event
 --   "d\0" name "\0" key "\0" id → an event id seen, until it expires
+--   "o\0" workflow "\0" kept event's key → { kept_by, expires, bytes }: an
+--   event a workflow emitted, kept, and its payload's size; counted at start
+--   (small values, no payload decoded) and then counted in memory, so the
+--   caps need no scan
 local core = require "chorus.core"
 local errors = require "chorus.errors"
 local journal = require "chorus.journal"
@@ -32,15 +48,58 @@ local runstate = require "chorus.runstate"
 
 local events = { DEFAULT_TTL = 7 * 86400, MAX_NAME = 200 }
 
--- The process's events: where they are kept, for how long, who waits.
-local hub = { store = nil, ttl = events.DEFAULT_TTL, waiting = {}, claimed = {} }
+-- Events a workflow's runs may have kept and not taken (config
+-- limits.events_kept_per_workflow; 0: no cap): without it five failed runs
+-- emitting in a loop grew the process by 145 MB, or filled the data folder
+-- every workflow writes to.
+events.kept_cap = 10000
+-- Their payloads' bytes (as JSON) together (limits.events_kept_bytes_per_workflow; 0: no cap).
+events.kept_bytes_cap = 64 * 1024 * 1024
+-- The most bytes an emitted payload takes as JSON (limits.max_body_bytes).
+events.max_payload = 1048576
+
+-- The process's events: where they are kept, for how long, who waits, and
+-- how many each workflow keeps (its "o" rows).
+local hub = { store = nil, ttl = events.DEFAULT_TTL, waiting = {}, claimed = {}, kept = {}, bytes = {} }
 local arrivals = 0 -- orders the events kept in the same millisecond (never reset: testing reuses its times)
 
 --- Sets where events are kept (a chorus.store; store.memory() when the
 --- server keeps no data folder) and events.ttl; forgets who waits (a new
 --- process, or chorus.testing's restart).
+--- Counts the events each workflow keeps (before any run can emit).
 function events.configure(opts)
-  hub = { store = opts.store, ttl = opts.ttl or events.DEFAULT_TTL, waiting = {}, claimed = {} }
+  hub = { store = opts.store, ttl = opts.ttl or events.DEFAULT_TTL, waiting = {}, claimed = {}, kept = {},
+    bytes = {} }
+  if opts.store then
+    for _, row in ipairs(opts.store.st:scan("events", { prefix = "o\0", limit = math.maxinteger })) do
+      local owner = row[1]:sub(3, row[1]:find("\0", 3, true) - 1)
+      local ok, v = pcall(core.json.decode, row[2])
+      hub.kept[owner] = (hub.kept[owner] or 0) + 1
+      hub.bytes[owner] = (hub.bytes[owner] or 0) + (ok and type(v) == "table" and tonumber(v.bytes) or 0)
+    end
+  end
+end
+
+--- How many events workflow owner keeps (emitted, not taken by a wait).
+function events.kept(owner)
+  return hub.kept[owner] or 0
+end
+
+--- How many bytes of payload the events workflow owner keeps take.
+function events.kept_bytes(owner)
+  return hub.bytes[owner] or 0
+end
+
+--- One of owner's kept events (of bytes of payload) went (taken, expired, swept).
+function events.forget_kept(owner, bytes)
+  local n = (hub.kept[owner] or 0) - 1
+  hub.kept[owner] = n > 0 and n or nil
+  local b = (hub.bytes[owner] or 0) - (tonumber(bytes) or 0)
+  hub.bytes[owner] = (n > 0 and b > 0) and b or nil
+end
+
+local function owner_key(owner, kkey)
+  return "o\0" .. owner .. "\0" .. kkey
 end
 
 --- The simulated process died: nobody waits in it any more.
@@ -89,10 +148,63 @@ local function wake_one(name, key)
   return false
 end
 
+-- Drops owner's kept events that expired (a folder's sweep drops them
+-- within a minute; events kept in memory are never swept): at the cap, so
+-- a workflow whose events nobody took gets its places back after events.ttl.
+local function drop_expired(st, owner, now)
+  local gone = {}
+  for _, row in ipairs(st:scan_json("events", { prefix = owner_key(owner, ""), limit = math.maxinteger })) do
+    local kkey, v = row.key:sub(#owner + 4), row.value
+    if not hub.claimed[kkey] and not (type(v) == "table" and (tonumber(v.expires) or 0) > now) then
+      st.st:del("events", row.key)
+      st.st:del("events", kkey)
+      gone[#gone + 1] = type(v) == "table" and v.bytes or 0
+    end
+  end
+  if #gone > 0 then
+    st:commit()
+    for _, bytes in ipairs(gone) do
+      events.forget_kept(owner, bytes)
+    end
+  end
+end
+
+-- Why workflow owner may not keep one more event of bytes, or nil.
+local function over_cap(owner, bytes)
+  local cap, bcap = events.kept_cap, events.kept_bytes_cap
+  if cap ~= 0 and events.kept(owner) >= cap then
+    return ("keeps %d events no wait took, the most limits.events_kept_per_workflow allows"):format(cap)
+  end
+  if bcap ~= 0 and events.kept_bytes(owner) + bytes > bcap then
+    return ("keeps events no wait took of %d bytes of payload; %d more would pass "
+      .. "limits.events_kept_bytes_per_workflow (%d)"):format(events.kept_bytes(owner), bytes, bcap)
+  end
+  return nil
+end
+
+-- Stops the current run with { kind = "events_full" } when workflow owner
+-- keeps events.kept_cap events, or bytes more would pass
+-- events.kept_bytes_cap: a limit, like the outbox's, whatever the script
+-- catches.
+local function check_cap(st, owner, now, bytes)
+  if not over_cap(owner, bytes) then
+    return
+  end
+  drop_expired(st, owner, now)
+  local why = over_cap(owner, bytes)
+  if why then
+    error(runstate.stop(errors.new("events_full", ("chorus.emit: workflow '%s' %s; waits must take them "
+      .. "(or events.ttl pass) before it emits more"):format(owner, why))), 0)
+  end
+end
+
 --- Delivers an event (from inside a task): kept durably, unless its id was
 --- seen within events.ttl, then the longest wait on name and key woken.
---- Returns "kept" or "duplicate"; raises when the store cannot take it.
-function events.deliver(name, key, payload, id)
+--- owner: the workflow whose run emitted it (counted against
+--- events.kept_cap and, with bytes, the payload's size as JSON, against
+--- events.kept_bytes_cap), nil for POST /events. Returns "kept" or
+--- "duplicate"; raises when the store cannot take it.
+function events.deliver(name, key, payload, id, owner, bytes)
   local st = store_of()
   local now = core.now()
   if id ~= nil then
@@ -101,17 +213,28 @@ function events.deliver(name, key, payload, id)
       return "duplicate"
     end
   end
+  if owner then
+    bytes = bytes or #core.json.encode(payload)
+    check_cap(st, owner, now, bytes)
+  end
   local eid = id or core.uuid()
   local expires = now + hub.ttl
   -- keyed by arrival (ms, then a counter for the same ms): waits take them in that order
   arrivals = (arrivals + 1) & 0xffffffff
   local arrival = string.pack(">I8I4", math.floor(now * 1000), arrivals)
-  st:put_json("events", "k\0" .. slot(name, key) .. arrival .. eid,
-    { id = eid, payload = payload, at = runstate.micro(now), expires = expires })
+  local kkey = "k\0" .. slot(name, key) .. arrival .. eid
+  st:put_json("events", kkey, { id = eid, payload = payload, at = runstate.micro(now), expires = expires,
+    owner = owner, bytes = owner and bytes })
   if id ~= nil then
     st:put_json("events", "d\0" .. slot(name, key) .. id, { expires = expires })
   end
+  if owner then
+    st:put_json("events", owner_key(owner, kkey), { kept_by = owner, expires = expires, bytes = bytes })
+  end
   st:commit() -- acknowledged (and handed to a wait) only once durable
+  if owner then
+    hub.kept[owner], hub.bytes[owner] = events.kept(owner) + 1, events.kept_bytes(owner) + bytes
+  end
   wake_one(name, key)
   return "kept"
 end
@@ -126,6 +249,10 @@ local function claim(name, key)
     if not hub.claimed[row.key] then
       st.st:del("events", row.key)
       local e = row.value
+      if type(e) == "table" and type(e.owner) == "string" then -- its place under the emitter's cap frees
+        st.st:del("events", owner_key(e.owner, row.key))
+        events.forget_kept(e.owner, e.bytes)
+      end
       if type(e) == "table" and (tonumber(e.expires) or 0) > now then
         hub.claimed[row.key] = true -- until the deletion is committed
         return e, row.key
@@ -275,6 +402,12 @@ function events.emit(name, key, payload)
   if type(id) ~= "string" or id == "" then
     id = nil
   end
+  local ok, text = pcall(core.json.encode, payload)
+  local bytes = ok and #text or nil
+  if ok and #text > events.max_payload then
+    error(errors.new("too_large", ("chorus.emit: the payload is %d bytes as JSON, more than the %d "
+      .. "limits.max_body_bytes allows"):format(#text, events.max_payload)), 2)
+  end
   local run = runstate.current()
   local svc = run and run.env and run.env.service
   if svc then
@@ -285,7 +418,7 @@ function events.emit(name, key, payload)
     id = run.run_id .. ":emit:" .. (journal.next_step() or run.emits)
   end
   return journal.effect("emit", name .. "/" .. key, function()
-    return events.deliver(name, key, payload, id)
+    return events.deliver(name, key, payload, id, run and run.workflow or nil, bytes)
   end)
 end
 

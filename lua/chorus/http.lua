@@ -144,11 +144,13 @@ end
 -- idempotency key and trace headers, the run. headers: the table to send
 -- (values already strings).
 local function finish_prepare(out, req, headers)
-  if req.json ~= nil and req.body ~= nil then
+  -- each option read once (an __index may answer a second read otherwise)
+  local value, body, key = req.json, req.body, req.idempotency_key
+  if value ~= nil and body ~= nil then
     error("http.request: give json or body, not both", 4)
   end
-  if req.json ~= nil then
-    local ok, text = pcall(json.encode, req.json)
+  if value ~= nil then
+    local ok, text = pcall(json.encode, value)
     if not ok then
       error("http.request: json body " .. tostring(text), 4)
     end
@@ -156,15 +158,17 @@ local function finish_prepare(out, req, headers)
     if not headers["Content-Type"] and not headers["content-type"] then
       headers["Content-Type"] = "application/json"
     end
-  elseif req.body ~= nil then
-    if type(req.body) ~= "string" then
+  elseif body ~= nil then
+    if type(body) ~= "string" then
       error("http.request: body must be a string (use json = for tables)", 4)
     end
-    out.body = req.body
+    out.body = body
   end
-  if req.idempotency_key ~= nil then
-    headers["Idempotency-Key"] = tostring(req.idempotency_key)
+  if key ~= nil then
+    key = tostring(key)
+    headers["Idempotency-Key"] = key
   end
+  out.idempotency_key = key
   local run = runstate.current()
   -- each attempt sends its own span id (send_once), unless the script
   -- gave a traceparent of its own; the run's tracestate goes along as it came
@@ -184,21 +188,24 @@ local function prepare(req)
   if type(req) ~= "table" then
     error("http.request expects a table { method =, url =, headers =, json = | body = }", 3)
   end
-  if type(req.url) ~= "string" or not req.url:match("^https?://") then
-    error(("http.request: url must be an http:// or https:// URL, got %s"):format(tostring(req.url)), 3)
+  local url = req.url -- read once, as every option (an __index may answer a second read otherwise)
+  if type(url) ~= "string" or not url:match("^https?://") then
+    error(("http.request: url must be an http:// or https:// URL, got %s"):format(tostring(url)), 3)
   end
-  if http.has_credentials(req.url) then
+  if http.has_credentials(url) then
     error("http.request: the url carries user:password@; send credentials in a header instead", 3)
   end
-  check_number(req, "timeout")
-  check_number(req, "connect_timeout")
+  -- (a queued call kept a table as its timeout: checked, then read again)
+  local opts = { timeout = req.timeout, connect_timeout = req.connect_timeout }
+  check_number(opts, "timeout")
+  check_number(opts, "connect_timeout")
   -- (no upstream: a plain URL's call is counted under its host; a script's
   -- value there went into the process-wide metrics caches and the timeline
   -- the server reads after the run)
   local out = {
-    method = method_name(req.method or "GET", 3), url = req.url,
-    timeout = req.timeout or http.defaults.timeout,
-    connect_timeout = req.connect_timeout or http.defaults.connect_timeout,
+    method = method_name(req.method or "GET", 3), url = url,
+    timeout = opts.timeout or http.defaults.timeout,
+    connect_timeout = opts.connect_timeout or http.defaults.connect_timeout,
     tls_verify = req.tls_verify ~= false, follow_redirects = req.follow_redirects and true or false,
     max_response_bytes = check_max_response(req.max_response_bytes, 3) or http.defaults.max_response_bytes,
   }
@@ -322,8 +329,9 @@ end
 --- run the call is an effect: journaled, and replayed from the journal.
 function http.request(req)
   local r = prepare(req)
-  if req.later or capturing(r) then
-    return queue_later(r, req.later)
+  local later = req.later
+  if later or capturing(r) then
+    return queue_later(r, later)
   end
   if not (r.run and r.run.journal) then -- nothing to record: skip building the step's target
     return send_once(r)
@@ -560,11 +568,11 @@ local function upstream_request(handle, req, method, path)
   r.tls_verify = not (cfg.tls_verify == false or req.tls_verify == false)
   r.follow_redirects = (cfg.follow_redirects or req.follow_redirects) and true or false
   local prepared = finish_prepare(r, req, headers)
-  prepared.idempotency_key = req.idempotency_key
   prepared.path = path -- a queued call resolves the upstream's base_url again when delivered
   local run = prepared.run
-  if req.later or (run and run.capture) then
-    return queue_later(prepared, req.later)
+  local later = req.later
+  if later or (run and run.capture) then
+    return queue_later(prepared, later)
   end
   if not (run and run.journal) then -- nothing to record: skip building the step's target
     return resilient(self, prepared, req)

@@ -72,6 +72,16 @@ function journal.too_large(cap, what)
     .. "raise the limit"):format(cap, what))
 end
 
+--- The error that stops a run of workflow wf holding its share of the data
+--- folder (storage.workflow_share_mb; st: the chorus.store), a control
+--- error as too_large's. what: the write refused.
+function journal.over_share(st, wf, what)
+  return errors.new("storage_share", ("workflow '%s' holds %d bytes of the data folder, its share "
+    .. "(storage.workflow_share_mb = %d): %s was refused and the run stopped; its records must be swept "
+    .. "or its outbox entries delivered first, or the share raised"):format(wf, st:held(wf),
+    st.share // (1024 * 1024), what))
+end
+
 --- Counts n more bytes of the run's record (state; its journal's cap) and
 --- stops the run when they pass the cap; what says where they came from.
 function journal.charge(run, n, what)
@@ -265,6 +275,9 @@ function journal.effect(kind, target, fn, restore)
     entry.error = type(value) == "table" and errors.normalize(value) or value
   end
   local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
+  if j.store.share and j.store:over_share(run.workflow) then -- not written: the folder is shared
+    error(runstate.stop(journal.over_share(j.store, run.workflow, ("step %s's journal entry"):format(step)), run), 0)
+  end
   local bytes, size = j.store:put_effect(run.run_id, j.seq, entry, room)
   if not bytes then -- not written: the journal keeps what came before it
     error(runstate.stop(journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(step, size)), run), 0)

@@ -94,6 +94,10 @@ end
 -- has outbox.pending_cap entries pending in backend. A limit, like the
 -- memory cap: the run ends failed whatever the script catches.
 local function check_cap(backend, e, who)
+  local st = backend.st -- a data folder: the workflow's share of it (storage.workflow_share_mb)
+  if e.owner and st and st.share and st:over_share(e.owner) then
+    error(runstate.stop(journal.over_share(st, e.owner, who .. "'s outbox entry")), 0)
+  end
   local cap = outbox.pending_cap
   if not e.owner or cap == 0 or backend:pending(e.owner) < cap then
     return

@@ -25,11 +25,13 @@ function Durable:update(e) self.st:put_outbox(e) end
 function Durable:remove(e)
   self.st:del_outbox(e)
   self.st:lane_changed(e.owner or "", -1)
+  self.st:release_entry(e) -- delivered: its bytes are its workflow's again
 end
 function Durable:move(old_due, e)
   self.st:del_outbox({ due = old_due, id = e.id, owner = e.owner })
   self.st:put_outbox(e)
 end
+-- (a dead entry stays held by its workflow until it is dropped)
 function Durable:bury(e)
   self.st:del_outbox(e)
   self.st:put_dlq(e)

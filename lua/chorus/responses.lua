@@ -48,6 +48,10 @@ end
 local MAX_HEADERS, MAX_HEADER_BYTES = 100, 65536
 responses.MAX_HEADERS = MAX_HEADERS
 
+-- What a body or header may be: tostring of anything else answered its
+-- address ("function: 0x...": the server's memory layout) to the client.
+local TEXT = { string = true, number = true }
+
 -- A workflow's return value as an HTTP response (README, HTTP surface: {status=,
 -- headers=, json=} or {status=, body=}, anything else 200 JSON).
 function responses.workflow(value)
@@ -55,6 +59,10 @@ function responses.workflow(value)
       and (value.json ~= nil or value.body ~= nil or value.headers ~= nil) then
     local headers, n, bytes = {}, 0, 0
     for k, v in pairs(type(value.headers) == "table" and value.headers or {}) do
+      if not (TEXT[type(k)] and TEXT[type(v)]) then
+        error(("header %s is a %s: header names and values must be strings or numbers"):format(
+          TEXT[type(k)] and ("'" .. tostring(k):sub(1, 100) .. "'") or "name", TEXT[type(k)] and type(v) or type(k)), 0)
+      end
       k, v = tostring(k), tostring(v)
       n, bytes = n + 1, bytes + #k + #v
       if n > MAX_HEADERS or bytes > MAX_HEADER_BYTES then
@@ -65,6 +73,9 @@ function responses.workflow(value)
     if value.json ~= nil then
       headers["Content-Type"] = headers["Content-Type"] or "application/json"
       return { status = value.status, headers = headers, body = json.encode(value.json) }
+    end
+    if value.body ~= nil and not TEXT[type(value.body)] then
+      error(("the body is a %s: it must be a string (or json = a value)"):format(type(value.body)), 0)
     end
     headers["Content-Type"] = headers["Content-Type"] or "text/plain; charset=utf-8"
     return { status = value.status, headers = headers, body = tostring(value.body or "") }
@@ -90,7 +101,7 @@ function responses.run(rec, ok, value)
   local rok, resp = pcall(responses.workflow, value)
   if not rok then
     return problem(500, "Internal Server Error", "the workflow's result cannot be answered: " .. tostring(resp),
-      { run_id = rec.id })
+      { run_id = rec.id, kind = "bad_response" })
   end
   -- a secret the run read never leaves in its answer, as in its record
   resp.body = secrets.redact(resp.body)

@@ -23,6 +23,8 @@ local m = {
   inflight = metrics.gauge("chorus_runs_in_flight", "Workflow runs in flight"),
   charged = metrics.gauge("chorus_workflow_runs_in_flight",
     "Runs in flight charged to each workflow (its own, and their child runs)", { "workflow" }),
+  held = metrics.gauge("chorus_workflow_storage_bytes", "Bytes each workflow holds in the data folder "
+    .. "(its runs' records and journals, its outbox and DLQ entries; storage.workflow_share_mb)", { "workflow" }),
   requests = metrics.counter("chorus_http_requests_total", "Inbound HTTP requests by status",
     { "code" }),
   memory = metrics.gauge("chorus_lua_memory_bytes", "Lua heap size"),
@@ -91,6 +93,22 @@ local function export_charged()
   for name, n in pairs(charged) do
     m.charged.set({ name }, n)
   end
+end
+
+-- The same for what each workflow holds in the data folder: a series once
+-- shown goes back to 0 when its bytes are given back.
+local function export_held(st)
+  local held, shown = st:held_all(), state.held_shown or {}
+  for name in pairs(state.workflows or EMPTY) do
+    shown[name] = true
+  end
+  for name in pairs(held) do
+    shown[name] = true
+  end
+  for name in pairs(shown) do
+    m.held.set({ name }, held[name] or 0)
+  end
+  state.held_shown = shown
 end
 
 local function export_breakers()
@@ -190,6 +208,7 @@ local function route(req)
       m.commits.inc(nil, ss.commits - seen.commits)
       m.store_failures.inc(nil, ss.failures - seen.failures)
       state.store_seen = ss
+      export_held(state.store)
     end
     export_breakers()
     local stats = core.stats()

@@ -315,7 +315,9 @@ end
 --- timer (recovery resumes exactly the runs with one). They land in one
 --- group commit with the run's first journal entries. entry: { workflow,
 --- hash, path } (the script version the run replays on after a restart).
-function Service:begin(rec, entry, input)
+--- again: the id may have a record already (an outbox entry's next attempt
+--- runs under its id), which the new one replaces.
+function Service:begin(rec, entry, input, again)
   local st = self.store
   if not st then -- nothing durable: the record shows no input, as before
     return
@@ -327,7 +329,7 @@ function Service:begin(rec, entry, input)
   if entry.hash and entry.source then
     self:keep_version(entry)
   end
-  st:put_run(rec)
+  st:put_run(rec, not again)
   st:put_timer(rec.id, rec.deadline_at)
 end
 
@@ -350,6 +352,7 @@ function Service:abandon(rec, scope, key, err)
     st:del_timer(rec.id)
     st:drop_journal(rec.id)
     st:del_run(rec.id)
+    st:run_settled(rec.id)
     pcall(st.commit, st)
   end
 end
@@ -381,6 +384,7 @@ function Service:finish(rec, text, ok, value)
         st:put_outcome(rec.id, { unreadable = true }) -- the parent then reads the record
       end
     end
+    st:run_settled(rec.id)
   end
   if rec.key then
     idempotency.finish(st, rec.key_scope or rec.workflow, rec.key, rec.fp, rec.id, rec.ttl,
@@ -624,7 +628,7 @@ function Service:start(entry, input, opts)
   opts = opts or {}
   local rec = self:new_record(opts.id or core.uuid7(), entry.workflow.name, opts.trace_id, opts)
   rec.deadline_at = rec.deadline_at or (entry.workflow.timeout and core.now() + entry.workflow.timeout)
-  self:begin(rec, entry, input)
+  self:begin(rec, entry, input, opts.id ~= nil and not opts.first)
   local ok, value, stored, serr, info, crash = self:execute(entry, rec, input)
   return ok, value, rec, stored, serr, info, crash
 end
@@ -1180,7 +1184,10 @@ function Service:start_outbox_workflow(backend, e, span_id)
   if type(input) == "table" then
     input = json.decode(json.encode(input))
   end
-  self:start(entry, input, { id = e.id, outbox = e, attempt = e.attempts + 1, trace_id = t.id,
+  -- the entry's first attempt: no record under its id yet (a replayed dead
+  -- entry has the records of its earlier attempts)
+  self:start(entry, input, { id = e.id, outbox = e, attempt = e.attempts + 1,
+    first = e.attempts == 0 and not e.replayed, trace_id = t.id,
     parent_span_id = t.id and span_id, trace_flags = t.flags, tracestate = t.state })
   return "started"
 end

@@ -100,9 +100,26 @@ local function stop_error()
   return runstate.stopped()
 end
 
+-- The folder of the server's own modules as error positions name it
+-- ("lua/chorus/" when embedded, an install path otherwise).
+local INTERNAL = require("debug").getinfo(1, "S").source:match("^@(.*/)[^/]*$")
+
+-- err without a leading position inside the server's modules: a wrapper
+-- here that called a library function with a bad argument put its own
+-- file and line ("lua/chorus/sandbox.lua:522: bad argument #1 to
+-- 'rawset'") in what the script sees, naming the server's files.
+local function strip_internal(err)
+  if type(err) == "string" and INTERNAL and err:sub(1, #INTERNAL) == INTERNAL then
+    return (err:gsub("^[^\n:]*:%d+: ", "", 1))
+  end
+  return err
+end
+sandbox.strip_internal = strip_internal
+
 -- A run stopped by a limit (core.killed) or a control error (a crash, a
 -- nondeterministic replay, the deadline) re-raises: the control error
--- itself, whatever a handler made of it.
+-- itself, whatever a handler made of it. Else the error, without a
+-- position inside the server.
 local function rethrow_if_stopped(ok, ...)
   if not ok then
     if core.killed() then
@@ -112,6 +129,7 @@ local function rethrow_if_stopped(ok, ...)
     if stop then
       error(stop, 0)
     end
+    return false, strip_internal((...))
   end
   return ok, ...
 end
@@ -136,7 +154,7 @@ local function wrap_results(co, ok, ...)
     error(stop, 0)
   end
   if not core.killed() and type(err) == "string" then
-    error(err, 2)
+    error(strip_internal(err), 2)
   end
   error(err, 0)
 end
@@ -569,7 +587,7 @@ function sandbox.env(opts)
       if core.killed() then
         return e
       end
-      return handler(e)
+      return handler(strip_internal(e))
     end, ...))
   end
   env.collectgarbage = function(opt)

@@ -117,6 +117,8 @@ local function start_durable()
       st:close()
       return nil, ("cannot count the outbox entries of %s: %s"):format(conf.data, tostring(cerr))
     end
+    -- one workflow's share of the folder (storage.workflow_share_mb)
+    st.share = store.share_bytes(conf.storage)
     state.store = st
     state.backend = outbox.durable(st)
   end

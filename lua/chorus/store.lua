@@ -30,6 +30,12 @@
 --                serves lanes round-robin (due_outbox); written with the
 --                outbox entry. meta.outbox_lanes = "1" once every entry is
 --                in it (build_outbox_lanes).
+--   meta "held\0" .. workflow → the bytes the workflow holds in the folder
+--                (decimal): its runs' records and journals, and the outbox
+--                and DLQ entries its runs enqueued (storage.workflow_share_mb);
+--                written in the write transaction of what changed it.
+--                meta.held = "1" once every run of the folder is counted
+--                (build_held).
 --
 -- Every value is checked against its checksum when read (runtime/store.c):
 -- a bad one raises "store: corrupt record in database DB, key 'K': ...",
@@ -74,8 +80,15 @@ function Store:close()
   self.st:close()
 end
 
+--- Waits until the queued writes are on disk; raises when their batch failed.
 function Store:commit()
-  self.st:commit()
+  local ok, err = pcall(self.st.commit, self.st)
+  if not ok then
+    -- the batch is lost, the counts it changed with it: what each workflow
+    -- holds is read again from the folder (Store:held)
+    self.held_bytes, self.run_accounts = nil, nil
+    error(err, 0)
+  end
 end
 
 function Store:stats()
@@ -284,10 +297,13 @@ local function index_run(self, rec)
 end
 
 --- The run record and its index row: both land in one write transaction.
-function Store:put_run(rec)
+--- fresh: the run's first record (nothing of it is in the folder yet).
+function Store:put_run(rec, fresh)
   forget(self, rec.id)
-  self:put_json("runs", rec.id, rec)
+  local a = fresh and self:new_run_account(rec.id, rec.workflow) or self:run_account(rec.id, rec.workflow)
+  local bytes = self:put_json("runs", rec.id, rec)
   index_run(self, rec)
+  self:hold_run(a, "rec", bytes)
 end
 
 function Store:get_run(id)
@@ -304,6 +320,7 @@ function Store:put_run_text(id, text, rec)
     rec = ok and decoded or nil
   end
   index_run(self, rec)
+  self:hold_run(self:run_account(id, type(rec) == "table" and rec.workflow or nil), "rec", #text)
 end
 
 --- What the runs' listing shows of run id, read from its index row (a few
@@ -333,6 +350,7 @@ end
 
 function Store:del_run(id)
   forget(self, id)
+  self:hold_run(self:run_account(id), "rec", 0)
   self.st:del("runs", id)
 end
 
@@ -430,6 +448,7 @@ end
 function Store:ensure_run_index()
   local function build()
     self:build_outbox_lanes()
+    self:build_held()
     return self:build_run_index()
   end
   if core.run_id() then
@@ -443,6 +462,206 @@ function Store:ensure_run_index()
   return n
 end
 
+-- ---- what each workflow holds -------------------------------------------------
+--
+-- One workflow's runs could fill storage.max_size_mb (many runs near
+-- limits.run_record_bytes each, or thousands of outbox entries with big
+-- inputs), and every other workflow then answered 507. So the bytes each
+-- workflow holds are counted — its runs' records and journals, the outbox
+-- and DLQ entries its runs enqueued — in meta "held\0" .. workflow, written
+-- with the writes that change them (the same group commit), and a workflow
+-- past its share (storage.workflow_share_mb) starts and writes no more.
+-- The counts are in memory too: reading one is a table lookup.
+
+local HELD = "held\0"
+
+-- What each workflow holds: read once from meta, kept from then on.
+local function held_table(self)
+  local held = self.held_bytes
+  if not held then
+    held = {}
+    for _, row in ipairs(self.st:scan("meta", { prefix = HELD, limit = math.maxinteger })) do
+      local n = math.tointeger(tonumber(row[2])) or 0
+      held[row[1]:sub(#HELD + 1)] = n > 0 and n or nil
+    end
+    self.held_bytes = held
+  end
+  return held
+end
+
+--- Adds by bytes (negative: gives back) to what workflow wf holds. The
+--- count goes to the folder with the write that changed it: the store's
+--- counter (store:counter) writes the last count of each commit, once.
+function Store:hold(wf, by)
+  if type(wf) ~= "string" or by == 0 then
+    return
+  end
+  local held = held_table(self)
+  local n = math.max((held[wf] or 0) + by, 0) -- (a count an older chorus left short)
+  held[wf] = n > 0 and n or nil
+  local slots = self.held_slots
+  if not slots then
+    slots = {}
+    self.held_slots, self.held_nslots = slots, 0
+  end
+  local slot = slots[wf]
+  if not slot then
+    slot = self.held_nslots
+    slots[wf], self.held_nslots = slot, slot + 1
+  end
+  if slot <= 65535 then
+    self.st:counter(slot, HELD .. wf, n)
+  else -- (more workflows than counters: a put each)
+    self.st:put("meta", HELD .. wf, tostring(n))
+  end
+end
+
+--- The bytes workflow wf holds in the folder.
+function Store:held(wf)
+  return held_table(self)[wf] or 0
+end
+
+--- { workflow = bytes } of every workflow that holds some (read-only).
+function Store:held_all()
+  return held_table(self)
+end
+
+--- The share one workflow may hold, in bytes, of storage config conf
+--- (storage.workflow_share_mb; by default half of max_size_mb), or nil
+--- for none (0, or at least the folder's cap).
+function store.share_bytes(conf)
+  conf = conf or {}
+  local max = math.max(conf.max_size_mb or 8192, conf.map_size_mb or 0)
+  local share = conf.workflow_share_mb or (max + 1) // 2
+  if share == 0 or share >= max then
+    return nil
+  end
+  return share * 1024 * 1024
+end
+
+--- Whether workflow wf holds its share (self.share, set by the server) or more.
+function Store:over_share(wf)
+  local share = self.share
+  return share ~= nil and wf ~= nil and (held_table(self)[wf] or 0) >= share
+end
+
+-- The runs this process writes: run id → { wf =, rec = bytes of its
+-- record, jn = of its journal }, from their first record to their end
+-- (Store:run_settled). A run it did not start (resumed after a restart,
+-- redriven, cancelled, swept) is read from the folder the first time.
+local function accounts(self)
+  local a = self.run_accounts
+  if not a then
+    a = {}
+    self.run_accounts = a
+  end
+  return a
+end
+
+function Store:new_run_account(id, wf)
+  local a = { wf = type(wf) == "string" and wf or nil, rec = 0, jn = 0 }
+  accounts(self)[id] = a
+  return a
+end
+
+--- What the folder holds of run id (committed), as an account.
+function Store:run_account(id, wf)
+  local all = accounts(self)
+  local a = all[id]
+  if a then
+    return a
+  end
+  local text = self.st:get("runs", id)
+  if type(wf) ~= "string" and text then
+    local summary = self:run_summary(id)
+    wf = summary and summary.workflow
+    if type(wf) ~= "string" then
+      local ok, rec = pcall(json.decode, text)
+      wf = ok and type(rec) == "table" and rec.workflow or nil
+    end
+  end
+  a = { wf = type(wf) == "string" and wf or nil, rec = text and #text or 0, jn = 0 }
+  for _, row in ipairs(self.st:scan("journal", { prefix = id, limit = math.maxinteger })) do
+    a.jn = a.jn + #row[2]
+  end
+  all[id] = a
+  return a
+end
+
+--- Sets part ("rec" or "jn") of run account a to bytes; its workflow
+--- holds the difference.
+function Store:hold_run(a, part, bytes)
+  if not bytes then
+    return
+  end
+  local by = bytes - a[part]
+  a[part] = bytes
+  if a.wf then
+    self:hold(a.wf, by)
+  end
+end
+
+--- bytes more in run id's journal.
+function Store:journaled(id, bytes)
+  if bytes then
+    local a = self:run_account(id)
+    self:hold_run(a, "jn", a.jn + bytes)
+  end
+end
+
+--- Run id has written its last records: its account is dropped (a later
+--- write reads the folder again).
+function Store:run_settled(id)
+  if self.run_accounts then
+    self.run_accounts[id] = nil
+  end
+end
+
+--- The sweep deletes run rec's record (size bytes): its journal goes too
+--- (kept for a redrive, or a child's outcome), and what the workflow held
+--- of both is given back.
+function Store:release_run(rec, size)
+  local id = rec.id
+  local a = accounts(self)[id]
+  local journal = 0
+  local rows = self.st:scan("journal", { prefix = id, limit = math.maxinteger })
+  for _, row in ipairs(rows) do
+    journal = journal + #row[2]
+  end
+  if rows[1] then
+    self.st:del_prefix("journal", id)
+  end
+  if a then
+    self:hold_run(a, "jn", 0)
+    self:hold_run(a, "rec", 0)
+  elseif type(rec.workflow) == "string" then
+    self:hold(rec.workflow, -(size + journal))
+  end
+  self:run_settled(id)
+end
+
+--- Counts what every workflow holds in a folder an older chorus wrote (its
+--- runs' records and journals; outbox entries from before are not
+--- counted, nor given back), unless meta.held says it is counted. A count
+--- cut short (meta.held = "0") starts again from nothing.
+function Store:build_held()
+  if self.memory or self.st:get("meta", "held") == "1" then
+    return 0
+  end
+  for wf in pairs(held_table(self)) do
+    self:hold(wf, -self:held(wf))
+  end
+  return build_whole(self, "runs", "held", function(key, value)
+    local ok, rec = pcall(json.decode, value)
+    local wf = ok and type(rec) == "table" and type(rec.workflow) == "string" and rec.workflow or nil
+    local bytes = #value
+    for _, row in ipairs(self.st:scan("journal", { prefix = key, limit = math.maxinteger })) do
+      bytes = bytes + #row[2]
+    end
+    self:hold(wf, bytes)
+  end)
+end
+
 -- ---- journal ------------------------------------------------------------
 
 local function journal_key(run_id, seq)
@@ -453,7 +672,11 @@ end
 --- that is over max (nothing queued: the run's record cap).
 function Store:put_effect(run_id, seq, entry, max)
   forget(self, run_id)
-  return self.st:put_json("journal", journal_key(run_id, seq), entry, max)
+  local bytes, size = self.st:put_json("journal", journal_key(run_id, seq), entry, max)
+  if bytes then
+    self:journaled(run_id, bytes)
+  end
+  return bytes, size
 end
 
 -- Seq 0 of a failed run's journal keeps what a redrive needs and its record
@@ -462,7 +685,7 @@ local REDRIVE_SEQ = string.pack(">I4", 0)
 
 function Store:put_redrive(run_id, value)
   forget(self, run_id)
-  self:put_json("journal", run_id .. REDRIVE_SEQ, value)
+  self:journaled(run_id, self:put_json("journal", run_id .. REDRIVE_SEQ, value))
 end
 
 function Store:get_redrive(run_id)
@@ -477,7 +700,7 @@ local OUTCOME_SEQ = string.pack(">I4", 0xFFFFFFFF)
 
 function Store:put_outcome(run_id, value)
   forget(self, run_id)
-  self:put_json("journal", run_id .. OUTCOME_SEQ, value)
+  self:journaled(run_id, self:put_json("journal", run_id .. OUTCOME_SEQ, value))
 end
 
 function Store:get_outcome(run_id)
@@ -501,6 +724,7 @@ end
 -- Run ids are UUIDs, all 36 characters: no id is a prefix of another.
 function Store:drop_journal(run_id)
   forget(self, run_id)
+  self:hold_run(self:run_account(run_id), "jn", 0)
   self.st:del_prefix("journal", run_id)
 end
 
@@ -531,7 +755,7 @@ function Store:sweep(db, from, limit, expired)
   local n = 0
   for i = 1, math.min(#rows, limit) do
     local ok, value = pcall(json.decode, rows[i][2])
-    if ok and expired(value) then
+    if ok and expired(value, #rows[i][2]) then
       self.st:del(db, rows[i][1])
       n = n + 1
     end
@@ -541,9 +765,21 @@ end
 
 -- ---- outbox and dlq ---------------------------------------------------------
 
+--- An entry its workflow's run enqueues is counted in what the workflow
+--- holds (entry.held: its bytes as first written, kept in the entry so its
+--- removal gives back the same) until it is delivered, or its DLQ entry
+--- dropped.
 function Store:put_outbox(entry)
   local key = outbox_key(entry.due, entry.id)
-  self:put_json("outbox", key, entry)
+  if entry.held == nil and type(entry.owner) == "string" then
+    -- encoded once: its size, then the same text with the size added
+    local text = json.encode(entry)
+    entry.held = #text
+    self:hold(entry.owner, entry.held)
+    self.st:put("outbox", key, ('%s,"held":%d}'):format(text:sub(1, -2), entry.held))
+  else
+    self:put_json("outbox", key, entry)
+  end
   self.st:put("outbox_lanes", lane_key(entry.owner, key), "1")
 end
 
@@ -717,8 +953,20 @@ function Store:get_dlq(id)
   return self:get_json("dlq", id)
 end
 
-function Store:del_dlq(id)
+--- entry: the DLQ entry (nil: read here), for what its workflow holds.
+function Store:del_dlq(id, entry)
+  entry = entry or self:get_dlq(id)
+  if type(entry) == "table" then
+    self:release_entry(entry)
+  end
   self.st:del("dlq", id)
+end
+
+--- An outbox or DLQ entry goes: what it held is its workflow's again.
+function Store:release_entry(entry)
+  if type(entry.owner) == "string" and math.type(entry.held) == "integer" then
+    self:hold(entry.owner, -entry.held)
+  end
 end
 
 --- Moves a dead entry back to the outbox, due now with fresh attempts.
@@ -731,7 +979,7 @@ function Store:replay_dlq(id, now)
   e.attempts, e.state, e.failed_at = 0, nil, nil
   e.due = now
   e.replayed = (e.replayed or 0) + 1
-  self:del_dlq(id)
+  self.st:del("dlq", id) -- it stays held: the entry moves
   self:put_outbox(e)
   self:lane_changed(e.owner or "", 1)
   local run_id = e.from_run or e.run_id -- the run's record shows it pending again

@@ -47,6 +47,12 @@ function KV:put_json(name, key, value, max)
   return #text
 end
 
+--- A counter kept in meta under key (the C store's store:counter writes
+--- only the last value of each commit; here each is queued).
+function KV:counter(_, key, n)
+  self:put("meta", key, tostring(n))
+end
+
 function KV:del(name, key)
   check(name, key)
   self.pending[#self.pending + 1] = { "del", name, key }

@@ -2,6 +2,7 @@
 -- idempotency keys, kept events and event ids past events.ttl, and finished
 -- run records older than storage.runs_retention go, a bounded step at a time, once a minute.
 local core = require "chorus.core"
+local events = require "chorus.events"
 local log = require("chorus.log").event
 local state = require "chorus.server_state"
 
@@ -26,12 +27,12 @@ function sweep.loop()
     keys, keys_from = st:sweep("idempotency", keys_from, SWEEP_BATCH, function(rec)
       return rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
     end)
-    old_runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec)
+    old_runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec, size)
       local old = rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention
-      if old and rec.status == "failed" and type(rec.id) == "string" then
-        st:drop_journal(rec.id) -- the journal kept for a redrive goes with the record
-      end
       if old and type(rec.id) == "string" then
+        -- the journal kept for a redrive goes with the record, and what
+        -- both held is its workflow's again (storage.workflow_share_mb)
+        st:release_run(rec, size)
         st:drop_deliveries(rec.id)
       end
       return old
@@ -39,7 +40,11 @@ function sweep.loop()
     -- kept events no wait took, and seen event ids, once events.ttl is up
     local old_events
     old_events, events_from = st:sweep("events", events_from, SWEEP_BATCH, function(rec)
-      return type(rec) ~= "table" or (tonumber(rec.expires) or 0) <= now
+      local old = type(rec) ~= "table" or (tonumber(rec.expires) or 0) <= now
+      if old and type(rec) == "table" and type(rec.kept_by) == "string" then
+        events.forget_kept(rec.kept_by, rec.bytes) -- its place under limits.events_kept_per_workflow frees
+      end
+      return old
     end)
     if keys + old_runs + old_events > 0 then
       st:commit()

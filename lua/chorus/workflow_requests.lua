@@ -126,6 +126,17 @@ local function under_load_limit(c)
   end
 end
 
+-- A workflow holding its share of the data folder (storage.workflow_share_mb)
+-- starts no run: 507, as when the folder is full, but for it alone.
+local function under_storage_share(c)
+  local st = state.store
+  if st and st:over_share(c.name) then
+    return problem(507, "Insufficient Storage", ("workflow '%s' holds %d bytes of the data folder, its share "
+      .. "(storage.workflow_share_mb = %d); its runs are refused until its records are swept or its outbox "
+      .. "entries delivered"):format(c.name, st:held(c.name), st.share // (1024 * 1024)))
+  end
+end
+
 local function valid_key(c)
   local key, bad = checks.idempotency_key(c.req)
   if bad then
@@ -186,8 +197,8 @@ local function key_verdict(c)
   end
 end
 
-local GUARDS = { known_workflow, post_only, authorized, under_load_limit, valid_key, valid_body, valid_callback,
-  key_verdict }
+local GUARDS = { known_workflow, post_only, authorized, under_load_limit, under_storage_share, valid_key,
+  valid_body, valid_callback, key_verdict }
 
 -- ---- the run ------------------------------------------------------------------
 

@@ -203,3 +203,56 @@ describe("durable events without a data folder", function()
     assert.same({ got = { category = "mem" } }, run.json)
   end)
 end)
+
+-- emits one event per key k1..kN, catching every error it can
+local FLOODER = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "flooder", run = function(_, input)
+  local kept = 0
+  for i = 1, input.n do
+    if pcall(chorus.emit, "spam", "k" .. i, { i = i }) then
+      kept = kept + 1
+    end
+  end
+  return { kept = kept }
+end }
+]]
+
+-- takes the event of key input.key
+local TAKER = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "taker", run = function(ctx, input)
+  return ctx.event("spam", { key = input.key, timeout = 1 })
+end }
+]]
+
+describe("the events a workflow keeps (limits.events_kept_per_workflow)", function()
+  it("stops a flooding run with events_full, counts again after a restart, frees a place per event taken", function()
+    local dir = H.temp_dir({ ["flooder.lua"] = FLOODER, ["taker.lua"] = TAKER })
+    local data = H.temp_dir()
+    local conf = H.write_temp([[return { admin_token = "adm", limits = { events_kept_per_workflow = 3 } }]])
+    local srv
+    finally(function() H.clean(srv, dir, data, conf) end)
+    local function flood(n)
+      return H.request(srv.url .. "/workflows/flooder", { method = "POST", body = ('{"n":%d}'):format(n) })
+    end
+    srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data })
+    local r = flood(50)
+    assert.equal(500, r.status, r.body)
+    assert.equal("events_full", r.json.kind, H.request(srv.url .. "/runs/" .. r.json.run_id,
+      { headers = { Authorization = "Bearer adm" } }).body)
+    srv.stop()
+    srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data })
+    r = flood(1)
+    assert.equal("events_full", r.json.kind, r.body) -- its 3 kept events were counted at start
+    -- POST /events is no workflow's: still kept
+    local posted = H.request(srv.url .. "/events/spam/posted", { method = "POST", body = "{}",
+      headers = { Authorization = "Bearer adm" } })
+    assert.equal(202, posted.status, posted.body)
+    local took = H.request(srv.url .. "/workflows/taker", { method = "POST", body = '{"key":"k2"}' })
+    assert.same({ i = 2 }, took.json)
+    r = flood(1)
+    assert.equal(200, r.status, r.body)
+    assert.same({ kept = 1 }, r.json)
+  end)
+end)

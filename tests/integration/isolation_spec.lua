@@ -427,7 +427,16 @@ describe("isolation: a run's HTTP answer", function()
   local dir, srv
 
   setup(function()
-    dir = H.temp_dir({ ["headers.lua"] = [[
+    dir = H.temp_dir({ ["odd.lua"] = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "odd", run = function(_, input)
+  local f = function() end
+  if input.how == "body" then return { status = 200, body = f } end
+  if input.how == "table" then return { status = 200, body = {} } end
+  if input.how == "header" then return { status = 200, body = "x", headers = { ["X-F"] = f } } end
+  return f
+end }
+]], ["headers.lua"] = [[
 local chorus = require "chorus"
 return chorus.workflow { name = "headers", run = function(ctx, input)
   local h = {}
@@ -442,10 +451,27 @@ end }
 
   -- the answer is built after the run, outside its budget: 300,000 headers
   -- held the server's thread 1.3 s, 600,000 ran the handler out of memory
+  -- tostring answered "function: 0x55..." (the server's memory layout)
+  for _, how in ipairs({ "body", "table", "header", "function" }) do
+    it(("answers a result that is no HTTP answer (%s) with a 500 of kind bad_response, no address"):format(how),
+      function()
+        local r = H.request(srv.url .. "/workflows/odd", { method = "POST", body = ('{"how":"%s"}'):format(how) })
+        assert.are.equal(500, r.status, r.body)
+        for k, v in pairs(r.headers) do
+          assert.is_nil(v:find("0x", 1, true), k .. ": " .. v)
+        end
+        assert.is_nil(r.body:find("0x", 1, true), r.body)
+        assert.truthy(r.json.run_id, r.body)
+        assert.are.equal("bad_response", r.json.kind, r.body)
+      end)
+  end
+
   it("has at most 100 headers: past them a 500 with the run id, the run recorded", function()
     local ok = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 100 }) })
     assert.are.equal(200, ok.status, ok.body)
-    assert.are.equal("v", ok.headers["x-h100"])
+    for i = 1, 100 do -- every one of them reaches the client (past the 64th they were dropped)
+      assert.are.equal("v", ok.headers["x-h" .. i], "x-h" .. i)
+    end
     local r = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 300000 }),
       headers = { ["Idempotency-Key"] = "many-headers" }, max_time = 60 })
     assert.are.equal(500, r.status, r.body)

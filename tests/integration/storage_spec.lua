@@ -73,8 +73,9 @@ describe("storage", function()
     local conf, srv
 
     setup(function()
-      -- a 1 MiB map that may grow to 2 MiB: about twenty 100 KB runs
-      conf = H.write_temp("return { storage = { map_size_mb = 1, max_size_mb = 2 } }")
+      -- a 1 MiB map that may grow to 2 MiB: about twenty 100 KB runs, of
+      -- one workflow (no share of its own: the folder's cap is what is tested)
+      conf = H.write_temp("return { storage = { map_size_mb = 1, max_size_mb = 2, workflow_share_mb = 0 } }")
       srv = H.start_server({ "--config", conf, "--scripts", dir })
     end)
 

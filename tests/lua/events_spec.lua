@@ -321,3 +321,126 @@ describe("ctx.event and cancellation", function()
     assert.are.equal(5, r.elapsed)
   end)
 end)
+
+-- Isolation: a workflow's runs keep at most limits.events_kept_per_workflow
+-- events no wait took (the emit past it stops the run, kind events_full,
+-- whatever pcall catches), places free when a wait takes one, the ttl passes
+-- or the server starts again over the same store; an emitted payload is at
+-- most limits.max_body_bytes. Events sent by POST /events are not counted.
+describe("the events a workflow keeps", function()
+  local core = require "chorus.core"
+  local events = require "chorus.events"
+  local store = require "chorus.store"
+
+  before_each(testing.reset)
+  after_each(function()
+    events.kept_cap, events.kept_bytes_cap, events.max_payload = 10000, 64 * 1024 * 1024, 1048576
+    core.set_clock("real")
+  end)
+
+  -- emits n events on distinct keys, swallowing every error it can
+  local function flooder(n)
+    return chorus.workflow { name = "flooder", run = function()
+      local kept = 0
+      for i = 1, n do
+        if pcall(chorus.emit, "spam", "k" .. i, { i = i, pad = ("x"):rep(100) }) then
+          kept = kept + 1
+        end
+      end
+      return kept
+    end }
+  end
+
+  it("stops a run emitting past the cap, uncatchably, and leaves other workflows their own", function()
+    events.kept_cap = 3
+    local r = testing.run(flooder(50))
+    assert.is_false(r.ok)
+    assert.equal("events_full", r.error.kind)
+    assert.matches("limits.events_kept_per_workflow", r.error.message)
+    assert.equal(3, events.kept("flooder"))
+    local again = testing.run(flooder(1)) -- a new run of the same workflow: still full
+    assert.equal("events_full", again.error.kind)
+    local other = chorus.workflow { name = "other", run = function() return chorus.emit("spam", "mine", {}) end }
+    assert.equal("kept", testing.run(other).value)
+  end)
+
+  it("caps the bytes of payload a workflow keeps, and frees them when a wait takes one", function()
+    local one = #core.json.encode({ i = 1, pad = ("x"):rep(100) }) -- a flooder payload as JSON: two fit
+    events.kept_bytes_cap = 3 * one - 1
+    local r = testing.run(flooder(50))
+    assert.equal("events_full", r.error.kind)
+    assert.matches("limits.events_kept_bytes_per_workflow", r.error.message)
+    assert.same({ 2, 2 * one }, { events.kept("flooder"), events.kept_bytes("flooder") })
+    assert.is_true(testing.run(chorus.workflow { name = "taker", run = function(ctx)
+      return ctx.event("spam", { key = "k1", timeout = 1 })
+    end }).ok)
+    assert.same({ 1, one }, { events.kept("flooder"), events.kept_bytes("flooder") })
+  end)
+
+  it("frees a place when a wait takes an event", function()
+    events.kept_cap = 2
+    assert.equal(2, testing.run(chorus.workflow { name = "flooder", run = function()
+      return #{ chorus.emit("spam", "a", {}), chorus.emit("spam", "b", {}) }
+    end }).value)
+    local r = testing.run(chorus.workflow { name = "taker", run = function(ctx)
+      return ctx.event("spam", { key = "a", timeout = 1 })
+    end })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.equal(1, events.kept("flooder"))
+    assert.equal(1, testing.run(flooder(1)).value)
+  end)
+
+  it("counts what the store keeps when it starts again, frees expired events at the cap", function()
+    core.set_clock("virtual", 1767225600)
+    events.kept_cap = 2
+    local st = store.memory()
+    local ok, res = core.run(nil, function()
+      events.configure({ store = st, ttl = 10 })
+      events.deliver("e", "k1", { a = 1 }, "id-1", "wf")
+      events.deliver("e", "k2", { b = 22 }, "id-2", "wf")
+      events.deliver("e", "posted", {}, nil, nil) -- POST /events: no workflow's
+      events.configure({ store = st, ttl = 10 }) -- a restart over the same store
+      local out = { events.kept("wf"), events.kept_bytes("wf") }
+      out[3] = select(2, pcall(events.deliver, "e", "k3", {}, "id-3", "wf")).kind
+      core.sleep(11) -- the ttl passes: the places free
+      out[4] = events.deliver("e", "k3", {}, "id-3", "wf")
+      out[5], out[6] = events.kept("wf"), events.kept_bytes("wf")
+      return out
+    end)
+    assert.is_true(ok, tostring(res))
+    assert.same({ 2, #'{"a":1}' + #'{"b":22}', "events_full", "kept", 1, 2 }, res)
+  end)
+
+  it("refuses an emitted payload larger than limits.max_body_bytes, keeping nothing", function()
+    events.max_payload = 100
+    local r = testing.run(chorus.workflow { name = "big", run = function()
+      local ok, err = pcall(chorus.emit, "e", "k", { pad = ("x"):rep(200) })
+      return { ok, err.kind, chorus.emit("e", "k", { small = true }) }
+    end })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.same({ false, "too_large", "kept" }, r.value)
+    assert.equal(1, events.kept("big"))
+  end)
+
+  it("checks limits.events_kept_per_workflow in the config", function()
+    local config = require "chorus.config"
+    local function load(text)
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w"))
+      f:write("return { limits = { " .. text .. " } }")
+      f:close()
+      local conf, err = config.load(path)
+      os.remove(path)
+      return conf, err
+    end
+    local _, err = load("events_kept_per_workflow = -1")
+    assert.matches("events_kept_per_workflow", tostring(err))
+    _, err = load("events_kept_bytes_per_workflow = 0.5")
+    assert.matches("events_kept_bytes_per_workflow", tostring(err))
+    local conf = assert(load("events_kept_per_workflow = 0, events_kept_bytes_per_workflow = 0, "
+      .. "max_body_bytes = 4096"))
+    config.apply(conf)
+    assert.same({ 0, 0 }, { events.kept_cap, events.kept_bytes_cap })
+    assert.equal(4096, events.max_payload)
+  end)
+end)

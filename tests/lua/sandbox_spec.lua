@@ -724,4 +724,71 @@ describe("sandbox: what a queued call keeps", function()
       assert.matches("header names must be strings", tostring(message), 1, true)
     end
   end)
+
+  -- An option was checked, then read again: an __index answering the
+  -- second read differently put a table in the queued call's timeout (and
+  -- could have put any url or body past their checks).
+  it("keeps the options as checked, each read once", function()
+    local wf = assert(script.compile([[
+      local chorus = require "chorus"
+      local http = require "chorus.http"
+      return chorus.workflow { name = "queued", run = function()
+        local reads = {}
+        local first = { timeout = 5, connect_timeout = 2, url = "http://mock.test/x", body = "b",
+          idempotency_key = "k-1", later = true }
+        local req = setmetatable({}, { __index = function(_, k)
+          reads[k] = (reads[k] or 0) + 1
+          if reads[k] == 1 then return first[k] end
+          return ({ timeout = {}, connect_timeout = {}, url = "file:///etc/passwd", body = {}, later = {} })[k]
+        end })
+        http.request(req)
+        return reads
+      end }
+    ]], "queued.lua"))
+    local r = testing.run(wf, {})
+    assert.is_true(r.ok, tostring(r.error))
+    local sent = r.outbox[1].request
+    assert.same({ "http://mock.test/x", 5, "b", "k-1" }, { sent.url, sent.timeout, sent.body,
+      sent.headers["Idempotency-Key"] })
+    for k, n in pairs(r.value) do
+      assert.equal(1, n, k)
+    end
+  end)
+end)
+
+-- A wrapper of the sandbox that passed a bad argument on to the library
+-- put its own position in the error ("lua/chorus/sandbox.lua:522: bad
+-- argument #1 to 'rawset'"): the script saw the server's files.
+describe("sandbox: errors a script sees", function()
+  before_each(testing.reset)
+
+  it("name no position inside the server's modules", function()
+    local wf = assert(script.compile([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "positions", run = function()
+        local out = {}
+        local function note(_, err) out[#out + 1] = tostring(err) end
+        note(pcall(setmetatable, 1, {}))
+        note(pcall(rawset, 1, 2, 3))
+        note(pcall(table.insert, nil, 1))
+        note(pcall(table.remove, nil))
+        note(pcall(table.sort, { 3, 1, 2 }, 5))
+        note(pcall(chorus.json.array, 5))
+        note(pcall(os.time, {}))
+        note(pcall(chorus.secret, 5))
+        note(xpcall(rawset, function(e) return e end, 1, 2, 3))
+        note(pcall(coroutine.wrap(function() return setmetatable(1, {}) end)))
+        note(coroutine.resume(coroutine.create(function() return rawset(1, 2, 3) end)))
+        return out
+      end }
+    ]], "positions.lua"))
+    local r = testing.run(wf, {})
+    assert.is_true(r.ok, tostring(r.error))
+    assert.equal(11, #r.value)
+    for _, message in ipairs(r.value) do
+      assert.is_nil(message:find("chorus/", 1, true), message)
+      assert.truthy(message:find("bad argument", 1, true) or message:find("missing", 1, true)
+        or message:find("must be a string", 1, true), message)
+    end
+  end)
 end)

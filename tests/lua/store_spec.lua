@@ -139,6 +139,113 @@ describe("chorus.store", function()
     assert.are.equal("conflict", idempotency.check(st, "wf", "k1", "fp"))
   end)
 
+  describe("what each workflow holds (storage.workflow_share_mb)", function()
+    local json = core.json
+
+    it("defaults the share to half of max_size_mb; 0 or the whole folder is no share", function()
+      assert.are.equal(4096 * 1024 * 1024, store.share_bytes(nil))
+      assert.are.equal(16 * 1024 * 1024, store.share_bytes({ max_size_mb = 32 }))
+      assert.are.equal(3 * 1024 * 1024, store.share_bytes({ max_size_mb = 32, workflow_share_mb = 3 }))
+      assert.is_nil(store.share_bytes({ max_size_mb = 32, workflow_share_mb = 0 }))
+      assert.is_nil(store.share_bytes({ max_size_mb = 32, workflow_share_mb = 32 }))
+    end)
+
+    it("counts a run's record and journal, and gives them back when the sweep takes them", function()
+      local id = core.uuid7()
+      local first = { id = id, workflow = "a", status = "running", started = 1 }
+      local final = { id = id, workflow = "a", status = "failed", started = 1, finished = 2,
+        error = { kind = "x", message = ("e"):rep(5000) } }
+      local effect = { step = "s1", kind = "http", ok = true, value = ("v"):rep(3000) }
+      local redrive = { input = { pad = ("i"):rep(2000) } }
+      committed(function()
+        st:put_run(first, true)
+        st:put_effect(id, 1, effect)
+      end)
+      assert.are.equal(#json.encode(first) + #json.encode(effect), st:held("a"))
+      local text = json.encode(final)
+      committed(function()
+        st:put_run_text(id, text, final)
+        st:put_redrive(id, redrive) -- a failed run keeps its journal
+        st:run_settled(id)
+      end)
+      local held = #text + #json.encode(effect) + #json.encode(redrive)
+      assert.are.equal(held, st:held("a"))
+      assert.are.equal(0, st:held("b"))
+      -- kept in the folder: another process reads the same count
+      st:close()
+      st = assert(store.open(dir))
+      assert.are.equal(held, st:held("a"))
+      assert.are.equal(held, st:held_all().a)
+      committed(function()
+        assert.are.equal(1, st:sweep("runs", nil, 10, function(rec, size)
+          st:release_run(rec, size)
+          return true
+        end))
+      end)
+      assert.are.equal(0, st:held("a"))
+      assert.are.same({}, st:journal(id))
+    end)
+
+    it("counts an outbox entry until it is delivered, a dead one until it is dropped", function()
+      local e = { id = "e1", due = 10, owner = "a", input = { pad = ("p"):rep(4000) } }
+      committed(function() st:put_outbox(e) end)
+      local held = st:held("a")
+      assert.is_true(held > 4000)
+      committed(function() -- a retry moves it: nothing more held
+        st:del_outbox({ due = 10, id = "e1", owner = "a" })
+        e.due, e.attempts = 20, 1
+        st:put_outbox(e)
+      end)
+      assert.are.equal(held, st:held("a"))
+      committed(function()
+        st:del_outbox(e)
+        st:put_dlq(e)
+      end)
+      assert.are.equal(held, st:held("a"))
+      committed(function() st:replay_dlq("e1", 30) end)
+      assert.are.equal(held, st:held("a"))
+      local back = st:due_outbox(100, 10)[1]
+      committed(function()
+        st:del_outbox(back)
+        st:release_entry(back) -- delivered
+      end)
+      assert.are.equal(0, st:held("a"))
+      committed(function()
+        st:put_outbox({ id = "e2", due = 10, owner = "a", input = "x" })
+      end)
+      local dead = st:due_outbox(100, 10)[1]
+      committed(function()
+        st:del_outbox(dead)
+        st:put_dlq(dead)
+      end)
+      assert.is_true(st:held("a") > 0)
+      committed(function() st:del_dlq("e2") end)
+      assert.are.equal(0, st:held("a"))
+    end)
+
+    it("counts the runs of a folder an older chorus wrote, once", function()
+      local id = core.uuid7()
+      local rec = { id = id, workflow = "old", status = "failed", started = 1, finished = 2 }
+      committed(function()
+        st:put_run(rec, true)
+        st:put_effect(id, 1, { step = "s", ok = true, value = "v" })
+      end)
+      local held = st:held("old")
+      -- as an older chorus leaves it: no counts, no flag
+      committed(function()
+        st.st:del("meta", "held\0old")
+        st.st:del("meta", "held")
+      end)
+      st:close()
+      st = assert(store.open(dir))
+      assert.are.equal(0, st:held("old"))
+      committed(function() assert.are.equal(1, st:build_held()) end)
+      assert.are.equal(held, st:held("old"))
+      committed(function() assert.are.equal(0, st:build_held()) end)
+      assert.are.equal(held, st:held("old"))
+    end)
+  end)
+
   it("refuses a data folder written by a newer schema", function()
     st:close()
     local raw = assert(core.store_open(dir))

@@ -1543,6 +1543,51 @@ static void test_moot(void) {
     close_store(st);
 }
 
+/* 21. A counter is written once per batch, its last value, in the batch of
+ * the writes made with it; a counter set after a batch is handed over goes
+ * with the next; close writes what is left. Bad slots and keys refused. */
+static void test_counter(void) {
+    char dir[128], buf[64];
+    path_in_root(dir, sizeof dir, "counter");
+    struct chorus_store *st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    uint64_t ops0 = stats(st).ops;
+    for (int i = 1; i <= 100; i++) {
+        CHECK_INT_EQ(put(st, STORE_RUNS, "c1", "x"), 0);
+        CHECK_INT_EQ(chorus_store_counter(st, 3, "held\0a", 6, i), 0);
+    }
+    CHECK_INT_EQ(chorus_store_counter(st, 0, "held\0b", 6, -7), 0);
+    CHECK(commit(st));
+    /* the run's record once (the others moot), each counter once */
+    CHECK_INT_EQ(stats(st).ops - ops0, 3);
+    CHECK_INT_EQ(get(st, STORE_META, "held\0a", 6, buf, sizeof buf), 3);
+    CHECK_STR_EQ(buf, "100");
+    CHECK_INT_EQ(get(st, STORE_META, "held\0b", 6, buf, sizeof buf), 2);
+    CHECK_STR_EQ(buf, "-7");
+    /* unchanged since: not written again */
+    ops0 = stats(st).ops;
+    CHECK_INT_EQ(put(st, STORE_RUNS, "c2", "y"), 0);
+    CHECK(commit(st));
+    CHECK_INT_EQ(stats(st).ops - ops0, 1);
+    /* the slot keeps its key */
+    CHECK_INT_EQ(chorus_store_counter(st, 3, "other", 5, 5), 0);
+    CHECK_INT_EQ(put(st, STORE_RUNS, "c3", "z"), 0);
+    chorus_store_close(st); /* without a loop turn: close writes it */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    st = open_store(dir, 0);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    CHECK_INT_EQ(get(st, STORE_META, "held\0a", 6, buf, sizeof buf), 1);
+    CHECK_STR_EQ(buf, "5");
+    CHECK(!has(st, STORE_META, "other"));
+    CHECK_INT_EQ(chorus_store_counter(st, 65536, "k", 1, 1), -1);
+    CHECK_INT_EQ(chorus_store_counter(st, 1, "", 0, 1), -1);
+    close_store(st);
+}
+
 int main(void) {
     alarm(120); /* a hung loop fails the test instead of blocking the suite */
     snprintf(root, sizeof root, "/tmp/chorus-test-store-XXXXXX");
@@ -1575,6 +1620,7 @@ int main(void) {
     test_empty_file();
     test_run_index();
     test_moot();
+    test_counter();
 
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);

@@ -1,0 +1,132 @@
+-- One workflow's share of the data folder (storage.workflow_share_mb),
+-- through a real server: a workflow whose runs keep big records, or whose
+-- runs enqueue big outbox entries, is refused once it holds its share
+-- (507 for a new run, kind storage_share for a write of a running one),
+-- and every other workflow is still served from the same folder.
+local H = require "tests.integration.helpers"
+
+-- input.count strings of input.kb KiB each: a finished record that big.
+local CHUNKS = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "chunks", run = function(ctx, input)
+  local out = {}
+  for i = 1, input.count do
+    out[i] = string.rep(string.char(96 + i % 26), input.kb * 1024)
+  end
+  return out
+end }
+]]
+
+-- input.count outbox entries due in an hour, each with input.kb KiB of
+-- input: they stay pending. Each enqueue in a pcall: a script that tries
+-- to go on past its share.
+local LATER = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "later", run = function(ctx, input)
+  local done, caught = 0, nil
+  for i = 1, input.count do
+    local ok, err = pcall(ctx.later, "echo", { i = i, pad = string.rep("p", input.kb * 1024) }, { delay = 3600 })
+    if ok then
+      done = done + 1
+    else
+      caught = type(err) == "table" and err.kind or tostring(err)
+    end
+  end
+  return { done = done, caught = caught }
+end }
+]]
+
+local function scripts()
+  return H.temp_dir({ ["chunks.lua"] = CHUNKS, ["later.lua"] = LATER,
+    ["echo.lua"] = H.read("tests/integration/fixtures/serve/echo.lua") })
+end
+
+local function post(srv, name, input)
+  return H.post_json(srv.url .. "/workflows/" .. name, H.encode(input))
+end
+
+-- The value of series `name{workflow="wf"}` in /metrics, or nil.
+local function held_metric(srv, wf)
+  local body = H.request(srv.url .. "/metrics").body
+  return tonumber(body:match('chorus_workflow_storage_bytes{workflow="' .. wf .. '"} (%d+)'))
+end
+
+-- The victim: three runs of another workflow, each answered and stored.
+local function victim_served(srv)
+  for i = 1, 3 do
+    local e = post(srv, "echo", { i = i })
+    assert.are.equal(200, e.status, e.body)
+  end
+end
+
+describe("a workflow whose runs keep big records in a small data folder", function()
+  local dir, data, conf, srv, args
+
+  setup(function()
+    dir, data = scripts(), H.temp_dir()
+    -- 32 MiB of folder; one workflow's share is half of it by default
+    conf = H.write_temp([[return { storage = { map_size_mb = 32, max_size_mb = 32 } }]])
+    args = { "--scripts", dir, "--data", data, "--config", conf }
+    srv = H.start_server(args)
+  end)
+
+  teardown(function() H.clean(srv, dir, data, conf) end)
+
+  it("gets 507 naming it and its share, while the other workflows are served", function()
+    local refused
+    for _ = 1, 30 do -- 2 MiB a run: 15 runs fill the folder whoever writes them
+      local r = post(srv, "chunks", { count = 8, kb = 256 })
+      if r.status ~= 200 then
+        refused = r
+        break
+      end
+    end
+    assert.is_not_nil(refused, "no run of the flooding workflow was refused")
+    assert.are.equal(507, refused.status, refused.body:sub(1, 300))
+    assert.matches("application/problem+json", refused.headers["content-type"], 1, true)
+    assert.matches("workflow 'chunks'", refused.json.detail, 1, true)
+    assert.matches("storage.workflow_share_mb = 16", refused.json.detail, 1, true)
+    victim_served(srv)
+    local held = held_metric(srv, "chunks")
+    assert.is_true(held >= 16 * 1024 * 1024 and held < 20 * 1024 * 1024, tostring(held))
+    assert.is_true(held_metric(srv, "echo") > 0)
+  end)
+
+  it("keeps the counts across a restart", function()
+    local before = held_metric(srv, "chunks")
+    srv.kill("TERM")
+    srv.wait()
+    srv = H.start_server(args)
+    assert.are.equal(before, held_metric(srv, "chunks"))
+    assert.are.equal(507, post(srv, "chunks", { count = 1, kb = 1 }).status)
+    victim_served(srv)
+  end)
+end)
+
+describe("a workflow whose runs enqueue big outbox entries", function()
+  local dir, data, conf, srv
+
+  setup(function()
+    dir, data = scripts(), H.temp_dir()
+    conf = H.write_temp([[return { storage = { map_size_mb = 32, max_size_mb = 32, workflow_share_mb = 8 } }]])
+    srv = H.start_server({ "--scripts", dir, "--data", data, "--config", conf })
+  end)
+
+  teardown(function() H.clean(srv, dir, data, conf) end)
+
+  it("stops its run at the enqueue past its share (pcall does not catch it); others are served", function()
+    -- 100 entries of 500 KiB: 50 MiB, more than the whole folder
+    local r = post(srv, "later", { count = 100, kb = 500 })
+    assert.are.equal(500, r.status, r.body:sub(1, 300))
+    assert.are.equal("storage_share", r.json.kind, r.body)
+    local rec = H.run_record(srv, r.json.run_id or r.headers["x-run-id"])
+    assert.are.equal("failed", rec.status)
+    assert.matches("workflow 'later' holds", rec.error.message, 1, true)
+    assert.matches("storage.workflow_share_mb = 8", rec.error.message, 1, true)
+    victim_served(srv)
+    local held = held_metric(srv, "later")
+    assert.is_true(held >= 8 * 1024 * 1024 and held < 10 * 1024 * 1024, tostring(held))
+    -- and its next run is refused before it starts
+    assert.are.equal(507, post(srv, "later", { count = 1, kb = 1 }).status)
+  end)
+end)
