@@ -11,6 +11,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "alloc.h"
 #include "http_client.h"
@@ -21,9 +22,23 @@
 
 size_t chorus_lua_http_active(struct chorus_runtime *rt) { return chorus_http_active(rt->http); }
 
+/* Whether header i repeats the name of one before it (names compared
+ * without case). Only for the usual few headers: a long list takes the
+ * table lookup instead, whose cost does not grow with the list. */
+enum { FEW_HEADERS = 32 };
+static int repeats_earlier(const struct chorus_http_response *res, size_t i, size_t n) {
+    for (size_t j = 0; j < i; j++) {
+        const char *other = res->headers[j].name;
+        if (strlen(other) == n && strncasecmp(other, res->headers[i].name, n) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 static void push_headers(lua_State *co, const struct chorus_http_response *res) {
     lua_createtable(co, 0, (int)res->nheaders);
     char lower[128];
+    int few = res->nheaders <= FEW_HEADERS;
     for (size_t i = 0; i < res->nheaders; i++) {
         const char *name = res->headers[i].name;
         size_t n = strlen(name);
@@ -38,14 +53,20 @@ static void push_headers(lua_State *co, const struct chorus_http_response *res) 
                 luaL_addchar(&b, (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p));
             luaL_pushresult(&b);
         }
-        lua_pushvalue(co, -1);
-        if (lua_rawget(co, -3) == LUA_TSTRING) { /* repeated: join with ", " */
-            lua_pushliteral(co, ", ");
+        /* a name seen once (nearly every one) is set without looking it up
+         * in the table first */
+        if (few && !repeats_earlier(res, i, n)) {
             lua_pushstring(co, res->headers[i].value);
-            lua_concat(co, 3);
         } else {
-            lua_pop(co, 1);
-            lua_pushstring(co, res->headers[i].value);
+            lua_pushvalue(co, -1);
+            if (lua_rawget(co, -3) == LUA_TSTRING) { /* repeated: join with ", " */
+                lua_pushliteral(co, ", ");
+                lua_pushstring(co, res->headers[i].value);
+                lua_concat(co, 3);
+            } else {
+                lua_pop(co, 1);
+                lua_pushstring(co, res->headers[i].value);
+            }
         }
         lua_rawset(co, -3);
     }

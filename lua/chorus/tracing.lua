@@ -39,10 +39,11 @@ function tracing.call_span_id(child_id)
   return core.sha256(child_id .. "/call"):sub(1, 16)
 end
 
--- (anchored: one pass over s, where an unanchored search for a bad byte
--- tried a match at each of its n + 1 positions, 2.5 times the time)
+-- (in C: each run checks two ids, and the anchored pattern over 32 digits
+-- was most of a microsecond)
+local is_hex = core.is_hex
 local function hex_of(s, n, zero)
-  return type(s) == "string" and #s == n and s:find("^[0-9a-f]+$") ~= nil and s ~= zero
+  return is_hex(s, n) and s ~= zero
 end
 
 --- The fields of an inbound traceparent header: trace_id, parent_id and

@@ -185,6 +185,12 @@ describe("chorus serve", function()
 
     it("answers 404 for unknown paths", function()
       assert.are.equal(404, H.request(srv.url .. "/nope").status)
+      -- /workflows/NAME takes one non-empty name and nothing after it
+      for _, path in ipairs({ "/workflows/", "/workflows/echo/more", "/workflows//echo", "/x/workflows/echo" }) do
+        local r = post(path, "{}")
+        assert.are.equal(404, r.status, path)
+        assert.truthy(r.body:find("nothing at", 1, true), path)
+      end
     end)
 
     it("writes JSON-lines logs with run, trace and span ids; the access log line names the run and trace", function()

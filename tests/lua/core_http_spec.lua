@@ -37,6 +37,34 @@ describe("core.http", function()
     assert.is_true(r.duration >= 0)
   end)
 
+  it("names response headers in lower case and joins a repeated one with \", \"", function()
+    local function headers_of(answer)
+      local srv = core.serve({ host = "127.0.0.1", port = 0 }, function()
+        return { status = 200, headers = answer, body = "" }
+      end)
+      local ok, h = core.run(nil, function()
+        local _, headers = core.http({ method = "GET", url = ("http://127.0.0.1:%d/"):format(srv:port()) })
+        return headers
+      end)
+      srv:close()
+      assert.is_true(ok, message(h))
+      return h
+    end
+    -- the same name twice, in two cases: one header, both values
+    local h = headers_of({ ["X-Dup"] = "a", ["x-dup"] = "b", ["X-One"] = "1" })
+    assert.is_true(h["x-dup"] == "a, b" or h["x-dup"] == "b, a", tostring(h["x-dup"]))
+    assert.are.equal("1", h["x-one"])
+    assert.is_nil(h["X-Dup"])
+    -- many headers (past the few compared in C), one of them repeated
+    local many = { ["x-rep"] = "c", ["X-REP"] = "d" }
+    for i = 1, 40 do
+      many["X-Many-" .. i] = tostring(i)
+    end
+    h = headers_of(many)
+    assert.is_true(h["x-rep"] == "c, d" or h["x-rep"] == "d, c", tostring(h["x-rep"]))
+    assert.are.equal("40", h["x-many-40"])
+  end)
+
   it("needs only method and url", function()
     local ok, status = with_echo(function(base)
       return (core.http({ method = "GET", url = base .. "/" }))

@@ -52,6 +52,24 @@ describe("tracing.parse (traceparent)", function()
   end)
 end)
 
+describe("a record's trace and span ids", function()
+  it("are kept when they are lower-case hex of their length, else replaced by new ones", function()
+    assert.are.equal(TRACE, tracing.valid_trace_id(TRACE))
+    assert.are.equal("00f067aa0ba902b7", tracing.valid_span_id("00f067aa0ba902b7"))
+    for _, bad in ipairs({ TRACE:upper(), TRACE:sub(2), TRACE .. "0", TRACE:sub(1, 31) .. "g",
+      TRACE:sub(1, 31) .. "\0", ("0"):rep(32), "", 42, {}, true }) do
+      local id = tracing.valid_trace_id(bad)
+      assert.are_not.equal(bad, id)
+      assert.truthy(id:find("^[0-9a-f]+$") and #id == 32)
+    end
+    for _, bad in ipairs({ "00F067AA0BA902B7", "00f067aa0ba902b", " 0f067aa0ba902b7", ("0"):rep(16), 7 }) do
+      local id = tracing.valid_span_id(bad)
+      assert.are_not.equal(bad, id)
+      assert.truthy(id:find("^[0-9a-f]+$") and #id == 16)
+    end
+  end)
+end)
+
 describe("an outbox entry's trace context", function()
   it("is used only when well formed (it was read back from the data folder)", function()
     local good = { id = TRACE, parent = "00f067aa0ba902b7", flags = "00", state = "k=v" }
