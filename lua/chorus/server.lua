@@ -169,7 +169,15 @@ end
 -- written file must not count as a failed reload.
 local RELOAD_QUIET = 0.5
 
-local function watch_scripts(dirs)
+-- Clears state.reload_pending however the waiting run ends: an error or a
+-- cancel that left it set made every later change return early, and the
+-- server never reloaded a file change again.
+local PENDING_DONE = { __close = function() state.reload_pending = false end }
+
+--- Watches the scripts folders: a change reloads once the folders have been
+--- quiet for RELOAD_QUIET. Each fs event is a detached run (core.watch); the
+--- first one waits and reloads, those meanwhile only push the reload back.
+function server.watch_scripts(dirs)
   local last_change = 0
   for _, dir in ipairs(dirs or {}) do
     core.watch(dir, function()
@@ -178,10 +186,18 @@ local function watch_scripts(dirs)
         return
       end
       state.reload_pending = true
-      repeat -- every change meanwhile pushes the reload back
-        core.sleep(RELOAD_QUIET - (core.monotime() - last_change))
-      until core.monotime() - last_change >= RELOAD_QUIET
-      state.reload_pending = false
+      do
+        local _ <close> = setmetatable({}, PENDING_DONE)
+        -- One clock reading per turn: the check and the next sleep read it
+        -- apart, so the sleep's length could come out negative (a timer
+        -- wakes a little early on a stale loop time, then the last
+        -- sub-millisecond sleeps spin) and core.sleep raised.
+        local wait = RELOAD_QUIET
+        repeat -- every change meanwhile pushes the reload back
+          core.sleep(wait)
+          wait = RELOAD_QUIET - (core.monotime() - last_change)
+        until wait <= 0
+      end
       server.reload("file change")
     end)
   end
@@ -248,7 +264,7 @@ function server.serve(config, on_listening)
   core.on_signal("SIGHUP", function() server.reload("SIGHUP") end)
   core.on_signal("SIGTERM", drain)
   core.on_signal("SIGINT", drain)
-  watch_scripts(dirs)
+  server.watch_scripts(dirs)
   local address = ("%s:%d"):format(host, srv:port())
   systemd.watchdog(function() return true end) -- until the loop stops, drain included
   start_background(function() systemd.ready(address) end)
