@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <lauxlib.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,8 +47,24 @@ void chorus_events_close(struct chorus_runtime *rt) {
     rt->events = NULL;
 }
 
+/* A handler that raised is said on stderr: dropped silently, a reload wait
+ * that failed left the file watch dead with nothing in the log. Only a
+ * string or an error table's raw message is read: no metamethod runs here,
+ * outside any protected call. */
 static void free_detached(struct chorus_run *run, void *data) {
     (void)data;
+    if (!run->ok) {
+        lua_State *L = run->rt->L;
+        int top = lua_gettop(L);
+        chorus_run_push_result(run, L); /* false, error */
+        if (lua_type(L, -1) == LUA_TTABLE) {
+            lua_pushliteral(L, "message");
+            lua_rawget(L, -2);
+        }
+        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)";
+        fprintf(stderr, "chorus: a signal or folder watch handler failed: %s\n", msg);
+        lua_settop(L, top);
+    }
     chorus_run_free(run);
 }
 
@@ -61,8 +78,10 @@ static void fire(struct event *e, const char *arg) {
     static const struct chorus_limits unlimited = {0, 0, 0};
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->fn_ref);
     lua_pushstring(L, arg ? arg : "");
-    if (!chorus_run_start(e->rt, L, 1, &unlimited, 1, free_detached, NULL))
+    if (!chorus_run_start(e->rt, L, 1, &unlimited, 1, free_detached, NULL)) {
         lua_pop(L, 2);
+        fprintf(stderr, "chorus: out of memory: the handler of %s did not run\n", arg ? arg : "");
+    }
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
