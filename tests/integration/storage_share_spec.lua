@@ -174,5 +174,10 @@ describe("a workflow whose keyed requests keep big answers", function()
     local held = held_metric(srv, "chunks")
     assert.is_true(held >= 8 * MiB and held < 11 * MiB, tostring(held))
     victim_served(srv)
+    -- a retry of a key that already has its answer still gets it: a replay
+    -- stores nothing, so the full share does not refuse it
+    local replay = post(srv, "chunks", { count = 4, kb = 256 }, { ["Idempotency-Key"] = "k1" })
+    assert.are.equal(200, replay.status, replay.body:sub(1, 300))
+    assert.are.equal("true", replay.headers["idempotent-replayed"])
   end)
 end)
