@@ -89,14 +89,21 @@ static int check_db(lua_State *L, int idx) {
     return db;
 }
 
+/* A key at idx: LMDB's default key limit is 511 bytes, and an empty key is
+ * never one of ours. */
+static const char *check_key(lua_State *L, int idx, size_t *len) {
+    const char *k = luaL_checklstring(L, idx, len);
+    if (*len == 0 || *len > 511)
+        luaL_error(L, "store: keys are 1 to 511 bytes");
+    return k;
+}
+
 static int store_put(lua_State *L) {
     struct chorus_store *st = check_store(L);
     int db = check_db(L, 2);
     size_t klen, vlen;
-    const char *k = luaL_checklstring(L, 3, &klen);
+    const char *k = check_key(L, 3, &klen);
     const char *v = luaL_checklstring(L, 4, &vlen);
-    if (klen == 0 || klen > 511)
-        return luaL_error(L, "store: keys are 1 to 511 bytes");
     if (chorus_store_put(st, db, k, klen, v, vlen) != 0)
         return luaL_error(L, "store: out of memory");
     return 0;
@@ -106,11 +113,9 @@ static int store_put_json(lua_State *L) {
     struct chorus_store *st = check_store(L);
     int db = check_db(L, 2);
     size_t klen;
-    const char *k = luaL_checklstring(L, 3, &klen);
+    const char *k = check_key(L, 3, &klen);
     luaL_checkany(L, 4);
     lua_Integer max = luaL_optinteger(L, 5, -1);
-    if (klen == 0 || klen > 511)
-        return luaL_error(L, "store: keys are 1 to 511 bytes");
     char err[1024];
     char *v = chorus_json_encode(L, 4, err, sizeof err);
     if (!v) {
@@ -136,10 +141,9 @@ static int store_counter(lua_State *L) {
     struct chorus_store *st = check_store(L);
     lua_Integer slot = luaL_checkinteger(L, 2);
     size_t klen;
-    const char *k = luaL_checklstring(L, 3, &klen);
+    const char *k = check_key(L, 3, &klen);
     lua_Integer value = luaL_checkinteger(L, 4);
     luaL_argcheck(L, slot >= 0 && slot <= 65535, 2, "slots are 0 to 65535");
-    luaL_argcheck(L, klen > 0 && klen <= 511, 3, "keys are 1 to 511 bytes");
     if (chorus_store_counter(st, (unsigned)slot, k, klen, (long long)value) != 0)
         return luaL_error(L, "store: out of memory");
     return 0;
@@ -149,9 +153,7 @@ static int store_del_kind(lua_State *L, int prefix) {
     struct chorus_store *st = check_store(L);
     int db = check_db(L, 2);
     size_t klen;
-    const char *k = luaL_checklstring(L, 3, &klen);
-    if (klen == 0 || klen > 511)
-        return luaL_error(L, "store: keys are 1 to 511 bytes");
+    const char *k = check_key(L, 3, &klen);
     int rc = prefix ? chorus_store_del_prefix(st, db, k, klen) : chorus_store_del(st, db, k, klen);
     if (rc != 0)
         return luaL_error(L, "store: out of memory");
@@ -279,12 +281,10 @@ static int store_scan(lua_State *L) {
 static int store_index(lua_State *L) {
     struct chorus_store *st = check_store(L);
     size_t idlen, slen;
-    const char *id = luaL_checklstring(L, 2, &idlen);
+    const char *id = check_key(L, 2, &idlen);
     lua_Integer t = luaL_checkinteger(L, 3);
     luaL_checktype(L, 4, LUA_TTABLE);
     const char *summary = luaL_checklstring(L, 5, &slen);
-    if (idlen == 0 || idlen > 511)
-        return luaL_error(L, "store: keys are 1 to 511 bytes");
     luaL_argcheck(L, t >= 0, 3, "a time in µs since the epoch");
     int n = (int)luaL_len(L, 4);
     luaL_argcheck(L, n <= CHORUS_INDEX_MAX_KEYS, 4, "at most 16 index keys");

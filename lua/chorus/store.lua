@@ -31,8 +31,9 @@
 --                outbox entry. meta.outbox_lanes = "1" once every entry is
 --                in it (build_outbox_lanes).
 --   meta "held\0" .. workflow → the bytes the workflow holds in the folder
---                (decimal): its runs' records and journals, and the outbox
---                and DLQ entries its runs enqueued (storage.workflow_share_mb);
+--                (decimal): its runs' records and journals, the outbox
+--                and DLQ entries its runs enqueued, and the stored responses
+--                of its idempotency keys (storage.workflow_share_mb);
 --                written in the write transaction of what changed it.
 --                meta.held = "1" once every run of the folder is counted
 --                (build_held).
@@ -739,8 +740,42 @@ function Store:get_idempotency(workflow, key)
   return self:get_json("idempotency", idem_key(workflow, key))
 end
 
+-- The workflow whose share a key record of scope (workflow, or
+-- workflow .. "@" .. caller; names hold neither "@" nor "\0") counts in.
+local function idem_owner(scope)
+  return scope:match("^[^@\0]*")
+end
+
+--- The key record under key k (its stored text, or decoded and size bytes)
+--- is deleted or replaced: what it held is its workflow's again. A record
+--- an older chorus wrote (no held mark) was never counted: nothing back.
+function Store:release_idempotency(k, value, size)
+  local rec = value
+  if type(value) == "string" then
+    local ok, decoded = pcall(json.decode, value)
+    rec, size = ok and decoded, #value
+  end
+  if type(rec) == "table" and rec.held == true and math.type(size) == "integer" then
+    self:hold(idem_owner(k), -size)
+  end
+end
+
+--- Queues the key record. The record with the response to replay (as big
+--- as a run's record, kept for the key's ttl) counts in its workflow's
+--- share (storage.workflow_share_mb), marked held; a new run of the key
+--- (state running: its first record) replaces what the folder holds of it
+--- (expired, or a failed run's before a redrive), which is given back.
 function Store:put_idempotency(workflow, key, rec)
-  self:put_json("idempotency", idem_key(workflow, key), rec)
+  local k = idem_key(workflow, key)
+  if rec.state == "running" then
+    self:release_idempotency(k, self.st:get("idempotency", k))
+  end
+  if rec.response ~= nil then
+    rec.held = true
+    self:hold(idem_owner(workflow), self:put_json("idempotency", k, rec))
+  else
+    self:put_json("idempotency", k, rec)
+  end
 end
 
 function Store:del_idempotency(workflow, key)
@@ -748,14 +783,15 @@ function Store:del_idempotency(workflow, key)
 end
 
 --- One step of an incremental sweep of db: looks at up to limit records
---- from key `from` on, deletes those expired(value) says, and returns how
---- many it deleted and where the next step starts (nil: from the top).
+--- from key `from` on, deletes those expired(value, size, key) says, and
+--- returns how many it deleted and where the next step starts (nil: from
+--- the top).
 function Store:sweep(db, from, limit, expired)
   local rows = self.st:scan(db, { from = from, limit = limit + 1 })
   local n = 0
   for i = 1, math.min(#rows, limit) do
     local ok, value = pcall(json.decode, rows[i][2])
-    if ok and expired(value, #rows[i][2]) then
+    if ok and expired(value, #rows[i][2], rows[i][1]) then
       self.st:del(db, rows[i][1])
       n = n + 1
     end

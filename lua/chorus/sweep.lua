@@ -24,8 +24,12 @@ function sweep.loop()
     core.sleep(SWEEP_EVERY)
     local now = core.now()
     local keys, old_runs
-    keys, keys_from = st:sweep("idempotency", keys_from, SWEEP_BATCH, function(rec)
-      return rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
+    keys, keys_from = st:sweep("idempotency", keys_from, SWEEP_BATCH, function(rec, size, key)
+      local old = rec.state ~= "running" and rec.expires_at ~= nil and rec.expires_at <= now
+      if old then -- its stored response is its workflow's share again
+        st:release_idempotency(key, rec, size)
+      end
+      return old
     end)
     old_runs, runs_from = st:sweep("runs", runs_from, SWEEP_BATCH, function(rec, size)
       local old = rec.status ~= "running" and rec.finished ~= nil and rec.finished < now - retention

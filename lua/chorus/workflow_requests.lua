@@ -197,8 +197,11 @@ local function key_verdict(c)
   end
 end
 
-local GUARDS = { known_workflow, post_only, authorized, under_load_limit, under_storage_share, valid_key,
-  valid_body, valid_callback, key_verdict }
+-- The share of the data folder is checked after the key: a retry of a key
+-- whose answer is stored writes nothing, and gets that answer even when its
+-- workflow holds its whole share.
+local GUARDS = { known_workflow, post_only, authorized, under_load_limit, valid_key,
+  valid_body, valid_callback, key_verdict, under_storage_share }
 
 -- ---- the run ------------------------------------------------------------------
 

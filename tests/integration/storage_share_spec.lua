@@ -2,7 +2,8 @@
 -- through a real server: a workflow whose runs keep big records, or whose
 -- runs enqueue big outbox entries, is refused once it holds its share
 -- (507 for a new run, kind storage_share for a write of a running one),
--- and every other workflow is still served from the same folder.
+-- as is one whose keyed requests keep big answers (the stored responses
+-- count), and every other workflow is still served from the same folder.
 local H = require "tests.integration.helpers"
 
 -- input.count strings of input.kb KiB each: a finished record that big.
@@ -41,8 +42,8 @@ local function scripts()
     ["echo.lua"] = H.read("tests/integration/fixtures/serve/echo.lua") })
 end
 
-local function post(srv, name, input)
-  return H.post_json(srv.url .. "/workflows/" .. name, H.encode(input))
+local function post(srv, name, input, headers)
+  return H.post_json(srv.url .. "/workflows/" .. name, H.encode(input), headers)
 end
 
 -- The value of series `name{workflow="wf"}` in /metrics, or nil.
@@ -128,5 +129,55 @@ describe("a workflow whose runs enqueue big outbox entries", function()
     assert.is_true(held >= 8 * 1024 * 1024 and held < 10 * 1024 * 1024, tostring(held))
     -- and its next run is refused before it starts
     assert.are.equal(507, post(srv, "later", { count = 1, kb = 1 }).status)
+  end)
+end)
+
+describe("a workflow whose keyed requests keep big answers", function()
+  local dir, data, conf, srv
+
+  setup(function()
+    dir, data = scripts(), H.temp_dir()
+    conf = H.write_temp([[return { storage = { map_size_mb = 32, max_size_mb = 32, workflow_share_mb = 8 } }]])
+    srv = H.start_server({ "--scripts", dir, "--data", data, "--config", conf })
+  end)
+
+  teardown(function() H.clean(srv, dir, data, conf) end)
+
+  it("counts each stored answer in its share, and gets 507 once they fill it", function()
+    local MiB = 1024 * 1024
+    local base = held_metric(srv, "chunks") or 0
+    local r = post(srv, "chunks", { count = 4, kb = 256 }, { ["Idempotency-Key"] = "k1" })
+    assert.are.equal(200, r.status, r.body:sub(1, 300))
+    assert.is_true(#r.body >= MiB, tostring(#r.body))
+    -- its record holds the 1 MiB result, and the answer kept for the key
+    -- (24 h) as much again
+    local one = held_metric(srv, "chunks")
+    assert.is_true(one - base >= 2 * MiB and one - base < 3 * MiB, tostring(one - base))
+    -- a replay stores nothing more
+    local again = post(srv, "chunks", { count = 4, kb = 256 }, { ["Idempotency-Key"] = "k1" })
+    assert.are.equal(200, again.status)
+    assert.are.equal("true", again.headers["idempotent-replayed"])
+    assert.are.equal(one, held_metric(srv, "chunks"))
+    -- 2 MiB a keyed run: the 8 MiB share is full after 4 (without the
+    -- answers counted, after 8), and a new key is refused like any run
+    local refused
+    for i = 2, 7 do
+      local ri = post(srv, "chunks", { count = 4, kb = 256 }, { ["Idempotency-Key"] = "k" .. i })
+      if ri.status ~= 200 then
+        refused = ri
+        break
+      end
+    end
+    assert.is_not_nil(refused, "no keyed run of the workflow was refused")
+    assert.are.equal(507, refused.status, refused.body:sub(1, 300))
+    assert.matches("workflow 'chunks'", refused.json.detail, 1, true)
+    local held = held_metric(srv, "chunks")
+    assert.is_true(held >= 8 * MiB and held < 11 * MiB, tostring(held))
+    victim_served(srv)
+    -- a retry of a key that already has its answer still gets it: a replay
+    -- stores nothing, so the full share does not refuse it
+    local replay = post(srv, "chunks", { count = 4, kb = 256 }, { ["Idempotency-Key"] = "k1" })
+    assert.are.equal(200, replay.status, replay.body:sub(1, 300))
+    assert.are.equal("true", replay.headers["idempotent-replayed"])
   end)
 end)

@@ -186,6 +186,53 @@ describe("chorus.store", function()
       assert.are.same({}, st:journal(id))
     end)
 
+    it("counts a key's stored response until the sweep takes it or a new run of the key replaces it", function()
+      local idempotency = require "chorus.idempotency"
+      local answer = { status = 200, headers = {}, body = ("r"):rep(6000) }
+      local function stored(scope, key)
+        return #st.st:get("idempotency", store.idem_key(scope, key))
+      end
+      committed(function() idempotency.begin(st, "a", "k1", "fp", "run-1") end)
+      assert.are.equal(0, st:held("a")) -- its first record: no response yet
+      committed(function() idempotency.finish(st, "a", "k1", "fp", "run-1", nil, answer) end)
+      local one = stored("a", "k1")
+      assert.is_true(one > 6000)
+      assert.are.equal(one, st:held("a"))
+      -- a caller's own keys (scope workflow@caller) count in the workflow's share
+      committed(function()
+        idempotency.begin(st, "a@alice", "k1", "fp", "run-2")
+        idempotency.finish(st, "a@alice", "k1", "fp", "run-2", nil, answer)
+      end)
+      local two = one + stored("a@alice", "k1")
+      assert.are.equal(two, st:held("a"))
+      assert.are.equal(0, st:held("a@alice"))
+      -- kept in the folder: another process reads the same count
+      st:close()
+      st = assert(store.open(dir))
+      assert.are.equal(two, st:held("a"))
+      -- the key expired and is used again: the old response goes, the new counts
+      committed(function()
+        idempotency.begin(st, "a", "k1", "fp", "run-3")
+        idempotency.finish(st, "a", "k1", "fp", "run-3", -1, { status = 200, headers = {}, body = "small" })
+      end)
+      assert.are.equal(two - one + stored("a", "k1"), st:held("a"))
+      -- the sweep takes the expired ones: what they held is given back
+      committed(function()
+        assert.are.equal(2, st:sweep("idempotency", nil, 10, function(rec, size, key)
+          st:release_idempotency(key, rec, size)
+          return true
+        end))
+      end)
+      assert.are.equal(0, st:held("a"))
+      -- a record an older chorus stored was never counted: nothing given back
+      committed(function()
+        st:hold("a", 100)
+        st:put_json("idempotency", store.idem_key("a", "old"), { state = "done", response = answer })
+      end)
+      committed(function() idempotency.begin(st, "a", "old", "fp", "run-4") end)
+      assert.are.equal(100, st:held("a"))
+    end)
+
     it("counts an outbox entry until it is delivered, a dead one until it is dropped", function()
       local e = { id = "e1", due = 10, owner = "a", input = { pad = ("p"):rep(4000) } }
       committed(function() st:put_outbox(e) end)
