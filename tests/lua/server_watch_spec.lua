@@ -3,6 +3,9 @@
 -- advances the clock. A change must always end in a reload, whatever the
 -- waiting run met before.
 local real_core = require "chorus.core"
+-- Its modules load once with the real core: only server.lua itself is
+-- loaded again below with the fake one, so no other spec gets it.
+require "chorus.server"
 
 -- chorus.server with core.watch, core.monotime and core.sleep replaced.
 -- early: how much sooner than asked a sleep wakes (a timer on a stale loop
