@@ -26,8 +26,7 @@
 -- limits.events_kept_per_workflow of them, of at most
 -- limits.events_kept_bytes_per_workflow bytes of payload together (a count
 -- alone let 10,000 payloads of 1 MiB each be kept): the emit past either
--- stops its run
--- with { kind = "events_full" } (pcall cannot swallow it), so runs emitting
+-- stops its run with { kind = "events_full" } (pcall cannot swallow it), so runs emitting
 -- in a loop fill neither memory nor the data folder the other workflows
 -- share. An emitted payload is at most limits.max_body_bytes as JSON, the
 -- bound POST /events has. Events sent by POST /events belong to no workflow

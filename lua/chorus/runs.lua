@@ -598,6 +598,15 @@ function Service:conclude(rec, ok, value, info)
   return stored, serr, eok, evalue
 end
 
+--- Cancels child run id, which its parent no longer waits for (as DELETE
+--- /runs/ID does, via "parent"); a failure is logged, never raised.
+function Service:cancel_left(id)
+  local ok, err = pcall(self.cancel, self, id, "parent")
+  if not ok then
+    self.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
+  end
+end
+
 --- Cancels the child runs (ctx.call) rec's run leaves running as it ends,
 --- before its end is stored: nobody waits for them any more. Most were
 --- cancelled already when its wait for them closed (WAIT_MT); not those of
@@ -611,10 +620,7 @@ function Service:leave_children(rec)
   end
   for _, id in ipairs(kids) do
     if self.running[id] then
-      local ok, err = pcall(self.cancel, self, id, "parent")
-      if not ok then
-        self.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
-      end
+      self:cancel_left(id)
     end
   end
 end
@@ -849,10 +855,7 @@ local WAIT_MT = { __close = function(w)
     return
   end
   detached(function()
-    local ok, err = pcall(svc.cancel, svc, id, "parent")
-    if not ok then
-      svc.env.log("error", "cannot cancel a child run its parent left", { run_id = id, error = tostring(err) })
-    end
+    svc:cancel_left(id)
   end)
 end }
 

@@ -546,6 +546,15 @@ function Store:over_share(wf)
   return share ~= nil and wf ~= nil and (held_table(self)[wf] or 0) >= share
 end
 
+-- The bytes of run id's journal entries in the folder, and how many there are.
+local function journal_bytes(self, id)
+  local bytes, rows = 0, self.st:scan("journal", { prefix = id, limit = math.maxinteger })
+  for _, row in ipairs(rows) do
+    bytes = bytes + #row[2]
+  end
+  return bytes, #rows
+end
+
 -- The runs this process writes: run id → { wf =, rec = bytes of its
 -- record, jn = of its journal }, from their first record to their end
 -- (Store:run_settled). A run it did not start (resumed after a restart,
@@ -581,10 +590,7 @@ function Store:run_account(id, wf)
       wf = ok and type(rec) == "table" and rec.workflow or nil
     end
   end
-  a = { wf = type(wf) == "string" and wf or nil, rec = text and #text or 0, jn = 0 }
-  for _, row in ipairs(self.st:scan("journal", { prefix = id, limit = math.maxinteger })) do
-    a.jn = a.jn + #row[2]
-  end
+  a = { wf = type(wf) == "string" and wf or nil, rec = text and #text or 0, jn = (journal_bytes(self, id)) }
   all[id] = a
   return a
 end
@@ -624,12 +630,8 @@ end
 function Store:release_run(rec, size)
   local id = rec.id
   local a = accounts(self)[id]
-  local journal = 0
-  local rows = self.st:scan("journal", { prefix = id, limit = math.maxinteger })
-  for _, row in ipairs(rows) do
-    journal = journal + #row[2]
-  end
-  if rows[1] then
+  local journal, entries = journal_bytes(self, id)
+  if entries > 0 then
     self.st:del_prefix("journal", id)
   end
   if a then
@@ -655,11 +657,7 @@ function Store:build_held()
   return build_whole(self, "runs", "held", function(key, value)
     local ok, rec = pcall(json.decode, value)
     local wf = ok and type(rec) == "table" and type(rec.workflow) == "string" and rec.workflow or nil
-    local bytes = #value
-    for _, row in ipairs(self.st:scan("journal", { prefix = key, limit = math.maxinteger })) do
-      bytes = bytes + #row[2]
-    end
-    self:hold(wf, bytes)
+    self:hold(wf, #value + journal_bytes(self, key))
   end)
 end
 
