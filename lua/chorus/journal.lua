@@ -297,6 +297,20 @@ function journal.effect(kind, target, fn, restore)
   return value
 end
 
+--- Waits until every write made so far is on disk, those of run (a
+--- runstate entry) among them; nothing without a journal. A cancelled run
+--- calls it before its compensation and on_cancel run: their effects must
+--- not reach the outside world before the cancel's mark (its record,
+--- Service:cancel) is durable, or a crash between the two leaves a run
+--- with no mark that the replay cancels again, running them twice.
+function journal.sync(run)
+  local j = run.journal
+  if j then
+    j.store:commit()
+    j.unsynced = false
+  end
+end
+
 --- The step of the effect whose fn runs now, in a durable run (nil
 --- elsewhere): ctx.call names its child after it, so a replay finds it.
 function journal.current_step()
