@@ -82,12 +82,16 @@ function Store:crash()
   self.st:crash()
 end
 
+local flush_deltas -- (a guest's changes of the counts, below)
+
 function Store:close()
+  flush_deltas(self) -- (close commits what is queued)
   self.st:close()
 end
 
 --- Waits until the queued writes are on disk; raises when their batch failed.
 function Store:commit()
+  flush_deltas(self)
   local ok, err = pcall(self.st.commit, self.st)
   if not ok then
     -- the batch is lost, the counts it changed with it: what each workflow
@@ -523,9 +527,29 @@ local function delta_rows(self, kind)
   return out
 end
 
--- A guest's change by of name's count (kind: "held" or "lanes").
+-- A guest's change by of name's count (kind: "held" or "lanes"), summed
+-- until the commit (flush_deltas): one row per name and commit, not one
+-- per write (a `chorus run --data` journals every effect).
 local function put_delta(self, kind, name, by)
-  self.st:put("meta", DELTAS[kind] .. name .. "\0" .. core.uuid(), tostring(by))
+  local pending = self.deltas_pending or { held = {}, lanes = {} }
+  self.deltas_pending = pending
+  pending[kind][name] = (pending[kind][name] or 0) + by
+end
+
+-- Puts a guest's summed changes into the batch about to be committed.
+function flush_deltas(self)
+  local pending = self.deltas_pending
+  if not pending then
+    return
+  end
+  self.deltas_pending = nil
+  for kind, by_name in pairs(pending) do
+    for name, by in pairs(by_name) do
+      if by ~= 0 then
+        self.st:put("meta", DELTAS[kind] .. name .. "\0" .. core.uuid(), tostring(by))
+      end
+    end
+  end
 end
 
 -- The owner takes the delta rows of kind it has not taken yet: each row is
