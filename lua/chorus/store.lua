@@ -697,6 +697,12 @@ local function journal_bytes(self, id)
   return bytes, #rows
 end
 
+--- The bytes of run id's journal in the folder (committed), all of its
+--- entries: what a resumed run's record cap starts from (chorus.journal).
+function Store:journal_bytes(id)
+  return (journal_bytes(self, id))
+end
+
 -- The runs this process writes: run id → { wf =, rec = bytes of its
 -- record, jn = of its journal }, from their first record to their end
 -- (Store:run_settled). A run it did not start (resumed after a restart,
