@@ -50,7 +50,8 @@ local FIELDS = {
 
 -- Every number in the config has a range, checked at load with a message
 -- naming the key: { int = true when it must be an integer, min, max, off =
--- true when 0 is also allowed (it means "none" / "no limit") }. A server
+-- true when 0 is also allowed (it means "none" / "no limit"), above = true
+-- when min itself is not (a rate or duration the breaker needs above 0) }. A server
 -- refuses to start on a value outside it rather than misbehave later (a
 -- run cap no run fits in, a 1e300-byte body limit, a NaN timeout).
 local DAY, YEAR = 86400, 365 * 86400
@@ -124,10 +125,12 @@ local UPSTREAM_KEYS = {
 local UPSTREAM_NUMBERS = {
   [""] = { timeout = { min = 0, max = 1e6 }, connect_timeout = { min = 0, max = 1e6 },
     max_response_bytes = { int = true, min = 1, max = 1 << 50 } },
-  breaker = { window = { int = true, min = 1, max = 1e6 }, window_seconds = { int = true, min = 1, max = 1e6 },
+  -- the breaker's own checks (runtime/breaker.c), here so that a value it
+  -- refuses stops the load instead of failing every call to the upstream
+  breaker = { window = { int = true, min = 1, max = 1e6 }, window_seconds = { int = true, min = 1, max = DAY },
     min_calls = { int = true, min = 1, max = 1e6 }, half_open_calls = { int = true, min = 1, max = 1e6 },
-    failure_rate = { min = 0, max = 100 }, slow_call_rate = { min = 0, max = 100 },
-    slow_call_duration = { min = 0, max = DAY }, open_for = { min = 0, max = YEAR } },
+    failure_rate = { min = 0, max = 100, above = true }, slow_call_rate = { min = 0, max = 100, above = true },
+    slow_call_duration = { min = 0, max = DAY, above = true }, open_for = { min = 0, max = YEAR } },
   bulkhead = { max = { int = true, min = 1, max = 1e6 }, queue = { int = true, min = 0, max = 1e7 },
     wait = { min = 0, max = DAY } },
   rate_limit = { rate = { min = 1e-6, max = 1e9 }, burst = { min = 1, max = 1e9 }, wait = { min = 0, max = DAY } },
@@ -174,6 +177,9 @@ local function check_number(name, v, r)
   end
   if v == math.huge or v == -math.huge then
     return ("%s must be finite, got %s"):format(name, v > 0 and "infinity" or "-infinity")
+  end
+  if r.above and (v <= r.min or v > r.max) then
+    return ("%s must be above %s and at most %s, got %s"):format(name, show(r.min), show(r.max), show(v))
   end
   if (v < r.min or v > r.max) and not (r.off and v == 0) then
     return ("%s must be between %s and %s%s, got %s"):format(name, show(r.min), show(r.max),

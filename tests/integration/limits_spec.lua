@@ -128,6 +128,15 @@ describe("config ranges", function()
       "upstreams.a.bulkhead.max must be an integer, got 2.5" },
     { "upstreams = { a = { base_url = 'http://127.0.0.1:1', rate_limit = { rate = 0 } } }",
       "upstreams.a.rate_limit.rate must be between 1e-06 and 1000000000, got 0" },
+    -- values the breaker itself refuses: at load, not at every call
+    { "upstreams = { a = { base_url = 'http://127.0.0.1:1', breaker = { failure_rate = 0 } } }",
+      "upstreams.a.breaker.failure_rate must be above 0 and at most 100, got 0" },
+    { "upstreams = { a = { base_url = 'http://127.0.0.1:1', breaker = { slow_call_rate = 0 } } }",
+      "upstreams.a.breaker.slow_call_rate must be above 0 and at most 100, got 0" },
+    { "upstreams = { a = { base_url = 'http://127.0.0.1:1', breaker = { slow_call_duration = 0 } } }",
+      "upstreams.a.breaker.slow_call_duration must be above 0 and at most 86400, got 0" },
+    { "upstreams = { a = { base_url = 'http://127.0.0.1:1', breaker = { window_seconds = 100000 } } }",
+      "upstreams.a.breaker.window_seconds must be between 1 and 86400, got 100000" },
   }
   for _, case in ipairs(cases) do
     it(("refuses to start with %s"):format(case[1]), function()
