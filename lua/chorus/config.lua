@@ -137,6 +137,11 @@ local UPSTREAM_NUMBERS = {
   hedge = { after = { min = 0, max = 3600 } },
 }
 
+-- The keys and ranges checked above, for the spec that keeps the README's
+-- config reference in step with them.
+config.KEYS = { fields = FIELDS, limits = LIMITS, sections = SECTIONS, upstream = UPSTREAM_KEYS,
+  upstream_numbers = UPSTREAM_NUMBERS }
+
 -- The config's own secrets (the admin token, the webhook secret, auth
 -- tokens and HMAC keys), however the file got them, are the server's:
 -- redacted everywhere and unreadable to workflow scripts.

@@ -210,4 +210,57 @@ describe("the README's config example", function()
     os.remove(path)
     assert.are.equal(200, r.status)
   end)
+
+  -- The reference table names each key the config accepts, and names no
+  -- key it does not: a row `| `limits.run_log_lines` | ...` or one that
+  -- groups keys of a table (`| `outbox.attempts` / `concurrency` | ...`).
+  local function reference()
+    local readme = H.read("README.md")
+    local ref = assert(readme:match("\n### Config file\n(.-)\n### "))
+    local rows = {}
+    for row in ref:gmatch("\n(| `[^\n]+)") do
+      local head = row:match("^| ([^|]+) |")
+      local prefix = head:match("^`([%w_.]+%.)")
+      for name in head:gmatch("`([%w_.]+)`") do
+        rows[name:find(".", 1, true) and name or prefix .. name] = true
+      end
+    end
+    return ref, rows
+  end
+
+  it("names in its reference every key the config accepts, with no key it does not", function()
+    local K = require("chorus.config").KEYS
+    local ref, rows = reference()
+    local want = {}
+    for k in pairs(K.limits) do
+      want["limits." .. k] = true
+    end
+    for section, keys in pairs(K.sections) do
+      for k in pairs(keys) do
+        want[section .. "." .. k] = true
+      end
+    end
+    for sub, keys in pairs(K.upstream_numbers) do
+      for k in pairs(keys) do
+        want["upstreams.NAME." .. (sub == "" and "" or sub .. ".") .. k] = true
+      end
+    end
+    for k in pairs(want) do
+      assert.truthy(rows[k], ("README's config reference has no row for %s"):format(k))
+    end
+    for k in pairs(rows) do
+      local top = k:match("^([%w_]+)%.")
+      if top == "limits" or (K.sections[top] and top ~= "storage" and top ~= "telemetry") then
+        assert.truthy(want[k], ("README's config reference names %s, which the config refuses"):format(k))
+      end
+    end
+    -- the example sets every top-level key and every upstream key
+    local example = ref:match("```lua\n(.-)```")
+    for k in pairs(K.fields) do
+      assert.truthy(example:find("%f[%w_]" .. k .. " = "), ("the config example has no %s"):format(k))
+    end
+    for k in pairs(K.upstream) do
+      assert.truthy(example:find("%f[%w_]" .. k .. " = "), ("the config example's upstream has no %s"):format(k))
+    end
+  end)
 end)
