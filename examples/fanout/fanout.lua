@@ -2,8 +2,8 @@
 --
 -- Both calls run concurrently, so the run takes as long as the slowest API,
 -- not the sum; all_settled lets one API fail without stopping the other.
--- Upstreams "crm" and "marketing" come from the config file (see
--- examples/chorus.conf.lua) or from CHORUS_UPSTREAM_CRM / _MARKETING.
+-- Upstreams "crm" and "marketing" come from the config file (README,
+-- "Config file") or from CHORUS_UPSTREAM_CRM / _MARKETING (make demo).
 local chorus = require "chorus"
 local http = require "chorus.http"
 
