@@ -130,19 +130,39 @@ function errors.json_copy(value, who, level)
   error(("%s: input must be JSON data (%s)"):format(who, tostring(why)), level + 1)
 end
 
---- A table err normalized and made plain, inside the run: its __tostring runs here,
---- under the run's budget; one that fails or loops is reported as such.
+-- The folder of the server's own modules as error positions name it
+-- ("lua/chorus/" when embedded, an install path otherwise).
+local INTERNAL = require("debug").getinfo(1, "S").source:match("^@(.*/)[^/]*$")
+
+--- err without a leading position inside the server's modules: a module
+--- (or the sandbox's wrapper of a library function) that raised for a bad
+--- argument put its own file and line ("lua/chorus/sandbox.lua:522: bad
+--- argument #1 to 'rawset'") in what the script and the run record show,
+--- naming the server's files. Other values are returned as they are.
+function errors.strip_internal(err)
+  if type(err) == "string" and INTERNAL and err:sub(1, #INTERNAL) == INTERNAL then
+    return (err:gsub("^[^\n:]*:%d+: ", "", 1))
+  end
+  return err
+end
+local strip_internal = errors.strip_internal
+
+--- A run's error as it leaves the run, inside it: a string loses a position
+--- inside the server (errors.strip_internal); a table is normalized and
+--- made plain, its __tostring run here, under the run's budget (one that
+--- fails or loops is reported as such), and so is its message.
 function errors.settle(err)
   if type(err) ~= "table" then -- a string, number, ...: nothing of the script's runs on it
-    return err
+    return strip_internal(err)
   end
   local ok, out = pcall(function() return errors.plain(errors.normalize(err)) end)
   if ok then
+    out.message = strip_internal(out.message)
     return out
   end
   local why = type(out) == "string" and out or type(out) == "table" and rawget(out, "message")
   return { kind = "error", message = "the workflow raised an error that cannot be described: "
-    .. (type(why) == "string" and why or "its __tostring or fields failed") }
+    .. (type(why) == "string" and strip_internal(why) or "its __tostring or fields failed") }
 end
 
 return errors

@@ -100,20 +100,10 @@ local function stop_error()
   return runstate.stopped()
 end
 
--- The folder of the server's own modules as error positions name it
--- ("lua/chorus/" when embedded, an install path otherwise).
-local INTERNAL = require("debug").getinfo(1, "S").source:match("^@(.*/)[^/]*$")
-
 -- err without a leading position inside the server's modules: a wrapper
 -- here that called a library function with a bad argument put its own
--- file and line ("lua/chorus/sandbox.lua:522: bad argument #1 to
--- 'rawset'") in what the script sees, naming the server's files.
-local function strip_internal(err)
-  if type(err) == "string" and INTERNAL and err:sub(1, #INTERNAL) == INTERNAL then
-    return (err:gsub("^[^\n:]*:%d+: ", "", 1))
-  end
-  return err
-end
+-- file and line in what the script sees (chorus.errors.strip_internal)
+local strip_internal = require("chorus.errors").strip_internal
 sandbox.strip_internal = strip_internal
 
 -- A run stopped by a limit (core.killed) or a control error (a crash, a

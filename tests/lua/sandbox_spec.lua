@@ -792,3 +792,39 @@ describe("sandbox: errors a script sees", function()
     end
   end)
 end)
+
+-- The same errors, not caught: the run's record kept the server's position
+-- ("lua/chorus/sandbox.lua:540: bad argument #1 to 'rawset'").
+describe("sandbox: errors that end a run", function()
+  before_each(testing.reset)
+
+  local wf = assert(script.compile([[
+    local chorus = require "chorus"
+    local cases = {
+      function() return rawset(1, 2, 3) end,
+      function() table.insert(nil, 1, 2) end,
+      function() coroutine.create(1) end,
+      function() chorus.json.array(5) end,
+      function() chorus.env(5) end,
+      function(ctx) ctx.log.info(1, 2) end,
+      function() return tostring(setmetatable({}, { __tostring = function() return {} end })) end,
+      function() error(setmetatable({ kind = "mine" }, { __index = function() return rawset(1, 2, 3) end })) end,
+      function(ctx) return ctx.step("s", function() return rawset(1, 2, 3) end) end,
+    }
+    return chorus.workflow { name = "uncaught", run = function(ctx, input)
+      return cases[input.i](ctx)
+    end }
+  ]], "uncaught.lua"))
+
+  it("name no position inside the server's modules in the run's error", function()
+    for i = 1, 9 do
+      local r = testing.run(wf, { i = i }, { crash_after = i == 9 and 5 or nil }) -- 9: a durable run
+      assert.is_false(r.ok, i)
+      local message = type(r.error) == "table" and r.error.message or r.error
+      assert.is_string(message, i)
+      assert.is_nil(message:find("chorus/", 1, true), message)
+      assert.truthy(message:find("bad argument", 1, true) or message:find("must be a string", 1, true)
+        or message:find("__tostring", 1, true) or message:find("cannot be described", 1, true), message)
+    end
+  end)
+end)
