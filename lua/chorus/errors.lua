@@ -115,9 +115,11 @@ end
 --- and ctx.later's input), as a request body or a run resumed after a
 --- restart gets it. Handed over as it was, a table was shared by two
 --- workflows' runs (one wrote into the other's tables) and the sender's
---- metamethods ran in the receiver's run. Raises "<who>: input must be JSON
---- data (why)" at level (a limit or a stop of the run as itself).
-function errors.json_copy(value, who, level)
+--- metamethods ran in the receiver's run. The child's result ctx.call
+--- hands its parent is copied so too, in the parent's run. Raises "<who>:
+--- <what> must be JSON data (why)" at level (0: no position), what "input"
+--- unless given (a limit or a stop of the run as itself).
+function errors.json_copy(value, who, level, what)
   local json = require("chorus.core").json
   local ok, copy = pcall(function() return json.decode(json.encode(value)) end)
   if ok then
@@ -127,7 +129,7 @@ function errors.json_copy(value, who, level)
     error(copy, 0)
   end
   local why = type(copy) == "table" and copy.message or copy
-  error(("%s: input must be JSON data (%s)"):format(who, tostring(why)), level + 1)
+  error(("%s: %s must be JSON data (%s)"):format(who, what or "input", tostring(why)), level > 0 and level + 1 or 0)
 end
 
 -- The folder of the server's own modules as error positions name it

@@ -900,7 +900,14 @@ function Service:await_child(id, parent, start)
   if o.crash then
     error(runstate.stop(o.value, parent), 0)
   end
-  return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
+  if o.ok then
+    -- a JSON copy, as with a data folder the journal's: the child's value
+    -- as it was handed another workflow the child's functions and
+    -- coroutines (a closure over the state all the child's runs share,
+    -- run by the parent as its own code)
+    return true, errors.json_copy(o.value, "ctx.call", 0, "the child's result")
+  end
+  return false, with_child_id(errors.normalize(o.value), id)
 end
 
 --- Runs entry with input as the child id of the run parent (a runstate
