@@ -302,6 +302,62 @@ local function charged_sort(t, comp)
   end
 end
 
+-- table.concat and table.unpack read the table element by element inside
+-- one C call, each read through the table's __index when it has one, and
+-- no hook fires in between: with a C function there (__index =
+-- table.concat, __len = rawlen: each read an empty string)
+-- table.concat(t, "", 1, 1e12) held the server's thread for good, and with
+-- a chain of 2,000 tables, each the __index of the next, every read walked
+-- all of them (table.unpack of a million: 27 s). So a table with a
+-- metatable is read here, one charged read at a time, into a plain table
+-- the C function then reads; a plain table's reads stop at its first nil,
+-- within its elements.
+local unpack = table.unpack
+local concat = core.charged.concat
+local NO_ELEMENTS = {}
+
+local function charged_concat(t, sep, i, j)
+  if type(t) ~= "table" or getraw(t) == nil then
+    return concat(t, sep, i, j)
+  end
+  local n = length(t, "concat") -- as the C function: # first
+  local first, last = tointeger(i == nil and 1 or i), tointeger(j == nil and n or j)
+  local ts = type(sep)
+  if not first or not last or (sep ~= nil and ts ~= "string" and ts ~= "number") then
+    return concat(NO_ELEMENTS, sep, i, j) -- raises as concat does for these arguments
+  end
+  local plain = {}
+  for k = first, last do
+    local v = t[k]
+    plain[k] = v
+    local tv = type(v)
+    if tv ~= "string" and tv ~= "number" then
+      break -- concat raises there, with the index
+    end
+  end
+  return concat(plain, sep, first, last)
+end
+
+local function charged_unpack(t, i, j)
+  if type(t) ~= "table" or getraw(t) == nil then
+    return unpack(t, i, j)
+  end
+  local first = tointeger(i == nil and 1 or i)
+  local last = first and tointeger(j == nil and length(t, "unpack") or j)
+  if not first or not last then
+    return unpack(NO_ELEMENTS, i, j) -- raises as unpack does for these bounds
+  end
+  if first > last then
+    return
+  end
+  unpack(NO_ELEMENTS, first, last) -- "too many results to unpack" before any read
+  local plain = {}
+  for k = first, last do
+    plain[k] = t[k]
+  end
+  return unpack(plain, first, last)
+end
+
 -- load compiles inside one C call, and Lua's parser is quadratic in places:
 -- each label is checked against every goto still pending in its function
 -- (32,767 of each at most, but per function): a chunk of 3.7 MB held the
@@ -552,7 +608,7 @@ function sandbox.env(opts)
     end
   end
   env.table = copy(table)
-  env.table.concat = core.charged.concat
+  env.table.concat, env.table.unpack = charged_concat, charged_unpack
   env.table.move, env.table.insert, env.table.remove = charged_move, charged_insert, charged_remove
   env.table.sort = charged_sort
   env.math = copy(math)

@@ -128,6 +128,64 @@ describe("sandbox: loops inside one C call", function()
   end)
 end)
 
+-- Reads through a table's __index inside one C call: a C function there
+-- (no hook fires in it) or a chain of tables, each the __index of the
+-- next (every read walks all of them), made one call of table.concat,
+-- table.unpack or gsub's table replacement do any amount of work:
+-- table.concat(t, "", 1, 1e12) looped for days, a million reads through a
+-- chain of 1,900 took 27 s. Each read is charged now (and, read in Lua, one
+-- walk of a chain at most between two checks of the CPU limit).
+describe("sandbox: reads through __index inside one C call", function()
+  local CHAIN = [[
+    local chain = setmetatable({}, { __index = rawget })
+    for _ = 1, 1000 do chain = setmetatable({}, { __index = chain }) end
+  ]]
+  for name, call in pairs({
+    concat = [[table.concat(setmetatable({}, { __index = table.concat, __len = rawlen }), "", 1, 2e6)]],
+    unpack = [[table.unpack(setmetatable({}, { __index = rawget }), 1, 5e5)]],
+    gsub_chain = CHAIN .. [[(("a"):rep(2000)):gsub(".", chain)]],
+    gsub_chain_function = CHAIN .. [[string.gsub(("a"):rep(2000), ".", chain)]],
+  }) do
+    it(("charges each read to the budget (%s): the run stops with kind budget"):format(name), function()
+      local ok, err = run_script(("local ok = pcall(function() %s end) return ok"):format(call))
+      assert.is_false(ok, name)
+      assert.are.equal("budget", err.kind, name)
+    end)
+  end
+
+  it("concatenates, unpacks and replaces exactly as the C functions do", function()
+    local env = sandbox.env()
+    local function same(f, g, ...)
+      local a, b = table.pack(pcall(f, ...)), table.pack(pcall(g, ...))
+      if not a[1] then -- the message names the function as its caller calls it; (the
+        -- script sees no position of the server's: sandbox.strip_internal)
+        a[2], b[2] = a[2]:gsub("'[^']*'", "'f'"), sandbox.strip_internal(b[2]):gsub("'[^']*'", "'f'")
+      end
+      assert.are.same(a, b)
+    end
+    local p = setmetatable({ "a", "b", 3 }, { __index = function(_, k) if k == 5 then return "e" end end,
+      __len = function() return 3 end })
+    for _, args in ipairs({ {}, { "," }, { ",", 2 }, { ",", 2, 5 }, { ",", 3, 1 }, { {}, 1 }, { ",", "x" },
+        { ",", 1.5 }, { ",", 1, 3 } }) do
+      same(table.concat, env.table.concat, p, table.unpack(args, 1, 3))
+    end
+    for _, args in ipairs({ {}, { 2 }, { 4, 5 }, { 3, 1 }, { -2, 1 }, { 1, 1e8 } }) do
+      same(table.unpack, env.table.unpack, p, table.unpack(args, 1, 2))
+    end
+    same(table.concat, env.table.concat, { 1, 2, "x" }, "-")
+    same(table.unpack, env.table.unpack, { 1, 2 })
+    local base = { a = "A", b = false }
+    local top = setmetatable({}, { __index = setmetatable({ c = "C" }, { __index = base }) })
+    local loop = {}
+    setmetatable(loop, { __index = loop })
+    for _, repl in ipairs({ top, setmetatable({}, { __index = function(t, k) return k .. tostring(t == top) end }),
+        setmetatable({}, { __index = "xyz" }), { a = 1, b = {} }, loop }) do
+      same(string.gsub, env.string.gsub, "abcd", "%w", repl)
+    end
+    same(string.gsub, env.string.gsub, "abcd", "()%w", { [1] = "one", [3] = "three" })
+  end)
+end)
+
 describe("sandbox: table.sort", function()
   it("stops a sort through C metamethods and a huge __len with kind budget", function()
     local ok, err = run_script([[
