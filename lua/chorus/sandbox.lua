@@ -683,8 +683,10 @@ function sandbox.env(opts)
     for i = 1, parts.n do
       parts[i] = tostring(parts[i])
     end
-    require("chorus.secrets").write_log(core.json.encode({ level = "info", msg = table.concat(parts, "\t"),
-      run_id = core.run_id() }))
+    local text = core.json.encode({ level = "info", msg = table.concat(parts, "\t"), run_id = core.run_id() })
+    if require("chorus.context").bytes_allowed(#text) then -- limits.run_log_bytes, as ctx.log
+      require("chorus.secrets").write_log(text)
+    end
   end
   env._G = env
   return env
