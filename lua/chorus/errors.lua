@@ -42,6 +42,30 @@ local function plain(value, depth)
   return nil
 end
 
+--- s cut to max bytes, its start and its end (a traceback's stack), saying
+--- how long it was; s itself when not longer (or not a string).
+function errors.cut(s, max)
+  if type(s) ~= "string" or #s <= max then
+    return s
+  end
+  local half = max // 2
+  return ("%s ...(%d bytes)... %s"):format(s:sub(1, half), #s, s:sub(-half))
+end
+
+--- A normalized error (errors.normalize) as the server's own lines and
+--- entries keep it: itself when it is at most max bytes as JSON, else its
+--- kind and the start of its message. A run's error is up to its memory
+--- cap: one raising a 20 MB message wrote a 40 MB line to the log every
+--- workflow shares (its record, capped, keeps it whole).
+function errors.brief(err, max)
+  local ok, text = pcall(require("chorus.core").json.encode, err)
+  if ok and #text <= max then
+    return err
+  end
+  return { kind = type(err) == "table" and err.kind or "error",
+    message = errors.cut(type(err) == "table" and tostring(err.message) or tostring(err), max - 100) }
+end
+
 --- Returns a JSON-safe table { kind, message, ... } describing err.
 function errors.normalize(err)
   if type(err) == "table" then

@@ -151,6 +151,10 @@ end
 -- paths (chorus.redact) wherever the record is shown or kept finished.
 local RECORD_DATA = { "input", "result", "error", "on_timeout", "on_cancel" }
 
+-- The most bytes of a failed run's error (as JSON) and of its traceback in
+-- its "run failed" line: the record keeps them whole (errors.brief).
+local LOG_ERROR_BYTES = 4096
+
 -- The frame of a record whose other fields cannot be kept.
 local function record_frame(rec)
   return json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
@@ -245,7 +249,8 @@ function Service:finish_record(rec, ok, value, info)
       or compensated and "compensated" or "failed"
     rec.error = err
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
-      error = redact.value(err, rec.redact), traceback = info and info.traceback })
+      error = errors.brief(redact.value(err, rec.redact), LOG_ERROR_BYTES),
+      traceback = errors.cut(info and info.traceback, LOG_ERROR_BYTES) })
   end
   -- A finished record never changes: keep it as its JSON text, outside the
   -- Lua heap (kept as Lua values, ten thousand records became old objects

@@ -461,6 +461,14 @@ return chorus.workflow { name = "odd", run = function(_, input)
   if input.how == "header" then return { status = 200, body = "x", headers = { ["X-F"] = f } } end
   return f
 end }
+]], ["loud.lua"] = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "loud", run = function(ctx, input)
+  local big = ("x"):rep(1024 * 1024)
+  for i = 1, 100 do ctx.log.info(big, { i = i }) end
+  for i = 1, 100 do print(big, i) end
+  error({ kind = "loud", message = big, detail = big })
+end }
 ]], ["headers.lua"] = [[
 local chorus = require "chorus"
 return chorus.workflow { name = "headers", run = function(ctx, input)
@@ -490,6 +498,23 @@ end }
         assert.are.equal("bad_response", r.json.kind, r.body)
       end)
   end
+
+  -- the log every workflow shares: a run logging megabyte lines wrote
+  -- 800 MB there (the line cap alone), its error a line of its size
+  it("writes at most limits.run_log_bytes of a run's lines to the log, and a brief line of its error", function()
+    local before = #H.read(srv.log)
+    local r = H.request(srv.url .. "/workflows/loud", { method = "POST", body = "{}", max_time = 60 })
+    assert.are.equal(500, r.status, r.body)
+    assert.are.equal("loud", r.json.kind, r.body)
+    local text = H.read(srv.log):sub(before + 1)
+    assert.truthy(#text < 4 * 1024 * 1024 + 64 * 1024, #text) -- the default 4 MiB
+    assert.truthy(text:find("limits.run_log_bytes", 1, true))
+    local failed
+    for line in text:gmatch("[^\n]+") do
+      failed = failed or line:find('"run failed"', 1, true) and line
+    end
+    assert.truthy(failed and #failed < 16 * 1024, failed and #failed)
+  end)
 
   it("has at most 100 headers: past them a 500 with the run id, the run recorded", function()
     local ok = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 100 }) })

@@ -123,6 +123,29 @@ describe("ctx.call", function()
       type(bad.error) == "table" and bad.error.message or tostring(bad.error), 1, true)
   end)
 
+  it("ctx.later: a later run's huge error is kept brief in its outbox entry", function()
+    -- the entry is written again at each attempt and its DLQ line shows it:
+    -- the error was kept whole (20 MB for 20 MB)
+    local failing = chorus.workflow { name = "failing", run = function()
+      error({ kind = "boom", message = ("m"):rep(100000), detail = ("d"):rep(100000) })
+    end }
+    local r = testing.run(order(function(ctx)
+      ctx.later("failing", {}, { attempts = 1 })
+    end), {}, { deliver = true, workflows = { failing = failing } })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("dead", r.outbox[1].delivery)
+    local last = r.outbox[1].last_error
+    assert.are.equal("boom", last.kind)
+    assert.truthy(#chorus.json.encode(last) <= 4096, #chorus.json.encode(last))
+    assert.truthy(last.message:find("(100000 bytes)", 1, true), last.message:sub(1, 100))
+    -- a small one stays whole
+    r = testing.run(order(function(ctx) ctx.later("failing", { small = true }, { attempts = 1 }) end), {},
+      { deliver = true, workflows = { failing = chorus.workflow { name = "failing", run = function()
+        error({ kind = "boom", message = "short", detail = "d" })
+      end } } })
+    assert.are.same({ kind = "boom", message = "short", detail = "d" }, r.outbox[1].last_error)
+  end)
+
   it("never starts the child twice when the parent is replayed after a crash", function()
     -- effects: parent "call" (not journaled until the child ends), child
     -- sleep, child POST; the crash after the child's POST leaves the child
