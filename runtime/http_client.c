@@ -60,7 +60,9 @@
  * in flight alone (about 62 KB). A trim walks every arena's free chunks:
  * 5 to 15 ms at that wave's 300 MB, once per 1,024 freed calls (each of
  * which cost a curl_easy_init and a curl_easy_cleanup already); a steady
- * load within the pool never frees a call, so never trims. */
+ * load within the pool never frees a call, so never trims. The trim is a
+ * transport thread's: made on the Lua thread (which drops most calls' last
+ * reference) it stalled every run and request for those milliseconds. */
 #define TRIM_AFTER 1024
 /* Response body bytes the transport thread may hold beyond what the Lua
  * thread has charged to the call's owner (chorus_http_charge_fn, which
@@ -167,6 +169,8 @@ struct chorus_http_client {
     int nidle;
     size_t freed; /* calls freed (the pool full) since the last trim (TRIM_AFTER) */
     size_t trims; /* malloc_trim calls made */
+    /* A trim the Lua thread left to the first transport (any thread). */
+    atomic_int trim_due;
 
     /* The egress policy: set from the Lua thread, read by every thread,
      * under policy_lock. */
@@ -291,6 +295,17 @@ size_t chorus_http_trims(struct chorus_http_client *client) {
     size_t n = client->trims;
     uv_mutex_unlock(&client->lock);
     return n;
+}
+
+/* Set on the transport threads: call_release trims memory only there. */
+static _Thread_local int on_transport_thread;
+
+/* malloc_trim, counted (a transport thread's). */
+static void trim_memory(struct chorus_http_client *client) {
+    malloc_trim(0);
+    uv_mutex_lock(&client->lock);
+    client->trims++;
+    uv_mutex_unlock(&client->lock);
 }
 
 /* ---- the queues between the threads --------------------------------------- */
@@ -951,16 +966,19 @@ static void call_release(struct chorus_http_call *call) {
     int trim = 0;
     if (kept) {
         client->idle[client->nidle++] = call;
-    } else if (++client->freed >= TRIM_AFTER) {
+    } else if (!client->close_requested && ++client->freed >= TRIM_AFTER) {
         client->freed = 0;
-        client->trims++;
         trim = 1;
     }
     uv_mutex_unlock(&client->lock);
     if (!kept)
         call_destroy(call);
-    if (trim)
-        malloc_trim(0);
+    if (trim && on_transport_thread) {
+        trim_memory(client);
+    } else if (trim) { /* the transports stop only after close_requested */
+        atomic_store(&client->trim_due, 1);
+        uv_async_send(&client->transports[0]->wake);
+    }
 }
 
 /* Stops the transfer from inside a curl callback: the callback returns a
@@ -1468,12 +1486,16 @@ static void on_wake_transport(uv_async_t *async) {
             t_grant(c);
         call_unref(c); /* the queue's */
     }
+    if (atomic_load_explicit(&t->client->trim_due, memory_order_relaxed) &&
+        atomic_exchange(&t->client->trim_due, 0))
+        trim_memory(t->client);
     if (close_requested)
         t_shutdown(t);
 }
 
 static void transport_main(void *arg) {
     struct transport *t = arg;
+    on_transport_thread = 1;
     uv_run(&t->loop, UV_RUN_DEFAULT);
     close(t->epfd);
 }
@@ -1696,6 +1718,7 @@ struct chorus_http_client *chorus_http_client_new_threads(uv_loop_t *loop, int m
     if (!client)
         return NULL;
     client->loop = loop;
+    atomic_init(&client->trim_due, 0);
     if (max_threads <= 0)
         max_threads = (int)uv_available_parallelism();
     client->max_transports = max_threads < 1                ? 1

@@ -8,6 +8,7 @@
  */
 #include <dirent.h>
 #include <lauxlib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,12 +244,32 @@ static int core_cancel(lua_State *L) {
 
 /* ---- timers --------------------------------------------------------------- */
 
+/* A sleep's timer and when it is due. libuv's timers count whole
+ * milliseconds from the loop's cached time, so a timer can fire before its
+ * time by up to a millisecond (more when the loop's turn started long ago):
+ * it is armed again for what is left, so a sleep never ends early. A sleep
+ * under a millisecond rounded to 0 ms woke at once, and a wait for a
+ * deadline slept 0 ms again and again until the deadline passed. */
+struct sleep {
+    uv_timer_t timer; /* first: the handle is the struct */
+    struct chorus_task *task;
+    double due; /* chorus_clock_monotonic */
+};
+
 static void free_timer(uv_handle_t *h) { free(h); }
 
+/* The milliseconds to arm for s seconds: rounded up. */
+static uint64_t sleep_ms(double s) { return s > 0 ? (uint64_t)ceil(s * 1000.0) : 0; }
+
 static void on_sleep_done(uv_timer_t *timer) {
-    struct chorus_task *t = timer->data;
+    struct sleep *sl = (struct sleep *)timer;
+    double left = sl->due - chorus_clock_monotonic();
+    if (left > 0) {
+        uv_timer_start(timer, on_sleep_done, sleep_ms(left), 0);
+        return;
+    }
     uv_close((uv_handle_t *)timer, free_timer);
-    chorus_task_wake(t, 0);
+    chorus_task_wake(sl->task, 0);
 }
 
 static void cancel_sleep(void *data) {
@@ -266,13 +287,14 @@ static int core_sleep(lua_State *L) {
             return luaL_error(L, "out of memory");
         return chorus_task_yield(L, t);
     }
-    uv_timer_t *timer = malloc(sizeof *timer);
-    if (!timer)
+    struct sleep *sl = malloc(sizeof *sl);
+    if (!sl)
         return luaL_error(L, "out of memory");
-    uv_timer_init(&t->run->rt->loop, timer);
-    timer->data = t;
-    uv_timer_start(timer, on_sleep_done, (uint64_t)(s * 1000.0 + 0.5), 0);
-    chorus_task_park(t, cancel_sleep, timer);
+    uv_timer_init(&t->run->rt->loop, &sl->timer);
+    sl->task = t;
+    sl->due = chorus_clock_monotonic() + s;
+    uv_timer_start(&sl->timer, on_sleep_done, sleep_ms(s), 0);
+    chorus_task_park(t, cancel_sleep, &sl->timer);
     return chorus_task_yield(L, t);
 }
 

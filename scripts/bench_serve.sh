@@ -45,7 +45,19 @@ start_upstream "$WORK"
 PIDS+=("$UPSTREAM_PID")
 UPSTREAM_PORT=${UPSTREAM##*:}
 
-free_port() { lua5.4 -e 'math.randomseed(os.time()); print(20000 + math.random(20000))'; }
+# free_port → a port for nginx (it cannot listen on port 0 and say which):
+# below the ephemeral range (32768 up), where the wave's 15,000 client
+# sockets and their TIME_WAITs of the last run live (nginx then retried its
+# bind for 2.5 s and wrk found nothing listening), and not listening now.
+# Lua 5.4 seeds math.random by itself (os.time() gave one port per second).
+free_port() {
+  local port
+  for _ in $(seq 1 50); do
+    port=$(lua5.4 -e 'print(20000 + math.random(12000))')
+    if ! command -v ss > /dev/null || ! ss -Htln "sport = :$port" | grep -q .; then echo "$port"; return; fi
+  done
+  echo "free_port: no free port in 20000-32000" >&2; return 1
+}
 
 # start_chorus DELAY_MS [durable] → sets CHORUS_URL and CHORUS_PID
 start_chorus() {

@@ -28,6 +28,18 @@ local sandbox = require "chorus.sandbox"
 
 local config = {}
 
+--- One workflow's share of a cap (runs in flight, bytes of the folder): share
+--- as configured, by default half the cap rounded up, so one flooded workflow
+--- leaves the other half to the rest; nil when a workflow has no share of its
+--- own (0, or at least the cap).
+function config.share(cap, share)
+  share = share or (cap + 1) // 2
+  if share == 0 or share >= cap then
+    return nil
+  end
+  return share
+end
+
 local FIELDS = {
   listen = "string", scripts = "string", data = "string", admin_token = "string",
   limits = "table", upstreams = "table", access_log = "boolean",

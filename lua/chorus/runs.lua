@@ -28,6 +28,7 @@
 --
 -- A record is a table while its run runs (service.running); when it ends its
 -- JSON text goes to the ring of finished ones and, with a store, to disk.
+local config = require "chorus.config"
 local core = require "chorus.core"
 local context = require "chorus.context"
 local errors = require "chorus.errors"
@@ -54,17 +55,12 @@ local EMPTY = {} -- read-only
 
 --- The caps on runs in flight of config limits: the server's
 --- (limits.max_inflight_runs) and one workflow's share of it
---- (limits.inflight_runs_per_workflow; by default half the server's, rounded
---- up, so one flooded workflow leaves the other half to the rest), or nil
---- when a workflow has no cap of its own (0, or at least the server's).
+--- (limits.inflight_runs_per_workflow, by config.share's rule: half the
+--- server's by default), or nil when a workflow has no cap of its own.
 function runs.caps(limits)
   limits = limits or EMPTY
   local max = limits.max_inflight_runs or runs.MAX_INFLIGHT_RUNS
-  local share = limits.inflight_runs_per_workflow or (max + 1) // 2
-  if share == 0 or share >= max then
-    share = nil
-  end
-  return max, share
+  return max, config.share(max, limits.inflight_runs_per_workflow)
 end
 
 local m = {

@@ -528,16 +528,13 @@ function Store:held_all()
 end
 
 --- The share one workflow may hold, in bytes, of storage config conf
---- (storage.workflow_share_mb; by default half of max_size_mb), or nil
---- for none (0, or at least the folder's cap).
+--- (storage.workflow_share_mb, by config.share's rule: half of max_size_mb
+--- by default), or nil for none.
 function store.share_bytes(conf)
   conf = conf or {}
   local max = math.max(conf.max_size_mb or 8192, conf.map_size_mb or 0)
-  local share = conf.workflow_share_mb or (max + 1) // 2
-  if share == 0 or share >= max then
-    return nil
-  end
-  return share * 1024 * 1024
+  local share = require("chorus.config").share(max, conf.workflow_share_mb)
+  return share and share * 1024 * 1024
 end
 
 --- Whether workflow wf holds its share (self.share, set by the server) or more.

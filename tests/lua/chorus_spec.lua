@@ -162,6 +162,18 @@ describe("chorus.core limits", function()
     assert.are.equal("memory", err.kind)
   end)
 
+  it("never wakes a sleep before its time, also one under a millisecond", function()
+    for _, seconds in ipairs { 0.0004, 0.0015 } do
+      local ok, slept = run(function()
+        local t0 = core.now()
+        core.sleep(seconds)
+        return core.now() - t0
+      end)
+      assert.is_true(ok)
+      assert.is_true(slept >= seconds, ("slept %.6f s of %.4f"):format(slept, seconds))
+    end
+  end)
+
   it("refuses primitives outside a run", function()
     assert.has_error(function() core.sleep(0.01) end, "this call is only allowed inside a workflow run")
   end)
