@@ -265,7 +265,11 @@ local function core_send(r, timeout, run)
   local o = core_options
   o.method, o.url, o.headers, o.body, o.connect_timeout, o.timeout = r.method, r.url, r.headers, r.body,
     r.connect_timeout, timeout
-  o.tls_verify = not r.tls_verify and false or nil
+  if r.tls_verify then
+    o.tls_verify = nil
+  else
+    o.tls_verify = false
+  end
   o.follow_redirects = r.follow_redirects or nil
   local max = r.max_response_bytes
   o.max_response_bytes = max ~= CORE_MAX_RESPONSE and max or nil
