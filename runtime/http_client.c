@@ -897,9 +897,9 @@ static CURL *easy_new(struct chorus_http_call *call);
  * options of its last call (no curl_easy_reset: that cost as much as
  * setting them all again; easy_new() set those that never change or point
  * at the call, configure() sets every one a call depends on, including
- * those only some calls use, unless the handle has its value already), or a new one without a handle yet (the
- * transport makes it: curl_easy_init is a good part of a new call's cost).
- * NULL when out of memory. */
+ * those only some calls use, unless the handle has its value already), or a new one without a
+ * handle yet (the transport makes it: curl_easy_init is a good part of a new call's cost). NULL
+ * when out of memory. */
 static struct chorus_http_call *call_take(struct chorus_http_client *client) {
     struct chorus_http_call *call = NULL;
     uv_mutex_lock(&client->lock);
@@ -1321,8 +1321,10 @@ static void configure(struct chorus_http_call *call) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, call->insecure ? 0L : 2L);
     }
     if (!known || set->follow != call->follow_redirects)
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (set->follow = call->follow_redirects) ? 1L : 0L);
-    set_long(e, known, &set->connect_timeout_ms, CURLOPT_CONNECTTIMEOUT_MS, call->connect_timeout_ms);
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION,
+                         (set->follow = call->follow_redirects) ? 1L : 0L);
+    set_long(e, known, &set->connect_timeout_ms, CURLOPT_CONNECTTIMEOUT_MS,
+             call->connect_timeout_ms);
     set_long(e, known, &set->timeout_ms, CURLOPT_TIMEOUT_MS, call->timeout_ms);
     /* refuses a Content-Length past the limit before reading the body */
     curl_off_t max = call->max_body < (size_t)INT64_MAX ? (curl_off_t)call->max_body : 0;
