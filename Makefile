@@ -27,7 +27,7 @@ UI_SRC   := $(wildcard ui/*)
 
 .PHONY: all install uninstall man deps test test-fast asan-build test-unit test-lua test-integration test-asan bench bench-profile demo clean lint format fuzz
 
-all: chorus $(BUILD)/mock-upstream $(BUILD)/lua/chorus/core.so
+all: chorus $(BUILD)/mock-upstream $(BUILD)/sync-gate.so $(BUILD)/lua/chorus/core.so
 
 chorus: $(BUILD)/chorus
 	cp $< $@
@@ -60,6 +60,11 @@ $(BUILD)/chorus: $(CORE_OBJ) $(BUILD)/main.o
 $(BUILD)/lua/chorus/core.so: $(CORE_OBJ)
 	mkdir -p $(BUILD)/lua/chorus
 	$(CC) $(CFLAGS) -shared $^ -o $@ $(LDFLAGS) $(MOD_LIBS)
+
+# The crash specs' LD_PRELOAD shim that holds disk syncs at a gate
+# (tests/sync_gate.c); never linked into chorus.
+$(BUILD)/sync-gate.so: tests/sync_gate.c | $(BUILD)
+	$(CC) $(CFLAGS) -shared $< -o $@ -ldl
 
 $(BUILD)/mock-upstream: tests/mock_upstream.c | $(BUILD)
 	$(CC) $(CFLAGS) $(shell pkg-config --cflags $(MOCK_PKGS)) $< -o $@ \

@@ -71,6 +71,7 @@ function cli.run(flags)
     if not st then
       return fail({ error = { kind = "store", message = err2 } })
     end
+    st.guest = true -- (as open_data's)
   end
   -- the run service a server uses (chorus.runs): with --data the run is
   -- recorded, journaled and resumable in the folder as a served one is
@@ -401,6 +402,10 @@ local function open_data(flags, as_is)
   if not st then
     error(err, 0)
   end
+  -- a server may run on the folder: this process's changes of the counts
+  -- go as deltas it folds in (chorus.store, absorb_counts), unless it takes
+  -- serve.lock
+  st.guest = true
   if not as_is then
     local ok, ierr = pcall(st.ensure_run_index, st)
     if not ok then

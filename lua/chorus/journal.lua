@@ -61,8 +61,9 @@ end
 -- record_cap given to attach; 0: none): its journal entries and timeline
 -- here, its finished record at its end (chorus.runs). Without it one
 -- script could fill storage.max_size_mb, and every other workflow's run
--- would then fail to store (507). Counted from the run's (re)start: a run
--- resumed after a restart starts again from what its replay writes.
+-- would then fail to store (507). A run resumed after a restart, or
+-- redriven, starts from its journal's stored size: counted from zero, a
+-- run that crash-looped wrote up to the cap in each of its lives.
 
 --- The error that stops a run past its record cap (a control error, as the
 --- memory cap's: the script's pcall does not catch it).
@@ -118,7 +119,8 @@ function journal.attach(state, st, recorded, crash_after, record_cap)
     marks = marks, next_mark = 1, n_marks = #marks,
     -- bytes: of the journal entries written; noted: of the timeline's
     -- steps (the finished record holds them, chorus.runs counts it whole)
-    bytes = 0, noted = 0, cap = record_cap and record_cap > 0 and record_cap or nil }
+    bytes = recorded and st:journal_bytes(state.run_id) or 0, noted = 0,
+    cap = record_cap and record_cap > 0 and record_cap or nil }
   state.journal = j
   tasks[coroutine.running()] = { path = "r", n = 0, kids = 0, run = state }
   if recorded then -- this restart's mark, kept for the next one's timeline
@@ -295,6 +297,20 @@ function journal.effect(kind, target, fn, restore)
     error(value, 0)
   end
   return value
+end
+
+--- Waits until every write made so far is on disk, those of run (a
+--- runstate entry) among them; nothing without a journal. A cancelled run
+--- calls it before its compensation and on_cancel run: their effects must
+--- not reach the outside world before the cancel's mark (its record,
+--- Service:cancel) is durable, or a crash between the two leaves a run
+--- with no mark that the replay cancels again, running them twice.
+function journal.sync(run)
+  local j = run.journal
+  if j then
+    j.store:commit()
+    j.unsynced = false
+  end
 end
 
 --- The step of the effect whose fn runs now, in a durable run (nil

@@ -104,7 +104,18 @@ end
 -- After a cancellation (chorus.runs, Service:cancel) stopped the run at
 -- the wait it was in: the same as after the deadline, with on_cancel and
 -- its own short deadline; its outcome is state.on_cancel.
+-- They start once the cancel's mark is on disk (journal.sync): after a
+-- crash the replay then knows the run was cancelled, stops it where it
+-- was stopped and feeds back what they journaled, so they are not run
+-- twice. A mark that cannot be stored runs neither (the run still ends
+-- cancelled; its on_cancel outcome says why).
 function runner.after_cancel(workflow, ctx, state, err)
+  local ok, serr = pcall(journal.sync, state)
+  if not ok then
+    state.on_cancel = { ok = false, error = errors.settle(errors.new("storage",
+      ("on_cancel did not run: the cancel could not be stored: %s"):format(tostring(serr)))) }
+    return err
+  end
   return runner.after_stop(workflow.on_cancel, "on_cancel", ON_CANCEL_GRACE, ctx, state, err)
 end
 

@@ -490,6 +490,10 @@ end
 function Service:execute(entry, rec, input, recorded, counted)
   rec.redact = entry.workflow.redact
   counted = counted or self:count_in(rec.parent and self:charge(rec) or rec.workflow)
+  -- given back however this ends: core.execute raises when C cannot start
+  -- the run (out of memory), before counted_run could close it, and the
+  -- place leaked (the workflow's share one run smaller for good)
+  local _ <close> = counted
   local env = self.env
   local opts = { trace_id = rec.trace_id, deadline = rec.deadline_at, request = rec.request, env = env,
     span_id = rec.span_id, trace_flags = rec.trace_flags, tracestate = rec.tracestate,

@@ -156,6 +156,7 @@ local function start_background(ready)
         end
       end })
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep.loop)
+    core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep.counts_loop)
   else
     ready()
   end

@@ -37,6 +37,11 @@
 --                written in the write transaction of what changed it.
 --                meta.held = "1" once every run of the folder is counted
 --                (build_held).
+--   meta "heldd\0" .. workflow .. "\0" .. uuid → bytes (decimal, may be
+--                negative), and "laned\0" .. lane .. "\0" .. uuid → entries:
+--                a change of those counts made by a process that does not
+--                own them (a guest: the CLI while a server may run), until
+--                the owner folds it in (absorb_counts).
 --
 -- Every value is checked against its checksum when read (runtime/store.c):
 -- a bad one raises "store: corrupt record in database DB, key 'K': ...",
@@ -77,17 +82,26 @@ function Store:crash()
   self.st:crash()
 end
 
+local flush_deltas -- (a guest's changes of the counts, below)
+
 function Store:close()
+  flush_deltas(self) -- (close commits what is queued)
   self.st:close()
 end
 
 --- Waits until the queued writes are on disk; raises when their batch failed.
 function Store:commit()
+  flush_deltas(self)
   local ok, err = pcall(self.st.commit, self.st)
   if not ok then
     -- the batch is lost, the counts it changed with it: what each workflow
     -- holds is read again from the folder (Store:held)
+    -- (with the guests' changes it took, there to take again; a lane's
+    -- count is kept, with the changes in it)
     self.held_bytes, self.run_accounts = nil, nil
+    if self.deltas_taken then
+      self.deltas_taken.held = nil
+    end
     error(err, 0)
   end
 end
@@ -103,8 +117,15 @@ end
 
 --- Takes serve.lock in the folder (one server at a time runs the relay and
 --- the recovery), waiting up to wait seconds: true, or nil and why.
+--- The process that holds it owns the folder's counts (what each workflow
+--- holds, each lane's entries): a store that does not (self.guest: the
+--- CLI's) writes its changes as deltas the owner folds in (absorb_counts).
 function Store:lock(wait)
-  return self.st:lock(wait)
+  local ok, err = self.st:lock(wait)
+  if ok then
+    self.guest = nil
+  end
+  return ok, err
 end
 
 --- Whether a commit's error says the data folder is full (the map reached
@@ -476,30 +497,89 @@ end
 
 local HELD = "held\0"
 
--- What each workflow holds: read once from meta, kept from then on.
-local function held_table(self)
-  local held = self.held_bytes
-  if not held then
-    held = {}
-    for _, row in ipairs(self.st:scan("meta", { prefix = HELD, limit = math.maxinteger })) do
-      local n = math.tointeger(tonumber(row[2])) or 0
-      held[row[1]:sub(#HELD + 1)] = n > 0 and n or nil
+-- ---- counts shared with other processes ---------------------------------------
+--
+-- LMDB lets several processes use the folder at once: the CLI (`chorus dlq
+-- drop`, `dlq replay`, `runs cancel`) writes to it while a server runs.
+-- The server keeps what each workflow holds and each lane's entries in
+-- memory and writes the absolute count with each commit, so a count the
+-- CLI wrote was overwritten by the server's next write (a dropped DLQ
+-- entry's bytes were never given back: the share drifted up to 507). So
+-- only the process holding serve.lock (Store:lock) writes those counts; a
+-- guest writes each change as a delta row of its own (meta "heldd\0" and
+-- "laned\0": wf .. "\0" .. uuid → the change), in the write transaction of
+-- the change, and the owner folds the rows in (absorb_counts: adds each to
+-- its count and deletes it, in one commit; the server does it every
+-- second). A process reading the counts from the folder adds the rows not
+-- folded in yet.
+local DELTAS = { held = "heldd\0", lanes = "laned\0" }
+
+-- The rows of a delta kind: { {key, name, n} } (name: its workflow or lane).
+local function delta_rows(self, kind)
+  local prefix, out = DELTAS[kind], {}
+  for _, row in ipairs(self.st:scan("meta", { prefix = prefix, limit = math.maxinteger })) do
+    local name = row[1]:sub(#prefix + 1):match("^(.*)%z[^%z]*$")
+    local n = math.tointeger(tonumber(row[2]))
+    if name and n then
+      out[#out + 1] = { row[1], name, n }
     end
-    self.held_bytes = held
   end
-  return held
+  return out
 end
 
---- Adds by bytes (negative: gives back) to what workflow wf holds. The
---- count goes to the folder with the write that changed it: the store's
---- counter (store:counter) writes the last count of each commit, once.
-function Store:hold(wf, by)
-  if type(wf) ~= "string" or by == 0 then
+-- A guest's change by of name's count (kind: "held" or "lanes"), summed
+-- until the commit (flush_deltas): one row per name and commit, not one
+-- per write (a `chorus run --data` journals every effect).
+local function put_delta(self, kind, name, by)
+  local pending = self.deltas_pending or { held = {}, lanes = {} }
+  self.deltas_pending = pending
+  pending[kind][name] = (pending[kind][name] or 0) + by
+end
+
+-- Puts a guest's summed changes into the batch about to be committed.
+function flush_deltas(self)
+  local pending = self.deltas_pending
+  if not pending then
     return
   end
-  local held = held_table(self)
-  local n = math.max((held[wf] or 0) + by, 0) -- (a count an older chorus left short)
-  held[wf] = n > 0 and n or nil
+  self.deltas_pending = nil
+  for kind, by_name in pairs(pending) do
+    for name, by in pairs(by_name) do
+      if by ~= 0 then
+        self.st:put("meta", DELTAS[kind] .. name .. "\0" .. core.uuid(), tostring(by))
+      end
+    end
+  end
+end
+
+-- The owner takes the delta rows of kind it has not taken yet: each row is
+-- deleted with this batch and remembered until its delete is committed
+-- (a read before then still shows it). Returns { {key, name, n} }.
+local function take_deltas(self, kind)
+  local all = self.deltas_taken or {}
+  self.deltas_taken = all
+  local taken = all[kind] or {}
+  all[kind] = taken
+  local out, seen = {}, {}
+  for _, row in ipairs(delta_rows(self, kind)) do
+    seen[row[1]] = true
+    if not taken[row[1]] then
+      taken[row[1]] = true
+      self.st:del("meta", row[1])
+      out[#out + 1] = row
+    end
+  end
+  for key in pairs(taken) do -- deleted for good: no longer remembered
+    if not seen[key] then
+      taken[key] = nil
+    end
+  end
+  return out
+end
+
+-- Sets workflow wf's held count to n (the owner: the store's counter puts
+-- its last value into the commit, once).
+local function put_held(self, wf, n)
   local slots = self.held_slots
   if not slots then
     slots = {}
@@ -515,6 +595,68 @@ function Store:hold(wf, by)
   else -- (more workflows than counters: a put each)
     self.st:put("meta", HELD .. wf, tostring(n))
   end
+end
+
+-- What each workflow holds: read once from meta (with the guests' deltas:
+-- the owner takes them now), kept from then on.
+local function held_table(self)
+  local held = self.held_bytes
+  if not held then
+    held = {}
+    for _, row in ipairs(self.st:scan("meta", { prefix = HELD, limit = math.maxinteger })) do
+      local n = math.tointeger(tonumber(row[2])) or 0
+      held[row[1]:sub(#HELD + 1)] = n > 0 and n or nil
+    end
+    local rows = self.guest and delta_rows(self, "held") or take_deltas(self, "held")
+    for _, row in ipairs(rows) do
+      local n = math.max((held[row[2]] or 0) + row[3], 0)
+      held[row[2]] = n > 0 and n or nil
+    end
+    self.held_bytes = held
+    if not self.guest then
+      for _, row in ipairs(rows) do
+        put_held(self, row[2], held[row[2]] or 0)
+      end
+    end
+  end
+  return held
+end
+
+--- Adds by bytes (negative: gives back) to what workflow wf holds. The
+--- count goes to the folder with the write that changed it: the store's
+--- counter (store:counter) writes the last count of each commit, once; a
+--- guest's change goes as a delta row.
+function Store:hold(wf, by)
+  if type(wf) ~= "string" or by == 0 then
+    return
+  end
+  local held = held_table(self)
+  local n = math.max((held[wf] or 0) + by, 0) -- (a count an older chorus left short)
+  held[wf] = n > 0 and n or nil
+  if self.guest then
+    put_delta(self, "held", wf, by)
+  else
+    put_held(self, wf, n)
+  end
+end
+
+--- The owner of the counts folds in the changes guests made since it last
+--- looked (what each workflow holds, each lane's entries); the caller
+--- commits. Returns how many it took.
+function Store:absorb_counts()
+  if self.guest or self.memory then
+    return 0
+  end
+  held_table(self) -- (a first read takes them itself)
+  local held = take_deltas(self, "held")
+  for _, row in ipairs(held) do
+    self:hold(row[2], row[3])
+  end
+  local lanes = take_deltas(self, "lanes")
+  for _, row in ipairs(lanes) do
+    self:lane_changed(row[2], row[3])
+  end
+  return #held + #lanes
 end
 
 --- The bytes workflow wf holds in the folder.
@@ -550,6 +692,12 @@ local function journal_bytes(self, id)
     bytes = bytes + #row[2]
   end
   return bytes, #rows
+end
+
+--- The bytes of run id's journal in the folder (committed), all of its
+--- entries: what a resumed run's record cap starts from (chorus.journal).
+function Store:journal_bytes(id)
+  return (journal_bytes(self, id))
 end
 
 -- The runs this process writes: run id → { wf =, rec = bytes of its
@@ -891,6 +1039,10 @@ end
 --- only): the server does it at its start, before any run or delivery can
 --- change them, and keeps the counts from then on (lane_changed).
 function Store:count_lanes()
+  -- a guest's change made before the count is in it: dropped, not added
+  -- (one landing between this read and the scan is counted twice, until
+  -- the next start: a replay in the instant the server starts)
+  take_deltas(self, "lanes")
   local counts, from = {}, nil
   repeat
     local rows = self.st:scan("outbox_lanes", { from = from, limit = BUILD_BATCH + 1 })
@@ -923,16 +1075,21 @@ function Store:lane_pending(owner)
     until not from
     self.lane_counts[owner] = n
   end
-  return n
+  return math.max(n, 0)
 end
 
 --- An entry of lane owner was added (by = 1) or removed (-1).
 function Store:lane_changed(owner, by)
+  if self.guest then -- the server counts it when it folds this in
+    put_delta(self, "lanes", owner, by)
+  end
   local counts = self.lane_counts
   local n = counts and (counts[owner] or (self.lanes_counted and 0 or nil))
   if n then
+    -- below 0 for a while: an entry a guest added (`dlq replay`) can be
+    -- delivered here before the guest's +1 is folded in
     n = n + by
-    counts[owner] = n > 0 and n or nil
+    counts[owner] = n ~= 0 and n or nil
   end
 end
 

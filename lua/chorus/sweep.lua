@@ -57,4 +57,24 @@ function sweep.loop()
   end
 end
 
+local COUNTS_EVERY = 1
+
+--- Once a second, the changes other processes (the CLI: `chorus dlq drop`,
+--- `dlq replay`, ...) made to what each workflow holds and to the outbox
+--- lanes are folded into the server's counts (chorus.store, absorb_counts),
+--- so its share checks, its metrics and its next writes see them.
+function sweep.counts_loop()
+  local st = state.store
+  while not state.draining do
+    core.sleep(COUNTS_EVERY)
+    local ok, n = pcall(st.absorb_counts, st)
+    if ok and n > 0 then
+      ok, n = pcall(st.commit, st)
+    end
+    if not ok then
+      log("error", "cannot fold in the counts another process changed", { error = tostring(n) })
+    end
+  end
+end
+
 return sweep

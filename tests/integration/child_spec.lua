@@ -129,3 +129,63 @@ return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
     assert.are.equal("cancelled", finished(id).status)
   end)
 end)
+
+-- A child its parent stops waiting for is cancelled by a commit of its
+-- own (the cancel mark in its record). Its on_cancel (and the compensation
+-- of its sagas) waits for that commit: run before it, a SIGKILL that lands
+-- between the two left a child with no mark, which the replay cancelled
+-- again, so on_cancel ran twice. The disk syncs are held at a gate
+-- (build/sync-gate.so) so the kill lands in that window every time.
+describe("a race's loser, cancelled across a SIGKILL", function()
+  local mock, dir, conf, data, gate, srv
+
+  local function start(env)
+    srv = H.start_server({ "--config", conf, "--scripts", dir, "--data", data }, env)
+  end
+
+  local function count(path)
+    return mock.stats().by_path[path] or 0
+  end
+
+  setup(function()
+    mock = H.start_mock(300)
+    dir = H.temp_dir({ ["duel.lua"] = H.read(FIX .. "duel.lua"), ["lagging.lua"] = H.read(FIX .. "lagging.lua") })
+    conf = H.write_temp(([[
+return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
+]]):format(mock.url))
+    data = H.temp_dir()
+    gate = H.temp_dir() .. "/gate"
+  end)
+
+  teardown(function()
+    H.clean(srv, mock, dir, data, conf, gate:match("^(.*)/gate$"))
+  end)
+
+  it("runs the loser's on_cancel once", function()
+    start({ LD_PRELOAD = "build/sync-gate.so", CHORUS_SYNC_GATE = gate })
+    local r = H.request(srv.url .. "/workflows/duel", { method = "POST", body = '{"after": 2, "linger": 30}',
+      headers = { Prefer = "respond-async", ["Content-Type"] = "application/json" } })
+    assert.are.equal(202, r.status, r.body)
+    local id = r.json.run_id
+    -- the child is parked on the mock (its first records are on disk): from
+    -- here no commit reaches the disk, the loser's cancel mark included
+    assert.truthy(H.eventually(function() return count("/lagging") == 1 end, 10))
+    assert(io.open(gate, "w")):close()
+    assert.truthy(H.eventually(function() return io.open(gate .. ".held") ~= nil end, 10))
+    -- the race is over and the cancel's commit held: an on_cancel that does
+    -- not wait for it reports now (it never did before a second)
+    H.eventually(function() return count("/lagging-cancelled") > 0 end, 3)
+    srv.kill("KILL")
+    srv.wait()
+    os.remove(gate)
+    start()
+    local child = H.eventually(function()
+      local rec = H.run_record(srv, id, ADMIN)
+      return rec and type(rec.children) == "table" and rec.children[1]
+    end, 20)
+    local crec = H.finished(srv, child, ADMIN, 20)
+    assert.are.equal("cancelled", crec.status)
+    assert.are.same({ ok = true, value = "cleaned up" }, crec.on_cancel)
+    assert.are.equal(1, count("/lagging-cancelled"))
+  end)
+end)

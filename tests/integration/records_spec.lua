@@ -328,3 +328,54 @@ describe("limits.run_record_bytes in the config", function()
     end)
   end
 end)
+
+-- Three calls answering input.bytes bytes each (journaled with their
+-- bodies), a call the mock holds for CHORUS_TEST_PARK_MS, three more.
+local GROWER = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "grower", run = function(ctx, input)
+  local mock = http.upstream "mock"
+  for i = 1, 3 do
+    mock:get("/grow/" .. i .. "?stream_bytes=" .. input.bytes)
+  end
+  mock:get("/grow-park?delay=" .. chorus.env("CHORUS_TEST_PARK_MS", "0"), { timeout = 120 })
+  for i = 4, 6 do
+    mock:get("/grow/" .. i .. "?stream_bytes=" .. input.bytes)
+  end
+  return "grown"
+end }
+]]
+
+-- The journal's bytes were counted from the run's (re)start: a run that
+-- crash-loops wrote past limits.run_record_bytes, each life under it.
+describe("limits.run_record_bytes across a SIGKILL", function()
+  local dir, data, conf, srv, mock, args
+
+  setup(function()
+    mock = H.start_mock(300)
+    dir, data = H.temp_dir({ ["grower.lua"] = GROWER }), H.temp_dir()
+    conf = H.write_temp(([[return { admin_token = "tok", limits = { run_record_bytes = 100000 },
+      upstreams = { mock = { base_url = %q } } }]]):format(mock.url))
+    args = { "--scripts", dir, "--data", data, "--config", conf }
+  end)
+
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
+
+  it("counts the journal written before the restart", function()
+    srv = H.start_server(args, { CHORUS_TEST_PARK_MS = "60000" })
+    -- 3 × 25 KB journaled before the kill (under the cap), 3 × 25 KB after
+    local r = post(srv, "grower", { bytes = 25000 }, { Prefer = "respond-async" })
+    assert.are.equal(202, r.status, r.body)
+    local id = r.json.run_id
+    assert.truthy(H.eventually(function() return (mock.stats().by_path["/grow-park"] or 0) == 1 end, 10))
+    srv.kill("KILL")
+    srv.wait()
+    srv = H.start_server(args)
+    local rec = H.finished(srv, id, ADMIN, 30)
+    assert.truthy(rec, "the run never ended")
+    assert.are.equal("failed", rec.status)
+    assert.are.equal("record_too_large", rec.error.kind)
+    assert.is_nil(mock.stats().by_path["/grow/6"]) -- stopped before its sixth call
+  end)
+end)

@@ -181,3 +181,85 @@ describe("a workflow whose keyed requests keep big answers", function()
     assert.are.equal("true", replay.headers["idempotent-replayed"])
   end)
 end)
+
+-- input.kb KiB of body in a call the outbox sends later, which the mock
+-- refuses for good (400): the entry goes to the DLQ, held by its workflow
+-- until it is dropped. No call without input.kb.
+local DOOMED = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "doomed", run = function(ctx, input)
+  if input.kb then
+    local r = http.upstream("mock"):post("/doomed?status=400", { json = { pad = string.rep("d", input.kb * 1024) },
+      later = true })
+    return { entry = r.outbox_id }
+  end
+  return { entry = false }
+end }
+]]
+
+-- `chorus dlq drop` while the server runs on the same folder: the server
+-- kept what the workflow held in memory and wrote it back with its next
+-- commit, over the CLI's count, so the dropped entry's bytes were never
+-- given back (the share drifted, up to 507 for good).
+describe("chorus dlq drop while the server runs", function()
+  local mock, dir, data, conf, srv
+
+  setup(function()
+    mock = H.start_mock(300)
+    dir, data = H.temp_dir({ ["doomed.lua"] = DOOMED }), H.temp_dir()
+    conf = H.write_temp(([[return { upstreams = { mock = { base_url = %q } } }]]):format(mock.url))
+    srv = H.start_server({ "--scripts", dir, "--data", data, "--config", conf })
+  end)
+
+  teardown(function() H.clean(srv, mock, dir, data, conf) end)
+
+  -- What workflow wf holds in the folder (the server stopped): the count
+  -- stored, and its runs' records and journals counted one by one (its
+  -- outbox and DLQ entries are gone by then).
+  local function held_in_folder(wf)
+    local store = require "chorus.store"
+    local st = assert(store.open(data))
+    local stored = tonumber(st.st:get("meta", "held\0" .. wf)) or 0
+    local real = 0
+    for _, row in ipairs(st.st:scan("runs", { limit = math.maxinteger })) do
+      if H.decode(row[2]).workflow == wf then
+        real = real + #row[2]
+        for _, j in ipairs(st.st:scan("journal", { prefix = row[1], limit = math.maxinteger })) do
+          real = real + #j[2]
+        end
+      end
+    end
+    for _, db in ipairs({ "outbox", "dlq" }) do
+      assert.are.equal(0, st:count(db))
+    end
+    st:close()
+    return stored, real
+  end
+
+  it("gives the dropped entry's bytes back, in the server's count and in the folder", function()
+    local r = post(srv, "doomed", { kb = 64 })
+    assert.are.equal(200, r.status, r.body)
+    local id = r.json.entry
+    assert.truthy(H.eventually(function()
+      return H.chorus_run({ "dlq", "list", "--data", data }).stdout:find(id, 1, true)
+    end, 10), "the entry never reached the DLQ")
+    local before = held_metric(srv, "doomed")
+    assert.is_true(before > 64 * 1024)
+    local out = H.chorus_run({ "dlq", "drop", id, "--data", data })
+    assert.are.equal(0, out.code, out.stderr)
+    -- the server's count gives it back (it folds the CLI's change in)
+    assert.truthy(H.eventually(function() return held_metric(srv, "doomed") < 64 * 1024 end, 10),
+      "the server still counts the dropped entry: " .. tostring(held_metric(srv, "doomed")))
+    -- and its next writes for the workflow keep it given back
+    for _ = 1, 3 do
+      assert.are.equal(200, post(srv, "doomed", {}).status)
+    end
+    local shown = held_metric(srv, "doomed")
+    srv.stop()
+    srv = nil
+    local stored, real = held_in_folder("doomed")
+    assert.are.equal(real, stored)
+    assert.are.equal(real, shown)
+  end)
+end)

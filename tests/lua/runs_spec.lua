@@ -563,6 +563,20 @@ describe("runs in flight, by workflow", function()
     assert.are.same({ 0, 0 }, { svc.inflight, svc.charged.a })
   end)
 
+  it("gives a run's place back when its run cannot start (core.execute raises, as it does out of memory)", function()
+    local svc = runs.service({ config = { limits = { max_inflight_runs = 4 } }, log = function() end,
+      log_sink = function() end })
+    local a = chorus.workflow { name = "a", run = function() return true end }
+    local real = core.execute
+    core.execute = function() error("out of memory starting a run", 0) end
+    local ok, err = pcall(in_loop, function() return svc:start({ workflow = a }, {}) end)
+    core.execute = real
+    assert.is_false(ok)
+    assert.matches("out of memory starting a run", tostring(err))
+    assert.are.same({ 0, 0 }, { svc.inflight, svc.charged.a or 0 })
+    assert.is_false(svc:at_capacity("a"))
+  end)
+
   it("charges a child run to the workflow at the top of its callers, and counts every run out", function()
     local svc = runs.service({ log = function() end, log_sink = function() end })
     local seen = {}
