@@ -253,32 +253,6 @@ local function transport_options(r, timeout, run)
   return o
 end
 
--- core.http copies every option it is given before it yields, and keeps
--- none: its calls share one options table, each filling every field (a
--- table per call was two heap blocks). Another transport (chorus.testing's
--- mock) may keep what it gets: it gets a table of its own.
-local core_http = core.http
-local core_options = { method = nil, url = nil, headers = nil, body = nil, connect_timeout = nil,
-  timeout = nil, tls_verify = nil, follow_redirects = nil, max_response_bytes = nil, allow_hosts = nil }
-
-local function core_send(r, timeout, run)
-  local o = core_options
-  o.method, o.url, o.headers, o.body, o.connect_timeout, o.timeout = r.method, r.url, r.headers, r.body,
-    r.connect_timeout, timeout
-  if r.tls_verify then
-    o.tls_verify = nil
-  else
-    o.tls_verify = false
-  end
-  o.follow_redirects = r.follow_redirects or nil
-  local max = r.max_response_bytes
-  o.max_response_bytes = max ~= CORE_MAX_RESPONSE and max or nil
-  o.allow_hosts = run and run.allow_hosts
-  local status, headers, body, duration = core_http(o)
-  o.headers, o.body = nil, nil -- the call's data does not outlive it here
-  return status, headers, body, duration
-end
-
 -- Sends one prepared request (no journal): { status, headers, body, json }.
 local function send_once(r)
   local run = r.run
@@ -310,12 +284,7 @@ local function send_once(r)
   -- allow_hosts goes along: every redirect hop is checked against it too
   -- the run service's transport (chorus.runs env.transport), else the module's
   local send = run and run.env and run.env.transport or transport
-  local status, headers, body, duration
-  if send == core_http then
-    status, headers, body, duration = core_send(r, timeout, run)
-  else
-    status, headers, body, duration = send(transport_options(r, timeout, run))
-  end
+  local status, headers, body, duration = send(transport_options(r, timeout, run))
   if run then
     journal.note(run, runstate.call_entry(r, started, duration, status or headers, span_id))
   end
