@@ -181,6 +181,18 @@ struct chorus_http_client {
     int self_port;
 };
 
+/* The options configure() last set on a kept handle: a call like the
+ * handle's last one sets only those that differ, not every one again
+ * (curl_easy_setopt goes through curl's whole option switch each time). */
+struct easy_set {
+    int known; /* the fields below hold what the handle has */
+    struct transport *t;
+    int check, tls, fresh, insecure, follow;
+    int plain; /* a GET without a body: set_method's resets are in place */
+    long connect_timeout_ms, timeout_ms;
+    curl_off_t max_filesize;
+};
+
 struct chorus_http_call {
     struct chorus_http_client *client;
     struct transport *t; /* whose thread carries it: set at start, before START */
@@ -226,6 +238,7 @@ struct chorus_http_call {
     struct chorus_http_call *prev, *next; /* t->running */
     int in_multi, paused;
     CURL *easy;
+    struct easy_set set; /* what easy has, kept with it */
     char *resp_body;
     size_t resp_len, resp_cap;
     /* Response headers as "name\0value\0" pairs in one buffer (the first
@@ -884,9 +897,9 @@ static CURL *easy_new(struct chorus_http_call *call);
  * options of its last call (no curl_easy_reset: that cost as much as
  * setting them all again; easy_new() set those that never change or point
  * at the call, configure() sets every one a call depends on, including
- * those only some calls use), or a new one without a handle yet (the
- * transport makes it: curl_easy_init is a good part of a new call's cost).
- * NULL when out of memory. */
+ * those only some calls use, unless the handle has its value already), or a new one without a
+ * handle yet (the transport makes it: curl_easy_init is a good part of a new call's cost). NULL
+ * when out of memory. */
 static struct chorus_http_call *call_take(struct chorus_http_client *client) {
     struct chorus_http_call *call = NULL;
     uv_mutex_lock(&client->lock);
@@ -895,10 +908,12 @@ static struct chorus_http_call *call_take(struct chorus_http_client *client) {
     uv_mutex_unlock(&client->lock);
     if (call) {
         CURL *easy = call->easy;
+        struct easy_set set = call->set;
         char *body = call->resp_body;
         size_t cap = call->resp_cap;
         memset(call, 0, offsetof(struct chorus_http_call, htext_inline));
         call->easy = easy;
+        call->set = set;
         call->resp_body = body; /* kept for this call's response */
         call->resp_cap = cap;
         if (body)
@@ -1261,21 +1276,35 @@ static CURL *easy_new(struct chorus_http_call *call) {
     return e;
 }
 
-/* The options that depend on the call: all of them, every time. */
+/* A long option, set when the handle may hold another value. */
+static void set_long(CURL *e, int known, long *had, CURLoption opt, long v) {
+    if (known && *had == v)
+        return;
+    curl_easy_setopt(e, opt, v);
+    *had = v;
+}
+
+/* The options that depend on the call: every one, each time, unless the
+ * handle has it already (call->set). */
 static void configure(struct chorus_http_call *call) {
     CURL *e = call->easy;
+    struct easy_set *set = &call->set;
+    int known = set->known;
     curl_easy_setopt(e, CURLOPT_URL, call->url);
     /* a kept handle may have carried a call of another transport */
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, call->t);
+    if (!known || set->t != call->t)
+        curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, set->t = call->t);
     /* Each hop's URL and address are checked when one may differ from
      * what the caller checked: redirects followed, or a restricted call
      * (whose connection may be a reused one, opened unchecked). */
     int check = call->restricted || call->follow_redirects;
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, check ? on_prereq : NULL);
+    if (!known || set->check != check)
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, (set->check = check) ? on_prereq : NULL);
     /* Over TLS, wait for a connection that may multiplex (HTTP/2) rather than
      * open more; over plain HTTP/1.1 that wait would serialize calls. */
     int tls = strncmp(call->url, "https://", 8) == 0;
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, tls ? 1L : 0L);
+    if (!known || set->tls != tls)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, (set->tls = tls) ? 1L : 0L);
     /* To find a connection to reuse, curl 7.88 walks every connection to
      * the host, in use or not: with thousands of calls parked on one
      * upstream each new call cost a walk of them all (much of the 10 to
@@ -1283,22 +1312,34 @@ static void configure(struct chorus_http_call *call) {
      * connection in use never takes another call, so when no socket is
      * idle there is nothing to find: skip the search. (Over TLS a busy
      * HTTP/2 connection may take one more stream.) */
-    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, !tls && call->shard->idle_socks == 0 ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, call->insecure ? 0L : 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, call->insecure ? 0L : 2L);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, call->follow_redirects ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, call->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, call->timeout_ms);
+    int fresh = !tls && call->shard->idle_socks == 0;
+    if (!known || set->fresh != fresh)
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, (set->fresh = fresh) ? 1L : 0L);
+    if (!known || set->insecure != call->insecure) {
+        set->insecure = call->insecure;
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, call->insecure ? 0L : 1L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, call->insecure ? 0L : 2L);
+    }
+    if (!known || set->follow != call->follow_redirects)
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION,
+                         (set->follow = call->follow_redirects) ? 1L : 0L);
+    set_long(e, known, &set->connect_timeout_ms, CURLOPT_CONNECTTIMEOUT_MS,
+             call->connect_timeout_ms);
+    set_long(e, known, &set->timeout_ms, CURLOPT_TIMEOUT_MS, call->timeout_ms);
     /* refuses a Content-Length past the limit before reading the body */
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
-                     call->max_body < (size_t)INT64_MAX ? (curl_off_t)call->max_body
-                                                        : (curl_off_t)0);
-    set_method(call);
+    curl_off_t max = call->max_body < (size_t)INT64_MAX ? (curl_off_t)call->max_body : 0;
+    if (!known || set->max_filesize != max)
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, set->max_filesize = max);
+    int plain = !call->body && strcmp(call->method, "GET") == 0;
+    if (!(known && set->plain && plain))
+        set_method(call);
+    set->plain = plain;
     if (call->body) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)call->body_len);
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
+    set->known = 1;
 }
 
 /* ---- the transport thread -------------------------------------------------- */

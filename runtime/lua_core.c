@@ -112,12 +112,11 @@ static struct chorus_run *start_from_args(lua_State *L, chorus_run_done_fn on_do
     luaL_checktype(L, 2, LUA_TFUNCTION);
     /* only around the start: a raised error above must not leave it set */
     chorus_sched_background(rt, background);
-    struct chorus_run *run = chorus_run_start(rt, L, lua_gettop(L) - 2, &limits, io, on_done, data);
+    struct chorus_run *run =
+        chorus_run_start_id(rt, L, lua_gettop(L) - 2, &limits, io, on_done, data, id);
     chorus_sched_background(rt, 0);
     if (!run)
         luaL_error(L, "out of memory starting a run");
-    if (id[0])
-        memcpy(run->id, id, sizeof run->id);
     lua_settop(L, 0);
     return run;
 }

@@ -873,21 +873,44 @@ static const unsigned char escape_extra[256] = {
     ['"'] = 1, ['\\'] = 1};
 /* clang-format on */
 
+/* The length of the prefix of u that needs no escape. Eight bytes at a
+ * time while none of them is a control byte, '"' or '\\' (each test is
+ * exact about whether the word holds such a byte, not which), then byte by
+ * byte: strcspn with the 34 bytes to look for took glibc's slow generic
+ * path, and a byte at a time was half of the quoting's instructions. */
+static size_t plain_prefix(const unsigned char *u, size_t len) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, u + i, 8);
+        uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+        uint64_t found = ((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
+                         ((backslash - ones) & ~backslash);
+        if (found & highs)
+            break;
+    }
+    while (i < len && !escape_extra[u[i]])
+        i++;
+    return i;
+}
+
 /* A JSON string as cJSON prints it: \" \\ \b \f \n \r \t, other control
  * bytes as \u00xx (a zero byte as \u0000, which decodes back to it),
- * everything else (UTF-8 included) as it is. */
-static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
+ * everything else (UTF-8 included) as it is. before, after: a byte written
+ * just before and after it (an object's ',' and ':'), or 0: one reserve for
+ * the three. */
+static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len, char before,
+                       char after) {
     static const char hex[] = "0123456789abcdef";
-    /* Most strings need no escape: find the first byte that does (strcspn
-     * with the 34 bytes to look for took glibc's slow generic path). */
     const unsigned char *u = (const unsigned char *)s;
-    size_t first = 0;
-    while (first < len && !escape_extra[u[first]])
-        first++;
+    size_t first = plain_prefix(u, len);
     size_t extra = 0;
     for (size_t i = first; i < len; i++)
         extra += escape_extra[u[i]];
-    char *p = enc_reserve(L, e, len + extra + 2);
+    char *p = enc_reserve(L, e, len + extra + 4);
+    if (before)
+        *p++ = before;
     *p++ = '"';
     if (extra == 0) {
         memcpy(p, s, len);
@@ -917,13 +940,15 @@ static void enc_quoted(lua_State *L, struct enc *e, const char *s, size_t len) {
         }
     }
     *p++ = '"';
+    if (after)
+        *p++ = after;
     e->len = (size_t)(p - e->buf);
 }
 
 static void enc_string(lua_State *L, struct enc *e, int idx) {
     size_t len;
     const char *s = lua_tolstring(L, idx, &len);
-    enc_quoted(L, e, s, len);
+    enc_quoted(L, e, s, len, 0, 0);
 }
 
 static int has_array_mt(lua_State *L, const struct enc *e, int idx) {
@@ -984,27 +1009,29 @@ static void enc_array_items(lua_State *L, struct enc *e, int idx, lua_Integer n)
 }
 
 /* The items of an object, in one pass over its keys: a key that is not a
- * string fails the table as table_kind would have (at the table's path). */
-static void enc_object_items(lua_State *L, struct enc *e, int idx) {
-    int first = 1;
-    enc_char(L, e, '{');
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
+ * string fails the table as table_kind would have (at the table's path).
+ * pushed: its first key and value are on the stack already (enc_table's
+ * look at the first key), else none. */
+static void enc_object_items(lua_State *L, struct enc *e, int idx, int pushed) {
+    char sep = '{';
+    if (!pushed)
+        lua_pushnil(L);
+    while (pushed || lua_next(L, idx)) {
         size_t len;
+        pushed = 0;
         if (lua_type(L, -2) != LUA_TSTRING) {
             e->depth--;
             enc_fail(L, e, "table with mixed or non-string keys");
         }
         const char *k = lua_tolstring(L, -2, &len);
         e->path[e->depth - 1] = (struct step){lua_gettop(L) - 1, 0};
-        if (!first)
-            enc_char(L, e, ',');
-        first = 0;
-        enc_quoted(L, e, k, len);
-        enc_char(L, e, ':');
+        enc_quoted(L, e, k, len, sep, ':');
+        sep = ',';
         enc_value(L, e, lua_gettop(L));
         lua_pop(L, 1);
     }
+    if (sep == '{') /* no item */
+        enc_char(L, e, '{');
     enc_char(L, e, '}');
 }
 
@@ -1026,17 +1053,19 @@ static void enc_table(lua_State *L, struct enc *e, int idx) {
     enum table_kind kind;
     int top = lua_gettop(L);
     lua_pushnil(L);
-    int string_first = lua_next(L, idx) && lua_type(L, -2) == LUA_TSTRING;
-    lua_settop(L, top);
-    if (string_first && !has_array_mt(L, e, idx))
+    /* an object's first key and value stay on the stack for its items */
+    int pushed = lua_next(L, idx) && lua_type(L, -2) == LUA_TSTRING && !has_array_mt(L, e, idx);
+    if (pushed) {
         kind = KIND_OBJECT;
-    else
+    } else {
+        lua_settop(L, top);
         kind = table_kind(L, e, idx, &n);
+    }
     e->tables[e->depth++] = self;
     if (kind == KIND_ARRAY)
         enc_array_items(L, e, idx, n);
     else
-        enc_object_items(L, e, idx);
+        enc_object_items(L, e, idx, pushed);
     e->depth--;
 }
 

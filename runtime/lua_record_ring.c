@@ -2,16 +2,22 @@
  * memory for GET /runs/ID: the last N, as JSON text, outside the Lua heap.
  *
  *   local ring = core.record_ring(capacity [, max_bytes])
- *   ring:put(id, text)  -- a new id takes the oldest one's place when full;
- *                       -- a known id gets its text replaced; past
- *                       -- max_bytes the oldest others are dropped
+ *   ring:put(id, text [, workflow, status])
+ *                       -- a new id takes the oldest one's place when full;
+ *                       -- a known id gets its text (and facts) replaced;
+ *                       -- past max_bytes the oldest others are dropped
  *   ring:get(id) → text or nil
- *   #ring → how many records; ring:bytes() → their ids' and texts' bytes
+ *   ring:facts(id) → workflow, status (nil when the id or they are not kept)
+ *   #ring → how many records; ring:bytes() → their ids', texts' and facts' bytes
  *
  * Why in C: kept in the Lua heap, ten thousand records were old objects
  * that only a major collection frees, and each major collection marked and
  * swept all of them at once: the serve benchmark's p99 (README, Benchmarks:
  * "Why the collector is tuned").
+ *
+ * The facts are what GET and DELETE /runs/ID decide by (who may read or
+ * cancel the run) on a server without a data folder: read from the text,
+ * a record up to limits.run_record_bytes was decoded whole for each request.
  *
  * Invariant: every slot with an id is in exactly one bucket chain, the one
  * its id hashes to; slots are reused in insertion order.
@@ -33,6 +39,8 @@ struct slot {
     size_t id_len;
     char *text;
     size_t text_len;
+    char *facts; /* workflow '\0' status '\0', or NULL */
+    size_t facts_len, workflow_len;
     struct slot *chain; /* next slot in the same bucket */
 };
 
@@ -70,10 +78,11 @@ static void forget(struct ring *r, struct slot *s) {
     while (*link != s)
         link = &(*link)->chain;
     *link = s->chain;
-    r->bytes -= s->id_len + s->text_len;
+    r->bytes -= s->id_len + s->text_len + s->facts_len;
     r->count--;
     free(s->id);
     free(s->text);
+    free(s->facts);
     memset(s, 0, sizeof *s);
 }
 
@@ -105,20 +114,53 @@ static void trim(struct ring *r, const struct slot *keep) {
             forget(r, &r->slots[i]);
 }
 
+/* workflow '\0' status '\0' from arguments 4 and 5 (both strings), or
+ * NULL with *len 0 when they are absent; *wlen: the workflow's length;
+ * *oom set when malloc failed. */
+static char *facts_of(lua_State *L, size_t *len, size_t *wlen, int *oom) {
+    *len = *wlen = 0;
+    *oom = 0;
+    if (lua_isnoneornil(L, 4))
+        return NULL;
+    size_t wl, sl;
+    const char *w = luaL_checklstring(L, 4, &wl);
+    const char *st = luaL_checklstring(L, 5, &sl);
+    char *f = malloc(wl + sl + 2);
+    if (!f) {
+        *oom = 1;
+        return NULL;
+    }
+    memcpy(f, w, wl);
+    f[wl] = '\0';
+    memcpy(f + wl + 1, st, sl);
+    f[wl + 1 + sl] = '\0';
+    *len = wl + sl + 2;
+    *wlen = wl;
+    return f;
+}
+
 static int ring_put(lua_State *L) {
     struct ring *r = check_ring(L);
-    size_t n, len;
+    size_t n, len, flen, wlen;
+    int oom;
     const char *id = luaL_checklstring(L, 2, &n);
     const char *text = luaL_checklstring(L, 3, &len);
-    char *t = copy(text, len);
-    if (!t)
+    char *f = facts_of(L, &flen, &wlen, &oom);
+    char *t = oom ? NULL : copy(text, len);
+    if (!t) {
+        free(f);
         return luaL_error(L, "out of memory keeping a run record");
+    }
     struct slot *s = find(r, id, n);
     if (s) {
-        r->bytes += len - s->text_len;
+        r->bytes += len + flen - s->text_len - s->facts_len;
         free(s->text);
+        free(s->facts);
         s->text = t;
         s->text_len = len;
+        s->facts = f;
+        s->facts_len = flen;
+        s->workflow_len = wlen;
         if (r->max_bytes)
             trim(r, s);
         return 0;
@@ -126,17 +168,24 @@ static int ring_put(lua_State *L) {
     char *i = copy(id, n);
     if (!i) {
         free(t);
+        free(f);
         return luaL_error(L, "out of memory keeping a run record");
     }
     s = &r->slots[r->next];
     if (s->id)
         forget(r, s);
     r->next = (r->next + 1) % r->cap;
-    *s = (struct slot){.id = i, .id_len = n, .text = t, .text_len = len};
+    *s = (struct slot){.id = i,
+                       .id_len = n,
+                       .text = t,
+                       .text_len = len,
+                       .facts = f,
+                       .facts_len = flen,
+                       .workflow_len = wlen};
     struct slot **head = bucket_of(r, i, n);
     s->chain = *head;
     *head = s;
-    r->bytes += n + len;
+    r->bytes += n + len + flen;
     r->count++;
     if (r->max_bytes)
         trim(r, s);
@@ -154,6 +203,18 @@ static int ring_get(lua_State *L) {
     return 1;
 }
 
+static int ring_facts(lua_State *L) {
+    struct ring *r = check_ring(L);
+    size_t n;
+    const char *id = luaL_checklstring(L, 2, &n);
+    struct slot *s = find(r, id, n);
+    if (!s || !s->facts)
+        return 0;
+    lua_pushlstring(L, s->facts, s->workflow_len);
+    lua_pushlstring(L, s->facts + s->workflow_len + 1, s->facts_len - s->workflow_len - 2);
+    return 2;
+}
+
 static int ring_len(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)check_ring(L)->count);
     return 1;
@@ -169,6 +230,7 @@ static void free_ring(struct ring *r) {
         for (size_t i = 0; i < r->cap; i++) {
             free(r->slots[i].id);
             free(r->slots[i].text);
+            free(r->slots[i].facts);
         }
     free(r->slots);
     free(r->buckets);
@@ -189,8 +251,11 @@ int chorus_lua_record_ring(lua_State *L) {
     struct ring *r = lua_newuserdatauv(L, sizeof *r, 0);
     memset(r, 0, sizeof *r);
     if (luaL_newmetatable(L, RING_MT)) {
-        static const luaL_Reg methods[] = {
-            {"put", ring_put}, {"get", ring_get}, {"bytes", ring_bytes}, {NULL, NULL}};
+        static const luaL_Reg methods[] = {{"put", ring_put},
+                                           {"get", ring_get},
+                                           {"facts", ring_facts},
+                                           {"bytes", ring_bytes},
+                                           {NULL, NULL}};
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, ring_len);

@@ -635,6 +635,12 @@ static struct chorus_task *task_new(struct chorus_run *run, struct chorus_task *
 struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int nargs,
                                     const struct chorus_limits *limits, int allow_io,
                                     chorus_run_done_fn on_done, void *data) {
+    return chorus_run_start_id(rt, L, nargs, limits, allow_io, on_done, data, NULL);
+}
+
+struct chorus_run *chorus_run_start_id(struct chorus_runtime *rt, lua_State *L, int nargs,
+                                       const struct chorus_limits *limits, int allow_io,
+                                       chorus_run_done_fn on_done, void *data, const char *id) {
     struct chorus_run *run = calloc(1, sizeof *run);
     if (!run)
         return NULL;
@@ -645,7 +651,10 @@ struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int
     run->interrupt_ref = LUA_NOREF;
     run->on_done = on_done;
     run->on_done_data = data;
-    chorus_uuid(run->id);
+    if (id && id[0])
+        memcpy(run->id, id, sizeof run->id); /* a served run's: no random one made and dropped */
+    else
+        chorus_uuid(run->id);
     chorus_alloc_account_open(rt, run);
     if (!task_new(run, NULL, L, nargs)) {
         chorus_alloc_account_close(rt, run);

@@ -107,6 +107,12 @@ struct chorus_run *chorus_run_start(struct chorus_runtime *rt, lua_State *L, int
                                     const struct chorus_limits *limits, int allow_io,
                                     chorus_run_done_fn on_done, void *data);
 
+/* The same, under the id given (37 bytes: at most 36 characters, NUL-ended) rather
+ * than a new random one; id NULL or "": a new one. */
+struct chorus_run *chorus_run_start_id(struct chorus_runtime *rt, lua_State *L, int nargs,
+                                       const struct chorus_limits *limits, int allow_io,
+                                       chorus_run_done_fn on_done, void *data, const char *id);
+
 /* Pushes the run's outcome on L: true, values... or false, error. Returns the
  * number of values pushed. Valid once run->done. */
 int chorus_run_push_result(struct chorus_run *run, lua_State *L);

@@ -89,6 +89,20 @@ function breaker.scoped(opts)
   return setmetatable({ name = opts.name, opts = copy, failure = opts.failure, by_workflow = {} }, Breaker)
 end
 
+-- The breakers' names a workflow's scripts made: workflow → { n =, names = set }.
+-- The process has room for CHORUS_NAMED_MAX (10,000) breakers in all, the
+-- upstreams' too: one workflow making 10,000 names left every other
+-- workflow without breakers, and its upstream calls failing with them.
+local made = {}
+
+--- The most breaker names one workflow's scripts may make.
+breaker.PER_WORKFLOW = 1000
+
+--- Forgets the names made (chorus.testing.reset, with core.breakers_reset).
+function breaker.reset()
+  made = {}
+end
+
 -- The engine of this breaker for the current run.
 local function impl_of(self)
   if self.impl then
@@ -99,6 +113,15 @@ local function impl_of(self)
   local name = wf .. "/" .. self.name
   local impl = self.by_workflow[wf]
   if not impl then
+    local mine = made[wf] or { n = 0, names = {} }
+    made[wf] = mine
+    if not mine.names[self.name] then
+      if mine.n >= breaker.PER_WORKFLOW then
+        error(("breaker.new: workflow '%s' has made %d breakers, the most one workflow may (names made "
+          .. "per run?); '%s' was not made"):format(wf, breaker.PER_WORKFLOW, self.name), 3)
+      end
+      mine.n, mine.names[self.name] = mine.n + 1, true
+    end
     impl = engine(name, self.opts)
     self.by_workflow[wf] = impl
   end

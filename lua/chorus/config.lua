@@ -89,6 +89,7 @@ local LIMITS = {
   -- max_inflight_runs: no share, the server's cap alone
   inflight_runs_per_workflow = { int = true, min = 0, max = 10000000 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
+  run_log_bytes = { int = true, min = 0, max = 1 << 40 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
   events_kept_per_workflow = { int = true, min = 0, max = 1e9 },
   events_kept_bytes_per_workflow = { int = true, min = 0, max = 1 << 40 },
@@ -444,6 +445,7 @@ function config.apply(conf)
     cpu_ms = limits.run_cpu_seconds and math.floor(limits.run_cpu_seconds * 1000) or nil,
   })
   require("chorus.context").run_log_lines = limits.run_log_lines or 10000
+  require("chorus.context").run_log_bytes = limits.run_log_bytes or 4 * 1024 * 1024
   require("chorus.outbox").pending_cap = limits.outbox_pending_per_workflow or 10000
   local events = require "chorus.events"
   events.kept_cap = limits.events_kept_per_workflow or 10000

@@ -35,23 +35,55 @@ context.log_sink = nil
 -- in a loop wrote 200,000 lines in 2.5 s to the log every workflow shares.
 context.run_log_lines = 10000
 
+-- Bytes a run may log, its lines as JSON together (config
+-- limits.run_log_bytes; 0: no cap): under the line cap alone one run wrote
+-- 800 MB of megabyte lines to that log, and held the server's thread on
+-- the writes for 9 s.
+context.run_log_bytes = 4 * 1024 * 1024
+
 local LEVELS = { debug = true, info = true, warn = true, error = true }
+
+-- Past a cap: the notice (once), and no more of the run's lines.
+-- (state: the run's; its run_id, workflow and trace_id name it in the notice)
+local function close_log(state, sink, why)
+  if state.log_closed then
+    return
+  end
+  state.log_closed = true
+  logging.write({ level = "warn", run_id = state.run_id, workflow = state.workflow, trace_id = state.trace_id,
+    ts = core.now(), msg = why .. ": its further lines are dropped" }, sink)
+end
 
 -- Whether the run (state) may log one more line; the first line past the
 -- cap is replaced by the notice.
--- (state: the run's; its run_id, workflow and trace_id name it in the notice)
 local function log_allowed(state, sink)
+  if state.log_closed then
+    return false
+  end
   local n = (state.log_lines or 0) + 1
   state.log_lines = n
   local cap = context.run_log_lines
   if cap == 0 or n <= cap then
     return true
   end
-  if n == cap + 1 then
-    logging.write({ level = "warn", run_id = state.run_id, workflow = state.workflow, trace_id = state.trace_id,
-      ts = core.now(), msg = ("the run logged %d lines (limits.run_log_lines): its further lines are dropped")
-        :format(cap) }, sink)
+  close_log(state, sink, ("the run logged %d lines (limits.run_log_lines)"):format(cap))
+  return false
+end
+
+-- Whether the run (state) may write a line of `bytes` more; the line that
+-- would pass the cap is replaced by the notice.
+local function log_bytes_allowed(state, sink, bytes)
+  if state.log_closed then
+    return false
   end
+  local total = (state.log_bytes or 0) + bytes
+  local cap = context.run_log_bytes
+  if cap == 0 or total <= cap then
+    state.log_bytes = total
+    return true
+  end
+  close_log(state, sink, ("the run's log lines reached %d bytes (limits.run_log_bytes; the next had %d)")
+    :format(cap, bytes))
   return false
 end
 
@@ -63,6 +95,16 @@ function context.line_allowed()
     return true
   end
   return log_allowed(run, run.env and run.env.log_sink or context.log_sink)
+end
+
+--- Whether the current run may write a line of `bytes` more (print: its
+--- line as JSON); true outside a run.
+function context.bytes_allowed(bytes)
+  local run = runstate.current()
+  if not run then
+    return true
+  end
+  return log_bytes_allowed(run, run.env and run.env.log_sink or context.log_sink, bytes)
 end
 
 local function logger(ctx)
@@ -84,7 +126,11 @@ local function logger(ctx)
     if type(line) ~= "table" then -- too costly to mask: masked whole (chorus.redact)
       line = { level = level, msg = line, run_id = ctx.run_id, workflow = ctx.workflow, ts = core.now() }
     end
-    logging.write(line, sink)
+    local text = logging.text(line) -- (nil: not printed at the process's level)
+    if text and not log_bytes_allowed(ctx_state[ctx], sink, #text) then
+      return
+    end
+    logging.write(line, sink, text)
   end
   local log = {}
   for level in pairs(LEVELS) do

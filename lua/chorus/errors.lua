@@ -42,6 +42,30 @@ local function plain(value, depth)
   return nil
 end
 
+--- s cut to max bytes, its start and its end (a traceback's stack), saying
+--- how long it was; s itself when not longer (or not a string).
+function errors.cut(s, max)
+  if type(s) ~= "string" or #s <= max then
+    return s
+  end
+  local half = max // 2
+  return ("%s ...(%d bytes)... %s"):format(s:sub(1, half), #s, s:sub(-half))
+end
+
+--- A normalized error (errors.normalize) as the server's own lines and
+--- entries keep it: itself when it is at most max bytes as JSON, else its
+--- kind and the start of its message. A run's error is up to its memory
+--- cap: one raising a 20 MB message wrote a 40 MB line to the log every
+--- workflow shares (its record, capped, keeps it whole).
+function errors.brief(err, max)
+  local ok, text = pcall(require("chorus.core").json.encode, err)
+  if ok and #text <= max then
+    return err
+  end
+  return { kind = type(err) == "table" and err.kind or "error",
+    message = errors.cut(type(err) == "table" and tostring(err.message) or tostring(err), max - 100) }
+end
+
 --- Returns a JSON-safe table { kind, message, ... } describing err.
 function errors.normalize(err)
   if type(err) == "table" then
@@ -115,9 +139,11 @@ end
 --- and ctx.later's input), as a request body or a run resumed after a
 --- restart gets it. Handed over as it was, a table was shared by two
 --- workflows' runs (one wrote into the other's tables) and the sender's
---- metamethods ran in the receiver's run. Raises "<who>: input must be JSON
---- data (why)" at level (a limit or a stop of the run as itself).
-function errors.json_copy(value, who, level)
+--- metamethods ran in the receiver's run. The child's result ctx.call
+--- hands its parent is copied so too, in the parent's run. Raises "<who>:
+--- <what> must be JSON data (why)" at level (0: no position), what "input"
+--- unless given (a limit or a stop of the run as itself).
+function errors.json_copy(value, who, level, what)
   local json = require("chorus.core").json
   local ok, copy = pcall(function() return json.decode(json.encode(value)) end)
   if ok then
@@ -127,22 +153,42 @@ function errors.json_copy(value, who, level)
     error(copy, 0)
   end
   local why = type(copy) == "table" and copy.message or copy
-  error(("%s: input must be JSON data (%s)"):format(who, tostring(why)), level + 1)
+  error(("%s: %s must be JSON data (%s)"):format(who, what or "input", tostring(why)), level > 0 and level + 1 or 0)
 end
 
---- A table err normalized and made plain, inside the run: its __tostring runs here,
---- under the run's budget; one that fails or loops is reported as such.
+-- The folder of the server's own modules as error positions name it
+-- ("lua/chorus/" when embedded, an install path otherwise).
+local INTERNAL = require("debug").getinfo(1, "S").source:match("^@(.*/)[^/]*$")
+
+--- err without a leading position inside the server's modules: a module
+--- (or the sandbox's wrapper of a library function) that raised for a bad
+--- argument put its own file and line ("lua/chorus/sandbox.lua:522: bad
+--- argument #1 to 'rawset'") in what the script and the run record show,
+--- naming the server's files. Other values are returned as they are.
+function errors.strip_internal(err)
+  if type(err) == "string" and INTERNAL and err:sub(1, #INTERNAL) == INTERNAL then
+    return (err:gsub("^[^\n:]*:%d+: ", "", 1))
+  end
+  return err
+end
+local strip_internal = errors.strip_internal
+
+--- A run's error as it leaves the run, inside it: a string loses a position
+--- inside the server (errors.strip_internal); a table is normalized and
+--- made plain, its __tostring run here, under the run's budget (one that
+--- fails or loops is reported as such), and so is its message.
 function errors.settle(err)
   if type(err) ~= "table" then -- a string, number, ...: nothing of the script's runs on it
-    return err
+    return strip_internal(err)
   end
   local ok, out = pcall(function() return errors.plain(errors.normalize(err)) end)
   if ok then
+    out.message = strip_internal(out.message)
     return out
   end
   local why = type(out) == "string" and out or type(out) == "table" and rawget(out, "message")
   return { kind = "error", message = "the workflow raised an error that cannot be described: "
-    .. (type(why) == "string" and why or "its __tostring or fields failed") }
+    .. (type(why) == "string" and strip_internal(why) or "its __tostring or fields failed") }
 end
 
 return errors

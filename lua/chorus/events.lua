@@ -394,6 +394,15 @@ function events.emit(name, key, payload)
   if err then
     error("chorus.emit: " .. err, 2)
   end
+  local run = runstate.current()
+  if not run then
+    -- a script's top level (or a config file) has no run: its events were
+    -- no workflow's, past every workflow's caps and share, and emitted
+    -- again at each load (a load's events filled the data folder: 507
+    -- for every workflow)
+    error("chorus.emit: only inside a run; at a script's top level it would emit at every load, "
+      .. "counted against no workflow; call it inside run()", 2)
+  end
   local id = type(payload) == "table" and payload.id
   if math.type(id) == "integer" then
     id = tostring(id)
@@ -407,17 +416,16 @@ function events.emit(name, key, payload)
     error(errors.new("too_large", ("chorus.emit: the payload is %d bytes as JSON, more than the %d "
       .. "limits.max_body_bytes allows"):format(#text, events.max_payload)), 2)
   end
-  local run = runstate.current()
-  local svc = run and run.env and run.env.service
+  local svc = run.env and run.env.service
   if svc then
     svc:check_emit(run.workflow, name, "chorus.emit")
   end
-  if not id and run then -- the emit's journal step: the same id when a replay emits again
+  if not id then -- the emit's journal step: the same id when a replay emits again
     run.emits = (run.emits or 0) + 1
     id = run.run_id .. ":emit:" .. (journal.next_step() or run.emits)
   end
   return journal.effect("emit", name .. "/" .. key, function()
-    return events.deliver(name, key, payload, id, run and run.workflow or nil, bytes)
+    return events.deliver(name, key, payload, id, run.workflow, bytes)
   end)
 end
 

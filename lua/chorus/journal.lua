@@ -274,7 +274,7 @@ function journal.effect(kind, target, fn, restore)
   if ok then
     entry.value = value
   else
-    entry.error = type(value) == "table" and errors.normalize(value) or value
+    entry.error = type(value) == "table" and errors.normalize(value) or errors.strip_internal(value)
   end
   local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
   if j.store.share and j.store:over_share(run.workflow) then -- not written: the folder is shared

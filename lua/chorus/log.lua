@@ -5,6 +5,7 @@
 --   log.event("info", "scripts loaded", { workflows = names })
 --   log.event("error", "outbox entry moved to the DLQ", fields, sink)
 --   log.write(line, sink)   -- a line already made: { ts, level, msg, ... }
+--   log.text(line)          -- its JSON text, nil when its level is not printed
 --
 -- The server, the run service, the outbox and ctx.log all write through it;
 -- runtime/lua_server.c writes its one line (a request handler that could
@@ -31,21 +32,31 @@ function log.set_level(name)
   threshold = rank
 end
 
---- Writes line (a table) to sink, or as a JSON line on stderr. A line JSON
---- cannot carry keeps its level and message and says why.
-function log.write(line, sink)
-  if sink then
-    return sink(line)
-  end
+--- The JSON text log.write prints for line (a table), nil when its level
+--- is below the process's. A line JSON cannot carry keeps its level and
+--- message and says why.
+function log.text(line)
   if (log.LEVELS[line.level] or log.LEVELS.error) < threshold then
-    return
+    return nil
   end
   local ok, text = pcall(json.encode, line)
   if not ok then
     text = json.encode({ ts = line.ts, level = line.level, msg = tostring(line.msg), run_id = line.run_id,
       log_error = tostring(text) })
   end
-  secrets.write_log(text)
+  return text
+end
+
+--- Writes line (a table) to sink, or as a JSON line on stderr (text: its
+--- log.text, when the caller made it already).
+function log.write(line, sink, text)
+  if sink then
+    return sink(line)
+  end
+  text = text or log.text(line)
+  if text then
+    secrets.write_log(text)
+  end
 end
 
 --- A line { ts, level, msg, ...fields } (fields never replace those three).

@@ -37,6 +37,10 @@ local outbox = {}
 -- and every other workflow's deliveries queued behind them.
 outbox.pending_cap = 10000
 
+-- The most bytes (as JSON) of an entry's last_error: beyond, its kind and
+-- the start of its message (errors.brief).
+outbox.LAST_ERROR_BYTES = 4096
+
 outbox.defaults = { attempts = 8, base = 1, cap = 300, concurrency = 64, poll = 0.1 }
 
 local m = {
@@ -274,7 +278,9 @@ local function settle_entry(backend, e, failure)
     return "delivered"
   end
   e.attempts = e.attempts + 1
-  e.last_error = errors.normalize(failure.error)
+  -- (brief: the entry is written again at each attempt, and the DLQ line
+  -- shows it)
+  e.last_error = errors.brief(errors.normalize(failure.error), outbox.LAST_ERROR_BYTES)
   e.state = nil
   if failure.permanent or e.attempts >= e.max_attempts then
     e.failed_at = core.now()

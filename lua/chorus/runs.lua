@@ -147,6 +147,10 @@ end
 -- paths (chorus.redact) wherever the record is shown or kept finished.
 local RECORD_DATA = { "input", "result", "error", "on_timeout", "on_cancel" }
 
+-- The most bytes of a failed run's error (as JSON) and of its traceback in
+-- its "run failed" line: the record keeps them whole (errors.brief).
+local LOG_ERROR_BYTES = 4096
+
 -- The frame of a record whose other fields cannot be kept.
 local function record_frame(rec)
   return json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
@@ -186,8 +190,10 @@ end
 --- The workflow and status of run id, for who decides by them alone (GET
 --- and DELETE /runs/ID: which credentials may read or cancel it) without
 --- decoding its record, which may be megabytes: the live record's, the
---- finished record's index row, else its record decoded (a server without
---- a data folder, a folder whose index is not built yet). A finished
+--- finished record's index row, the ones kept with its text in memory
+--- (a server without a data folder: decoded there, a record near the
+--- record cap failed under the request handler's memory cap), else its
+--- record decoded (a folder whose index is not built yet). A finished
 --- record in memory whose end is still on its way to the disk counts as
 --- finished. nil when there is no such run; raises when the stored record
 --- is corrupt.
@@ -196,13 +202,16 @@ function Service:facts(id)
   if rec then
     return rec.workflow, rec.status
   end
-  local text = self.finished:get(id)
+  local workflow, status = self.finished:facts(id)
   local summary = self.store and self.store:run_summary(id)
   if summary and type(summary.workflow) == "string" then
     -- (its row says running until the end's commit lands)
-    return summary.workflow, text and summary.status == "running" and "finished" or summary.status
+    return summary.workflow, workflow and summary.status == "running" and "finished" or summary.status
   end
-  text = text or (self.store and self.store:get_run_text(id))
+  if workflow then
+    return workflow, status
+  end
+  local text = self.store and self.store:get_run_text(id)
   if not text then
     return nil
   end
@@ -236,7 +245,8 @@ function Service:finish_record(rec, ok, value, info)
       or compensated and "compensated" or "failed"
     rec.error = err
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
-      error = redact.value(err, rec.redact), traceback = info and info.traceback })
+      error = errors.brief(redact.value(err, rec.redact), LOG_ERROR_BYTES),
+      traceback = errors.cut(info and info.traceback, LOG_ERROR_BYTES) })
   end
   -- A finished record never changes: keep it as its JSON text, outside the
   -- Lua heap (kept as Lua values, ten thousand records became old objects
@@ -252,7 +262,7 @@ function Service:finish_record(rec, ok, value, info)
   m.runs.inc_key(series_key(m.runs, rec.workflow, rec.status))
   m.duration.observe_key(series_key(m.duration, rec.workflow, 1), rec.duration)
   self.running[rec.id] = nil
-  self.finished:put(rec.id, text)
+  self.finished:put(rec.id, text, rec.workflow, rec.status)
   return text, replaced
 end
 
@@ -339,7 +349,7 @@ function Service:abandon(rec, scope, key, err)
   rec.result = nil
   rec.error = { kind = "storage", message = tostring(err) }
   self.running[rec.id] = nil
-  self.finished:put(rec.id, runs.record_text(rec))
+  self.finished:put(rec.id, runs.record_text(rec), rec.workflow, rec.status)
   local st = self.store
   if key then
     idempotency.abandon(st, scope, key, rec.id)
@@ -566,7 +576,7 @@ local function conclude_failed(self, rec, err)
     error = message })
   local text = secrets.redact(record_frame(rec))
   self.running[rec.id] = nil
-  self.finished:put(rec.id, text)
+  self.finished:put(rec.id, text, rec.workflow, rec.status)
   local value = errors.new("record", message)
   local fok, stored, serr = pcall(self.finish, self, rec, text, false, value)
   if not fok then
@@ -723,7 +733,7 @@ function Service:cancel(id, via)
   elseif not live and stored_copy then
     -- or resumed and ended in that wait: its end came first (and is what
     -- its record says)
-    if self.finished:get(id) then
+    if self.finished:facts(id) then
       local fok, _, status = pcall(self.facts, self, id)
       return nil, "conflict", ("the run has finished: it is %s"):format(tostring(fok and status or "finished"))
     end
@@ -895,7 +905,14 @@ function Service:await_child(id, parent, start)
   if o.crash then
     error(runstate.stop(o.value, parent), 0)
   end
-  return o.ok, o.ok and o.value or with_child_id(errors.normalize(o.value), id)
+  if o.ok then
+    -- a JSON copy, as with a data folder the journal's: the child's value
+    -- as it was handed another workflow the child's functions and
+    -- coroutines (a closure over the state all the child's runs share,
+    -- run by the parent as its own code)
+    return true, errors.json_copy(o.value, "ctx.call", 0, "the child's result")
+  end
+  return false, with_child_id(errors.normalize(o.value), id)
 end
 
 --- Runs entry with input as the child id of the run parent (a runstate

@@ -100,20 +100,10 @@ local function stop_error()
   return runstate.stopped()
 end
 
--- The folder of the server's own modules as error positions name it
--- ("lua/chorus/" when embedded, an install path otherwise).
-local INTERNAL = require("debug").getinfo(1, "S").source:match("^@(.*/)[^/]*$")
-
 -- err without a leading position inside the server's modules: a wrapper
 -- here that called a library function with a bad argument put its own
--- file and line ("lua/chorus/sandbox.lua:522: bad argument #1 to
--- 'rawset'") in what the script sees, naming the server's files.
-local function strip_internal(err)
-  if type(err) == "string" and INTERNAL and err:sub(1, #INTERNAL) == INTERNAL then
-    return (err:gsub("^[^\n:]*:%d+: ", "", 1))
-  end
-  return err
-end
+-- file and line in what the script sees (chorus.errors.strip_internal)
+local strip_internal = require("chorus.errors").strip_internal
 sandbox.strip_internal = strip_internal
 
 -- A run stopped by a limit (core.killed) or a control error (a crash, a
@@ -310,6 +300,62 @@ local function charged_sort(t, comp)
   for i = 1, n do
     t[i] = plain[i]
   end
+end
+
+-- table.concat and table.unpack read the table element by element inside
+-- one C call, each read through the table's __index when it has one, and
+-- no hook fires in between: with a C function there (__index =
+-- table.concat, __len = rawlen: each read an empty string)
+-- table.concat(t, "", 1, 1e12) held the server's thread for good, and with
+-- a chain of 2,000 tables, each the __index of the next, every read walked
+-- all of them (table.unpack of a million: 27 s). So a table with a
+-- metatable is read here, one charged read at a time, into a plain table
+-- the C function then reads; a plain table's reads stop at its first nil,
+-- within its elements.
+local unpack = table.unpack
+local concat = core.charged.concat
+local NO_ELEMENTS = {}
+
+local function charged_concat(t, sep, i, j)
+  if type(t) ~= "table" or getraw(t) == nil then
+    return concat(t, sep, i, j)
+  end
+  local n = length(t, "concat") -- as the C function: # first
+  local first, last = tointeger(i == nil and 1 or i), tointeger(j == nil and n or j)
+  local ts = type(sep)
+  if not first or not last or (sep ~= nil and ts ~= "string" and ts ~= "number") then
+    return concat(NO_ELEMENTS, sep, i, j) -- raises as concat does for these arguments
+  end
+  local plain = {}
+  for k = first, last do
+    local v = t[k]
+    plain[k] = v
+    local tv = type(v)
+    if tv ~= "string" and tv ~= "number" then
+      break -- concat raises there, with the index
+    end
+  end
+  return concat(plain, sep, first, last)
+end
+
+local function charged_unpack(t, i, j)
+  if type(t) ~= "table" or getraw(t) == nil then
+    return unpack(t, i, j)
+  end
+  local first = tointeger(i == nil and 1 or i)
+  local last = first and tointeger(j == nil and length(t, "unpack") or j)
+  if not first or not last then
+    return unpack(NO_ELEMENTS, i, j) -- raises as unpack does for these bounds
+  end
+  if first > last then
+    return
+  end
+  unpack(NO_ELEMENTS, first, last) -- "too many results to unpack" before any read
+  local plain = {}
+  for k = first, last do
+    plain[k] = t[k]
+  end
+  return unpack(plain, first, last)
 end
 
 -- load compiles inside one C call, and Lua's parser is quadratic in places:
@@ -562,7 +608,7 @@ function sandbox.env(opts)
     end
   end
   env.table = copy(table)
-  env.table.concat = core.charged.concat
+  env.table.concat, env.table.unpack = charged_concat, charged_unpack
   env.table.move, env.table.insert, env.table.remove = charged_move, charged_insert, charged_remove
   env.table.sort = charged_sort
   env.math = copy(math)
@@ -637,8 +683,10 @@ function sandbox.env(opts)
     for i = 1, parts.n do
       parts[i] = tostring(parts[i])
     end
-    require("chorus.secrets").write_log(core.json.encode({ level = "info", msg = table.concat(parts, "\t"),
-      run_id = core.run_id() }))
+    local text = core.json.encode({ level = "info", msg = table.concat(parts, "\t"), run_id = core.run_id() })
+    if require("chorus.context").bytes_allowed(#text) then -- limits.run_log_bytes, as ctx.log
+      require("chorus.secrets").write_log(text)
+    end
   end
   env._G = env
   return env

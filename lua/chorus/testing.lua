@@ -41,6 +41,7 @@ function testing.reset()
   kept_events = {}
   http.configure({})
   core.breakers_reset()
+  require("chorus.breaker").reset()
   core.retry_budgets_reset()
   core.bulkheads_reset()
   core.rate_limits_reset()

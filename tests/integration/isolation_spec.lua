@@ -6,7 +6,9 @@ local H = require "tests.integration.helpers"
 
 -- Waiting where Lua cannot yield: inside a C function that calls back into
 -- the script (table.sort's comparator, tostring's __tostring, gsub's
--- replacement function, load's reader, table.concat's __index).
+-- replacement function, load's reader). table.concat's __index once was
+-- one too; it is called from Lua now (a table with a metatable is read
+-- there), so it may wait.
 local WAIT_IN = [[
 local chorus = require "chorus"
 return chorus.workflow { name = "wait_in", run = function(ctx, input)
@@ -95,12 +97,16 @@ end }
 -- strings, charged to no budget by the byte): within its instruction
 -- budget, but over its CPU limit within a second.
 -- Or one C call comparing them 300,000 times: table.sort (10 s unstopped).
+-- Or one C call reading a table through a C __index for days: table.concat.
 local BURN = [[
 local chorus = require "chorus"
 return chorus.workflow { name = "burn", run = function(ctx, input)
   local a, b, same = ("x"):rep(1e6), ("x"):rep(1e6), 0
   local ok
-  if input.how == "sort" then
+  if input.how == "index" then -- reads through a C __index inside one C call, 10^12 of them
+    local t = setmetatable({}, { __index = table.concat, __len = rawlen })
+    ok = pcall(table.concat, t, "", 1, 1e12)
+  elseif input.how == "sort" then
     local t = {}
     for i = 1, 20000 do t[i] = i % 2 == 0 and a or b end
     ok = pcall(table.sort, t)
@@ -194,7 +200,7 @@ return {
   teardown(function() H.clean(srv, mock, dir, conf) end)
 
   describe("waiting where Lua cannot yield", function()
-    for _, where in ipairs({ "sort", "tostring", "gsub", "load", "concat" }) do
+    for _, where in ipairs({ "sort", "tostring", "gsub", "load" }) do
       it(("fails the run with kind script (%s), and the server lives on"):format(where), function()
         local r = post("wait_in", { where = where })
         assert.are.equal(500, r.status)
@@ -214,6 +220,12 @@ return {
         healthy()
       end)
     end
+  end)
+
+  it("table.concat's __index may wait: it is called from Lua", function()
+    local r = post("wait_in", { where = "concat" })
+    assert.are.equal(200, r.status, r.body)
+    assert.are.same({ value = "x1x2" }, r.json)
   end)
 
   describe("the outbox", function()
@@ -297,6 +309,19 @@ return {
         healthy()
       end)
     end
+  end)
+
+  it("a run reading through a C __index in one C call is stopped (kind budget); the others answered", function()
+    local burner = H.request_async(srv.url .. "/workflows/burn", { method = "POST", body = H.encode({ how = "index" }),
+      max_time = 60 })
+    H.sleep(0.2)
+    -- unstopped, the burner held the loop for days
+    local r = H.request(srv.url .. "/workflows/honest", { method = "POST", body = "{}", max_time = 20 })
+    assert.are.equal(200, r.status, r.body)
+    local b = burner.wait(60)
+    assert.are.equal(500, b.status, b.body)
+    assert.are.equal("budget", b.json.kind, b.body)
+    healthy()
   end)
 
   describe("__close of a task the scheduler cancels", function()
@@ -436,6 +461,14 @@ return chorus.workflow { name = "odd", run = function(_, input)
   if input.how == "header" then return { status = 200, body = "x", headers = { ["X-F"] = f } } end
   return f
 end }
+]], ["loud.lua"] = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "loud", run = function(ctx, input)
+  local big = ("x"):rep(1024 * 1024)
+  for i = 1, 100 do ctx.log.info(big, { i = i }) end
+  for i = 1, 100 do print(big, i) end
+  error({ kind = "loud", message = big, detail = big })
+end }
 ]], ["headers.lua"] = [[
 local chorus = require "chorus"
 return chorus.workflow { name = "headers", run = function(ctx, input)
@@ -465,6 +498,23 @@ end }
         assert.are.equal("bad_response", r.json.kind, r.body)
       end)
   end
+
+  -- the log every workflow shares: a run logging megabyte lines wrote
+  -- 800 MB there (the line cap alone), its error a line of its size
+  it("writes at most limits.run_log_bytes of a run's lines to the log, and a brief line of its error", function()
+    local before = #H.read(srv.log)
+    local r = H.request(srv.url .. "/workflows/loud", { method = "POST", body = "{}", max_time = 60 })
+    assert.are.equal(500, r.status, r.body)
+    assert.are.equal("loud", r.json.kind, r.body)
+    local text = H.read(srv.log):sub(before + 1)
+    assert.truthy(#text < 4 * 1024 * 1024 + 64 * 1024, #text) -- the default 4 MiB
+    assert.truthy(text:find("limits.run_log_bytes", 1, true))
+    local failed
+    for line in text:gmatch("[^\n]+") do
+      failed = failed or line:find('"run failed"', 1, true) and line
+    end
+    assert.truthy(failed and #failed < 16 * 1024, failed and #failed)
+  end)
 
   it("has at most 100 headers: past them a 500 with the run id, the run recorded", function()
     local ok = H.request(srv.url .. "/workflows/headers", { method = "POST", body = H.encode({ count = 100 }) })

@@ -269,6 +269,35 @@ describe("a record near the cap under a small memory cap", function()
   end)
 end)
 
+-- Without a data folder the facts GET and DELETE /runs/ID decide by (the
+-- run's workflow and status) came from the record kept in memory, decoded
+-- whole under the request handler's memory cap: 500.
+describe("a record near the cap without a data folder", function()
+  local dir, conf, srv
+
+  setup(function()
+    dir = scripts()
+    conf = H.write_temp([[return { admin_token = "tok", storage = { durable = false },
+      limits = { run_memory_mb = 16 } }]])
+    srv = H.start_server({ "--scripts", dir, "--config", conf })
+  end)
+
+  teardown(function() H.clean(srv, dir, conf) end)
+
+  it("is served by GET /runs/ID and refused by DELETE as finished", function()
+    local r = post(srv, "chunks", { count = 7, kb = 1100 })
+    assert.are.equal(200, r.status, r.body:sub(1, 300))
+    local id = r.headers["x-run-id"]
+    local rec, resp = record(srv, id)
+    assert.are.equal(200, resp.status, resp.body:sub(1, 300))
+    assert.are.equal("succeeded", rec.status)
+    assert.are.equal(7, #rec.result)
+    local d = H.request(srv.url .. "/runs/" .. id, { method = "DELETE", headers = ADMIN })
+    assert.are.equal(409, d.status, d.body)
+    assert.truthy(d.body:find("succeeded", 1, true), d.body)
+  end)
+end)
+
 describe("a record of many small values", function()
   local dir, conf, srv
 

@@ -112,6 +112,35 @@ end }]]):format(name), name .. ".lua"))
       assert.are.equal(1, #testing.calls_to(call, "cards"))
     end)
 
+    -- the process's room for breakers (10,000, the upstreams' too) was
+    -- everyone's: one workflow making 10,000 names left every other without
+    -- breakers, and its upstream calls failing
+    it("makes at most breaker.PER_WORKFLOW names per workflow; the others still get theirs", function()
+      breaker.PER_WORKFLOW = 50
+      finally(function() breaker.PER_WORKFLOW = 1000 end)
+      testing.mock("cards", { status = 200 }, { breaker = { window = 4, min_calls = 2, failure_rate = 50 } })
+      local hog = assert(script.compile([[
+local chorus = require "chorus"
+local breaker = require "chorus.breaker"
+return chorus.workflow { name = "hog", run = function(_, input)
+  for i = input.from, input.to do breaker.new({ name = "b" .. i }):call(function() end) end
+  return "made"
+end }]], "hog.lua"))
+      assert.is_true(testing.run(hog, { from = 1, to = 50 }).ok)
+      assert.is_true(testing.run(hog, { from = 1, to = 50 }).ok) -- the same names again
+      local r = testing.run(hog, { from = 51, to = 51 })
+      assert.is_false(r.ok)
+      local message = type(r.error) == "table" and r.error.message or tostring(r.error)
+      assert.matches("workflow 'hog' has made 50 breakers", message, 1, true)
+      assert.matches("hog.lua:4:", message, 1, true) -- the script's line
+      local other = testing.run(tripper("other"))
+      assert.are.equal("open", other.value)
+      local call = testing.run(chorus.workflow { name = "payer", run = function()
+        return http.upstream("cards"):get("/x").status
+      end })
+      assert.are.equal(200, call.value)
+    end)
+
     it("checks its options when the script loads", function()
       local wf, err = script.compile([[
 local breaker = require "chorus.breaker"

@@ -123,6 +123,29 @@ describe("ctx.call", function()
       type(bad.error) == "table" and bad.error.message or tostring(bad.error), 1, true)
   end)
 
+  it("ctx.later: a later run's huge error is kept brief in its outbox entry", function()
+    -- the entry is written again at each attempt and its DLQ line shows it:
+    -- the error was kept whole (20 MB for 20 MB)
+    local failing = chorus.workflow { name = "failing", run = function()
+      error({ kind = "boom", message = ("m"):rep(100000), detail = ("d"):rep(100000) })
+    end }
+    local r = testing.run(order(function(ctx)
+      ctx.later("failing", {}, { attempts = 1 })
+    end), {}, { deliver = true, workflows = { failing = failing } })
+    assert.is_true(r.ok, r.error and r.error.message)
+    assert.are.equal("dead", r.outbox[1].delivery)
+    local last = r.outbox[1].last_error
+    assert.are.equal("boom", last.kind)
+    assert.truthy(#chorus.json.encode(last) <= 4096, #chorus.json.encode(last))
+    assert.truthy(last.message:find("(100000 bytes)", 1, true), last.message:sub(1, 100))
+    -- a small one stays whole
+    r = testing.run(order(function(ctx) ctx.later("failing", { small = true }, { attempts = 1 }) end), {},
+      { deliver = true, workflows = { failing = chorus.workflow { name = "failing", run = function()
+        error({ kind = "boom", message = "short", detail = "d" })
+      end } } })
+    assert.are.same({ kind = "boom", message = "short", detail = "d" }, r.outbox[1].last_error)
+  end)
+
   it("never starts the child twice when the parent is replayed after a crash", function()
     -- effects: parent "call" (not journaled until the child ends), child
     -- sleep, child POST; the crash after the child's POST leaves the child
@@ -448,5 +471,51 @@ describe("a child run its parent stops waiting for", function()
     assert.are.same({ ok = true, value = "undone" }, c.on_cancel)
     assert.are.equal(0, c.duration)
     assert_nothing_in_flight(svc, st)
+  end)
+end)
+
+-- Without a journal the child's value reached its parent as it was: the
+-- parent, another workflow, got the child's functions (closures over the
+-- state every run of the child shares, which the parent could then change)
+-- and coroutines. It gets JSON data, as a durable parent gets from the
+-- journal.
+describe("ctx.call: what the child hands its parent", function()
+  before_each(testing.reset)
+
+  local shared = { n = 0 }
+  local leaky = chorus.workflow { name = "leaky", run = function(_, input)
+    shared.n = shared.n + 1
+    if input.how == "function" then
+      return { n = shared.n, bump = function() shared.n = shared.n + 100 end }
+    elseif input.how == "thread" then
+      return { co = coroutine.create(function() end) }
+    end
+    return { n = shared.n, list = chorus.json.array({}) }
+  end }
+
+  for _, how in ipairs({ "function", "thread" }) do
+    it(("is JSON data: a %s is refused in the parent's run"):format(how), function()
+      local r = testing.run(order(function(ctx, input)
+        local ok, v = pcall(ctx.call, "leaky", { how = input.how })
+        if ok and type(v.bump) == "function" then
+          v.bump()
+        end
+        return { ok = ok, message = not ok and tostring(v) or nil }
+      end), { how = how }, { workflows = { leaky = leaky } })
+      assert.is_true(r.ok, r.error and tostring(r.error.message or r.error))
+      assert.is_false(r.value.ok)
+      assert.truthy(r.value.message:find("the child's result must be JSON data", 1, true), r.value.message)
+      assert.is_nil(r.value.message:find("chorus/", 1, true), r.value.message)
+    end)
+  end
+
+  it("keeps what JSON carries, an empty array too, and leaves the child's state alone", function()
+    shared.n = 0
+    local r = testing.run(order(function(ctx)
+      local v = ctx.call("leaky", {})
+      return { n = v.n, empty = chorus.json.encode(v.list) }
+    end), {}, { workflows = { leaky = leaky } })
+    assert.is_true(r.ok, r.error and tostring(r.error.message or r.error))
+    assert.are.same({ n = 1, empty = "[]" }, r.value)
   end)
 end)

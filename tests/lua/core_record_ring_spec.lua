@@ -76,6 +76,21 @@ describe("core.record_ring", function()
     assert.has_error(function() core.record_ring(3, -1) end)
   end)
 
+  it("keeps a record's workflow and status with it, to be read without the text", function()
+    local ring = core.record_ring(2, 1000)
+    ring:put("a", "{}", "orders", "succeeded")
+    ring:put("b", "{}")
+    assert.are.same({ "orders", "succeeded" }, { ring:facts("a") })
+    assert.are.equal(0, select("#", ring:facts("b"))) -- put without them
+    assert.are.equal(0, select("#", ring:facts("none")))
+    assert.are.equal(1 + 2 + #"orders" + 1 + #"succeeded" + 1 + 1 + 2, ring:bytes())
+    ring:put("a", "{}", "orders", "failed") -- replaced with the text
+    assert.are.same({ "orders", "failed" }, { ring:facts("a") })
+    ring:put("c", "{}", "x", "y") -- "a" goes, and its facts with it
+    assert.are.equal(0, select("#", ring:facts("a")))
+    assert.has_error(function() ring:put("d", "{}", "w") end) -- a workflow without a status
+  end)
+
   it("refuses a capacity it cannot hold and arguments that are not strings", function()
     assert.has_error(function() core.record_ring(0) end)
     assert.has_error(function() core.record_ring(-5) end)

@@ -32,4 +32,18 @@ describe("chorus.errors", function()
     assert.are.equal(errors.MT, getmetatable(e))
     assert.are.equal("all_failed", e.kind)
   end)
+
+  it("brief keeps a small error whole, and of a big one its kind and the ends of its message", function()
+    local small = { kind = "k", message = "m", detail = "d" }
+    assert.are.equal(small, errors.brief(small, 4096))
+    local big = errors.brief({ kind = "k", message = ("a"):rep(5000) .. ("z"):rep(5000), detail = ("d"):rep(9000) },
+      4096)
+    assert.is_nil(big.detail)
+    assert.truthy(#core.json.encode(big) <= 4096)
+    assert.truthy(big.message:find("^aaa"))
+    assert.truthy(big.message:find("zzz$"))
+    assert.truthy(big.message:find("(10000 bytes)", 1, true))
+    assert.are.equal("x", errors.cut("x", 1))
+    assert.are.equal(5, errors.cut(5, 1))
+  end)
 end)

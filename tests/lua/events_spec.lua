@@ -171,6 +171,25 @@ end)
 describe("chorus.emit", function()
   before_each(testing.reset)
 
+  -- A script's top level has no run: what it emitted at each load was
+  -- kept as no workflow's, past every cap and share (100 events of 500 KB
+  -- filled a 32 MiB data folder: 507 for every workflow).
+  it("is refused at a script's top level, nothing kept", function()
+    local script = require "chorus.script"
+    local wf, err = script.compile([[
+      local chorus = require "chorus"
+      for i = 1, 3 do chorus.emit("loaded", "k" .. i, { pad = "x" }) end
+      return chorus.workflow { name = "loader", run = function() end }
+    ]], "loader.lua")
+    assert.is_nil(wf)
+    assert.matches("loader.lua:2: chorus.emit: only inside a run", err, 1, true)
+    local listener = chorus.workflow { name = "listener", run = function(ctx)
+      local ok, e = pcall(ctx.event, "loaded", { key = "k1", timeout = 1 })
+      return ok and "came" or e.kind
+    end }
+    assert.are.equal("timeout", testing.run(listener).value)
+  end)
+
   it("delivers from one workflow to the run waiting in another, once per event id", function()
     local receiver = chorus.workflow { name = "receiver", run = function(ctx)
       -- a provider's webhook, delivered twice: the second emit is absorbed

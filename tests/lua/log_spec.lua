@@ -141,6 +141,70 @@ describe("chorus.log", function()
     assert.are.equal(20, context.run_log_lines)
   end)
 
+  -- Under the line cap alone one run wrote 800 MB of megabyte lines to the
+  -- log every workflow shares (and held the server's thread on the writes).
+  it("keeps a run's ctx.log and print lines to limits.run_log_bytes: past it one warning, then nothing", function()
+    local testing = require "chorus.testing"
+    local context = require "chorus.context"
+    local secrets = require "chorus.secrets"
+    local script = require "chorus.script"
+    testing.reset()
+    context.run_log_bytes = 10000
+    local printed, write_log = {}, secrets.write_log
+    secrets.write_log = function(text) printed[#printed + 1] = text end
+    finally(function()
+      context.run_log_bytes = 4 * 1024 * 1024
+      secrets.write_log = write_log
+    end)
+    local loud = assert(script.compile([[
+      local chorus = require "chorus"
+      return chorus.workflow { name = "big_lines", run = function(ctx, input)
+        local big = ("x"):rep(3000)
+        for i = 1, 20 do
+          if input.print then print(big, i) else ctx.log.info(big, { i = i }) end
+        end
+        ctx.log.info("small")
+        return "done"
+      end }
+    ]], "big_lines.lua"))
+    local r = testing.run(loud, {})
+    assert.are.equal("succeeded", r.status)
+    assert.are.equal(4, #r.logs) -- three lines of 3,000 bytes fit in 10,000, then the notice
+    assert.are.same({ 1, 2, 3 }, { r.logs[1].i, r.logs[2].i, r.logs[3].i })
+    assert.are.equal("warn", r.logs[4].level)
+    assert.matches("reached 10000 bytes (limits.run_log_bytes", r.logs[4].msg, 1, true)
+    assert.matches("its further lines are dropped", r.logs[4].msg, 1, true)
+    -- print counts against the same bytes
+    r = testing.run(loud, { print = true })
+    assert.are.equal("succeeded", r.status)
+    assert.are.equal(3, #printed)
+    assert.are.equal(1, #r.logs)
+    assert.matches("(limits.run_log_bytes", r.logs[1].msg, 1, true)
+    context.run_log_bytes = 0 -- no cap
+    assert.are.equal(21, #testing.run(loud, {}).logs)
+  end)
+
+  it("config limits.run_log_bytes is checked at load and applied", function()
+    local config = require "chorus.config"
+    local context = require "chorus.context"
+    local path = os.tmpname()
+    finally(function()
+      os.remove(path)
+      context.run_log_bytes = 4 * 1024 * 1024
+    end)
+    local f = assert(io.open(path, "w"))
+    f:write("return { limits = { run_log_bytes = -1 } }")
+    f:close()
+    local conf, err = config.load(path)
+    assert.is_nil(conf)
+    assert.matches("limits.run_log_bytes", err, 1, true)
+    f = assert(io.open(path, "w"))
+    f:write("return { limits = { run_log_bytes = 2048 } }")
+    f:close()
+    config.apply(assert(config.load(path)))
+    assert.are.equal(2048, context.run_log_bytes)
+  end)
+
   it("puts the run's span id on ctx.log lines; each outbound call sends a span id of its own", function()
     local testing = require "chorus.testing"
     local chorus = require "chorus"

@@ -128,6 +128,64 @@ describe("sandbox: loops inside one C call", function()
   end)
 end)
 
+-- Reads through a table's __index inside one C call: a C function there
+-- (no hook fires in it) or a chain of tables, each the __index of the
+-- next (every read walks all of them), made one call of table.concat,
+-- table.unpack or gsub's table replacement do any amount of work:
+-- table.concat(t, "", 1, 1e12) looped for days, a million reads through a
+-- chain of 1,900 took 27 s. Each read is charged now (and, read in Lua, one
+-- walk of a chain at most between two checks of the CPU limit).
+describe("sandbox: reads through __index inside one C call", function()
+  local CHAIN = [[
+    local chain = setmetatable({}, { __index = rawget })
+    for _ = 1, 1000 do chain = setmetatable({}, { __index = chain }) end
+  ]]
+  for name, call in pairs({
+    concat = [[table.concat(setmetatable({}, { __index = table.concat, __len = rawlen }), "", 1, 2e6)]],
+    unpack = [[table.unpack(setmetatable({}, { __index = rawget }), 1, 5e5)]],
+    gsub_chain = CHAIN .. [[(("a"):rep(2000)):gsub(".", chain)]],
+    gsub_chain_function = CHAIN .. [[string.gsub(("a"):rep(2000), ".", chain)]],
+  }) do
+    it(("charges each read to the budget (%s): the run stops with kind budget"):format(name), function()
+      local ok, err = run_script(("local ok = pcall(function() %s end) return ok"):format(call))
+      assert.is_false(ok, name)
+      assert.are.equal("budget", err.kind, name)
+    end)
+  end
+
+  it("concatenates, unpacks and replaces exactly as the C functions do", function()
+    local env = sandbox.env()
+    local function same(f, g, ...)
+      local a, b = table.pack(pcall(f, ...)), table.pack(pcall(g, ...))
+      if not a[1] then -- the message names the function as its caller calls it; (the
+        -- script sees no position of the server's: sandbox.strip_internal)
+        a[2], b[2] = a[2]:gsub("'[^']*'", "'f'"), sandbox.strip_internal(b[2]):gsub("'[^']*'", "'f'")
+      end
+      assert.are.same(a, b)
+    end
+    local p = setmetatable({ "a", "b", 3 }, { __index = function(_, k) if k == 5 then return "e" end end,
+      __len = function() return 3 end })
+    for _, args in ipairs({ {}, { "," }, { ",", 2 }, { ",", 2, 5 }, { ",", 3, 1 }, { {}, 1 }, { ",", "x" },
+        { ",", 1.5 }, { ",", 1, 3 } }) do
+      same(table.concat, env.table.concat, p, table.unpack(args, 1, 3))
+    end
+    for _, args in ipairs({ {}, { 2 }, { 4, 5 }, { 3, 1 }, { -2, 1 }, { 1, 1e8 } }) do
+      same(table.unpack, env.table.unpack, p, table.unpack(args, 1, 2))
+    end
+    same(table.concat, env.table.concat, { 1, 2, "x" }, "-")
+    same(table.unpack, env.table.unpack, { 1, 2 })
+    local base = { a = "A", b = false }
+    local top = setmetatable({}, { __index = setmetatable({ c = "C" }, { __index = base }) })
+    local loop = {}
+    setmetatable(loop, { __index = loop })
+    for _, repl in ipairs({ top, setmetatable({}, { __index = function(t, k) return k .. tostring(t == top) end }),
+        setmetatable({}, { __index = "xyz" }), { a = 1, b = {} }, loop }) do
+      same(string.gsub, env.string.gsub, "abcd", "%w", repl)
+    end
+    same(string.gsub, env.string.gsub, "abcd", "()%w", { [1] = "one", [3] = "three" })
+  end)
+end)
+
 describe("sandbox: table.sort", function()
   it("stops a sort through C metamethods and a huge __len with kind budget", function()
     local ok, err = run_script([[
@@ -789,6 +847,42 @@ describe("sandbox: errors a script sees", function()
       assert.is_nil(message:find("chorus/", 1, true), message)
       assert.truthy(message:find("bad argument", 1, true) or message:find("missing", 1, true)
         or message:find("must be a string", 1, true), message)
+    end
+  end)
+end)
+
+-- The same errors, not caught: the run's record kept the server's position
+-- ("lua/chorus/sandbox.lua:540: bad argument #1 to 'rawset'").
+describe("sandbox: errors that end a run", function()
+  before_each(testing.reset)
+
+  local wf = assert(script.compile([[
+    local chorus = require "chorus"
+    local cases = {
+      function() return rawset(1, 2, 3) end,
+      function() table.insert(nil, 1, 2) end,
+      function() coroutine.create(1) end,
+      function() chorus.json.array(5) end,
+      function() chorus.env(5) end,
+      function(ctx) ctx.log.info(1, 2) end,
+      function() return tostring(setmetatable({}, { __tostring = function() return {} end })) end,
+      function() error(setmetatable({ kind = "mine" }, { __index = function() return rawset(1, 2, 3) end })) end,
+      function(ctx) return ctx.step("s", function() return rawset(1, 2, 3) end) end,
+    }
+    return chorus.workflow { name = "uncaught", run = function(ctx, input)
+      return cases[input.i](ctx)
+    end }
+  ]], "uncaught.lua"))
+
+  it("name no position inside the server's modules in the run's error", function()
+    for i = 1, 9 do
+      local r = testing.run(wf, { i = i }, { crash_after = i == 9 and 5 or nil }) -- 9: a durable run
+      assert.is_false(r.ok, i)
+      local message = type(r.error) == "table" and r.error.message or r.error
+      assert.is_string(message, i)
+      assert.is_nil(message:find("chorus/", 1, true), message)
+      assert.truthy(message:find("bad argument", 1, true) or message:find("must be a string", 1, true)
+        or message:find("__tostring", 1, true) or message:find("cannot be described", 1, true), message)
     end
   end)
 end)

@@ -194,6 +194,39 @@ static void test_methods_in_turn(struct chorus_http_client *c, uv_loop_t *loop) 
     }
 }
 
+static struct chorus_http_call *start_limited(struct chorus_http_client *c, const char *path,
+                                              size_t max_body, size_t max_header_bytes,
+                                              struct outcome *o);
+
+/* Calls one after another on the same kept handle, each with its own
+ * timeout and response limit: a handle sets only the options that differ
+ * from its last call's, and none of the last call's sticks. */
+static void test_options_in_turn(struct chorus_http_client *c, uv_loop_t *loop) {
+    struct outcome o = {0};
+    /* a short timeout, then a longer one that a slower answer needs */
+    CHECK(start(c, "GET", "/t?fault=hang", NULL, 200, &o) != NULL);
+    run_until(loop, &o, 1);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_TIMEOUT);
+    memset(&o, 0, sizeof o);
+    CHECK(start(c, "GET", "/t?delay=400", NULL, 5000, &o) != NULL);
+    run_until(loop, &o, 1);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_OK);
+    /* and the short one again */
+    memset(&o, 0, sizeof o);
+    CHECK(start(c, "GET", "/t?fault=hang", NULL, 200, &o) != NULL);
+    run_until(loop, &o, 1);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_TIMEOUT);
+    CHECK(o.duration < 1.0);
+    /* a response limit, then the default, then the limit again */
+    size_t limits[] = {1000, 0, 1000};
+    for (int i = 0; i < 3; i++) {
+        memset(&o, 0, sizeof o);
+        CHECK(start_limited(c, "/l?stream_bytes=5000", limits[i], 0, &o) != NULL);
+        run_until(loop, &o, 1);
+        CHECK_INT_EQ(o.error, limits[i] ? CHORUS_HTTP_TOO_LARGE : CHORUS_HTTP_OK);
+    }
+}
+
 static void test_bad_method(struct chorus_http_client *c) {
     struct outcome o = {0};
     char err[128] = {0};
@@ -670,6 +703,7 @@ int main(void) {
     test_bad_method(c);
     test_many_headers(c, &loop);
     test_methods_in_turn(c, &loop);
+    test_options_in_turn(c, &loop);
     test_many_concurrent(c, &loop);
     test_cancel(c, &loop);
     test_shards(c, &loop);

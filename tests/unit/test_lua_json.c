@@ -2,6 +2,7 @@
  * depth limits, out-of-memory paths and a leak loop (run it under valgrind). */
 #include "lua_json.h"
 
+#include <cJSON.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdlib.h>
@@ -261,6 +262,39 @@ static void test_strings(void) {
     ROUNDTRIP("[\"\\u0000\",{\"\\u0000\":\"a\\u0000\"}]");
     DECODE_FAILS("\"\\ud800\"", "invalid JSON at offset 1: unpaired surrogate in a \\u escape "
                                 "near '\\ud800\"'");
+}
+
+/* Every byte but zero, at every place of a string longer than two words
+ * (the encoder looks for bytes to escape eight at a time), as a value and
+ * as a key: encoded as cJSON prints it. Counted as one check per place. */
+static void test_escapes_anywhere(void) {
+    char s[21], want[256], err[128];
+    for (int pos = 0; pos < 20; pos++) {
+        int same = 1;
+        for (int c = 1; c < 256; c++) {
+            memset(s, 'a', 20);
+            s[20] = '\0';
+            s[pos] = (char)c;
+            cJSON *j = cJSON_CreateString(s);
+            char *quoted = j ? cJSON_PrintUnformatted(j) : NULL;
+            snprintf(want, sizeof want, "{%s:1}", quoted ? quoted : "?");
+            lua_pushlstring(L, s, 20);
+            char *value = chorus_json_encode(L, -1, err, sizeof err);
+            lua_createtable(L, 0, 1);
+            lua_insert(L, -2);
+            lua_pushinteger(L, 1);
+            lua_rawset(L, -3);
+            char *object = chorus_json_encode(L, -1, err, sizeof err);
+            lua_pop(L, 1);
+            same &= quoted && value && object && strcmp(value, quoted) == 0 &&
+                    strcmp(object, want) == 0;
+            free(value);
+            free(object);
+            cJSON_free(quoted);
+            cJSON_Delete(j);
+        }
+        CHECK(same);
+    }
 }
 
 static void test_encode_errors(void) {
@@ -589,6 +623,7 @@ int main(void) {
     test_integers();
     test_containers();
     test_strings();
+    test_escapes_anywhere();
     test_encode_errors();
     test_decode_errors();
     test_depth();
