@@ -13,6 +13,13 @@ local function problem(...)
   return require("chorus.server").problem(...)
 end
 
+-- A 405 says which method the endpoint takes (RFC 9110 15.5.6: Allow).
+local function not_allowed(allow, detail)
+  local r = problem(405, "Method Not Allowed", detail)
+  r.headers.Allow = allow
+  return r
+end
+
 local function json_response(...)
   return require("chorus.server").json_response(...)
 end
@@ -107,7 +114,7 @@ local BULK_RUNS = {
 
 local function bulk_runs(server, req, action, st)
   if req.method ~= "POST" then
-    return problem(405, "Method Not Allowed", ("%s runs with POST"):format(action))
+    return not_allowed("POST", ("%s runs with POST"):format(action))
   end
   local f, bad = filter_of(req, runs_api.BULK_FILTERS)
   if not f then
@@ -125,7 +132,7 @@ end
 -- POST /admin/dlq/replay and /admin/dlq/drop: every entry the filter finds.
 local function bulk_dlq(req, action, st)
   if req.method ~= "POST" then
-    return problem(405, "Method Not Allowed", ("%s DLQ entries with POST"):format(action))
+    return not_allowed("POST", ("%s DLQ entries with POST"):format(action))
   end
   local f, bad = filter_of(req, runs_api.DLQ_FILTERS)
   if not f then
@@ -148,7 +155,7 @@ function admin.handle(server, req, what)
   end
   if what == "reload" then
     if req.method ~= "POST" then
-      return problem(405, "Method Not Allowed", "reload with POST")
+      return not_allowed("POST", "reload with POST")
     end
     local rok, result = server.reload("admin")
     if rok then
@@ -172,7 +179,7 @@ function admin.handle(server, req, what)
       return bulk_runs(server, req, bulk, st)
     end
     if req.method ~= "GET" then
-      return problem(405, "Method Not Allowed", "list runs with GET")
+      return not_allowed("GET", "list runs with GET")
     end
     local f, bad = filter_of(req)
     if not f then
@@ -187,7 +194,7 @@ function admin.handle(server, req, what)
   local run_id = what:match("^runs/([^/]+)/redrive$")
   if run_id then
     if req.method ~= "POST" then
-      return problem(405, "Method Not Allowed", "redrive with POST")
+      return not_allowed("POST", "redrive with POST")
     end
     return server.redrive(run_id)
   end
@@ -222,7 +229,8 @@ function admin.handle(server, req, what)
     return json_response(200, { dropped = id })
   end
   if what == "outbox" or what == "dlq" or what:match("^dlq/") then
-    return problem(405, "Method Not Allowed", ("wrong method for /admin/%s"):format(what))
+    local allow = (what == "outbox" or what == "dlq") and "GET" or what:match("/replay$") and "POST" or "DELETE"
+    return not_allowed(allow, ("wrong method for /admin/%s"):format(what))
   end
   return problem(404, "Not Found", ("no admin endpoint /admin/%s"):format(what))
 end

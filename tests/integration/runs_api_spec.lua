@@ -171,8 +171,21 @@ describe("the runs API", function()
     r = admin_post("/admin/dlq/replay", '{"status":"failed"}')
     assert.are.equal(400, r.status)
     assert.are.equal("status", r.json.parameter)
-    assert.are.equal(405, H.request(srv.url .. "/admin/runs/cancel", { headers = ADMIN }).status)
-    assert.are.equal(405, H.request(srv.url .. "/admin/runs", { method = "POST", body = "{}", headers = ADMIN }).status)
+    r = H.request(srv.url .. "/admin/runs/cancel", { headers = ADMIN })
+    assert.are.equal(405, r.status)
+    assert.are.equal("POST", r.headers.allow) -- a 405 names the method (README: wrong method)
+    r = H.request(srv.url .. "/admin/runs", { method = "POST", body = "{}", headers = ADMIN })
+    assert.are.equal(405, r.status)
+    assert.are.equal("GET", r.headers.allow)
+    for path, allow in pairs({ ["/admin/outbox"] = "GET", ["/admin/dlq"] = "GET", ["/admin/reload"] = "POST",
+      ["/admin/dlq/x/replay"] = "POST", ["/admin/runs/x/redrive"] = "POST" }) do
+      r = H.request(srv.url .. path, { method = "PUT", body = "{}", headers = ADMIN })
+      assert.are.equal(405, r.status, path)
+      assert.are.equal(allow, r.headers.allow, path)
+    end
+    r = H.request(srv.url .. "/admin/dlq/x", { headers = ADMIN })
+    assert.are.equal(405, r.status)
+    assert.are.equal("DELETE", r.headers.allow)
   end)
 
   it("redrives failed runs by filter: the dry run counts, the real one acts", function()
