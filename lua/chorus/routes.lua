@@ -196,6 +196,11 @@ local function route(req)
     if req.method == "DELETE" then
       return cancel_run(req, id)
     end
+    if req.method ~= "GET" and req.method ~= "HEAD" then -- (a POST read the record)
+      local r = problem(405, "Method Not Allowed", "a run is read with GET and cancelled with DELETE")
+      r.headers.Allow = "GET, HEAD, DELETE"
+      return r
+    end
     return run_record(req, id)
   end
   if path == "/metrics" then
