@@ -1,6 +1,22 @@
 -- chorus.log: the one log writer (server, run service, outbox, ctx.log).
 local log = require "chorus.log"
 
+-- Inside an `it`: sets the run log cap context[field] to value (back to
+-- default after the test) and catches what runs write to the log.
+-- Returns the list of lines written.
+local function capture_log(field, value, default)
+  local context = require "chorus.context"
+  local secrets = require "chorus.secrets"
+  local printed, write_log = {}, secrets.write_log
+  context[field] = value
+  secrets.write_log = function(text) printed[#printed + 1] = text end
+  finally(function()
+    context[field] = default
+    secrets.write_log = write_log
+  end)
+  return printed
+end
+
 describe("chorus.log", function()
   it("makes { ts, level, msg, ...fields }; fields never replace those three", function()
     local line = log.line("warn", "over", { level = "debug", value = 3 })
@@ -93,17 +109,9 @@ describe("chorus.log", function()
   -- printing in a loop wrote as many lines as it liked
   it("keeps a run's print lines to limits.run_log_lines too", function()
     local testing = require "chorus.testing"
-    local context = require "chorus.context"
-    local secrets = require "chorus.secrets"
     local script = require "chorus.script"
     testing.reset()
-    context.run_log_lines = 3
-    local printed, write_log = {}, secrets.write_log
-    secrets.write_log = function(text) printed[#printed + 1] = text end
-    finally(function()
-      context.run_log_lines = 10000
-      secrets.write_log = write_log
-    end)
+    local printed = capture_log("run_log_lines", 3, 10000)
     local loud = assert(script.compile([[
       local chorus = require "chorus"
       return chorus.workflow { name = "printer", run = function(ctx)
@@ -146,16 +154,9 @@ describe("chorus.log", function()
   it("keeps a run's ctx.log and print lines to limits.run_log_bytes: past it one warning, then nothing", function()
     local testing = require "chorus.testing"
     local context = require "chorus.context"
-    local secrets = require "chorus.secrets"
     local script = require "chorus.script"
     testing.reset()
-    context.run_log_bytes = 10000
-    local printed, write_log = {}, secrets.write_log
-    secrets.write_log = function(text) printed[#printed + 1] = text end
-    finally(function()
-      context.run_log_bytes = 4 * 1024 * 1024
-      secrets.write_log = write_log
-    end)
+    local printed = capture_log("run_log_bytes", 10000, 4 * 1024 * 1024)
     local loud = assert(script.compile([[
       local chorus = require "chorus"
       return chorus.workflow { name = "big_lines", run = function(ctx, input)
