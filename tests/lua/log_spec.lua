@@ -127,27 +127,29 @@ describe("chorus.log", function()
     assert.matches("logged 3 lines (limits.run_log_lines)", r.logs[1].msg, 1, true)
   end)
 
-  it("config limits.run_log_lines is checked at load and applied", function()
-    local config = require "chorus.config"
-    local context = require "chorus.context"
-    local path = os.tmpname()
-    finally(function()
-      os.remove(path)
-      context.run_log_lines = 10000
+  for _, case in ipairs { { key = "run_log_lines", set = 20, default = 10000 },
+    { key = "run_log_bytes", set = 2048, default = 4 * 1024 * 1024 } } do
+    it(("config limits.%s is checked at load and applied"):format(case.key), function()
+      local config = require "chorus.config"
+      local context = require "chorus.context"
+      local path = os.tmpname()
+      finally(function()
+        os.remove(path)
+        context[case.key] = case.default
+      end)
+      local function load(text)
+        local f = assert(io.open(path, "w"))
+        f:write(text)
+        f:close()
+        return config.load(path)
+      end
+      local conf, err = load(("return { limits = { %s = -1 } }"):format(case.key))
+      assert.is_nil(conf)
+      assert.matches("limits." .. case.key, err, 1, true)
+      config.apply(assert(load(("return { limits = { %s = %d } }"):format(case.key, case.set))))
+      assert.are.equal(case.set, context[case.key])
     end)
-    local function load(text)
-      local f = assert(io.open(path, "w"))
-      f:write(text)
-      f:close()
-      return config.load(path)
-    end
-    local conf, err = load("return { limits = { run_log_lines = -1 } }")
-    assert.is_nil(conf)
-    assert.matches("limits.run_log_lines", err, 1, true)
-    conf = assert(load("return { limits = { run_log_lines = 20 } }"))
-    config.apply(conf)
-    assert.are.equal(20, context.run_log_lines)
-  end)
+  end
 
   -- Under the line cap alone one run wrote 800 MB of megabyte lines to the
   -- log every workflow shares (and held the server's thread on the writes).
@@ -185,26 +187,6 @@ describe("chorus.log", function()
     assert.are.equal(21, #testing.run(loud, {}).logs)
   end)
 
-  it("config limits.run_log_bytes is checked at load and applied", function()
-    local config = require "chorus.config"
-    local context = require "chorus.context"
-    local path = os.tmpname()
-    finally(function()
-      os.remove(path)
-      context.run_log_bytes = 4 * 1024 * 1024
-    end)
-    local f = assert(io.open(path, "w"))
-    f:write("return { limits = { run_log_bytes = -1 } }")
-    f:close()
-    local conf, err = config.load(path)
-    assert.is_nil(conf)
-    assert.matches("limits.run_log_bytes", err, 1, true)
-    f = assert(io.open(path, "w"))
-    f:write("return { limits = { run_log_bytes = 2048 } }")
-    f:close()
-    config.apply(assert(config.load(path)))
-    assert.are.equal(2048, context.run_log_bytes)
-  end)
 
   it("puts the run's span id on ctx.log lines; each outbound call sends a span id of its own", function()
     local testing = require "chorus.testing"
