@@ -37,11 +37,10 @@
 struct slot {
     char *id; /* NULL: empty */
     size_t id_len;
-    char *text;
+    char *text; /* text '\0', then its facts when kept: workflow '\0' status '\0' */
     size_t text_len;
-    char *facts; /* workflow '\0' status '\0', or NULL */
-    size_t facts_len, workflow_len;
-    struct slot *chain; /* next slot in the same bucket */
+    size_t facts_len, workflow_len; /* facts_len 0: none kept */
+    struct slot *chain;             /* next slot in the same bucket */
 };
 
 struct ring {
@@ -82,7 +81,6 @@ static void forget(struct ring *r, struct slot *s) {
     r->count--;
     free(s->id);
     free(s->text);
-    free(s->facts);
     memset(s, 0, sizeof *s);
 }
 
@@ -114,51 +112,47 @@ static void trim(struct ring *r, const struct slot *keep) {
             forget(r, &r->slots[i]);
 }
 
-/* workflow '\0' status '\0' from arguments 4 and 5 (both strings), or
- * NULL with *len 0 when they are absent; *wlen: the workflow's length;
- * *oom set when malloc failed. */
-static char *facts_of(lua_State *L, size_t *len, size_t *wlen, int *oom) {
-    *len = *wlen = 0;
-    *oom = 0;
-    if (lua_isnoneornil(L, 4))
-        return NULL;
-    size_t wl, sl;
-    const char *w = luaL_checklstring(L, 4, &wl);
-    const char *st = luaL_checklstring(L, 5, &sl);
-    char *f = malloc(wl + sl + 2);
-    if (!f) {
-        *oom = 1;
-        return NULL;
+/* The text (argument 3) in one buffer with its facts after it, text '\0'
+ * workflow '\0' status '\0' (arguments 4 and 5, when given); NULL when
+ * malloc failed. *flen: the facts' bytes (0: none), *wlen: the workflow's. */
+static char *entry_of(lua_State *L, size_t *len, size_t *flen, size_t *wlen) {
+    const char *text = luaL_checklstring(L, 3, len);
+    const char *w = NULL, *st = NULL;
+    size_t sl = 0;
+    *wlen = 0;
+    if (!lua_isnoneornil(L, 4)) {
+        w = luaL_checklstring(L, 4, wlen);
+        st = luaL_checklstring(L, 5, &sl);
     }
-    memcpy(f, w, wl);
-    f[wl] = '\0';
-    memcpy(f + wl + 1, st, sl);
-    f[wl + 1 + sl] = '\0';
-    *len = wl + sl + 2;
-    *wlen = wl;
-    return f;
+    *flen = w ? *wlen + sl + 2 : 0;
+    char *p = malloc(*len + 1 + *flen);
+    if (!p)
+        return NULL;
+    memcpy(p, text, *len);
+    p[*len] = '\0';
+    if (w) {
+        char *f = p + *len + 1;
+        memcpy(f, w, *wlen);
+        f[*wlen] = '\0';
+        memcpy(f + *wlen + 1, st, sl);
+        f[*wlen + 1 + sl] = '\0';
+    }
+    return p;
 }
 
 static int ring_put(lua_State *L) {
     struct ring *r = check_ring(L);
     size_t n, len, flen, wlen;
-    int oom;
     const char *id = luaL_checklstring(L, 2, &n);
-    const char *text = luaL_checklstring(L, 3, &len);
-    char *f = facts_of(L, &flen, &wlen, &oom);
-    char *t = oom ? NULL : copy(text, len);
-    if (!t) {
-        free(f);
+    char *t = entry_of(L, &len, &flen, &wlen);
+    if (!t)
         return luaL_error(L, "out of memory keeping a run record");
-    }
     struct slot *s = find(r, id, n);
     if (s) {
         r->bytes += len + flen - s->text_len - s->facts_len;
         free(s->text);
-        free(s->facts);
         s->text = t;
         s->text_len = len;
-        s->facts = f;
         s->facts_len = flen;
         s->workflow_len = wlen;
         if (r->max_bytes)
@@ -168,20 +162,14 @@ static int ring_put(lua_State *L) {
     char *i = copy(id, n);
     if (!i) {
         free(t);
-        free(f);
         return luaL_error(L, "out of memory keeping a run record");
     }
     s = &r->slots[r->next];
     if (s->id)
         forget(r, s);
     r->next = (r->next + 1) % r->cap;
-    *s = (struct slot){.id = i,
-                       .id_len = n,
-                       .text = t,
-                       .text_len = len,
-                       .facts = f,
-                       .facts_len = flen,
-                       .workflow_len = wlen};
+    *s = (struct slot){
+        .id = i, .id_len = n, .text = t, .text_len = len, .facts_len = flen, .workflow_len = wlen};
     struct slot **head = bucket_of(r, i, n);
     s->chain = *head;
     *head = s;
@@ -208,10 +196,11 @@ static int ring_facts(lua_State *L) {
     size_t n;
     const char *id = luaL_checklstring(L, 2, &n);
     struct slot *s = find(r, id, n);
-    if (!s || !s->facts)
+    if (!s || !s->facts_len)
         return 0;
-    lua_pushlstring(L, s->facts, s->workflow_len);
-    lua_pushlstring(L, s->facts + s->workflow_len + 1, s->facts_len - s->workflow_len - 2);
+    const char *f = s->text + s->text_len + 1;
+    lua_pushlstring(L, f, s->workflow_len);
+    lua_pushlstring(L, f + s->workflow_len + 1, s->facts_len - s->workflow_len - 2);
     return 2;
 }
 
@@ -230,7 +219,6 @@ static void free_ring(struct ring *r) {
         for (size_t i = 0; i < r->cap; i++) {
             free(r->slots[i].id);
             free(r->slots[i].text);
-            free(r->slots[i].facts);
         }
     free(r->slots);
     free(r->buckets);

@@ -6,19 +6,10 @@
 -- GET and DELETE /runs/ID handle a record at the cap under a small cap.
 local H = require "tests.integration.helpers"
 
--- input.count strings of input.kb KiB each (distinct letters): a result the
--- run holds within a 16 MiB cap but that its handler, encoding it again
--- (record, answer), could not.
-local CHUNKS = [[
-local chorus = require "chorus"
-return chorus.workflow { name = "chunks", run = function(ctx, input)
-  local out = {}
-  for i = 1, input.count do
-    out[i] = string.rep(string.char(96 + i % 26), (input.kb or 1024) * 1024)
-  end
-  return out
-end }
-]]
+-- input.count strings of input.kb KiB each: a result the run holds within a
+-- 16 MiB cap but that its handler, encoding it again (record, answer),
+-- could not.
+local CHUNKS = H.read("tests/integration/fixtures/chunks.lua")
 
 -- input.count calls to the mock, each answering input.bytes bytes: every
 -- response is journaled with its body. Each call in a pcall: a script

@@ -7,16 +7,7 @@
 local H = require "tests.integration.helpers"
 
 -- input.count strings of input.kb KiB each: a finished record that big.
-local CHUNKS = [[
-local chorus = require "chorus"
-return chorus.workflow { name = "chunks", run = function(ctx, input)
-  local out = {}
-  for i = 1, input.count do
-    out[i] = string.rep(string.char(96 + i % 26), input.kb * 1024)
-  end
-  return out
-end }
-]]
+local CHUNKS = H.read("tests/integration/fixtures/chunks.lua")
 
 -- input.count outbox entries due in an hour, each with input.kb KiB of
 -- input: they stay pending. Each enqueue in a pcall: a script that tries

@@ -275,18 +275,20 @@ describe("events between testing.run calls", function()
   end)
 end)
 
-describe("the events config", function()
-  local config = require "chorus.config"
+-- config.load of a file returning { text }: the config, or nil and the
+-- error without the file's name.
+local function load_config(text)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write("return { " .. text .. " }")
+  f:close()
+  local conf, err = require("chorus.config").load(path)
+  os.remove(path)
+  return conf, err and (err:gsub("^[^:]*: ", ""))
+end
 
-  local function load(text)
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write("return { " .. text .. " }")
-    f:close()
-    local conf, err = config.load(path)
-    os.remove(path)
-    return conf, err and err:gsub("^[^:]*: ", "")
-  end
+describe("the events config", function()
+  local load = load_config
 
   it("takes a ttl and per-name auth rules", function()
     local conf, err = load([[events = { ttl = 3600, processed = { auth = { token = "t", hmac_secret = "h" },
@@ -444,13 +446,7 @@ describe("the events a workflow keeps", function()
   it("checks limits.events_kept_per_workflow in the config", function()
     local config = require "chorus.config"
     local function load(text)
-      local path = os.tmpname()
-      local f = assert(io.open(path, "w"))
-      f:write("return { limits = { " .. text .. " } }")
-      f:close()
-      local conf, err = config.load(path)
-      os.remove(path)
-      return conf, err
+      return load_config("limits = { " .. text .. " }")
     end
     local _, err = load("events_kept_per_workflow = -1")
     assert.matches("events_kept_per_workflow", tostring(err))
