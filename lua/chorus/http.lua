@@ -22,31 +22,40 @@ local calls_total = metrics.counter("chorus_http_calls_total",
 local call_seconds = metrics.histogram("chorus_http_call_duration_seconds", "Outbound HTTP call latency",
   { "upstream" })
 
--- The call metrics' series keys by target and outcome (a status or an
--- error kind), so a call builds no label tables.
--- Bounded as the metrics are (metrics.MAX_SERIES): targets past it, and
--- targets longer than a label may be (a script's URL with a host of
--- megabytes), are looked up each time and land in the "_other" series:
--- the cache lives as long as the process, outside any run's memory cap.
-local call_keys, ncall_keys = {}, 0
+-- The call metrics' series keys by workflow, target and outcome (a status
+-- or an error kind), so a call builds no label tables. A workflow's new
+-- targets are its own series (metrics.PER_WORKFLOW): past its share, and
+-- for targets longer than a label may be (a script's URL with a host of
+-- megabytes), the keys are looked up each time and land in the "_other"
+-- series; only keys of real series are cached, at most PER_WORKFLOW
+-- targets per workflow (the cache lives as long as the process, outside
+-- any run's memory cap).
+local call_keys = {}
 
-local function call_series(target, outcome)
-  local t = call_keys[target]
+local function call_series(target, outcome, owner)
+  local mine = call_keys[owner or ""]
+  if not mine then
+    mine = { n = 0, targets = {} }
+    call_keys[owner or ""] = mine
+  end
+  local t = mine.targets[target]
   if not t then
-    t = { latency = call_seconds.key({ target }) }
-    if ncall_keys < metrics.MAX_SERIES and #target <= metrics.MAX_LABEL_BYTES then
-      call_keys[target] = t
-      ncall_keys = ncall_keys + 1
+    local latency = call_seconds.key({ target }, owner)
+    t = { latency = latency }
+    if latency ~= call_seconds.other() and mine.n < metrics.PER_WORKFLOW then
+      mine.targets[target], mine.n = t, mine.n + 1
     end
   end
   local k = t[outcome]
   if not k then
     if math.type(outcome) == "integer" then
-      k = calls_total.key({ target, outcome, "" })
+      k = calls_total.key({ target, outcome, "" }, owner)
     else
-      k = calls_total.key({ target, "", tostring(outcome) })
+      k = calls_total.key({ target, "", tostring(outcome) }, owner)
     end
-    t[outcome] = k
+    if k ~= calls_total.other() then
+      t[outcome] = k
+    end
   end
   return k, t.latency
 end
@@ -289,7 +298,7 @@ local function send_once(r)
     journal.note(run, runstate.call_entry(r, started, duration, status or headers, span_id))
   end
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
-  local count_key, latency_key = call_series(target, status or headers)
+  local count_key, latency_key = call_series(target, status or headers, run and run.workflow)
   calls_total.inc_key(count_key)
   call_seconds.observe_key(latency_key, duration)
   if not status then

@@ -31,13 +31,20 @@ end
 -- path (a counter bump per outbound call) builds no strings. Values may be
 -- strings or numbers (a status code needs no tostring).
 --
--- A metric keeps at most MAX_SERIES series: label values come from outside
--- (the host a script calls, a workflow's name) and every new one would
--- grow the server's own memory, outside any run's cap, and every scrape.
--- Past the cap, new combinations count in one series whose labels are all
--- "_other".
+-- A metric keeps at most MAX_SERIES series of the server's own making:
+-- label values come from outside (a workflow's name, a status) and every
+-- new one would grow the server's own memory, outside any run's cap, and
+-- every scrape. Past the cap, new combinations count in one series whose
+-- labels are all "_other".
 local MAX_SERIES = 1000
 metrics.MAX_SERIES = MAX_SERIES
+
+-- A series a workflow's run makes (the host a script calls, a breaker it
+-- names) is that workflow's: each workflow makes at most PER_WORKFLOW
+-- series of a metric, and its new ones past that count as "_other". Under
+-- the one cap above, a workflow calling 1,000 made-up hosts sent every
+-- other workflow's new hosts to "_other" for the process's life.
+metrics.PER_WORKFLOW = 200
 
 -- A label value longer than this counts in the "_other" series too: a
 -- thousand series of a megabyte each (a host a script made up) were a
@@ -60,7 +67,18 @@ local function overflow_key(m)
   return m.overflow
 end
 
-local function label_key(m, values)
+-- Whether owner (a workflow's name; nil: the server) may make one more
+-- series of m.
+local function full(m, owner)
+  if owner == nil then
+    return m.nkeys >= MAX_SERIES
+  end
+  return (m.owned[owner] or 0) >= metrics.PER_WORKFLOW
+end
+
+-- The key of values' series, made for owner if it is new; the "_other"
+-- series' key when it may not be.
+local function label_key(m, values, owner)
   local nlabels = m.nlabels
   if nlabels == 0 then
     return ""
@@ -70,7 +88,7 @@ local function label_key(m, values)
     local v = values[i] or ""
     local child = node[v]
     if not child then
-      if m.nkeys >= MAX_SERIES or too_long(v) then
+      if full(m, owner) or too_long(v) then
         return overflow_key(m)
       end
       child = {}
@@ -81,12 +99,16 @@ local function label_key(m, values)
   local last = values[nlabels] or ""
   local key = node[last]
   if not key then
-    if m.nkeys >= MAX_SERIES or too_long(last) then
+    if full(m, owner) or too_long(last) then
       return overflow_key(m)
     end
     key = build_key(m.labels, values)
     node[last] = key
-    m.nkeys = m.nkeys + 1
+    if owner == nil then
+      m.nkeys = m.nkeys + 1
+    else
+      m.owned[owner] = (m.owned[owner] or 0) + 1
+    end
   end
   return key
 end
@@ -97,16 +119,19 @@ local function declare(kind, name, help, labels, buckets)
     return m
   end
   m = { kind = kind, name = name, help = help, labels = labels or {}, series = {},
-    buckets = buckets or DEFAULT_BUCKETS, keys = {}, nkeys = 0 }
+    buckets = buckets or DEFAULT_BUCKETS, keys = {}, nkeys = 0, owned = {} }
   m.nlabels = #m.labels
   registry[name] = m
   order[#order + 1] = name
   return m
 end
 
--- Every metric also has key(values) → the series key, and a *_key form of
--- its update taking that key: a hot caller looks the key up once and keeps
--- it instead of building a label table per update.
+-- Every metric also has key(values, owner) → the series key (owner: the
+-- workflow whose run makes the series, see PER_WORKFLOW), and a *_key form
+-- of its update taking that key: a hot caller looks the key up once and
+-- keeps it instead of building a label table per update. other() is the
+-- "_other" series' key (a caller keeps no key that is it: the values may
+-- have a series of their own later, made by another workflow).
 function metrics.counter(name, help, labels)
   local m = declare("counter", name, help, labels)
   local series = m.series
@@ -114,7 +139,8 @@ function metrics.counter(name, help, labels)
     series[key] = (series[key] or 0) + (n or 1)
   end
   return {
-    key = function(values) return label_key(m, values or EMPTY) end,
+    key = function(values, owner) return label_key(m, values or EMPTY, owner) end,
+    other = function() return overflow_key(m) end,
     inc_key = inc_key,
     inc = function(values, n) inc_key(label_key(m, values or EMPTY), n) end,
   }
@@ -123,8 +149,8 @@ end
 function metrics.gauge(name, help, labels)
   local m = declare("gauge", name, help, labels)
   return {
-    set = function(values, v)
-      m.series[label_key(m, values or EMPTY)] = v
+    set = function(values, v, owner)
+      m.series[label_key(m, values or EMPTY, owner)] = v
     end,
     add = function(values, v)
       local key = label_key(m, values or EMPTY)
@@ -160,7 +186,8 @@ function metrics.histogram(name, help, labels, buckets)
     s.count = s.count + 1
   end
   return {
-    key = function(values) return label_key(m, values or EMPTY) end,
+    key = function(values, owner) return label_key(m, values or EMPTY, owner) end,
+    other = function() return overflow_key(m) end,
     observe_key = observe_key,
     observe = function(values, v) observe_key(label_key(m, values or EMPTY), v) end,
   }

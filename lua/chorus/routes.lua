@@ -111,10 +111,14 @@ local function export_held(st)
   state.held_shown = shown
 end
 
+-- A breaker a script made ("WORKFLOW/NAME", chorus.breaker.scoped) is its
+-- workflow's series (metrics.PER_WORKFLOW): a workflow naming 334 breakers
+-- filled the metric's 1,000 series, every other breaker "_other".
 local function export_breakers()
   for name, current in pairs(core.breakers()) do
+    local owner = name:match("^([^/]+)/")
     for _, st in ipairs(BREAKER_STATES) do
-      m.breakers.set({ name, st }, st == current and 1 or 0)
+      m.breakers.set({ name, st }, st == current and 1 or 0, owner)
     end
   end
 end

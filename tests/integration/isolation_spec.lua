@@ -532,3 +532,57 @@ end }
     assert.are.equal("true", again.headers["idempotent-replayed"])
   end)
 end)
+
+-- The metrics' series are the server's, shared by every workflow: each
+-- workflow makes at most metrics.PER_WORKFLOW new series of a metric. Under
+-- one process-wide cap, a workflow calling 1,000 made-up hosts (or naming
+-- 334 breakers) sent every other workflow's new hosts and breakers to
+-- "_other" for the process's life.
+describe("isolation: metric series", function()
+  local dir, srv, mock
+
+  setup(function()
+    mock = H.start_mock(200)
+    dir = H.temp_dir({ ["hosts.lua"] = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+local breaker = require "chorus.breaker"
+return chorus.workflow { name = "hosts", run = function(ctx, input)
+  for i = 1, input.count do -- distinct hosts of the loopback net, a port that refuses
+    pcall(http.get, ("http://127.0.%d.%d:9/"):format(i // 250, i % 250 + 1), { timeout = 2 })
+    local b = breaker.new { name = "b" .. i }
+    pcall(b.call, b, function() end)
+  end
+  return { ok = true }
+end }
+]], ["honest.lua"] = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+local breaker = require "chorus.breaker"
+return chorus.workflow { name = "honest", run = function(ctx, input)
+  breaker.new { name = "mine" }:call(function() end)
+  return { status = http.get(input.url).status }
+end }
+]] })
+    srv = H.start_server({ "--scripts", dir })
+  end)
+
+  teardown(function() H.clean(srv, mock, dir) end)
+
+  it("a workflow past its share of series leaves the other workflows' new series their own", function()
+    local r = H.request(srv.url .. "/workflows/hosts", { method = "POST", body = H.encode({ count = 1100 }),
+      max_time = 120 })
+    assert.are.equal(200, r.status, r.body)
+    local h = H.request(srv.url .. "/workflows/honest", { method = "POST",
+      body = H.encode({ url = mock.url .. "/ok" }) })
+    assert.are.equal(200, h.status, h.body)
+    local text = H.request(srv.url .. "/metrics").body
+    local host = mock.url:match("^https?://([^/]+)")
+    assert.truthy(text:find(('chorus_http_calls_total{upstream="%s",status="200",error=""} 1'):format(host), 1, true),
+      text)
+    assert.truthy(text:find(('chorus_http_call_duration_seconds_count{upstream="%s"} 1'):format(host), 1, true))
+    assert.truthy(text:find('chorus_breaker_state{breaker="honest/mine",state="closed"} 1', 1, true))
+    -- the hostile workflow's own calls past its share count as _other
+    assert.truthy(text:find('chorus_http_calls_total{upstream="_other",status="_other",error="_other"}', 1, true))
+  end)
+end)

@@ -65,6 +65,23 @@ describe("chorus.metrics", function()
     assert.falsy(text:find('"host-' .. n .. '"', 1, true))
   end)
 
+  it("keeps at most PER_WORKFLOW new series per workflow, the others' and the server's their own", function()
+    local c = metrics.counter("spec_owned_total", "Owned", { "upstream" })
+    for i = 1, metrics.MAX_SERIES + 10 do
+      c.inc_key(c.key({ "bad-" .. i }, "hostile"))
+    end
+    local k = c.key({ "good" }, "honest")
+    assert.are_not.equal(c.other(), k)
+    c.inc_key(k)
+    c.inc({ "server" })
+    assert.are.equal(c.other(), c.key({ "bad-x" }, "hostile"))
+    local text = table.concat(lines_of(metrics.render(), "spec_owned_total{"), "\n")
+    assert.truthy(text:find('spec_owned_total{upstream="good"} 1', 1, true))
+    assert.truthy(text:find('spec_owned_total{upstream="server"} 1', 1, true))
+    assert.truthy(text:find('spec_owned_total{upstream="_other"} ' .. (metrics.MAX_SERIES + 10 - metrics.PER_WORKFLOW),
+      1, true), text)
+  end)
+
   it("updates a series through a key looked up once, the same series as by label values", function()
     local c = metrics.counter("spec_keyed_total", "Keyed", { "target", "status" })
     local k = c.key({ "x", 200 })
