@@ -128,7 +128,14 @@ local function impl_of(self)
   return impl, name
 end
 
+-- self.unjudged(err) (the runtime's, for an upstream's breaker): true when
+-- err is no verdict on the upstream; the call gives its permit back
+-- instead of counting.
 local function finish(self, impl, t0, ok, ...)
+  if not ok and self.unjudged and self.unjudged((...)) then
+    impl:release()
+    error((...), 0)
+  end
   local duration = core.monotime() - t0
   local failed
   if self.failure then

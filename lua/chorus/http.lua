@@ -417,6 +417,34 @@ end
 
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
 
+-- Whether err says something of the calling run rather than of the
+-- upstream: the run stopped (deadline, cancel, memory), the call was
+-- refused before it left (allow_hosts, the upstream's own rate limit or
+-- bulkhead), or it failed under a limit the script set below the
+-- upstream's (max_response_bytes = 1, a timeout of a millisecond). The
+-- upstream's breaker is every workflow's: counted as failures, such errors
+-- let one workflow's script open it for all of them.
+local REFUSED_HERE = { forbidden_host = true, rate_limited = true, bulkhead_full = true, memory = true }
+
+local function callers_own(cfg, r, err)
+  if r.run and runstate.stopped(r.run) then
+    return true
+  end
+  local kind = type(err) == "table" and rawget(err, "kind")
+  if REFUSED_HERE[kind] then
+    return true
+  end
+  local defaults = http.defaults
+  if kind == "too_large" then
+    return r.max_response_bytes < (cfg.max_response_bytes or defaults.max_response_bytes)
+  end
+  if kind == "timeout" then
+    return r.timeout < (cfg.timeout or defaults.timeout)
+      or r.connect_timeout < (cfg.connect_timeout or defaults.connect_timeout)
+  end
+  return false
+end
+
 -- Wraps send in the upstream's rate limit, bulkhead, hedge, breaker and
 -- retry policy (config keys `rate_limit`, `bulkhead`, `hedge`, `breaker` and
 -- `retry`, in that order from the inside; a call may pass retry = false or
@@ -481,6 +509,7 @@ local function resilient(self, r, req)
       opts[k] = v
     end
     local b = require("chorus.breaker").new(opts)
+    b.unjudged = function(err) return callers_own(cfg, r, err) end
     local inner = send
     send = function() return b:call(inner) end
   end

@@ -586,3 +586,55 @@ end }
     assert.truthy(text:find('chorus_http_calls_total{upstream="_other",status="_other",error="_other"}', 1, true))
   end)
 end)
+
+-- An upstream's breaker is every workflow's: a call failing under limits
+-- its script chose (a max_response_bytes of 1, a timeout of 50 ms against
+-- the upstream's 30 s) said nothing of the upstream, yet counted as a
+-- failure: five such calls opened the breaker, every workflow's calls to
+-- the upstream failing with breaker_open for open_for seconds.
+describe("isolation: an upstream's breaker", function()
+  local dir, srv, mock, conf
+
+  setup(function()
+    mock = H.start_mock(200)
+    dir = H.temp_dir({ ["tight.lua"] = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "tight", run = function(ctx, input)
+  local up, kinds = http.upstream("mock"), {}
+  for i = 1, 20 do
+    local ok, err = pcall(up.get, up, input.path, input.opts)
+    kinds[i] = ok and "ok" or err.kind
+  end
+  return { kinds = kinds }
+end }
+]], ["honest.lua"] = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "honest", run = function(ctx, input)
+  return { status = http.upstream("mock"):get("/ok").status }
+end }
+]] })
+    conf = H.write_temp(([[
+return { upstreams = { mock = { base_url = %q,
+  breaker = { window = 10, min_calls = 5, failure_rate = 50, open_for = 60 } } } }
+]]):format(mock.url))
+    srv = H.start_server({ "--config", conf, "--scripts", dir })
+  end)
+
+  teardown(function() H.clean(srv, mock, dir, conf) end)
+
+  for how, input in pairs({ max_response_bytes = { path = "/ok", opts = { max_response_bytes = 1 } },
+    timeout = { path = "/ok?delay=200", opts = { timeout = 0.05 } } }) do
+    it(("is not opened by one workflow's calls failing under its own limits (%s)"):format(how), function()
+      local r = H.request(srv.url .. "/workflows/tight", { method = "POST", body = H.encode(input), max_time = 30 })
+      assert.are.equal(200, r.status, r.body)
+      for _, kind in ipairs(r.json.kinds) do
+        assert.are_not.equal("breaker_open", kind, r.body)
+      end
+      local h = H.request(srv.url .. "/workflows/honest", { method = "POST", body = "{}" })
+      assert.are.equal(200, h.status, h.body)
+      assert.are.equal(200, h.json.status, h.body)
+    end)
+  end
+end)
