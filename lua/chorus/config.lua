@@ -262,11 +262,12 @@ local function check_events(ev)
       return ("events.%s must be a table { auth = { token = ... } }"):format(tostring(name))
     else
       for k in pairs(v) do
-        if k ~= "auth" and k ~= "emitters" then
-          return ("events.%s: unknown setting '%s' (auth, emitters)"):format(name, tostring(k))
+        if k ~= "auth" and k ~= "emitters" and k ~= "waiters" then
+          return ("events.%s: unknown setting '%s' (auth, emitters, waiters)"):format(name, tostring(k))
         end
       end
       local err = check_names(v.emitters, ("events.%s.emitters"):format(name))
+        or check_names(v.waiters, ("events.%s.waiters"):format(name))
         or check_auth(v.auth, ("events.%s.auth"):format(name))
       if not err and v.auth.callers then
         err = ("events.%s.auth: callers is for workflows; an event takes emitters"):format(name)

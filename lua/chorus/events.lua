@@ -329,6 +329,11 @@ function events.wait(name, opts)
   if timeout ~= nil and not (type(timeout) == "number" and timeout > 0 and timeout == timeout) then
     error("ctx.event: timeout must be a positive number of seconds", 2)
   end
+  local run = runstate.current()
+  local svc = run and run.env and run.env.service
+  if svc then
+    svc:check_wait(run.workflow, name, "ctx.event")
+  end
   local target = name .. "/" .. key
   -- when the wait gives up, journaled: a run resumed after a crash waits
   -- only what is left of it
@@ -339,9 +344,9 @@ function events.wait(name, opts)
   local got = journal.effect("event", target, function()
     local asked = core.now()
     local function noted(outcome, value) -- the wait's timeline entry, kept with the effect
-      local run = runstate.current()
-      if run then
-        journal.note(run, { kind = "event", event = name, key = key, start = runstate.micro(asked),
+      local now_run = runstate.current()
+      if now_run then
+        journal.note(now_run, { kind = "event", event = name, key = key, start = runstate.micro(asked),
           waited = runstate.micro(core.now() - asked), outcome = outcome })
       end
       return value

@@ -759,7 +759,9 @@ end
 -- its credentials could: a workflow the config protects with auth.NAME is
 -- started by ctx.call or ctx.later only from the workflows auth.NAME.callers
 -- lists, and an event the config protects with events.NAME is emitted with
--- chorus.emit only from those events.NAME.emitters lists. Without a config
+-- chorus.emit only from those events.NAME.emitters lists (and waited for
+-- with ctx.event only from those events.NAME.waiters lists, when it lists
+-- them). Without a config
 -- (chorus.testing, chorus run without one) nothing is protected.
 
 local function listed(list, name)
@@ -787,6 +789,18 @@ function Service:check_emit(caller, name, who)
   if name ~= "ttl" and rule and not listed(rule.emitters, caller) then
     error(errors.new("forbidden", ("%s: event '%s' is protected by events.%s: list '%s' in events.%s.emitters to "
       .. "let it emit it"):format(who, name, name, caller, name)), 0)
+  end
+end
+
+--- The same for waiting on event name (ctx.event): when events.NAME lists
+--- waiters, only they take its events. Each event goes to one wait, so a
+--- workflow waiting on another's event (an order's id is no secret) took
+--- its payload, and the run it was meant for never got it.
+function Service:check_wait(caller, name, who)
+  local rule = (self.env.config.events or {})[name]
+  if name ~= "ttl" and rule and rule.waiters and not listed(rule.waiters, caller) then
+    error(errors.new("forbidden", ("%s: event '%s' is protected by events.%s: list '%s' in events.%s.waiters to "
+      .. "let it wait for it"):format(who, name, name, caller, name)), 0)
   end
 end
 

@@ -33,6 +33,19 @@ return chorus.workflow { name = "intruder", run = function(_, input)
 end }
 ]]
 
+-- another workflow waiting on the same event and key, not in
+-- events.processed.waiters: each event goes to one wait
+local THIEF = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "thief", run = function(ctx, input)
+  local ok, got = pcall(ctx.event, "processed", { key = input.task, timeout = 1 })
+  if ok then
+    return { ok = true, got = got }
+  end
+  return { ok = false, kind = got.kind, message = got.message }
+end }
+]]
+
 describe("durable events over HTTP", function()
   local dir, conf, data, srv
 
@@ -57,12 +70,13 @@ describe("durable events over HTTP", function()
   end
 
   setup(function()
-    dir = H.temp_dir({ ["waiter.lua"] = WAITER, ["receiver.lua"] = RECEIVER, ["intruder.lua"] = INTRUDER })
+    dir = H.temp_dir({ ["waiter.lua"] = WAITER, ["receiver.lua"] = RECEIVER, ["intruder.lua"] = INTRUDER,
+      ["thief.lua"] = THIEF })
     data = H.temp_dir()
     conf = H.write_temp([[
 return { admin_token = "adm", limits = { max_body_bytes = 4096 },
   events = { ttl = 3600, processed = { auth = { token = "ev-token", hmac_secret = "ev-hmac" },
-    emitters = { "receiver" } } } }
+    emitters = { "receiver" }, waiters = { "waiter" } } } }
 ]])
     start()
   end)
@@ -159,6 +173,16 @@ return { admin_token = "adm", limits = { max_body_bytes = 4096 },
     assert.equal("forbidden", r.json.kind)
     assert.matches("events.processed.emitters", r.json.message, 1, true)
     assert.same({ error = "timeout" }, finished(id).result) -- nothing reached the waiter
+  end)
+
+  it("refuses ctx.event of a protected event to a workflow events.NAME.waiters does not list", function()
+    assert.equal(202, send("processed", "t-stolen", H.encode({ category = "secret" })).status)
+    local r = H.request(srv.url .. "/workflows/thief", { method = "POST", body = H.encode({ task = "t-stolen" }) })
+    assert.equal(200, r.status, r.body)
+    assert.is_false(r.json.ok, r.body)
+    assert.equal("forbidden", r.json.kind)
+    assert.matches("events.processed.waiters", r.json.message, 1, true)
+    assert.same({ got = { category = "secret" } }, finished(start_wait("t-stolen")).result) -- still kept for it
   end)
 
   it("gives the event to a run killed with SIGKILL while it waited, after the restart", function()

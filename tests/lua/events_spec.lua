@@ -304,7 +304,7 @@ describe("the events config", function()
       { "events = { ttl = 0 }", "events.ttl must be between 1 and 3153600000, got 0" },
       { "events = { ttl = 0/0 }", "events.ttl must be a number, got NaN" },
       { "events = { processed = { auth = { token = 't' }, retries = 1 } }",
-        "events.processed: unknown setting 'retries' (auth, emitters)" },
+        "events.processed: unknown setting 'retries' (auth, emitters, waiters)" },
       { "events = { processed = { auth = { token = 't' }, emitters = 'receiver' } }",
         "events.processed.emitters must be a list of workflow names" },
       { "events = { processed = { auth = { token = 't' }, emitters = { 'a', 2 } } }",
