@@ -978,6 +978,18 @@ function Service:call_child(entry, input, id, parent)
       end
     end)
   end
+  -- a new child counts in the share of the workflow at the top of its
+  -- callers (Service:charge): past that share or the server's cap it is
+  -- refused, as that workflow's request would be. Started whatever the
+  -- counts, one request's run calling itself put 10,000 runs in flight,
+  -- and every other workflow's requests got 503.
+  local full = self:at_capacity(prec and self:charge(prec) or parent.workflow)
+  if full then
+    error(errors.new("runs_full", ("ctx.call: %s; the child run of '%s' was not started"):format(
+      full == "server" and ("%d runs are in flight, the most this server takes"):format(self.max_inflight)
+        or ("its workflow has %d runs in flight with their children, the most one workflow may have "
+          .. "(limits.inflight_runs_per_workflow)"):format(self.share), entry.workflow.name)), 0)
+  end
   -- the parent's deadline caps the child's: a child still running then
   -- times out, and the parent with it
   local timeout = entry.workflow.timeout

@@ -21,7 +21,8 @@ end
 -- Starts a server over the share fixtures with max_inflight_runs = 4 (so by
 -- default a workflow's share is 2); extra: more config text.
 local function serve(mock, extra)
-  local dir = H.temp_dir(fixtures({ "slow", "slow_too", "quick", "ends", "deadline", "parent", "feeder", "fan" }))
+  local dir = H.temp_dir(fixtures({ "slow", "slow_too", "quick", "ends", "deadline", "parent", "feeder", "fan",
+    "deep" }))
   local conf = H.write_temp(([[
 return { admin_token = "s3cret", limits = { max_inflight_runs = 4, run_instructions = 1e7 },
   upstreams = { mock = { base_url = %q } }, %s }
@@ -121,7 +122,7 @@ describe("a workflow's share of the runs in flight", function()
     assert.is_nil(retry.headers["idempotent-replayed"])
   end)
 
-  it("charges a child run (ctx.call) to the workflow whose run called it, and never refuses it", function()
+  it("charges a child run (ctx.call) to the workflow whose run called it, within its share", function()
     local first = post(srv, "parent", { delay = 3000 }, ASYNC)
     assert.are.equal(202, first.status, first.body)
     assert.truthy(H.eventually(function() return inflight(srv, "parent") == 2 end, 10),
@@ -134,6 +135,20 @@ describe("a workflow's share of the runs in flight", function()
     assert.are.equal(200, post(srv, "slow", { delay = 10 }).status)
     assert.are.equal("succeeded", H.finished(srv, first.json.run_id, ADMIN, 30).status)
     assert.is_true(drained(srv, { "parent", "slow" }))
+  end)
+
+  -- a child run was started whatever the counts: one request's run calling
+  -- itself put 10,000 runs in flight, every other workflow's requests 503
+  it("refuses a child run (ctx.call) past the share of the workflow it is charged to: kind runs_full", function()
+    local r = post(srv, "deep", { depth = 10, wait = 2 }, ASYNC)
+    assert.are.equal(202, r.status, r.body)
+    H.sleep(0.3) -- the chain is as long as it gets (its leaf waits 2 s)
+    assert.truthy((inflight(srv, "deep") or 0) <= 2)
+    assert.are.equal(200, post(srv, "quick").status) -- the server has room for the others
+    local rec = H.finished(srv, r.json.run_id, ADMIN, 30)
+    assert.are.equal("failed", rec.status)
+    assert.are.equal("runs_full", rec.error.kind, H.encode(rec.error))
+    assert.is_true(drained(srv, { "deep" }))
   end)
 
   it("counts a run out however it ends", function()
