@@ -137,6 +137,12 @@ end
 
 local LATER_OPTS = { delay = true, attempts = true, base = true, cap = true }
 
+--- The most seconds delay, base and cap may be (100 years): an entry's due
+--- time is a key of the data folder, in milliseconds. A base of 1e308 was
+--- taken, and the due time of the entry's first retry could not be made
+--- into one: the relay failed to settle it after the run, and it stayed.
+outbox.MAX_SECONDS = 100 * 365 * 86400
+
 -- Returns a copy of the options made of what was checked: the entry keeps
 -- the numbers the relay compares after the run, outside it. Read raw, as
 -- checked: opts' __pairs showed nothing while its __index handed the entry
@@ -155,9 +161,10 @@ local function check_opts(who, opts)
     if not LATER_OPTS[k] then
       error(("%s: unknown option '%s' (known: delay, attempts, base, cap)"):format(who, tostring(k)), 3)
     end
-    if type(v) ~= "number" or v < 0 or v ~= v or (k == "attempts" and (math.type(v) ~= "integer" or v < 1)) then
+    if type(v) ~= "number" or v < 0 or v ~= v or (k == "attempts" and (math.type(v) ~= "integer" or v < 1))
+      or (k ~= "attempts" and v > outbox.MAX_SECONDS) then
       error(("%s: option '%s' must be a %s"):format(who, k,
-        k == "attempts" and "positive integer" or "non-negative number of seconds"), 3)
+        k == "attempts" and "positive integer" or "number of seconds from 0 to 100 years"), 3)
     end
     out[k] = v
   end

@@ -49,9 +49,10 @@ function saga.new(ctx, opts)
   for _, k in ipairs({ "attempts", "base", "cap" }) do
     local v = rawget(p, k)
     if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v
-        or (k == "attempts" and (math.type(v) ~= "integer" or v < 1))) then
+        or (k == "attempts" and (math.type(v) ~= "integer" or v < 1))
+        or (k ~= "attempts" and v > outbox.MAX_SECONDS)) then
       error(("saga.new: policy.%s must be a %s"):format(k,
-        k == "attempts" and "positive integer" or "non-negative number of seconds"), 2)
+        k == "attempts" and "positive integer" or "number of seconds from 0 to 100 years"), 2)
     end
   end
   local s = setmetatable({ ctx = ctx, done = {}, compensated = {}, failed = {}, committed = {},

@@ -197,13 +197,21 @@ describe("chorus.outbox", function()
     assert.has_error(function() outbox.later(nil, {}) end,
       "ctx.later(workflow, input, opts): workflow must be a workflow name")
     assert.has_error(function() outbox.later("w", {}, { delay = -1 }) end,
-      "ctx.later: option 'delay' must be a non-negative number of seconds")
+      "ctx.later: option 'delay' must be a number of seconds from 0 to 100 years")
     assert.has_error(function() outbox.later("w", {}, { attempts = 0 }) end,
       "ctx.later: option 'attempts' must be a positive integer")
     assert.has_error(function() outbox.later("w", {}, { color = 1 }) end,
       "ctx.later: unknown option 'color' (known: delay, attempts, base, cap)")
     assert.has_error(function() outbox.later("w", {}, { base = 0 / 0 }) end,
-      "ctx.later: option 'base' must be a non-negative number of seconds")
+      "ctx.later: option 'base' must be a number of seconds from 0 to 100 years")
+    -- a due time the data folder's keys cannot hold: the entry's first
+    -- retry (base 1e308) could not be settled after the run, and stayed
+    for _, k in ipairs({ "delay", "base", "cap" }) do
+      for _, v in ipairs({ math.huge, 1e308, math.maxinteger, outbox.MAX_SECONDS + 1 }) do
+        assert.has_error(function() outbox.later("w", {}, { [k] = v }) end,
+          ("ctx.later: option '%s' must be a number of seconds from 0 to 100 years"):format(k))
+      end
+    end
   end)
 
   -- The relay compares an entry's numbers after the run, outside it; the
