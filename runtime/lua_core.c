@@ -515,10 +515,11 @@ static long long open_fds(void) {
 }
 
 /* core.stats() → { lua_bytes, http_active, rss_bytes, open_fds, cpu_seconds
- * (user + system) }: what /metrics shows of the process. */
+ * (user + system), max_fds (the open-file limit; absent when unlimited) }:
+ * what /metrics shows of the process. */
 static int core_stats(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     lua_pushinteger(L, (lua_Integer)rt->lua_bytes);
     lua_setfield(L, -2, "lua_bytes");
     lua_pushinteger(L, (lua_Integer)chorus_lua_http_active(rt));
@@ -533,6 +534,11 @@ static int core_stats(lua_State *L) {
                               (lua_Number)ru.ru_stime.tv_sec +
                               (lua_Number)ru.ru_stime.tv_usec / 1e6);
         lua_setfield(L, -2, "cpu_seconds");
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        lua_pushinteger(L, (lua_Integer)rl.rlim_cur);
+        lua_setfield(L, -2, "max_fds");
     }
     return 1;
 }

@@ -88,6 +88,8 @@ local LIMITS = {
   -- one workflow's share of them (chorus.runs caps); 0 or at least
   -- max_inflight_runs: no share, the server's cap alone
   inflight_runs_per_workflow = { int = true, min = 0, max = 10000000 },
+  -- HTTP calls one workflow's runs may have in flight (chorus.http); 0: no cap
+  http_calls_per_workflow = { int = true, min = 0, max = 1e9 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
   run_log_bytes = { int = true, min = 0, max = 1 << 40 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
@@ -453,6 +455,7 @@ function config.apply(conf)
   events.kept_bytes_cap = limits.events_kept_bytes_per_workflow or 64 * 1024 * 1024
   events.max_payload = limits.max_body_bytes or 1048576
   require("chorus.http").configure(conf.upstreams)
+  require("chorus.http").set_calls_cap(limits.http_calls_per_workflow)
   core.egress({ allow = (conf.egress or {}).allow })
   require("chorus.secrets").dir = conf.secrets_dir
   for name, up in pairs(conf.upstreams or {}) do

@@ -262,6 +262,48 @@ local function transport_options(r, timeout, run)
   return o
 end
 
+-- The HTTP calls in flight of each workflow's runs: workflow → count. Each
+-- call holds a socket, a file descriptor of the process: one workflow's
+-- runs holding 20,000 calls to an address that never answered used every
+-- descriptor, and the server accepted no request of any workflow. So a
+-- workflow has at most calls_cap calls in flight (limits.http_calls_per_workflow;
+-- by default half the process's open-file limit; nil: no cap); a call past
+-- it raises kind "calls_full". Released in C (core.release), as the call's
+-- to-be-closed value: also when its task is cancelled or its run stopped.
+local calls_in_flight = {}
+local RELEASE = { __close = core.release }
+
+local function default_calls_cap()
+  local fds = core.stats().max_fds
+  return fds and (fds + 1) // 2 or nil
+end
+http.calls_cap = default_calls_cap()
+
+--- Sets limits.http_calls_per_workflow (nil: the default; 0: no cap).
+function http.set_calls_cap(n)
+  if n == nil then
+    http.calls_cap = default_calls_cap()
+  else
+    http.calls_cap = n > 0 and n or nil
+  end
+end
+
+-- The call's place in its workflow's count, or nil for a call of no run.
+local function count_call(run, r)
+  local wf = run and run.workflow
+  if not wf then
+    return nil
+  end
+  local n, cap = calls_in_flight[wf] or 0, http.calls_cap
+  if cap and n >= cap then
+    raise("calls_full", ("workflow '%s' has %d HTTP calls in flight, the most one workflow may have "
+      .. "(limits.http_calls_per_workflow)"):format(wf, n), r)
+  end
+  local held = setmetatable({ true, calls_in_flight, wf }, RELEASE)
+  calls_in_flight[wf] = n + 1
+  return held
+end
+
 -- Sends one prepared request (no journal): { status, headers, body, json }.
 local function send_once(r)
   local run = r.run
@@ -293,6 +335,7 @@ local function send_once(r)
   -- allow_hosts goes along: every redirect hop is checked against it too
   -- the run service's transport (chorus.runs env.transport), else the module's
   local send = run and run.env and run.env.transport or transport
+  local _ <close> = count_call(run, r)
   local status, headers, body, duration = send(transport_options(r, timeout, run))
   if run then
     journal.note(run, runstate.call_entry(r, started, duration, status or headers, span_id))
@@ -420,11 +463,12 @@ local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS
 -- Whether err says something of the calling run rather than of the
 -- upstream: the run stopped (deadline, cancel, memory), the call was
 -- refused before it left (allow_hosts, the upstream's own rate limit or
--- bulkhead), or it failed under a limit the script set below the
+-- bulkhead, the workflow's calls in flight), or it failed under a limit the script set below the
 -- upstream's (max_response_bytes = 1, a timeout of a millisecond). The
 -- upstream's breaker is every workflow's: counted as failures, such errors
 -- let one workflow's script open it for all of them.
-local REFUSED_HERE = { forbidden_host = true, rate_limited = true, bulkhead_full = true, memory = true }
+local REFUSED_HERE = { forbidden_host = true, rate_limited = true, bulkhead_full = true, memory = true,
+  calls_full = true }
 
 local function callers_own(cfg, r, err)
   if r.run and runstate.stopped(r.run) then

@@ -638,3 +638,59 @@ return { upstreams = { mock = { base_url = %q,
     end)
   end
 end)
+
+-- Each HTTP call holds a socket, a file descriptor of the process: one
+-- workflow's runs holding 20,000 calls to an address that never answered
+-- used every descriptor, and the server accepted no request of any
+-- workflow. A workflow has at most limits.http_calls_per_workflow calls in
+-- flight (by default half the open-file limit).
+describe("isolation: HTTP calls in flight", function()
+  local dir, srv, mock, conf
+
+  setup(function()
+    mock = H.start_mock(200)
+    dir = H.temp_dir({ ["many.lua"] = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "many", run = function(ctx, input)
+  local fns = {}
+  for i = 1, input.n do
+    fns[i] = function() return http.get(input.url).status end
+  end
+  local kinds = {}
+  for _, r in ipairs(chorus.all_settled(table.unpack(fns))) do
+    local k = r.ok and tostring(r.value) or r.err.kind
+    kinds[k] = (kinds[k] or 0) + 1
+  end
+  return kinds
+end }
+]], ["honest.lua"] = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "honest", run = function(ctx, input)
+  return { status = http.get(input.url).status }
+end }
+]] })
+    conf = H.write_temp("return { limits = { http_calls_per_workflow = 20 } }")
+    srv = H.start_server({ "--config", conf, "--scripts", dir })
+  end)
+
+  teardown(function() H.clean(srv, mock, dir, conf) end)
+
+  it("refuses a workflow's calls past its share (kind calls_full); the others' calls go out", function()
+    local many = H.request_async(srv.url .. "/workflows/many", { method = "POST", max_time = 30,
+      body = H.encode({ n = 60, url = mock.url .. "/ok?delay=1500" }) })
+    H.sleep(0.5) -- its calls are in flight
+    local h = H.request(srv.url .. "/workflows/honest", { method = "POST",
+      body = H.encode({ url = mock.url .. "/ok" }) })
+    assert.are.equal(200, h.status, h.body)
+    assert.are.equal(200, h.json.status)
+    local r = many.wait(30)
+    assert.are.equal(200, r.status, r.body)
+    assert.are.same({ ["200"] = 20, calls_full = 40 }, r.json)
+    -- given back as they ended: the next run has the whole share again
+    local again = H.request(srv.url .. "/workflows/many", { method = "POST", max_time = 30,
+      body = H.encode({ n = 20, url = mock.url .. "/ok" }) })
+    assert.are.same({ ["200"] = 20 }, again.json)
+  end)
+end)
