@@ -289,8 +289,11 @@ function http.set_calls_cap(n)
 end
 
 -- The call's place in its workflow's count, or nil for a call of no run.
+-- A child run's (ctx.call) calls count in the workflow its runs are
+-- charged to (chorus.runs, Service:charge): a workflow calling another
+-- cannot use up that one's share.
 local function count_call(run, r)
-  local wf = run and run.workflow
+  local wf = run and (run.charged_to or run.workflow)
   if not wf then
     return nil
   end

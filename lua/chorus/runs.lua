@@ -470,6 +470,9 @@ local function on_state(s, opts)
   local rec, self = opts.record, opts.service
   rec.timeline = s.timeline
   self.states[rec] = s
+  if rec.parent then -- a child's HTTP calls count in the share its runs do (chorus.http, count_call)
+    s.charged_to = self:charge(rec)
+  end
   if rec.cancel then -- asked before a restart (or before the run began): met after its replay
     s.cancel_pending = runstate.cancel_error()
   end

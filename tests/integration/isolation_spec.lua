@@ -670,6 +670,20 @@ local http = require "chorus.http"
 return chorus.workflow { name = "honest", run = function(ctx, input)
   return { status = http.get(input.url).status }
 end }
+]], ["caller.lua"] = [[
+local chorus = require "chorus"
+return chorus.workflow { name = "caller", run = function(ctx, input)
+  local fns = {}
+  for i = 1, input.n do
+    fns[i] = function() return ctx.call("honest", { url = input.url }).status end
+  end
+  local kinds = {}
+  for _, r in ipairs(chorus.all_settled(table.unpack(fns))) do
+    local k = r.ok and tostring(r.value) or r.err.kind
+    kinds[k] = (kinds[k] or 0) + 1
+  end
+  return kinds
+end }
 ]] })
     conf = H.write_temp("return { limits = { http_calls_per_workflow = 20 } }")
     srv = H.start_server({ "--config", conf, "--scripts", dir })
@@ -692,5 +706,17 @@ end }
     local again = H.request(srv.url .. "/workflows/many", { method = "POST", max_time = 30,
       body = H.encode({ n = 20, url = mock.url .. "/ok" }) })
     assert.are.same({ ["200"] = 20 }, again.json)
+  end)
+
+  it("counts a child run's calls in the share of the workflow that called it", function()
+    local caller = H.request_async(srv.url .. "/workflows/caller", { method = "POST", max_time = 30,
+      body = H.encode({ n = 30, url = mock.url .. "/ok?delay=1500" }) })
+    H.sleep(0.5) -- its children's calls are in flight: honest's own share is untouched
+    local h = H.request(srv.url .. "/workflows/honest", { method = "POST",
+      body = H.encode({ url = mock.url .. "/ok" }) })
+    assert.are.equal(200, h.status, h.body)
+    local r = caller.wait(30)
+    assert.are.equal(200, r.status, r.body)
+    assert.are.same({ ["200"] = 20, calls_full = 10 }, r.json)
   end)
 end)
