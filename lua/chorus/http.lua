@@ -24,7 +24,8 @@ local call_seconds = metrics.histogram("chorus_http_call_duration_seconds", "Out
 
 -- The call metrics' series keys by workflow, target and outcome (a status
 -- or an error kind), so a call builds no label tables. A workflow's new
--- targets are its own series (metrics.PER_WORKFLOW): past its share, and
+-- targets are its own series (metrics.PER_WORKFLOW; a child run's, those
+-- of the workflow it is charged to, as its calls are): past its share, and
 -- for targets longer than a label may be (a script's URL with a host of
 -- megabytes), the keys are looked up each time and land in the "_other"
 -- series; only keys of real series are cached, at most PER_WORKFLOW
@@ -344,7 +345,7 @@ local function send_once(r)
     journal.note(run, runstate.call_entry(r, started, duration, status or headers, span_id))
   end
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
-  local count_key, latency_key = call_series(target, status or headers, run and run.workflow)
+  local count_key, latency_key = call_series(target, status or headers, run and (run.charged_to or run.workflow))
   calls_total.inc_key(count_key)
   call_seconds.observe_key(latency_key, duration)
   if not status then
