@@ -278,6 +278,25 @@ static int store_scan(lua_State *L) {
     return 1;
 }
 
+/* st:snapshot(fn): fn's results; every read of st inside fn sees one
+ * committed state (chorus_store_pin). fn cannot yield (lua_pcall): the
+ * loop must not run while the read transaction is held. */
+static int store_snapshot(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    struct chorus_store *st = check_store(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    char err[512];
+    if (chorus_store_pin(st, err, sizeof err) < 0)
+        return luaL_error(L, "%s", err);
+    lua_settop(L, 2);
+    int rc = lua_pcall(L, 0, LUA_MULTRET, 0);
+    if (ls->st == st) /* (fn may have closed the store) */
+        chorus_store_unpin(st);
+    if (rc != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L) - 1;
+}
+
 static int store_index(lua_State *L) {
     struct chorus_store *st = check_store(L);
     size_t idlen, slen;
@@ -586,6 +605,7 @@ int chorus_lua_store_new(lua_State *L) {
             {"del_prefix", store_del_prefix},
             {"get", store_get},
             {"scan", store_scan},
+            {"snapshot", store_snapshot},
             {"commit", store_commit},
             {"stats", store_stats},
             {"close", store_close},

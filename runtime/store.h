@@ -166,6 +166,14 @@ struct chorus_store_range {
 long chorus_store_scan(struct chorus_store *st, int db, const struct chorus_store_range *r,
                        chorus_store_each_fn each, void *data, char *err, size_t errlen);
 
+/* Every read between chorus_store_pin and chorus_store_unpin (they nest)
+ * sees one committed state: the same read transaction, held open until the
+ * last unpin, so two reads cannot fall on either side of another process's
+ * commit. Only within one synchronous call of the loop thread: a map
+ * growth (a loop callback) drops the transaction. 0, or -1 with err. */
+int chorus_store_pin(struct chorus_store *st, char *err, size_t errlen);
+void chorus_store_unpin(struct chorus_store *st);
+
 /* The number of records in db, or -1. */
 long long chorus_store_count(struct chorus_store *st, int db, char *err, size_t errlen);
 
