@@ -1029,19 +1029,27 @@ runs.RECOVERY_BATCH = 200
 local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 
 -- Whether rec is a child run (ctx.call) no parent waits for any more, not
--- cancelled yet: its parent has ended (its record is finished, or gone).
+-- cancelled yet: its parent has ended (its record is finished, or gone),
+-- or is to be cancelled (its record holds a cancel: resumed, it stops at
+-- its first live effect, the call that would wait for this child again).
 -- A last guard: a parent's end stores its children's cancels first
--- (Service:leave_children), but a record written by an older version, or
--- a cancel whose commit failed, leaves such a child, which recovery then
--- cancels (replayed, then stopped as a cancelled run) instead of running
--- it on for nobody.
+-- (Service:leave_children), but a record written by an older version, a
+-- cancel whose commit failed, or `chorus runs cancel` on the folder of a
+-- stopped server (the parent's stored record names no child yet: the list
+-- is written with its next record) leaves such a child, which recovery then
+-- cancels (replayed, then stopped as a cancelled run, before its first
+-- live effect) instead of running it on for nobody.
 function Service:orphaned(rec)
   local pid = rec.parent
-  if type(pid) ~= "string" or rec.cancel or self.running[pid] then
+  if type(pid) ~= "string" or rec.cancel then
     return false
   end
-  local ok, p = pcall(self.store.get_run, self.store, pid)
-  return ok and (type(p) ~= "table" or p.status ~= "running")
+  local p = self.running[pid]
+  if p then
+    return p.cancel ~= nil
+  end
+  local ok, stored = pcall(self.store.get_run, self.store, pid)
+  return ok and (type(stored) ~= "table" or stored.status ~= "running" or stored.cancel ~= nil)
 end
 
 -- Resumes one unfinished run: replayed from the start against its journal,
