@@ -80,6 +80,11 @@ end
 --- store.memory(): the process "dies", what was not committed is gone.
 function Store:crash()
   self.st:crash()
+  -- and what the process kept in memory: the counts are read again from
+  -- what was committed, as a restarted server reads them
+  self.held_bytes, self.run_accounts, self.journal_read = nil, nil, nil
+  self.deltas_pending, self.deltas_taken = nil, nil
+  self.lane_counts, self.lanes_counted = nil, nil
 end
 
 local flush_deltas -- (a guest's changes of the counts, below)
@@ -694,17 +699,21 @@ local function journal_bytes(self, id)
   return bytes, #rows
 end
 
---- The bytes of run id's journal in the folder (committed), all of its
---- entries: what a resumed run's record cap starts from (chorus.journal).
+local accounts
+
+--- The bytes of run id's journal, all of its entries: what a resumed run's
+--- record cap starts from (chorus.journal). Its account's count: what the
+--- folder held when this process first wrote the run or read its journal
+--- (Store:journal), and what it has written since.
 function Store:journal_bytes(id)
-  return (journal_bytes(self, id))
+  return self:run_account(id).jn
 end
 
 -- The runs this process writes: run id → { wf =, rec = bytes of its
 -- record, jn = of its journal }, from their first record to their end
 -- (Store:run_settled). A run it did not start (resumed after a restart,
 -- redriven, cancelled, swept) is read from the folder the first time.
-local function accounts(self)
+function accounts(self)
   local a = self.run_accounts
   if not a then
     a = {}
@@ -735,7 +744,17 @@ function Store:run_account(id, wf)
       wf = ok and type(rec) == "table" and rec.workflow or nil
     end
   end
-  a = { wf = type(wf) == "string" and wf or nil, rec = text and #text or 0, jn = (journal_bytes(self, id)) }
+  -- its journal's bytes as Store:journal last counted them (a resumed
+  -- run's: no write of this process to it since, or its account would be
+  -- here), else counted now
+  local read = self.journal_read
+  local jn = read and read[id]
+  if jn then
+    read[id] = nil
+  else
+    jn = journal_bytes(self, id)
+  end
+  a = { wf = type(wf) == "string" and wf or nil, rec = text and #text or 0, jn = jn }
   all[id] = a
   return a
 end
@@ -766,6 +785,9 @@ end
 function Store:run_settled(id)
   if self.run_accounts then
     self.run_accounts[id] = nil
+  end
+  if self.journal_read then
+    self.journal_read[id] = nil
   end
 end
 
@@ -851,17 +873,24 @@ function Store:get_outcome(run_id)
   return self:get_json("journal", run_id .. OUTCOME_SEQ)
 end
 
---- The recorded effects of a run, in sequence order.
+--- The recorded effects of a run, in sequence order. The bytes of every
+--- row of its journal are counted in the same walk and kept for its
+--- account (run_account, Store:journal_bytes): a resumed run's record cap
+--- and its workflow's count start from them without a second walk.
 function Store:journal(run_id)
-  local out = {}
-  for _, row in ipairs(self:scan_json("journal", { prefix = run_id, limit = math.maxinteger })) do
+  local out, bytes = {}, 0
+  for _, row in ipairs(self.st:scan("journal", { prefix = run_id, limit = math.maxinteger })) do
+    local key, value = row[1], decode("journal", row[1], row[2])
+    bytes = bytes + #row[2]
     -- not a longer id sharing the prefix, nor the redrive entry (seq 0)
     -- or the outcome
-    local seq = row.key:sub(-4)
-    if #row.key == #run_id + 4 and seq ~= REDRIVE_SEQ and seq ~= OUTCOME_SEQ then
-      out[#out + 1] = row.value
+    local seq = key:sub(-4)
+    if #key == #run_id + 4 and seq ~= REDRIVE_SEQ and seq ~= OUTCOME_SEQ then
+      out[#out + 1] = value
     end
   end
+  local read = self.journal_read or {}
+  self.journal_read, read[run_id] = read, bytes
   return out
 end
 
