@@ -236,6 +236,24 @@ describe("ctx.call", function()
     assert.are.equal(30, r.elapsed)
   end)
 
+  -- The child's deadline is capped by the parent's, but its on_timeout
+  -- runs past it (10 s of its own), and the parent waited for that too: a
+  -- parent with 30 s timed out at 40, one level more of children at 50.
+  it("ends the parent's wait for its child at the parent's deadline, the child's on_timeout running on", function()
+    testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
+    testing.mock("alerts", { status = 202, delay = 8 })
+    local slow_cleanup = chorus.workflow { name = "charge", run = charge.run, on_timeout = function()
+      return http.upstream("alerts"):post("/late", {}).status
+    end }
+    local r = testing.run(chorus.workflow { name = "order", timeout = 30, run = function(ctx)
+      return ctx.call("charge", { amount = 5 })
+    end }, {}, { workflows = { charge = slow_cleanup } })
+    assert.are.equal("timed_out", r.status)
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(30, r.elapsed)
+    assert.called_upstream(r, "alerts", "POST", "/late") -- (the child's on_timeout, after the parent's end)
+  end)
+
   it("cancelling the parent cancels the child", function()
     testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
     local r = testing.run(order(function(ctx) return ctx.call("charge", { amount = 5 }) end), {},
