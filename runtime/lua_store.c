@@ -149,6 +149,11 @@ static int store_counter(lua_State *L) {
     return 0;
 }
 
+static int store_batch(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)chorus_store_batch(check_store(L)));
+    return 1;
+}
+
 static int store_del_kind(lua_State *L, int prefix) {
     struct chorus_store *st = check_store(L);
     int db = check_db(L, 2);
@@ -614,6 +619,7 @@ int chorus_lua_store_new(lua_State *L) {
             {"lock", store_lock},
             {"verify", store_verify},
             {"counter", store_counter},
+            {"batch", store_batch},
             {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);

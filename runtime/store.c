@@ -843,6 +843,8 @@ int chorus_store_counter(struct chorus_store *st, unsigned slot, const void *key
     return 0;
 }
 
+uint64_t chorus_store_batch(const struct chorus_store *st) { return st->pending->seq; }
+
 int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen) {
     return queue(st, OP_DEL, db, key, klen, NULL, 0);
 }

@@ -130,6 +130,12 @@ int chorus_store_del_prefix(struct chorus_store *st, int db, const void *prefix,
 int chorus_store_counter(struct chorus_store *st, unsigned slot, const void *key, size_t klen,
                          long long value);
 
+/* The number of the batch a write queued now goes into: it changes when
+ * that batch is handed to the writer (once a loop turn, whoever commits),
+ * so a caller can keep one row per batch, put again as it changes (the
+ * writer applies only the last put of a key in a batch). */
+uint64_t chorus_store_batch(const struct chorus_store *st);
+
 /* Calls done once every write queued so far is durable. Returns a handle
  * for chorus_store_unwait, or NULL when nothing is outstanding (done is
  * not called then) or out of memory (*oom set). */

@@ -87,16 +87,12 @@ function Store:crash()
   self.lane_counts, self.lanes_counted = nil, nil
 end
 
-local flush_deltas -- (a guest's changes of the counts, below)
-
 function Store:close()
-  flush_deltas(self) -- (close commits what is queued)
   self.st:close()
 end
 
 --- Waits until the queued writes are on disk; raises when their batch failed.
 function Store:commit()
-  flush_deltas(self)
   local ok, err = pcall(self.st.commit, self.st)
   if not ok then
     -- the batch is lost, the counts it changed with it: what each workflow
@@ -532,29 +528,27 @@ local function delta_rows(self, kind)
   return out
 end
 
--- A guest's change by of name's count (kind: "held" or "lanes"), summed
--- until the commit (flush_deltas): one row per name and commit, not one
--- per write (a `chorus run --data` journals every effect).
+-- A guest's change by of name's count (kind: "held" or "lanes"), put in
+-- the batch the change goes into (the store hands a batch to its writer
+-- once a loop turn, whoever commits): one row per name and batch, put
+-- again with the sum as it changes (the writer applies the last put of a
+-- key only), not one per write (a `chorus run --data` journals every
+-- effect). Summed until the caller committed, a change the loop's own
+-- commit took went without its row: a kill then lost it for good.
 local function put_delta(self, kind, name, by)
-  local pending = self.deltas_pending or { held = {}, lanes = {} }
-  self.deltas_pending = pending
-  pending[kind][name] = (pending[kind][name] or 0) + by
-end
-
--- Puts a guest's summed changes into the batch about to be committed.
-function flush_deltas(self)
+  local batch = self.st:batch()
   local pending = self.deltas_pending
-  if not pending then
-    return
+  if not pending or pending.batch ~= batch then
+    pending = { batch = batch, held = {}, lanes = {} }
+    self.deltas_pending = pending
   end
-  self.deltas_pending = nil
-  for kind, by_name in pairs(pending) do
-    for name, by in pairs(by_name) do
-      if by ~= 0 then
-        self.st:put("meta", DELTAS[kind] .. name .. "\0" .. core.uuid(), tostring(by))
-      end
-    end
+  local row = pending[kind][name]
+  if not row then
+    row = { key = DELTAS[kind] .. name .. "\0" .. core.uuid(), n = 0 }
+    pending[kind][name] = row
   end
+  row.n = row.n + by
+  self.st:put("meta", row.key, tostring(row.n))
 end
 
 -- The owner takes the delta rows of kind it has not taken yet: each row is
