@@ -65,6 +65,8 @@
 struct lstore {
     struct chorus_store *st;
     int lock_fd; /* serve.lock, held while this process serves; -1 */
+    int guest_fd; /* guest-NAME.lock, held while this process writes as a guest; -1 */
+    char guest[65];
     char dir[4096];
 };
 
@@ -565,10 +567,43 @@ static int store_lock(lua_State *L) {
     return 1;
 }
 
+/* st:hold_guest(name): takes the guest lock NAME (serve_lock.h) until the
+ * store closes or the process dies; true, or fail and why. */
+static int store_hold_guest(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    const char *name = luaL_checkstring(L, 2);
+    luaL_argcheck(L, ls->guest_fd < 0, 1, "holds a guest lock already");
+    char err[4400];
+    int fd = chorus_guest_lock(ls->dir, name, err, sizeof err);
+    if (fd < 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    ls->guest_fd = fd;
+    snprintf(ls->guest, sizeof ls->guest, "%s", name);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* st:guest_alive(name): whether a live process holds the guest lock NAME
+ * (nil for a name no guest could have). */
+static int store_guest_alive(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    int alive = chorus_guest_alive(ls->dir, luaL_checkstring(L, 2));
+    if (alive < 0)
+        lua_pushnil(L);
+    else
+        lua_pushboolean(L, alive);
+    return 1;
+}
+
 static int store_close(lua_State *L) {
     struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
     chorus_serve_unlock(ls->lock_fd);
     ls->lock_fd = -1;
+    chorus_guest_unlock(ls->dir, ls->guest, ls->guest_fd);
+    ls->guest_fd = -1;
     if (ls->st) {
         chorus_store_close(ls->st);
         ls->st = NULL;
@@ -601,6 +636,8 @@ int chorus_lua_store_new(lua_State *L) {
     struct lstore *ls = lua_newuserdatauv(L, sizeof *ls, 0);
     ls->st = NULL;
     ls->lock_fd = -1;
+    ls->guest_fd = -1;
+    ls->guest[0] = 0;
     snprintf(ls->dir, sizeof ls->dir, "%s", dir);
     if (luaL_newmetatable(L, STORE_MT)) {
         static const luaL_Reg methods[] = {
@@ -617,6 +654,8 @@ int chorus_lua_store_new(lua_State *L) {
             {"__gc", store_close},
             {"count", store_count},
             {"lock", store_lock},
+            {"hold_guest", store_hold_guest},
+            {"guest_alive", store_guest_alive},
             {"verify", store_verify},
             {"counter", store_counter},
             {"batch", store_batch},

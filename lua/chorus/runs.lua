@@ -1101,6 +1101,52 @@ function Service:resume(id, start)
   return true
 end
 
+-- Seconds between two looks at the guests whose runs wait for their end.
+local GUEST_EVERY = 1
+
+--- The runs of list (unfinished ones) a live guest of the folder runs
+--- (`chorus run --data`: its lock is held) are kept aside in
+--- self.guest_runs; returns the others. What the start-up check read of
+--- the runs kept aside is dropped: the guest writes them meanwhile.
+function Service:leave_to_guests(list)
+  local st, out = self.store, {}
+  for _, u in ipairs(list) do
+    if u.guest and st:guest_alive(u.guest) then
+      self.guest_runs = self.guest_runs or {}
+      self.guest_runs[u.id] = u.guest
+      st:take_checked(u.id)
+    else
+      out[#out + 1] = u
+    end
+  end
+  return out
+end
+
+--- Once a second, until none is left: a run kept aside for its guest is
+--- resumed (by start, as recover does) once the guest is gone and left it
+--- unfinished (its timer is still there), as a restart would have.
+function Service:watch_guests(start, stopping)
+  local st, log = self.store, self.env.log
+  while next(self.guest_runs) and not (stopping and stopping()) do
+    core.sleep(GUEST_EVERY)
+    for id, guest in pairs(self.guest_runs) do
+      if not st:guest_alive(guest) then
+        self.guest_runs[id] = nil
+        local ok, err = pcall(function()
+          if st:get_json("timers", id) and not self.running[id] then
+            log("info", "resuming a run its `chorus run` left unfinished", { run_id = id })
+            self:resume(id, start)
+          end
+        end)
+        if not ok then
+          log("error", "cannot resume a run", { run_id = id, error = tostring(err) })
+        end
+      end
+    end
+  end
+  self.guest_runs = nil
+end
+
 --- Resumes every run that had not finished when the process stopped. The
 --- list of them is read first (a run a request starts later is not among
 --- them). opts:
@@ -1128,6 +1174,9 @@ function Service:recover(opts)
   for _, u in ipairs(unfinished) do
     live[u.id] = true
   end
+  -- the runs of a `chorus run --data` still running are its own: resumed
+  -- here only once it is gone (watch_guests), never beside it
+  unfinished = self:leave_to_guests(unfinished)
   if st.started_outbox and not st.memory then
     for _, e in ipairs(st:started_outbox()) do
       if not live[e.id] then
@@ -1148,6 +1197,9 @@ function Service:recover(opts)
   end
   local total = #unfinished
   self.recovery = { resumed = 0, total = total, active = total > 0 }
+  if self.guest_runs then
+    core.start({ instructions = 0, memory = 0, cpu_ms = 0 }, function() self:watch_guests(start, opts.stopping) end)
+  end
   local done = opts.done or function() end
   if total == 0 then
     done()

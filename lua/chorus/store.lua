@@ -379,7 +379,8 @@ end
 
 --- Marks a run unfinished (recovery resumes it) with its deadline.
 function Store:put_timer(id, deadline_at)
-  self:put_json("timers", id, { deadline_at = deadline_at })
+  -- a guest's runs name it: a server starting while it lives leaves them to it
+  self:put_json("timers", id, { deadline_at = deadline_at, guest = self.guest_id })
 end
 
 function Store:del_timer(id)
@@ -390,9 +391,32 @@ end
 function Store:unfinished()
   local out = {}
   for _, row in ipairs(self:scan_json("timers", { limit = math.maxinteger })) do
-    out[#out + 1] = { id = row.key, deadline_at = row.value.deadline_at }
+    out[#out + 1] = { id = row.key, deadline_at = row.value.deadline_at, guest = row.value.guest }
   end
   return out
+end
+
+--- A guest that runs workflows in the folder (`chorus run --data`) holds
+--- a lock of its own while it lives, named in the timers of its runs: a
+--- server starting meanwhile resumes them only once the guest is gone
+--- (chorus.runs, recover), instead of running them a second time beside
+--- it. True, or nil and why.
+function Store:claim_guest()
+  self.guest = true
+  if self.memory then
+    return true
+  end
+  local id = core.uuid()
+  local ok, err = self.st:hold_guest(id)
+  if ok then
+    self.guest_id = id
+  end
+  return ok, err
+end
+
+--- Whether guest name (a timer's) still lives.
+function Store:guest_alive(name)
+  return not self.memory and type(name) == "string" and self.st:guest_alive(name) == true
 end
 
 --- The runs under index key `key`, newest first, from the index (no scan of
