@@ -64,7 +64,7 @@
 
 struct lstore {
     struct chorus_store *st;
-    int lock_fd; /* serve.lock, held while this process serves; -1 */
+    int lock_fd;  /* serve.lock, held while this process serves; -1 */
     int guest_fd; /* guest-NAME.lock, held while this process writes as a guest; -1 */
     char guest[65];
     char dir[4096];

@@ -42,7 +42,8 @@ static int guest_path(char *path, size_t len, const char *dir, const char *name)
         return -1;
     for (size_t i = 0; i < n; i++) {
         char c = name[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-'))
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              c == '-'))
             return -1;
     }
     snprintf(path, len, "%s/guest-%s.lock", dir, name);

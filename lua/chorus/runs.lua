@@ -900,9 +900,9 @@ function Service:await_child(id, parent, start)
   -- bounded by the parent's deadline, as every wait of a run: the child's
   -- own is capped by it, but its on_timeout (and its children's) runs past
   -- it, and the parent waited for that too (a deadline of 5 s ended at 15)
-  local left = runstate.remaining(parent)
-  local o = runstate.wait(token, left)
-  if o == nil and left ~= math.huge then -- the close cancels the child, unless it is ending already
+  local wait_left = runstate.remaining(parent)
+  local o = runstate.wait(token, wait_left)
+  if o == nil and wait_left ~= math.huge then -- the close cancels the child, unless it is ending already
     error(runstate.deadline_error(("waiting for child run %s"):format(id)), 0)
   end
   w.done = true
