@@ -51,17 +51,22 @@ static int guest_path(char *path, size_t len, const char *dir, const char *name)
 }
 
 int chorus_guest_lock(const char *dir, const char *name, char *err, size_t errlen) {
-    char path[4200];
+    char path[4200], tmp[4200];
     if (guest_path(path, sizeof path, dir, name) < 0) {
         snprintf(err, errlen, "a guest's name is 1 to 64 letters, digits or '-'");
         return -1;
     }
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+    /* locked under another name, then renamed: a server never sees the
+     * file unheld while its guest lives (it would take the guest for dead) */
+    snprintf(tmp, sizeof tmp, "%s/guest-%s.tmp", dir, name);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 && rename(tmp, path) == 0)
         return fd;
     int e = errno;
-    if (fd >= 0)
+    if (fd >= 0) {
+        unlink(tmp);
         close(fd);
+    }
     snprintf(err, errlen, "cannot lock %s: %s", path, strerror(e));
     return -1;
 }

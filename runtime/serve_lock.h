@@ -27,7 +27,8 @@ void chorus_serve_unlock(int fd);
  * to the folder without serve.lock (`chorus run --data`) for as long as it
  * lives, so a server starting meanwhile can tell its unfinished runs from
  * those of a process that died (and resumes only those). NAME is 1 to 64
- * of [0-9A-Za-z-]. chorus_guest_lock takes it (creating the file) and
+ * of [0-9A-Za-z-]. chorus_guest_lock takes it (the file is created
+ * locked: it never shows unheld while its guest lives) and
  * returns the descriptor that holds it (give it to chorus_guest_unlock,
  * which removes the file), or -1 with the reason in err. */
 int chorus_guest_lock(const char *dir, const char *name, char *err, size_t errlen);

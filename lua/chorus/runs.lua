@@ -1105,15 +1105,13 @@ end
 local GUEST_EVERY = 1
 
 --- The runs of list (unfinished ones) a live guest of the folder runs
---- (`chorus run --data`: its lock is held) are kept aside in
---- self.guest_runs; returns the others. What the start-up check read of
---- the runs kept aside is dropped: the guest writes them meanwhile.
+--- (`chorus run --data`: its lock is held) are left to it (watch_guests
+--- resumes them if it dies); returns the others. What the start-up check
+--- read of the runs left is dropped: the guest writes them meanwhile.
 function Service:leave_to_guests(list)
   local st, out = self.store, {}
   for _, u in ipairs(list) do
     if u.guest and st:guest_alive(u.guest) then
-      self.guest_runs = self.guest_runs or {}
-      self.guest_runs[u.id] = u.guest
       st:take_checked(u.id)
     else
       out[#out + 1] = u
@@ -1122,29 +1120,32 @@ function Service:leave_to_guests(list)
   return out
 end
 
---- Once a second, until none is left: a run kept aside for its guest is
---- resumed (by start, as recover does) once the guest is gone and left it
---- unfinished (its timer is still there), as a restart would have.
+--- The server's look, once a second until stopping(), for the guests of
+--- its folder (`chorus run --data`) that died: the runs they left
+--- unfinished (a timer naming the guest) are resumed, by start (a
+--- detached run by default), as a restart would resume them. A guest's
+--- runs are its own while it lives, whenever it started.
 function Service:watch_guests(start, stopping)
+  start = start or function(fn) core.start(nil, fn) end
   local st, log = self.store, self.env.log
-  while next(self.guest_runs) and not (stopping and stopping()) do
+  while not (stopping and stopping()) do
     core.sleep(GUEST_EVERY)
-    for id, guest in pairs(self.guest_runs) do
-      if not st:guest_alive(guest) then
-        self.guest_runs[id] = nil
-        local ok, err = pcall(function()
-          if st:get_json("timers", id) and not self.running[id] then
-            log("info", "resuming a run its `chorus run` left unfinished", { run_id = id })
-            self:resume(id, start)
-          end
-        end)
-        if not ok then
-          log("error", "cannot resume a run", { run_id = id, error = tostring(err) })
+    local ok, err = pcall(function()
+      local dead = st:dead_guests()
+      if not next(dead) then
+        return
+      end
+      for _, u in ipairs(st:unfinished()) do
+        if u.guest and dead[u.guest] and not self.running[u.id] then
+          log("info", "resuming a run its `chorus run` left unfinished", { run_id = u.id })
+          self:resume(u.id, start)
         end
       end
+    end)
+    if not ok then
+      log("error", "cannot resume the runs of a `chorus run` that died", { error = tostring(err) })
     end
   end
-  self.guest_runs = nil
 end
 
 --- Resumes every run that had not finished when the process stopped. The
@@ -1197,9 +1198,6 @@ function Service:recover(opts)
   end
   local total = #unfinished
   self.recovery = { resumed = 0, total = total, active = total > 0 }
-  if self.guest_runs then
-    core.start({ instructions = 0, memory = 0, cpu_ms = 0 }, function() self:watch_guests(start, opts.stopping) end)
-  end
   local done = opts.done or function() end
   if total == 0 then
     done()

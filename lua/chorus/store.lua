@@ -419,6 +419,22 @@ function Store:guest_alive(name)
   return not self.memory and type(name) == "string" and self.st:guest_alive(name) == true
 end
 
+--- The guests of the folder that died since the last look: { name = true }
+--- (their lock files are removed as they are found unheld).
+function Store:dead_guests()
+  local dead = {}
+  if self.memory or not self.dir then
+    return dead
+  end
+  for _, ent in ipairs(core.scandir(self.dir) or {}) do
+    local name = not ent.dir and ent.name:match("^guest%-([%w%-]+)%.lock$")
+    if name and not self:guest_alive(name) then
+      dead[name] = true
+    end
+  end
+  return dead
+end
+
 --- The runs under index key `key`, newest first, from the index (no scan of
 --- the runs): { {id =, t =, summary = {...}} }, at most opts.limit. opts:
 --- also (keys each run must also be under), before (an exclusive time key,

@@ -324,4 +324,17 @@ end }
     assert.are.equal(2, mock.stats().by_path["/slow"]) -- the call in flight at the kill, sent again
     assert.are.equal(1, mock.stats().by_path["/charge"]) -- replayed from the journal
   end)
+
+  -- (its run was left running until the server's next start)
+  it("resumes the run of a `chorus run` started and killed while the server runs", function()
+    srv = H.start_server({ "--scripts", dir, "--data", data })
+    local p, pid, out = run_in_background()
+    os.execute("kill -KILL " .. pid)
+    p:close()
+    os.remove(out)
+    assert.truthy(H.eventually(function() return runs():find('"succeeded"', 1, true) end, 15),
+      "the server did not resume the run: " .. runs())
+    assert.are.equal(2, mock.stats().by_path["/slow"])
+    assert.are.equal(1, mock.stats().by_path["/charge"])
+  end)
 end)
