@@ -35,6 +35,16 @@ describe("the run deadline", function()
     assert.are.equal(5, r.elapsed)
   end)
 
+  -- min(NaN, the time left) is NaN: a call with timeout = 0/0 was not
+  -- capped by the deadline (the C transport refuses it; a mock did not)
+  it("refuses a NaN timeout rather than leave the call uncapped", function()
+    testing.mock("slow", { status = 200, delay = 60 })
+    local r = testing.run(workflow(function() return http.upstream("slow"):get("/x", { timeout = 0 / 0 }) end))
+    assert.is_false(r.ok)
+    assert.matches("timeout must be a non-negative number of seconds", tostring(r.error.message or r.error), 1, true)
+    assert.are.equal(0, r.elapsed)
+  end)
+
   it("lets a call that fits finish normally", function()
     testing.mock("quick", { status = 200, delay = 1 })
     local r = testing.run(workflow(function() return http.upstream("quick"):get("/x").status end))
