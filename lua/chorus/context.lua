@@ -331,7 +331,7 @@ end
 -- The wake time is journaled when the sleep starts, so a run resumed
 -- after a restart sleeps only what is left of it.
 function shared.sleep(seconds)
-  if type(seconds) ~= "number" or seconds < 0 then
+  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then -- (NaN: a wake time of NaN journaled)
     error("ctx.sleep: seconds must be a non-negative number", 2)
   end
   local wake = journal.effect("sleep", nil, function()

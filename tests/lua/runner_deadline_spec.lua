@@ -45,6 +45,12 @@ describe("the run deadline", function()
     assert.are.equal(0, r.elapsed)
   end)
 
+  it("refuses a NaN sleep (it slept not at all, its wake time NaN in the journal)", function()
+    local r = testing.run(workflow(function(ctx) ctx.sleep(0 / 0) end))
+    assert.is_false(r.ok)
+    assert.matches("ctx.sleep: seconds must be a non-negative number", tostring(r.error.message or r.error), 1, true)
+  end)
+
   it("lets a call that fits finish normally", function()
     testing.mock("quick", { status = 200, delay = 1 })
     local r = testing.run(workflow(function() return http.upstream("quick"):get("/x").status end))
