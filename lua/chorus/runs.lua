@@ -235,13 +235,17 @@ function Service:finish_record(rec, ok, value, info)
   -- a cancelled run's on_cancel outcome, the same way
   rec.on_cancel = not ok and s and s.on_cancel or nil
   local cancelled = not ok and s and s.cancelled
+  -- (its deadline stopped it: a deadline error the script raised or let
+  -- through from a child is an ordinary failure; without a state, as the
+  -- error says)
+  local timed_out = not ok and (s == nil or s.timed_out)
   self.states[rec] = nil
   if ok then
     rec.status = compensated and "compensated" or "succeeded"
     rec.result = value
   else
     local err = errors.normalize(value)
-    rec.status = err.kind == "deadline" and "timed_out" or cancelled and err.kind == "cancelled" and "cancelled"
+    rec.status = timed_out and err.kind == "deadline" and "timed_out" or cancelled and err.kind == "cancelled" and "cancelled"
       or compensated and "compensated" or "failed"
     rec.error = err
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
