@@ -245,8 +245,8 @@ function Service:finish_record(rec, ok, value, info)
     rec.result = value
   else
     local err = errors.normalize(value)
-    rec.status = timed_out and err.kind == "deadline" and "timed_out" or cancelled and err.kind == "cancelled" and "cancelled"
-      or compensated and "compensated" or "failed"
+    rec.status = timed_out and err.kind == "deadline" and "timed_out"
+      or cancelled and err.kind == "cancelled" and "cancelled" or compensated and "compensated" or "failed"
     rec.error = err
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
       error = errors.brief(redact.value(err, rec.redact), LOG_ERROR_BYTES),
