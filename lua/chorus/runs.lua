@@ -1117,6 +1117,7 @@ function Service:leave_to_guests(list)
   for _, u in ipairs(list) do
     if u.guest and st:guest_alive(u.guest) then
       st:take_checked(u.id)
+      st:run_settled(u.id) -- (and what it counted of them: a later write reads the folder again)
     else
       out[#out + 1] = u
     end
