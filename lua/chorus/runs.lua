@@ -1430,6 +1430,10 @@ function Service:prepare_redrive(id, via)
   rec.redrives = redrives
   rec.input, rec.request = saved.input, saved.request
   rec.status, rec.result, rec.error, rec.finished, rec.duration = "running", nil, nil, nil, nil
+  -- a cancel the failed run had stored (a limit stopped it first) is not
+  -- this run's: kept, a crash during the redrive resumed it cancelled, and
+  -- its children with it (Service:orphaned)
+  rec.cancel, rec.on_cancel, rec.on_timeout = nil, nil, nil
   rec.timeline = {}
   rec.deadline_at = wf.timeout and core.now() + wf.timeout
   self:remember(rec)

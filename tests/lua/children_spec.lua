@@ -469,6 +469,39 @@ describe("a child run its parent stops waiting for", function()
     assert_nothing_in_flight(svc, st)
   end)
 
+  -- A cancel stored in a run that then failed (a limit stopped it first)
+  -- stayed in its record through a redrive: a crash during the redrive
+  -- resumed it cancelled, and its children with it (a child whose
+  -- parent's record holds a cancel is cancelled as it resumes).
+  it("is not cancelled for a cancel its redriven parent's failed run had stored", function()
+    local svc, st = service({ slow = slow })
+    local quick = chorus.workflow { name = "top", run = function(ctx)
+      local tries = st:get_json("meta", "tries") or 0
+      if tries == 0 then
+        error({ kind = "boom", message = "not this time" })
+      end
+      return ctx.call("slow", {})
+    end }
+    svc:keep_version({ workflow = quick, hash = "h:top" })
+    local out = run_top(svc, quick)
+    assert.are.equal("failed", out.rec.status)
+    core.set_clock("virtual", T0 + 2000)
+    local ok, res = core.run(nil, function()
+      local stored = record(st, out.rec.id)
+      stored.cancel = { at = 1, via = "admin" } -- stored before the run failed
+      st:put_run(stored)
+      st:put_json("meta", "tries", 1)
+      st:commit()
+      local rec, wf, kept = assert(svc:prepare_redrive(out.rec.id, "admin"))
+      return { rec.cancel, svc:execute({ workflow = wf }, rec, rec.input, kept) }
+    end)
+    core.set_clock("real")
+    assert(ok, tostring(res))
+    assert.is_nil(res[1])
+    assert.is_true(res[2], res[3] and res[3].message)
+    assert.are.equal("succeeded", record(st, out.rec.id).status)
+  end)
+
   it("found unfinished after a restart while its parent has ended, is cancelled, not run on", function()
     -- a crash between the parent's end and the cancel of the child it left
     -- (two commits) leaves that child in flight in the data folder
