@@ -278,6 +278,14 @@ static void cancel_sleep(void *data) {
     uv_close((uv_handle_t *)timer, free_timer);
 }
 
+/* core.waitable(): raises as a call that waits would here (chorus_task_waitable,
+ * with I/O): for transports written in Lua (chorus.testing's mocks), so that
+ * a call the real transport refuses is refused there too. */
+static int core_waitable(lua_State *L) {
+    chorus_task_waitable(L, 1);
+    return 0;
+}
+
 static int core_sleep(lua_State *L) {
     lua_Number s = luaL_checknumber(L, 1);
     luaL_argcheck(L, s >= 0 && s < 1e9, 1, "seconds must be between 0 and 1e9");
@@ -551,6 +559,7 @@ static const luaL_Reg core_funcs[] = {
     {"cancel", core_cancel},
     {"interrupt", core_interrupt},
     {"sleep", core_sleep},
+    {"waitable", core_waitable},
     {"now", core_now},
     {"monotime", core_monotime},
     {"uuid", core_uuid},

@@ -64,7 +64,9 @@
 
 struct lstore {
     struct chorus_store *st;
-    int lock_fd; /* serve.lock, held while this process serves; -1 */
+    int lock_fd;  /* serve.lock, held while this process serves; -1 */
+    int guest_fd; /* guest-NAME.lock, held while this process writes as a guest; -1 */
+    char guest[65];
     char dir[4096];
 };
 
@@ -147,6 +149,11 @@ static int store_counter(lua_State *L) {
     if (chorus_store_counter(st, (unsigned)slot, k, klen, (long long)value) != 0)
         return luaL_error(L, "store: out of memory");
     return 0;
+}
+
+static int store_batch(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)chorus_store_batch(check_store(L)));
+    return 1;
 }
 
 static int store_del_kind(lua_State *L, int prefix) {
@@ -276,6 +283,25 @@ static int store_scan(lua_State *L) {
     if (chorus_store_scan(st, db, &r, push_record, &list, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
     return 1;
+}
+
+/* st:snapshot(fn): fn's results; every read of st inside fn sees one
+ * committed state (chorus_store_pin). fn cannot yield (lua_pcall): the
+ * loop must not run while the read transaction is held. */
+static int store_snapshot(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    struct chorus_store *st = check_store(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    char err[512];
+    if (chorus_store_pin(st, err, sizeof err) < 0)
+        return luaL_error(L, "%s", err);
+    lua_settop(L, 2);
+    int rc = lua_pcall(L, 0, LUA_MULTRET, 0);
+    if (ls->st == st) /* (fn may have closed the store) */
+        chorus_store_unpin(st);
+    if (rc != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L) - 1;
 }
 
 static int store_index(lua_State *L) {
@@ -541,10 +567,43 @@ static int store_lock(lua_State *L) {
     return 1;
 }
 
+/* st:hold_guest(name): takes the guest lock NAME (serve_lock.h) until the
+ * store closes or the process dies; true, or fail and why. */
+static int store_hold_guest(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    const char *name = luaL_checkstring(L, 2);
+    luaL_argcheck(L, ls->guest_fd < 0, 1, "holds a guest lock already");
+    char err[4400];
+    int fd = chorus_guest_lock(ls->dir, name, err, sizeof err);
+    if (fd < 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    ls->guest_fd = fd;
+    snprintf(ls->guest, sizeof ls->guest, "%s", name);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* st:guest_alive(name): whether a live process holds the guest lock NAME
+ * (nil for a name no guest could have). */
+static int store_guest_alive(lua_State *L) {
+    struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
+    int alive = chorus_guest_alive(ls->dir, luaL_checkstring(L, 2));
+    if (alive < 0)
+        lua_pushnil(L);
+    else
+        lua_pushboolean(L, alive);
+    return 1;
+}
+
 static int store_close(lua_State *L) {
     struct lstore *ls = luaL_checkudata(L, 1, STORE_MT);
     chorus_serve_unlock(ls->lock_fd);
     ls->lock_fd = -1;
+    chorus_guest_unlock(ls->dir, ls->guest, ls->guest_fd);
+    ls->guest_fd = -1;
     if (ls->st) {
         chorus_store_close(ls->st);
         ls->st = NULL;
@@ -577,6 +636,8 @@ int chorus_lua_store_new(lua_State *L) {
     struct lstore *ls = lua_newuserdatauv(L, sizeof *ls, 0);
     ls->st = NULL;
     ls->lock_fd = -1;
+    ls->guest_fd = -1;
+    ls->guest[0] = 0;
     snprintf(ls->dir, sizeof ls->dir, "%s", dir);
     if (luaL_newmetatable(L, STORE_MT)) {
         static const luaL_Reg methods[] = {
@@ -586,14 +647,18 @@ int chorus_lua_store_new(lua_State *L) {
             {"del_prefix", store_del_prefix},
             {"get", store_get},
             {"scan", store_scan},
+            {"snapshot", store_snapshot},
             {"commit", store_commit},
             {"stats", store_stats},
             {"close", store_close},
             {"__gc", store_close},
             {"count", store_count},
             {"lock", store_lock},
+            {"hold_guest", store_hold_guest},
+            {"guest_alive", store_guest_alive},
             {"verify", store_verify},
             {"counter", store_counter},
+            {"batch", store_batch},
             {NULL, NULL},
         };
         luaL_setfuncs(L, methods, 0);

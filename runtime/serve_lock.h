@@ -23,4 +23,20 @@ int chorus_serve_lock(const char *dir, double wait_seconds, char *err, size_t er
  * -1 is ignored. */
 void chorus_serve_unlock(int fd);
 
+/* A guest's lock: DIR/guest-NAME.lock, held by a process that writes runs
+ * to the folder without serve.lock (`chorus run --data`) for as long as it
+ * lives, so a server starting meanwhile can tell its unfinished runs from
+ * those of a process that died (and resumes only those). NAME is 1 to 64
+ * of [0-9A-Za-z-]. chorus_guest_lock takes it (the file is created
+ * locked: it never shows unheld while its guest lives) and
+ * returns the descriptor that holds it (give it to chorus_guest_unlock,
+ * which removes the file), or -1 with the reason in err. */
+int chorus_guest_lock(const char *dir, const char *name, char *err, size_t errlen);
+void chorus_guest_unlock(const char *dir, const char *name, int fd);
+
+/* Whether the guest NAME still holds its lock: 1 (alive), 0 (no such
+ * file, or nobody holds it: the file is removed then), -1 for a NAME
+ * outside the rule above. */
+int chorus_guest_alive(const char *dir, const char *name);
+
 #endif

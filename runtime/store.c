@@ -55,6 +55,7 @@ struct chorus_store {
     MDB_dbi dbi[STORE_NDB];
     MDB_txn *reader; /* reset between reads, renewed on the next */
     int reader_live;
+    int pinned; /* chorus_store_pin's depth: the reader stays live */
     uv_loop_t *loop;
     uv_prepare_t prepare; /* hands the pending batch over, once a turn */
     uv_async_t async;     /* the writer thread says its batch is done */
@@ -842,6 +843,8 @@ int chorus_store_counter(struct chorus_store *st, unsigned slot, const void *key
     return 0;
 }
 
+uint64_t chorus_store_batch(const struct chorus_store *st) { return st->pending->seq; }
+
 int chorus_store_del(struct chorus_store *st, int db, const void *key, size_t klen) {
     return queue(st, OP_DEL, db, key, klen, NULL, 0);
 }
@@ -893,6 +896,8 @@ void chorus_store_unwait(struct chorus_store *st, void *waiter) {
 /* ---- reads -------------------------------------------------------------------- */
 
 MDB_txn *chorus_store_reader(struct chorus_store *st, const char **err) {
+    if (st->pinned && st->reader_live)
+        return st->reader;
     int rc;
     if (!st->reader)
         rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &st->reader);
@@ -911,10 +916,25 @@ MDB_txn *chorus_store_reader(struct chorus_store *st, const char **err) {
 }
 
 void chorus_store_reader_done(struct chorus_store *st) {
-    if (st->reader_live) {
+    if (st->reader_live && !st->pinned) {
         mdb_txn_reset(st->reader);
         st->reader_live = 0;
     }
+}
+
+int chorus_store_pin(struct chorus_store *st, char *err, size_t errlen) {
+    const char *why;
+    if (!chorus_store_reader(st, &why)) {
+        snprintf(err, errlen, "store: cannot read: %s", why);
+        return -1;
+    }
+    st->pinned++;
+    return 0;
+}
+
+void chorus_store_unpin(struct chorus_store *st) {
+    if (st->pinned > 0 && --st->pinned == 0)
+        chorus_store_reader_done(st);
 }
 
 void chorus_store_stats(const struct chorus_store *st, struct chorus_store_stats *out) {

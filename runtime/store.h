@@ -130,6 +130,12 @@ int chorus_store_del_prefix(struct chorus_store *st, int db, const void *prefix,
 int chorus_store_counter(struct chorus_store *st, unsigned slot, const void *key, size_t klen,
                          long long value);
 
+/* The number of the batch a write queued now goes into: it changes when
+ * that batch is handed to the writer (once a loop turn, whoever commits),
+ * so a caller can keep one row per batch, put again as it changes (the
+ * writer applies only the last put of a key in a batch). */
+uint64_t chorus_store_batch(const struct chorus_store *st);
+
 /* Calls done once every write queued so far is durable. Returns a handle
  * for chorus_store_unwait, or NULL when nothing is outstanding (done is
  * not called then) or out of memory (*oom set). */
@@ -165,6 +171,14 @@ struct chorus_store_range {
 /* Calls each for every record of r in db; the number handed over, or -1. */
 long chorus_store_scan(struct chorus_store *st, int db, const struct chorus_store_range *r,
                        chorus_store_each_fn each, void *data, char *err, size_t errlen);
+
+/* Every read between chorus_store_pin and chorus_store_unpin (they nest)
+ * sees one committed state: the same read transaction, held open until the
+ * last unpin, so two reads cannot fall on either side of another process's
+ * commit. Only within one synchronous call of the loop thread: a map
+ * growth (a loop callback) drops the transaction. 0, or -1 with err. */
+int chorus_store_pin(struct chorus_store *st, char *err, size_t errlen);
+void chorus_store_unpin(struct chorus_store *st);
 
 /* The number of records in db, or -1. */
 long long chorus_store_count(struct chorus_store *st, int db, char *err, size_t errlen);

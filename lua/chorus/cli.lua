@@ -71,7 +71,23 @@ function cli.run(flags)
     if not st then
       return fail({ error = { kind = "store", message = err2 } })
     end
-    st.guest = true -- (as open_data's)
+    -- a guest (as open_data's), whose runs a server starting meanwhile
+    -- leaves to it while it lives (chorus.store, claim_guest)
+    local gok, gerr = st:claim_guest()
+    if not gok then
+      st:close()
+      return fail({ error = { kind = "store", message = tostring(gerr) } })
+    end
+    -- and, as open_data, the index and the counts of an older folder are
+    -- built now; a folder this run creates is marked built: without
+    -- meta.held the next server counted it again from the runs alone, and
+    -- the outbox entries this run enqueued, left out, were given back as
+    -- they went (their workflow's count short for good)
+    local ok, ierr = pcall(st.ensure_run_index, st)
+    if not ok then
+      st:close()
+      return fail({ error = { kind = "store", message = tostring(ierr) } })
+    end
   end
   -- the run service a server uses (chorus.runs): with --data the run is
   -- recorded, journaled and resumable in the folder as a served one is

@@ -252,9 +252,14 @@ end
 runstate.release_locks = context.release_held
 
 --- Recovery: keeps lock name for run_id until that run takes it again.
+--- A lock another run holds now is not taken from it: a run resumed once
+--- others run (a `chorus run --data` gone while the server ran, a child its
+--- parent's replay resumes) waits its turn when its replay reaches the lock
+--- (reserved, it went in beside the holder: two runs inside).
 function context.reserve_lock(name, run_id)
-  locks[name] = locks[name] or { queue = {}, first = 1, last = 0 }
-  locks[name].reserved_for = run_id
+  if not locks[name] then -- (else held, or reserved already: for run_id at a start)
+    locks[name] = { queue = {}, first = 1, last = 0, reserved_for = run_id }
+  end
 end
 
 --- Releases the reservations of a run that ended without taking them back.
@@ -326,7 +331,7 @@ end
 -- The wake time is journaled when the sleep starts, so a run resumed
 -- after a restart sleeps only what is left of it.
 function shared.sleep(seconds)
-  if type(seconds) ~= "number" or seconds < 0 then
+  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then -- (NaN: a wake time of NaN journaled)
     error("ctx.sleep: seconds must be a non-negative number", 2)
   end
   local wake = journal.effect("sleep", nil, function()

@@ -124,7 +124,7 @@ local RESPONSE_MT = {
 
 local function check_number(req, field)
   local v = req[field]
-  if v ~= nil and (type(v) ~= "number" or v < 0) then
+  if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then -- (NaN too: it escaped the deadline's cap)
     error(("http.request: %s must be a non-negative number of seconds"):format(field), 3)
   end
 end

@@ -47,9 +47,15 @@ local function outcome(workflow, ctx, state, ok, ...)
     end
     error(errors.settle(value), 0)
   end
+  local stopped = err ~= nil
   err = err or (...)
   local kind = type(err) == "table" and rawget(err, "kind")
-  if kind == "deadline" then
+  if kind == "deadline" and stopped then
+    -- the run's own deadline only: a { kind = "deadline" } the script
+    -- raised, or a child's that timed out on its own timeout and that the
+    -- script let through, is an ordinary failure (it ran on_timeout and
+    -- rolled back the sagas of a run that had no deadline)
+    state.timed_out = true
     err = runner.after_deadline(workflow, ctx, state, err)
   elseif kind == "cancelled" and state.cancelled then
     err = runner.after_cancel(workflow, ctx, state, err)

@@ -235,14 +235,18 @@ function Service:finish_record(rec, ok, value, info)
   -- a cancelled run's on_cancel outcome, the same way
   rec.on_cancel = not ok and s and s.on_cancel or nil
   local cancelled = not ok and s and s.cancelled
+  -- (its deadline stopped it: a deadline error the script raised or let
+  -- through from a child is an ordinary failure; without a state, as the
+  -- error says)
+  local timed_out = not ok and (s == nil or s.timed_out)
   self.states[rec] = nil
   if ok then
     rec.status = compensated and "compensated" or "succeeded"
     rec.result = value
   else
     local err = errors.normalize(value)
-    rec.status = err.kind == "deadline" and "timed_out" or cancelled and err.kind == "cancelled" and "cancelled"
-      or compensated and "compensated" or "failed"
+    rec.status = timed_out and err.kind == "deadline" and "timed_out"
+      or cancelled and err.kind == "cancelled" and "cancelled" or compensated and "compensated" or "failed"
     rec.error = err
     self.env.log("error", "run failed", { run_id = rec.id, workflow = rec.workflow, trace_id = rec.trace_id,
       error = errors.brief(redact.value(err, rec.redact), LOG_ERROR_BYTES),
@@ -914,7 +918,14 @@ function Service:await_child(id, parent, start)
   if start then
     start()
   end
-  local o = runstate.wait(token, math.huge)
+  -- bounded by the parent's deadline, as every wait of a run: the child's
+  -- own is capped by it, but its on_timeout (and its children's) runs past
+  -- it, and the parent waited for that too (a deadline of 5 s ended at 15)
+  local wait_left = runstate.remaining(parent)
+  local o = runstate.wait(token, wait_left)
+  if o == nil and wait_left ~= math.huge then -- the close cancels the child, unless it is ending already
+    error(runstate.deadline_error(("waiting for child run %s"):format(id)), 0)
+  end
   w.done = true
   if type(o) ~= "table" then
     return outcome(self:lookup(id))
@@ -1058,19 +1069,27 @@ runs.RECOVERY_BATCH = 200
 local RECOVERY_LOG_EVERY = 1 -- seconds between progress lines
 
 -- Whether rec is a child run (ctx.call) no parent waits for any more, not
--- cancelled yet: its parent has ended (its record is finished, or gone).
+-- cancelled yet: its parent has ended (its record is finished, or gone),
+-- or is to be cancelled (its record holds a cancel: resumed, it stops at
+-- its first live effect, the call that would wait for this child again).
 -- A last guard: a parent's end stores its children's cancels first
--- (Service:leave_children), but a record written by an older version, or
--- a cancel whose commit failed, leaves such a child, which recovery then
--- cancels (replayed, then stopped as a cancelled run) instead of running
--- it on for nobody.
+-- (Service:leave_children), but a record written by an older version, a
+-- cancel whose commit failed, or `chorus runs cancel` on the folder of a
+-- stopped server (the parent's stored record names no child yet: the list
+-- is written with its next record) leaves such a child, which recovery then
+-- cancels (replayed, then stopped as a cancelled run, before its first
+-- live effect) instead of running it on for nobody.
 function Service:orphaned(rec)
   local pid = rec.parent
-  if type(pid) ~= "string" or rec.cancel or self.running[pid] then
+  if type(pid) ~= "string" or rec.cancel then
     return false
   end
-  local ok, p = pcall(self.store.get_run, self.store, pid)
-  return ok and (type(p) ~= "table" or p.status ~= "running")
+  local p = self.running[pid]
+  if p then
+    return p.cancel ~= nil
+  end
+  local ok, stored = pcall(self.store.get_run, self.store, pid)
+  return ok and (type(stored) ~= "table" or stored.status ~= "running" or stored.cancel ~= nil)
 end
 
 -- Resumes one unfinished run: replayed from the start against its journal,
@@ -1115,6 +1134,54 @@ function Service:resume(id, start)
   return true
 end
 
+-- Seconds between two looks at the guests whose runs wait for their end.
+local GUEST_EVERY = 1
+
+--- The runs of list (unfinished ones) a live guest of the folder runs
+--- (`chorus run --data`: its lock is held) are left to it (watch_guests
+--- resumes them if it dies); returns the others. What the start-up check
+--- read of the runs left is dropped: the guest writes them meanwhile.
+function Service:leave_to_guests(list)
+  local st, out = self.store, {}
+  for _, u in ipairs(list) do
+    if u.guest and st:guest_alive(u.guest) then
+      st:take_checked(u.id)
+      st:run_settled(u.id) -- (and what it counted of them: a later write reads the folder again)
+    else
+      out[#out + 1] = u
+    end
+  end
+  return out
+end
+
+--- The server's look, once a second until stopping(), for the guests of
+--- its folder (`chorus run --data`) that died: the runs they left
+--- unfinished (a timer naming the guest) are resumed, by start (a
+--- detached run by default), as a restart would resume them. A guest's
+--- runs are its own while it lives, whenever it started.
+function Service:watch_guests(start, stopping)
+  start = start or function(fn) core.start(nil, fn) end
+  local st, log = self.store, self.env.log
+  while not (stopping and stopping()) do
+    core.sleep(GUEST_EVERY)
+    local ok, err = pcall(function()
+      local dead = st:dead_guests()
+      if not next(dead) then
+        return
+      end
+      for _, u in ipairs(st:unfinished()) do
+        if u.guest and dead[u.guest] and not self.running[u.id] then
+          log("info", "resuming a run its `chorus run` left unfinished", { run_id = u.id })
+          self:resume(u.id, start)
+        end
+      end
+    end)
+    if not ok then
+      log("error", "cannot resume the runs of a `chorus run` that died", { error = tostring(err) })
+    end
+  end
+end
+
 --- Resumes every run that had not finished when the process stopped. The
 --- list of them is read first (a run a request starts later is not among
 --- them). opts:
@@ -1142,6 +1209,9 @@ function Service:recover(opts)
   for _, u in ipairs(unfinished) do
     live[u.id] = true
   end
+  -- the runs of a `chorus run --data` still running are its own: resumed
+  -- here only once it is gone (watch_guests), never beside it
+  unfinished = self:leave_to_guests(unfinished)
   if st.started_outbox and not st.memory then
     for _, e in ipairs(st:started_outbox()) do
       if not live[e.id] then
@@ -1389,6 +1459,10 @@ function Service:prepare_redrive(id, via)
   rec.redrives = redrives
   rec.input, rec.request = saved.input, saved.request
   rec.status, rec.result, rec.error, rec.finished, rec.duration = "running", nil, nil, nil, nil
+  -- a cancel the failed run had stored (a limit stopped it first) is not
+  -- this run's: kept, a crash during the redrive resumed it cancelled, and
+  -- its children with it (Service:orphaned)
+  rec.cancel, rec.on_cancel, rec.on_timeout = nil, nil, nil
   rec.timeline = {}
   rec.deadline_at = wf.timeout and core.now() + wf.timeout
   self:remember(rec)

@@ -157,6 +157,10 @@ local function start_background(ready)
       end })
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep.loop)
     core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, sweep.counts_loop)
+    -- the runs a `chorus run --data` leaves unfinished as it dies
+    core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, function()
+      state.runs:watch_guests(nil, function() return state.draining end)
+    end)
   else
     ready()
   end

@@ -80,18 +80,19 @@ end
 --- store.memory(): the process "dies", what was not committed is gone.
 function Store:crash()
   self.st:crash()
+  -- and what the process kept in memory: the counts are read again from
+  -- what was committed, as a restarted server reads them
+  self.held_bytes, self.run_accounts, self.journal_read = nil, nil, nil
+  self.deltas_pending, self.deltas_taken = nil, nil
+  self.lane_counts, self.lanes_counted = nil, nil
 end
 
-local flush_deltas -- (a guest's changes of the counts, below)
-
 function Store:close()
-  flush_deltas(self) -- (close commits what is queued)
   self.st:close()
 end
 
 --- Waits until the queued writes are on disk; raises when their batch failed.
 function Store:commit()
-  flush_deltas(self)
   local ok, err = pcall(self.st.commit, self.st)
   if not ok then
     -- the batch is lost, the counts it changed with it: what each workflow
@@ -378,7 +379,8 @@ end
 
 --- Marks a run unfinished (recovery resumes it) with its deadline.
 function Store:put_timer(id, deadline_at)
-  self:put_json("timers", id, { deadline_at = deadline_at })
+  -- a guest's runs name it: a server starting while it lives leaves them to it
+  self:put_json("timers", id, { deadline_at = deadline_at, guest = self.guest_id })
 end
 
 function Store:del_timer(id)
@@ -389,9 +391,48 @@ end
 function Store:unfinished()
   local out = {}
   for _, row in ipairs(self:scan_json("timers", { limit = math.maxinteger })) do
-    out[#out + 1] = { id = row.key, deadline_at = row.value.deadline_at }
+    out[#out + 1] = { id = row.key, deadline_at = row.value.deadline_at, guest = row.value.guest }
   end
   return out
+end
+
+--- A guest that runs workflows in the folder (`chorus run --data`) holds
+--- a lock of its own while it lives, named in the timers of its runs: a
+--- server starting meanwhile resumes them only once the guest is gone
+--- (chorus.runs, recover), instead of running them a second time beside
+--- it. True, or nil and why.
+function Store:claim_guest()
+  self.guest = true
+  if self.memory then
+    return true
+  end
+  local id = core.uuid()
+  local ok, err = self.st:hold_guest(id)
+  if ok then
+    self.guest_id = id
+  end
+  return ok, err
+end
+
+--- Whether guest name (a timer's) still lives.
+function Store:guest_alive(name)
+  return not self.memory and type(name) == "string" and self.st:guest_alive(name) == true
+end
+
+--- The guests of the folder that died since the last look: { name = true }
+--- (their lock files are removed as they are found unheld).
+function Store:dead_guests()
+  local dead = {}
+  if self.memory or not self.dir then
+    return dead
+  end
+  for _, ent in ipairs(core.scandir(self.dir) or {}) do
+    local name = not ent.dir and ent.name:match("^guest%-([%w%-]+)%.lock$")
+    if name and not self:guest_alive(name) then
+      dead[name] = true
+    end
+  end
+  return dead
 end
 
 --- The runs under index key `key`, newest first, from the index (no scan of
@@ -527,29 +568,27 @@ local function delta_rows(self, kind)
   return out
 end
 
--- A guest's change by of name's count (kind: "held" or "lanes"), summed
--- until the commit (flush_deltas): one row per name and commit, not one
--- per write (a `chorus run --data` journals every effect).
+-- A guest's change by of name's count (kind: "held" or "lanes"), put in
+-- the batch the change goes into (the store hands a batch to its writer
+-- once a loop turn, whoever commits): one row per name and batch, put
+-- again with the sum as it changes (the writer applies the last put of a
+-- key only), not one per write (a `chorus run --data` journals every
+-- effect). Summed until the caller committed, a change the loop's own
+-- commit took went without its row: a kill then lost it for good.
 local function put_delta(self, kind, name, by)
-  local pending = self.deltas_pending or { held = {}, lanes = {} }
-  self.deltas_pending = pending
-  pending[kind][name] = (pending[kind][name] or 0) + by
-end
-
--- Puts a guest's summed changes into the batch about to be committed.
-function flush_deltas(self)
+  local batch = self.st:batch()
   local pending = self.deltas_pending
-  if not pending then
-    return
+  if not pending or pending.batch ~= batch then
+    pending = { batch = batch, held = {}, lanes = {} }
+    self.deltas_pending = pending
   end
-  self.deltas_pending = nil
-  for kind, by_name in pairs(pending) do
-    for name, by in pairs(by_name) do
-      if by ~= 0 then
-        self.st:put("meta", DELTAS[kind] .. name .. "\0" .. core.uuid(), tostring(by))
-      end
-    end
+  local row = pending[kind][name]
+  if not row then
+    row = { key = DELTAS[kind] .. name .. "\0" .. core.uuid(), n = 0 }
+    pending[kind][name] = row
   end
+  row.n = row.n + by
+  self.st:put("meta", row.key, tostring(row.n))
 end
 
 -- The owner takes the delta rows of kind it has not taken yet: each row is
@@ -694,17 +733,21 @@ local function journal_bytes(self, id)
   return bytes, #rows
 end
 
---- The bytes of run id's journal in the folder (committed), all of its
---- entries: what a resumed run's record cap starts from (chorus.journal).
+local accounts
+
+--- The bytes of run id's journal, all of its entries: what a resumed run's
+--- record cap starts from (chorus.journal). Its account's count: what the
+--- folder held when this process first wrote the run or read its journal
+--- (Store:journal), and what it has written since.
 function Store:journal_bytes(id)
-  return (journal_bytes(self, id))
+  return self:run_account(id).jn
 end
 
 -- The runs this process writes: run id → { wf =, rec = bytes of its
 -- record, jn = of its journal }, from their first record to their end
 -- (Store:run_settled). A run it did not start (resumed after a restart,
 -- redriven, cancelled, swept) is read from the folder the first time.
-local function accounts(self)
+function accounts(self)
   local a = self.run_accounts
   if not a then
     a = {}
@@ -735,7 +778,17 @@ function Store:run_account(id, wf)
       wf = ok and type(rec) == "table" and rec.workflow or nil
     end
   end
-  a = { wf = type(wf) == "string" and wf or nil, rec = text and #text or 0, jn = (journal_bytes(self, id)) }
+  -- its journal's bytes as Store:journal last counted them (a resumed
+  -- run's: no write of this process to it since, or its account would be
+  -- here), else counted now
+  local read = self.journal_read
+  local jn = read and read[id]
+  if jn then
+    read[id] = nil
+  else
+    jn = journal_bytes(self, id)
+  end
+  a = { wf = type(wf) == "string" and wf or nil, rec = text and #text or 0, jn = jn }
   all[id] = a
   return a
 end
@@ -766,6 +819,9 @@ end
 function Store:run_settled(id)
   if self.run_accounts then
     self.run_accounts[id] = nil
+  end
+  if self.journal_read then
+    self.journal_read[id] = nil
   end
 end
 
@@ -851,17 +907,24 @@ function Store:get_outcome(run_id)
   return self:get_json("journal", run_id .. OUTCOME_SEQ)
 end
 
---- The recorded effects of a run, in sequence order.
+--- The recorded effects of a run, in sequence order. The bytes of every
+--- row of its journal are counted in the same walk and kept for its
+--- account (run_account, Store:journal_bytes): a resumed run's record cap
+--- and its workflow's count start from them without a second walk.
 function Store:journal(run_id)
-  local out = {}
-  for _, row in ipairs(self:scan_json("journal", { prefix = run_id, limit = math.maxinteger })) do
+  local out, bytes = {}, 0
+  for _, row in ipairs(self.st:scan("journal", { prefix = run_id, limit = math.maxinteger })) do
+    local key, value = row[1], decode("journal", row[1], row[2])
+    bytes = bytes + #row[2]
     -- not a longer id sharing the prefix, nor the redrive entry (seq 0)
     -- or the outcome
-    local seq = row.key:sub(-4)
-    if #row.key == #run_id + 4 and seq ~= REDRIVE_SEQ and seq ~= OUTCOME_SEQ then
-      out[#out + 1] = row.value
+    local seq = key:sub(-4)
+    if #key == #run_id + 4 and seq ~= REDRIVE_SEQ and seq ~= OUTCOME_SEQ then
+      out[#out + 1] = value
     end
   end
+  local read = self.journal_read or {}
+  self.journal_read, read[run_id] = read, bytes
   return out
 end
 
@@ -1039,20 +1102,26 @@ end
 --- only): the server does it at its start, before any run or delivery can
 --- change them, and keeps the counts from then on (lane_changed).
 function Store:count_lanes()
-  -- a guest's change made before the count is in it: dropped, not added
-  -- (one landing between this read and the scan is counted twice, until
-  -- the next start: a replay in the instant the server starts)
-  take_deltas(self, "lanes")
-  local counts, from = {}, nil
-  repeat
-    local rows = self.st:scan("outbox_lanes", { from = from, limit = BUILD_BATCH + 1 })
-    for i = 1, math.min(#rows, BUILD_BATCH) do
-      local key = rows[i][1]
-      local lane = key:sub(1, key:find("\0", 1, true) - 1)
-      counts[lane] = (counts[lane] or 0) + 1
-    end
-    from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
-  until not from
+  -- A guest's change committed before the count is in it: dropped, not
+  -- added; one committed after it is folded in later (absorb_counts). The
+  -- rows taken and the lanes scanned are read from one committed state
+  -- (store:snapshot): read apart, a replay committed between the two reads
+  -- was in the scan and folded in again (its lane one too many until the
+  -- next start).
+  local counts = self.st:snapshot(function()
+    take_deltas(self, "lanes")
+    local out, from = {}, nil
+    repeat
+      local rows = self.st:scan("outbox_lanes", { from = from, limit = BUILD_BATCH + 1 })
+      for i = 1, math.min(#rows, BUILD_BATCH) do
+        local key = rows[i][1]
+        local lane = key:sub(1, key:find("\0", 1, true) - 1)
+        out[lane] = (out[lane] or 0) + 1
+      end
+      from = rows[BUILD_BATCH + 1] and rows[BUILD_BATCH + 1][1]
+    until not from
+    return out
+  end)
   self.lane_counts, self.lanes_counted = counts, true
   return counts
 end

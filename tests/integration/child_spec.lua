@@ -128,6 +128,33 @@ return { admin_token = "s3cret", upstreams = { mock = { base_url = %q } } }
     assert.are.equal(202, r.status, r.body)
     assert.are.equal("cancelled", finished(id).status)
   end)
+
+  -- The parent's record names its children only once it is written again
+  -- (its end, a cancel), so `chorus runs cancel` on the folder of a killed
+  -- server marked the parent alone. At the restart the parent, replayed,
+  -- stopped at its call before it asked for the child again, and the child
+  -- was resumed as a run its parent still waited for: it sent its call
+  -- again and ran to its end for nobody. A child whose parent's record
+  -- holds a cancel is cancelled as it resumes, before its first effect.
+  it("cancels at the restart a child whose parent was cancelled while the server was down", function()
+    local before = count("/slow")
+    local id = start_trip('{"wait_ms": 60000}')
+    local child = child_of(id)
+    assert.truthy(H.eventually(function() return count("/slow") > before end, 10))
+    H.sleep(0.5) -- the booking's journal entry commits
+    local booked, slow = count("/book-hotel"), count("/slow")
+    srv.kill("KILL")
+    srv.wait()
+    local res = H.chorus_run({ "runs", "cancel", id, "--data", data })
+    assert.are.equal(0, res.code, res.stderr)
+    start()
+    assert.are.equal("cancelled", finished(id).status)
+    local crec = finished(child)
+    assert.are.equal("cancelled", crec.status)
+    assert.are.equal("parent", crec.cancel.via)
+    assert.are.equal(booked, count("/book-hotel"))
+    assert.are.equal(slow, count("/slow")) -- its call in flight at the kill is not sent again
+  end)
 end)
 
 -- A child its parent stops waiting for is cancelled by a commit of its

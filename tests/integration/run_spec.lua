@@ -249,3 +249,92 @@ describe("chorus version", function()
     assert.truthy(r.stdout:match("^chorus %d+%.%d+%.%d+ %(Lua 5%.4%)"))
   end)
 end)
+
+-- A server that starts on a folder resumes every unfinished run in it, as
+-- after a crash, and a `chorus run --data` still running there was one of
+-- them: its run went on twice at once (its call in flight sent again, its
+-- end written by both). The runs of a live `chorus run` are left to it,
+-- and resumed by the server only once that process is gone.
+describe("chorus run --data beside a server starting on the folder", function()
+  local mock, dir, data, srv
+
+  local SLOW = [[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = "dup", run = function(ctx)
+  http.post("%s/charge", { json = {}, idempotency_key = ctx.key "c" })
+  return http.get("%s/slow?delay=3000", { timeout = 30 }).status
+end }
+]]
+
+  setup(function()
+    mock = H.start_mock(120)
+    dir = H.temp_dir({ ["dup.lua"] = SLOW:format(mock.url, mock.url) })
+  end)
+
+  teardown(function() H.clean(srv, mock, dir, data) end)
+
+  before_each(function()
+    mock.reset()
+    data = H.temp_dir()
+  end)
+
+  after_each(function()
+    if srv then
+      srv.stop()
+      srv = nil
+    end
+    os.execute("rm -rf " .. H.quote(data))
+  end)
+
+  -- `chorus run` in the background, its pid and its stdout's file
+  local function run_in_background()
+    local out = os.tmpname()
+    local p = assert(io.popen(("sh -c 'echo $$; exec %s run %s --data %s >%s 2>/dev/null'")
+      :format(H.chorus, H.quote(dir .. "/dup.lua"), H.quote(data), H.quote(out))))
+    local pid = assert(tonumber(p:read("l")))
+    assert.truthy(H.eventually(function() return (mock.stats().by_path["/slow"] or 0) > 0 end, 10))
+    return p, pid, out
+  end
+
+  local function runs()
+    return H.chorus_run({ "runs", "list", "--data", data }).stdout
+  end
+
+  it("leaves a live `chorus run`'s run to it", function()
+    local p, _, out = run_in_background()
+    srv = H.start_server({ "--scripts", dir, "--data", data })
+    p:close() -- its run ends
+    assert.are.equal("200", H.read(out):match("%d+"))
+    os.remove(out)
+    H.sleep(1.5) -- (a server that resumed it too would be sending its call again now)
+    assert.are.equal(1, mock.stats().by_path["/slow"])
+    assert.are.equal(1, mock.stats().by_path["/charge"])
+    assert.truthy(runs():find('"succeeded"', 1, true))
+  end)
+
+  it("resumes the run of a `chorus run` killed while the server runs", function()
+    local p, pid, out = run_in_background()
+    srv = H.start_server({ "--scripts", dir, "--data", data })
+    os.execute("kill -KILL " .. pid)
+    p:close()
+    os.remove(out)
+    assert.truthy(H.eventually(function() return runs():find('"succeeded"', 1, true) end, 15),
+      "the server did not resume the run: " .. runs())
+    assert.are.equal(2, mock.stats().by_path["/slow"]) -- the call in flight at the kill, sent again
+    assert.are.equal(1, mock.stats().by_path["/charge"]) -- replayed from the journal
+  end)
+
+  -- (its run was left running until the server's next start)
+  it("resumes the run of a `chorus run` started and killed while the server runs", function()
+    srv = H.start_server({ "--scripts", dir, "--data", data })
+    local p, pid, out = run_in_background()
+    os.execute("kill -KILL " .. pid)
+    p:close()
+    os.remove(out)
+    assert.truthy(H.eventually(function() return runs():find('"succeeded"', 1, true) end, 15),
+      "the server did not resume the run: " .. runs())
+    assert.are.equal(2, mock.stats().by_path["/slow"])
+    assert.are.equal(1, mock.stats().by_path["/charge"])
+  end)
+end)

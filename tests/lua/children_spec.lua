@@ -236,6 +236,24 @@ describe("ctx.call", function()
     assert.are.equal(30, r.elapsed)
   end)
 
+  -- The child's deadline is capped by the parent's, but its on_timeout
+  -- runs past it (10 s of its own), and the parent waited for that too: a
+  -- parent with 30 s timed out at 40, one level more of children at 50.
+  it("ends the parent's wait for its child at the parent's deadline, the child's on_timeout running on", function()
+    testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
+    testing.mock("alerts", { status = 202, delay = 8 })
+    local slow_cleanup = chorus.workflow { name = "charge", run = charge.run, on_timeout = function()
+      return http.upstream("alerts"):post("/late", {}).status
+    end }
+    local r = testing.run(chorus.workflow { name = "order", timeout = 30, run = function(ctx)
+      return ctx.call("charge", { amount = 5 })
+    end }, {}, { workflows = { charge = slow_cleanup } })
+    assert.are.equal("timed_out", r.status)
+    assert.are.equal("deadline", r.error.kind)
+    assert.are.equal(30, r.elapsed)
+    assert.called_upstream(r, "alerts", "POST", "/late") -- (the child's on_timeout, after the parent's end)
+  end)
+
   it("cancelling the parent cancels the child", function()
     testing.mock("cards", { status = 201, json = { id = "ch_1" }, delay = 600 })
     local r = testing.run(order(function(ctx) return ctx.call("charge", { amount = 5 }) end), {},
@@ -449,6 +467,39 @@ describe("a child run its parent stops waiting for", function()
     assert.are.equal("done", res[2]) -- the child's result: it ran to its end this time
     assert.are.equal("succeeded", record(st, cid).status)
     assert_nothing_in_flight(svc, st)
+  end)
+
+  -- A cancel stored in a run that then failed (a limit stopped it first)
+  -- stayed in its record through a redrive: a crash during the redrive
+  -- resumed it cancelled, and its children with it (a child whose
+  -- parent's record holds a cancel is cancelled as it resumes).
+  it("is not cancelled for a cancel its redriven parent's failed run had stored", function()
+    local svc, st = service({ slow = slow })
+    local quick = chorus.workflow { name = "top", run = function(ctx)
+      local tries = st:get_json("meta", "tries") or 0
+      if tries == 0 then
+        error({ kind = "boom", message = "not this time" })
+      end
+      return ctx.call("slow", {})
+    end }
+    svc:keep_version({ workflow = quick, hash = "h:top" })
+    local out = run_top(svc, quick)
+    assert.are.equal("failed", out.rec.status)
+    core.set_clock("virtual", T0 + 2000)
+    local ok, res = core.run(nil, function()
+      local stored = record(st, out.rec.id)
+      stored.cancel = { at = 1, via = "admin" } -- stored before the run failed
+      st:put_run(stored)
+      st:put_json("meta", "tries", 1)
+      st:commit()
+      local rec, wf, kept = assert(svc:prepare_redrive(out.rec.id, "admin"))
+      return { rec.cancel, svc:execute({ workflow = wf }, rec, rec.input, kept) }
+    end)
+    core.set_clock("real")
+    assert(ok, tostring(res))
+    assert.is_nil(res[1])
+    assert.is_true(res[2], res[3] and res[3].message)
+    assert.are.equal("succeeded", record(st, out.rec.id).status)
   end)
 
   it("found unfinished after a restart while its parent has ended, is cancelled, not run on", function()

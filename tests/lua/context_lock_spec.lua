@@ -80,3 +80,34 @@ describe("ctx.lock taken in a coroutine the script abandons", function()
     assert.are.equal(0, r.elapsed)
   end)
 end)
+
+describe("ctx.lock reserved for a resumed run", function()
+  before_each(testing.reset)
+
+  -- Recovery reserves a lock a resumed run's journal shows held, so that
+  -- run gets it back first. A run resumed once others run (a `chorus run
+  -- --data` gone while the server ran, a child resumed by its parent's
+  -- replay) had the lock reserved over the run holding it, and went in
+  -- beside it: two inside the critical section.
+  it("never lets the run in while another holds the lock: it waits its turn", function()
+    local context = require "chorus.context"
+    local wf = chorus.workflow { name = "resumed", run = function(ctx)
+      local trace = {}
+      chorus.all(function()
+        ctx.lock("acct", function()
+          trace[#trace + 1] = "holder in"
+          ctx.sleep(10)
+          trace[#trace + 1] = "holder out"
+        end)
+      end, function()
+        ctx.sleep(1)
+        context.reserve_lock("acct", ctx.run_id) -- as Service:resume does for the resumed run
+        ctx.lock("acct", function() trace[#trace + 1] = "resumed in" end)
+      end)
+      return trace
+    end }
+    local r = testing.run(wf, {})
+    assert.is_true(r.ok, tostring(r.error and r.error.message))
+    assert.are.same({ "holder in", "holder out", "resumed in" }, r.value)
+  end)
+end)

@@ -241,6 +241,38 @@ describe("the run service", function()
     assert.are.same({}, st:journal(rec.id))
   end)
 
+  -- A resumed run's record cap (chorus.journal) and its workflow's account
+  -- (Store:run_account) start from the bytes its journal holds: each
+  -- walked the journal again to count them, after the resume had read it.
+  it("counts a resumed run's journal bytes in the walk that reads it", function()
+    local t = counting_transport("one")
+    local st, svc, rec = crashed_run(t)
+    local resumed = {}
+    svc:recover({ start = function(fn) resumed[#resumed + 1] = fn end })
+    local stored = 0
+    for _, row in ipairs(st.st:scan("journal", { prefix = rec.id })) do
+      stored = stored + #row[2]
+    end
+    local kv, walks = st.st, 0
+    st.st = setmetatable({ scan = function(_, db, opts)
+      walks = walks + (db == "journal" and 1 or 0)
+      return kv:scan(db, opts)
+    end }, { __index = function(_, k) return function(_, ...) return kv[k](kv, ...) end end })
+    local journal = require "chorus.journal"
+    local attach, cap_from = journal.attach, nil
+    journal.attach = function(state, ...)
+      attach(state, ...)
+      cap_from = state.journal.bytes
+    end
+    local out = in_loop(function() return { resumed[1]() } end)
+    journal.attach, st.st = attach, kv
+    assert.is_true(out[1])
+    assert.are.equal(0, walks)
+    assert.is_true(stored > 0)
+    assert.are.equal(stored, cap_from) -- (the restart's mark comes after)
+    assert.are.equal(#st:get_run_text(rec.id), st:held("calls-two")) -- (its journal went with its end)
+  end)
+
   -- DELETE /runs/ID for a run recovery has not reached: the cancel mark is
   -- written to the stored record, and while its commit was under way the
   -- recovery resumed the run from the record as committed (no mark). The run

@@ -307,6 +307,37 @@ describe("chorus.store", function()
       assert.are.equal(0, tonumber(st.st:get("meta", "held\0a")))
     end)
 
+    -- A server's start counts the lanes (count_lanes) after taking the
+    -- guests' lane rows. Read in two transactions, a `chorus dlq replay`
+    -- committed between them was in the scan and folded in once more a
+    -- second later: its lane counted one entry too many until the next start.
+    it("counts a lane once when a guest's replay lands while the owner counts the lanes", function()
+      committed(function()
+        st:put_dlq({ id = "r1", due = 10, owner = "b", attempts = 3 })
+      end)
+      assert.is_true(st:lock())
+      local real, replayed = st.st, false
+      local chorus = (os.getenv("CHORUS_BUILD") or "build") .. "/chorus"
+      st.st = setmetatable({
+        scan = function(_, db, opts)
+          if db == "outbox_lanes" and not replayed then -- the guest commits now, from its own process
+            replayed = true
+            assert(os.execute(("%s dlq replay r1 --data '%s' >/dev/null"):format(chorus, dir)))
+          end
+          return real:scan(db, opts)
+        end,
+      }, { __index = function(_, k)
+        return function(_, ...) return real[k](real, ...) end
+      end })
+      committed(function() st:count_lanes() end)
+      st.st = real
+      assert.is_true(replayed)
+      assert.are.equal(1, #real:scan("outbox_lanes", { prefix = "b\0" }))
+      committed(function() assert.are.equal(1, st:absorb_counts()) end)
+      assert.are.equal(1, st:lane_pending("b"))
+      assert.are.equal(0, #real:scan("meta", { prefix = "laned\0" }))
+    end)
+
     it("counts the runs of a folder an older chorus wrote, once", function()
       local id = core.uuid7()
       local rec = { id = id, workflow = "old", status = "failed", started = 1, finished = 2 }

@@ -112,4 +112,28 @@ describe("chorus.testing", function()
     testing.run(require("chorus").workflow { name = "noop", run = function() end })
     assert.is_true(math.abs(core.now() - os.time()) < 5)
   end)
+  -- The server refuses a call made while a race's loser closes its
+  -- to-be-closed variables (core.http: the task is gone); the mocks, written
+  -- in Lua, answered it, so a spec passed that the server then failed.
+  it("refuses a call where the server's transport does: in a race loser's __close", function()
+    testing.mock("api", { status = 200 })
+    local chorus = require "chorus"
+    local http = require "chorus.http"
+    local wf = chorus.workflow { name = "racer", run = function(ctx)
+      local refused
+      local v = chorus.race(function() ctx.sleep(1) return "winner" end, function()
+        local _ <close> = setmetatable({}, { __close = function()
+          local ok, err = pcall(http.upstream("api").get, http.upstream("api"), "/from-close")
+          refused = not ok and tostring(err.message or err)
+        end })
+        ctx.sleep(100)
+      end)
+      return { v = v, refused = refused }
+    end }
+    local r = testing.run(wf, {})
+    assert.is_true(r.ok, tostring(r.error and r.error.message))
+    assert.are.equal("winner", r.value.v)
+    assert.matches("finished or cancelled task closes its to-be-closed variables", r.value.refused, 1, true)
+    assert.are.equal(0, #r.calls)
+  end)
 end)

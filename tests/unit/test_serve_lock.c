@@ -2,6 +2,7 @@
  * the lock is taken and taken again once let go; while it is held another
  * holder is refused at once, or after waiting, with the message a user
  * sees; a folder that does not exist is refused with the path and errno.
+ * A guest's lock (chorus run --data) says whether its process lives.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,29 @@ int main(void) {
     CHECK_INT_EQ(chorus_serve_lock(missing, 0, err, sizeof err), -1);
     snprintf(want, sizeof want, "cannot lock %s/serve.lock: No such file or directory", missing);
     CHECK_STR_EQ(err, want);
+
+    /* a guest's lock: alive while held (another open file of this process
+     * is another holder), gone with its file once let go; a name outside
+     * the rule is refused */
+    CHECK_INT_EQ(chorus_guest_alive(root, "g-1"), 0);
+    int g = chorus_guest_lock(root, "g-1", err, sizeof err);
+    CHECK(g >= 0);
+    CHECK_INT_EQ(chorus_guest_alive(root, "g-1"), 1);
+    char gpath[200];
+    snprintf(gpath, sizeof gpath, "%s/guest-g-1.lock", root);
+    chorus_guest_unlock(root, "g-1", g);
+    CHECK_INT_EQ(access(gpath, F_OK), -1);
+    CHECK_INT_EQ(chorus_guest_alive(root, "g-1"), 0);
+    CHECK_INT_EQ(chorus_guest_alive(root, "../serve"), -1);
+    CHECK_INT_EQ(chorus_guest_lock(root, "a/b", err, sizeof err), -1);
+    /* a guest that died (its descriptor closed, its file left): not alive,
+     * and its file is removed */
+    g = chorus_guest_lock(root, "g-2", err, sizeof err);
+    CHECK(g >= 0);
+    close(g);
+    CHECK_INT_EQ(chorus_guest_alive(root, "g-2"), 0);
+    snprintf(gpath, sizeof gpath, "%s/guest-g-2.lock", root);
+    CHECK_INT_EQ(access(gpath, F_OK), -1);
 
     CHECK_INT_EQ(unlink(path), 0);
     CHECK_INT_EQ(rmdir(root), 0);
