@@ -95,6 +95,10 @@ local LIMITS = {
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
   events_kept_per_workflow = { int = true, min = 0, max = 1e9 },
   events_kept_bytes_per_workflow = { int = true, min = 0, max = 1 << 40 },
+  -- one workflow's share of the finished records kept in memory (chorus.runs:
+  -- 10000 records, 64 MiB); 0 or at least the ring's: no share of its own
+  records_kept_per_workflow = { int = true, min = 0, max = 10000000 },
+  records_kept_bytes_per_workflow = { int = true, min = 0, max = 1 << 40 },
   run_record_bytes = { int = true, min = config.RUN_RECORD_FLOOR_BYTES, max = 1 << 40, off = true },
 }
 

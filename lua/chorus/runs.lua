@@ -47,7 +47,10 @@ local release = core.release
 
 -- The finished records kept in memory: the last MAX_RECORDS, at most
 -- MAX_RECORD_BYTES of JSON (a record holds what its run returned, up to its
--- memory cap); older ones are read from the store.
+-- memory cap); older ones are read from the store. Each workflow holds at
+-- most its share of them (limits.records_kept_per_workflow and
+-- limits.records_kept_bytes_per_workflow, by config.share's rule: half by
+-- default), in the count of the workflow its runs are charged to.
 local runs = { MAX_RECORDS = 10000, MAX_RECORD_BYTES = 64 * 1024 * 1024,
   MAX_INFLIGHT_RUNS = 10000, -- limits.max_inflight_runs' default
   RUN_RECORD_BYTES = 8 * 1024 * 1024 } -- limits.run_record_bytes' default
@@ -101,11 +104,16 @@ function runs.service(env)
   env.backend = env.backend or (env.store and not env.store.memory and outbox.durable(env.store))
     or outbox.memory(true)
   local max_inflight, share = runs.caps(env.config.limits)
+  local limits = env.config.limits or EMPTY
+  local max_records = env.max_records or runs.MAX_RECORDS
+  local max_bytes = env.max_record_bytes or runs.MAX_RECORD_BYTES
   local svc = setmetatable({
     env = env, store = env.store, backend = env.backend,
     running = {},  -- run id → record of each run in flight
-    -- the last finished, as JSON
-    finished = core.record_ring(env.max_records or runs.MAX_RECORDS, env.max_record_bytes or runs.MAX_RECORD_BYTES),
+    -- the last finished, as JSON, each workflow within its share (Service:keep)
+    finished = core.record_ring(max_records, max_bytes,
+      config.share(max_records, limits.records_kept_per_workflow) or 0,
+      config.share(max_bytes, limits.records_kept_bytes_per_workflow) or 0),
     inflight = 0,  -- runs executing now (the gauge and load shedding read it)
     -- runs executing now by the workflow they are charged to (Service:charge):
     -- what limits.inflight_runs_per_workflow caps
@@ -155,7 +163,26 @@ local LOG_ERROR_BYTES = 4096
 local function record_frame(rec)
   return json.encode({ id = rec.id, workflow = rec.workflow, status = rec.status, started = rec.started,
     finished = rec.finished, duration = rec.duration, trace_id = rec.trace_id, span_id = rec.span_id,
-    script_hash = rec.script_hash, error = rec.error, timeline_dropped = rec.timeline_dropped })
+    script_hash = rec.script_hash, error = rec.error, timeline_dropped = rec.timeline_dropped,
+    record_dropped = rec.record_dropped })
+end
+
+--- Keeps finished record rec's text in memory (rec leaves the runs in
+--- flight), in the share of the workflow its run is charged to (a child
+--- run's caller's, Service:charge; s: its run's state, when it has one), so
+--- one workflow's records push out only its own. A text past that share
+--- is kept as the record's frame, saying so.
+function Service:keep(rec, text, s)
+  local owner = s and s.charged_to or rec.parent and self:charge(rec) or rec.workflow
+  self.running[rec.id] = nil
+  local ring = self.finished
+  if not ring:put(rec.id, text, rec.workflow, rec.status, owner) then
+    rec.record_dropped = ("its record (%d bytes) is larger than its workflow's share of the records kept in "
+      .. "memory (limits.records_kept_bytes_per_workflow): only this frame is kept; give the server a data "
+      .. "folder, return less or raise the limit"):format(#text)
+    ring:put(rec.id, secrets.redact(record_frame(rec)), rec.workflow, rec.status, owner)
+    rec.record_dropped = nil
+  end
 end
 
 --- A run record as the JSON GET /runs/ID returns, secrets redacted. A
@@ -265,8 +292,7 @@ function Service:finish_record(rec, ok, value, info)
   end
   m.runs.inc_key(series_key(m.runs, rec.workflow, rec.status))
   m.duration.observe_key(series_key(m.duration, rec.workflow, 1), rec.duration)
-  self.running[rec.id] = nil
-  self.finished:put(rec.id, text, rec.workflow, rec.status)
+  self:keep(rec, text, s)
   return text, replaced
 end
 
@@ -352,8 +378,7 @@ function Service:abandon(rec, scope, key, err)
   rec.status = "failed"
   rec.result = nil
   rec.error = { kind = "storage", message = tostring(err) }
-  self.running[rec.id] = nil
-  self.finished:put(rec.id, runs.record_text(rec), rec.workflow, rec.status)
+  self:keep(rec, runs.record_text(rec))
   local st = self.store
   if key then
     idempotency.abandon(st, scope, key, rec.id)
@@ -582,8 +607,7 @@ local function conclude_failed(self, rec, err)
   self.env.log("error", "could not record the end of a run", { run_id = rec.id, workflow = rec.workflow,
     error = message })
   local text = secrets.redact(record_frame(rec))
-  self.running[rec.id] = nil
-  self.finished:put(rec.id, text, rec.workflow, rec.status)
+  self:keep(rec, text)
   local value = errors.new("record", message)
   local fok, stored, serr = pcall(self.finish, self, rec, text, false, value)
   if not fok then

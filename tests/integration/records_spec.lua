@@ -399,3 +399,42 @@ describe("limits.run_record_bytes across a SIGKILL", function()
     assert.is_nil(mock.stats().by_path["/grow/6"]) -- stopped before its sixth call
   end)
 end)
+
+-- Without a data folder the finished records live only in memory, in one
+-- ring for every workflow: one workflow's large results pushed every other
+-- workflow's records out, and their GET /runs/ID answered 404 soon after
+-- the run ended. Each workflow now holds at most its share of the ring.
+describe("records without a data folder", function()
+  local dir, conf, srv
+
+  setup(function()
+    dir = scripts()
+    conf = H.write_temp([[return { admin_token = "tok", storage = { durable = false },
+      limits = { run_memory_mb = 32 } }]])
+    srv = H.start_server({ "--scripts", dir, "--config", conf })
+  end)
+
+  teardown(function() H.clean(srv, dir, conf) end)
+
+  it("keep one workflow's record readable while another floods the ring with large results", function()
+    local r = post(srv, "echo", { mine = "kept" })
+    assert.are.equal(200, r.status, r.body)
+    local mine = r.headers["x-run-id"]
+    -- 40 records of 2 MiB: past the 64 MiB every workflow shared
+    local first, last
+    for _ = 1, 40 do
+      local f = post(srv, "chunks", { count = 1, kb = 2048 })
+      assert.are.equal(200, f.status, f.body:sub(1, 300))
+      first, last = first or f.headers["x-run-id"], f.headers["x-run-id"]
+    end
+    local rec, resp = record(srv, mine)
+    assert.are.equal(200, resp.status, resp.body:sub(1, 300))
+    assert.are.equal("kept", rec.result.input.mine)
+    -- the flood pushed out only its own oldest records
+    local _, gone = record(srv, first)
+    assert.are.equal(404, gone.status, gone.body:sub(1, 300))
+    local newest, ok = record(srv, last)
+    assert.are.equal(200, ok.status, ok.body:sub(1, 300))
+    assert.are.equal("succeeded", newest.status)
+  end)
+end)
