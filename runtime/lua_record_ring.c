@@ -59,9 +59,10 @@ struct slot {
     size_t id_len;
     char *text; /* text '\0', then its facts when kept: workflow '\0' status '\0' */
     size_t text_len;
-    size_t facts_len, workflow_len; /* facts_len 0: none kept */
-    struct slot *chain;             /* next slot in the same bucket */
-    struct slot *older, *newer;     /* the ring's age order */
+    size_t facts_len, workflow_len;   /* facts_len 0: none kept */
+    uint64_t hash;                    /* the id's, kept: not hashed again to unlink it */
+    struct slot *chain;               /* next slot in the same bucket */
+    struct slot *older, *newer;       /* the ring's age order */
     struct slot *sh_older, *sh_newer; /* its share's */
     struct share *share;
 };
@@ -69,6 +70,7 @@ struct slot {
 struct share {
     char *name;
     size_t name_len;
+    uint64_t hash; /* the name's */
     size_t count, bytes;
     struct slot *oldest, *newest;
     struct share *chain; /* next share in the same bucket */
@@ -79,11 +81,11 @@ struct ring {
     size_t cap, count;
     struct slot *free;
     struct slot *oldest, *newest;
-    struct slot **buckets;  /* by id */
-    struct share **shares;  /* by owner */
-    size_t nbuckets;        /* a power of two, for both */
+    struct slot **buckets; /* by id */
+    struct share **shares; /* by owner */
+    size_t nbuckets;       /* a power of two, for both */
     size_t bytes;
-    size_t max_bytes;       /* 0: none */
+    size_t max_bytes;                /* 0: none */
     size_t share_count, share_bytes; /* one share's caps; 0: none */
 };
 
@@ -96,19 +98,12 @@ static uint64_t hash(const char *s, size_t n) {
     return h;
 }
 
-static struct slot **bucket_of(struct ring *r, const char *id, size_t n) {
-    return &r->buckets[hash(id, n) & (r->nbuckets - 1)];
-}
-
-static struct slot *find(struct ring *r, const char *id, size_t n) {
-    for (struct slot *s = *bucket_of(r, id, n); s; s = s->chain)
+/* The slot of id (n bytes, hashing to h); NULL when the ring has none. */
+static struct slot *find(struct ring *r, const char *id, size_t n, uint64_t h) {
+    for (struct slot *s = r->buckets[h & (r->nbuckets - 1)]; s; s = s->chain)
         if (s->id_len == n && memcmp(s->id, id, n) == 0)
             return s;
     return NULL;
-}
-
-static struct share **share_bucket(struct ring *r, const char *name, size_t n) {
-    return &r->shares[hash(name, n) & (r->nbuckets - 1)];
 }
 
 static char *copy(const char *s, size_t n) {
@@ -120,8 +115,8 @@ static char *copy(const char *s, size_t n) {
     return p;
 }
 
-static struct share *find_share(struct ring *r, const char *name, size_t n) {
-    for (struct share *sh = *share_bucket(r, name, n); sh; sh = sh->chain)
+static struct share *find_share(struct ring *r, const char *name, size_t n, uint64_t h) {
+    for (struct share *sh = r->shares[h & (r->nbuckets - 1)]; sh; sh = sh->chain)
         if (sh->name_len == n && memcmp(sh->name, name, n) == 0)
             return sh;
     return NULL;
@@ -129,7 +124,8 @@ static struct share *find_share(struct ring *r, const char *name, size_t n) {
 
 /* owner's share, made (empty) when it has none; NULL when malloc failed. */
 static struct share *share_of(struct ring *r, const char *name, size_t n) {
-    struct share *sh = find_share(r, name, n);
+    uint64_t h = hash(name, n);
+    struct share *sh = find_share(r, name, n, h);
     if (sh)
         return sh;
     sh = calloc(1, sizeof *sh);
@@ -138,14 +134,15 @@ static struct share *share_of(struct ring *r, const char *name, size_t n) {
         return NULL;
     }
     sh->name_len = n;
-    struct share **head = share_bucket(r, name, n);
+    sh->hash = h;
+    struct share **head = &r->shares[h & (r->nbuckets - 1)];
     sh->chain = *head;
     *head = sh;
     return sh;
 }
 
 static void drop_share(struct ring *r, struct share *sh) {
-    struct share **link = share_bucket(r, sh->name, sh->name_len);
+    struct share **link = &r->shares[sh->hash & (r->nbuckets - 1)];
     while (*link != sh)
         link = &(*link)->chain;
     *link = sh->chain;
@@ -153,14 +150,12 @@ static void drop_share(struct ring *r, struct share *sh) {
     free(sh);
 }
 
-static size_t cost(const struct slot *s) {
-    return s->id_len + s->text_len + s->facts_len;
-}
+static size_t cost(const struct slot *s) { return s->id_len + s->text_len + s->facts_len; }
 
 /* Takes s out of the ring: its bucket, both age lists, the counts; an
  * emptied share goes too. The slot returns to the free list. */
 static void forget(struct ring *r, struct slot *s) {
-    struct slot **link = bucket_of(r, s->id, s->id_len);
+    struct slot **link = &r->buckets[s->hash & (r->nbuckets - 1)];
     while (*link != s)
         link = &(*link)->chain;
     *link = s->chain;
@@ -184,7 +179,7 @@ static void forget(struct ring *r, struct slot *s) {
 /* Puts the unused slot s in the ring under id i (owned), text t, as the
  * newest record of the ring and of share sh. */
 static void insert(struct ring *r, struct slot *s, struct share *sh) {
-    struct slot **head = bucket_of(r, s->id, s->id_len);
+    struct slot **head = &r->buckets[s->hash & (r->nbuckets - 1)];
     s->chain = *head;
     *head = s;
     s->older = r->newest;
@@ -277,6 +272,14 @@ static size_t record_limit(const struct ring *r) {
     return r->max_bytes;
 }
 
+/* s takes text t (owned from here) and its facts' lengths (entry_of). */
+static void set_text(struct slot *s, char *t, size_t len, size_t flen, size_t wlen) {
+    s->text = t;
+    s->text_len = len;
+    s->facts_len = flen;
+    s->workflow_len = wlen;
+}
+
 static int ring_put(lua_State *L) {
     struct ring *r = check_ring(L);
     size_t n, len, flen, wlen, on;
@@ -289,7 +292,8 @@ static int ring_put(lua_State *L) {
         owner = flen ? t + len + 1 : "";
         on = wlen;
     }
-    struct slot *s = find(r, id, n);
+    uint64_t h = hash(id, n);
+    struct slot *s = find(r, id, n, h);
     size_t limit = record_limit(r);
     if (s && ((limit && n + len + flen > limit) || s->share->name_len != on ||
               memcmp(s->share->name, owner, on) != 0)) {
@@ -304,10 +308,7 @@ static int ring_put(lua_State *L) {
     if (s) { /* the same owner's: replaced where it is */
         size_t was = cost(s);
         free(s->text);
-        s->text = t;
-        s->text_len = len;
-        s->facts_len = flen;
-        s->workflow_len = wlen;
+        set_text(s, t, len, flen, wlen);
         r->bytes += cost(s) - was;
         s->share->bytes += cost(s) - was;
     } else {
@@ -320,8 +321,8 @@ static int ring_put(lua_State *L) {
         }
         s = r->free;
         r->free = s->chain;
-        *s = (struct slot){
-            .id = i, .id_len = n, .text = t, .text_len = len, .facts_len = flen, .workflow_len = wlen};
+        *s = (struct slot){.id = i, .id_len = n, .hash = h};
+        set_text(s, t, len, flen, wlen);
         insert(r, s, sh);
     }
     make_room(r, s);
@@ -333,7 +334,7 @@ static int ring_get(lua_State *L) {
     struct ring *r = check_ring(L);
     size_t n;
     const char *id = luaL_checklstring(L, 2, &n);
-    struct slot *s = find(r, id, n);
+    struct slot *s = find(r, id, n, hash(id, n));
     if (!s)
         return 0;
     lua_pushlstring(L, s->text, s->text_len);
@@ -344,7 +345,7 @@ static int ring_facts(lua_State *L) {
     struct ring *r = check_ring(L);
     size_t n;
     const char *id = luaL_checklstring(L, 2, &n);
-    struct slot *s = find(r, id, n);
+    struct slot *s = find(r, id, n, hash(id, n));
     if (!s || !s->facts_len)
         return 0;
     const char *f = s->text + s->text_len + 1;
@@ -367,7 +368,7 @@ static int ring_held(lua_State *L) {
     struct ring *r = check_ring(L);
     size_t n;
     const char *owner = luaL_checklstring(L, 2, &n);
-    struct share *sh = find_share(r, owner, n);
+    struct share *sh = find_share(r, owner, n, hash(owner, n));
     lua_pushinteger(L, sh ? (lua_Integer)sh->count : 0);
     lua_pushinteger(L, sh ? (lua_Integer)sh->bytes : 0);
     return 2;

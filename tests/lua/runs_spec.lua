@@ -127,6 +127,38 @@ describe("the run service", function()
     assert.is_nil(svc.running[rec.id])
   end)
 
+  -- Without a data folder a finished record lives only in memory: one
+  -- workflow's many runs pushed every other workflow's records out.
+  it("keeps finished records in the share of the workflow their runs are charged to", function()
+    local child = { workflow = chorus.workflow { name = "child", run = function() return "c" end }, hash = "child" }
+    local parent = chorus.workflow { name = "parent", run = function(ctx)
+      ctx.call("child", {})
+      ctx.call("child", {})
+      return "p"
+    end }
+    local big = chorus.workflow { name = "big", run = function() return ("x"):rep(5000) end }
+    local svc = runs.service({ log = function() end, log_sink = function() end, max_records = 10,
+      config = { limits = { records_kept_per_workflow = 2, records_kept_bytes_per_workflow = 4096 } },
+      workflow = function(name) return name == "child" and child or nil end })
+    local own, first, parent_rec, big_rec = table.unpack(in_loop(function()
+      local _, _, o = svc:start(child, {})
+      local _, _, p = svc:start({ workflow = parent }, {})
+      local _, _, b = svc:start({ workflow = big }, {})
+      return { o, p.timeline[1].run_id, p, b }
+    end))
+    -- the parent's children count in its share, not in the child workflow's:
+    -- its first child's record went for the parent's own, the child's own run stays
+    assert.are.same({ 2, 1 }, { (svc.finished:held("parent")), (svc.finished:held("child")) })
+    assert.is_nil(svc:lookup(first))
+    assert.are.equal("child", json.decode(svc:lookup(own.id)).workflow)
+    assert.are.equal("p", json.decode(svc:lookup(parent_rec.id)).result)
+    -- a record past its workflow's share of bytes is kept as its frame, saying so
+    local kept = json.decode(svc:lookup(big_rec.id))
+    assert.are.equal("succeeded", kept.status)
+    assert.is_nil(kept.result)
+    assert.matches("records_kept_bytes_per_workflow", kept.record_dropped)
+  end)
+
   it("lets a workflow start a protected one, or emit a protected event, only when the config lists it", function()
     local function wf(name, body)
       return { workflow = chorus.workflow { name = name, run = body }, hash = name }
