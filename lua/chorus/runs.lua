@@ -171,12 +171,13 @@ end
 --- flight), in the share of the workflow its run is charged to (a child
 --- run's caller's, Service:charge; s: its run's state, when it has one), so
 --- one workflow's records push out only its own. A text past that share
---- is kept as the record's frame, saying so.
+--- is not kept: read from the store, or without one kept as the record's
+--- frame, saying so.
 function Service:keep(rec, text, s)
   local owner = s and s.charged_to or rec.parent and self:charge(rec) or rec.workflow
   self.running[rec.id] = nil
   local ring = self.finished
-  if not ring:put(rec.id, text, rec.workflow, rec.status, owner) then
+  if not ring:put(rec.id, text, rec.workflow, rec.status, owner) and not self.store then
     rec.record_dropped = ("its record (%d bytes) is larger than its workflow's share of the records kept in "
       .. "memory (limits.records_kept_bytes_per_workflow): only this frame is kept; give the server a data "
       .. "folder, return less or raise the limit"):format(#text)
