@@ -176,8 +176,8 @@ static void forget(struct ring *r, struct slot *s) {
     r->free = s;
 }
 
-/* Puts the unused slot s in the ring under id i (owned), text t, as the
- * newest record of the ring and of share sh. */
+/* Puts slot s (taken from the free list, its id and text set) in the ring
+ * as the newest record of the ring and of share sh. */
 static void insert(struct ring *r, struct slot *s, struct share *sh) {
     struct slot **head = &r->buckets[s->hash & (r->nbuckets - 1)];
     s->chain = *head;
