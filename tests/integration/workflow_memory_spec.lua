@@ -42,6 +42,8 @@ describe("limits.workflow_memory_mb", function()
     end
     local rss = rss_mib(srv)
     assert.is_true(rss < 200, ("server resident set %.0f MiB after 100 runs"):format(rss))
+    local kept = H.request(srv.url .. "/metrics").body:match('\nchorus_workflow_kept_bytes{workflow="hoarder"} (%d+)')
+    assert.is_true(tonumber(kept) >= 32 * 1024 * 1024, tostring(kept))
     assert.is_truthy(first_refused, "hoarder was never refused")
     -- 8 runs keep 32 MiB: the 9th or 10th is the first over the cap
     assert.is_true(first_refused >= 9 and first_refused <= 10, "first refused: " .. first_refused)
