@@ -95,6 +95,7 @@ local LIMITS = {
   http_calls_per_workflow = { int = true, min = 0, max = 1e9 },
   run_log_lines = { int = true, min = 0, max = 1e9 },
   run_log_bytes = { int = true, min = 0, max = 1 << 40 },
+  workflow_log_bytes_per_second = { int = true, min = 0, max = 1 << 40 },
   outbox_pending_per_workflow = { int = true, min = 0, max = 1e9 },
   events_kept_per_workflow = { int = true, min = 0, max = 1e9 },
   events_kept_bytes_per_workflow = { int = true, min = 0, max = 1 << 40 },
@@ -454,6 +455,7 @@ function config.apply(conf)
   })
   require("chorus.context").run_log_lines = limits.run_log_lines or 10000
   require("chorus.context").run_log_bytes = limits.run_log_bytes or 4 * 1024 * 1024
+  require("chorus.context").workflow_log_rate = limits.workflow_log_bytes_per_second or 1024 * 1024
   require("chorus.outbox").pending_cap = limits.outbox_pending_per_workflow or 10000
   local events = require "chorus.events"
   events.kept_cap = limits.events_kept_per_workflow or 10000

@@ -41,6 +41,20 @@ context.run_log_lines = 10000
 -- the writes for 9 s.
 context.run_log_bytes = 4 * 1024 * 1024
 
+-- Bytes the runs of one workflow may log per second, together (config
+-- limits.workflow_log_bytes_per_second; 0: no cap). The per-run caps bound
+-- one run; a workflow whose runs start one another (a ctx.later chain, a
+-- flood of requests to a script that logs megabytes) wrote 4 MiB per run
+-- without end to the log every workflow shares, where the journal's own
+-- rate limit then dropped the other workflows' lines.
+context.workflow_log_rate = 1024 * 1024
+
+-- The log's current second of each workflow (by the workflow its runs are
+-- charged to): { second =, bytes = }, and `noted` once the second's lines
+-- past the rate have said so. Keyed by workflow name: bounded by the
+-- workflows loaded.
+local workflow_second = {}
+
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 
 -- Past a cap: the notice (once), and no more of the run's lines.
@@ -72,6 +86,35 @@ end
 
 -- Whether the run (state) may write a line of `bytes` more; the line that
 -- would pass the cap is replaced by the notice.
+-- Whether the workflow of run (state) may log `bytes` more this second;
+-- the first line past the rate in a second is replaced by a notice. The
+-- run's log stays open: the next second takes its lines again.
+local function workflow_rate_allows(state, sink, bytes)
+  local rate = context.workflow_log_rate
+  if rate == 0 then
+    return true
+  end
+  local name = state.charged_to or state.workflow or ""
+  local second = math.floor(core.now())
+  local w = workflow_second[name]
+  if not w or w.second ~= second then
+    w = { second = second, bytes = 0, noted = false }
+    workflow_second[name] = w
+  end
+  if w.bytes + bytes <= rate then
+    w.bytes = w.bytes + bytes
+    return true
+  end
+  if not w.noted then
+    w.noted = true
+    logging.write({ level = "warn", run_id = state.run_id, workflow = name, ts = core.now(),
+      msg = ("the runs of workflow '%s' logged %d bytes this second (limits.workflow_log_bytes_per_second;"
+        .. " the next line had %d): their lines are dropped until the second ends"):format(name, w.bytes, bytes) },
+      sink)
+  end
+  return false
+end
+
 local function log_bytes_allowed(state, sink, bytes)
   if state.log_closed then
     return false
@@ -79,6 +122,9 @@ local function log_bytes_allowed(state, sink, bytes)
   local total = (state.log_bytes or 0) + bytes
   local cap = context.run_log_bytes
   if cap == 0 or total <= cap then
+    if not workflow_rate_allows(state, sink, bytes) then
+      return false
+    end
     state.log_bytes = total
     return true
   end

@@ -128,14 +128,15 @@ describe("chorus.log", function()
   end)
 
   for _, case in ipairs { { key = "run_log_lines", set = 20, default = 10000 },
-    { key = "run_log_bytes", set = 2048, default = 4 * 1024 * 1024 } } do
+    { key = "run_log_bytes", set = 2048, default = 4 * 1024 * 1024 },
+    { key = "workflow_log_bytes_per_second", field = "workflow_log_rate", set = 4096, default = 1024 * 1024 } } do
     it(("config limits.%s is checked at load and applied"):format(case.key), function()
       local config = require "chorus.config"
       local context = require "chorus.context"
       local path = os.tmpname()
       finally(function()
         os.remove(path)
-        context[case.key] = case.default
+        context[case.field or case.key] = case.default
       end)
       local function load(text)
         local f = assert(io.open(path, "w"))
@@ -147,7 +148,7 @@ describe("chorus.log", function()
       assert.is_nil(conf)
       assert.matches("limits." .. case.key, err, 1, true)
       config.apply(assert(load(("return { limits = { %s = %d } }"):format(case.key, case.set))))
-      assert.are.equal(case.set, context[case.key])
+      assert.are.equal(case.set, context[case.field or case.key])
     end)
   end
 
@@ -187,6 +188,47 @@ describe("chorus.log", function()
     assert.are.equal(21, #testing.run(loud, {}).logs)
   end)
 
+
+  -- The per-run caps bound one run; runs that start one another (a
+  -- ctx.later chain) wrote 4 MiB each without end to the log every
+  -- workflow shares.
+  it("keeps the lines of a workflow's runs to limits.workflow_log_bytes_per_second: one notice, "
+    .. "other workflows untouched, the next second logs again", function()
+    local testing = require "chorus.testing"
+    local core = require "chorus.core"
+    local script = require "chorus.script"
+    testing.reset()
+    capture_log("workflow_log_rate", 10000, 1024 * 1024)
+    local now, second = core.now, 1e9
+    core.now = function() return second + 0.5 end
+    finally(function() core.now = now end)
+    local function compile(name)
+      return assert(script.compile(([[
+        local chorus = require "chorus"
+        return chorus.workflow { name = "%s", run = function(ctx, input)
+          for i = 1, input.lines do
+            if input.print then print(("x"):rep(3000), i) else ctx.log.info(("x"):rep(3000), { i = i }) end
+          end
+          return "done"
+        end }
+      ]]):format(name), name .. ".lua"))
+    end
+    local loud, quiet = compile("loud"), compile("quiet")
+    local r = testing.run(loud, { lines = 10 })
+    assert.are.equal("succeeded", r.status)
+    assert.are.equal(4, #r.logs) -- three lines of about 3,050 bytes fit in 10,000, then the notice
+    assert.are.same({ 1, 2, 3 }, { r.logs[1].i, r.logs[2].i, r.logs[3].i })
+    assert.are.equal("warn", r.logs[4].level)
+    assert.matches("workflow 'loud'", r.logs[4].msg, 1, true)
+    assert.matches("(limits.workflow_log_bytes_per_second", r.logs[4].msg, 1, true)
+    -- another run of it in the same second: nothing, not even a second notice (print too)
+    assert.are.equal(0, #testing.run(loud, { lines = 2 }).logs)
+    -- another workflow logs as it would
+    assert.are.equal(2, #testing.run(quiet, { lines = 2 }).logs)
+    -- the next second, the loud workflow's lines come back
+    second = second + 1
+    assert.are.equal(3, #testing.run(loud, { lines = 3 }).logs)
+  end)
 
   it("puts the run's span id on ctx.log lines; each outbound call sends a span id of its own", function()
     local testing = require "chorus.testing"
