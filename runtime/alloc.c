@@ -150,10 +150,15 @@ struct chorus_block_owner {
     unsigned slot, gen;
 };
 
+/* A run's account. Once its run has ended with blocks still alive, the
+ * slot stays taken (run NULL, workflow set) until the last of them is
+ * freed: their frees then give back to the workflow's account. */
 struct chorus_account {
-    struct chorus_run *run; /* NULL: free slot */
+    struct chorus_run *run; /* NULL: free slot, or its run ended */
     unsigned gen;
     unsigned next_free;
+    unsigned workflow; /* after its run ended: the workflow keeping its blocks */
+    size_t live;       /* bytes of its tracked blocks alive */
 };
 
 static size_t owner_hash(uintptr_t block, size_t cap) {
@@ -194,9 +199,9 @@ static void owner_put(struct chorus_block_owner *tab, size_t cap, struct chorus_
     tab[i] = e;
 }
 
-/* Records the block's owner; without memory for it the block goes
- * untracked (given back to the current run, as small blocks are). */
-static void owner_add(struct chorus_runtime *rt, void *p, unsigned slot) {
+/* Records the block's owner (n bytes); without memory for it the block
+ * goes untracked (given back to the current run, as small blocks are). */
+static void owner_add(struct chorus_runtime *rt, void *p, size_t n, unsigned slot) {
     if ((rt->owners_len + 1) * 2 > rt->owners_cap) {
         size_t cap = rt->owners_cap ? rt->owners_cap * 2 : 256;
         struct chorus_block_owner *tab = calloc(cap, sizeof *tab);
@@ -212,6 +217,8 @@ static void owner_add(struct chorus_runtime *rt, void *p, unsigned slot) {
     unsigned gen = slot ? rt->accounts[slot].gen : 0;
     owner_put(rt->owners, rt->owners_cap, (struct chorus_block_owner){(uintptr_t)p, slot, gen});
     rt->owners_len++;
+    if (slot)
+        rt->accounts[slot].live += n;
 }
 
 void chorus_alloc_account_open(struct chorus_runtime *rt, struct chorus_run *run) {
@@ -225,28 +232,110 @@ void chorus_alloc_account_open(struct chorus_runtime *rt, struct chorus_run *run
             rt->accounts = a;
             rt->accounts_cap = cap;
             if (rt->accounts_len == 0)
-                rt->accounts[rt->accounts_len++] = (struct chorus_account){NULL, 0, 0};
+                rt->accounts[rt->accounts_len++] = (struct chorus_account){NULL, 0, 0, 0, 0};
         }
-        rt->accounts[rt->accounts_len] = (struct chorus_account){NULL, 0, 0};
+        rt->accounts[rt->accounts_len] = (struct chorus_account){NULL, 0, 0, 0, 0};
         rt->accounts_free = rt->accounts_len++;
     }
     unsigned slot = rt->accounts_free;
     rt->accounts_free = rt->accounts[slot].next_free;
     rt->accounts[slot].run = run;
+    rt->accounts[slot].workflow = 0;
+    rt->accounts[slot].live = 0;
     run->account = slot;
+}
+
+/* Frees the slot: blocks still naming it (by the old generation) are
+ * nobody's. */
+static void slot_free(struct chorus_runtime *rt, unsigned slot) {
+    struct chorus_account *a = &rt->accounts[slot];
+    a->run = NULL;
+    a->gen++;
+    a->workflow = 0;
+    a->live = 0;
+    a->next_free = rt->accounts_free;
+    rt->accounts_free = slot;
 }
 
 void chorus_alloc_account_close(struct chorus_runtime *rt, struct chorus_run *run) {
     unsigned slot = run->account;
     if (!slot)
         return;
-    rt->accounts[slot].run = NULL;
-    rt->accounts[slot].gen++;
-    rt->accounts[slot].next_free = rt->accounts_free;
-    rt->accounts_free = slot;
+    struct chorus_account *a = &rt->accounts[slot];
     run->account = 0;
     if (rt->charge_run == run)
         rt->charge_run = NULL;
+    struct chorus_workflow_account *w = chorus_alloc_workflow(rt, run->workflow);
+    if (a->live && w) { /* what outlives the run is its workflow's to keep */
+        a->run = NULL;
+        a->workflow = run->workflow;
+        w->kept += a->live;
+        return;
+    }
+    slot_free(rt, slot);
+}
+
+/* ---- workflow accounts ----------------------------------------------------- */
+
+/* Between two collections the cap makes for a workflow that has not grown. */
+#define COLLECT_EVERY_MS 1000
+
+unsigned chorus_alloc_workflow_open(struct chorus_runtime *rt, const char *name) {
+    if (rt->workflows_len == rt->workflows_cap) {
+        unsigned cap = rt->workflows_cap ? rt->workflows_cap * 2 : 16;
+        struct chorus_workflow_account *w = realloc(rt->workflows, cap * sizeof *w);
+        if (!w)
+            return 0;
+        rt->workflows = w;
+        rt->workflows_cap = cap;
+        if (rt->workflows_len == 0)
+            rt->workflows[rt->workflows_len++] = (struct chorus_workflow_account){0};
+    }
+    char *copy = strdup(name);
+    if (!copy)
+        return 0;
+    rt->workflows[rt->workflows_len] = (struct chorus_workflow_account){.name = copy};
+    return rt->workflows_len++;
+}
+
+int chorus_alloc_workflow_rename(struct chorus_runtime *rt, unsigned id, const char *name) {
+    struct chorus_workflow_account *w = chorus_alloc_workflow(rt, id);
+    char *copy = w ? strdup(name) : NULL;
+    if (!copy)
+        return 0;
+    free(w->name);
+    w->name = copy;
+    return 1;
+}
+
+struct chorus_workflow_account *chorus_alloc_workflow(struct chorus_runtime *rt, unsigned id) {
+    return id && id < rt->workflows_len ? &rt->workflows[id] : NULL;
+}
+
+int chorus_alloc_workflow_over(struct chorus_runtime *rt, lua_State *L, unsigned id, size_t cap) {
+    struct chorus_workflow_account *w = chorus_alloc_workflow(rt, id);
+    if (!w || !cap)
+        return 0;
+    if (w->kept <= cap) {
+        w->collected = 0;
+        return 0;
+    }
+    uint64_t now = uv_now(&rt->loop);
+    if (w->kept > w->collected || now - w->collected_ms >= COLLECT_EVERY_MS) {
+        lua_gc(L, LUA_GCCOLLECT);
+        w = chorus_alloc_workflow(rt, id);
+        w->collected = w->kept;
+        w->collected_ms = now;
+    }
+    return w->kept > cap;
+}
+
+static void workflows_drop(struct chorus_runtime *rt) {
+    for (unsigned i = 1; i < rt->workflows_len; i++)
+        free(rt->workflows[i].name);
+    free(rt->workflows);
+    rt->workflows = NULL;
+    rt->workflows_len = rt->workflows_cap = 0;
 }
 
 struct chorus_run *chorus_alloc_charge_to(struct chorus_runtime *rt, struct chorus_run *run) {
@@ -255,12 +344,27 @@ struct chorus_run *chorus_alloc_charge_to(struct chorus_runtime *rt, struct chor
     return prev;
 }
 
-/* The run a tracked block's bytes belong to: NULL when nobody's (made
- * outside any run, or its run is gone). */
-static struct chorus_run *owner_run(struct chorus_runtime *rt, const struct chorus_block_owner *e) {
+/* The account a tracked block's bytes belong to: NULL when nobody's (made
+ * outside any run, or its run ended keeping nothing for a workflow). */
+static struct chorus_account *owner_account(struct chorus_runtime *rt,
+                                            const struct chorus_block_owner *e) {
     if (!e->slot || rt->accounts[e->slot].gen != e->gen)
         return NULL;
-    return rt->accounts[e->slot].run;
+    return &rt->accounts[e->slot];
+}
+
+/* A tracked block of a, n bytes, is freed or moved: its bytes leave a, and
+ * the workflow keeping them when a's run has ended; such a slot is free
+ * once its last block is. */
+static void account_release(struct chorus_runtime *rt, struct chorus_account *a, size_t n) {
+    a->live = a->live > n ? a->live - n : 0;
+    if (a->run)
+        return;
+    struct chorus_workflow_account *w = chorus_alloc_workflow(rt, a->workflow);
+    if (w)
+        w->kept = w->kept > n ? w->kept - n : 0;
+    if (!a->live)
+        slot_free(rt, (unsigned)(a - rt->accounts));
 }
 
 static void give_back(struct chorus_run *run, size_t n) {
@@ -275,6 +379,7 @@ static void owners_drop(struct chorus_runtime *rt) {
     free(rt->accounts);
     rt->accounts = NULL;
     rt->accounts_len = rt->accounts_cap = rt->accounts_free = 0;
+    workflows_drop(rt);
 }
 
 void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -284,7 +389,8 @@ void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     struct chorus_run *run = forced ? forced : chorus_charged_run(rt);
     /* who paid for the old bytes: the block's owner when it is tracked */
     struct chorus_block_owner *e = old > CHORUS_ALLOC_OWNED_MIN ? owner_find(rt, ptr) : NULL;
-    struct chorus_run *payer = e ? owner_run(rt, e) : run;
+    struct chorus_account *acct = e ? owner_account(rt, e) : NULL;
+    struct chorus_run *payer = e ? (acct ? acct->run : NULL) : run;
     /* what the charged run must be able to take: the growth of its own
      * block, the whole block when it takes it over from another payer */
     size_t charge = payer == run ? (nsize > old ? nsize - old : 0) : nsize;
@@ -314,10 +420,13 @@ void *chorus_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         if (run)
             run->mem += nsize;
     }
-    if (e)
+    if (e) {
+        if (acct)
+            account_release(rt, acct, old);
         owner_remove(rt, e);
+    }
     /* a run without an account keeps small blocks' rule for all */
     if (nsize > CHORUS_ALLOC_OWNED_MIN && !(run && !run->account))
-        owner_add(rt, p, run ? run->account : 0);
+        owner_add(rt, p, nsize, run ? run->account : 0);
     return p;
 }

@@ -20,6 +20,7 @@
 #include "lua_bindings.h"
 #include "random.h"
 #include "lua_http.h" /* chorus_lua_http_active, for core.stats */
+#include "alloc.h"
 #include "runtime.h"
 #include "scheduler.h"
 #include "clock.h"
@@ -47,13 +48,15 @@ static void read_limits(lua_State *L, int idx, struct chorus_limits *limits) {
     limits->run_cpu_ms = (long)opt_size_field(L, idx, "cpu_ms", (size_t)limits->run_cpu_ms);
 }
 
-/* Reads opts at index 1: the limits, io and id (a caller-chosen run id, at
- * most 36 characters, written to id when given). */
+/* Reads opts at index 1: the limits, io, id (a caller-chosen run id, at
+ * most 36 characters, written to id when given) and account (the workflow
+ * account of core.workflow_account the run's kept blocks go to; 0: none). */
 static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus_limits *limits,
-                          int *io, char id[37]) {
+                          int *io, char id[37], unsigned *account) {
     *limits = rt->limits;
     *io = 1;
     id[0] = '\0';
+    *account = 0;
     if (lua_isnoneornil(L, 1))
         return;
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -67,6 +70,14 @@ static void read_run_opts(lua_State *L, struct chorus_runtime *rt, struct chorus
     }
     lua_pop(L, 1);
     read_limits(L, 1, limits);
+    lua_getfield(L, 1, "account");
+    if (!lua_isnil(L, -1)) {
+        lua_Integer a = luaL_checkinteger(L, -1);
+        if (!chorus_alloc_workflow(rt, (unsigned)a) || a != (lua_Integer)(unsigned)a)
+            luaL_error(L, "option 'account' is not a workflow account");
+        *account = (unsigned)a;
+    }
+    lua_pop(L, 1);
     lua_getfield(L, 1, "io");
     if (!lua_isnil(L, -1))
         *io = lua_toboolean(L, -1);
@@ -108,7 +119,8 @@ static struct chorus_run *start_from_args(lua_State *L, chorus_run_done_fn on_do
     struct chorus_limits limits;
     int io;
     char id[37];
-    read_run_opts(L, rt, &limits, &io, id);
+    unsigned account;
+    read_run_opts(L, rt, &limits, &io, id, &account);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     /* only around the start: a raised error above must not leave it set */
     chorus_sched_background(rt, background);
@@ -118,6 +130,10 @@ static struct chorus_run *start_from_args(lua_State *L, chorus_run_done_fn on_do
     if (!run)
         luaL_error(L, "out of memory starting a run");
     lua_settop(L, 0);
+    run->workflow = account;
+    /* stopped at its first instruction: its workflow keeps too much */
+    if (chorus_alloc_workflow_over(rt, L, account, limits.workflow_memory))
+        run->killed = KILL_KEPT;
     return run;
 }
 
@@ -494,7 +510,38 @@ static int core_set_limits(lua_State *L) {
     struct chorus_runtime *rt = rt_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     read_limits(L, 1, &rt->limits);
+    rt->limits.workflow_memory =
+        opt_size_field(L, 1, "workflow_memory", rt->limits.workflow_memory);
     return 0;
+}
+
+/* core.workflow_account(name) → id: a new workflow account (alloc.h) for
+ * the runs started with { account = id }; core.workflow_account(id, name)
+ * renames it. */
+static int core_workflow_account(lua_State *L) {
+    struct chorus_runtime *rt = rt_of(L);
+    if (lua_type(L, 1) == LUA_TNUMBER) {
+        unsigned id = (unsigned)luaL_checkinteger(L, 1);
+        luaL_argcheck(L, chorus_alloc_workflow(rt, id) != NULL, 1, "not a workflow account");
+        if (!chorus_alloc_workflow_rename(rt, id, luaL_checkstring(L, 2)))
+            return luaL_error(L, "out of memory naming a workflow account");
+        return 0;
+    }
+    unsigned id = chorus_alloc_workflow_open(rt, luaL_checkstring(L, 1));
+    if (!id)
+        return luaL_error(L, "out of memory opening a workflow account");
+    lua_pushinteger(L, id);
+    return 1;
+}
+
+/* core.workflow_kept(id) → the bytes workflow account id keeps: its runs'
+ * blocks still alive after their run ended. */
+static int core_workflow_kept(lua_State *L) {
+    struct chorus_workflow_account *w =
+        chorus_alloc_workflow(rt_of(L), (unsigned)luaL_checkinteger(L, 1));
+    luaL_argcheck(L, w != NULL, 1, "not a workflow account");
+    lua_pushinteger(L, (lua_Integer)w->kept);
+    return 1;
 }
 
 /* The process's resident set in bytes (/proc/self/statm), or -1. */
@@ -577,6 +624,8 @@ static const luaL_Reg core_funcs[] = {
     {"env", core_env},
     {"write_log", core_write_log},
     {"set_limits", core_set_limits},
+    {"workflow_account", core_workflow_account},
+    {"workflow_kept", core_workflow_kept},
     {"stats", core_stats},
     {"execute", core_execute},
     {"start", core_start},

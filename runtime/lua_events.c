@@ -75,7 +75,7 @@ static void free_detached(struct chorus_run *run, void *data) {
  * drain and the server never exited. */
 static void fire(struct event *e, const char *arg) {
     lua_State *L = e->rt->L;
-    static const struct chorus_limits unlimited = {0, 0, 0};
+    static const struct chorus_limits unlimited = {0, 0, 0, 0};
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->fn_ref);
     lua_pushstring(L, arg ? arg : "");
     if (!chorus_run_start(e->rt, L, 1, &unlimited, 1, free_detached, NULL)) {

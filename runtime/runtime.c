@@ -116,6 +116,7 @@ static struct chorus_runtime *runtime_create(lua_State *L) {
     rt->limits.run_memory = CHORUS_DEFAULT_RUN_MEMORY;
     rt->limits.run_instructions = CHORUS_DEFAULT_RUN_INSTRUCTIONS;
     rt->limits.run_cpu_ms = CHORUS_DEFAULT_RUN_CPU_MS;
+    rt->limits.workflow_memory = CHORUS_DEFAULT_WORKFLOW_MEMORY;
     /* A private thread whose stack only the runtime touches, for packing
      * results while some other coroutine may be running. */
     rt->L = lua_newthread(L);

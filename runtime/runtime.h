@@ -26,9 +26,10 @@ struct chorus_account;     /* alloc.c */
 
 /* Per-run limits; 0 means unlimited. */
 struct chorus_limits {
-    size_t run_memory;     /* bytes a run may grow the Lua heap by */
-    long run_instructions; /* Lua VM instructions per run */
-    long run_cpu_ms;       /* CPU time per run, in milliseconds (scheduler.h) */
+    size_t run_memory;      /* bytes a run may grow the Lua heap by */
+    long run_instructions;  /* Lua VM instructions per run */
+    long run_cpu_ms;        /* CPU time per run, in milliseconds (scheduler.h) */
+    size_t workflow_memory; /* bytes one workflow's ended runs may keep (alloc.h) */
 };
 
 /* Defaults a newcomer gets: generous for real workflows, fatal for runaways.
@@ -38,6 +39,7 @@ struct chorus_limits {
 #define CHORUS_DEFAULT_RUN_MEMORY ((size_t)64 << 20)
 #define CHORUS_DEFAULT_RUN_INSTRUCTIONS 100000000L
 #define CHORUS_DEFAULT_RUN_CPU_MS 5000L
+#define CHORUS_DEFAULT_WORKFLOW_MEMORY (4 * CHORUS_DEFAULT_RUN_MEMORY)
 
 /* Small-block cache of the Lua allocator: glibc's chunk sizes up to 1 KiB. */
 #define CHORUS_ALLOC_CLASSES 64
@@ -92,6 +94,9 @@ struct chorus_runtime {
     size_t owners_cap, owners_len;
     struct chorus_account *accounts; /* [0] is nobody's: the server's */
     unsigned accounts_len, accounts_cap, accounts_free;
+    /* What each workflow's ended runs left alive (alloc.h); [0] unused. */
+    struct chorus_workflow_account *workflows;
+    unsigned workflows_len, workflows_cap;
     struct chorus_run *charge_run; /* charged instead of the current run */
 };
 

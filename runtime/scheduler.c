@@ -246,6 +246,14 @@ static const char *kill_message(struct chorus_run *run, char *buf, size_t len) {
     case KILL_DEADLINE:
         snprintf(buf, len, "run exceeded its deadline");
         return "deadline";
+    case KILL_KEPT: {
+        struct chorus_workflow_account *w = chorus_alloc_workflow(run->rt, run->workflow);
+        snprintf(buf, len,
+                 "workflow %.64s keeps %zu MiB between runs (limits.workflow_memory_mb = %zu): "
+                 "its script holds what earlier runs left; a reload starts it afresh",
+                 w ? w->name : "?", (w ? w->kept : 0) >> 20, run->limits.workflow_memory >> 20);
+        return "memory";
+    }
     default:
         snprintf(buf, len, "run stopped");
         return "stopped";
@@ -374,7 +382,7 @@ static void task_done(struct chorus_task *t, int ok) {
 static void capture_error(struct chorus_task *t, int status) {
     struct chorus_run *run = t->run;
     struct chorus_runtime *rt = run->rt;
-    char msg[160];
+    char msg[256];
     if (run->killed != KILL_NONE) {
         const char *kind = kill_message(run, msg, sizeof msg);
         t->result_ref = error_ref(rt, kind, msg, &t->nresults);
@@ -540,7 +548,7 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
         run->cpu_ns + resume_cpu_ns(rt) > run->limits.run_cpu_ms * 1000000LL)
         run->killed = KILL_CPU;
     if (run->killed != KILL_NONE) {
-        char msg[160];
+        char msg[256];
         kill_message(run, msg, sizeof msg);
         luaL_error(L, "%s", msg);
     }
@@ -570,7 +578,7 @@ void chorus_run_stop(lua_State *L, struct chorus_run *run, enum chorus_kill why)
     lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
     if (t && t->run == run && t->co && t->co != L)
         lua_sethook(t->co, count_hook, LUA_MASKCOUNT, 1);
-    char msg[160];
+    char msg[256];
     kill_message(run, msg, sizeof msg);
     luaL_error(L, "%s", msg);
 }

@@ -24,7 +24,10 @@ enum chorus_task_state { TASK_READY, TASK_RUNNING, TASK_PARKED, TASK_DONE };
 /* Why a run was stopped by the runtime rather than by its own code.
  * KILL_BUDGET is the instruction budget, KILL_CPU the CPU limit: both are
  * kind "budget" to the run, with a message naming the limit. */
-enum chorus_kill { KILL_NONE, KILL_BUDGET, KILL_CPU, KILL_MEMORY, KILL_DEADLINE };
+/* KILL_KEPT: the run started while its workflow kept more than
+ * limits.workflow_memory between runs (alloc.h): kind "memory", raised at
+ * its first instruction. */
+enum chorus_kill { KILL_NONE, KILL_BUDGET, KILL_CPU, KILL_MEMORY, KILL_DEADLINE, KILL_KEPT };
 
 typedef void (*chorus_cancel_fn)(void *data);
 
@@ -60,10 +63,11 @@ struct chorus_run {
     char id[37]; /* uuid text */
     struct chorus_task **tasks;
     int ntasks, cap;
-    int nqueued;      /* of its tasks, on the ready queue */
-    int allow_io;     /* 0 while a script's top level runs */
-    size_t mem;       /* heap growth charged to this run */
-    unsigned account; /* its slot in rt->accounts (alloc.h); 0: none */
+    int nqueued;       /* of its tasks, on the ready queue */
+    int allow_io;      /* 0 while a script's top level runs */
+    size_t mem;        /* heap growth charged to this run */
+    unsigned account;  /* its slot in rt->accounts (alloc.h); 0: none */
+    unsigned workflow; /* its workflow's account in rt->workflows (alloc.h); 0: none */
     long instructions;
     long long cpu_ns; /* CPU time charged to this run (see below) */
     int hooked;       /* the watchdog caught it running: counted from then on */

@@ -3,7 +3,7 @@
 --   return {
 --     listen = "127.0.0.1:8080", scripts = "./examples", data = "./.chorus-data",
 --     admin_token = chorus.secret("CHORUS_ADMIN_TOKEN"),
---     limits = { run_memory_mb = 64, run_instructions = 1e8, run_cpu_seconds = 5,
+--     limits = { run_memory_mb = 64, workflow_memory_mb = 256, run_instructions = 1e8, run_cpu_seconds = 5,
 --                run_record_bytes = 8388608, max_body_bytes = 1048576,
 --                max_header_bytes = 16384, max_connections = 10000, client_timeout = 30,
 --                drain_timeout = 10, max_inflight_runs = 10000, inflight_runs_per_workflow = 5000 },
@@ -77,6 +77,9 @@ config.RUN_RECORD_FLOOR_BYTES = 4096
 
 local LIMITS = {
   run_memory_mb = { min = config.RUN_MEMORY_FLOOR_MB, max = 1 << 20, off = true },
+  -- what one workflow's ended runs may leave alive in its script's state
+  -- (alloc.h); by default 4 x run_memory_mb
+  workflow_memory_mb = { min = config.RUN_MEMORY_FLOOR_MB, max = 1 << 20, off = true },
   run_instructions = { int = true, min = config.RUN_INSTRUCTIONS_FLOOR, max = 1e15, off = true },
   run_cpu_seconds = { min = config.RUN_CPU_FLOOR_SECONDS, max = 1e6, off = true },
   max_body_bytes = { int = true, min = 1, max = GiB },
@@ -447,8 +450,10 @@ end
 function config.apply(conf)
   require("chorus.log").set_level(conf.log_level or "info")
   local limits = conf.limits or {}
+  local kept_mb = limits.workflow_memory_mb or (limits.run_memory_mb and 4 * limits.run_memory_mb)
   core.set_limits({
     memory = limits.run_memory_mb and math.floor(limits.run_memory_mb * 1024 * 1024) or nil,
+    workflow_memory = kept_mb and math.floor(kept_mb * 1024 * 1024) or nil,
     instructions = limits.run_instructions and math.floor(limits.run_instructions) or nil,
     cpu_ms = limits.run_cpu_seconds and math.floor(limits.run_cpu_seconds * 1000) or nil,
   })

@@ -25,6 +25,8 @@ local m = {
     "Runs in flight charged to each workflow (its own, and their child runs)", { "workflow" }),
   held = metrics.gauge("chorus_workflow_storage_bytes", "Bytes each workflow holds in the data folder "
     .. "(its runs' records and journals, its outbox and DLQ entries; storage.workflow_share_mb)", { "workflow" }),
+  kept = metrics.gauge("chorus_workflow_kept_bytes", "Bytes each loaded workflow's runs left alive in its "
+    .. "script's state (blocks over 1 KiB; limits.workflow_memory_mb)", { "workflow" }),
   requests = metrics.counter("chorus_http_requests_total", "Inbound HTTP requests by status",
     { "code" }),
   memory = metrics.gauge("chorus_lua_memory_bytes", "Lua heap size"),
@@ -92,6 +94,16 @@ local function export_charged()
   end
   for name, n in pairs(charged) do
     m.charged.set({ name }, n)
+  end
+end
+
+-- What each loaded workflow keeps between its runs (its version's account).
+local function export_kept()
+  for name, entry in pairs(state.workflows or EMPTY) do
+    local account = entry.workflow.memory_account
+    if account then
+      m.kept.set({ name }, core.workflow_kept(account))
+    end
   end
 end
 
@@ -211,6 +223,7 @@ local function route(req)
     m.memory.set(nil, core.stats().lua_bytes)
     m.inflight.set(nil, state.runs.inflight)
     export_charged()
+    export_kept()
     if state.store then
       -- the store counts; the counters catch up with it
       local ss, seen = state.store:stats(), state.store_seen or { commits = 0, failures = 0 }

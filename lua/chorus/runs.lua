@@ -122,7 +122,7 @@ function runs.service(env)
     versions = {}, -- script hash → workflow, for runs resumed on old code
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
-    run_opts = { id = nil, instructions = nil, cpu_ms = nil, memory = nil }, -- (Service:execute)
+    run_opts = { id = nil, instructions = nil, cpu_ms = nil, memory = nil, account = nil }, -- (Service:execute)
   }, Service)
   env.service = svc -- ctx.call starts its child runs here (chorus.children)
   return svc
@@ -548,8 +548,8 @@ function Service:execute(entry, rec, input, recorded, counted)
   local limits = env.limits or EMPTY
   -- core.execute reads its options when it starts the run: one table per service
   local run_opts = self.run_opts
-  run_opts.id, run_opts.instructions, run_opts.cpu_ms, run_opts.memory =
-    rec.id, limits.instructions, limits.cpu_ms, limits.memory
+  run_opts.id, run_opts.instructions, run_opts.cpu_ms, run_opts.memory, run_opts.account =
+    rec.id, limits.instructions, limits.cpu_ms, limits.memory, entry.workflow.memory_account
   -- The run gets a copy of its input when the record keeps it (rec.input,
   -- in the data folder: GET /runs/ID, the finished record, a redrive), all
   -- read by the server outside the run, where what a script put in it (a

@@ -33,15 +33,20 @@ end
 script.run_isolated = run_isolated
 
 --- Compiles source as a workflow script. Returns the workflow, or nil and a
---- one-line message naming the file.
+--- one-line message naming the file. The workflow's memory_account is the
+--- script's workflow account (core.workflow_account): what its top level
+--- and its runs leave alive in its module state is counted there, against
+--- limits.workflow_memory_mb. One per compiled version, so a reload starts
+--- a workflow's count afresh.
 function script.compile(source, path)
   local env = sandbox.env()
+  local account = core.workflow_account(path)
   -- compiled under the run limits too, by the sandbox's load (a kilobyte
   -- at a time, so the limits stop it between pieces): Lua's parser is
   -- quadratic in gotos and labels, and a 4 MB script held the server's
   -- thread 6 s as it was reloaded
   local chunk, err
-  local ok, value = run_isolated({ io = false }, function()
+  local ok, value = run_isolated({ io = false, account = account }, function()
     chunk, err = env.load(source, "@" .. path)
     if chunk then
       return chunk()
@@ -62,6 +67,8 @@ function script.compile(source, path)
     return nil, ("%s: %s"):format(path, werr)
   end
   sandbox.seal(env)
+  core.workflow_account(account, workflow.name)
+  workflow.memory_account = account
   return workflow
 end
 

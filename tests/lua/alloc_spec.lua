@@ -98,3 +98,77 @@ describe("core.uncharged", function()
     assert.has_error(function() core.uncharged(true) end)
   end)
 end)
+
+describe("workflow memory accounts", function()
+  local LIMITS = { memory = 64 * MB, instructions = 0, cpu_ms = 0 }
+
+  local function run_as(account, fn)
+    local opts = { memory = LIMITS.memory, instructions = 0, cpu_ms = 0, account = account }
+    return core.run(opts, fn)
+  end
+
+  local function with_cap(mb, fn)
+    core.set_limits({ workflow_memory = mb * MB })
+    local ok, err = pcall(fn)
+    core.set_limits({ workflow_memory = 256 * MB })
+    assert(ok, err)
+  end
+
+  it("charges what a run leaves alive to its workflow and credits it back when freed", function()
+    local account = core.workflow_account("keeper")
+    local keep = {} -- the script's module state
+    for i = 1, 3 do
+      local ok, err = run_as(account, function() keep[i] = ("x"):rep(4 * MB) .. i end)
+      assert.is_true(ok, tostring(err))
+    end
+    assert.are.equal(3, #keep)
+    assert.is_true(core.workflow_kept(account) >= 12 * MB, "kept " .. core.workflow_kept(account))
+    keep = nil -- luacheck: ignore
+    collectgarbage("collect")
+    assert.is_true(core.workflow_kept(account) < MB, "kept " .. core.workflow_kept(account))
+  end)
+
+  it("stops a run of a workflow keeping more than its cap, and only that workflow's", function()
+    with_cap(16, function()
+      local greedy, other = core.workflow_account("greedy"), core.workflow_account("other")
+      local keep, refused = {}, nil
+      for i = 1, 8 do
+        local ok, err = run_as(greedy, function() keep[i] = ("x"):rep(4 * MB) .. i end)
+        if not ok then
+          refused = { i = i, err = err }
+          break
+        end
+      end
+      assert.is_truthy(refused, "never refused")
+      assert.are.equal(refused.i - 1, #keep)
+      assert.is_true(refused.i >= 5 and refused.i <= 6, "refused at run " .. refused.i)
+      assert.are.equal("memory", refused.err.kind)
+      assert.truthy(refused.err.message:find("workflow greedy keeps 16 MiB between runs "
+        .. "(limits.workflow_memory_mb = 16)", 1, true), refused.err.message)
+      local ok, n = run_as(other, function() return #("y"):rep(4 * MB) end)
+      assert.is_true(ok, tostring(n))
+      -- what it keeps freed (the script reloaded, say), its runs start again
+      keep = nil -- luacheck: ignore
+      collectgarbage("collect")
+      local ok2, err2 = run_as(greedy, function() return 1 end)
+      assert.is_true(ok2, type(err2) == "table" and err2.message or tostring(err2))
+    end)
+  end)
+
+  it("does not count garbage: a run over the cap first collects", function()
+    with_cap(16, function()
+      local account = core.workflow_account("churner")
+      collectgarbage("stop") -- only the cap's collection frees them
+      local results = {}
+      for i = 1, 10 do
+        -- the run's result outlives the run, then its caller drops it
+        local ok, err = run_as(account, function() return ("x"):rep(4 * MB) .. i end)
+        results[i] = ok or (type(err) == "table" and err.message or tostring(err))
+      end
+      collectgarbage("restart")
+      for i = 1, 10 do
+        assert.are.equal(true, results[i])
+      end
+    end)
+  end)
+end)

@@ -119,6 +119,42 @@ static void test_charge_to_skips_the_cap(void) {
     free(a);
 }
 
+static void test_a_workflow_keeps_what_outlives_its_run(void) {
+    unsigned w = chorus_alloc_workflow_open(rt, "keeper");
+    CHECK(w != 0);
+    struct chorus_run *a = new_run(0);
+    a->workflow = w;
+    void *kept = alloc_as(a, NULL, 0, 5000);
+    void *gone = alloc_as(a, NULL, 0, 2000);
+    alloc_as(a, gone, 2000, 0);
+    unsigned slot = a->account;
+    chorus_alloc_account_close(rt, a);
+    CHECK_INT_EQ((long long)chorus_alloc_workflow(rt, w)->kept, 5000);
+    /* the slot stays taken while its block lives: the next run gets another */
+    struct chorus_run *b = new_run(0);
+    CHECK(b->account != slot);
+    /* b grows the kept block: b pays for all of it, the workflow no more */
+    kept = alloc_as(b, kept, 5000, 8000);
+    CHECK_INT_EQ((long long)b->mem, 8000);
+    CHECK_INT_EQ((long long)chorus_alloc_workflow(rt, w)->kept, 0);
+    b->workflow = w;
+    chorus_alloc_account_close(rt, b);
+    CHECK_INT_EQ((long long)chorus_alloc_workflow(rt, w)->kept, 8000);
+    /* freed under nobody: given back to the workflow, and b's slot is free */
+    alloc_as(NULL, kept, 8000, 0);
+    CHECK_INT_EQ((long long)chorus_alloc_workflow(rt, w)->kept, 0);
+    CHECK_INT_EQ((long long)rt->owners_len, 0);
+    /* a run with no workflow still closes to nowhere */
+    struct chorus_run *c = new_run(0);
+    void *p = alloc_as(c, NULL, 0, 3000);
+    chorus_alloc_account_close(rt, c);
+    alloc_as(NULL, p, 3000, 0);
+    CHECK_INT_EQ((long long)chorus_alloc_workflow(rt, w)->kept, 0);
+    free(a);
+    free(b);
+    free(c);
+}
+
 int main(void) {
     lua_State *L = luaL_newstate();
     rt = chorus_runtime_attach(L);
@@ -127,6 +163,7 @@ int main(void) {
     test_a_closed_account_takes_nothing_back();
     test_growing_anothers_block_takes_it_over();
     test_charge_to_skips_the_cap();
+    test_a_workflow_keeps_what_outlives_its_run();
     lua_close(L);
     return unit_summary();
 }

@@ -14,7 +14,7 @@
 
 static lua_State *L;
 static struct chorus_runtime *rt;
-static const struct chorus_limits no_limits = {0, 0, 0};
+static const struct chorus_limits no_limits = {0, 0, 0, 0};
 
 /* What the tasks did, in order: mark(x) appends "x," */
 static char trail[8192];
@@ -521,7 +521,7 @@ static void test_budget_stops_run(void) {
     reset();
     int done = 0;
     char buf[512];
-    struct chorus_limits budget = {0, 100000, 0};
+    struct chorus_limits budget = {0, 100000, 0, 0};
     struct chorus_run *other = start("waiter", "O", &done);
     lua_getglobal(L, "spin");
     lua_pushliteral(L, "X");
