@@ -639,6 +639,28 @@ return { upstreams = { mock = { base_url = %q,
   end
 end)
 
+-- A workflow script that makes input.n calls at once (each returns the
+-- Lua expression `call`) and answers how many ended how: { [value or
+-- error kind] = count }.
+local function settled_counts(name, call)
+  return ([[
+local chorus = require "chorus"
+local http = require "chorus.http"
+return chorus.workflow { name = %q, run = function(ctx, input)
+  local fns = {}
+  for i = 1, input.n do
+    fns[i] = function() return %s end
+  end
+  local kinds = {}
+  for _, r in ipairs(chorus.all_settled(table.unpack(fns))) do
+    local k = r.ok and tostring(r.value) or r.err.kind
+    kinds[k] = (kinds[k] or 0) + 1
+  end
+  return kinds
+end }
+]]):format(name, call)
+end
+
 -- Each HTTP call holds a socket, a file descriptor of the process: one
 -- workflow's runs holding 20,000 calls to an address that never answered
 -- used every descriptor, and the server accepted no request of any
@@ -649,42 +671,14 @@ describe("isolation: HTTP calls in flight", function()
 
   setup(function()
     mock = H.start_mock(200)
-    dir = H.temp_dir({ ["many.lua"] = [[
-local chorus = require "chorus"
-local http = require "chorus.http"
-return chorus.workflow { name = "many", run = function(ctx, input)
-  local fns = {}
-  for i = 1, input.n do
-    fns[i] = function() return http.get(input.url).status end
-  end
-  local kinds = {}
-  for _, r in ipairs(chorus.all_settled(table.unpack(fns))) do
-    local k = r.ok and tostring(r.value) or r.err.kind
-    kinds[k] = (kinds[k] or 0) + 1
-  end
-  return kinds
-end }
-]], ["honest.lua"] = [[
+    dir = H.temp_dir({ ["many.lua"] = settled_counts("many", "http.get(input.url).status"),
+      ["honest.lua"] = [[
 local chorus = require "chorus"
 local http = require "chorus.http"
 return chorus.workflow { name = "honest", run = function(ctx, input)
   return { status = http.get(input.url).status }
 end }
-]], ["caller.lua"] = [[
-local chorus = require "chorus"
-return chorus.workflow { name = "caller", run = function(ctx, input)
-  local fns = {}
-  for i = 1, input.n do
-    fns[i] = function() return ctx.call("honest", { url = input.url }).status end
-  end
-  local kinds = {}
-  for _, r in ipairs(chorus.all_settled(table.unpack(fns))) do
-    local k = r.ok and tostring(r.value) or r.err.kind
-    kinds[k] = (kinds[k] or 0) + 1
-  end
-  return kinds
-end }
-]] })
+]], ["caller.lua"] = settled_counts("caller", 'ctx.call("honest", { url = input.url }).status') })
     conf = H.write_temp("return { limits = { http_calls_per_workflow = 20 } }")
     srv = H.start_server({ "--config", conf, "--scripts", dir })
   end)
