@@ -119,7 +119,13 @@ function runs.service(env)
     -- what limits.inflight_runs_per_workflow caps
     charged = {},
     max_inflight = max_inflight, share = share, -- runs.caps of the config's limits
-    versions = {}, -- script hash → workflow, for runs resumed on old code
+    -- script hash → workflow, for runs resumed on old code; weak: a version
+    -- no script set serves and no run runs any more is collected (with a
+    -- store it is compiled again from the stored source when a resumed run
+    -- or a redrive needs it), and with it what its top level kept: a
+    -- reload left every old version, and all it held, in memory for good
+    versions = setmetatable({}, { __mode = "v" }),
+    stored = {}, -- script hashes whose source this service has put in the store
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
     run_opts = { id = nil, instructions = nil, cpu_ms = nil, memory = nil, account = nil }, -- (Service:execute)
@@ -1060,12 +1066,14 @@ end
 
 --- Keeps entry's script version (by hash) so a run resumed after a restart
 --- replays on the code it started with; with a store, on disk too.
+--- The newest compile of a hash is the one kept: a reload gives the same
+--- source a fresh state, and the old compile can go.
 function Service:keep_version(entry)
-  if not self.versions[entry.hash] then
-    self.versions[entry.hash] = entry.workflow
-    if self.store and entry.source then
-      self.store:put_script(entry.hash, entry.source)
-    end
+  local hash = entry.hash
+  self.versions[hash] = entry.workflow
+  if self.store and entry.source and not self.stored[hash] then
+    self.stored[hash] = true
+    self.store:put_script(hash, entry.source)
   end
 end
 

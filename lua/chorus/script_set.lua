@@ -81,6 +81,11 @@ function script_set.reload(state, reason)
     entry.source = nil
   end
   table.sort(names)
+  -- the set replaced, and the versions no run runs, can go now, with what
+  -- their top levels kept (limits.workflow_memory_mb: "a reload starts it
+  -- afresh"): a generational collector would leave them to a major
+  -- collection that a heap no longer growing may not start for long
+  collectgarbage()
   m.reloads.inc({ "ok" })
   m.workflows.set(nil, #names)
   log("info", "scripts loaded", { reason = reason, workflows = names })

@@ -65,5 +65,10 @@ describe("limits.workflow_memory_mb", function()
     r = H.post_json(srv.url .. "/workflows/hoarder", "{}")
     assert.are.equal(200, r.status, r.body)
     assert.are.equal(1, H.decode(r.body).kept)
+    -- what the old compile kept is gone with it (the server held every
+    -- version it had run, and all they kept, for good)
+    local metrics = H.request(srv.url .. "/metrics").body
+    local lua_bytes = tonumber(metrics:match("\nchorus_lua_memory_bytes (%S+)"))
+    assert.is_true(lua_bytes < 16 * 1024 * 1024, metrics:match("\nchorus_lua_memory_bytes [^\n]*"))
   end)
 end)

@@ -248,6 +248,31 @@ describe("the run service", function()
     return st, svc, first[3], first
   end
 
+  -- A reload left every old version (and what its top level kept) in
+  -- memory for good: the service held each version it had seen.
+  it("lets an old script version go once nothing serves or runs it; compiles it again from the store", function()
+    local script = require "chorus.script"
+    local st = store.memory()
+    local svc = runs.service({ store = st, backend = outbox.memory(true), log = function() end,
+      log_sink = function() end })
+    local source = [[
+      local chorus = require "chorus"
+      local kept = string.rep("k", 1 << 20) -- what its top level holds
+      return chorus.workflow { name = "old", run = function() return #kept end }
+    ]]
+    local wf = assert(script.compile(source, "old.lua"))
+    local gone = setmetatable({ wf }, { __mode = "v" })
+    svc:keep_version({ workflow = wf, hash = "h:old", source = source, path = "old.lua" })
+    st:commit() -- (a server commits every loop turn)
+    assert.are.equal(wf, svc:version("h:old"))
+    wf = nil -- as after a reload to another version, with no run of this one left
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(gone[1])
+    local again = assert(svc:version("h:old", "old.lua"))
+    assert.are.equal("old", again.name)
+  end)
+
   it("after a crash, a new service over the same store resumes the run from its journal", function()
     local t = counting_transport("one")
     local st, svc, rec, first = crashed_run(t)
