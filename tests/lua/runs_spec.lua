@@ -260,12 +260,16 @@ describe("the run service", function()
       local kept = string.rep("k", 1 << 20) -- what its top level holds
       return chorus.workflow { name = "old", run = function() return #kept end }
     ]]
-    local wf = assert(script.compile(source, "old.lua"))
-    local gone = setmetatable({ wf }, { __mode = "v" })
-    svc:keep_version({ workflow = wf, hash = "h:old", source = source, path = "old.lua" })
-    st:commit() -- (a server commits every loop turn)
-    assert.are.equal(wf, svc:version("h:old"))
-    wf = nil -- as after a reload to another version, with no run of this one left
+    -- the version is compiled, kept and run here, then nothing holds it (as
+    -- after a reload to another version, with no run of this one left)
+    local function served()
+      local wf = assert(script.compile(source, "old.lua"))
+      svc:keep_version({ workflow = wf, hash = "h:old", source = source, path = "old.lua" })
+      st:commit() -- (a server commits every loop turn)
+      assert.are.equal(wf, svc:version("h:old"))
+      return setmetatable({ wf }, { __mode = "v" })
+    end
+    local gone = served()
     collectgarbage()
     collectgarbage()
     assert.is_nil(gone[1])
