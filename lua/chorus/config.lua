@@ -459,7 +459,7 @@ function config.apply(conf)
   })
   require("chorus.context").run_log_lines = limits.run_log_lines or 10000
   require("chorus.context").run_log_bytes = limits.run_log_bytes or 4 * 1024 * 1024
-  require("chorus.context").workflow_log_rate = limits.workflow_log_bytes_per_second or 1024 * 1024
+  require("chorus.context").workflow_log_rate = limits.workflow_log_bytes_per_second or 4 * 1024 * 1024
   require("chorus.outbox").pending_cap = limits.outbox_pending_per_workflow or 10000
   local events = require "chorus.events"
   events.kept_cap = limits.events_kept_per_workflow or 10000

@@ -45,9 +45,9 @@ context.run_log_bytes = 4 * 1024 * 1024
 -- limits.workflow_log_bytes_per_second; 0: no cap). The per-run caps bound
 -- one run; a workflow whose runs start one another (a ctx.later chain, a
 -- flood of requests to a script that logs megabytes) wrote 4 MiB per run
--- without end to the log every workflow shares, where the journal's own
--- rate limit then dropped the other workflows' lines.
-context.workflow_log_rate = 1024 * 1024
+-- without end to the log every workflow shares. 4 MiB: one run may still
+-- write its whole run_log_bytes in a second.
+context.workflow_log_rate = 4 * 1024 * 1024
 
 -- The log's current second of each workflow (by the workflow its runs are
 -- charged to): { second =, bytes = }, and `noted` once the second's lines

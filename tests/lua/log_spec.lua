@@ -129,7 +129,7 @@ describe("chorus.log", function()
 
   for _, case in ipairs { { key = "run_log_lines", set = 20, default = 10000 },
     { key = "run_log_bytes", set = 2048, default = 4 * 1024 * 1024 },
-    { key = "workflow_log_bytes_per_second", field = "workflow_log_rate", set = 4096, default = 1024 * 1024 } } do
+    { key = "workflow_log_bytes_per_second", field = "workflow_log_rate", set = 4096, default = 4 * 1024 * 1024 } } do
     it(("config limits.%s is checked at load and applied"):format(case.key), function()
       local config = require "chorus.config"
       local context = require "chorus.context"
@@ -198,7 +198,7 @@ describe("chorus.log", function()
     local core = require "chorus.core"
     local script = require "chorus.script"
     testing.reset()
-    capture_log("workflow_log_rate", 10000, 1024 * 1024)
+    capture_log("workflow_log_rate", 10000, 4 * 1024 * 1024)
     local now, second = core.now, 1e9
     core.now = function() return second + 0.5 end
     finally(function() core.now = now end)
