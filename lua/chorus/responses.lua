@@ -57,6 +57,9 @@ local TEXT = { string = true, number = true }
 function responses.workflow(value)
   if type(value) == "table" and math.type(value.status) == "integer"
       and (value.json ~= nil or value.body ~= nil or value.headers ~= nil) then
+    if value.status < 200 or value.status > 599 then -- (a 1xx as the final answer left its client waiting)
+      error(("status %d is not a final HTTP status (200 to 599)"):format(value.status), 0)
+    end
     local headers, n, bytes = {}, 0, 0
     for k, v in pairs(type(value.headers) == "table" and value.headers or {}) do
       if not (TEXT[type(k)] and TEXT[type(v)]) then

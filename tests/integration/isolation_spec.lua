@@ -459,6 +459,7 @@ return chorus.workflow { name = "odd", run = function(_, input)
   if input.how == "body" then return { status = 200, body = f } end
   if input.how == "table" then return { status = 200, body = {} } end
   if input.how == "header" then return { status = 200, body = "x", headers = { ["X-F"] = f } } end
+  if input.how == "informational" then return { status = 101, body = "x" } end
   return f
 end }
 ]], ["loud.lua"] = [[
@@ -485,7 +486,7 @@ end }
   -- the answer is built after the run, outside its budget: 300,000 headers
   -- held the server's thread 1.3 s, 600,000 ran the handler out of memory
   -- tostring answered "function: 0x55..." (the server's memory layout)
-  for _, how in ipairs({ "body", "table", "header", "function" }) do
+  for _, how in ipairs({ "body", "table", "header", "function", "informational" }) do
     it(("answers a result that is no HTTP answer (%s) with a 500 of kind bad_response, no address"):format(how),
       function()
         local r = H.request(srv.url .. "/workflows/odd", { method = "POST", body = ('{"how":"%s"}'):format(how) })
