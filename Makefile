@@ -13,10 +13,10 @@ MOCK_PKGS := libmicrohttpd libcjson
 OPT     ?= -O2 -g
 CFLAGS  := $(OPT) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fPIC -Iruntime -I$(BUILD)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm -lpthread
 # The Lua C module must not link liblua: lua5.4 has the VM built in.
 MOD_LIBS   = $(shell pkg-config --libs libuv libcurl libcjson libmicrohttpd lmdb libcrypto libxxhash libsystemd \
-    2>/dev/null) -lm -lpthread
+    2>/dev/null) -lhttp_parser -lm -lpthread
 
 # Everything in runtime/ except the CLI entry point is the core, linked into
 # both ./chorus and the Lua C module used by busted (same sources).

@@ -142,6 +142,10 @@ void chorus_http_cancel(struct chorus_http_call *call);
 /* Number of calls in flight. */
 size_t chorus_http_active(const struct chorus_http_client *client);
 
+/* How many calls went without curl (plain HTTP/1.1, http_plain.c); the
+ * others went through curl. */
+size_t chorus_http_plain_calls(struct chorus_http_client *client);
+
 /* How many times the client gave freed memory back to the system: after a
  * burst of calls past the ones it keeps for reuse, once per 1,024 freed
  * (see TRIM_AFTER in http_client.c). */

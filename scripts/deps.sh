@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential clang libclang-rt-14-dev pkg-config
-  liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libmicrohttpd-dev
+  liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libhttp-parser-dev libmicrohttpd-dev
   liblmdb-dev lmdb-utils libcjson-dev libssl-dev libxxhash-dev
   libsystemd-dev  # sd_notify: READY, STOPPING and watchdog pings under systemd (contrib/chorus.service)
   lua-busted lua-dkjson lua-system lua-check lua-argparse curl wrk valgrind clang-format time bc

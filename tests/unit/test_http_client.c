@@ -1,7 +1,11 @@
 /* test_http_client.c — the HTTP engine (runtime/http_client.c) without Lua,
  * against the real mock upstream (build/mock-upstream) on loopback.
  */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -681,6 +686,246 @@ static void test_redirect_hops(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK_INT_EQ(o[2].error, CHORUS_HTTP_DENIED);
 }
 
+/* ---- plain HTTP/1.1 without curl (runtime/http_plain.c) ------------------ */
+
+/* One request through either engine: follow_redirects sends it through
+ * curl (the plain engine follows none), without it through plain. */
+static void start_via(struct chorus_http_client *c, const char *method, const char *url,
+                      const char *const *headers, const char *body, int via_curl,
+                      struct outcome *o) {
+    char err[128];
+    struct chorus_http_request req = {.method = method,
+                                      .url = url,
+                                      .headers = headers,
+                                      .body = body,
+                                      .body_len = body ? strlen(body) : 0,
+                                      .connect_timeout_ms = 1000,
+                                      .timeout_ms = 5000,
+                                      .follow_redirects = via_curl};
+    CHECK(chorus_http_start(c, &req, on_done, o, err, sizeof err) != NULL);
+}
+
+/* The upstream cannot tell the engines apart: for each request the mock's
+ * echo of what it received (method, path, query, every header, body) is
+ * the same byte for byte whether curl or the plain engine sent it. */
+static void test_plain_sends_what_curl_sends(struct chorus_http_client *c, uv_loop_t *loop) {
+    const char *json[] = {"Content-Type: application/json", "X-Test: yes", NULL};
+    const char *removed[] = {"Accept: ", "X-Empty: ", "X-Kept: 1", NULL};
+    const char *own_host[] = {"Host: example.test", "Accept: text/plain", NULL};
+    static const struct {
+        const char *method, *path, *body;
+        int headers; /* 0: none, 1: json, 2: removed, 3: own_host */
+    } reqs[] = {
+        {"GET", "/plain?a=1&b=two", NULL, 1},  {"POST", "/form", "x=1&y=2", 0},
+        {"PUT", "/json", "{\"a\":1}", 1},      {"DELETE", "/d", NULL, 0},
+        {"POST", "/nobody", NULL, 0},          {"PATCH", "/empty", "", 1},
+        {"GET", "/removed", NULL, 2},          {"GET", "/host", NULL, 3},
+        {"GET", "", NULL, 0},                  {"GET", "/frag#part", NULL, 0},
+    };
+    size_t plain_before = chorus_http_plain_calls(c);
+    for (size_t i = 0; i < sizeof reqs / sizeof *reqs; i++) {
+        const char *const *h = reqs[i].headers == 1   ? json
+                               : reqs[i].headers == 2 ? removed
+                               : reqs[i].headers == 3 ? own_host
+                                                      : NULL;
+        char url[256];
+        snprintf(url, sizeof url, "%s%s", mock_url, reqs[i].path);
+        struct outcome o[2] = {0};
+        start_via(c, reqs[i].method, url, h, reqs[i].body, 0, &o[0]);
+        start_via(c, reqs[i].method, url, h, reqs[i].body, 1, &o[1]);
+        run_until(loop, o, 2);
+        CHECK_INT_EQ(o[0].error, CHORUS_HTTP_OK);
+        CHECK_INT_EQ(o[0].status, 200);
+        /* the mock numbers its answers: "n" differs */
+        char *n0 = strstr(o[0].body, ",\"n\":"), *n1 = strstr(o[1].body, ",\"n\":");
+        CHECK(n0 != NULL && n1 != NULL);
+        if (n0 && n1)
+            *n0 = *n1 = '\0';
+        CHECK_STR_EQ(o[0].body, o[1].body);
+        CHECK_INT_EQ(o[0].nheaders, o[1].nheaders);
+    }
+    /* one of each pair went without curl, the other through it */
+    CHECK_INT_EQ(chorus_http_plain_calls(c) - plain_before, sizeof reqs / sizeof *reqs);
+    /* what the plain engine leaves to curl: https, credentials, dot
+     * segments, bytes curl would reject or encode, a GET with a body */
+    static const struct {
+        const char *method, *url, *body;
+    } curls[] = {{"GET", "http://u:p@127.0.0.1:9/", NULL},  {"GET", "http://127.0.0.1:9/a/../b", NULL},
+                 {"GET", "http://127.0.0.1:9/a b", NULL},   {"GET", "https://127.0.0.1:9/", NULL},
+                 {"GET", "http://127.0.0.1:9/", "body"},    {"GET", "http://[fe80::1%25lo]:9/", NULL}};
+    plain_before = chorus_http_plain_calls(c);
+    for (size_t i = 0; i < sizeof curls / sizeof *curls; i++) {
+        struct outcome o = {0};
+        start_via(c, curls[i].method, curls[i].url, NULL, curls[i].body, 0, &o);
+        run_until(loop, &o, 1);
+        CHECK(o.done);
+    }
+    CHECK_INT_EQ(chorus_http_plain_calls(c) - plain_before, 0);
+}
+
+/* A raw upstream for what the mock does not do: each connection gets its
+ * own thread, reads requests and answers as the path says. */
+static int raw_port;
+static atomic_int raw_accepted;
+
+static void *raw_conn(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    char req[4096] = "";
+    int answered = 0;
+    for (;;) {
+        size_t n = 0;
+        req[0] = '\0';
+        while (!strstr(req, "\r\n\r\n")) {
+            ssize_t r = read(fd, req + n, sizeof req - 1 - n);
+            if (r <= 0)
+                goto out;
+            n += (size_t)r;
+            req[n] = '\0';
+        }
+        const char *a = NULL;
+        int close_after = 1;
+        if (strncmp(req, "GET /keep ", 10) == 0) {
+            if (answered) /* the second request on a connection: dropped unanswered */
+                goto out;
+            a = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nkept";
+            close_after = 0;
+        } else if (strncmp(req, "GET /interim ", 13) == 0) {
+            a = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                "HTTP/1.1 200 OK\r\nX-Final: 1\r\nContent-Length: 5\r\n\r\nfinal";
+        } else if (strncmp(req, "GET /eof ", 9) == 0) {
+            a = "HTTP/1.1 200 OK\r\nX-Until: eof\r\n\r\nread until the end";
+        } else if (strncmp(req, "GET /garbage ", 13) == 0) {
+            a = "SMTP ready\r\n\r\n";
+        } else if (strncmp(req, "GET /short ", 11) == 0) {
+            a = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+        } else if (strncmp(req, "GET /split ", 11) == 0) {
+            /* the answer a byte at a time: every parser state ends a read */
+            const char *s = "HTTP/1.1 201 Created\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+            for (const char *p = s; *p; p++) {
+                if (write(fd, p, 1) != 1)
+                    goto out;
+                usleep(200);
+            }
+            answered = 1;
+            continue;
+        }
+        if (a && write(fd, a, strlen(a)) != (ssize_t)strlen(a))
+            goto out;
+        answered = 1;
+        if (close_after)
+            goto out;
+    }
+out:
+    close(fd);
+    return NULL;
+}
+
+static void *raw_server(void *arg) {
+    int lfd = (int)(intptr_t)arg;
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        atomic_fetch_add(&raw_accepted, 1);
+        pthread_t th;
+        pthread_create(&th, NULL, raw_conn, (void *)(intptr_t)fd);
+        pthread_detach(th);
+    }
+}
+
+static int raw_start(void) {
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(lfd, 64) != 0 ||
+        getsockname(lfd, (struct sockaddr *)&a, &len) != 0)
+        return -1;
+    raw_port = ntohs(a.sin_port);
+    pthread_t th;
+    pthread_create(&th, NULL, raw_server, (void *)(intptr_t)lfd);
+    pthread_detach(th);
+    return 0;
+}
+
+static void raw_get(struct chorus_http_client *c, uv_loop_t *loop, const char *path,
+                    struct outcome *o) {
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", raw_port, path);
+    memset(o, 0, sizeof *o);
+    start_via(c, "GET", url, NULL, NULL, 0, o);
+    run_until(loop, o, 1);
+}
+
+/* What an upstream may do to a plain call, and what the call then gets:
+ * the kinds curl's calls get for the same. */
+static void test_plain_upstream_faults(struct chorus_http_client *c, uv_loop_t *loop) {
+    CHECK_INT_EQ(raw_start(), 0);
+    struct outcome o;
+    /* a kept connection the upstream drops as the next request arrives:
+     * sent again, once, on a new connection */
+    raw_get(c, loop, "/keep", &o);
+    CHECK_INT_EQ(o.status, 200);
+    CHECK_STR_EQ(o.body, "kept");
+    int before = atomic_load(&raw_accepted);
+    raw_get(c, loop, "/keep", &o);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_OK);
+    CHECK_STR_EQ(o.body, "kept");
+    CHECK_INT_EQ(atomic_load(&raw_accepted), before + 1);
+    /* an interim 103 before the answer: the answer's headers only */
+    raw_get(c, loop, "/interim", &o);
+    CHECK_INT_EQ(o.status, 200);
+    CHECK_STR_EQ(o.body, "final");
+    CHECK_INT_EQ(o.nheaders, 2);
+    /* a body without a length ends with the connection */
+    raw_get(c, loop, "/eof", &o);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_OK);
+    CHECK_STR_EQ(o.body, "read until the end");
+    /* an answer a byte per read, chunked */
+    raw_get(c, loop, "/split", &o);
+    CHECK_INT_EQ(o.status, 201);
+    CHECK_STR_EQ(o.body, "abcde");
+    /* not HTTP; a body cut short; nothing at all */
+    raw_get(c, loop, "/garbage", &o);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_PROTOCOL);
+    raw_get(c, loop, "/short", &o);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_RESET);
+    raw_get(c, loop, "/nothing", &o);
+    CHECK_INT_EQ(o.error, CHORUS_HTTP_RESET);
+    CHECK_STR_EQ(o.message, "Empty reply from server");
+}
+
+/* The egress policy holds for plain calls: the address of a new
+ * connection, and of a kept one an unrestricted call opened. */
+static void test_plain_egress(struct chorus_http_client *c, uv_loop_t *loop) {
+    char err[128], url[256];
+    snprintf(url, sizeof url, "%s/egress", mock_url);
+    CHECK_INT_EQ(chorus_http_set_egress(c, NULL, NULL, err, sizeof err), 0);
+    struct outcome o[3] = {0};
+    start_via(c, "GET", url, NULL, NULL, 0, &o[0]); /* opens and keeps a connection */
+    run_until(loop, &o[0], 1);
+    CHECK_INT_EQ(o[0].error, CHORUS_HTTP_OK);
+    struct chorus_http_request req = {
+        .method = "GET", .url = url, .timeout_ms = 5000, .restricted = 1};
+    CHECK(chorus_http_start(c, &req, on_done, &o[1], err, sizeof err) != NULL);
+    run_until(loop, &o[1], 1);
+    CHECK_INT_EQ(o[1].error, CHORUS_HTTP_DENIED);
+    CHECK(strstr(o[1].message, "127.0.0.1") != NULL);
+    const char *hosts[] = {"api.example", NULL};
+    const char *allow[] = {"127.0.0.1", NULL};
+    CHECK_INT_EQ(chorus_http_set_egress(c, allow, NULL, err, sizeof err), 0);
+    req.allow_hosts = hosts;
+    CHECK(chorus_http_start(c, &req, on_done, &o[2], err, sizeof err) != NULL);
+    run_until(loop, &o[2], 1);
+    CHECK_INT_EQ(o[2].error, CHORUS_HTTP_FORBIDDEN_HOST);
+    memset(&o[2], 0, sizeof o[2]);
+    req.allow_hosts = NULL;
+    CHECK(chorus_http_start(c, &req, on_done, &o[2], err, sizeof err) != NULL);
+    run_until(loop, &o[2], 1);
+    CHECK_INT_EQ(o[2].error, CHORUS_HTTP_OK);
+    CHECK_INT_EQ(chorus_http_set_egress(c, NULL, NULL, err, sizeof err), 0);
+}
+
 int main(void) {
     /* test_burst_gives_memory_back keeps 1,400 calls in flight: here and in
      * the mock (which inherits the limit) */
@@ -714,6 +959,9 @@ int main(void) {
     test_egress_ranges(c);
     test_egress_calls(c, &loop);
     test_redirect_hops(c, &loop);
+    test_plain_sends_what_curl_sends(c, &loop);
+    test_plain_upstream_faults(c, &loop);
+    test_plain_egress(c, &loop);
     test_close_in_flight(&loop);
     test_threads(&loop);
     chorus_http_client_close(c);
