@@ -45,7 +45,6 @@
 #include "http_plain.h"
 #include "http_transport.h"
 
-
 static void check_done(struct shard *shard);
 
 int chorus_http_global_init(void) {

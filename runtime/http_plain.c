@@ -67,10 +67,10 @@ struct plain_conn {
     struct plain_conn *prev, *next;   /* t->plain_all */
     struct plain_conn *iprev, *inext; /* t->plain_idle, while idle */
     enum conn_state state;
-    int fd;         /* -1 until the socket is made */
-    int polling;    /* the events the epoll set watches (0: not in it) */
-    int closed;     /* closed: freed from the timer's close callback */
-    int resolving;  /* a getaddrinfo is out: the close waits for its answer */
+    int fd;        /* -1 until the socket is made */
+    int polling;   /* the events the epoll set watches (0: not in it) */
+    int closed;    /* closed: freed from the timer's close callback */
+    int resolving; /* a getaddrinfo is out: the close waits for its answer */
     uv_timer_t timer;
     uv_getaddrinfo_t gai;
     struct addrinfo *ai, *ai_next; /* resolved addresses; the next to try */
@@ -940,7 +940,7 @@ void chorus_plain_cancel(struct chorus_http_call *call) {
         return;
     conn->call = NULL;
     call->plain = NULL;
-    conn_close(conn); /* the upstream sees the client leave */
+    conn_close(conn);             /* the upstream sees the client leave */
     chorus_http_call_unref(call); /* the transfer's */
 }
 

@@ -132,7 +132,7 @@ struct chorus_http_client {
     /* The Lua thread's. */
     uv_loop_t *loop;
     int proxied; /* the environment names a proxy (read once): every call goes through curl */
-    atomic_size_t plain_calls; /* calls the plain engine took (any thread) */
+    atomic_size_t plain_calls;      /* calls the plain engine took (any thread) */
     uv_async_t wake_main;           /* a transport queued calls in mq */
     struct chorus_http_call *calls; /* started, not yet done or cancelled */
     size_t active;

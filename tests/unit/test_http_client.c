@@ -716,11 +716,16 @@ static void test_plain_sends_what_curl_sends(struct chorus_http_client *c, uv_lo
         const char *method, *path, *body;
         int headers; /* 0: none, 1: json, 2: removed, 3: own_host */
     } reqs[] = {
-        {"GET", "/plain?a=1&b=two", NULL, 1},  {"POST", "/form", "x=1&y=2", 0},
-        {"PUT", "/json", "{\"a\":1}", 1},      {"DELETE", "/d", NULL, 0},
-        {"POST", "/nobody", NULL, 0},          {"PATCH", "/empty", "", 1},
-        {"GET", "/removed", NULL, 2},          {"GET", "/host", NULL, 3},
-        {"GET", "", NULL, 0},                  {"GET", "/frag#part", NULL, 0},
+        {"GET", "/plain?a=1&b=two", NULL, 1},
+        {"POST", "/form", "x=1&y=2", 0},
+        {"PUT", "/json", "{\"a\":1}", 1},
+        {"DELETE", "/d", NULL, 0},
+        {"POST", "/nobody", NULL, 0},
+        {"PATCH", "/empty", "", 1},
+        {"GET", "/removed", NULL, 2},
+        {"GET", "/host", NULL, 3},
+        {"GET", "", NULL, 0},
+        {"GET", "/frag#part", NULL, 0},
     };
     size_t plain_before = chorus_http_plain_calls(c);
     for (size_t i = 0; i < sizeof reqs / sizeof *reqs; i++) {
@@ -750,9 +755,10 @@ static void test_plain_sends_what_curl_sends(struct chorus_http_client *c, uv_lo
      * segments, bytes curl would reject or encode, a GET with a body */
     static const struct {
         const char *method, *url, *body;
-    } curls[] = {{"GET", "http://u:p@127.0.0.1:9/", NULL},  {"GET", "http://127.0.0.1:9/a/../b", NULL},
-                 {"GET", "http://127.0.0.1:9/a b", NULL},   {"GET", "https://127.0.0.1:9/", NULL},
-                 {"GET", "http://127.0.0.1:9/", "body"},    {"GET", "http://[fe80::1%25lo]:9/", NULL}};
+    } curls[] = {
+        {"GET", "http://u:p@127.0.0.1:9/", NULL}, {"GET", "http://127.0.0.1:9/a/../b", NULL},
+        {"GET", "http://127.0.0.1:9/a b", NULL},  {"GET", "https://127.0.0.1:9/", NULL},
+        {"GET", "http://127.0.0.1:9/", "body"},   {"GET", "http://[fe80::1%25lo]:9/", NULL}};
     plain_before = chorus_http_plain_calls(c);
     for (size_t i = 0; i < sizeof curls / sizeof *curls; i++) {
         struct outcome o = {0};
