@@ -807,28 +807,29 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
             return CURL_WRITEFUNC_PAUSE;
         }
     }
+    if (chorus_http_body_add(call, ptr, n) != 0)
+        return 0; /* curl fails the transfer with CURLE_WRITE_ERROR */
+    return n;
+}
+
+int chorus_http_body_add(struct chorus_http_call *call, const char *s, size_t n) {
     if (call->resp_len + n + 1 > call->resp_cap) {
         size_t cap = call->resp_cap ? call->resp_cap : 1024;
         while (cap < call->resp_len + n + 1)
             cap *= 2;
         char *p = realloc(call->resp_body, cap);
         if (!p)
-            return 0; /* curl fails the transfer with CURLE_WRITE_ERROR */
+            return -1;
         call->resp_body = p;
         call->resp_cap = cap;
     }
-    memcpy(call->resp_body + call->resp_len, ptr, n);
+    memcpy(call->resp_body + call->resp_len, s, n);
     call->resp_len += n;
     call->resp_body[call->resp_len] = '\0';
-    return n;
+    return 0;
 }
 
-/* Appends s (n bytes, trimmed of blanks and the line end) and a NUL. */
-static int add_header_text(struct chorus_http_call *call, const char *s, size_t n) {
-    while (n && (*s == ' ' || *s == '\t'))
-        s++, n--;
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
-        n--;
+int chorus_http_htext_add(struct chorus_http_call *call, const char *s, size_t n) {
     if (call->htext_len + n + 1 > call->htext_cap) {
         size_t cap = call->htext_cap * 2;
         while (cap < call->htext_len + n + 1)
@@ -842,9 +843,18 @@ static int add_header_text(struct chorus_http_call *call, const char *s, size_t 
         call->htext_cap = cap;
     }
     memcpy(call->htext + call->htext_len, s, n);
-    call->htext[call->htext_len + n] = '\0';
-    call->htext_len += n + 1;
+    call->htext_len += n;
     return 0;
+}
+
+/* Appends s (n bytes, trimmed of blanks and the line end) and a NUL. */
+static int add_header_text(struct chorus_http_call *call, const char *s, size_t n) {
+    while (n && (*s == ' ' || *s == '\t'))
+        s++, n--;
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+        n--;
+    return chorus_http_htext_add(call, s, n) != 0 || chorus_http_htext_add(call, "", 1) != 0 ? -1
+                                                                                             : 0;
 }
 
 /* curl hands us each header line; a status line starts a new response (after

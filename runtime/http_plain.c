@@ -249,31 +249,13 @@ static void stop_call(struct chorus_http_call *call, enum chorus_http_error why,
 
 /* ---- the response ------------------------------------------------------ */
 
-static int htext_add(struct chorus_http_call *call, const char *s, size_t n) {
-    if (call->htext_len + n + 1 > call->htext_cap) {
-        size_t cap = call->htext_cap * 2;
-        while (cap < call->htext_len + n + 1)
-            cap *= 2;
-        char *p = call->htext == call->htext_inline ? malloc(cap) : realloc(call->htext, cap);
-        if (!p)
-            return -1;
-        if (call->htext == call->htext_inline)
-            memcpy(p, call->htext_inline, call->htext_len);
-        call->htext = p;
-        call->htext_cap = cap;
-    }
-    memcpy(call->htext + call->htext_len, s, n);
-    call->htext_len += n;
-    return 0;
-}
-
 /* Closes the open header value: trailing blanks off, a NUL, counted. */
 static int end_value(struct plain_conn *conn) {
     struct chorus_http_call *call = conn->call;
     while (call->htext_len > conn->value_at &&
            (call->htext[call->htext_len - 1] == ' ' || call->htext[call->htext_len - 1] == '\t'))
         call->htext_len--;
-    if (htext_add(call, "", 1) != 0)
+    if (chorus_http_htext_add(call, "", 1) != 0)
         return -1;
     call->nheaders++;
     conn->hstate = 0;
@@ -314,7 +296,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
         (conn->hstate == 2 && end_value(conn) != 0))
         return 1;
     conn->hstate = 1;
-    return htext_add(conn->call, at, n) != 0;
+    return chorus_http_htext_add(conn->call, at, n) != 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t n) {
@@ -322,12 +304,12 @@ static int on_header_value(http_parser *p, const char *at, size_t n) {
     if (headers_too_large(conn, n))
         return 1;
     if (conn->hstate == 1) {
-        if (htext_add(conn->call, "", 1) != 0)
+        if (chorus_http_htext_add(conn->call, "", 1) != 0)
             return 1;
         conn->value_at = conn->call->htext_len;
         conn->hstate = 2;
     }
-    return htext_add(conn->call, at, n) != 0;
+    return chorus_http_htext_add(conn->call, at, n) != 0;
 }
 
 static int on_headers_complete(http_parser *p) {
@@ -364,21 +346,10 @@ static int on_body(http_parser *p, const char *at, size_t n) {
         stop_call(call, CHORUS_HTTP_MEMORY, "response body exceeds the run's memory cap");
         return 1;
     }
-    if (call->resp_len + n + 1 > call->resp_cap) {
-        size_t cap = call->resp_cap ? call->resp_cap : 1024;
-        while (cap < call->resp_len + n + 1)
-            cap *= 2;
-        char *q = realloc(call->resp_body, cap);
-        if (!q) {
-            stop_call(call, CHORUS_HTTP_PROTOCOL, "out of memory reading the response body");
-            return 1;
-        }
-        call->resp_body = q;
-        call->resp_cap = cap;
+    if (chorus_http_body_add(call, at, n) != 0) {
+        stop_call(call, CHORUS_HTTP_PROTOCOL, "out of memory reading the response body");
+        return 1;
     }
-    memcpy(call->resp_body + call->resp_len, at, n);
-    call->resp_len += n;
-    call->resp_body[call->resp_len] = '\0';
     return 0;
 }
 

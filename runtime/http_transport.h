@@ -270,6 +270,11 @@ void chorus_http_call_unref(struct chorus_http_call *call);
  * or NULL; takes the policy lock. */
 const char *chorus_http_denied_addr(struct chorus_http_client *client, int family,
                                     const unsigned char *a, int port);
+/* Appends n bytes to the call's response body (kept NUL-terminated), or
+ * to its header text ("name\0value\0" pairs; the caller adds the NULs).
+ * -1 when out of memory. */
+int chorus_http_body_add(struct chorus_http_call *call, const char *s, size_t n);
+int chorus_http_htext_add(struct chorus_http_call *call, const char *s, size_t n);
 /* Records why the egress policy stopped the call. */
 void chorus_http_deny(struct chorus_http_call *call, const char *target, const char *why);
 /* Forgets a socket number curl's table of t may still hold (closed behind

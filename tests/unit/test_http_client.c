@@ -98,20 +98,31 @@ static void run_until(uv_loop_t *loop, struct outcome *o, int n) {
     }
 }
 
-static struct chorus_http_call *start(struct chorus_http_client *c, const char *method,
-                                      const char *path, const char *body, long timeout_ms,
-                                      struct outcome *o) {
-    char url[256], err[128];
-    snprintf(url, sizeof url, "%s%s", mock_url, path);
-    const char *headers[] = {"X-Test: yes", "Content-Type: application/json", NULL};
+/* One request; follow_redirects (via_curl) sends it through curl, which
+ * follows them (the plain engine, runtime/http_plain.c, follows none). */
+static struct chorus_http_call *start_via(struct chorus_http_client *c, const char *method,
+                                          const char *url, const char *const *headers,
+                                          const char *body, long timeout_ms, int via_curl,
+                                          struct outcome *o) {
+    char err[128];
     struct chorus_http_request req = {.method = method,
                                       .url = url,
                                       .headers = headers,
                                       .body = body,
                                       .body_len = body ? strlen(body) : 0,
                                       .connect_timeout_ms = 1000,
-                                      .timeout_ms = timeout_ms};
+                                      .timeout_ms = timeout_ms,
+                                      .follow_redirects = via_curl};
     return chorus_http_start(c, &req, on_done, o, err, sizeof err);
+}
+
+static struct chorus_http_call *start(struct chorus_http_client *c, const char *method,
+                                      const char *path, const char *body, long timeout_ms,
+                                      struct outcome *o) {
+    char url[256];
+    snprintf(url, sizeof url, "%s%s", mock_url, path);
+    const char *headers[] = {"X-Test: yes", "Content-Type: application/json", NULL};
+    return start_via(c, method, url, headers, body, timeout_ms, 0, o);
 }
 
 static void test_get_and_post(struct chorus_http_client *c, uv_loop_t *loop) {
@@ -688,23 +699,6 @@ static void test_redirect_hops(struct chorus_http_client *c, uv_loop_t *loop) {
 
 /* ---- plain HTTP/1.1 without curl (runtime/http_plain.c) ------------------ */
 
-/* One request through either engine: follow_redirects sends it through
- * curl (the plain engine follows none), without it through plain. */
-static void start_via(struct chorus_http_client *c, const char *method, const char *url,
-                      const char *const *headers, const char *body, int via_curl,
-                      struct outcome *o) {
-    char err[128];
-    struct chorus_http_request req = {.method = method,
-                                      .url = url,
-                                      .headers = headers,
-                                      .body = body,
-                                      .body_len = body ? strlen(body) : 0,
-                                      .connect_timeout_ms = 1000,
-                                      .timeout_ms = 5000,
-                                      .follow_redirects = via_curl};
-    CHECK(chorus_http_start(c, &req, on_done, o, err, sizeof err) != NULL);
-}
-
 /* The upstream cannot tell the engines apart: for each request the mock's
  * echo of what it received (method, path, query, every header, body) is
  * the same byte for byte whether curl or the plain engine sent it. */
@@ -736,8 +730,8 @@ static void test_plain_sends_what_curl_sends(struct chorus_http_client *c, uv_lo
         char url[256];
         snprintf(url, sizeof url, "%s%s", mock_url, reqs[i].path);
         struct outcome o[2] = {0};
-        start_via(c, reqs[i].method, url, h, reqs[i].body, 0, &o[0]);
-        start_via(c, reqs[i].method, url, h, reqs[i].body, 1, &o[1]);
+        CHECK(start_via(c, reqs[i].method, url, h, reqs[i].body, 5000, 0, &o[0]) != NULL);
+        CHECK(start_via(c, reqs[i].method, url, h, reqs[i].body, 5000, 1, &o[1]) != NULL);
         run_until(loop, o, 2);
         CHECK_INT_EQ(o[0].error, CHORUS_HTTP_OK);
         CHECK_INT_EQ(o[0].status, 200);
@@ -762,7 +756,8 @@ static void test_plain_sends_what_curl_sends(struct chorus_http_client *c, uv_lo
     plain_before = chorus_http_plain_calls(c);
     for (size_t i = 0; i < sizeof curls / sizeof *curls; i++) {
         struct outcome o = {0};
-        start_via(c, curls[i].method, curls[i].url, NULL, curls[i].body, 0, &o);
+        CHECK(start_via(c, curls[i].method, curls[i].url, NULL, curls[i].body, 5000, 0, &o) !=
+              NULL);
         run_until(loop, &o, 1);
         CHECK(o.done);
     }
@@ -859,7 +854,7 @@ static void raw_get(struct chorus_http_client *c, uv_loop_t *loop, const char *p
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", raw_port, path);
     memset(o, 0, sizeof *o);
-    start_via(c, "GET", url, NULL, NULL, 0, o);
+    CHECK(start_via(c, "GET", url, NULL, NULL, 5000, 0, o) != NULL);
     run_until(loop, o, 1);
 }
 
@@ -908,7 +903,7 @@ static void test_plain_egress(struct chorus_http_client *c, uv_loop_t *loop) {
     snprintf(url, sizeof url, "%s/egress", mock_url);
     CHECK_INT_EQ(chorus_http_set_egress(c, NULL, NULL, err, sizeof err), 0);
     struct outcome o[3] = {0};
-    start_via(c, "GET", url, NULL, NULL, 0, &o[0]); /* opens and keeps a connection */
+    CHECK(start_via(c, "GET", url, NULL, NULL, 5000, 0, &o[0]) != NULL); /* opens, keeps */
     run_until(loop, &o[0], 1);
     CHECK_INT_EQ(o[0].error, CHORUS_HTTP_OK);
     struct chorus_http_request req = {
