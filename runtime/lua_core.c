@@ -466,6 +466,25 @@ static int core_release(lua_State *L) {
     return 0;
 }
 
+/* core.uncount(c): t[k] = t[k] - 1 for c = { t, k }, raw, as one C step
+ * (no count hook runs between the read and the write). The __close of a
+ * place in a count that a to-be-closed variable holds, which Lua closes
+ * exactly once: c may be shared by every such place of one key (http.lua's
+ * calls in flight per workflow), no table per place. */
+static int core_uncount(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_rawgeti(L, 1, 1);
+    luaL_checktype(L, -1, LUA_TTABLE);
+    lua_rawgeti(L, 1, 2); /* t, k */
+    lua_pushvalue(L, -1); /* t, k, k */
+    lua_rawget(L, -3);    /* t, k, t[k] */
+    lua_Integer n = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_pushinteger(L, n - 1);
+    lua_rawset(L, -3);
+    return 0;
+}
+
 /* core.charge(n): counts n instructions' worth of work a C function does
  * for the current run (the sandbox's table.move, insert and remove, which
  * copy in one C call where the count hook never fires) against its budget:
@@ -621,6 +640,7 @@ static const luaL_Reg core_funcs[] = {
     {"charge", core_charge},
     {"uncharged", core_uncharged},
     {"release", core_release},
+    {"uncount", core_uncount},
     {"env", core_env},
     {"write_log", core_write_log},
     {"set_limits", core_set_limits},

@@ -269,10 +269,13 @@ end
 -- descriptor, and the server accepted no request of any workflow. So a
 -- workflow has at most calls_cap calls in flight (limits.http_calls_per_workflow;
 -- by default half the process's open-file limit; nil: no cap); a call past
--- it raises kind "calls_full". Released in C (core.release), as the call's
+-- it raises kind "calls_full". Released in C (core.uncount), as the call's
 -- to-be-closed value: also when its task is cancelled or its run stopped.
+-- Lua closes each such value once, so one closer per workflow serves all
+-- of its calls (core.uncount): no table per call.
 local calls_in_flight = {}
-local RELEASE = { __close = core.release }
+local UNCOUNT = { __close = core.uncount }
+local closers = setmetatable({}, { __mode = "v" }) -- workflow → its closer, while a call holds it
 
 local function default_calls_cap()
   local fds = core.stats().max_fds
@@ -303,9 +306,13 @@ local function count_call(run, r)
     raise("calls_full", ("workflow '%s' has %d HTTP calls in flight, the most one workflow may have "
       .. "(limits.http_calls_per_workflow)"):format(wf, n), r)
   end
-  local held = setmetatable({ true, calls_in_flight, wf }, RELEASE)
+  local closer = closers[wf]
+  if not closer then
+    closer = setmetatable({ calls_in_flight, wf }, UNCOUNT)
+    closers[wf] = closer
+  end
   calls_in_flight[wf] = n + 1
-  return held
+  return closer
 end
 
 -- Sends one prepared request (no journal): { status, headers, body, json }.
