@@ -317,6 +317,12 @@ static int on_headers_complete(http_parser *p) {
     struct chorus_http_call *call = conn->call;
     if (headers_too_large(conn, 2) || (conn->hstate == 2 && end_value(conn) != 0))
         return -1;
+    if (p->status_code < 100) { /* http_parser takes 1 to 3 digits; HTTP has 3 */
+        char msg[64];
+        snprintf(msg, sizeof msg, "malformed HTTP response: status %u", p->status_code);
+        stop_call(call, CHORUS_HTTP_PROTOCOL, msg);
+        return -1;
+    }
     call->status = p->status_code;
     call->http_version = p->http_major * 10 + p->http_minor;
     if (p->status_code / 100 == 1)
