@@ -20,6 +20,11 @@
  * whichever thread drops the call's last reference after that (a kept
  * handle may carry its next call on another transport).
  *
+ * A plain HTTP/1.1 call (http_plain.c says which) never reaches curl: the
+ * transport thread hands it to the plain engine at START, which shares
+ * this file's queues, epoll set, egress policy and response buffers, and
+ * ends it with the CURLcode curl would have given.
+ *
  * Invariant: a call's done callback runs only from the Lua thread's loop
  * (on_wake_main), never inside chorus_http_start or chorus_http_cancel, so a
  * callback may start or cancel other calls freely.
