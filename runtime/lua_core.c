@@ -435,6 +435,16 @@ static int core_killed(lua_State *L) {
     return 1;
 }
 
+/* t[k] = t[k] - 1, raw, for t and k on top of the stack; pops k (t stays). */
+static void count_down(lua_State *L) {
+    lua_pushvalue(L, -1); /* t, k, k */
+    lua_rawget(L, -3);    /* t, k, t[k] */
+    lua_Integer n = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_pushinteger(L, n - 1); /* t, k, n - 1 */
+    lua_rawset(L, -3);         /* t */
+}
+
 /* core.release(c): when c[1] is true, sets it false and takes one off
  * each count c lists after it, as pairs of a table and a key from c[2]
  * (t[k] = t[k] - 1); nothing once released. A run's place in the counts of
@@ -454,12 +464,7 @@ static int core_release(lua_State *L) {
     lua_rawseti(L, 1, 1);
     for (lua_Integer i = 2; lua_rawgeti(L, 1, i) == LUA_TTABLE; i += 2) {
         lua_rawgeti(L, 1, i + 1); /* t, k */
-        lua_pushvalue(L, -1);     /* t, k, k */
-        lua_rawget(L, -3);        /* t, k, t[k] */
-        lua_Integer n = lua_tointeger(L, -1);
-        lua_pop(L, 1);
-        lua_pushinteger(L, n - 1); /* t, k, n - 1 */
-        lua_rawset(L, -3);         /* t */
+        count_down(L);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -476,12 +481,7 @@ static int core_uncount(lua_State *L) {
     lua_rawgeti(L, 1, 1);
     luaL_checktype(L, -1, LUA_TTABLE);
     lua_rawgeti(L, 1, 2); /* t, k */
-    lua_pushvalue(L, -1); /* t, k, k */
-    lua_rawget(L, -3);    /* t, k, t[k] */
-    lua_Integer n = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    lua_pushinteger(L, n - 1);
-    lua_rawset(L, -3);
+    count_down(L);
     return 0;
 }
 

@@ -84,8 +84,6 @@ local function log_allowed(state, sink)
   return false
 end
 
--- Whether the run (state) may write a line of `bytes` more; the line that
--- would pass the cap is replaced by the notice.
 -- Whether the workflow of run (state) may log `bytes` more this second;
 -- the first line past the rate in a second is replaced by a notice. The
 -- run's log stays open: the next second takes its lines again.
@@ -115,6 +113,8 @@ local function workflow_rate_allows(state, sink, bytes)
   return false
 end
 
+-- Whether the run (state) may write a line of `bytes` more; the line that
+-- would pass the cap is replaced by the notice.
 local function log_bytes_allowed(state, sink, bytes)
   if state.log_closed then
     return false

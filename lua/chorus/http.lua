@@ -292,12 +292,12 @@ function http.set_calls_cap(n)
   end
 end
 
--- The call's place in its workflow's count, or nil for a call of no run.
+-- The call's place in its workflow's count (wf: the workflow the call's
+-- run is charged to), or nil for a call of no run.
 -- A child run's (ctx.call) calls count in the workflow its runs are
 -- charged to (chorus.runs, Service:charge): a workflow calling another
 -- cannot use up that one's share.
-local function count_call(run, r)
-  local wf = run and (run.charged_to or run.workflow)
+local function count_call(wf, r)
   if not wf then
     return nil
   end
@@ -346,13 +346,14 @@ local function send_once(r)
   -- allow_hosts goes along: every redirect hop is checked against it too
   -- the run service's transport (chorus.runs env.transport), else the module's
   local send = run and run.env and run.env.transport or transport
-  local _ <close> = count_call(run, r)
+  local owner = run and (run.charged_to or run.workflow) -- whose calls and series these are
+  local _ <close> = count_call(owner, r)
   local status, headers, body, duration = send(transport_options(r, timeout, run))
   if run then
     journal.note(run, runstate.call_entry(r, started, duration, status or headers, span_id))
   end
   local target = r.upstream or r.url:match("^https?://([^/?#]+)") or "?"
-  local count_key, latency_key = call_series(target, status or headers, run and (run.charged_to or run.workflow))
+  local count_key, latency_key = call_series(target, status or headers, owner)
   calls_total.inc_key(count_key)
   call_seconds.observe_key(latency_key, duration)
   if not status then

@@ -811,22 +811,30 @@ local function listed(list, name)
   return false
 end
 
+-- Raises { kind = "forbidden" } unless caller is in list (section.NAME's
+-- field, for the `what` named name), its message after who (the API that
+-- asked: "ctx.call", ...) saying how to let caller `verb` it.
+local function require_listed(list, caller, who, what, name, section, field, verb)
+  if not listed(list, caller) then
+    error(errors.new("forbidden", ("%s: %s '%s' is protected by %s.%s: list '%s' in %s.%s.%s to let it %s it")
+      :format(who, what, name, section, name, caller, section, name, field, verb)), 0)
+  end
+end
+
 --- Raises { kind = "forbidden" }, its message after who (the API that
 --- asked: "ctx.call", ...), unless workflow caller may start workflow target.
 function Service:check_start(caller, target, who)
   local rule = (self.env.config.auth or {})[target]
-  if rule and not listed(rule.callers, caller) then
-    error(errors.new("forbidden", ("%s: workflow '%s' is protected by auth.%s: list '%s' in auth.%s.callers to "
-      .. "let it start it"):format(who, target, target, caller, target)), 0)
+  if rule then
+    require_listed(rule.callers, caller, who, "workflow", target, "auth", "callers", "start")
   end
 end
 
 --- The same for emitting event name (chorus.emit).
 function Service:check_emit(caller, name, who)
   local rule = (self.env.config.events or {})[name]
-  if name ~= "ttl" and rule and not listed(rule.emitters, caller) then
-    error(errors.new("forbidden", ("%s: event '%s' is protected by events.%s: list '%s' in events.%s.emitters to "
-      .. "let it emit it"):format(who, name, name, caller, name)), 0)
+  if name ~= "ttl" and rule then
+    require_listed(rule.emitters, caller, who, "event", name, "events", "emitters", "emit")
   end
 end
 
@@ -836,9 +844,8 @@ end
 --- its payload, and the run it was meant for never got it.
 function Service:check_wait(caller, name, who)
   local rule = (self.env.config.events or {})[name]
-  if name ~= "ttl" and rule and rule.waiters and not listed(rule.waiters, caller) then
-    error(errors.new("forbidden", ("%s: event '%s' is protected by events.%s: list '%s' in events.%s.waiters to "
-      .. "let it wait for it"):format(who, name, name, caller, name)), 0)
+  if name ~= "ttl" and rule and rule.waiters then
+    require_listed(rule.waiters, caller, who, "event", name, "events", "waiters", "wait for")
   end
 end
 
