@@ -60,6 +60,14 @@ void chorus_http_global_cleanup(void) { curl_global_cleanup(); }
 
 size_t chorus_http_active(const struct chorus_http_client *client) { return client->active; }
 
+size_t chorus_http_inline_calls(const struct chorus_http_client *client) {
+    return client->inline_calls;
+}
+
+void chorus_http_client_set_inline(struct chorus_http_client *client, int mode) {
+    client->inline_mode = mode;
+}
+
 size_t chorus_http_plain_calls(struct chorus_http_client *client) {
     return atomic_load_explicit(&client->plain_calls, memory_order_relaxed);
 }
@@ -118,6 +126,7 @@ static void tq_push(struct chorus_http_call *call, unsigned bits) {
 
 /* Queues bits for the Lua thread (from a transport thread). */
 static void mq_push(struct chorus_http_call *call, unsigned bits);
+static void on_drain(uv_check_t *check);
 
 void chorus_http_mq_push(struct chorus_http_call *call, unsigned bits) { mq_push(call, bits); }
 
@@ -136,7 +145,11 @@ static void mq_push(struct chorus_http_call *call, unsigned bits) {
     }
     call->mq_bits |= bits;
     uv_mutex_unlock(&client->lock);
-    if (wake)
+    /* the inline transport is on this thread: no wake-up, the loop hands
+     * the queue over as soon as this turn's events are handled */
+    if (wake && call->t && call->t->inline_)
+        uv_check_start(&client->drain, on_drain);
+    else if (wake)
         uv_async_send(&client->wake_main);
 }
 
@@ -645,13 +658,15 @@ static struct shard *shard_new(struct transport *t) {
     if (!shard)
         return NULL;
     shard->t = t;
-    if (!(shard->multi = curl_multi_init()) || uv_timer_init(&t->loop, &shard->timer) != 0) {
+    if (!(shard->multi = curl_multi_init()) || uv_timer_init(t->uv, &shard->timer) != 0) {
         if (shard->multi)
             curl_multi_cleanup(shard->multi);
         free(shard);
         return NULL;
     }
     shard->timer.data = shard;
+    if (t->inline_)
+        uv_unref((uv_handle_t *)&shard->timer);
     CURLM *m = shard->multi;
     curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(m, CURLMOPT_SOCKETDATA, shard);
@@ -1188,9 +1203,20 @@ static void start_failed(struct chorus_http_call *call, const char *why) {
     mq_push(call, M_DONE);
 }
 
+static struct transport *thread_pick(struct chorus_http_client *client);
+
 static void t_start(struct chorus_http_call *call) {
     if (chorus_plain_start(call) == 0)
         return;
+    if (call->t->inline_) { /* curl's calls are the threads' (the Lua thread's, here) */
+        struct chorus_http_client *client = call->client;
+        call->t->calls--;
+        client->inline_calls--;
+        call->t = thread_pick(client);
+        call->t->calls++;
+        tq_push(call, T_START);
+        return;
+    }
     if (!(call->shard = shard_pick(call->t))) {
         start_failed(call, "out of memory (a curl multi handle)");
         return;
@@ -1258,6 +1284,16 @@ static void check_done(struct shard *shard) {
 
 static void free_shard(uv_handle_t *handle) { free(handle->data); }
 
+/* The close callback of the inline transport's two handles (wake, epoll):
+ * the second frees it (libuv finishes closes in its own order). */
+static void free_inline(uv_handle_t *handle) {
+    struct transport *t = handle->data;
+    if (--t->handles_open > 0)
+        return;
+    close(t->epfd);
+    free(t);
+}
+
 /* Ends every transfer of t (no DONE: the Lua thread cancelled them all)
  * and closes its handles; its loop then ends. */
 static void t_shutdown(struct transport *t) {
@@ -1282,8 +1318,10 @@ static void t_shutdown(struct transport *t) {
         uv_close((uv_handle_t *)&t->shards[i]->timer, free_shard);
     }
     t->nshards = 0;
-    uv_close((uv_handle_t *)&t->epoll, NULL);
-    uv_close((uv_handle_t *)&t->wake, NULL);
+    /* the inline transport is freed with its last handle; a thread's
+     * after its thread ended (chorus_http_client_close) */
+    uv_close((uv_handle_t *)&t->epoll, t->inline_ ? free_inline : NULL);
+    uv_close((uv_handle_t *)&t->wake, t->inline_ ? free_inline : NULL);
 }
 
 static void on_wake_transport(uv_async_t *async) {
@@ -1307,7 +1345,7 @@ static void on_wake_transport(uv_async_t *async) {
             t_grant(c);
         call_unref(c); /* the queue's */
     }
-    if (atomic_load_explicit(&t->client->trim_due, memory_order_relaxed) &&
+    if (!t->inline_ && atomic_load_explicit(&t->client->trim_due, memory_order_relaxed) &&
         atomic_exchange(&t->client->trim_due, 0))
         trim_memory(t->client);
     if (close_requested)
@@ -1328,6 +1366,7 @@ static struct transport *transport_new(struct chorus_http_client *client) {
     if (!t)
         return NULL;
     t->client = client;
+    t->uv = &t->loop;
     atomic_init(&t->idle_socks, 0);
     if ((t->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
         goto fail_epfd;
@@ -1363,9 +1402,75 @@ fail_epfd:
     return NULL;
 }
 
+/* The Lua thread's own transport: the same machinery on the Lua thread's
+ * loop, no thread. Its handles do not keep the loop running (the client's
+ * wake_main does, while calls are in flight). NULL when it cannot be made. */
+static struct transport *transport_new_inline(struct chorus_http_client *client) {
+    struct transport *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->client = client;
+    t->uv = client->loop;
+    t->inline_ = 1;
+    atomic_init(&t->idle_socks, 0);
+    if ((t->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+        free(t);
+        return NULL;
+    }
+    if (uv_async_init(t->uv, &t->wake, on_wake_transport) != 0) {
+        close(t->epfd);
+        free(t);
+        return NULL;
+    }
+    t->wake.data = t;
+    uv_unref((uv_handle_t *)&t->wake);
+    t->handles_open = 1;
+    if (uv_poll_init(t->uv, &t->epoll, t->epfd) != 0) {
+        uv_close((uv_handle_t *)&t->wake, free_inline);
+        return NULL;
+    }
+    t->epoll.data = t;
+    t->handles_open = 2;
+    if (uv_poll_start(&t->epoll, UV_READABLE, on_epoll) != 0) {
+        uv_close((uv_handle_t *)&t->epoll, free_inline);
+        uv_close((uv_handle_t *)&t->wake, free_inline);
+        return NULL;
+    }
+    uv_unref((uv_handle_t *)&t->epoll);
+    return t;
+}
+
+/* Whether the Lua thread's loop has time for calls of its own: its busy
+ * share (1 - idle time / wall time) over the last BUSY_WINDOW_NS, with
+ * hysteresis. A call made on the Lua thread's loop costs less CPU in all
+ * (no hand-over to a thread and back: two wake-ups, two context switches)
+ * and answers sooner, but puts the transport's work on the thread that runs
+ * every script; under load the threads take it. */
+#define BUSY_WINDOW_NS 50000000u
+#define INLINE_BELOW 0.35
+#define THREADS_ABOVE 0.6
+static int loop_has_time(struct chorus_http_client *client) {
+    if (client->inline_mode)
+        return client->inline_mode > 0;
+    uint64_t now = uv_hrtime();
+    if (now - client->busy_at >= BUSY_WINDOW_NS) {
+        uint64_t idle = uv_metrics_idle_time(client->loop);
+        if (client->busy_at && idle) {
+            double busy = 1.0 - (double)(idle - client->idle_seen) / (double)(now - client->busy_at);
+            if (busy < INLINE_BELOW)
+                client->inline_now = 1;
+            else if (busy > THREADS_ABOVE)
+                client->inline_now = 0;
+        }
+        client->busy_at = now;
+        client->idle_seen = idle;
+    }
+    return client->inline_now;
+}
+
 /* Where a new call goes (TRANSPORT_CALLS); NULL only when no transport
  * runs (the first could not be made). */
-static struct transport *transport_pick(struct chorus_http_client *client) {
+static struct transport *thread_pick(struct chorus_http_client *client) {
     struct transport *roomy = NULL, *least = NULL;
     for (int i = 0; i < client->ntransports; i++) {
         struct transport *t = client->transports[i];
@@ -1387,6 +1492,21 @@ static struct transport *transport_pick(struct chorus_http_client *client) {
         client->max_transports = client->ntransports; /* no second try per call */
     }
     return least;
+}
+
+/* Where a new call goes: the Lua thread's own transport while its loop has
+ * time for it (a call the plain engine carries), else a thread. */
+static struct transport *transport_pick(struct chorus_http_client *client,
+                                        const struct chorus_http_call *call) {
+    if (!client->inline_off && loop_has_time(client) && chorus_plain_likely(call)) {
+        if (!client->inline_t && !(client->inline_t = transport_new_inline(client)))
+            client->inline_off = 1;
+        if (client->inline_t) {
+            client->inline_calls++;
+            return client->inline_t;
+        }
+    }
+    return thread_pick(client);
 }
 
 /* ---- the Lua thread --------------------------------------------------------- */
@@ -1455,6 +1575,12 @@ static void on_wake_main(uv_async_t *async) {
     }
 }
 
+static void on_drain(uv_check_t *check) {
+    struct chorus_http_client *client = check->data;
+    uv_check_stop(check);
+    on_wake_main(&client->wake_main);
+}
+
 struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
                                            const struct chorus_http_request *req,
                                            chorus_http_done_fn done, void *data, char *err,
@@ -1507,7 +1633,7 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
         goto fail;
     }
     call->start_ns = uv_hrtime();
-    call->t = transport_pick(client);
+    call->t = transport_pick(client, call);
     call->t->calls++;
     atomic_store_explicit(&call->refs, 1, memory_order_relaxed); /* the Lua thread's */
     call->mnext = client->calls;
@@ -1516,7 +1642,10 @@ struct chorus_http_call *chorus_http_start(struct chorus_http_client *client,
     client->calls = call;
     if (client->active++ == 0)
         uv_ref((uv_handle_t *)&client->wake_main);
-    tq_push(call, T_START);
+    if (call->t->inline_)
+        t_start(call); /* sends now; what it tells comes back through mq, later */
+    else
+        tq_push(call, T_START);
     return call;
 fail:
     if (call->charged)
@@ -1530,7 +1659,16 @@ void chorus_http_cancel(struct chorus_http_call *call) {
      * than return it to the pool: the upstream sees the client leave. */
     call->cancelled = 1;
     main_forget(call);
-    tq_push(call, T_CANCEL);
+    if (call->t->inline_) { /* on this thread: at once (nothing of it calls back into Lua) */
+        if (call->in_multi) {
+            end_transfer(call);
+            call_unref(call); /* the transfer's */
+        }
+        if (call->plain)
+            chorus_plain_cancel(call);
+    } else {
+        tq_push(call, T_CANCEL);
+    }
     call_unref(call); /* the Lua thread's */
 }
 
@@ -1555,10 +1693,15 @@ struct chorus_http_client *chorus_http_client_new_threads(uv_loop_t *loop, int m
         goto fail_masync;
     client->wake_main.data = client;
     uv_unref((uv_handle_t *)&client->wake_main); /* until a call is in flight */
+    uv_check_init(loop, &client->drain);
+    client->drain.data = client;
+    uv_unref((uv_handle_t *)&client->drain);
+    client->handles_open = 2;
     if (!transport_new(client))
         goto fail_transport;
     return client;
 fail_transport:
+    uv_close((uv_handle_t *)&client->drain, NULL);
     uv_close((uv_handle_t *)&client->wake_main, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
 fail_masync:
@@ -1576,8 +1719,11 @@ struct chorus_http_client *chorus_http_client_new(uv_loop_t *loop) {
 
 int chorus_http_threads(const struct chorus_http_client *client) { return client->ntransports; }
 
+/* The close callback of the client's two handles: the second frees it. */
 static void free_client(uv_handle_t *handle) {
     struct chorus_http_client *client = handle->data;
+    if (--client->handles_open > 0)
+        return;
     uv_mutex_destroy(&client->lock);
     uv_mutex_destroy(&client->policy_lock);
     free(client->allow);
@@ -1591,6 +1737,10 @@ void chorus_http_client_close(struct chorus_http_client *client) {
     uv_mutex_lock(&client->lock);
     client->close_requested = 1;
     uv_mutex_unlock(&client->lock);
+    if (client->inline_t) { /* its cancels, then its end, here and now */
+        on_wake_transport(&client->inline_t->wake);
+        client->inline_t = NULL;
+    }
     for (int i = 0; i < client->ntransports; i++)
         uv_async_send(&client->transports[i]->wake);
     for (int i = 0; i < client->ntransports; i++) {
@@ -1608,5 +1758,6 @@ void chorus_http_client_close(struct chorus_http_client *client) {
     }
     while (client->nidle > 0)
         call_destroy(client->idle[--client->nidle]);
+    uv_close((uv_handle_t *)&client->drain, free_client);
     uv_close((uv_handle_t *)&client->wake_main, free_client);
 }

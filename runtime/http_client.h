@@ -146,6 +146,17 @@ size_t chorus_http_active(const struct chorus_http_client *client);
  * others went through curl. */
 size_t chorus_http_plain_calls(struct chorus_http_client *client);
 
+/* Plain calls are made on the Lua thread's own loop (no hand-over to a
+ * transport thread and back) while that loop is idle most of the time:
+ * its idle time (uv_metrics_idle_time, so a loop configured with
+ * UV_METRICS_IDLE_TIME; without it, never) over the last 50 ms under 35%
+ * busy switches them there, over 60% back to the threads. mode 1: always
+ * (when the call is one the plain engine carries), -1: never, 0: so. */
+void chorus_http_client_set_inline(struct chorus_http_client *client, int mode);
+
+/* How many calls were made on the Lua thread's loop. */
+size_t chorus_http_inline_calls(const struct chorus_http_client *client);
+
 /* How many times the client gave freed memory back to the system: after a
  * burst of calls past the ones it keeps for reuse, once per 1,024 freed
  * (see TRIM_AFTER in http_client.c). */

@@ -164,12 +164,14 @@ static struct plain_conn *conn_new(struct transport *t, const char *key, const c
     if (!conn)
         return NULL;
     if (!(conn->key = strdup(key)) || !(conn->host = strdup(host)) ||
-        uv_timer_init(&t->loop, &conn->timer) != 0) {
+        uv_timer_init(t->uv, &conn->timer) != 0) {
         free(conn->key);
         free(conn->host);
         free(conn);
         return NULL;
     }
+    if (t->inline_) /* the Lua thread's loop ends when its calls do, not its idle connections */
+        uv_unref((uv_handle_t *)&conn->timer);
     conn->t = t;
     conn->fd = -1;
     conn->port = port;
@@ -804,6 +806,11 @@ static int host_allowed(const struct chorus_http_call *call, const char *host) {
     return 0;
 }
 
+int chorus_plain_likely(const struct chorus_http_call *call) {
+    return !call->follow_redirects && !call->client->proxied &&
+           plain_url(call->url, strlen(call->url));
+}
+
 int chorus_plain_start(struct chorus_http_call *call) {
     struct transport *t = call->t;
     size_t len = strlen(call->url);
@@ -898,7 +905,7 @@ int chorus_plain_start(struct chorus_http_call *call) {
         conn->state = C_RESOLVING;
         conn->gai.data = conn;
         arm_deadline(conn);
-        if (uv_getaddrinfo(&t->loop, &conn->gai, on_resolved, host, service, &hints) != 0) {
+        if (uv_getaddrinfo(t->uv, &conn->gai, on_resolved, host, service, &hints) != 0) {
             conn_fail(conn, CURLE_COULDNT_RESOLVE_HOST, "Could not resolve host: %s", host);
             return 0;
         }

@@ -16,6 +16,10 @@
  * when the call is not one this engine carries (curl does). The transfer
  * holds a reference to the call and ends with M_DONE like curl's. */
 int chorus_plain_start(struct chorus_http_call *call);
+
+/* Whether the call looks like one this engine carries (the cheap checks of
+ * chorus_plain_start, made before a transport is picked). */
+int chorus_plain_likely(const struct chorus_http_call *call);
 /* The Lua thread cancelled the call: its connection closes, no DONE. */
 void chorus_plain_cancel(struct chorus_http_call *call);
 /* The Lua thread answered the call's grant request (call->granted,

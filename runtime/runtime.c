@@ -105,6 +105,9 @@ static struct chorus_runtime *runtime_create(lua_State *L) {
         free(rt);
         luaL_error(L, "cannot create the event loop");
     }
+    /* the HTTP client reads how busy the loop is (its idle time) to choose
+     * where a call runs (http_client.c, transport_pick) */
+    uv_loop_configure(&rt->loop, UV_METRICS_IDLE_TIME);
     if (chorus_http_global_init() != 0 || !(rt->http = chorus_http_client_new(&rt->loop))) {
         uv_loop_close(&rt->loop);
         free(rt);

@@ -932,6 +932,51 @@ static void test_plain_egress(struct chorus_http_client *c, uv_loop_t *loop) {
     CHECK_INT_EQ(chorus_http_set_egress(c, NULL, NULL, err, sizeof err), 0);
 }
 
+/* By default a call goes to the loop's own thread only while the loop is
+ * mostly idle, which a loop reports only when configured to measure its
+ * idle time; one that is not keeps every call on the transport threads. A
+ * curl call (one that follows redirects) never goes there. */
+static void on_pause(uv_timer_t *timer) { (void)timer; }
+
+static void test_inline_by_load(uv_loop_t *loop) {
+    struct chorus_http_client *c = chorus_http_client_new(loop);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    uv_timer_t pause;
+    uv_timer_init(loop, &pause);
+    /* idle loop, measured over more than one window: the calls go inline */
+    uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
+    for (int i = 0; i < 3; i++) {
+        struct outcome o = {0};
+        CHECK(start(c, "GET", "/load", NULL, 5000, &o) != NULL);
+        run_until(loop, &o, 1);
+        CHECK_INT_EQ(o.status, 200);
+        uv_timer_start(&pause, on_pause, 60, 0); /* the loop waits, idle */
+        uv_run(loop, UV_RUN_DEFAULT);
+    }
+    size_t inline_calls = chorus_http_inline_calls(c);
+    CHECK(inline_calls >= 1);
+    /* never: on the threads whatever the load */
+    chorus_http_client_set_inline(c, -1);
+    struct outcome o = {0};
+    CHECK(start(c, "GET", "/load", NULL, 5000, &o) != NULL);
+    run_until(loop, &o, 1);
+    CHECK_INT_EQ(chorus_http_inline_calls(c), inline_calls);
+    /* always, but a call the plain engine does not carry stays with curl */
+    chorus_http_client_set_inline(c, 1);
+    char url[256];
+    snprintf(url, sizeof url, "%s/curl", mock_url);
+    memset(&o, 0, sizeof o);
+    CHECK(start_via(c, "GET", url, NULL, NULL, 5000, 1, &o) != NULL);
+    run_until(loop, &o, 1);
+    CHECK_INT_EQ(o.status, 200);
+    CHECK_INT_EQ(chorus_http_inline_calls(c), inline_calls);
+    uv_close((uv_handle_t *)&pause, NULL);
+    chorus_http_client_close(c);
+    uv_run(loop, UV_RUN_DEFAULT);
+}
+
 int main(void) {
     /* test_burst_gives_memory_back keeps 1,400 calls in flight: here and in
      * the mock (which inherits the limit) */
@@ -970,6 +1015,33 @@ int main(void) {
     test_plain_egress(c, &loop);
     test_close_in_flight(&loop);
     test_threads(&loop);
+    chorus_http_client_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    /* The same calls made on the loop's own thread (chorus_http_client_set_inline),
+     * against a fresh mock (it stops by itself after a minute) */
+    stop_mock();
+    CHECK_INT_EQ(start_mock(), 0);
+    c = chorus_http_client_new(&loop);
+    CHECK(c != NULL);
+    chorus_http_client_set_inline(c, 1);
+    test_get_and_post(c, &loop);
+    test_failures(c, &loop);
+    test_many_headers(c, &loop);
+    test_methods_in_turn(c, &loop);
+    test_options_in_turn(c, &loop);
+    test_many_concurrent(c, &loop);
+    test_cancel(c, &loop);
+    test_keep_alive(c, &loop);
+    test_response_limits(c, &loop);
+    test_url_charged(c, &loop);
+    test_egress_calls(c, &loop);
+    test_redirect_hops(c, &loop);
+    test_plain_sends_what_curl_sends(c, &loop);
+    test_plain_upstream_faults(c, &loop);
+    test_plain_egress(c, &loop);
+    CHECK(chorus_http_inline_calls(c) > 100);
+    test_inline_by_load(&loop);
     chorus_http_client_close(c);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
