@@ -29,8 +29,10 @@ UI_SRC   := $(wildcard ui/*)
 
 all: chorus $(BUILD)/mock-upstream $(BUILD)/sync-gate.so $(BUILD)/lua/chorus/core.so
 
+# -f: a ./chorus still running (a server left up) is replaced, not kept
+# stale with only "Text file busy" to say so
 chorus: $(BUILD)/chorus
-	cp $< $@
+	cp -f $< $@
 
 $(BUILD):
 	mkdir -p $(BUILD)

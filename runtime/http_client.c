@@ -126,7 +126,7 @@ static void tq_push(struct chorus_http_call *call, unsigned bits) {
 
 /* Queues bits for the Lua thread (from a transport thread). */
 static void mq_push(struct chorus_http_call *call, unsigned bits);
-static void on_drain(uv_check_t *check);
+static void on_drain(uv_idle_t *idle);
 
 void chorus_http_mq_push(struct chorus_http_call *call, unsigned bits) { mq_push(call, bits); }
 
@@ -145,10 +145,12 @@ static void mq_push(struct chorus_http_call *call, unsigned bits) {
     }
     call->mq_bits |= bits;
     uv_mutex_unlock(&client->lock);
-    /* the inline transport is on this thread: no wake-up, the loop hands
-     * the queue over as soon as this turn's events are handled */
+    /* the inline transport is on this thread: no wake-up; an idle handle
+     * hands the queue over on the loop's next turn, which then does not
+     * wait for I/O (a DONE pushed from a timer or from a Lua callback
+     * would otherwise wait for the next event) */
     if (wake && call->t && call->t->inline_)
-        uv_check_start(&client->drain, on_drain);
+        uv_idle_start(&client->drain, on_drain);
     else if (wake)
         uv_async_send(&client->wake_main);
 }
@@ -665,8 +667,6 @@ static struct shard *shard_new(struct transport *t) {
         return NULL;
     }
     shard->timer.data = shard;
-    if (t->inline_)
-        uv_unref((uv_handle_t *)&shard->timer);
     CURLM *m = shard->multi;
     curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(m, CURLMOPT_SOCKETDATA, shard);
@@ -1575,9 +1575,9 @@ static void on_wake_main(uv_async_t *async) {
     }
 }
 
-static void on_drain(uv_check_t *check) {
-    struct chorus_http_client *client = check->data;
-    uv_check_stop(check);
+static void on_drain(uv_idle_t *idle) {
+    struct chorus_http_client *client = idle->data;
+    uv_idle_stop(idle);
     on_wake_main(&client->wake_main);
 }
 
@@ -1693,7 +1693,7 @@ struct chorus_http_client *chorus_http_client_new_threads(uv_loop_t *loop, int m
         goto fail_masync;
     client->wake_main.data = client;
     uv_unref((uv_handle_t *)&client->wake_main); /* until a call is in flight */
-    uv_check_init(loop, &client->drain);
+    uv_idle_init(loop, &client->drain);
     client->drain.data = client;
     uv_unref((uv_handle_t *)&client->drain);
     client->handles_open = 2;

@@ -147,7 +147,7 @@ struct chorus_http_client {
     /* Plain calls made on the Lua thread's own loop while it has time to
      * spare (transport_pick): made when first needed, NULL before. */
     struct transport *inline_t;
-    uv_check_t drain;   /* hands the inline transport's results over, after each poll */
+    uv_idle_t drain;    /* hands the inline transport's results over on the next loop turn */
     int handles_open;   /* of wake_main and drain: freed when both closed */
     int inline_off;     /* it could not be made */
     int inline_mode;    /* chorus_http_client_set_inline: 0 by the loop's load, 1 always, -1 never */

@@ -957,6 +957,15 @@ static void test_inline_by_load(uv_loop_t *loop) {
     }
     size_t inline_calls = chorus_http_inline_calls(c);
     CHECK(inline_calls >= 1);
+    /* a call that ends from its timer (no socket event) with nothing else
+     * in flight: its answer is handed over, and the loop then ends */
+    chorus_http_client_set_inline(c, 1);
+    struct outcome late = {0};
+    CHECK(start(c, "GET", "/hang?fault=hang", NULL, 200, &late) != NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK_INT_EQ(late.done, 1);
+    CHECK_INT_EQ(late.error, CHORUS_HTTP_TIMEOUT);
+    inline_calls = chorus_http_inline_calls(c);
     /* never: on the threads whatever the load */
     chorus_http_client_set_inline(c, -1);
     struct outcome o = {0};
