@@ -1456,7 +1456,8 @@ static int loop_has_time(struct chorus_http_client *client) {
     if (now - client->busy_at >= BUSY_WINDOW_NS) {
         uint64_t idle = uv_metrics_idle_time(client->loop);
         if (client->busy_at && idle) {
-            double busy = 1.0 - (double)(idle - client->idle_seen) / (double)(now - client->busy_at);
+            double busy =
+                1.0 - (double)(idle - client->idle_seen) / (double)(now - client->busy_at);
             if (busy < INLINE_BELOW)
                 client->inline_now = 1;
             else if (busy > THREADS_ABOVE)

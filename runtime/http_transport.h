@@ -111,7 +111,7 @@ struct transport {
      * transport (inline; see transport_pick) the Lua thread's. */
     uv_loop_t *uv;
     int inline_;
-    int handles_open; /* the inline one's: freed when both handles closed */
+    int handles_open;                 /* the inline one's: freed when both handles closed */
     uv_async_t wake;                  /* the Lua thread queued calls in tq */
     struct shard *shards[MAX_SHARDS]; /* [0] made with the transport, the rest when needed */
     int nshards;
@@ -147,14 +147,14 @@ struct chorus_http_client {
     /* Plain calls made on the Lua thread's own loop while it has time to
      * spare (transport_pick): made when first needed, NULL before. */
     struct transport *inline_t;
-    uv_idle_t drain;    /* hands the inline transport's results over on the next loop turn */
-    int handles_open;   /* of wake_main and drain: freed when both closed */
-    int inline_off;     /* it could not be made */
-    int inline_mode;    /* chorus_http_client_set_inline: 0 by the loop's load, 1 always, -1 never */
+    uv_idle_t drain;  /* hands the inline transport's results over on the next loop turn */
+    int handles_open; /* of wake_main and drain: freed when both closed */
+    int inline_off;   /* it could not be made */
+    int inline_mode;  /* chorus_http_client_set_inline: 0 by the loop's load, 1 always, -1 never */
     size_t inline_calls; /* calls it took */
-    int inline_now;     /* the Lua thread is idle enough for calls of its own */
-    uint64_t busy_at;   /* uv_hrtime() of the last look at the loop's idle time */
-    uint64_t idle_seen; /* the loop's idle time then (uv_metrics_idle_time) */
+    int inline_now;      /* the Lua thread is idle enough for calls of its own */
+    uint64_t busy_at;    /* uv_hrtime() of the last look at the loop's idle time */
+    uint64_t idle_seen;  /* the loop's idle time then (uv_metrics_idle_time) */
 
     /* Every thread's, under lock. */
     uv_mutex_t lock;
