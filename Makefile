@@ -153,6 +153,7 @@ bench: all
 	bash scripts/bench_recovery.sh
 	bash scripts/bench_runs.sh
 	bash scripts/bench_otlp.sh
+	bash scripts/bench_sweep.sh
 
 # Where a served request's time goes (perf, callgrind); not part of `bench`.
 bench-profile: all
