@@ -16,14 +16,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-32}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
 source scripts/bench/upstream.sh
-start_upstream "$WORK"
-PIDS+=("$UPSTREAM_PID")
+bench_start # WORK, PIDS (cleaned up at exit) and the upstream
 
 commits() { curl -s "$1/metrics" | awk '/^chorus_store_commits_total/ {print $2}' | head -1; }
 depth() { curl -s "$1/metrics" | awk '/^chorus_outbox_depth/ {print $2}' | head -1; }

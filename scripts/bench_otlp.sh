@@ -11,14 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8s}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
 source scripts/bench/upstream.sh
-start_upstream "$WORK"
-PIDS+=("$UPSTREAM_PID")
+bench_start # WORK, PIDS (cleaned up at exit) and the upstream
 
 # start_chorus off|on → sets CHORUS_URL and CHORUS_PID
 start_chorus() {

@@ -23,15 +23,9 @@ cd "$(dirname "$0")/.."
 PERF_SECONDS=${PERF_SECONDS:-8}
 CALLS=${CALLS:-4000}
 CHORUS=${CHORUS:-./chorus} # another build to compare: CHORUS=/path/to/chorus
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
-
 source scripts/bench/upstream.sh
-start_upstream "$WORK"
-PIDS+=("$UPSTREAM_PID")
+bench_start # WORK, PIDS (cleaned up at exit) and the upstream
 STORAGE="{ durable = false }"
 if [ "${DURABLE:-0}" = 1 ]; then STORAGE="{}"; fi
 cat > "$WORK/conf.lua" <<CONF

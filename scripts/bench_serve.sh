@@ -34,15 +34,9 @@ CHORUS_BIN=${CHORUS_BIN:-./chorus}
 SERVERS=${SERVERS:-chorus chorus-durable nginx}
 DELAYS=${DELAYS:-0 20}
 wanted() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
-
 source scripts/bench/upstream.sh
-start_upstream "$WORK"
-PIDS+=("$UPSTREAM_PID")
+bench_start # WORK, PIDS (cleaned up at exit) and the upstream
 UPSTREAM_PORT=${UPSTREAM##*:}
 
 # free_port → a port for nginx (it cannot listen on port 0 and say which):

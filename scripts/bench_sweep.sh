@@ -11,14 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHORUS_BIN=${CHORUS_BIN:-./chorus}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
 source scripts/bench/upstream.sh
-start_upstream "$WORK"
-PIDS+=("$UPSTREAM_PID")
+bench_start # WORK, PIDS (cleaned up at exit) and the upstream
 cat > "$WORK/conf.lua" <<CONF
 return { access_log = false,
   upstreams = { a = { base_url = "$UPSTREAM?delay=0" }, b = { base_url = "$UPSTREAM?delay=0" } } }

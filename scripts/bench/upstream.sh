@@ -8,7 +8,24 @@
 # upstream is nginx (scripts/bench/upstream/nginx.conf.in: event-driven, one
 # worker, ?delay=MS by a timer); otherwise build/mock-upstream, whose thread
 # per connection limits a 0 ms run, and the printed rates say so.
-# The caller owns cleanup: it kills UPSTREAM_PID and removes $WORK.
+# The caller owns cleanup: it kills UPSTREAM_PID and removes $WORK; or it
+# calls bench_start, which does all of it.
+
+# bench_start → WORK (a new temporary folder) and PIDS (processes to kill),
+# both cleaned up when the script exits, and the upstream started
+# (start_upstream), its pid in PIDS.
+bench_start() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap bench_cleanup EXIT
+  start_upstream "$WORK"
+  PIDS+=("$UPSTREAM_PID")
+}
+
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
 
 have_nginx_lua() {
   command -v nginx > /dev/null && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ]
