@@ -1324,6 +1324,17 @@ static void t_shutdown(struct transport *t) {
     uv_close((uv_handle_t *)&t->wake, t->inline_ ? free_inline : NULL);
 }
 
+/* Ends the call's transfer, whichever engine carries it (the call was
+ * cancelled). */
+static void t_cancel(struct chorus_http_call *call) {
+    if (call->in_multi) {
+        end_transfer(call);
+        call_unref(call); /* the transfer's */
+    }
+    if (call->plain)
+        chorus_plain_cancel(call);
+}
+
 static void on_wake_transport(uv_async_t *async) {
     struct transport *t = async->data;
     if (t->stopping)
@@ -1335,12 +1346,8 @@ static void on_wake_transport(uv_async_t *async) {
         /* a call cancelled before it started never connects */
         if ((c->t_work & T_START) && !(c->t_work & T_CANCEL) && !close_requested)
             t_start(c);
-        if ((c->t_work & T_CANCEL) && c->in_multi) {
-            end_transfer(c);
-            call_unref(c); /* the transfer's */
-        }
-        if ((c->t_work & T_CANCEL) && c->plain)
-            chorus_plain_cancel(c);
+        if (c->t_work & T_CANCEL)
+            t_cancel(c);
         if (c->t_work & T_GRANT)
             t_grant(c);
         call_unref(c); /* the queue's */
@@ -1660,16 +1667,10 @@ void chorus_http_cancel(struct chorus_http_call *call) {
      * than return it to the pool: the upstream sees the client leave. */
     call->cancelled = 1;
     main_forget(call);
-    if (call->t->inline_) { /* on this thread: at once (nothing of it calls back into Lua) */
-        if (call->in_multi) {
-            end_transfer(call);
-            call_unref(call); /* the transfer's */
-        }
-        if (call->plain)
-            chorus_plain_cancel(call);
-    } else {
+    if (call->t->inline_) /* on this thread: at once (nothing of it calls back into Lua) */
+        t_cancel(call);
+    else
         tq_push(call, T_CANCEL);
-    }
     call_unref(call); /* the Lua thread's */
 }
 

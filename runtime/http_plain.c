@@ -807,18 +807,17 @@ static int host_allowed(const struct chorus_http_call *call, const char *host) {
 }
 
 int chorus_plain_likely(const struct chorus_http_call *call) {
-    return !call->follow_redirects && !call->client->proxied &&
-           plain_url(call->url, strlen(call->url));
+    if (call->follow_redirects || call->client->proxied || !plain_url(call->url, strlen(call->url)))
+        return 0;
+    return !(call->body && (strcmp(call->method, "GET") == 0 || strcmp(call->method, "HEAD") == 0));
 }
 
 int chorus_plain_start(struct chorus_http_call *call) {
+    if (!chorus_plain_likely(call))
+        return -1;
     struct transport *t = call->t;
     size_t len = strlen(call->url);
     struct http_parser_url u;
-    if (call->follow_redirects || call->client->proxied || !plain_url(call->url, len))
-        return -1;
-    if (call->body && (strcmp(call->method, "GET") == 0 || strcmp(call->method, "HEAD") == 0))
-        return -1;
     http_parser_url_init(&u);
     if (http_parser_parse_url(call->url, len, 0, &u) != 0 || !(u.field_set & (1 << UF_HOST)) ||
         (u.field_set & (1 << UF_USERINFO)))

@@ -17,8 +17,8 @@
  * holds a reference to the call and ends with M_DONE like curl's. */
 int chorus_plain_start(struct chorus_http_call *call);
 
-/* Whether the call looks like one this engine carries (the cheap checks of
- * chorus_plain_start, made before a transport is picked). */
+/* Whether the call looks like one this engine carries: the cheap checks
+ * chorus_plain_start makes first (made before a transport is picked too). */
 int chorus_plain_likely(const struct chorus_http_call *call);
 /* The Lua thread cancelled the call: its connection closes, no DONE. */
 void chorus_plain_cancel(struct chorus_http_call *call);

@@ -986,6 +986,35 @@ static void test_inline_by_load(uv_loop_t *loop) {
     uv_run(loop, UV_RUN_DEFAULT);
 }
 
+/* The calls' tests, in this order on one client; threads: it sends calls to
+ * its transport threads (the tests of what only they do run too), else on
+ * the loop's own thread. */
+static void test_calls(struct chorus_http_client *c, uv_loop_t *loop, int threads) {
+    test_get_and_post(c, loop);
+    test_failures(c, loop);
+    if (threads)
+        test_bad_method(c);
+    test_many_headers(c, loop);
+    test_methods_in_turn(c, loop);
+    test_options_in_turn(c, loop);
+    test_many_concurrent(c, loop);
+    test_cancel(c, loop);
+    if (threads) {
+        test_shards(c, loop);
+        test_burst_gives_memory_back(c, loop);
+    }
+    test_keep_alive(c, loop);
+    test_response_limits(c, loop);
+    test_url_charged(c, loop);
+    if (threads)
+        test_egress_ranges(c);
+    test_egress_calls(c, loop);
+    test_redirect_hops(c, loop);
+    test_plain_sends_what_curl_sends(c, loop);
+    test_plain_upstream_faults(c, loop);
+    test_plain_egress(c, loop);
+}
+
 int main(void) {
     /* test_burst_gives_memory_back keeps 1,400 calls in flight: here and in
      * the mock (which inherits the limit) */
@@ -1003,25 +1032,7 @@ int main(void) {
     CHECK_INT_EQ(chorus_http_global_init(), 0);
     struct chorus_http_client *c = chorus_http_client_new(&loop);
     CHECK(c != NULL);
-    test_get_and_post(c, &loop);
-    test_failures(c, &loop);
-    test_bad_method(c);
-    test_many_headers(c, &loop);
-    test_methods_in_turn(c, &loop);
-    test_options_in_turn(c, &loop);
-    test_many_concurrent(c, &loop);
-    test_cancel(c, &loop);
-    test_shards(c, &loop);
-    test_burst_gives_memory_back(c, &loop);
-    test_keep_alive(c, &loop);
-    test_response_limits(c, &loop);
-    test_url_charged(c, &loop);
-    test_egress_ranges(c);
-    test_egress_calls(c, &loop);
-    test_redirect_hops(c, &loop);
-    test_plain_sends_what_curl_sends(c, &loop);
-    test_plain_upstream_faults(c, &loop);
-    test_plain_egress(c, &loop);
+    test_calls(c, &loop, 1);
     test_close_in_flight(&loop);
     test_threads(&loop);
     chorus_http_client_close(c);
@@ -1034,21 +1045,7 @@ int main(void) {
     c = chorus_http_client_new(&loop);
     CHECK(c != NULL);
     chorus_http_client_set_inline(c, 1);
-    test_get_and_post(c, &loop);
-    test_failures(c, &loop);
-    test_many_headers(c, &loop);
-    test_methods_in_turn(c, &loop);
-    test_options_in_turn(c, &loop);
-    test_many_concurrent(c, &loop);
-    test_cancel(c, &loop);
-    test_keep_alive(c, &loop);
-    test_response_limits(c, &loop);
-    test_url_charged(c, &loop);
-    test_egress_calls(c, &loop);
-    test_redirect_hops(c, &loop);
-    test_plain_sends_what_curl_sends(c, &loop);
-    test_plain_upstream_faults(c, &loop);
-    test_plain_egress(c, &loop);
+    test_calls(c, &loop, 0);
     CHECK(chorus_http_inline_calls(c) > 100);
     test_inline_by_load(&loop);
     chorus_http_client_close(c);
