@@ -7,12 +7,15 @@
 # the sweep's first step at 60 s (chorus.sweep: every minute, up to 5,000
 # records of each database decoded and checked). Prints the probes' p50 and
 # their two slowest: a step decoded at once showed as one probe of 56 to 72
-# ms. About 70 s. Everything listens on 127.0.0.1 and stops by itself.
+# ms. It prints the upstream's and the load generator's own rates first.
+# About 80 s. Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHORUS_BIN=${CHORUS_BIN:-./chorus}
 source scripts/bench/upstream.sh
 bench_start # WORK, PIDS (cleaned up at exit) and the upstream
+echo "# upstream: $UPSTREAM_KIND"
+print_rates 0 64
 cat > "$WORK/conf.lua" <<CONF
 return { access_log = false,
   upstreams = { a = { base_url = "$UPSTREAM?delay=0" }, b = { base_url = "$UPSTREAM?delay=0" } } }
