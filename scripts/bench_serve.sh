@@ -172,7 +172,9 @@ for delay in $DELAYS; do
     report_case nginx "$delay" 64 start_nginx NGINX_URL NGINX_PID
   fi
 done
-if [ "$HAVE_NGINX" = 1 ] && wanted nginx; then
+if ! wanted nginx; then
+  : # not asked for (SERVERS)
+elif [ "$HAVE_NGINX" = 1 ]; then
   awk '{r[$1" "$2] = $3; c[$1" "$2] = $4} END {for (d = 0; d <= 20; d += 20) if (r["nginx " d] > 0) printf "  chorus/nginx at %d ms: req/s %.2f (durable: %.2f), CPU per request %.2f (durable: %.2f)\n", d, r["chorus " d] / r["nginx " d], r["chorus-durable " d] / r["nginx " d], c["chorus " d] / c["nginx " d], c["chorus-durable " d] / c["nginx " d]}' "$WORK/summary"
 else
   echo "  (nginx with lua-nginx-module not installed: apt-get install nginx-light libnginx-mod-http-lua)"

@@ -365,6 +365,11 @@ local function send_once(r)
   return setmetatable({ status = status, headers = headers, body = body }, RESPONSE_MT)
 end
 
+-- HTTP's safe methods (RFC 9110 9.2.1): a call with one changes nothing
+-- upstream, so a durable run need not wait for its first records to be on
+-- disk before sending it (chorus.journal).
+local SAFE = { GET = true, HEAD = true, OPTIONS = true, TRACE = true }
+
 -- A recorded response or error, as the call first returned or raised it.
 local function restore(value, ok)
   return setmetatable(value, ok and RESPONSE_MT or ERROR_MT)
@@ -400,7 +405,8 @@ function http.request(req)
   if not (r.run and r.run.journal) then -- nothing to record: skip building the step's target
     return send_once(r)
   end
-  return journal.effect("http", r.method .. " " .. r.url, function() return send_once(r) end, restore)
+  return journal.effect("http", r.method .. " " .. r.url, function() return send_once(r) end, restore,
+    SAFE[r.method])
 end
 
 local function verb(method)
@@ -673,7 +679,7 @@ local function upstream_request(handle, req, method, path)
   end
   return journal.effect("http", method .. " " .. self.name .. ":" .. path, function()
     return resilient(self, prepared, req)
-  end, restore)
+  end, restore, SAFE[method])
 end
 
 --- The URL of path on the named upstream as configured now, or nil when

@@ -196,10 +196,18 @@ local function nondeterminism(step, rec, kind, target)
       :format(step, describe(rec.kind, rec.target), describe(kind, target)) }, ERROR_MT)
 end
 
+-- Kinds of effect that only learn something (the clock, a random number)
+-- and change nothing outside the process: made before the run's first
+-- records are on disk, a crash leaves nothing behind that a replay should
+-- know of (the run is gone with them, unanswered).
+local LEARNS_ONLY = { now = true, uuid = true, random = true, clock = true }
+
 --- Runs fn once per step of a durable run: recorded outcome on replay,
 --- else fn() recorded. restore(value, ok) rebuilds a recorded value (e.g.
---- puts a metatable back). Returns fn's value or raises its error.
-function journal.effect(kind, target, fn, restore)
+--- puts a metatable back). safe: fn changes nothing outside (an HTTP GET,
+--- HEAD, OPTIONS or TRACE), so it need not wait for the run's first records
+--- to be on disk. Returns fn's value or raises its error.
+function journal.effect(kind, target, fn, restore, safe)
   local run = runstate.current()
   local j = run and run.journal
   if not j then
@@ -245,10 +253,14 @@ function journal.effect(kind, target, fn, restore)
     error(err, 0)
   end
   runstate.check_stop(run) -- live from here: a cancel asked before a restart stops the run here
-  if j.unsynced then
+  if j.unsynced and not (safe or LEARNS_ONLY[kind]) then
     -- every task of the run waits, not only the first to get here: a
     -- sibling task (chorus.all) must not send its effect while the first
-    -- records are still on their way to the disk
+    -- records are still on their way to the disk. A safe call or a read of
+    -- the clock does not wait: a crash before the records are on disk
+    -- leaves no trace of it outside, the same as of the unanswered run
+    -- (the wait is a group commit, about half the latency durability adds
+    -- to a run that only reads).
     j.store:commit()
     j.unsynced = false
   end

@@ -495,33 +495,59 @@ describe("the run service", function()
     assert.is_true(ids[1] < ids[2] and ids[2] < ids[3])
     assert.are.equal(("%012x"):format(T0 * 1000 // 1), ids[1]:gsub("-", ""):sub(1, 12))
   end)
-  it("sends no effect of a durable run, from any of its tasks, before its first records are on disk", function()
+  -- Runs a workflow durably over a real data folder; returns what the
+  -- transport saw of each call: its URL and how many unfinished runs the
+  -- folder held (committed state only) when the call went out.
+  local function calls_seen(wf)
     local dir = os.tmpname()
     os.remove(dir)
     local st = assert(store.open(dir))
     local seen = {}
-    local both = chorus.workflow {
-      name = "both",
-      run = function()
-        chorus.all(function() return http.get("http://up/a").status end,
-          function() return http.get("http://up/b").status end)
-        return true
-      end,
-    }
     local ok, err = core.run(nil, function()
       local svc = runs.service({ store = st, transport = function(o)
-        seen[#seen + 1] = { url = o.url, unfinished = #st:unfinished() } -- committed state only
+        seen[#seen + 1] = { call = o.method .. " " .. o.url, unfinished = #st:unfinished() }
         return 200, {}, "", 0.001
       end })
-      assert(svc:start({ workflow = both }, {}))
+      assert(svc:start({ workflow = wf }, {}))
     end)
     st:close()
     os.execute("rm -rf '" .. dir .. "'")
     assert(ok, tostring(err))
+    return seen
+  end
+
+  it("sends no effect of a durable run, from any of its tasks, before its first records are on disk", function()
+    local seen = calls_seen(chorus.workflow {
+      name = "both",
+      run = function()
+        chorus.all(function() return http.post("http://up/a", { body = "1" }).status end,
+          function() return http.request({ method = "DELETE", url = "http://up/b" }).status end)
+        return true
+      end,
+    })
     assert.are.equal(2, #seen)
     for _, call in ipairs(seen) do
-      assert.are.equal(1, call.unfinished, call.url .. " went out before the run's timer was committed")
+      assert.are.equal(1, call.unfinished, call.call .. " went out before the run's timer was committed")
     end
+  end)
+
+  -- A safe call (GET, HEAD, OPTIONS, TRACE) or a read of the clock changes
+  -- nothing outside: made before the run's records are on disk, a crash
+  -- leaves no trace of it, so it does not wait for a group commit. The
+  -- first call that may change something still waits.
+  it("sends safe calls at once, and waits for the first records before a call that may change something", function()
+    local seen = calls_seen(chorus.workflow {
+      name = "reads-then-writes",
+      run = function(ctx)
+        ctx.now()
+        ctx.uuid()
+        chorus.all(function() return http.get("http://up/a").status end,
+          function() return http.request({ method = "HEAD", url = "http://up/b" }).status end)
+        return http.put("http://up/c", { body = "x" }).status
+      end,
+    })
+    assert.are.same({ { call = "GET http://up/a", unfinished = 0 }, { call = "HEAD http://up/b", unfinished = 0 },
+      { call = "PUT http://up/c", unfinished = 1 } }, seen)
   end)
 
   -- A DELETE /runs/ID that lands after the run's body ended, before its end
