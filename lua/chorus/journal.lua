@@ -116,6 +116,8 @@ function journal.attach(state, st, recorded, crash_after, record_cap)
   -- client's retry would start another run and do it again.
   local j = { store = st, seq = #(recorded or EMPTY), recorded = by_step,
     replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after,
+    -- entries held back (their response bodies' bytes, since when); whether any is in the folder
+    held = {}, held_bytes = 0, held_at = nil, written = recorded ~= nil,
     marks = marks, next_mark = 1, n_marks = #marks,
     -- bytes: of the journal entries written; noted: of the timeline's
     -- steps (the finished record holds them, chorus.runs counts it whole)
@@ -143,9 +145,12 @@ function journal.note(run, entry)
     t = t.parent
   end
   if t and t.run == run then
-    local kept = {}
-    for k, v in pairs(entry) do -- journal entries are kept without secrets
-      kept[k] = type(v) == "string" and secrets.redact(v) or v
+    local kept = entry -- (timeline entries are not changed once made)
+    if secrets.any() then -- journal entries are kept without secrets
+      kept = {}
+      for k, v in pairs(entry) do
+        kept[k] = type(v) == "string" and secrets.redact(v) or v
+      end
     end
     t.notes[#t.notes + 1] = kept
   end
@@ -202,6 +207,137 @@ end
 -- know of (the run is gone with them, unanswered).
 local LEARNS_ONLY = { now = true, uuid = true, random = true, clock = true }
 
+-- ---- entries held back ------------------------------------------------------
+--
+-- The entry of a quiet effect (a safe call, a read of the clock) is held in
+-- memory, not written at once: losing it in a crash costs a read again, as
+-- the replay makes the effect again and nothing outside changed. It is
+-- written (queued for the next group commit) before anything that may
+-- depend on it: before the run's next effect that may change something
+-- goes out (whose replay must see the same values), before a sync or a
+-- simulated crash, and at the end of a run that keeps its journal (a
+-- failed run, for its redrive); and, so a crash costs little, once HOLD_MAX
+-- entries or HOLD_BYTES of response bodies are held (a run that reads page
+-- after page writes as before, and keeps few responses alive), or HOLD_SECONDS
+-- after the oldest was held (a background run writes them: a read that
+-- waits long on a slow call is on disk when the crash comes), or when they
+-- near the run's record cap. A run that
+-- only reads and ends well within HOLD_SECONDS writes no journal at all:
+-- before, two JSON encodes, two puts and a prefix delete per served fan-out
+-- of two calls (a tenth of a durable request's instructions).
+local HOLD_MAX, HOLD_BYTES, HOLD_SECONDS = 8, 64 * 1024, 0.1
+
+-- runs holding entries → true; the background run that writes those held
+-- too long is running while there are any
+local holding = setmetatable({}, { __mode = "k" })
+local writer_running = false
+
+-- Writes the one held entry h ({ seq, step, entry }) of run; returns
+-- false (nothing written) when the folder refuses it, and why: the error
+-- that stops the run.
+local function write_held(run, j, h)
+  if j.store.share and j.store:over_share(run.workflow) then -- not written: the folder is shared
+    return false, journal.over_share(j.store, run.workflow, ("step %s's journal entry"):format(h.step))
+  end
+  local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
+  local bytes, size = j.store:put_effect(run.run_id, h.seq, h.entry, room)
+  if not bytes then -- not written: the journal keeps what came before it
+    return false, journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(h.step, size))
+  end
+  j.bytes = j.bytes + bytes
+  j.written = true
+  return true
+end
+
+local function let_go(run, j)
+  j.held, j.held_bytes, j.held_at = {}, 0, nil
+  holding[run] = nil
+end
+
+-- Writes the held entries of run, in order. When the folder refuses one:
+-- how = "raise" stops the run (a control error; the run's own code calls),
+-- "end" drops the rest (the run has ended: a redrive makes them again),
+-- "background" keeps the rest held for the run's next flush to raise.
+local function flush(run, j, how)
+  local held = j.held
+  if not held[1] then
+    return
+  end
+  let_go(run, j)
+  for i, h in ipairs(held) do
+    local ok, err = write_held(run, j, h)
+    if not ok then
+      if how == "raise" then
+        error(runstate.stop(err, run), 0)
+      elseif how == "background" then
+        j.held = table.move(held, i, #held, 1, {})
+        j.held_bytes, j.held_at = HOLD_BYTES, math.huge -- the run's next effect flushes (and raises)
+        holding[run] = true
+      end
+      return
+    end
+  end
+end
+
+-- The background run: every HOLD_SECONDS / 2, writes the entries held
+-- longer than HOLD_SECONDS by runs still going; ends when none holds any.
+local function write_old_entries()
+  while next(holding) do
+    core.sleep(HOLD_SECONDS / 2)
+    local now = core.now()
+    local due = {}
+    for run in pairs(holding) do
+      local j = run.journal
+      if j and j.held_at and now - j.held_at >= HOLD_SECONDS and not run.stopped then
+        due[#due + 1] = run
+      end
+    end
+    for _, run in ipairs(due) do
+      if holding[run] then -- (still: an earlier write did not end it)
+        flush(run, run.journal, "background")
+      end
+    end
+  end
+  writer_running = false
+end
+
+-- Holds entry h of run (its cost: bytes of response body).
+local function hold(run, j, h, bytes)
+  local held = j.held
+  held[#held + 1] = h
+  j.held_bytes = j.held_bytes + bytes
+  -- (near the record cap, written now: a run past it stops at the call
+  -- that passed it, as when every entry was written at once)
+  if #held >= HOLD_MAX or j.held_bytes >= HOLD_BYTES
+    or (j.cap and j.held_bytes * 2 >= j.cap - j.bytes - j.noted) then
+    return flush(run, j, "raise")
+  end
+  if not j.held_at then
+    j.held_at = core.now()
+    holding[run] = true
+    if not writer_running then
+      writer_running = true
+      core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, write_old_entries)
+    end
+  end
+end
+
+--- At the end of run (a runstate entry): writes the entries it holds when
+--- its journal is kept (keep: a failed run's, for a redrive), else lets
+--- them go. Returns whether the run wrote any journal entry, which its end
+--- must then delete.
+function journal.settle(run, keep)
+  local j = run.journal
+  if not j then
+    return false
+  end
+  if keep then
+    flush(run, j, "end")
+  end
+  let_go(run, j)
+  return j.written
+end
+
 --- Runs fn once per step of a durable run: recorded outcome on replay,
 --- else fn() recorded. restore(value, ok) rebuilds a recorded value (e.g.
 --- puts a metatable back). safe: fn changes nothing outside (an HTTP GET,
@@ -253,7 +389,11 @@ function journal.effect(kind, target, fn, restore, safe)
     error(err, 0)
   end
   runstate.check_stop(run) -- live from here: a cancel asked before a restart stops the run here
-  if j.unsynced and not (safe or LEARNS_ONLY[kind]) then
+  local quiet = safe or LEARNS_ONLY[kind]
+  if not quiet then -- its replay must find what the run learned before it
+    flush(run, j, "raise")
+  end
+  if j.unsynced and not quiet then
     -- every task of the run waits, not only the first to get here: a
     -- sibling task (chorus.all) must not send its effect while the first
     -- records are still on their way to the disk. A safe call or a read of
@@ -288,19 +428,20 @@ function journal.effect(kind, target, fn, restore, safe)
   else
     entry.error = type(value) == "table" and errors.normalize(value) or errors.strip_internal(value)
   end
-  local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
-  if j.store.share and j.store:over_share(run.workflow) then -- not written: the folder is shared
-    error(runstate.stop(journal.over_share(j.store, run.workflow, ("step %s's journal entry"):format(step)), run), 0)
+  local h = { seq = j.seq, step = step, entry = entry }
+  if quiet then
+    hold(run, j, h, ok and type(value) == "table" and type(value.body) == "string" and #value.body or 0)
+  else
+    local wok, werr = write_held(run, j, h)
+    if not wok then
+      error(runstate.stop(werr, run), 0)
+    end
   end
-  local bytes, size = j.store:put_effect(run.run_id, j.seq, entry, room)
-  if not bytes then -- not written: the journal keeps what came before it
-    error(runstate.stop(journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(step, size)), run), 0)
-  end
-  j.bytes = j.bytes + bytes
   if j.crash_after and j.seq - j.n_marks >= j.crash_after then -- chorus.testing: die here
     -- once the effect is journaled (on disk); then a control error: as
     -- after a real crash, nothing of the run goes on (no catch, no
     -- compensation, no further record)
+    flush(run, j, "raise")
     j.store:commit()
     error(runstate.stop(setmetatable({ kind = "crash",
       message = ("simulated crash after effect %d"):format(j.seq) }, ERROR_MT), run), 0)
@@ -320,6 +461,7 @@ end
 function journal.sync(run)
   local j = run.journal
   if j then
+    flush(run, j, "end")
     j.store:commit()
     j.unsynced = false
   end

@@ -33,6 +33,7 @@ local core = require "chorus.core"
 local context = require "chorus.context"
 local errors = require "chorus.errors"
 local idempotency = require "chorus.idempotency"
+local journal = require "chorus.journal"
 local metrics = require "chorus.metrics"
 local outbox = require "chorus.outbox"
 local redact = require "chorus.redact"
@@ -256,8 +257,17 @@ function Service:facts(id)
   return decoded.workflow, decoded.status
 end
 
--- Ends rec in memory: status, result or error, metrics; returns its text
--- and whether the record cap replaced its outcome (record_too_large).
+-- A failed run keeps its journal for a redrive (POST /admin/runs/ID/redrive);
+-- one the outbox started does not: the outbox retries it under the same id
+-- with a fresh journal, and its DLQ entry is how it runs again.
+local function redrivable(rec)
+  return rec.status == "failed" and not rec.outbox and rec.input ~= nil
+end
+
+-- Ends rec in memory: status, result or error, metrics; returns its text,
+-- whether the record cap replaced its outcome (record_too_large), and
+-- whether the run wrote journal entries (false: none, nothing to delete;
+-- chorus.journal holds a quiet effect's entry back).
 function Service:finish_record(rec, ok, value, info)
   rec.finished = runstate.micro(core.now())
   rec.duration = runstate.micro(rec.finished - rec.started)
@@ -292,6 +302,7 @@ function Service:finish_record(rec, ok, value, info)
   -- the serve benchmark's p99).
   local text = runs.record_text(rec)
   local cap = self.store and self:record_cap() or 0
+  local wrote = s and s.journal and journal.settle(s, redrivable(rec))
   local journaled = s and s.journal and s.journal.bytes or 0
   local replaced = cap > 0 and #text + journaled > cap
   if replaced then
@@ -300,7 +311,7 @@ function Service:finish_record(rec, ok, value, info)
   m.runs.inc_key(series_key(m.runs, rec.workflow, rec.status))
   m.duration.observe_key(series_key(m.duration, rec.workflow, 1), rec.duration)
   self:keep(rec, text, s)
-  return text, replaced
+  return text, replaced, wrote
 end
 
 --- limits.run_record_bytes: the most one run may write to the data folder
@@ -399,25 +410,18 @@ function Service:abandon(rec, scope, key, err)
   end
 end
 
--- A failed run keeps its journal for a redrive (POST /admin/runs/ID/redrive);
--- one the outbox started does not: the outbox retries it under the same id
--- with a fresh journal, and its DLQ entry is how it runs again.
-local function redrivable(rec)
-  return rec.status == "failed" and not rec.outbox and rec.input ~= nil
-end
-
 --- The end of a run: its record, the key's stored response, the outbox
 --- entry the run delivered, the webhook; in the data folder these commit
---- together, and the timer and journal go. Returns whether they were
---- stored, and why not.
-function Service:finish(rec, text, ok, value)
+--- together, and the timer and journal go (journaled = false: it wrote no
+--- journal). Returns whether they were stored, and why not.
+function Service:finish(rec, text, ok, value, journaled)
   local st = self.store
   if st then
     st:put_run_text(rec.id, text, rec)
     st:del_timer(rec.id)
     if redrivable(rec) then -- kept for a redrive, with what its record masks
       st:put_redrive(rec.id, { input = rec.input, request = rec.request })
-    else
+    elseif journaled ~= false then
       st:drop_journal(rec.id)
     end
     if rec.parent and rec.redact then -- what the record masks, for the parent (Service:call_child)
@@ -591,11 +595,11 @@ end
 -- was stored (and why not) and the outcome the run ends with (the record
 -- cap may replace it).
 local function conclude(self, rec, ok, value, info)
-  local text, replaced = self:finish_record(rec, ok, value, info)
+  local text, replaced, journaled = self:finish_record(rec, ok, value, info)
   if replaced then
     ok, value = false, errors.new(rec.error.kind, rec.error.message)
   end
-  local stored, serr = self:finish(rec, text, ok, value)
+  local stored, serr = self:finish(rec, text, ok, value, journaled)
   self:export(rec)
   self:wake_waiters(rec.id, ok, value)
   return stored, serr, ok, value

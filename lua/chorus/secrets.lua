@@ -79,6 +79,11 @@ local function replace_plain(text, needle, mask)
   return table.concat(out)
 end
 
+--- Whether any secret is known (redact changes nothing while none is).
+function secrets.any()
+  return known[1] ~= nil
+end
+
 --- text with every known secret replaced by [REDACTED].
 function secrets.redact(text)
   if known[1] == nil or type(text) ~= "string" then

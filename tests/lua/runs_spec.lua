@@ -496,24 +496,37 @@ describe("the run service", function()
     assert.are.equal(("%012x"):format(T0 * 1000 // 1), ids[1]:gsub("-", ""):sub(1, 12))
   end)
   -- Runs a workflow durably over a real data folder; returns what the
-  -- transport saw of each call: its URL and how many unfinished runs the
-  -- folder held (committed state only) when the call went out.
+  -- transport saw of each call: its URL, how many unfinished runs and
+  -- journal entries the folder held (committed state only) and the entries
+  -- the run had put when the call went out; then the journal entries the run put, and those the folder
+  -- keeps after it (the run's record: its status).
   local function calls_seen(wf)
     local dir = os.tmpname()
     os.remove(dir)
     local st = assert(store.open(dir))
-    local seen = {}
+    local seen, puts, kept, status = {}, 0, nil, nil
+    local put_effect = st.put_effect
+    st.put_effect = function(...)
+      puts = puts + 1
+      return put_effect(...)
+    end
     local ok, err = core.run(nil, function()
       local svc = runs.service({ store = st, transport = function(o)
-        seen[#seen + 1] = { call = o.method .. " " .. o.url, unfinished = #st:unfinished() }
-        return 200, {}, "", 0.001
-      end })
-      assert(svc:start({ workflow = wf }, {}))
+        seen[#seen + 1] = { call = o.method .. " " .. o.url, unfinished = #st:unfinished(),
+          journal = #st.st:scan("journal", { limit = 1000 }), puts = puts }
+        if o.url:find("/slow", 1, true) then
+          core.sleep(0.5)
+        end
+        return o.url:find("/fail", 1, true) and 503 or 200, {}, "", 0.001
+      end, log = function() end })
+      local _, _, rec = svc:start({ workflow = wf }, {})
+      st:commit()
+      kept, status = #st:journal(rec.id), json.decode(st:get_run_text(rec.id)).status
     end)
     st:close()
     os.execute("rm -rf '" .. dir .. "'")
     assert(ok, tostring(err))
-    return seen
+    return seen, puts, kept, status
   end
 
   it("sends no effect of a durable run, from any of its tasks, before its first records are on disk", function()
@@ -546,8 +559,71 @@ describe("the run service", function()
         return http.put("http://up/c", { body = "x" }).status
       end,
     })
-    assert.are.same({ { call = "GET http://up/a", unfinished = 0 }, { call = "HEAD http://up/b", unfinished = 0 },
-      { call = "PUT http://up/c", unfinished = 1 } }, seen)
+    assert.are.same({ { call = "GET http://up/a", unfinished = 0, journal = 0, puts = 0 },
+      { call = "HEAD http://up/b", unfinished = 0, journal = 0, puts = 0 },
+      -- the reads' entries (now, uuid, GET, HEAD) are on disk before the PUT goes out:
+      -- a replay must see what the PUT was made from
+      { call = "PUT http://up/c", unfinished = 1, journal = 4, puts = 4 } }, seen)
+  end)
+
+  -- A quiet effect's journal entry is held back (chorus.journal): a run
+  -- that only reads and succeeds writes no journal at all; one that reads
+  -- page after page writes its entries in groups of eight; a failed run
+  -- writes what it held, for its redrive.
+  it("writes no journal for a run that only reads and succeeds", function()
+    local seen, puts, kept, status = calls_seen(chorus.workflow {
+      name = "reads",
+      run = function(ctx)
+        ctx.now()
+        chorus.all(function() return http.get("http://up/a").status end,
+          function() return http.get("http://up/b").status end)
+        return true
+      end,
+    })
+    assert.are.equal(2, #seen)
+    assert.are.same({ 0, 0, "succeeded" }, { puts, kept, status })
+  end)
+
+  it("writes the entries of a run that reads page after page eight at a time", function()
+    local seen, puts, kept, status = calls_seen(chorus.workflow {
+      name = "pages",
+      run = function()
+        for i = 1, 10 do
+          http.get("http://up/page/" .. i)
+        end
+        return true
+      end,
+    })
+    assert.are.equal(0, seen[8].puts) -- seven held
+    assert.are.equal(8, seen[9].puts) -- the eighth made the group: written
+    assert.are.same({ 8, 0, "succeeded" }, { puts, kept, status }) -- the last two held, the journal dropped
+  end)
+
+  it("writes what a run read once it has held it a tenth of a second (a crash costs little)", function()
+    local seen, puts = calls_seen(chorus.workflow {
+      name = "reads-slowly",
+      run = function()
+        http.get("http://up/a")
+        http.get("http://up/slow")
+        return http.get("http://up/after").status
+      end,
+    })
+    assert.are.same({ 0, 0 }, { seen[2].puts, seen[2].journal })
+    -- written by the background run while /slow was waited for, and committed
+    assert.are.same({ 1, 1 }, { seen[3].puts, seen[3].journal })
+    assert.are.equal(1, puts) -- the last two: held, and let go at the end
+  end)
+
+  it("keeps what a failed run read, for its redrive", function()
+    local _, puts, kept, status = calls_seen(chorus.workflow {
+      name = "reads-then-fails",
+      run = function()
+        http.get("http://up/a")
+        local r = http.get("http://up/fail")
+        error("upstream said " .. r.status)
+      end,
+    })
+    assert.are.same({ 2, 2, "failed" }, { puts, kept, status })
   end)
 
   -- A DELETE /runs/ID that lands after the run's body ended, before its end
