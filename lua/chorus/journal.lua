@@ -111,9 +111,10 @@ function journal.attach(state, st, recorded, crash_after, record_cap)
     end
   end
   -- A fresh run's first records (run, timer, idempotency key) must be on
-  -- disk before its first effect reaches the outside world: otherwise a
-  -- crash could leave an effect made by a run that never existed, and the
-  -- client's retry would start another run and do it again.
+  -- disk before its first effect that may change something reaches the
+  -- outside world: otherwise a crash could leave an effect made by a run
+  -- that never existed, and the client's retry would start another run and
+  -- do it again (a read needs no such wait: see journal.effect).
   local j = { store = st, seq = #(recorded or EMPTY), recorded = by_step,
     replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after,
     -- entries held back (their response bodies' bytes, since when); whether any is in the folder
