@@ -12,10 +12,8 @@ CONC=${CONC:-256}
 DELAY=${DELAY:-30}
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-WORK=$(mktemp -d)
 source scripts/bench/upstream.sh
-start_upstream "$WORK"
-trap 'kill $UPSTREAM_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+bench_start # WORK, PIDS (cleaned up at exit) and the upstream
 URL=$UPSTREAM
 
 echo "# make bench — chorus $(./chorus version | awk '{print $2}'), $(nproc) cores, $(date -u +%F)"

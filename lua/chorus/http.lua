@@ -369,6 +369,8 @@ end
 -- upstream, so a durable run need not wait for its first records to be on
 -- disk before sending it (chorus.journal).
 local SAFE = { GET = true, HEAD = true, OPTIONS = true, TRACE = true }
+-- Methods a retry may repeat without an idempotency key.
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
 
 -- A recorded response or error, as the call first returned or raised it.
 local function restore(value, ok)
@@ -475,8 +477,6 @@ local function join(base, path)
   end
   return head .. path .. query
 end
-
-local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
 
 -- Whether err says something of the calling run rather than of the
 -- upstream: the run stopped (deadline, cancel, memory), the call was

@@ -233,17 +233,16 @@ local HOLD_MAX, HOLD_BYTES, HOLD_SECONDS = 8, 64 * 1024, 0.1
 local holding = setmetatable({}, { __mode = "k" })
 local writer_running = false
 
--- Writes the one held entry h ({ seq, step, entry }) of run; returns
--- false (nothing written) when the folder refuses it, and why: the error
--- that stops the run.
-local function write_held(run, j, h)
+-- Writes run's journal entry number seq; returns false (nothing written)
+-- when the folder refuses it, and why: the error that stops the run.
+local function write_entry(run, j, seq, entry)
   if j.store.share and j.store:over_share(run.workflow) then -- not written: the folder is shared
-    return false, journal.over_share(j.store, run.workflow, ("step %s's journal entry"):format(h.step))
+    return false, journal.over_share(j.store, run.workflow, ("step %s's journal entry"):format(entry.step))
   end
   local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
-  local bytes, size = j.store:put_effect(run.run_id, h.seq, h.entry, room)
+  local bytes, size = j.store:put_effect(run.run_id, seq, entry, room)
   if not bytes then -- not written: the journal keeps what came before it
-    return false, journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(h.step, size))
+    return false, journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(entry.step, size))
   end
   j.bytes = j.bytes + bytes
   j.written = true
@@ -266,7 +265,7 @@ local function flush(run, j, how)
   end
   let_go(run, j)
   for i, h in ipairs(held) do
-    local ok, err = write_held(run, j, h)
+    local ok, err = write_entry(run, j, h.seq, h.entry)
     if not ok then
       if how == "raise" then
         error(runstate.stop(err, run), 0)
@@ -302,10 +301,10 @@ local function write_old_entries()
   writer_running = false
 end
 
--- Holds entry h of run (its cost: bytes of response body).
-local function hold(run, j, h, bytes)
+-- Holds run's journal entry number seq (its cost: bytes of response body).
+local function hold(run, j, seq, entry, bytes)
   local held = j.held
-  held[#held + 1] = h
+  held[#held + 1] = { seq = seq, entry = entry }
   j.held_bytes = j.held_bytes + bytes
   -- (near the record cap, written now: a run past it stops at the call
   -- that passed it, as when every entry was written at once)
@@ -391,19 +390,19 @@ function journal.effect(kind, target, fn, restore, safe)
   end
   runstate.check_stop(run) -- live from here: a cancel asked before a restart stops the run here
   local quiet = safe or LEARNS_ONLY[kind]
-  if not quiet then -- its replay must find what the run learned before it
-    flush(run, j, "raise")
-  end
-  if j.unsynced and not quiet then
-    -- every task of the run waits, not only the first to get here: a
-    -- sibling task (chorus.all) must not send its effect while the first
-    -- records are still on their way to the disk. A safe call or a read of
-    -- the clock does not wait: a crash before the records are on disk
-    -- leaves no trace of it outside, the same as of the unanswered run
-    -- (the wait is a group commit, about half the latency durability adds
-    -- to a run that only reads).
-    j.store:commit()
-    j.unsynced = false
+  if not quiet then
+    flush(run, j, "raise") -- its replay must find what the run learned before it
+    if j.unsynced then
+      -- every task of the run waits, not only the first to get here: a
+      -- sibling task (chorus.all) must not send its effect while the first
+      -- records are still on their way to the disk. A safe call or a read of
+      -- the clock does not wait: a crash before the records are on disk
+      -- leaves no trace of it outside, the same as of the unanswered run
+      -- (the wait is a group commit, about half the latency durability adds
+      -- to a run that only reads).
+      j.store:commit()
+      j.unsynced = false
+    end
   end
   add_marks(run, j, true)
   local notes, outer = {}, t and t.notes
@@ -429,11 +428,10 @@ function journal.effect(kind, target, fn, restore, safe)
   else
     entry.error = type(value) == "table" and errors.normalize(value) or errors.strip_internal(value)
   end
-  local h = { seq = j.seq, step = step, entry = entry }
   if quiet then
-    hold(run, j, h, ok and type(value) == "table" and type(value.body) == "string" and #value.body or 0)
+    hold(run, j, j.seq, entry, ok and type(value) == "table" and type(value.body) == "string" and #value.body or 0)
   else
-    local wok, werr = write_held(run, j, h)
+    local wok, werr = write_entry(run, j, j.seq, entry)
     if not wok then
       error(runstate.stop(werr, run), 0)
     end

@@ -302,7 +302,7 @@ function Service:finish_record(rec, ok, value, info)
   -- the serve benchmark's p99).
   local text = runs.record_text(rec)
   local cap = self.store and self:record_cap() or 0
-  local wrote = s and s.journal and journal.settle(s, redrivable(rec))
+  local wrote = s and journal.settle(s, redrivable(rec))
   local journaled = s and s.journal and s.journal.bytes or 0
   local replaced = cap > 0 and #text + journaled > cap
   if replaced then
