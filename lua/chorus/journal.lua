@@ -96,10 +96,173 @@ function journal.charge(run, n, what)
   j.noted = j.noted + n
 end
 
---- Gives the current run (state) a journal. recorded: the run's entries
---- from the store when it resumes (a restart, a redrive), else nil.
---- record_cap: limits.run_record_bytes (nil or 0: none).
-function journal.attach(state, st, recorded, crash_after, record_cap)
+-- ---- entries held back ------------------------------------------------------
+--
+-- The entry of a quiet effect (a safe call, a read of the clock) is held in
+-- memory, not written at once: losing it in a crash costs a read again, as
+-- the replay makes the effect again and nothing outside changed. It is
+-- written (queued for the next group commit) before anything that may
+-- depend on it: before the run's next effect that may change something
+-- goes out (whose replay must see the same values), before a sync or a
+-- simulated crash, and at the end of a run that keeps its journal (a
+-- failed run, for its redrive); and, so a crash costs little, once HOLD_MAX
+-- entries or HOLD_BYTES of response bodies are held (a run that reads page
+-- after page writes as before, and keeps few responses alive), or HOLD_SECONDS
+-- after the oldest was held (a background run writes them: a read that
+-- waits long on a slow call is on disk when the crash comes), or when they
+-- near the run's record cap. A run that
+-- only reads and ends well within HOLD_SECONDS writes no journal at all:
+-- before, two JSON encodes, two puts and a prefix delete per served fan-out
+-- of two calls (a tenth of a durable request's instructions).
+--
+-- A request's run may hold back its first records too (its record, its
+-- timer: chorus.runs, Service:begin): they are written with the first of
+-- its entries, before its first effect that may change something, or
+-- HOLD_SECONDS after it began, whichever comes first (and its end writes
+-- its record if none came): a run that only reads and ends at once writes
+-- its finished record alone, and a crash before it loses a run nobody had
+-- an answer from, which changed nothing outside.
+local HOLD_MAX, HOLD_BYTES, HOLD_SECONDS = 8, 64 * 1024, 0.1
+
+-- runs holding entries → true; the background run that writes those held
+-- too long is running while there are any
+local holding = setmetatable({}, { __mode = "k" })
+local writer_running = false
+
+-- Writes run's journal entry number seq; returns false (nothing written)
+-- when the folder refuses it, and why: the error that stops the run.
+local function write_entry(run, j, seq, entry)
+  if j.store.share and j.store:over_share(run.workflow) then -- not written: the folder is shared
+    return false, journal.over_share(j.store, run.workflow, ("step %s's journal entry"):format(entry.step))
+  end
+  local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
+  local bytes, size = j.store:put_effect(run.run_id, seq, entry, room)
+  if not bytes then -- not written: the journal keeps what came before it
+    return false, journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(entry.step, size))
+  end
+  j.bytes = j.bytes + bytes
+  j.written = true
+  return true
+end
+
+-- Writes the run's first records when they wait (j.first); returns false
+-- when the folder refuses them, and the error that stops the run.
+local function write_first(j)
+  local ok, err = pcall(j.first)
+  if not ok then
+    return false, errors.new("storage", ("the run's first records could not be written: %s"):format(
+      tostring(err)))
+  end
+  j.first = nil
+  return true
+end
+
+local function let_go(run, j)
+  j.held, j.held_bytes, j.held_at = {}, 0, nil
+  holding[run] = nil
+end
+
+-- Writes the run's first records if they wait, then its held entries, in
+-- order. When the folder refuses one: how = "raise" stops the run (a
+-- control error; the run's own code calls), "end" drops the rest (the run
+-- has ended: a redrive makes them again), "background" keeps the rest held
+-- for the run's next flush to raise.
+local function flush(run, j, how)
+  local held = j.held
+  if not held[1] and not j.first then
+    return
+  end
+  let_go(run, j)
+  local ok, err, i = true, nil, 1
+  if j.first then
+    ok, err = write_first(j)
+  end
+  while ok and held[i] do
+    ok, err = write_entry(run, j, held[i].seq, held[i].entry)
+    i = ok and i + 1 or i
+  end
+  if ok then
+    return
+  elseif how == "raise" then
+    error(runstate.stop(err, run), 0)
+  elseif how == "background" then
+    j.held = table.move(held, i, #held, 1, {})
+    j.held_bytes, j.held_at = HOLD_BYTES, math.huge -- the run's next effect flushes (and raises)
+    holding[run] = true
+  end
+end
+
+-- The background run: every HOLD_SECONDS / 2, writes what runs still going
+-- have held longer than HOLD_SECONDS; ends when none holds any.
+local function write_old_entries()
+  while next(holding) do
+    core.sleep(HOLD_SECONDS / 2)
+    local now = core.now()
+    local due = {}
+    for run in pairs(holding) do
+      local j = run.journal
+      if j and j.held_at and now - j.held_at >= HOLD_SECONDS and not run.stopped then
+        due[#due + 1] = run
+      end
+    end
+    for _, run in ipairs(due) do
+      if holding[run] then -- (still: an earlier write did not end it)
+        flush(run, run.journal, "background")
+      end
+    end
+  end
+  writer_running = false
+end
+
+-- From now, run's held records are written HOLD_SECONDS later at the latest.
+local function watch(run, j)
+  j.held_at = core.now()
+  holding[run] = true
+  if not writer_running then
+    writer_running = true
+    core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, write_old_entries)
+  end
+end
+
+-- Holds run's journal entry number seq (its cost: bytes of response body).
+local function hold(run, j, seq, entry, bytes)
+  local held = j.held
+  held[#held + 1] = { seq = seq, entry = entry }
+  j.held_bytes = j.held_bytes + bytes
+  -- (near the record cap, written now: a run past it stops at the call
+  -- that passed it, as when every entry was written at once)
+  if #held >= HOLD_MAX or j.held_bytes >= HOLD_BYTES
+    or (j.cap and j.held_bytes * 2 >= j.cap - j.bytes - j.noted) then
+    return flush(run, j, "raise")
+  end
+  if not j.held_at then
+    watch(run, j)
+  end
+end
+
+--- At the end of run (a runstate entry): writes the entries it holds when
+--- its journal is kept (keep: a failed run's, for a redrive), else lets
+--- them go. Returns whether the run wrote any journal entry, which its end
+--- must then delete.
+function journal.settle(run, keep)
+  local j = run.journal
+  if not j then
+    return false
+  end
+  if keep then
+    flush(run, j, "end")
+  end
+  let_go(run, j)
+  return j.written
+end
+
+--- Gives the current run (state) a journal. o: { store, recorded (the
+--- run's entries from the store when it resumes: a restart, a redrive;
+--- else nil), crash_after (chorus.testing), record_cap
+--- (limits.run_record_bytes; nil or 0: none), first (a function that
+--- writes the run's first records, when they wait for it: chorus.runs) }.
+function journal.attach(state, o)
+  local st, recorded, record_cap = o.store, o.recorded, o.record_cap
   local by_step, marks, effects = {}, {}, 0
   for _, entry in ipairs(recorded or EMPTY) do
     if entry.kind == "resumed" then -- an earlier restart, after `effects` effects
@@ -116,9 +279,9 @@ function journal.attach(state, st, recorded, crash_after, record_cap)
   -- that never existed, and the client's retry would start another run and
   -- do it again (a read needs no such wait: see journal.effect).
   local j = { store = st, seq = #(recorded or EMPTY), recorded = by_step,
-    replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = crash_after,
+    replayed = 0, loose = 0, unsynced = recorded == nil, crash_after = o.crash_after,
     -- entries held back (their response bodies' bytes, since when); whether any is in the folder
-    held = {}, held_bytes = 0, held_at = nil, written = recorded ~= nil,
+    held = {}, held_bytes = 0, held_at = nil, written = recorded ~= nil, first = o.first,
     marks = marks, next_mark = 1, n_marks = #marks,
     -- bytes: of the journal entries written; noted: of the timeline's
     -- steps (the finished record holds them, chorus.runs counts it whole)
@@ -135,6 +298,9 @@ function journal.attach(state, st, recorded, crash_after, record_cap)
     marks[#marks + 1] = { after = effects, mark = resumed_mark(now, effects) }
   end
   add_marks(state, j, false)
+  if j.first then -- written with the held entries: HOLD_SECONDS from now at the latest
+    watch(state, j)
+  end
 end
 
 --- Adds entry to the run's timeline; made inside an effect, it is kept
@@ -207,136 +373,6 @@ end
 -- records are on disk, a crash leaves nothing behind that a replay should
 -- know of (the run is gone with them, unanswered).
 local LEARNS_ONLY = { now = true, uuid = true, random = true, clock = true }
-
--- ---- entries held back ------------------------------------------------------
---
--- The entry of a quiet effect (a safe call, a read of the clock) is held in
--- memory, not written at once: losing it in a crash costs a read again, as
--- the replay makes the effect again and nothing outside changed. It is
--- written (queued for the next group commit) before anything that may
--- depend on it: before the run's next effect that may change something
--- goes out (whose replay must see the same values), before a sync or a
--- simulated crash, and at the end of a run that keeps its journal (a
--- failed run, for its redrive); and, so a crash costs little, once HOLD_MAX
--- entries or HOLD_BYTES of response bodies are held (a run that reads page
--- after page writes as before, and keeps few responses alive), or HOLD_SECONDS
--- after the oldest was held (a background run writes them: a read that
--- waits long on a slow call is on disk when the crash comes), or when they
--- near the run's record cap. A run that
--- only reads and ends well within HOLD_SECONDS writes no journal at all:
--- before, two JSON encodes, two puts and a prefix delete per served fan-out
--- of two calls (a tenth of a durable request's instructions).
-local HOLD_MAX, HOLD_BYTES, HOLD_SECONDS = 8, 64 * 1024, 0.1
-
--- runs holding entries → true; the background run that writes those held
--- too long is running while there are any
-local holding = setmetatable({}, { __mode = "k" })
-local writer_running = false
-
--- Writes run's journal entry number seq; returns false (nothing written)
--- when the folder refuses it, and why: the error that stops the run.
-local function write_entry(run, j, seq, entry)
-  if j.store.share and j.store:over_share(run.workflow) then -- not written: the folder is shared
-    return false, journal.over_share(j.store, run.workflow, ("step %s's journal entry"):format(entry.step))
-  end
-  local room = j.cap and math.max(j.cap - j.bytes - j.noted, 0)
-  local bytes, size = j.store:put_effect(run.run_id, seq, entry, room)
-  if not bytes then -- not written: the journal keeps what came before it
-    return false, journal.too_large(j.cap, ("step %s's journal entry (%d bytes)"):format(entry.step, size))
-  end
-  j.bytes = j.bytes + bytes
-  j.written = true
-  return true
-end
-
-local function let_go(run, j)
-  j.held, j.held_bytes, j.held_at = {}, 0, nil
-  holding[run] = nil
-end
-
--- Writes the held entries of run, in order. When the folder refuses one:
--- how = "raise" stops the run (a control error; the run's own code calls),
--- "end" drops the rest (the run has ended: a redrive makes them again),
--- "background" keeps the rest held for the run's next flush to raise.
-local function flush(run, j, how)
-  local held = j.held
-  if not held[1] then
-    return
-  end
-  let_go(run, j)
-  for i, h in ipairs(held) do
-    local ok, err = write_entry(run, j, h.seq, h.entry)
-    if not ok then
-      if how == "raise" then
-        error(runstate.stop(err, run), 0)
-      elseif how == "background" then
-        j.held = table.move(held, i, #held, 1, {})
-        j.held_bytes, j.held_at = HOLD_BYTES, math.huge -- the run's next effect flushes (and raises)
-        holding[run] = true
-      end
-      return
-    end
-  end
-end
-
--- The background run: every HOLD_SECONDS / 2, writes the entries held
--- longer than HOLD_SECONDS by runs still going; ends when none holds any.
-local function write_old_entries()
-  while next(holding) do
-    core.sleep(HOLD_SECONDS / 2)
-    local now = core.now()
-    local due = {}
-    for run in pairs(holding) do
-      local j = run.journal
-      if j and j.held_at and now - j.held_at >= HOLD_SECONDS and not run.stopped then
-        due[#due + 1] = run
-      end
-    end
-    for _, run in ipairs(due) do
-      if holding[run] then -- (still: an earlier write did not end it)
-        flush(run, run.journal, "background")
-      end
-    end
-  end
-  writer_running = false
-end
-
--- Holds run's journal entry number seq (its cost: bytes of response body).
-local function hold(run, j, seq, entry, bytes)
-  local held = j.held
-  held[#held + 1] = { seq = seq, entry = entry }
-  j.held_bytes = j.held_bytes + bytes
-  -- (near the record cap, written now: a run past it stops at the call
-  -- that passed it, as when every entry was written at once)
-  if #held >= HOLD_MAX or j.held_bytes >= HOLD_BYTES
-    or (j.cap and j.held_bytes * 2 >= j.cap - j.bytes - j.noted) then
-    return flush(run, j, "raise")
-  end
-  if not j.held_at then
-    j.held_at = core.now()
-    holding[run] = true
-    if not writer_running then
-      writer_running = true
-      core.start({ instructions = 0, cpu_ms = 0, memory = 0 }, write_old_entries)
-    end
-  end
-end
-
---- At the end of run (a runstate entry): writes the entries it holds when
---- its journal is kept (keep: a failed run's, for a redrive), else lets
---- them go. Returns whether the run wrote any journal entry, which its end
---- must then delete.
-function journal.settle(run, keep)
-  local j = run.journal
-  if not j then
-    return false
-  end
-  if keep then
-    flush(run, j, "end")
-  end
-  let_go(run, j)
-  return j.written
-end
 
 --- Runs fn once per step of a durable run: recorded outcome on replay,
 --- else fn() recorded. restore(value, ok) rebuilds a recorded value (e.g.

@@ -68,7 +68,7 @@ end
 -- "00"), tracestate (passed on to outbound calls as it came),
 -- on_state(state, opts), deadline (seconds since the epoch: a resumed run
 -- keeps the deadline it started with), journal = { store =,
--- recorded = } to make the run durable (chorus.journal), request (ctx.request:
+-- recorded =, ... } to make the run durable (chorus.journal.attach), request (ctx.request:
 -- the inbound request's recorded facts, nil when no request started the run),
 -- env (the run service's environment, chorus.runs: where the run's outbox
 -- entries, calls and log lines go).
@@ -85,8 +85,7 @@ function runner.execute(workflow, input, opts)
   state.deadline = opts.deadline or (workflow.timeout and core.now() + workflow.timeout)
   local _ <close> = runstate.begin(state.run_id, state)
   if opts.journal then
-    journal.attach(state, opts.journal.store, opts.journal.recorded, opts.journal.crash_after,
-      opts.journal.record_cap)
+    journal.attach(state, opts.journal)
   end
   if opts.on_state then
     opts.on_state(state, opts)

@@ -129,6 +129,8 @@ function runs.service(env)
     stored = {}, -- script hashes whose source this service has put in the store
     waiters = {},  -- run id → wait tokens of the parents waiting for it (ctx.call)
     states = setmetatable({}, { __mode = "k" }), -- record → its run's state while it runs
+    -- record → true while its first records wait (Service:begin)
+    unwritten = setmetatable({}, { __mode = "k" }),
     run_opts = { id = nil, instructions = nil, cpu_ms = nil, memory = nil, account = nil }, -- (Service:execute)
   }, Service)
   env.service = svc -- ctx.call starts its child runs here (chorus.children)
@@ -370,8 +372,15 @@ end
 --- group commit with the run's first journal entries. entry: { workflow,
 --- hash, path } (the script version the run replays on after a restart).
 --- again: the id may have a record already (an outbox entry's next attempt
---- runs under its id), which the new one replaces.
-function Service:begin(rec, entry, input, again)
+--- runs under its id), which the new one replaces. held: a fresh run
+--- nobody has been told of yet (a request's that the client waits for,
+--- without an idempotency key) holds them back: its journal writes them
+--- with its first entries, before its first effect that may change
+--- something, or 0.1 s after it began (chorus.journal), and its end writes
+--- its finished record alone if it ended first. A crash before then loses
+--- a run that changed nothing and answered nobody; its end wrote twice the
+--- records, indexes and timer a read-only request's run needs.
+function Service:begin(rec, entry, input, again, held)
   local st = self.store
   if not st then -- nothing durable: the record shows no input, as before
     return
@@ -383,8 +392,23 @@ function Service:begin(rec, entry, input, again)
   if entry.hash and entry.source then
     self:keep_version(entry)
   end
-  st:put_run(rec, not again)
-  st:put_timer(rec.id, rec.deadline_at)
+  if held and not again then
+    st:new_run_account(rec.id, rec.workflow) -- (nothing of it in the folder to read)
+    self.unwritten[rec] = true
+  else
+    st:put_run(rec, not again)
+    st:put_timer(rec.id, rec.deadline_at)
+  end
+end
+
+--- Writes run rec's first records (its record, its timer) if they were
+--- held back (Service:begin) and are not written yet.
+function Service:write_first(rec)
+  if self.unwritten[rec] then
+    self.store:put_run(rec, true)
+    self.store:put_timer(rec.id, rec.deadline_at)
+    self.unwritten[rec] = nil
+  end
 end
 
 --- A run whose records did not reach the disk, though the client will hear
@@ -418,7 +442,11 @@ function Service:finish(rec, text, ok, value, journaled)
   local st = self.store
   if st then
     st:put_run_text(rec.id, text, rec)
-    st:del_timer(rec.id)
+    if self.unwritten[rec] then -- its first records were never written
+      self.unwritten[rec] = nil
+    else
+      st:del_timer(rec.id)
+    end
     if redrivable(rec) then -- kept for a redrive, with what its record masks
       st:put_redrive(rec.id, { input = rec.input, request = rec.request })
     elseif journaled ~= false then
@@ -553,7 +581,7 @@ function Service:execute(entry, rec, input, recorded, counted)
     on_state = on_state, record = rec, service = self, journal = nil }
   if self.store then
     opts.journal = { store = self.store, recorded = recorded, crash_after = env.crash_after,
-      record_cap = self:record_cap() }
+      record_cap = self:record_cap(), first = self.unwritten[rec] and function() self:write_first(rec) end }
   end
   local limits = env.limits or EMPTY
   -- core.execute reads its options when it starts the run: one table per service
@@ -756,7 +784,12 @@ function Service:cancel(id, via)
       runstate.cancel(state, runstate.cancel_error())
     end
     if st then
-      st:put_run(rec) -- the request outlives a crash: a resumed run is cancelled
+      -- the request outlives a crash: a resumed run is cancelled
+      if self.unwritten[rec] then
+        self:write_first(rec)
+      else
+        st:put_run(rec)
+      end
       local cok, cerr = pcall(st.commit, st)
       if not cok then
         rec.cancel = nil

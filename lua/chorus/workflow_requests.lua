@@ -241,7 +241,9 @@ local function start_run(c)
     end
   end
   if state.store then
-    local bok, berr = pcall(svc.begin, svc, rec, entry, c.input)
+    -- a run the client waits for, without a key, holds its first records
+    -- back (Service:begin): an async one is answered once they are durable
+    local bok, berr = pcall(svc.begin, svc, rec, entry, c.input, false, not async and not key)
     if not bok then
       if key then
         idempotency.release(scope, key)

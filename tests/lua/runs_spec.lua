@@ -495,38 +495,53 @@ describe("the run service", function()
     assert.is_true(ids[1] < ids[2] and ids[2] < ids[3])
     assert.are.equal(("%012x"):format(T0 * 1000 // 1), ids[1]:gsub("-", ""):sub(1, 12))
   end)
-  -- Runs a workflow durably over a real data folder; returns what the
-  -- transport saw of each call: its URL, how many unfinished runs and
-  -- journal entries the folder held (committed state only) and the entries
-  -- the run had put when the call went out; then the journal entries the run put, and those the folder
-  -- keeps after it (the run's record: its status).
-  local function calls_seen(wf)
+  -- Runs a workflow durably over a real data folder (held: as a request's
+  -- run the client waits for, which holds its first records back); returns
+  -- what the transport saw of each call: its URL, how many unfinished runs,
+  -- run records and journal entries the folder held (committed state only)
+  -- and the entries the run had put when the call went out; then the
+  -- journal entries the run put, and those the folder keeps after it (the
+  -- run's record: its status), and how many times its running record was
+  -- written. In the transport, cancel() cancels the run.
+  local function calls_seen(wf, held)
     local dir = os.tmpname()
     os.remove(dir)
     local st = assert(store.open(dir))
-    local seen, puts, kept, status = {}, 0, nil, nil
-    local put_effect = st.put_effect
+    local seen, puts, kept, status, running_puts = {}, 0, nil, nil, 0
+    local put_effect, put_run = st.put_effect, st.put_run
     st.put_effect = function(...)
       puts = puts + 1
       return put_effect(...)
     end
+    st.put_run = function(...)
+      running_puts = running_puts + 1
+      return put_run(...)
+    end
     local ok, err = core.run(nil, function()
-      local svc = runs.service({ store = st, transport = function(o)
+      local svc, rec
+      svc = runs.service({ store = st, transport = function(o)
         seen[#seen + 1] = { call = o.method .. " " .. o.url, unfinished = #st:unfinished(),
-          journal = #st.st:scan("journal", { limit = 1000 }), puts = puts }
+          runs = #st.st:scan("runs", { limit = 1000 }), journal = #st.st:scan("journal", { limit = 1000 }),
+          puts = puts }
+        if o.url:find("/cancel", 1, true) then
+          assert(svc:cancel(rec.id, "test"))
+        end
         if o.url:find("/slow", 1, true) then
           core.sleep(0.5)
         end
         return o.url:find("/fail", 1, true) and 503 or 200, {}, "", 0.001
       end, log = function() end })
-      local _, _, rec = svc:start({ workflow = wf }, {})
+      rec = svc:new_record(core.uuid7(), wf.name)
+      svc:begin(rec, { workflow = wf }, {}, false, held)
+      svc:execute({ workflow = wf }, rec, {})
       st:commit()
       kept, status = #st:journal(rec.id), json.decode(st:get_run_text(rec.id)).status
+      assert.are.equal(0, #st:unfinished()) -- (its timer, if it had one, went with its end)
     end)
     st:close()
     os.execute("rm -rf '" .. dir .. "'")
     assert(ok, tostring(err))
-    return seen, puts, kept, status
+    return seen, puts, kept, status, running_puts
   end
 
   it("sends no effect of a durable run, from any of its tasks, before its first records are on disk", function()
@@ -559,12 +574,73 @@ describe("the run service", function()
         return http.put("http://up/c", { body = "x" }).status
       end,
     })
-    assert.are.same({ { call = "GET http://up/a", unfinished = 0, journal = 0, puts = 0 },
-      { call = "HEAD http://up/b", unfinished = 0, journal = 0, puts = 0 },
+    assert.are.same({ { call = "GET http://up/a", unfinished = 0, runs = 0, journal = 0, puts = 0 },
+      { call = "HEAD http://up/b", unfinished = 0, runs = 0, journal = 0, puts = 0 },
       -- the reads' entries (now, uuid, GET, HEAD) are on disk before the PUT goes out:
       -- a replay must see what the PUT was made from
-      { call = "PUT http://up/c", unfinished = 1, journal = 4, puts = 4 } }, seen)
+      { call = "PUT http://up/c", unfinished = 1, runs = 1, journal = 4, puts = 4 } }, seen)
   end)
+
+  -- A request's run the client waits for (no idempotency key) holds its
+  -- first records (record, timer) back as it holds the entries of its
+  -- reads: a crash before they are written loses a run that changed
+  -- nothing and answered nobody.
+  it("writes a read-only request run's record once, at its end, when it ends within a tenth of a second", function()
+    local seen, puts, kept, status, running_puts = calls_seen(chorus.workflow {
+      name = "request-reads",
+      run = function(ctx)
+        ctx.now()
+        chorus.all(function() return http.get("http://up/a").status end,
+          function() return http.get("http://up/b").status end)
+        return true
+      end,
+    }, true)
+    for _, call in ipairs(seen) do
+      assert.are.same({ 0, 0 }, { call.unfinished, call.runs })
+    end
+    assert.are.same({ 0, 0, "succeeded", 0 }, { puts, kept, status, running_puts })
+  end)
+
+  it("writes a held run's first records with its reads before its first call that may change something",
+    function()
+      local seen, _, _, status, running_puts = calls_seen(chorus.workflow {
+        name = "request-writes",
+        run = function()
+          http.get("http://up/a")
+          return http.post("http://up/b", { body = "x" }).status
+        end,
+      }, true)
+      local function at(c) return { c.call, c.unfinished, c.runs, c.journal } end
+      assert.are.same({ "GET http://up/a", 0, 0, 0 }, at(seen[1]))
+      assert.are.same({ "POST http://up/b", 1, 1, 1 }, at(seen[2]))
+      assert.are.same({ "succeeded", 1 }, { status, running_puts })
+    end)
+
+  it("writes a held run's first records a tenth of a second after it began (a crash then resumes it)", function()
+    local seen = calls_seen(chorus.workflow {
+      name = "request-reads-slowly",
+      run = function()
+        http.get("http://up/slow")
+        return http.get("http://up/after").status
+      end,
+    }, true)
+    assert.are.same({ 0, 0 }, { seen[1].unfinished, seen[1].runs })
+    -- written by the background run while /slow was waited for, and committed
+    assert.are.same({ 1, 1 }, { seen[2].unfinished, seen[2].runs })
+  end)
+
+  it("writes a held run's first records with the cancel mark when it is cancelled before they are written",
+    function()
+      local seen, _, _, status, running_puts = calls_seen(chorus.workflow {
+        name = "request-cancelled",
+        run = function()
+          http.get("http://up/cancel")
+          return http.get("http://up/after").status
+        end,
+      }, true)
+      assert.are.equal(1, #seen) -- stopped at the cancel
+      assert.are.same({ "cancelled", 1 }, { status, running_puts })
+    end)
 
   -- A quiet effect's journal entry is held back (chorus.journal): a run
   -- that only reads and succeeds writes no journal at all; one that reads
